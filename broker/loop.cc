@@ -1,0 +1,111 @@
+#include "broker/loop.h"
+
+#include <csignal>
+
+namespace fm::bus {
+
+Loop::Loop() {
+  uv_loop_init(&loop_);
+  uv_prepare_init(&loop_, &prepare_);
+  prepare_.data = this;
+  uv_prepare_start(&prepare_, [](uv_prepare_t* h) { static_cast<Loop*>(h->data)->Settle(); });
+  uv_check_init(&loop_, &check_);
+  check_.data = this;
+  uv_check_start(&check_, [](uv_check_t* h) { static_cast<Loop*>(h->data)->Settle(); });
+  uv_unref(reinterpret_cast<uv_handle_t*>(&prepare_));
+  uv_unref(reinterpret_cast<uv_handle_t*>(&check_));
+}
+
+Loop::~Loop() {
+  auto close = [](uv_handle_t* h) {
+    if (!uv_is_closing(h)) uv_close(h, nullptr);
+  };
+  close(reinterpret_cast<uv_handle_t*>(&prepare_));
+  close(reinterpret_cast<uv_handle_t*>(&check_));
+  if (on_signal_) {
+    close(reinterpret_cast<uv_handle_t*>(&sigint_));
+    close(reinterpret_cast<uv_handle_t*>(&sigterm_));
+  }
+  for (auto& w : watched_) close(reinterpret_cast<uv_handle_t*>(&w->poll));
+  for (auto& t : timers_) close(reinterpret_cast<uv_handle_t*>(&t->timer));
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  uv_loop_close(&loop_);
+}
+
+void Loop::Watch(zmq::socket_t& socket, std::function<size_t()> drain) {
+  auto w = std::make_unique<Watched>();
+  w->loop = this;
+  w->socket = &socket;
+  w->drain = std::move(drain);
+  int fd = socket.get(zmq::sockopt::fd);
+  uv_poll_init(&loop_, &w->poll, fd);
+  w->poll.data = w.get();
+  uv_poll_start(&w->poll, UV_READABLE, [](uv_poll_t* h, int, int) {
+    auto* self = static_cast<Watched*>(h->data);
+    self->loop->Settle();
+  });
+  watched_.push_back(std::move(w));
+}
+
+void Loop::Every(uint64_t interval_ms, std::function<void()> fn) {
+  auto t = std::make_unique<Timer>();
+  t->loop = this;
+  t->fn = std::move(fn);
+  uv_timer_init(&loop_, &t->timer);
+  t->timer.data = t.get();
+  uv_timer_start(
+      &t->timer,
+      [](uv_timer_t* h) {
+        auto* self = static_cast<Timer*>(h->data);
+        self->fn();
+        self->loop->work_ = true;
+      },
+      interval_ms, interval_ms);
+  timers_.push_back(std::move(t));
+}
+
+void Loop::StopOnSignals(std::function<void(int)> fn) {
+  on_signal_ = fn ? std::move(fn) : [](int) {};
+  for (auto [handle, signum] : {std::pair{&sigint_, SIGINT}, std::pair{&sigterm_, SIGTERM}}) {
+    uv_signal_init(&loop_, handle);
+    handle->data = this;
+    uv_signal_start(
+        handle,
+        [](uv_signal_t* h, int signum) {
+          auto* self = static_cast<Loop*>(h->data);
+          self->on_signal_(signum);
+          self->Stop();
+        },
+        signum);
+    uv_unref(reinterpret_cast<uv_handle_t*>(handle));
+  }
+}
+
+void Loop::Settle() {
+  if (settling_) return;
+  settling_ = true;
+  for (;;) {
+    bool any = false;
+    for (auto& w : watched_) {
+      while (w->socket->get(zmq::sockopt::events) & ZMQ_POLLIN) {
+        size_t n = w->drain();
+        if (n == 0) break;
+        any = true;
+      }
+    }
+    if (any) work_ = true;
+    if (work_) {
+      work_ = false;
+      if (turn_end_) turn_end_();
+      continue;  // sending may have made sockets readable without a new edge
+    }
+    break;
+  }
+  settling_ = false;
+}
+
+void Loop::Run() { uv_run(&loop_, UV_RUN_DEFAULT); }
+
+void Loop::Stop() { uv_stop(&loop_); }
+
+}  // namespace fm::bus

@@ -1,0 +1,39 @@
+// fm-broker [--bind tcp://HOST:PORT] [--upstream tcp://ROOT:PORT]
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "broker/broker.h"
+#include "broker/loop.h"
+
+int main(int argc, char** argv) {
+  fm::bus::BrokerOptions options;
+  CLI::App app{"fm-broker: routes directed messages and the event bus of one fm node"};
+  app.add_option("--bind", options.bind, "ROUTER endpoint; PORT+1 takes events in, PORT+2 gives them out")
+      ->capture_default_str();
+  app.add_option("--upstream", options.upstream, "parent broker (tcp://ROOT:PORT) for a node broker");
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ fm-broker: %v");
+
+  if (!options.upstream.empty()) {
+    spdlog::error("--upstream {}: broker trees are not implemented in this version; run a single root broker",
+                  options.upstream);
+    return 2;
+  }
+  zmq::context_t context(1);
+  fm::bus::Broker broker(context, options);
+  if (fm::Status s = broker.Bind(); !s.ok()) {
+    spdlog::error("{}", s.message());
+    return 1;
+  }
+  fm::bus::Loop loop;
+  broker.Attach(loop);
+  loop.StopOnSignals([](int signum) { spdlog::info("signal {}: stopping", signum); });
+  loop.Run();
+  const auto& c = broker.counters();
+  spdlog::info("stopped: routed {}, unreachable {}, malformed {}, oversized {}, events {}", c.routed,
+               c.unreachable, c.malformed, c.oversized, c.events);
+  return 0;
+}

@@ -1,0 +1,950 @@
+#include "scheduler/engine.h"
+
+#include <algorithm>
+
+#include "scheduler/predicates.h"
+#include "schemas/codec.h"
+#include "schemas/json.h"
+#include "schemas/units.h"
+#include "store/keys.h"
+
+namespace fm::sched {
+
+namespace keys = store::keys;
+using codec::Str;
+
+namespace {
+
+constexpr const char* kNoEligible = "no_eligible_worker";
+
+bool IsEnded(wire::TaskState s) {
+  return s == wire::TaskState::Succeeded || s == wire::TaskState::Failed || s == wire::TaskState::Cancelled;
+}
+
+const char* StateName(wire::TaskState s) {
+  switch (s) {
+    case wire::TaskState::Pending: return "pending";
+    case wire::TaskState::Queued: return "queued";
+    case wire::TaskState::Running: return "running";
+    case wire::TaskState::Succeeded: return "succeeded";
+    case wire::TaskState::Failed: return "failed";
+    case wire::TaskState::Cancelled: return "cancelled";
+  }
+  return "unknown";
+}
+
+wire::SubmitStatus StatusOf(wire::TaskState s) {
+  switch (s) {
+    case wire::TaskState::Succeeded: return wire::SubmitStatus::Succeeded;
+    case wire::TaskState::Failed: return wire::SubmitStatus::Failed;
+    case wire::TaskState::Cancelled: return wire::SubmitStatus::Cancelled;
+    default: return wire::SubmitStatus::Accepted;
+  }
+}
+
+Task TaskFromRecord(const wire::TaskRecord& r) {
+  Task t;
+  t.id = r.id();
+  t.spec = codec::FromWire(r.spec());
+  t.state = r.state();
+  t.attempt = r.attempt();
+  t.worker = Str(r.worker());
+  t.submitted_ms = r.submitted_ms();
+  t.reason = Str(r.reason());
+  t.message = Str(r.message());
+  t.exit_code = r.exit_code();
+  t.watcher = Str(r.watcher());
+  t.order = r.order();
+  return t;
+}
+
+std::vector<std::string> Capabilities(const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* v) {
+  auto caps = codec::Strings(v);
+  Normalize(&caps);
+  return caps;
+}
+
+}  // namespace
+
+void EngineOptions::Validate() {
+  liveness_window_ms = std::max<uint64_t>(liveness_window_ms, 100);
+  default_max_attempts = std::clamp<uint32_t>(default_max_attempts, 1, 1000);
+  redispatch_after_ms = std::max<uint64_t>(redispatch_after_ms, 50);
+  event_retention_count = std::max<uint64_t>(event_retention_count, 100);
+  replay_batch = std::clamp<size_t>(replay_batch, 1, 10000);
+}
+
+Engine::Engine(EngineOptions options) : options_(options) {
+  options_.Validate();
+  recent_ended_.reserve(options_.recent_ended);
+}
+
+// ---------------------------------------------------------------------------
+// Recovery.
+
+Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
+  store_ = store;
+  auto meta = [&](std::string_view key, uint64_t* out) -> Status {
+    auto v = store->Get(key);
+    if (!v.ok()) return v.status();
+    if (v->has_value() && (*v)->size() == 8) *out = keys::DecodeU64(**v);
+    return Status::Ok();
+  };
+  if (Status s = meta(keys::kMetaNextTask, &next_task_id_); !s.ok()) return s;
+  if (Status s = meta(keys::kMetaNextSeq, &next_seq_); !s.ok()) return s;
+  persisted_task_id_ = next_task_id_;
+  persisted_seq_ = next_seq_;
+  oldest_seq_ = next_seq_;
+  Status s = store->Scan(keys::kEventPrefix, keys::PrefixEnd(keys::kEventPrefix),
+                         [&](std::string_view key, std::string_view) {
+                           oldest_seq_ = keys::DecodeU64(key.substr(2));
+                           return false;
+                         });
+  if (!s.ok()) return s;
+
+  Status bad = Status::Ok();
+  s = store->Scan(keys::kWorkerPrefix, keys::PrefixEnd(keys::kWorkerPrefix),
+                  [&](std::string_view key, std::string_view value) {
+                    flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
+                    if (!v.VerifyBuffer<wire::WorkerRecord>(nullptr)) {
+                      bad = Status::Internal("store: bad worker record at " + std::string(key));
+                      return false;
+                    }
+                    const auto* rec = flatbuffers::GetRoot<wire::WorkerRecord>(value.data());
+                    const auto* reg = rec->registration();
+                    if (!reg || !reg->id()) return true;
+                    WorkerState w;
+                    w.id = Str(reg->id());
+                    w.address = Str(reg->address());
+                    w.node = Str(reg->node());
+                    w.version = Str(reg->version());
+                    w.instance = reg->instance();
+                    w.capabilities = Capabilities(reg->capabilities());
+                    w.hardware = codec::FromWire(reg->hardware());
+                    w.labels = codec::FromWire(reg->labels());
+                    w.slots = std::max<uint32_t>(reg->slots(), 1);
+                    w.draining = rec->draining();
+                    w.last_seen_ms = now_ms;
+                    w.confirmed = false;
+                    workers_[w.id] = std::move(w);
+                    return true;
+                  });
+  if (!s.ok()) return s;
+  if (!bad.ok()) return bad;
+
+  s = store->Scan(keys::kActivePrefix, keys::PrefixEnd(keys::kActivePrefix),
+                  [&](std::string_view key, std::string_view value) {
+                    flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
+                    if (!v.VerifyBuffer<wire::TaskRecord>(nullptr)) {
+                      bad = Status::Internal("store: bad task record at a/" +
+                                             std::to_string(keys::DecodeU64(key.substr(2))));
+                      return false;
+                    }
+                    Task t = TaskFromRecord(*flatbuffers::GetRoot<wire::TaskRecord>(value.data()));
+                    next_order_ = std::max(next_order_, t.order + 1);
+                    next_task_id_ = std::max(next_task_id_, t.id + 1);
+                    if (!t.spec.key.empty()) client_keys_[t.spec.key] = t.id;
+                    auto w = workers_.find(t.worker);
+                    if ((t.state == wire::TaskState::Queued || t.state == wire::TaskState::Running) &&
+                        w != workers_.end()) {
+                      Reserve(t.spec, &w->second);
+                      w->second.tasks.insert(t.id);
+                      t.dispatched_ms = now_ms;
+                    } else if (t.state != wire::TaskState::Pending) {
+                      // Its worker is not known any more: run it again.
+                      t.state = wire::TaskState::Pending;
+                      t.worker.clear();
+                      dirty_tasks_.insert(t.id);
+                    }
+                    if (t.state == wire::TaskState::Pending) {
+                      pending_.insert({-static_cast<int64_t>(t.spec.priority), t.order, t.id});
+                    }
+                    active_.emplace(t.id, std::move(t));
+                    return true;
+                  });
+  if (!s.ok()) return s;
+  return bad;
+}
+
+void Engine::Start(uint64_t now_ms) {
+  started_ms_ = now_ms;
+  EventFields f;
+  f.type = "scheduler.started";
+  f.message = std::to_string(workers_.size()) + " workers last known, " + std::to_string(active_.size()) +
+              " tasks not ended";
+  Emit(f, now_ms);
+  for (const auto& [id, w] : workers_) {
+    flatbuffers::FlatBufferBuilder fbb(64);
+    Send(w.address, codec::Seal(fbb, wire::CreateReRegister(fbb)));
+  }
+  placement_needed_ = true;
+}
+
+// ---------------------------------------------------------------------------
+// Dispatch of inbound messages.
+
+void Engine::OnDirected(const std::string& from, const wire::Envelope& env, uint64_t now_ms) {
+  switch (env.body_type()) {
+    case wire::Body::SubmitRequest: return OnSubmit(from, *env.body_as_SubmitRequest(), now_ms);
+    case wire::Body::TaskStarted: return OnTaskStarted(*env.body_as_TaskStarted(), now_ms);
+    case wire::Body::TaskFinished: return OnTaskFinished(from, *env.body_as_TaskFinished(), now_ms);
+    case wire::Body::TaskLog: return OnTaskLog(*env.body_as_TaskLog(), now_ms);
+    case wire::Body::ControlRequest: return OnControl(from, *env.body_as_ControlRequest(), now_ms);
+    case wire::Body::ReplayRequest: return OnReplay(from, *env.body_as_ReplayRequest());
+    case wire::Body::WorkerRegistration: return OnRegistration(*env.body_as_WorkerRegistration(), now_ms);
+    case wire::Body::WorkerHeartbeat: return OnHeartbeat(*env.body_as_WorkerHeartbeat(), now_ms);
+    case wire::Body::Error: return;  // e.g. "unreachable" for a submitter that left
+    default:
+      Send(from, codec::EncodeError("unsupported",
+                                    std::string("the scheduler does not take ") +
+                                        wire::EnumNameBody(env.body_type()) + " messages"));
+  }
+}
+
+void Engine::OnBus(const wire::Envelope& env, uint64_t now_ms) {
+  switch (env.body_type()) {
+    case wire::Body::WorkerRegistration: return OnRegistration(*env.body_as_WorkerRegistration(), now_ms);
+    case wire::Body::WorkerHeartbeat: return OnHeartbeat(*env.body_as_WorkerHeartbeat(), now_ms);
+    default: return;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Submission.
+
+std::optional<wire::SubmitStatus> Engine::LookupKey(const std::string& key, uint64_t* id, std::string* reason,
+                                                    std::string* message, std::string* worker) {
+  auto it = client_keys_.find(key);
+  if (it == client_keys_.end()) {
+    if (!store_) return std::nullopt;
+    auto v = store_->Get(keys::ClientKey(key));
+    if (!v.ok() || !v->has_value() || (*v)->size() != 8) return std::nullopt;
+    it = client_keys_.emplace(key, keys::DecodeU64(**v)).first;
+  }
+  *id = it->second;
+  if (const Task* t = active_task(*id)) {
+    *worker = t->worker;
+    return wire::SubmitStatus::Accepted;
+  }
+  for (const Task& t : recent_ended_) {
+    if (t.id == *id) {
+      *reason = t.reason;
+      *message = t.message;
+      *worker = t.worker;
+      return StatusOf(t.state);
+    }
+  }
+  if (store_) {
+    auto v = store_->Get(keys::Task(*id));
+    if (v.ok() && v->has_value()) {
+      flatbuffers::Verifier ver(reinterpret_cast<const uint8_t*>((*v)->data()), (*v)->size());
+      if (ver.VerifyBuffer<wire::TaskRecord>(nullptr)) {
+        Task t = TaskFromRecord(*flatbuffers::GetRoot<wire::TaskRecord>((*v)->data()));
+        *reason = t.reason;
+        *message = t.message;
+        *worker = t.worker;
+        return StatusOf(t.state);
+      }
+    }
+  }
+  return wire::SubmitStatus::Accepted;
+}
+
+void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms) {
+  flatbuffers::FlatBufferBuilder fbb(256);
+  std::vector<flatbuffers::Offset<wire::SubmitResult>> results;
+  std::vector<const WorkerState*> fleet = LiveFleet();
+  if (req.tasks()) {
+    results.reserve(req.tasks()->size());
+    for (const wire::TaskSpec* wire_spec : *req.tasks()) {
+      TaskSpec spec = codec::FromWire(wire_spec);
+      Status valid = ValidateTaskSpec(spec);
+      if (!valid.ok()) {
+        results.push_back(wire::CreateSubmitResultDirect(fbb, 0, wire::SubmitStatus::Rejected, "invalid_task",
+                                                         valid.message().c_str()));
+        continue;
+      }
+      if (!spec.image.empty()) {
+        spec.required_capabilities.push_back("docker");
+        Normalize(&spec.required_capabilities);
+      }
+      if (spec.max_attempts == 0) spec.max_attempts = options_.default_max_attempts;
+
+      if (!spec.key.empty()) {
+        uint64_t id = 0;
+        std::string reason, message, worker;
+        if (auto status = LookupKey(spec.key, &id, &reason, &message, &worker)) {
+          if (*status == wire::SubmitStatus::Failed && reason == kNoEligible) status = wire::SubmitStatus::Rejected;
+          results.push_back(wire::CreateSubmitResultDirect(fbb, id, *status, reason.c_str(), message.c_str(),
+                                                           worker.c_str()));
+          continue;
+        }
+      }
+
+      Task t;
+      t.id = next_task_id_++;
+      t.spec = std::move(spec);
+      t.submitted_ms = now_ms;
+      t.order = next_order_++;
+      if (req.watch()) t.watcher = from;
+      if (!t.spec.key.empty()) {
+        client_keys_[t.spec.key] = t.id;
+        effects_.writes.Put(keys::ClientKey(t.spec.key), keys::EncodeU64(t.id));
+      }
+      Explanation why = Explain(t.spec, fleet);
+      if (why.eligible == 0) {
+        // Fail fast: nothing is queued, no worker sees it.
+        results.push_back(wire::CreateSubmitResultDirect(fbb, t.id, wire::SubmitStatus::Rejected, kNoEligible,
+                                                         why.message.c_str()));
+        t.watcher.clear();  // the reply already says so
+        auto [it, inserted] = active_.emplace(t.id, std::move(t));
+        End(&it->second, wire::TaskState::Failed, kNoEligible, why.message, 0, now_ms, &why);
+        continue;
+      }
+      results.push_back(wire::CreateSubmitResult(fbb, t.id, wire::SubmitStatus::Accepted));
+      EventFields f;
+      f.type = "task.submitted";
+      f.task = t.id;
+      f.attempt = t.attempt;
+      f.message = std::to_string(why.eligible) + "/" + std::to_string(why.fleet) + " workers eligible";
+      pending_.insert({-static_cast<int64_t>(t.spec.priority), t.order, t.id});
+      dirty_tasks_.insert(t.id);
+      active_.emplace(t.id, std::move(t));
+      Emit(f, now_ms);
+      placement_needed_ = true;
+    }
+  }
+  auto reply = wire::CreateSubmitReply(fbb, req.correlation(), fbb.CreateVector(results));
+  Send(from, codec::Seal(fbb, reply));
+}
+
+// ---------------------------------------------------------------------------
+// The fleet.
+
+std::vector<const WorkerState*> Engine::LiveFleet() const {
+  std::vector<const WorkerState*> out;
+  out.reserve(workers_.size());
+  for (const auto& [id, w] : workers_) out.push_back(&w);
+  return out;
+}
+
+const WorkerState* Engine::worker(const std::string& id) const {
+  auto it = workers_.find(id);
+  return it == workers_.end() ? nullptr : &it->second;
+}
+
+const Task* Engine::active_task(uint64_t id) const {
+  auto it = active_.find(id);
+  return it == active_.end() ? nullptr : &it->second;
+}
+
+void Engine::PersistWorker(const WorkerState& w) {
+  flatbuffers::FlatBufferBuilder fbb(512);
+  auto caps = codec::ToWire(fbb, w.capabilities);
+  auto hw = codec::ToWire(fbb, w.hardware);
+  auto labels = codec::ToWire(fbb, w.labels);
+  auto reg = wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address),
+                                            fbb.CreateString(w.node), w.instance, fbb.CreateString(w.version),
+                                            w.slots, hw, labels, 0, caps);
+  fbb.Finish(wire::CreateWorkerRecord(fbb, reg, w.draining));
+  effects_.writes.Put(keys::Worker(w.id),
+                      std::string(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
+}
+
+void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms) {
+  std::string id = Str(reg.id());
+  std::string address = Str(reg.address());
+  if (id.empty() || address.empty()) return;  // nobody to answer; the daemon logs malformed input
+  auto it = workers_.find(id);
+  if (it != workers_.end() && it->second.instance != reg.instance()) {
+    if (it->second.confirmed) {
+      // A second process claims a live worker's id: refuse it, the live one keeps its work.
+      std::string message = "worker id \"" + id + "\" is already in use by a live worker on node " +
+                            it->second.node + " (last heard " +
+                            std::to_string(now_ms - std::min(now_ms, it->second.last_seen_ms)) +
+                            " ms ago); choose another --id or stop that worker";
+      flatbuffers::FlatBufferBuilder fbb(256);
+      Send(address, codec::Seal(fbb, wire::CreateWorkerRejectedDirect(fbb, id.c_str(), message.c_str())));
+      EventFields f;
+      f.type = "worker.rejected";
+      f.worker = id;
+      f.reason = "duplicate_worker_id";
+      f.message = message + " (refused node " + Str(reg.node()) + ")";
+      Emit(f, now_ms);
+      return;
+    }
+    // Known only from the store since this scheduler started: a restarted process.
+    LoseWorker(id, "replaced by a new instance of the same worker", now_ms);
+    it = workers_.end();
+  }
+  bool is_new = it == workers_.end();
+  WorkerState& w = is_new ? workers_[id] : it->second;
+  auto caps = Capabilities(reg.capabilities());
+  // A changed announcement may leave waiting tasks with no eligible worker.
+  if (!is_new && (caps != w.capabilities || codec::FromWire(reg.hardware()) != w.hardware)) fleet_shrank_ = true;
+  w.id = id;
+  w.address = address;
+  w.node = Str(reg.node());
+  w.version = Str(reg.version());
+  w.instance = reg.instance();
+  w.capabilities = std::move(caps);
+  w.hardware = codec::FromWire(reg.hardware());
+  w.labels = codec::FromWire(reg.labels());
+  w.slots = std::max<uint32_t>(reg.slots(), 1);
+  w.last_seen_ms = now_ms;
+  w.confirmed = true;
+  PersistWorker(w);
+  EventFields f;
+  f.type = "worker.registered";
+  f.worker = id;
+  f.worker_info = &w;
+  f.message = "node " + w.node + ", " + std::to_string(w.slots) + " slots, version " + w.version;
+  Emit(f, now_ms);
+  Reconcile(&w, reg.running(), now_ms);
+  placement_needed_ = true;
+}
+
+void Engine::Reconcile(WorkerState* w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
+                       uint64_t now_ms) {
+  std::set<std::pair<uint64_t, uint32_t>> reported;
+  if (held) {
+    for (const auto* ref : *held) reported.insert({ref->task(), ref->attempt()});
+  }
+  std::vector<uint64_t> mine(w->tasks.begin(), w->tasks.end());
+  for (uint64_t id : mine) {
+    Task& t = active_.at(id);
+    if (reported.count({t.id, t.attempt})) continue;
+    if (t.state == wire::TaskState::Queued) {
+      dispatches_[w->id].push_back(t.id);  // never arrived: send again
+    } else {
+      Retry(&t, "worker_lost", "worker " + w->id + " no longer holds the task (it restarted)", now_ms);
+    }
+  }
+  for (const auto& [task_id, attempt] : reported) {
+    const Task* t = active_task(task_id);
+    if (t && t->worker == w->id && t->attempt == attempt) continue;
+    // Held by the worker but not ours to run there (ended, moved, cancelled): drop it.
+    flatbuffers::FlatBufferBuilder fbb(64);
+    auto ref = wire::CreateTaskRef(fbb, task_id, attempt);
+    Send(w->address, codec::Seal(fbb, wire::CreateCancelTask(fbb, ref)));
+  }
+}
+
+void Engine::OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms) {
+  std::string id = Str(hb.id());
+  std::string address = Str(hb.address());
+  if (id.empty() || address.empty()) return;
+  auto it = workers_.find(id);
+  if (it == workers_.end() || it->second.instance != hb.instance() || !it->second.confirmed) {
+    flatbuffers::FlatBufferBuilder fbb(64);
+    Send(address, codec::Seal(fbb, wire::CreateReRegister(fbb)));
+    return;
+  }
+  WorkerState& w = it->second;
+  w.last_seen_ms = now_ms;
+  auto caps = Capabilities(hb.capabilities());
+  if (caps != w.capabilities) {
+    std::string before, after;
+    for (const auto& c : w.capabilities) before += (before.empty() ? "" : ",") + c;
+    for (const auto& c : caps) after += (after.empty() ? "" : ",") + c;
+    w.capabilities = std::move(caps);
+    PersistWorker(w);
+    EventFields f;
+    f.type = "worker.updated";
+    f.worker = id;
+    f.worker_info = &w;
+    f.message = "capabilities [" + before + "] -> [" + after + "]";
+    Emit(f, now_ms);
+    fleet_shrank_ = true;
+    placement_needed_ = true;
+  }
+}
+
+void Engine::LoseWorker(const std::string& id, const std::string& why, uint64_t now_ms) {
+  auto it = workers_.find(id);
+  if (it == workers_.end()) return;
+  std::vector<uint64_t> tasks(it->second.tasks.begin(), it->second.tasks.end());
+  EventFields f;
+  f.type = "worker.lost";
+  f.worker = id;
+  f.message = why + "; " + std::to_string(tasks.size()) + " tasks to re-place";
+  Emit(f, now_ms);
+  for (uint64_t task_id : tasks) {
+    auto t = active_.find(task_id);
+    if (t != active_.end()) Retry(&t->second, "worker_lost", "worker " + id + " lost: " + why, now_ms);
+  }
+  effects_.writes.Delete(keys::Worker(id));
+  dispatches_.erase(id);
+  workers_.erase(id);
+  fleet_shrank_ = true;
+}
+
+// ---------------------------------------------------------------------------
+// Task transitions.
+
+void Engine::Queue(Task* t, WorkerState* w, uint64_t now_ms) {
+  Reserve(t->spec, w);
+  w->tasks.insert(t->id);
+  t->state = wire::TaskState::Queued;
+  t->worker = w->id;
+  t->dispatched_ms = now_ms;
+  dirty_tasks_.insert(t->id);
+  dispatches_[w->id].push_back(t->id);
+  EventFields f;
+  f.type = "task.queued";
+  f.task = t->id;
+  f.worker = w->id;
+  f.attempt = t->attempt;
+  Emit(f, now_ms);
+}
+
+void Engine::Unassign(Task* t) {
+  if (t->worker.empty()) return;
+  auto w = workers_.find(t->worker);
+  if (w != workers_.end() && w->second.tasks.erase(t->id)) {
+    Release(t->spec, &w->second);
+    placement_needed_ = true;
+  }
+}
+
+void Engine::Retry(Task* t, const std::string& reason, const std::string& message, uint64_t now_ms) {
+  Unassign(t);
+  if (t->attempt >= t->spec.max_attempts) {
+    End(t, wire::TaskState::Failed, reason,
+        message + "; attempts exhausted (" + std::to_string(t->attempt) + "/" +
+            std::to_string(t->spec.max_attempts) + ")",
+        0, now_ms);
+    return;
+  }
+  std::string last_worker = t->worker;
+  t->attempt += 1;
+  t->state = wire::TaskState::Pending;
+  t->worker.clear();
+  pending_.insert({-static_cast<int64_t>(t->spec.priority), t->order, t->id});
+  dirty_tasks_.insert(t->id);
+  EventFields f;
+  f.type = "task.retrying";
+  f.task = t->id;
+  f.worker = last_worker;
+  f.attempt = t->attempt;
+  f.reason = reason;
+  f.message = message;
+  Emit(f, now_ms);
+  placement_needed_ = true;
+}
+
+void Engine::End(Task* t, wire::TaskState state, const std::string& reason, const std::string& message,
+                 int32_t exit_code, uint64_t now_ms, const Explanation* explanation) {
+  Unassign(t);
+  pending_.erase({-static_cast<int64_t>(t->spec.priority), t->order, t->id});
+  t->state = state;
+  t->reason = reason;
+  t->message = message;
+  t->exit_code = exit_code;
+  EventFields f;
+  f.type = state == wire::TaskState::Succeeded ? "task.succeeded"
+           : state == wire::TaskState::Failed  ? "task.failed"
+                                               : "task.cancelled";
+  f.task = t->id;
+  f.worker = t->worker;
+  f.attempt = t->attempt;
+  f.reason = reason;
+  f.message = message;
+  f.exit_code = exit_code;
+  f.explanation = explanation;
+  Emit(f, now_ms);
+  if (!t->watcher.empty()) {
+    flatbuffers::FlatBufferBuilder fbb(256);
+    auto result = wire::CreateSubmitResultDirect(fbb, t->id, StatusOf(state), reason.c_str(), message.c_str(),
+                                                 t->worker.c_str());
+    Send(t->watcher, codec::Seal(fbb, wire::CreateTaskEnded(fbb, result)));
+  }
+  effects_.writes.Delete(keys::ActiveTask(t->id));
+  effects_.writes.Put(keys::Task(t->id), EncodeTaskRecord(*t));
+  dirty_tasks_.erase(t->id);
+  if (options_.recent_ended > 0) {
+    if (recent_ended_.size() < options_.recent_ended) {
+      recent_ended_.push_back(*t);
+    } else {
+      recent_ended_[recent_next_] = *t;
+      recent_next_ = (recent_next_ + 1) % options_.recent_ended;
+    }
+  }
+  active_.erase(t->id);
+}
+
+void Engine::OnTaskStarted(const wire::TaskStarted& msg, uint64_t now_ms) {
+  if (!msg.ref()) return;
+  auto it = active_.find(msg.ref()->task());
+  if (it == active_.end()) return;
+  Task& t = it->second;
+  if (t.attempt != msg.ref()->attempt() || t.worker != Str(msg.worker()) || t.state != wire::TaskState::Queued) {
+    return;  // stale or duplicate
+  }
+  t.state = wire::TaskState::Running;
+  dirty_tasks_.insert(t.id);
+  EventFields f;
+  f.type = "task.started";
+  f.task = t.id;
+  f.worker = t.worker;
+  f.attempt = t.attempt;
+  Emit(f, now_ms);
+}
+
+void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& msg, uint64_t now_ms) {
+  if (!msg.ref()) return;
+  {
+    flatbuffers::FlatBufferBuilder fbb(64);
+    auto ref = wire::CreateTaskRef(fbb, msg.ref()->task(), msg.ref()->attempt());
+    Send(from, codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, ref)));
+  }
+  auto it = active_.find(msg.ref()->task());
+  if (it == active_.end()) return;  // already ended: completion is idempotent
+  Task& t = it->second;
+  if (t.attempt != msg.ref()->attempt() || t.worker != Str(msg.worker())) return;
+  if (auto w = workers_.find(t.worker); w != workers_.end()) w->second.last_seen_ms = now_ms;
+  std::string message = Str(msg.message());
+  switch (msg.outcome()) {
+    case wire::Outcome::Succeeded:
+      End(&t, wire::TaskState::Succeeded, "", message, msg.exit_code(), now_ms);
+      break;
+    case wire::Outcome::Failed:
+      End(&t, wire::TaskState::Failed, "exit_status",
+          message.empty() ? "exit status " + std::to_string(msg.exit_code()) : message, msg.exit_code(), now_ms);
+      break;
+    case wire::Outcome::TimedOut:
+      End(&t, wire::TaskState::Failed, "timeout", message, msg.exit_code(), now_ms);
+      break;
+    case wire::Outcome::Cancelled:
+      End(&t, wire::TaskState::Cancelled, "cancelled", message, msg.exit_code(), now_ms);
+      break;
+    case wire::Outcome::Retryable:
+      Retry(&t, "executor_error", message, now_ms);
+      break;
+  }
+}
+
+void Engine::OnTaskLog(const wire::TaskLog& msg, uint64_t now_ms) {
+  if (!msg.ref()) return;
+  const Task* t = active_task(msg.ref()->task());
+  if (!t || t->attempt != msg.ref()->attempt()) return;
+  EventFields f;
+  f.type = "task.log";
+  f.task = t->id;
+  f.worker = t->worker;
+  f.attempt = t->attempt;
+  f.stream = Str(msg.stream());
+  f.data = Str(msg.data());
+  Emit(f, now_ms);
+}
+
+// ---------------------------------------------------------------------------
+// Control and replay.
+
+void Engine::OnControl(const std::string& from, const wire::ControlRequest& req, uint64_t now_ms) {
+  flatbuffers::FlatBufferBuilder fbb(1024);
+  bool ok = true;
+  std::string message;
+  std::vector<flatbuffers::Offset<wire::WorkerView>> workers;
+  std::vector<flatbuffers::Offset<wire::TaskView>> tasks;
+  std::string target = Str(req.target());
+  auto task_view = [&](const Task& t) {
+    return wire::CreateTaskViewDirect(fbb, TaskName(t.id).c_str(), StateName(t.state), t.attempt,
+                                      t.worker.c_str(), nullptr, t.reason.c_str(), t.message.c_str());
+  };
+  switch (req.op()) {
+    case wire::ControlOp::Workers:
+      for (const auto& [id, w] : workers_) {
+        workers.push_back(wire::CreateWorkerView(
+            fbb, fbb.CreateString(w.id), fbb.CreateString(w.node), fbb.CreateString(w.address),
+            codec::ToWire(fbb, w.capabilities), codec::ToWire(fbb, w.hardware), codec::ToWire(fbb, w.labels),
+            w.slots, w.slots_used, w.confirmed, w.draining, now_ms - std::min(now_ms, w.last_seen_ms),
+            fbb.CreateString(w.version), w.cpus_used, w.memory_used, w.gpus_used));
+      }
+      break;
+    case wire::ControlOp::Tasks: {
+      std::vector<const Task*> list;
+      for (const auto& [id, t] : active_) list.push_back(&t);
+      for (const Task& t : recent_ended_) list.push_back(&t);
+      std::sort(list.begin(), list.end(), [](const Task* a, const Task* b) { return a->id < b->id; });
+      for (const Task* t : list) tasks.push_back(task_view(*t));
+      break;
+    }
+    case wire::ControlOp::Drain:
+    case wire::ControlOp::Undrain: {
+      auto it = workers_.find(target);
+      if (it == workers_.end()) {
+        ok = false;
+        message = "no live worker \"" + target + "\"";
+        break;
+      }
+      bool drain = req.op() == wire::ControlOp::Drain;
+      if (it->second.draining != drain) {
+        it->second.draining = drain;
+        PersistWorker(it->second);
+        EventFields f;
+        f.type = drain ? "worker.draining" : "worker.undrained";
+        f.worker = target;
+        f.message = drain ? "takes no new tasks; " + std::to_string(it->second.tasks.size()) + " still held"
+                          : "takes new tasks again";
+        Emit(f, now_ms);
+        if (drain) fleet_shrank_ = true;
+        placement_needed_ = true;
+      }
+      message = (drain ? "draining " : "undrained ") + target;
+      break;
+    }
+    case wire::ControlOp::Cancel: {
+      uint64_t id = 0;
+      auto it = ParseTaskName(target, &id) ? active_.find(id) : active_.end();
+      if (it == active_.end()) {
+        ok = false;
+        message = "no task \"" + target + "\" that has not ended";
+        break;
+      }
+      Task& t = it->second;
+      if (!t.worker.empty()) {
+        flatbuffers::FlatBufferBuilder c(64);
+        auto ref = wire::CreateTaskRef(c, t.id, t.attempt);
+        auto w = workers_.find(t.worker);
+        if (w != workers_.end()) Send(w->second.address, codec::Seal(c, wire::CreateCancelTask(c, ref)));
+      }
+      message = "cancelled " + TaskName(t.id);
+      End(&t, wire::TaskState::Cancelled, "cancelled", "cancelled by fm-ctl", 0, now_ms);
+      break;
+    }
+  }
+  auto reply = wire::CreateControlReply(fbb, req.correlation(), ok, fbb.CreateString(message),
+                                        fbb.CreateVector(workers), fbb.CreateVector(tasks));
+  Send(from, codec::Seal(fbb, reply));
+}
+
+void Engine::OnReplay(const std::string& from, const wire::ReplayRequest& req) {
+  flatbuffers::FlatBufferBuilder fbb(4096);
+  uint64_t since = std::max<uint64_t>(req.since(), 1);
+  if (since < oldest_seq_) {
+    std::string error = "sequence " + std::to_string(since) + " is older than retention: the oldest available is " +
+                        std::to_string(oldest_seq_);
+    Send(from, codec::Seal(fbb, wire::CreateReplayBatchDirect(fbb, req.correlation(), nullptr, true, oldest_seq_,
+                                                              error.c_str())));
+    return;
+  }
+  // Each stored value is an Envelope(Event); copy the events into one batch.
+  std::vector<std::string> raw;
+  Status s = store_ ? store_->Scan(keys::Event(since), keys::PrefixEnd(keys::kEventPrefix),
+                                   [&](std::string_view, std::string_view value) {
+                                     raw.emplace_back(value);
+                                     return raw.size() < options_.replay_batch;
+                                   })
+                    : Status::Ok();
+  if (!s.ok()) {
+    Send(from, codec::Seal(fbb, wire::CreateReplayBatchDirect(fbb, req.correlation(), nullptr, true, oldest_seq_,
+                                                              s.message().c_str())));
+    return;
+  }
+  std::vector<flatbuffers::Offset<wire::Event>> events;
+  for (const std::string& bytes : raw) {
+    auto env = codec::Decode(bytes.data(), bytes.size());
+    if (!env.ok() || (*env)->body_type() != wire::Body::Event) continue;
+    const wire::Event* e = (*env)->body_as_Event();
+    // Re-encode field by field: FlatBuffers has no deep copy for generated tables.
+    std::vector<flatbuffers::Offset<wire::PredicateCount>> breakdown;
+    if (e->breakdown()) {
+      for (const auto* pc : *e->breakdown()) {
+        breakdown.push_back(wire::CreatePredicateCountDirect(fbb, Str(pc->predicate()).c_str(), pc->workers(),
+                                                             Str(pc->detail()).c_str()));
+      }
+    }
+    auto opt = [&](const flatbuffers::String* s) { return s ? fbb.CreateString(s) : 0; };
+    auto caps = e->capabilities() ? codec::ToWire(fbb, codec::Strings(e->capabilities())) : 0;
+    auto hw = e->hardware() ? codec::ToWire(fbb, codec::FromWire(e->hardware())) : 0;
+    auto labels = e->labels() ? codec::ToWire(fbb, codec::FromWire(e->labels())) : 0;
+    auto type = opt(e->type()), time = opt(e->time()), task = opt(e->task()), worker = opt(e->worker()),
+         reason = opt(e->reason()), message = opt(e->message()), stream = opt(e->stream()), data = opt(e->data());
+    auto bd = breakdown.empty() ? 0 : fbb.CreateVector(breakdown);
+    events.push_back(wire::CreateEvent(fbb, e->seq(), type, time, task, worker, reason, message, e->attempt(),
+                                       e->exit_code(), stream, data, e->eligible(), e->fleet(), bd, caps, hw,
+                                       labels));
+  }
+  bool done = raw.size() < options_.replay_batch;
+  auto batch = wire::CreateReplayBatch(fbb, req.correlation(), fbb.CreateVector(events), done, oldest_seq_);
+  Send(from, codec::Seal(fbb, batch));
+}
+
+// ---------------------------------------------------------------------------
+// Time and the end of a turn.
+
+void Engine::Tick(uint64_t now_ms) {
+  std::vector<std::string> lost;
+  for (const auto& [id, w] : workers_) {
+    if (now_ms > w.last_seen_ms + options_.liveness_window_ms) lost.push_back(id);
+  }
+  for (const auto& id : lost) {
+    const WorkerState& w = workers_.at(id);
+    LoseWorker(id,
+               std::string(w.confirmed ? "no heartbeat for " : "did not re-register within ") +
+                   std::to_string(options_.liveness_window_ms) + " ms",
+               now_ms);
+  }
+  for (auto& [id, w] : workers_) {
+    if (!w.confirmed) continue;
+    for (uint64_t task_id : w.tasks) {
+      Task& t = active_.at(task_id);
+      if (t.state == wire::TaskState::Queued && now_ms >= t.dispatched_ms + options_.redispatch_after_ms) {
+        t.dispatched_ms = now_ms;
+        dispatches_[id].push_back(task_id);
+      }
+    }
+  }
+  if (next_seq_ - oldest_seq_ > options_.event_retention_count) {
+    uint64_t new_oldest = next_seq_ - options_.event_retention_count;
+    effects_.writes.DeleteRange(keys::Event(oldest_seq_), keys::Event(new_oldest));
+    oldest_seq_ = new_oldest;
+  }
+}
+
+void Engine::FailUnrunnable(uint64_t now_ms) {
+  if (pending_.empty()) return;
+  std::vector<const WorkerState*> fleet = LiveFleet();
+  std::vector<uint64_t> doomed;
+  for (const auto& [neg_priority, order, id] : pending_) {
+    const Task& t = active_.at(id);
+    bool any = false;
+    for (const WorkerState* w : fleet) {
+      if (CheckEligible(t.spec, *w).ok()) {
+        any = true;
+        break;
+      }
+    }
+    if (!any) doomed.push_back(id);
+  }
+  for (uint64_t id : doomed) {
+    Task& t = active_.at(id);
+    Explanation why = Explain(t.spec, fleet);
+    End(&t, wire::TaskState::Failed, kNoEligible, why.message, 0, now_ms, &why);
+  }
+}
+
+void Engine::PlacePending(uint64_t now_ms) {
+  std::vector<WorkerState*> open;
+  for (auto& [id, w] : workers_) {
+    if (w.confirmed && !w.draining && w.slots_used < w.slots) open.push_back(&w);
+  }
+  std::vector<WorkerState*> candidates;
+  for (auto it = pending_.begin(); it != pending_.end() && !open.empty();) {
+    Task& t = active_.at(std::get<2>(*it));
+    candidates.clear();
+    for (WorkerState* w : open) {
+      if (CheckEligible(t.spec, *w).ok()) candidates.push_back(w);
+    }
+    WorkerState* chosen = Choose(t.spec, candidates, options_.policy);
+    if (!chosen) {
+      ++it;  // waits for capacity; later tasks may still fit elsewhere
+      continue;
+    }
+    it = pending_.erase(it);
+    Queue(&t, chosen, now_ms);
+    if (chosen->slots_used >= chosen->slots) open.erase(std::find(open.begin(), open.end(), chosen));
+  }
+}
+
+void Engine::FlushDispatches(uint64_t now_ms) {
+  for (auto& [worker_id, ids] : dispatches_) {
+    auto w = workers_.find(worker_id);
+    if (w == workers_.end() || ids.empty()) continue;
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    flatbuffers::FlatBufferBuilder fbb(1024);
+    std::vector<flatbuffers::Offset<wire::Assignment>> assignments;
+    for (uint64_t id : ids) {
+      const Task* t = active_task(id);
+      if (!t || t->worker != worker_id || t->state == wire::TaskState::Pending) continue;
+      assignments.push_back(wire::CreateAssignment(fbb, t->id, t->attempt, codec::ToWire(fbb, t->spec)));
+    }
+    if (assignments.empty()) continue;
+    Send(w->second.address, codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(assignments))));
+  }
+  dispatches_.clear();
+  (void)now_ms;
+}
+
+void Engine::FinishTurn(uint64_t now_ms) {
+  if (fleet_shrank_) {
+    fleet_shrank_ = false;
+    FailUnrunnable(now_ms);
+  }
+  if (placement_needed_) {
+    placement_needed_ = false;
+    PlacePending(now_ms);
+  }
+  FlushDispatches(now_ms);
+  for (uint64_t id : dirty_tasks_) {
+    if (const Task* t = active_task(id)) effects_.writes.Put(keys::ActiveTask(id), EncodeTaskRecord(*t));
+  }
+  dirty_tasks_.clear();
+  if (next_task_id_ != persisted_task_id_) {
+    effects_.writes.Put(std::string(keys::kMetaNextTask), keys::EncodeU64(next_task_id_));
+    persisted_task_id_ = next_task_id_;
+  }
+  if (next_seq_ != persisted_seq_) {
+    effects_.writes.Put(std::string(keys::kMetaNextSeq), keys::EncodeU64(next_seq_));
+    persisted_seq_ = next_seq_;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Encoding.
+
+void Engine::Send(const std::string& to, std::string payload) {
+  if (to.empty()) return;
+  effects_.directed.push_back({to, std::move(payload)});
+}
+
+std::string Engine::EncodeTaskRecord(const Task& t) const {
+  flatbuffers::FlatBufferBuilder fbb(512);
+  auto spec = codec::ToWire(fbb, t.spec);
+  auto worker = fbb.CreateString(t.worker);
+  auto reason = t.reason.empty() ? 0 : fbb.CreateString(t.reason);
+  auto message = t.message.empty() ? 0 : fbb.CreateString(t.message);
+  auto watcher = t.watcher.empty() ? 0 : fbb.CreateString(t.watcher);
+  fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
+                                    t.exit_code, watcher, t.order));
+  return std::string(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize());
+}
+
+void Engine::Emit(const EventFields& f, uint64_t now_ms) {
+  flatbuffers::FlatBufferBuilder fbb(512);
+  auto opt = [&](const std::string& s) { return s.empty() ? 0 : fbb.CreateString(s); };
+  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::PredicateCount>>> breakdown = 0;
+  uint32_t eligible = 0, fleet = 0;
+  if (f.explanation) {
+    std::vector<flatbuffers::Offset<wire::PredicateCount>> counts;
+    for (const auto& pc : f.explanation->breakdown) {
+      counts.push_back(wire::CreatePredicateCountDirect(fbb, pc.predicate.c_str(), pc.workers, pc.detail.c_str()));
+    }
+    breakdown = fbb.CreateVector(counts);
+    eligible = f.explanation->eligible;
+    fleet = f.explanation->fleet;
+  }
+  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>> caps = 0;
+  flatbuffers::Offset<wire::Hardware> hw = 0;
+  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>> labels = 0;
+  if (f.worker_info) {
+    caps = codec::ToWire(fbb, f.worker_info->capabilities);
+    hw = codec::ToWire(fbb, f.worker_info->hardware);
+    labels = codec::ToWire(fbb, f.worker_info->labels);
+  }
+  uint64_t seq = next_seq_++;
+  auto type = fbb.CreateString(f.type);
+  auto time = fbb.CreateString(FormatTimeMs(now_ms));
+  auto task = f.task ? fbb.CreateString(TaskName(f.task)) : 0;
+  auto worker = opt(f.worker), reason = opt(f.reason), message = opt(f.message), stream = opt(f.stream),
+       data = opt(f.data);
+  auto event = wire::CreateEvent(fbb, seq, type, time, task, worker, reason, message, f.attempt, f.exit_code, stream,
+                                 data, eligible, fleet, breakdown, caps, hw, labels);
+  std::string bytes = codec::Seal(fbb, event);
+  effects_.writes.Put(keys::Event(seq), bytes);
+  effects_.events.push_back({f.type, std::move(bytes)});
+}
+
+}  // namespace fm::sched

@@ -1,0 +1,181 @@
+// The scheduler's state machine: tasks, the fleet, placement and the event stream, as a
+// pure component. Messages and time go in; store mutations, directed messages and
+// events come out in Effects. No sockets, no disk, no clock: the daemon
+// (scheduler/daemon.h) feeds it and, once per loop turn, commits Effects::writes as one
+// synced WriteBatch before sending anything in Effects (group commit).
+//
+// Task states: pending -> queued(worker) -> running -> succeeded | failed | cancelled.
+// A lost worker or a retryable failure sends a task back to pending with attempt + 1,
+// up to max_attempts. A task no live worker could ever run fails at once with reason
+// no_eligible_worker.
+//
+// Thread: one; the caller's loop thread.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "scheduler/explain.h"
+#include "scheduler/fleet.h"
+#include "scheduler/placement.h"
+#include "schemas/fm_generated.h"
+#include "schemas/model.h"
+#include "store/store.h"
+
+namespace fm::sched {
+
+struct EngineOptions {
+  uint64_t liveness_window_ms = 5000;   // a worker unheard for this long is lost
+  uint32_t default_max_attempts = 3;
+  PlacementPolicy policy = PlacementPolicy::kSpread;
+  uint64_t redispatch_after_ms = 2000;  // re-send a queued task not yet started
+  uint64_t event_retention_count = 1'000'000;
+  uint64_t event_retention_age_ms = 7ull * 24 * 3600 * 1000;
+  size_t replay_batch = 512;            // events per ReplayBatch message
+  size_t recent_ended = 1000;           // ended tasks fm-ctl tasks still lists
+  // Clamps values that make no sense (zero windows) to usable ones.
+  void Validate();
+};
+
+struct Directed {
+  std::string to;
+  std::string payload;
+};
+
+struct Publication {
+  std::string topic;
+  std::string payload;
+};
+
+// What one turn produced. Writes must be durable before directed/events leave.
+struct Effects {
+  store::WriteBatch writes;
+  std::vector<Directed> directed;
+  std::vector<Publication> events;
+  bool empty() const { return writes.empty() && directed.empty() && events.empty(); }
+  void Clear() {
+    writes.Clear();
+    directed.clear();
+    events.clear();
+  }
+};
+
+struct Task {
+  uint64_t id = 0;
+  TaskSpec spec;
+  wire::TaskState state = wire::TaskState::Pending;
+  uint32_t attempt = 1;
+  std::string worker;          // worker id while queued or running
+  uint64_t submitted_ms = 0;
+  uint64_t order = 0;          // FIFO position
+  std::string watcher;         // submitter address told when the task ends
+  uint64_t dispatched_ms = 0;  // last Dispatch sent (queued)
+  std::string reason, message;
+  int32_t exit_code = 0;
+};
+
+class Engine {
+ public:
+  explicit Engine(EngineOptions options);
+
+  // Rebuilds state from `store`, which must outlive the engine (it also serves replay
+  // and lookups of ended tasks). Workers last known are presumed live for one liveness
+  // window from `now_ms`. Error: the store could not be read or holds a bad record.
+  Status Recover(const store::Store* store, uint64_t now_ms);
+  // Announces the scheduler (event scheduler.started, ReRegister to known workers).
+  void Start(uint64_t now_ms);
+
+  // A directed message from broker identity `from` (submit, control, replay, worker
+  // reports). A message of a type the scheduler does not take gets an Error reply.
+  void OnDirected(const std::string& from, const wire::Envelope& envelope, uint64_t now_ms);
+  // A bus message (worker registration, heartbeat).
+  void OnBus(const wire::Envelope& envelope, uint64_t now_ms);
+  // Liveness, re-dispatch and retention. Call a few times per second.
+  void Tick(uint64_t now_ms);
+  // Ends the turn: fails tasks no worker can run any more, places what fits, builds one
+  // Dispatch per worker, records counters. Then commit effects().writes, then send.
+  void FinishTurn(uint64_t now_ms);
+
+  Effects& effects() { return effects_; }
+
+  // Introspection (tests, fm-ctl).
+  const WorkerState* worker(const std::string& id) const;
+  const Task* active_task(uint64_t id) const;
+  size_t pending_count() const { return pending_.size(); }
+  size_t active_count() const { return active_.size(); }
+  uint64_t next_seq() const { return next_seq_; }
+
+ private:
+  struct EventFields {
+    const char* type = "";
+    uint64_t task = 0;
+    std::string worker, reason, message;
+    uint32_t attempt = 0;
+    int32_t exit_code = 0;
+    std::string stream, data;
+    const Explanation* explanation = nullptr;
+    const WorkerState* worker_info = nullptr;
+  };
+  using PendingKey = std::tuple<int64_t, uint64_t, uint64_t>;  // -priority, order, id
+
+  void OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms);
+  void OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms);
+  void OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms);
+  void OnTaskStarted(const wire::TaskStarted& msg, uint64_t now_ms);
+  void OnTaskFinished(const std::string& from, const wire::TaskFinished& msg, uint64_t now_ms);
+  void OnTaskLog(const wire::TaskLog& msg, uint64_t now_ms);
+  void OnControl(const std::string& from, const wire::ControlRequest& req, uint64_t now_ms);
+  void OnReplay(const std::string& from, const wire::ReplayRequest& req);
+
+  void Reconcile(WorkerState* w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
+                 uint64_t now_ms);
+  void LoseWorker(const std::string& id, const std::string& why, uint64_t now_ms);
+  void Queue(Task* t, WorkerState* w, uint64_t now_ms);
+  // Back to pending with attempt + 1, or failed when attempts are used up.
+  void Retry(Task* t, const std::string& reason, const std::string& message, uint64_t now_ms);
+  // Terminal transition. Removes the task from the active set; `t` is invalid after.
+  void End(Task* t, wire::TaskState state, const std::string& reason, const std::string& message,
+           int32_t exit_code, uint64_t now_ms, const Explanation* explanation = nullptr);
+  void Unassign(Task* t);
+  void FailUnrunnable(uint64_t now_ms);
+  void PlacePending(uint64_t now_ms);
+  void FlushDispatches(uint64_t now_ms);
+  void Emit(const EventFields& fields, uint64_t now_ms);
+  void PersistWorker(const WorkerState& w);
+  void Send(const std::string& to, std::string payload);
+  std::vector<const WorkerState*> LiveFleet() const;
+  std::optional<wire::SubmitStatus> LookupKey(const std::string& key, uint64_t* id, std::string* reason,
+                                              std::string* message, std::string* worker);
+  void PersistTask(const Task& t);
+  std::string EncodeTaskRecord(const Task& t) const;
+
+  EngineOptions options_;
+  const store::Store* store_ = nullptr;
+  Effects effects_;
+
+  std::map<std::string, WorkerState> workers_;  // every worker believed live
+  std::unordered_map<uint64_t, Task> active_;   // tasks not yet ended
+  std::set<PendingKey> pending_;
+  std::unordered_map<std::string, uint64_t> client_keys_;
+  std::set<uint64_t> dirty_tasks_;
+  std::map<std::string, std::vector<uint64_t>> dispatches_;  // worker id -> tasks to send
+  std::vector<Task> recent_ended_;                           // ring for fm-ctl tasks
+  size_t recent_next_ = 0;
+
+  uint64_t next_task_id_ = 1;
+  uint64_t next_order_ = 1;
+  uint64_t next_seq_ = 1;
+  uint64_t oldest_seq_ = 1;
+  uint64_t persisted_task_id_ = 0, persisted_seq_ = 0;
+  bool fleet_shrank_ = false;
+  bool placement_needed_ = false;
+  uint64_t started_ms_ = 0;
+};
+
+}  // namespace fm::sched

@@ -1,0 +1,41 @@
+// What the scheduler knows about one worker: what it announced and what is reserved on
+// it. Plain data; the engine owns every WorkerState.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "schemas/model.h"
+
+namespace fm::sched {
+
+struct WorkerState {
+  // Announced by the worker (registration, heartbeats).
+  std::string id;
+  std::string address;  // broker identity for directed messages
+  std::string node;
+  std::string version;
+  uint64_t instance = 0;
+  std::vector<std::string> capabilities;  // sorted, unique; empty satisfies nothing
+  Hardware hardware;                      // total capacity
+  Labels labels;
+  uint32_t slots = 1;
+
+  // Kept by the scheduler.
+  bool draining = false;
+  uint64_t last_seen_ms = 0;
+  // False for a worker loaded from the store at restart until it registers again: it
+  // counts toward eligibility for one liveness window, but gets no new work.
+  bool confirmed = true;
+
+  // Reservations of the tasks queued or running here.
+  uint32_t slots_used = 0;
+  uint32_t cpus_used = 0;
+  uint64_t memory_used = 0;
+  uint32_t gpus_used = 0;
+  std::set<uint64_t> tasks;
+};
+
+}  // namespace fm::sched

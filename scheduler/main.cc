@@ -1,0 +1,50 @@
+// fm-scheduler [--broker URL] [--data DIR]
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "broker/loop.h"
+#include "scheduler/daemon.h"
+#include "schemas/units.h"
+
+int main(int argc, char** argv) {
+  fm::sched::SchedulerOptions options;
+  CLI::App app{"fm-scheduler: places tasks on workers that can run them"};
+  app.add_option("--broker", options.broker, "root broker (default $FM_BROKER or tcp://127.0.0.1:5550)")
+      ->capture_default_str();
+  app.add_option("--data", options.data_dir, "data directory (RocksDB store)")->capture_default_str();
+  std::string liveness = "5s", placement = "spread", log_level = "info";
+  app.add_option("--liveness", liveness, "a worker unheard for this long is lost")->capture_default_str();
+  app.add_option("--placement", placement, "spread (least loaded) or binpack")->capture_default_str();
+  app.add_option("--max-attempts", options.engine.default_max_attempts, "default attempts per task")
+      ->capture_default_str();
+  app.add_option("--event-retention", options.engine.event_retention_count, "events kept for fm-tap --since")
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ fm-scheduler: %v");
+
+  auto window = fm::ParseDurationMs(liveness);
+  if (!window.ok()) {
+    spdlog::error("--liveness: {}", window.status().message());
+    return 2;
+  }
+  options.engine.liveness_window_ms = *window;
+  if (!fm::sched::ParsePlacementPolicy(placement, &options.engine.policy)) {
+    spdlog::error("--placement \"{}\": use spread or binpack", placement);
+    return 2;
+  }
+  options.engine.Validate();
+
+  zmq::context_t context(1);
+  fm::sched::SchedulerDaemon daemon(context, options);
+  if (fm::Status s = daemon.Open(); !s.ok()) {
+    spdlog::error("{}", s.message());
+    return 1;
+  }
+  fm::bus::Loop loop;
+  daemon.Attach(loop);
+  loop.StopOnSignals([](int signum) { spdlog::info("signal {}: stopping", signum); });
+  loop.Run();
+  return daemon.failed() ? 1 : 0;
+}

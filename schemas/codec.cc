@@ -1,0 +1,130 @@
+#include "schemas/codec.h"
+
+namespace fm::codec {
+
+Result<const wire::Envelope*> Decode(const void* data, size_t size) {
+  if (size > kMaxMessageBytes) {
+    return Status::Invalid("oversized message: " + std::to_string(size) + " bytes, limit " +
+                           std::to_string(kMaxMessageBytes));
+  }
+  if (size < 8) {
+    return Status::Invalid("malformed message: " + std::to_string(size) +
+                           " bytes is too short for an fm envelope");
+  }
+  flatbuffers::Verifier verifier(static_cast<const uint8_t*>(data), size);
+  if (!wire::VerifyEnvelopeBuffer(verifier)) {
+    return Status::Invalid("malformed message: " + std::to_string(size) +
+                           " bytes failed FlatBuffers verification as fm.wire.Envelope");
+  }
+  const wire::Envelope* envelope = wire::GetEnvelope(data);
+  if (envelope->body_type() == wire::Body::NONE || envelope->body() == nullptr) {
+    return Status::Invalid("malformed message: envelope has no body");
+  }
+  if (static_cast<int>(envelope->body_type()) > static_cast<int>(wire::Body::MAX)) {
+    return Status::Invalid("unsupported message type " +
+                           std::to_string(static_cast<int>(envelope->body_type())));
+  }
+  return envelope;
+}
+
+std::string EncodeError(const std::string& code, const std::string& message,
+                        const std::string& about) {
+  flatbuffers::FlatBufferBuilder fbb(256);
+  auto body = wire::CreateErrorDirect(fbb, code.c_str(), message.c_str(),
+                                      about.empty() ? nullptr : about.c_str());
+  return Seal(fbb, body);
+}
+
+std::vector<std::string> Strings(
+    const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* v) {
+  std::vector<std::string> out;
+  if (!v) return out;
+  out.reserve(v->size());
+  for (const auto* s : *v) out.push_back(Str(s));
+  return out;
+}
+
+flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>> ToWire(
+    flatbuffers::FlatBufferBuilder& fbb, const std::vector<std::string>& strings) {
+  return fbb.CreateVectorOfStrings(strings);
+}
+
+flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>> ToWire(
+    flatbuffers::FlatBufferBuilder& fbb, const Labels& labels) {
+  std::vector<flatbuffers::Offset<wire::KeyValue>> pairs;
+  pairs.reserve(labels.size());
+  for (const auto& [key, value] : labels) {
+    pairs.push_back(wire::CreateKeyValueDirect(fbb, key.c_str(), value.c_str()));
+  }
+  return fbb.CreateVector(pairs);
+}
+
+flatbuffers::Offset<wire::Hardware> ToWire(flatbuffers::FlatBufferBuilder& fbb, const Hardware& hw) {
+  std::vector<flatbuffers::Offset<wire::Gpu>> gpus;
+  for (const auto& gpu : hw.gpus) gpus.push_back(wire::CreateGpuDirect(fbb, gpu.model.c_str(), gpu.memory));
+  return wire::CreateHardwareDirect(fbb, hw.cpus_milli, hw.memory, &gpus);
+}
+
+flatbuffers::Offset<wire::Resources> ToWire(flatbuffers::FlatBufferBuilder& fbb, const Resources& r) {
+  return wire::CreateResourcesDirect(fbb, r.cpus_milli, r.memory, r.gpus, r.gpu_memory,
+                                     r.gpu_model.empty() ? nullptr : r.gpu_model.c_str());
+}
+
+flatbuffers::Offset<wire::TaskSpec> ToWire(flatbuffers::FlatBufferBuilder& fbb, const TaskSpec& spec) {
+  auto command = ToWire(fbb, spec.command);
+  auto requires_ = ToWire(fbb, spec.required_capabilities);
+  auto resources = ToWire(fbb, spec.resources);
+  auto labels = ToWire(fbb, spec.labels);
+  auto image = spec.image.empty() ? 0 : fbb.CreateString(spec.image);
+  auto key = spec.key.empty() ? 0 : fbb.CreateString(spec.key);
+  return wire::CreateTaskSpec(fbb, command, requires_, resources, labels, image, spec.max_attempts,
+                              spec.timeout_ms, spec.priority, key);
+}
+
+Labels FromWire(const flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>* labels) {
+  Labels out;
+  if (!labels) return out;
+  for (const auto* kv : *labels) out.emplace_back(Str(kv->key()), Str(kv->value()));
+  Normalize(&out);
+  return out;
+}
+
+Hardware FromWire(const wire::Hardware* hw) {
+  Hardware out;
+  if (!hw) return out;
+  out.cpus_milli = hw->cpus_milli();
+  out.memory = hw->memory();
+  if (hw->gpus()) {
+    for (const auto* gpu : *hw->gpus()) out.gpus.push_back({Str(gpu->model()), gpu->memory()});
+  }
+  return out;
+}
+
+Resources FromWire(const wire::Resources* r) {
+  Resources out;
+  if (!r) return out;
+  out.cpus_milli = r->cpus_milli();
+  out.memory = r->memory();
+  out.gpus = r->gpus();
+  out.gpu_memory = r->gpu_memory();
+  out.gpu_model = Str(r->gpu_model());
+  return out;
+}
+
+TaskSpec FromWire(const wire::TaskSpec* spec) {
+  TaskSpec out;
+  if (!spec) return out;
+  out.command = Strings(spec->command());
+  out.required_capabilities = Strings(spec->requires_());
+  Normalize(&out.required_capabilities);
+  out.resources = FromWire(spec->resources());
+  out.labels = FromWire(spec->labels());
+  out.image = Str(spec->image());
+  out.max_attempts = spec->max_attempts();
+  out.timeout_ms = spec->timeout_ms();
+  out.priority = spec->priority();
+  out.key = Str(spec->key());
+  return out;
+}
+
+}  // namespace fm::codec

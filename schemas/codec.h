@@ -1,0 +1,54 @@
+// Encoding and decoding of the wire envelope. Every inbound buffer goes through
+// Decode(): refused by size first, then by the FlatBuffers verifier, before any field
+// is read.
+#pragma once
+
+#include <flatbuffers/flatbuffers.h>
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "schemas/fm_generated.h"
+#include "schemas/model.h"
+#include "schemas/status.h"
+
+namespace fm::codec {
+
+// Largest payload any fm process accepts. Larger ones are refused before decoding.
+constexpr size_t kMaxMessageBytes = 8u << 20;
+
+// On success the envelope points into `data`, which must outlive it.
+// Errors: Invalid("oversized ..."), Invalid("malformed ...") naming what failed.
+Result<const wire::Envelope*> Decode(const void* data, size_t size);
+
+// Finishes `fbb` with an Envelope around `body` and returns the bytes.
+template <typename T>
+std::string Seal(flatbuffers::FlatBufferBuilder& fbb, flatbuffers::Offset<T> body) {
+  auto envelope = wire::CreateEnvelope(fbb, wire::BodyTraits<T>::enum_value, body.Union());
+  fbb.Finish(envelope);
+  return std::string(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize());
+}
+
+// A directed error reply.
+std::string EncodeError(const std::string& code, const std::string& message,
+                        const std::string& about = {});
+
+// Null-safe readers.
+inline std::string Str(const flatbuffers::String* s) { return s ? s->str() : std::string(); }
+std::vector<std::string> Strings(const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* v);
+
+flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>> ToWire(
+    flatbuffers::FlatBufferBuilder& fbb, const std::vector<std::string>& strings);
+flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>> ToWire(
+    flatbuffers::FlatBufferBuilder& fbb, const Labels& labels);
+flatbuffers::Offset<wire::Hardware> ToWire(flatbuffers::FlatBufferBuilder& fbb, const Hardware& hw);
+flatbuffers::Offset<wire::Resources> ToWire(flatbuffers::FlatBufferBuilder& fbb, const Resources& r);
+flatbuffers::Offset<wire::TaskSpec> ToWire(flatbuffers::FlatBufferBuilder& fbb, const TaskSpec& spec);
+
+Labels FromWire(const flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>* labels);
+Hardware FromWire(const wire::Hardware* hw);
+Resources FromWire(const wire::Resources* r);
+TaskSpec FromWire(const wire::TaskSpec* spec);
+
+}  // namespace fm::codec

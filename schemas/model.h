@@ -1,0 +1,59 @@
+// The plain C++ model of what the wire carries, shared by the tools, the worker and
+// the scheduler library. Conversions to and from the FlatBuffers tables live in
+// schemas/codec.h; nothing here does I/O.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fm {
+
+// Sorted by key, keys unique.
+using Labels = std::vector<std::pair<std::string, std::string>>;
+
+struct Resources {
+  uint32_t cpus_milli = 0;
+  uint64_t memory = 0;        // bytes
+  uint32_t gpus = 0;
+  uint64_t gpu_memory = 0;    // per GPU, bytes
+  std::string gpu_model;      // case-insensitive substring of the GPU's model; empty: any
+  bool operator==(const Resources&) const = default;
+};
+
+struct TaskSpec {
+  std::vector<std::string> command;
+  std::vector<std::string> required_capabilities;  // sorted, unique
+  Resources resources;
+  Labels labels;
+  std::string image;          // non-empty: the docker executor runs it
+  uint32_t max_attempts = 0;  // 0: the scheduler's default
+  uint64_t timeout_ms = 0;    // 0: none
+  int32_t priority = 0;
+  std::string key;            // client idempotency key; empty: none
+  bool operator==(const TaskSpec&) const = default;
+};
+
+struct Gpu {
+  std::string model;
+  uint64_t memory = 0;
+  bool operator==(const Gpu&) const = default;
+};
+
+struct Hardware {
+  uint32_t cpus_milli = 0;
+  uint64_t memory = 0;
+  std::vector<Gpu> gpus;
+  bool operator==(const Hardware&) const = default;
+};
+
+// Task ids print as "t<N>"; ParseTaskName accepts that form or a bare number.
+std::string TaskName(uint64_t id);
+bool ParseTaskName(const std::string& name, uint64_t* id);
+
+// Sorts and removes duplicates in place.
+void Normalize(std::vector<std::string>* set);
+void Normalize(Labels* labels);
+
+}  // namespace fm

@@ -47,7 +47,7 @@ void Loop::Watch(zmq::socket_t& socket, std::function<size_t()> drain) {
   watched_.push_back(std::move(w));
 }
 
-void Loop::Every(uint64_t interval_ms, std::function<void()> fn) {
+void Loop::Every(uint64_t interval_ms, std::function<void()> fn, int64_t first_ms) {
   auto t = std::make_unique<Timer>();
   t->loop = this;
   t->fn = std::move(fn);
@@ -60,7 +60,7 @@ void Loop::Every(uint64_t interval_ms, std::function<void()> fn) {
         self->fn();
         self->loop->work_ = true;
       },
-      interval_ms, interval_ms);
+      first_ms < 0 ? interval_ms : static_cast<uint64_t>(first_ms), interval_ms);
   timers_.push_back(std::move(t));
 }
 

@@ -31,8 +31,8 @@ class Loop {
   // ZMQ_DONTWAIT says EAGAIN or its budget ends, and return how many it took.
   // REQUIRES: `socket` outlives the loop.
   void Watch(zmq::socket_t& socket, std::function<size_t()> drain);
-  // Runs `fn` every `interval_ms` (first after `interval_ms`).
-  void Every(uint64_t interval_ms, std::function<void()> fn);
+  // Runs `fn` every `interval_ms`, the first time after `first_ms` (default: interval).
+  void Every(uint64_t interval_ms, std::function<void()> fn, int64_t first_ms = -1);
   // Called once at the end of every turn that handled a message or timer.
   void OnTurnEnd(std::function<void()> fn) { turn_end_ = std::move(fn); }
   // Stops on SIGINT or SIGTERM (and calls `fn` first, if given).

@@ -2,6 +2,7 @@
 
 #include <flatbuffers/flexbuffers.h>
 
+#include <cstdio>
 #include <stdexcept>
 
 #include "schemas/fm_json_generated.h"
@@ -86,8 +87,9 @@ Result<TaskSpec> JsonCodec::ParseTaskLine(std::string_view line) {
   Normalize(&spec.required_capabilities);
   if (const auto* r = in->resources()) {
     if (r->cpus() < 0) {
-      return Status::Invalid("resources.cpus is " + std::to_string(r->cpus()) +
-                             ": a cpu count cannot be negative");
+      char text[32];
+      std::snprintf(text, sizeof text, "%g", r->cpus());
+      return Status::Invalid(std::string("resources.cpus is ") + text + ": a cpu count cannot be negative");
     }
     spec.resources.cpus_milli = static_cast<uint32_t>(r->cpus() * 1000 + 0.5);
     if (r->memory()) {

@@ -1,0 +1,151 @@
+// fm-ctl [--broker URL] [--json] workers | tasks | drain WORKER | undrain WORKER | cancel TASK
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "schemas/json.h"
+#include "schemas/units.h"
+#include "tools/tool_client.h"
+
+namespace {
+
+std::string Join(const std::vector<std::string>& parts, const char* sep) {
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : sep) + p;
+  return out;
+}
+
+void PrintTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    widths.resize(std::max(widths.size(), row.size()));
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 2, ' ');
+    }
+    std::printf("%s\n", line.c_str());
+  }
+}
+
+std::string Gpus(const fm::wire::Hardware* hw) {
+  if (!hw || !hw->gpus() || hw->gpus()->size() == 0) return "-";
+  std::vector<std::string> parts;
+  for (const auto* g : *hw->gpus()) parts.push_back(fm::codec::Str(g->model()) + " " + fm::FormatSize(g->memory()));
+  return std::to_string(parts.size()) + "x [" + Join(parts, ", ") + "]";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"fm-ctl: inspects and steers an fm cluster"};
+  std::string broker = fm::bus::DefaultBrokerUrl(), target, timeout = "10s";
+  bool json = false;
+  app.add_option("--broker", broker, "broker (default $FM_BROKER or tcp://127.0.0.1:5550)")->capture_default_str();
+  app.add_flag("--json", json, "print JSON instead of a table");
+  app.add_option("--timeout", timeout, "how long to wait for the scheduler")->capture_default_str();
+  app.require_subcommand(1);
+  auto* workers = app.add_subcommand("workers", "each worker's capabilities, hardware, slots in use and liveness");
+  auto* tasks = app.add_subcommand("tasks", "tasks not ended and the most recently ended");
+  auto* drain = app.add_subcommand("drain", "stop new work to a worker; its running tasks finish");
+  drain->add_option("worker", target, "worker id")->required();
+  auto* undrain = app.add_subcommand("undrain", "let a drained worker take new work again");
+  undrain->add_option("worker", target, "worker id")->required();
+  auto* cancel = app.add_subcommand("cancel", "cancel a task");
+  cancel->add_option("task", target, "task id (t42)")->required();
+  for (auto* sub : {workers, tasks}) sub->add_flag("--json", json, "print JSON");
+  CLI11_PARSE(app, argc, argv);
+
+  fm::wire::ControlOp op = workers->parsed()   ? fm::wire::ControlOp::Workers
+                           : tasks->parsed()   ? fm::wire::ControlOp::Tasks
+                           : drain->parsed()   ? fm::wire::ControlOp::Drain
+                           : undrain->parsed() ? fm::wire::ControlOp::Undrain
+                                               : fm::wire::ControlOp::Cancel;
+  auto timeout_ms = fm::ParseDurationMs(timeout);
+  if (!timeout_ms.ok()) {
+    std::fprintf(stderr, "fm-ctl: --timeout: %s\n", timeout_ms.status().message().c_str());
+    return 2;
+  }
+  auto client = fm::tools::ToolClient::Connect(broker, "ctl", false);
+  if (!client.ok()) {
+    std::fprintf(stderr, "fm-ctl: %s\n", client.status().message().c_str());
+    return 2;
+  }
+  flatbuffers::FlatBufferBuilder fbb(256);
+  std::string request =
+      fm::codec::Seal(fbb, fm::wire::CreateControlRequestDirect(fbb, op, target.empty() ? nullptr : target.c_str(), 1));
+  zmq::message_t storage;
+  auto reply = (*client)->Call(request, fm::wire::Body::ControlReply, static_cast<int>(*timeout_ms), &storage);
+  if (!reply.ok()) {
+    std::fprintf(stderr, "fm-ctl: %s\n", reply.status().message().c_str());
+    return 1;
+  }
+  const auto* r = (*reply)->body_as_ControlReply();
+  if (!r->ok()) {
+    std::fprintf(stderr, "fm-ctl: %s\n", fm::codec::Str(r->message()).c_str());
+    return 1;
+  }
+  fm::JsonCodec codec;
+  if (op == fm::wire::ControlOp::Workers) {
+    if (json) {
+      std::printf("[");
+      bool first = true;
+      if (r->workers()) {
+        for (const auto* w : *r->workers()) {
+          std::printf("%s%s", first ? "" : ",\n", codec.TableToJson(w, "fm.wire.WorkerView").c_str());
+          first = false;
+        }
+      }
+      std::printf("]\n");
+      return 0;
+    }
+    std::vector<std::vector<std::string>> rows{
+        {"WORKER", "NODE", "CAPABILITIES", "CPUS", "MEMORY", "GPUS", "LABELS", "SLOTS", "LIVENESS"}};
+    if (r->workers()) {
+      for (const auto* w : *r->workers()) {
+        auto caps = fm::codec::Strings(w->capabilities());
+        std::vector<std::string> labels;
+        if (w->labels()) {
+          for (const auto* kv : *w->labels()) labels.push_back(fm::codec::Str(kv->key()) + "=" + fm::codec::Str(kv->value()));
+        }
+        const auto* hw = w->hardware();
+        std::string liveness = w->live() ? "live" : "unconfirmed";
+        liveness += " (" + std::to_string(w->last_seen_ms_ago()) + " ms ago)";
+        if (w->draining()) liveness += ", draining";
+        rows.push_back({fm::codec::Str(w->id()), fm::codec::Str(w->node()), caps.empty() ? "-" : Join(caps, ","),
+                        fm::FormatCpus(w->cpus_milli_used()) + "/" + fm::FormatCpus(hw ? hw->cpus_milli() : 0),
+                        fm::FormatSize(w->memory_used()) + "/" + fm::FormatSize(hw ? hw->memory() : 0), Gpus(hw),
+                        labels.empty() ? "-" : Join(labels, ","),
+                        std::to_string(w->slots_used()) + "/" + std::to_string(w->slots()), liveness});
+      }
+    }
+    PrintTable(rows);
+  } else if (op == fm::wire::ControlOp::Tasks) {
+    if (json) {
+      std::printf("[");
+      bool first = true;
+      if (r->tasks()) {
+        for (const auto* t : *r->tasks()) {
+          std::printf("%s%s", first ? "" : ",\n", codec.TableToJson(t, "fm.wire.TaskView").c_str());
+          first = false;
+        }
+      }
+      std::printf("]\n");
+      return 0;
+    }
+    std::vector<std::vector<std::string>> rows{{"TASK", "STATE", "ATTEMPT", "WORKER", "REASON", "MESSAGE"}};
+    if (r->tasks()) {
+      for (const auto* t : *r->tasks()) {
+        rows.push_back({fm::codec::Str(t->task()), fm::codec::Str(t->state()), std::to_string(t->attempt()),
+                        t->worker() && t->worker()->size() ? t->worker()->str() : "-",
+                        t->reason() && t->reason()->size() ? t->reason()->str() : "-", fm::codec::Str(t->message())});
+      }
+    }
+    PrintTable(rows);
+  } else {
+    std::printf("%s\n", fm::codec::Str(r->message()).c_str());
+  }
+  return 0;
+}

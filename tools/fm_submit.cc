@@ -1,0 +1,352 @@
+// fm-submit [--broker URL] [--wait] [--require CAP]... [--cpus N] [--memory SIZE]
+//           [--gpus N] [-- COMMAND ARGS...]
+//
+// With a command: submits that one task. Without: reads one JSON task per line from
+// stdin, submitting in batches as lines arrive. Prints one JSON line per input task,
+// in input order: {"line", "task", "status", "reason", "message", "worker"}. Exit status
+// 0 only if every task was accepted (with --wait: succeeded).
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <deque>
+#include <map>
+#include <unordered_map>
+
+#include "schemas/json.h"
+#include "schemas/units.h"
+#include "tools/tool_client.h"
+
+namespace {
+
+using fm::wire::SubmitStatus;
+
+const char* StatusName(SubmitStatus s) {
+  switch (s) {
+    case SubmitStatus::Accepted: return "accepted";
+    case SubmitStatus::Rejected: return "rejected";
+    case SubmitStatus::Succeeded: return "succeeded";
+    case SubmitStatus::Failed: return "failed";
+    case SubmitStatus::Cancelled: return "cancelled";
+  }
+  return "unknown";
+}
+
+// One input task, in input order, until its line is printed.
+struct Entry {
+  fm::SubmitLineFields fields;
+  bool ready = false;
+  bool ok = false;
+  uint64_t task = 0;
+};
+
+class Submitter {
+ public:
+  Submitter(fm::tools::ToolClient& client, bool wait, int timeout_ms, size_t batch_size)
+      : client_(client), wait_(wait), timeout_ms_(timeout_ms), batch_size_(batch_size) {}
+
+  void AddInvalid(uint64_t line, const std::string& message) {
+    Entry e;
+    e.fields.line = line;
+    e.fields.status = "rejected";
+    e.fields.reason = "invalid_task";
+    e.fields.message = "line " + std::to_string(line) + ": " + message;
+    e.ready = true;
+    entries_.push_back(std::move(e));
+  }
+
+  void Add(uint64_t line, const fm::TaskSpec& spec) {
+    Entry e;
+    e.fields.line = line;
+    entries_.push_back(std::move(e));
+    batch_lines_.push_back(first_index_ + entries_.size() - 1);
+    batch_specs_.push_back(spec);
+    if (batch_specs_.size() >= batch_size_) Flush();
+  }
+
+  void Flush() {
+    if (batch_specs_.empty()) return;
+    flatbuffers::FlatBufferBuilder fbb(1024 + 256 * batch_specs_.size());
+    std::vector<flatbuffers::Offset<fm::wire::TaskSpec>> specs;
+    specs.reserve(batch_specs_.size());
+    for (const auto& s : batch_specs_) specs.push_back(fm::codec::ToWire(fbb, s));
+    uint64_t correlation = next_correlation_++;
+    auto req = fm::wire::CreateSubmitRequest(fbb, fbb.CreateVector(specs), wait_, correlation);
+    std::string payload = fm::codec::Seal(fbb, req);
+    if (!client_.bus().Send(fm::bus::kSchedulerAddress, payload)) {
+      Fatal("cannot queue a submission for broker " + client_.broker());
+    }
+    in_flight_[correlation] = std::move(batch_lines_);
+    batch_lines_.clear();
+    batch_specs_.clear();
+    last_progress_ = std::chrono::steady_clock::now();
+  }
+
+  // Handles every waiting message; false on a fatal error (already reported).
+  void Receive() {
+    while (auto msg = client_.bus().Receive()) {
+      auto env = fm::codec::Decode(msg->payload.data(), msg->payload.size());
+      if (!env.ok()) {
+        std::fprintf(stderr, "fm-submit: ignoring an unreadable message from %s: %s\n", msg->from.c_str(),
+                     env.status().message().c_str());
+        continue;
+      }
+      const fm::wire::Envelope& e = **env;
+      if (e.body_type() == fm::wire::Body::Error) {
+        Fatal(client_.Explain(*e.body_as_Error()));
+      } else if (e.body_type() == fm::wire::Body::SubmitReply) {
+        OnReply(*e.body_as_SubmitReply());
+      } else if (e.body_type() == fm::wire::Body::TaskEnded) {
+        OnEnded(*e.body_as_TaskEnded());
+      }
+    }
+    PrintReady();
+  }
+
+  bool Done() const { return in_flight_.empty() && batch_specs_.empty() && waiting_.empty(); }
+  bool AwaitingReplies() const { return !in_flight_.empty(); }
+  bool TimedOut() const {
+    return AwaitingReplies() &&
+           std::chrono::steady_clock::now() - last_progress_ > std::chrono::milliseconds(timeout_ms_);
+  }
+  void PrintReady() {
+    while (!entries_.empty() && entries_.front().ready) {
+      Entry& e = entries_.front();
+      if (!e.ok) all_ok_ = false;
+      std::string line = codec_.SubmitLineToJson(e.fields);
+      std::fwrite(line.data(), 1, line.size(), stdout);
+      std::fputc('\n', stdout);
+      entries_.pop_front();
+      ++first_index_;
+    }
+    std::fflush(stdout);
+  }
+  bool all_ok() const { return all_ok_; }
+
+  [[noreturn]] void Fatal(const std::string& message) {
+    PrintReady();
+    std::fprintf(stderr, "fm-submit: %s\n", message.c_str());
+    std::exit(1);
+  }
+
+ private:
+  Entry& At(size_t index) { return entries_[index - first_index_]; }
+
+  void Fill(Entry& e, const fm::wire::SubmitResult& r) {
+    e.task = r.task();
+    e.fields.task = r.task() ? fm::TaskName(r.task()) : "";
+    e.fields.status = StatusName(r.status());
+    e.fields.reason = fm::codec::Str(r.reason());
+    e.fields.message = fm::codec::Str(r.message());
+    e.fields.worker = fm::codec::Str(r.worker());
+  }
+
+  void OnReply(const fm::wire::SubmitReply& reply) {
+    auto it = in_flight_.find(reply.correlation());
+    if (it == in_flight_.end()) return;
+    last_progress_ = std::chrono::steady_clock::now();
+    const auto& lines = it->second;
+    size_t n = reply.results() ? reply.results()->size() : 0;
+    for (size_t i = 0; i < lines.size(); ++i) {
+      Entry& e = At(lines[i]);
+      if (i >= n) {
+        e.fields.status = "rejected";
+        e.fields.reason = "no_result";
+        e.fields.message = "the scheduler's reply held no result for this task";
+        e.ready = true;
+        continue;
+      }
+      const auto* r = reply.results()->Get(static_cast<flatbuffers::uoffset_t>(i));
+      Fill(e, *r);
+      if (wait_ && r->status() == SubmitStatus::Accepted) {
+        waiting_[r->task()].push_back(lines[i]);
+        if (auto early = ended_early_.find(r->task()); early != ended_early_.end()) {
+          ApplyEnded(early->first, early->second);
+          ended_early_.erase(early);
+        }
+      } else {
+        e.ok = wait_ ? r->status() == SubmitStatus::Succeeded : r->status() == SubmitStatus::Accepted;
+        e.ready = true;
+      }
+    }
+    in_flight_.erase(it);
+  }
+
+  struct Ended {
+    SubmitStatus status;
+    std::string reason, message, worker;
+  };
+
+  void OnEnded(const fm::wire::TaskEnded& ended) {
+    if (!ended.result()) return;
+    const auto& r = *ended.result();
+    Ended e{r.status(), fm::codec::Str(r.reason()), fm::codec::Str(r.message()), fm::codec::Str(r.worker())};
+    if (!waiting_.count(r.task())) {
+      ended_early_[r.task()] = e;  // its submit reply is still on its way
+      return;
+    }
+    ApplyEnded(r.task(), e);
+  }
+
+  void ApplyEnded(uint64_t task, const Ended& ended) {
+    auto it = waiting_.find(task);
+    if (it == waiting_.end()) return;
+    for (size_t index : it->second) {
+      Entry& e = At(index);
+      e.fields.status = StatusName(ended.status);
+      e.fields.reason = ended.reason;
+      e.fields.message = ended.message;
+      e.fields.worker = ended.worker;
+      e.ok = ended.status == SubmitStatus::Succeeded;
+      e.ready = true;
+    }
+    waiting_.erase(it);
+  }
+
+  fm::tools::ToolClient& client_;
+  fm::JsonCodec codec_;
+  bool wait_;
+  int timeout_ms_;
+  size_t batch_size_;
+  std::deque<Entry> entries_;
+  size_t first_index_ = 0;  // index of entries_.front() since the start
+  std::vector<size_t> batch_lines_;
+  std::vector<fm::TaskSpec> batch_specs_;
+  std::map<uint64_t, std::vector<size_t>> in_flight_;  // correlation -> entry indexes
+  std::unordered_map<uint64_t, std::vector<size_t>> waiting_;  // task -> entry indexes (--wait)
+  std::unordered_map<uint64_t, Ended> ended_early_;
+  uint64_t next_correlation_ = 1;
+  bool all_ok_ = true;
+  std::chrono::steady_clock::time_point last_progress_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"fm-submit: submits tasks to fm and prints one JSON line per task"};
+  std::string broker = fm::bus::DefaultBrokerUrl();
+  bool wait = false;
+  std::vector<std::string> requires_, labels, command;
+  std::string cpus, memory, gpu_memory, gpu_model, image, timeout, key, reply_timeout = "30s";
+  int64_t gpus = 0, max_attempts = 0;
+  int32_t priority = 0;
+  size_t batch = 1000;
+  app.add_option("--broker", broker, "broker (default $FM_BROKER or tcp://127.0.0.1:5550)")->capture_default_str();
+  app.add_flag("--wait", wait, "wait until each task ends; exit 0 only if all succeeded");
+  app.add_option("--require", requires_, "capability the task needs (repeatable)");
+  app.add_option("--cpus", cpus, "cpus the task needs");
+  app.add_option("--memory", memory, "memory the task needs (e.g. 8GiB)");
+  app.add_option("--gpus", gpus, "GPUs the task needs");
+  app.add_option("--gpu-memory", gpu_memory, "memory per GPU");
+  app.add_option("--gpu-model", gpu_model, "GPU model (substring, e.g. H100)");
+  app.add_option("--label", labels, "K=V the worker must carry (repeatable)");
+  app.add_option("--image", image, "run in this container image (needs capability docker)");
+  app.add_option("--timeout", timeout, "kill the task after this long (e.g. 30s)");
+  app.add_option("--max-attempts", max_attempts, "attempts before the task fails");
+  app.add_option("--priority", priority, "higher runs first");
+  app.add_option("--key", key, "idempotency key: the same key is the same task");
+  app.add_option("--reply-timeout", reply_timeout, "give up when the scheduler does not answer for this long")
+      ->capture_default_str();
+  app.add_option("--batch", batch, "tasks per submission message")->capture_default_str();
+  app.add_option("command", command, "the command to run (after --); without it, JSON lines from stdin");
+  CLI11_PARSE(app, argc, argv);
+
+  auto reply_ms = fm::ParseDurationMs(reply_timeout);
+  if (!reply_ms.ok()) {
+    std::fprintf(stderr, "fm-submit: --reply-timeout: %s\n", reply_ms.status().message().c_str());
+    return 2;
+  }
+  auto client = fm::tools::ToolClient::Connect(broker, "submit", false);
+  if (!client.ok()) {
+    std::fprintf(stderr, "fm-submit: %s\n", client.status().message().c_str());
+    return 2;
+  }
+  Submitter submitter(**client, wait, static_cast<int>(*reply_ms), std::max<size_t>(batch, 1));
+
+  if (!command.empty()) {
+    fm::TaskSpec spec;
+    spec.command = command;
+    spec.required_capabilities = requires_;
+    fm::Normalize(&spec.required_capabilities);
+    auto fail = [](const std::string& what, const fm::Status& s) {
+      std::fprintf(stderr, "fm-submit: %s: %s\n", what.c_str(), s.message().c_str());
+      return 2;
+    };
+    if (!cpus.empty()) {
+      auto v = fm::ParseCpus(cpus);
+      if (!v.ok()) return fail("--cpus", v.status());
+      spec.resources.cpus_milli = *v;
+    }
+    if (!memory.empty()) {
+      auto v = fm::ParseSize(memory);
+      if (!v.ok()) return fail("--memory", v.status());
+      spec.resources.memory = *v;
+    }
+    if (!gpu_memory.empty()) {
+      auto v = fm::ParseSize(gpu_memory);
+      if (!v.ok()) return fail("--gpu-memory", v.status());
+      spec.resources.gpu_memory = *v;
+    }
+    if (gpus < 0 || max_attempts < 0) return fail("--gpus/--max-attempts", fm::Status::Invalid("cannot be negative"));
+    spec.resources.gpus = static_cast<uint32_t>(gpus);
+    spec.resources.gpu_model = gpu_model;
+    for (const auto& l : labels) {
+      size_t eq = l.find('=');
+      if (eq == std::string::npos || eq == 0) return fail("--label", fm::Status::Invalid("expected K=V, got " + l));
+      spec.labels.emplace_back(l.substr(0, eq), l.substr(eq + 1));
+    }
+    fm::Normalize(&spec.labels);
+    spec.image = image;
+    if (!timeout.empty()) {
+      auto v = fm::ParseDurationMs(timeout);
+      if (!v.ok()) return fail("--timeout", v.status());
+      spec.timeout_ms = *v;
+    }
+    spec.max_attempts = static_cast<uint32_t>(max_attempts);
+    spec.priority = priority;
+    spec.key = key;
+    if (fm::Status s = fm::ValidateTaskSpec(spec); !s.ok()) return fail("task", s);
+    submitter.Add(1, spec);
+    submitter.Flush();
+  }
+
+  fm::JsonCodec codec;
+  bool stdin_open = command.empty();
+  uint64_t line_number = 0;
+  std::string buffer;
+  while (stdin_open || !submitter.Done()) {
+    int woke = (*client)->Wait(stdin_open ? 1000 : 250, stdin_open ? STDIN_FILENO : -1);
+    if (woke == 1) submitter.Receive();
+    if (woke == 2) {
+      char chunk[65536];
+      ssize_t n = read(STDIN_FILENO, chunk, sizeof chunk);
+      if (n <= 0) {
+        stdin_open = false;
+        if (!buffer.empty()) buffer.push_back('\n');  // a last line without newline
+      } else {
+        buffer.append(chunk, static_cast<size_t>(n));
+      }
+      size_t start = 0;
+      for (size_t nl; (nl = buffer.find('\n', start)) != std::string::npos; start = nl + 1) {
+        ++line_number;
+        std::string_view line(buffer.data() + start, nl - start);
+        if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;  // blank: not a task
+        auto spec = codec.ParseTaskLine(line);
+        if (spec.ok()) {
+          submitter.Add(line_number, *spec);
+        } else {
+          submitter.AddInvalid(line_number, spec.status().message());
+        }
+      }
+      buffer.erase(0, start);
+      submitter.Flush();
+      submitter.PrintReady();
+    }
+    if (submitter.TimedOut()) {
+      submitter.Fatal("no answer from the scheduler through broker " + broker + " within " + reply_timeout);
+    }
+  }
+  submitter.PrintReady();
+  return submitter.all_ok() ? 0 : 1;
+}

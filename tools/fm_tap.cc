@@ -1,0 +1,220 @@
+// fm-tap [--broker URL] [--since SEQ] [--json] [TOPIC-PREFIX]...
+//
+// Follows the scheduler's event stream. Events carry strictly increasing sequence
+// numbers; fm-tap prints each once, in order. With --since it first replays stored
+// events from SEQ, then follows live. A gap in the live stream (ZeroMQ drops on slow
+// joins or overload) is filled from the store, so nothing is skipped or repeated.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <csignal>
+#include <cstdio>
+#include <chrono>
+#include <map>
+#include <optional>
+
+#include "schemas/json.h"
+#include "tools/tool_client.h"
+
+namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+
+class Tap {
+ public:
+  Tap(fm::tools::ToolClient& client, bool json, std::vector<std::string> prefixes, int64_t count)
+      : client_(client), json_(json), prefixes_(std::move(prefixes)), remaining_(count) {}
+
+  // Asks for stored events from `since`.
+  void RequestReplay(uint64_t since) {
+    flatbuffers::FlatBufferBuilder fbb(64);
+    client_.bus().Send(fm::bus::kSchedulerAddress,
+                       fm::codec::Seal(fbb, fm::wire::CreateReplayRequest(fbb, since, ++correlation_)));
+    replay_in_flight_ = true;
+  }
+
+  void Start(int64_t since) {
+    if (since >= 0) {
+      next_ = std::max<uint64_t>(static_cast<uint64_t>(since), 1);
+      RequestReplay(next_);
+    }
+  }
+
+  // Returns false once --count events were printed.
+  bool OnDirected() {
+    while (auto msg = client_.bus().Receive()) {
+      auto env = fm::codec::Decode(msg->payload.data(), msg->payload.size());
+      if (!env.ok()) continue;
+      if ((*env)->body_type() == fm::wire::Body::Error) {
+        // The scheduler is not (yet) connected: say so once, ask again shortly.
+        if (!warned_) std::fprintf(stderr, "fm-tap: %s; waiting\n", client_.Explain(*(*env)->body_as_Error()).c_str());
+        warned_ = true;
+        retry_at_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+        continue;
+      }
+      if ((*env)->body_type() != fm::wire::Body::ReplayBatch) continue;
+      const auto* batch = (*env)->body_as_ReplayBatch();
+      if (batch->correlation() != correlation_) continue;
+      if (batch->error()) Fail(batch->error()->str());
+      uint64_t last = 0;
+      if (batch->events()) {
+        for (const auto* e : *batch->events()) {
+          last = e->seq();
+          Offer(e);
+          if (remaining_ == 0) return false;
+        }
+      }
+      if (!batch->done() && last > 0) {
+        RequestReplay(last + 1);
+      } else {
+        replay_in_flight_ = false;
+        // Whatever is still missing below the buffered live events is not in the store
+        // (retention): move on to what we have.
+        if (!buffered_.empty() && buffered_.begin()->first > next_) next_ = buffered_.begin()->first;
+        Drain();
+      }
+    }
+    return remaining_ != 0;
+  }
+
+  // Re-asks for a replay that the broker could not deliver.
+  void OnIdle() {
+    if (retry_at_ && std::chrono::steady_clock::now() >= *retry_at_) {
+      retry_at_.reset();
+      RequestReplay(next_);
+    }
+  }
+
+  bool OnEvents() {
+    while (auto event = client_.bus().ReceiveEvent()) {
+      auto env = fm::codec::Decode(event->payload.data(), event->payload.size());
+      if (!env.ok() || (*env)->body_type() != fm::wire::Body::Event) continue;
+      const auto* e = (*env)->body_as_Event();
+      if (next_ == 0) next_ = e->seq();  // following live from now
+      if (e->seq() < next_) continue;    // already printed
+      if (e->seq() == next_ && !replay_in_flight_) {
+        Print(e);
+        ++next_;
+        Drain();
+      } else {
+        // Ahead of what we have: keep it and fetch the gap from the store.
+        buffered_.emplace(e->seq(), std::string(static_cast<const char*>(event->payload.data()),
+                                                event->payload.size()));
+        if (!replay_in_flight_) RequestReplay(next_);
+      }
+      if (remaining_ == 0) return false;
+    }
+    return true;
+  }
+
+ private:
+  [[noreturn]] void Fail(const std::string& message) {
+    std::fprintf(stderr, "fm-tap: %s\n", message.c_str());
+    std::exit(1);
+  }
+
+  void Offer(const fm::wire::Event* e) {
+    if (e->seq() < next_) return;
+    Print(e);  // a hole in the store itself can only be retention: skip it
+    next_ = e->seq() + 1;
+    buffered_.erase(buffered_.begin(), buffered_.lower_bound(next_));
+  }
+
+  void Drain() {
+    while (!buffered_.empty() && buffered_.begin()->first <= next_) {
+      auto node = buffered_.extract(buffered_.begin());
+      if (node.key() == next_) {
+        auto env = fm::codec::Decode(node.mapped().data(), node.mapped().size());
+        if (env.ok()) Print((*env)->body_as_Event());
+        ++next_;
+      }
+    }
+  }
+
+  bool Wanted(const std::string& type) const {
+    if (prefixes_.empty()) return true;
+    for (const auto& p : prefixes_) {
+      if (type.rfind(p, 0) == 0) return true;
+    }
+    return false;
+  }
+
+  void Print(const fm::wire::Event* e) {
+    std::string type = fm::codec::Str(e->type());
+    if (!Wanted(type)) return;
+    std::string line;
+    if (json_) {
+      line = codec_.EventToJson(e);
+    } else {
+      line = std::to_string(e->seq()) + " " + fm::codec::Str(e->time()) + " " + type;
+      auto field = [&](const char* name, const flatbuffers::String* s) {
+        if (s && s->size()) line += std::string(" ") + name + "=" + s->str();
+      };
+      field("task", e->task());
+      field("worker", e->worker());
+      if (e->attempt() > 1) line += " attempt=" + std::to_string(e->attempt());
+      if (type == "task.succeeded" || type == "task.failed") line += " exit=" + std::to_string(e->exit_code());
+      field("reason", e->reason());
+      field("stream", e->stream());
+      if (e->message() && e->message()->size()) line += ": " + e->message()->str();
+      if (e->data() && e->data()->size()) {
+        std::string data = e->data()->str();
+        while (!data.empty() && data.back() == '\n') data.pop_back();
+        line += " | " + data;
+      }
+    }
+    line.push_back('\n');
+    std::fwrite(line.data(), 1, line.size(), stdout);
+    std::fflush(stdout);
+    if (remaining_ > 0) --remaining_;
+  }
+
+  fm::tools::ToolClient& client_;
+  fm::JsonCodec codec_;
+  bool json_;
+  std::vector<std::string> prefixes_;
+  int64_t remaining_;  // -1: unlimited
+  uint64_t next_ = 0;  // the next sequence to print; 0 before the first
+  uint64_t correlation_ = 0;
+  bool replay_in_flight_ = false;
+  bool warned_ = false;
+  std::optional<std::chrono::steady_clock::time_point> retry_at_;
+  std::map<uint64_t, std::string> buffered_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"fm-tap: follows fm's event stream"};
+  std::string broker = fm::bus::DefaultBrokerUrl();
+  int64_t since = -1, count = -1;
+  bool json = false;
+  std::vector<std::string> prefixes;
+  app.add_option("--broker", broker, "broker (default $FM_BROKER or tcp://127.0.0.1:5550)")->capture_default_str();
+  app.add_option("--since", since, "replay stored events from this sequence number, then follow");
+  app.add_flag("--json", json, "one JSON object per event");
+  app.add_option("--count", count, "exit after printing this many events");
+  app.add_option("prefix", prefixes, "only events whose type starts with one of these (e.g. task.failed)");
+  CLI11_PARSE(app, argc, argv);
+
+  auto client = fm::tools::ToolClient::Connect(broker, "tap", true);
+  if (!client.ok()) {
+    std::fprintf(stderr, "fm-tap: %s\n", client.status().message().c_str());
+    return 2;
+  }
+  for (const char* topic : {"task.", "worker.", "scheduler."}) (*client)->bus().Subscribe(topic);
+  std::signal(SIGINT, [](int) { g_stop = 1; });
+  std::signal(SIGTERM, [](int) { g_stop = 1; });
+  std::signal(SIGPIPE, SIG_DFL);
+
+  Tap tap(**client, json, prefixes, count);
+  tap.Start(since);
+  if (count == 0) return 0;
+  while (!g_stop) {
+    int woke = (*client)->Wait(200, -1, true);
+    if (woke == 1 && !tap.OnDirected()) break;
+    if (woke == 3 && !tap.OnEvents()) break;
+    tap.OnIdle();
+  }
+  return 0;
+}

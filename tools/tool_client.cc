@@ -1,0 +1,71 @@
+#include "tools/tool_client.h"
+
+namespace fm::tools {
+
+Result<std::unique_ptr<ToolClient>> ToolClient::Connect(const std::string& broker, const std::string& prefix,
+                                                        bool subscribe) {
+  auto endpoints = bus::ParseBrokerUrl(broker);
+  if (!endpoints.ok()) return endpoints.status();
+  std::unique_ptr<ToolClient> c(new ToolClient());
+  c->broker_ = broker;
+  c->client_ = std::make_unique<bus::Client>(c->context_, *endpoints, bus::UniqueAddress(prefix), false, subscribe);
+  c->client_->dealer().set(zmq::sockopt::linger, 0);
+  return c;
+}
+
+int ToolClient::Wait(int timeout_ms, int stdin_fd, bool events) {
+  zmq::pollitem_t items[3];
+  int n = 0;
+  items[n++] = {client_->dealer().handle(), 0, ZMQ_POLLIN, 0};
+  int stdin_index = -1, events_index = -1;
+  if (stdin_fd >= 0) {
+    stdin_index = n;
+    items[n++] = {nullptr, stdin_fd, ZMQ_POLLIN, 0};
+  }
+  if (events) {
+    events_index = n;
+    items[n++] = {client_->sub().handle(), 0, ZMQ_POLLIN, 0};
+  }
+  try {
+    zmq::poll(items, n, std::chrono::milliseconds(timeout_ms));
+  } catch (const zmq::error_t& e) {
+    if (e.num() == EINTR) return 0;  // a signal: the caller checks its stop flag
+    throw;
+  }
+  if (items[0].revents & ZMQ_POLLIN) return 1;
+  if (events_index >= 0 && (items[events_index].revents & ZMQ_POLLIN)) return 3;
+  if (stdin_index >= 0 && (items[stdin_index].revents & (ZMQ_POLLIN | ZMQ_POLLERR))) return 2;
+  return 0;
+}
+
+std::string ToolClient::Explain(const wire::Error& error) const {
+  std::string code = codec::Str(error.code());
+  if (code == "unreachable" && codec::Str(error.about()) == bus::kSchedulerAddress) {
+    return "no scheduler is connected to broker " + broker_ + " (is fm-scheduler running?)";
+  }
+  return code + ": " + codec::Str(error.message());
+}
+
+Result<const wire::Envelope*> ToolClient::Call(const std::string& request, wire::Body expected, int timeout_ms,
+                                               zmq::message_t* storage) {
+  if (!client_->Send(bus::kSchedulerAddress, request)) return Status::Unavailable("cannot queue the request");
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0 || Wait(static_cast<int>(left.count())) == 0) {
+      return Status::Unavailable("no answer from the scheduler through broker " + broker_ + " within " +
+                                 std::to_string(timeout_ms / 1000.0).substr(0, 4) + " s");
+    }
+    while (auto msg = client_->Receive()) {
+      auto env = codec::Decode(msg->payload.data(), msg->payload.size());
+      if (!env.ok()) return Status::Invalid("unreadable reply from " + msg->from + ": " + env.status().message());
+      if ((*env)->body_type() == wire::Body::Error) return Status::Unavailable(Explain(*(*env)->body_as_Error()));
+      if ((*env)->body_type() == expected) {
+        *storage = std::move(msg->payload);
+        return codec::Decode(storage->data(), storage->size());
+      }
+    }
+  }
+}
+
+}  // namespace fm::tools

@@ -1,0 +1,76 @@
+// fm-worker [--broker URL] [--id ID] [--slots N] [--cpus N] [--memory SIZE]
+//           [--label K=V]... [--docker-socket PATH]
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "broker/loop.h"
+#include "schemas/units.h"
+#include "worker/worker.h"
+
+int main(int argc, char** argv) {
+  fm::worker::WorkerOptions options;
+  CLI::App app{"fm-worker: runs the tasks the scheduler dispatches to it"};
+  app.add_option("--broker", options.broker, "local broker (default $FM_BROKER or tcp://127.0.0.1:5550)")
+      ->capture_default_str();
+  app.add_option("--id", options.id, "worker id, unique in the cluster (default: host name)");
+  app.add_option("--node", options.node, "node name (default: host name)");
+  app.add_option("--slots", options.slots, "tasks run at once (default: whole cpus found)");
+  std::string cpus, memory, heartbeat = "1s", log_level = "info";
+  std::vector<std::string> labels;
+  app.add_option("--cpus", cpus, "announce fewer cpus than were found");
+  app.add_option("--memory", memory, "announce less memory than was found (e.g. 4GiB)");
+  app.add_option("--label", labels, "K=V label, repeatable");
+  app.add_option("--docker-socket", options.docker_socket,
+                 "Docker Engine API socket; capability docker is announced while it answers /_ping");
+  app.add_option("--heartbeat", heartbeat, "heartbeat and re-probe interval")->capture_default_str();
+  app.add_flag("--noop-executor", options.noop_executor,
+               "benchmarking only: complete every task at once without running it");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ fm-worker: %v");
+
+  if (!cpus.empty()) {
+    auto v = fm::ParseCpus(cpus);
+    if (!v.ok()) {
+      spdlog::error("--cpus: {}", v.status().message());
+      return 2;
+    }
+    options.cpus_milli = *v;
+  }
+  if (!memory.empty()) {
+    auto v = fm::ParseSize(memory);
+    if (!v.ok()) {
+      spdlog::error("--memory: {}", v.status().message());
+      return 2;
+    }
+    options.memory = *v;
+  }
+  auto hb = fm::ParseDurationMs(heartbeat);
+  if (!hb.ok() || *hb == 0) {
+    spdlog::error("--heartbeat: {}", hb.ok() ? "must be above 0" : hb.status().message());
+    return 2;
+  }
+  options.heartbeat_ms = *hb;
+  for (const auto& label : labels) {
+    size_t eq = label.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      spdlog::error("--label \"{}\": expected K=V", label);
+      return 2;
+    }
+    options.labels.emplace_back(label.substr(0, eq), label.substr(eq + 1));
+  }
+
+  fm::worker::Probe probe = fm::worker::ProbeAll(options.docker_socket);
+  zmq::context_t context(1);
+  fm::worker::Worker worker(context, options, probe);
+  if (fm::Status s = worker.Open(); !s.ok()) {
+    spdlog::error("{}", s.message());
+    return 2;
+  }
+  fm::bus::Loop loop;
+  worker.Attach(loop);
+  loop.StopOnSignals([](int signum) { spdlog::info("signal {}: stopping", signum); });
+  loop.Run();
+  return worker.exit_code();
+}

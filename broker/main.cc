@@ -2,6 +2,10 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <cstdio>
+
+#include "broker/logging.h"
+
 #include "broker/broker.h"
 #include "broker/loop.h"
 
@@ -14,8 +18,10 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  spdlog::set_level(spdlog::level::from_str(log_level));
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ fm-broker: %v");
+  if (fm::Status s = fm::bus::InitLogging("fm-broker", log_level); !s.ok()) {
+    std::fprintf(stderr, "fm-broker: %s\n", s.message().c_str());
+    return 2;
+  }
 
   if (!options.upstream.empty()) {
     spdlog::error("--upstream {}: broker trees are not implemented in this version; run a single root broker",

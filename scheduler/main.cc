@@ -2,6 +2,10 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <cstdio>
+
+#include "broker/logging.h"
+
 #include "broker/loop.h"
 #include "scheduler/daemon.h"
 #include "schemas/units.h"
@@ -21,8 +25,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  spdlog::set_level(spdlog::level::from_str(log_level));
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ fm-scheduler: %v");
+  if (fm::Status s = fm::bus::InitLogging("fm-scheduler", log_level); !s.ok()) {
+    std::fprintf(stderr, "fm-scheduler: %s\n", s.message().c_str());
+    return 2;
+  }
 
   auto window = fm::ParseDurationMs(liveness);
   if (!window.ok()) {

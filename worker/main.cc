@@ -3,6 +3,10 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <cstdio>
+
+#include "broker/logging.h"
+
 #include "broker/loop.h"
 #include "schemas/units.h"
 #include "worker/worker.h"
@@ -27,8 +31,10 @@ int main(int argc, char** argv) {
                "benchmarking only: complete every task at once without running it");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  spdlog::set_level(spdlog::level::from_str(log_level));
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ fm-worker: %v");
+  if (fm::Status s = fm::bus::InitLogging("fm-worker", log_level); !s.ok()) {
+    std::fprintf(stderr, "fm-worker: %s\n", s.message().c_str());
+    return 2;
+  }
 
   if (!cpus.empty()) {
     auto v = fm::ParseCpus(cpus);

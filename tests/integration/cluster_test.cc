@@ -1,0 +1,351 @@
+// The real binaries on loopback: routing, fail fast, worker loss, bad input, fm-ctl.
+#include <signal.h>
+
+#include <catch2/catch.hpp>
+#include <regex>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "harness.h"
+
+using namespace fm::test;
+using Catch::Contains;
+
+namespace {
+
+// The worker a task ran on, from fm-submit --wait's JSON line.
+std::string WorkerOf(const std::string& line) {
+  std::smatch m;
+  if (std::regex_search(line, m, std::regex(R"re("worker": "([^"]+)")re"))) return m[1];
+  return "";
+}
+
+std::string TaskOf(const std::string& line) {
+  std::smatch m;
+  if (std::regex_search(line, m, std::regex(R"re("task": "(t[0-9]+)")re"))) return m[1];
+  return "";
+}
+
+std::string Repeat(const std::string& line, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out += line + "\n";
+  return out;
+}
+
+// A cluster of two workers that differ in hardware and labels.
+struct MixedFleet {
+  Cluster cluster;
+  MixedFleet() {
+    cluster.StartWorker("big", {"--slots", "2", "--memory", "2GiB", "--label", "zone=a"});
+    cluster.StartWorker("small", {"--slots", "2", "--cpus", "1", "--memory", "512MiB", "--label", "zone=b"});
+  }
+};
+
+}  // namespace
+
+TEST_CASE("on a mixed fleet each task lands only on a worker whose hardware and labels satisfy it",
+          "[integration]") {
+  MixedFleet f;
+  std::string lines = Repeat(R"({"command": ["true"], "labels": {"zone": "b"}})", 3) +
+                      Repeat(R"({"command": ["true"], "resources": {"memory": "1GiB"}})", 3) +
+                      Repeat(R"({"command": ["true"], "resources": {"cpus": 2}})", 2);
+  ToolRun run = f.cluster.Submit(lines, {"--wait"});
+  INFO(run.err);
+  REQUIRE(run.exit_code == 0);
+  REQUIRE(run.lines.size() == 8);
+  for (int i = 0; i < 3; ++i) CHECK(WorkerOf(run.lines[i]) == "small");
+  for (int i = 3; i < 8; ++i) CHECK(WorkerOf(run.lines[i]) == "big");
+  for (const auto& line : run.lines) CHECK_THAT(line, Contains(R"("status": "succeeded")"));
+}
+
+TEST_CASE("with several eligible workers the load spreads across them", "[integration]") {
+  MixedFleet f;
+  ToolRun run = f.cluster.Submit(Repeat(R"({"command": ["sleep", "0.3"]})", 4), {"--wait"});
+  REQUIRE(run.exit_code == 0);
+  int on_big = 0, on_small = 0;
+  for (const auto& line : run.lines) (WorkerOf(line) == "big" ? on_big : on_small)++;
+  CHECK(on_big == 2);
+  CHECK(on_small == 2);
+}
+
+TEST_CASE("when all eligible workers are full a task waits in the scheduler and runs when a slot frees",
+          "[integration]") {
+  Cluster c;
+  c.StartWorker("solo", {"--slots", "1"});
+  ToolRun run = c.Submit(R"({"command": ["sleep", "0.5"]})"
+                         "\n"
+                         R"({"command": ["true"]})"
+                         "\n",
+                         {"--wait"});
+  REQUIRE(run.exit_code == 0);
+  std::string first = TaskOf(run.lines[0]), second = TaskOf(run.lines[1]);
+  // In the stream, the second task is queued only after the first ended.
+  auto lines = c.tap().Lines();
+  int first_done = -1, second_queued = -1;
+  for (int i = 0; i < static_cast<int>(lines.size()); ++i) {
+    if (lines[i].find("task.succeeded task=" + first + " ") != std::string::npos) first_done = i;
+    if (lines[i].find("task.queued task=" + second + " ") != std::string::npos) second_queued = i;
+  }
+  REQUIRE(first_done >= 0);
+  REQUIRE(second_queued >= 0);
+  CHECK(second_queued > first_done);
+}
+
+TEST_CASE("a task no live worker could ever run is rejected at once, per predicate, and no worker receives it",
+          "[integration]") {
+  MixedFleet f;
+  struct Row {
+    const char* line;
+    const char* message;
+  };
+  std::vector<Row> rows{
+      {R"({"command": ["true"], "requires": ["gpu"]})", "0/2 workers eligible: 2 lack capability gpu"},
+      {R"({"command": ["true"], "resources": {"cpus": 64}})", "0/2 workers eligible: 2 have fewer than 64 cpus"},
+      {R"({"command": ["true"], "resources": {"memory": "8GiB"}})",
+       "0/2 workers eligible: 2 have less than 8 GiB memory (largest 2 GiB)"},
+      {R"({"command": ["true"], "resources": {"memory": "1GiB"}, "labels": {"zone": "b"}})",
+       "0/2 workers eligible: 1 has 512 MiB memory < 1 GiB, 1 lacks label zone=b"},
+      {R"({"command": ["true"], "resources": {"gpus": 1, "gpu_memory": "40GiB", "gpu_model": "H100"}})",
+       "0/2 workers eligible: 2 have fewer than 1 GPUs (most 0)"},
+      {R"({"command": ["true"], "labels": {"zone": "c"}})", "0/2 workers eligible: 2 lack label zone=c"},
+  };
+  std::string input;
+  for (const auto& r : rows) input += std::string(r.line) + "\n";
+  ToolRun run = f.cluster.Submit(input);
+  CHECK(run.exit_code == 1);
+  REQUIRE(run.lines.size() == rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    INFO(run.lines[i]);
+    CHECK_THAT(run.lines[i], Contains(R"("status": "rejected")"));
+    CHECK_THAT(run.lines[i], Contains(R"("reason": "no_eligible_worker")"));
+    CHECK_THAT(run.lines[i], Contains(rows[i].message));
+    std::string task = TaskOf(run.lines[i]);
+    REQUIRE_FALSE(task.empty());
+    REQUIRE(f.cluster.WaitEvent("task.failed task=" + task + " exit=0 reason=no_eligible_worker"));
+    CHECK(f.cluster.tap().Count("task.queued task=" + task + " ") == 0);
+  }
+}
+
+TEST_CASE("fm-tap --json prints seq, type, time, task, reason, message and the breakdown", "[integration]") {
+  MixedFleet f;
+  auto tap = Process::Start({Bin("fm-tap"), "--broker", f.cluster.broker(), "--since", "1", "--json", "task.failed"});
+  ToolRun run = f.cluster.Submit(R"({"command": ["true"], "requires": ["docker"]})"
+                                 "\n");
+  REQUIRE(tap->WaitFor(R"("type": "task.failed")"));
+  std::string line = tap->Lines().back();
+  CHECK_THAT(line, Contains(R"({"seq": )"));
+  CHECK_THAT(line, Contains(R"("time": ")"));
+  CHECK_THAT(line, Contains(R"("task": ")" + TaskOf(run.lines[0]) + "\""));
+  CHECK_THAT(line, Contains(R"("reason": "no_eligible_worker")"));
+  CHECK_THAT(line, Contains(R"("message": "0/2 workers eligible: 2 lack capability docker")"));
+  CHECK_THAT(line, Contains(R"("breakdown": [{"predicate": "capability","workers": 2)"));
+}
+
+TEST_CASE("exec streams stdout and stderr as log events, reports the exit status and kills on timeout",
+          "[integration]") {
+  Cluster c;
+  c.StartWorker("w", {"--slots", "2"});
+  ToolRun run = c.Submit(R"({"command": ["sh", "-c", "echo to-out; echo to-err >&2; exit 3"]})"
+                         "\n"
+                         R"({"command": ["sleep", "30"], "timeout": "300ms"})"
+                         "\n",
+                         {"--wait"});
+  CHECK(run.exit_code == 1);
+  REQUIRE(run.lines.size() == 2);
+  CHECK_THAT(run.lines[0], Contains(R"("status": "failed","reason": "exit_status","message": "exit status 3")"));
+  CHECK_THAT(run.lines[1], Contains(R"("reason": "timeout")"));
+  std::string first = TaskOf(run.lines[0]);
+  CHECK(c.WaitEvent("task.log task=" + first + " worker=w stream=stdout | to-out"));
+  CHECK(c.WaitEvent("task.log task=" + first + " worker=w stream=stderr | to-err"));
+  CHECK(c.WaitEvent("task.failed task=" + first + " worker=w exit=3 reason=exit_status"));
+  CHECK(c.WaitEvent("task.failed task=" + TaskOf(run.lines[1]) + " worker=w exit=137 reason=timeout"));
+}
+
+TEST_CASE("a worker killed with SIGKILL is lost after the liveness window and its task runs elsewhere",
+          "[integration]") {
+  Cluster c({"--liveness", "1s"});
+  c.StartWorker("a", {"--slots", "1"});
+  c.StartWorker("b", {"--slots", "1"});
+  auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"},
+                               R"({"command": ["sleep", "1"]})"
+                               "\n");
+  REQUIRE(c.WaitEvent("task.started task=t1 "));
+  std::string victim = c.tap().Count("task.started task=t1 worker=a") ? "a" : "b";
+  std::string survivor = victim == "a" ? "b" : "a";
+  c.KillWorker(victim, SIGKILL);
+  REQUIRE(c.WaitEvent("worker.lost worker=" + victim));
+  REQUIRE(c.WaitEvent("task.retrying task=t1 worker=" + victim + " attempt=2 reason=worker_lost"));
+  REQUIRE(c.WaitEvent("task.succeeded task=t1 worker=" + survivor + " attempt=2", 15000));
+  CHECK(submit->Wait() == 0);
+  CHECK_THAT(submit->Stdout(), Contains(R"("status": "succeeded","worker": ")" + survivor));
+}
+
+TEST_CASE("waiting and running tasks fail with no_eligible_worker when the last worker that could run them leaves",
+          "[integration]") {
+  Cluster c({"--liveness", "1s"});
+  c.StartWorker("gpuish", {"--slots", "1", "--label", "kind=special"});
+  c.StartWorker("plain", {"--slots", "1"});
+  auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"},
+                               R"({"command": ["sleep", "30"], "labels": {"kind": "special"}})"
+                               "\n"
+                               R"({"command": ["true"], "labels": {"kind": "special"}})"
+                               "\n");
+  REQUIRE(c.WaitEvent("task.started task=t1 worker=gpuish"));
+  c.KillWorker("gpuish", SIGKILL);
+  REQUIRE(c.WaitEvent("reason=no_eligible_worker: 0/1 workers eligible: 1 lacks label kind=special", 15000, 2));
+  CHECK(submit->Wait() == 1);
+  auto lines = submit->Lines();
+  REQUIRE(lines.size() == 2);
+  for (const auto& line : lines) CHECK_THAT(line, Contains(R"("status": "failed","reason": "no_eligible_worker")"));
+}
+
+TEST_CASE("fm-submit reports each bad line by number and what is wrong, and carries on with the rest",
+          "[integration]") {
+  Cluster c;
+  c.StartWorker("w");
+  std::string input = R"({"command": ["true"]})"
+                      "\n"
+                      "this is not json\n"
+                      R"({"command": ["true"], "colour": "red"})"
+                      "\n"
+                      R"({"command": ["true"], "resources": {"memory": "8 parsecs"}})"
+                      "\n"
+                      R"({"command": ["true"], "resources": {"cpus": -2}})"
+                      "\n"
+                      R"({"command": []})"
+                      "\n"
+                      R"({"command": ["true"]})"
+                      "\n";
+  ToolRun run = c.Submit(input);
+  CHECK(run.exit_code == 1);
+  REQUIRE(run.lines.size() == 7);
+  CHECK_THAT(run.lines[0], Contains(R"("line": 1,"task": "t1","status": "accepted")"));
+  CHECK_THAT(run.lines[1], Contains(R"("line": 2,"status": "rejected","reason": "invalid_task","message": "line 2: not a JSON object)"));
+  CHECK_THAT(run.lines[2], Contains(R"("message": "line 3: unknown field: colour)"));
+  CHECK_THAT(run.lines[3], Contains(R"("message": "line 4: resources.memory: invalid size \"8 parsecs\")"));
+  CHECK_THAT(run.lines[4], Contains(R"("message": "line 5: resources.cpus is -2: a cpu count cannot be negative")"));
+  CHECK_THAT(run.lines[5], Contains(R"("message": "line 6: command is missing or empty")"));
+  CHECK_THAT(run.lines[6], Contains(R"("line": 7,"task": "t2","status": "accepted")"));
+}
+
+TEST_CASE("garbage frames to the broker and the scheduler are rejected and logged; both keep serving",
+          "[integration]") {
+  Cluster c;
+  c.StartWorker("w");
+  zmq::context_t ctx(1);
+  zmq::socket_t raw(ctx, zmq::socket_type::dealer);
+  raw.set(zmq::sockopt::routing_id, "garbage-sender");
+  raw.set(zmq::sockopt::rcvtimeo, 10000);
+  raw.set(zmq::sockopt::linger, 0);
+  raw.connect(c.broker());
+  auto reply = [&]() {
+    std::vector<zmq::message_t> frames;
+    REQUIRE(zmq::recv_multipart(raw, std::back_inserter(frames)));
+    REQUIRE(frames.size() == 2);
+    return frames[0].to_string() + "|" + frames[1].to_string();
+  };
+  // One frame, where [destination][payload] is expected: the broker answers.
+  raw.send(zmq::str_buffer("just one frame"), zmq::send_flags::none);
+  std::string r = reply();
+  CHECK_THAT(r, Contains("fm-broker|"));
+  CHECK_THAT(r, Contains("expected 2 frames"));
+  // Bytes that are no fm envelope, to the scheduler: it answers and logs.
+  raw.send(zmq::str_buffer("fm-scheduler"), zmq::send_flags::sndmore);
+  raw.send(zmq::str_buffer("\xde\xad\xbe\xef not a flatbuffer at all"), zmq::send_flags::none);
+  r = reply();
+  CHECK_THAT(r, Contains("fm-scheduler|"));
+  CHECK_THAT(r, Contains("malformed"));
+  // A destination nobody holds.
+  raw.send(zmq::str_buffer("nobody"), zmq::send_flags::sndmore);
+  raw.send(zmq::str_buffer("x"), zmq::send_flags::none);
+  CHECK_THAT(reply(), Contains("no peer \"nobody\""));
+  // Everyone else is undisturbed.
+  ToolRun run = c.Submit(R"({"command": ["true"]})"
+                         "\n",
+                         {"--wait"});
+  CHECK(run.exit_code == 0);
+}
+
+TEST_CASE("fm-ctl workers shows id, node, capabilities, hardware, slots in use and liveness, also as JSON",
+          "[integration]") {
+  MixedFleet f;
+  auto busy = Process::Start({Bin("fm-submit"), "--broker", f.cluster.broker(), "--wait"},
+                             R"({"command": ["sleep", "30"], "labels": {"zone": "b"}, "resources": {"cpus": 0.5}})"
+                             "\n");
+  REQUIRE(f.cluster.WaitEvent("task.started task=t1 worker=small"));
+  ToolRun table = f.cluster.Ctl({"workers"});
+  REQUIRE(table.exit_code == 0);
+  REQUIRE(table.lines.size() == 3);
+  CHECK_THAT(table.lines[0], Contains("WORKER") && Contains("CAPABILITIES") && Contains("SLOTS") && Contains("LIVENESS"));
+  CHECK_THAT(table.lines[1], Contains("big") && Contains("0 B/2 GiB") && Contains("zone=a") && Contains("0/2") &&
+                                 Contains("live"));
+  CHECK_THAT(table.lines[2], Contains("small") && Contains("0.5/1") && Contains("0 B/512 MiB") &&
+                                 Contains("zone=b") && Contains("1/2"));
+  ToolRun json = f.cluster.Ctl({"workers", "--json"});
+  REQUIRE(json.exit_code == 0);
+  std::string all;
+  for (const auto& l : json.lines) all += l;
+  CHECK_THAT(all, Contains(R"("id": "small")") && Contains(R"("slots_used": 1)") && Contains(R"("live": true)") &&
+                      Contains(R"("memory": 536870912)"));
+  CHECK(f.cluster.Ctl({"cancel", "t1"}).exit_code == 0);
+  CHECK(busy->Wait() == 1);
+  CHECK_THAT(busy->Stdout(), Contains(R"("status": "cancelled")"));
+}
+
+TEST_CASE("a second worker announcing a live worker's id is refused with a clear error; the first keeps working",
+          "[integration]") {
+  Cluster c;
+  c.StartWorker("dup");
+  auto second = Process::Start({Bin("fm-worker"), "--broker", c.broker(), "--id", "dup", "--heartbeat", "200ms"});
+  CHECK(second->Wait(15000) == 3);
+  CHECK_THAT(second->Stderr(), Contains("worker id \"dup\" is already in use by a live worker"));
+  CHECK(c.WaitEvent("worker.rejected worker=dup reason=duplicate_worker_id"));
+  ToolRun run = c.Submit(R"({"command": ["true"]})"
+                         "\n",
+                         {"--wait"});
+  CHECK(run.exit_code == 0);
+  CHECK(WorkerOf(run.lines[0]) == "dup");
+}
+
+TEST_CASE("a worker speaking the first published schema, without capabilities, gets plain tasks and never a docker one",
+          "[integration][compat]") {
+  Cluster c;
+  c.StartCustomWorker("old", {Bin("fm-test-v1-worker"), "--id", "old"});
+  ToolRun run = c.Submit(R"({"command": ["true"], "image": "localhost/fm-busybox:latest"})"
+                         "\n"
+                         R"({"command": ["true"], "requires": ["docker"]})"
+                         "\n"
+                         R"({"command": ["true"]})"
+                         "\n",
+                         {"--wait"});
+  REQUIRE(run.lines.size() == 3);
+  CHECK_THAT(run.lines[0], Contains("0/1 workers eligible: 1 lacks capability docker"));
+  CHECK_THAT(run.lines[1], Contains("0/1 workers eligible: 1 lacks capability docker"));
+  CHECK_THAT(run.lines[2], Contains(R"("status": "succeeded","worker": "old")"));
+  Process& old = c.worker("old");
+  REQUIRE(old.WaitFor("received " + TaskOf(run.lines[2])));
+  CHECK(old.Count("received " + TaskOf(run.lines[0])) == 0);
+  CHECK(old.Count("received " + TaskOf(run.lines[1])) == 0);
+}
+
+TEST_CASE("--cpus and --memory above what was probed are refused", "[integration]") {
+  ToolRun run = RunTool({Bin("fm-worker"), "--broker", "tcp://127.0.0.1:1", "--cpus", "4096"});
+  CHECK(run.exit_code == 2);
+  CHECK_THAT(run.err, Contains("--cpus 4096 exceeds the") && Contains("can only lower it"));
+  run = RunTool({Bin("fm-worker"), "--broker", "tcp://127.0.0.1:1", "--memory", "64TiB"});
+  CHECK(run.exit_code == 2);
+  CHECK_THAT(run.err, Contains("--memory 64 TiB exceeds the"));
+  run = RunTool({Bin("fm-worker"), "--memory", "lots"});
+  CHECK(run.exit_code == 2);
+  CHECK_THAT(run.err, Contains("invalid size \"lots\""));
+}
+
+TEST_CASE("fm-submit without a scheduler says so instead of waiting forever", "[integration]") {
+  TempDir dir;
+  std::string broker = "tcp://127.0.0.1:" + std::to_string(PickPortBase());
+  auto b = Process::Start({Bin("fm-broker"), "--bind", broker});
+  REQUIRE(b->WaitFor("broker on", 10000, 1, true));
+  ToolRun run = RunTool({Bin("fm-submit"), "--broker", broker, "--", "true"});
+  CHECK(run.exit_code == 1);
+  CHECK_THAT(run.err, Contains("no scheduler is connected to broker " + broker));
+}

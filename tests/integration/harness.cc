@@ -1,0 +1,294 @@
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <stdexcept>
+
+namespace fm::test {
+
+std::string Bin(const std::string& name) { return std::string(FM_BIN_DIR) + "/" + name; }
+
+TempDir::TempDir() {
+  std::string tmpl = (std::filesystem::temp_directory_path() / "fm-test-XXXXXX").string();
+  if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+namespace {
+bool PortFree(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  close(fd);
+  return ok;
+}
+}  // namespace
+
+int PickPortBase() {
+  static std::mt19937 rng(std::random_device{}() ^ static_cast<unsigned>(getpid()));
+  for (int i = 0; i < 1000; ++i) {
+    int base = 20000 + static_cast<int>(rng() % 30000);
+    if (PortFree(base) && PortFree(base + 1) && PortFree(base + 2)) return base;
+  }
+  throw std::runtime_error("no free port triple on 127.0.0.1");
+}
+
+std::unique_ptr<Process> Process::Start(const std::vector<std::string>& argv, const std::string& input) {
+  int in[2], out[2], err[2];
+  if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) throw std::runtime_error("pipe");
+  std::unique_ptr<Process> p(new Process());
+  p->pid_ = fork();
+  if (p->pid_ == 0) {
+    dup2(in[0], 0);
+    dup2(out[1], 1);
+    dup2(err[1], 2);
+    setpgid(0, 0);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    std::fprintf(stderr, "exec %s: %s\n", args[0], std::strerror(errno));
+    _exit(127);
+  }
+  close(in[0]);
+  close(out[1]);
+  close(err[1]);
+  int write_fd = in[1];
+  p->writer_ = std::thread([write_fd, input] {
+    size_t done = 0;
+    while (done < input.size()) {
+      ssize_t n = write(write_fd, input.data() + done, input.size() - done);
+      if (n <= 0) break;
+      done += static_cast<size_t>(n);
+    }
+    close(write_fd);
+  });
+  p->reader_ = std::thread([raw = p.get(), o = out[0], e = err[0]] { raw->ReadLoop(o, e); });
+  return p;
+}
+
+void Process::ReadLoop(int out_fd, int err_fd) {
+  pollfd fds[2] = {{out_fd, POLLIN, 0}, {err_fd, POLLIN, 0}};
+  int open = 2;
+  char buf[65536];
+  while (open > 0) {
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (n <= 0) {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        --open;
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      (i == 0 ? out_ : err_).append(buf, static_cast<size_t>(n));
+      changed_.notify_all();
+    }
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  closed_ = true;
+  changed_.notify_all();
+}
+
+Process::~Process() {
+  if (running()) {
+    kill(-pid_, SIGKILL);
+    kill(pid_, SIGKILL);
+  }
+  Wait(10000);
+  // Children of the process (e.g. a task's shell) hold the pipes open: end the group.
+  kill(-pid_, SIGKILL);
+  if (reader_.joinable()) reader_.join();
+  if (writer_.joinable()) writer_.join();
+}
+
+namespace {
+int CountIn(const std::string& text, const std::string& needle) {
+  int n = 0;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) break;  // only whole lines count
+    if (text.compare(start, end - start, needle) == 0 ||
+        std::string_view(text).substr(start, end - start).find(needle) != std::string_view::npos) {
+      ++n;
+    }
+    start = end + 1;
+  }
+  return n;
+}
+}  // namespace
+
+bool Process::WaitFor(const std::string& needle, int timeout_ms, int count, bool on_stderr) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return changed_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                           [&] { return CountIn(on_stderr ? err_ : out_, needle) >= count; });
+}
+
+int Process::Count(const std::string& needle, bool on_stderr) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return CountIn(on_stderr ? err_ : out_, needle);
+}
+
+std::vector<std::string> Process::Lines() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<std::string> lines;
+  size_t start = 0;
+  for (size_t end; (end = out_.find('\n', start)) != std::string::npos; start = end + 1) {
+    lines.push_back(out_.substr(start, end - start));
+  }
+  return lines;
+}
+
+std::string Process::Stdout() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return out_;
+}
+
+std::string Process::Stderr() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return err_;
+}
+
+bool Process::running() {
+  if (reaped_) return false;
+  int status = 0;
+  pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r == pid_) {
+    reaped_ = true;
+    status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return false;
+  }
+  return true;
+}
+
+int Process::Wait(int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (running()) {
+    if (std::chrono::steady_clock::now() > deadline) return -1;
+    usleep(5000);  // polling a child's exit: there is no event to wait on without a signal handler
+  }
+  return status_;
+}
+
+void Process::Signal(int signum) {
+  if (!reaped_) kill(pid_, signum);
+}
+
+bool Process::WaitClosed(int timeout_ms) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return changed_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return closed_; });
+}
+
+ToolRun RunTool(const std::vector<std::string>& argv, const std::string& input, int timeout_ms) {
+  auto p = Process::Start(argv, input);
+  ToolRun run;
+  run.exit_code = p->Wait(timeout_ms);
+  p->WaitClosed(5000);
+  run.lines = p->Lines();
+  run.err = p->Stderr();
+  return run;
+}
+
+Cluster::Cluster(std::vector<std::string> scheduler_args) : scheduler_args_(std::move(scheduler_args)) {
+  int base = PickPortBase();
+  broker_ = "tcp://127.0.0.1:" + std::to_string(base);
+  broker_proc_ = Process::Start({Bin("fm-broker"), "--bind", broker_});
+  if (!broker_proc_->WaitFor("broker on", 10000, 1, true)) {
+    throw std::runtime_error("fm-broker did not start: " + broker_proc_->Stderr());
+  }
+  RestartScheduler();
+  tap_ = Process::Start({Bin("fm-tap"), "--broker", broker_, "--since", "1"});
+  if (!WaitEvent("scheduler.started", 15000)) throw std::runtime_error("no scheduler.started on the tap");
+}
+
+void Cluster::RestartScheduler() {
+  if (scheduler_) {
+    scheduler_->Signal(SIGKILL);
+    scheduler_->Wait(10000);
+  }
+  std::vector<std::string> argv{Bin("fm-scheduler"), "--broker", broker_, "--data", data_.path() + "/scheduler"};
+  argv.insert(argv.end(), scheduler_args_.begin(), scheduler_args_.end());
+  scheduler_ = Process::Start(argv);
+}
+
+Cluster::~Cluster() {
+  tap_.reset();
+  workers_.clear();
+  scheduler_.reset();
+  broker_proc_.reset();
+}
+
+Process& Cluster::StartCustomWorker(const std::string& id, std::vector<std::string> argv) {
+  argv.push_back("--broker");
+  argv.push_back(broker_);
+  int before = tap_->Count("worker.registered worker=" + id + ":");
+  workers_.emplace_back(id, Process::Start(argv));
+  Process& p = *workers_.back().second;
+  if (!WaitEvent("worker.registered worker=" + id + ":", 15000, before + 1)) {
+    throw std::runtime_error("worker " + id + " did not register: " + p.Stderr());
+  }
+  return p;
+}
+
+Process& Cluster::StartWorker(const std::string& id, std::vector<std::string> args) {
+  std::vector<std::string> argv{Bin("fm-worker"), "--id", id, "--heartbeat", "200ms"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return StartCustomWorker(id, argv);
+}
+
+Process& Cluster::worker(const std::string& id) {
+  for (auto& [wid, p] : workers_) {
+    if (wid == id) return *p;
+  }
+  throw std::runtime_error("no worker " + id);
+}
+
+void Cluster::KillWorker(const std::string& id, int signum) {
+  Process& p = worker(id);
+  p.Signal(signum);
+  p.Wait(10000);
+}
+
+ToolRun Cluster::Submit(const std::string& lines, std::vector<std::string> args) {
+  std::vector<std::string> argv{Bin("fm-submit"), "--broker", broker_};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunTool(argv, lines);
+}
+
+ToolRun Cluster::Ctl(std::vector<std::string> args) {
+  std::vector<std::string> argv{Bin("fm-ctl"), "--broker", broker_};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunTool(argv);
+}
+
+bool Cluster::WaitEvent(const std::string& needle, int timeout_ms, int count) {
+  return tap_->WaitFor(needle, timeout_ms, count);
+}
+
+}  // namespace fm::test

@@ -1,0 +1,108 @@
+// Integration harness: starts the real fm binaries as child processes on 127.0.0.1
+// ports with temporary data directories, and waits on what they print (never a fixed
+// sleep).
+#pragma once
+
+#include <sys/types.h>
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace fm::test {
+
+std::string Bin(const std::string& name);
+
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// A base port P with P, P+1 and P+2 free on 127.0.0.1.
+int PickPortBase();
+
+class Process {
+ public:
+  // Starts argv[0] with the arguments; stdin gets `input` then EOF.
+  static std::unique_ptr<Process> Start(const std::vector<std::string>& argv, const std::string& input = "");
+  ~Process();
+
+  // Waits until stdout (or, with `stderr`, stderr) holds a line containing `needle`;
+  // `count` such lines. False on timeout.
+  bool WaitFor(const std::string& needle, int timeout_ms = 10000, int count = 1, bool on_stderr = false);
+  int Count(const std::string& needle, bool on_stderr = false) const;
+  std::vector<std::string> Lines() const;
+  std::string Stdout() const;
+  std::string Stderr() const;
+  // Exit status, or -1 if it is still running after timeout_ms. 128+N when killed by N.
+  int Wait(int timeout_ms = 30000);
+  void Signal(int signum);
+  // Waits until both output pipes reached end of file.
+  bool WaitClosed(int timeout_ms);
+  bool running();
+  pid_t pid() const { return pid_; }
+
+ private:
+  Process() = default;
+  void ReadLoop(int out_fd, int err_fd);
+
+  pid_t pid_ = -1;
+  int status_ = -1;
+  bool reaped_ = false;
+  std::thread reader_, writer_;
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  std::string out_, err_;
+  bool closed_ = false;
+};
+
+struct ToolRun {
+  int exit_code = -1;
+  std::vector<std::string> lines;
+  std::string err;
+};
+
+// Runs a tool to completion.
+ToolRun RunTool(const std::vector<std::string>& argv, const std::string& input = "", int timeout_ms = 60000);
+
+// A root broker, a scheduler with a temporary data directory, and an fm-tap --since 1
+// following the whole stream.
+class Cluster {
+ public:
+  explicit Cluster(std::vector<std::string> scheduler_args = {"--liveness", "2s"});
+  ~Cluster();
+
+  const std::string& broker() const { return broker_; }
+  const std::string& data_dir() const { return data_.path(); }
+  Process& tap() { return *tap_; }
+
+  // Starts an fm-worker and waits for its worker.registered event.
+  Process& StartWorker(const std::string& id, std::vector<std::string> args = {});
+  // Starts any worker-like program (given argv without --broker) and waits for id's registration.
+  Process& StartCustomWorker(const std::string& id, std::vector<std::string> argv);
+  Process& worker(const std::string& id);
+  void KillWorker(const std::string& id, int signum);
+
+  ToolRun Submit(const std::string& lines, std::vector<std::string> args = {});
+  ToolRun Ctl(std::vector<std::string> args);
+  // Waits for `count` events on the tap whose line contains `needle`.
+  bool WaitEvent(const std::string& needle, int timeout_ms = 10000, int count = 1);
+  void RestartScheduler();
+
+ private:
+  TempDir data_;
+  std::string broker_;
+  std::vector<std::string> scheduler_args_;
+  std::unique_ptr<Process> broker_proc_, scheduler_, tap_;
+  std::vector<std::pair<std::string, std::unique_ptr<Process>>> workers_;
+};
+
+}  // namespace fm::test

@@ -1,0 +1,76 @@
+#include <catch2/catch.hpp>
+
+#include "schemas/codec.h"
+#include "schemas/json.h"
+
+using namespace fm;
+
+TEST_CASE("a full task line parses through the FlatBuffers JSON parser", "[unit]") {
+  JsonCodec codec;
+  auto spec = codec.ParseTaskLine(
+      R"({"command": ["sh","-c","echo hi"], "requires": ["gpu", "docker"], "resources": {"cpus": 2,
+      "memory": "8GiB", "gpus": 1, "gpu_memory": "40GiB", "gpu_model": "H100"}, "labels": {"zone": "a"},
+      "image": "busybox", "max_attempts": 3, "timeout": "30s", "priority": 5, "key": "client-key"})");
+  REQUIRE(spec.ok());
+  CHECK(spec->command == std::vector<std::string>{"sh", "-c", "echo hi"});
+  CHECK(spec->required_capabilities == std::vector<std::string>{"docker", "gpu"});
+  CHECK(spec->resources.cpus_milli == 2000);
+  CHECK(spec->resources.memory == 8ull << 30);
+  CHECK(spec->resources.gpus == 1);
+  CHECK(spec->resources.gpu_memory == 40ull << 30);
+  CHECK(spec->resources.gpu_model == "H100");
+  CHECK(spec->labels == Labels{{"zone", "a"}});
+  CHECK(spec->image == "busybox");
+  CHECK(spec->max_attempts == 3);
+  CHECK(spec->timeout_ms == 30000);
+  CHECK(spec->priority == 5);
+  CHECK(spec->key == "client-key");
+}
+
+TEST_CASE("bad task lines are refused with what is wrong, and the parser keeps working", "[unit]") {
+  JsonCodec codec;
+  struct Row {
+    const char* line;
+    const char* says;
+  };
+  for (Row row : {Row{"not json", "not a JSON object"}, Row{R"({"command": ["x"], "colour": 1})", "unknown field: colour"},
+                  Row{R"({"command": ["x"], "resources": {"memory": "lots"}})", "resources.memory: invalid size"},
+                  Row{R"({"command": ["x"], "resources": {"cpus": -2}})", "cpu count cannot be negative"},
+                  Row{R"({"command": ["x"], "resources": {"gpus": -1}})", "GPU count cannot be negative"},
+                  Row{R"({"command": []})", "command is missing or empty"}, Row{R"({})", "command is missing"},
+                  Row{R"({"command": ["x"], "timeout": "soon"})", "timeout: invalid duration"},
+                  Row{R"({"command": ["x"], "labels": {"zone": 1}})", "labels.zone must be a string"},
+                  Row{R"({"command": ["x"]} trailing)", ""}}) {
+    INFO(row.line);
+    auto spec = codec.ParseTaskLine(row.line);
+    REQUIRE_FALSE(spec.ok());
+    CHECK_THAT(spec.status().message(), Catch::Contains(row.says));
+    // The next good line still parses.
+    REQUIRE(codec.ParseTaskLine(R"({"command": ["true"]})").ok());
+  }
+}
+
+TEST_CASE("submit output lines and events print as one-line JSON", "[unit]") {
+  JsonCodec codec;
+  std::string line = codec.SubmitLineToJson({3, "t7", "rejected", "no_eligible_worker", "0/1 workers eligible", ""});
+  CHECK(line == R"({"line": 3,"task": "t7","status": "rejected","reason": "no_eligible_worker","message": "0/1 workers eligible"})");
+  flatbuffers::FlatBufferBuilder fbb;
+  auto ev = wire::CreateEventDirect(fbb, 42, "task.failed", "2026-01-01T00:00:00.000Z", "t7", nullptr,
+                                    "no_eligible_worker", "0/0 workers eligible: no live workers");
+  std::string bytes = codec::Seal(fbb, ev);
+  std::string json = codec.EventToJson(wire::GetEnvelope(bytes.data())->body_as_Event());
+  CHECK_THAT(json, Catch::StartsWith(R"({"seq": 42,"type": "task.failed","time": "2026-01-01T00:00:00.000Z","task": "t7")"));
+  CHECK_THAT(json, Catch::Contains(R"("reason": "no_eligible_worker")"));
+}
+
+TEST_CASE("inbound buffers are verified before they are read", "[unit]") {
+  std::string garbage(64, '\xff');
+  auto r = codec::Decode(garbage.data(), garbage.size());
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.status().message(), Catch::Contains("malformed"));
+  CHECK_FALSE(codec::Decode("abc", 3).ok());
+  std::string huge(codec::kMaxMessageBytes + 1, '\0');
+  auto big = codec::Decode(huge.data(), huge.size());
+  REQUIRE_FALSE(big.ok());
+  CHECK_THAT(big.status().message(), Catch::Contains("oversized"));
+}

@@ -4,6 +4,7 @@
 # the local busybox-static binary (no registry is reachable).
 # Usage: scripts/podman-setup.sh            configure and import localhost/fm-busybox:latest
 #        scripts/podman-setup.sh serve SOCK  also start the API service on unix socket SOCK
+#                                            and print its pid
 set -euo pipefail
 
 conf=/etc/containers/containers.conf
@@ -24,7 +25,7 @@ if ! podman image exists localhost/fm-busybox:latest 2>/dev/null; then
   cp /bin/busybox "$root/bin/busybox"
   for tool in sh echo true false sleep cat ls; do ln -sf busybox "$root/bin/$tool"; done
   tar -C "$root" -cf "$root.tar" .
-  podman import "$root.tar" localhost/fm-busybox:latest >/dev/null
+  podman import "$root.tar" localhost/fm-busybox:latest >/dev/null 2>&1
   rm -rf "$root" "$root.tar"
 fi
 
@@ -32,8 +33,12 @@ if [ "${1:-}" = serve ]; then
   sock=${2:?socket path}
   rm -f "$sock"
   nohup podman system service --time=0 "unix://$sock" >/dev/null 2>&1 &
+  pid=$!
   for _ in $(seq 1 100); do
-    if curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then exit 0; fi
+    if curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
+      echo "$pid"
+      exit 0
+    fi
     sleep 0.1
   done
   echo "podman API did not come up on $sock" >&2

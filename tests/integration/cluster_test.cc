@@ -328,7 +328,7 @@ TEST_CASE("a worker speaking the first published schema, without capabilities, g
   CHECK(old.Count("received " + TaskOf(run.lines[1])) == 0);
 }
 
-TEST_CASE("--cpus and --memory above what was probed are refused", "[integration]") {
+TEST_CASE("fm-worker refuses --cpus and --memory above what was probed", "[integration]") {
   ToolRun run = RunTool({Bin("fm-worker"), "--broker", "tcp://127.0.0.1:1", "--cpus", "4096"});
   CHECK(run.exit_code == 2);
   CHECK_THAT(run.err, Contains("--cpus 4096 exceeds the") && Contains("can only lower it"));

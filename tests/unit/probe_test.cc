@@ -20,7 +20,7 @@ TEST_CASE("the probed machine has cpus and memory", "[unit]") {
   CHECK(ProbeMemoryBytes() > (64ull << 20));
 }
 
-TEST_CASE("--cpus and --memory may only lower what was probed", "[unit]") {
+TEST_CASE("a worker's --cpus and --memory may only lower what was probed", "[unit]") {
   Hardware hw{2000, 4ull << 30, {}};
   WorkerOptions o;
   o.cpus_milli = 1000;

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages fm builds, tests and demonstrates with, if any is missing.
+set -euo pipefail
+packages=(build-essential cmake ninja-build pkg-config git curl
+  libzmq3-dev cppzmq-dev libflatbuffers-dev flatbuffers-compiler librocksdb-dev libuv1-dev
+  libspdlog-dev catch2 libcli11-dev
+  podman runc busybox-static)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, prepares podman (the Docker Engine API
+# the docker tests talk to), builds, runs ctest. .ci/run calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+scripts/podman-setup.sh
+scripts/build.sh
+ctest --test-dir build --output-on-failure -j2 "$@"

@@ -26,7 +26,8 @@ Result<Endpoints> ParseBrokerUrl(const std::string& url) {
   auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
   if (host.empty() || ec != std::errc() || end != port_text.data() + port_text.size() || port == 0 ||
       port + 2 > 65535) {
-    return Status::Invalid("broker URL \"" + url + "\": need a host and a port from 1 to 65533 (PORT+1 and "
+    return Status::Invalid("broker URL \"" + url +
+                           "\": need a host and a port from 1 to 65533 (PORT+1 and "
                            "PORT+2 carry the event bus)");
   }
   std::string base = scheme + host + ":";

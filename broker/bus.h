@@ -48,8 +48,7 @@ class Client {
  public:
   // Connects a DEALER with `address` as identity; with `publish` a PUB to events in;
   // with `subscribe` a SUB to events out (subscribe to prefixes with Subscribe()).
-  Client(zmq::context_t& context, const Endpoints& endpoints, const std::string& address, bool publish,
-         bool subscribe);
+  Client(zmq::context_t& context, const Endpoints& endpoints, const std::string& address, bool publish, bool subscribe);
 
   const std::string& address() const { return address_; }
   zmq::socket_t& dealer() { return dealer_; }

@@ -1,12 +1,11 @@
 // fm-broker [--bind tcp://HOST:PORT] [--upstream tcp://ROOT:PORT]
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 
-#include "broker/logging.h"
-
 #include "broker/broker.h"
+#include "broker/logging.h"
 #include "broker/loop.h"
 
 int main(int argc, char** argv) {
@@ -39,7 +38,7 @@ int main(int argc, char** argv) {
   loop.StopOnSignals([](int signum) { spdlog::info("signal {}: stopping", signum); });
   loop.Run();
   const auto& c = broker.counters();
-  spdlog::info("stopped: routed {}, unreachable {}, malformed {}, oversized {}, events {}", c.routed,
-               c.unreachable, c.malformed, c.oversized, c.events);
+  spdlog::info("stopped: routed {}, unreachable {}, malformed {}, oversized {}, events {}", c.routed, c.unreachable,
+               c.malformed, c.oversized, c.events);
   return 0;
 }

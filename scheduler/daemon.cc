@@ -16,8 +16,7 @@ SchedulerDaemon::SchedulerDaemon(zmq::context_t& context, SchedulerOptions optio
 }
 
 uint64_t SchedulerDaemon::NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -32,11 +31,10 @@ Status SchedulerDaemon::Open() {
   store_ = std::move(*store);
   auto started = std::chrono::steady_clock::now();
   if (Status s = engine_.Recover(store_.get(), NowMs()); !s.ok()) return s;
-  options_.logger->info("recovered {} tasks not ended ({} pending) from {} in {} ms", engine_.active_count(),
-                        engine_.pending_count(), options_.data_dir,
-                        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
-                                                                              started)
-                            .count());
+  options_.logger->info(
+      "recovered {} tasks not ended ({} pending) from {} in {} ms", engine_.active_count(), engine_.pending_count(),
+      options_.data_dir,
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
   client_ = std::make_unique<bus::Client>(context_, *endpoints, bus::kSchedulerAddress, true, true);
   client_->Subscribe("fleet.");
   return Status::Ok();

@@ -23,22 +23,32 @@ bool IsEnded(wire::TaskState s) {
 
 const char* StateName(wire::TaskState s) {
   switch (s) {
-    case wire::TaskState::Pending: return "pending";
-    case wire::TaskState::Queued: return "queued";
-    case wire::TaskState::Running: return "running";
-    case wire::TaskState::Succeeded: return "succeeded";
-    case wire::TaskState::Failed: return "failed";
-    case wire::TaskState::Cancelled: return "cancelled";
+    case wire::TaskState::Pending:
+      return "pending";
+    case wire::TaskState::Queued:
+      return "queued";
+    case wire::TaskState::Running:
+      return "running";
+    case wire::TaskState::Succeeded:
+      return "succeeded";
+    case wire::TaskState::Failed:
+      return "failed";
+    case wire::TaskState::Cancelled:
+      return "cancelled";
   }
   return "unknown";
 }
 
 wire::SubmitStatus StatusOf(wire::TaskState s) {
   switch (s) {
-    case wire::TaskState::Succeeded: return wire::SubmitStatus::Succeeded;
-    case wire::TaskState::Failed: return wire::SubmitStatus::Failed;
-    case wire::TaskState::Cancelled: return wire::SubmitStatus::Cancelled;
-    default: return wire::SubmitStatus::Accepted;
+    case wire::TaskState::Succeeded:
+      return wire::SubmitStatus::Succeeded;
+    case wire::TaskState::Failed:
+      return wire::SubmitStatus::Failed;
+    case wire::TaskState::Cancelled:
+      return wire::SubmitStatus::Cancelled;
+    default:
+      return wire::SubmitStatus::Accepted;
   }
 }
 
@@ -95,11 +105,11 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
   persisted_task_id_ = next_task_id_;
   persisted_seq_ = next_seq_;
   oldest_seq_ = next_seq_;
-  Status s = store->Scan(keys::kEventPrefix, keys::PrefixEnd(keys::kEventPrefix),
-                         [&](std::string_view key, std::string_view) {
-                           oldest_seq_ = keys::DecodeU64(key.substr(2));
-                           return false;
-                         });
+  Status s =
+      store->Scan(keys::kEventPrefix, keys::PrefixEnd(keys::kEventPrefix), [&](std::string_view key, std::string_view) {
+        oldest_seq_ = keys::DecodeU64(key.substr(2));
+        return false;
+      });
   if (!s.ok()) return s;
 
   Status bad = Status::Ok();
@@ -132,36 +142,34 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
   if (!s.ok()) return s;
   if (!bad.ok()) return bad;
 
-  s = store->Scan(keys::kActivePrefix, keys::PrefixEnd(keys::kActivePrefix),
-                  [&](std::string_view key, std::string_view value) {
-                    flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
-                    if (!v.VerifyBuffer<wire::TaskRecord>(nullptr)) {
-                      bad = Status::Internal("store: bad task record at a/" +
-                                             std::to_string(keys::DecodeU64(key.substr(2))));
-                      return false;
-                    }
-                    Task t = TaskFromRecord(*flatbuffers::GetRoot<wire::TaskRecord>(value.data()));
-                    next_order_ = std::max(next_order_, t.order + 1);
-                    next_task_id_ = std::max(next_task_id_, t.id + 1);
-                    if (!t.spec.key.empty()) client_keys_[t.spec.key] = t.id;
-                    auto w = workers_.find(t.worker);
-                    if ((t.state == wire::TaskState::Queued || t.state == wire::TaskState::Running) &&
-                        w != workers_.end()) {
-                      Reserve(t.spec, &w->second);
-                      w->second.tasks.insert(t.id);
-                      t.dispatched_ms = now_ms;
-                    } else if (t.state != wire::TaskState::Pending) {
-                      // Its worker is not known any more: run it again.
-                      t.state = wire::TaskState::Pending;
-                      t.worker.clear();
-                      dirty_tasks_.insert(t.id);
-                    }
-                    if (t.state == wire::TaskState::Pending) {
-                      pending_.insert({-static_cast<int64_t>(t.spec.priority), t.order, t.id});
-                    }
-                    active_.emplace(t.id, std::move(t));
-                    return true;
-                  });
+  s = store->Scan(
+      keys::kActivePrefix, keys::PrefixEnd(keys::kActivePrefix), [&](std::string_view key, std::string_view value) {
+        flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
+        if (!v.VerifyBuffer<wire::TaskRecord>(nullptr)) {
+          bad = Status::Internal("store: bad task record at a/" + std::to_string(keys::DecodeU64(key.substr(2))));
+          return false;
+        }
+        Task t = TaskFromRecord(*flatbuffers::GetRoot<wire::TaskRecord>(value.data()));
+        next_order_ = std::max(next_order_, t.order + 1);
+        next_task_id_ = std::max(next_task_id_, t.id + 1);
+        if (!t.spec.key.empty()) client_keys_[t.spec.key] = t.id;
+        auto w = workers_.find(t.worker);
+        if ((t.state == wire::TaskState::Queued || t.state == wire::TaskState::Running) && w != workers_.end()) {
+          Reserve(t.spec, &w->second);
+          w->second.tasks.insert(t.id);
+          t.dispatched_ms = now_ms;
+        } else if (t.state != wire::TaskState::Pending) {
+          // Its worker is not known any more: run it again.
+          t.state = wire::TaskState::Pending;
+          t.worker.clear();
+          dirty_tasks_.insert(t.id);
+        }
+        if (t.state == wire::TaskState::Pending) {
+          pending_.insert({-static_cast<int64_t>(t.spec.priority), t.order, t.id});
+        }
+        active_.emplace(t.id, std::move(t));
+        return true;
+      });
   if (!s.ok()) return s;
   return bad;
 }
@@ -170,8 +178,8 @@ void Engine::Start(uint64_t now_ms) {
   started_ms_ = now_ms;
   EventFields f;
   f.type = "scheduler.started";
-  f.message = std::to_string(workers_.size()) + " workers last known, " + std::to_string(active_.size()) +
-              " tasks not ended";
+  f.message =
+      std::to_string(workers_.size()) + " workers last known, " + std::to_string(active_.size()) + " tasks not ended";
   Emit(f, now_ms);
   for (const auto& [id, w] : workers_) {
     flatbuffers::FlatBufferBuilder fbb(64);
@@ -185,27 +193,38 @@ void Engine::Start(uint64_t now_ms) {
 
 void Engine::OnDirected(const std::string& from, const wire::Envelope& env, uint64_t now_ms) {
   switch (env.body_type()) {
-    case wire::Body::SubmitRequest: return OnSubmit(from, *env.body_as_SubmitRequest(), now_ms);
-    case wire::Body::TaskStarted: return OnTaskStarted(*env.body_as_TaskStarted(), now_ms);
-    case wire::Body::TaskFinished: return OnTaskFinished(from, *env.body_as_TaskFinished(), now_ms);
-    case wire::Body::TaskLog: return OnTaskLog(*env.body_as_TaskLog(), now_ms);
-    case wire::Body::ControlRequest: return OnControl(from, *env.body_as_ControlRequest(), now_ms);
-    case wire::Body::ReplayRequest: return OnReplay(from, *env.body_as_ReplayRequest());
-    case wire::Body::WorkerRegistration: return OnRegistration(*env.body_as_WorkerRegistration(), now_ms);
-    case wire::Body::WorkerHeartbeat: return OnHeartbeat(*env.body_as_WorkerHeartbeat(), now_ms);
-    case wire::Body::Error: return;  // e.g. "unreachable" for a submitter that left
+    case wire::Body::SubmitRequest:
+      return OnSubmit(from, *env.body_as_SubmitRequest(), now_ms);
+    case wire::Body::TaskStarted:
+      return OnTaskStarted(*env.body_as_TaskStarted(), now_ms);
+    case wire::Body::TaskFinished:
+      return OnTaskFinished(from, *env.body_as_TaskFinished(), now_ms);
+    case wire::Body::TaskLog:
+      return OnTaskLog(*env.body_as_TaskLog(), now_ms);
+    case wire::Body::ControlRequest:
+      return OnControl(from, *env.body_as_ControlRequest(), now_ms);
+    case wire::Body::ReplayRequest:
+      return OnReplay(from, *env.body_as_ReplayRequest());
+    case wire::Body::WorkerRegistration:
+      return OnRegistration(*env.body_as_WorkerRegistration(), now_ms);
+    case wire::Body::WorkerHeartbeat:
+      return OnHeartbeat(*env.body_as_WorkerHeartbeat(), now_ms);
+    case wire::Body::Error:
+      return;  // e.g. "unreachable" for a submitter that left
     default:
-      Send(from, codec::EncodeError("unsupported",
-                                    std::string("the scheduler does not take ") +
-                                        wire::EnumNameBody(env.body_type()) + " messages"));
+      Send(from, codec::EncodeError("unsupported", std::string("the scheduler does not take ") +
+                                                       wire::EnumNameBody(env.body_type()) + " messages"));
   }
 }
 
 void Engine::OnBus(const wire::Envelope& env, uint64_t now_ms) {
   switch (env.body_type()) {
-    case wire::Body::WorkerRegistration: return OnRegistration(*env.body_as_WorkerRegistration(), now_ms);
-    case wire::Body::WorkerHeartbeat: return OnHeartbeat(*env.body_as_WorkerHeartbeat(), now_ms);
-    default: return;
+    case wire::Body::WorkerRegistration:
+      return OnRegistration(*env.body_as_WorkerRegistration(), now_ms);
+    case wire::Body::WorkerHeartbeat:
+      return OnHeartbeat(*env.body_as_WorkerHeartbeat(), now_ms);
+    default:
+      return;
   }
 }
 
@@ -275,8 +294,8 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         std::string reason, message, worker;
         if (auto status = LookupKey(spec.key, &id, &reason, &message, &worker)) {
           if (*status == wire::SubmitStatus::Failed && reason == kNoEligible) status = wire::SubmitStatus::Rejected;
-          results.push_back(wire::CreateSubmitResultDirect(fbb, id, *status, reason.c_str(), message.c_str(),
-                                                           worker.c_str()));
+          results.push_back(
+              wire::CreateSubmitResultDirect(fbb, id, *status, reason.c_str(), message.c_str(), worker.c_str()));
           continue;
         }
       }
@@ -294,8 +313,8 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       Explanation why = Explain(t.spec, fleet);
       if (why.eligible == 0) {
         // Fail fast: nothing is queued, no worker sees it.
-        results.push_back(wire::CreateSubmitResultDirect(fbb, t.id, wire::SubmitStatus::Rejected, kNoEligible,
-                                                         why.message.c_str()));
+        results.push_back(
+            wire::CreateSubmitResultDirect(fbb, t.id, wire::SubmitStatus::Rejected, kNoEligible, why.message.c_str()));
         t.watcher.clear();  // the reply already says so
         auto [it, inserted] = active_.emplace(t.id, std::move(t));
         End(&it->second, wire::TaskState::Failed, kNoEligible, why.message, 0, now_ms, &why);
@@ -343,9 +362,9 @@ void Engine::PersistWorker(const WorkerState& w) {
   auto caps = codec::ToWire(fbb, w.capabilities);
   auto hw = codec::ToWire(fbb, w.hardware);
   auto labels = codec::ToWire(fbb, w.labels);
-  auto reg = wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address),
-                                            fbb.CreateString(w.node), w.instance, fbb.CreateString(w.version),
-                                            w.slots, hw, labels, 0, caps);
+  auto reg =
+      wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address), fbb.CreateString(w.node),
+                                     w.instance, fbb.CreateString(w.version), w.slots, hw, labels, 0, caps);
   fbb.Finish(wire::CreateWorkerRecord(fbb, reg, w.draining));
   effects_.writes.Put(keys::Worker(w.id),
                       std::string(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
@@ -359,9 +378,8 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
   if (it != workers_.end() && it->second.instance != reg.instance()) {
     if (it->second.confirmed) {
       // A second process claims a live worker's id: refuse it, the live one keeps its work.
-      std::string message = "worker id \"" + id + "\" is already in use by a live worker on node " +
-                            it->second.node + " (last heard " +
-                            std::to_string(now_ms - std::min(now_ms, it->second.last_seen_ms)) +
+      std::string message = "worker id \"" + id + "\" is already in use by a live worker on node " + it->second.node +
+                            " (last heard " + std::to_string(now_ms - std::min(now_ms, it->second.last_seen_ms)) +
                             " ms ago); choose another --id or stop that worker";
       flatbuffers::FlatBufferBuilder fbb(256);
       Send(address, codec::Seal(fbb, wire::CreateWorkerRejectedDirect(fbb, id.c_str(), message.c_str())));
@@ -511,8 +529,8 @@ void Engine::Retry(Task* t, const std::string& reason, const std::string& messag
   Unassign(t);
   if (t->attempt >= t->spec.max_attempts) {
     End(t, wire::TaskState::Failed, reason,
-        message + "; attempts exhausted (" + std::to_string(t->attempt) + "/" +
-            std::to_string(t->spec.max_attempts) + ")",
+        message + "; attempts exhausted (" + std::to_string(t->attempt) + "/" + std::to_string(t->spec.max_attempts) +
+            ")",
         0, now_ms);
     return;
   }
@@ -555,8 +573,8 @@ void Engine::End(Task* t, wire::TaskState state, const std::string& reason, cons
   Emit(f, now_ms);
   if (!t->watcher.empty()) {
     flatbuffers::FlatBufferBuilder fbb(256);
-    auto result = wire::CreateSubmitResultDirect(fbb, t->id, StatusOf(state), reason.c_str(), message.c_str(),
-                                                 t->worker.c_str());
+    auto result =
+        wire::CreateSubmitResultDirect(fbb, t->id, StatusOf(state), reason.c_str(), message.c_str(), t->worker.c_str());
     Send(t->watcher, codec::Seal(fbb, wire::CreateTaskEnded(fbb, result)));
   }
   effects_.writes.Delete(keys::ActiveTask(t->id));
@@ -649,16 +667,16 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
   std::vector<flatbuffers::Offset<wire::TaskView>> tasks;
   std::string target = Str(req.target());
   auto task_view = [&](const Task& t) {
-    return wire::CreateTaskViewDirect(fbb, TaskName(t.id).c_str(), StateName(t.state), t.attempt,
-                                      t.worker.c_str(), nullptr, t.reason.c_str(), t.message.c_str());
+    return wire::CreateTaskViewDirect(fbb, TaskName(t.id).c_str(), StateName(t.state), t.attempt, t.worker.c_str(),
+                                      nullptr, t.reason.c_str(), t.message.c_str());
   };
   switch (req.op()) {
     case wire::ControlOp::Workers:
       for (const auto& [id, w] : workers_) {
         workers.push_back(wire::CreateWorkerView(
             fbb, fbb.CreateString(w.id), fbb.CreateString(w.node), fbb.CreateString(w.address),
-            codec::ToWire(fbb, w.capabilities), codec::ToWire(fbb, w.hardware), codec::ToWire(fbb, w.labels),
-            w.slots, w.slots_used, w.confirmed, w.draining, now_ms - std::min(now_ms, w.last_seen_ms),
+            codec::ToWire(fbb, w.capabilities), codec::ToWire(fbb, w.hardware), codec::ToWire(fbb, w.labels), w.slots,
+            w.slots_used, w.confirmed, w.draining, now_ms - std::min(now_ms, w.last_seen_ms),
             fbb.CreateString(w.version), w.cpus_used, w.memory_used, w.gpus_used));
       }
       break;
@@ -763,8 +781,7 @@ void Engine::OnReplay(const std::string& from, const wire::ReplayRequest& req) {
          reason = opt(e->reason()), message = opt(e->message()), stream = opt(e->stream()), data = opt(e->data());
     auto bd = breakdown.empty() ? 0 : fbb.CreateVector(breakdown);
     events.push_back(wire::CreateEvent(fbb, e->seq(), type, time, task, worker, reason, message, e->attempt(),
-                                       e->exit_code(), stream, data, e->eligible(), e->fleet(), bd, caps, hw,
-                                       labels));
+                                       e->exit_code(), stream, data, e->eligible(), e->fleet(), bd, caps, hw, labels));
   }
   bool done = raw.size() < options_.replay_batch;
   auto batch = wire::CreateReplayBatch(fbb, req.correlation(), fbb.CreateVector(events), done, oldest_seq_);

@@ -31,14 +31,14 @@
 namespace fm::sched {
 
 struct EngineOptions {
-  uint64_t liveness_window_ms = 5000;   // a worker unheard for this long is lost
+  uint64_t liveness_window_ms = 5000;  // a worker unheard for this long is lost
   uint32_t default_max_attempts = 3;
   PlacementPolicy policy = PlacementPolicy::kSpread;
   uint64_t redispatch_after_ms = 2000;  // re-send a queued task not yet started
   uint64_t event_retention_count = 1'000'000;
   uint64_t event_retention_age_ms = 7ull * 24 * 3600 * 1000;
-  size_t replay_batch = 512;            // events per ReplayBatch message
-  size_t recent_ended = 1000;           // ended tasks fm-ctl tasks still lists
+  size_t replay_batch = 512;   // events per ReplayBatch message
+  size_t recent_ended = 1000;  // ended tasks fm-ctl tasks still lists
   // Clamps values that make no sense (zero windows) to usable ones.
   void Validate();
 };
@@ -71,7 +71,7 @@ struct Task {
   TaskSpec spec;
   wire::TaskState state = wire::TaskState::Pending;
   uint32_t attempt = 1;
-  std::string worker;          // worker id while queued or running
+  std::string worker;  // worker id while queued or running
   uint64_t submitted_ms = 0;
   uint64_t order = 0;          // FIFO position
   std::string watcher;         // submitter address told when the task ends
@@ -133,15 +133,14 @@ class Engine {
   void OnControl(const std::string& from, const wire::ControlRequest& req, uint64_t now_ms);
   void OnReplay(const std::string& from, const wire::ReplayRequest& req);
 
-  void Reconcile(WorkerState* w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
-                 uint64_t now_ms);
+  void Reconcile(WorkerState* w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held, uint64_t now_ms);
   void LoseWorker(const std::string& id, const std::string& why, uint64_t now_ms);
   void Queue(Task* t, WorkerState* w, uint64_t now_ms);
   // Back to pending with attempt + 1, or failed when attempts are used up.
   void Retry(Task* t, const std::string& reason, const std::string& message, uint64_t now_ms);
   // Terminal transition. Removes the task from the active set; `t` is invalid after.
-  void End(Task* t, wire::TaskState state, const std::string& reason, const std::string& message,
-           int32_t exit_code, uint64_t now_ms, const Explanation* explanation = nullptr);
+  void End(Task* t, wire::TaskState state, const std::string& reason, const std::string& message, int32_t exit_code,
+           uint64_t now_ms, const Explanation* explanation = nullptr);
   void Unassign(Task* t);
   void FailUnrunnable(uint64_t now_ms);
   void PlacePending(uint64_t now_ms);

@@ -19,34 +19,35 @@ std::string Phrase(Predicate p, const std::string& missing, const Group& g, cons
   const std::string n = std::to_string(g.count);
   const bool one = g.count == 1;
   switch (p) {
-    case Predicate::kDraining: return n + (one ? " is draining" : " are draining");
-    case Predicate::kCapability: return n + (one ? " lacks" : " lack") + " capability " + missing;
-    case Predicate::kLabels: return n + (one ? " lacks" : " lack") + " label " + missing;
+    case Predicate::kDraining:
+      return n + (one ? " is draining" : " are draining");
+    case Predicate::kCapability:
+      return n + (one ? " lacks" : " lack") + " capability " + missing;
+    case Predicate::kLabels:
+      return n + (one ? " lacks" : " lack") + " label " + missing;
     case Predicate::kCpus:
       if (one) return n + " has " + FormatCpus(g.largest) + " cpus < " + FormatCpus(need.cpus_milli);
-      return n + " have fewer than " + FormatCpus(need.cpus_milli) + " cpus (largest " +
-             FormatCpus(g.largest) + ")";
+      return n + " have fewer than " + FormatCpus(need.cpus_milli) + " cpus (largest " + FormatCpus(g.largest) + ")";
     case Predicate::kMemory:
       if (one) return n + " has " + FormatSize(g.largest) + " memory < " + FormatSize(need.memory);
-      return n + " have less than " + FormatSize(need.memory) + " memory (largest " +
-             FormatSize(g.largest) + ")";
+      return n + " have less than " + FormatSize(need.memory) + " memory (largest " + FormatSize(g.largest) + ")";
     case Predicate::kGpus:
       if (one) {
-        return n + " has " + (g.largest == 0 ? std::string("no GPU") : std::to_string(g.largest) + " GPUs") +
-               " < " + std::to_string(need.gpus);
+        return n + " has " + (g.largest == 0 ? std::string("no GPU") : std::to_string(g.largest) + " GPUs") + " < " +
+               std::to_string(need.gpus);
       }
-      return n + " have fewer than " + std::to_string(need.gpus) + " GPUs (most " +
-             std::to_string(g.largest) + ")";
+      return n + " have fewer than " + std::to_string(need.gpus) + " GPUs (most " + std::to_string(g.largest) + ")";
     case Predicate::kGpuModel:
-      return n + (one ? " has" : " have") + " fewer than " + std::to_string(need.gpus) +
-             " GPUs of model " + need.gpu_model;
+      return n + (one ? " has" : " have") + " fewer than " + std::to_string(need.gpus) + " GPUs of model " +
+             need.gpu_model;
     case Predicate::kGpuMemory:
       if (one) {
         return n + " has GPUs with " + FormatSize(g.largest) + " memory < " + FormatSize(need.gpu_memory);
       }
       return n + " have GPUs with less than " + FormatSize(need.gpu_memory) + " memory (largest " +
              FormatSize(g.largest) + ")";
-    case Predicate::kNone: break;
+    case Predicate::kNone:
+      break;
   }
   return n + " ineligible";
 }
@@ -63,9 +64,8 @@ Explanation Explain(const TaskSpec& spec, const std::vector<const WorkerState*>&
       ++out.eligible;
       continue;
     }
-    Group& g = groups[{v.failed, v.failed == Predicate::kCapability || v.failed == Predicate::kLabels
-                                     ? v.missing
-                                     : std::string()}];
+    Group& g = groups[{
+        v.failed, v.failed == Predicate::kCapability || v.failed == Predicate::kLabels ? v.missing : std::string()}];
     ++g.count;
     g.largest = std::max(g.largest, v.have);
   }
@@ -77,8 +77,7 @@ Explanation Explain(const TaskSpec& spec, const std::vector<const WorkerState*>&
   std::string sep = ": ";
   for (const auto& [key, group] : groups) {
     const auto& [predicate, missing] = key;
-    PredicateCount pc{PredicateName(predicate), group.count,
-                      Phrase(predicate, missing, group, spec.resources)};
+    PredicateCount pc{PredicateName(predicate), group.count, Phrase(predicate, missing, group, spec.resources)};
     out.message += sep + pc.detail;
     sep = ", ";
     out.breakdown.push_back(std::move(pc));

@@ -15,7 +15,7 @@ namespace fm::sched {
 struct PredicateCount {
   std::string predicate;  // PredicateName()
   uint32_t workers = 0;
-  std::string detail;     // the phrase for this group, e.g. "2 lack capability docker"
+  std::string detail;  // the phrase for this group, e.g. "2 lack capability docker"
 };
 
 struct Explanation {

@@ -1,11 +1,10 @@
 // fm-scheduler [--broker URL] [--data DIR]
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 
 #include "broker/logging.h"
-
 #include "broker/loop.h"
 #include "scheduler/daemon.h"
 #include "schemas/units.h"

@@ -48,8 +48,7 @@ std::pair<double, double> Load(const WorkerState& w) {
 }
 }  // namespace
 
-WorkerState* Choose(const TaskSpec& spec, const std::vector<WorkerState*>& candidates,
-                    PlacementPolicy policy) {
+WorkerState* Choose(const TaskSpec& spec, const std::vector<WorkerState*>& candidates, PlacementPolicy policy) {
   WorkerState* best = nullptr;
   std::pair<double, double> best_load;
   for (WorkerState* w : candidates) {

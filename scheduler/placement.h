@@ -25,7 +25,6 @@ void Release(const TaskSpec& spec, WorkerState* w);
 // Picks a worker from `candidates` (all eligible, live, confirmed) that has room:
 // spread takes the least loaded (slot share, then cpu share, then id), binpack the most
 // loaded that fits. nullptr when none has room.
-WorkerState* Choose(const TaskSpec& spec, const std::vector<WorkerState*>& candidates,
-                    PlacementPolicy policy);
+WorkerState* Choose(const TaskSpec& spec, const std::vector<WorkerState*>& candidates, PlacementPolicy policy);
 
 }  // namespace fm::sched

@@ -7,21 +7,30 @@ namespace fm::sched {
 
 const char* PredicateName(Predicate p) {
   switch (p) {
-    case Predicate::kNone: return "none";
-    case Predicate::kDraining: return "draining";
-    case Predicate::kCapability: return "capability";
-    case Predicate::kCpus: return "cpus";
-    case Predicate::kMemory: return "memory";
-    case Predicate::kGpus: return "gpus";
-    case Predicate::kGpuModel: return "gpu_model";
-    case Predicate::kGpuMemory: return "gpu_memory";
-    case Predicate::kLabels: return "labels";
+    case Predicate::kNone:
+      return "none";
+    case Predicate::kDraining:
+      return "draining";
+    case Predicate::kCapability:
+      return "capability";
+    case Predicate::kCpus:
+      return "cpus";
+    case Predicate::kMemory:
+      return "memory";
+    case Predicate::kGpus:
+      return "gpus";
+    case Predicate::kGpuModel:
+      return "gpu_model";
+    case Predicate::kGpuMemory:
+      return "gpu_memory";
+    case Predicate::kLabels:
+      return "labels";
   }
   return "unknown";
 }
 
-bool CapabilitySatisfies(const std::vector<std::string>& required,
-                         const std::vector<std::string>& announced, std::string* missing) {
+bool CapabilitySatisfies(const std::vector<std::string>& required, const std::vector<std::string>& announced,
+                         std::string* missing) {
   for (const auto& cap : required) {
     if (!std::binary_search(announced.begin(), announced.end(), cap)) {
       if (missing) *missing = cap;
@@ -46,11 +55,9 @@ bool LabelsSatisfy(const Labels& selector, const Labels& labels, std::string* mi
 namespace {
 bool ContainsNoCase(const std::string& haystack, const std::string& needle) {
   if (needle.empty()) return true;
-  auto it = std::search(haystack.begin(), haystack.end(), needle.begin(), needle.end(),
-                        [](char a, char b) {
-                          return std::tolower(static_cast<unsigned char>(a)) ==
-                                 std::tolower(static_cast<unsigned char>(b));
-                        });
+  auto it = std::search(haystack.begin(), haystack.end(), needle.begin(), needle.end(), [](char a, char b) {
+    return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+  });
   return it != haystack.end();
 }
 }  // namespace

@@ -25,8 +25,8 @@ struct Verdict {
 
 // required ⊆ announced. Both sorted. An empty `announced` satisfies only an empty
 // `required` (strict default). On failure *missing holds the first missing name.
-bool CapabilitySatisfies(const std::vector<std::string>& required,
-                         const std::vector<std::string>& announced, std::string* missing = nullptr);
+bool CapabilitySatisfies(const std::vector<std::string>& required, const std::vector<std::string>& announced,
+                         std::string* missing = nullptr);
 
 // Every key=value of `selector` is among `labels`.
 bool LabelsSatisfy(const Labels& selector, const Labels& labels, std::string* missing = nullptr);

@@ -8,8 +8,7 @@ Result<const wire::Envelope*> Decode(const void* data, size_t size) {
                            std::to_string(kMaxMessageBytes));
   }
   if (size < 8) {
-    return Status::Invalid("malformed message: " + std::to_string(size) +
-                           " bytes is too short for an fm envelope");
+    return Status::Invalid("malformed message: " + std::to_string(size) + " bytes is too short for an fm envelope");
   }
   flatbuffers::Verifier verifier(static_cast<const uint8_t*>(data), size);
   if (!wire::VerifyEnvelopeBuffer(verifier)) {
@@ -21,22 +20,18 @@ Result<const wire::Envelope*> Decode(const void* data, size_t size) {
     return Status::Invalid("malformed message: envelope has no body");
   }
   if (static_cast<int>(envelope->body_type()) > static_cast<int>(wire::Body::MAX)) {
-    return Status::Invalid("unsupported message type " +
-                           std::to_string(static_cast<int>(envelope->body_type())));
+    return Status::Invalid("unsupported message type " + std::to_string(static_cast<int>(envelope->body_type())));
   }
   return envelope;
 }
 
-std::string EncodeError(const std::string& code, const std::string& message,
-                        const std::string& about) {
+std::string EncodeError(const std::string& code, const std::string& message, const std::string& about) {
   flatbuffers::FlatBufferBuilder fbb(256);
-  auto body = wire::CreateErrorDirect(fbb, code.c_str(), message.c_str(),
-                                      about.empty() ? nullptr : about.c_str());
+  auto body = wire::CreateErrorDirect(fbb, code.c_str(), message.c_str(), about.empty() ? nullptr : about.c_str());
   return Seal(fbb, body);
 }
 
-std::vector<std::string> Strings(
-    const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* v) {
+std::vector<std::string> Strings(const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* v) {
   std::vector<std::string> out;
   if (!v) return out;
   out.reserve(v->size());
@@ -77,8 +72,8 @@ flatbuffers::Offset<wire::TaskSpec> ToWire(flatbuffers::FlatBufferBuilder& fbb, 
   auto labels = ToWire(fbb, spec.labels);
   auto image = spec.image.empty() ? 0 : fbb.CreateString(spec.image);
   auto key = spec.key.empty() ? 0 : fbb.CreateString(spec.key);
-  return wire::CreateTaskSpec(fbb, command, requires_, resources, labels, image, spec.max_attempts,
-                              spec.timeout_ms, spec.priority, key);
+  return wire::CreateTaskSpec(fbb, command, requires_, resources, labels, image, spec.max_attempts, spec.timeout_ms,
+                              spec.priority, key);
 }
 
 Labels FromWire(const flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>* labels) {

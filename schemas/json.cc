@@ -26,8 +26,7 @@ flatbuffers::IDLOptions JsonOptions() {
 
 void LoadSchema(flatbuffers::Parser* parser, const char* schema, const char* name) {
   if (!parser->Parse(schema)) {
-    throw std::logic_error(std::string("embedded schema ") + name + " does not parse: " +
-                           parser->error_);
+    throw std::logic_error(std::string("embedded schema ") + name + " does not parse: " + parser->error_);
   }
 }
 
@@ -72,8 +71,7 @@ Result<TaskSpec> JsonCodec::ParseTaskLine(std::string_view line) {
     ResetLineParser();  // a failed parse can leave the parser's state half-built
     return Status::Invalid(message);
   }
-  flatbuffers::Verifier verifier(line_parser_->builder_.GetBufferPointer(),
-                                 line_parser_->builder_.GetSize());
+  flatbuffers::Verifier verifier(line_parser_->builder_.GetBufferPointer(), line_parser_->builder_.GetSize());
   if (!json::VerifyTaskLineBuffer(verifier)) return Status::Invalid("task line does not verify");
   const json::TaskLine* in = json::GetTaskLine(line_parser_->builder_.GetBufferPointer());
 
@@ -98,8 +96,7 @@ Result<TaskSpec> JsonCodec::ParseTaskLine(std::string_view line) {
       spec.resources.memory = *size;
     }
     if (r->gpus() < 0) {
-      return Status::Invalid("resources.gpus is " + std::to_string(r->gpus()) +
-                             ": a GPU count cannot be negative");
+      return Status::Invalid("resources.gpus is " + std::to_string(r->gpus()) + ": a GPU count cannot be negative");
     }
     spec.resources.gpus = static_cast<uint32_t>(r->gpus());
     if (r->gpu_memory()) {
@@ -152,9 +149,7 @@ Status ValidateTaskSpec(const TaskSpec& spec) {
   return Status::Ok();
 }
 
-std::string JsonCodec::EventToJson(const wire::Event* event) {
-  return TableToJson(event, "fm.wire.Event");
-}
+std::string JsonCodec::EventToJson(const wire::Event* event) { return TableToJson(event, "fm.wire.Event"); }
 
 std::string JsonCodec::TableToJson(const void* table, const char* table_name) {
   std::string text;
@@ -167,14 +162,13 @@ std::string JsonCodec::TableToJson(const void* table, const char* table_name) {
 std::string JsonCodec::SubmitLineToJson(const SubmitLineFields& f) {
   flatbuffers::FlatBufferBuilder fbb(256);
   auto opt = [&](const std::string& s) { return s.empty() ? 0 : fbb.CreateString(s); };
-  auto task = opt(f.task), status = opt(f.status), reason = opt(f.reason),
-       message = opt(f.message), worker = opt(f.worker);
+  auto task = opt(f.task), status = opt(f.status), reason = opt(f.reason), message = opt(f.message),
+       worker = opt(f.worker);
   auto line = json::CreateSubmitLine(fbb, f.line, task, status, reason, message, worker);
   fbb.Finish(line);
   std::string text;
-  flatbuffers::GenerateTextFromTable(
-      line_printer_, flatbuffers::GetRoot<flatbuffers::Table>(fbb.GetBufferPointer()),
-      "fm.json.SubmitLine", &text);
+  flatbuffers::GenerateTextFromTable(line_printer_, flatbuffers::GetRoot<flatbuffers::Table>(fbb.GetBufferPointer()),
+                                     "fm.json.SubmitLine", &text);
   return TrimJson(std::move(text));
 }
 

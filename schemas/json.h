@@ -40,9 +40,9 @@ class JsonCodec {
   std::string TableToJson(const void* table, const char* table_name);
 
  private:
-  flatbuffers::Parser wire_parser_;   // fm.fbs, for printing
+  flatbuffers::Parser wire_parser_;                   // fm.fbs, for printing
   std::unique_ptr<flatbuffers::Parser> line_parser_;  // fm_json.fbs, rebuilt after an error
-  flatbuffers::Parser line_printer_;  // fm_json.fbs, for printing
+  flatbuffers::Parser line_printer_;                  // fm_json.fbs, for printing
   void ResetLineParser();
 };
 

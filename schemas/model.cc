@@ -21,11 +21,10 @@ void Normalize(std::vector<std::string>* set) {
 }
 
 void Normalize(Labels* labels) {
-  std::stable_sort(labels->begin(), labels->end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
-  labels->erase(std::unique(labels->begin(), labels->end(),
-                            [](const auto& a, const auto& b) { return a.first == b.first; }),
-                labels->end());
+  std::stable_sort(labels->begin(), labels->end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  labels->erase(
+      std::unique(labels->begin(), labels->end(), [](const auto& a, const auto& b) { return a.first == b.first; }),
+      labels->end());
 }
 
 }  // namespace fm

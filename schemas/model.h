@@ -15,10 +15,10 @@ using Labels = std::vector<std::pair<std::string, std::string>>;
 
 struct Resources {
   uint32_t cpus_milli = 0;
-  uint64_t memory = 0;        // bytes
+  uint64_t memory = 0;  // bytes
   uint32_t gpus = 0;
-  uint64_t gpu_memory = 0;    // per GPU, bytes
-  std::string gpu_model;      // case-insensitive substring of the GPU's model; empty: any
+  uint64_t gpu_memory = 0;  // per GPU, bytes
+  std::string gpu_model;    // case-insensitive substring of the GPU's model; empty: any
   bool operator==(const Resources&) const = default;
 };
 
@@ -31,7 +31,7 @@ struct TaskSpec {
   uint32_t max_attempts = 0;  // 0: the scheduler's default
   uint64_t timeout_ms = 0;    // 0: none
   int32_t priority = 0;
-  std::string key;            // client idempotency key; empty: none
+  std::string key;  // client idempotency key; empty: none
   bool operator==(const TaskSpec&) const = default;
 };
 

@@ -1,10 +1,11 @@
 #include "schemas/units.h"
 
+#include <strings.h>
+
 #include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
-#include <strings.h>
 
 namespace fm {
 namespace {
@@ -54,9 +55,8 @@ Result<uint64_t> ParseSize(std::string_view raw) {
   static constexpr struct {
     const char* name;
     int shift;
-  } kUnits[] = {{"", 0},    {"b", 0},    {"k", 10},  {"kib", 10}, {"kb", 10}, {"m", 20},
-                {"mib", 20}, {"mb", 20}, {"g", 30},  {"gib", 30}, {"gb", 30}, {"t", 40},
-                {"tib", 40}, {"tb", 40}};
+  } kUnits[] = {{"", 0},    {"b", 0},  {"k", 10},   {"kib", 10}, {"kb", 10}, {"m", 20},   {"mib", 20},
+                {"mb", 20}, {"g", 30}, {"gib", 30}, {"gb", 30},  {"t", 40},  {"tib", 40}, {"tb", 40}};
   for (const auto& u : kUnits) {
     if (EqualsNoCase(unit, u.name)) {
       double bytes = std::ldexp(number, u.shift);
@@ -66,8 +66,8 @@ Result<uint64_t> ParseSize(std::string_view raw) {
       return static_cast<uint64_t>(std::llround(bytes));
     }
   }
-  return Status::Invalid("invalid size \"" + std::string(raw) + "\": unknown unit \"" +
-                         std::string(unit) + "\" (use B, KiB, MiB, GiB, TiB or K, M, G, T)");
+  return Status::Invalid("invalid size \"" + std::string(raw) + "\": unknown unit \"" + std::string(unit) +
+                         "\" (use B, KiB, MiB, GiB, TiB or K, M, G, T)");
 }
 
 std::string FormatSize(uint64_t bytes) {
@@ -105,8 +105,8 @@ Result<uint64_t> ParseDurationMs(std::string_view raw) {
   } else if (EqualsNoCase(unit, "h")) {
     ms = number * 3'600'000;
   } else {
-    return Status::Invalid("invalid duration \"" + std::string(raw) + "\": unknown unit \"" +
-                           std::string(unit) + "\" (use ms, s, m, h)");
+    return Status::Invalid("invalid duration \"" + std::string(raw) + "\": unknown unit \"" + std::string(unit) +
+                           "\" (use ms, s, m, h)");
   }
   return static_cast<uint64_t>(std::llround(ms));
 }
@@ -138,9 +138,8 @@ std::string FormatTimeMs(uint64_t unix_ms) {
   struct tm tm;
   gmtime_r(&seconds, &tm);
   char buf[40];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<unsigned>(unix_ms % 1000));
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<unsigned>(unix_ms % 1000));
   return buf;
 }
 

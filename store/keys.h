@@ -8,11 +8,11 @@
 
 namespace fm::store::keys {
 
-inline constexpr std::string_view kActivePrefix = "a/";   // a/<id:u64be> -> wire.TaskRecord, not yet ended
-inline constexpr std::string_view kTaskPrefix = "t/";     // t/<id:u64be> -> wire.TaskRecord, ended
-inline constexpr std::string_view kEventPrefix = "e/";    // e/<seq:u64be> -> wire.Envelope(Event)
-inline constexpr std::string_view kWorkerPrefix = "w/";   // w/<worker id> -> wire.WorkerRecord
-inline constexpr std::string_view kClientKeyPrefix = "k/";  // k/<client key> -> <id:u64be>
+inline constexpr std::string_view kActivePrefix = "a/";           // a/<id:u64be> -> wire.TaskRecord, not yet ended
+inline constexpr std::string_view kTaskPrefix = "t/";             // t/<id:u64be> -> wire.TaskRecord, ended
+inline constexpr std::string_view kEventPrefix = "e/";            // e/<seq:u64be> -> wire.Envelope(Event)
+inline constexpr std::string_view kWorkerPrefix = "w/";           // w/<worker id> -> wire.WorkerRecord
+inline constexpr std::string_view kClientKeyPrefix = "k/";        // k/<client key> -> <id:u64be>
 inline constexpr std::string_view kMetaNextTask = "m/next_task";  // <u64be>
 inline constexpr std::string_view kMetaNextSeq = "m/next_seq";    // <u64be>
 
@@ -36,9 +36,7 @@ inline std::string ActiveTask(uint64_t id) { return std::string(kActivePrefix) +
 inline std::string Task(uint64_t id) { return std::string(kTaskPrefix) + EncodeU64(id); }
 inline std::string Event(uint64_t seq) { return std::string(kEventPrefix) + EncodeU64(seq); }
 inline std::string Worker(std::string_view id) { return std::string(kWorkerPrefix) + std::string(id); }
-inline std::string ClientKey(std::string_view key) {
-  return std::string(kClientKeyPrefix) + std::string(key);
-}
+inline std::string ClientKey(std::string_view key) { return std::string(kClientKeyPrefix) + std::string(key); }
 // The first key after every key that starts with `prefix`.
 inline std::string PrefixEnd(std::string_view prefix) {
   std::string end(prefix);

@@ -11,8 +11,12 @@ class MemStore final : public Store {
   Status Write(const WriteBatch& batch, bool /*sync*/) override {
     for (const auto& op : batch.ops()) {
       switch (op.kind) {
-        case WriteBatch::Kind::kPut: data_[op.key] = op.value; break;
-        case WriteBatch::Kind::kDelete: data_.erase(op.key); break;
+        case WriteBatch::Kind::kPut:
+          data_[op.key] = op.value;
+          break;
+        case WriteBatch::Kind::kDelete:
+          data_.erase(op.key);
+          break;
         case WriteBatch::Kind::kDeleteRange:
           data_.erase(data_.lower_bound(op.key), data_.lower_bound(op.value));
           break;

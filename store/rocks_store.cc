@@ -24,9 +24,15 @@ class RocksStore final : public Store {
     for (const auto& op : batch.ops()) {
       rocksdb::Status s;
       switch (op.kind) {
-        case WriteBatch::Kind::kPut: s = rb.Put(op.key, op.value); break;
-        case WriteBatch::Kind::kDelete: s = rb.Delete(op.key); break;
-        case WriteBatch::Kind::kDeleteRange: s = rb.DeleteRange(op.key, op.value); break;
+        case WriteBatch::Kind::kPut:
+          s = rb.Put(op.key, op.value);
+          break;
+        case WriteBatch::Kind::kDelete:
+          s = rb.Delete(op.key);
+          break;
+        case WriteBatch::Kind::kDeleteRange:
+          s = rb.DeleteRange(op.key, op.value);
+          break;
       }
       if (!s.ok()) return FromRocks(s, "building write batch");
     }

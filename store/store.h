@@ -25,9 +25,7 @@ class WriteBatch {
     std::string value;  // end (exclusive) for kDeleteRange
   };
 
-  void Put(std::string key, std::string value) {
-    ops_.push_back({Kind::kPut, std::move(key), std::move(value)});
-  }
+  void Put(std::string key, std::string value) { ops_.push_back({Kind::kPut, std::move(key), std::move(value)}); }
   void Delete(std::string key) { ops_.push_back({Kind::kDelete, std::move(key), {}}); }
   void DeleteRange(std::string begin, std::string end) {
     ops_.push_back({Kind::kDeleteRange, std::move(begin), std::move(end)});

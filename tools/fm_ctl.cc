@@ -108,7 +108,8 @@ int main(int argc, char** argv) {
         auto caps = fm::codec::Strings(w->capabilities());
         std::vector<std::string> labels;
         if (w->labels()) {
-          for (const auto* kv : *w->labels()) labels.push_back(fm::codec::Str(kv->key()) + "=" + fm::codec::Str(kv->value()));
+          for (const auto* kv : *w->labels())
+            labels.push_back(fm::codec::Str(kv->key()) + "=" + fm::codec::Str(kv->value()));
         }
         const auto* hw = w->hardware();
         std::string liveness = w->live() ? "live" : "unconfirmed";

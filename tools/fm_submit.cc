@@ -24,11 +24,16 @@ using fm::wire::SubmitStatus;
 
 const char* StatusName(SubmitStatus s) {
   switch (s) {
-    case SubmitStatus::Accepted: return "accepted";
-    case SubmitStatus::Rejected: return "rejected";
-    case SubmitStatus::Succeeded: return "succeeded";
-    case SubmitStatus::Failed: return "failed";
-    case SubmitStatus::Cancelled: return "cancelled";
+    case SubmitStatus::Accepted:
+      return "accepted";
+    case SubmitStatus::Rejected:
+      return "rejected";
+    case SubmitStatus::Succeeded:
+      return "succeeded";
+    case SubmitStatus::Failed:
+      return "failed";
+    case SubmitStatus::Cancelled:
+      return "cancelled";
   }
   return "unknown";
 }
@@ -213,7 +218,7 @@ class Submitter {
   size_t first_index_ = 0;  // index of entries_.front() since the start
   std::vector<size_t> batch_lines_;
   std::vector<fm::TaskSpec> batch_specs_;
-  std::map<uint64_t, std::vector<size_t>> in_flight_;  // correlation -> entry indexes
+  std::map<uint64_t, std::vector<size_t>> in_flight_;          // correlation -> entry indexes
   std::unordered_map<uint64_t, std::vector<size_t>> waiting_;  // task -> entry indexes (--wait)
   std::unordered_map<uint64_t, Ended> ended_early_;
   uint64_t next_correlation_ = 1;

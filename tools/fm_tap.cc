@@ -7,9 +7,9 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
-#include <chrono>
 #include <map>
 #include <optional>
 
@@ -98,8 +98,8 @@ class Tap {
         Drain();
       } else {
         // Ahead of what we have: keep it and fetch the gap from the store.
-        buffered_.emplace(e->seq(), std::string(static_cast<const char*>(event->payload.data()),
-                                                event->payload.size()));
+        buffered_.emplace(e->seq(),
+                          std::string(static_cast<const char*>(event->payload.data()), event->payload.size()));
         if (!replay_in_flight_) RequestReplay(next_);
       }
       if (remaining_ == 0) return false;

@@ -1,7 +1,5 @@
 // Hardware probes: no dependency beyond libc and libdl, so the GPU probe can be built
 // and checked on its own on a machine with an NVIDIA GPU (tests/gpu/probe_main.cc).
-#include "worker/probe.h"
-
 #include <dlfcn.h>
 #include <sched.h>
 
@@ -9,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "worker/probe.h"
 
 namespace fm::worker {
 namespace {

@@ -1,12 +1,11 @@
 // fm-worker [--broker URL] [--id ID] [--slots N] [--cpus N] [--memory SIZE]
 //           [--label K=V]... [--docker-socket PATH]
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 
 #include "broker/logging.h"
-
 #include "broker/loop.h"
 #include "schemas/units.h"
 #include "worker/worker.h"

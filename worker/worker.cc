@@ -104,10 +104,9 @@ Status Worker::Open() {
   for (const auto& g : probe_.hardware.gpus) gpus += " [" + g.model + " " + FormatSize(g.memory) + "]";
   std::string caps;
   for (const auto& c : capabilities_) caps += " " + c;
-  options_.logger->info("worker {} on node {}: {} cpus, {} memory, {} GPUs{}, {} slots, capabilities:{}",
-                        options_.id, options_.node, FormatCpus(probe_.hardware.cpus_milli),
-                        FormatSize(probe_.hardware.memory), probe_.hardware.gpus.size(), gpus, options_.slots,
-                        caps.empty() ? " (none)" : caps);
+  options_.logger->info("worker {} on node {}: {} cpus, {} memory, {} GPUs{}, {} slots, capabilities:{}", options_.id,
+                        options_.node, FormatCpus(probe_.hardware.cpus_milli), FormatSize(probe_.hardware.memory),
+                        probe_.hardware.gpus.size(), gpus, options_.slots, caps.empty() ? " (none)" : caps);
   for (const auto& note : probe_.notes) options_.logger->info("probe: {}", note);
   return Status::Ok();
 }
@@ -116,7 +115,8 @@ void Worker::Attach(bus::Loop& loop) {
   loop_ = &loop;
   loop.Watch(client_->dealer(), [this] { return DrainDirected(); });
   loop.Watch(client_->sub(), [this] { return DrainBus(); });
-  loop.Every(options_.heartbeat_ms, [this] { Heartbeat(); }, 100);
+  loop.Every(
+      options_.heartbeat_ms, [this] { Heartbeat(); }, 100);
   loop.Every(options_.resend_ms, [this] { ResendFinished(); });
   loop.Every(options_.heartbeat_ms, [this] { Reprobe(); });
   Register();
@@ -208,15 +208,24 @@ size_t Worker::DrainDirected() {
     auto envelope = codec::Decode(msg->payload.data(), msg->payload.size());
     if (!envelope.ok()) {
       options_.logger->warn("rejected message from {}: {}", msg->from, envelope.status().message());
-      if (msg->from != bus::kBrokerAddress) client_->Send(msg->from, codec::EncodeError("malformed", envelope.status().message()));
+      if (msg->from != bus::kBrokerAddress)
+        client_->Send(msg->from, codec::EncodeError("malformed", envelope.status().message()));
       continue;
     }
     const wire::Envelope& env = **envelope;
     switch (env.body_type()) {
-      case wire::Body::Dispatch: OnDispatch(*env.body_as_Dispatch()); break;
-      case wire::Body::CancelTask: OnCancel(*env.body_as_CancelTask()); break;
-      case wire::Body::TaskFinishedAck: OnAck(*env.body_as_TaskFinishedAck()); break;
-      case wire::Body::ReRegister: Register(); break;
+      case wire::Body::Dispatch:
+        OnDispatch(*env.body_as_Dispatch());
+        break;
+      case wire::Body::CancelTask:
+        OnCancel(*env.body_as_CancelTask());
+        break;
+      case wire::Body::TaskFinishedAck:
+        OnAck(*env.body_as_TaskFinishedAck());
+        break;
+      case wire::Body::ReRegister:
+        Register();
+        break;
       case wire::Body::WorkerRejected: {
         options_.logger->error("the scheduler refused this worker: {}", Str(env.body_as_WorkerRejected()->message()));
         exit_code_ = 3;
@@ -321,8 +330,8 @@ void Worker::SendLog(const Ref& ref, const char* stream, const char* data, size_
 void Worker::Complete(const Ref& ref, wire::Outcome outcome, int32_t exit_code, const std::string& message) {
   flatbuffers::FlatBufferBuilder fbb(256);
   auto r = wire::CreateTaskRef(fbb, ref.first, ref.second);
-  auto fin = wire::CreateTaskFinished(fbb, r, fbb.CreateString(options_.id), outcome, exit_code,
-                                      fbb.CreateString(message));
+  auto fin =
+      wire::CreateTaskFinished(fbb, r, fbb.CreateString(options_.id), outcome, exit_code, fbb.CreateString(message));
   Finished f{codec::Seal(fbb, fin), NowMs()};
   ToScheduler(f.payload);
   finished_[ref] = std::move(f);

@@ -31,9 +31,9 @@ namespace fm::worker {
 
 struct WorkerOptions {
   std::string broker = bus::DefaultBrokerUrl();
-  std::string id;    // default: the host name
-  std::string node;  // default: the host name
-  uint32_t slots = 0;  // default: whole cpus found
+  std::string id;                      // default: the host name
+  std::string node;                    // default: the host name
+  uint32_t slots = 0;                  // default: whole cpus found
   std::optional<uint32_t> cpus_milli;  // may only lower what was probed
   std::optional<uint64_t> memory;      // may only lower what was probed
   Labels labels;

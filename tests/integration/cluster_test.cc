@@ -43,8 +43,7 @@ struct MixedFleet {
 
 }  // namespace
 
-TEST_CASE("on a mixed fleet each task lands only on a worker whose hardware and labels satisfy it",
-          "[integration]") {
+TEST_CASE("on a mixed fleet each task lands only on a worker whose hardware and labels satisfy it", "[integration]") {
   MixedFleet f;
   std::string lines = Repeat(R"({"command": ["true"], "labels": {"zone": "b"}})", 3) +
                       Repeat(R"({"command": ["true"], "resources": {"memory": "1GiB"}})", 3) +
@@ -166,9 +165,8 @@ TEST_CASE("a worker killed with SIGKILL is lost after the liveness window and it
   Cluster c({"--liveness", "1s"});
   c.StartWorker("a", {"--slots", "1"});
   c.StartWorker("b", {"--slots", "1"});
-  auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"},
-                               R"({"command": ["sleep", "1"]})"
-                               "\n");
+  auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"}, R"({"command": ["sleep", "1"]})"
+                                                                                     "\n");
   REQUIRE(c.WaitEvent("task.started task=t1 "));
   std::string victim = c.tap().Count("task.started task=t1 worker=a") ? "a" : "b";
   std::string survivor = victim == "a" ? "b" : "a";
@@ -220,7 +218,9 @@ TEST_CASE("fm-submit reports each bad line by number and what is wrong, and carr
   CHECK(run.exit_code == 1);
   REQUIRE(run.lines.size() == 7);
   CHECK_THAT(run.lines[0], Contains(R"("line": 1,"task": "t1","status": "accepted")"));
-  CHECK_THAT(run.lines[1], Contains(R"("line": 2,"status": "rejected","reason": "invalid_task","message": "line 2: not a JSON object)"));
+  CHECK_THAT(
+      run.lines[1],
+      Contains(R"("line": 2,"status": "rejected","reason": "invalid_task","message": "line 2: not a JSON object)"));
   CHECK_THAT(run.lines[2], Contains(R"("message": "line 3: unknown field: colour)"));
   CHECK_THAT(run.lines[3], Contains(R"("message": "line 4: resources.memory: invalid size \"8 parsecs\")"));
   CHECK_THAT(run.lines[4], Contains(R"("message": "line 5: resources.cpus is -2: a cpu count cannot be negative")"));
@@ -276,11 +276,12 @@ TEST_CASE("fm-ctl workers shows id, node, capabilities, hardware, slots in use a
   ToolRun table = f.cluster.Ctl({"workers"});
   REQUIRE(table.exit_code == 0);
   REQUIRE(table.lines.size() == 3);
-  CHECK_THAT(table.lines[0], Contains("WORKER") && Contains("CAPABILITIES") && Contains("SLOTS") && Contains("LIVENESS"));
-  CHECK_THAT(table.lines[1], Contains("big") && Contains("0 B/2 GiB") && Contains("zone=a") && Contains("0/2") &&
-                                 Contains("live"));
-  CHECK_THAT(table.lines[2], Contains("small") && Contains("0.5/1") && Contains("0 B/512 MiB") &&
-                                 Contains("zone=b") && Contains("1/2"));
+  CHECK_THAT(table.lines[0],
+             Contains("WORKER") && Contains("CAPABILITIES") && Contains("SLOTS") && Contains("LIVENESS"));
+  CHECK_THAT(table.lines[1],
+             Contains("big") && Contains("0 B/2 GiB") && Contains("zone=a") && Contains("0/2") && Contains("live"));
+  CHECK_THAT(table.lines[2], Contains("small") && Contains("0.5/1") && Contains("0 B/512 MiB") && Contains("zone=b") &&
+                                 Contains("1/2"));
   ToolRun json = f.cluster.Ctl({"workers", "--json"});
   REQUIRE(json.exit_code == 0);
   std::string all;

@@ -40,7 +40,7 @@ class Podman {
     process_ = Process::Start({"/usr/bin/podman", "system", "service", "--time=0", "unix://" + socket_});
     for (int i = 0; i < 300 && !Pings(socket_); ++i) {
       REQUIRE(process_->running());  // it exited: podman is missing or misconfigured
-      usleep(50000);  // no event tells when the service listens: poll its socket
+      usleep(50000);                 // no event tells when the service listens: poll its socket
     }
     REQUIRE(Pings(socket_));
   }
@@ -88,16 +88,17 @@ TEST_CASE("the docker executor runs the task's image in a real container and rep
   Podman podman(socket_path);
   Cluster c;
   c.StartWorker("d", {"--docker-socket", socket_path});
-  ToolRun run = c.Submit(
-      R"({"command": ["sh", "-c", "echo hello from a container"], "image": "localhost/fm-busybox:latest"})"
-      "\n"
-      R"({"command": ["sh", "-c", "exit 7"], "image": "localhost/fm-busybox:latest"})"
-      "\n",
-      {"--wait"});
+  ToolRun run =
+      c.Submit(R"({"command": ["sh", "-c", "echo hello from a container"], "image": "localhost/fm-busybox:latest"})"
+               "\n"
+               R"({"command": ["sh", "-c", "exit 7"], "image": "localhost/fm-busybox:latest"})"
+               "\n",
+               {"--wait"});
   INFO(run.err);
   REQUIRE(run.lines.size() == 2);
   CHECK_THAT(run.lines[0], Contains(R"("status": "succeeded","worker": "d")"));
-  CHECK_THAT(run.lines[1], Contains(R"("status": "failed","reason": "exit_status","message": "container exit status 7")"));
+  CHECK_THAT(run.lines[1],
+             Contains(R"("status": "failed","reason": "exit_status","message": "container exit status 7")"));
   CHECK(c.WaitEvent("task.log task=t1 worker=d stream=stdout | hello from a container"));
   CHECK(c.WaitEvent("task.failed task=t2 worker=d exit=7 reason=exit_status"));
 }

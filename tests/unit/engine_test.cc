@@ -1,8 +1,9 @@
 // The scheduler's state machine, stepped turn by turn with a manual clock and the
 // in-memory store: no sockets, no sleeps.
+#include "scheduler/engine.h"
+
 #include <catch2/catch.hpp>
 
-#include "scheduler/engine.h"
 #include "schemas/codec.h"
 #include "store/keys.h"
 #include "store/store.h"
@@ -87,10 +88,10 @@ class Harness {
     std::vector<flatbuffers::Offset<wire::TaskRef>> refs;
     for (auto [task, attempt] : running) refs.push_back(wire::CreateTaskRef(fbb, task, attempt));
     Hardware hw{w.cpus * 1000, w.memory, w.gpus};
-    auto reg = wire::CreateWorkerRegistration(
-        fbb, fbb.CreateString(w.id), fbb.CreateString(Address(w.id, w.instance)), fbb.CreateString("node-" + w.id),
-        w.instance, fbb.CreateString("test"), w.slots, codec::ToWire(fbb, hw), codec::ToWire(fbb, w.labels),
-        fbb.CreateVector(refs), codec::ToWire(fbb, w.caps));
+    auto reg = wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(Address(w.id, w.instance)),
+                                              fbb.CreateString("node-" + w.id), w.instance, fbb.CreateString("test"),
+                                              w.slots, codec::ToWire(fbb, hw), codec::ToWire(fbb, w.labels),
+                                              fbb.CreateVector(refs), codec::ToWire(fbb, w.caps));
     std::string bytes = codec::Seal(fbb, reg);
     engine_->OnBus(*wire::GetEnvelope(bytes.data()), now);
     return Commit();
@@ -98,8 +99,8 @@ class Harness {
 
   Turn Heartbeat(const std::string& id, std::vector<std::string> caps, uint64_t instance = 1) {
     flatbuffers::FlatBufferBuilder fbb;
-    auto hb = wire::CreateWorkerHeartbeat(fbb, fbb.CreateString(id), fbb.CreateString(Address(id, instance)),
-                                          instance, 0, codec::ToWire(fbb, caps));
+    auto hb = wire::CreateWorkerHeartbeat(fbb, fbb.CreateString(id), fbb.CreateString(Address(id, instance)), instance,
+                                          0, codec::ToWire(fbb, caps));
     std::string bytes = codec::Seal(fbb, hb);
     engine_->OnBus(*wire::GetEnvelope(bytes.data()), now);
     return Commit();

@@ -1,7 +1,8 @@
+#include "schemas/json.h"
+
 #include <catch2/catch.hpp>
 
 #include "schemas/codec.h"
-#include "schemas/json.h"
 
 using namespace fm;
 
@@ -33,14 +34,15 @@ TEST_CASE("bad task lines are refused with what is wrong, and the parser keeps w
     const char* line;
     const char* says;
   };
-  for (Row row : {Row{"not json", "not a JSON object"}, Row{R"({"command": ["x"], "colour": 1})", "unknown field: colour"},
-                  Row{R"({"command": ["x"], "resources": {"memory": "lots"}})", "resources.memory: invalid size"},
-                  Row{R"({"command": ["x"], "resources": {"cpus": -2}})", "cpu count cannot be negative"},
-                  Row{R"({"command": ["x"], "resources": {"gpus": -1}})", "GPU count cannot be negative"},
-                  Row{R"({"command": []})", "command is missing or empty"}, Row{R"({})", "command is missing"},
-                  Row{R"({"command": ["x"], "timeout": "soon"})", "timeout: invalid duration"},
-                  Row{R"({"command": ["x"], "labels": {"zone": 1}})", "labels.zone must be a string"},
-                  Row{R"({"command": ["x"]} trailing)", ""}}) {
+  for (Row row :
+       {Row{"not json", "not a JSON object"}, Row{R"({"command": ["x"], "colour": 1})", "unknown field: colour"},
+        Row{R"({"command": ["x"], "resources": {"memory": "lots"}})", "resources.memory: invalid size"},
+        Row{R"({"command": ["x"], "resources": {"cpus": -2}})", "cpu count cannot be negative"},
+        Row{R"({"command": ["x"], "resources": {"gpus": -1}})", "GPU count cannot be negative"},
+        Row{R"({"command": []})", "command is missing or empty"}, Row{R"({})", "command is missing"},
+        Row{R"({"command": ["x"], "timeout": "soon"})", "timeout: invalid duration"},
+        Row{R"({"command": ["x"], "labels": {"zone": 1}})", "labels.zone must be a string"},
+        Row{R"({"command": ["x"]} trailing)", ""}}) {
     INFO(row.line);
     auto spec = codec.ParseTaskLine(row.line);
     REQUIRE_FALSE(spec.ok());
@@ -53,13 +55,16 @@ TEST_CASE("bad task lines are refused with what is wrong, and the parser keeps w
 TEST_CASE("submit output lines and events print as one-line JSON", "[unit]") {
   JsonCodec codec;
   std::string line = codec.SubmitLineToJson({3, "t7", "rejected", "no_eligible_worker", "0/1 workers eligible", ""});
-  CHECK(line == R"({"line": 3,"task": "t7","status": "rejected","reason": "no_eligible_worker","message": "0/1 workers eligible"})");
+  CHECK(
+      line ==
+      R"({"line": 3,"task": "t7","status": "rejected","reason": "no_eligible_worker","message": "0/1 workers eligible"})");
   flatbuffers::FlatBufferBuilder fbb;
   auto ev = wire::CreateEventDirect(fbb, 42, "task.failed", "2026-01-01T00:00:00.000Z", "t7", nullptr,
                                     "no_eligible_worker", "0/0 workers eligible: no live workers");
   std::string bytes = codec::Seal(fbb, ev);
   std::string json = codec.EventToJson(wire::GetEnvelope(bytes.data())->body_as_Event());
-  CHECK_THAT(json, Catch::StartsWith(R"({"seq": 42,"type": "task.failed","time": "2026-01-01T00:00:00.000Z","task": "t7")"));
+  CHECK_THAT(json,
+             Catch::StartsWith(R"({"seq": 42,"type": "task.failed","time": "2026-01-01T00:00:00.000Z","task": "t7")"));
   CHECK_THAT(json, Catch::Contains(R"("reason": "no_eligible_worker")"));
 }
 

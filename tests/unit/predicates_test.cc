@@ -1,8 +1,9 @@
+#include "scheduler/predicates.h"
+
 #include <catch2/catch.hpp>
 
 #include "scheduler/explain.h"
 #include "scheduler/placement.h"
-#include "scheduler/predicates.h"
 
 using namespace fm;
 using namespace fm::sched;
@@ -55,8 +56,7 @@ TEST_CASE("capability_satisfies: required must be a subset of announced; nothing
   }
 }
 
-TEST_CASE("hw_satisfies judges cpus, memory, GPU count, model and per-GPU memory against total capacity",
-          "[unit]") {
+TEST_CASE("hw_satisfies judges cpus, memory, GPU count, model and per-GPU memory against total capacity", "[unit]") {
   Hardware h100x2{8000, 64 * GiB, {{"NVIDIA H100 80GB HBM3", 80 * GiB}, {"NVIDIA H100 80GB HBM3", 80 * GiB}}};
   Hardware a10{4000, 16 * GiB, {{"NVIDIA A10", 24 * GiB}}};
   Hardware cpu_only{2000, 4 * GiB, {}};
@@ -106,7 +106,8 @@ TEST_CASE("the explanation counts each worker under the first predicate it fails
   CHECK(e.message == "0/2 workers eligible: 2 lack capability gpu");
 
   e = Explain(Needs({"docker"}, {0, 8 * GiB}, {{"zone", "b"}}), fleet);
-  CHECK(e.message == "0/3 workers eligible: 1 lacks capability docker, 1 has 4 GiB memory < 8 GiB, 1 lacks label zone=b");
+  CHECK(e.message ==
+        "0/3 workers eligible: 1 lacks capability docker, 1 has 4 GiB memory < 8 GiB, 1 lacks label zone=b");
   REQUIRE(e.breakdown.size() == 3);
   CHECK(e.breakdown[0].predicate == "capability");
   CHECK(e.breakdown[1].predicate == "memory");

@@ -1,7 +1,8 @@
+#include "worker/probe.h"
+
 #include <catch2/catch.hpp>
 
 #include "worker/docker_client.h"
-#include "worker/probe.h"
 #include "worker/worker.h"
 
 using namespace fm;

@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include "schemas/units.h"
+
+#include <catch2/catch.hpp>
 
 TEST_CASE("sizes parse in binary units and refuse what they cannot read", "[unit]") {
   struct Row {

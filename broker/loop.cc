@@ -1,8 +1,14 @@
 #include "broker/loop.h"
 
+#include <chrono>
 #include <csignal>
 
 namespace fm::bus {
+
+uint64_t WallClockMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 Loop::Loop() {
   uv_loop_init(&loop_);

@@ -18,6 +18,9 @@
 
 namespace fm::bus {
 
+// Milliseconds since the Unix epoch: the one clock daemons pass to their components.
+uint64_t WallClockMs();
+
 class Loop {
  public:
   Loop();

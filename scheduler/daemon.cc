@@ -15,11 +15,6 @@ SchedulerDaemon::SchedulerDaemon(zmq::context_t& context, SchedulerOptions optio
   if (!options_.logger) options_.logger = spdlog::default_logger();
 }
 
-uint64_t SchedulerDaemon::NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 Status SchedulerDaemon::Open() {
   auto endpoints = bus::ParseBrokerUrl(options_.broker);
   if (!endpoints.ok()) return endpoints.status();
@@ -30,7 +25,7 @@ Status SchedulerDaemon::Open() {
   if (!store.ok()) return store.status();
   store_ = std::move(*store);
   auto started = std::chrono::steady_clock::now();
-  if (Status s = engine_.Recover(store_.get(), NowMs()); !s.ok()) return s;
+  if (Status s = engine_.Recover(store_.get(), bus::WallClockMs()); !s.ok()) return s;
   options_.logger->info(
       "recovered {} tasks not ended ({} pending) from {} in {} ms", engine_.active_count(), engine_.pending_count(),
       options_.data_dir,
@@ -44,16 +39,16 @@ void SchedulerDaemon::Attach(bus::Loop& loop) {
   loop_ = &loop;
   loop.Watch(client_->dealer(), [this] { return DrainDirected(); });
   loop.Watch(client_->sub(), [this] { return DrainBus(); });
-  loop.Every(options_.tick_ms, [this] { engine_.Tick(NowMs()); });
+  loop.Every(options_.tick_ms, [this] { engine_.Tick(bus::WallClockMs()); });
   loop.OnTurnEnd([this] { TurnEnd(); });
-  engine_.Start(NowMs());
+  engine_.Start(bus::WallClockMs());
   loop.MarkWork();
   options_.logger->info("scheduler on broker {}, data {}", options_.broker, options_.data_dir);
 }
 
 size_t SchedulerDaemon::DrainDirected() {
   size_t n = 0;
-  uint64_t now = NowMs();
+  uint64_t now = bus::WallClockMs();
   while (n < kBudget) {
     auto msg = client_->Receive();
     if (!msg) break;
@@ -79,7 +74,7 @@ size_t SchedulerDaemon::DrainDirected() {
 
 size_t SchedulerDaemon::DrainBus() {
   size_t n = 0;
-  uint64_t now = NowMs();
+  uint64_t now = bus::WallClockMs();
   while (n < kBudget) {
     auto event = client_->ReceiveEvent();
     if (!event) break;
@@ -96,7 +91,7 @@ size_t SchedulerDaemon::DrainBus() {
 
 void SchedulerDaemon::TurnEnd() {
   if (failed_) return;
-  engine_.FinishTurn(NowMs());
+  engine_.FinishTurn(bus::WallClockMs());
   Effects& effects = engine_.effects();
   if (effects.empty()) return;
   if (!effects.writes.empty()) {

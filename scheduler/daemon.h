@@ -39,7 +39,6 @@ class SchedulerDaemon {
   size_t DrainDirected();
   size_t DrainBus();
   void TurnEnd();
-  static uint64_t NowMs();
 
   SchedulerOptions options_;
   zmq::context_t& context_;

@@ -79,11 +79,6 @@ Worker::Worker(zmq::context_t& context, WorkerOptions options, Probe probe)
 
 Worker::~Worker() = default;
 
-uint64_t Worker::NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 Status Worker::Open() {
   auto endpoints = bus::ParseBrokerUrl(options_.broker);
   if (!endpoints.ok()) return endpoints.status();
@@ -133,30 +128,20 @@ std::vector<flatbuffers::Offset<wire::TaskRef>> Worker::HeldRefs(flatbuffers::Fl
 }
 
 void Worker::Register() {
-  std::vector<std::string> caps;
-  {
-    std::lock_guard<std::mutex> lock(probe_mutex_);
-    caps = capabilities_;
-  }
   flatbuffers::FlatBufferBuilder fbb(1024);
   auto refs = HeldRefs(fbb);
   auto reg = wire::CreateWorkerRegistration(
       fbb, fbb.CreateString(options_.id), fbb.CreateString(address_), fbb.CreateString(options_.node), instance_,
       fbb.CreateString(kVersion), options_.slots, codec::ToWire(fbb, probe_.hardware),
-      codec::ToWire(fbb, options_.labels), fbb.CreateVector(refs), codec::ToWire(fbb, caps));
+      codec::ToWire(fbb, options_.labels), fbb.CreateVector(refs), codec::ToWire(fbb, capabilities_));
   client_->Publish("fleet.register", codec::Seal(fbb, reg));
 }
 
 void Worker::Heartbeat() {
-  std::vector<std::string> caps;
-  {
-    std::lock_guard<std::mutex> lock(probe_mutex_);
-    caps = capabilities_;
-  }
   flatbuffers::FlatBufferBuilder fbb(512);
   auto refs = HeldRefs(fbb);
   auto hb = wire::CreateWorkerHeartbeat(fbb, fbb.CreateString(options_.id), fbb.CreateString(address_), instance_,
-                                        fbb.CreateVector(refs), codec::ToWire(fbb, caps));
+                                        fbb.CreateVector(refs), codec::ToWire(fbb, capabilities_));
   client_->Publish("fleet.heartbeat", codec::Seal(fbb, hb));
 }
 
@@ -182,7 +167,6 @@ void Worker::Reprobe() {
         std::unique_ptr<Job> j(static_cast<Job*>(w->data));
         Worker* self = j->self;
         self->reprobe_in_flight_ = false;
-        std::lock_guard<std::mutex> lock(self->probe_mutex_);
         bool had = std::binary_search(self->capabilities_.begin(), self->capabilities_.end(), "docker");
         if (had == j->docker) return;
         if (j->docker) {
@@ -332,13 +316,13 @@ void Worker::Complete(const Ref& ref, wire::Outcome outcome, int32_t exit_code, 
   auto r = wire::CreateTaskRef(fbb, ref.first, ref.second);
   auto fin =
       wire::CreateTaskFinished(fbb, r, fbb.CreateString(options_.id), outcome, exit_code, fbb.CreateString(message));
-  Finished f{codec::Seal(fbb, fin), NowMs()};
+  Finished f{codec::Seal(fbb, fin), bus::WallClockMs()};
   ToScheduler(f.payload);
   finished_[ref] = std::move(f);
 }
 
 void Worker::ResendFinished() {
-  uint64_t now = NowMs();
+  uint64_t now = bus::WallClockMs();
   for (auto& [ref, f] : finished_) {
     if (now >= f.sent_ms + options_.resend_ms) {
       ToScheduler(f.payload);

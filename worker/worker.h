@@ -85,7 +85,6 @@ class Worker {
   static void OnExecHandleClosed(uv_handle_t* handle);
   void ToScheduler(const std::string& payload);
   std::vector<flatbuffers::Offset<wire::TaskRef>> HeldRefs(flatbuffers::FlatBufferBuilder& fbb) const;
-  static uint64_t NowMs();
 
   WorkerOptions options_;
   Probe probe_;
@@ -98,8 +97,7 @@ class Worker {
   std::map<Ref, Finished> finished_;                  // results not yet acknowledged
   std::set<Ref> done_;                                // acknowledged, to drop late duplicates
   std::deque<Ref> done_order_;
-  // Capabilities as last probed; written by the re-probe on the thread pool.
-  std::mutex probe_mutex_;
+  // Capabilities as last probed; the re-probe's result is applied on the loop thread.
   std::vector<std::string> capabilities_;
   bool reprobe_in_flight_ = false;
   int exit_code_ = 0;

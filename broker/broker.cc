@@ -53,9 +53,13 @@ void Broker::ReplyError(const zmq::message_t& to, const std::string& code, const
                         const std::string& about) {
   std::string payload = codec::EncodeError(code, message, about);
   try {
-    router_.send(zmq::buffer(to.data(), to.size()), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-    router_.send(zmq::buffer(std::string(kBrokerAddress)), zmq::send_flags::sndmore);
-    router_.send(zmq::buffer(payload), zmq::send_flags::none);
+    if (!RetryEintr([&] {
+          return router_.send(zmq::buffer(to.data(), to.size()), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+        })) {
+      return;
+    }
+    RetryEintr([&] { return router_.send(zmq::buffer(std::string(kBrokerAddress)), zmq::send_flags::sndmore); });
+    RetryEintr([&] { return router_.send(zmq::buffer(payload), zmq::send_flags::none); });
   } catch (const zmq::error_t&) {
     // The sender left meanwhile; nobody to tell.
   }
@@ -66,7 +70,8 @@ size_t Broker::DrainRouter() {
   std::vector<zmq::message_t> frames;
   while (n < kBudget) {
     frames.clear();
-    auto got = zmq::recv_multipart(router_, std::back_inserter(frames), zmq::recv_flags::dontwait);
+    auto got =
+        RetryEintr([&] { return zmq::recv_multipart(router_, std::back_inserter(frames), zmq::recv_flags::dontwait); });
     if (!got) break;
     ++n;
     const std::string source = frames[0].to_string();
@@ -89,14 +94,14 @@ size_t Broker::DrainRouter() {
       continue;
     }
     try {
-      if (!router_.send(frames[1], zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+      if (!RetryEintr([&] { return router_.send(frames[1], zmq::send_flags::sndmore | zmq::send_flags::dontwait); })) {
         ++counters_.unreachable;
         ReplyError(frames[0], "unreachable", "peer \"" + destination + "\" is not accepting messages (queue full)",
                    destination);
         continue;
       }
-      router_.send(frames[0], zmq::send_flags::sndmore);
-      router_.send(frames[2], zmq::send_flags::none);
+      RetryEintr([&] { return router_.send(frames[0], zmq::send_flags::sndmore); });
+      RetryEintr([&] { return router_.send(frames[2], zmq::send_flags::none); });
       ++counters_.routed;
     } catch (const zmq::error_t& e) {
       ++counters_.unreachable;
@@ -114,9 +119,9 @@ size_t Broker::DrainEvents() {
   size_t n = 0;
   while (n < kBudget) {
     zmq::message_t frame;
-    if (!xsub_.recv(frame, zmq::recv_flags::dontwait)) break;
+    if (!RetryEintr([&] { return xsub_.recv(frame, zmq::recv_flags::dontwait); })) break;
     bool more = frame.more();
-    xpub_.send(frame, more ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    RetryEintr([&] { return xpub_.send(frame, more ? zmq::send_flags::sndmore : zmq::send_flags::none); });
     if (!more) {
       ++n;
       ++counters_.events;
@@ -129,8 +134,8 @@ size_t Broker::DrainSubscriptions() {
   size_t n = 0;
   while (n < kBudget) {
     zmq::message_t frame;
-    if (!xpub_.recv(frame, zmq::recv_flags::dontwait)) break;
-    xsub_.send(frame, zmq::send_flags::none);
+    if (!RetryEintr([&] { return xpub_.recv(frame, zmq::recv_flags::dontwait); })) break;
+    RetryEintr([&] { return xsub_.send(frame, zmq::send_flags::none); });
     ++n;
   }
   return n;

@@ -75,8 +75,11 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
 
 bool Client::Send(const std::string& to, const std::string& payload) {
   try {
-    if (!dealer_.send(zmq::buffer(to), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return false;
-    dealer_.send(zmq::buffer(payload), zmq::send_flags::dontwait);
+    if (!RetryEintr(
+            [&] { return dealer_.send(zmq::buffer(to), zmq::send_flags::sndmore | zmq::send_flags::dontwait); })) {
+      return false;
+    }
+    RetryEintr([&] { return dealer_.send(zmq::buffer(payload), zmq::send_flags::dontwait); });
     return true;
   } catch (const zmq::error_t&) {
     return false;
@@ -86,7 +89,8 @@ bool Client::Send(const std::string& to, const std::string& payload) {
 std::optional<Received> Client::Receive() {
   for (;;) {
     std::vector<zmq::message_t> frames;
-    auto n = zmq::recv_multipart(dealer_, std::back_inserter(frames), zmq::recv_flags::dontwait);
+    auto n =
+        RetryEintr([&] { return zmq::recv_multipart(dealer_, std::back_inserter(frames), zmq::recv_flags::dontwait); });
     if (!n) return std::nullopt;
     if (frames.size() != 2) {
       ++malformed_;
@@ -98,8 +102,8 @@ std::optional<Received> Client::Receive() {
 
 void Client::Publish(const std::string& topic, const std::string& payload) {
   try {
-    pub_.send(zmq::buffer(topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-    pub_.send(zmq::buffer(payload), zmq::send_flags::dontwait);
+    RetryEintr([&] { return pub_.send(zmq::buffer(topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait); });
+    RetryEintr([&] { return pub_.send(zmq::buffer(payload), zmq::send_flags::dontwait); });
   } catch (const zmq::error_t&) {
     // PUB never blocks; at the high-water mark ZeroMQ drops, as it does for absent peers.
   }
@@ -110,7 +114,8 @@ void Client::Subscribe(const std::string& prefix) { sub_.set(zmq::sockopt::subsc
 std::optional<Event> Client::ReceiveEvent() {
   for (;;) {
     std::vector<zmq::message_t> frames;
-    auto n = zmq::recv_multipart(sub_, std::back_inserter(frames), zmq::recv_flags::dontwait);
+    auto n =
+        RetryEintr([&] { return zmq::recv_multipart(sub_, std::back_inserter(frames), zmq::recv_flags::dontwait); });
     if (!n) return std::nullopt;
     if (frames.size() != 2) {
       ++malformed_;

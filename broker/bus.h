@@ -15,6 +15,19 @@
 
 namespace fm::bus {
 
+// Runs a ZeroMQ call again when a signal interrupted it (EINTR). libuv's SIGCHLD handler
+// makes that common in the worker: cppzmq throws on it even for non-blocking calls.
+template <typename F>
+auto RetryEintr(F&& call) -> decltype(call()) {
+  for (;;) {
+    try {
+      return call();
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) throw;
+    }
+  }
+}
+
 inline constexpr const char* kSchedulerAddress = "fm-scheduler";
 inline constexpr const char* kBrokerAddress = "fm-broker";
 inline constexpr const char* kDefaultBroker = "tcp://127.0.0.1:5550";

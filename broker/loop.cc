@@ -3,6 +3,8 @@
 #include <chrono>
 #include <csignal>
 
+#include "broker/bus.h"
+
 namespace fm::bus {
 
 uint64_t WallClockMs() {
@@ -93,7 +95,7 @@ void Loop::Settle() {
   for (;;) {
     bool any = false;
     for (auto& w : watched_) {
-      while (w->socket->get(zmq::sockopt::events) & ZMQ_POLLIN) {
+      while (RetryEintr([&] { return w->socket->get(zmq::sockopt::events); }) & ZMQ_POLLIN) {
         size_t n = w->drain();
         if (n == 0) break;
         any = true;

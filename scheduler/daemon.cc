@@ -39,7 +39,13 @@ void SchedulerDaemon::Attach(bus::Loop& loop) {
   loop_ = &loop;
   loop.Watch(client_->dealer(), [this] { return DrainDirected(); });
   loop.Watch(client_->sub(), [this] { return DrainBus(); });
-  loop.Every(options_.tick_ms, [this] { engine_.Tick(bus::WallClockMs()); });
+  loop.Every(options_.tick_ms, [this] {
+    // Heartbeats that queued up while a long turn ran are taken first: liveness is
+    // judged on what arrived, not on what was read so far.
+    while (DrainBus() > 0) {
+    }
+    engine_.Tick(bus::WallClockMs());
+  });
   loop.OnTurnEnd([this] { TurnEnd(); });
   engine_.Start(bus::WallClockMs());
   loop.MarkWork();

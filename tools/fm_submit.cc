@@ -46,6 +46,10 @@ struct Entry {
   uint64_t task = 0;
 };
 
+// Submits in batches and survives a scheduler restart: every task carries a key (the
+// user's, or one made from this process's address and the line number), so a batch
+// that got no answer is sent again without creating a second task, and with --wait the
+// tasks still running are asked about again by re-submitting their keys.
 class Submitter {
  public:
   Submitter(fm::tools::ToolClient& client, bool wait, int timeout_ms, size_t batch_size)
@@ -61,34 +65,27 @@ class Submitter {
     entries_.push_back(std::move(e));
   }
 
-  void Add(uint64_t line, const fm::TaskSpec& spec) {
+  void Add(uint64_t line, fm::TaskSpec spec) {
+    if (spec.key.empty()) spec.key = "auto/" + client_.bus().address() + "/" + std::to_string(line);
     Entry e;
     e.fields.line = line;
     entries_.push_back(std::move(e));
-    batch_lines_.push_back(first_index_ + entries_.size() - 1);
-    batch_specs_.push_back(spec);
-    if (batch_specs_.size() >= batch_size_) Flush();
+    batch_.indexes.push_back(first_index_ + entries_.size() - 1);
+    batch_.specs.push_back(std::move(spec));
+    if (batch_.specs.size() >= batch_size_) Flush();
   }
 
   void Flush() {
-    if (batch_specs_.empty()) return;
-    flatbuffers::FlatBufferBuilder fbb(1024 + 256 * batch_specs_.size());
-    std::vector<flatbuffers::Offset<fm::wire::TaskSpec>> specs;
-    specs.reserve(batch_specs_.size());
-    for (const auto& s : batch_specs_) specs.push_back(fm::codec::ToWire(fbb, s));
+    if (batch_.specs.empty()) return;
     uint64_t correlation = next_correlation_++;
-    auto req = fm::wire::CreateSubmitRequest(fbb, fbb.CreateVector(specs), wait_, correlation);
-    std::string payload = fm::codec::Seal(fbb, req);
-    if (!client_.bus().Send(fm::bus::kSchedulerAddress, payload)) {
-      Fatal("cannot queue a submission for broker " + client_.broker());
-    }
-    in_flight_[correlation] = std::move(batch_lines_);
-    batch_lines_.clear();
-    batch_specs_.clear();
+    batch_.payload = Encode(batch_.specs, correlation);
+    Send(batch_);
+    in_flight_[correlation] = std::move(batch_);
+    batch_ = Batch();
     last_progress_ = std::chrono::steady_clock::now();
   }
 
-  // Handles every waiting message; false on a fatal error (already reported).
+  // Handles every waiting message.
   void Receive() {
     while (auto msg = client_.bus().Receive()) {
       auto env = fm::codec::Decode(msg->payload.data(), msg->payload.size());
@@ -99,7 +96,9 @@ class Submitter {
       }
       const fm::wire::Envelope& e = **env;
       if (e.body_type() == fm::wire::Body::Error) {
-        Fatal(client_.Explain(*e.body_as_Error()));
+        // Typically: no scheduler connected right now. Batches are sent again until the
+        // reply timeout says otherwise.
+        last_error_ = client_.Explain(*e.body_as_Error());
       } else if (e.body_type() == fm::wire::Body::SubmitReply) {
         OnReply(*e.body_as_SubmitReply());
       } else if (e.body_type() == fm::wire::Body::TaskEnded) {
@@ -109,12 +108,28 @@ class Submitter {
     PrintReady();
   }
 
-  bool Done() const { return in_flight_.empty() && batch_specs_.empty() && waiting_.empty(); }
-  bool AwaitingReplies() const { return !in_flight_.empty(); }
+  // Sends again what got no answer, and (--wait) asks about tasks that have not ended.
+  void Retry() {
+    auto now = std::chrono::steady_clock::now();
+    for (auto& [correlation, batch] : in_flight_) {
+      if (now - batch.sent >= kResendAfter) Send(batch);
+    }
+    if (wait_ && !waiting_.empty() && now - last_poll_ >= kPollAfter) {
+      last_poll_ = now;
+      std::vector<fm::TaskSpec> specs;
+      for (const auto& [task, w] : waiting_) specs.push_back(w.spec);
+      poll_correlation_ = next_correlation_++;
+      client_.bus().Send(fm::bus::kSchedulerAddress, Encode(specs, poll_correlation_));
+    }
+  }
+
+  bool Done() const { return in_flight_.empty() && batch_.specs.empty() && waiting_.empty(); }
   bool TimedOut() const {
-    return AwaitingReplies() &&
+    return !in_flight_.empty() &&
            std::chrono::steady_clock::now() - last_progress_ > std::chrono::milliseconds(timeout_ms_);
   }
+  const std::string& last_error() const { return last_error_; }
+
   void PrintReady() {
     while (!entries_.empty() && entries_.front().ready) {
       Entry& e = entries_.front();
@@ -136,25 +151,60 @@ class Submitter {
   }
 
  private:
-  Entry& At(size_t index) { return entries_[index - first_index_]; }
+  static constexpr auto kResendAfter = std::chrono::seconds(2);
+  static constexpr auto kPollAfter = std::chrono::seconds(3);
 
-  void Fill(Entry& e, const fm::wire::SubmitResult& r) {
-    e.task = r.task();
-    e.fields.task = r.task() ? fm::TaskName(r.task()) : "";
-    e.fields.status = StatusName(r.status());
-    e.fields.reason = fm::codec::Str(r.reason());
-    e.fields.message = fm::codec::Str(r.message());
-    e.fields.worker = fm::codec::Str(r.worker());
+  struct Batch {
+    std::vector<size_t> indexes;  // entry index of each task
+    std::vector<fm::TaskSpec> specs;
+    std::string payload;
+    std::chrono::steady_clock::time_point sent;
+  };
+  struct Waiting {
+    std::vector<size_t> indexes;
+    fm::TaskSpec spec;
+  };
+  struct Ended {
+    SubmitStatus status;
+    std::string reason, message, worker;
+  };
+
+  std::string Encode(const std::vector<fm::TaskSpec>& specs, uint64_t correlation) {
+    flatbuffers::FlatBufferBuilder fbb(1024 + 256 * specs.size());
+    std::vector<flatbuffers::Offset<fm::wire::TaskSpec>> offsets;
+    offsets.reserve(specs.size());
+    for (const auto& s : specs) offsets.push_back(fm::codec::ToWire(fbb, s));
+    return fm::codec::Seal(fbb, fm::wire::CreateSubmitRequest(fbb, fbb.CreateVector(offsets), wait_, correlation));
   }
 
+  void Send(Batch& batch) {
+    batch.sent = std::chrono::steady_clock::now();
+    if (!client_.bus().Send(fm::bus::kSchedulerAddress, batch.payload)) {
+      last_error_ = "cannot queue a submission for broker " + client_.broker();
+    }
+  }
+
+  Entry& At(size_t index) { return entries_[index - first_index_]; }
+
   void OnReply(const fm::wire::SubmitReply& reply) {
-    auto it = in_flight_.find(reply.correlation());
-    if (it == in_flight_.end()) return;
-    last_progress_ = std::chrono::steady_clock::now();
-    const auto& lines = it->second;
     size_t n = reply.results() ? reply.results()->size() : 0;
-    for (size_t i = 0; i < lines.size(); ++i) {
-      Entry& e = At(lines[i]);
+    if (reply.correlation() == poll_correlation_) {
+      // Answers about tasks still waited for: the ended ones are done.
+      for (size_t i = 0; i < n; ++i) {
+        const auto* r = reply.results()->Get(static_cast<flatbuffers::uoffset_t>(i));
+        if (r->status() != SubmitStatus::Accepted) {
+          ApplyEnded(r->task(), {r->status(), fm::codec::Str(r->reason()), fm::codec::Str(r->message()),
+                                 fm::codec::Str(r->worker())});
+        }
+      }
+      return;
+    }
+    auto it = in_flight_.find(reply.correlation());
+    if (it == in_flight_.end()) return;  // a duplicate answer to a batch sent twice
+    last_progress_ = std::chrono::steady_clock::now();
+    Batch& batch = it->second;
+    for (size_t i = 0; i < batch.indexes.size(); ++i) {
+      Entry& e = At(batch.indexes[i]);
       if (i >= n) {
         e.fields.status = "rejected";
         e.fields.reason = "no_result";
@@ -163,12 +213,20 @@ class Submitter {
         continue;
       }
       const auto* r = reply.results()->Get(static_cast<flatbuffers::uoffset_t>(i));
-      Fill(e, *r);
+      e.task = r->task();
+      e.fields.task = r->task() ? fm::TaskName(r->task()) : "";
+      e.fields.status = StatusName(r->status());
+      e.fields.reason = fm::codec::Str(r->reason());
+      e.fields.message = fm::codec::Str(r->message());
+      e.fields.worker = fm::codec::Str(r->worker());
       if (wait_ && r->status() == SubmitStatus::Accepted) {
-        waiting_[r->task()].push_back(lines[i]);
+        Waiting& w = waiting_[r->task()];
+        w.indexes.push_back(batch.indexes[i]);
+        w.spec = batch.specs[i];
         if (auto early = ended_early_.find(r->task()); early != ended_early_.end()) {
-          ApplyEnded(early->first, early->second);
+          Ended ended = early->second;
           ended_early_.erase(early);
+          ApplyEnded(r->task(), ended);
         }
       } else {
         e.ok = wait_ ? r->status() == SubmitStatus::Succeeded : r->status() == SubmitStatus::Accepted;
@@ -177,11 +235,6 @@ class Submitter {
     }
     in_flight_.erase(it);
   }
-
-  struct Ended {
-    SubmitStatus status;
-    std::string reason, message, worker;
-  };
 
   void OnEnded(const fm::wire::TaskEnded& ended) {
     if (!ended.result()) return;
@@ -197,7 +250,7 @@ class Submitter {
   void ApplyEnded(uint64_t task, const Ended& ended) {
     auto it = waiting_.find(task);
     if (it == waiting_.end()) return;
-    for (size_t index : it->second) {
+    for (size_t index : it->second.indexes) {
       Entry& e = At(index);
       e.fields.status = StatusName(ended.status);
       e.fields.reason = ended.reason;
@@ -215,15 +268,17 @@ class Submitter {
   int timeout_ms_;
   size_t batch_size_;
   std::deque<Entry> entries_;
-  size_t first_index_ = 0;  // index of entries_.front() since the start
-  std::vector<size_t> batch_lines_;
-  std::vector<fm::TaskSpec> batch_specs_;
-  std::map<uint64_t, std::vector<size_t>> in_flight_;          // correlation -> entry indexes
-  std::unordered_map<uint64_t, std::vector<size_t>> waiting_;  // task -> entry indexes (--wait)
+  size_t first_index_ = 0;                         // index of entries_.front() since the start
+  Batch batch_;                                    // being filled
+  std::map<uint64_t, Batch> in_flight_;            // by correlation
+  std::unordered_map<uint64_t, Waiting> waiting_;  // by task (--wait)
   std::unordered_map<uint64_t, Ended> ended_early_;
   uint64_t next_correlation_ = 1;
+  uint64_t poll_correlation_ = 0;
   bool all_ok_ = true;
+  std::string last_error_;
   std::chrono::steady_clock::time_point last_progress_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point last_poll_ = std::chrono::steady_clock::now();
 };
 
 }  // namespace
@@ -312,7 +367,7 @@ int main(int argc, char** argv) {
     spec.priority = priority;
     spec.key = key;
     if (fm::Status s = fm::ValidateTaskSpec(spec); !s.ok()) return fail("task", s);
-    submitter.Add(1, spec);
+    submitter.Add(1, std::move(spec));
     submitter.Flush();
   }
 
@@ -323,6 +378,7 @@ int main(int argc, char** argv) {
   while (stdin_open || !submitter.Done()) {
     int woke = (*client)->Wait(stdin_open ? 1000 : 250, stdin_open ? STDIN_FILENO : -1);
     if (woke == 1) submitter.Receive();
+    submitter.Retry();
     if (woke == 2) {
       char chunk[65536];
       ssize_t n = read(STDIN_FILENO, chunk, sizeof chunk);
@@ -339,7 +395,7 @@ int main(int argc, char** argv) {
         if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;  // blank: not a task
         auto spec = codec.ParseTaskLine(line);
         if (spec.ok()) {
-          submitter.Add(line_number, *spec);
+          submitter.Add(line_number, std::move(*spec));
         } else {
           submitter.AddInvalid(line_number, spec.status().message());
         }
@@ -349,7 +405,9 @@ int main(int argc, char** argv) {
       submitter.PrintReady();
     }
     if (submitter.TimedOut()) {
-      submitter.Fatal("no answer from the scheduler through broker " + broker + " within " + reply_timeout);
+      submitter.Fatal(submitter.last_error().empty()
+                          ? "no answer from the scheduler through broker " + broker + " within " + reply_timeout
+                          : submitter.last_error() + "; gave up after " + reply_timeout);
     }
   }
   submitter.PrintReady();

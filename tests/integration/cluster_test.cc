@@ -346,7 +346,7 @@ TEST_CASE("fm-submit without a scheduler says so instead of waiting forever", "[
   std::string broker = "tcp://127.0.0.1:" + std::to_string(PickPortBase());
   auto b = Process::Start({Bin("fm-broker"), "--bind", broker});
   REQUIRE(b->WaitFor("broker on", 10000, 1, true));
-  ToolRun run = RunTool({Bin("fm-submit"), "--broker", broker, "--", "true"});
+  ToolRun run = RunTool({Bin("fm-submit"), "--broker", broker, "--reply-timeout", "1s", "--", "true"});
   CHECK(run.exit_code == 1);
   CHECK_THAT(run.err, Contains("no scheduler is connected to broker " + broker));
 }

@@ -218,20 +218,33 @@ ToolRun RunTool(const std::vector<std::string>& argv, const std::string& input, 
 Cluster::Cluster(std::vector<std::string> scheduler_args) : scheduler_args_(std::move(scheduler_args)) {
   int base = PickPortBase();
   broker_ = "tcp://127.0.0.1:" + std::to_string(base);
-  broker_proc_ = Process::Start({Bin("fm-broker"), "--bind", broker_});
-  if (!broker_proc_->WaitFor("broker on", 10000, 1, true)) {
-    throw std::runtime_error("fm-broker did not start: " + broker_proc_->Stderr());
-  }
+  RestartBroker();
   RestartScheduler();
   tap_ = Process::Start({Bin("fm-tap"), "--broker", broker_, "--since", "1"});
   if (!WaitEvent("scheduler.started", 15000)) throw std::runtime_error("no scheduler.started on the tap");
 }
 
-void Cluster::RestartScheduler() {
-  if (scheduler_) {
-    scheduler_->Signal(SIGKILL);
-    scheduler_->Wait(10000);
+void Cluster::RestartBroker() {
+  if (broker_proc_) {
+    broker_proc_->Signal(SIGKILL);
+    broker_proc_->Wait(10000);
   }
+  // The ports may take a moment to be free again after a kill: retry the bind.
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    broker_proc_ = Process::Start({Bin("fm-broker"), "--bind", broker_});
+    if (broker_proc_->WaitFor("broker on", 10000, 1, true)) return;
+    if (broker_proc_->Wait(100) >= 0) continue;  // bind failed; try again
+  }
+  throw std::runtime_error("fm-broker did not start: " + broker_proc_->Stderr());
+}
+
+void Cluster::KillScheduler() {
+  scheduler_->Signal(SIGKILL);
+  scheduler_->Wait(10000);
+}
+
+void Cluster::RestartScheduler() {
+  if (scheduler_) KillScheduler();
   std::vector<std::string> argv{Bin("fm-scheduler"), "--broker", broker_, "--data", data_.path() + "/scheduler"};
   argv.insert(argv.end(), scheduler_args_.begin(), scheduler_args_.end());
   scheduler_ = Process::Start(argv);
@@ -248,6 +261,13 @@ Process& Cluster::StartCustomWorker(const std::string& id, std::vector<std::stri
   argv.push_back("--broker");
   argv.push_back(broker_);
   int before = tap_->Count("worker.registered worker=" + id + ":");
+  for (auto it = workers_.begin(); it != workers_.end(); ++it) {
+    if (it->first == id) {
+      workers_.erase(it);  // a restart of the same worker id
+      break;
+    }
+  }
+  worker_argv_[id] = argv;
   workers_.emplace_back(id, Process::Start(argv));
   Process& p = *workers_.back().second;
   if (!WaitEvent("worker.registered worker=" + id + ":", 15000, before + 1)) {
@@ -267,6 +287,12 @@ Process& Cluster::worker(const std::string& id) {
     if (wid == id) return *p;
   }
   throw std::runtime_error("no worker " + id);
+}
+
+void Cluster::RestartWorker(const std::string& id) {
+  std::vector<std::string> argv = worker_argv_.at(id);
+  argv.resize(argv.size() - 2);  // StartCustomWorker appends --broker again
+  StartCustomWorker(id, argv);
 }
 
 void Cluster::KillWorker(const std::string& id, int signum) {

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -95,7 +96,10 @@ class Cluster {
   ToolRun Ctl(std::vector<std::string> args);
   // Waits for `count` events on the tap whose line contains `needle`.
   bool WaitEvent(const std::string& needle, int timeout_ms = 10000, int count = 1);
-  void RestartScheduler();
+  void RestartScheduler();  // SIGKILL, then start on the same data directory
+  void KillScheduler();
+  void RestartBroker();                       // SIGKILL, then start on the same ports
+  void RestartWorker(const std::string& id);  // start again with the same arguments
 
  private:
   TempDir data_;
@@ -103,6 +107,7 @@ class Cluster {
   std::vector<std::string> scheduler_args_;
   std::unique_ptr<Process> broker_proc_, scheduler_, tap_;
   std::vector<std::pair<std::string, std::unique_ptr<Process>>> workers_;
+  std::map<std::string, std::vector<std::string>> worker_argv_;
 };
 
 }  // namespace fm::test

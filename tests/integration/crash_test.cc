@@ -1,0 +1,121 @@
+// Nothing lost: thousands of tasks stream in through fm-submit and run on workers while
+// a scheduler, a worker or the broker is killed with SIGKILL and started again. Every
+// task fm-submit reported accepted reaches exactly one terminal event in the stream, and
+// the stream itself has no gap and no duplicate.
+#include <signal.h>
+
+#include <catch2/catch.hpp>
+#include <functional>
+#include <map>
+#include <regex>
+#include <set>
+
+#include "harness.h"
+
+using namespace fm::test;
+
+namespace {
+
+constexpr int kTasks = 2000;
+
+struct Accounting {
+  int accepted = 0;
+  int ended_once = 0;
+  int ended_twice = 0;
+  int ran_again = 0;  // started more than once (e.g. running when something crashed)
+};
+
+Accounting StreamWithCrash(Cluster& c, const std::function<void()>& crash) {
+  std::string input;
+  for (int i = 0; i < kTasks; ++i)
+    input += R"({"command": ["true"]})"
+             "\n";
+  auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--batch", "25"}, input);
+  // Crash once a good part of the work is under way.
+  REQUIRE(c.WaitEvent("task.succeeded", 60000, kTasks / 5));
+  crash();
+  REQUIRE(submit->Wait(120000) == 0);
+  submit->WaitClosed(5000);
+
+  std::set<std::string> accepted;
+  std::regex task_re(R"re("task": "(t[0-9]+)","status": "accepted")re");
+  for (const auto& line : submit->Lines()) {
+    std::smatch m;
+    if (std::regex_search(line, m, task_re)) accepted.insert(m[1]);
+  }
+  Accounting a;
+  a.accepted = static_cast<int>(accepted.size());
+  REQUIRE(a.accepted == kTasks);
+  // Wait for every accepted task to end.
+  bool all_ended = c.WaitEvent("task.succeeded", 60000, kTasks);
+  if (!all_ended) {
+    ToolRun tasks = c.Ctl({"tasks"});
+    std::string not_ended;
+    for (const auto& l : tasks.lines) {
+      if (l.find("succeeded") == std::string::npos) not_ended += l + "\n";
+    }
+    FAIL("not every task succeeded; fm-ctl tasks shows:\n" << not_ended.substr(0, 3000));
+  }
+
+  // The stream: contiguous sequence numbers, each once; then one end per task.
+  std::map<std::string, int> ends, starts;
+  std::regex event_re(R"(^([0-9]+) \S+ (\S+) task=(t[0-9]+))");
+  uint64_t expected = 1;
+  for (const auto& line : c.tap().Lines()) {
+    uint64_t seq = std::stoull(line.substr(0, line.find(' ')));
+    INFO(line);
+    REQUIRE(seq == expected);
+    ++expected;
+    std::smatch m;
+    if (!std::regex_search(line, m, event_re)) continue;
+    std::string type = m[2], task = m[3];
+    if (type == "task.succeeded" || type == "task.failed" || type == "task.cancelled") ++ends[task];
+    if (type == "task.started") ++starts[task];
+  }
+  for (const auto& task : accepted) {
+    INFO(task);
+    CHECK(ends[task] == 1);
+    if (ends[task] == 1) ++a.ended_once;
+    if (ends[task] > 1) ++a.ended_twice;
+    if (starts[task] > 1) ++a.ran_again;
+  }
+  WARN("accepted " << a.accepted << ", ended exactly once " << a.ended_once << ", ran more than once " << a.ran_again);
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("a scheduler killed with SIGKILL mid-stream and restarted loses no accepted task and ends none twice",
+          "[integration][crash]") {
+  Cluster c({"--liveness", "3s"});
+  c.StartWorker("a", {"--slots", "4"});
+  c.StartWorker("b", {"--slots", "4"});
+  Accounting a = StreamWithCrash(c, [&] {
+    c.KillScheduler();
+    c.RestartScheduler();
+  });
+  CHECK(a.ended_once == kTasks);
+  CHECK(a.ended_twice == 0);
+}
+
+TEST_CASE("a worker killed with SIGKILL mid-stream and restarted loses no accepted task and ends none twice",
+          "[integration][crash]") {
+  Cluster c({"--liveness", "1s"});
+  c.StartWorker("a", {"--slots", "4"});
+  c.StartWorker("b", {"--slots", "4"});
+  Accounting a = StreamWithCrash(c, [&] {
+    c.KillWorker("a", SIGKILL);
+    REQUIRE(c.WaitEvent("worker.lost worker=a", 15000));
+    c.RestartWorker("a");
+  });
+  CHECK(a.ended_once == kTasks);
+}
+
+TEST_CASE("a broker killed with SIGKILL mid-stream and restarted loses no accepted task and ends none twice",
+          "[integration][crash]") {
+  Cluster c({"--liveness", "5s"});
+  c.StartWorker("a", {"--slots", "4"});
+  c.StartWorker("b", {"--slots", "4"});
+  Accounting a = StreamWithCrash(c, [&] { c.RestartBroker(); });
+  CHECK(a.ended_once == kTasks);
+}

@@ -11,7 +11,7 @@
 
 #include "broker/bus.h"
 #include "broker/loop.h"
-#include "scheduler/engine.h"
+#include "scheduler/core.h"
 #include "store/store.h"
 
 namespace fm::sched {
@@ -21,6 +21,7 @@ struct SchedulerOptions {
   std::string data_dir = "fm-data";
   uint64_t tick_ms = 100;
   EngineOptions engine;
+  store::RocksOptions store;
   std::shared_ptr<spdlog::logger> logger;
 };
 
@@ -31,9 +32,6 @@ class SchedulerDaemon {
   Status Open();
   // REQUIRES: Open() succeeded.
   void Attach(bus::Loop& loop);
-  // Storage failures are fatal: the process exits after logging, and a restart recovers
-  // from what was committed. Nothing uncommitted was ever sent.
-  bool failed() const { return failed_; }
 
  private:
   size_t DrainDirected();
@@ -44,9 +42,7 @@ class SchedulerDaemon {
   zmq::context_t& context_;
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<bus::Client> client_;
-  Engine engine_;
-  bus::Loop* loop_ = nullptr;
-  bool failed_ = false;
+  std::unique_ptr<SchedulerCore> core_;
 };
 
 }  // namespace fm::sched

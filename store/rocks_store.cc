@@ -3,6 +3,10 @@
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdarg>
+#include <cstdio>
 
 #include "store/store.h"
 
@@ -14,12 +18,42 @@ Status FromRocks(const rocksdb::Status& s, const char* what) {
   return Status::Io(std::string(what) + ": " + s.ToString());
 }
 
+// RocksDB's own log goes to spdlog rather than a LOG file in the data directory: that
+// file fails with the disk, and RocksDB 7.8 (built with assertions) aborts when it
+// writes to it again after an error.
+class SpdlogRocksLogger final : public rocksdb::Logger {
+ public:
+  SpdlogRocksLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
+    if (level < GetInfoLogLevel()) return;
+    char buf[1024];
+    vsnprintf(buf, sizeof buf, format, ap);
+    if (level >= rocksdb::InfoLogLevel::ERROR_LEVEL) {
+      spdlog::error("rocksdb: {}", buf);
+    } else {
+      spdlog::warn("rocksdb: {}", buf);
+    }
+  }
+  void Logv(const char* format, va_list ap) override { Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap); }
+};
+
+// After a failed write RocksDB 7.8's own error recovery is not safe to rely on (the
+// Debian build aborts on an assertion while recovering a failed WAL). So the store
+// closes the database at the first failed write, serves reads from a read-only instance
+// meanwhile, and reopens the database for writing at the next write: opening replays
+// the WAL into a fresh writer, and fails, leaving the store read-only, while the disk
+// is still full.
 class RocksStore final : public Store {
  public:
-  explicit RocksStore(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
+  RocksStore(std::string dir, rocksdb::Options options, std::unique_ptr<rocksdb::DB> db)
+      : dir_(std::move(dir)), options_(std::move(options)), db_(std::move(db)) {}
 
   Status Write(const WriteBatch& batch, bool sync) override {
     if (batch.empty()) return Status::Ok();
+    if (!writable_) {
+      if (Status s = Reopen(); !s.ok()) return s;
+    }
     rocksdb::WriteBatch rb;
     for (const auto& op : batch.ops()) {
       rocksdb::Status s;
@@ -38,10 +72,13 @@ class RocksStore final : public Store {
     }
     rocksdb::WriteOptions wo;
     wo.sync = sync;
-    return FromRocks(db_->Write(wo, &rb), "writing to the store");
+    Status s = FromRocks(db_->Write(wo, &rb), "writing to the store");
+    if (!s.ok()) FallBackToReadOnly();
+    return s;
   }
 
   Result<std::optional<std::string>> Get(std::string_view key) const override {
+    if (!db_) return Status::Io("the store is closed after a write error and could not be reopened");
     std::string value;
     rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), rocksdb::Slice(key.data(), key.size()), &value);
     if (s.IsNotFound()) return std::optional<std::string>();
@@ -50,6 +87,7 @@ class RocksStore final : public Store {
   }
 
   Status Scan(std::string_view begin, std::string_view end, const ScanVisitor& visit) const override {
+    if (!db_) return Status::Io("the store is closed after a write error and could not be reopened");
     rocksdb::ReadOptions ro;
     rocksdb::Slice upper(end.data(), end.size());
     ro.iterate_upper_bound = &upper;
@@ -63,7 +101,31 @@ class RocksStore final : public Store {
   }
 
  private:
+  void FallBackToReadOnly() {
+    writable_ = false;
+    db_.reset();
+    rocksdb::DB* raw = nullptr;
+    rocksdb::Status s = rocksdb::DB::OpenForReadOnly(options_, dir_, &raw);
+    if (s.ok()) db_.reset(raw);
+  }
+
+  Status Reopen() {
+    db_.reset();
+    rocksdb::DB* raw = nullptr;
+    rocksdb::Status s = rocksdb::DB::Open(options_, dir_, &raw);
+    if (!s.ok()) {
+      FallBackToReadOnly();
+      return Status::Io("reopening the store at " + dir_ + " for writing: " + s.ToString());
+    }
+    db_.reset(raw);
+    writable_ = true;
+    return Status::Ok();
+  }
+
+  std::string dir_;
+  rocksdb::Options options_;
   std::unique_ptr<rocksdb::DB> db_;
+  bool writable_ = true;
 };
 
 }  // namespace
@@ -74,10 +136,12 @@ Result<std::unique_ptr<Store>> OpenRocksStore(const std::string& dir, const Rock
   ro.IncreaseParallelism(2);
   ro.max_background_jobs = 2;
   ro.manual_wal_flush = false;
+  ro.info_log = std::make_shared<SpdlogRocksLogger>();
+  ro.write_buffer_size = options.write_buffer_size;
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(ro, dir, &raw);
   if (!s.ok()) return Status::Io("opening store at " + dir + ": " + s.ToString());
-  return std::unique_ptr<Store>(std::make_unique<RocksStore>(std::unique_ptr<rocksdb::DB>(raw)));
+  return std::unique_ptr<Store>(std::make_unique<RocksStore>(dir, ro, std::unique_ptr<rocksdb::DB>(raw)));
 }
 
 }  // namespace fm::store

@@ -58,6 +58,9 @@ std::unique_ptr<Store> NewMemStore();
 
 struct RocksOptions {
   bool create_if_missing = true;
+  // RocksDB's memtable size. Also the free space RocksDB wants before it resumes
+  // writing after the disk was full.
+  uint64_t write_buffer_size = 64ull << 20;
 };
 // Opens (creating if allowed) a RocksDB database in `dir`.
 Result<std::unique_ptr<Store>> OpenRocksStore(const std::string& dir, const RocksOptions& options = {});

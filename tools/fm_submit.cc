@@ -96,9 +96,14 @@ class Submitter {
       }
       const fm::wire::Envelope& e = **env;
       if (e.body_type() == fm::wire::Body::Error) {
-        // Typically: no scheduler connected right now. Batches are sent again until the
-        // reply timeout says otherwise.
-        last_error_ = client_.Explain(*e.body_as_Error());
+        const auto* error = e.body_as_Error();
+        if (fm::codec::Str(error->code()) == "storage") {
+          RefuseBatch(error);  // the scheduler persisted nothing of that batch
+        } else {
+          // Typically: no scheduler connected right now. Batches are sent again until
+          // the reply timeout says otherwise.
+          last_error_ = client_.Explain(*error);
+        }
       } else if (e.body_type() == fm::wire::Body::SubmitReply) {
         OnReply(*e.body_as_SubmitReply());
       } else if (e.body_type() == fm::wire::Body::TaskEnded) {
@@ -185,6 +190,26 @@ class Submitter {
   }
 
   Entry& At(size_t index) { return entries_[index - first_index_]; }
+
+  void RefuseBatch(const fm::wire::Error* error) {
+    uint64_t correlation = 0;
+    try {
+      correlation = std::stoull(fm::codec::Str(error->about()));
+    } catch (...) {
+      return;
+    }
+    auto it = in_flight_.find(correlation);
+    if (it == in_flight_.end()) return;
+    last_progress_ = std::chrono::steady_clock::now();
+    for (size_t index : it->second.indexes) {
+      Entry& e = At(index);
+      e.fields.status = "rejected";
+      e.fields.reason = "storage_unavailable";
+      e.fields.message = fm::codec::Str(error->message());
+      e.ready = true;
+    }
+    in_flight_.erase(it);
+  }
 
   void OnReply(const fm::wire::SubmitReply& reply) {
     size_t n = reply.results() ? reply.results()->size() : 0;

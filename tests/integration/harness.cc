@@ -215,7 +215,9 @@ ToolRun RunTool(const std::vector<std::string>& argv, const std::string& input, 
   return run;
 }
 
-Cluster::Cluster(std::vector<std::string> scheduler_args) : scheduler_args_(std::move(scheduler_args)) {
+Cluster::Cluster(std::vector<std::string> scheduler_args, std::string data_dir)
+    : data_dir_(data_dir.empty() ? data_.path() + "/scheduler" : std::move(data_dir)),
+      scheduler_args_(std::move(scheduler_args)) {
   int base = PickPortBase();
   broker_ = "tcp://127.0.0.1:" + std::to_string(base);
   RestartBroker();
@@ -245,7 +247,7 @@ void Cluster::KillScheduler() {
 
 void Cluster::RestartScheduler() {
   if (scheduler_) KillScheduler();
-  std::vector<std::string> argv{Bin("fm-scheduler"), "--broker", broker_, "--data", data_.path() + "/scheduler"};
+  std::vector<std::string> argv{Bin("fm-scheduler"), "--broker", broker_, "--data", data_dir_};
   argv.insert(argv.end(), scheduler_args_.begin(), scheduler_args_.end());
   scheduler_ = Process::Start(argv);
 }

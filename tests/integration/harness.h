@@ -78,12 +78,14 @@ ToolRun RunTool(const std::vector<std::string>& argv, const std::string& input =
 // following the whole stream.
 class Cluster {
  public:
-  explicit Cluster(std::vector<std::string> scheduler_args = {"--liveness", "2s"});
+  // With `data_dir`, the scheduler keeps its store there instead of a temporary directory.
+  explicit Cluster(std::vector<std::string> scheduler_args = {"--liveness", "2s"}, std::string data_dir = "");
   ~Cluster();
 
   const std::string& broker() const { return broker_; }
   const std::string& data_dir() const { return data_.path(); }
   Process& tap() { return *tap_; }
+  Process& scheduler() { return *scheduler_; }
 
   // Starts an fm-worker and waits for its worker.registered event.
   Process& StartWorker(const std::string& id, std::vector<std::string> args = {});
@@ -103,6 +105,7 @@ class Cluster {
 
  private:
   TempDir data_;
+  std::string data_dir_;
   std::string broker_;
   std::vector<std::string> scheduler_args_;
   std::unique_ptr<Process> broker_proc_, scheduler_, tap_;

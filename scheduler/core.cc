@@ -1,0 +1,157 @@
+#include "scheduler/core.h"
+
+#include <set>
+
+#include "schemas/codec.h"
+#include "store/keys.h"
+
+namespace fm::sched {
+
+SchedulerCore::SchedulerCore(EngineOptions options, store::Store* store, std::shared_ptr<spdlog::logger> logger,
+                             uint64_t storage_probe_ms)
+    : options_(options), store_(store), logger_(std::move(logger)), storage_probe_ms_(storage_probe_ms) {
+  if (!logger_) logger_ = spdlog::default_logger();
+}
+
+Status SchedulerCore::Open(uint64_t now_ms) {
+  if (Status s = Rebuild(now_ms); !s.ok()) return s;
+  engine_->Start(now_ms);
+  return Status::Ok();
+}
+
+Status SchedulerCore::Rebuild(uint64_t now_ms) {
+  engine_ = std::make_unique<Engine>(options_);
+  return engine_->Recover(store_, now_ms);
+}
+
+void SchedulerCore::Refuse(const std::string& from, uint64_t correlation) {
+  immediate_.directed.push_back({from, codec::EncodeError("storage",
+                                                          "the scheduler cannot write to its store (" + storage_error_ +
+                                                              "); it refuses changes until writing works again",
+                                                          std::to_string(correlation))});
+}
+
+void SchedulerCore::OnDirected(const std::string& from, const void* data, size_t size, uint64_t now_ms) {
+  auto envelope = codec::Decode(data, size);
+  if (!envelope.ok()) {
+    logger_->warn("rejected message from {}: {}", from, envelope.status().message());
+    if (from != "fm-broker")
+      immediate_.directed.push_back({from, codec::EncodeError("malformed", envelope.status().message())});
+    return;
+  }
+  const wire::Envelope& env = **envelope;
+  switch (env.body_type()) {
+    case wire::Body::Error: {
+      const auto* error = env.body_as_Error();
+      logger_->debug("error from {}: {} {} ({})", from, codec::Str(error->code()), codec::Str(error->message()),
+                     codec::Str(error->about()));
+      return;
+    }
+    case wire::Body::SubmitRequest: {
+      uint64_t correlation = env.body_as_SubmitRequest()->correlation();
+      if (degraded_) return Refuse(from, correlation);
+      turn_submitters_.push_back({from, correlation});
+      break;
+    }
+    case wire::Body::ReplayRequest:
+      turn_reads_.push_back({from, std::string(static_cast<const char*>(data), size)});
+      break;
+    case wire::Body::ControlRequest: {
+      const auto* req = env.body_as_ControlRequest();
+      bool read = req->op() == wire::ControlOp::Workers || req->op() == wire::ControlOp::Tasks;
+      if (read) {
+        turn_reads_.push_back({from, std::string(static_cast<const char*>(data), size)});
+      } else if (degraded_) {
+        return Refuse(from, req->correlation());
+      }
+      break;
+    }
+    case wire::Body::TaskStarted:
+    case wire::Body::TaskFinished:
+    case wire::Body::TaskLog:
+      // Not acknowledged while degraded: the worker re-sends results until they are.
+      if (degraded_) return;
+      break;
+    default:
+      break;
+  }
+  engine_->OnDirected(from, env, now_ms);
+}
+
+void SchedulerCore::OnBus(const void* data, size_t size, uint64_t now_ms) {
+  // Registrations write; liveness is not judged while degraded. Workers re-register
+  // when the scheduler serves normally again.
+  if (degraded_) return;
+  auto envelope = codec::Decode(data, size);
+  if (!envelope.ok()) {
+    logger_->warn("rejected bus message: {}", envelope.status().message());
+    return;
+  }
+  engine_->OnBus(**envelope, now_ms);
+}
+
+void SchedulerCore::Tick(uint64_t now_ms) {
+  if (!degraded_) {
+    engine_->Tick(now_ms);
+    return;
+  }
+  if (now_ms < next_probe_ms_) return;
+  next_probe_ms_ = now_ms + storage_probe_ms_;
+  store::WriteBatch probe;
+  probe.Put("m/storage_probe", store::keys::EncodeU64(++probes_));
+  Status s = store_->Write(probe, /*sync=*/true);
+  if (!s.ok()) {
+    logger_->debug("store still refuses writes: {}", s.message());
+    return;
+  }
+  logger_->warn("the store takes writes again; serving normally");
+  degraded_ = false;
+  storage_error_.clear();
+  // Liveness was not judged while degraded: start every worker's window afresh.
+  if (Status r = Rebuild(now_ms); !r.ok()) {
+    logger_->error("re-reading the store failed: {}", r.message());
+  }
+}
+
+Outbox SchedulerCore::EndTurn(uint64_t now_ms) {
+  engine_->FinishTurn(now_ms);
+  Effects& effects = engine_->effects();
+  Outbox out = std::move(immediate_);
+  immediate_ = Outbox();
+  Status s = effects.writes.empty() ? Status::Ok() : store_->Write(effects.writes, /*sync=*/true);
+  if (s.ok()) {
+    for (auto& d : effects.directed) out.directed.push_back(std::move(d));
+    for (auto& e : effects.events) out.events.push_back(std::move(e));
+    effects.Clear();
+    turn_reads_.clear();
+    turn_submitters_.clear();
+    return out;
+  }
+  // The turn did not happen: forget it, tell its submitters, answer its reads.
+  effects.Clear();
+  if (!degraded_) logger_->error("cannot write to the store, refusing changes until it can: {}", s.message());
+  degraded_ = true;
+  storage_error_ = s.message();
+  next_probe_ms_ = now_ms + storage_probe_ms_;
+  if (Status r = Rebuild(now_ms); !r.ok()) logger_->error("re-reading the store failed: {}", r.message());
+  for (const auto& [from, correlation] : turn_submitters_) Refuse(from, correlation);
+  turn_submitters_.clear();
+  auto reads = std::move(turn_reads_);
+  turn_reads_.clear();
+  std::set<std::string> readers;
+  for (const auto& [from, bytes] : reads) {
+    engine_->OnDirected(from, *wire::GetEnvelope(bytes.data()), now_ms);
+    readers.insert(from);
+  }
+  // Only the answers to reads leave: anything else the rebuilt engine derived is not
+  // committed and will be derived again.
+  for (auto& d : engine_->effects().directed) {
+    if (readers.count(d.to)) out.directed.push_back(std::move(d));
+  }
+  engine_->effects().Clear();
+  for (auto& d : immediate_.directed) out.directed.push_back(std::move(d));
+  immediate_ = Outbox();
+  return out;
+}
+
+}  // namespace fm::sched

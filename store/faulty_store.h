@@ -1,0 +1,36 @@
+// A Store wrapper that fails writes on demand, for tests of storage faults (leveldb's
+// ErrorEnv in spirit). Reads always pass through.
+#pragma once
+
+#include "store/store.h"
+
+namespace fm::store {
+
+class FaultyStore final : public Store {
+ public:
+  explicit FaultyStore(Store* base) : base_(base) {}
+
+  // While set, every Write fails with this Io error and applies nothing.
+  void FailWrites(std::string message) { failure_ = std::move(message); }
+  void HealWrites() { failure_.clear(); }
+  uint64_t failed_writes() const { return failed_writes_; }
+
+  Status Write(const WriteBatch& batch, bool sync) override {
+    if (!failure_.empty()) {
+      ++failed_writes_;
+      return Status::Io(failure_);
+    }
+    return base_->Write(batch, sync);
+  }
+  Result<std::optional<std::string>> Get(std::string_view key) const override { return base_->Get(key); }
+  Status Scan(std::string_view begin, std::string_view end, const ScanVisitor& visit) const override {
+    return base_->Scan(begin, end, visit);
+  }
+
+ private:
+  Store* base_;
+  std::string failure_;
+  uint64_t failed_writes_ = 0;
+};
+
+}  // namespace fm::store

@@ -7,3 +7,5 @@ scripts/install-deps.sh
 scripts/podman-setup.sh
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j2 "$@"
+# Hostile input: each libFuzzer target for a short bounded time on the kept corpus.
+scripts/fuzz.sh 15

@@ -80,7 +80,8 @@ void EngineOptions::Validate() {
   liveness_window_ms = std::max<uint64_t>(liveness_window_ms, 100);
   default_max_attempts = std::clamp<uint32_t>(default_max_attempts, 1, 1000);
   redispatch_after_ms = std::max<uint64_t>(redispatch_after_ms, 50);
-  event_retention_count = std::max<uint64_t>(event_retention_count, 100);
+  event_retention_count = std::max<uint64_t>(event_retention_count, 10);
+  event_retention_age_ms = std::max<uint64_t>(event_retention_age_ms, 1000);
   replay_batch = std::clamp<size_t>(replay_batch, 1, 10000);
 }
 
@@ -813,8 +814,30 @@ void Engine::Tick(uint64_t now_ms) {
       }
     }
   }
+  ApplyRetention(now_ms);
+}
+
+void Engine::ApplyRetention(uint64_t now_ms) {
+  uint64_t new_oldest = oldest_seq_;
   if (next_seq_ - oldest_seq_ > options_.event_retention_count) {
-    uint64_t new_oldest = next_seq_ - options_.event_retention_count;
+    new_oldest = next_seq_ - options_.event_retention_count;
+  }
+  // By age: at most once a second, look at the oldest stored events.
+  if (store_ && now_ms >= next_age_check_ms_ && now_ms > options_.event_retention_age_ms) {
+    next_age_check_ms_ = now_ms + 1000;
+    uint64_t cutoff = now_ms - options_.event_retention_age_ms;
+    size_t looked = 0;
+    Status s = store_->Scan(keys::Event(new_oldest), keys::Event(persisted_seq_),
+                            [&](std::string_view key, std::string_view value) {
+                              auto env = codec::Decode(value.data(), value.size());
+                              if (!env.ok() || (*env)->body_type() != wire::Body::Event) return false;
+                              if ((*env)->body_as_Event()->time_ms() >= cutoff) return false;
+                              new_oldest = keys::DecodeU64(key.substr(2)) + 1;
+                              return ++looked < 10000;
+                            });
+    (void)s;  // a failed scan only delays retention
+  }
+  if (new_oldest > oldest_seq_) {
     effects_.writes.DeleteRange(keys::Event(oldest_seq_), keys::Event(new_oldest));
     oldest_seq_ = new_oldest;
   }
@@ -958,7 +981,7 @@ void Engine::Emit(const EventFields& f, uint64_t now_ms) {
   auto worker = opt(f.worker), reason = opt(f.reason), message = opt(f.message), stream = opt(f.stream),
        data = opt(f.data);
   auto event = wire::CreateEvent(fbb, seq, type, time, task, worker, reason, message, f.attempt, f.exit_code, stream,
-                                 data, eligible, fleet, breakdown, caps, hw, labels);
+                                 data, eligible, fleet, breakdown, caps, hw, labels, now_ms);
   std::string bytes = codec::Seal(fbb, event);
   effects_.writes.Put(keys::Event(seq), bytes);
   effects_.events.push_back({f.type, std::move(bytes)});

@@ -143,6 +143,8 @@ class Engine {
            uint64_t now_ms, const Explanation* explanation = nullptr);
   void Unassign(Task* t);
   void FailUnrunnable(uint64_t now_ms);
+  // Drops events beyond the retention count and older than the retention age.
+  void ApplyRetention(uint64_t now_ms);
   void PlacePending(uint64_t now_ms);
   void FlushDispatches(uint64_t now_ms);
   void Emit(const EventFields& fields, uint64_t now_ms);
@@ -175,6 +177,7 @@ class Engine {
   bool fleet_shrank_ = false;
   bool placement_needed_ = false;
   uint64_t started_ms_ = 0;
+  uint64_t next_age_check_ms_ = 0;
 };
 
 }  // namespace fm::sched

@@ -26,6 +26,9 @@ int main(int argc, char** argv) {
   app.add_option("--store-write-buffer", write_buffer,
                  "RocksDB memtable size; also the free space it needs to resume after a full disk")
       ->capture_default_str();
+  std::string retention_age = "7d";
+  app.add_option("--event-retention-age", retention_age, "events older than this are dropped (e.g. 24h, 7d)")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (fm::Status s = fm::bus::InitLogging("fm-scheduler", log_level); !s.ok()) {
@@ -43,6 +46,12 @@ int main(int argc, char** argv) {
     spdlog::error("--placement \"{}\": use spread or binpack", placement);
     return 2;
   }
+  auto age = fm::ParseDurationMs(retention_age);
+  if (!age.ok()) {
+    spdlog::error("--event-retention-age: {}", age.status().message());
+    return 2;
+  }
+  options.engine.event_retention_age_ms = *age;
   options.engine.Validate();
   auto buffer = fm::ParseSize(write_buffer);
   if (!buffer.ok() || *buffer < (1u << 20)) {

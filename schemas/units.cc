@@ -93,7 +93,7 @@ Result<uint64_t> ParseDurationMs(std::string_view raw) {
   std::string_view unit;
   if (!SplitNumber(text, &number, &unit)) {
     return Status::Invalid("invalid duration \"" + std::string(raw) +
-                           "\": expected a non-negative number with a unit (ms, s, m, h)");
+                           "\": expected a non-negative number with a unit (ms, s, m, h, d)");
   }
   double ms;
   if (unit.empty() || EqualsNoCase(unit, "s")) {
@@ -104,9 +104,11 @@ Result<uint64_t> ParseDurationMs(std::string_view raw) {
     ms = number * 60'000;
   } else if (EqualsNoCase(unit, "h")) {
     ms = number * 3'600'000;
+  } else if (EqualsNoCase(unit, "d")) {
+    ms = number * 86'400'000;
   } else {
     return Status::Invalid("invalid duration \"" + std::string(raw) + "\": unknown unit \"" + std::string(unit) +
-                           "\" (use ms, s, m, h)");
+                           "\" (use ms, s, m, h, d)");
   }
   return static_cast<uint64_t>(std::llround(ms));
 }

@@ -43,8 +43,8 @@ int main(int argc, char** argv) {
   {
     flatbuffers::FlatBufferBuilder fbb;
     auto ref = wire::CreateTaskRef(fbb, 1, 1);
-    Write(dir, "finished", codec::Seal(fbb, wire::CreateTaskFinished(fbb, ref, fbb.CreateString("w"),
-                                                                     wire::Outcome::Succeeded, 0, 0)));
+    Write(dir, "finished",
+          codec::Seal(fbb, wire::CreateTaskFinished(fbb, ref, fbb.CreateString("w"), wire::Outcome::Succeeded, 0, 0)));
   }
   {
     flatbuffers::FlatBufferBuilder fbb;

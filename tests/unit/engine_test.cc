@@ -429,3 +429,37 @@ TEST_CASE("the scheduler answers a message type it does not take with an error",
   REQUIRE(errors.size() == 1);
   CHECK(errors[0]->body_as_Error()->code()->str() == "unsupported");
 }
+
+TEST_CASE("events are kept within the retention count and age; replay from before them names the oldest", "[unit]") {
+  EngineOptions options;
+  options.event_retention_count = 10;
+  options.event_retention_age_ms = 60'000;
+  Harness h(options);
+  h.Register({"w", {}});
+  for (int i = 0; i < 10; ++i) h.Submit({NewTask()});  // ~2 events each
+  h.Tick(100);
+  auto replay = [&](uint64_t since) {
+    flatbuffers::FlatBufferBuilder fbb;
+    std::string bytes = codec::Seal(fbb, wire::CreateReplayRequest(fbb, since, 5));
+    h.engine().OnDirected("tap", *wire::GetEnvelope(bytes.data()), h.now);
+    Turn t = h.Commit();
+    auto batches = t.To("tap", wire::Body::ReplayBatch);
+    REQUIRE(batches.size() == 1);
+    return batches[0]->body_as_ReplayBatch();
+  };
+  const auto* old = replay(1);
+  REQUIRE(old->error() != nullptr);
+  CHECK_THAT(old->error()->str(), Catch::Contains("older than retention: the oldest available is"));
+  uint64_t oldest = old->oldest();
+  const auto* batch = replay(oldest);
+  CHECK(batch->error() == nullptr);
+  CHECK(batch->events()->size() == 10);
+  CHECK(batch->events()->Get(0)->seq() == oldest);
+  // Age: an hour later, everything before now is gone but the newest events.
+  h.Tick(3'600'000);
+  h.Submit({NewTask()});
+  h.Tick(1500);
+  const auto* aged = replay(oldest);
+  REQUIRE(aged->error() != nullptr);
+  CHECK(aged->oldest() > oldest + 5);
+}

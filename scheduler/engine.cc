@@ -137,7 +137,7 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
                     w.draining = rec->draining();
                     w.last_seen_ms = now_ms;
                     w.confirmed = false;
-                    workers_[w.id] = std::move(w);
+                    fleet_.Add(std::move(w));
                     return true;
                   });
   if (!s.ok()) return s;
@@ -154,10 +154,11 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
         next_order_ = std::max(next_order_, t.order + 1);
         next_task_id_ = std::max(next_task_id_, t.id + 1);
         if (!t.spec.key.empty()) client_keys_[t.spec.key] = t.id;
-        auto w = workers_.find(t.worker);
-        if ((t.state == wire::TaskState::Queued || t.state == wire::TaskState::Running) && w != workers_.end()) {
-          Reserve(t.spec, &w->second);
-          w->second.tasks.insert(t.id);
+        if ((t.state == wire::TaskState::Queued || t.state == wire::TaskState::Running) && fleet_.Find(t.worker)) {
+          fleet_.Modify(t.worker, [&](WorkerState& w) {
+            Reserve(t.spec, &w);
+            w.tasks.insert(t.id);
+          });
           t.dispatched_ms = now_ms;
         } else if (t.state != wire::TaskState::Pending) {
           // Its worker is not known any more: run it again.
@@ -180,9 +181,9 @@ void Engine::Start(uint64_t now_ms) {
   EventFields f;
   f.type = "scheduler.started";
   f.message =
-      std::to_string(workers_.size()) + " workers last known, " + std::to_string(active_.size()) + " tasks not ended";
+      std::to_string(fleet_.size()) + " workers last known, " + std::to_string(active_.size()) + " tasks not ended";
   Emit(f, now_ms);
-  for (const auto& [id, w] : workers_) {
+  for (const auto& [id, w] : fleet_.workers()) {
     flatbuffers::FlatBufferBuilder fbb(64);
     Send(w.address, codec::Seal(fbb, wire::CreateReRegister(fbb)));
   }
@@ -273,7 +274,6 @@ std::optional<wire::SubmitStatus> Engine::LookupKey(const std::string& key, uint
 void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms) {
   flatbuffers::FlatBufferBuilder fbb(256);
   std::vector<flatbuffers::Offset<wire::SubmitResult>> results;
-  std::vector<const WorkerState*> fleet = LiveFleet();
   if (req.tasks()) {
     results.reserve(req.tasks()->size());
     for (const wire::TaskSpec* wire_spec : *req.tasks()) {
@@ -311,8 +311,8 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         client_keys_[t.spec.key] = t.id;
         effects_.writes.Put(keys::ClientKey(t.spec.key), keys::EncodeU64(t.id));
       }
-      Explanation why = Explain(t.spec, fleet);
-      if (why.eligible == 0) {
+      if (!fleet_.AnyEligible(t.spec)) {
+        Explanation why = fleet_.Explain(t.spec);
         // Fail fast: nothing is queued, no worker sees it.
         results.push_back(
             wire::CreateSubmitResultDirect(fbb, t.id, wire::SubmitStatus::Rejected, kNoEligible, why.message.c_str()));
@@ -326,7 +326,6 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       f.type = "task.submitted";
       f.task = t.id;
       f.attempt = t.attempt;
-      f.message = std::to_string(why.eligible) + "/" + std::to_string(why.fleet) + " workers eligible";
       pending_.insert({-static_cast<int64_t>(t.spec.priority), t.order, t.id});
       dirty_tasks_.insert(t.id);
       active_.emplace(t.id, std::move(t));
@@ -341,17 +340,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
 // ---------------------------------------------------------------------------
 // The fleet.
 
-std::vector<const WorkerState*> Engine::LiveFleet() const {
-  std::vector<const WorkerState*> out;
-  out.reserve(workers_.size());
-  for (const auto& [id, w] : workers_) out.push_back(&w);
-  return out;
-}
-
-const WorkerState* Engine::worker(const std::string& id) const {
-  auto it = workers_.find(id);
-  return it == workers_.end() ? nullptr : &it->second;
-}
+const WorkerState* Engine::worker(const std::string& id) const { return fleet_.Find(id); }
 
 const Task* Engine::active_task(uint64_t id) const {
   auto it = active_.find(id);
@@ -375,12 +364,12 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
   std::string id = Str(reg.id());
   std::string address = Str(reg.address());
   if (id.empty() || address.empty()) return;  // nobody to answer; the daemon logs malformed input
-  auto it = workers_.find(id);
-  if (it != workers_.end() && it->second.instance != reg.instance()) {
-    if (it->second.confirmed) {
+  const WorkerState* known = fleet_.Find(id);
+  if (known && known->instance != reg.instance()) {
+    if (known->confirmed) {
       // A second process claims a live worker's id: refuse it, the live one keeps its work.
-      std::string message = "worker id \"" + id + "\" is already in use by a live worker on node " + it->second.node +
-                            " (last heard " + std::to_string(now_ms - std::min(now_ms, it->second.last_seen_ms)) +
+      std::string message = "worker id \"" + id + "\" is already in use by a live worker on node " + known->node +
+                            " (last heard " + std::to_string(now_ms - std::min(now_ms, known->last_seen_ms)) +
                             " ms ago); choose another --id or stop that worker";
       flatbuffers::FlatBufferBuilder fbb(256);
       Send(address, codec::Seal(fbb, wire::CreateWorkerRejectedDirect(fbb, id.c_str(), message.c_str())));
@@ -394,24 +383,30 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
     }
     // Known only from the store since this scheduler started: a restarted process.
     LoseWorker(id, "replaced by a new instance of the same worker", now_ms);
-    it = workers_.end();
+    known = nullptr;
   }
-  bool is_new = it == workers_.end();
-  WorkerState& w = is_new ? workers_[id] : it->second;
+  if (!known) {
+    WorkerState fresh;
+    fresh.id = id;
+    fleet_.Add(std::move(fresh));
+  }
   auto caps = Capabilities(reg.capabilities());
+  auto hardware = codec::FromWire(reg.hardware());
   // A changed announcement may leave waiting tasks with no eligible worker.
-  if (!is_new && (caps != w.capabilities || codec::FromWire(reg.hardware()) != w.hardware)) fleet_shrank_ = true;
-  w.id = id;
-  w.address = address;
-  w.node = Str(reg.node());
-  w.version = Str(reg.version());
-  w.instance = reg.instance();
-  w.capabilities = std::move(caps);
-  w.hardware = codec::FromWire(reg.hardware());
-  w.labels = codec::FromWire(reg.labels());
-  w.slots = std::max<uint32_t>(reg.slots(), 1);
-  w.last_seen_ms = now_ms;
-  w.confirmed = true;
+  if (known && (caps != known->capabilities || hardware != known->hardware)) fleet_shrank_ = true;
+  fleet_.Modify(id, [&](WorkerState& w) {
+    w.address = address;
+    w.node = Str(reg.node());
+    w.version = Str(reg.version());
+    w.instance = reg.instance();
+    w.capabilities = std::move(caps);
+    w.hardware = std::move(hardware);
+    w.labels = codec::FromWire(reg.labels());
+    w.slots = std::max<uint32_t>(reg.slots(), 1);
+    w.last_seen_ms = now_ms;
+    w.confirmed = true;
+  });
+  const WorkerState& w = *fleet_.Find(id);
   PersistWorker(w);
   EventFields f;
   f.type = "worker.registered";
@@ -419,16 +414,17 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
   f.worker_info = &w;
   f.message = "node " + w.node + ", " + std::to_string(w.slots) + " slots, version " + w.version;
   Emit(f, now_ms);
-  Reconcile(&w, reg.running(), now_ms);
+  Reconcile(w, reg.running(), now_ms);
   placement_needed_ = true;
 }
 
-void Engine::Reconcile(WorkerState* w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
+void Engine::Reconcile(const WorkerState& worker, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
                        uint64_t now_ms) {
   std::set<std::pair<uint64_t, uint32_t>> reported;
   if (held) {
     for (const auto* ref : *held) reported.insert({ref->task(), ref->attempt()});
   }
+  const WorkerState* w = &worker;
   std::vector<uint64_t> mine(w->tasks.begin(), w->tasks.end());
   for (uint64_t id : mine) {
     Task& t = active_.at(id);
@@ -436,7 +432,8 @@ void Engine::Reconcile(WorkerState* w, const flatbuffers::Vector<flatbuffers::Of
     if (t.state == wire::TaskState::Queued) {
       dispatches_[w->id].push_back(t.id);  // never arrived: send again
     } else {
-      Retry(&t, "worker_lost", "worker " + w->id + " no longer holds the task (it restarted)", now_ms);
+      Retry(&t, "worker_lost", "worker " + worker.id + " no longer holds the task (it restarted)", now_ms);
+      w = fleet_.Find(worker.id);  // Retry released its reservation
     }
   }
   for (const auto& [task_id, attempt] : reported) {
@@ -453,20 +450,20 @@ void Engine::OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms) {
   std::string id = Str(hb.id());
   std::string address = Str(hb.address());
   if (id.empty() || address.empty()) return;
-  auto it = workers_.find(id);
-  if (it == workers_.end() || it->second.instance != hb.instance() || !it->second.confirmed) {
+  const WorkerState* known = fleet_.Find(id);
+  if (!known || known->instance != hb.instance() || !known->confirmed) {
     flatbuffers::FlatBufferBuilder fbb(64);
     Send(address, codec::Seal(fbb, wire::CreateReRegister(fbb)));
     return;
   }
-  WorkerState& w = it->second;
-  w.last_seen_ms = now_ms;
+  fleet_.Touch(id, now_ms);
   auto caps = Capabilities(hb.capabilities());
-  if (caps != w.capabilities) {
+  if (caps != known->capabilities) {
     std::string before, after;
-    for (const auto& c : w.capabilities) before += (before.empty() ? "" : ",") + c;
+    for (const auto& c : known->capabilities) before += (before.empty() ? "" : ",") + c;
     for (const auto& c : caps) after += (after.empty() ? "" : ",") + c;
-    w.capabilities = std::move(caps);
+    fleet_.Modify(id, [&](WorkerState& w) { w.capabilities = std::move(caps); });
+    const WorkerState& w = *fleet_.Find(id);
     PersistWorker(w);
     EventFields f;
     f.type = "worker.updated";
@@ -480,9 +477,9 @@ void Engine::OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms) {
 }
 
 void Engine::LoseWorker(const std::string& id, const std::string& why, uint64_t now_ms) {
-  auto it = workers_.find(id);
-  if (it == workers_.end()) return;
-  std::vector<uint64_t> tasks(it->second.tasks.begin(), it->second.tasks.end());
+  const WorkerState* lost = fleet_.Find(id);
+  if (!lost) return;
+  std::vector<uint64_t> tasks(lost->tasks.begin(), lost->tasks.end());
   EventFields f;
   f.type = "worker.lost";
   f.worker = id;
@@ -494,34 +491,39 @@ void Engine::LoseWorker(const std::string& id, const std::string& why, uint64_t 
   }
   effects_.writes.Delete(keys::Worker(id));
   dispatches_.erase(id);
-  workers_.erase(id);
+  fleet_.Remove(id);
   fleet_shrank_ = true;
 }
 
 // ---------------------------------------------------------------------------
 // Task transitions.
 
-void Engine::Queue(Task* t, WorkerState* w, uint64_t now_ms) {
-  Reserve(t->spec, w);
-  w->tasks.insert(t->id);
+void Engine::Queue(Task* t, const std::string& worker_id, uint64_t now_ms) {
+  fleet_.Modify(worker_id, [&](WorkerState& w) {
+    Reserve(t->spec, &w);
+    w.tasks.insert(t->id);
+  });
   t->state = wire::TaskState::Queued;
-  t->worker = w->id;
+  t->worker = worker_id;
   t->dispatched_ms = now_ms;
   dirty_tasks_.insert(t->id);
-  dispatches_[w->id].push_back(t->id);
+  dispatches_[worker_id].push_back(t->id);
   EventFields f;
   f.type = "task.queued";
   f.task = t->id;
-  f.worker = w->id;
+  f.worker = worker_id;
   f.attempt = t->attempt;
   Emit(f, now_ms);
 }
 
 void Engine::Unassign(Task* t) {
   if (t->worker.empty()) return;
-  auto w = workers_.find(t->worker);
-  if (w != workers_.end() && w->second.tasks.erase(t->id)) {
-    Release(t->spec, &w->second);
+  const WorkerState* w = fleet_.Find(t->worker);
+  if (w && w->tasks.count(t->id)) {
+    fleet_.Modify(t->worker, [&](WorkerState& x) {
+      x.tasks.erase(t->id);
+      Release(t->spec, &x);
+    });
     placement_needed_ = true;
   }
 }
@@ -621,7 +623,7 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
   if (it == active_.end()) return;  // already ended: completion is idempotent
   Task& t = it->second;
   if (t.attempt != msg.ref()->attempt() || t.worker != Str(msg.worker())) return;
-  if (auto w = workers_.find(t.worker); w != workers_.end()) w->second.last_seen_ms = now_ms;
+  fleet_.Touch(t.worker, now_ms);
   std::string message = Str(msg.message());
   switch (msg.outcome()) {
     case wire::Outcome::Succeeded:
@@ -673,7 +675,7 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
   };
   switch (req.op()) {
     case wire::ControlOp::Workers:
-      for (const auto& [id, w] : workers_) {
+      for (const auto& [id, w] : fleet_.workers()) {
         workers.push_back(wire::CreateWorkerView(
             fbb, fbb.CreateString(w.id), fbb.CreateString(w.node), fbb.CreateString(w.address),
             codec::ToWire(fbb, w.capabilities), codec::ToWire(fbb, w.hardware), codec::ToWire(fbb, w.labels), w.slots,
@@ -691,21 +693,21 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
     }
     case wire::ControlOp::Drain:
     case wire::ControlOp::Undrain: {
-      auto it = workers_.find(target);
-      if (it == workers_.end()) {
+      const WorkerState* w = fleet_.Find(target);
+      if (!w) {
         ok = false;
         message = "no live worker \"" + target + "\"";
         break;
       }
       bool drain = req.op() == wire::ControlOp::Drain;
-      if (it->second.draining != drain) {
-        it->second.draining = drain;
-        PersistWorker(it->second);
+      if (w->draining != drain) {
+        fleet_.Modify(target, [&](WorkerState& x) { x.draining = drain; });
+        PersistWorker(*w);
         EventFields f;
         f.type = drain ? "worker.draining" : "worker.undrained";
         f.worker = target;
-        f.message = drain ? "takes no new tasks; " + std::to_string(it->second.tasks.size()) + " still held"
-                          : "takes new tasks again";
+        f.message =
+            drain ? "takes no new tasks; " + std::to_string(w->tasks.size()) + " still held" : "takes new tasks again";
         Emit(f, now_ms);
         if (drain) fleet_shrank_ = true;
         placement_needed_ = true;
@@ -725,8 +727,9 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
       if (!t.worker.empty()) {
         flatbuffers::FlatBufferBuilder c(64);
         auto ref = wire::CreateTaskRef(c, t.id, t.attempt);
-        auto w = workers_.find(t.worker);
-        if (w != workers_.end()) Send(w->second.address, codec::Seal(c, wire::CreateCancelTask(c, ref)));
+        if (const WorkerState* w = fleet_.Find(t.worker)) {
+          Send(w->address, codec::Seal(c, wire::CreateCancelTask(c, ref)));
+        }
       }
       message = "cancelled " + TaskName(t.id);
       End(&t, wire::TaskState::Cancelled, "cancelled", "cancelled by fm-ctl", 0, now_ms);
@@ -794,17 +797,17 @@ void Engine::OnReplay(const std::string& from, const wire::ReplayRequest& req) {
 
 void Engine::Tick(uint64_t now_ms) {
   std::vector<std::string> lost;
-  for (const auto& [id, w] : workers_) {
+  for (const auto& [id, w] : fleet_.workers()) {
     if (now_ms > w.last_seen_ms + options_.liveness_window_ms) lost.push_back(id);
   }
   for (const auto& id : lost) {
-    const WorkerState& w = workers_.at(id);
+    const WorkerState& w = *fleet_.Find(id);
     LoseWorker(id,
                std::string(w.confirmed ? "no heartbeat for " : "did not re-register within ") +
                    std::to_string(options_.liveness_window_ms) + " ms",
                now_ms);
   }
-  for (auto& [id, w] : workers_) {
+  for (const auto& [id, w] : fleet_.workers()) {
     if (!w.confirmed) continue;
     for (uint64_t task_id : w.tasks) {
       Task& t = active_.at(task_id);
@@ -844,54 +847,34 @@ void Engine::ApplyRetention(uint64_t now_ms) {
 }
 
 void Engine::FailUnrunnable(uint64_t now_ms) {
-  if (pending_.empty()) return;
-  std::vector<const WorkerState*> fleet = LiveFleet();
   std::vector<uint64_t> doomed;
   for (const auto& [neg_priority, order, id] : pending_) {
-    const Task& t = active_.at(id);
-    bool any = false;
-    for (const WorkerState* w : fleet) {
-      if (CheckEligible(t.spec, *w).ok()) {
-        any = true;
-        break;
-      }
-    }
-    if (!any) doomed.push_back(id);
+    if (!fleet_.AnyEligible(active_.at(id).spec)) doomed.push_back(id);
   }
   for (uint64_t id : doomed) {
     Task& t = active_.at(id);
-    Explanation why = Explain(t.spec, fleet);
+    Explanation why = fleet_.Explain(t.spec);
     End(&t, wire::TaskState::Failed, kNoEligible, why.message, 0, now_ms, &why);
   }
 }
 
 void Engine::PlacePending(uint64_t now_ms) {
-  std::vector<WorkerState*> open;
-  for (auto& [id, w] : workers_) {
-    if (w.confirmed && !w.draining && w.slots_used < w.slots) open.push_back(&w);
-  }
-  std::vector<WorkerState*> candidates;
-  for (auto it = pending_.begin(); it != pending_.end() && !open.empty();) {
+  for (auto it = pending_.begin(); it != pending_.end() && fleet_.HasOpenSlot();) {
     Task& t = active_.at(std::get<2>(*it));
-    candidates.clear();
-    for (WorkerState* w : open) {
-      if (CheckEligible(t.spec, *w).ok()) candidates.push_back(w);
-    }
-    WorkerState* chosen = Choose(t.spec, candidates, options_.policy);
+    const WorkerState* chosen = fleet_.Place(t.spec, options_.policy);
     if (!chosen) {
       ++it;  // waits for capacity; later tasks may still fit elsewhere
       continue;
     }
     it = pending_.erase(it);
-    Queue(&t, chosen, now_ms);
-    if (chosen->slots_used >= chosen->slots) open.erase(std::find(open.begin(), open.end(), chosen));
+    Queue(&t, chosen->id, now_ms);
   }
 }
 
 void Engine::FlushDispatches(uint64_t now_ms) {
   for (auto& [worker_id, ids] : dispatches_) {
-    auto w = workers_.find(worker_id);
-    if (w == workers_.end() || ids.empty()) continue;
+    const WorkerState* w = fleet_.Find(worker_id);
+    if (!w || ids.empty()) continue;
     std::sort(ids.begin(), ids.end());
     ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
     flatbuffers::FlatBufferBuilder fbb(1024);
@@ -902,7 +885,7 @@ void Engine::FlushDispatches(uint64_t now_ms) {
       assignments.push_back(wire::CreateAssignment(fbb, t->id, t->attempt, codec::ToWire(fbb, t->spec)));
     }
     if (assignments.empty()) continue;
-    Send(w->second.address, codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(assignments))));
+    Send(w->address, codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(assignments))));
   }
   dispatches_.clear();
   (void)now_ms;

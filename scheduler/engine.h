@@ -23,6 +23,7 @@
 
 #include "scheduler/explain.h"
 #include "scheduler/fleet.h"
+#include "scheduler/fleet_index.h"
 #include "scheduler/placement.h"
 #include "schemas/fm_generated.h"
 #include "schemas/model.h"
@@ -133,9 +134,10 @@ class Engine {
   void OnControl(const std::string& from, const wire::ControlRequest& req, uint64_t now_ms);
   void OnReplay(const std::string& from, const wire::ReplayRequest& req);
 
-  void Reconcile(WorkerState* w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held, uint64_t now_ms);
+  void Reconcile(const WorkerState& w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
+                 uint64_t now_ms);
   void LoseWorker(const std::string& id, const std::string& why, uint64_t now_ms);
-  void Queue(Task* t, WorkerState* w, uint64_t now_ms);
+  void Queue(Task* t, const std::string& worker_id, uint64_t now_ms);
   // Back to pending with attempt + 1, or failed when attempts are used up.
   void Retry(Task* t, const std::string& reason, const std::string& message, uint64_t now_ms);
   // Terminal transition. Removes the task from the active set; `t` is invalid after.
@@ -150,7 +152,6 @@ class Engine {
   void Emit(const EventFields& fields, uint64_t now_ms);
   void PersistWorker(const WorkerState& w);
   void Send(const std::string& to, std::string payload);
-  std::vector<const WorkerState*> LiveFleet() const;
   std::optional<wire::SubmitStatus> LookupKey(const std::string& key, uint64_t* id, std::string* reason,
                                               std::string* message, std::string* worker);
   void PersistTask(const Task& t);
@@ -160,8 +161,8 @@ class Engine {
   const store::Store* store_ = nullptr;
   Effects effects_;
 
-  std::map<std::string, WorkerState> workers_;  // every worker believed live
-  std::unordered_map<uint64_t, Task> active_;   // tasks not yet ended
+  Fleet fleet_;                                // every worker believed live, indexed by class
+  std::unordered_map<uint64_t, Task> active_;  // tasks not yet ended
   std::set<PendingKey> pending_;
   std::unordered_map<std::string, uint64_t> client_keys_;
   std::set<uint64_t> dirty_tasks_;

@@ -55,22 +55,29 @@ std::string Phrase(Predicate p, const std::string& missing, const Group& g, cons
 }  // namespace
 
 Explanation Explain(const TaskSpec& spec, const std::vector<const WorkerState*>& fleet) {
+  std::vector<std::pair<const WorkerState*, uint32_t>> ones;
+  ones.reserve(fleet.size());
+  for (const WorkerState* w : fleet) ones.push_back({w, 1});
+  return ExplainGroups(spec, ones);
+}
+
+Explanation ExplainGroups(const TaskSpec& spec, const std::vector<std::pair<const WorkerState*, uint32_t>>& fleet) {
   Explanation out;
-  out.fleet = static_cast<uint32_t>(fleet.size());
   std::map<std::tuple<Predicate, std::string>, Group> groups;
-  for (const WorkerState* w : fleet) {
+  for (const auto& [w, count] : fleet) {
+    out.fleet += count;
     Verdict v = CheckEligible(spec, *w);
     if (v.ok()) {
-      ++out.eligible;
+      out.eligible += count;
       continue;
     }
     Group& g = groups[{
         v.failed, v.failed == Predicate::kCapability || v.failed == Predicate::kLabels ? v.missing : std::string()}];
-    ++g.count;
+    g.count += count;
     g.largest = std::max(g.largest, v.have);
   }
   out.message = std::to_string(out.eligible) + "/" + std::to_string(out.fleet) + " workers eligible";
-  if (fleet.empty()) {
+  if (out.fleet == 0) {
     out.message += ": no live workers";
     return out;
   }

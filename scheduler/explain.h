@@ -26,5 +26,7 @@ struct Explanation {
 };
 
 Explanation Explain(const TaskSpec& spec, const std::vector<const WorkerState*>& fleet);
+// The same over groups of identical workers: (a representative, how many).
+Explanation ExplainGroups(const TaskSpec& spec, const std::vector<std::pair<const WorkerState*, uint32_t>>& groups);
 
 }  // namespace fm::sched

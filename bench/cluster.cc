@@ -1,0 +1,308 @@
+// End-to-end figures through the real processes with durable state (fm-broker,
+// fm-scheduler with RocksDB, fm-worker --noop-executor), with this program as the
+// client speaking the real protocol:
+//  - dispatch throughput, submit -> terminal, for 1, 4 and 16 workers;
+//  - latency at fixed offered loads (open loop): submit -> queued / started / terminal;
+//  - fail-fast latency: submit -> rejection with no_eligible_worker;
+//  - a registration storm of 10k simulated workers, and the scheduler's peak RSS then;
+//  - recovery: scheduler start with 100k and 1M tasks in the store, and its peak RSS.
+#include <signal.h>
+
+#include <fstream>
+#include <map>
+#include <thread>
+#include <unordered_map>
+
+#include "bench_util.h"
+#include "broker/bus.h"
+#include "harness.h"
+#include "scheduler/engine.h"
+#include "schemas/codec.h"
+#include "store/store.h"
+
+using namespace fm;
+using namespace fm::bench;
+using fm::test::Bin;
+using fm::test::Process;
+using fm::test::TempDir;
+
+namespace {
+
+uint64_t PeakRssKiB(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string key;
+  while (in >> key) {
+    if (key == "VmHWM:") {
+      uint64_t kib = 0;
+      in >> kib;
+      return kib;
+    }
+    std::string rest;
+    std::getline(in, rest);
+  }
+  return 0;
+}
+
+std::string SubmitBytes(int tasks, uint64_t correlation, bool watch, const char* requires_cap = nullptr) {
+  flatbuffers::FlatBufferBuilder fbb(256 + 128 * tasks);
+  std::vector<flatbuffers::Offset<wire::TaskSpec>> specs;
+  TaskSpec s;
+  s.command = {"true"};
+  if (requires_cap) s.required_capabilities = {requires_cap};
+  for (int i = 0; i < tasks; ++i) specs.push_back(codec::ToWire(fbb, s));
+  return codec::Seal(fbb, wire::CreateSubmitRequest(fbb, fbb.CreateVector(specs), watch, correlation));
+}
+
+// A running cluster and a client on it.
+class Bench {
+ public:
+  Bench(int workers, std::vector<std::string> scheduler_args = {}) {
+    broker_ = "tcp://127.0.0.1:" + std::to_string(fm::test::PickPortBase());
+    broker_proc_ = Process::Start({Bin("fm-broker"), "--bind", broker_});
+    broker_proc_->WaitFor("broker on", 10000, 1, true);
+    std::vector<std::string> argv{Bin("fm-scheduler"), "--broker", broker_, "--data", dir_.path() + "/data"};
+    argv.insert(argv.end(), scheduler_args.begin(), scheduler_args.end());
+    scheduler_ = Process::Start(argv);
+    scheduler_->WaitFor("scheduler on broker", 60000, 1, true);
+    for (int i = 0; i < workers; ++i) {
+      workers_.push_back(Process::Start({Bin("fm-worker"), "--broker", broker_, "--id", "w" + std::to_string(i),
+                                         "--noop-executor", "--slots", "256"}));
+    }
+    client_ =
+        std::make_unique<bus::Client>(context_, *bus::ParseBrokerUrl(broker_), bus::UniqueAddress("bench"), true, true);
+    client_->Subscribe("task.");
+    WaitForWorkers(workers);
+  }
+
+  bus::Client& client() { return *client_; }
+  Process& scheduler() { return *scheduler_; }
+  const std::string& broker() const { return broker_; }
+
+  // Live workers as the scheduler sees them.
+  size_t CountWorkers() {
+    flatbuffers::FlatBufferBuilder fbb;
+    client_->Send(bus::kSchedulerAddress,
+                  codec::Seal(fbb, wire::CreateControlRequest(fbb, wire::ControlOp::Workers, 0, 77)));
+    double deadline = NowSeconds() + 10;
+    while (NowSeconds() < deadline) {
+      zmq::pollitem_t item{client_->dealer().handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, std::chrono::milliseconds(100));
+      while (auto msg = client_->Receive()) {
+        auto env = codec::Decode(msg->payload.data(), msg->payload.size());
+        if (env.ok() && (*env)->body_type() == wire::Body::ControlReply) {
+          const auto* r = (*env)->body_as_ControlReply();
+          size_t live = 0;
+          for (const auto* w : *r->workers()) live += w->live();
+          return live;
+        }
+      }
+    }
+    return 0;
+  }
+
+  void WaitForWorkers(size_t n) {
+    while (CountWorkers() < n) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+
+ private:
+  TempDir dir_;
+  std::string broker_;
+  std::unique_ptr<Process> broker_proc_, scheduler_;
+  std::vector<std::unique_ptr<Process>> workers_;
+  zmq::context_t context_{1};
+  std::unique_ptr<bus::Client> client_;
+};
+
+void Throughput(int workers, int tasks) {
+  Bench b(workers);
+  const int batch = 1000;
+  const int window = 20;  // batches outstanding
+  int sent = 0, replied = 0, ended = 0;
+  uint64_t correlation = 0;
+  std::map<uint64_t, int> outstanding;
+  double start = NowSeconds();
+  while (ended < tasks) {
+    while (sent < tasks && static_cast<int>(outstanding.size()) < window) {
+      int n = std::min(batch, tasks - sent);
+      b.client().Send(bus::kSchedulerAddress, SubmitBytes(n, ++correlation, true));
+      outstanding[correlation] = n;
+      sent += n;
+    }
+    zmq::pollitem_t item{b.client().dealer().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, std::chrono::milliseconds(1000));
+    while (auto msg = b.client().Receive()) {
+      auto env = codec::Decode(msg->payload.data(), msg->payload.size());
+      if (!env.ok()) continue;
+      if ((*env)->body_type() == wire::Body::SubmitReply) {
+        outstanding.erase((*env)->body_as_SubmitReply()->correlation());
+        ++replied;
+      } else if ((*env)->body_type() == wire::Body::TaskEnded) {
+        ++ended;
+      }
+    }
+  }
+  double elapsed = NowSeconds() - start;
+  Report("dispatch_tasks_per_s_" + std::to_string(workers) + "_workers", tasks / elapsed, "tasks/s");
+}
+
+void OpenLoop(int rate, double seconds) {
+  Bench b(4);
+  std::unordered_map<uint64_t, double> batch_sent;  // correlation -> time
+  std::unordered_map<std::string, double> task_sent;
+  std::vector<double> queued, started, terminal;
+  int per_ms = std::max(1, rate / 1000);
+  double start = NowSeconds();
+  double next = start;
+  uint64_t correlation = 0;
+  int expected = 0, done = 0;
+  double stop_sending = start + seconds;
+  while (NowSeconds() < stop_sending || done < expected) {
+    double now = NowSeconds();
+    if (now > stop_sending + 30) break;  // bounded: never wait forever
+    while (now >= next && next < stop_sending) {
+      b.client().Send(bus::kSchedulerAddress, SubmitBytes(per_ms, ++correlation, false));
+      batch_sent[correlation] = NowSeconds();
+      expected += per_ms;
+      next += 0.001;
+    }
+    zmq::pollitem_t items[] = {{b.client().dealer().handle(), 0, ZMQ_POLLIN, 0},
+                               {b.client().sub().handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 2, std::chrono::milliseconds(1));
+    while (auto msg = b.client().Receive()) {
+      auto env = codec::Decode(msg->payload.data(), msg->payload.size());
+      if (!env.ok() || (*env)->body_type() != wire::Body::SubmitReply) continue;
+      const auto* reply = (*env)->body_as_SubmitReply();
+      double sent_at = batch_sent[reply->correlation()];
+      for (const auto* r : *reply->results()) task_sent[TaskName(r->task())] = sent_at;
+    }
+    while (auto event = b.client().ReceiveEvent()) {
+      double t = NowSeconds();
+      auto env = codec::Decode(event->payload.data(), event->payload.size());
+      if (!env.ok()) continue;
+      const auto* e = (*env)->body_as_Event();
+      if (!e || !e->task()) continue;
+      auto it = task_sent.find(e->task()->str());
+      if (it == task_sent.end()) continue;
+      double ms = (t - it->second) * 1000;
+      if (event->topic == "task.queued") queued.push_back(ms);
+      if (event->topic == "task.started") started.push_back(ms);
+      if (event->topic == "task.succeeded") {
+        terminal.push_back(ms);
+        ++done;
+      }
+    }
+  }
+  std::string r = std::to_string(rate);
+  for (auto [name, values] :
+       {std::pair{"queued", &queued}, std::pair{"started", &started}, std::pair{"terminal", &terminal}}) {
+    if (values->empty()) continue;
+    Report("latency_" + r + "_per_s_submit_to_" + name + "_p50_ms", Percentile(*values, 50), "ms");
+    Report("latency_" + r + "_per_s_submit_to_" + name + "_p99_ms", Percentile(*values, 99), "ms");
+    Report("latency_" + r + "_per_s_submit_to_" + name + "_p999_ms", Percentile(*values, 99.9), "ms");
+  }
+  Report("latency_" + r + "_per_s_completed", static_cast<double>(done), "tasks");
+}
+
+void FailFast(int samples) {
+  Bench b(2);
+  std::vector<double> us;
+  for (int i = 0; i < samples; ++i) {
+    double t = NowSeconds();
+    b.client().Send(bus::kSchedulerAddress, SubmitBytes(1, i + 1, false, "no-such-capability"));
+    for (;;) {
+      zmq::pollitem_t item{b.client().dealer().handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, std::chrono::milliseconds(1000));
+      auto msg = b.client().Receive();
+      if (!msg) continue;
+      auto env = codec::Decode(msg->payload.data(), msg->payload.size());
+      if (env.ok() && (*env)->body_type() == wire::Body::SubmitReply) break;
+    }
+    us.push_back((NowSeconds() - t) * 1e6);
+  }
+  Report("fail_fast_p50_ms", Percentile(us, 50) / 1000, "ms");
+  Report("fail_fast_p99_ms", Percentile(us, 99) / 1000, "ms");
+}
+
+void RegistrationStorm(int workers) {
+  Bench b(0, {"--liveness", "120s"});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the PUB's connection (slow joiner)
+  double start = NowSeconds();
+  for (int i = 0; i < workers; ++i) {
+    flatbuffers::FlatBufferBuilder fbb(512);
+    std::string id = "sim" + std::to_string(i);
+    Hardware hw{4000, 8ull << 30, {}};
+    std::vector<std::string> caps{i % 2 ? "docker" : "gpu"};
+    auto reg = wire::CreateWorkerRegistration(fbb, fbb.CreateString(id), fbb.CreateString("w/" + id + "/1"),
+                                              fbb.CreateString("sim"), 1, fbb.CreateString("bench"), 4,
+                                              codec::ToWire(fbb, hw), 0, 0, codec::ToWire(fbb, caps));
+    b.client().Publish("fleet.register", codec::Seal(fbb, reg));
+  }
+  size_t seen = 0;
+  for (int tries = 0; tries < 600 && (seen = b.CountWorkers()) < static_cast<size_t>(workers); ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  double elapsed = NowSeconds() - start;
+  Report("registration_storm_" + std::to_string(workers) + "_workers_s", elapsed, "s");
+  Report("registration_storm_registered", static_cast<double>(seen), "workers");
+  Report("scheduler_peak_rss_" + std::to_string(workers) + "_workers_mib", PeakRssKiB(b.scheduler().pid()) / 1024.0,
+         "MiB");
+}
+
+// Fills a store with `tasks` pending tasks through the engine itself, then times how long
+// fm-scheduler takes to start on it.
+void Recovery(int tasks) {
+  TempDir dir;
+  {
+    auto store = store::OpenRocksStore(dir.path() + "/store");
+    sched::Engine engine({});
+    (void)engine.Recover(store->get(), 1000);
+    flatbuffers::FlatBufferBuilder fbb;
+    Hardware hw{4000, 8ull << 30, {}};
+    auto reg =
+        wire::CreateWorkerRegistration(fbb, fbb.CreateString("only"), fbb.CreateString("w/only/1"),
+                                       fbb.CreateString("n"), 1, fbb.CreateString("bench"), 1, codec::ToWire(fbb, hw));
+    std::string bytes = codec::Seal(fbb, reg);
+    engine.OnBus(*wire::GetEnvelope(bytes.data()), 1000);
+    for (int done = 0; done < tasks; done += 10000) {
+      std::string req = SubmitBytes(std::min(10000, tasks - done), 1, false);
+      engine.OnDirected("bench", *wire::GetEnvelope(req.data()), 1000);
+      engine.FinishTurn(1000);
+      (void)(*store)->Write(engine.effects().writes, false);
+      engine.effects().Clear();
+    }
+  }
+  std::string broker = "tcp://127.0.0.1:" + std::to_string(fm::test::PickPortBase());
+  double start = NowSeconds();
+  auto scheduler = Process::Start({Bin("fm-scheduler"), "--broker", broker, "--data", dir.path()});
+  scheduler->WaitFor("scheduler on broker", 600000, 1, true);
+  double elapsed = NowSeconds() - start;
+  std::string n = tasks >= 1000000 ? std::to_string(tasks / 1000000) + "M" : std::to_string(tasks / 1000) + "k";
+  Report("recovery_start_s_" + n + "_tasks", elapsed, "s");
+  Report("scheduler_peak_rss_" + n + "_tasks_mib", PeakRssKiB(scheduler->pid()) / 1024.0, "MiB");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  bool tiny = Tiny(argc, argv);
+  std::string only = argc > 1 && argv[argc - 1][0] != '-' ? argv[argc - 1] : "";
+  auto want = [&](const char* part) { return only.empty() || only == part; };
+  if (want("throughput")) {
+    for (int workers : {1, 4, 16}) {
+      if (tiny && workers > 1) break;
+      Throughput(workers, tiny ? 200 : 50000);
+    }
+  }
+  if (want("latency")) {
+    OpenLoop(1000, tiny ? 0.05 : 2.0);
+    if (!tiny) OpenLoop(10000, 2.0);
+  }
+  if (want("failfast")) FailFast(tiny ? 20 : 2000);
+  if (want("storm")) RegistrationStorm(tiny ? 100 : 10000);
+  if (want("recovery")) {
+    Recovery(tiny ? 1000 : 100000);
+    if (!tiny) Recovery(1000000);
+  }
+  return 0;
+}

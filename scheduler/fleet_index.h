@@ -1,0 +1,74 @@
+// The live fleet with an index by worker class. Workers that announce the same
+// capabilities, hardware and labels form a class; eligibility is a property of the class,
+// so admission, the ineligibility explanation and the search for a worker with room cost
+// O(classes) rather than O(workers). Within a class the workers that may take work now
+// (confirmed, not draining) are kept ordered by load.
+//
+// Every change to a worker goes through Add, Modify or Remove so the index stays true.
+// Thread: one.
+#pragma once
+
+#include <map>
+#include <set>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+
+#include "scheduler/explain.h"
+#include "scheduler/fleet.h"
+#include "scheduler/placement.h"
+
+namespace fm::sched {
+
+class Fleet {
+ public:
+  const WorkerState* Find(const std::string& id) const;
+  const std::map<std::string, WorkerState>& workers() const { return workers_; }
+  size_t size() const { return workers_.size(); }
+
+  // Adds a worker (replacing one with the same id).
+  WorkerState& Add(WorkerState worker);
+  void Remove(const std::string& id);
+  // Runs `change` on the worker and re-indexes it. REQUIRES: the worker exists.
+  template <typename F>
+  void Modify(const std::string& id, F&& change) {
+    WorkerState& w = workers_.at(id);
+    Unindex(w);
+    change(w);
+    Index(w);
+  }
+  // Liveness only: no index depends on it.
+  void Touch(const std::string& id, uint64_t now_ms);
+
+  // Could any live worker ever run `spec`?
+  bool AnyEligible(const TaskSpec& spec) const;
+  // Why no live worker can run `spec`, counted per worker.
+  Explanation Explain(const TaskSpec& spec) const;
+  // The worker with room now that `policy` prefers; nullptr when none has room.
+  const WorkerState* Place(const TaskSpec& spec, PlacementPolicy policy) const;
+  // Whether any worker may take work now and has a free slot.
+  bool HasOpenSlot() const { return open_slots_ > 0; }
+
+  size_t class_count() const { return classes_.size(); }
+
+ private:
+  using LoadKey = std::tuple<double, double, std::string>;  // slot share, cpu share, id
+  struct Class {
+    WorkerState shape;  // capabilities, hardware, labels of every member
+    uint32_t members = 0;
+    uint32_t draining = 0;
+    std::set<LoadKey> open;  // members that may take work now, least loaded first
+  };
+  static std::string ClassKey(const WorkerState& w);
+  static LoadKey Load(const WorkerState& w);
+  void Index(WorkerState& w);
+  void Unindex(WorkerState& w);
+
+  std::map<std::string, WorkerState> workers_;
+  std::unordered_map<std::string, Class> classes_;
+  std::unordered_map<std::string, std::string> class_of_;  // worker id -> class key
+  std::unordered_map<std::string, LoadKey> indexed_load_;  // worker id -> key in its class's open set
+  uint64_t open_slots_ = 0;
+};
+
+}  // namespace fm::sched

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Builds fm in Release, runs every benchmark in bench/ REPEATS times (default 3), and
+# writes bench/RESULTS.md (machine, date, commit, median with min-max per figure, ratios
+# to the ceilings measured in the same run) and PNG plots of the scaling curves.
+#   scripts/bench.sh [REPEATS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repeats=${1:-3}
+scripts/install-deps.sh
+command -v gnuplot >/dev/null || { apt-get install -y -qq gnuplot-nox >/dev/null; }
+cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DFM_BUILD_TESTS=OFF >/dev/null
+cmake --build build-release -j"$(nproc)"
+bin=build-release/bin
+raw=$(mktemp)
+for r in $(seq 1 "$repeats"); do
+  for program in fm-bench-ceilings fm-bench-placement fm-bench-cluster; do
+    echo "== run $r/$repeats: $program" >&2
+    "$bin/$program" | grep '^RESULT ' >>"$raw"
+  done
+done
+
+# name -> sorted values; median, min, max.
+summary=$(mktemp)
+awk '{print $2, $3, $4}' "$raw" | sort -k1,1 -k2,2g | awk '
+  { name=$1; v[name]=v[name] " " $2; unit[name]=$3; n[name]++ }
+  END { for (k in v) { split(substr(v[k],2), a, " "); c=n[k];
+        med = (c % 2) ? a[(c+1)/2] : (a[c/2] + a[c/2+1]) / 2;
+        printf "%s %g %g %g %s\n", k, med, a[1], a[c], unit[k] } }' | sort >"$summary"
+get() { awk -v k="$1" '$1==k {print $2}' "$summary"; }
+ratio() { awk -v a="$(get "$1")" -v b="$(get "$2")" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.3g", a / b }'; }
+
+out=bench/RESULTS.md
+{
+  echo "# fm benchmark results"
+  echo
+  echo "Written by \`scripts/bench.sh $repeats\` — do not edit by hand."
+  echo
+  echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
+  echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB memory, $(uname -sr)"
+  echo "- each figure: median of $repeats runs, with min–max; the machine is shared and noisy"
+  echo
+  echo "| figure | median | min–max | unit |"
+  echo "|---|---|---|---|"
+  awk '{printf "| %s | %s | %s–%s | %s |\n", $1, $2, $3, $4, $5}' "$summary"
+  echo
+  echo "## Ratios to the ceilings measured in the same run"
+  echo
+  echo "| figure | ceiling | ratio |"
+  echo "|---|---|---|"
+  for w in 1 4 16; do
+    echo "| dispatch_tasks_per_s_${w}_workers | zmq_push_pull_msgs_per_s | $(ratio dispatch_tasks_per_s_${w}_workers zmq_push_pull_msgs_per_s) |"
+    echo "| dispatch_tasks_per_s_${w}_workers | rocksdb_synced_puts_per_s_batch_1000 | $(ratio dispatch_tasks_per_s_${w}_workers rocksdb_synced_puts_per_s_batch_1000) |"
+  done
+  echo "| fail_fast_p50_ms (as us) | zmq_dealer_router_rtt_p50_us | $(awk -v a="$(get fail_fast_p50_ms)" -v b="$(get zmq_dealer_router_rtt_p50_us)" 'BEGIN{printf "%.3g", a*1000/b}') |"
+  echo "| latency_1000_per_s_submit_to_terminal_p50_ms (as us) | zmq_dealer_router_rtt_p50_us | $(awk -v a="$(get latency_1000_per_s_submit_to_terminal_p50_ms)" -v b="$(get zmq_dealer_router_rtt_p50_us)" 'BEGIN{printf "%.3g", a*1000/b}') |"
+  echo "| latency_1000_per_s_submit_to_terminal_p50_ms | 1 / rocksdb_synced_batches_per_s_batch_1 (ms) | $(awk -v a="$(get latency_1000_per_s_submit_to_terminal_p50_ms)" -v b="$(get rocksdb_synced_batches_per_s_batch_1)" 'BEGIN{printf "%.3g", a/(1000/b)}') |"
+  echo
+  echo "![dispatch throughput](dispatch.png) ![placement cost](placement.png)"
+  if [ -f bench/ANALYSIS.md ]; then echo; cat bench/ANALYSIS.md; fi
+} >"$out"
+
+# Plots.
+data=$(mktemp -d)
+for w in 1 4 16; do echo "$w $(get dispatch_tasks_per_s_${w}_workers)"; done >"$data/dispatch.dat"
+for n in 1000 10000 100000; do
+  echo "$n $(get admit_us_per_task_common_${n}_workers) $(get place_us_per_task_common_${n}_workers) $(get choose_us_per_task_${n}_workers)"
+done >"$data/placement.dat"
+gnuplot <<GP
+set terminal png size 640,400
+set output "bench/dispatch.png"
+set title "dispatch throughput, durable, noop executor"
+set xlabel "workers"; set ylabel "tasks/s"; set logscale x 2; set yrange [0:*]; set grid
+plot "$data/dispatch.dat" using 1:2 with linespoints title "submit -> terminal"
+set output "bench/placement.png"
+set title "per-task cost against fleet size (scheduler library)"
+set xlabel "registered workers"; set ylabel "microseconds per task"; set logscale x 10; set logscale y 10
+plot "$data/placement.dat" using 1:2 with linespoints title "admission (eligibility)", \
+     "$data/placement.dat" using 1:3 with linespoints title "placement turn (choose, queue, dispatch, events)", \
+     "$data/placement.dat" using 1:4 with linespoints title "choice alone (Fleet::Place)"
+GP
+rm -rf "$raw" "$summary" "$data"
+echo "wrote $out, bench/dispatch.png, bench/placement.png" >&2

@@ -1,15 +1,28 @@
-// fm-broker: routes directed messages between the peers connected to its ROUTER (by
-// destination identity) and forwards the event bus from XSUB to XPUB.
+// fm-broker: routes directed messages by destination identity and carries the event
+// bus. Brokers form a tree: a node broker started with an upstream joins its parent.
 //
-// A malformed frame (not [destination][payload]), an oversized payload or an
-// unreachable destination gets an Error message back to its sender and a log line;
-// nothing else is disturbed.
+// Frames. A client's DEALER sends [destination][payload] and receives [source][payload].
+// Between brokers a relayed message is [destination][payload][source]: a child's DEALER
+// sends it up, a parent's ROUTER sends it down prefixed with the child's identity.
+//
+// Routing of a message for D: to D if D is connected here; else to the child broker D
+// was last seen behind (announced, or the source of a relayed message); else up to the
+// parent; else an Error "unreachable" goes back to the source, wherever it is.
+//
+// Events. Locally published events go up only (XSUB -> upstream XPUB); the parent's
+// stream comes down to local subscribers (upstream XSUB -> XPUB). The root sees every
+// event once and every subscriber in the tree gets each event once. Subscriptions flow
+// the other way along the same sockets.
+//
+// A malformed frame, an oversized payload or an unreachable destination gets an Error
+// back to its sender and a log line; nothing else is disturbed.
 #pragma once
 
 #include <spdlog/spdlog.h>
 
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
@@ -21,33 +34,58 @@ namespace fm::bus {
 
 struct BrokerOptions {
   std::string bind = kDefaultBroker;  // ROUTER; PORT+1 events in, PORT+2 events out
-  std::string upstream;               // parent broker (broker trees); empty for the root
+  std::string upstream;               // parent broker (tcp://ROOT:PORT); empty for the root
+  uint64_t announce_ms = 1000;        // how often a node broker announces its peers
+  uint64_t route_ttl_ms = 10000;      // a route not refreshed for this long is dropped
   std::shared_ptr<spdlog::logger> logger;
 };
 
 class Broker {
  public:
   Broker(zmq::context_t& context, BrokerOptions options);
-  // Binds the three sockets. Error names the endpoint that could not be bound.
+  // Binds the three sockets and, for a node broker, connects upstream. Error names the
+  // endpoint that could not be bound or parsed.
   Status Bind();
-  // Registers the sockets on `loop`. REQUIRES: Bind() succeeded.
+  // Registers the sockets and timers on `loop`. REQUIRES: Bind() succeeded.
   void Attach(Loop& loop);
 
   struct Counters {
-    uint64_t routed = 0, unreachable = 0, malformed = 0, oversized = 0, events = 0;
+    uint64_t routed = 0, relayed_up = 0, relayed_down = 0, unreachable = 0, malformed = 0, oversized = 0, events = 0;
   };
   const Counters& counters() const { return counters_; }
 
  private:
+  // Where a message came from: a local peer, a child broker (relayed), or the parent.
+  void Route(const std::string& destination, const std::string& source, zmq::message_t& payload, bool from_parent);
+  bool DeliverLocal(const std::string& destination, const std::string& source, zmq::message_t& payload);
+  void HandleForBroker(const std::string& source, const zmq::message_t& payload, bool local_peer);
+  void ErrorTo(const std::string& source, const std::string& code, const std::string& message,
+               const std::string& about);
+  void Announce();
+  void Expire();
+  void Learn(const std::string& peer, const std::string& child);
+
   size_t DrainRouter();
+  size_t DrainUpstream();
   size_t DrainEvents();
   size_t DrainSubscriptions();
-  void ReplyError(const zmq::message_t& to, const std::string& code, const std::string& message,
-                  const std::string& about);
+  size_t DrainUpstreamEvents();
+  size_t DrainUpstreamSubscriptions();
 
   BrokerOptions options_;
   Endpoints endpoints_;
+  std::string identity_;  // as seen by the parent
   zmq::socket_t router_, xsub_, xpub_;
+  zmq::socket_t up_dealer_, up_xpub_, up_xsub_;  // node broker only
+  bool has_upstream_ = false;
+  std::unordered_map<std::string, uint64_t> local_peers_;  // identity -> last seen (ms)
+  struct PeerRoute {
+    std::string child;
+    uint64_t seen_ms = 0;
+  };
+  std::unordered_map<std::string, PeerRoute> routes_;   // peer behind a child broker
+  std::unordered_map<std::string, uint64_t> children_;  // child broker identity -> last seen
+  bool announce_now_ = false;
   Counters counters_;
 };
 

@@ -100,6 +100,11 @@ std::optional<Received> Client::Receive() {
   }
 }
 
+void Client::Hello() {
+  flatbuffers::FlatBufferBuilder fbb(32);
+  Send(kBrokerAddress, codec::Seal(fbb, wire::CreateBrokerHello(fbb)));
+}
+
 void Client::Publish(const std::string& topic, const std::string& payload) {
   try {
     RetryEintr([&] { return pub_.send(zmq::buffer(topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait); });

@@ -72,6 +72,9 @@ class Client {
   // Next directed message, if one is waiting. Frames not shaped [source][payload] are
   // dropped and counted in malformed().
   std::optional<Received> Receive();
+  // Tells the local broker this client is here (so a node broker can announce it to
+  // its parent before the client sent anything else). Cheap; send it periodically.
+  void Hello();
   // Publishes on the bus; dropped by ZeroMQ when no subscriber is connected.
   void Publish(const std::string& topic, const std::string& payload);
   void Subscribe(const std::string& prefix);

@@ -16,17 +16,13 @@ int main(int argc, char** argv) {
   app.add_option("--upstream", options.upstream, "parent broker (tcp://ROOT:PORT) for a node broker");
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
   CLI11_PARSE(app, argc, argv);
   if (fm::Status s = fm::bus::InitLogging("fm-broker", log_level); !s.ok()) {
     std::fprintf(stderr, "fm-broker: %s\n", s.message().c_str());
     return 2;
   }
 
-  if (!options.upstream.empty()) {
-    spdlog::error("--upstream {}: broker trees are not implemented in this version; run a single root broker",
-                  options.upstream);
-    return 2;
-  }
   zmq::context_t context(1);
   fm::bus::Broker broker(context, options);
   if (fm::Status s = broker.Bind(); !s.ok()) {

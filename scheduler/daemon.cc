@@ -45,6 +45,8 @@ void SchedulerDaemon::Attach(bus::Loop& loop) {
     core_->Tick(bus::WallClockMs());
   });
   loop.OnTurnEnd([this] { TurnEnd(); });
+  client_->Hello();
+  loop.Every(1000, [this] { client_->Hello(); });
   loop.MarkWork();  // the first turn sends scheduler.started
   options_.logger->info("scheduler on broker {}, data {}", options_.broker, options_.data_dir);
 }

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   app.add_option("--event-retention-age", retention_age, "events older than this are dropped (e.g. 24h, 7d)")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
   CLI11_PARSE(app, argc, argv);
   if (fm::Status s = fm::bus::InitLogging("fm-scheduler", log_level); !s.ok()) {
     std::fprintf(stderr, "fm-scheduler: %s\n", s.message().c_str());

@@ -138,6 +138,7 @@ void Worker::Register() {
 }
 
 void Worker::Heartbeat() {
+  client_->Hello();
   flatbuffers::FlatBufferBuilder fbb(512);
   auto refs = HeldRefs(fbb);
   auto hb = wire::CreateWorkerHeartbeat(fbb, fbb.CreateString(options_.id), fbb.CreateString(address_), instance_,

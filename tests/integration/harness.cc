@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -260,8 +261,10 @@ Cluster::~Cluster() {
 }
 
 Process& Cluster::StartCustomWorker(const std::string& id, std::vector<std::string> argv) {
-  argv.push_back("--broker");
-  argv.push_back(broker_);
+  if (std::find(argv.begin(), argv.end(), "--broker") == argv.end()) {
+    argv.push_back("--broker");  // the root broker unless the caller named one
+    argv.push_back(broker_);
+  }
   int before = tap_->Count("worker.registered worker=" + id + ":");
   for (auto it = workers_.begin(); it != workers_.end(); ++it) {
     if (it->first == id) {
@@ -291,11 +294,7 @@ Process& Cluster::worker(const std::string& id) {
   throw std::runtime_error("no worker " + id);
 }
 
-void Cluster::RestartWorker(const std::string& id) {
-  std::vector<std::string> argv = worker_argv_.at(id);
-  argv.resize(argv.size() - 2);  // StartCustomWorker appends --broker again
-  StartCustomWorker(id, argv);
-}
+void Cluster::RestartWorker(const std::string& id) { StartCustomWorker(id, worker_argv_.at(id)); }
 
 void Cluster::KillWorker(const std::string& id, int signum) {
   Process& p = worker(id);

@@ -1,0 +1,163 @@
+// fm across real hosts: network namespaces this test makes (a root host with the broker
+// and the scheduler, two worker hosts each with a node broker and a worker, a client
+// host with a node broker), joined by veth pairs to a bridge in a namespace of its own.
+// Nothing is routed anywhere else: the addresses exist only inside these namespaces.
+// Needs root (CI runs as root).
+#include <signal.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <map>
+
+#include "harness.h"
+
+using namespace fm::test;
+using Catch::Contains;
+
+namespace {
+
+int Sh(const std::string& command) { return std::system(command.c_str()); }
+
+class Hosts {
+ public:
+  Hosts() : suffix_(std::to_string(getpid() % 100000)) {
+    REQUIRE(geteuid() == 0);
+    sw_ = "fmsw" + suffix_;
+    REQUIRE(Sh("ip netns add " + sw_) == 0);
+    REQUIRE(Sh("ip -n " + sw_ + " link add br0 type bridge && ip -n " + sw_ + " link set br0 up") == 0);
+    int n = 1;
+    for (const char* host : {"root", "n1", "n2", "cl"}) {
+      std::string ns = Ns(host), veth = std::string("v") + host + suffix_;
+      address_[host] = "10.99.0." + std::to_string(n++);
+      REQUIRE(Sh("ip netns add " + ns) == 0);
+      REQUIRE(Sh("ip link add " + veth + " type veth peer name eth0 netns " + ns) == 0);
+      REQUIRE(Sh("ip link set " + veth + " netns " + sw_) == 0);
+      REQUIRE(Sh("ip -n " + sw_ + " link set " + veth + " master br0 up") == 0);
+      REQUIRE(Sh("ip -n " + ns + " addr add " + address_[host] + "/24 dev eth0") == 0);
+      REQUIRE(Sh("ip -n " + ns + " link set eth0 up && ip -n " + ns + " link set lo up") == 0);
+    }
+  }
+  ~Hosts() {
+    processes_.clear();
+    for (const char* host : {"root", "n1", "n2", "cl"}) Sh("ip netns del " + Ns(host) + " 2>/dev/null");
+    Sh("ip netns del " + sw_ + " 2>/dev/null");
+  }
+
+  std::string Ns(const std::string& host) const { return "fm" + host + suffix_; }
+  const std::string& Address(const std::string& host) { return address_.at(host); }
+  std::vector<std::string> On(const std::string& host, std::vector<std::string> argv) const {
+    argv.insert(argv.begin(), {"/usr/sbin/ip", "netns", "exec", Ns(host)});
+    return argv;
+  }
+  // Starts (or restarts) a named process on a host.
+  Process& Run(const std::string& name, const std::string& host, std::vector<std::string> argv) {
+    processes_.erase(name);
+    return *(processes_[name] = Process::Start(On(host, std::move(argv))));
+  }
+  Process& Get(const std::string& name) { return *processes_.at(name); }
+  void Kill(const std::string& name) {
+    processes_.at(name)->Signal(SIGKILL);
+    processes_.at(name)->Wait(10000);
+  }
+  // Takes a host's link to the bridge down or up.
+  void Link(const std::string& host, bool up) {
+    REQUIRE(Sh("ip -n " + sw_ + " link set v" + host + suffix_ + (up ? " up" : " down")) == 0);
+  }
+  ToolRun Tool(const std::string& host, std::vector<std::string> argv, const std::string& input = "") {
+    return RunTool(On(host, std::move(argv)), input);
+  }
+
+ private:
+  std::string suffix_, sw_;
+  std::map<std::string, std::string> address_;
+  std::map<std::string, std::unique_ptr<Process>> processes_;
+};
+
+const std::string kLocal = "tcp://127.0.0.1:5550";
+
+}  // namespace
+
+TEST_CASE(
+    "across hosts: routing by label and hardware, a node broker restart, a host cut off and back, and the "
+    "root restarted, with nothing lost",
+    "[integration][hosts]") {
+  Hosts h;
+  TempDir data;
+  std::string root = "tcp://" + h.Address("root") + ":5550";
+  auto start_root = [&] {
+    REQUIRE(h.Run("root-broker", "root", {Bin("fm-broker"), "--bind", "tcp://0.0.0.0:5550"})
+                .WaitFor("broker on", 10000, 1, true));
+    h.Run("scheduler", "root", {Bin("fm-scheduler"), "--broker", kLocal, "--data", data.path(), "--liveness", "2s"});
+  };
+  start_root();
+  for (const char* host : {"n1", "n2", "cl"}) {
+    REQUIRE(h.Run(std::string(host) + "-broker", host,
+                  {Bin("fm-broker"), "--bind", "tcp://0.0.0.0:5550", "--upstream", root})
+                .WaitFor("upstream", 10000, 1, true));
+  }
+  Process& tap = h.Run("tap", "cl", {Bin("fm-tap"), "--broker", kLocal, "--since", "1"});
+  h.Run("w1", "n1", {Bin("fm-worker"), "--broker", kLocal, "--id", "w1", "--label", "host=n1", "--heartbeat", "200ms"});
+  h.Run("w2", "n2",
+        {Bin("fm-worker"), "--broker", kLocal, "--id", "w2", "--label", "host=n2", "--memory", "1GiB", "--heartbeat",
+         "200ms"});
+  REQUIRE(tap.WaitFor("worker.registered worker=w1", 20000));
+  REQUIRE(tap.WaitFor("worker.registered worker=w2", 20000));
+
+  auto submit = [&](const std::string& lines) {
+    return h.Tool("cl", {Bin("fm-submit"), "--broker", kLocal, "--wait"}, lines);
+  };
+
+  // Routed by label and hardware to workers on other hosts, from a client host.
+  ToolRun run = submit(R"({"command": ["true"], "labels": {"host": "n2"}})"
+                       "\n"
+                       R"({"command": ["true"], "resources": {"memory": "2GiB"}})"
+                       "\n"
+                       R"({"command": ["true"], "requires": ["gpu"]})"
+                       "\n");
+  INFO(run.err);
+  REQUIRE(run.lines.size() == 3);
+  CHECK_THAT(run.lines[0], Contains(R"("status": "succeeded","worker": "w2")"));
+  CHECK_THAT(run.lines[1], Contains(R"("status": "succeeded","worker": "w1")"));
+  CHECK_THAT(run.lines[2], Contains("0/2 workers eligible: 2 lack capability gpu"));
+
+  // A node broker restarted: its worker reconnects on its own and takes work again.
+  h.Kill("n1-broker");
+  REQUIRE(h.Run("n1-broker", "n1", {Bin("fm-broker"), "--bind", "tcp://0.0.0.0:5550", "--upstream", root})
+              .WaitFor("upstream", 10000, 1, true));
+  run = submit(R"({"command": ["true"], "labels": {"host": "n1"}})"
+               "\n");
+  CHECK_THAT(run.lines.at(0), Contains(R"("status": "succeeded","worker": "w1")"));
+
+  // A host cut off: its worker is lost after the liveness window and its task fails,
+  // since no other worker carries its label; back on the link, it registers again.
+  auto long_task = Process::Start(h.On("cl", {Bin("fm-submit"), "--broker", kLocal, "--wait"}),
+                                  R"({"command": ["sleep", "60"], "labels": {"host": "n2"}, "max_attempts": 1})"
+                                  "\n");
+  REQUIRE(tap.WaitFor("task.started task=t5 worker=w2"));
+  h.Link("n2", false);
+  REQUIRE(tap.WaitFor("worker.lost worker=w2", 15000));
+  CHECK(long_task->Wait(30000) == 1);
+  CHECK_THAT(long_task->Stdout(), Contains(R"("status": "failed","reason": "worker_lost")"));
+  h.Link("n2", true);
+  REQUIRE(tap.WaitFor("worker.registered worker=w2", 20000, 2));
+  run = submit(R"({"command": ["true"], "labels": {"host": "n2"}})"
+               "\n");
+  CHECK_THAT(run.lines.at(0), Contains(R"("status": "succeeded","worker": "w2")"));
+
+  // The root broker and the scheduler restarted: everything reconnects, nothing is lost.
+  h.Kill("scheduler");
+  h.Kill("root-broker");
+  start_root();
+  run = submit(R"({"command": ["true"], "labels": {"host": "n1"}})"
+               "\n"
+               R"({"command": ["true"], "labels": {"host": "n2"}})"
+               "\n");
+  INFO(run.err);
+  CHECK_THAT(run.lines.at(0), Contains(R"("status": "succeeded","worker": "w1")"));
+  CHECK_THAT(run.lines.at(1), Contains(R"("status": "succeeded","worker": "w2")"));
+  // The client's tap followed it all: every sequence number once, in order.
+  REQUIRE(tap.WaitFor("task.succeeded task=t8 ", 20000));
+  uint64_t expected = 1;
+  for (const auto& line : tap.Lines()) CHECK(std::stoull(line.substr(0, line.find(' '))) == expected++);
+}

@@ -45,6 +45,9 @@ void SchedulerCore::OnDirected(const std::string& from, const void* data, size_t
       const auto* error = env.body_as_Error();
       logger_->debug("error from {}: {} {} ({})", from, codec::Str(error->code()), codec::Str(error->message()),
                      codec::Str(error->about()));
+      // A worker the broker tree cannot reach yet (its route is still being announced):
+      // try its dispatches again soon rather than after the full re-dispatch interval.
+      if (codec::Str(error->code()) == "unreachable") engine_->OnUnreachable(codec::Str(error->about()), now_ms);
       return;
     }
     case wire::Body::SubmitRequest: {

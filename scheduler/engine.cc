@@ -219,6 +219,19 @@ void Engine::OnDirected(const std::string& from, const wire::Envelope& env, uint
   }
 }
 
+void Engine::OnUnreachable(const std::string& address, uint64_t now_ms) {
+  constexpr uint64_t kSoon = 100;
+  for (const auto& [id, w] : fleet_.workers()) {
+    if (w.address != address) continue;
+    for (uint64_t task_id : w.tasks) {
+      Task& t = active_.at(task_id);
+      if (t.state != wire::TaskState::Queued) continue;
+      uint64_t soon = now_ms + kSoon > options_.redispatch_after_ms ? now_ms + kSoon - options_.redispatch_after_ms : 0;
+      t.dispatched_ms = std::min(t.dispatched_ms, soon);
+    }
+  }
+}
+
 void Engine::OnBus(const wire::Envelope& env, uint64_t now_ms) {
   switch (env.body_type()) {
     case wire::Body::WorkerRegistration:

@@ -95,6 +95,9 @@ class Engine {
   // A directed message from broker identity `from` (submit, control, replay, worker
   // reports). A message of a type the scheduler does not take gets an Error reply.
   void OnDirected(const std::string& from, const wire::Envelope& envelope, uint64_t now_ms);
+  // The broker could not deliver to `address`: a worker's queued tasks are dispatched
+  // again after a short delay (100 ms) instead of the full re-dispatch interval.
+  void OnUnreachable(const std::string& address, uint64_t now_ms);
   // A bus message (worker registration, heartbeat).
   void OnBus(const wire::Envelope& envelope, uint64_t now_ms);
   // Liveness, re-dispatch and retention. Call a few times per second.

@@ -13,7 +13,7 @@ cmake --build build-release -j"$(nproc)"
 bin=build-release/bin
 raw=$(mktemp)
 for r in $(seq 1 "$repeats"); do
-  for program in fm-bench-ceilings fm-bench-placement fm-bench-cluster; do
+  for program in fm-bench-ceilings fm-bench-placement fm-bench-cluster fm-bench-fanin; do
     echo "== run $r/$repeats: $program" >&2
     "$bin/$program" | grep '^RESULT ' >>"$raw"
   done

@@ -435,14 +435,7 @@ void Worker::StartExec(Run* run) {
     return;
   }
   if (run->spec.timeout_ms > 0) {
-    uv_timer_start(
-        &run->timer,
-        [](uv_timer_t* t) {
-          auto* r = static_cast<Run*>(t->data);
-          r->timed_out = true;
-          r->worker->Kill(r);
-        },
-        run->spec.timeout_ms, 0);
+    StartTimeout(run);
   }
   auto alloc = [](uv_handle_t*, size_t suggested, uv_buf_t* buf) {
     buf->base = new char[suggested];
@@ -532,15 +525,19 @@ void Worker::StartDocker(Run* run) {
     uv_timer_init(loop_->uv(), &run->timer);
     run->timer.data = run;
     run->timer_started = true;
-    uv_timer_start(
-        &run->timer,
-        [](uv_timer_t* t) {
-          auto* r = static_cast<Run*>(t->data);
-          r->timed_out = true;
-          r->worker->Kill(r);
-        },
-        run->spec.timeout_ms, 0);
+    StartTimeout(run);
   }
+}
+
+void Worker::StartTimeout(Run* run) {
+  uv_timer_start(
+      &run->timer,
+      [](uv_timer_t* t) {
+        auto* r = static_cast<Run*>(t->data);
+        r->timed_out = true;
+        r->worker->Kill(r);
+      },
+      run->spec.timeout_ms, 0);
 }
 
 void Worker::Kill(Run* run) {

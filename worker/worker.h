@@ -82,6 +82,8 @@ class Worker {
   // Ends a run: records and sends the result, frees the slot.
   void Complete(const Ref& ref, wire::Outcome outcome, int32_t exit_code, const std::string& message);
   void Kill(Run* run);
+  // Kills the run when its task's timeout passes. REQUIRES: run->timer initialized.
+  void StartTimeout(Run* run);
   static void OnExecHandleClosed(uv_handle_t* handle);
   void ToScheduler(const std::string& payload);
   std::vector<flatbuffers::Offset<wire::TaskRef>> HeldRefs(flatbuffers::FlatBufferBuilder& fbb) const;

@@ -3,7 +3,19 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <cctype>
+
 namespace fm::bus {
+
+void EnvironmentFallbacks(CLI::App& app, const std::string& prefix) {
+  for (CLI::Option* option : app.get_options()) {
+    const auto& names = option->get_lnames();
+    if (names.empty() || names.front() == "help" || names.front() == "config") continue;
+    std::string env = prefix;
+    for (char c : names.front()) env += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    option->envname(env);
+  }
+}
 
 Status InitLogging(const std::string& process, const std::string& level) {
   auto logger = spdlog::stderr_color_mt(process);

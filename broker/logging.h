@@ -2,11 +2,17 @@
 // pattern for every fm process.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <string>
 
 #include "schemas/status.h"
 
 namespace fm::bus {
+
+// Lets every long option of `app` also come from the environment: --store-write-buffer
+// from PREFIX STORE_WRITE_BUFFER (e.g. FM_SCHEDULER_STORE_WRITE_BUFFER). A flag on the
+// command line wins over the config file, which wins over the environment.
+void EnvironmentFallbacks(CLI::App& app, const std::string& prefix);
 
 // Installs a stderr logger named `process`. Error: an unknown level name.
 Status InitLogging(const std::string& process, const std::string& level);

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
                "benchmarking only: complete every task at once without running it");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
+  fm::bus::EnvironmentFallbacks(app, "FM_WORKER_");
   CLI11_PARSE(app, argc, argv);
   if (fm::Status s = fm::bus::InitLogging("fm-worker", log_level); !s.ok()) {
     std::fprintf(stderr, "fm-worker: %s\n", s.message().c_str());

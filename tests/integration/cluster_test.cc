@@ -380,3 +380,29 @@ TEST_CASE(
   REQUIRE(kept.lines.size() == 5);
   CHECK(kept.lines[0].rfind(m[1].str() + " ", 0) == 0);
 }
+
+TEST_CASE("fm-ctl drain stops new work to a worker and lets its running task finish; undrain reverses it",
+          "[integration]") {
+  Cluster c;
+  c.StartWorker("d", {"--slots", "2"});
+  auto running = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"}, R"({"command": ["sleep", "1"]})"
+                                                                                      "\n");
+  REQUIRE(c.WaitEvent("task.started task=t1 worker=d"));
+  ToolRun drain = c.Ctl({"drain", "d"});
+  CHECK(drain.exit_code == 0);
+  CHECK(c.WaitEvent("worker.draining worker=d: takes no new tasks; 1 still held"));
+  ToolRun refused = c.Submit(R"({"command": ["true"]})"
+                             "\n");
+  CHECK_THAT(refused.lines.at(0), Contains("0/1 workers eligible: 1 is draining"));
+  CHECK(running->Wait() == 0);
+  CHECK_THAT(running->Stdout(), Contains(R"("status": "succeeded","worker": "d")"));
+  CHECK_THAT(c.Ctl({"workers"}).lines.at(1), Contains("draining"));
+  CHECK(c.Ctl({"undrain", "d"}).exit_code == 0);
+  ToolRun after = c.Submit(R"({"command": ["true"]})"
+                           "\n",
+                           {"--wait"});
+  CHECK_THAT(after.lines.at(0), Contains(R"("status": "succeeded","worker": "d")"));
+  ToolRun unknown = c.Ctl({"drain", "nobody"});
+  CHECK(unknown.exit_code == 1);
+  CHECK_THAT(unknown.err, Contains("no live worker \"nobody\""));
+}

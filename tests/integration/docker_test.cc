@@ -1,60 +1,12 @@
 // Ground truth and the docker executor against a real Docker Engine API: podman's
 // service on a socket this test starts (scripts/podman-setup.sh prepares podman and the
 // localhost/fm-busybox image; .ci/run runs it).
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
-#include <cstring>
 
 #include "harness.h"
 
 using namespace fm::test;
 using Catch::Contains;
-
-namespace {
-
-bool Pings(const std::string& socket_path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, socket_path.c_str(), sizeof addr.sun_path - 1);
-  bool ok = false;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-    const char req[] = "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n";
-    if (write(fd, req, sizeof req - 1) > 0) {
-      char buf[512] = {0};
-      ok = read(fd, buf, sizeof buf - 1) > 0 && std::strstr(buf, " 200 ") != nullptr;
-    }
-  }
-  close(fd);
-  return ok;
-}
-
-// podman's Docker-API service on a socket of its own.
-class Podman {
- public:
-  explicit Podman(const std::string& socket_path) : socket_(socket_path) {
-    process_ = Process::Start({"/usr/bin/podman", "system", "service", "--time=0", "unix://" + socket_});
-    for (int i = 0; i < 300 && !Pings(socket_); ++i) {
-      REQUIRE(process_->running());  // it exited: podman is missing or misconfigured
-      usleep(50000);                 // no event tells when the service listens: poll its socket
-    }
-    REQUIRE(Pings(socket_));
-  }
-  void Stop() {
-    process_->Signal(SIGTERM);
-    process_->Wait(10000);
-  }
-
- private:
-  std::string socket_;
-  std::unique_ptr<Process> process_;
-};
-
-}  // namespace
 
 TEST_CASE("a worker announces docker only while the Docker API answers /_ping, and withdraws it when it stops",
           "[integration][docker]") {

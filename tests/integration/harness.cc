@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -312,6 +313,37 @@ ToolRun Cluster::Ctl(std::vector<std::string> args) {
   std::vector<std::string> argv{Bin("fm-ctl"), "--broker", broker_};
   argv.insert(argv.end(), args.begin(), args.end());
   return RunTool(argv);
+}
+
+bool DockerPings(const std::string& socket_path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, socket_path.c_str(), sizeof addr.sun_path - 1);
+  bool ok = false;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    const char req[] = "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n";
+    if (write(fd, req, sizeof req - 1) > 0) {
+      char buf[512] = {0};
+      ok = read(fd, buf, sizeof buf - 1) > 0 && std::strstr(buf, " 200 ") != nullptr;
+    }
+  }
+  close(fd);
+  return ok;
+}
+
+Podman::Podman(const std::string& socket_path) : socket_(socket_path) {
+  process_ = Process::Start({"/usr/bin/podman", "system", "service", "--time=0", "unix://" + socket_});
+  for (int i = 0; i < 300 && !DockerPings(socket_); ++i) {
+    if (!process_->running()) throw std::runtime_error("podman exited: " + process_->Stderr());
+    usleep(50000);  // no event tells when the service listens: poll its socket
+  }
+  if (!DockerPings(socket_)) throw std::runtime_error("podman's API did not answer on " + socket_);
+}
+
+void Podman::Stop() {
+  process_->Signal(SIGTERM);
+  process_->Wait(10000);
 }
 
 bool Cluster::WaitEvent(const std::string& needle, int timeout_ms, int count) {

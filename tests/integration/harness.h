@@ -74,6 +74,21 @@ struct ToolRun {
 // Runs a tool to completion.
 ToolRun RunTool(const std::vector<std::string>& argv, const std::string& input = "", int timeout_ms = 60000);
 
+// podman's Docker Engine API service on a socket of its own (scripts/podman-setup.sh
+// prepared podman). The constructor returns once GET /_ping answers.
+class Podman {
+ public:
+  explicit Podman(const std::string& socket_path);
+  void Stop();
+
+ private:
+  std::string socket_;
+  std::unique_ptr<Process> process_;
+};
+
+// True when GET /_ping on the unix socket answers 200.
+bool DockerPings(const std::string& socket_path);
+
 // A root broker, a scheduler with a temporary data directory, and an fm-tap --since 1
 // following the whole stream.
 class Cluster {

@@ -84,6 +84,8 @@ TEST_CASE(
     "[integration][hosts]") {
   Hosts h;
   TempDir data;
+  // The Docker API for host n1's worker: a unix socket, reachable from its namespace.
+  Podman podman(data.path() + "/docker.sock");
   std::string root = "tcp://" + h.Address("root") + ":5550";
   auto start_root = [&] {
     REQUIRE(h.Run("root-broker", "root", {Bin("fm-broker"), "--bind", "tcp://0.0.0.0:5550"})
@@ -97,7 +99,9 @@ TEST_CASE(
                 .WaitFor("upstream", 10000, 1, true));
   }
   Process& tap = h.Run("tap", "cl", {Bin("fm-tap"), "--broker", kLocal, "--since", "1"});
-  h.Run("w1", "n1", {Bin("fm-worker"), "--broker", kLocal, "--id", "w1", "--label", "host=n1", "--heartbeat", "200ms"});
+  h.Run("w1", "n1",
+        {Bin("fm-worker"), "--broker", kLocal, "--id", "w1", "--label", "host=n1", "--heartbeat", "200ms",
+         "--docker-socket", data.path() + "/docker.sock"});
   h.Run("w2", "n2",
         {Bin("fm-worker"), "--broker", kLocal, "--id", "w2", "--label", "host=n2", "--memory", "1GiB", "--heartbeat",
          "200ms"});
@@ -108,18 +112,21 @@ TEST_CASE(
     return h.Tool("cl", {Bin("fm-submit"), "--broker", kLocal, "--wait"}, lines);
   };
 
-  // Routed by label and hardware to workers on other hosts, from a client host.
+  // Routed by capability, label and hardware to workers on other hosts, from a client host.
   ToolRun run = submit(R"({"command": ["true"], "labels": {"host": "n2"}})"
                        "\n"
                        R"({"command": ["true"], "resources": {"memory": "2GiB"}})"
                        "\n"
                        R"({"command": ["true"], "requires": ["gpu"]})"
+                       "\n"
+                       R"({"command": ["true"], "requires": ["docker"]})"
                        "\n");
   INFO(run.err);
-  REQUIRE(run.lines.size() == 3);
+  REQUIRE(run.lines.size() == 4);
   CHECK_THAT(run.lines[0], Contains(R"("status": "succeeded","worker": "w2")"));
   CHECK_THAT(run.lines[1], Contains(R"("status": "succeeded","worker": "w1")"));
   CHECK_THAT(run.lines[2], Contains("0/2 workers eligible: 2 lack capability gpu"));
+  CHECK_THAT(run.lines[3], Contains(R"("status": "succeeded","worker": "w1")"));
 
   // A node broker restarted: its worker reconnects on its own and takes work again.
   h.Kill("n1-broker");
@@ -134,7 +141,7 @@ TEST_CASE(
   auto long_task = Process::Start(h.On("cl", {Bin("fm-submit"), "--broker", kLocal, "--wait"}),
                                   R"({"command": ["sleep", "60"], "labels": {"host": "n2"}, "max_attempts": 1})"
                                   "\n");
-  REQUIRE(tap.WaitFor("task.started task=t5 worker=w2"));
+  REQUIRE(tap.WaitFor("task.started task=t6 worker=w2"));
   h.Link("n2", false);
   REQUIRE(tap.WaitFor("worker.lost worker=w2", 15000));
   CHECK(long_task->Wait(30000) == 1);
@@ -157,7 +164,7 @@ TEST_CASE(
   CHECK_THAT(run.lines.at(0), Contains(R"("status": "succeeded","worker": "w1")"));
   CHECK_THAT(run.lines.at(1), Contains(R"("status": "succeeded","worker": "w2")"));
   // The client's tap followed it all: every sequence number once, in order.
-  REQUIRE(tap.WaitFor("task.succeeded task=t8 ", 20000));
+  REQUIRE(tap.WaitFor("task.succeeded task=t9 ", 20000));
   uint64_t expected = 1;
   for (const auto& line : tap.Lines()) CHECK(std::stoull(line.substr(0, line.find(' '))) == expected++);
 }

@@ -71,6 +71,7 @@ void SchedulerCore::OnDirected(const std::string& from, const void* data, size_t
     }
     case wire::Body::TaskStarted:
     case wire::Body::TaskFinished:
+    case wire::Body::WorkerReport:
     case wire::Body::TaskLog:
       // Not acknowledged while degraded: the worker re-sends results until they are.
       if (degraded_) return;

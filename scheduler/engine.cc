@@ -198,7 +198,10 @@ void Engine::OnDirected(const std::string& from, const wire::Envelope& env, uint
     case wire::Body::SubmitRequest:
       return OnSubmit(from, *env.body_as_SubmitRequest(), now_ms);
     case wire::Body::TaskStarted:
-      return OnTaskStarted(*env.body_as_TaskStarted(), now_ms);
+      if (!env.body_as_TaskStarted()->ref()) return;
+      return OnTaskStarted(*env.body_as_TaskStarted()->ref(), Str(env.body_as_TaskStarted()->worker()), now_ms);
+    case wire::Body::WorkerReport:
+      return OnWorkerReport(from, *env.body_as_WorkerReport(), now_ms);
     case wire::Body::TaskFinished:
       return OnTaskFinished(from, *env.body_as_TaskFinished(), now_ms);
     case wire::Body::TaskLog:
@@ -588,10 +591,7 @@ void Engine::End(Task* t, wire::TaskState state, const std::string& reason, cons
   f.explanation = explanation;
   Emit(f, now_ms);
   if (!t->watcher.empty()) {
-    flatbuffers::FlatBufferBuilder fbb(256);
-    auto result =
-        wire::CreateSubmitResultDirect(fbb, t->id, StatusOf(state), reason.c_str(), message.c_str(), t->worker.c_str());
-    Send(t->watcher, codec::Seal(fbb, wire::CreateTaskEnded(fbb, result)));
+    ended_for_watchers_[t->watcher].push_back({t->id, StatusOf(state), reason, message, t->worker});
   }
   effects_.writes.Delete(keys::ActiveTask(t->id));
   effects_.writes.Put(keys::Task(t->id), EncodeTaskRecord(*t));
@@ -607,12 +607,21 @@ void Engine::End(Task* t, wire::TaskState state, const std::string& reason, cons
   active_.erase(t->id);
 }
 
-void Engine::OnTaskStarted(const wire::TaskStarted& msg, uint64_t now_ms) {
-  if (!msg.ref()) return;
-  auto it = active_.find(msg.ref()->task());
+void Engine::OnWorkerReport(const std::string& from, const wire::WorkerReport& report, uint64_t now_ms) {
+  std::string worker = Str(report.worker());
+  if (report.started()) {
+    for (const auto* ref : *report.started()) OnTaskStarted(*ref, worker, now_ms);
+  }
+  if (report.finished()) {
+    for (const auto* finished : *report.finished()) OnTaskFinished(from, *finished, now_ms);
+  }
+}
+
+void Engine::OnTaskStarted(const wire::TaskRef& ref, const std::string& worker, uint64_t now_ms) {
+  auto it = active_.find(ref.task());
   if (it == active_.end()) return;
   Task& t = it->second;
-  if (t.attempt != msg.ref()->attempt() || t.worker != Str(msg.worker()) || t.state != wire::TaskState::Queued) {
+  if (t.attempt != ref.attempt() || t.worker != worker || t.state != wire::TaskState::Queued) {
     return;  // stale or duplicate
   }
   t.state = wire::TaskState::Running;
@@ -627,11 +636,7 @@ void Engine::OnTaskStarted(const wire::TaskStarted& msg, uint64_t now_ms) {
 
 void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& msg, uint64_t now_ms) {
   if (!msg.ref()) return;
-  {
-    flatbuffers::FlatBufferBuilder fbb(64);
-    auto ref = wire::CreateTaskRef(fbb, msg.ref()->task(), msg.ref()->attempt());
-    Send(from, codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, ref)));
-  }
+  acks_[from].push_back({msg.ref()->task(), msg.ref()->attempt()});
   auto it = active_.find(msg.ref()->task());
   if (it == active_.end()) return;  // already ended: completion is idempotent
   Task& t = it->second;
@@ -904,6 +909,29 @@ void Engine::FlushDispatches(uint64_t now_ms) {
   (void)now_ms;
 }
 
+void Engine::FlushBatched() {
+  for (auto& [address, refs] : acks_) {
+    flatbuffers::FlatBufferBuilder fbb(64 + 16 * refs.size());
+    std::vector<flatbuffers::Offset<wire::TaskRef>> offsets;
+    offsets.reserve(refs.size());
+    for (auto [task, attempt] : refs) offsets.push_back(wire::CreateTaskRef(fbb, task, attempt));
+    auto first = wire::CreateTaskRef(fbb, refs.front().first, refs.front().second);
+    Send(address, codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, first, fbb.CreateVector(offsets))));
+  }
+  acks_.clear();
+  for (auto& [watcher, ended] : ended_for_watchers_) {
+    flatbuffers::FlatBufferBuilder fbb(256 + 64 * ended.size());
+    std::vector<flatbuffers::Offset<wire::SubmitResult>> results;
+    results.reserve(ended.size());
+    for (const auto& e : ended) {
+      results.push_back(
+          wire::CreateSubmitResultDirect(fbb, e.task, e.status, e.reason.c_str(), e.message.c_str(), e.worker.c_str()));
+    }
+    Send(watcher, codec::Seal(fbb, wire::CreateTaskEnded(fbb, results.front(), fbb.CreateVector(results))));
+  }
+  ended_for_watchers_.clear();
+}
+
 void Engine::FinishTurn(uint64_t now_ms) {
   if (fleet_shrank_) {
     fleet_shrank_ = false;
@@ -914,6 +942,7 @@ void Engine::FinishTurn(uint64_t now_ms) {
     PlacePending(now_ms);
   }
   FlushDispatches(now_ms);
+  FlushBatched();
   for (uint64_t id : dirty_tasks_) {
     if (const Task* t = active_task(id)) effects_.writes.Put(keys::ActiveTask(id), EncodeTaskRecord(*t));
   }

@@ -131,8 +131,10 @@ class Engine {
   void OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms);
   void OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms);
   void OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms);
-  void OnTaskStarted(const wire::TaskStarted& msg, uint64_t now_ms);
+  void OnTaskStarted(const wire::TaskRef& ref, const std::string& worker, uint64_t now_ms);
   void OnTaskFinished(const std::string& from, const wire::TaskFinished& msg, uint64_t now_ms);
+  void OnWorkerReport(const std::string& from, const wire::WorkerReport& report, uint64_t now_ms);
+  void FlushBatched();
   void OnTaskLog(const wire::TaskLog& msg, uint64_t now_ms);
   void OnControl(const std::string& from, const wire::ControlRequest& req, uint64_t now_ms);
   void OnReplay(const std::string& from, const wire::ReplayRequest& req);
@@ -170,7 +172,15 @@ class Engine {
   std::unordered_map<std::string, uint64_t> client_keys_;
   std::set<uint64_t> dirty_tasks_;
   std::map<std::string, std::vector<uint64_t>> dispatches_;  // worker id -> tasks to send
-  std::vector<Task> recent_ended_;                           // ring for fm-ctl tasks
+  // Sent once per turn per address: acknowledgements of results, ended tasks for watchers.
+  std::map<std::string, std::vector<std::pair<uint64_t, uint32_t>>> acks_;
+  struct EndedResult {
+    uint64_t task;
+    wire::SubmitStatus status;
+    std::string reason, message, worker;
+  };
+  std::map<std::string, std::vector<EndedResult>> ended_for_watchers_;
+  std::vector<Task> recent_ended_;  // ring for fm-ctl tasks
   size_t recent_next_ = 0;
 
   uint64_t next_task_id_ = 1;

@@ -262,14 +262,19 @@ class Submitter {
   }
 
   void OnEnded(const fm::wire::TaskEnded& ended) {
-    if (!ended.result()) return;
-    const auto& r = *ended.result();
-    Ended e{r.status(), fm::codec::Str(r.reason()), fm::codec::Str(r.message()), fm::codec::Str(r.worker())};
-    if (!waiting_.count(r.task())) {
-      ended_early_[r.task()] = e;  // its submit reply is still on its way
-      return;
+    auto one = [&](const fm::wire::SubmitResult& r) {
+      Ended e{r.status(), fm::codec::Str(r.reason()), fm::codec::Str(r.message()), fm::codec::Str(r.worker())};
+      if (!waiting_.count(r.task())) {
+        ended_early_[r.task()] = e;  // its submit reply is still on its way
+        return;
+      }
+      ApplyEnded(r.task(), e);
+    };
+    if (ended.results()) {
+      for (const auto* r : *ended.results()) one(*r);
+    } else if (ended.result()) {
+      one(*ended.result());  // a scheduler from before batched results
     }
-    ApplyEnded(r.task(), e);
   }
 
   void ApplyEnded(uint64_t task, const Ended& ended) {

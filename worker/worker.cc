@@ -113,6 +113,7 @@ void Worker::Attach(bus::Loop& loop) {
   loop.Every(
       options_.heartbeat_ms, [this] { Heartbeat(); }, 100);
   loop.Every(options_.resend_ms, [this] { ResendFinished(); });
+  loop.OnTurnEnd([this] { FlushReport(); });
   loop.Every(options_.heartbeat_ms, [this] { Reprobe(); });
   Register();
 }
@@ -247,7 +248,7 @@ void Worker::OnDispatch(const wire::Dispatch& dispatch) {
     Ref ref{a->task(), a->attempt()};
     if (done_.count(ref)) continue;  // acknowledged long ago: a late duplicate
     if (auto f = finished_.find(ref); f != finished_.end()) {
-      ToScheduler(f->second.payload);  // ran already: say so again
+      report_finished_.insert(ref);  // ran already: say so again
       continue;
     }
     auto r = running_.find(ref.first);
@@ -279,14 +280,21 @@ void Worker::OnCancel(const wire::CancelTask& cancel) {
 }
 
 void Worker::OnAck(const wire::TaskFinishedAck& ack) {
-  if (!ack.ref()) return;
-  Ref ref{ack.ref()->task(), ack.ref()->attempt()};
-  if (finished_.erase(ref) && done_.insert(ref).second) {
-    done_order_.push_back(ref);
-    if (done_order_.size() > kDoneMemory) {
-      done_.erase(done_order_.front());
-      done_order_.pop_front();
+  auto one = [&](const wire::TaskRef& r) {
+    Ref ref{r.task(), r.attempt()};
+    report_finished_.erase(ref);
+    if (finished_.erase(ref) && done_.insert(ref).second) {
+      done_order_.push_back(ref);
+      if (done_order_.size() > kDoneMemory) {
+        done_.erase(done_order_.front());
+        done_order_.pop_front();
+      }
     }
+  };
+  if (ack.refs()) {
+    for (const auto* r : *ack.refs()) one(*r);
+  } else if (ack.ref()) {
+    one(*ack.ref());  // a scheduler from before batched acknowledgements
   }
 }
 
@@ -299,10 +307,28 @@ void Worker::ToScheduler(const std::string& payload) {
   }
 }
 
-void Worker::SendStarted(const Ref& ref) {
-  flatbuffers::FlatBufferBuilder fbb(128);
-  auto r = wire::CreateTaskRef(fbb, ref.first, ref.second);
-  ToScheduler(codec::Seal(fbb, wire::CreateTaskStarted(fbb, r, fbb.CreateString(options_.id))));
+void Worker::SendStarted(const Ref& ref) { report_started_.push_back(ref); }
+
+void Worker::FlushReport() {
+  if (report_started_.empty() && report_finished_.empty()) return;
+  flatbuffers::FlatBufferBuilder fbb(256 + 64 * (report_started_.size() + report_finished_.size()));
+  std::vector<flatbuffers::Offset<wire::TaskRef>> started;
+  started.reserve(report_started_.size());
+  for (const Ref& ref : report_started_) started.push_back(wire::CreateTaskRef(fbb, ref.first, ref.second));
+  auto worker = fbb.CreateString(options_.id);
+  std::vector<flatbuffers::Offset<wire::TaskFinished>> finished;
+  finished.reserve(report_finished_.size());
+  for (const Ref& ref : report_finished_) {
+    auto f = finished_.find(ref);
+    if (f == finished_.end()) continue;
+    auto r = wire::CreateTaskRef(fbb, ref.first, ref.second);
+    finished.push_back(wire::CreateTaskFinished(fbb, r, worker, f->second.outcome, f->second.exit_code,
+                                                fbb.CreateString(f->second.message)));
+  }
+  ToScheduler(
+      codec::Seal(fbb, wire::CreateWorkerReport(fbb, worker, fbb.CreateVector(started), fbb.CreateVector(finished))));
+  report_started_.clear();
+  report_finished_.clear();
 }
 
 void Worker::SendLog(const Ref& ref, const char* stream, const char* data, size_t size) {
@@ -313,20 +339,15 @@ void Worker::SendLog(const Ref& ref, const char* stream, const char* data, size_
 }
 
 void Worker::Complete(const Ref& ref, wire::Outcome outcome, int32_t exit_code, const std::string& message) {
-  flatbuffers::FlatBufferBuilder fbb(256);
-  auto r = wire::CreateTaskRef(fbb, ref.first, ref.second);
-  auto fin =
-      wire::CreateTaskFinished(fbb, r, fbb.CreateString(options_.id), outcome, exit_code, fbb.CreateString(message));
-  Finished f{codec::Seal(fbb, fin), bus::WallClockMs()};
-  ToScheduler(f.payload);
-  finished_[ref] = std::move(f);
+  finished_[ref] = Finished{outcome, exit_code, message, bus::WallClockMs()};
+  report_finished_.insert(ref);
 }
 
 void Worker::ResendFinished() {
   uint64_t now = bus::WallClockMs();
   for (auto& [ref, f] : finished_) {
     if (now >= f.sent_ms + options_.resend_ms) {
-      ToScheduler(f.payload);
+      report_finished_.insert(ref);
       f.sent_ms = now;
     }
   }

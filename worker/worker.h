@@ -59,7 +59,9 @@ class Worker {
  private:
   struct Run;  // one attempt being executed
   struct Finished {
-    std::string payload;  // encoded TaskFinished
+    wire::Outcome outcome = wire::Outcome::Succeeded;
+    int32_t exit_code = 0;
+    std::string message;
     uint64_t sent_ms = 0;
   };
   using Ref = std::pair<uint64_t, uint32_t>;
@@ -86,6 +88,8 @@ class Worker {
   void StartTimeout(Run* run);
   static void OnExecHandleClosed(uv_handle_t* handle);
   void ToScheduler(const std::string& payload);
+  // Sends what started and finished this turn as one WorkerReport.
+  void FlushReport();
   std::vector<flatbuffers::Offset<wire::TaskRef>> HeldRefs(flatbuffers::FlatBufferBuilder& fbb) const;
 
   WorkerOptions options_;
@@ -97,6 +101,8 @@ class Worker {
   uint64_t instance_ = 0;
   std::map<uint64_t, std::unique_ptr<Run>> running_;  // by task id
   std::map<Ref, Finished> finished_;                  // results not yet acknowledged
+  std::vector<Ref> report_started_;                   // for this turn's report
+  std::set<Ref> report_finished_;                     // likewise (keys of finished_)
   std::set<Ref> done_;                                // acknowledged, to drop late duplicates
   std::deque<Ref> done_order_;
   // Capabilities as last probed; the re-probe's result is applied on the loop thread.

@@ -30,13 +30,14 @@ get() { awk -v k="$1" '$1==k {print $2}' "$summary"; }
 ratio() { awk -v a="$(get "$1")" -v b="$(get "$2")" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.3g", a / b }'; }
 
 out=bench/RESULTS.md
+commit="$(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
 {
   echo "# fm benchmark results"
   echo
   echo "Written by \`scripts/bench.sh $repeats\` — do not edit by hand."
   echo
   echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
+  echo "- commit: $commit"
   echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB memory, $(uname -sr)"
   echo "- each figure: median of $repeats runs, with min–max; the machine is shared and noisy"
   echo

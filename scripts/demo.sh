@@ -49,15 +49,14 @@ start broker "$bin/fm-broker"
 start scheduler "$bin/fm-scheduler" --data "$state/data"
 start worker-big "$bin/fm-worker" --id big --slots 2 --label zone=a "${docker_args[@]}"
 start worker-small "$bin/fm-worker" --id small --slots 2 --cpus 1 --memory 1GiB --label zone=b
-"$bin/fm-tap" --since 1 > >(sed -u 's/^/  tap | /') &
-echo $! >>"$state/pids"
-
-# Wait until both workers registered (the tap output shows it too).
+# Wait until both workers registered, then follow the stream from its start.
 for _ in $(seq 1 100); do
   n=$("$bin/fm-ctl" workers 2>/dev/null | grep -c ' live ' || true)
   [ "$n" -ge 2 ] && break
   sleep 0.1
 done
+"$bin/fm-tap" --since 1 > >(sed -u 's/^/  tap | /') &
+echo $! >>"$state/pids"
 "$bin/fm-ctl" workers
 echo
 echo "== fm-submit --wait < examples/tasks.jsonl"

@@ -17,10 +17,6 @@ namespace {
 
 constexpr const char* kNoEligible = "no_eligible_worker";
 
-bool IsEnded(wire::TaskState s) {
-  return s == wire::TaskState::Succeeded || s == wire::TaskState::Failed || s == wire::TaskState::Cancelled;
-}
-
 const char* StateName(wire::TaskState s) {
   switch (s) {
     case wire::TaskState::Pending:
@@ -177,7 +173,6 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
 }
 
 void Engine::Start(uint64_t now_ms) {
-  started_ms_ = now_ms;
   EventFields f;
   f.type = "scheduler.started";
   f.message =
@@ -889,7 +884,7 @@ void Engine::PlacePending(uint64_t now_ms) {
   }
 }
 
-void Engine::FlushDispatches(uint64_t now_ms) {
+void Engine::FlushDispatches() {
   for (auto& [worker_id, ids] : dispatches_) {
     const WorkerState* w = fleet_.Find(worker_id);
     if (!w || ids.empty()) continue;
@@ -906,7 +901,6 @@ void Engine::FlushDispatches(uint64_t now_ms) {
     Send(w->address, codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(assignments))));
   }
   dispatches_.clear();
-  (void)now_ms;
 }
 
 void Engine::FlushBatched() {
@@ -941,7 +935,7 @@ void Engine::FinishTurn(uint64_t now_ms) {
     placement_needed_ = false;
     PlacePending(now_ms);
   }
-  FlushDispatches(now_ms);
+  FlushDispatches();
   FlushBatched();
   for (uint64_t id : dirty_tasks_) {
     if (const Task* t = active_task(id)) effects_.writes.Put(keys::ActiveTask(id), EncodeTaskRecord(*t));

@@ -153,7 +153,7 @@ class Engine {
   // Drops events beyond the retention count and older than the retention age.
   void ApplyRetention(uint64_t now_ms);
   void PlacePending(uint64_t now_ms);
-  void FlushDispatches(uint64_t now_ms);
+  void FlushDispatches();
   void Emit(const EventFields& fields, uint64_t now_ms);
   void PersistWorker(const WorkerState& w);
   void Send(const std::string& to, std::string payload);
@@ -190,7 +190,6 @@ class Engine {
   uint64_t persisted_task_id_ = 0, persisted_seq_ = 0;
   bool fleet_shrank_ = false;
   bool placement_needed_ = false;
-  uint64_t started_ms_ = 0;
   uint64_t next_age_check_ms_ = 0;
 };
 

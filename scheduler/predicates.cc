@@ -85,7 +85,7 @@ Verdict HwSatisfies(const Resources& need, const Hardware& hw) {
     }
   }
   if (model_matches < need.gpus) {
-    return {Predicate::kGpuModel, hw.gpus.empty() ? std::string() : hw.gpus.front().model, model_matches};
+    return {Predicate::kGpuModel, {}, model_matches};
   }
   if (MatchingGpus(need, hw) < need.gpus) return {Predicate::kGpuMemory, {}, largest};
   return v;

@@ -37,6 +37,19 @@ std::string Gpus(const fm::wire::Hardware* hw) {
   return std::to_string(parts.size()) + "x [" + Join(parts, ", ") + "]";
 }
 
+// One JSON array, one element per line, through the FlatBuffers printer.
+template <typename T>
+void PrintJsonArray(fm::JsonCodec& codec, const flatbuffers::Vector<flatbuffers::Offset<T>>* items,
+                    const char* table_name) {
+  std::printf("[");
+  if (items) {
+    for (flatbuffers::uoffset_t i = 0; i < items->size(); ++i) {
+      std::printf("%s%s", i ? ",\n" : "", codec.TableToJson(items->Get(i), table_name).c_str());
+    }
+  }
+  std::printf("]\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -90,15 +103,7 @@ int main(int argc, char** argv) {
   fm::JsonCodec codec;
   if (op == fm::wire::ControlOp::Workers) {
     if (json) {
-      std::printf("[");
-      bool first = true;
-      if (r->workers()) {
-        for (const auto* w : *r->workers()) {
-          std::printf("%s%s", first ? "" : ",\n", codec.TableToJson(w, "fm.wire.WorkerView").c_str());
-          first = false;
-        }
-      }
-      std::printf("]\n");
+      PrintJsonArray(codec, r->workers(), "fm.wire.WorkerView");
       return 0;
     }
     std::vector<std::vector<std::string>> rows{
@@ -125,15 +130,7 @@ int main(int argc, char** argv) {
     PrintTable(rows);
   } else if (op == fm::wire::ControlOp::Tasks) {
     if (json) {
-      std::printf("[");
-      bool first = true;
-      if (r->tasks()) {
-        for (const auto* t : *r->tasks()) {
-          std::printf("%s%s", first ? "" : ",\n", codec.TableToJson(t, "fm.wire.TaskView").c_str());
-          first = false;
-        }
-      }
-      std::printf("]\n");
+      PrintJsonArray(codec, r->tasks(), "fm.wire.TaskView");
       return 0;
     }
     std::vector<std::vector<std::string>> rows{{"TASK", "STATE", "ATTEMPT", "WORKER", "REASON", "MESSAGE"}};

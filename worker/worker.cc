@@ -45,7 +45,6 @@ struct Worker::Run {
   std::string container;  // guarded by mutex
   std::string docker_out, docker_err, docker_error;
   int64_t docker_status = -1;
-  bool docker_started = false;
 };
 
 Status ApplyLimits(const WorkerOptions& options, Hardware* hw) {

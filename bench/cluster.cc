@@ -7,9 +7,11 @@
 //  - a registration storm of 10k simulated workers, and the scheduler's peak RSS then;
 //  - recovery: scheduler start with 100k and 1M tasks in the store, and its peak RSS.
 #include <signal.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <thread>
 #include <unordered_map>
 
@@ -41,6 +43,20 @@ uint64_t PeakRssKiB(pid_t pid) {
     std::getline(in, rest);
   }
   return 0;
+}
+
+// CPU seconds (user + system) the process has used so far, all its threads.
+double CpuSeconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t close = stat.rfind(')');  // the command name may hold spaces
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string skip;
+  for (int i = 3; i < 14; ++i) fields >> skip;  // fields 3..13
+  double utime = 0, stime = 0;
+  fields >> utime >> stime;
+  return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 std::string SubmitBytes(int tasks, uint64_t correlation, bool watch, const char* requires_cap = nullptr) {
@@ -76,6 +92,7 @@ class Bench {
 
   bus::Client& client() { return *client_; }
   Process& scheduler() { return *scheduler_; }
+  Process& broker_process() { return *broker_proc_; }
   const std::string& broker() const { return broker_; }
 
   // Live workers as the scheduler sees them.
@@ -121,6 +138,7 @@ void Throughput(int workers, int tasks) {
   int sent = 0, replied = 0, ended = 0;
   uint64_t correlation = 0;
   std::map<uint64_t, int> outstanding;
+  double scheduler_cpu = CpuSeconds(b.scheduler().pid()), broker_cpu = CpuSeconds(b.broker_process().pid());
   double start = NowSeconds();
   while (ended < tasks && NowSeconds() - start < 120) {  // bounded: never waits forever
     while (sent < tasks && static_cast<int>(outstanding.size()) < window) {
@@ -144,7 +162,18 @@ void Throughput(int workers, int tasks) {
     }
   }
   double elapsed = NowSeconds() - start;
-  Report("dispatch_tasks_per_s_" + std::to_string(workers) + "_workers", ended / elapsed, "tasks/s");
+  std::string w = std::to_string(workers);
+  Report("dispatch_tasks_per_s_" + w + "_workers", ended / elapsed, "tasks/s");
+  // Where the time goes: CPU per task in the scheduler (all its threads: the loop,
+  // ZeroMQ's I/O thread, RocksDB's flushes) and the broker, and the share of the run
+  // the scheduler was on a CPU (1.0 = one core busy all the time).
+  if (ended > 0) {
+    double s_cpu = CpuSeconds(b.scheduler().pid()) - scheduler_cpu;
+    double b_cpu = CpuSeconds(b.broker_process().pid()) - broker_cpu;
+    Report("dispatch_scheduler_cpu_us_per_task_" + w + "_workers", s_cpu * 1e6 / ended, "us");
+    Report("dispatch_broker_cpu_us_per_task_" + w + "_workers", b_cpu * 1e6 / ended, "us");
+    Report("dispatch_scheduler_cores_busy_" + w + "_workers", s_cpu / elapsed, "cores");
+  }
 }
 
 void OpenLoop(int rate, double seconds) {

@@ -160,7 +160,7 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
           // Its worker is not known any more: run it again.
           t.state = wire::TaskState::Pending;
           t.worker.clear();
-          dirty_tasks_.insert(t.id);
+          dirty_tasks_.push_back(t.id);
         }
         if (t.state == wire::TaskState::Pending) {
           pending_.insert({-static_cast<int64_t>(t.spec.priority), t.order, t.id});
@@ -338,7 +338,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       f.task = t.id;
       f.attempt = t.attempt;
       pending_.insert({-static_cast<int64_t>(t.spec.priority), t.order, t.id});
-      dirty_tasks_.insert(t.id);
+      dirty_tasks_.push_back(t.id);
       active_.emplace(t.id, std::move(t));
       Emit(f, now_ms);
       placement_needed_ = true;
@@ -517,7 +517,7 @@ void Engine::Queue(Task* t, const std::string& worker_id, uint64_t now_ms) {
   t->state = wire::TaskState::Queued;
   t->worker = worker_id;
   t->dispatched_ms = now_ms;
-  dirty_tasks_.insert(t->id);
+  dirty_tasks_.push_back(t->id);
   dispatches_[worker_id].push_back(t->id);
   EventFields f;
   f.type = "task.queued";
@@ -553,7 +553,7 @@ void Engine::Retry(Task* t, const std::string& reason, const std::string& messag
   t->state = wire::TaskState::Pending;
   t->worker.clear();
   pending_.insert({-static_cast<int64_t>(t->spec.priority), t->order, t->id});
-  dirty_tasks_.insert(t->id);
+  dirty_tasks_.push_back(t->id);
   EventFields f;
   f.type = "task.retrying";
   f.task = t->id;
@@ -590,7 +590,6 @@ void Engine::End(Task* t, wire::TaskState state, const std::string& reason, cons
   }
   effects_.writes.Delete(keys::ActiveTask(t->id));
   effects_.writes.Put(keys::Task(t->id), EncodeTaskRecord(*t));
-  dirty_tasks_.erase(t->id);
   if (options_.recent_ended > 0) {
     if (recent_ended_.size() < options_.recent_ended) {
       recent_ended_.push_back(*t);
@@ -620,7 +619,7 @@ void Engine::OnTaskStarted(const wire::TaskRef& ref, const std::string& worker, 
     return;  // stale or duplicate
   }
   t.state = wire::TaskState::Running;
-  dirty_tasks_.insert(t.id);
+  dirty_tasks_.push_back(t.id);
   EventFields f;
   f.type = "task.started";
   f.task = t.id;
@@ -937,6 +936,9 @@ void Engine::FinishTurn(uint64_t now_ms) {
   }
   FlushDispatches();
   FlushBatched();
+  // Ended tasks are no longer active: their record moved to t/ when they ended.
+  std::sort(dirty_tasks_.begin(), dirty_tasks_.end());
+  dirty_tasks_.erase(std::unique(dirty_tasks_.begin(), dirty_tasks_.end()), dirty_tasks_.end());
   for (uint64_t id : dirty_tasks_) {
     if (const Task* t = active_task(id)) effects_.writes.Put(keys::ActiveTask(id), EncodeTaskRecord(*t));
   }
@@ -959,8 +961,9 @@ void Engine::Send(const std::string& to, std::string payload) {
   effects_.directed.push_back({to, std::move(payload)});
 }
 
-std::string Engine::EncodeTaskRecord(const Task& t) const {
-  flatbuffers::FlatBufferBuilder fbb(512);
+std::string Engine::EncodeTaskRecord(const Task& t) {
+  flatbuffers::FlatBufferBuilder& fbb = scratch_;
+  fbb.Clear();
   auto spec = codec::ToWire(fbb, t.spec);
   auto worker = fbb.CreateString(t.worker);
   auto reason = t.reason.empty() ? 0 : fbb.CreateString(t.reason);
@@ -972,7 +975,8 @@ std::string Engine::EncodeTaskRecord(const Task& t) const {
 }
 
 void Engine::Emit(const EventFields& f, uint64_t now_ms) {
-  flatbuffers::FlatBufferBuilder fbb(512);
+  flatbuffers::FlatBufferBuilder& fbb = scratch_;
+  fbb.Clear();
   auto opt = [&](const std::string& s) { return s.empty() ? 0 : fbb.CreateString(s); };
   flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::PredicateCount>>> breakdown = 0;
   uint32_t eligible = 0, fleet = 0;
@@ -995,7 +999,11 @@ void Engine::Emit(const EventFields& f, uint64_t now_ms) {
   }
   uint64_t seq = next_seq_++;
   auto type = fbb.CreateString(f.type);
-  auto time = fbb.CreateString(FormatTimeMs(now_ms));
+  if (now_ms != formatted_ms_) {
+    formatted_ms_ = now_ms;
+    formatted_time_ = FormatTimeMs(now_ms);
+  }
+  auto time = fbb.CreateString(formatted_time_);
   auto task = f.task ? fbb.CreateString(TaskName(f.task)) : 0;
   auto worker = opt(f.worker), reason = opt(f.reason), message = opt(f.message), stream = opt(f.stream),
        data = opt(f.data);

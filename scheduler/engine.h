@@ -160,7 +160,7 @@ class Engine {
   std::optional<wire::SubmitStatus> LookupKey(const std::string& key, uint64_t* id, std::string* reason,
                                               std::string* message, std::string* worker);
   void PersistTask(const Task& t);
-  std::string EncodeTaskRecord(const Task& t) const;
+  std::string EncodeTaskRecord(const Task& t);
 
   EngineOptions options_;
   const store::Store* store_ = nullptr;
@@ -170,7 +170,7 @@ class Engine {
   std::unordered_map<uint64_t, Task> active_;  // tasks not yet ended
   std::set<PendingKey> pending_;
   std::unordered_map<std::string, uint64_t> client_keys_;
-  std::set<uint64_t> dirty_tasks_;
+  std::vector<uint64_t> dirty_tasks_;  // active tasks whose a/ record changed this turn (may repeat)
   std::map<std::string, std::vector<uint64_t>> dispatches_;  // worker id -> tasks to send
   // Sent once per turn per address: acknowledgements of results, ended tasks for watchers.
   std::map<std::string, std::vector<std::pair<uint64_t, uint32_t>>> acks_;
@@ -191,6 +191,12 @@ class Engine {
   bool fleet_shrank_ = false;
   bool placement_needed_ = false;
   uint64_t next_age_check_ms_ = 0;
+
+  // Reused for the records and events built one after another in a turn: no builder
+  // allocation per event.
+  flatbuffers::FlatBufferBuilder scratch_{1024};
+  uint64_t formatted_ms_ = 0;  // events of one turn share their time
+  std::string formatted_time_;
 };
 
 }  // namespace fm::sched

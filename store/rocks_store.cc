@@ -2,6 +2,7 @@
 // is fsynced before Write returns, which is what makes group commit durable.
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
+#include <rocksdb/slice_transform.h>
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
 
@@ -138,6 +139,11 @@ Result<std::unique_ptr<Store>> OpenRocksStore(const std::string& dir, const Rock
   ro.manual_wal_flush = false;
   ro.info_log = std::make_shared<SpdlogRocksLogger>();
   ro.write_buffer_size = options.write_buffer_size;
+  // Every key starts with a two-byte prefix ("a/", "e/", ...) followed by an ascending
+  // id, and one turn's batch interleaves them. A hint per prefix lets the memtable
+  // insert next to the previous key of the same prefix instead of searching its skip
+  // list from the top (that search was a quarter of the scheduler's CPU per task).
+  ro.memtable_insert_with_hint_prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(2));
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(ro, dir, &raw);
   if (!s.ok()) return Status::Io("opening store at " + dir + ": " + s.ToString());

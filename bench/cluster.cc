@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -59,6 +60,38 @@ double CpuSeconds(pid_t pid) {
   return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
+// CPU seconds per thread of a process, by thread name (the loop thread carries the
+// process's name; ZeroMQ's, RocksDB's and the commit thread have their own).
+std::map<std::string, double> ThreadCpuSeconds(pid_t pid) {
+  std::map<std::string, double> out;
+  std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    std::ifstream comm(entry.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    std::ifstream in(entry.path() / "stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream fields(stat.substr(close + 2));
+    std::string skip;
+    for (int i = 3; i < 14; ++i) fields >> skip;
+    double utime = 0, stime = 0;
+    fields >> utime >> stime;
+    out[name + "#" + entry.path().filename().string()] = (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+  }
+  return out;
+}
+
+// CPU seconds the whole machine has spent busy (not idle, not waiting for I/O).
+double MachineBusySeconds() {
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  double user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  in >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+  return (user + nice + system + irq + softirq + steal) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
 std::string SubmitBytes(int tasks, uint64_t correlation, bool watch, const char* requires_cap = nullptr) {
   flatbuffers::FlatBufferBuilder fbb(256 + 128 * tasks);
   std::vector<flatbuffers::Offset<wire::TaskSpec>> specs;
@@ -93,6 +126,11 @@ class Bench {
   bus::Client& client() { return *client_; }
   Process& scheduler() { return *scheduler_; }
   Process& broker_process() { return *broker_proc_; }
+  double WorkersCpuSeconds() {
+    double sum = 0;
+    for (auto& w : workers_) sum += CpuSeconds(w->pid());
+    return sum;
+  }
   const std::string& broker() const { return broker_; }
 
   // Live workers as the scheduler sees them.
@@ -139,6 +177,9 @@ void Throughput(int workers, int tasks) {
   uint64_t correlation = 0;
   std::map<uint64_t, int> outstanding;
   double scheduler_cpu = CpuSeconds(b.scheduler().pid()), broker_cpu = CpuSeconds(b.broker_process().pid());
+  double machine_busy = MachineBusySeconds();
+  auto threads = ThreadCpuSeconds(b.scheduler().pid());
+  double workers_cpu = b.WorkersCpuSeconds(), client_cpu = CpuSeconds(getpid());
   double start = NowSeconds();
   while (ended < tasks && NowSeconds() - start < 120) {  // bounded: never waits forever
     while (sent < tasks && static_cast<int>(outstanding.size()) < window) {
@@ -173,6 +214,13 @@ void Throughput(int workers, int tasks) {
     Report("dispatch_scheduler_cpu_us_per_task_" + w + "_workers", s_cpu * 1e6 / ended, "us");
     Report("dispatch_broker_cpu_us_per_task_" + w + "_workers", b_cpu * 1e6 / ended, "us");
     Report("dispatch_scheduler_cores_busy_" + w + "_workers", s_cpu / elapsed, "cores");
+    Report("dispatch_machine_cores_busy_" + w + "_workers", (MachineBusySeconds() - machine_busy) / elapsed, "cores");
+    std::printf("  workers: %.2f cores, this client: %.2f cores\n", (b.WorkersCpuSeconds() - workers_cpu) / elapsed,
+                (CpuSeconds(getpid()) - client_cpu) / elapsed);
+    for (const auto& [name, after] : ThreadCpuSeconds(b.scheduler().pid())) {
+      double used = (after - threads[name]) / elapsed;
+      if (used >= 0.01) std::printf("  scheduler thread %s: %.2f cores\n", name.c_str(), used);
+    }
   }
 }
 

@@ -9,7 +9,7 @@ namespace fm::sched {
 
 SchedulerCore::SchedulerCore(EngineOptions options, store::Store* store, std::shared_ptr<spdlog::logger> logger,
                              uint64_t storage_probe_ms)
-    : options_(options), store_(store), logger_(std::move(logger)), storage_probe_ms_(storage_probe_ms) {
+    : options_(options), store_(store), view_(store), logger_(std::move(logger)), storage_probe_ms_(storage_probe_ms) {
   if (!logger_) logger_ = spdlog::default_logger();
 }
 
@@ -19,9 +19,25 @@ Status SchedulerCore::Open(uint64_t now_ms) {
   return Status::Ok();
 }
 
+void Commit::Append(Commit&& other) {
+  writes.Append(std::move(other.writes));
+  for (auto& d : other.out.directed) out.directed.push_back(std::move(d));
+  for (auto& e : other.out.events) out.events.push_back(std::move(e));
+  for (auto& s : other.submitters) submitters.push_back(std::move(s));
+  for (auto& r : other.reads) reads.push_back(std::move(r));
+  other = Commit();
+}
+
 Status SchedulerCore::Rebuild(uint64_t now_ms) {
   engine_ = std::make_unique<Engine>(options_);
-  return engine_->Recover(store_, now_ms);
+  return engine_->Recover(&view_, now_ms);
+}
+
+void SchedulerCore::ShowPending() {
+  std::vector<const store::WriteBatch*> pending;
+  if (in_flight_active_) pending.push_back(&in_flight_.writes);
+  pending.push_back(&gathered_.writes);
+  view_.SetPending(std::move(pending));
 }
 
 void SchedulerCore::Refuse(const std::string& from, uint64_t correlation) {
@@ -99,7 +115,8 @@ void SchedulerCore::Tick(uint64_t now_ms) {
     engine_->Tick(now_ms);
     return;
   }
-  if (now_ms < next_probe_ms_) return;
+  // The probe writes from this thread: never beside a commit being written.
+  if (now_ms < next_probe_ms_ || in_flight_active_) return;
   next_probe_ms_ = now_ms + storage_probe_ms_;
   store::WriteBatch probe;
   probe.Put("m/storage_probe", store::keys::EncodeU64(++probes_));
@@ -118,32 +135,71 @@ void SchedulerCore::Tick(uint64_t now_ms) {
 }
 
 Outbox SchedulerCore::EndTurn(uint64_t now_ms) {
+  Outbox out = CloseTurn(now_ms);
+  const store::WriteBatch& writes = StartCommit();
+  Status s = writes.empty() ? Status::Ok() : store_->Write(writes, /*sync=*/true);
+  Outbox done = FinishCommit(s, now_ms);
+  for (auto& d : done.directed) out.directed.push_back(std::move(d));
+  for (auto& e : done.events) out.events.push_back(std::move(e));
+  return out;
+}
+
+Outbox SchedulerCore::CloseTurn(uint64_t now_ms) {
   engine_->FinishTurn(now_ms);
   Effects& effects = engine_->effects();
+  Commit turn;
+  turn.writes.Append(std::move(effects.writes));
+  turn.out.directed = std::move(effects.directed);
+  turn.out.events = std::move(effects.events);
+  turn.submitters = std::move(turn_submitters_);
+  turn.reads = std::move(turn_reads_);
+  effects.Clear();
+  turn_submitters_.clear();
+  turn_reads_.clear();
+  gathered_.Append(std::move(turn));
   Outbox out = std::move(immediate_);
   immediate_ = Outbox();
-  Status s = effects.writes.empty() ? Status::Ok() : store_->Write(effects.writes, /*sync=*/true);
-  if (s.ok()) {
-    for (auto& d : effects.directed) out.directed.push_back(std::move(d));
-    for (auto& e : effects.events) out.events.push_back(std::move(e));
-    effects.Clear();
-    turn_reads_.clear();
-    turn_submitters_.clear();
-    return out;
-  }
-  // The turn did not happen: forget it, tell its submitters, answer its reads.
-  effects.Clear();
+  return out;
+}
+
+const store::WriteBatch& SchedulerCore::StartCommit() {
+  in_flight_ = std::move(gathered_);
+  gathered_ = Commit();
+  in_flight_active_ = true;
+  ShowPending();
+  return in_flight_.writes;
+}
+
+Outbox SchedulerCore::FinishCommit(const Status& s, uint64_t now_ms) {
+  Commit done = std::move(in_flight_);
+  in_flight_ = Commit();
+  in_flight_active_ = false;
+  ShowPending();
+  if (s.ok()) return std::move(done.out);
+  // What was gathered after the failed commit was derived from it: it fails too.
+  done.Append(std::move(gathered_));
+  gathered_ = Commit();
+  ShowPending();
+  return Fail(s, std::move(done), now_ms);
+}
+
+Outbox SchedulerCore::Fail(const Status& s, Commit failed, uint64_t now_ms) {
+  // The turns did not happen: forget them, tell their submitters, answer their reads.
+  // So also for a turn still open (a timer's work): the rebuilt engine derives it again.
+  engine_->effects().Clear();
+  for (auto& sub : turn_submitters_) failed.submitters.push_back(std::move(sub));
+  for (auto& read : turn_reads_) failed.reads.push_back(std::move(read));
+  turn_submitters_.clear();
+  turn_reads_.clear();
   if (!degraded_) logger_->error("cannot write to the store, refusing changes until it can: {}", s.message());
   degraded_ = true;
   storage_error_ = s.message();
   next_probe_ms_ = now_ms + storage_probe_ms_;
   if (Status r = Rebuild(now_ms); !r.ok()) logger_->error("re-reading the store failed: {}", r.message());
-  for (const auto& [from, correlation] : turn_submitters_) Refuse(from, correlation);
-  turn_submitters_.clear();
-  auto reads = std::move(turn_reads_);
-  turn_reads_.clear();
+  for (const auto& [from, correlation] : failed.submitters) Refuse(from, correlation);
   std::set<std::string> readers;
-  for (const auto& [from, bytes] : reads) {
+  Outbox out;
+  for (const auto& [from, bytes] : failed.reads) {
     engine_->OnDirected(from, *wire::GetEnvelope(bytes.data()), now_ms);
     readers.insert(from);
   }

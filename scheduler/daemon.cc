@@ -6,6 +6,80 @@
 namespace fm::sched {
 namespace {
 constexpr size_t kBudget = 4096;
+// Commits up to this many writes are done on the loop thread (no hand-off latency).
+constexpr size_t kInlineOps = 256;
+// While a commit is in flight, turns gather up to this many writes; then the loop waits
+// for the commit (and ZeroMQ's high-water marks push back on the senders).
+constexpr size_t kMaxGatheredOps = 1 << 18;
+}  // namespace
+
+Committer::Committer(store::Store* store, uv_loop_t* loop, std::function<void(Status)> done)
+    : store_(store), done_(std::move(done)), async_(new uv_async_t) {
+  uv_async_init(loop, async_, [](uv_async_t* h) {
+    if (h->data) static_cast<Committer*>(h->data)->Deliver();
+  });
+  async_->data = this;
+  thread_ = std::thread([this] { Run(); });
+}
+
+Committer::~Committer() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();  // a batch being written is finished, not cut
+  async_->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+}
+
+void Committer::Start(const store::WriteBatch* batch) {
+  busy_ = true;
+  {
+    std::lock_guard lock(mu_);
+    batch_ = batch;
+  }
+  cv_.notify_all();
+}
+
+void Committer::Run() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [this] { return stop_ || batch_ != nullptr; });
+    if (batch_ == nullptr) return;  // stopping, nothing in flight
+    const store::WriteBatch* batch = batch_;
+    lock.unlock();
+    Status s = store_->Write(*batch, /*sync=*/true);
+    lock.lock();
+    batch_ = nullptr;
+    result_ = std::move(s);
+    cv_.notify_all();
+    uv_async_send(async_);
+  }
+}
+
+void Committer::Wait() {
+  Status s;
+  {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return result_.has_value(); });
+    s = std::move(*result_);
+    result_.reset();
+  }
+  busy_ = false;
+  done_(s);
+}
+
+void Committer::Deliver() {
+  Status s;
+  {
+    std::lock_guard lock(mu_);
+    if (!result_) return;  // Wait() took it
+    s = std::move(*result_);
+    result_.reset();
+  }
+  busy_ = false;
+  done_(s);
 }
 
 SchedulerDaemon::SchedulerDaemon(zmq::context_t& context, SchedulerOptions options)
@@ -35,6 +109,7 @@ Status SchedulerDaemon::Open() {
 }
 
 void SchedulerDaemon::Attach(bus::Loop& loop) {
+  committer_ = std::make_unique<Committer>(store_.get(), loop.uv(), [this](const Status& s) { Committed(s); });
   loop.Watch(client_->dealer(), [this] { return DrainDirected(); });
   loop.Watch(client_->sub(), [this] { return DrainBus(); });
   loop.Every(options_.tick_ms, [this] {
@@ -76,7 +151,31 @@ size_t SchedulerDaemon::DrainBus() {
 }
 
 void SchedulerDaemon::TurnEnd() {
-  Outbox out = core_->EndTurn(bus::WallClockMs());
+  Outbox now = core_->CloseTurn(bus::WallClockMs());
+  SendOut(now);
+  if (committer_->busy() && core_->gathered_ops() > kMaxGatheredOps) committer_->Wait();
+  Commit();
+}
+
+void SchedulerDaemon::Commit() {
+  if (committer_->busy() || !core_->has_gathered()) return;
+  if (core_->gathered_ops() <= kInlineOps) {
+    const store::WriteBatch& writes = core_->StartCommit();
+    Status s = writes.empty() ? Status::Ok() : store_->Write(writes, /*sync=*/true);
+    Outbox out = core_->FinishCommit(s, bus::WallClockMs());
+    SendOut(out);
+    return;
+  }
+  committer_->Start(&core_->StartCommit());
+}
+
+void SchedulerDaemon::Committed(const Status& status) {
+  Outbox out = core_->FinishCommit(status, bus::WallClockMs());
+  SendOut(out);
+  Commit();  // what gathered meanwhile
+}
+
+void SchedulerDaemon::SendOut(Outbox& out) {
   for (auto& d : out.directed) {
     if (!client_->Send(d.to, d.payload)) {
       options_.logger->warn("could not queue a message to {} (high-water mark); it will be re-sent", d.to);

@@ -1,12 +1,25 @@
 // fm-scheduler's shell around the engine: sockets, the store, the clock. Each loop turn
-// it feeds the engine what arrived, commits the turn's writes as one synced WriteBatch,
-// and only then sends the replies, dispatches and events derived from them.
+// it feeds the engine what arrived and closes the turn; the turn's writes are committed
+// as one synced WriteBatch, and only then are the replies, dispatches and events derived
+// from them sent.
+//
+// Commits: a small one (a quiet scheduler: a task or two per turn) is written on the
+// loop thread at the end of its turn, which keeps the round trip short. A large one
+// goes to the commit thread, and the loop goes on with the next turns while RocksDB
+// inserts and fsyncs; those gather into the next commit, started when this one is done.
+// So under load the loop and the store work on two cores, and every commit groups the
+// turns that arrived while the previous one was written.
 #pragma once
 
 #include <spdlog/spdlog.h>
 
+#include <condition_variable>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <zmq.hpp>
 
 #include "broker/bus.h"
@@ -25,6 +38,34 @@ struct SchedulerOptions {
   std::shared_ptr<spdlog::logger> logger;
 };
 
+// Writes one batch at a time on its own thread and reports back on the loop's thread.
+class Committer {
+ public:
+  // `done` runs on the loop thread with the result of each Start.
+  Committer(store::Store* store, uv_loop_t* loop, std::function<void(Status)> done);
+  ~Committer();
+  // REQUIRES: !busy(); `batch` unchanged until `done` ran (or Wait returned).
+  void Start(const store::WriteBatch* batch);
+  bool busy() const { return busy_; }
+  // Blocks until the commit in flight is written; `done` runs here instead of later.
+  void Wait();
+
+ private:
+  void Run();
+  void Deliver();
+
+  store::Store* store_;
+  std::function<void(Status)> done_;
+  uv_async_t* async_;  // freed by its close callback
+  bool busy_ = false;  // loop thread only
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const store::WriteBatch* batch_ = nullptr;  // guarded by mu_
+  std::optional<Status> result_;              // guarded by mu_
+  bool stop_ = false;                         // guarded by mu_
+  std::thread thread_;
+};
+
 class SchedulerDaemon {
  public:
   SchedulerDaemon(zmq::context_t& context, SchedulerOptions options);
@@ -37,12 +78,17 @@ class SchedulerDaemon {
   size_t DrainDirected();
   size_t DrainBus();
   void TurnEnd();
+  void SendOut(Outbox& out);
+  // Starts a commit of what was gathered, if none is in flight.
+  void Commit();
+  void Committed(const Status& status);
 
   SchedulerOptions options_;
   zmq::context_t& context_;
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<bus::Client> client_;
   std::unique_ptr<SchedulerCore> core_;
+  std::unique_ptr<Committer> committer_;
 };
 
 }  // namespace fm::sched

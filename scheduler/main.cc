@@ -63,12 +63,12 @@ int main(int argc, char** argv) {
   options.store.write_buffer_size = *buffer;
 
   zmq::context_t context(1);
+  fm::bus::Loop loop;  // outlives the daemon, whose commit thread reports on it
   fm::sched::SchedulerDaemon daemon(context, options);
   if (fm::Status s = daemon.Open(); !s.ok()) {
     spdlog::error("{}", s.message());
     return 1;
   }
-  fm::bus::Loop loop;
   daemon.Attach(loop);
   loop.StopOnSignals([](int signum) { spdlog::info("signal {}: stopping", signum); });
   loop.Run();

@@ -1,5 +1,6 @@
 // An in-memory Store for unit tests: same contract as RocksStore, no disk.
 #include <map>
+#include <mutex>
 
 #include "store/store.h"
 
@@ -9,6 +10,7 @@ namespace {
 class MemStore final : public Store {
  public:
   Status Write(const WriteBatch& batch, bool /*sync*/) override {
+    std::lock_guard lock(mu_);
     for (const auto& op : batch.ops()) {
       switch (op.kind) {
         case WriteBatch::Kind::kPut:
@@ -26,12 +28,14 @@ class MemStore final : public Store {
   }
 
   Result<std::optional<std::string>> Get(std::string_view key) const override {
+    std::lock_guard lock(mu_);
     auto it = data_.find(std::string(key));
     if (it == data_.end()) return std::optional<std::string>();
     return std::optional<std::string>(it->second);
   }
 
   Status Scan(std::string_view begin, std::string_view end, const ScanVisitor& visit) const override {
+    std::lock_guard lock(mu_);
     for (auto it = data_.lower_bound(std::string(begin)); it != data_.end() && it->first < end; ++it) {
       if (!visit(it->first, it->second)) break;
     }
@@ -39,6 +43,7 @@ class MemStore final : public Store {
   }
 
  private:
+  mutable std::mutex mu_;
   std::map<std::string, std::string> data_;
 };
 

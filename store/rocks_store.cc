@@ -8,6 +8,8 @@
 
 #include <cstdarg>
 #include <cstdio>
+#include <mutex>
+#include <shared_mutex>
 
 #include "store/store.h"
 
@@ -44,7 +46,8 @@ class SpdlogRocksLogger final : public rocksdb::Logger {
 // closes the database at the first failed write, serves reads from a read-only instance
 // meanwhile, and reopens the database for writing at the next write: opening replays
 // the WAL into a fresh writer, and fails, leaving the store read-only, while the disk
-// is still full.
+// is still full. RocksDB itself takes concurrent reads and a writer; `mu_` only guards
+// swapping the database handle (readers hold it shared, the swap exclusive).
 class RocksStore final : public Store {
  public:
   RocksStore(std::string dir, rocksdb::Options options, std::unique_ptr<rocksdb::DB> db)
@@ -53,6 +56,7 @@ class RocksStore final : public Store {
   Status Write(const WriteBatch& batch, bool sync) override {
     if (batch.empty()) return Status::Ok();
     if (!writable_) {
+      std::unique_lock lock(mu_);
       if (Status s = Reopen(); !s.ok()) return s;
     }
     rocksdb::WriteBatch rb;
@@ -73,12 +77,20 @@ class RocksStore final : public Store {
     }
     rocksdb::WriteOptions wo;
     wo.sync = sync;
-    Status s = FromRocks(db_->Write(wo, &rb), "writing to the store");
-    if (!s.ok()) FallBackToReadOnly();
+    Status s;
+    {
+      std::shared_lock lock(mu_);
+      s = FromRocks(db_->Write(wo, &rb), "writing to the store");
+    }
+    if (!s.ok()) {
+      std::unique_lock lock(mu_);
+      FallBackToReadOnly();
+    }
     return s;
   }
 
   Result<std::optional<std::string>> Get(std::string_view key) const override {
+    std::shared_lock lock(mu_);
     if (!db_) return Status::Io("the store is closed after a write error and could not be reopened");
     std::string value;
     rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), rocksdb::Slice(key.data(), key.size()), &value);
@@ -88,6 +100,7 @@ class RocksStore final : public Store {
   }
 
   Status Scan(std::string_view begin, std::string_view end, const ScanVisitor& visit) const override {
+    std::shared_lock lock(mu_);
     if (!db_) return Status::Io("the store is closed after a write error and could not be reopened");
     rocksdb::ReadOptions ro;
     rocksdb::Slice upper(end.data(), end.size());
@@ -125,8 +138,9 @@ class RocksStore final : public Store {
 
   std::string dir_;
   rocksdb::Options options_;
+  mutable std::shared_mutex mu_;
   std::unique_ptr<rocksdb::DB> db_;
-  bool writable_ = true;
+  bool writable_ = true;  // touched by the writing thread only
 };
 
 }  // namespace

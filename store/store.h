@@ -30,6 +30,16 @@ class WriteBatch {
   void DeleteRange(std::string begin, std::string end) {
     ops_.push_back({Kind::kDeleteRange, std::move(begin), std::move(end)});
   }
+  // Appends `other`'s ops after these, leaving `other` empty.
+  void Append(WriteBatch&& other) {
+    if (ops_.empty()) {
+      ops_.swap(other.ops_);
+    } else {
+      ops_.reserve(ops_.size() + other.ops_.size());
+      for (auto& op : other.ops_) ops_.push_back(std::move(op));
+    }
+    other.ops_.clear();
+  }
   bool empty() const { return ops_.empty(); }
   size_t size() const { return ops_.size(); }
   const std::vector<Op>& ops() const { return ops_; }
@@ -41,7 +51,8 @@ class WriteBatch {
 
 using ScanVisitor = std::function<bool(std::string_view key, std::string_view value)>;
 
-// Implementations are used from one thread at a time.
+// Threads: Write is called from one thread at a time, and may run while other threads
+// call Get and Scan (the scheduler commits on its own thread while its loop reads).
 class Store {
  public:
   virtual ~Store() = default;

@@ -12,10 +12,11 @@ using namespace fm::sched;
 
 namespace {
 
-std::string SubmitBytes(uint64_t correlation) {
+std::string SubmitBytes(uint64_t correlation, const std::string& key = "") {
   flatbuffers::FlatBufferBuilder fbb;
   TaskSpec spec;
   spec.command = {"true"};
+  spec.key = key;
   std::vector<flatbuffers::Offset<wire::TaskSpec>> specs{codec::ToWire(fbb, spec)};
   return codec::Seal(fbb, wire::CreateSubmitRequest(fbb, fbb.CreateVector(specs), false, correlation));
 }
@@ -26,6 +27,12 @@ std::string RegistrationBytes() {
   auto reg = wire::CreateWorkerRegistration(fbb, fbb.CreateString("w"), fbb.CreateString("w/w/1"),
                                             fbb.CreateString("n"), 1, fbb.CreateString("t"), 2, codec::ToWire(fbb, hw));
   return codec::Seal(fbb, reg);
+}
+
+std::string FinishedBytes(uint64_t task) {
+  flatbuffers::FlatBufferBuilder fbb;
+  auto ref = wire::CreateTaskRef(fbb, task, 1);
+  return codec::Seal(fbb, wire::CreateTaskFinished(fbb, ref, fbb.CreateString("w"), wire::Outcome::Succeeded, 0, 0));
 }
 
 std::string ControlBytes(wire::ControlOp op) {
@@ -119,4 +126,74 @@ TEST_CASE("a storage failure while a worker reports a result leaves the result u
   Outbox out = core.EndTurn(now);
   for (const auto& d : out.directed) CHECK(d.to != "w/w/1");
   CHECK(core.engine().active_count() == 1);
+}
+
+TEST_CASE(
+    "pipelined commits: a turn's messages wait for the commits before it, and a failed commit takes the turns "
+    "gathered after it along",
+    "[unit]") {
+  auto mem = store::NewMemStore();
+  store::FaultyStore store(mem.get());
+  uint64_t now = 1'000'000;
+  SchedulerCore core({}, &store, nullptr);
+  REQUIRE(core.Open(now).ok());
+  std::string reg = RegistrationBytes();
+  core.OnBus(reg.data(), reg.size(), now);
+  core.EndTurn(now);
+
+  std::string first = SubmitBytes(1), second = SubmitBytes(2);
+  core.OnDirected("a", first.data(), first.size(), now);
+  CHECK(core.CloseTurn(now).empty());
+  const store::WriteBatch& a_writes = core.StartCommit();
+  CHECK(core.commit_in_flight());
+  // The next turn runs while the first commit is being written, on top of its state.
+  core.OnDirected("b", second.data(), second.size(), now);
+  CHECK(core.CloseTurn(now).empty());
+  CHECK(core.engine().active_count() == 2);
+  CHECK(core.has_gathered());
+
+  REQUIRE(store.Write(a_writes, true).ok());
+  Outbox out = core.FinishCommit(Status::Ok(), now);
+  for (const auto& d : out.directed) CHECK(d.to != "b");  // b's reply waits for b's commit
+  CHECK(Only(out, "a")->body_type() == wire::Body::SubmitReply);
+
+  const store::WriteBatch& b_writes = core.StartCommit();
+  store.FailWrites("Input/output error");
+  out = core.FinishCommit(store.Write(b_writes, true), now);
+  const auto* refused = Only(out, "b");
+  REQUIRE(refused->body_type() == wire::Body::Error);
+  CHECK(refused->body_as_Error()->code()->str() == "storage");
+  CHECK(out.events.empty());
+  CHECK(core.degraded());
+  CHECK(core.engine().active_count() == 1);  // a's task, which was written; b's never happened
+}
+
+TEST_CASE("a task that ended in a commit still being written is found by its key as ended", "[unit]") {
+  auto mem = store::NewMemStore();
+  uint64_t now = 1'000'000;
+  EngineOptions options;
+  options.recent_ended = 0;  // no in-memory ring: the answer must come from the store's view
+  SchedulerCore core(options, mem.get(), nullptr);
+  REQUIRE(core.Open(now).ok());
+  std::string reg = RegistrationBytes();
+  core.OnBus(reg.data(), reg.size(), now);
+  core.EndTurn(now);
+  std::string keyed = SubmitBytes(1, "job-7");
+  core.OnDirected("a", keyed.data(), keyed.size(), now);
+  core.EndTurn(now);
+
+  std::string finished = FinishedBytes(1);
+  core.OnDirected("w/w/1", finished.data(), finished.size(), now);
+  core.CloseTurn(now);
+  const store::WriteBatch& ended = core.StartCommit();  // the t/ record is not in the store yet
+  core.OnDirected("a", keyed.data(), keyed.size(), now);
+  core.CloseTurn(now);
+  REQUIRE(mem->Write(ended, true).ok());
+  core.FinishCommit(Status::Ok(), now);
+  Outbox out = core.EndTurn(now);
+  const auto* reply = Only(out, "a");
+  REQUIRE(reply->body_type() == wire::Body::SubmitReply);
+  const auto* result = reply->body_as_SubmitReply()->results()->Get(0);
+  CHECK(result->task() == 1);
+  CHECK(result->status() == wire::SubmitStatus::Succeeded);
 }

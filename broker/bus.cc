@@ -105,7 +105,7 @@ void Client::Hello() {
   Send(kBrokerAddress, codec::Seal(fbb, wire::CreateBrokerHello(fbb)));
 }
 
-void Client::Publish(const std::string& topic, const std::string& payload) {
+void Client::Publish(std::string_view topic, std::string_view payload) {
   try {
     RetryEintr([&] { return pub_.send(zmq::buffer(topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait); });
     RetryEintr([&] { return pub_.send(zmq::buffer(payload), zmq::send_flags::dontwait); });

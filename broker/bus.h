@@ -8,6 +8,7 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
@@ -76,7 +77,7 @@ class Client {
   // its parent before the client sent anything else). Cheap; send it periodically.
   void Hello();
   // Publishes on the bus; dropped by ZeroMQ when no subscriber is connected.
-  void Publish(const std::string& topic, const std::string& payload);
+  void Publish(std::string_view topic, std::string_view payload);
   void Subscribe(const std::string& prefix);
   std::optional<Event> ReceiveEvent();
   uint64_t malformed() const { return malformed_; }

@@ -181,7 +181,7 @@ void SchedulerDaemon::SendOut(Outbox& out) {
       options_.logger->warn("could not queue a message to {} (high-water mark); it will be re-sent", d.to);
     }
   }
-  for (auto& e : out.events) client_->Publish(e.topic, e.payload);
+  for (auto& e : out.events) client_->Publish(e.topic, e.payload());
 }
 
 }  // namespace fm::sched

@@ -16,6 +16,30 @@ using codec::Str;
 namespace {
 
 constexpr const char* kNoEligible = "no_eligible_worker";
+// Events of a turn are stored as one e/ block, split at about this size so that a
+// block stays far under the decoder's limit.
+constexpr size_t kEventBlockBytes = 1 << 20;
+
+// Calls `visit(event)` for each event stored in an e/ value (an EventBlock, or one Event
+// as stores written before blocks hold), in seq order, until it returns false. Returns
+// false when the value is not a well-formed event record (or `visit` stopped).
+template <typename Visit>
+bool ForEachStoredEvent(std::string_view value, Visit visit) {
+  auto env = codec::Decode(value.data(), value.size());
+  if (!env.ok()) return false;
+  if ((*env)->body_type() == wire::Body::Event) return visit(*(*env)->body_as_Event());
+  const auto* block = (*env)->body_as_EventBlock();
+  if (!block || !block->events()) return false;
+  std::string aligned;  // a nested buffer is copied out so that its fields are aligned
+  for (const auto* bytes : *block->events()) {
+    if (!bytes->envelope()) return false;
+    aligned.assign(reinterpret_cast<const char*>(bytes->envelope()->data()), bytes->envelope()->size());
+    auto inner = codec::Decode(aligned.data(), aligned.size());
+    if (!inner.ok() || (*inner)->body_type() != wire::Body::Event) return false;
+    if (!visit(*(*inner)->body_as_Event())) return false;
+  }
+  return true;
+}
 
 const char* StateName(wire::TaskState s) {
   switch (s) {
@@ -102,11 +126,16 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
   persisted_task_id_ = next_task_id_;
   persisted_seq_ = next_seq_;
   oldest_seq_ = next_seq_;
-  Status s =
-      store->Scan(keys::kEventPrefix, keys::PrefixEnd(keys::kEventPrefix), [&](std::string_view key, std::string_view) {
-        oldest_seq_ = keys::DecodeU64(key.substr(2));
-        return false;
-      });
+  // The first stored record's first event (a block is keyed by its last one).
+  Status s = store->Scan(keys::kEventPrefix, keys::PrefixEnd(keys::kEventPrefix),
+                         [&](std::string_view key, std::string_view value) {
+                           oldest_seq_ = keys::DecodeU64(key.substr(2));
+                           ForEachStoredEvent(value, [&](const wire::Event& e) {
+                             oldest_seq_ = e.seq();
+                             return false;
+                           });
+                           return false;
+                         });
   if (!s.ok()) return s;
 
   Status bad = Status::Ok();
@@ -763,43 +792,48 @@ void Engine::OnReplay(const std::string& from, const wire::ReplayRequest& req) {
                                                               error.c_str())));
     return;
   }
-  // Each stored value is an Envelope(Event); copy the events into one batch.
-  std::vector<std::string> raw;
-  Status s = store_ ? store_->Scan(keys::Event(since), keys::PrefixEnd(keys::kEventPrefix),
-                                   [&](std::string_view, std::string_view value) {
-                                     raw.emplace_back(value);
-                                     return raw.size() < options_.replay_batch;
-                                   })
-                    : Status::Ok();
-  if (!s.ok()) {
-    Send(from, codec::Seal(fbb, wire::CreateReplayBatchDirect(fbb, req.correlation(), nullptr, true, oldest_seq_,
-                                                              s.message().c_str())));
-    return;
-  }
+  // Blocks are keyed by their last seq: the first one at or after `since` holds it.
+  // Events are re-encoded field by field (FlatBuffers has no deep copy for tables).
   std::vector<flatbuffers::Offset<wire::Event>> events;
-  for (const std::string& bytes : raw) {
-    auto env = codec::Decode(bytes.data(), bytes.size());
-    if (!env.ok() || (*env)->body_type() != wire::Body::Event) continue;
-    const wire::Event* e = (*env)->body_as_Event();
-    // Re-encode field by field: FlatBuffers has no deep copy for generated tables.
+  bool full = false;
+  auto copy = [&](const wire::Event& e) {
+    if (e.seq() < since) return true;
+    if (events.size() >= options_.replay_batch) {
+      full = true;
+      return false;
+    }
     std::vector<flatbuffers::Offset<wire::PredicateCount>> breakdown;
-    if (e->breakdown()) {
-      for (const auto* pc : *e->breakdown()) {
+    if (e.breakdown()) {
+      for (const auto* pc : *e.breakdown()) {
         breakdown.push_back(wire::CreatePredicateCountDirect(fbb, Str(pc->predicate()).c_str(), pc->workers(),
                                                              Str(pc->detail()).c_str()));
       }
     }
     auto opt = [&](const flatbuffers::String* s) { return s ? fbb.CreateString(s) : 0; };
-    auto caps = e->capabilities() ? codec::ToWire(fbb, codec::Strings(e->capabilities())) : 0;
-    auto hw = e->hardware() ? codec::ToWire(fbb, codec::FromWire(e->hardware())) : 0;
-    auto labels = e->labels() ? codec::ToWire(fbb, codec::FromWire(e->labels())) : 0;
-    auto type = opt(e->type()), time = opt(e->time()), task = opt(e->task()), worker = opt(e->worker()),
-         reason = opt(e->reason()), message = opt(e->message()), stream = opt(e->stream()), data = opt(e->data());
+    auto caps = e.capabilities() ? codec::ToWire(fbb, codec::Strings(e.capabilities())) : 0;
+    auto hw = e.hardware() ? codec::ToWire(fbb, codec::FromWire(e.hardware())) : 0;
+    auto labels = e.labels() ? codec::ToWire(fbb, codec::FromWire(e.labels())) : 0;
+    auto type = opt(e.type()), time = opt(e.time()), task = opt(e.task()), worker = opt(e.worker()),
+         reason = opt(e.reason()), message = opt(e.message()), stream = opt(e.stream()), data = opt(e.data());
     auto bd = breakdown.empty() ? 0 : fbb.CreateVector(breakdown);
-    events.push_back(wire::CreateEvent(fbb, e->seq(), type, time, task, worker, reason, message, e->attempt(),
-                                       e->exit_code(), stream, data, e->eligible(), e->fleet(), bd, caps, hw, labels));
+    events.push_back(wire::CreateEvent(fbb, e.seq(), type, time, task, worker, reason, message, e.attempt(),
+                                       e.exit_code(), stream, data, e.eligible(), e.fleet(), bd, caps, hw, labels,
+                                       e.time_ms()));
+    return true;
+  };
+  Status s = store_ ? store_->Scan(keys::Event(since), keys::PrefixEnd(keys::kEventPrefix),
+                                   [&](std::string_view, std::string_view value) {
+                                     ForEachStoredEvent(value, copy);
+                                     return !full;
+                                   })
+                    : Status::Ok();
+  if (!s.ok()) {
+    fbb.Clear();
+    Send(from, codec::Seal(fbb, wire::CreateReplayBatchDirect(fbb, req.correlation(), nullptr, true, oldest_seq_,
+                                                              s.message().c_str())));
+    return;
   }
-  bool done = raw.size() < options_.replay_batch;
+  bool done = !full;
   auto batch = wire::CreateReplayBatch(fbb, req.correlation(), fbb.CreateVector(events), done, oldest_seq_);
   Send(from, codec::Seal(fbb, batch));
 }
@@ -842,11 +876,17 @@ void Engine::ApplyRetention(uint64_t now_ms) {
     next_age_check_ms_ = now_ms + 1000;
     uint64_t cutoff = now_ms - options_.event_retention_age_ms;
     size_t looked = 0;
+    // A record goes when its newest (last) event is older than the cutoff.
     Status s = store_->Scan(keys::Event(new_oldest), keys::Event(persisted_seq_),
                             [&](std::string_view key, std::string_view value) {
-                              auto env = codec::Decode(value.data(), value.size());
-                              if (!env.ok() || (*env)->body_type() != wire::Body::Event) return false;
-                              if ((*env)->body_as_Event()->time_ms() >= cutoff) return false;
+                              uint64_t newest_ms = UINT64_MAX;
+                              if (!ForEachStoredEvent(value, [&](const wire::Event& e) {
+                                    newest_ms = e.time_ms();
+                                    return true;
+                                  })) {
+                                return false;
+                              }
+                              if (newest_ms >= cutoff) return false;
                               new_oldest = keys::DecodeU64(key.substr(2)) + 1;
                               return ++looked < 10000;
                             });
@@ -936,6 +976,7 @@ void Engine::FinishTurn(uint64_t now_ms) {
   }
   FlushDispatches();
   FlushBatched();
+  StoreEventBlock();
   // Ended tasks are no longer active: their record moved to t/ when they ended.
   std::sort(dirty_tasks_.begin(), dirty_tasks_.end());
   dirty_tasks_.erase(std::unique(dirty_tasks_.begin(), dirty_tasks_.end()), dirty_tasks_.end());
@@ -1009,9 +1050,37 @@ void Engine::Emit(const EventFields& f, uint64_t now_ms) {
        data = opt(f.data);
   auto event = wire::CreateEvent(fbb, seq, type, time, task, worker, reason, message, f.attempt, f.exit_code, stream,
                                  data, eligible, fleet, breakdown, caps, hw, labels, now_ms);
-  std::string bytes = codec::Seal(fbb, event);
-  effects_.writes.Put(keys::Event(seq), bytes);
-  effects_.events.push_back({f.type, std::move(bytes)});
+  fbb.Finish(wire::CreateEnvelope(fbb, wire::Body::Event, event.Union()));
+  if (!effects_.event_bytes) {
+    effects_.event_bytes = std::make_shared<std::string>();
+    effects_.event_bytes->reserve(64 << 10);
+  }
+  std::string& bytes = *effects_.event_bytes;
+  auto offset = static_cast<uint32_t>(bytes.size());
+  auto size = static_cast<uint32_t>(fbb.GetSize());
+  bytes.append(reinterpret_cast<const char*>(fbb.GetBufferPointer()), size);
+  effects_.events.push_back({f.type, effects_.event_bytes, offset, size});
+  effects_.unstored.push_back({offset, size});
+  effects_.unstored_last_seq = seq;
+  effects_.unstored_size += size;
+  if (effects_.unstored_size >= kEventBlockBytes) StoreEventBlock();
+}
+
+void Engine::StoreEventBlock() {
+  if (effects_.unstored.empty()) return;
+  flatbuffers::FlatBufferBuilder& fbb = scratch_;
+  fbb.Clear();
+  const std::string& bytes = *effects_.event_bytes;
+  std::vector<flatbuffers::Offset<wire::EventBytes>> events;
+  events.reserve(effects_.unstored.size());
+  for (auto [offset, size] : effects_.unstored) {
+    auto envelope = fbb.CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()) + offset, size);
+    events.push_back(wire::CreateEventBytes(fbb, envelope));
+  }
+  effects_.writes.Put(keys::Event(effects_.unstored_last_seq),
+                      codec::Seal(fbb, wire::CreateEventBlock(fbb, fbb.CreateVector(events))));
+  effects_.unstored.clear();
+  effects_.unstored_size = 0;
 }
 
 }  // namespace fm::sched

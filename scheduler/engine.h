@@ -14,9 +14,11 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
@@ -49,9 +51,13 @@ struct Directed {
   std::string payload;
 };
 
+// An event to publish. Its bytes (an Envelope(Event)) live in one buffer shared by the
+// events of a turn: no allocation per event.
 struct Publication {
   std::string topic;
-  std::string payload;
+  std::shared_ptr<const std::string> buffer;
+  uint32_t offset = 0, size = 0;
+  std::string_view payload() const { return std::string_view(*buffer).substr(offset, size); }
 };
 
 // What one turn produced. Writes must be durable before directed/events leave.
@@ -59,11 +65,19 @@ struct Effects {
   store::WriteBatch writes;
   std::vector<Directed> directed;
   std::vector<Publication> events;
+  // The bytes of this turn's events, and those not yet put in a stored block (e/).
+  std::shared_ptr<std::string> event_bytes;
+  std::vector<std::pair<uint32_t, uint32_t>> unstored;  // offset, size in event_bytes
+  uint64_t unstored_last_seq = 0;
+  size_t unstored_size = 0;
   bool empty() const { return writes.empty() && directed.empty() && events.empty(); }
   void Clear() {
     writes.Clear();
     directed.clear();
     events.clear();
+    event_bytes.reset();
+    unstored.clear();
+    unstored_size = 0;
   }
 };
 
@@ -155,6 +169,8 @@ class Engine {
   void PlacePending(uint64_t now_ms);
   void FlushDispatches();
   void Emit(const EventFields& fields, uint64_t now_ms);
+  // Puts the events not yet stored into one e/ block (keyed by the last one's seq).
+  void StoreEventBlock();
   void PersistWorker(const WorkerState& w);
   void Send(const std::string& to, std::string payload);
   std::optional<wire::SubmitStatus> LookupKey(const std::string& key, uint64_t* id, std::string* reason,

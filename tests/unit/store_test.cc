@@ -1,7 +1,7 @@
 // The pending view: reads of a store as it will be once batches not yet written are.
-#include "store/pending_view.h"
-
 #include <catch2/catch.hpp>
+
+#include "store/pending_view.h"
 
 using namespace fm;
 using namespace fm::store;

@@ -180,7 +180,7 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
         next_task_id_ = std::max(next_task_id_, t.id + 1);
         if (!t.spec.key.empty()) client_keys_[t.spec.key] = t.id;
         if ((t.state == wire::TaskState::Queued || t.state == wire::TaskState::Running) && fleet_.Find(t.worker)) {
-          fleet_.Modify(t.worker, [&](WorkerState& w) {
+          fleet_.ModifyLoad(t.worker, [&](WorkerState& w) {
             Reserve(t.spec, &w);
             w.tasks.insert(t.id);
           });
@@ -539,7 +539,7 @@ void Engine::LoseWorker(const std::string& id, const std::string& why, uint64_t 
 // Task transitions.
 
 void Engine::Queue(Task* t, const std::string& worker_id, uint64_t now_ms) {
-  fleet_.Modify(worker_id, [&](WorkerState& w) {
+  fleet_.ModifyLoad(worker_id, [&](WorkerState& w) {
     Reserve(t->spec, &w);
     w.tasks.insert(t->id);
   });
@@ -560,7 +560,7 @@ void Engine::Unassign(Task* t) {
   if (t->worker.empty()) return;
   const WorkerState* w = fleet_.Find(t->worker);
   if (w && w->tasks.count(t->id)) {
-    fleet_.Modify(t->worker, [&](WorkerState& x) {
+    fleet_.ModifyLoad(t->worker, [&](WorkerState& x) {
       x.tasks.erase(t->id);
       Release(t->spec, &x);
     });
@@ -1041,8 +1041,16 @@ void Engine::Emit(const EventFields& f, uint64_t now_ms) {
   uint64_t seq = next_seq_++;
   auto type = fbb.CreateString(f.type);
   if (now_ms != formatted_ms_) {
+    // "YYYY-MM-DDTHH:MM:SS.mmmZ": the calendar part changes once a second.
+    if (formatted_time_.size() != 24 || now_ms / 1000 != formatted_ms_ / 1000) {
+      formatted_time_ = FormatTimeMs(now_ms);
+    } else {
+      unsigned ms = now_ms % 1000;
+      formatted_time_[20] = static_cast<char>('0' + ms / 100);
+      formatted_time_[21] = static_cast<char>('0' + ms / 10 % 10);
+      formatted_time_[22] = static_cast<char>('0' + ms % 10);
+    }
     formatted_ms_ = now_ms;
-    formatted_time_ = FormatTimeMs(now_ms);
   }
   auto time = fbb.CreateString(formatted_time_);
   auto task = f.task ? fbb.CreateString(TaskName(f.task)) : 0;

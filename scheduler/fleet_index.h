@@ -37,6 +37,25 @@ class Fleet {
     change(w);
     Index(w);
   }
+  // Runs `change`, which may alter only the worker's load (reservations, slots and tasks
+  // in use), and re-orders the worker within its class: no class lookup by shape.
+  // REQUIRES: the worker exists.
+  template <typename F>
+  void ModifyLoad(const std::string& id, F&& change) {
+    WorkerState& w = workers_.at(id);
+    auto load = indexed_load_.find(id);
+    if (load == indexed_load_.end()) {  // not taking work: in no order
+      change(w);
+      return;
+    }
+    Class& c = classes_.at(class_of_.at(id));
+    c.open.erase(load->second);
+    if (w.slots_used < w.slots) open_slots_ -= w.slots - w.slots_used;
+    change(w);
+    load->second = Load(w);
+    c.open.insert(load->second);
+    if (w.slots_used < w.slots) open_slots_ += w.slots - w.slots_used;
+  }
   // Liveness only: no index depends on it.
   void Touch(const std::string& id, uint64_t now_ms);
 

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include "schemas/codec.h"
+#include "schemas/units.h"
 #include "store/keys.h"
 #include "store/store.h"
 
@@ -524,4 +525,17 @@ TEST_CASE(
   REQUIRE(tail->events()->size() == 1);
   CHECK(tail->events()->Get(0)->seq() == last);
   CHECK(tail->done());
+}
+
+TEST_CASE("every event's time names the same instant as its time_ms, within a second and across seconds", "[unit]") {
+  Harness h;
+  h.Register({"w", {}});
+  std::vector<std::pair<std::string, uint64_t>> seen;
+  for (uint64_t step : {0, 7, 993, 1, 1000, 59'999}) {
+    h.now += step;
+    Turn t = h.Submit({NewTask()});
+    for (const auto* e : t.Events("task.submitted")) seen.push_back({e->time()->str(), e->time_ms()});
+  }
+  REQUIRE(seen.size() == 6);
+  for (const auto& [time, ms] : seen) CHECK(time == FormatTimeMs(ms));
 }

@@ -1,23 +1,37 @@
 #!/usr/bin/env bash
 # Builds fm in Release, runs every benchmark in bench/ REPEATS times (default 3), and
 # writes bench/RESULTS.md (machine, date, commit, median with min-max per figure, ratios
-# to the ceilings measured in the same run) and PNG plots of the scaling curves.
+# to the ceilings measured in the same run) and PNG plots of the scaling curves. The raw
+# figures are kept in build-release/bench.raw; --report rewrites RESULTS.md from them
+# (after editing bench/ANALYSIS.md) without running anything again.
 #   scripts/bench.sh [REPEATS]
+#   scripts/bench.sh --report
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repeats=${1:-3}
-scripts/install-deps.sh
-command -v gnuplot >/dev/null || { apt-get install -y -qq gnuplot-nox >/dev/null; }
-cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DFM_BUILD_TESTS=OFF >/dev/null
-cmake --build build-release -j"$(nproc)"
-bin=build-release/bin
-raw=$(mktemp)
-for r in $(seq 1 "$repeats"); do
-  for program in fm-bench-ceilings fm-bench-placement fm-bench-cluster fm-bench-fanin; do
-    echo "== run $r/$repeats: $program" >&2
-    "$bin/$program" | grep '^RESULT ' >>"$raw"
+raw=build-release/bench.raw
+if [ "${1:-}" = "--report" ]; then
+  [ -s "$raw" ] || { echo "no $raw: run scripts/bench.sh first" >&2; exit 2; }
+  repeats=$(cat "$raw.repeats")
+  command -v gnuplot >/dev/null || { apt-get install -y -qq gnuplot-nox >/dev/null; }
+else
+  repeats=${1:-3}
+  scripts/install-deps.sh
+  command -v gnuplot >/dev/null || { apt-get install -y -qq gnuplot-nox >/dev/null; }
+  cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DFM_BUILD_TESTS=OFF >/dev/null
+  cmake --build build-release -j"$(nproc)"
+  bin=build-release/bin
+  : >"$raw"
+  echo "$repeats" >"$raw.repeats"
+  git rev-parse --short HEAD >"$raw.commit"
+  git diff --quiet || echo "$(cat "$raw.commit") (with uncommitted changes)" >"$raw.commit"
+  date -u +%Y-%m-%dT%H:%M:%SZ >"$raw.date"
+  for r in $(seq 1 "$repeats"); do
+    for program in fm-bench-ceilings fm-bench-placement fm-bench-cluster fm-bench-fanin; do
+      echo "== run $r/$repeats: $program" >&2
+      "$bin/$program" | grep '^RESULT ' >>"$raw"
+    done
   done
-done
+fi
 
 # name -> sorted values; median, min, max.
 summary=$(mktemp)
@@ -30,13 +44,13 @@ get() { awk -v k="$1" '$1==k {print $2}' "$summary"; }
 ratio() { awk -v a="$(get "$1")" -v b="$(get "$2")" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.3g", a / b }'; }
 
 out=bench/RESULTS.md
-commit="$(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
+commit="$(cat "$raw.commit")"
 {
   echo "# fm benchmark results"
   echo
   echo "Written by \`scripts/bench.sh $repeats\` — do not edit by hand."
   echo
-  echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "- date: $(cat "$raw.date")"
   echo "- commit: $commit"
   echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB memory, $(uname -sr)"
   echo "- each figure: median of $repeats runs, with min–max; the machine is shared and noisy"
@@ -80,5 +94,5 @@ plot "$data/placement.dat" using 1:2 with linespoints title "admission (eligibil
      "$data/placement.dat" using 1:3 with linespoints title "placement turn (choose, queue, dispatch, events)", \
      "$data/placement.dat" using 1:4 with linespoints title "choice alone (Fleet::Place)"
 GP
-rm -rf "$raw" "$summary" "$data"
+rm -rf "$summary" "$data"
 echo "wrote $out, bench/dispatch.png, bench/placement.png" >&2

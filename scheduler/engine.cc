@@ -618,7 +618,7 @@ void Engine::End(Task* t, wire::TaskState state, const std::string& reason, cons
     ended_for_watchers_[t->watcher].push_back({t->id, StatusOf(state), reason, message, t->worker});
   }
   effects_.writes.Delete(keys::ActiveTask(t->id));
-  effects_.writes.Put(keys::Task(t->id), EncodeTaskRecord(*t));
+  PutTaskRecord(keys::Task(t->id), *t);
   if (options_.recent_ended > 0) {
     if (recent_ended_.size() < options_.recent_ended) {
       recent_ended_.push_back(*t);
@@ -981,7 +981,7 @@ void Engine::FinishTurn(uint64_t now_ms) {
   std::sort(dirty_tasks_.begin(), dirty_tasks_.end());
   dirty_tasks_.erase(std::unique(dirty_tasks_.begin(), dirty_tasks_.end()), dirty_tasks_.end());
   for (uint64_t id : dirty_tasks_) {
-    if (const Task* t = active_task(id)) effects_.writes.Put(keys::ActiveTask(id), EncodeTaskRecord(*t));
+    if (const Task* t = active_task(id)) PutTaskRecord(keys::ActiveTask(id), *t);
   }
   dirty_tasks_.clear();
   if (next_task_id_ != persisted_task_id_) {
@@ -1002,7 +1002,7 @@ void Engine::Send(const std::string& to, std::string payload) {
   effects_.directed.push_back({to, std::move(payload)});
 }
 
-std::string Engine::EncodeTaskRecord(const Task& t) {
+void Engine::PutTaskRecord(const std::string& key, const Task& t) {
   flatbuffers::FlatBufferBuilder& fbb = scratch_;
   fbb.Clear();
   auto spec = codec::ToWire(fbb, t.spec);
@@ -1012,7 +1012,7 @@ std::string Engine::EncodeTaskRecord(const Task& t) {
   auto watcher = t.watcher.empty() ? 0 : fbb.CreateString(t.watcher);
   fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
                                     t.exit_code, watcher, t.order));
-  return std::string(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize());
+  effects_.writes.Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 
 void Engine::Emit(const EventFields& f, uint64_t now_ms) {

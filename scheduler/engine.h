@@ -175,8 +175,8 @@ class Engine {
   void Send(const std::string& to, std::string payload);
   std::optional<wire::SubmitStatus> LookupKey(const std::string& key, uint64_t* id, std::string* reason,
                                               std::string* message, std::string* worker);
-  void PersistTask(const Task& t);
-  std::string EncodeTaskRecord(const Task& t);
+  // Encodes the task's record and puts it at `key` in this turn's writes.
+  void PutTaskRecord(const std::string& key, const Task& t);
 
   EngineOptions options_;
   const store::Store* store_ = nullptr;

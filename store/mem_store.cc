@@ -14,13 +14,13 @@ class MemStore final : public Store {
     for (const auto& op : batch.ops()) {
       switch (op.kind) {
         case WriteBatch::Kind::kPut:
-          data_[op.key] = op.value;
+          data_[std::string(op.key)] = std::string(op.value);
           break;
         case WriteBatch::Kind::kDelete:
-          data_.erase(op.key);
+          data_.erase(std::string(op.key));
           break;
         case WriteBatch::Kind::kDeleteRange:
-          data_.erase(data_.lower_bound(op.key), data_.lower_bound(op.value));
+          data_.erase(data_.lower_bound(std::string(op.key)), data_.lower_bound(std::string(op.value)));
           break;
       }
     }

@@ -12,12 +12,12 @@ Status PendingView::Write(const WriteBatch&, bool) {
 }
 
 void PendingView::Extend(Index* index) {
-  const auto& ops = index->batch->ops();
+  const auto ops = index->batch->ops();
   for (size_t i = index->indexed; i < ops.size(); ++i) {
     if (ops[i].kind == WriteBatch::Kind::kDeleteRange) {
       index->ranges.push_back(i);
     } else {
-      index->last[ops[i].key] = i;
+      index->last[std::string(ops[i].key)] = i;
     }
   }
   index->indexed = ops.size();
@@ -27,21 +27,21 @@ Result<std::optional<std::string>> PendingView::Get(std::string_view key) const 
   for (auto it = pending_.rbegin(); it != pending_.rend(); ++it) {
     Index& index = *it;
     if (index.indexed < index.batch->size()) Extend(&index);
-    const auto& ops = index.batch->ops();
+    const auto ops = index.batch->ops();
     // The latest op in this batch that touches the key decides.
     std::optional<size_t> decided;
     if (auto found = index.last.find(std::string(key)); found != index.last.end()) decided = found->second;
     for (auto r = index.ranges.rbegin(); r != index.ranges.rend(); ++r) {
       if (decided && *r < *decided) break;
-      const auto& op = ops[*r];
+      const auto op = ops[*r];
       if (op.key <= key && key < op.value) {
         decided = *r;
         break;
       }
     }
     if (!decided) continue;
-    const auto& op = ops[*decided];
-    if (op.kind == WriteBatch::Kind::kPut) return std::optional<std::string>(op.value);
+    const auto op = ops[*decided];
+    if (op.kind == WriteBatch::Kind::kPut) return std::optional<std::string>(std::string(op.value));
     return std::optional<std::string>();
   }
   return base_->Get(key);

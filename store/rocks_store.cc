@@ -59,7 +59,7 @@ class RocksStore final : public Store {
       std::unique_lock lock(mu_);
       if (Status s = Reopen(); !s.ok()) return s;
     }
-    rocksdb::WriteBatch rb;
+    rocksdb::WriteBatch rb(batch.bytes() + 24 * batch.size() + 64);  // reserved: no regrowth
     for (const auto& op : batch.ops()) {
       rocksdb::Status s;
       switch (op.kind) {

@@ -15,38 +15,94 @@
 
 namespace fm::store {
 
-// An ordered list of mutations applied all-or-nothing by Store::Write.
+// An ordered list of mutations applied all-or-nothing by Store::Write. Keys and values
+// are copied into one buffer (like RocksDB's own WriteBatch): no allocation per op.
 class WriteBatch {
  public:
-  enum class Kind { kPut, kDelete, kDeleteRange };
+  enum class Kind : uint8_t { kPut, kDelete, kDeleteRange };
+  // A view into the batch: valid until the batch changes.
   struct Op {
     Kind kind;
-    std::string key;    // begin for kDeleteRange
-    std::string value;  // end (exclusive) for kDeleteRange
+    std::string_view key;    // begin for kDeleteRange
+    std::string_view value;  // end (exclusive) for kDeleteRange
+  };
+  class Ops {
+   public:
+    class Iterator {
+     public:
+      Iterator(const WriteBatch* batch, size_t i) : batch_(batch), i_(i) {}
+      Op operator*() const { return batch_->op(i_); }
+      Iterator& operator++() {
+        ++i_;
+        return *this;
+      }
+      bool operator!=(const Iterator& other) const { return i_ != other.i_; }
+
+     private:
+      const WriteBatch* batch_;
+      size_t i_;
+    };
+    explicit Ops(const WriteBatch* batch) : batch_(batch) {}
+    Op operator[](size_t i) const { return batch_->op(i); }
+    size_t size() const { return batch_->size(); }
+    Iterator begin() const { return {batch_, 0}; }
+    Iterator end() const { return {batch_, batch_->size()}; }
+
+   private:
+    const WriteBatch* batch_;
   };
 
-  void Put(std::string key, std::string value) { ops_.push_back({Kind::kPut, std::move(key), std::move(value)}); }
-  void Delete(std::string key) { ops_.push_back({Kind::kDelete, std::move(key), {}}); }
-  void DeleteRange(std::string begin, std::string end) {
-    ops_.push_back({Kind::kDeleteRange, std::move(begin), std::move(end)});
-  }
+  void Put(std::string_view key, std::string_view value) { Add(Kind::kPut, key, value); }
+  void Delete(std::string_view key) { Add(Kind::kDelete, key, {}); }
+  void DeleteRange(std::string_view begin, std::string_view end) { Add(Kind::kDeleteRange, begin, end); }
   // Appends `other`'s ops after these, leaving `other` empty.
   void Append(WriteBatch&& other) {
-    if (ops_.empty()) {
-      ops_.swap(other.ops_);
+    if (entries_.empty()) {
+      data_.swap(other.data_);
+      entries_.swap(other.entries_);
     } else {
-      ops_.reserve(ops_.size() + other.ops_.size());
-      for (auto& op : other.ops_) ops_.push_back(std::move(op));
+      auto shift = static_cast<uint32_t>(data_.size());
+      data_.append(other.data_);
+      entries_.reserve(entries_.size() + other.entries_.size());
+      for (Entry e : other.entries_) {
+        e.key += shift;
+        e.value += shift;
+        entries_.push_back(e);
+      }
     }
-    other.ops_.clear();
+    other.Clear();
   }
-  bool empty() const { return ops_.empty(); }
-  size_t size() const { return ops_.size(); }
-  const std::vector<Op>& ops() const { return ops_; }
-  void Clear() { ops_.clear(); }
+  bool empty() const { return entries_.empty(); }
+  size_t size() const { return entries_.size(); }
+  // Bytes of keys and values.
+  size_t bytes() const { return data_.size(); }
+  Op op(size_t i) const {
+    const Entry& e = entries_[i];
+    return {e.kind, std::string_view(data_).substr(e.key, e.key_size),
+            std::string_view(data_).substr(e.value, e.value_size)};
+  }
+  Ops ops() const { return Ops(this); }
+  void Clear() {
+    data_.clear();
+    entries_.clear();
+  }
 
  private:
-  std::vector<Op> ops_;
+  struct Entry {
+    Kind kind;
+    uint32_t key, key_size, value, value_size;  // offsets and sizes in data_
+  };
+  void Add(Kind kind, std::string_view key, std::string_view value) {
+    Entry e{kind, static_cast<uint32_t>(data_.size()), static_cast<uint32_t>(key.size()), 0,
+            static_cast<uint32_t>(value.size())};
+    data_.append(key);
+    e.value = static_cast<uint32_t>(data_.size());
+    data_.append(value);
+    entries_.push_back(e);
+  }
+
+  std::string data_;
+  std::vector<Entry> entries_;
 };
 
 using ScanVisitor = std::function<bool(std::string_view key, std::string_view value)>;

@@ -619,15 +619,16 @@ void Engine::End(Task* t, wire::TaskState state, const std::string& reason, cons
   }
   effects_.writes.Delete(keys::ActiveTask(t->id));
   PutTaskRecord(keys::Task(t->id), *t);
-  if (options_.recent_ended > 0) {
+  uint64_t id = t->id;
+  if (options_.recent_ended > 0) {  // the task leaves the active set: move, not copy
     if (recent_ended_.size() < options_.recent_ended) {
-      recent_ended_.push_back(*t);
+      recent_ended_.push_back(std::move(*t));
     } else {
-      recent_ended_[recent_next_] = *t;
+      recent_ended_[recent_next_] = std::move(*t);
       recent_next_ = (recent_next_ + 1) % options_.recent_ended;
     }
   }
-  active_.erase(t->id);
+  active_.erase(id);
 }
 
 void Engine::OnWorkerReport(const std::string& from, const wire::WorkerReport& report, uint64_t now_ms) {
@@ -977,6 +978,10 @@ void Engine::FinishTurn(uint64_t now_ms) {
   FlushDispatches();
   FlushBatched();
   StoreEventBlock();
+  if (effects_.event_bytes) {
+    last_event_bytes_ = effects_.event_bytes->size();
+    last_event_count_ = effects_.events.size();
+  }
   // Ended tasks are no longer active: their record moved to t/ when they ended.
   std::sort(dirty_tasks_.begin(), dirty_tasks_.end());
   dirty_tasks_.erase(std::unique(dirty_tasks_.begin(), dirty_tasks_.end()), dirty_tasks_.end());
@@ -1060,8 +1065,10 @@ void Engine::Emit(const EventFields& f, uint64_t now_ms) {
                                  data, eligible, fleet, breakdown, caps, hw, labels, now_ms);
   fbb.Finish(wire::CreateEnvelope(fbb, wire::Body::Event, event.Union()));
   if (!effects_.event_bytes) {
+    // Sized like the last turn's, so that a busy turn does not grow it step by step.
     effects_.event_bytes = std::make_shared<std::string>();
-    effects_.event_bytes->reserve(64 << 10);
+    effects_.event_bytes->reserve(std::max<size_t>(64 << 10, last_event_bytes_));
+    effects_.events.reserve(last_event_count_);
   }
   std::string& bytes = *effects_.event_bytes;
   auto offset = static_cast<uint32_t>(bytes.size());

@@ -211,7 +211,8 @@ class Engine {
   // Reused for the records and events built one after another in a turn: no builder
   // allocation per event.
   flatbuffers::FlatBufferBuilder scratch_{1024};
-  uint64_t formatted_ms_ = 0;  // events of one turn share their time
+  size_t last_event_bytes_ = 0, last_event_count_ = 0;  // the last turn's, to size the next
+  uint64_t formatted_ms_ = 0;                           // events of one turn share their time
   std::string formatted_time_;
 };
 

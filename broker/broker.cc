@@ -6,7 +6,7 @@
 
 namespace fm::bus {
 namespace {
-constexpr size_t kBudget = 4096;  // messages per drain call, so one socket cannot starve the others
+constexpr size_t kBudget = 256;  // messages per drain call, so one socket cannot starve the others
 constexpr const char* kBrokerPrefix = "broker/";
 
 bool IsBroker(const std::string& identity) { return identity.rfind(kBrokerPrefix, 0) == 0; }

@@ -94,11 +94,12 @@ void Loop::Settle() {
   settling_ = true;
   for (;;) {
     bool any = false;
+    // One drain call (up to the component's budget) per socket per round, so that a
+    // busy socket does not hold up the others (the broker's events vs. its directed
+    // traffic); rounds go on until no socket is readable.
     for (auto& w : watched_) {
-      while (RetryEintr([&] { return w->socket->get(zmq::sockopt::events); }) & ZMQ_POLLIN) {
-        size_t n = w->drain();
-        if (n == 0) break;
-        any = true;
+      if (RetryEintr([&] { return w->socket->get(zmq::sockopt::events); }) & ZMQ_POLLIN) {
+        if (w->drain() > 0) any = true;
       }
     }
     if (any) work_ = true;

@@ -6,8 +6,10 @@
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdarg>
 #include <cstdio>
+#include <filesystem>
 #include <mutex>
 #include <shared_mutex>
 
@@ -31,7 +33,8 @@ class SpdlogRocksLogger final : public rocksdb::Logger {
   void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
     if (level < GetInfoLogLevel()) return;
     char buf[1024];
-    vsnprintf(buf, sizeof buf, format, ap);
+    int n = vsnprintf(buf, sizeof buf, format, ap);
+    for (int end = std::min<int>(n, sizeof buf - 1); end > 0 && buf[end - 1] == '\n'; --end) buf[end - 1] = '\0';
     if (level >= rocksdb::InfoLogLevel::ERROR_LEVEL) {
       spdlog::error("rocksdb: {}", buf);
     } else {
@@ -157,7 +160,16 @@ Result<std::unique_ptr<Store>> OpenRocksStore(const std::string& dir, const Rock
   // id, and one turn's batch interleaves them. A hint per prefix lets the memtable
   // insert next to the previous key of the same prefix instead of searching its skip
   // list from the top (that search was a quarter of the scheduler's CPU per task).
+  // Opening replays the WAL into the memtable; keep it there rather than writing it out as
+  // an L0 file before the scheduler may start (it is flushed in the background later).
+  ro.avoid_flush_during_recovery = true;
   ro.memtable_insert_with_hint_prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(2));
+  if (options.create_if_missing) {
+    // Created here: RocksDB would log an error about the missing directory first.
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return Status::Io("creating store directory " + dir + ": " + ec.message());
+  }
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(ro, dir, &raw);
   if (!s.ok()) return Status::Io("opening store at " + dir + ": " + s.ToString());

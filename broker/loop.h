@@ -1,10 +1,11 @@
 // One libuv loop per component, with ZeroMQ sockets watched on it.
 //
 // ZeroMQ's file descriptor is edge-triggered and only says "look at ZMQ_EVENTS"; a send
-// can consume the edge. So the loop settles before it blocks: it drains every watched
-// socket until none is readable, calling the turn-end hook after each round that did
-// work. A component therefore sees turns: some messages and timers, then TurnEnd, where
-// the scheduler commits its batch and sends what it derived (group commit).
+// can consume the edge. So the loop settles before it blocks: in rounds, one drain call
+// per readable socket (fair between sockets), the turn-end hook after each round that did
+// work, until no socket is readable. A component therefore sees turns: some messages and
+// timers, then TurnEnd, where the scheduler commits its batch and sends what it derived
+// (group commit).
 //
 // Thread: everything runs on the thread that calls Run().
 #pragma once

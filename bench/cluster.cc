@@ -46,9 +46,10 @@ uint64_t PeakRssKiB(pid_t pid) {
   return 0;
 }
 
-// CPU seconds (user + system) the process has used so far, all its threads.
-double CpuSeconds(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+// CPU seconds (user + system) from a /proc/.../stat file: a process's, all its threads,
+// or one thread's.
+double StatCpuSeconds(const std::string& path) {
+  std::ifstream in(path);
   std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   size_t close = stat.rfind(')');  // the command name may hold spaces
   if (close == std::string::npos) return 0;
@@ -60,6 +61,8 @@ double CpuSeconds(pid_t pid) {
   return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
+double CpuSeconds(pid_t pid) { return StatCpuSeconds("/proc/" + std::to_string(pid) + "/stat"); }
+
 // CPU seconds per thread of a process, by thread name (the loop thread carries the
 // process's name; ZeroMQ's, RocksDB's and the commit thread have their own).
 std::map<std::string, double> ThreadCpuSeconds(pid_t pid) {
@@ -69,16 +72,7 @@ std::map<std::string, double> ThreadCpuSeconds(pid_t pid) {
     std::ifstream comm(entry.path() / "comm");
     std::string name;
     std::getline(comm, name);
-    std::ifstream in(entry.path() / "stat");
-    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    size_t close = stat.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream fields(stat.substr(close + 2));
-    std::string skip;
-    for (int i = 3; i < 14; ++i) fields >> skip;
-    double utime = 0, stime = 0;
-    fields >> utime >> stime;
-    out[name + "#" + entry.path().filename().string()] = (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+    out[name + "#" + entry.path().filename().string()] = StatCpuSeconds(entry.path() / "stat");
   }
   return out;
 }

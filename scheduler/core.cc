@@ -136,9 +136,7 @@ void SchedulerCore::Tick(uint64_t now_ms) {
 
 Outbox SchedulerCore::EndTurn(uint64_t now_ms) {
   Outbox out = CloseTurn(now_ms);
-  const store::WriteBatch& writes = StartCommit();
-  Status s = writes.empty() ? Status::Ok() : store_->Write(writes, /*sync=*/true);
-  Outbox done = FinishCommit(s, now_ms);
+  Outbox done = CommitGathered(now_ms);
   for (auto& d : done.directed) out.directed.push_back(std::move(d));
   for (auto& e : done.events) out.events.push_back(std::move(e));
   return out;
@@ -174,13 +172,17 @@ Outbox SchedulerCore::FinishCommit(const Status& s, uint64_t now_ms) {
   Commit done = std::move(in_flight_);
   in_flight_ = Commit();
   in_flight_active_ = false;
+  // What was gathered after a failed commit was derived from it: it fails too.
+  if (!s.ok()) done.Append(std::move(gathered_));
   ShowPending();
   if (s.ok()) return std::move(done.out);
-  // What was gathered after the failed commit was derived from it: it fails too.
-  done.Append(std::move(gathered_));
-  gathered_ = Commit();
-  ShowPending();
   return Fail(s, std::move(done), now_ms);
+}
+
+Outbox SchedulerCore::CommitGathered(uint64_t now_ms) {
+  const store::WriteBatch& writes = StartCommit();
+  Status s = writes.empty() ? Status::Ok() : store_->Write(writes, /*sync=*/true);
+  return FinishCommit(s, now_ms);
 }
 
 Outbox SchedulerCore::Fail(const Status& s, Commit failed, uint64_t now_ms) {

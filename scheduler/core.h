@@ -80,6 +80,8 @@ class SchedulerCore {
   // The in-flight commit's batch was written with `status`: returns what may leave now.
   // On failure the commit and everything gathered after it never happened.
   Outbox FinishCommit(const Status& status, uint64_t now_ms);
+  // StartCommit, the write on this thread, FinishCommit. REQUIRES: !commit_in_flight().
+  Outbox CommitGathered(uint64_t now_ms);
 
   bool degraded() const { return degraded_; }
   const Engine& engine() const { return *engine_; }

@@ -59,22 +59,18 @@ void Committer::Run() {
 }
 
 void Committer::Wait() {
-  Status s;
   {
     std::unique_lock lock(mu_);
     cv_.wait(lock, [this] { return result_.has_value(); });
-    s = std::move(*result_);
-    result_.reset();
   }
-  busy_ = false;
-  done_(s);
+  Deliver();  // only this thread takes the result: it is still there
 }
 
 void Committer::Deliver() {
   Status s;
   {
     std::lock_guard lock(mu_);
-    if (!result_) return;  // Wait() took it
+    if (!result_) return;  // already delivered (through Wait)
     s = std::move(*result_);
     result_.reset();
   }
@@ -160,9 +156,7 @@ void SchedulerDaemon::TurnEnd() {
 void SchedulerDaemon::Commit() {
   if (committer_->busy() || !core_->has_gathered()) return;
   if (core_->gathered_ops() <= kInlineOps) {
-    const store::WriteBatch& writes = core_->StartCommit();
-    Status s = writes.empty() ? Status::Ok() : store_->Write(writes, /*sync=*/true);
-    Outbox out = core_->FinishCommit(s, bus::WallClockMs());
+    Outbox out = core_->CommitGathered(bus::WallClockMs());
     SendOut(out);
     return;
   }

@@ -1046,25 +1046,13 @@ void Engine::Emit(const EventFields& f, uint64_t now_ms) {
   }
   uint64_t seq = next_seq_++;
   auto type = fbb.CreateString(f.type);
-  if (now_ms != formatted_ms_) {
-    // "YYYY-MM-DDTHH:MM:SS.mmmZ": the calendar part changes once a second.
-    if (formatted_time_.size() != 24 || now_ms / 1000 != formatted_ms_ / 1000) {
-      formatted_time_ = FormatTimeMs(now_ms);
-    } else {
-      unsigned ms = now_ms % 1000;
-      formatted_time_[20] = static_cast<char>('0' + ms / 100);
-      formatted_time_[21] = static_cast<char>('0' + ms / 10 % 10);
-      formatted_time_[22] = static_cast<char>('0' + ms % 10);
-    }
-    formatted_ms_ = now_ms;
-  }
-  auto time = fbb.CreateString(formatted_time_);
+  auto time = fbb.CreateString(EventTime(now_ms));
   auto task = f.task ? fbb.CreateString(TaskName(f.task)) : 0;
   auto worker = opt(f.worker), reason = opt(f.reason), message = opt(f.message), stream = opt(f.stream),
        data = opt(f.data);
   auto event = wire::CreateEvent(fbb, seq, type, time, task, worker, reason, message, f.attempt, f.exit_code, stream,
                                  data, eligible, fleet, breakdown, caps, hw, labels, now_ms);
-  fbb.Finish(wire::CreateEnvelope(fbb, wire::Body::Event, event.Union()));
+  codec::FinishEnvelope(fbb, event);
   if (!effects_.event_bytes) {
     // Sized like the last turn's, so that a busy turn does not grow it step by step.
     effects_.event_bytes = std::make_shared<std::string>();
@@ -1080,6 +1068,21 @@ void Engine::Emit(const EventFields& f, uint64_t now_ms) {
   effects_.unstored_last_seq = seq;
   effects_.unstored_size += size;
   if (effects_.unstored_size >= kEventBlockBytes) StoreEventBlock();
+}
+
+const std::string& Engine::EventTime(uint64_t now_ms) {
+  if (now_ms == formatted_ms_) return formatted_time_;
+  // "YYYY-MM-DDTHH:MM:SS.mmmZ": the calendar part changes once a second.
+  if (formatted_time_.size() != 24 || now_ms / 1000 != formatted_ms_ / 1000) {
+    formatted_time_ = FormatTimeMs(now_ms);
+  } else {
+    unsigned ms = now_ms % 1000;
+    formatted_time_[20] = static_cast<char>('0' + ms / 100);
+    formatted_time_[21] = static_cast<char>('0' + ms / 10 % 10);
+    formatted_time_[22] = static_cast<char>('0' + ms % 10);
+  }
+  formatted_ms_ = now_ms;
+  return formatted_time_;
 }
 
 void Engine::StoreEventBlock() {

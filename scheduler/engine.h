@@ -171,6 +171,8 @@ class Engine {
   void Emit(const EventFields& fields, uint64_t now_ms);
   // Puts the events not yet stored into one e/ block (keyed by the last one's seq).
   void StoreEventBlock();
+  // `now_ms` as an event's time string, formatted once per millisecond.
+  const std::string& EventTime(uint64_t now_ms);
   void PersistWorker(const WorkerState& w);
   void Send(const std::string& to, std::string payload);
   std::optional<wire::SubmitStatus> LookupKey(const std::string& key, uint64_t* id, std::string* reason,

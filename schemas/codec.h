@@ -22,11 +22,16 @@ constexpr size_t kMaxMessageBytes = 8u << 20;
 // Errors: Invalid("oversized ..."), Invalid("malformed ...") naming what failed.
 Result<const wire::Envelope*> Decode(const void* data, size_t size);
 
+// Finishes `fbb` with an Envelope around `body`; the bytes stay in the builder.
+template <typename T>
+void FinishEnvelope(flatbuffers::FlatBufferBuilder& fbb, flatbuffers::Offset<T> body) {
+  fbb.Finish(wire::CreateEnvelope(fbb, wire::BodyTraits<T>::enum_value, body.Union()));
+}
+
 // Finishes `fbb` with an Envelope around `body` and returns the bytes.
 template <typename T>
 std::string Seal(flatbuffers::FlatBufferBuilder& fbb, flatbuffers::Offset<T> body) {
-  auto envelope = wire::CreateEnvelope(fbb, wire::BodyTraits<T>::enum_value, body.Union());
-  fbb.Finish(envelope);
+  FinishEnvelope(fbb, body);
   return std::string(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize());
 }
 

@@ -40,6 +40,14 @@ std::string ControlBytes(wire::ControlOp op) {
   return codec::Seal(fbb, wire::CreateControlRequest(fbb, op, 0, 9));
 }
 
+// Opens the core and registers worker "w" (address w/w/1).
+void OpenWithWorker(SchedulerCore& core, uint64_t now) {
+  REQUIRE(core.Open(now).ok());
+  std::string reg = RegistrationBytes();
+  core.OnBus(reg.data(), reg.size(), now);
+  core.EndTurn(now);
+}
+
 const wire::Envelope* Only(const Outbox& out, const std::string& to) {
   const wire::Envelope* found = nullptr;
   for (const auto& d : out.directed) {
@@ -109,10 +117,7 @@ TEST_CASE("a storage failure while a worker reports a result leaves the result u
   store::FaultyStore store(mem.get());
   uint64_t now = 1'000'000;
   SchedulerCore core({}, &store, nullptr);
-  REQUIRE(core.Open(now).ok());
-  std::string reg = RegistrationBytes();
-  core.OnBus(reg.data(), reg.size(), now);
-  core.EndTurn(now);
+  OpenWithWorker(core, now);
   std::string submit = SubmitBytes(1);
   core.OnDirected("client", submit.data(), submit.size(), now);
   core.EndTurn(now);
@@ -136,10 +141,7 @@ TEST_CASE(
   store::FaultyStore store(mem.get());
   uint64_t now = 1'000'000;
   SchedulerCore core({}, &store, nullptr);
-  REQUIRE(core.Open(now).ok());
-  std::string reg = RegistrationBytes();
-  core.OnBus(reg.data(), reg.size(), now);
-  core.EndTurn(now);
+  OpenWithWorker(core, now);
 
   std::string first = SubmitBytes(1), second = SubmitBytes(2);
   core.OnDirected("a", first.data(), first.size(), now);
@@ -174,10 +176,7 @@ TEST_CASE("a task that ended in a commit still being written is found by its key
   EngineOptions options;
   options.recent_ended = 0;  // no in-memory ring: the answer must come from the store's view
   SchedulerCore core(options, mem.get(), nullptr);
-  REQUIRE(core.Open(now).ok());
-  std::string reg = RegistrationBytes();
-  core.OnBus(reg.data(), reg.size(), now);
-  core.EndTurn(now);
+  OpenWithWorker(core, now);
   std::string keyed = SubmitBytes(1, "job-7");
   core.OnDirected("a", keyed.data(), keyed.size(), now);
   core.EndTurn(now);

@@ -4,36 +4,24 @@
 
 namespace fm::sched {
 
-std::string Fleet::ClassKey(const WorkerState& w) {
-  std::string key;
-  for (const auto& c : w.capabilities) key += c + ",";
-  key += "|" + std::to_string(w.hardware.cpus_milli) + "|" + std::to_string(w.hardware.memory) + "|";
-  for (const auto& g : w.hardware.gpus) key += g.model + ":" + std::to_string(g.memory) + ",";
-  key += "|";
-  for (const auto& [k, v] : w.labels) key += k + "=" + v + ",";
-  return key;
-}
-
 Fleet::LoadKey Fleet::Load(const WorkerState& w) {
-  double slots = w.slots ? static_cast<double>(w.slots_used) / w.slots : 1.0;
-  double cpus = w.hardware.cpus_milli ? static_cast<double>(w.cpus_used) / w.hardware.cpus_milli : 0.0;
-  return {slots, cpus, w.id};
+  WorkerLoad load = LoadOf(w);
+  return {load.first, load.second, w.id};
 }
 
 void Fleet::Index(WorkerState& w) {
-  std::string key = ClassKey(w);
-  Class& c = classes_[key];
-  if (c.members == 0) {
-    c.shape.capabilities = w.capabilities;
-    c.shape.hardware = w.hardware;
-    c.shape.labels = w.labels;
+  auto [c, created] = classes_.try_emplace(ClassShape::Of(w));
+  if (created) {
+    c->second.shape.capabilities = w.capabilities;
+    c->second.shape.hardware = w.hardware;
+    c->second.shape.labels = w.labels;
   }
-  ++c.members;
-  if (w.draining) ++c.draining;
-  class_of_[w.id] = key;
+  ++c->second.members;
+  if (w.draining) ++c->second.draining;
+  class_of_[w.id] = c;
   if (w.confirmed && !w.draining) {
     LoadKey load = Load(w);
-    c.open.insert(load);
+    c->second.open.insert(load);
     indexed_load_[w.id] = load;
     if (w.slots_used < w.slots) open_slots_ += w.slots - w.slots_used;
   }
@@ -42,7 +30,7 @@ void Fleet::Index(WorkerState& w) {
 void Fleet::Unindex(WorkerState& w) {
   auto k = class_of_.find(w.id);
   if (k == class_of_.end()) return;
-  auto c = classes_.find(k->second);
+  auto c = k->second;
   if (auto load = indexed_load_.find(w.id); load != indexed_load_.end()) {
     c->second.open.erase(load->second);
     indexed_load_.erase(load);
@@ -80,7 +68,7 @@ void Fleet::Touch(const std::string& id, uint64_t now_ms) {
 }
 
 bool Fleet::AnyEligible(const TaskSpec& spec) const {
-  for (const auto& [key, c] : classes_) {
+  for (const auto& [shape, c] : classes_) {
     if (c.members > c.draining && CheckEligible(spec, c.shape).ok()) return true;
   }
   return false;
@@ -90,35 +78,47 @@ Explanation Fleet::Explain(const TaskSpec& spec) const {
   WorkerState draining;
   draining.draining = true;
   std::vector<std::pair<const WorkerState*, uint32_t>> groups;
-  for (const auto& [key, c] : classes_) {
+  for (const auto& [shape, c] : classes_) {
     if (c.members > c.draining) groups.push_back({&c.shape, c.members - c.draining});
     if (c.draining) groups.push_back({&draining, c.draining});
   }
   return ExplainGroups(spec, groups);
 }
 
+const WorkerState* Fleet::BestInClass(const TaskSpec& spec, const Class& c, PlacementPolicy policy) const {
+  // Members in PreferredOver's order; the first with room is the class's candidate.
+  if (policy == PlacementPolicy::kSpread) {
+    for (const LoadKey& load : c.open) {
+      const WorkerState& w = workers_.at(std::get<2>(load));
+      if (HasRoom(spec, w)) return &w;
+    }
+    return nullptr;
+  }
+  // Binpack: the highest load first, and within one load the smallest id first.
+  auto end = c.open.end();
+  while (end != c.open.begin()) {
+    auto last = std::prev(end);
+    auto group = c.open.lower_bound(LoadKey{std::get<0>(*last), std::get<1>(*last), std::string()});
+    for (auto it = group; it != end; ++it) {
+      const WorkerState& w = workers_.at(std::get<2>(*it));
+      if (HasRoom(spec, w)) return &w;
+    }
+    end = group;
+  }
+  return nullptr;
+}
+
 const WorkerState* Fleet::Place(const TaskSpec& spec, PlacementPolicy policy) const {
   const WorkerState* best = nullptr;
-  LoadKey best_load;
-  for (const auto& [key, c] : classes_) {
+  WorkerLoad best_load;
+  for (const auto& [shape, c] : classes_) {
     if (c.open.empty() || !CheckEligible(spec, c.shape).ok()) continue;
-    auto consider = [&](const LoadKey& load) {
-      const WorkerState& w = workers_.at(std::get<2>(load));
-      if (!HasRoom(spec, w)) return false;
-      bool better = !best || (policy == PlacementPolicy::kSpread ? load < best_load : load > best_load);
-      if (better) {
-        best = &w;
-        best_load = load;
-      }
-      return true;
-    };
-    // The class's first member with room in the policy's order is its candidate.
-    if (policy == PlacementPolicy::kSpread) {
-      for (auto it = c.open.begin(); it != c.open.end() && !consider(*it); ++it) {
-      }
-    } else {
-      for (auto it = c.open.rbegin(); it != c.open.rend() && !consider(*it); ++it) {
-      }
+    const WorkerState* candidate = BestInClass(spec, c, policy);
+    if (!candidate) continue;
+    WorkerLoad load = LoadOf(*candidate);
+    if (!best || PreferredOver(policy, load, candidate->id, best_load, best->id)) {
+      best = candidate;
+      best_load = load;
     }
   }
   return best;

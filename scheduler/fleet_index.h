@@ -4,10 +4,15 @@
 // O(classes) rather than O(workers). Within a class the workers that may take work now
 // (confirmed, not draining) are kept ordered by load.
 //
+// A class is keyed by the announced values themselves (ClassShape), never by text built
+// from them: two workers share a class only when every capability, hardware figure and
+// label is equal, whatever characters a label holds.
+//
 // Every change to a worker goes through Add, Modify or Remove so the index stays true.
 // Thread: one.
 #pragma once
 
+#include <compare>
 #include <map>
 #include <set>
 #include <string>
@@ -19,6 +24,15 @@
 #include "scheduler/placement.h"
 
 namespace fm::sched {
+
+// What makes two workers interchangeable for eligibility.
+struct ClassShape {
+  std::vector<std::string> capabilities;
+  Hardware hardware;
+  Labels labels;
+  auto operator<=>(const ClassShape&) const = default;
+  static ClassShape Of(const WorkerState& w) { return {w.capabilities, w.hardware, w.labels}; }
+};
 
 class Fleet {
  public:
@@ -48,7 +62,7 @@ class Fleet {
       change(w);
       return;
     }
-    Class& c = classes_.at(class_of_.at(id));
+    Class& c = class_of_.at(id)->second;
     c.open.erase(load->second);
     if (w.slots_used < w.slots) open_slots_ -= w.slots - w.slots_used;
     change(w);
@@ -63,7 +77,8 @@ class Fleet {
   bool AnyEligible(const TaskSpec& spec) const;
   // Why no live worker can run `spec`, counted per worker.
   Explanation Explain(const TaskSpec& spec) const;
-  // The worker with room now that `policy` prefers; nullptr when none has room.
+  // The worker with room now that `policy` prefers (PreferredOver's order, the same as
+  // Choose() over every worker); nullptr when none has room.
   const WorkerState* Place(const TaskSpec& spec, PlacementPolicy policy) const;
   // Whether any worker may take work now and has a free slot.
   bool HasOpenSlot() const { return open_slots_ > 0; }
@@ -73,20 +88,22 @@ class Fleet {
  private:
   using LoadKey = std::tuple<double, double, std::string>;  // slot share, cpu share, id
   struct Class {
-    WorkerState shape;  // capabilities, hardware, labels of every member
+    WorkerState shape;  // the shape as the predicates take it (only announced fields set)
     uint32_t members = 0;
     uint32_t draining = 0;
     std::set<LoadKey> open;  // members that may take work now, least loaded first
   };
-  static std::string ClassKey(const WorkerState& w);
+  using ClassMap = std::map<ClassShape, Class>;
   static LoadKey Load(const WorkerState& w);
+  // The class's member with room that `policy` prefers; nullptr when none has room.
+  const WorkerState* BestInClass(const TaskSpec& spec, const Class& c, PlacementPolicy policy) const;
   void Index(WorkerState& w);
   void Unindex(WorkerState& w);
 
   std::map<std::string, WorkerState> workers_;
-  std::unordered_map<std::string, Class> classes_;
-  std::unordered_map<std::string, std::string> class_of_;  // worker id -> class key
-  std::unordered_map<std::string, LoadKey> indexed_load_;  // worker id -> key in its class's open set
+  ClassMap classes_;
+  std::unordered_map<std::string, ClassMap::iterator> class_of_;  // worker id -> its class
+  std::unordered_map<std::string, LoadKey> indexed_load_;         // worker id -> key in its class's open set
   uint64_t open_slots_ = 0;
 };
 

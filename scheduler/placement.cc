@@ -39,30 +39,25 @@ void Release(const TaskSpec& spec, WorkerState* w) {
   sub(w->gpus_used, spec.resources.gpus);
 }
 
-namespace {
-// Load as a pair of shares, compared lexicographically.
-std::pair<double, double> Load(const WorkerState& w) {
+WorkerLoad LoadOf(const WorkerState& w) {
   double slots = w.slots ? static_cast<double>(w.slots_used) / w.slots : 1.0;
   double cpus = w.hardware.cpus_milli ? static_cast<double>(w.cpus_used) / w.hardware.cpus_milli : 0.0;
   return {slots, cpus};
 }
-}  // namespace
+
+bool PreferredOver(PlacementPolicy policy, const WorkerLoad& a, const std::string& a_id, const WorkerLoad& b,
+                   const std::string& b_id) {
+  if (a != b) return policy == PlacementPolicy::kSpread ? a < b : a > b;
+  return a_id < b_id;
+}
 
 WorkerState* Choose(const TaskSpec& spec, const std::vector<WorkerState*>& candidates, PlacementPolicy policy) {
   WorkerState* best = nullptr;
-  std::pair<double, double> best_load;
+  WorkerLoad best_load;
   for (WorkerState* w : candidates) {
     if (!HasRoom(spec, *w)) continue;
-    auto load = Load(*w);
-    bool better;
-    if (!best) {
-      better = true;
-    } else if (load == best_load) {
-      better = w->id < best->id;
-    } else {
-      better = policy == PlacementPolicy::kSpread ? load < best_load : load > best_load;
-    }
-    if (better) {
+    WorkerLoad load = LoadOf(*w);
+    if (!best || PreferredOver(policy, load, w->id, best_load, best->id)) {
       best = w;
       best_load = load;
     }

@@ -3,10 +3,13 @@
 // schemas/codec.h; nothing here does I/O.
 #pragma once
 
+#include <compare>
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "schemas/status.h"
 
 namespace fm {
 
@@ -19,7 +22,7 @@ struct Resources {
   uint32_t gpus = 0;
   uint64_t gpu_memory = 0;  // per GPU, bytes
   std::string gpu_model;    // case-insensitive substring of the GPU's model; empty: any
-  bool operator==(const Resources&) const = default;
+  auto operator<=>(const Resources&) const = default;
 };
 
 struct TaskSpec {
@@ -38,19 +41,27 @@ struct TaskSpec {
 struct Gpu {
   std::string model;
   uint64_t memory = 0;
-  bool operator==(const Gpu&) const = default;
+  auto operator<=>(const Gpu&) const = default;
 };
 
 struct Hardware {
   uint32_t cpus_milli = 0;
   uint64_t memory = 0;
   std::vector<Gpu> gpus;
-  bool operator==(const Hardware&) const = default;
+  auto operator<=>(const Hardware&) const = default;
 };
 
 // Task ids print as "t<N>"; ParseTaskName accepts that form or a bare number.
 std::string TaskName(uint64_t id);
 bool ParseTaskName(const std::string& name, uint64_t* id);
+
+// Label keys are 1-128 characters of [A-Za-z0-9._/-] starting with a letter or digit;
+// values are 0-256 characters of [A-Za-z0-9._/:-]. Nothing else (no ',', '=', spaces,
+// control characters or NUL), so a label reads the same in every tool and log line.
+// Error: names the label and what is wrong with it.
+Status ValidateLabel(const std::string& key, const std::string& value);
+// Parses a "K=V" command-line label and validates it.
+Result<std::pair<std::string, std::string>> ParseLabel(const std::string& text);
 
 // Sorts and removes duplicates in place.
 void Normalize(std::vector<std::string>* set);

@@ -121,11 +121,12 @@ void SchedulerCore::Tick(uint64_t now_ms) {
   store::WriteBatch probe;
   probe.Put("m/storage_probe", store::keys::EncodeU64(++probes_));
   Status s = store_->Write(probe, /*sync=*/true);
+  if (s.ok()) s = store_->Get("m/storage_probe").status();  // and reads work too
   if (!s.ok()) {
     logger_->debug("store still refuses writes: {}", s.message());
     return;
   }
-  logger_->warn("the store takes writes again; serving normally");
+  logger_->warn("the store takes writes again, and reads; serving normally");
   degraded_ = false;
   storage_error_.clear();
   // Liveness was not judged while degraded: start every worker's window afresh.
@@ -144,6 +145,14 @@ Outbox SchedulerCore::EndTurn(uint64_t now_ms) {
 
 Outbox SchedulerCore::CloseTurn(uint64_t now_ms) {
   engine_->FinishTurn(now_ms);
+  if (Status read = engine_->TakeReadError(); !read.ok()) {
+    // A read that fails is as serious as a write that fails: refuse changes until the
+    // store answers again (what the engine derived without it was refused already).
+    if (!degraded_) logger_->error("cannot read the store, refusing changes until it can: {}", read.message());
+    degraded_ = true;
+    storage_error_ = read.message();
+    next_probe_ms_ = now_ms + storage_probe_ms_;
+  }
   Effects& effects = engine_->effects();
   Commit turn;
   turn.writes.Append(std::move(effects.writes));

@@ -85,6 +85,7 @@ Task TaskFromRecord(const wire::TaskRecord& r) {
   t.exit_code = r.exit_code();
   t.watcher = Str(r.watcher());
   t.order = r.order();
+  t.rejected = r.rejected();
   return t;
 }
 
@@ -192,8 +193,7 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
           dirty_tasks_.push_back(t.id);
         }
         if (t.state == wire::TaskState::Pending) {
-          // Records come in id order, and order follows id: mostly an append.
-          pending_.emplace_hint(pending_.end(), -static_cast<int64_t>(t.spec.priority), t.order, t.id);
+          pending_.Insert(t.spec, LineOf(t));
         }
         active_.emplace(t.id, std::move(t));
         return true;
@@ -274,42 +274,52 @@ void Engine::OnBus(const wire::Envelope& env, uint64_t now_ms) {
 // ---------------------------------------------------------------------------
 // Submission.
 
-std::optional<wire::SubmitStatus> Engine::LookupKey(const std::string& key, uint64_t* id, std::string* reason,
-                                                    std::string* message, std::string* worker) {
+Result<std::optional<Task>> Engine::ReadEnded(uint64_t id) const {
+  if (!store_) return std::optional<Task>();
+  auto v = store_->Get(keys::Task(id));
+  if (!v.ok()) return v.status();
+  if (!v->has_value()) return std::optional<Task>();
+  flatbuffers::Verifier ver(reinterpret_cast<const uint8_t*>((*v)->data()), (*v)->size());
+  if (!ver.VerifyBuffer<wire::TaskRecord>(nullptr)) {
+    return Status::Internal("store: bad task record at t/" + std::to_string(id));
+  }
+  return std::optional<Task>(TaskFromRecord(*flatbuffers::GetRoot<wire::TaskRecord>((*v)->data())));
+}
+
+Result<std::optional<Engine::KeyedTask>> Engine::FindKeyed(const std::string& key) {
   auto it = client_keys_.find(key);
   if (it == client_keys_.end()) {
-    if (!store_) return std::nullopt;
+    if (!store_) return std::optional<KeyedTask>();
     auto v = store_->Get(keys::ClientKey(key));
-    if (!v.ok() || !v->has_value() || (*v)->size() != 8) return std::nullopt;
+    if (!v.ok()) return v.status();
+    if (!v->has_value()) return std::optional<KeyedTask>();
+    if ((*v)->size() != 8) return Status::Internal("store: bad key record for \"" + key + "\"");
     it = client_keys_.emplace(key, keys::DecodeU64(**v)).first;
   }
-  *id = it->second;
-  if (const Task* t = active_task(*id)) {
-    *worker = t->worker;
-    return wire::SubmitStatus::Accepted;
+  KeyedTask found;
+  found.id = it->second;
+  // A task answers with the status it has now; one refused at submission stays refused.
+  auto answer = [&](const Task& t) {
+    found.status = t.rejected ? wire::SubmitStatus::Rejected : StatusOf(t.state);
+    found.reason = t.reason;
+    found.message = t.message;
+    found.worker = t.worker;
+    found.spec = t.spec;
+  };
+  if (const Task* t = active_task(found.id)) {
+    answer(*t);
+    return std::optional<KeyedTask>(std::move(found));
   }
   for (const Task& t : recent_ended_) {
-    if (t.id == *id) {
-      *reason = t.reason;
-      *message = t.message;
-      *worker = t.worker;
-      return StatusOf(t.state);
+    if (t.id == found.id) {
+      answer(t);
+      return std::optional<KeyedTask>(std::move(found));
     }
   }
-  if (store_) {
-    auto v = store_->Get(keys::Task(*id));
-    if (v.ok() && v->has_value()) {
-      flatbuffers::Verifier ver(reinterpret_cast<const uint8_t*>((*v)->data()), (*v)->size());
-      if (ver.VerifyBuffer<wire::TaskRecord>(nullptr)) {
-        Task t = TaskFromRecord(*flatbuffers::GetRoot<wire::TaskRecord>((*v)->data()));
-        *reason = t.reason;
-        *message = t.message;
-        *worker = t.worker;
-        return StatusOf(t.state);
-      }
-    }
-  }
-  return wire::SubmitStatus::Accepted;
+  auto ended = ReadEnded(found.id);
+  if (!ended.ok()) return ended.status();
+  if (ended->has_value()) answer(**ended);
+  return std::optional<KeyedTask>(std::move(found));
 }
 
 void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms) {
@@ -332,12 +342,24 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       if (spec.max_attempts == 0) spec.max_attempts = options_.default_max_attempts;
 
       if (!spec.key.empty()) {
-        uint64_t id = 0;
-        std::string reason, message, worker;
-        if (auto status = LookupKey(spec.key, &id, &reason, &message, &worker)) {
-          if (*status == wire::SubmitStatus::Failed && reason == kNoEligible) status = wire::SubmitStatus::Rejected;
-          results.push_back(
-              wire::CreateSubmitResultDirect(fbb, id, *status, reason.c_str(), message.c_str(), worker.c_str()));
+        auto keyed = FindKeyed(spec.key);
+        if (!keyed.ok()) {
+          if (read_error_.ok()) read_error_ = keyed.status();
+          std::string message = "cannot look up key \"" + spec.key + "\": " + keyed.status().message();
+          results.push_back(wire::CreateSubmitResultDirect(fbb, 0, wire::SubmitStatus::Rejected, "storage_unavailable",
+                                                           message.c_str()));
+          continue;
+        }
+        if (const auto& first = *keyed) {
+          if (first->spec && *first->spec != spec) {
+            std::string message = "key \"" + spec.key + "\" was first used for task " + TaskName(first->id) +
+                                  " with a different body; use a new key for a different task";
+            results.push_back(wire::CreateSubmitResultDirect(fbb, first->id, wire::SubmitStatus::Rejected,
+                                                             "key_conflict", message.c_str()));
+            continue;
+          }
+          results.push_back(wire::CreateSubmitResultDirect(fbb, first->id, first->status, first->reason.c_str(),
+                                                           first->message.c_str(), first->worker.c_str()));
           continue;
         }
       }
@@ -358,6 +380,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         results.push_back(
             wire::CreateSubmitResultDirect(fbb, t.id, wire::SubmitStatus::Rejected, kNoEligible, why.message.c_str()));
         t.watcher.clear();  // the reply already says so
+        t.rejected = true;
         auto [it, inserted] = active_.emplace(t.id, std::move(t));
         End(&it->second, wire::TaskState::Failed, kNoEligible, why.message, 0, now_ms, &why);
         continue;
@@ -367,7 +390,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       f.type = "task.submitted";
       f.task = t.id;
       f.attempt = t.attempt;
-      pending_.insert({-static_cast<int64_t>(t.spec.priority), t.order, t.id});
+      pending_.Insert(t.spec, LineOf(t));
       dirty_tasks_.push_back(t.id);
       active_.emplace(t.id, std::move(t));
       Emit(f, now_ms);
@@ -582,7 +605,7 @@ void Engine::Retry(Task* t, const std::string& reason, const std::string& messag
   t->attempt += 1;
   t->state = wire::TaskState::Pending;
   t->worker.clear();
-  pending_.insert({-static_cast<int64_t>(t->spec.priority), t->order, t->id});
+  pending_.Insert(t->spec, LineOf(*t));
   dirty_tasks_.push_back(t->id);
   EventFields f;
   f.type = "task.retrying";
@@ -598,7 +621,7 @@ void Engine::Retry(Task* t, const std::string& reason, const std::string& messag
 void Engine::End(Task* t, wire::TaskState state, const std::string& reason, const std::string& message,
                  int32_t exit_code, uint64_t now_ms, const Explanation* explanation) {
   Unassign(t);
-  pending_.erase({-static_cast<int64_t>(t->spec.priority), t->order, t->id});
+  if (t->state == wire::TaskState::Pending) pending_.Erase(t->spec, LineOf(*t));
   t->state = state;
   t->reason = reason;
   t->message = message;
@@ -901,28 +924,25 @@ void Engine::ApplyRetention(uint64_t now_ms) {
 }
 
 void Engine::FailUnrunnable(uint64_t now_ms) {
-  std::vector<uint64_t> doomed;
-  for (const auto& [neg_priority, order, id] : pending_) {
-    if (!fleet_.AnyEligible(active_.at(id).spec)) doomed.push_back(id);
-  }
-  for (uint64_t id : doomed) {
-    Task& t = active_.at(id);
-    Explanation why = fleet_.Explain(t.spec);
-    End(&t, wire::TaskState::Failed, kNoEligible, why.message, 0, now_ms, &why);
+  // Eligibility is a property of the demand: one look per demand, not per task.
+  std::vector<std::pair<std::vector<uint64_t>, Explanation>> doomed;
+  pending_.ForEachDemand([&](const TaskSpec& demand, const std::vector<uint64_t>& ids) {
+    if (!fleet_.AnyEligible(demand)) doomed.push_back({ids, fleet_.Explain(demand)});
+  });
+  for (const auto& [ids, why] : doomed) {
+    for (uint64_t id : ids) End(&active_.at(id), wire::TaskState::Failed, kNoEligible, why.message, 0, now_ms, &why);
   }
 }
 
 void Engine::PlacePending(uint64_t now_ms) {
-  for (auto it = pending_.begin(); it != pending_.end() && fleet_.HasOpenSlot();) {
-    Task& t = active_.at(std::get<2>(*it));
-    const WorkerState* chosen = fleet_.Place(t.spec, options_.policy);
-    if (!chosen) {
-      ++it;  // waits for capacity; later tasks may still fit elsewhere
-      continue;
-    }
-    it = pending_.erase(it);
-    Queue(&t, chosen->id, now_ms);
-  }
+  pending_.Walk([&](uint64_t id, const TaskSpec& demand) {
+    if (!fleet_.HasOpenSlot()) return PendingSet::Offer::kStop;
+    ++placement_offers_;
+    const WorkerState* chosen = fleet_.Place(demand, options_.policy);
+    if (!chosen) return PendingSet::Offer::kNoRoom;  // waits for capacity; other demands may fit
+    Queue(&active_.at(id), chosen->id, now_ms);
+    return PendingSet::Offer::kPlaced;
+  });
 }
 
 void Engine::FlushDispatches() {
@@ -1017,7 +1037,7 @@ void Engine::PutTaskRecord(const std::string& key, const Task& t) {
   auto message = t.message.empty() ? 0 : fbb.CreateString(t.message);
   auto watcher = t.watcher.empty() ? 0 : fbb.CreateString(t.watcher);
   fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
-                                    t.exit_code, watcher, t.order));
+                                    t.exit_code, watcher, t.order, t.rejected));
   effects_.writes.Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 

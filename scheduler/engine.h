@@ -21,11 +21,13 @@
 #include <string_view>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "scheduler/explain.h"
 #include "scheduler/fleet.h"
 #include "scheduler/fleet_index.h"
+#include "scheduler/pending.h"
 #include "scheduler/placement.h"
 #include "schemas/fm_generated.h"
 #include "schemas/model.h"
@@ -93,6 +95,7 @@ struct Task {
   uint64_t dispatched_ms = 0;  // last Dispatch sent (queued)
   std::string reason, message;
   int32_t exit_code = 0;
+  bool rejected = false;  // refused at submission: never accepted
 };
 
 class Engine {
@@ -121,6 +124,9 @@ class Engine {
   void FinishTurn(uint64_t now_ms);
 
   Effects& effects() { return effects_; }
+  // The first store read that failed since the last call (OK if none). A read error is
+  // sticky for the caller (the core turns degraded), never taken for "not found".
+  Status TakeReadError() { return std::exchange(read_error_, Status::Ok()); }
 
   // Introspection (tests, fm-ctl).
   const WorkerState* worker(const std::string& id) const;
@@ -128,6 +134,9 @@ class Engine {
   size_t pending_count() const { return pending_.size(); }
   size_t active_count() const { return active_.size(); }
   uint64_t next_seq() const { return next_seq_; }
+  // Waiting tasks offered to placement since the start: one per task placed, plus at
+  // most one per demand and walk that found no room (however long the backlog).
+  uint64_t placement_offers() const { return placement_offers_; }
 
  private:
   struct EventFields {
@@ -140,7 +149,6 @@ class Engine {
     const Explanation* explanation = nullptr;
     const WorkerState* worker_info = nullptr;
   };
-  using PendingKey = std::tuple<int64_t, uint64_t, uint64_t>;  // -priority, order, id
 
   void OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms);
   void OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms);
@@ -167,6 +175,7 @@ class Engine {
   // Drops events beyond the retention count and older than the retention age.
   void ApplyRetention(uint64_t now_ms);
   void PlacePending(uint64_t now_ms);
+  static PendingSet::Entry LineOf(const Task& t) { return PendingSet::Entry::Of(t.spec.priority, t.order, t.id); }
   void FlushDispatches();
   void Emit(const EventFields& fields, uint64_t now_ms);
   // Puts the events not yet stored into one e/ block (keyed by the last one's seq).
@@ -175,18 +184,29 @@ class Engine {
   const std::string& EventTime(uint64_t now_ms);
   void PersistWorker(const WorkerState& w);
   void Send(const std::string& to, std::string payload);
-  std::optional<wire::SubmitStatus> LookupKey(const std::string& key, uint64_t* id, std::string* reason,
-                                              std::string* message, std::string* worker);
+  // The task first submitted with a key, as a resubmission of that key is answered.
+  struct KeyedTask {
+    uint64_t id = 0;
+    wire::SubmitStatus status = wire::SubmitStatus::Accepted;
+    std::string reason, message, worker;
+    std::optional<TaskSpec> spec;  // absent when its record is gone
+  };
+  // nullopt when `key` was never used. Error: the store could not be read (never taken
+  // for "not found": a resubmission must not create a second task).
+  Result<std::optional<KeyedTask>> FindKeyed(const std::string& key);
+  // Reads the ended task `id` from the store; nullopt when it is not there.
+  Result<std::optional<Task>> ReadEnded(uint64_t id) const;
   // Encodes the task's record and puts it at `key` in this turn's writes.
   void PutTaskRecord(const std::string& key, const Task& t);
 
   EngineOptions options_;
   const store::Store* store_ = nullptr;
   Effects effects_;
+  Status read_error_;
 
   Fleet fleet_;                                // every worker believed live, indexed by class
   std::unordered_map<uint64_t, Task> active_;  // tasks not yet ended
-  std::set<PendingKey> pending_;
+  PendingSet pending_;                         // tasks waiting for room, per demand
   std::unordered_map<std::string, uint64_t> client_keys_;
   std::vector<uint64_t> dirty_tasks_;  // active tasks whose a/ record changed this turn (may repeat)
   std::map<std::string, std::vector<uint64_t>> dispatches_;  // worker id -> tasks to send
@@ -206,6 +226,7 @@ class Engine {
   uint64_t next_seq_ = 1;
   uint64_t oldest_seq_ = 1;
   uint64_t persisted_task_id_ = 0, persisted_seq_ = 0;
+  uint64_t placement_offers_ = 0;
   bool fleet_shrank_ = false;
   bool placement_needed_ = false;
   uint64_t next_age_check_ms_ = 0;

@@ -1,5 +1,5 @@
-// A Store wrapper that fails writes on demand, for tests of storage faults (leveldb's
-// ErrorEnv in spirit). Reads always pass through.
+// A Store wrapper that fails writes or reads on demand, for tests of storage faults
+// (leveldb's ErrorEnv in spirit).
 #pragma once
 
 #include "store/store.h"
@@ -14,6 +14,9 @@ class FaultyStore final : public Store {
   void FailWrites(std::string message) { failure_ = std::move(message); }
   void HealWrites() { failure_.clear(); }
   uint64_t failed_writes() const { return failed_writes_; }
+  // While set, every Get and Scan fails with this Io error.
+  void FailReads(std::string message) { read_failure_ = std::move(message); }
+  void HealReads() { read_failure_.clear(); }
 
   Status Write(const WriteBatch& batch, bool sync) override {
     if (!failure_.empty()) {
@@ -22,14 +25,18 @@ class FaultyStore final : public Store {
     }
     return base_->Write(batch, sync);
   }
-  Result<std::optional<std::string>> Get(std::string_view key) const override { return base_->Get(key); }
+  Result<std::optional<std::string>> Get(std::string_view key) const override {
+    if (!read_failure_.empty()) return Status::Io(read_failure_);
+    return base_->Get(key);
+  }
   Status Scan(std::string_view begin, std::string_view end, const ScanVisitor& visit) const override {
+    if (!read_failure_.empty()) return Status::Io(read_failure_);
     return base_->Scan(begin, end, visit);
   }
 
  private:
   Store* base_;
-  std::string failure_;
+  std::string failure_, read_failure_;
   uint64_t failed_writes_ = 0;
 };
 

@@ -196,3 +196,53 @@ TEST_CASE("a task that ended in a commit still being written is found by its key
   CHECK(result->task() == 1);
   CHECK(result->status() == wire::SubmitStatus::Succeeded);
 }
+
+TEST_CASE(
+    "a store read error during a keyed submission refuses it with storage_unavailable, never a second task, "
+    "and is sticky until the store answers",
+    "[unit]") {
+  auto mem = store::NewMemStore();
+  store::FaultyStore store(mem.get());
+  uint64_t now = 1'000'000;
+  SchedulerCore core({}, &store, nullptr, /*storage_probe_ms=*/500);
+  OpenWithWorker(core, now);
+  std::string first = SubmitBytes(1, "k");
+  core.OnDirected("client", first.data(), first.size(), now);
+  Outbox out = core.EndTurn(now);
+  uint64_t id = Only(out, "client")->body_as_SubmitReply()->results()->Get(0)->task();
+  std::string done = FinishedBytes(id);
+  core.OnDirected("w/w/1", done.data(), done.size(), now);
+  core.EndTurn(now);
+
+  // A new core knows the ended task's key only from the store, which now fails to read.
+  SchedulerCore restarted({}, &store, nullptr, 500);
+  OpenWithWorker(restarted, now);
+  store.FailReads("Input/output error");
+  restarted.OnDirected("client", first.data(), first.size(), now);
+  out = restarted.EndTurn(now);
+  const auto* reply = Only(out, "client");
+  REQUIRE(reply->body_type() == wire::Body::SubmitReply);
+  const auto* r = reply->body_as_SubmitReply()->results()->Get(0);
+  CHECK(r->status() == wire::SubmitStatus::Rejected);
+  CHECK(r->reason()->str() == "storage_unavailable");
+  CHECK_THAT(r->message()->str(), Catch::Contains("Input/output error"));
+  CHECK(restarted.engine().active_count() == 0);  // no second task
+  CHECK(restarted.degraded());
+
+  // Sticky: refused while the store cannot be read, served again once it can.
+  std::string plain = SubmitBytes(2);
+  restarted.OnDirected("client2", plain.data(), plain.size(), now);
+  out = restarted.EndTurn(now);
+  CHECK(Only(out, "client2")->body_type() == wire::Body::Error);
+  store.HealReads();
+  now += 600;
+  restarted.Tick(now);
+  CHECK_FALSE(restarted.degraded());
+  std::string reg = RegistrationBytes();
+  restarted.OnBus(reg.data(), reg.size(), now);
+  restarted.OnDirected("client", first.data(), first.size(), now);
+  out = restarted.EndTurn(now);
+  const auto* after = Only(out, "client")->body_as_SubmitReply()->results()->Get(0);
+  CHECK(after->task() == id);
+  CHECK(after->status() == wire::SubmitStatus::Succeeded);
+}

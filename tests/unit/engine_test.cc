@@ -3,168 +3,18 @@
 #include "scheduler/engine.h"
 
 #include <catch2/catch.hpp>
+#include <deque>
 
 #include "schemas/codec.h"
 #include "schemas/units.h"
 #include "store/keys.h"
 #include "store/store.h"
+#include "tests/unit/engine_harness.h"
 
 using namespace fm;
 using namespace fm::sched;
 
-namespace {
-
-constexpr uint64_t GiB = 1ull << 30;
-
-struct Turn {
-  std::vector<Directed> directed;
-  std::vector<Publication> events;
-
-  // Every directed message of body type `type` sent to `to`.
-  std::vector<const wire::Envelope*> To(const std::string& to, wire::Body type) const {
-    std::vector<const wire::Envelope*> out;
-    for (const auto& d : directed) {
-      const auto* env = wire::GetEnvelope(d.payload.data());
-      if (d.to == to && env->body_type() == type) out.push_back(env);
-    }
-    return out;
-  }
-  std::vector<const wire::Event*> Events(const std::string& type) const {
-    std::vector<const wire::Event*> out;
-    for (const auto& e : events) {
-      if (e.topic == type) out.push_back(wire::GetEnvelope(e.payload().data())->body_as_Event());
-    }
-    return out;
-  }
-  // Task ids dispatched to `address`.
-  std::vector<uint64_t> Dispatched(const std::string& address) const {
-    std::vector<uint64_t> ids;
-    for (const auto* env : To(address, wire::Body::Dispatch)) {
-      for (const auto* a : *env->body_as_Dispatch()->assignments()) ids.push_back(a->task());
-    }
-    return ids;
-  }
-};
-
-struct WorkerSpec {
-  std::string id;
-  std::vector<std::string> caps;
-  uint32_t cpus = 4;
-  uint64_t memory = 8 * GiB;
-  uint32_t slots = 2;
-  Labels labels;
-  uint64_t instance = 1;
-  std::vector<Gpu> gpus;
-};
-
-class Harness {
- public:
-  explicit Harness(EngineOptions options = {}) : store_(store::NewMemStore()) { Restart(options); }
-
-  void Restart(EngineOptions options = {}) {
-    engine_ = std::make_unique<Engine>(options);
-    REQUIRE(engine_->Recover(store_.get(), now).ok());
-    engine_->Start(now);
-    Commit();
-  }
-
-  Engine& engine() { return *engine_; }
-  store::Store& store() { return *store_; }
-
-  // Ends the turn the way the daemon does: writes first, then what was derived.
-  Turn Commit() {
-    engine_->FinishTurn(now);
-    Effects& e = engine_->effects();
-    REQUIRE(store_->Write(e.writes, true).ok());
-    Turn t{std::move(e.directed), std::move(e.events)};
-    e.Clear();
-    return t;
-  }
-
-  static std::string Address(const std::string& id, uint64_t instance = 1) {
-    return "w/" + id + "/" + std::to_string(instance);
-  }
-
-  Turn Register(const WorkerSpec& w, std::vector<std::pair<uint64_t, uint32_t>> running = {}) {
-    flatbuffers::FlatBufferBuilder fbb;
-    std::vector<flatbuffers::Offset<wire::TaskRef>> refs;
-    for (auto [task, attempt] : running) refs.push_back(wire::CreateTaskRef(fbb, task, attempt));
-    Hardware hw{w.cpus * 1000, w.memory, w.gpus};
-    auto reg = wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(Address(w.id, w.instance)),
-                                              fbb.CreateString("node-" + w.id), w.instance, fbb.CreateString("test"),
-                                              w.slots, codec::ToWire(fbb, hw), codec::ToWire(fbb, w.labels),
-                                              fbb.CreateVector(refs), codec::ToWire(fbb, w.caps));
-    std::string bytes = codec::Seal(fbb, reg);
-    engine_->OnBus(*wire::GetEnvelope(bytes.data()), now);
-    return Commit();
-  }
-
-  Turn Heartbeat(const std::string& id, std::vector<std::string> caps, uint64_t instance = 1) {
-    flatbuffers::FlatBufferBuilder fbb;
-    auto hb = wire::CreateWorkerHeartbeat(fbb, fbb.CreateString(id), fbb.CreateString(Address(id, instance)), instance,
-                                          0, codec::ToWire(fbb, caps));
-    std::string bytes = codec::Seal(fbb, hb);
-    engine_->OnBus(*wire::GetEnvelope(bytes.data()), now);
-    return Commit();
-  }
-
-  Turn Submit(std::vector<TaskSpec> specs, bool watch = false, const std::string& from = "client") {
-    flatbuffers::FlatBufferBuilder fbb;
-    std::vector<flatbuffers::Offset<wire::TaskSpec>> offsets;
-    for (const auto& s : specs) offsets.push_back(codec::ToWire(fbb, s));
-    std::string bytes = codec::Seal(fbb, wire::CreateSubmitRequest(fbb, fbb.CreateVector(offsets), watch, 7));
-    engine_->OnDirected(from, *wire::GetEnvelope(bytes.data()), now);
-    return Commit();
-  }
-
-  Turn Started(uint64_t task, uint32_t attempt, const std::string& worker) {
-    flatbuffers::FlatBufferBuilder fbb;
-    auto ref = wire::CreateTaskRef(fbb, task, attempt);
-    std::string bytes = codec::Seal(fbb, wire::CreateTaskStarted(fbb, ref, fbb.CreateString(worker)));
-    engine_->OnDirected(Address(worker), *wire::GetEnvelope(bytes.data()), now);
-    return Commit();
-  }
-
-  Turn Finished(uint64_t task, uint32_t attempt, const std::string& worker, wire::Outcome outcome, int code = 0) {
-    flatbuffers::FlatBufferBuilder fbb;
-    auto ref = wire::CreateTaskRef(fbb, task, attempt);
-    std::string bytes =
-        codec::Seal(fbb, wire::CreateTaskFinished(fbb, ref, fbb.CreateString(worker), outcome, code, 0));
-    engine_->OnDirected(Address(worker), *wire::GetEnvelope(bytes.data()), now);
-    return Commit();
-  }
-
-  Turn Tick(uint64_t advance_ms) {
-    now += advance_ms;
-    engine_->Tick(now);
-    return Commit();
-  }
-
-  uint64_t now = 1'700'000'000'000;
-
- private:
-  std::unique_ptr<store::Store> store_;
-  std::unique_ptr<Engine> engine_;
-};
-
-TaskSpec NewTask(std::vector<std::string> caps = {}, Resources r = {}, Labels labels = {}) {
-  TaskSpec s;
-  s.command = {"true"};
-  s.required_capabilities = std::move(caps);
-  s.resources = std::move(r);
-  s.labels = std::move(labels);
-  return s;
-}
-
-const wire::SubmitResult* OnlyResult(const Turn& t) {
-  auto replies = t.To("client", wire::Body::SubmitReply);
-  REQUIRE(replies.size() == 1);
-  const auto* results = replies[0]->body_as_SubmitReply()->results();
-  REQUIRE(results->size() == 1);
-  return results->Get(0);
-}
-
-}  // namespace
+using namespace fm::sched::testing;
 
 TEST_CASE("a task moves pending -> queued -> running -> succeeded, each step an event in sequence", "[unit]") {
   Harness h;
@@ -409,6 +259,83 @@ TEST_CASE("the same key is the same task, also after a restart", "[unit]") {
   CHECK(after->status() == wire::SubmitStatus::Succeeded);
 }
 
+TEST_CASE("a key reused with a different body is a key_conflict naming the first task, which is unchanged", "[unit]") {
+  Harness h;
+  h.Register({"w", {}});
+  TaskSpec first = NewTask();
+  first.key = "k";
+  uint64_t id = OnlyResult(h.Submit({first}))->task();
+  TaskSpec other = first;
+  other.command = {"echo", "something else"};
+  Turn t = h.Submit({other});
+  const auto* r = OnlyResult(t);
+  CHECK(r->status() == wire::SubmitStatus::Rejected);
+  CHECK(r->reason()->str() == "key_conflict");
+  CHECK(r->task() == id);
+  CHECK_THAT(r->message()->str(), Catch::Contains("task t" + std::to_string(id)));
+  CHECK(t.Dispatched(Harness::Address("w")).empty());
+  CHECK(h.engine().active_count() == 1);
+  h.Restart();  // also when the first is read back from the store
+  h.Register({"w", {}});
+  CHECK(OnlyResult(h.Submit({other}))->reason()->str() == "key_conflict");
+  CHECK(OnlyResult(h.Submit({first}))->status() == wire::SubmitStatus::Accepted);
+}
+
+TEST_CASE("a key answers its task's status as it is: failed for an accepted task that failed, rejected only if refused",
+          "[unit]") {
+  Harness h;
+  h.Register({"g", {"gpu"}});
+  TaskSpec accepted = NewTask({"gpu"});
+  accepted.key = "ran";
+  uint64_t id = OnlyResult(h.Submit({accepted}))->task();
+  h.Tick(EngineOptions().liveness_window_ms + 1);  // its only worker is lost: it fails no_eligible_worker
+  REQUIRE(h.engine().active_task(id) == nullptr);
+  const auto* again = OnlyResult(h.Submit({accepted}));
+  CHECK(again->task() == id);
+  CHECK(again->status() == wire::SubmitStatus::Failed);
+  CHECK(again->reason()->str() == "no_eligible_worker");
+
+  TaskSpec refused = NewTask({"gpu"});
+  refused.key = "refused";
+  CHECK(OnlyResult(h.Submit({refused}))->status() == wire::SubmitStatus::Rejected);
+  h.Restart();
+  CHECK(OnlyResult(h.Submit({refused}))->status() == wire::SubmitStatus::Rejected);
+  CHECK(OnlyResult(h.Submit({accepted}))->status() == wire::SubmitStatus::Failed);
+}
+
+TEST_CASE("a backlog that only a full class can run costs one look per turn, not one per waiting task", "[unit]") {
+  Harness h;
+  h.Register({"busy", {}, 4, 8 * GiB, 1, {{"pool", "a"}}});
+  h.Register({"idle", {}, 4, 8 * GiB, 8, {{"pool", "b"}}});
+  std::vector<TaskSpec> backlog(5000, NewTask({}, {}, {{"pool", "a"}}));
+  h.Submit(backlog);
+  REQUIRE(h.engine().pending_count() == 4999);  // one runs on "busy", the rest wait
+  uint64_t before = h.engine().placement_offers();
+  for (int i = 0; i < 8; ++i) {                             // "idle" has 8 slots
+    Turn t = h.Submit({NewTask({}, {}, {{"pool", "b"}})});  // placement runs every turn
+    CHECK(t.Dispatched(Harness::Address("idle")).size() == 1);
+  }
+  // Each turn: the one task placed, and one look at the waiting demand.
+  CHECK(h.engine().placement_offers() - before <= 16);
+  // When "busy" finishes its task, the next in line goes there, in order.
+  Turn t = h.Finished(1, 1, "busy", wire::Outcome::Succeeded);
+  CHECK(t.Dispatched(Harness::Address("busy")) == std::vector<uint64_t>{2});
+}
+
+TEST_CASE("binpack fills the most loaded worker that fits, ties to the smaller id", "[unit]") {
+  EngineOptions options;
+  options.policy = PlacementPolicy::kBinpack;
+  Harness h(options);
+  h.Register({"b", {}});
+  h.Register({"a", {}});
+  Turn t1 = h.Submit({NewTask()});
+  CHECK(t1.Dispatched(Harness::Address("a")).size() == 1);  // equal load: the smaller id
+  Turn t2 = h.Submit({NewTask()});
+  CHECK(t2.Dispatched(Harness::Address("a")).size() == 1);  // the fuller one that still fits
+  Turn t3 = h.Submit({NewTask()});
+  CHECK(t3.Dispatched(Harness::Address("b")).size() == 1);  // "a" is full (2 slots)
+}
+
 TEST_CASE("a drained worker gets no new work and undrain restores it", "[unit]") {
   Harness h;
   h.Register({"w", {}});
@@ -440,11 +367,12 @@ TEST_CASE("events are kept within the retention count and age; replay from befor
   h.Register({"w", {}});
   for (int i = 0; i < 10; ++i) h.Submit({NewTask()});  // ~2 events each
   h.Tick(100);
+  std::deque<Turn> kept;  // the batches point into their turn's messages
   auto replay = [&](uint64_t since) {
     flatbuffers::FlatBufferBuilder fbb;
     std::string bytes = codec::Seal(fbb, wire::CreateReplayRequest(fbb, since, 5));
     h.engine().OnDirected("tap", *wire::GetEnvelope(bytes.data()), h.now);
-    Turn t = h.Commit();
+    const Turn& t = kept.emplace_back(h.Commit());
     auto batches = t.To("tap", wire::Body::ReplayBatch);
     REQUIRE(batches.size() == 1);
     return batches[0]->body_as_ReplayBatch();
@@ -488,11 +416,12 @@ TEST_CASE(
   h.Submit({NewTask(), NewTask(), NewTask()});  // submitted x3 + queued x3 in one block
 
   uint64_t correlation = 0;
+  std::deque<Turn> kept;  // the batches point into their turn's messages
   auto replay = [&](uint64_t since) {
     flatbuffers::FlatBufferBuilder fbb;
     std::string bytes = codec::Seal(fbb, wire::CreateReplayRequest(fbb, since, ++correlation));
     h.engine().OnDirected("tap", *wire::GetEnvelope(bytes.data()), h.now);
-    Turn t = h.Commit();
+    const Turn& t = kept.emplace_back(h.Commit());
     auto batches = t.To("tap", wire::Body::ReplayBatch);
     REQUIRE(batches.size() == 1);
     REQUIRE(batches[0]->body_as_ReplayBatch()->error() == nullptr);

@@ -146,6 +146,9 @@ Status ValidateTaskSpec(const TaskSpec& spec) {
   for (const auto& cap : spec.required_capabilities) {
     if (cap.empty()) return Status::Invalid("requires holds an empty capability name");
   }
+  for (const auto& [key, value] : spec.labels) {
+    if (Status s = ValidateLabel(key, value); !s.ok()) return Status::Invalid("labels: " + s.message());
+  }
   return Status::Ok();
 }
 

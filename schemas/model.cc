@@ -1,7 +1,9 @@
 #include "schemas/model.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
+#include <cstdio>
 
 namespace fm {
 
@@ -13,6 +15,57 @@ bool ParseTaskName(const std::string& name, uint64_t* id) {
   if (digits.empty()) return false;
   auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), *id);
   return ec == std::errc() && end == digits.data() + digits.size() && *id != 0;
+}
+
+namespace {
+bool LabelChar(char c, bool in_value) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  return c == '.' || c == '_' || c == '-' || c == '/' || (in_value && c == ':');
+}
+std::string Printable(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", c);
+      out += hex;
+    }
+  }
+  return out;
+}
+}  // namespace
+
+Status ValidateLabel(const std::string& key, const std::string& value) {
+  const std::string where = "label \"" + Printable(key) + "\"";
+  if (key.empty()) return Status::Invalid("a label key is empty");
+  if (key.size() > 128) return Status::Invalid(where + ": the key is longer than 128 characters");
+  if (!std::isalnum(static_cast<unsigned char>(key[0])) || static_cast<unsigned char>(key[0]) > 0x7f) {
+    return Status::Invalid(where + ": a key starts with a letter or digit");
+  }
+  for (char c : key) {
+    if (!LabelChar(c, false)) {
+      return Status::Invalid(where + ": a key holds only letters, digits and . _ / - (found \"" +
+                             Printable(std::string(1, c)) + "\")");
+    }
+  }
+  if (value.size() > 256) return Status::Invalid(where + ": the value is longer than 256 characters");
+  for (char c : value) {
+    if (!LabelChar(c, true)) {
+      return Status::Invalid(where + ": a value holds only letters, digits and . _ / : - (found \"" +
+                             Printable(std::string(1, c)) + "\")");
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::pair<std::string, std::string>> ParseLabel(const std::string& text) {
+  size_t eq = text.find('=');
+  if (eq == std::string::npos) return Status::Invalid("label \"" + Printable(text) + "\": expected KEY=VALUE");
+  std::string key = text.substr(0, eq), value = text.substr(eq + 1);
+  if (Status s = ValidateLabel(key, value); !s.ok()) return s;
+  return std::make_pair(std::move(key), std::move(value));
 }
 
 void Normalize(std::vector<std::string>* set) {

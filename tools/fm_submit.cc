@@ -382,9 +382,9 @@ int main(int argc, char** argv) {
     spec.resources.gpus = static_cast<uint32_t>(gpus);
     spec.resources.gpu_model = gpu_model;
     for (const auto& l : labels) {
-      size_t eq = l.find('=');
-      if (eq == std::string::npos || eq == 0) return fail("--label", fm::Status::Invalid("expected K=V, got " + l));
-      spec.labels.emplace_back(l.substr(0, eq), l.substr(eq + 1));
+      auto parsed = fm::ParseLabel(l);
+      if (!parsed.ok()) return fail("--label", parsed.status());
+      spec.labels.push_back(std::move(*parsed));
     }
     fm::Normalize(&spec.labels);
     spec.image = image;

@@ -60,12 +60,12 @@ int main(int argc, char** argv) {
   }
   options.heartbeat_ms = *hb;
   for (const auto& label : labels) {
-    size_t eq = label.find('=');
-    if (eq == std::string::npos || eq == 0) {
-      spdlog::error("--label \"{}\": expected K=V", label);
+    auto parsed = fm::ParseLabel(label);
+    if (!parsed.ok()) {
+      spdlog::error("--label: {}", parsed.status().message());
       return 2;
     }
-    options.labels.emplace_back(label.substr(0, eq), label.substr(eq + 1));
+    options.labels.push_back(std::move(*parsed));
   }
 
   fm::worker::Probe probe = fm::worker::ProbeAll(options.docker_socket);

@@ -12,6 +12,7 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "broker/addresses.h"
 #include "schemas/status.h"
 
 namespace fm::bus {
@@ -29,8 +30,6 @@ auto RetryEintr(F&& call) -> decltype(call()) {
   }
 }
 
-inline constexpr const char* kSchedulerAddress = "fm-scheduler";
-inline constexpr const char* kBrokerAddress = "fm-broker";
 inline constexpr const char* kDefaultBroker = "tcp://127.0.0.1:5550";
 
 struct Endpoints {

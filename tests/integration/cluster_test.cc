@@ -180,6 +180,30 @@ TEST_CASE("a worker killed with SIGKILL is lost after the liveness window and it
   CHECK_THAT(submit->Stdout(), Contains(R"("status": "succeeded","worker": ")" + survivor));
 }
 
+TEST_CASE("a worker paused past its liveness window runs the task's next attempt instead of failing it 'no free slot'",
+          "[integration]") {
+  // Regression: runs were keyed by task id, so the returning worker's old attempt held
+  // the slot and the new attempt was refused until attempts ran out.
+  Cluster c({"--liveness", "2s"});
+  c.StartWorker("pw1", {"--slots", "1"});
+  c.StartWorker("pw2", {"--slots", "1"});
+  auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"},
+                               R"({"command": ["sleep", "6"], "max_attempts": 2})"
+                               "\n");
+  REQUIRE(c.WaitEvent("task.started task=t1 worker=pw1"));  // equal load: the smaller id
+  ToolRun busy = c.Submit(R"({"command": ["sleep", "30"]})"
+                          "\n");
+  REQUIRE(busy.exit_code == 0);
+  REQUIRE(c.WaitEvent("task.started task=t2 worker=pw2"));
+  c.worker("pw1").Signal(SIGSTOP);
+  REQUIRE(c.WaitEvent("worker.lost worker=pw1"));
+  c.worker("pw1").Signal(SIGCONT);
+  REQUIRE(c.WaitEvent("task.started task=t1 worker=pw1 attempt=2", 10000));
+  REQUIRE(c.WaitEvent("task.succeeded task=t1 worker=pw1 attempt=2", 15000));
+  CHECK(submit->Wait() == 0);
+  CHECK(c.tap().Count("no free slot") == 0);
+}
+
 TEST_CASE("waiting and running tasks fail with no_eligible_worker when the last worker that could run them leaves",
           "[integration]") {
   Cluster c({"--liveness", "1s"});

@@ -1,0 +1,176 @@
+// The worker's decisions without sockets or processes: dispatches, cancels, results
+// and acknowledgements as bytes in, the outbox out, attempts through an executor whose
+// runs end when the test says so.
+#include <catch2/catch.hpp>
+#include <set>
+
+#include "schemas/codec.h"
+#include "worker/core.h"
+
+using namespace fm;
+using namespace fm::worker;
+
+namespace {
+
+// Holds every started attempt until the test ends it; records what was asked.
+class HeldExecutor final : public Executor {
+ public:
+  std::vector<Ref> started, cancelled;
+  void Start(const Ref& ref, const TaskSpec&) override { started.push_back(ref); }
+  void Cancel(const Ref& ref) override { cancelled.push_back(ref); }
+};
+
+struct Fixture {
+  HeldExecutor executor;
+  WorkerCore core;
+  uint64_t now = 1'000'000;
+
+  explicit Fixture(uint32_t slots = 1) : core(Identity(slots)) { core.SetExecutor(&executor); }
+
+  static WorkerIdentity Identity(uint32_t slots) {
+    WorkerIdentity id;
+    id.id = "pw1";
+    id.address = "w/pw1/1";
+    id.slots = slots;
+    return id;
+  }
+
+  void Dispatch(uint64_t task, uint32_t attempt, std::vector<std::string> command = {"sleep", "6"},
+                const std::string& from = "fm-scheduler") {
+    flatbuffers::FlatBufferBuilder fbb;
+    TaskSpec spec;
+    spec.command = std::move(command);
+    std::vector<flatbuffers::Offset<wire::Assignment>> a{
+        wire::CreateAssignment(fbb, task, attempt, codec::ToWire(fbb, spec))};
+    std::string bytes = codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(a)));
+    core.OnDirected(from, bytes.data(), bytes.size(), now);
+  }
+  void Ack(uint64_t task, uint32_t attempt) {
+    flatbuffers::FlatBufferBuilder fbb;
+    std::vector<flatbuffers::Offset<wire::TaskRef>> refs{wire::CreateTaskRef(fbb, task, attempt)};
+    std::string bytes = codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, 0, fbb.CreateVector(refs)));
+    core.OnDirected("fm-scheduler", bytes.data(), bytes.size(), now);
+  }
+
+  // The turn's report: (started, finished with outcome).
+  struct Report {
+    std::vector<Ref> started;
+    std::vector<std::pair<Ref, wire::Outcome>> finished;
+    std::vector<std::string> messages;
+  };
+  Report EndTurn() {
+    Report r;
+    WorkerOutbox out = core.EndTurn();
+    for (const auto& payload : out.to_scheduler) {
+      const auto* env = wire::GetEnvelope(payload.data());
+      if (env->body_type() != wire::Body::WorkerReport) continue;
+      const auto* rep = env->body_as_WorkerReport();
+      for (const auto* s : *rep->started()) r.started.push_back({s->task(), s->attempt()});
+      for (const auto* f : *rep->finished()) {
+        r.finished.push_back({{f->ref()->task(), f->ref()->attempt()}, f->outcome()});
+        r.messages.push_back(codec::Str(f->message()));
+      }
+    }
+    return r;
+  }
+};
+
+}  // namespace
+
+TEST_CASE(
+    "a newer attempt of a task whose old attempt is still exiting takes its slot, and the old end touches only itself",
+    "[unit]") {
+  Fixture f(/*slots=*/1);
+  f.Dispatch(7, 1);
+  REQUIRE(f.EndTurn().started == std::vector<Ref>{{7, 1}});
+  // Cut off past its liveness window, the worker comes back: the scheduler re-placed
+  // the task here as attempt 2 while attempt 1 still runs.
+  f.Dispatch(7, 2);
+  Fixture::Report r = f.EndTurn();
+  CHECK(r.started == std::vector<Ref>{{7, 2}});  // not "no free slot"
+  CHECK(r.finished.empty());
+  CHECK(f.executor.cancelled == std::vector<Ref>{{7, 1}});
+  CHECK(f.core.slots_in_use() == 1);
+  // Attempt 1 ends (killed): attempt 2 still runs and holds the slot.
+  f.core.OnRunEnded({7, 1}, {wire::Outcome::Cancelled, 0, "cancelled"});
+  CHECK(f.core.running({7, 2}));
+  CHECK(f.core.slots_in_use() == 1);
+  r = f.EndTurn();
+  REQUIRE(r.finished.size() == 1);
+  CHECK(r.finished[0].first == Ref{7, 1});
+  f.Ack(7, 1);
+  // A late delivery of attempt 1 does not start it again.
+  f.Dispatch(7, 1);
+  CHECK(f.executor.started.size() == 2);
+  f.core.OnRunEnded({7, 2}, {});
+  r = f.EndTurn();
+  REQUIRE(r.finished.size() == 1);
+  CHECK(r.finished[0] == std::make_pair(Ref{7, 2}, wire::Outcome::Succeeded));
+  CHECK(f.core.slots_in_use() == 0);
+}
+
+TEST_CASE("a result is re-sent until acknowledged, and deliveries after the acknowledgement are dropped", "[unit]") {
+  Fixture f;
+  f.Dispatch(1, 1, {"true"});
+  f.core.OnRunEnded({1, 1}, {});
+  CHECK(f.EndTurn().finished.size() == 1);
+  f.core.Tick(f.now + 500);
+  CHECK(f.EndTurn().finished.empty());  // not yet due
+  f.core.Tick(f.now + 1000);
+  CHECK(f.EndTurn().finished.size() == 1);  // due again
+  f.Dispatch(1, 1, {"true"});               // a duplicate delivery of a finished attempt: say so again
+  CHECK(f.EndTurn().finished.size() == 1);
+  f.Ack(1, 1);
+  CHECK(f.core.unacknowledged() == 0);
+  f.core.Tick(f.now + 5000);
+  f.Dispatch(1, 1, {"true"});  // late duplicate: dropped, never run twice
+  Fixture::Report r = f.EndTurn();
+  CHECK(r.finished.empty());
+  CHECK(r.started.empty());
+  CHECK(f.executor.started.size() == 1);
+}
+
+TEST_CASE("a duplicate delivery of a running attempt is reported started again and not run twice", "[unit]") {
+  Fixture f;
+  f.Dispatch(3, 1);
+  f.EndTurn();
+  f.Dispatch(3, 1);
+  CHECK(f.EndTurn().started == std::vector<Ref>{{3, 1}});
+  CHECK(f.executor.started.size() == 1);
+}
+
+TEST_CASE("a dispatch the scheduler would refuse fails alone with invalid_task and never reaches an executor",
+          "[unit]") {
+  Fixture f(2);
+  f.Dispatch(4, 1, {});  // {"command": []} once crashed the worker on a libuv assertion
+  f.Dispatch(5, 1, {"true"});
+  Fixture::Report r = f.EndTurn();
+  REQUIRE(r.finished.size() == 1);
+  CHECK(r.finished[0] == std::make_pair(Ref{4, 1}, wire::Outcome::Failed));
+  CHECK_THAT(r.messages[0], Catch::StartsWith("invalid_task: command"));
+  CHECK(f.executor.started == std::vector<Ref>{{5, 1}});
+}
+
+TEST_CASE("a worker acts only on commands from the scheduler", "[unit]") {
+  Fixture f;
+  f.Dispatch(9, 1, {"sh", "-c", "id; env"}, "c/attacker/1");
+  CHECK(f.executor.started.empty());
+  CHECK(f.core.dropped_not_from_scheduler() == 1);
+  CHECK(f.EndTurn().started.empty());
+}
+
+TEST_CASE("a full worker answers retryable 'no free slot' and a cancelled attempt frees its slot at once", "[unit]") {
+  Fixture f(1);
+  f.Dispatch(1, 1);
+  f.Dispatch(2, 1);
+  Fixture::Report r = f.EndTurn();
+  REQUIRE(r.finished.size() == 1);
+  CHECK(r.finished[0] == std::make_pair(Ref{2, 1}, wire::Outcome::Retryable));
+  flatbuffers::FlatBufferBuilder fbb;
+  std::string cancel = codec::Seal(fbb, wire::CreateCancelTask(fbb, wire::CreateTaskRef(fbb, 1, 1)));
+  f.core.OnDirected("fm-scheduler", cancel.data(), cancel.size(), f.now);
+  CHECK(f.executor.cancelled == std::vector<Ref>{{1, 1}});
+  CHECK(f.core.slots_in_use() == 0);
+  f.Dispatch(2, 2);
+  CHECK(f.EndTurn().started == std::vector<Ref>{{2, 2}});
+}

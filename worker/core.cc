@@ -1,0 +1,246 @@
+#include "worker/core.h"
+
+#include "broker/addresses.h"
+#include "schemas/codec.h"
+#include "schemas/json.h"
+
+namespace fm::worker {
+
+using codec::Str;
+
+WorkerCore::WorkerCore(WorkerIdentity identity, WorkerCoreOptions options)
+    : identity_(std::move(identity)), options_(options) {}
+
+// ---------------------------------------------------------------------------
+// Inbound.
+
+void WorkerCore::OnDirected(const std::string& from, const void* data, size_t size, uint64_t now_ms) {
+  now_ms_ = now_ms;
+  auto envelope = codec::Decode(data, size);
+  if (!envelope.ok()) {
+    if (from != bus::kBrokerAddress)
+      out_.replies.push_back({from, codec::EncodeError("malformed", envelope.status().message())});
+    return;
+  }
+  const wire::Envelope& env = **envelope;
+  const wire::Body type = env.body_type();
+  if (type == wire::Body::Error) return;  // e.g. "unreachable": results are re-sent anyway
+  const bool command = type == wire::Body::Dispatch || type == wire::Body::CancelTask ||
+                       type == wire::Body::TaskFinishedAck || type == wire::Body::ReRegister ||
+                       type == wire::Body::WorkerRejected;
+  if (!command) {
+    out_.replies.push_back({from, codec::EncodeError("unsupported", std::string("a worker does not take ") +
+                                                                        wire::EnumNameBody(type) + " messages")});
+    return;
+  }
+  if (from != bus::kSchedulerAddress) {
+    ++dropped_not_from_scheduler_;  // only the scheduler commands a worker
+    return;
+  }
+  switch (type) {
+    case wire::Body::Dispatch:
+      return OnDispatch(*env.body_as_Dispatch());
+    case wire::Body::CancelTask:
+      return OnCancel(*env.body_as_CancelTask());
+    case wire::Body::TaskFinishedAck:
+      return OnAck(*env.body_as_TaskFinishedAck());
+    case wire::Body::ReRegister:
+      return Register();
+    case wire::Body::WorkerRejected:
+      refusal_ = Str(env.body_as_WorkerRejected()->message());
+      if (refusal_.empty()) refusal_ = "refused by the scheduler";
+      return;
+    default:
+      return;
+  }
+}
+
+void WorkerCore::OnDispatch(const wire::Dispatch& dispatch) {
+  if (!dispatch.assignments()) return;
+  for (const wire::Assignment* a : *dispatch.assignments()) {
+    const Ref ref{a->task(), a->attempt()};
+    if (done_.count(ref)) continue;  // acknowledged long ago: a late duplicate
+    if (finished_.count(ref)) {
+      report_finished_.insert(ref);  // ran already: say so again
+      continue;
+    }
+    if (runs_.count(ref)) {
+      report_started_.push_back(ref);  // a duplicate delivery of what runs now
+      continue;
+    }
+    // Other attempts of this task still here: older ones are superseded (the scheduler
+    // gave up on them and freed their slot); a newer one makes this delivery stale.
+    std::vector<Ref> older;
+    bool stale = false;
+    for (auto it = runs_.lower_bound({ref.first, 0}); it != runs_.end() && it->first.first == ref.first; ++it) {
+      if (it->first.second > ref.second) {
+        stale = true;
+      } else {
+        older.push_back(it->first);
+      }
+    }
+    if (stale) continue;
+    for (const Ref& old : older) {
+      Release(&runs_.at(old));
+      executor_->Cancel(old);  // may end it at once
+    }
+    // Checked as the scheduler checks a submission: a hostile or broken dispatch fails
+    // alone, with the reason, and never reaches an executor.
+    TaskSpec spec = codec::FromWire(a->spec());
+    if (Status valid = ValidateTaskSpec(spec); !valid.ok()) {
+      Finish(ref, {wire::Outcome::Failed, 0, "invalid_task: " + valid.message()});
+      continue;
+    }
+    if (slots_in_use_ >= identity_.slots) {
+      Finish(ref, {wire::Outcome::Retryable, 0,
+                   "worker " + identity_.id + " has no free slot (" + std::to_string(slots_in_use_) + " in use)"});
+      continue;
+    }
+    runs_.emplace(ref, RunState{});
+    ++slots_in_use_;
+    report_started_.push_back(ref);
+    executor_->Start(ref, spec);  // may end it at once
+  }
+}
+
+void WorkerCore::OnCancel(const wire::CancelTask& cancel) {
+  if (!cancel.ref()) return;
+  const Ref ref{cancel.ref()->task(), cancel.ref()->attempt()};
+  finished_.erase(ref);
+  report_finished_.erase(ref);
+  auto run = runs_.find(ref);
+  if (run == runs_.end()) return;
+  Release(&run->second);
+  executor_->Cancel(ref);
+}
+
+void WorkerCore::OnAck(const wire::TaskFinishedAck& ack) {
+  auto one = [&](const wire::TaskRef& r) {
+    const Ref ref{r.task(), r.attempt()};
+    report_finished_.erase(ref);
+    if (finished_.erase(ref) && done_.insert(ref).second) {
+      done_order_.push_back(ref);
+      if (done_order_.size() > options_.done_memory) {
+        done_.erase(done_order_.front());
+        done_order_.pop_front();
+      }
+    }
+  };
+  if (ack.refs()) {
+    for (const auto* r : *ack.refs()) one(*r);
+  } else if (ack.ref()) {
+    one(*ack.ref());  // a scheduler from before batched acknowledgements
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Runs.
+
+void WorkerCore::Release(RunState* run) {
+  if (!run->counted) return;
+  run->counted = false;
+  --slots_in_use_;
+}
+
+void WorkerCore::OnRunOutput(const Ref& ref, const char* stream, std::string_view data) {
+  flatbuffers::FlatBufferBuilder fbb(data.size() + 128);
+  auto r = wire::CreateTaskRef(fbb, ref.first, ref.second);
+  auto log = wire::CreateTaskLog(fbb, r, fbb.CreateString(stream), fbb.CreateString(data.data(), data.size()));
+  out_.to_scheduler.push_back(codec::Seal(fbb, log));
+}
+
+void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
+  auto run = runs_.find(ref);
+  if (run == runs_.end()) return;  // not ours: an executor bug, never a crash
+  Release(&run->second);
+  runs_.erase(run);
+  Finish(ref, std::move(result));
+}
+
+void WorkerCore::Finish(const Ref& ref, RunResult result) {
+  finished_[ref] = Finished{std::move(result), now_ms_};
+  report_finished_.insert(ref);
+}
+
+void WorkerCore::Tick(uint64_t now_ms) {
+  now_ms_ = now_ms;
+  for (auto& [ref, f] : finished_) {
+    if (now_ms >= f.sent_ms + options_.resend_ms) {
+      report_finished_.insert(ref);
+      f.sent_ms = now_ms;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Announcements and the report.
+
+std::vector<Ref> WorkerCore::Held() const {
+  std::vector<Ref> held;
+  for (const auto& [ref, run] : runs_) {
+    if (run.counted) held.push_back(ref);
+  }
+  for (const auto& [ref, f] : finished_) held.push_back(ref);
+  return held;
+}
+
+namespace {
+flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>> Refs(flatbuffers::FlatBufferBuilder& fbb,
+                                                                                  const std::vector<Ref>& refs) {
+  std::vector<flatbuffers::Offset<wire::TaskRef>> offsets;
+  offsets.reserve(refs.size());
+  for (const Ref& r : refs) offsets.push_back(wire::CreateTaskRef(fbb, r.first, r.second));
+  return fbb.CreateVector(offsets);
+}
+}  // namespace
+
+void WorkerCore::Register() {
+  const WorkerIdentity& w = identity_;
+  flatbuffers::FlatBufferBuilder fbb(1024);
+  auto held = Refs(fbb, Held());
+  auto reg =
+      wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address), fbb.CreateString(w.node),
+                                     w.instance, fbb.CreateString(w.version), w.slots, codec::ToWire(fbb, w.hardware),
+                                     codec::ToWire(fbb, w.labels), held, codec::ToWire(fbb, w.capabilities));
+  out_.publications.push_back({"fleet.register", codec::Seal(fbb, reg)});
+}
+
+void WorkerCore::Heartbeat() {
+  const WorkerIdentity& w = identity_;
+  flatbuffers::FlatBufferBuilder fbb(512);
+  auto held = Refs(fbb, Held());
+  auto hb = wire::CreateWorkerHeartbeat(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address), w.instance, held,
+                                        codec::ToWire(fbb, w.capabilities));
+  out_.publications.push_back({"fleet.heartbeat", codec::Seal(fbb, hb)});
+}
+
+bool WorkerCore::SetCapabilities(std::vector<std::string> capabilities) {
+  Normalize(&capabilities);
+  if (capabilities == identity_.capabilities) return false;
+  identity_.capabilities = std::move(capabilities);
+  return true;
+}
+
+WorkerOutbox WorkerCore::EndTurn() {
+  if (!report_started_.empty() || !report_finished_.empty()) {
+    flatbuffers::FlatBufferBuilder fbb(256 + 64 * (report_started_.size() + report_finished_.size()));
+    auto started = Refs(fbb, report_started_);
+    auto worker = fbb.CreateString(identity_.id);
+    std::vector<flatbuffers::Offset<wire::TaskFinished>> finished;
+    finished.reserve(report_finished_.size());
+    for (const Ref& ref : report_finished_) {
+      auto f = finished_.find(ref);
+      if (f == finished_.end()) continue;
+      const RunResult& r = f->second.result;
+      finished.push_back(wire::CreateTaskFinished(fbb, wire::CreateTaskRef(fbb, ref.first, ref.second), worker,
+                                                  r.outcome, r.exit_code, fbb.CreateString(r.message)));
+    }
+    out_.to_scheduler.push_back(
+        codec::Seal(fbb, wire::CreateWorkerReport(fbb, worker, started, fbb.CreateVector(finished))));
+    report_started_.clear();
+    report_finished_.clear();
+  }
+  return std::exchange(out_, WorkerOutbox());
+}
+
+}  // namespace fm::worker

@@ -1,0 +1,122 @@
+// The worker without sockets or processes: what it announces, which dispatches it runs,
+// deduplication by (task, attempt), results kept and re-sent until acknowledged, and the
+// per-turn report. Messages go in as bytes (verified here), time is passed in, attempts
+// run through an Executor, and what must leave the process comes out in an Outbox.
+// fm-worker (worker/worker.h) is the loop and sockets around it.
+//
+// Runs are keyed by (task, attempt). A newer attempt of a task that still runs here
+// replaces the older one: the older is cancelled and its slot is handed to the newer at
+// once (the scheduler released it already), and the older's end touches only its own
+// entry. Only the scheduler may dispatch, cancel, acknowledge, ask to re-register or
+// refuse this worker; those from anyone else are dropped and counted.
+//
+// Thread: one (the loop thread).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "schemas/model.h"
+#include "worker/executor.h"
+
+namespace fm::worker {
+
+struct WorkerIdentity {
+  std::string id;
+  std::string node;
+  std::string address;  // this process's identity on its broker
+  uint64_t instance = 0;
+  std::string version;
+  uint32_t slots = 1;
+  Hardware hardware;
+  Labels labels;
+  std::vector<std::string> capabilities;  // sorted
+};
+
+struct WorkerCoreOptions {
+  uint64_t resend_ms = 1000;    // a result not acknowledged is sent again after this
+  size_t done_memory = 100000;  // acknowledged results remembered to drop late duplicates
+};
+
+struct WorkerOutbox {
+  std::vector<std::string> to_scheduler;                          // directed payloads
+  std::vector<std::pair<std::string, std::string>> replies;       // address, payload
+  std::vector<std::pair<std::string, std::string>> publications;  // topic, payload
+  bool empty() const { return to_scheduler.empty() && replies.empty() && publications.empty(); }
+};
+
+class WorkerCore final : public RunSink {
+ public:
+  WorkerCore(WorkerIdentity identity, WorkerCoreOptions options = {});
+  // REQUIRES: set before the first message; outlives the core's use of it.
+  void SetExecutor(Executor* executor) { executor_ = executor; }
+
+  // A directed message from broker identity `from`. Malformed or unknown messages get an
+  // Error reply (not to the broker itself); commands not from the scheduler are dropped.
+  void OnDirected(const std::string& from, const void* data, size_t size, uint64_t now_ms);
+  // RunSink: the executor's reports.
+  void OnRunOutput(const Ref& ref, const char* stream, std::string_view data) override;
+  void OnRunEnded(const Ref& ref, RunResult result) override;
+  // Schedules results not acknowledged within resend_ms to be sent again.
+  void Tick(uint64_t now_ms);
+
+  // Queues this worker's registration (fleet.register) or heartbeat (fleet.heartbeat).
+  void Register();
+  void Heartbeat();
+  // Replaces the announced capabilities (a re-probe's result). Returns whether they changed.
+  bool SetCapabilities(std::vector<std::string> capabilities);
+
+  // Ends the turn: what started and finished goes out as one WorkerReport; returns all
+  // that must leave the process.
+  WorkerOutbox EndTurn();
+
+  // Set when the scheduler refused this worker (its id is held by another live one).
+  bool refused() const { return !refusal_.empty(); }
+  const std::string& refusal() const { return refusal_; }
+
+  const WorkerIdentity& identity() const { return identity_; }
+  // Slots in use: attempts running here that the scheduler counts (not cancelled or
+  // superseded ones still winding down).
+  uint32_t slots_in_use() const { return slots_in_use_; }
+  bool running(const Ref& ref) const { return runs_.count(ref) > 0; }
+  size_t unacknowledged() const { return finished_.size(); }
+  uint64_t dropped_not_from_scheduler() const { return dropped_not_from_scheduler_; }
+
+ private:
+  struct RunState {
+    bool counted = true;  // holds one of this worker's slots
+  };
+  struct Finished {
+    RunResult result;
+    uint64_t sent_ms = 0;
+  };
+
+  void OnDispatch(const wire::Dispatch& dispatch);
+  void OnCancel(const wire::CancelTask& cancel);
+  void OnAck(const wire::TaskFinishedAck& ack);
+  void Release(RunState* run);
+  void Finish(const Ref& ref, RunResult result);
+  std::vector<Ref> Held() const;
+
+  WorkerIdentity identity_;
+  WorkerCoreOptions options_;
+  Executor* executor_ = nullptr;
+  uint64_t now_ms_ = 0;
+
+  std::map<Ref, RunState> runs_;  // attempts the executor holds
+  uint32_t slots_in_use_ = 0;
+  std::map<Ref, Finished> finished_;  // results not yet acknowledged
+  std::set<Ref> done_;                // acknowledged, to drop late duplicates
+  std::deque<Ref> done_order_;
+  std::vector<Ref> report_started_;
+  std::set<Ref> report_finished_;
+  WorkerOutbox out_;
+  std::string refusal_;
+  uint64_t dropped_not_from_scheduler_ = 0;
+};
+
+}  // namespace fm::worker

@@ -1,0 +1,60 @@
+// How the worker runs an attempt, behind one interface: exec (a process through
+// libuv), docker (the Engine API) and noop (benchmarks) are implementations; the worker
+// core (worker/core.h) decides what runs and never touches a process or a socket.
+//
+// An attempt is named by its Ref, (task, attempt): two attempts of one task are two
+// runs, and the end of one never touches the other.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "schemas/fm_generated.h"
+#include "schemas/model.h"
+
+namespace fm::worker {
+
+using Ref = std::pair<uint64_t, uint32_t>;  // task, attempt
+
+struct RunResult {
+  wire::Outcome outcome = wire::Outcome::Succeeded;
+  int32_t exit_code = 0;
+  std::string message;
+};
+
+// What an executor reports, on the loop thread.
+class RunSink {
+ public:
+  virtual ~RunSink() = default;
+  // Output of a started attempt, in order per stream ("stdout" or "stderr").
+  virtual void OnRunOutput(const Ref& ref, const char* stream, std::string_view data) = 0;
+  // The attempt has ended and holds nothing any more (no process, no handle, no
+  // container). Called exactly once per Start, possibly from within Start.
+  virtual void OnRunEnded(const Ref& ref, RunResult result) = 0;
+};
+
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  // Starts `ref`. REQUIRES: `ref` is not running here. Thread: the loop thread.
+  virtual void Start(const Ref& ref, const TaskSpec& spec) = 0;
+  // Asks a running attempt to stop; its OnRunEnded still comes (outcome Cancelled).
+  // No-op for an attempt that is not running.
+  virtual void Cancel(const Ref& ref) = 0;
+};
+
+// Completes each attempt at once without running anything: for benchmarks of the
+// dispatch path only (fm-worker --noop-executor).
+class NoopExecutor final : public Executor {
+ public:
+  explicit NoopExecutor(RunSink* sink) : sink_(sink) {}
+  void Start(const Ref& ref, const TaskSpec&) override { sink_->OnRunEnded(ref, RunResult{}); }
+  void Cancel(const Ref&) override {}
+
+ private:
+  RunSink* sink_;
+};
+
+}  // namespace fm::worker

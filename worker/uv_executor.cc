@@ -1,0 +1,262 @@
+#include "worker/uv_executor.h"
+
+#include <signal.h>
+
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "worker/docker_client.h"
+
+namespace fm::worker {
+
+// One attempt in flight. Owned by runs_; libuv handles point back to it.
+struct UvExecutor::Run {
+  UvExecutor* executor = nullptr;
+  Ref ref;
+  TaskSpec spec;
+  // exec
+  uv_process_t process{};
+  uv_pipe_t out{}, err{};
+  uv_timer_t timer{};
+  int open_handles = 0;
+  bool exited = false;
+  int64_t exit_status = 0;
+  int term_signal = 0;
+  std::atomic<bool> timed_out{false};
+  std::atomic<bool> cancelled{false};
+  bool timer_started = false;
+  std::string spawn_error;
+  // docker
+  uv_work_t work{};
+  std::mutex mutex;
+  std::string container;  // guarded by mutex
+  std::string docker_out, docker_err, docker_error;
+  int64_t docker_status = -1;
+};
+
+UvExecutor::UvExecutor(uv_loop_t* loop, RunSink* sink, std::string docker_socket, std::function<void()> on_activity)
+    : loop_(loop), sink_(sink), docker_socket_(std::move(docker_socket)), on_activity_(std::move(on_activity)) {}
+
+UvExecutor::~UvExecutor() = default;
+
+void UvExecutor::Start(const Ref& ref, const TaskSpec& spec) {
+  auto run = std::make_unique<Run>();
+  run->executor = this;
+  run->ref = ref;
+  run->spec = spec;
+  Run* raw = run.get();
+  runs_[ref] = std::move(run);
+  if (raw->spec.image.empty()) {
+    StartExec(raw);
+  } else {
+    StartDocker(raw);
+  }
+}
+
+void UvExecutor::Cancel(const Ref& ref) {
+  auto it = runs_.find(ref);
+  if (it == runs_.end()) return;
+  it->second->cancelled = true;
+  Kill(it->second.get());
+}
+
+void UvExecutor::End(Run* run, RunResult result) {
+  Ref ref = run->ref;
+  runs_.erase(ref);  // frees run
+  sink_->OnRunEnded(ref, std::move(result));
+  on_activity_();
+}
+
+// The exec run ends once its four handles (process, stdout, stderr, timer) are closed:
+// then all output has been sent and the exit status is known.
+void UvExecutor::OnExecHandleClosed(uv_handle_t* handle) {
+  auto* r = static_cast<Run*>(handle->data);
+  if (--r->open_handles > 0) return;
+  RunResult result;
+  result.exit_code = static_cast<int32_t>(r->exit_status);
+  if (!r->spawn_error.empty()) {
+    result = {wire::Outcome::Failed, 127, r->spawn_error};
+  } else if (r->cancelled) {
+    result = {wire::Outcome::Cancelled, result.exit_code, "cancelled"};
+  } else if (r->timed_out) {
+    result = {wire::Outcome::TimedOut, 128 + SIGKILL,
+              "killed after the timeout of " + std::to_string(r->spec.timeout_ms) + " ms"};
+  } else if (r->term_signal != 0) {
+    result = {wire::Outcome::Failed, 128 + r->term_signal,
+              std::string("killed by signal ") + strsignal(r->term_signal)};
+  } else if (r->exit_status != 0) {
+    result = {wire::Outcome::Failed, result.exit_code, "exit status " + std::to_string(r->exit_status)};
+  }
+  r->executor->End(r, std::move(result));
+}
+
+void UvExecutor::StartExec(Run* run) {
+  uv_pipe_init(loop_, &run->out, 0);
+  uv_pipe_init(loop_, &run->err, 0);
+  uv_timer_init(loop_, &run->timer);
+  run->out.data = run->err.data = run->timer.data = run->process.data = run;
+  run->open_handles = 4;
+
+  std::vector<char*> args;
+  for (auto& a : run->spec.command) args.push_back(a.data());
+  args.push_back(nullptr);
+  uv_stdio_container_t stdio[3];
+  stdio[0].flags = UV_IGNORE;
+  stdio[1].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
+  stdio[1].data.stream = reinterpret_cast<uv_stream_t*>(&run->out);
+  stdio[2].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
+  stdio[2].data.stream = reinterpret_cast<uv_stream_t*>(&run->err);
+  uv_process_options_t po{};
+  po.file = args[0];
+  po.args = args.data();
+  po.stdio = stdio;
+  po.stdio_count = 3;
+  po.flags = UV_PROCESS_DETACHED;  // own process group: a timeout kills the whole tree
+  po.exit_cb = [](uv_process_t* p, int64_t status, int signal) {
+    auto* r = static_cast<Run*>(p->data);
+    r->exited = true;
+    r->exit_status = status;
+    r->term_signal = signal;
+    uv_timer_stop(&r->timer);
+    uv_close(reinterpret_cast<uv_handle_t*>(&r->timer), OnExecHandleClosed);
+    uv_close(reinterpret_cast<uv_handle_t*>(p), OnExecHandleClosed);
+  };
+  int rc = uv_spawn(loop_, &run->process, &po);
+  if (rc != 0) {
+    run->spawn_error = "cannot run \"" + run->spec.command[0] + "\": " + uv_strerror(rc);
+    run->exited = true;
+    for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&run->process), reinterpret_cast<uv_handle_t*>(&run->out),
+                           reinterpret_cast<uv_handle_t*>(&run->err), reinterpret_cast<uv_handle_t*>(&run->timer)}) {
+      uv_close(h, OnExecHandleClosed);
+    }
+    return;
+  }
+  if (run->spec.timeout_ms > 0) StartTimeout(run);
+  auto alloc = [](uv_handle_t*, size_t suggested, uv_buf_t* buf) {
+    buf->base = new char[suggested];
+    buf->len = suggested;
+  };
+  auto on_read = [](uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+    auto* r = static_cast<Run*>(s->data);
+    const char* name = s == reinterpret_cast<uv_stream_t*>(&r->out) ? "stdout" : "stderr";
+    if (n > 0) r->executor->sink_->OnRunOutput(r->ref, name, std::string_view(buf->base, static_cast<size_t>(n)));
+    delete[] buf->base;
+    UvExecutor* self = r->executor;
+    if (n < 0) uv_close(reinterpret_cast<uv_handle_t*>(s), OnExecHandleClosed);
+    self->on_activity_();
+  };
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&run->out), alloc, on_read);
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&run->err), alloc, on_read);
+}
+
+void UvExecutor::StartDocker(Run* run) {
+  run->work.data = run;
+  uv_queue_work(
+      loop_, &run->work,
+      [](uv_work_t* w) {
+        auto* r = static_cast<Run*>(w->data);
+        DockerClient docker(r->executor->docker_socket_);
+        auto id = docker.Create(r->spec.image, r->spec.command);
+        if (!id.ok()) {
+          r->docker_error = id.status().message();
+          return;
+        }
+        {
+          std::lock_guard<std::mutex> lock(r->mutex);
+          r->container = *id;
+        }
+        if (r->cancelled || r->timed_out) {
+          // Ended before the container started: nothing to wait for.
+        } else if (Status s = docker.Start(*id); !s.ok()) {
+          r->docker_error = s.message();
+        } else {
+          auto status = docker.Wait(*id);
+          if (!status.ok()) {
+            r->docker_error = status.status().message();
+          } else {
+            r->docker_status = *status;
+            (void)docker.Logs(*id, &r->docker_out, &r->docker_err);
+          }
+        }
+        (void)docker.Remove(*id);
+      },
+      [](uv_work_t* w, int) {
+        auto* r = static_cast<Run*>(w->data);
+        UvExecutor* self = r->executor;
+        if (!r->docker_out.empty()) self->sink_->OnRunOutput(r->ref, "stdout", r->docker_out);
+        if (!r->docker_err.empty()) self->sink_->OnRunOutput(r->ref, "stderr", r->docker_err);
+        RunResult result;
+        result.exit_code = static_cast<int32_t>(r->docker_status);
+        if (r->cancelled) {
+          result = {wire::Outcome::Cancelled, result.exit_code, "cancelled"};
+        } else if (r->timed_out) {
+          result = {wire::Outcome::TimedOut, result.exit_code,
+                    "container killed after the timeout of " + std::to_string(r->spec.timeout_ms) + " ms"};
+        } else if (!r->docker_error.empty()) {
+          // The daemon could not run it here: another worker may.
+          result = {wire::Outcome::Retryable, result.exit_code, "docker: " + r->docker_error};
+        } else if (result.exit_code != 0) {
+          result = {wire::Outcome::Failed, result.exit_code,
+                    "container exit status " + std::to_string(result.exit_code)};
+        }
+        if (!r->timer_started) return self->End(r, std::move(result));
+        // The timer handle must be closed before the run is freed.
+        struct Closing {
+          RunResult result;
+        };
+        r->work.data = new Closing{std::move(result)};
+        uv_close(reinterpret_cast<uv_handle_t*>(&r->timer), [](uv_handle_t* h) {
+          auto* run = static_cast<Run*>(h->data);
+          std::unique_ptr<Closing> closing(static_cast<Closing*>(run->work.data));
+          run->executor->End(run, std::move(closing->result));
+        });
+      });
+  if (run->spec.timeout_ms > 0) {
+    uv_timer_init(loop_, &run->timer);
+    run->timer.data = run;
+    run->timer_started = true;
+    StartTimeout(run);
+  }
+}
+
+void UvExecutor::StartTimeout(Run* run) {
+  uv_timer_start(
+      &run->timer,
+      [](uv_timer_t* t) {
+        auto* r = static_cast<Run*>(t->data);
+        r->timed_out = true;
+        r->executor->Kill(r);
+      },
+      run->spec.timeout_ms, 0);
+}
+
+void UvExecutor::Kill(Run* run) {
+  if (run->spec.image.empty()) {
+    if (!run->exited && run->process.pid > 0) kill(-run->process.pid, SIGKILL);
+    return;
+  }
+  std::string container;
+  {
+    std::lock_guard<std::mutex> lock(run->mutex);
+    container = run->container;
+  }
+  if (container.empty()) return;
+  // Blocking API call: on the thread pool.
+  struct Job {
+    uv_work_t work;
+    std::string socket, container;
+  };
+  auto* job = new Job{{}, docker_socket_, container};
+  job->work.data = job;
+  uv_queue_work(
+      loop_, &job->work,
+      [](uv_work_t* w) {
+        auto* j = static_cast<Job*>(w->data);
+        (void)DockerClient(j->socket).Kill(j->container);
+      },
+      [](uv_work_t* w, int) { delete static_cast<Job*>(w->data); });
+}
+
+}  // namespace fm::worker

@@ -1,7 +1,10 @@
 #include "scheduler/daemon.h"
 
+#include <sys/stat.h>
+
 #include <chrono>
 #include <filesystem>
+#include <random>
 
 namespace fm::sched {
 namespace {
@@ -92,6 +95,13 @@ Status SchedulerDaemon::Open() {
   auto store = store::OpenRocksStore(options_.data_dir + "/store", options_.store);
   if (!store.ok()) return store.status();
   store_ = std::move(*store);
+  struct stat identity {};
+  if (stat((options_.data_dir + "/store/IDENTITY").c_str(), &identity) == 0) {
+    store_dev_ = identity.st_dev;
+    store_ino_ = identity.st_ino;
+  }
+  std::random_device rd;
+  options_.engine.fresh_epoch = ((static_cast<uint64_t>(rd()) << 32) | rd()) | 1;
   auto started = std::chrono::steady_clock::now();
   core_ = std::make_unique<SchedulerCore>(options_.engine, store_.get(), options_.logger);
   if (Status s = core_->Open(bus::WallClockMs()); !s.ok()) return s;
@@ -116,6 +126,8 @@ void SchedulerDaemon::Attach(bus::Loop& loop) {
     core_->Tick(bus::WallClockMs());
   });
   loop.OnTurnEnd([this] { TurnEnd(); });
+  loop_ = &loop;
+  if (store_ino_ != 0) loop.Every(1000, [this] { CheckStoreIdentity(); });
   client_->Hello();
   loop.Every(1000, [this] { client_->Hello(); });
   loop.MarkWork();  // the first turn sends scheduler.started
@@ -167,6 +179,21 @@ void SchedulerDaemon::Committed(const Status& status) {
   Outbox out = core_->FinishCommit(status, bus::WallClockMs());
   SendOut(out);
   Commit();  // what gathered meanwhile
+}
+
+void SchedulerDaemon::CheckStoreIdentity() {
+  struct stat now {};
+  std::string path = options_.data_dir + "/store/IDENTITY";
+  if (stat(path.c_str(), &now) == 0 && static_cast<uint64_t>(now.st_dev) == store_dev_ &&
+      static_cast<uint64_t>(now.st_ino) == store_ino_) {
+    return;
+  }
+  options_.logger->error(
+      "the store in {} was removed or replaced while the scheduler ran; stopping rather than acknowledging writes "
+      "that would not survive (restart the scheduler on the data directory to use)",
+      options_.data_dir);
+  exit_code_ = 1;
+  loop_->Stop();
 }
 
 void SchedulerDaemon::SendOut(Outbox& out) {

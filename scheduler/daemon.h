@@ -73,6 +73,8 @@ class SchedulerDaemon {
   Status Open();
   // REQUIRES: Open() succeeded.
   void Attach(bus::Loop& loop);
+  // 0 after a normal stop; 1 when the store was removed or replaced while running.
+  int exit_code() const { return exit_code_; }
 
  private:
   size_t DrainDirected();
@@ -82,6 +84,8 @@ class SchedulerDaemon {
   // Starts a commit of what was gathered, if none is in flight.
   void Commit();
   void Committed(const Status& status);
+  // Stops the scheduler (exit 1) when the store's files are no longer the ones it opened.
+  void CheckStoreIdentity();
 
   SchedulerOptions options_;
   zmq::context_t& context_;
@@ -89,6 +93,11 @@ class SchedulerDaemon {
   std::unique_ptr<bus::Client> client_;
   std::unique_ptr<SchedulerCore> core_;
   std::unique_ptr<Committer> committer_;
+  bus::Loop* loop_ = nullptr;
+  // The store's IDENTITY file as opened: a data directory deleted or replaced under a
+  // running scheduler would take "durable" writes into unlinked files.
+  uint64_t store_dev_ = 0, store_ino_ = 0;
+  int exit_code_ = 0;
 };
 
 }  // namespace fm::sched

@@ -72,5 +72,5 @@ int main(int argc, char** argv) {
   daemon.Attach(loop);
   loop.StopOnSignals([](int signum) { spdlog::info("signal {}: stopping", signum); });
   loop.Run();
-  return 0;
+  return daemon.exit_code();
 }

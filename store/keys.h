@@ -10,11 +10,14 @@ namespace fm::store::keys {
 
 inline constexpr std::string_view kActivePrefix = "a/";           // a/<id:u64be> -> wire.TaskRecord, not yet ended
 inline constexpr std::string_view kTaskPrefix = "t/";             // t/<id:u64be> -> wire.TaskRecord, ended
-inline constexpr std::string_view kEventPrefix = "e/";            // e/<seq:u64be> -> wire.Envelope(Event)
+inline constexpr std::string_view kEventPrefix = "e/";            // e/<last seq:u64be> -> wire.Envelope(EventBlock)
 inline constexpr std::string_view kWorkerPrefix = "w/";           // w/<worker id> -> wire.WorkerRecord
 inline constexpr std::string_view kClientKeyPrefix = "k/";        // k/<client key> -> <id:u64be>
 inline constexpr std::string_view kMetaNextTask = "m/next_task";  // <u64be>
 inline constexpr std::string_view kMetaNextSeq = "m/next_seq";    // <u64be>
+// <u64be>, random, written when the store is created: tells this store's task ids from
+// those of a store that replaced it (workers drop their memory of the old ones).
+inline constexpr std::string_view kMetaEpoch = "m/epoch";
 
 inline std::string EncodeU64(uint64_t v) {
   std::string out(8, '\0');

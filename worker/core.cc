@@ -39,12 +39,14 @@ void WorkerCore::OnDirected(const std::string& from, const void* data, size_t si
   }
   switch (type) {
     case wire::Body::Dispatch:
+      ObserveEpoch(env.body_as_Dispatch()->epoch());
       return OnDispatch(*env.body_as_Dispatch());
     case wire::Body::CancelTask:
       return OnCancel(*env.body_as_CancelTask());
     case wire::Body::TaskFinishedAck:
       return OnAck(*env.body_as_TaskFinishedAck());
     case wire::Body::ReRegister:
+      ObserveEpoch(env.body_as_ReRegister()->epoch());
       return Register();
     case wire::Body::WorkerRejected:
       refusal_ = Str(env.body_as_WorkerRejected()->message());
@@ -96,7 +98,7 @@ void WorkerCore::OnDispatch(const wire::Dispatch& dispatch) {
                    "worker " + identity_.id + " has no free slot (" + std::to_string(slots_in_use_) + " in use)"});
       continue;
     }
-    runs_.emplace(ref, RunState{});
+    runs_.emplace(ref, RunState{true, epoch_});
     ++slots_in_use_;
     report_started_.push_back(ref);
     executor_->Start(ref, spec);  // may end it at once
@@ -136,6 +138,28 @@ void WorkerCore::OnAck(const wire::TaskFinishedAck& ack) {
 // ---------------------------------------------------------------------------
 // Runs.
 
+void WorkerCore::ObserveEpoch(uint64_t epoch) {
+  if (epoch == 0 || epoch == epoch_) return;
+  const bool replaced = epoch_ != 0;
+  epoch_ = epoch;
+  if (!replaced) {  // the first epoch named: what runs now is its
+    for (auto& [ref, run] : runs_) run.epoch = epoch;
+    return;
+  }
+  std::vector<Ref> old;
+  for (auto& [ref, run] : runs_) {
+    if (!run.counted) continue;
+    Release(&run);
+    old.push_back(ref);
+  }
+  finished_.clear();
+  report_finished_.clear();
+  report_started_.clear();
+  done_.clear();
+  done_order_.clear();
+  for (const Ref& ref : old) executor_->Cancel(ref);  // may end them at once
+}
+
 void WorkerCore::Release(RunState* run) {
   if (!run->counted) return;
   run->counted = false;
@@ -152,9 +176,10 @@ void WorkerCore::OnRunOutput(const Ref& ref, const char* stream, std::string_vie
 void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
   auto run = runs_.find(ref);
   if (run == runs_.end()) return;  // not ours: an executor bug, never a crash
+  const bool current = run->second.epoch == epoch_;
   Release(&run->second);
   runs_.erase(run);
-  Finish(ref, std::move(result));
+  if (current) Finish(ref, std::move(result));  // an old store's result means nothing now
 }
 
 void WorkerCore::Finish(const Ref& ref, RunResult result) {

@@ -85,10 +85,12 @@ class WorkerCore final : public RunSink {
   bool running(const Ref& ref) const { return runs_.count(ref) > 0; }
   size_t unacknowledged() const { return finished_.size(); }
   uint64_t dropped_not_from_scheduler() const { return dropped_not_from_scheduler_; }
+  uint64_t epoch() const { return epoch_; }
 
  private:
   struct RunState {
     bool counted = true;  // holds one of this worker's slots
+    uint64_t epoch = 0;   // of the store that dispatched it
   };
   struct Finished {
     RunResult result;
@@ -99,6 +101,9 @@ class WorkerCore final : public RunSink {
   void OnCancel(const wire::CancelTask& cancel);
   void OnAck(const wire::TaskFinishedAck& ack);
   void Release(RunState* run);
+  // A scheduler with another store (epoch) took over: task ids may be given again, so
+  // nothing of the old store's is kept, reported or deduplicated against.
+  void ObserveEpoch(uint64_t epoch);
   void Finish(const Ref& ref, RunResult result);
   std::vector<Ref> Held() const;
 
@@ -106,6 +111,7 @@ class WorkerCore final : public RunSink {
   WorkerCoreOptions options_;
   Executor* executor_ = nullptr;
   uint64_t now_ms_ = 0;
+  uint64_t epoch_ = 0;  // 0 until a scheduler names one
 
   std::map<Ref, RunState> runs_;  // attempts the executor holds
   uint32_t slots_in_use_ = 0;

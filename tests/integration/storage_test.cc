@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "harness.h"
 
@@ -90,4 +91,32 @@ TEST_CASE(
   ToolRun after = c.Submit(Tasks(1), {"--wait"});
   CHECK(after.exit_code == 0);
   CHECK_THAT(after.lines.at(0), Contains(R"("status": "succeeded")"));
+}
+
+TEST_CASE(
+    "a data directory removed under a running scheduler stops it; restarted on an empty one, its reused task ids run",
+    "[integration]") {
+  TempDir dir;
+  Cluster c({"--liveness", "2s"}, dir.path() + "/data");
+  c.StartWorker("w", {"--slots", "1"});
+  ToolRun first = c.Submit(R"({"command": ["true"]})"
+                           "\n",
+                           {"--wait"});
+  REQUIRE(first.exit_code == 0);
+  REQUIRE_THAT(first.lines.at(0), Contains(R"("task": "t1")"));
+  std::filesystem::remove_all(dir.path() + "/data");
+  // It stops instead of acknowledging writes into unlinked files.
+  CHECK(c.scheduler().Wait(10000) == 1);
+  CHECK_THAT(c.scheduler().Stderr(), Contains("was removed or replaced while the scheduler ran"));
+
+  c.RestartScheduler();  // on an empty directory: a new store, a new epoch, ids from t1 again
+  auto tap = Process::Start({Bin("fm-tap"), "--broker", c.broker(), "--since", "1"});
+  REQUIRE(tap->WaitFor("worker.registered worker=w", 15000));
+  ToolRun again = c.Submit(R"({"command": ["true"]})"
+                           "\n",
+                           {"--wait"});
+  INFO(again.err);
+  REQUIRE(again.exit_code == 0);  // the worker did not drop t1 as a duplicate of the old t1
+  CHECK_THAT(again.lines.at(0), Contains(R"("task": "t1")"));
+  CHECK_THAT(again.lines.at(0), Contains(R"("status": "succeeded")"));
 }

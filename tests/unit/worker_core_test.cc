@@ -174,3 +174,33 @@ TEST_CASE("a full worker answers retryable 'no free slot' and a cancelled attemp
   f.Dispatch(2, 2);
   CHECK(f.EndTurn().started == std::vector<Ref>{{2, 2}});
 }
+
+TEST_CASE("a scheduler on a new store (epoch) makes the worker forget the old store's tasks, so reused ids run",
+          "[unit]") {
+  // Regression: a scheduler restarted on an empty data directory gave ids from t1 again
+  // and workers dropped them as duplicates of tasks they had seen: stuck queued forever.
+  Fixture f(2);
+  auto dispatch = [&](uint64_t task, uint64_t epoch) {
+    flatbuffers::FlatBufferBuilder fbb;
+    TaskSpec spec;
+    spec.command = {"true"};
+    std::vector<flatbuffers::Offset<wire::Assignment>> a{
+        wire::CreateAssignment(fbb, task, 1, codec::ToWire(fbb, spec))};
+    std::string bytes = codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(a), epoch));
+    f.core.OnDirected("fm-scheduler", bytes.data(), bytes.size(), f.now);
+  };
+  dispatch(1, 111);
+  f.core.OnRunEnded({1, 1}, {});
+  f.Ack(1, 1);
+  dispatch(2, 111);  // still running when the store is replaced
+  f.EndTurn();
+  dispatch(1, 222);  // the new store's t1: not a duplicate
+  CHECK(f.executor.started == std::vector<Ref>{{1, 1}, {2, 1}, {1, 1}});
+  CHECK(f.executor.cancelled == std::vector<Ref>{{2, 1}});
+  CHECK(f.core.epoch() == 222);
+  // The old store's t2 ends: its result means nothing to the new store and is not sent.
+  f.core.OnRunEnded({2, 1}, {});
+  Fixture::Report r = f.EndTurn();
+  CHECK(r.finished.empty());
+  CHECK(r.started == std::vector<Ref>{{1, 1}});
+}

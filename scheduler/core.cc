@@ -77,7 +77,8 @@ void SchedulerCore::OnDirected(const std::string& from, const void* data, size_t
       break;
     case wire::Body::ControlRequest: {
       const auto* req = env.body_as_ControlRequest();
-      bool read = req->op() == wire::ControlOp::Workers || req->op() == wire::ControlOp::Tasks;
+      bool read = req->op() == wire::ControlOp::Workers || req->op() == wire::ControlOp::Tasks ||
+                  req->op() == wire::ControlOp::Task;
       if (read) {
         turn_reads_.push_back({from, std::string(static_cast<const char*>(data), size)});
       } else if (degraded_) {

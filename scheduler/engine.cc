@@ -41,6 +41,30 @@ bool ForEachStoredEvent(std::string_view value, Visit visit) {
   return true;
 }
 
+// Replies are bounded in bytes well under the directed message limit.
+constexpr size_t kReplyBytes = 1 << 20;
+
+// Re-encodes a stored event into `fbb` field by field (FlatBuffers has no deep copy for
+// tables).
+flatbuffers::Offset<wire::Event> CopyEvent(flatbuffers::FlatBufferBuilder& fbb, const wire::Event& e) {
+  std::vector<flatbuffers::Offset<wire::PredicateCount>> breakdown;
+  if (e.breakdown()) {
+    for (const auto* pc : *e.breakdown()) {
+      breakdown.push_back(wire::CreatePredicateCountDirect(fbb, Str(pc->predicate()).c_str(), pc->workers(),
+                                                           Str(pc->detail()).c_str()));
+    }
+  }
+  auto opt = [&](const flatbuffers::String* s) { return s ? fbb.CreateString(s) : 0; };
+  auto caps = e.capabilities() ? codec::ToWire(fbb, codec::Strings(e.capabilities())) : 0;
+  auto hw = e.hardware() ? codec::ToWire(fbb, codec::FromWire(e.hardware())) : 0;
+  auto labels = e.labels() ? codec::ToWire(fbb, codec::FromWire(e.labels())) : 0;
+  auto type = opt(e.type()), time = opt(e.time()), task = opt(e.task()), worker = opt(e.worker()),
+       reason = opt(e.reason()), message = opt(e.message()), stream = opt(e.stream()), data = opt(e.data());
+  auto bd = breakdown.empty() ? 0 : fbb.CreateVector(breakdown);
+  return wire::CreateEvent(fbb, e.seq(), type, time, task, worker, reason, message, e.attempt(), e.exit_code(), stream,
+                           data, e.eligible(), e.fleet(), bd, caps, hw, labels, e.time_ms());
+}
+
 const char* StateName(wire::TaskState s) {
   switch (s) {
     case wire::TaskState::Pending:
@@ -86,6 +110,7 @@ Task TaskFromRecord(const wire::TaskRecord& r) {
   t.watcher = Str(r.watcher());
   t.order = r.order();
   t.rejected = r.rejected();
+  t.first_seq = r.first_seq();
   return t;
 }
 
@@ -104,6 +129,7 @@ void EngineOptions::Validate() {
   event_retention_count = std::max<uint64_t>(event_retention_count, 10);
   event_retention_age_ms = std::max<uint64_t>(event_retention_age_ms, 1000);
   replay_batch = std::clamp<size_t>(replay_batch, 1, 10000);
+  if (fresh_epoch == 0) fresh_epoch = 1;
 }
 
 Engine::Engine(EngineOptions options) : options_(options) {
@@ -124,6 +150,9 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
   };
   if (Status s = meta(keys::kMetaNextTask, &next_task_id_); !s.ok()) return s;
   if (Status s = meta(keys::kMetaNextSeq, &next_seq_); !s.ok()) return s;
+  if (Status s = meta(keys::kMetaEpoch, &epoch_); !s.ok()) return s;
+  epoch_persisted_ = epoch_ != 0;
+  if (epoch_ == 0) epoch_ = options_.fresh_epoch;
   persisted_task_id_ = next_task_id_;
   persisted_seq_ = next_seq_;
   oldest_seq_ = next_seq_;
@@ -210,7 +239,7 @@ void Engine::Start(uint64_t now_ms) {
   Emit(f, now_ms);
   for (const auto& [id, w] : fleet_.workers()) {
     flatbuffers::FlatBufferBuilder fbb(64);
-    Send(w.address, codec::Seal(fbb, wire::CreateReRegister(fbb)));
+    Send(w.address, codec::Seal(fbb, wire::CreateReRegister(fbb, epoch_)));
   }
   placement_needed_ = true;
 }
@@ -368,6 +397,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       t.id = next_task_id_++;
       t.spec = std::move(spec);
       t.submitted_ms = now_ms;
+      t.first_seq = next_seq_;  // its first event is the next one
       t.order = next_order_++;
       if (req.watch()) t.watcher = from;
       if (!t.spec.key.empty()) {
@@ -517,7 +547,7 @@ void Engine::OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms) {
   const WorkerState* known = fleet_.Find(id);
   if (!known || known->instance != hb.instance() || !known->confirmed) {
     flatbuffers::FlatBufferBuilder fbb(64);
-    Send(address, codec::Seal(fbb, wire::CreateReRegister(fbb)));
+    Send(address, codec::Seal(fbb, wire::CreateReRegister(fbb, epoch_)));
     return;
   }
   fleet_.Touch(id, now_ms);
@@ -734,11 +764,9 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
   std::string message;
   std::vector<flatbuffers::Offset<wire::WorkerView>> workers;
   std::vector<flatbuffers::Offset<wire::TaskView>> tasks;
+  std::vector<flatbuffers::Offset<wire::Event>> events;
+  uint64_t next_page = 0;
   std::string target = Str(req.target());
-  auto task_view = [&](const Task& t) {
-    return wire::CreateTaskViewDirect(fbb, TaskName(t.id).c_str(), StateName(t.state), t.attempt, t.worker.c_str(),
-                                      nullptr, t.reason.c_str(), t.message.c_str());
-  };
   switch (req.op()) {
     case wire::ControlOp::Workers:
       for (const auto& [id, w] : fleet_.workers()) {
@@ -750,11 +778,17 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
       }
       break;
     case wire::ControlOp::Tasks: {
-      std::vector<const Task*> list;
-      for (const auto& [id, t] : active_) list.push_back(&t);
-      for (const Task& t : recent_ended_) list.push_back(&t);
-      std::sort(list.begin(), list.end(), [](const Task* a, const Task* b) { return a->id < b->id; });
-      for (const Task* t : list) tasks.push_back(task_view(*t));
+      uint64_t next = 0;
+      TasksPage(fbb, req, &tasks, &next);
+      next_page = next;
+      break;
+    }
+    case wire::ControlOp::Task: {
+      Status found = TaskDetail(fbb, target, &tasks, &events);
+      if (!found.ok()) {
+        ok = false;
+        message = found.message();
+      }
       break;
     }
     case wire::ControlOp::Drain:
@@ -802,9 +836,90 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
       break;
     }
   }
-  auto reply = wire::CreateControlReply(fbb, req.correlation(), ok, fbb.CreateString(message),
-                                        fbb.CreateVector(workers), fbb.CreateVector(tasks));
+  auto reply =
+      wire::CreateControlReply(fbb, req.correlation(), ok, fbb.CreateString(message), fbb.CreateVector(workers),
+                               fbb.CreateVector(tasks), next_page, events.empty() ? 0 : fbb.CreateVector(events));
   Send(from, codec::Seal(fbb, reply));
+}
+
+void Engine::TasksPage(flatbuffers::FlatBufferBuilder& fbb, const wire::ControlRequest& req,
+                       std::vector<flatbuffers::Offset<wire::TaskView>>* views, uint64_t* next) {
+  const std::string state = Str(req.state()), worker = Str(req.worker());
+  const size_t limit = std::min<size_t>(req.limit() ? req.limit() : options_.task_page, options_.task_page);
+  std::vector<const Task*> list;
+  auto consider = [&](const Task& t) {
+    if (t.id <= req.after()) return;
+    if (!state.empty() && state != StateName(t.state)) return;
+    if (!worker.empty() && worker != t.worker) return;
+    list.push_back(&t);
+  };
+  for (const auto& [id, t] : active_) consider(t);
+  for (const Task& t : recent_ended_) consider(t);
+  // Only the page is sorted: O(tasks) per page however many there are.
+  auto by_id = [](const Task* a, const Task* b) { return a->id < b->id; };
+  const size_t take = std::min(limit, list.size());
+  std::partial_sort(list.begin(), list.begin() + static_cast<long>(take), list.end(), by_id);
+  *next = 0;
+  for (size_t i = 0; i < take; ++i) {
+    const Task& t = *list[i];
+    if (fbb.GetSize() >= kReplyBytes) {  // the rest on the next page
+      *next = list[i - 1]->id;
+      return;
+    }
+    views->push_back(wire::CreateTaskViewDirect(fbb, TaskName(t.id).c_str(), StateName(t.state), t.attempt,
+                                                t.worker.c_str(), nullptr, t.reason.c_str(), t.message.c_str()));
+  }
+  if (take < list.size() && take > 0) *next = list[take - 1]->id;
+}
+
+Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string& name,
+                          std::vector<flatbuffers::Offset<wire::TaskView>>* views,
+                          std::vector<flatbuffers::Offset<wire::Event>>* events) {
+  uint64_t id = 0;
+  if (!ParseTaskName(name, &id)) return Status::Invalid("\"" + name + "\" is not a task id (t42)");
+  std::optional<Task> stored;
+  const Task* t = active_task(id);
+  if (!t) {
+    for (const Task& ended : recent_ended_) {
+      if (ended.id == id) t = &ended;
+    }
+  }
+  if (!t) {
+    auto read = ReadEnded(id);
+    if (!read.ok()) return read.status();
+    stored = std::move(*read);
+    if (!stored) return Status::NotFound("no task " + TaskName(id));
+    t = &*stored;
+  }
+  std::string waiting;
+  if (t->state == wire::TaskState::Pending) {
+    Explanation why = fleet_.Explain(t->spec);
+    waiting =
+        why.eligible == 0 ? "no eligible worker: " + why.message : std::to_string(why.eligible) + " eligible, all full";
+  }
+  auto command = codec::ToWire(fbb, t->spec.command);
+  auto spec = codec::ToWire(fbb, t->spec);
+  views->push_back(wire::CreateTaskView(fbb, fbb.CreateString(TaskName(t->id)), fbb.CreateString(StateName(t->state)),
+                                        t->attempt, fbb.CreateString(t->worker), command, fbb.CreateString(t->reason),
+                                        fbb.CreateString(t->message), spec,
+                                        waiting.empty() ? 0 : fbb.CreateString(waiting), t->submitted_ms));
+  // Its events, from its first one on; the look is bounded (a task's events are near
+  // each other in the stream).
+  if (!store_ || t->first_seq == 0) return Status::Ok();
+  constexpr size_t kLookAt = 20000, kKeep = 500;
+  size_t looked = 0;
+  const std::string task_name = TaskName(t->id);
+  Status s = store_->Scan(keys::Event(std::max(t->first_seq, oldest_seq_)), keys::PrefixEnd(keys::kEventPrefix),
+                          [&](std::string_view, std::string_view value) {
+                            ForEachStoredEvent(value, [&](const wire::Event& e) {
+                              if (e.seq() >= t->first_seq && Str(e.task()) == task_name) {
+                                events->push_back(CopyEvent(fbb, e));
+                              }
+                              return ++looked < kLookAt && events->size() < kKeep && fbb.GetSize() < kReplyBytes;
+                            });
+                            return looked < kLookAt && events->size() < kKeep && fbb.GetSize() < kReplyBytes;
+                          });
+  return s;
 }
 
 void Engine::OnReplay(const std::string& from, const wire::ReplayRequest& req) {
@@ -818,32 +933,15 @@ void Engine::OnReplay(const std::string& from, const wire::ReplayRequest& req) {
     return;
   }
   // Blocks are keyed by their last seq: the first one at or after `since` holds it.
-  // Events are re-encoded field by field (FlatBuffers has no deep copy for tables).
   std::vector<flatbuffers::Offset<wire::Event>> events;
   bool full = false;
   auto copy = [&](const wire::Event& e) {
     if (e.seq() < since) return true;
-    if (events.size() >= options_.replay_batch) {
+    if (events.size() >= options_.replay_batch || fbb.GetSize() >= kReplyBytes) {
       full = true;
       return false;
     }
-    std::vector<flatbuffers::Offset<wire::PredicateCount>> breakdown;
-    if (e.breakdown()) {
-      for (const auto* pc : *e.breakdown()) {
-        breakdown.push_back(wire::CreatePredicateCountDirect(fbb, Str(pc->predicate()).c_str(), pc->workers(),
-                                                             Str(pc->detail()).c_str()));
-      }
-    }
-    auto opt = [&](const flatbuffers::String* s) { return s ? fbb.CreateString(s) : 0; };
-    auto caps = e.capabilities() ? codec::ToWire(fbb, codec::Strings(e.capabilities())) : 0;
-    auto hw = e.hardware() ? codec::ToWire(fbb, codec::FromWire(e.hardware())) : 0;
-    auto labels = e.labels() ? codec::ToWire(fbb, codec::FromWire(e.labels())) : 0;
-    auto type = opt(e.type()), time = opt(e.time()), task = opt(e.task()), worker = opt(e.worker()),
-         reason = opt(e.reason()), message = opt(e.message()), stream = opt(e.stream()), data = opt(e.data());
-    auto bd = breakdown.empty() ? 0 : fbb.CreateVector(breakdown);
-    events.push_back(wire::CreateEvent(fbb, e.seq(), type, time, task, worker, reason, message, e.attempt(),
-                                       e.exit_code(), stream, data, e.eligible(), e.fleet(), bd, caps, hw, labels,
-                                       e.time_ms()));
+    events.push_back(CopyEvent(fbb, e));
     return true;
   };
   Status s = store_ ? store_->Scan(keys::Event(since), keys::PrefixEnd(keys::kEventPrefix),
@@ -959,7 +1057,7 @@ void Engine::FlushDispatches() {
       assignments.push_back(wire::CreateAssignment(fbb, t->id, t->attempt, codec::ToWire(fbb, t->spec)));
     }
     if (assignments.empty()) continue;
-    Send(w->address, codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(assignments))));
+    Send(w->address, codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(assignments), epoch_)));
   }
   dispatches_.clear();
 }
@@ -1014,6 +1112,10 @@ void Engine::FinishTurn(uint64_t now_ms) {
     effects_.writes.Put(std::string(keys::kMetaNextTask), keys::EncodeU64(next_task_id_));
     persisted_task_id_ = next_task_id_;
   }
+  if (!epoch_persisted_) {
+    effects_.writes.Put(std::string(keys::kMetaEpoch), keys::EncodeU64(epoch_));
+    epoch_persisted_ = true;
+  }
   if (next_seq_ != persisted_seq_) {
     effects_.writes.Put(std::string(keys::kMetaNextSeq), keys::EncodeU64(next_seq_));
     persisted_seq_ = next_seq_;
@@ -1037,7 +1139,7 @@ void Engine::PutTaskRecord(const std::string& key, const Task& t) {
   auto message = t.message.empty() ? 0 : fbb.CreateString(t.message);
   auto watcher = t.watcher.empty() ? 0 : fbb.CreateString(t.watcher);
   fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
-                                    t.exit_code, watcher, t.order, t.rejected));
+                                    t.exit_code, watcher, t.order, t.rejected, t.first_seq));
   effects_.writes.Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 

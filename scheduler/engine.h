@@ -42,8 +42,11 @@ struct EngineOptions {
   uint64_t redispatch_after_ms = 2000;  // re-send a queued task not yet started
   uint64_t event_retention_count = 1'000'000;
   uint64_t event_retention_age_ms = 7ull * 24 * 3600 * 1000;
-  size_t replay_batch = 512;   // events per ReplayBatch message
+  size_t replay_batch = 512;   // events per ReplayBatch message (and at most ~1 MiB)
+  size_t task_page = 1000;     // tasks per fm-ctl tasks page (and at most ~1 MiB)
   size_t recent_ended = 1000;  // ended tasks fm-ctl tasks still lists
+  // The epoch a new store gets (the daemon draws it at random); non-zero.
+  uint64_t fresh_epoch = 1;
   // Clamps values that make no sense (zero windows) to usable ones.
   void Validate();
 };
@@ -95,7 +98,8 @@ struct Task {
   uint64_t dispatched_ms = 0;  // last Dispatch sent (queued)
   std::string reason, message;
   int32_t exit_code = 0;
-  bool rejected = false;  // refused at submission: never accepted
+  bool rejected = false;   // refused at submission: never accepted
+  uint64_t first_seq = 0;  // its first event's seq
 };
 
 class Engine {
@@ -134,6 +138,8 @@ class Engine {
   size_t pending_count() const { return pending_.size(); }
   size_t active_count() const { return active_.size(); }
   uint64_t next_seq() const { return next_seq_; }
+  // The store's cluster epoch (store/keys.h kMetaEpoch).
+  uint64_t epoch() const { return epoch_; }
   // Waiting tasks offered to placement since the start: one per task placed, plus at
   // most one per demand and walk that found no room (however long the backlog).
   uint64_t placement_offers() const { return placement_offers_; }
@@ -160,6 +166,13 @@ class Engine {
   void OnTaskLog(const wire::TaskLog& msg, uint64_t now_ms);
   void OnControl(const std::string& from, const wire::ControlRequest& req, uint64_t now_ms);
   void OnReplay(const std::string& from, const wire::ReplayRequest& req);
+  // fm-ctl tasks: one page, filtered, bounded in count and bytes.
+  void TasksPage(flatbuffers::FlatBufferBuilder& fbb, const wire::ControlRequest& req,
+                 std::vector<flatbuffers::Offset<wire::TaskView>>* views, uint64_t* next);
+  // fm-ctl task ID: the task with its spec, why it waits, and its retained events.
+  Status TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string& name,
+                    std::vector<flatbuffers::Offset<wire::TaskView>>* views,
+                    std::vector<flatbuffers::Offset<wire::Event>>* events);
 
   void Reconcile(const WorkerState& w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
                  uint64_t now_ms);
@@ -226,6 +239,8 @@ class Engine {
   uint64_t next_seq_ = 1;
   uint64_t oldest_seq_ = 1;
   uint64_t persisted_task_id_ = 0, persisted_seq_ = 0;
+  uint64_t epoch_ = 0;
+  bool epoch_persisted_ = false;
   uint64_t placement_offers_ = 0;
   bool fleet_shrank_ = false;
   bool placement_needed_ = false;

@@ -1,6 +1,8 @@
-// fm-ctl [--broker URL] [--json] workers | tasks | drain WORKER | undrain WORKER | cancel TASK
+// fm-ctl [--broker URL] [--json] workers | tasks [--state S] [--worker W] [--limit N] | task TASK
+//        | drain WORKER | undrain WORKER | cancel TASK
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <deque>
 
 #include "schemas/json.h"
 #include "schemas/units.h"
@@ -61,18 +63,26 @@ int main(int argc, char** argv) {
   app.add_option("--timeout", timeout, "how long to wait for the scheduler")->capture_default_str();
   app.require_subcommand(1);
   auto* workers = app.add_subcommand("workers", "each worker's capabilities, hardware, slots in use and liveness");
-  auto* tasks = app.add_subcommand("tasks", "tasks not ended and the most recently ended");
+  auto* tasks = app.add_subcommand("tasks", "tasks not ended and the most recently ended, by id");
+  std::string state_filter, worker_filter;
+  uint64_t limit = 0;
+  tasks->add_option("--state", state_filter, "only tasks in this state (pending, queued, running, succeeded, ...)");
+  tasks->add_option("--worker", worker_filter, "only tasks on this worker");
+  tasks->add_option("--limit", limit, "at most this many tasks (default: all)");
+  auto* task = app.add_subcommand("task", "one task: its spec, attempts, why it waits, and its events");
+  task->add_option("task", target, "task id (t42)")->required();
   auto* drain = app.add_subcommand("drain", "stop new work to a worker; its running tasks finish");
   drain->add_option("worker", target, "worker id")->required();
   auto* undrain = app.add_subcommand("undrain", "let a drained worker take new work again");
   undrain->add_option("worker", target, "worker id")->required();
   auto* cancel = app.add_subcommand("cancel", "cancel a task");
   cancel->add_option("task", target, "task id (t42)")->required();
-  for (auto* sub : {workers, tasks}) sub->add_flag("--json", json, "print JSON");
+  for (auto* sub : {workers, tasks, task}) sub->add_flag("--json", json, "print JSON");
   CLI11_PARSE(app, argc, argv);
 
   fm::wire::ControlOp op = workers->parsed()   ? fm::wire::ControlOp::Workers
                            : tasks->parsed()   ? fm::wire::ControlOp::Tasks
+                           : task->parsed()    ? fm::wire::ControlOp::Task
                            : drain->parsed()   ? fm::wire::ControlOp::Drain
                            : undrain->parsed() ? fm::wire::ControlOp::Undrain
                                                : fm::wire::ControlOp::Cancel;
@@ -86,20 +96,36 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fm-ctl: %s\n", client.status().message().c_str());
     return 2;
   }
-  flatbuffers::FlatBufferBuilder fbb(256);
-  std::string request =
-      fm::codec::Seal(fbb, fm::wire::CreateControlRequestDirect(fbb, op, target.empty() ? nullptr : target.c_str(), 1));
-  zmq::message_t storage;
-  auto reply = (*client)->Call(request, fm::wire::Body::ControlReply, static_cast<int>(*timeout_ms), &storage);
-  if (!reply.ok()) {
-    std::fprintf(stderr, "fm-ctl: %s\n", reply.status().message().c_str());
-    return 1;
+  // One request; for tasks, pages follow one another until the last (or --limit).
+  uint64_t after = 0, correlation = 0;
+  std::deque<zmq::message_t> pages;  // replies point into these: no relocation
+  std::vector<const fm::wire::ControlReply*> replies;
+  size_t listed = 0;
+  for (;;) {
+    flatbuffers::FlatBufferBuilder fbb(256);
+    uint32_t page_limit = limit ? static_cast<uint32_t>(std::min<uint64_t>(limit - listed, UINT32_MAX)) : 0;
+    std::string request = fm::codec::Seal(
+        fbb,
+        fm::wire::CreateControlRequestDirect(fbb, op, target.empty() ? nullptr : target.c_str(), ++correlation, after,
+                                             page_limit, state_filter.empty() ? nullptr : state_filter.c_str(),
+                                             worker_filter.empty() ? nullptr : worker_filter.c_str()));
+    zmq::message_t& storage = pages.emplace_back();
+    auto reply = (*client)->Call(request, fm::wire::Body::ControlReply, static_cast<int>(*timeout_ms), &storage);
+    if (!reply.ok()) {
+      std::fprintf(stderr, "fm-ctl: %s\n", reply.status().message().c_str());
+      return 1;
+    }
+    const auto* page = (*reply)->body_as_ControlReply();
+    if (!page->ok()) {
+      std::fprintf(stderr, "fm-ctl: %s\n", fm::codec::Str(page->message()).c_str());
+      return 1;
+    }
+    replies.push_back(page);
+    listed += page->tasks() ? page->tasks()->size() : 0;
+    if (op != fm::wire::ControlOp::Tasks || page->next() == 0 || (limit && listed >= limit)) break;
+    after = page->next();
   }
-  const auto* r = (*reply)->body_as_ControlReply();
-  if (!r->ok()) {
-    std::fprintf(stderr, "fm-ctl: %s\n", fm::codec::Str(r->message()).c_str());
-    return 1;
-  }
+  const auto* r = replies.front();
   fm::JsonCodec codec;
   if (op == fm::wire::ControlOp::Workers) {
     if (json) {
@@ -130,18 +156,61 @@ int main(int argc, char** argv) {
     PrintTable(rows);
   } else if (op == fm::wire::ControlOp::Tasks) {
     if (json) {
-      PrintJsonArray(codec, r->tasks(), "fm.wire.TaskView");
+      std::printf("[");
+      bool first = true;
+      for (const auto* page : replies) {
+        if (!page->tasks()) continue;
+        for (const auto* t : *page->tasks()) {
+          std::printf("%s%s", first ? "" : ",\n", codec.TableToJson(t, "fm.wire.TaskView").c_str());
+          first = false;
+        }
+      }
+      std::printf("]\n");
       return 0;
     }
     std::vector<std::vector<std::string>> rows{{"TASK", "STATE", "ATTEMPT", "WORKER", "REASON", "MESSAGE"}};
-    if (r->tasks()) {
-      for (const auto* t : *r->tasks()) {
+    for (const auto* page : replies) {
+      if (!page->tasks()) continue;
+      for (const auto* t : *page->tasks()) {
         rows.push_back({fm::codec::Str(t->task()), fm::codec::Str(t->state()), std::to_string(t->attempt()),
                         t->worker() && t->worker()->size() ? t->worker()->str() : "-",
                         t->reason() && t->reason()->size() ? t->reason()->str() : "-", fm::codec::Str(t->message())});
       }
     }
     PrintTable(rows);
+  } else if (op == fm::wire::ControlOp::Task) {
+    if (!r->tasks() || r->tasks()->size() != 1) {
+      std::fprintf(stderr, "fm-ctl: the scheduler sent no task\n");
+      return 1;
+    }
+    const auto* t = r->tasks()->Get(0);
+    if (json) {
+      std::printf("%s\n", codec.TableToJson(r, "fm.wire.ControlReply").c_str());
+      return 0;
+    }
+    auto field = [](const char* name, const std::string& value) {
+      if (!value.empty()) std::printf("%-10s %s\n", name, value.c_str());
+    };
+    field("task", fm::codec::Str(t->task()));
+    field("state", fm::codec::Str(t->state()));
+    field("attempt", std::to_string(t->attempt()));
+    field("worker", fm::codec::Str(t->worker()));
+    field("waiting", fm::codec::Str(t->waiting()));
+    field("reason", fm::codec::Str(t->reason()));
+    field("message", fm::codec::Str(t->message()));
+    if (t->spec()) field("spec", codec.TableToJson(t->spec(), "fm.wire.TaskSpec"));
+    if (r->events()) {
+      std::printf("events:\n");
+      for (const auto* e : *r->events()) {
+        std::string line =
+            "  " + std::to_string(e->seq()) + " " + fm::codec::Str(e->time()) + " " + fm::codec::Str(e->type());
+        if (e->worker()) line += " worker=" + e->worker()->str();
+        if (e->attempt()) line += " attempt=" + std::to_string(e->attempt());
+        if (e->reason()) line += " reason=" + e->reason()->str();
+        if (e->message()) line += ": " + e->message()->str();
+        std::printf("%s\n", line.c_str());
+      }
+    }
   } else {
     std::printf("%s\n", fm::codec::Str(r->message()).c_str());
   }

@@ -26,6 +26,12 @@ std::string TaskOf(const std::string& line) {
   return "";
 }
 
+std::string Join(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& l : lines) out += l + "\n";
+  return out;
+}
+
 std::string Repeat(const std::string& line, int n) {
   std::string out;
   for (int i = 0; i < n; ++i) out += line + "\n";
@@ -431,4 +437,25 @@ TEST_CASE("fm-ctl drain stops new work to a worker and lets its running task fin
   ToolRun unknown = c.Ctl({"drain", "nobody"});
   CHECK(unknown.exit_code == 1);
   CHECK_THAT(unknown.err, Contains("no live worker \"nobody\""));
+}
+
+TEST_CASE("fm-ctl tasks lists past one page with filters, and fm-ctl task says why a task waits", "[integration]") {
+  Cluster c;
+  c.StartWorker("solo", {"--slots", "1"});
+  ToolRun submitted = c.Submit(Repeat(R"({"command": ["sleep", "30"]})", 1500));
+  REQUIRE(submitted.exit_code == 0);
+  ToolRun all = c.Ctl({"tasks"});
+  REQUIRE(all.exit_code == 0);
+  CHECK(all.lines.size() == 1 + 1500);  // a header and every task, over two pages
+  CHECK_THAT(all.lines.back(), Contains("t1500"));
+  ToolRun some = c.Ctl({"tasks", "--state", "pending", "--limit", "5"});
+  REQUIRE(some.exit_code == 0);
+  CHECK(some.lines.size() == 1 + 5);
+  ToolRun one = c.Ctl({"task", "t3"});
+  REQUIRE(one.exit_code == 0);
+  CHECK_THAT(one.err + Join(one.lines), Contains("waiting    1 eligible, all full"));
+  CHECK_THAT(Join(one.lines), Contains("task.submitted"));
+  ToolRun none = c.Ctl({"task", "t99999"});
+  CHECK(none.exit_code == 1);
+  CHECK_THAT(none.err, Contains("no task t99999"));
 }

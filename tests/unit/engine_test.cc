@@ -468,3 +468,65 @@ TEST_CASE("every event's time names the same instant as its time_ms, within a se
   REQUIRE(seen.size() == 6);
   for (const auto& [time, ms] : seen) CHECK(time == FormatTimeMs(ms));
 }
+
+TEST_CASE("fm-ctl tasks comes in pages bounded in count and bytes, filtered by state and worker", "[unit]") {
+  Harness h;
+  h.Register({"w", {}, 4, 8 * GiB, 1});
+  std::vector<TaskSpec> many(2500, NewTask());
+  h.Submit(many);  // one queued on "w", the rest pending
+  std::deque<Turn> kept;
+  auto page = [&](uint64_t after, uint32_t limit, const char* state, const char* worker) {
+    flatbuffers::FlatBufferBuilder fbb;
+    std::string bytes = codec::Seal(
+        fbb, wire::CreateControlRequestDirect(fbb, wire::ControlOp::Tasks, nullptr, 1, after, limit, state, worker));
+    h.engine().OnDirected("ctl", *wire::GetEnvelope(bytes.data()), h.now);
+    const Turn& t = kept.emplace_back(h.Commit());
+    auto replies = t.To("ctl", wire::Body::ControlReply);
+    REQUIRE(replies.size() == 1);
+    REQUIRE(t.directed.front().payload.size() < (2u << 20));
+    return replies[0]->body_as_ControlReply();
+  };
+  std::vector<std::string> ids;
+  uint64_t after = 0;
+  int pages = 0;
+  do {
+    const auto* r = page(after, 0, nullptr, nullptr);
+    for (const auto* t : *r->tasks()) ids.push_back(t->task()->str());
+    after = r->next();
+    ++pages;
+  } while (after != 0 && pages < 10);
+  CHECK(pages == 3);
+  REQUIRE(ids.size() == 2500);
+  CHECK(ids.front() == "t1");
+  CHECK(ids.back() == "t2500");
+  CHECK(page(0, 10, "pending", nullptr)->tasks()->size() == 10);
+  const auto* on_w = page(0, 0, nullptr, "w");
+  REQUIRE(on_w->tasks()->size() == 1);
+  CHECK(on_w->tasks()->Get(0)->task()->str() == "t1");
+  CHECK(on_w->next() == 0);
+}
+
+TEST_CASE("fm-ctl task shows a task's spec, why it waits, and its events", "[unit]") {
+  Harness h;
+  h.Register({"w", {}, 4, 8 * GiB, 1});
+  h.Submit({NewTask(), NewTask()});
+  std::deque<Turn> kept;
+  auto detail = [&](const char* name) {
+    flatbuffers::FlatBufferBuilder fbb;
+    std::string bytes = codec::Seal(fbb, wire::CreateControlRequestDirect(fbb, wire::ControlOp::Task, name, 1));
+    h.engine().OnDirected("ctl", *wire::GetEnvelope(bytes.data()), h.now);
+    const Turn& t = kept.emplace_back(h.Commit());
+    return t.To("ctl", wire::Body::ControlReply).at(0)->body_as_ControlReply();
+  };
+  const auto* waiting = detail("t2");
+  REQUIRE(waiting->ok());
+  CHECK(waiting->tasks()->Get(0)->waiting()->str() == "1 eligible, all full");
+  CHECK(waiting->tasks()->Get(0)->spec()->command()->Get(0)->str() == "true");
+  h.Finished(1, 1, "w", wire::Outcome::Succeeded);
+  const auto* ended = detail("t1");
+  REQUIRE(ended->events() != nullptr);
+  std::vector<std::string> types;
+  for (const auto* e : *ended->events()) types.push_back(e->type()->str());
+  CHECK(types == std::vector<std::string>{"task.submitted", "task.queued", "task.succeeded"});
+  CHECK_FALSE(detail("t99")->ok());
+}

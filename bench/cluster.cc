@@ -21,6 +21,7 @@
 #include "harness.h"
 #include "scheduler/engine.h"
 #include "schemas/codec.h"
+#include "schemas/vocabulary.h"
 #include "store/store.h"
 
 using namespace fm;
@@ -257,9 +258,10 @@ void OpenLoop(int rate, double seconds) {
       auto it = task_sent.find(e->task()->str());
       if (it == task_sent.end()) continue;
       double ms = (t - it->second) * 1000;
-      if (event->topic == "task.queued") queued.push_back(ms);
-      if (event->topic == "task.started") started.push_back(ms);
-      if (event->topic == "task.succeeded") {
+      const wire::EventType type = ParseEventType(event->topic);
+      if (type == wire::EventType::TaskQueued) queued.push_back(ms);
+      if (type == wire::EventType::TaskStarted) started.push_back(ms);
+      if (type == wire::EventType::TaskSucceeded) {
         terminal.push_back(ms);
         ++done;
       }

@@ -34,6 +34,7 @@ zmq::const_buffer Buf(const zmq::message_t& m) { return zmq::buffer(m.data(), m.
 
 Broker::Broker(zmq::context_t& context, BrokerOptions options)
     : options_(std::move(options)),
+      table_(options_.route_ttl_ms, !options_.upstream.empty()),
       router_(context, zmq::socket_type::router),
       xsub_(context, zmq::socket_type::xsub),
       xpub_(context, zmq::socket_type::xpub) {
@@ -90,20 +91,42 @@ Status Broker::Bind() {
 }
 
 void Broker::Attach(Loop& loop) {
-  loop.Watch(router_, [this] { return DrainRouter(); });
-  loop.Watch(xsub_, [this] { return DrainEvents(); });
-  loop.Watch(xpub_, [this] { return DrainSubscriptions(); });
+  loop.Watch(router_, [this] { return Guarded("router", [this] { return DrainRouter(); }); });
+  loop.Watch(xsub_, [this] { return Guarded("events in", [this] { return DrainEvents(); }); });
+  loop.Watch(xpub_, [this] { return Guarded("events out", [this] { return DrainSubscriptions(); }); });
   if (has_upstream_) {
-    loop.Watch(up_dealer_, [this] { return DrainUpstream(); });
-    loop.Watch(up_xpub_, [this] { return DrainUpstreamSubscriptions(); });
-    loop.Watch(up_xsub_, [this] { return DrainUpstreamEvents(); });
-    loop.Every(
-        options_.announce_ms, [this] { Announce(); }, 0);
+    loop.Watch(up_dealer_, [this] { return Guarded("upstream", [this] { return DrainUpstream(); }); });
+    loop.Watch(up_xpub_,
+               [this] { return Guarded("upstream events out", [this] { return DrainUpstreamSubscriptions(); }); });
+    loop.Watch(up_xsub_, [this] { return Guarded("upstream events in", [this] { return DrainUpstreamEvents(); }); });
+    auto announce = [this] {
+      Guarded("announce", [this] {
+        Announce();
+        return size_t{0};
+      });
+    };
+    loop.Every(options_.announce_ms, announce, 0);
   }
-  loop.Every(options_.announce_ms, [this] { Expire(); });
+  loop.Every(options_.announce_ms, [this] { table_.Expire(WallClockMs()); });
   loop.OnTurnEnd([this] {
-    if (announce_now_) Announce();
+    if (announce_now_) {
+      Guarded("announce", [this] {
+        Announce();
+        return size_t{0};
+      });
+    }
   });
+}
+
+void Broker::OnSocketError(const char* what, const zmq::error_t& e) {
+  ++counters_.socket_errors;
+  ++errors_since_log_;
+  uint64_t now = WallClockMs();
+  if (now < last_error_log_ms_ + 1000) return;
+  options_.logger->error("socket error on {}: {} ({} in the last second, {} in all); serving on", what, e.what(),
+                         errors_since_log_, counters_.socket_errors);
+  last_error_log_ms_ = now;
+  errors_since_log_ = 0;
 }
 
 // ---------------------------------------------------------------------------
@@ -115,8 +138,8 @@ bool Broker::DeliverLocal(const std::string& destination, const std::string& sou
           return router_.send(zmq::buffer(destination), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
         })) {
       ++counters_.unreachable;
-      ErrorTo(source, "unreachable", "peer \"" + destination + "\" is not accepting messages (queue full)",
-              destination);
+      ErrorTo(source, wire::ErrorCode::Unreachable,
+              "peer \"" + destination + "\" is not accepting messages (queue full)", destination);
       return true;
     }
   } catch (const zmq::error_t& e) {
@@ -131,17 +154,19 @@ bool Broker::DeliverLocal(const std::string& destination, const std::string& sou
 void Broker::Route(const std::string& destination, const std::string& source, zmq::message_t& payload,
                    bool from_parent) {
   if (DeliverLocal(destination, source, payload)) return;
-  if (auto r = routes_.find(destination); r != routes_.end()) {
+  RoutingTable::Hop hop = table_.NextHop(destination, from_parent);
+  if (hop.kind == RoutingTable::Hop::kChild) {
     try {
-      RetryEintr([&] { return router_.send(zmq::buffer(r->second.child), zmq::send_flags::sndmore); });
+      RetryEintr([&] { return router_.send(zmq::buffer(hop.child), zmq::send_flags::sndmore); });
       SendFrames(router_, {Buf(destination), Buf(payload), Buf(source)});
       ++counters_.relayed_down;
       return;
     } catch (const zmq::error_t&) {
-      routes_.erase(r);  // that child is gone: fall through
+      table_.ForgetChild(hop.child);  // that child is gone: on up, or unreachable
+      hop = table_.NextHop(destination, from_parent);
     }
   }
-  if (has_upstream_ && !from_parent) {
+  if (hop.kind == RoutingTable::Hop::kUp) {
     SendFrames(up_dealer_, {Buf(destination), Buf(payload), Buf(source)});
     ++counters_.relayed_up;
     return;
@@ -149,20 +174,21 @@ void Broker::Route(const std::string& destination, const std::string& source, zm
   ++counters_.unreachable;
   if (destination != kBrokerAddress) {
     options_.logger->debug("unreachable {} from {}", destination, source);
-    ErrorTo(source, "unreachable",
+    ErrorTo(source, wire::ErrorCode::Unreachable,
             "no peer \"" + destination + "\" is connected to the broker tree at " + endpoints_.router, destination);
   }
 }
 
-void Broker::ErrorTo(const std::string& source, const std::string& code, const std::string& message,
+void Broker::ErrorTo(const std::string& source, wire::ErrorCode code, const std::string& message,
                      const std::string& about) {
   zmq::message_t payload(codec::EncodeError(code, message, about));
   try {
     if (DeliverLocal(source, kBrokerAddress, payload)) return;
-    if (auto r = routes_.find(source); r != routes_.end()) {
-      RetryEintr([&] { return router_.send(zmq::buffer(r->second.child), zmq::send_flags::sndmore); });
+    RoutingTable::Hop hop = table_.NextHop(source, false);
+    if (hop.kind == RoutingTable::Hop::kChild) {
+      RetryEintr([&] { return router_.send(zmq::buffer(hop.child), zmq::send_flags::sndmore); });
       SendFrames(router_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});
-    } else if (has_upstream_) {
+    } else if (hop.kind == RoutingTable::Hop::kUp) {
       SendFrames(up_dealer_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});
     }
   } catch (const zmq::error_t&) {
@@ -170,35 +196,30 @@ void Broker::ErrorTo(const std::string& source, const std::string& code, const s
   }
 }
 
-void Broker::Learn(const std::string& peer, const std::string& child) {
-  if (peer == kBrokerAddress) return;
-  routes_[peer] = {child, WallClockMs()};
-}
-
 void Broker::HandleForBroker(const std::string& source, const zmq::message_t& payload, bool local_peer) {
   auto envelope = codec::Decode(payload.data(), payload.size());
   if (!envelope.ok()) {
     ++counters_.malformed;
     options_.logger->warn("malformed message from {} to the broker: {}", source, envelope.status().message());
-    ErrorTo(source, "malformed", envelope.status().message(), kBrokerAddress);
+    ErrorTo(source, wire::ErrorCode::Malformed, envelope.status().message(), kBrokerAddress);
     return;
   }
   const wire::Envelope& env = **envelope;
   if (env.body_type() == wire::Body::BrokerHello) {
-    if (local_peer && local_peers_.emplace(source, WallClockMs()).second) announce_now_ = true;
-    if (local_peer) local_peers_[source] = WallClockMs();
+    if (local_peer && table_.SeenLocal(source, WallClockMs())) announce_now_ = true;
     return;
   }
   if (env.body_type() == wire::Body::RouteAnnouncement && IsBroker(source)) {
-    children_[source] = WallClockMs();
+    const uint64_t now = WallClockMs();
+    table_.SeenChild(source, now);
     if (const auto* peers = env.body_as_RouteAnnouncement()->peers()) {
-      for (const auto* p : *peers) Learn(p->str(), source);
+      for (const auto* p : *peers) table_.Learn(p->str(), source, now);
     }
     announce_now_ |= has_upstream_;  // our parent learns them through us
     return;
   }
   if (env.body_type() == wire::Body::Error) return;
-  ErrorTo(source, "unsupported",
+  ErrorTo(source, wire::ErrorCode::Unsupported,
           std::string("the broker does not take ") + wire::EnumNameBody(env.body_type()) + " messages", kBrokerAddress);
 }
 
@@ -213,8 +234,8 @@ size_t Broker::DrainRouter() {
     if (frames.size() == 4 && IsBroker(peer)) {
       // Relayed up from a child broker: [child][destination][payload][source].
       std::string destination = frames[1].to_string(), source = frames[3].to_string();
-      children_[peer] = WallClockMs();
-      Learn(source, peer);
+      table_.SeenChild(peer, WallClockMs());
+      table_.Learn(source, peer, WallClockMs());
       if (destination == kBrokerAddress) {
         HandleForBroker(source, frames[2], false);
       } else {
@@ -226,16 +247,16 @@ size_t Broker::DrainRouter() {
       ++counters_.malformed;
       options_.logger->warn("malformed message from {}: {} frames, expected [destination][payload]", peer,
                             frames.size() - 1);
-      ErrorTo(peer, "malformed", "expected 2 frames [destination][payload], got " + std::to_string(frames.size() - 1),
-              "");
+      ErrorTo(peer, wire::ErrorCode::Malformed,
+              "expected 2 frames [destination][payload], got " + std::to_string(frames.size() - 1), "");
       continue;
     }
     const std::string destination = frames[1].to_string();
-    if (!IsBroker(peer)) local_peers_[peer] = WallClockMs();
+    if (!IsBroker(peer)) table_.SeenLocal(peer, WallClockMs());
     if (frames[2].size() > codec::kMaxMessageBytes) {
       ++counters_.oversized;
       options_.logger->warn("oversized message from {} to {}: {} bytes", peer, destination, frames[2].size());
-      ErrorTo(peer, "oversized",
+      ErrorTo(peer, wire::ErrorCode::Oversized,
               "message of " + std::to_string(frames[2].size()) + " bytes exceeds the limit of " +
                   std::to_string(codec::kMaxMessageBytes),
               destination);
@@ -272,22 +293,9 @@ void Broker::Announce() {
   announce_now_ = false;
   if (!has_upstream_) return;
   flatbuffers::FlatBufferBuilder fbb(1024);
-  std::vector<std::string> peers;
-  peers.reserve(local_peers_.size() + routes_.size());
-  for (const auto& [peer, seen] : local_peers_) peers.push_back(peer);
-  for (const auto& [peer, route] : routes_) peers.push_back(peer);
+  std::vector<std::string> peers = table_.Reachable();
   std::string payload = codec::Seal(fbb, wire::CreateRouteAnnouncement(fbb, codec::ToWire(fbb, peers)));
   SendFrames(up_dealer_, {Buf(std::string(kBrokerAddress)), Buf(payload)});
-}
-
-void Broker::Expire() {
-  uint64_t now = WallClockMs();
-  for (auto it = routes_.begin(); it != routes_.end();) {
-    it = now > it->second.seen_ms + options_.route_ttl_ms ? routes_.erase(it) : std::next(it);
-  }
-  for (auto it = local_peers_.begin(); it != local_peers_.end();) {
-    it = now > it->second + options_.route_ttl_ms ? local_peers_.erase(it) : std::next(it);
-  }
 }
 
 // ---------------------------------------------------------------------------

@@ -28,6 +28,8 @@
 
 #include "broker/bus.h"
 #include "broker/loop.h"
+#include "broker/routing.h"
+#include "schemas/fm_generated.h"
 #include "schemas/status.h"
 
 namespace fm::bus {
@@ -51,6 +53,7 @@ class Broker {
 
   struct Counters {
     uint64_t routed = 0, relayed_up = 0, relayed_down = 0, unreachable = 0, malformed = 0, oversized = 0, events = 0;
+    uint64_t socket_errors = 0;  // ZeroMQ errors caught at the loop's edge
   };
   const Counters& counters() const { return counters_; }
 
@@ -59,11 +62,20 @@ class Broker {
   void Route(const std::string& destination, const std::string& source, zmq::message_t& payload, bool from_parent);
   bool DeliverLocal(const std::string& destination, const std::string& source, zmq::message_t& payload);
   void HandleForBroker(const std::string& source, const zmq::message_t& payload, bool local_peer);
-  void ErrorTo(const std::string& source, const std::string& code, const std::string& message,
-               const std::string& about);
+  void ErrorTo(const std::string& source, wire::ErrorCode code, const std::string& message, const std::string& about);
   void Announce();
-  void Expire();
-  void Learn(const std::string& peer, const std::string& child);
+  // Runs `work` (a drain call or a timer); a ZeroMQ error is counted and logged (at
+  // most once a second), never ends the broker.
+  template <typename F>
+  size_t Guarded(const char* what, F&& work) {
+    try {
+      return work();
+    } catch (const zmq::error_t& e) {
+      OnSocketError(what, e);
+      return 0;
+    }
+  }
+  void OnSocketError(const char* what, const zmq::error_t& e);
 
   size_t DrainRouter();
   size_t DrainUpstream();
@@ -78,14 +90,9 @@ class Broker {
   zmq::socket_t router_, xsub_, xpub_;
   zmq::socket_t up_dealer_, up_xpub_, up_xsub_;  // node broker only
   bool has_upstream_ = false;
-  std::unordered_map<std::string, uint64_t> local_peers_;  // identity -> last seen (ms)
-  struct PeerRoute {
-    std::string child;
-    uint64_t seen_ms = 0;
-  };
-  std::unordered_map<std::string, PeerRoute> routes_;   // peer behind a child broker
-  std::unordered_map<std::string, uint64_t> children_;  // child broker identity -> last seen
+  RoutingTable table_;
   bool announce_now_ = false;
+  uint64_t last_error_log_ms_ = 0, errors_since_log_ = 0;
   Counters counters_;
 };
 

@@ -3,6 +3,7 @@
 #include <set>
 
 #include "schemas/codec.h"
+#include "schemas/vocabulary.h"
 #include "store/keys.h"
 
 namespace fm::sched {
@@ -41,7 +42,7 @@ void SchedulerCore::ShowPending() {
 }
 
 void SchedulerCore::Refuse(const std::string& from, uint64_t correlation) {
-  immediate_.directed.push_back({from, codec::EncodeError("storage",
+  immediate_.directed.push_back({from, codec::EncodeError(wire::ErrorCode::Storage,
                                                           "the scheduler cannot write to its store (" + storage_error_ +
                                                               "); it refuses changes until writing works again",
                                                           std::to_string(correlation))});
@@ -52,7 +53,8 @@ void SchedulerCore::OnDirected(const std::string& from, const void* data, size_t
   if (!envelope.ok()) {
     logger_->warn("rejected message from {}: {}", from, envelope.status().message());
     if (from != "fm-broker")
-      immediate_.directed.push_back({from, codec::EncodeError("malformed", envelope.status().message())});
+      immediate_.directed.push_back(
+          {from, codec::EncodeError(wire::ErrorCode::Malformed, envelope.status().message())});
     return;
   }
   const wire::Envelope& env = **envelope;
@@ -63,7 +65,8 @@ void SchedulerCore::OnDirected(const std::string& from, const void* data, size_t
                      codec::Str(error->about()));
       // A worker the broker tree cannot reach yet (its route is still being announced):
       // try its dispatches again soon rather than after the full re-dispatch interval.
-      if (codec::Str(error->code()) == "unreachable") engine_->OnUnreachable(codec::Str(error->about()), now_ms);
+      if (ParseErrorCode(codec::Str(error->code())) == wire::ErrorCode::Unreachable)
+        engine_->OnUnreachable(codec::Str(error->about()), now_ms);
       return;
     }
     case wire::Body::SubmitRequest: {

@@ -3,9 +3,12 @@
 #include <algorithm>
 
 #include "scheduler/predicates.h"
+#include "scheduler/records.h"
+#include "scheduler/views.h"
 #include "schemas/codec.h"
 #include "schemas/json.h"
 #include "schemas/units.h"
+#include "schemas/vocabulary.h"
 #include "store/keys.h"
 
 namespace fm::sched {
@@ -15,109 +18,28 @@ using codec::Str;
 
 namespace {
 
-constexpr const char* kNoEligible = "no_eligible_worker";
-// Events of a turn are stored as one e/ block, split at about this size so that a
-// block stays far under the decoder's limit.
-constexpr size_t kEventBlockBytes = 1 << 20;
-
-// Calls `visit(event)` for each event stored in an e/ value (an EventBlock, or one Event
-// as stores written before blocks hold), in seq order, until it returns false. Returns
-// false when the value is not a well-formed event record (or `visit` stopped).
-template <typename Visit>
-bool ForEachStoredEvent(std::string_view value, Visit visit) {
-  auto env = codec::Decode(value.data(), value.size());
-  if (!env.ok()) return false;
-  if ((*env)->body_type() == wire::Body::Event) return visit(*(*env)->body_as_Event());
-  const auto* block = (*env)->body_as_EventBlock();
-  if (!block || !block->events()) return false;
-  std::string aligned;  // a nested buffer is copied out so that its fields are aligned
-  for (const auto* bytes : *block->events()) {
-    if (!bytes->envelope()) return false;
-    aligned.assign(reinterpret_cast<const char*>(bytes->envelope()->data()), bytes->envelope()->size());
-    auto inner = codec::Decode(aligned.data(), aligned.size());
-    if (!inner.ok() || (*inner)->body_type() != wire::Body::Event) return false;
-    if (!visit(*(*inner)->body_as_Event())) return false;
-  }
-  return true;
-}
-
-// Replies are bounded in bytes well under the directed message limit.
-constexpr size_t kReplyBytes = 1 << 20;
-
-// Re-encodes a stored event into `fbb` field by field (FlatBuffers has no deep copy for
-// tables).
-flatbuffers::Offset<wire::Event> CopyEvent(flatbuffers::FlatBufferBuilder& fbb, const wire::Event& e) {
-  std::vector<flatbuffers::Offset<wire::PredicateCount>> breakdown;
-  if (e.breakdown()) {
-    for (const auto* pc : *e.breakdown()) {
-      breakdown.push_back(wire::CreatePredicateCountDirect(fbb, Str(pc->predicate()).c_str(), pc->workers(),
-                                                           Str(pc->detail()).c_str()));
-    }
-  }
-  auto opt = [&](const flatbuffers::String* s) { return s ? fbb.CreateString(s) : 0; };
-  auto caps = e.capabilities() ? codec::ToWire(fbb, codec::Strings(e.capabilities())) : 0;
-  auto hw = e.hardware() ? codec::ToWire(fbb, codec::FromWire(e.hardware())) : 0;
-  auto labels = e.labels() ? codec::ToWire(fbb, codec::FromWire(e.labels())) : 0;
-  auto type = opt(e.type()), time = opt(e.time()), task = opt(e.task()), worker = opt(e.worker()),
-       reason = opt(e.reason()), message = opt(e.message()), stream = opt(e.stream()), data = opt(e.data());
-  auto bd = breakdown.empty() ? 0 : fbb.CreateVector(breakdown);
-  return wire::CreateEvent(fbb, e.seq(), type, time, task, worker, reason, message, e.attempt(), e.exit_code(), stream,
-                           data, e.eligible(), e.fleet(), bd, caps, hw, labels, e.time_ms());
-}
-
-const char* StateName(wire::TaskState s) {
-  switch (s) {
-    case wire::TaskState::Pending:
-      return "pending";
-    case wire::TaskState::Queued:
-      return "queued";
-    case wire::TaskState::Running:
-      return "running";
-    case wire::TaskState::Succeeded:
-      return "succeeded";
-    case wire::TaskState::Failed:
-      return "failed";
-    case wire::TaskState::Cancelled:
-      return "cancelled";
-  }
-  return "unknown";
-}
-
-wire::SubmitStatus StatusOf(wire::TaskState s) {
-  switch (s) {
-    case wire::TaskState::Succeeded:
-      return wire::SubmitStatus::Succeeded;
-    case wire::TaskState::Failed:
-      return wire::SubmitStatus::Failed;
-    case wire::TaskState::Cancelled:
-      return wire::SubmitStatus::Cancelled;
-    default:
-      return wire::SubmitStatus::Accepted;
-  }
-}
-
-Task TaskFromRecord(const wire::TaskRecord& r) {
-  Task t;
-  t.id = r.id();
-  t.spec = codec::FromWire(r.spec());
-  t.state = r.state();
-  t.attempt = r.attempt();
-  t.worker = Str(r.worker());
-  t.submitted_ms = r.submitted_ms();
-  t.reason = Str(r.reason());
-  t.message = Str(r.message());
-  t.exit_code = r.exit_code();
-  t.watcher = Str(r.watcher());
-  t.order = r.order();
-  t.rejected = r.rejected();
-  t.first_seq = r.first_seq();
-  return t;
-}
-
 std::vector<std::string> Capabilities(const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* v) {
   auto caps = codec::Strings(v);
   Normalize(&caps);
   return caps;
+}
+
+flatbuffers::Offset<wire::SubmitResult> MakeResult(flatbuffers::FlatBufferBuilder& fbb, uint64_t task,
+                                                   wire::SubmitStatus status, wire::Reason reason = wire::Reason::None,
+                                                   const std::string& message = {}, const std::string& worker = {}) {
+  std::string_view r = Name(reason);
+  return wire::CreateSubmitResult(fbb, task, status, r.empty() ? 0 : fbb.CreateString(r.data(), r.size()),
+                                  message.empty() ? 0 : fbb.CreateString(message),
+                                  worker.empty() ? 0 : fbb.CreateString(worker));
+}
+
+EngineOptions Validated(EngineOptions o) {
+  o.Validate();
+  return o;
+}
+
+EventLogOptions LogOptions(const EngineOptions& o) {
+  return {o.event_retention_count, o.event_retention_age_ms, o.replay_batch};
 }
 
 }  // namespace
@@ -132,8 +54,7 @@ void EngineOptions::Validate() {
   if (fresh_epoch == 0) fresh_epoch = 1;
 }
 
-Engine::Engine(EngineOptions options) : options_(options) {
-  options_.Validate();
+Engine::Engine(EngineOptions options) : options_(Validated(options)), log_(LogOptions(options_)) {
   recent_ended_.reserve(options_.recent_ended);
 }
 
@@ -142,98 +63,42 @@ Engine::Engine(EngineOptions options) : options_(options) {
 
 Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
   store_ = store;
-  auto meta = [&](std::string_view key, uint64_t* out) -> Status {
-    auto v = store->Get(key);
-    if (!v.ok()) return v.status();
-    if (v->has_value() && (*v)->size() == 8) *out = keys::DecodeU64(**v);
-    return Status::Ok();
-  };
-  if (Status s = meta(keys::kMetaNextTask, &next_task_id_); !s.ok()) return s;
-  if (Status s = meta(keys::kMetaNextSeq, &next_seq_); !s.ok()) return s;
-  if (Status s = meta(keys::kMetaEpoch, &epoch_); !s.ok()) return s;
+  auto next_task = records::ReadMeta(*store, keys::kMetaNextTask, 1);
+  if (!next_task.ok()) return next_task.status();
+  next_task_id_ = *next_task;
+  persisted_task_id_ = next_task_id_;
+  auto epoch = records::ReadMeta(*store, keys::kMetaEpoch, 0);
+  if (!epoch.ok()) return epoch.status();
+  epoch_ = *epoch;
   epoch_persisted_ = epoch_ != 0;
   if (epoch_ == 0) epoch_ = options_.fresh_epoch;
-  persisted_task_id_ = next_task_id_;
-  persisted_seq_ = next_seq_;
-  oldest_seq_ = next_seq_;
-  // The first stored record's first event (a block is keyed by its last one).
-  Status s = store->Scan(keys::kEventPrefix, keys::PrefixEnd(keys::kEventPrefix),
-                         [&](std::string_view key, std::string_view value) {
-                           oldest_seq_ = keys::DecodeU64(key.substr(2));
-                           ForEachStoredEvent(value, [&](const wire::Event& e) {
-                             oldest_seq_ = e.seq();
-                             return false;
-                           });
-                           return false;
-                         });
+  if (Status s = log_.Recover(store); !s.ok()) return s;
+  Status s = records::ScanWorkers(*store, now_ms, [&](WorkerState w) { fleet_.Add(std::move(w)); });
   if (!s.ok()) return s;
-
-  Status bad = Status::Ok();
-  s = store->Scan(keys::kWorkerPrefix, keys::PrefixEnd(keys::kWorkerPrefix),
-                  [&](std::string_view key, std::string_view value) {
-                    flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
-                    if (!v.VerifyBuffer<wire::WorkerRecord>(nullptr)) {
-                      bad = Status::Internal("store: bad worker record at " + std::string(key));
-                      return false;
-                    }
-                    const auto* rec = flatbuffers::GetRoot<wire::WorkerRecord>(value.data());
-                    const auto* reg = rec->registration();
-                    if (!reg || !reg->id()) return true;
-                    WorkerState w;
-                    w.id = Str(reg->id());
-                    w.address = Str(reg->address());
-                    w.node = Str(reg->node());
-                    w.version = Str(reg->version());
-                    w.instance = reg->instance();
-                    w.capabilities = Capabilities(reg->capabilities());
-                    w.hardware = codec::FromWire(reg->hardware());
-                    w.labels = codec::FromWire(reg->labels());
-                    w.slots = std::max<uint32_t>(reg->slots(), 1);
-                    w.draining = rec->draining();
-                    w.last_seen_ms = now_ms;
-                    w.confirmed = false;
-                    fleet_.Add(std::move(w));
-                    return true;
-                  });
-  if (!s.ok()) return s;
-  if (!bad.ok()) return bad;
-
-  s = store->Scan(
-      keys::kActivePrefix, keys::PrefixEnd(keys::kActivePrefix), [&](std::string_view key, std::string_view value) {
-        flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
-        if (!v.VerifyBuffer<wire::TaskRecord>(nullptr)) {
-          bad = Status::Internal("store: bad task record at a/" + std::to_string(keys::DecodeU64(key.substr(2))));
-          return false;
-        }
-        Task t = TaskFromRecord(*flatbuffers::GetRoot<wire::TaskRecord>(value.data()));
-        next_order_ = std::max(next_order_, t.order + 1);
-        next_task_id_ = std::max(next_task_id_, t.id + 1);
-        if (!t.spec.key.empty()) client_keys_[t.spec.key] = t.id;
-        if ((t.state == wire::TaskState::Queued || t.state == wire::TaskState::Running) && fleet_.Find(t.worker)) {
-          fleet_.ModifyLoad(t.worker, [&](WorkerState& w) {
-            Reserve(t.spec, &w);
-            w.tasks.insert(t.id);
-          });
-          t.dispatched_ms = now_ms;
-        } else if (t.state != wire::TaskState::Pending) {
-          // Its worker is not known any more: run it again.
-          t.state = wire::TaskState::Pending;
-          t.worker.clear();
-          dirty_tasks_.push_back(t.id);
-        }
-        if (t.state == wire::TaskState::Pending) {
-          pending_.Insert(t.spec, LineOf(t));
-        }
-        active_.emplace(t.id, std::move(t));
-        return true;
+  return records::ScanActiveTasks(*store, [&](Task t) {
+    next_order_ = std::max(next_order_, t.order + 1);
+    next_task_id_ = std::max(next_task_id_, t.id + 1);
+    if (!t.spec.key.empty()) client_keys_[t.spec.key] = t.id;
+    if ((t.state == wire::TaskState::Queued || t.state == wire::TaskState::Running) && fleet_.Find(t.worker)) {
+      fleet_.ModifyLoad(t.worker, [&](WorkerState& w) {
+        Reserve(t.spec, &w);
+        w.tasks.insert(t.id);
       });
-  if (!s.ok()) return s;
-  return bad;
+      t.dispatched_ms = now_ms;
+    } else if (t.state != wire::TaskState::Pending) {
+      // Its worker is not known any more: run it again.
+      t.state = wire::TaskState::Pending;
+      t.worker.clear();
+      dirty_tasks_.push_back(t.id);
+    }
+    if (t.state == wire::TaskState::Pending) pending_.Insert(t.spec, LineOf(t));
+    active_.emplace(t.id, std::move(t));
+  });
 }
 
 void Engine::Start(uint64_t now_ms) {
   EventFields f;
-  f.type = "scheduler.started";
+  f.type = wire::EventType::SchedulerStarted;
   f.message =
       std::to_string(fleet_.size()) + " workers last known, " + std::to_string(active_.size()) + " tasks not ended";
   Emit(f, now_ms);
@@ -271,8 +136,9 @@ void Engine::OnDirected(const std::string& from, const wire::Envelope& env, uint
     case wire::Body::Error:
       return;  // e.g. "unreachable" for a submitter that left
     default:
-      Send(from, codec::EncodeError("unsupported", std::string("the scheduler does not take ") +
-                                                       wire::EnumNameBody(env.body_type()) + " messages"));
+      Send(from,
+           codec::EncodeError(wire::ErrorCode::Unsupported, std::string("the scheduler does not take ") +
+                                                                wire::EnumNameBody(env.body_type()) + " messages"));
   }
 }
 
@@ -305,25 +171,17 @@ void Engine::OnBus(const wire::Envelope& env, uint64_t now_ms) {
 
 Result<std::optional<Task>> Engine::ReadEnded(uint64_t id) const {
   if (!store_) return std::optional<Task>();
-  auto v = store_->Get(keys::Task(id));
-  if (!v.ok()) return v.status();
-  if (!v->has_value()) return std::optional<Task>();
-  flatbuffers::Verifier ver(reinterpret_cast<const uint8_t*>((*v)->data()), (*v)->size());
-  if (!ver.VerifyBuffer<wire::TaskRecord>(nullptr)) {
-    return Status::Internal("store: bad task record at t/" + std::to_string(id));
-  }
-  return std::optional<Task>(TaskFromRecord(*flatbuffers::GetRoot<wire::TaskRecord>((*v)->data())));
+  return records::ReadEndedTask(*store_, id);
 }
 
 Result<std::optional<Engine::KeyedTask>> Engine::FindKeyed(const std::string& key) {
   auto it = client_keys_.find(key);
   if (it == client_keys_.end()) {
     if (!store_) return std::optional<KeyedTask>();
-    auto v = store_->Get(keys::ClientKey(key));
-    if (!v.ok()) return v.status();
-    if (!v->has_value()) return std::optional<KeyedTask>();
-    if ((*v)->size() != 8) return Status::Internal("store: bad key record for \"" + key + "\"");
-    it = client_keys_.emplace(key, keys::DecodeU64(**v)).first;
+    auto id = records::ReadKey(*store_, key);
+    if (!id.ok()) return id.status();
+    if (!id->has_value()) return std::optional<KeyedTask>();
+    it = client_keys_.emplace(key, **id).first;
   }
   KeyedTask found;
   found.id = it->second;
@@ -360,8 +218,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       TaskSpec spec = codec::FromWire(wire_spec);
       Status valid = ValidateTaskSpec(spec);
       if (!valid.ok()) {
-        results.push_back(wire::CreateSubmitResultDirect(fbb, 0, wire::SubmitStatus::Rejected, "invalid_task",
-                                                         valid.message().c_str()));
+        results.push_back(MakeResult(fbb, 0, wire::SubmitStatus::Rejected, wire::Reason::InvalidTask, valid.message()));
         continue;
       }
       if (!spec.image.empty()) {
@@ -375,20 +232,19 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         if (!keyed.ok()) {
           if (read_error_.ok()) read_error_ = keyed.status();
           std::string message = "cannot look up key \"" + spec.key + "\": " + keyed.status().message();
-          results.push_back(wire::CreateSubmitResultDirect(fbb, 0, wire::SubmitStatus::Rejected, "storage_unavailable",
-                                                           message.c_str()));
+          results.push_back(
+              MakeResult(fbb, 0, wire::SubmitStatus::Rejected, wire::Reason::StorageUnavailable, message));
           continue;
         }
         if (const auto& first = *keyed) {
           if (first->spec && *first->spec != spec) {
             std::string message = "key \"" + spec.key + "\" was first used for task " + TaskName(first->id) +
                                   " with a different body; use a new key for a different task";
-            results.push_back(wire::CreateSubmitResultDirect(fbb, first->id, wire::SubmitStatus::Rejected,
-                                                             "key_conflict", message.c_str()));
+            results.push_back(
+                MakeResult(fbb, first->id, wire::SubmitStatus::Rejected, wire::Reason::KeyConflict, message));
             continue;
           }
-          results.push_back(wire::CreateSubmitResultDirect(fbb, first->id, first->status, first->reason.c_str(),
-                                                           first->message.c_str(), first->worker.c_str()));
+          results.push_back(MakeResult(fbb, first->id, first->status, first->reason, first->message, first->worker));
           continue;
         }
       }
@@ -397,7 +253,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       t.id = next_task_id_++;
       t.spec = std::move(spec);
       t.submitted_ms = now_ms;
-      t.first_seq = next_seq_;  // its first event is the next one
+      t.first_seq = log_.next_seq();  // its first event is the next one
       t.order = next_order_++;
       if (req.watch()) t.watcher = from;
       if (!t.spec.key.empty()) {
@@ -408,16 +264,16 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         Explanation why = fleet_.Explain(t.spec);
         // Fail fast: nothing is queued, no worker sees it.
         results.push_back(
-            wire::CreateSubmitResultDirect(fbb, t.id, wire::SubmitStatus::Rejected, kNoEligible, why.message.c_str()));
+            MakeResult(fbb, t.id, wire::SubmitStatus::Rejected, wire::Reason::NoEligibleWorker, why.message));
         t.watcher.clear();  // the reply already says so
         t.rejected = true;
         auto [it, inserted] = active_.emplace(t.id, std::move(t));
-        End(&it->second, wire::TaskState::Failed, kNoEligible, why.message, 0, now_ms, &why);
+        End(&it->second, wire::TaskState::Failed, wire::Reason::NoEligibleWorker, why.message, 0, now_ms, &why);
         continue;
       }
       results.push_back(wire::CreateSubmitResult(fbb, t.id, wire::SubmitStatus::Accepted));
       EventFields f;
-      f.type = "task.submitted";
+      f.type = wire::EventType::TaskSubmitted;
       f.task = t.id;
       f.attempt = t.attempt;
       pending_.Insert(t.spec, LineOf(t));
@@ -441,19 +297,6 @@ const Task* Engine::active_task(uint64_t id) const {
   return it == active_.end() ? nullptr : &it->second;
 }
 
-void Engine::PersistWorker(const WorkerState& w) {
-  flatbuffers::FlatBufferBuilder fbb(512);
-  auto caps = codec::ToWire(fbb, w.capabilities);
-  auto hw = codec::ToWire(fbb, w.hardware);
-  auto labels = codec::ToWire(fbb, w.labels);
-  auto reg =
-      wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address), fbb.CreateString(w.node),
-                                     w.instance, fbb.CreateString(w.version), w.slots, hw, labels, 0, caps);
-  fbb.Finish(wire::CreateWorkerRecord(fbb, reg, w.draining));
-  effects_.writes.Put(keys::Worker(w.id),
-                      std::string(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
-}
-
 void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms) {
   std::string id = Str(reg.id());
   std::string address = Str(reg.address());
@@ -468,9 +311,9 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
       flatbuffers::FlatBufferBuilder fbb(256);
       Send(address, codec::Seal(fbb, wire::CreateWorkerRejectedDirect(fbb, id.c_str(), message.c_str())));
       EventFields f;
-      f.type = "worker.rejected";
+      f.type = wire::EventType::WorkerRejected;
       f.worker = id;
-      f.reason = "duplicate_worker_id";
+      f.reason = wire::Reason::DuplicateWorkerId;
       f.message = message + " (refused node " + Str(reg.node()) + ")";
       Emit(f, now_ms);
       return;
@@ -501,9 +344,9 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
     w.confirmed = true;
   });
   const WorkerState& w = *fleet_.Find(id);
-  PersistWorker(w);
+  records::PutWorker(&effects_.writes, w);
   EventFields f;
-  f.type = "worker.registered";
+  f.type = wire::EventType::WorkerRegistered;
   f.worker = id;
   f.worker_info = &w;
   f.message = "node " + w.node + ", " + std::to_string(w.slots) + " slots, version " + w.version;
@@ -526,7 +369,7 @@ void Engine::Reconcile(const WorkerState& worker, const flatbuffers::Vector<flat
     if (t.state == wire::TaskState::Queued) {
       dispatches_[w->id].push_back(t.id);  // never arrived: send again
     } else {
-      Retry(&t, "worker_lost", "worker " + worker.id + " no longer holds the task (it restarted)", now_ms);
+      Retry(&t, wire::Reason::WorkerLost, "worker " + worker.id + " no longer holds the task (it restarted)", now_ms);
       w = fleet_.Find(worker.id);  // Retry released its reservation
     }
   }
@@ -558,9 +401,9 @@ void Engine::OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms) {
     for (const auto& c : caps) after += (after.empty() ? "" : ",") + c;
     fleet_.Modify(id, [&](WorkerState& w) { w.capabilities = std::move(caps); });
     const WorkerState& w = *fleet_.Find(id);
-    PersistWorker(w);
+    records::PutWorker(&effects_.writes, w);
     EventFields f;
-    f.type = "worker.updated";
+    f.type = wire::EventType::WorkerUpdated;
     f.worker = id;
     f.worker_info = &w;
     f.message = "capabilities [" + before + "] -> [" + after + "]";
@@ -575,13 +418,13 @@ void Engine::LoseWorker(const std::string& id, const std::string& why, uint64_t 
   if (!lost) return;
   std::vector<uint64_t> tasks(lost->tasks.begin(), lost->tasks.end());
   EventFields f;
-  f.type = "worker.lost";
+  f.type = wire::EventType::WorkerLost;
   f.worker = id;
   f.message = why + "; " + std::to_string(tasks.size()) + " tasks to re-place";
   Emit(f, now_ms);
   for (uint64_t task_id : tasks) {
     auto t = active_.find(task_id);
-    if (t != active_.end()) Retry(&t->second, "worker_lost", "worker " + id + " lost: " + why, now_ms);
+    if (t != active_.end()) Retry(&t->second, wire::Reason::WorkerLost, "worker " + id + " lost: " + why, now_ms);
   }
   effects_.writes.Delete(keys::Worker(id));
   dispatches_.erase(id);
@@ -603,7 +446,7 @@ void Engine::Queue(Task* t, const std::string& worker_id, uint64_t now_ms) {
   dirty_tasks_.push_back(t->id);
   dispatches_[worker_id].push_back(t->id);
   EventFields f;
-  f.type = "task.queued";
+  f.type = wire::EventType::TaskQueued;
   f.task = t->id;
   f.worker = worker_id;
   f.attempt = t->attempt;
@@ -622,7 +465,7 @@ void Engine::Unassign(Task* t) {
   }
 }
 
-void Engine::Retry(Task* t, const std::string& reason, const std::string& message, uint64_t now_ms) {
+void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms) {
   Unassign(t);
   if (t->attempt >= t->spec.max_attempts) {
     End(t, wire::TaskState::Failed, reason,
@@ -638,7 +481,7 @@ void Engine::Retry(Task* t, const std::string& reason, const std::string& messag
   pending_.Insert(t->spec, LineOf(*t));
   dirty_tasks_.push_back(t->id);
   EventFields f;
-  f.type = "task.retrying";
+  f.type = wire::EventType::TaskRetrying;
   f.task = t->id;
   f.worker = last_worker;
   f.attempt = t->attempt;
@@ -648,8 +491,8 @@ void Engine::Retry(Task* t, const std::string& reason, const std::string& messag
   placement_needed_ = true;
 }
 
-void Engine::End(Task* t, wire::TaskState state, const std::string& reason, const std::string& message,
-                 int32_t exit_code, uint64_t now_ms, const Explanation* explanation) {
+void Engine::End(Task* t, wire::TaskState state, wire::Reason reason, const std::string& message, int32_t exit_code,
+                 uint64_t now_ms, const Explanation* explanation) {
   Unassign(t);
   if (t->state == wire::TaskState::Pending) pending_.Erase(t->spec, LineOf(*t));
   t->state = state;
@@ -657,9 +500,9 @@ void Engine::End(Task* t, wire::TaskState state, const std::string& reason, cons
   t->message = message;
   t->exit_code = exit_code;
   EventFields f;
-  f.type = state == wire::TaskState::Succeeded ? "task.succeeded"
-           : state == wire::TaskState::Failed  ? "task.failed"
-                                               : "task.cancelled";
+  f.type = state == wire::TaskState::Succeeded ? wire::EventType::TaskSucceeded
+           : state == wire::TaskState::Failed  ? wire::EventType::TaskFailed
+                                               : wire::EventType::TaskCancelled;
   f.task = t->id;
   f.worker = t->worker;
   f.attempt = t->attempt;
@@ -672,7 +515,7 @@ void Engine::End(Task* t, wire::TaskState state, const std::string& reason, cons
     ended_for_watchers_[t->watcher].push_back({t->id, StatusOf(state), reason, message, t->worker});
   }
   effects_.writes.Delete(keys::ActiveTask(t->id));
-  PutTaskRecord(keys::Task(t->id), *t);
+  records::PutTask(&effects_.writes, keys::Task(t->id), *t, scratch_);
   uint64_t id = t->id;
   if (options_.recent_ended > 0) {  // the task leaves the active set: move, not copy
     if (recent_ended_.size() < options_.recent_ended) {
@@ -705,7 +548,7 @@ void Engine::OnTaskStarted(const wire::TaskRef& ref, const std::string& worker, 
   t.state = wire::TaskState::Running;
   dirty_tasks_.push_back(t.id);
   EventFields f;
-  f.type = "task.started";
+  f.type = wire::EventType::TaskStarted;
   f.task = t.id;
   f.worker = t.worker;
   f.attempt = t.attempt;
@@ -723,20 +566,20 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
   std::string message = Str(msg.message());
   switch (msg.outcome()) {
     case wire::Outcome::Succeeded:
-      End(&t, wire::TaskState::Succeeded, "", message, msg.exit_code(), now_ms);
+      End(&t, wire::TaskState::Succeeded, wire::Reason::None, message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::Failed:
-      End(&t, wire::TaskState::Failed, "exit_status",
+      End(&t, wire::TaskState::Failed, wire::Reason::ExitStatus,
           message.empty() ? "exit status " + std::to_string(msg.exit_code()) : message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::TimedOut:
-      End(&t, wire::TaskState::Failed, "timeout", message, msg.exit_code(), now_ms);
+      End(&t, wire::TaskState::Failed, wire::Reason::Timeout, message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::Cancelled:
-      End(&t, wire::TaskState::Cancelled, "cancelled", message, msg.exit_code(), now_ms);
+      End(&t, wire::TaskState::Cancelled, wire::Reason::Cancelled, message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::Retryable:
-      Retry(&t, "executor_error", message, now_ms);
+      Retry(&t, wire::Reason::ExecutorError, message, now_ms);
       break;
   }
 }
@@ -746,7 +589,7 @@ void Engine::OnTaskLog(const wire::TaskLog& msg, uint64_t now_ms) {
   const Task* t = active_task(msg.ref()->task());
   if (!t || t->attempt != msg.ref()->attempt()) return;
   EventFields f;
-  f.type = "task.log";
+  f.type = wire::EventType::TaskLog;
   f.task = t->id;
   f.worker = t->worker;
   f.attempt = t->attempt;
@@ -769,18 +612,15 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
   std::string target = Str(req.target());
   switch (req.op()) {
     case wire::ControlOp::Workers:
-      for (const auto& [id, w] : fleet_.workers()) {
-        workers.push_back(wire::CreateWorkerView(
-            fbb, fbb.CreateString(w.id), fbb.CreateString(w.node), fbb.CreateString(w.address),
-            codec::ToWire(fbb, w.capabilities), codec::ToWire(fbb, w.hardware), codec::ToWire(fbb, w.labels), w.slots,
-            w.slots_used, w.confirmed, w.draining, now_ms - std::min(now_ms, w.last_seen_ms),
-            fbb.CreateString(w.version), w.cpus_used, w.memory_used, w.gpus_used));
-      }
+      workers = views::Workers(fbb, fleet_, now_ms);
       break;
     case wire::ControlOp::Tasks: {
-      uint64_t next = 0;
-      TasksPage(fbb, req, &tasks, &next);
-      next_page = next;
+      views::TaskPage page = views::Tasks(fbb, req, options_.task_page, [&](const auto& visit) {
+        for (const auto& [id, t] : active_) visit(t);
+        for (const Task& t : recent_ended_) visit(t);
+      });
+      tasks = std::move(page.tasks);
+      next_page = page.next;
       break;
     }
     case wire::ControlOp::Task: {
@@ -802,9 +642,9 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
       bool drain = req.op() == wire::ControlOp::Drain;
       if (w->draining != drain) {
         fleet_.Modify(target, [&](WorkerState& x) { x.draining = drain; });
-        PersistWorker(*w);
+        records::PutWorker(&effects_.writes, *w);
         EventFields f;
-        f.type = drain ? "worker.draining" : "worker.undrained";
+        f.type = drain ? wire::EventType::WorkerDraining : wire::EventType::WorkerUndrained;
         f.worker = target;
         f.message =
             drain ? "takes no new tasks; " + std::to_string(w->tasks.size()) + " still held" : "takes new tasks again";
@@ -832,7 +672,7 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
         }
       }
       message = "cancelled " + TaskName(t.id);
-      End(&t, wire::TaskState::Cancelled, "cancelled", "cancelled by fm-ctl", 0, now_ms);
+      End(&t, wire::TaskState::Cancelled, wire::Reason::Cancelled, "cancelled by fm-ctl", 0, now_ms);
       break;
     }
   }
@@ -842,38 +682,8 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
   Send(from, codec::Seal(fbb, reply));
 }
 
-void Engine::TasksPage(flatbuffers::FlatBufferBuilder& fbb, const wire::ControlRequest& req,
-                       std::vector<flatbuffers::Offset<wire::TaskView>>* views, uint64_t* next) {
-  const std::string state = Str(req.state()), worker = Str(req.worker());
-  const size_t limit = std::min<size_t>(req.limit() ? req.limit() : options_.task_page, options_.task_page);
-  std::vector<const Task*> list;
-  auto consider = [&](const Task& t) {
-    if (t.id <= req.after()) return;
-    if (!state.empty() && state != StateName(t.state)) return;
-    if (!worker.empty() && worker != t.worker) return;
-    list.push_back(&t);
-  };
-  for (const auto& [id, t] : active_) consider(t);
-  for (const Task& t : recent_ended_) consider(t);
-  // Only the page is sorted: O(tasks) per page however many there are.
-  auto by_id = [](const Task* a, const Task* b) { return a->id < b->id; };
-  const size_t take = std::min(limit, list.size());
-  std::partial_sort(list.begin(), list.begin() + static_cast<long>(take), list.end(), by_id);
-  *next = 0;
-  for (size_t i = 0; i < take; ++i) {
-    const Task& t = *list[i];
-    if (fbb.GetSize() >= kReplyBytes) {  // the rest on the next page
-      *next = list[i - 1]->id;
-      return;
-    }
-    views->push_back(wire::CreateTaskViewDirect(fbb, TaskName(t.id).c_str(), StateName(t.state), t.attempt,
-                                                t.worker.c_str(), nullptr, t.reason.c_str(), t.message.c_str()));
-  }
-  if (take < list.size() && take > 0) *next = list[take - 1]->id;
-}
-
 Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string& name,
-                          std::vector<flatbuffers::Offset<wire::TaskView>>* views,
+                          std::vector<flatbuffers::Offset<wire::TaskView>>* out,
                           std::vector<flatbuffers::Offset<wire::Event>>* events) {
   uint64_t id = 0;
   if (!ParseTaskName(name, &id)) return Status::Invalid("\"" + name + "\" is not a task id (t42)");
@@ -897,68 +707,21 @@ Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string
     waiting =
         why.eligible == 0 ? "no eligible worker: " + why.message : std::to_string(why.eligible) + " eligible, all full";
   }
-  auto command = codec::ToWire(fbb, t->spec.command);
-  auto spec = codec::ToWire(fbb, t->spec);
-  views->push_back(wire::CreateTaskView(fbb, fbb.CreateString(TaskName(t->id)), fbb.CreateString(StateName(t->state)),
-                                        t->attempt, fbb.CreateString(t->worker), command, fbb.CreateString(t->reason),
-                                        fbb.CreateString(t->message), spec,
-                                        waiting.empty() ? 0 : fbb.CreateString(waiting), t->submitted_ms));
+  out->push_back(views::TaskDetail(fbb, *t, waiting));
   // Its events, from its first one on; the look is bounded (a task's events are near
   // each other in the stream).
-  if (!store_ || t->first_seq == 0) return Status::Ok();
+  if (t->first_seq == 0) return Status::Ok();
   constexpr size_t kLookAt = 20000, kKeep = 500;
   size_t looked = 0;
   const std::string task_name = TaskName(t->id);
-  Status s = store_->Scan(keys::Event(std::max(t->first_seq, oldest_seq_)), keys::PrefixEnd(keys::kEventPrefix),
-                          [&](std::string_view, std::string_view value) {
-                            ForEachStoredEvent(value, [&](const wire::Event& e) {
-                              if (e.seq() >= t->first_seq && Str(e.task()) == task_name) {
-                                events->push_back(CopyEvent(fbb, e));
-                              }
-                              return ++looked < kLookAt && events->size() < kKeep && fbb.GetSize() < kReplyBytes;
-                            });
-                            return looked < kLookAt && events->size() < kKeep && fbb.GetSize() < kReplyBytes;
-                          });
-  return s;
+  return log_.ForEach(t->first_seq, [&](const wire::Event& e) {
+    if (Str(e.task()) == task_name) events->push_back(CopyEvent(fbb, e));
+    return ++looked < kLookAt && events->size() < kKeep && fbb.GetSize() < views::kReplyBytes;
+  });
 }
 
 void Engine::OnReplay(const std::string& from, const wire::ReplayRequest& req) {
-  flatbuffers::FlatBufferBuilder fbb(4096);
-  uint64_t since = std::max<uint64_t>(req.since(), 1);
-  if (since < oldest_seq_) {
-    std::string error = "sequence " + std::to_string(since) + " is older than retention: the oldest available is " +
-                        std::to_string(oldest_seq_);
-    Send(from, codec::Seal(fbb, wire::CreateReplayBatchDirect(fbb, req.correlation(), nullptr, true, oldest_seq_,
-                                                              error.c_str())));
-    return;
-  }
-  // Blocks are keyed by their last seq: the first one at or after `since` holds it.
-  std::vector<flatbuffers::Offset<wire::Event>> events;
-  bool full = false;
-  auto copy = [&](const wire::Event& e) {
-    if (e.seq() < since) return true;
-    if (events.size() >= options_.replay_batch || fbb.GetSize() >= kReplyBytes) {
-      full = true;
-      return false;
-    }
-    events.push_back(CopyEvent(fbb, e));
-    return true;
-  };
-  Status s = store_ ? store_->Scan(keys::Event(since), keys::PrefixEnd(keys::kEventPrefix),
-                                   [&](std::string_view, std::string_view value) {
-                                     ForEachStoredEvent(value, copy);
-                                     return !full;
-                                   })
-                    : Status::Ok();
-  if (!s.ok()) {
-    fbb.Clear();
-    Send(from, codec::Seal(fbb, wire::CreateReplayBatchDirect(fbb, req.correlation(), nullptr, true, oldest_seq_,
-                                                              s.message().c_str())));
-    return;
-  }
-  bool done = !full;
-  auto batch = wire::CreateReplayBatch(fbb, req.correlation(), fbb.CreateVector(events), done, oldest_seq_);
-  Send(from, codec::Seal(fbb, batch));
+  Send(from, log_.Replay(req.since(), req.correlation()));
 }
 
 // ---------------------------------------------------------------------------
@@ -986,39 +749,7 @@ void Engine::Tick(uint64_t now_ms) {
       }
     }
   }
-  ApplyRetention(now_ms);
-}
-
-void Engine::ApplyRetention(uint64_t now_ms) {
-  uint64_t new_oldest = oldest_seq_;
-  if (next_seq_ - oldest_seq_ > options_.event_retention_count) {
-    new_oldest = next_seq_ - options_.event_retention_count;
-  }
-  // By age: at most once a second, look at the oldest stored events.
-  if (store_ && now_ms >= next_age_check_ms_ && now_ms > options_.event_retention_age_ms) {
-    next_age_check_ms_ = now_ms + 1000;
-    uint64_t cutoff = now_ms - options_.event_retention_age_ms;
-    size_t looked = 0;
-    // A record goes when its newest (last) event is older than the cutoff.
-    Status s = store_->Scan(keys::Event(new_oldest), keys::Event(persisted_seq_),
-                            [&](std::string_view key, std::string_view value) {
-                              uint64_t newest_ms = UINT64_MAX;
-                              if (!ForEachStoredEvent(value, [&](const wire::Event& e) {
-                                    newest_ms = e.time_ms();
-                                    return true;
-                                  })) {
-                                return false;
-                              }
-                              if (newest_ms >= cutoff) return false;
-                              new_oldest = keys::DecodeU64(key.substr(2)) + 1;
-                              return ++looked < 10000;
-                            });
-    (void)s;  // a failed scan only delays retention
-  }
-  if (new_oldest > oldest_seq_) {
-    effects_.writes.DeleteRange(keys::Event(oldest_seq_), keys::Event(new_oldest));
-    oldest_seq_ = new_oldest;
-  }
+  log_.ApplyRetention(now_ms, &effects_.writes);
 }
 
 void Engine::FailUnrunnable(uint64_t now_ms) {
@@ -1028,7 +759,8 @@ void Engine::FailUnrunnable(uint64_t now_ms) {
     if (!fleet_.AnyEligible(demand)) doomed.push_back({ids, fleet_.Explain(demand)});
   });
   for (const auto& [ids, why] : doomed) {
-    for (uint64_t id : ids) End(&active_.at(id), wire::TaskState::Failed, kNoEligible, why.message, 0, now_ms, &why);
+    for (uint64_t id : ids)
+      End(&active_.at(id), wire::TaskState::Failed, wire::Reason::NoEligibleWorker, why.message, 0, now_ms, &why);
   }
 }
 
@@ -1077,8 +809,7 @@ void Engine::FlushBatched() {
     std::vector<flatbuffers::Offset<wire::SubmitResult>> results;
     results.reserve(ended.size());
     for (const auto& e : ended) {
-      results.push_back(
-          wire::CreateSubmitResultDirect(fbb, e.task, e.status, e.reason.c_str(), e.message.c_str(), e.worker.c_str()));
+      results.push_back(MakeResult(fbb, e.task, e.status, e.reason, e.message, e.worker));
     }
     Send(watcher, codec::Seal(fbb, wire::CreateTaskEnded(fbb, results.front(), fbb.CreateVector(results))));
   }
@@ -1096,16 +827,12 @@ void Engine::FinishTurn(uint64_t now_ms) {
   }
   FlushDispatches();
   FlushBatched();
-  StoreEventBlock();
-  if (effects_.event_bytes) {
-    last_event_bytes_ = effects_.event_bytes->size();
-    last_event_count_ = effects_.events.size();
-  }
+  log_.FinishTurn(&effects_);
   // Ended tasks are no longer active: their record moved to t/ when they ended.
   std::sort(dirty_tasks_.begin(), dirty_tasks_.end());
   dirty_tasks_.erase(std::unique(dirty_tasks_.begin(), dirty_tasks_.end()), dirty_tasks_.end());
   for (uint64_t id : dirty_tasks_) {
-    if (const Task* t = active_task(id)) PutTaskRecord(keys::ActiveTask(id), *t);
+    if (const Task* t = active_task(id)) records::PutTask(&effects_.writes, keys::ActiveTask(id), *t, scratch_);
   }
   dirty_tasks_.clear();
   if (next_task_id_ != persisted_task_id_) {
@@ -1116,10 +843,6 @@ void Engine::FinishTurn(uint64_t now_ms) {
     effects_.writes.Put(std::string(keys::kMetaEpoch), keys::EncodeU64(epoch_));
     epoch_persisted_ = true;
   }
-  if (next_seq_ != persisted_seq_) {
-    effects_.writes.Put(std::string(keys::kMetaNextSeq), keys::EncodeU64(next_seq_));
-    persisted_seq_ = next_seq_;
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -1128,100 +851,6 @@ void Engine::FinishTurn(uint64_t now_ms) {
 void Engine::Send(const std::string& to, std::string payload) {
   if (to.empty()) return;
   effects_.directed.push_back({to, std::move(payload)});
-}
-
-void Engine::PutTaskRecord(const std::string& key, const Task& t) {
-  flatbuffers::FlatBufferBuilder& fbb = scratch_;
-  fbb.Clear();
-  auto spec = codec::ToWire(fbb, t.spec);
-  auto worker = fbb.CreateString(t.worker);
-  auto reason = t.reason.empty() ? 0 : fbb.CreateString(t.reason);
-  auto message = t.message.empty() ? 0 : fbb.CreateString(t.message);
-  auto watcher = t.watcher.empty() ? 0 : fbb.CreateString(t.watcher);
-  fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
-                                    t.exit_code, watcher, t.order, t.rejected, t.first_seq));
-  effects_.writes.Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
-}
-
-void Engine::Emit(const EventFields& f, uint64_t now_ms) {
-  flatbuffers::FlatBufferBuilder& fbb = scratch_;
-  fbb.Clear();
-  auto opt = [&](const std::string& s) { return s.empty() ? 0 : fbb.CreateString(s); };
-  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::PredicateCount>>> breakdown = 0;
-  uint32_t eligible = 0, fleet = 0;
-  if (f.explanation) {
-    std::vector<flatbuffers::Offset<wire::PredicateCount>> counts;
-    for (const auto& pc : f.explanation->breakdown) {
-      counts.push_back(wire::CreatePredicateCountDirect(fbb, pc.predicate.c_str(), pc.workers, pc.detail.c_str()));
-    }
-    breakdown = fbb.CreateVector(counts);
-    eligible = f.explanation->eligible;
-    fleet = f.explanation->fleet;
-  }
-  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>> caps = 0;
-  flatbuffers::Offset<wire::Hardware> hw = 0;
-  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>> labels = 0;
-  if (f.worker_info) {
-    caps = codec::ToWire(fbb, f.worker_info->capabilities);
-    hw = codec::ToWire(fbb, f.worker_info->hardware);
-    labels = codec::ToWire(fbb, f.worker_info->labels);
-  }
-  uint64_t seq = next_seq_++;
-  auto type = fbb.CreateString(f.type);
-  auto time = fbb.CreateString(EventTime(now_ms));
-  auto task = f.task ? fbb.CreateString(TaskName(f.task)) : 0;
-  auto worker = opt(f.worker), reason = opt(f.reason), message = opt(f.message), stream = opt(f.stream),
-       data = opt(f.data);
-  auto event = wire::CreateEvent(fbb, seq, type, time, task, worker, reason, message, f.attempt, f.exit_code, stream,
-                                 data, eligible, fleet, breakdown, caps, hw, labels, now_ms);
-  codec::FinishEnvelope(fbb, event);
-  if (!effects_.event_bytes) {
-    // Sized like the last turn's, so that a busy turn does not grow it step by step.
-    effects_.event_bytes = std::make_shared<std::string>();
-    effects_.event_bytes->reserve(std::max<size_t>(64 << 10, last_event_bytes_));
-    effects_.events.reserve(last_event_count_);
-  }
-  std::string& bytes = *effects_.event_bytes;
-  auto offset = static_cast<uint32_t>(bytes.size());
-  auto size = static_cast<uint32_t>(fbb.GetSize());
-  bytes.append(reinterpret_cast<const char*>(fbb.GetBufferPointer()), size);
-  effects_.events.push_back({f.type, effects_.event_bytes, offset, size});
-  effects_.unstored.push_back({offset, size});
-  effects_.unstored_last_seq = seq;
-  effects_.unstored_size += size;
-  if (effects_.unstored_size >= kEventBlockBytes) StoreEventBlock();
-}
-
-const std::string& Engine::EventTime(uint64_t now_ms) {
-  if (now_ms == formatted_ms_) return formatted_time_;
-  // "YYYY-MM-DDTHH:MM:SS.mmmZ": the calendar part changes once a second.
-  if (formatted_time_.size() != 24 || now_ms / 1000 != formatted_ms_ / 1000) {
-    formatted_time_ = FormatTimeMs(now_ms);
-  } else {
-    unsigned ms = now_ms % 1000;
-    formatted_time_[20] = static_cast<char>('0' + ms / 100);
-    formatted_time_[21] = static_cast<char>('0' + ms / 10 % 10);
-    formatted_time_[22] = static_cast<char>('0' + ms % 10);
-  }
-  formatted_ms_ = now_ms;
-  return formatted_time_;
-}
-
-void Engine::StoreEventBlock() {
-  if (effects_.unstored.empty()) return;
-  flatbuffers::FlatBufferBuilder& fbb = scratch_;
-  fbb.Clear();
-  const std::string& bytes = *effects_.event_bytes;
-  std::vector<flatbuffers::Offset<wire::EventBytes>> events;
-  events.reserve(effects_.unstored.size());
-  for (auto [offset, size] : effects_.unstored) {
-    auto envelope = fbb.CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()) + offset, size);
-    events.push_back(wire::CreateEventBytes(fbb, envelope));
-  }
-  effects_.writes.Put(keys::Event(effects_.unstored_last_seq),
-                      codec::Seal(fbb, wire::CreateEventBlock(fbb, fbb.CreateVector(events))));
-  effects_.unstored.clear();
-  effects_.unstored_size = 0;
 }
 
 }  // namespace fm::sched

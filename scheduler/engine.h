@@ -9,6 +9,10 @@
 // up to max_attempts. A task no live worker could ever run fails at once with reason
 // no_eligible_worker.
 //
+// The engine holds the transitions; it talks to narrow parts: the fleet index
+// (fleet_index.h), the pending set (pending.h), the event log (event_log.h), the store's
+// records (records.h) and the control views (views.h).
+//
 // Thread: one; the caller's loop thread.
 #pragma once
 
@@ -24,11 +28,14 @@
 #include <utility>
 #include <vector>
 
+#include "scheduler/effects.h"
+#include "scheduler/event_log.h"
 #include "scheduler/explain.h"
 #include "scheduler/fleet.h"
 #include "scheduler/fleet_index.h"
 #include "scheduler/pending.h"
 #include "scheduler/placement.h"
+#include "scheduler/task.h"
 #include "schemas/fm_generated.h"
 #include "schemas/model.h"
 #include "store/store.h"
@@ -49,57 +56,6 @@ struct EngineOptions {
   uint64_t fresh_epoch = 1;
   // Clamps values that make no sense (zero windows) to usable ones.
   void Validate();
-};
-
-struct Directed {
-  std::string to;
-  std::string payload;
-};
-
-// An event to publish. Its bytes (an Envelope(Event)) live in one buffer shared by the
-// events of a turn: no allocation per event.
-struct Publication {
-  std::string topic;
-  std::shared_ptr<const std::string> buffer;
-  uint32_t offset = 0, size = 0;
-  std::string_view payload() const { return std::string_view(*buffer).substr(offset, size); }
-};
-
-// What one turn produced. Writes must be durable before directed/events leave.
-struct Effects {
-  store::WriteBatch writes;
-  std::vector<Directed> directed;
-  std::vector<Publication> events;
-  // The bytes of this turn's events, and those not yet put in a stored block (e/).
-  std::shared_ptr<std::string> event_bytes;
-  std::vector<std::pair<uint32_t, uint32_t>> unstored;  // offset, size in event_bytes
-  uint64_t unstored_last_seq = 0;
-  size_t unstored_size = 0;
-  bool empty() const { return writes.empty() && directed.empty() && events.empty(); }
-  void Clear() {
-    writes.Clear();
-    directed.clear();
-    events.clear();
-    event_bytes.reset();
-    unstored.clear();
-    unstored_size = 0;
-  }
-};
-
-struct Task {
-  uint64_t id = 0;
-  TaskSpec spec;
-  wire::TaskState state = wire::TaskState::Pending;
-  uint32_t attempt = 1;
-  std::string worker;  // worker id while queued or running
-  uint64_t submitted_ms = 0;
-  uint64_t order = 0;          // FIFO position
-  std::string watcher;         // submitter address told when the task ends
-  uint64_t dispatched_ms = 0;  // last Dispatch sent (queued)
-  std::string reason, message;
-  int32_t exit_code = 0;
-  bool rejected = false;   // refused at submission: never accepted
-  uint64_t first_seq = 0;  // its first event's seq
 };
 
 class Engine {
@@ -137,7 +93,7 @@ class Engine {
   const Task* active_task(uint64_t id) const;
   size_t pending_count() const { return pending_.size(); }
   size_t active_count() const { return active_.size(); }
-  uint64_t next_seq() const { return next_seq_; }
+  uint64_t next_seq() const { return log_.next_seq(); }
   // The store's cluster epoch (store/keys.h kMetaEpoch).
   uint64_t epoch() const { return epoch_; }
   // Waiting tasks offered to placement since the start: one per task placed, plus at
@@ -145,17 +101,6 @@ class Engine {
   uint64_t placement_offers() const { return placement_offers_; }
 
  private:
-  struct EventFields {
-    const char* type = "";
-    uint64_t task = 0;
-    std::string worker, reason, message;
-    uint32_t attempt = 0;
-    int32_t exit_code = 0;
-    std::string stream, data;
-    const Explanation* explanation = nullptr;
-    const WorkerState* worker_info = nullptr;
-  };
-
   void OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms);
   void OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms);
   void OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms);
@@ -166,12 +111,9 @@ class Engine {
   void OnTaskLog(const wire::TaskLog& msg, uint64_t now_ms);
   void OnControl(const std::string& from, const wire::ControlRequest& req, uint64_t now_ms);
   void OnReplay(const std::string& from, const wire::ReplayRequest& req);
-  // fm-ctl tasks: one page, filtered, bounded in count and bytes.
-  void TasksPage(flatbuffers::FlatBufferBuilder& fbb, const wire::ControlRequest& req,
-                 std::vector<flatbuffers::Offset<wire::TaskView>>* views, uint64_t* next);
   // fm-ctl task ID: the task with its spec, why it waits, and its retained events.
   Status TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string& name,
-                    std::vector<flatbuffers::Offset<wire::TaskView>>* views,
+                    std::vector<flatbuffers::Offset<wire::TaskView>>* out,
                     std::vector<flatbuffers::Offset<wire::Event>>* events);
 
   void Reconcile(const WorkerState& w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
@@ -179,43 +121,36 @@ class Engine {
   void LoseWorker(const std::string& id, const std::string& why, uint64_t now_ms);
   void Queue(Task* t, const std::string& worker_id, uint64_t now_ms);
   // Back to pending with attempt + 1, or failed when attempts are used up.
-  void Retry(Task* t, const std::string& reason, const std::string& message, uint64_t now_ms);
+  void Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms);
   // Terminal transition. Removes the task from the active set; `t` is invalid after.
-  void End(Task* t, wire::TaskState state, const std::string& reason, const std::string& message, int32_t exit_code,
+  void End(Task* t, wire::TaskState state, wire::Reason reason, const std::string& message, int32_t exit_code,
            uint64_t now_ms, const Explanation* explanation = nullptr);
   void Unassign(Task* t);
   void FailUnrunnable(uint64_t now_ms);
-  // Drops events beyond the retention count and older than the retention age.
-  void ApplyRetention(uint64_t now_ms);
   void PlacePending(uint64_t now_ms);
   static PendingSet::Entry LineOf(const Task& t) { return PendingSet::Entry::Of(t.spec.priority, t.order, t.id); }
   void FlushDispatches();
-  void Emit(const EventFields& fields, uint64_t now_ms);
-  // Puts the events not yet stored into one e/ block (keyed by the last one's seq).
-  void StoreEventBlock();
-  // `now_ms` as an event's time string, formatted once per millisecond.
-  const std::string& EventTime(uint64_t now_ms);
-  void PersistWorker(const WorkerState& w);
+  void Emit(const EventFields& fields, uint64_t now_ms) { log_.Append(fields, now_ms, &effects_); }
   void Send(const std::string& to, std::string payload);
   // The task first submitted with a key, as a resubmission of that key is answered.
   struct KeyedTask {
     uint64_t id = 0;
     wire::SubmitStatus status = wire::SubmitStatus::Accepted;
-    std::string reason, message, worker;
+    wire::Reason reason = wire::Reason::None;
+    std::string message, worker;
     std::optional<TaskSpec> spec;  // absent when its record is gone
   };
   // nullopt when `key` was never used. Error: the store could not be read (never taken
   // for "not found": a resubmission must not create a second task).
   Result<std::optional<KeyedTask>> FindKeyed(const std::string& key);
-  // Reads the ended task `id` from the store; nullopt when it is not there.
+  // The ended task `id` from the store; nullopt when it is not there (or no store).
   Result<std::optional<Task>> ReadEnded(uint64_t id) const;
-  // Encodes the task's record and puts it at `key` in this turn's writes.
-  void PutTaskRecord(const std::string& key, const Task& t);
 
   EngineOptions options_;
   const store::Store* store_ = nullptr;
   Effects effects_;
   Status read_error_;
+  EventLog log_;
 
   Fleet fleet_;                                // every worker believed live, indexed by class
   std::unordered_map<uint64_t, Task> active_;  // tasks not yet ended
@@ -228,7 +163,8 @@ class Engine {
   struct EndedResult {
     uint64_t task;
     wire::SubmitStatus status;
-    std::string reason, message, worker;
+    wire::Reason reason;
+    std::string message, worker;
   };
   std::map<std::string, std::vector<EndedResult>> ended_for_watchers_;
   std::vector<Task> recent_ended_;  // ring for fm-ctl tasks
@@ -236,22 +172,15 @@ class Engine {
 
   uint64_t next_task_id_ = 1;
   uint64_t next_order_ = 1;
-  uint64_t next_seq_ = 1;
-  uint64_t oldest_seq_ = 1;
-  uint64_t persisted_task_id_ = 0, persisted_seq_ = 0;
+  uint64_t persisted_task_id_ = 0;
   uint64_t epoch_ = 0;
   bool epoch_persisted_ = false;
   uint64_t placement_offers_ = 0;
   bool fleet_shrank_ = false;
   bool placement_needed_ = false;
-  uint64_t next_age_check_ms_ = 0;
 
-  // Reused for the records and events built one after another in a turn: no builder
-  // allocation per event.
+  // Reused for the task records built one after another in a turn.
   flatbuffers::FlatBufferBuilder scratch_{1024};
-  size_t last_event_bytes_ = 0, last_event_count_ = 0;  // the last turn's, to size the next
-  uint64_t formatted_ms_ = 0;                           // events of one turn share their time
-  std::string formatted_time_;
 };
 
 }  // namespace fm::sched

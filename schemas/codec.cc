@@ -1,5 +1,7 @@
 #include "schemas/codec.h"
 
+#include "schemas/vocabulary.h"
+
 namespace fm::codec {
 
 Result<const wire::Envelope*> Decode(const void* data, size_t size) {
@@ -25,9 +27,10 @@ Result<const wire::Envelope*> Decode(const void* data, size_t size) {
   return envelope;
 }
 
-std::string EncodeError(const std::string& code, const std::string& message, const std::string& about) {
+std::string EncodeError(wire::ErrorCode code, const std::string& message, const std::string& about) {
   flatbuffers::FlatBufferBuilder fbb(256);
-  auto body = wire::CreateErrorDirect(fbb, code.c_str(), message.c_str(), about.empty() ? nullptr : about.c_str());
+  auto body = wire::CreateErrorDirect(fbb, std::string(Name(code)).c_str(), message.c_str(),
+                                      about.empty() ? nullptr : about.c_str());
   return Seal(fbb, body);
 }
 

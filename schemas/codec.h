@@ -36,7 +36,7 @@ std::string Seal(flatbuffers::FlatBufferBuilder& fbb, flatbuffers::Offset<T> bod
 }
 
 // A directed error reply.
-std::string EncodeError(const std::string& code, const std::string& message, const std::string& about = {});
+std::string EncodeError(wire::ErrorCode code, const std::string& message, const std::string& about = {});
 
 // Null-safe readers.
 inline std::string Str(const flatbuffers::String* s) { return s ? s->str() : std::string(); }

@@ -16,6 +16,7 @@
 
 #include "schemas/json.h"
 #include "schemas/units.h"
+#include "schemas/vocabulary.h"
 #include "tools/tool_client.h"
 
 namespace {
@@ -97,7 +98,7 @@ class Submitter {
       const fm::wire::Envelope& e = **env;
       if (e.body_type() == fm::wire::Body::Error) {
         const auto* error = e.body_as_Error();
-        if (fm::codec::Str(error->code()) == "storage") {
+        if (fm::ParseErrorCode(fm::codec::Str(error->code())) == fm::wire::ErrorCode::Storage) {
           RefuseBatch(error);  // the scheduler persisted nothing of that batch
         } else {
           // Typically: no scheduler connected right now. Batches are sent again until

@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "schemas/json.h"
+#include "schemas/vocabulary.h"
 #include "tools/tool_client.h"
 
 namespace {
@@ -153,7 +154,9 @@ class Tap {
       field("task", e->task());
       field("worker", e->worker());
       if (e->attempt() > 1) line += " attempt=" + std::to_string(e->attempt());
-      if (type == "task.succeeded" || type == "task.failed") line += " exit=" + std::to_string(e->exit_code());
+      if (auto t = fm::ParseEventType(type);
+          t == fm::wire::EventType::TaskSucceeded || t == fm::wire::EventType::TaskFailed)
+        line += " exit=" + std::to_string(e->exit_code());
       field("reason", e->reason());
       field("stream", e->stream());
       if (e->message() && e->message()->size()) line += ": " + e->message()->str();

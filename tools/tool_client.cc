@@ -1,5 +1,7 @@
 #include "tools/tool_client.h"
 
+#include "schemas/vocabulary.h"
+
 namespace fm::tools {
 
 Result<std::unique_ptr<ToolClient>> ToolClient::Connect(const std::string& broker, const std::string& prefix,
@@ -40,7 +42,7 @@ int ToolClient::Wait(int timeout_ms, int stdin_fd, bool events) {
 
 std::string ToolClient::Explain(const wire::Error& error) const {
   std::string code = codec::Str(error.code());
-  if (code == "unreachable" && codec::Str(error.about()) == bus::kSchedulerAddress) {
+  if (ParseErrorCode(code) == wire::ErrorCode::Unreachable && codec::Str(error.about()) == bus::kSchedulerAddress) {
     return "no scheduler is connected to broker " + broker_ + " (is fm-scheduler running?)";
   }
   return code + ": " + codec::Str(error.message());

@@ -19,7 +19,7 @@ void WorkerCore::OnDirected(const std::string& from, const void* data, size_t si
   auto envelope = codec::Decode(data, size);
   if (!envelope.ok()) {
     if (from != bus::kBrokerAddress)
-      out_.replies.push_back({from, codec::EncodeError("malformed", envelope.status().message())});
+      out_.replies.push_back({from, codec::EncodeError(wire::ErrorCode::Malformed, envelope.status().message())});
     return;
   }
   const wire::Envelope& env = **envelope;
@@ -29,7 +29,7 @@ void WorkerCore::OnDirected(const std::string& from, const void* data, size_t si
                        type == wire::Body::TaskFinishedAck || type == wire::Body::ReRegister ||
                        type == wire::Body::WorkerRejected;
   if (!command) {
-    out_.replies.push_back({from, codec::EncodeError("unsupported", std::string("a worker does not take ") +
+    out_.replies.push_back({from, codec::EncodeError(wire::ErrorCode::Unsupported, std::string("a worker does not take ") +
                                                                         wire::EnumNameBody(type) + " messages")});
     return;
   }

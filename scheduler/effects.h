@@ -1,0 +1,50 @@
+// What one turn of the engine produces: store writes, directed messages and events.
+// The writes must be durable before anything else leaves the process (group commit).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "store/store.h"
+
+namespace fm::sched {
+
+struct Directed {
+  std::string to;
+  std::string payload;
+};
+
+// An event to publish. Its bytes (an Envelope(Event)) live in one buffer shared by the
+// events of a turn: no allocation per event.
+struct Publication {
+  std::string topic;
+  std::shared_ptr<const std::string> buffer;
+  uint32_t offset = 0, size = 0;
+  std::string_view payload() const { return std::string_view(*buffer).substr(offset, size); }
+};
+
+struct Effects {
+  store::WriteBatch writes;
+  std::vector<Directed> directed;
+  std::vector<Publication> events;
+  // The bytes of this turn's events, and those not yet put in a stored block (e/).
+  std::shared_ptr<std::string> event_bytes;
+  std::vector<std::pair<uint32_t, uint32_t>> unstored;  // offset, size in event_bytes
+  uint64_t unstored_last_seq = 0;
+  size_t unstored_size = 0;
+  bool empty() const { return writes.empty() && directed.empty() && events.empty(); }
+  void Clear() {
+    writes.Clear();
+    directed.clear();
+    events.clear();
+    event_bytes.reset();
+    unstored.clear();
+    unstored_size = 0;
+  }
+};
+
+}  // namespace fm::sched

@@ -1,0 +1,140 @@
+#include "scheduler/records.h"
+
+#include <algorithm>
+
+#include "schemas/codec.h"
+#include "schemas/vocabulary.h"
+#include "store/keys.h"
+
+namespace fm::sched::records {
+
+namespace keys = store::keys;
+using codec::Str;
+
+void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t,
+             flatbuffers::FlatBufferBuilder& scratch) {
+  flatbuffers::FlatBufferBuilder& fbb = scratch;
+  fbb.Clear();
+  auto spec = codec::ToWire(fbb, t.spec);
+  auto worker = fbb.CreateString(t.worker);
+  std::string_view reason_name = Name(t.reason);
+  auto reason = reason_name.empty() ? 0 : fbb.CreateString(reason_name.data(), reason_name.size());
+  auto message = t.message.empty() ? 0 : fbb.CreateString(t.message);
+  auto watcher = t.watcher.empty() ? 0 : fbb.CreateString(t.watcher);
+  fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
+                                    t.exit_code, watcher, t.order, t.rejected, t.first_seq));
+  writes->Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
+}
+
+void PutWorker(store::WriteBatch* writes, const WorkerState& w) {
+  flatbuffers::FlatBufferBuilder fbb(512);
+  auto caps = codec::ToWire(fbb, w.capabilities);
+  auto hw = codec::ToWire(fbb, w.hardware);
+  auto labels = codec::ToWire(fbb, w.labels);
+  auto reg =
+      wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address), fbb.CreateString(w.node),
+                                     w.instance, fbb.CreateString(w.version), w.slots, hw, labels, 0, caps);
+  fbb.Finish(wire::CreateWorkerRecord(fbb, reg, w.draining));
+  writes->Put(keys::Worker(w.id),
+              std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
+}
+
+Result<Task> DecodeTask(std::string_view value, std::string_view key) {
+  flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
+  if (!v.VerifyBuffer<wire::TaskRecord>(nullptr)) {
+    std::string where(key.substr(0, 2));
+    if (key.size() >= 10) where += std::to_string(keys::DecodeU64(key.substr(2)));
+    return Status::Internal("store: bad task record at " + where);
+  }
+  const auto& r = *flatbuffers::GetRoot<wire::TaskRecord>(value.data());
+  Task t;
+  t.id = r.id();
+  t.spec = codec::FromWire(r.spec());
+  t.state = r.state();
+  t.attempt = r.attempt();
+  t.worker = Str(r.worker());
+  t.submitted_ms = r.submitted_ms();
+  t.reason = ParseReason(Str(r.reason()));
+  t.message = Str(r.message());
+  t.exit_code = r.exit_code();
+  t.watcher = Str(r.watcher());
+  t.order = r.order();
+  t.rejected = r.rejected();
+  t.first_seq = r.first_seq();
+  return t;
+}
+
+Result<uint64_t> ReadMeta(const store::Store& store, std::string_view key, uint64_t absent) {
+  auto v = store.Get(key);
+  if (!v.ok()) return v.status();
+  if (!v->has_value()) return absent;
+  if ((*v)->size() != 8) return Status::Internal("store: bad value at " + std::string(key));
+  return keys::DecodeU64(**v);
+}
+
+Result<std::optional<Task>> ReadEndedTask(const store::Store& store, uint64_t id) {
+  std::string key = keys::Task(id);
+  auto v = store.Get(key);
+  if (!v.ok()) return v.status();
+  if (!v->has_value()) return std::optional<Task>();
+  auto t = DecodeTask(**v, key);
+  if (!t.ok()) return t.status();
+  return std::optional<Task>(std::move(*t));
+}
+
+Result<std::optional<uint64_t>> ReadKey(const store::Store& store, const std::string& key) {
+  auto v = store.Get(keys::ClientKey(key));
+  if (!v.ok()) return v.status();
+  if (!v->has_value()) return std::optional<uint64_t>();
+  if ((*v)->size() != 8) return Status::Internal("store: bad key record for \"" + key + "\"");
+  return std::optional<uint64_t>(keys::DecodeU64(**v));
+}
+
+Status ScanWorkers(const store::Store& store, uint64_t now_ms, const std::function<void(WorkerState)>& visit) {
+  Status bad = Status::Ok();
+  Status s = store.Scan(keys::kWorkerPrefix, keys::PrefixEnd(keys::kWorkerPrefix),
+                        [&](std::string_view key, std::string_view value) {
+                          flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
+                          if (!v.VerifyBuffer<wire::WorkerRecord>(nullptr)) {
+                            bad = Status::Internal("store: bad worker record at " + std::string(key));
+                            return false;
+                          }
+                          const auto* rec = flatbuffers::GetRoot<wire::WorkerRecord>(value.data());
+                          const auto* reg = rec->registration();
+                          if (!reg || !reg->id()) return true;
+                          WorkerState w;
+                          w.id = Str(reg->id());
+                          w.address = Str(reg->address());
+                          w.node = Str(reg->node());
+                          w.version = Str(reg->version());
+                          w.instance = reg->instance();
+                          w.capabilities = codec::Strings(reg->capabilities());
+                          Normalize(&w.capabilities);
+                          w.hardware = codec::FromWire(reg->hardware());
+                          w.labels = codec::FromWire(reg->labels());
+                          w.slots = std::max<uint32_t>(reg->slots(), 1);
+                          w.draining = rec->draining();
+                          w.last_seen_ms = now_ms;
+                          w.confirmed = false;
+                          visit(std::move(w));
+                          return true;
+                        });
+  return s.ok() ? bad : s;
+}
+
+Status ScanActiveTasks(const store::Store& store, const std::function<void(Task)>& visit) {
+  Status bad = Status::Ok();
+  Status s = store.Scan(keys::kActivePrefix, keys::PrefixEnd(keys::kActivePrefix),
+                        [&](std::string_view key, std::string_view value) {
+                          auto t = DecodeTask(value, key);
+                          if (!t.ok()) {
+                            bad = t.status();
+                            return false;
+                          }
+                          visit(std::move(*t));
+                          return true;
+                        });
+  return s.ok() ? bad : s;
+}
+
+}  // namespace fm::sched::records

@@ -1,0 +1,42 @@
+// The scheduler's records in the store (key layout: store/keys.h and
+// docs/ARCHITECTURE.md): tasks and workers encoded as FlatBuffers tables, the meta
+// counters, and the scans recovery makes. Every read error is a value, never taken for
+// "not found"; a record that does not verify is an error naming its key.
+#pragma once
+
+#include <flatbuffers/flatbuffers.h>
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "scheduler/fleet.h"
+#include "scheduler/task.h"
+#include "schemas/status.h"
+#include "store/store.h"
+
+namespace fm::sched::records {
+
+// Encodes `t` as a wire.TaskRecord at `key` (an a/ or t/ key) in `writes`; `scratch` is
+// reused between records.
+void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t, flatbuffers::FlatBufferBuilder& scratch);
+// Encodes `w`'s announcement and drain state as a wire.WorkerRecord at w/<id>.
+void PutWorker(store::WriteBatch* writes, const WorkerState& w);
+
+// Decodes a wire.TaskRecord. Error: it does not verify.
+Result<Task> DecodeTask(std::string_view value, std::string_view key);
+
+// The u64 at a meta key; `absent` when it is not there.
+Result<uint64_t> ReadMeta(const store::Store& store, std::string_view key, uint64_t absent);
+// The ended task `id` (t/); nullopt when it is not there.
+Result<std::optional<Task>> ReadEndedTask(const store::Store& store, uint64_t id);
+// The task id a client key was first used for (k/); nullopt when the key is new.
+Result<std::optional<uint64_t>> ReadKey(const store::Store& store, const std::string& key);
+
+// Every stored worker, as last announced (not confirmed, last seen `now_ms`).
+Status ScanWorkers(const store::Store& store, uint64_t now_ms, const std::function<void(WorkerState)>& visit);
+// Every task not ended (a/), in id order.
+Status ScanActiveTasks(const store::Store& store, const std::function<void(Task)>& visit);
+
+}  // namespace fm::sched::records

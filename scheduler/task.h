@@ -1,0 +1,62 @@
+// A task as the scheduler keeps it, and how its state reads to people and submitters.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "schemas/fm_generated.h"
+#include "schemas/model.h"
+
+namespace fm::sched {
+
+struct Task {
+  uint64_t id = 0;
+  TaskSpec spec;
+  wire::TaskState state = wire::TaskState::Pending;
+  uint32_t attempt = 1;
+  std::string worker;  // worker id while queued or running
+  uint64_t submitted_ms = 0;
+  uint64_t order = 0;          // FIFO position
+  std::string watcher;         // submitter address told when the task ends
+  uint64_t dispatched_ms = 0;  // last Dispatch sent (queued)
+  wire::Reason reason = wire::Reason::None;
+  std::string message;
+  int32_t exit_code = 0;
+  bool rejected = false;   // refused at submission: never accepted
+  uint64_t first_seq = 0;  // its first event's seq
+};
+
+// "pending", "queued", "running", "succeeded", "failed", "cancelled".
+inline const char* StateName(wire::TaskState s) {
+  switch (s) {
+    case wire::TaskState::Pending:
+      return "pending";
+    case wire::TaskState::Queued:
+      return "queued";
+    case wire::TaskState::Running:
+      return "running";
+    case wire::TaskState::Succeeded:
+      return "succeeded";
+    case wire::TaskState::Failed:
+      return "failed";
+    case wire::TaskState::Cancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+// What a submitter is told for a task in state `s` (accepted while not ended).
+inline wire::SubmitStatus StatusOf(wire::TaskState s) {
+  switch (s) {
+    case wire::TaskState::Succeeded:
+      return wire::SubmitStatus::Succeeded;
+    case wire::TaskState::Failed:
+      return wire::SubmitStatus::Failed;
+    case wire::TaskState::Cancelled:
+      return wire::SubmitStatus::Cancelled;
+    default:
+      return wire::SubmitStatus::Accepted;
+  }
+}
+
+}  // namespace fm::sched

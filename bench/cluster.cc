@@ -5,7 +5,10 @@
 //  - latency at fixed offered loads (open loop): submit -> queued / started / terminal;
 //  - fail-fast latency: submit -> rejection with no_eligible_worker;
 //  - a registration storm of 10k simulated workers, and the scheduler's peak RSS then;
-//  - recovery: scheduler start with 100k and 1M tasks in the store, and its peak RSS.
+//  - recovery: scheduler start with 100k and 1M tasks in the store, and its peak RSS;
+//  - a backlog far above the fleet's slots on a mixed fleet where only one class can run
+//    it: dispatch rate (against the no-backlog figure of the same run), the backlog's
+//    peak, and how busy the scheduler is when nothing can be placed.
 #include <signal.h>
 #include <unistd.h>
 
@@ -87,12 +90,14 @@ double MachineBusySeconds() {
   return (user + nice + system + irq + softirq + steal) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-std::string SubmitBytes(int tasks, uint64_t correlation, bool watch, const char* requires_cap = nullptr) {
+std::string SubmitBytes(int tasks, uint64_t correlation, bool watch, const char* requires_cap = nullptr,
+                        Labels labels = {}) {
   flatbuffers::FlatBufferBuilder fbb(256 + 128 * tasks);
   std::vector<flatbuffers::Offset<wire::TaskSpec>> specs;
   TaskSpec s;
   s.command = {"true"};
   if (requires_cap) s.required_capabilities = {requires_cap};
+  s.labels = std::move(labels);
   for (int i = 0; i < tasks; ++i) specs.push_back(codec::ToWire(fbb, s));
   return codec::Seal(fbb, wire::CreateSubmitRequest(fbb, fbb.CreateVector(specs), watch, correlation));
 }
@@ -120,6 +125,13 @@ class Bench {
 
   bus::Client& client() { return *client_; }
   Process& scheduler() { return *scheduler_; }
+  // Starts one more noop worker with these extra arguments.
+  Process& AddWorker(const std::string& id, std::vector<std::string> args) {
+    std::vector<std::string> argv{Bin("fm-worker"), "--broker", broker_, "--id", id, "--noop-executor"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    workers_.push_back(Process::Start(argv));
+    return *workers_.back();
+  }
   Process& broker_process() { return *broker_proc_; }
   double WorkersCpuSeconds() {
     double sum = 0;
@@ -356,6 +368,73 @@ void Recovery(int tasks) {
   Report("scheduler_peak_rss_" + n + "_tasks_mib", PeakRssKiB(scheduler->pid()) / 1024.0, "MiB");
 }
 
+void Backlog(int tasks) {
+  // Class a (one noop worker, 256 slots) can run every task; class b idles. The liveness
+  // window is long so that the stopped worker of the second part stays in the fleet.
+  Bench b(0, {"--liveness", "600s"});
+  Process& runner = b.AddWorker("a1", {"--slots", "256", "--label", "pool=a"});
+  b.AddWorker("b1", {"--slots", "256", "--label", "pool=b"});
+  b.WaitForWorkers(2);
+  const Labels only_a{{"pool", "a"}};
+  const int batch = 1000, window = 100;  // far more submitted than dispatched: a backlog
+  int sent = 0, accepted = 0, ended = 0;
+  int64_t peak_backlog = 0;
+  uint64_t correlation = 0;
+  std::map<uint64_t, int> outstanding;
+  double start = NowSeconds();
+  while (ended < tasks && NowSeconds() - start < 300) {  // bounded
+    while (sent < tasks && static_cast<int>(outstanding.size()) < window) {
+      int n = std::min(batch, tasks - sent);
+      b.client().Send(bus::kSchedulerAddress, SubmitBytes(n, ++correlation, true, nullptr, only_a));
+      outstanding[correlation] = n;
+      sent += n;
+    }
+    zmq::pollitem_t item{b.client().dealer().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, std::chrono::milliseconds(1000));
+    while (auto msg = b.client().Receive()) {
+      auto env = codec::Decode(msg->payload.data(), msg->payload.size());
+      if (!env.ok()) continue;
+      if ((*env)->body_type() == wire::Body::SubmitReply) {
+        auto it = outstanding.find((*env)->body_as_SubmitReply()->correlation());
+        if (it != outstanding.end()) {
+          accepted += it->second;
+          outstanding.erase(it);
+        }
+      } else if ((*env)->body_type() == wire::Body::TaskEnded) {
+        const auto* results = (*env)->body_as_TaskEnded()->results();
+        ended += results ? static_cast<int>(results->size()) : 1;
+      }
+    }
+    peak_backlog = std::max<int64_t>(peak_backlog, accepted - ended);
+  }
+  double elapsed = NowSeconds() - start;
+  Report("backlog_dispatch_tasks_per_s", ended / elapsed, "tasks/s");
+  Report("backlog_peak_waiting_tasks", static_cast<double>(peak_backlog), "tasks");
+
+  // Nothing can be placed: class a's only worker is stopped with its slots full, the
+  // rest waits; the scheduler should idle, however long the backlog.
+  runner.Signal(SIGSTOP);
+  const int waiting = std::max(tasks / 10, 1000);
+  int replies = 0;
+  for (int i = 0; i < waiting; i += batch) {
+    b.client().Send(bus::kSchedulerAddress,
+                    SubmitBytes(std::min(batch, waiting - i), ++correlation, false, nullptr, only_a));
+  }
+  for (double t = NowSeconds(); replies * batch < waiting && NowSeconds() - t < 60;) {
+    zmq::pollitem_t item{b.client().dealer().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, std::chrono::milliseconds(1000));
+    while (auto msg = b.client().Receive()) {
+      auto env = codec::Decode(msg->payload.data(), msg->payload.size());
+      if (env.ok() && (*env)->body_type() == wire::Body::SubmitReply) ++replies;
+    }
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the last turns settle
+  double cpu = CpuSeconds(b.scheduler().pid()), t0 = NowSeconds();
+  std::this_thread::sleep_for(std::chrono::seconds(3));  // measured: nothing to do
+  Report("backlog_idle_scheduler_cores", (CpuSeconds(b.scheduler().pid()) - cpu) / (NowSeconds() - t0), "cores");
+  runner.Signal(SIGCONT);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -379,5 +458,6 @@ int main(int argc, char** argv) {
     Recovery(tiny ? 1000 : 100000);
     if (!tiny) Recovery(1000000);
   }
+  if (want("backlog")) Backlog(tiny ? 2000 : 1000000);
   return 0;
 }

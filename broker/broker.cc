@@ -196,7 +196,8 @@ void Broker::ErrorTo(const std::string& source, wire::ErrorCode code, const std:
   }
 }
 
-void Broker::HandleForBroker(const std::string& source, const zmq::message_t& payload, bool local_peer) {
+void Broker::HandleForBroker(const std::string& source, const zmq::message_t& frame, bool local_peer) {
+  zmq::message_t payload = Aligned(zmq::message_t(frame.data(), frame.size()));
   auto envelope = codec::Decode(payload.data(), payload.size());
   if (!envelope.ok()) {
     ++counters_.malformed;

@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -86,6 +87,16 @@ bool Client::Send(const std::string& to, const std::string& payload) {
   }
 }
 
+zmq::message_t Aligned(zmq::message_t message) {
+  if (reinterpret_cast<uintptr_t>(message.data()) % alignof(std::max_align_t) == 0) return message;
+  // ZeroMQ keeps small messages inside the message object, at an odd offset; FlatBuffers
+  // reads scalars in place and needs them aligned.
+  void* copy = std::malloc(std::max<size_t>(message.size(), 1));
+  if (!copy) throw std::bad_alloc();
+  std::memcpy(copy, message.data(), message.size());
+  return zmq::message_t(copy, message.size(), [](void* data, void*) { std::free(data); });
+}
+
 std::optional<Received> Client::Receive() {
   for (;;) {
     std::vector<zmq::message_t> frames;
@@ -96,7 +107,7 @@ std::optional<Received> Client::Receive() {
       ++malformed_;
       continue;
     }
-    return Received{frames[0].to_string(), std::move(frames[1])};
+    return Received{frames[0].to_string(), Aligned(std::move(frames[1]))};
   }
 }
 
@@ -126,7 +137,7 @@ std::optional<Event> Client::ReceiveEvent() {
       ++malformed_;
       continue;
     }
-    return Event{frames[0].to_string(), std::move(frames[1])};
+    return Event{frames[0].to_string(), Aligned(std::move(frames[1]))};
   }
 }
 

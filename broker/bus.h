@@ -47,6 +47,10 @@ std::string DefaultBrokerUrl();
 // "<prefix>/<host>/<pid>/<random hex>": unique per process.
 std::string UniqueAddress(const std::string& prefix);
 
+// `message` with its bytes at an address aligned for any scalar (copied only when they
+// are not): what FlatBuffers needs to read a payload in place.
+zmq::message_t Aligned(zmq::message_t message);
+
 struct Received {
   std::string from;
   zmq::message_t payload;

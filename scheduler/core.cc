@@ -116,7 +116,13 @@ void SchedulerCore::OnBus(const void* data, size_t size, uint64_t now_ms) {
 
 void SchedulerCore::Tick(uint64_t now_ms) {
   if (!degraded_) {
+    uint64_t before = engine_->self_silences();
     engine_->Tick(now_ms);
+    if (engine_->self_silences() != before) {
+      logger_->warn(
+          "the scheduler heard nothing for a while (its own loop stalled, or its link to the broker): "
+          "every worker gets a fresh liveness window instead of being declared lost");
+    }
     return;
   }
   // The probe writes from this thread: never beside a commit being written.

@@ -113,6 +113,7 @@ void Engine::Start(uint64_t now_ms) {
 // Dispatch of inbound messages.
 
 void Engine::OnDirected(const std::string& from, const wire::Envelope& env, uint64_t now_ms) {
+  last_inbound_ms_ = now_ms;
   switch (env.body_type()) {
     case wire::Body::SubmitRequest:
       return OnSubmit(from, *env.body_as_SubmitRequest(), now_ms);
@@ -156,6 +157,7 @@ void Engine::OnUnreachable(const std::string& address, uint64_t now_ms) {
 }
 
 void Engine::OnBus(const wire::Envelope& env, uint64_t now_ms) {
+  last_inbound_ms_ = now_ms;
   switch (env.body_type()) {
     case wire::Body::WorkerRegistration:
       return OnRegistration(*env.body_as_WorkerRegistration(), now_ms);
@@ -727,10 +729,45 @@ void Engine::OnReplay(const std::string& from, const wire::ReplayRequest& req) {
 // ---------------------------------------------------------------------------
 // Time and the end of a turn.
 
+void Engine::RefreshLiveness(uint64_t now_ms) {
+  std::vector<std::string> ids;
+  for (const auto& [id, w] : fleet_.workers()) ids.push_back(id);
+  for (const auto& id : ids) fleet_.Touch(id, now_ms);
+}
+
 void Engine::Tick(uint64_t now_ms) {
+  // The scheduler's own silence is not the fleet's. After a gap in its own ticks (a
+  // stalled loop, a paused process) every worker gets a fresh window: heartbeats sent
+  // meanwhile may not even have been read yet.
+  const uint64_t gap = options_.liveness_window_ms / 4;
+  if (last_tick_ms_ != 0 && now_ms > last_tick_ms_ + gap) {
+    RefreshLiveness(now_ms);
+    ++self_silences_;
+  }
+  last_tick_ms_ = now_ms;
   std::vector<std::string> lost;
+  size_t confirmed = 0, confirmed_lost = 0;
   for (const auto& [id, w] : fleet_.workers()) {
-    if (now_ms > w.last_seen_ms + options_.liveness_window_ms) lost.push_back(id);
+    confirmed += w.confirmed;
+    if (now_ms > w.last_seen_ms + options_.liveness_window_ms) {
+      lost.push_back(id);
+      confirmed_lost += w.confirmed;
+    }
+  }
+  // Most of the fleet silent at once while nothing at all reached the scheduler lately:
+  // its own link (the broker, the network) is the likelier fault. Losses wait until it
+  // hears from the broker again; then every worker gets a fresh window.
+  const bool quiet = now_ms > last_inbound_ms_ + options_.liveness_window_ms / 2;
+  if (confirmed >= 2 && confirmed_lost * 2 > confirmed && quiet) {
+    if (hold_since_ms_ == 0) {
+      hold_since_ms_ = now_ms;
+      ++self_silences_;
+    }
+    lost.clear();
+  } else if (hold_since_ms_ != 0) {
+    hold_since_ms_ = 0;
+    if (last_inbound_ms_ > 0) RefreshLiveness(last_inbound_ms_);
+    lost.clear();
   }
   for (const auto& id : lost) {
     const WorkerState& w = *fleet_.Find(id);

@@ -77,7 +77,12 @@ class Engine {
   void OnUnreachable(const std::string& address, uint64_t now_ms);
   // A bus message (worker registration, heartbeat).
   void OnBus(const wire::Envelope& envelope, uint64_t now_ms);
-  // Liveness, re-dispatch and retention. Call a few times per second.
+  // Liveness, re-dispatch and retention. Call a few times per second. The scheduler's
+  // own silence is never taken for the fleet's: after a gap of more than a quarter of
+  // the liveness window since the last Tick, every worker gets a fresh window; when most
+  // of the fleet (2 or more confirmed workers) would be lost at once while nothing at all
+  // arrived for half a window, losses wait until something arrives, and then every
+  // worker gets a fresh window.
   void Tick(uint64_t now_ms);
   // Ends the turn: fails tasks no worker can run any more, places what fits, builds one
   // Dispatch per worker, records counters. Then commit effects().writes, then send.
@@ -99,6 +104,9 @@ class Engine {
   // Waiting tasks offered to placement since the start: one per task placed, plus at
   // most one per demand and walk that found no room (however long the backlog).
   uint64_t placement_offers() const { return placement_offers_; }
+  // Times the scheduler suspected its own silence (a gap in its ticks, or a mass
+  // silence held) instead of losing workers.
+  uint64_t self_silences() const { return self_silences_; }
 
  private:
   void OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms);
@@ -119,6 +127,8 @@ class Engine {
   void Reconcile(const WorkerState& w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
                  uint64_t now_ms);
   void LoseWorker(const std::string& id, const std::string& why, uint64_t now_ms);
+  // Every worker's liveness window starts again at `now_ms`.
+  void RefreshLiveness(uint64_t now_ms);
   void Queue(Task* t, const std::string& worker_id, uint64_t now_ms);
   // Back to pending with attempt + 1, or failed when attempts are used up.
   void Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms);
@@ -176,6 +186,8 @@ class Engine {
   uint64_t epoch_ = 0;
   bool epoch_persisted_ = false;
   uint64_t placement_offers_ = 0;
+  uint64_t last_tick_ms_ = 0, last_inbound_ms_ = 0, hold_since_ms_ = 0;
+  uint64_t self_silences_ = 0;
   bool fleet_shrank_ = false;
   bool placement_needed_ = false;
 

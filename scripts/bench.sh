@@ -67,6 +67,7 @@ commit="$(cat "$raw.commit")"
     echo "| dispatch_tasks_per_s_${w}_workers | zmq_push_pull_msgs_per_s | $(ratio dispatch_tasks_per_s_${w}_workers zmq_push_pull_msgs_per_s) |"
     echo "| dispatch_tasks_per_s_${w}_workers | rocksdb_synced_puts_per_s_batch_1000 | $(ratio dispatch_tasks_per_s_${w}_workers rocksdb_synced_puts_per_s_batch_1000) |"
   done
+  echo "| backlog_dispatch_tasks_per_s (1M tasks, one class of a mixed fleet) | dispatch_tasks_per_s_1_workers (no backlog) | $(ratio backlog_dispatch_tasks_per_s dispatch_tasks_per_s_1_workers) |"
   echo "| fail_fast_p50_ms (as us) | zmq_dealer_router_rtt_p50_us | $(awk -v a="$(get fail_fast_p50_ms)" -v b="$(get zmq_dealer_router_rtt_p50_us)" 'BEGIN{printf "%.3g", a*1000/b}') |"
   echo "| latency_1000_per_s_submit_to_terminal_p50_ms (as us) | zmq_dealer_router_rtt_p50_us | $(awk -v a="$(get latency_1000_per_s_submit_to_terminal_p50_ms)" -v b="$(get zmq_dealer_router_rtt_p50_us)" 'BEGIN{printf "%.3g", a*1000/b}') |"
   echo "| latency_1000_per_s_submit_to_terminal_p50_ms | 1 / rocksdb_synced_batches_per_s_batch_1 (ms) | $(awk -v a="$(get latency_1000_per_s_submit_to_terminal_p50_ms)" -v b="$(get rocksdb_synced_batches_per_s_batch_1)" 'BEGIN{printf "%.3g", a/(1000/b)}') |"

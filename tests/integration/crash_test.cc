@@ -9,6 +9,7 @@
 #include <map>
 #include <regex>
 #include <set>
+#include <thread>
 
 #include "harness.h"
 
@@ -118,4 +119,23 @@ TEST_CASE("a broker killed with SIGKILL mid-stream and restarted loses no accept
   c.StartWorker("b", {"--slots", "4"});
   Accounting a = StreamWithCrash(c, [&] { c.RestartBroker(); });
   CHECK(a.ended_once == kTasks);
+}
+
+TEST_CASE("a scheduler paused past the liveness window declares no worker lost and fails nothing", "[integration]") {
+  Cluster c({"--liveness", "2s"});
+  c.StartWorker("p1", {"--slots", "1"});
+  c.StartWorker("p2", {"--slots", "1"});
+  auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"},
+                               R"({"command": ["sleep", "4"], "max_attempts": 1})"
+                               "\n");
+  REQUIRE(c.WaitEvent("task.started task=t1 "));
+  c.scheduler().Signal(SIGSTOP);
+  // The fault itself: the scheduler does not run for 3.5 s (longer than the window).
+  std::this_thread::sleep_for(std::chrono::milliseconds(3500));
+  c.scheduler().Signal(SIGCONT);
+  REQUIRE(c.WaitEvent("task.succeeded task=t1 ", 15000));
+  CHECK(submit->Wait() == 0);
+  CHECK(c.tap().Count("worker.lost") == 0);
+  CHECK(c.tap().Count("task.retrying") == 0);
+  CHECK(c.scheduler().WaitFor("every worker gets a fresh liveness window", 1000, 1, true));
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <catch2/catch.hpp>
+#include <deque>
 
 #include "scheduler/engine.h"
 #include "schemas/codec.h"
@@ -131,7 +132,21 @@ class Harness {
     return Commit();
   }
 
+  // Advances the clock by `advance_ms` the way the daemon does, with a Tick at least
+  // every 100 ms; returns what those turns produced together.
   Turn Tick(uint64_t advance_ms) {
+    Turn all;
+    do {
+      uint64_t step = std::min<uint64_t>(advance_ms, 100);
+      advance_ms -= step;
+      Turn t = TickOnce(step);
+      for (auto& d : t.directed) all.directed.push_back(std::move(d));
+      for (auto& e : t.events) all.events.push_back(std::move(e));
+    } while (advance_ms > 0);
+    return all;
+  }
+  // One Tick after `advance_ms` of silence: a stalled or paused scheduler.
+  Turn TickOnce(uint64_t advance_ms) {
     now += advance_ms;
     engine_->Tick(now);
     return Commit();
@@ -159,6 +174,13 @@ inline const wire::SubmitResult* OnlyResult(const Turn& t) {
   const auto* results = replies[0]->body_as_SubmitReply()->results();
   REQUIRE(results->size() == 1);
   return results->Get(0);
+}
+
+// The same for a turn passed as a temporary: the turn is kept (for the rest of the test
+// program) so that the result it returns stays readable.
+inline const wire::SubmitResult* OnlyResult(Turn&& t) {
+  static std::deque<Turn> kept;
+  return OnlyResult(static_cast<const Turn&>(kept.emplace_back(std::move(t))));
 }
 
 }  // namespace fm::sched::testing

@@ -530,3 +530,48 @@ TEST_CASE("fm-ctl task shows a task's spec, why it waits, and its events", "[uni
   CHECK(types == std::vector<std::string>{"task.submitted", "task.queued", "task.succeeded"});
   CHECK_FALSE(detail("t99")->ok());
 }
+
+TEST_CASE("a scheduler paused past the liveness window loses no worker: everyone gets a fresh window", "[unit]") {
+  EngineOptions options;
+  options.liveness_window_ms = 2000;
+  Harness h(options);
+  h.Register({"a", {}});
+  h.Register({"b", {}});
+  uint64_t id = OnlyResult(h.Submit({NewTask()}))->task();
+  // Paused for 3.5 s: the heartbeats sent meanwhile are not even read yet.
+  Turn t = h.TickOnce(3500);
+  CHECK(t.Events("worker.lost").empty());
+  CHECK(h.engine().self_silences() == 1);
+  REQUIRE(h.engine().active_task(id) != nullptr);
+  CHECK(h.engine().active_task(id)->attempt == 1);
+  // A worker that really is silent is still lost after a window, while the other talks.
+  for (int i = 0; i < 5; ++i) {
+    h.Heartbeat("b", {});
+    t = h.Tick(500);
+  }
+  CHECK(h.engine().worker("a") == nullptr);
+  CHECK(h.engine().worker("b") != nullptr);
+}
+
+TEST_CASE("when most of the fleet goes silent while nothing reaches the scheduler, losses wait until it hears again",
+          "[unit]") {
+  EngineOptions options;
+  options.liveness_window_ms = 1000;
+  Harness h(options);
+  for (const char* id : {"a", "b", "c"}) h.Register({id, {}});
+  // The broker link is down: no heartbeat from anyone, the scheduler's loop runs on.
+  Turn t = h.Tick(3000);
+  CHECK(t.Events("worker.lost").empty());
+  CHECK(h.engine().self_silences() == 1);
+  // Heard again: a fresh window for everyone, then the truly silent are lost.
+  h.Heartbeat("a", {});
+  t = h.Tick(300);
+  CHECK(t.Events("worker.lost").empty());
+  for (int i = 0; i < 6; ++i) {
+    h.Heartbeat("a", {});
+    t = h.Tick(300);
+  }
+  CHECK(h.engine().worker("a") != nullptr);
+  CHECK(h.engine().worker("b") == nullptr);
+  CHECK(h.engine().worker("c") == nullptr);
+}

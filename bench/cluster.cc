@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -176,22 +177,25 @@ class Bench {
   std::unique_ptr<bus::Client> client_;
 };
 
-void Throughput(int workers, int tasks) {
-  Bench b(workers);
+// Pipes `tasks` tasks (with `labels`) to the scheduler in batches of 1000, `window`
+// batches awaiting their reply at a time, watching each to its end; stops after
+// `limit_s` at the latest. Returns how many ended and the seconds it took; `progress`
+// sees (accepted, ended) after every read.
+struct Piped {
+  int ended = 0;
+  double seconds = 0;
+};
+Piped PipeTasks(Bench& b, int tasks, int window, const Labels& labels, double limit_s,
+                const std::function<void(int, int)>& progress = {}) {
   const int batch = 1000;
-  const int window = 20;  // batches outstanding
-  int sent = 0, replied = 0, ended = 0;
+  int sent = 0, accepted = 0, ended = 0;
   uint64_t correlation = 0;
   std::map<uint64_t, int> outstanding;
-  double scheduler_cpu = CpuSeconds(b.scheduler().pid()), broker_cpu = CpuSeconds(b.broker_process().pid());
-  double machine_busy = MachineBusySeconds();
-  auto threads = ThreadCpuSeconds(b.scheduler().pid());
-  double workers_cpu = b.WorkersCpuSeconds(), client_cpu = CpuSeconds(getpid());
   double start = NowSeconds();
-  while (ended < tasks && NowSeconds() - start < 120) {  // bounded: never waits forever
+  while (ended < tasks && NowSeconds() - start < limit_s) {  // bounded: never waits forever
     while (sent < tasks && static_cast<int>(outstanding.size()) < window) {
       int n = std::min(batch, tasks - sent);
-      b.client().Send(bus::kSchedulerAddress, SubmitBytes(n, ++correlation, true));
+      b.client().Send(bus::kSchedulerAddress, SubmitBytes(n, ++correlation, true, nullptr, labels));
       outstanding[correlation] = n;
       sent += n;
     }
@@ -201,15 +205,30 @@ void Throughput(int workers, int tasks) {
       auto env = codec::Decode(msg->payload.data(), msg->payload.size());
       if (!env.ok()) continue;
       if ((*env)->body_type() == wire::Body::SubmitReply) {
-        outstanding.erase((*env)->body_as_SubmitReply()->correlation());
-        ++replied;
+        auto it = outstanding.find((*env)->body_as_SubmitReply()->correlation());
+        if (it != outstanding.end()) {
+          accepted += it->second;
+          outstanding.erase(it);
+        }
       } else if ((*env)->body_type() == wire::Body::TaskEnded) {
         const auto* results = (*env)->body_as_TaskEnded()->results();
         ended += results ? static_cast<int>(results->size()) : 1;
       }
     }
+    if (progress) progress(accepted, ended);
   }
-  double elapsed = NowSeconds() - start;
+  return {ended, NowSeconds() - start};
+}
+
+void Throughput(int workers, int tasks) {
+  Bench b(workers);
+  double scheduler_cpu = CpuSeconds(b.scheduler().pid()), broker_cpu = CpuSeconds(b.broker_process().pid());
+  double machine_busy = MachineBusySeconds();
+  auto threads = ThreadCpuSeconds(b.scheduler().pid());
+  double workers_cpu = b.WorkersCpuSeconds(), client_cpu = CpuSeconds(getpid());
+  Piped piped = PipeTasks(b, tasks, /*window=*/20, {}, 120);
+  const int ended = piped.ended;
+  const double elapsed = piped.seconds;
   std::string w = std::to_string(workers);
   Report("dispatch_tasks_per_s_" + w + "_workers", ended / elapsed, "tasks/s");
   // Where the time goes: CPU per task in the scheduler (all its threads: the loop,
@@ -376,45 +395,21 @@ void Backlog(int tasks) {
   b.AddWorker("b1", {"--slots", "256", "--label", "pool=b"});
   b.WaitForWorkers(2);
   const Labels only_a{{"pool", "a"}};
-  const int batch = 1000, window = 100;  // far more submitted than dispatched: a backlog
-  int sent = 0, accepted = 0, ended = 0;
   int64_t peak_backlog = 0;
-  uint64_t correlation = 0;
-  std::map<uint64_t, int> outstanding;
-  double start = NowSeconds();
-  while (ended < tasks && NowSeconds() - start < 300) {  // bounded
-    while (sent < tasks && static_cast<int>(outstanding.size()) < window) {
-      int n = std::min(batch, tasks - sent);
-      b.client().Send(bus::kSchedulerAddress, SubmitBytes(n, ++correlation, true, nullptr, only_a));
-      outstanding[correlation] = n;
-      sent += n;
-    }
-    zmq::pollitem_t item{b.client().dealer().handle(), 0, ZMQ_POLLIN, 0};
-    zmq::poll(&item, 1, std::chrono::milliseconds(1000));
-    while (auto msg = b.client().Receive()) {
-      auto env = codec::Decode(msg->payload.data(), msg->payload.size());
-      if (!env.ok()) continue;
-      if ((*env)->body_type() == wire::Body::SubmitReply) {
-        auto it = outstanding.find((*env)->body_as_SubmitReply()->correlation());
-        if (it != outstanding.end()) {
-          accepted += it->second;
-          outstanding.erase(it);
-        }
-      } else if ((*env)->body_type() == wire::Body::TaskEnded) {
-        const auto* results = (*env)->body_as_TaskEnded()->results();
-        ended += results ? static_cast<int>(results->size()) : 1;
-      }
-    }
+  // 100 batches awaiting replies: far more submitted than dispatched, a backlog.
+  Piped piped = PipeTasks(b, tasks, /*window=*/100, only_a, 300, [&](int accepted, int ended) {
     peak_backlog = std::max<int64_t>(peak_backlog, accepted - ended);
-  }
-  double elapsed = NowSeconds() - start;
+  });
+  const int ended = piped.ended;
+  const double elapsed = piped.seconds;
   Report("backlog_dispatch_tasks_per_s", ended / elapsed, "tasks/s");
   Report("backlog_peak_waiting_tasks", static_cast<double>(peak_backlog), "tasks");
 
   // Nothing can be placed: class a's only worker is stopped with its slots full, the
   // rest waits; the scheduler should idle, however long the backlog.
   runner.Signal(SIGSTOP);
-  const int waiting = std::max(tasks / 10, 1000);
+  const int batch = 1000, waiting = std::max(tasks / 10, 1000);
+  uint64_t correlation = 1'000'000;
   int replies = 0;
   for (int i = 0; i < waiting; i += batch) {
     b.client().Send(bus::kSchedulerAddress,

@@ -8,6 +8,7 @@ namespace fm::bus {
 namespace {
 constexpr size_t kBudget = 256;  // messages per drain call, so one socket cannot starve the others
 constexpr const char* kBrokerPrefix = "broker/";
+constexpr size_t kMaxSubscriptionBytes = 64 << 10;  // a subscription is a topic prefix
 
 bool IsBroker(const std::string& identity) { return identity.rfind(kBrokerPrefix, 0) == 0; }
 
@@ -59,6 +60,10 @@ Status Broker::Bind() {
   xsub_.set(zmq::sockopt::rcvhwm, 1'000'000);
   xpub_.set(zmq::sockopt::sndhwm, 1'000'000);
   xpub_.set(zmq::sockopt::linger, 0);
+  // Every socket that takes bytes from a peer has a size limit: a message over it drops
+  // that peer's connection before it is buffered, and never reaches a subscriber.
+  xsub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
+  xpub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxSubscriptionBytes));
   for (auto [socket, endpoint] : {std::pair{&router_, endpoints_.router}, std::pair{&xsub_, endpoints_.events_in},
                                   std::pair{&xpub_, endpoints_.events_out}}) {
     try {
@@ -81,6 +86,9 @@ Status Broker::Bind() {
     up_xpub_.set(zmq::sockopt::sndhwm, 1'000'000);
     up_xpub_.set(zmq::sockopt::linger, 0);
     up_xsub_.set(zmq::sockopt::rcvhwm, 1'000'000);
+    up_dealer_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
+    up_xsub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
+    up_xpub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxSubscriptionBytes));
     up_dealer_.connect(up->router);
     up_xpub_.connect(up->events_in);   // our publishers' events go up
     up_xsub_.connect(up->events_out);  // the tree's events come down

@@ -717,7 +717,7 @@ Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string
   size_t looked = 0;
   const std::string task_name = TaskName(t->id);
   return log_.ForEach(t->first_seq, [&](const wire::Event& e) {
-    if (Str(e.task()) == task_name) events->push_back(CopyEvent(fbb, e));
+    if (Str(e.task()) == task_name) events->push_back(codec::CopyEvent(fbb, e));
     return ++looked < kLookAt && events->size() < kKeep && fbb.GetSize() < views::kReplyBytes;
   });
 }

@@ -24,7 +24,9 @@ constexpr size_t kReplyBytes = 1 << 20;
 // as stores written before blocks hold), in seq order, until it returns false. Returns
 // false when the value is not a well-formed event record (or `visit` stopped).
 template <typename Visit>
-bool ForEachStoredEvent(std::string_view value, Visit visit) {
+bool ForEachStoredEvent(std::string_view stored, Visit visit) {
+  std::string storage;
+  std::string_view value = codec::AlignedBytes(stored, &storage);
   auto env = codec::Decode(value.data(), value.size());
   if (!env.ok()) return false;
   if ((*env)->body_type() == wire::Body::Event) return visit(*(*env)->body_as_Event());
@@ -42,25 +44,6 @@ bool ForEachStoredEvent(std::string_view value, Visit visit) {
 }
 
 }  // namespace
-
-flatbuffers::Offset<wire::Event> CopyEvent(flatbuffers::FlatBufferBuilder& fbb, const wire::Event& e) {
-  std::vector<flatbuffers::Offset<wire::PredicateCount>> breakdown;
-  if (e.breakdown()) {
-    for (const auto* pc : *e.breakdown()) {
-      breakdown.push_back(wire::CreatePredicateCountDirect(fbb, Str(pc->predicate()).c_str(), pc->workers(),
-                                                           Str(pc->detail()).c_str()));
-    }
-  }
-  auto opt = [&](const flatbuffers::String* s) { return s ? fbb.CreateString(s) : 0; };
-  auto caps = e.capabilities() ? codec::ToWire(fbb, codec::Strings(e.capabilities())) : 0;
-  auto hw = e.hardware() ? codec::ToWire(fbb, codec::FromWire(e.hardware())) : 0;
-  auto labels = e.labels() ? codec::ToWire(fbb, codec::FromWire(e.labels())) : 0;
-  auto type = opt(e.type()), time = opt(e.time()), task = opt(e.task()), worker = opt(e.worker()),
-       reason = opt(e.reason()), message = opt(e.message()), stream = opt(e.stream()), data = opt(e.data());
-  auto bd = breakdown.empty() ? 0 : fbb.CreateVector(breakdown);
-  return wire::CreateEvent(fbb, e.seq(), type, time, task, worker, reason, message, e.attempt(), e.exit_code(), stream,
-                           data, e.eligible(), e.fleet(), bd, caps, hw, labels, e.time_ms());
-}
 
 Status EventLog::Recover(const store::Store* store) {
   store_ = store;
@@ -236,7 +219,7 @@ std::string EventLog::Replay(uint64_t since, uint64_t correlation) const {
       full = true;
       return false;
     }
-    events.push_back(CopyEvent(fbb, e));
+    events.push_back(codec::CopyEvent(fbb, e));
     return true;
   });
   if (!s.ok()) {

@@ -82,7 +82,4 @@ class EventLog {
   std::string formatted_time_;
 };
 
-// Re-encodes an event into `fbb` field by field (FlatBuffers has no deep copy).
-flatbuffers::Offset<wire::Event> CopyEvent(flatbuffers::FlatBufferBuilder& fbb, const wire::Event& e);
-
 }  // namespace fm::sched

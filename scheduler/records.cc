@@ -39,7 +39,9 @@ void PutWorker(store::WriteBatch* writes, const WorkerState& w) {
               std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 
-Result<Task> DecodeTask(std::string_view value, std::string_view key) {
+Result<Task> DecodeTask(std::string_view stored, std::string_view key) {
+  std::string storage;
+  std::string_view value = codec::AlignedBytes(stored, &storage);
   flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
   if (!v.VerifyBuffer<wire::TaskRecord>(nullptr)) {
     std::string where(key.substr(0, 2));
@@ -93,7 +95,9 @@ Result<std::optional<uint64_t>> ReadKey(const store::Store& store, const std::st
 Status ScanWorkers(const store::Store& store, uint64_t now_ms, const std::function<void(WorkerState)>& visit) {
   Status bad = Status::Ok();
   Status s = store.Scan(keys::kWorkerPrefix, keys::PrefixEnd(keys::kWorkerPrefix),
-                        [&](std::string_view key, std::string_view value) {
+                        [&](std::string_view key, std::string_view stored) {
+                          std::string storage;
+                          std::string_view value = codec::AlignedBytes(stored, &storage);
                           flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
                           if (!v.VerifyBuffer<wire::WorkerRecord>(nullptr)) {
                             bad = Status::Internal("store: bad worker record at " + std::string(key));

@@ -125,4 +125,38 @@ TaskSpec FromWire(const wire::TaskSpec* spec) {
   return out;
 }
 
+flatbuffers::Offset<wire::Event> CopyEvent(flatbuffers::FlatBufferBuilder& fbb, const wire::Event& e,
+                                           std::string (*text)(std::string_view)) {
+  auto str = [&](const flatbuffers::String* s) -> std::string {
+    if (!s) return {};
+    return text ? text(s->string_view()) : s->str();
+  };
+  auto opt = [&](const flatbuffers::String* s) { return s ? fbb.CreateString(str(s)) : 0; };
+  std::vector<flatbuffers::Offset<wire::PredicateCount>> breakdown;
+  if (e.breakdown()) {
+    for (const auto* pc : *e.breakdown()) {
+      breakdown.push_back(wire::CreatePredicateCountDirect(fbb, str(pc->predicate()).c_str(), pc->workers(),
+                                                           str(pc->detail()).c_str()));
+    }
+  }
+  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>> caps = 0;
+  if (e.capabilities()) {
+    std::vector<std::string> names;
+    for (const auto* c : *e.capabilities()) names.push_back(str(c));
+    caps = ToWire(fbb, names);
+  }
+  auto hw = e.hardware() ? ToWire(fbb, FromWire(e.hardware())) : 0;
+  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>> labels = 0;
+  if (e.labels()) {
+    Labels pairs;
+    for (const auto* kv : *e.labels()) pairs.emplace_back(str(kv->key()), str(kv->value()));
+    labels = ToWire(fbb, pairs);
+  }
+  auto type = opt(e.type()), time = opt(e.time()), task = opt(e.task()), worker = opt(e.worker()),
+       reason = opt(e.reason()), message = opt(e.message()), stream = opt(e.stream()), data = opt(e.data());
+  auto bd = breakdown.empty() ? 0 : fbb.CreateVector(breakdown);
+  return wire::CreateEvent(fbb, e.seq(), type, time, task, worker, reason, message, e.attempt(), e.exit_code(), stream,
+                           data, e.eligible(), e.fleet(), bd, caps, hw, labels, e.time_ms());
+}
+
 }  // namespace fm::codec

@@ -6,7 +6,9 @@
 #include <flatbuffers/flatbuffers.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "schemas/fm_generated.h"
@@ -40,6 +42,19 @@ std::string EncodeError(wire::ErrorCode code, const std::string& message, const 
 
 // Null-safe readers.
 inline std::string Str(const flatbuffers::String* s) { return s ? s->str() : std::string(); }
+
+// FlatBuffers reads scalars in place, so a buffer must start at an aligned address:
+// `bytes` as they are when they do, else copied into *storage. Returns aligned bytes.
+inline std::string_view AlignedBytes(std::string_view bytes, std::string* storage) {
+  if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(std::max_align_t) == 0) return bytes;
+  storage->assign(bytes.data(), bytes.size());  // heap or in-object: aligned either way
+  return *storage;
+}
+
+// Re-encodes an event into `fbb` field by field (FlatBuffers has no deep copy); with
+// `text`, every string field passes through it (e.g. ValidUtf8).
+flatbuffers::Offset<wire::Event> CopyEvent(flatbuffers::FlatBufferBuilder& fbb, const wire::Event& e,
+                                           std::string (*text)(std::string_view) = nullptr);
 std::vector<std::string> Strings(const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* v);
 
 flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>> ToWire(

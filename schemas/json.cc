@@ -2,10 +2,13 @@
 
 #include <flatbuffers/flexbuffers.h>
 
+#include <cmath>
 #include <cstdio>
 #include <stdexcept>
 
+#include "schemas/codec.h"
 #include "schemas/fm_json_generated.h"
+#include "schemas/text.h"
 #include "schemas/units.h"
 
 namespace fm {
@@ -20,7 +23,9 @@ flatbuffers::IDLOptions JsonOptions() {
   flatbuffers::IDLOptions options;
   options.strict_json = true;
   options.indent_step = -1;  // one line
-  options.natural_utf8 = true;
+  // Everything but printable ASCII is written as a \u escape: control characters (which
+  // JSON requires escaped) included, so the output is valid RFC 8259 JSON.
+  options.natural_utf8 = false;
   return options;
 }
 
@@ -84,19 +89,26 @@ Result<TaskSpec> JsonCodec::ParseTaskLine(std::string_view line) {
   }
   Normalize(&spec.required_capabilities);
   if (const auto* r = in->resources()) {
-    if (r->cpus() < 0) {
-      char text[32];
-      std::snprintf(text, sizeof text, "%g", r->cpus());
-      return Status::Invalid(std::string("resources.cpus is ") + text + ": a cpu count cannot be negative");
+    // Every number is checked against its limit before it is converted: nothing wraps,
+    // rounds to zero or saturates silently.
+    char text[32];
+    std::snprintf(text, sizeof text, "%g", r->cpus());
+    if (!std::isfinite(r->cpus()) || r->cpus() < 0 || r->cpus() > kMaxCpus) {
+      return Status::Invalid(std::string("resources.cpus is ") + text + ": it must be a number from 0 to " +
+                             std::to_string(kMaxCpus));
     }
-    spec.resources.cpus_milli = static_cast<uint32_t>(r->cpus() * 1000 + 0.5);
+    spec.resources.cpus_milli = static_cast<uint32_t>(std::llround(r->cpus() * 1000));
+    if (r->cpus() > 0 && spec.resources.cpus_milli == 0) {
+      return Status::Invalid(std::string("resources.cpus is ") + text + ": the smallest share is 0.001 cpus");
+    }
     if (r->memory()) {
       auto size = ParseSize(r->memory()->str());
       if (!size.ok()) return Status::Invalid("resources.memory: " + size.status().message());
       spec.resources.memory = *size;
     }
-    if (r->gpus() < 0) {
-      return Status::Invalid("resources.gpus is " + std::to_string(r->gpus()) + ": a GPU count cannot be negative");
+    if (r->gpus() < 0 || r->gpus() > kMaxGpus) {
+      return Status::Invalid("resources.gpus is " + std::to_string(r->gpus()) + ": it must be from 0 to " +
+                             std::to_string(kMaxGpus));
     }
     spec.resources.gpus = static_cast<uint32_t>(r->gpus());
     if (r->gpu_memory()) {
@@ -122,11 +134,17 @@ Result<TaskSpec> JsonCodec::ParseTaskLine(std::string_view line) {
     Normalize(&spec.labels);
   }
   if (in->image()) spec.image = in->image()->str();
-  if (in->max_attempts() < 0) return Status::Invalid("max_attempts cannot be negative");
+  if (in->max_attempts() < 0 || in->max_attempts() > kMaxAttempts) {
+    return Status::Invalid("max_attempts is " + std::to_string(in->max_attempts()) + ": it must be from 0 to " +
+                           std::to_string(kMaxAttempts));
+  }
   spec.max_attempts = static_cast<uint32_t>(in->max_attempts());
   if (in->timeout()) {
     auto ms = ParseDurationMs(in->timeout()->str());
     if (!ms.ok()) return Status::Invalid("timeout: " + ms.status().message());
+    if (*ms == 0) {
+      return Status::Invalid("timeout \"" + in->timeout()->str() + "\" is under 1ms: leave it out for no timeout");
+    }
     spec.timeout_ms = *ms;
   }
   spec.priority = in->priority();
@@ -136,15 +154,35 @@ Result<TaskSpec> JsonCodec::ParseTaskLine(std::string_view line) {
   return spec;
 }
 
+namespace {
+// NUL would end the string for exec and Docker: what follows would silently not run.
+bool HasNul(const std::string& s) { return s.find('\0') != std::string::npos; }
+}  // namespace
+
 Status ValidateTaskSpec(const TaskSpec& spec) {
   if (spec.command.empty()) return Status::Invalid("command is missing or empty");
   if (spec.command.front().empty()) return Status::Invalid("command[0] is an empty string");
+  for (size_t i = 0; i < spec.command.size(); ++i) {
+    if (HasNul(spec.command[i])) return Status::Invalid("command[" + std::to_string(i) + "] holds a NUL byte");
+  }
+  if (HasNul(spec.key)) return Status::Invalid("key holds a NUL byte");
+  if (HasNul(spec.image)) return Status::Invalid("image holds a NUL byte");
+  if (HasNul(spec.resources.gpu_model)) return Status::Invalid("resources.gpu_model holds a NUL byte");
+  if (spec.resources.cpus_milli > kMaxCpus * 1000) {
+    return Status::Invalid("resources.cpus is above the limit of " + std::to_string(kMaxCpus));
+  }
+  if (spec.resources.gpus > kMaxGpus) {
+    return Status::Invalid("resources.gpus is above the limit of " + std::to_string(kMaxGpus));
+  }
   if (spec.resources.gpus == 0 && (spec.resources.gpu_memory != 0 || !spec.resources.gpu_model.empty())) {
     return Status::Invalid("resources.gpu_memory and gpu_model need resources.gpus >= 1");
   }
-  if (spec.max_attempts > 1000) return Status::Invalid("max_attempts is above 1000");
+  if (spec.max_attempts > kMaxAttempts) {
+    return Status::Invalid("max_attempts is above the limit of " + std::to_string(kMaxAttempts));
+  }
   for (const auto& cap : spec.required_capabilities) {
     if (cap.empty()) return Status::Invalid("requires holds an empty capability name");
+    if (HasNul(cap)) return Status::Invalid("requires holds a capability name with a NUL byte");
   }
   for (const auto& [key, value] : spec.labels) {
     if (Status s = ValidateLabel(key, value); !s.ok()) return Status::Invalid("labels: " + s.message());
@@ -152,7 +190,20 @@ Status ValidateTaskSpec(const TaskSpec& spec) {
   return Status::Ok();
 }
 
-std::string JsonCodec::EventToJson(const wire::Event* event) { return TableToJson(event, "fm.wire.Event"); }
+std::string JsonCodec::EventToJson(const wire::Event* event) {
+  std::string text;
+  if (flatbuffers::GenerateTextFromTable(wire_parser_, event, "fm.wire.Event", &text)) return TrimJson(std::move(text));
+  // A string that is not UTF-8 (task output is any bytes): the same event with every
+  // string made valid (U+FFFD for what is not), never an event without its fields.
+  flatbuffers::FlatBufferBuilder fbb(1024);
+  fbb.Finish(codec::CopyEvent(fbb, *event, [](std::string_view s) { return ValidUtf8(s); }));
+  text.clear();
+  if (!flatbuffers::GenerateTextFromTable(
+          wire_parser_, flatbuffers::GetRoot<flatbuffers::Table>(fbb.GetBufferPointer()), "fm.wire.Event", &text)) {
+    return "{\"seq\": " + std::to_string(event->seq()) + ", \"error\": \"cannot print this event\"}";
+  }
+  return TrimJson(std::move(text));
+}
 
 std::string JsonCodec::TableToJson(const void* table, const char* table_name) {
   std::string text;

@@ -46,7 +46,14 @@ class JsonCodec {
   void ResetLineParser();
 };
 
-// Checks what the JSON schema cannot: a non-empty command, sane counts.
+// Limits of a task's numbers (beyond them a value is refused, never wrapped or clamped).
+inline constexpr uint32_t kMaxCpus = 1'000'000;
+inline constexpr uint32_t kMaxGpus = 1024;
+inline constexpr uint32_t kMaxAttempts = 1000;
+
+// Checks what the JSON schema cannot: a non-empty command, counts within their limits,
+// no NUL byte in a command, key, image, capability or GPU model, labels as ValidateLabel
+// says. The scheduler applies it to every submission and the worker to every dispatch.
 Status ValidateTaskSpec(const TaskSpec& spec);
 
 }  // namespace fm

@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "schemas/json.h"
+#include "schemas/text.h"
 #include "schemas/vocabulary.h"
 #include "tools/tool_client.h"
 
@@ -147,9 +148,12 @@ class Tap {
     if (json_) {
       line = codec_.EventToJson(e);
     } else {
-      line = std::to_string(e->seq()) + " " + fm::codec::Str(e->time()) + " " + type;
+      // Every string from the stream is escaped for the terminal (task output and worker
+      // names are any bytes).
+      auto text = [](const flatbuffers::String* s) { return s ? fm::Printable(s->string_view()) : std::string(); };
+      line = std::to_string(e->seq()) + " " + text(e->time()) + " " + fm::Printable(type);
       auto field = [&](const char* name, const flatbuffers::String* s) {
-        if (s && s->size()) line += std::string(" ") + name + "=" + s->str();
+        if (s && s->size()) line += std::string(" ") + name + "=" + text(s);
       };
       field("task", e->task());
       field("worker", e->worker());
@@ -159,11 +163,11 @@ class Tap {
         line += " exit=" + std::to_string(e->exit_code());
       field("reason", e->reason());
       field("stream", e->stream());
-      if (e->message() && e->message()->size()) line += ": " + e->message()->str();
+      if (e->message() && e->message()->size()) line += ": " + text(e->message());
       if (e->data() && e->data()->size()) {
-        std::string data = e->data()->str();
-        while (!data.empty() && data.back() == '\n') data.pop_back();
-        line += " | " + data;
+        std::string_view data = e->data()->string_view();
+        while (!data.empty() && data.back() == '\n') data.remove_suffix(1);
+        line += " | " + fm::Printable(data);
       }
     }
     line.push_back('\n');

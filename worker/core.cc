@@ -3,6 +3,7 @@
 #include "broker/addresses.h"
 #include "schemas/codec.h"
 #include "schemas/json.h"
+#include "schemas/text.h"
 
 namespace fm::worker {
 
@@ -29,8 +30,9 @@ void WorkerCore::OnDirected(const std::string& from, const void* data, size_t si
                        type == wire::Body::TaskFinishedAck || type == wire::Body::ReRegister ||
                        type == wire::Body::WorkerRejected;
   if (!command) {
-    out_.replies.push_back({from, codec::EncodeError(wire::ErrorCode::Unsupported, std::string("a worker does not take ") +
-                                                                        wire::EnumNameBody(type) + " messages")});
+    out_.replies.push_back(
+        {from, codec::EncodeError(wire::ErrorCode::Unsupported,
+                                  std::string("a worker does not take ") + wire::EnumNameBody(type) + " messages")});
     return;
   }
   if (from != bus::kSchedulerAddress) {
@@ -167,6 +169,25 @@ void WorkerCore::Release(RunState* run) {
 }
 
 void WorkerCore::OnRunOutput(const Ref& ref, const char* stream, std::string_view data) {
+  auto partial = partial_output_.find({ref, stream});
+  if (partial == partial_output_.end()) {
+    size_t complete = CompleteUtf8Prefix(data);
+    if (complete > 0) SendLog(ref, stream, data.substr(0, complete));
+    if (complete < data.size()) partial_output_[{ref, stream}] = std::string(data.substr(complete));
+    return;
+  }
+  std::string joined = std::move(partial->second);
+  joined.append(data);
+  size_t complete = CompleteUtf8Prefix(joined);
+  if (complete > 0) SendLog(ref, stream, std::string_view(joined).substr(0, complete));
+  if (complete < joined.size()) {
+    partial->second = joined.substr(complete);
+  } else {
+    partial_output_.erase(partial);
+  }
+}
+
+void WorkerCore::SendLog(const Ref& ref, const std::string& stream, std::string_view data) {
   flatbuffers::FlatBufferBuilder fbb(data.size() + 128);
   auto r = wire::CreateTaskRef(fbb, ref.first, ref.second);
   auto log = wire::CreateTaskLog(fbb, r, fbb.CreateString(stream), fbb.CreateString(data.data(), data.size()));
@@ -179,6 +200,12 @@ void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
   const bool current = run->second.epoch == epoch_;
   Release(&run->second);
   runs_.erase(run);
+  for (const char* stream : {"stdout", "stderr"}) {  // what is left of a cut character goes as it is
+    auto partial = partial_output_.find({ref, stream});
+    if (partial == partial_output_.end()) continue;
+    if (current) SendLog(ref, stream, partial->second);
+    partial_output_.erase(partial);
+  }
   if (current) Finish(ref, std::move(result));  // an old store's result means nothing now
 }
 

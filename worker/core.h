@@ -105,6 +105,7 @@ class WorkerCore final : public RunSink {
   // nothing of the old store's is kept, reported or deduplicated against.
   void ObserveEpoch(uint64_t epoch);
   void Finish(const Ref& ref, RunResult result);
+  void SendLog(const Ref& ref, const std::string& stream, std::string_view data);
   std::vector<Ref> Held() const;
 
   WorkerIdentity identity_;
@@ -114,6 +115,9 @@ class WorkerCore final : public RunSink {
   uint64_t epoch_ = 0;  // 0 until a scheduler names one
 
   std::map<Ref, RunState> runs_;  // attempts the executor holds
+  // The end of a read that cut a UTF-8 character short, per attempt and stream: sent
+  // with the next read, so that a character is never split across two log events.
+  std::map<std::pair<Ref, std::string>, std::string> partial_output_;
   uint32_t slots_in_use_ = 0;
   std::map<Ref, Finished> finished_;  // results not yet acknowledged
   std::set<Ref> done_;                // acknowledged, to drop late duplicates

@@ -255,7 +255,7 @@ TEST_CASE("fm-submit reports each bad line by number and what is wrong, and carr
       Contains(R"("line": 2,"status": "rejected","reason": "invalid_task","message": "line 2: not a JSON object)"));
   CHECK_THAT(run.lines[2], Contains(R"("message": "line 3: unknown field: colour)"));
   CHECK_THAT(run.lines[3], Contains(R"("message": "line 4: resources.memory: invalid size \"8 parsecs\")"));
-  CHECK_THAT(run.lines[4], Contains(R"("message": "line 5: resources.cpus is -2: a cpu count cannot be negative")"));
+  CHECK_THAT(run.lines[4], Contains(R"("message": "line 5: resources.cpus is -2: it must be a number from 0 to 1000000")"));
   CHECK_THAT(run.lines[5], Contains(R"("message": "line 6: command is missing or empty")"));
   CHECK_THAT(run.lines[6], Contains(R"("line": 7,"task": "t2","status": "accepted")"));
 }
@@ -458,4 +458,32 @@ TEST_CASE("fm-ctl tasks lists past one page with filters, and fm-ctl task says w
   ToolRun none = c.Ctl({"task", "t99999"});
   CHECK(none.exit_code == 1);
   CHECK_THAT(none.err, Contains("no task t99999"));
+}
+
+TEST_CASE("a 17 MiB message published on the bus never reaches a subscriber; the scheduler and taps hear on",
+          "[integration]") {
+  // Regression: it was a protocol error for the scheduler's subscription, which then
+  // heard nothing: every worker was declared lost and every task rejected.
+  Cluster c({"--liveness", "2s"});
+  c.StartWorker("w", {"--slots", "1"});
+  int port = std::stoi(c.broker().substr(c.broker().rfind(':') + 1));
+  zmq::context_t ctx(1);
+  zmq::socket_t pub(ctx, zmq::socket_type::pub);
+  pub.set(zmq::sockopt::linger, 0);
+  pub.connect("tcp://127.0.0.1:" + std::to_string(port + 1));
+  std::string huge(17u << 20, 'x');
+  // Published until the broker has dropped the connection at least once (a PUB drops
+  // messages until it is connected: the first ones may go nowhere).
+  for (int i = 0; i < 20; ++i) {
+    pub.send(zmq::str_buffer("fleet.heartbeat"), zmq::send_flags::sndmore);
+    pub.send(zmq::buffer(huge), zmq::send_flags::none);
+  }
+  // A task that spans more than the liveness window still runs on the worker.
+  ToolRun run = c.Submit(R"({"command": ["sleep", "3"]})"
+                         "\n",
+                         {"--wait"});
+  INFO(run.err);
+  CHECK(run.exit_code == 0);
+  CHECK(c.WaitEvent("task.succeeded task=t1 "));
+  CHECK(c.tap().Count("worker.lost") == 0);
 }

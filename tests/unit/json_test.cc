@@ -37,8 +37,19 @@ TEST_CASE("bad task lines are refused with what is wrong, and the parser keeps w
   for (Row row :
        {Row{"not json", "not a JSON object"}, Row{R"({"command": ["x"], "colour": 1})", "unknown field: colour"},
         Row{R"({"command": ["x"], "resources": {"memory": "lots"}})", "resources.memory: invalid size"},
-        Row{R"({"command": ["x"], "resources": {"cpus": -2}})", "cpu count cannot be negative"},
-        Row{R"({"command": ["x"], "resources": {"gpus": -1}})", "GPU count cannot be negative"},
+        Row{R"({"command": ["x"], "resources": {"cpus": -2}})", "resources.cpus is -2: it must be a number from 0"},
+        Row{R"({"command": ["x"], "resources": {"gpus": -1}})", "resources.gpus is -1: it must be from 0 to 1024"},
+        // Out of range once became 0 (and ran), or wrapped to 1.
+        Row{R"({"command": ["x"], "resources": {"cpus": 1e308}})", "resources.cpus is 1e+308: it must be a number"},
+        Row{R"({"command": ["x"], "resources": {"cpus": 0.0001}})", "the smallest share is 0.001 cpus"},
+        Row{R"({"command": ["x"], "resources": {"gpus": 4294967296}})", "resources.gpus is 4294967296"},
+        Row{R"({"command": ["x"], "resources": {"gpus": 4294967297}})", "resources.gpus is 4294967297"},
+        Row{R"({"command": ["x"], "max_attempts": 4294967297})", "max_attempts is 4294967297"},
+        Row{R"({"command": ["x"], "timeout": "0.0000001s"})", "is under 1ms"},
+        // A NUL once cut the command short silently.
+        Row{R"({"command": ["echo", "a\u0000b"]})", "command[1] holds a NUL byte"},
+        Row{R"({"command": ["x"], "key": "k\u0000"})", "key holds a NUL byte"},
+        Row{R"({"command": ["x"], "labels": {"zone": "a,b"}})", "a value holds only letters"},
         Row{R"({"command": []})", "command is missing or empty"}, Row{R"({})", "command is missing"},
         Row{R"({"command": ["x"], "timeout": "soon"})", "timeout: invalid duration"},
         Row{R"({"command": ["x"], "labels": {"zone": 1}})", "labels.zone must be a string"},

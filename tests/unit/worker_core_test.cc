@@ -204,3 +204,23 @@ TEST_CASE("a scheduler on a new store (epoch) makes the worker forget the old st
   CHECK(r.finished.empty());
   CHECK(r.started == std::vector<Ref>{{1, 1}});
 }
+
+TEST_CASE("output that cuts a multibyte character between two reads is sent with the character whole", "[unit]") {
+  Fixture f;
+  f.Dispatch(1, 1, {"printf", "x"});
+  f.EndTurn();
+  f.core.OnRunOutput({1, 1}, "stdout", "price: \xe2\x82");  // the euro sign, cut
+  f.core.OnRunOutput({1, 1}, "stdout", "\xac!\n");
+  f.core.OnRunOutput({1, 1}, "stderr", "oops \xc3");  // cut, and the run ends
+  f.core.OnRunEnded({1, 1}, {});
+  std::vector<std::pair<std::string, std::string>> logs;
+  for (const auto& payload : f.core.EndTurn().to_scheduler) {
+    const auto* env = wire::GetEnvelope(payload.data());
+    if (env->body_type() != wire::Body::TaskLog) continue;
+    const auto* log = env->body_as_TaskLog();
+    logs.push_back({log->stream()->str(), log->data()->str()});
+  }
+  using Log = std::pair<std::string, std::string>;
+  CHECK(logs == std::vector<Log>{
+                    {"stdout", "price: "}, {"stdout", "\xe2\x82\xac!\n"}, {"stderr", "oops "}, {"stderr", "\xc3"}});
+}

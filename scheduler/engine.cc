@@ -262,7 +262,8 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         client_keys_[t.spec.key] = t.id;
         effects_.writes.Put(keys::ClientKey(t.spec.key), keys::EncodeU64(t.id));
       }
-      if (!fleet_.AnyEligible(t.spec)) {
+      uint64_t last_lost_ms = 0;
+      if (!fleet_.AnyEligible(t.spec) && LostEligible(t.spec, &last_lost_ms) == 0) {
         Explanation why = fleet_.Explain(t.spec);
         // Fail fast: nothing is queued, no worker sees it.
         results.push_back(
@@ -280,8 +281,9 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       f.attempt = t.attempt;
       pending_.Insert(t.spec, LineOf(t));
       dirty_tasks_.push_back(t.id);
-      active_.emplace(t.id, std::move(t));
+      Task& stored = active_.emplace(t.id, std::move(t)).first->second;
       Emit(f, now_ms);
+      if (last_lost_ms != 0) MarkWaiting(&stored, now_ms);  // only lost workers could run it
       placement_needed_ = true;
     }
   }
@@ -303,9 +305,28 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
   std::string id = Str(reg.id());
   std::string address = Str(reg.address());
   if (id.empty() || address.empty()) return;  // nobody to answer; the daemon logs malformed input
+  if (replaced_.count({id, reg.instance()})) {
+    // An instance a restart replaced: it must stop, the new one keeps the id.
+    flatbuffers::FlatBufferBuilder fbb(256);
+    std::string message = "worker \"" + id + "\" was replaced by a newer instance on its node";
+    Send(address, codec::Seal(fbb, wire::CreateWorkerRejectedDirect(fbb, id.c_str(), message.c_str())));
+    return;
+  }
   const WorkerState* known = fleet_.Find(id);
   if (known && known->instance != reg.instance()) {
-    if (known->confirmed) {
+    if (known->confirmed && known->node == Str(reg.node())) {
+      // The worker restarted on its node (its old instance was killed or hangs): the new
+      // instance takes over at once and the old one's tasks are placed again. Should the
+      // old one still run, it is told to stop.
+      std::string message = "worker \"" + id + "\" was replaced by a newer instance on its node";
+      flatbuffers::FlatBufferBuilder fbb(256);
+      Send(known->address, codec::Seal(fbb, wire::CreateWorkerRejectedDirect(fbb, id.c_str(), message.c_str())));
+      replaced_.insert({id, known->instance});
+      if (replaced_.size() > 10000) replaced_.erase(replaced_.begin());
+      LoseWorker(id, "replaced by a new instance on node " + known->node, now_ms);
+      lost_.erase(id);  // it is back
+      known = nullptr;
+    } else if (known->confirmed) {
       // A second process claims a live worker's id: refuse it, the live one keeps its work.
       std::string message = "worker id \"" + id + "\" is already in use by a live worker on node " + known->node +
                             " (last heard " + std::to_string(now_ms - std::min(now_ms, known->last_seen_ms)) +
@@ -319,11 +340,14 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
       f.message = message + " (refused node " + Str(reg.node()) + ")";
       Emit(f, now_ms);
       return;
+    } else {
+      // Known only from the store since this scheduler started: a restarted process.
+      LoseWorker(id, "replaced by a new instance of the same worker", now_ms);
+      lost_.erase(id);
+      known = nullptr;
     }
-    // Known only from the store since this scheduler started: a restarted process.
-    LoseWorker(id, "replaced by a new instance of the same worker", now_ms);
-    known = nullptr;
   }
+  lost_.erase(id);
   if (!known) {
     WorkerState fresh;
     fresh.id = id;
@@ -430,6 +454,7 @@ void Engine::LoseWorker(const std::string& id, const std::string& why, uint64_t 
   }
   effects_.writes.Delete(keys::Worker(id));
   dispatches_.erase(id);
+  if (options_.reconnect_grace_ms > 0) lost_[id] = {*fleet_.Find(id), now_ms};
   fleet_.Remove(id);
   fleet_shrank_ = true;
 }
@@ -626,7 +651,7 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
       break;
     }
     case wire::ControlOp::Task: {
-      Status found = TaskDetail(fbb, target, &tasks, &events);
+      Status found = TaskDetail(fbb, target, &tasks, &events, now_ms);
       if (!found.ok()) {
         ok = false;
         message = found.message();
@@ -686,7 +711,7 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
 
 Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string& name,
                           std::vector<flatbuffers::Offset<wire::TaskView>>* out,
-                          std::vector<flatbuffers::Offset<wire::Event>>* events) {
+                          std::vector<flatbuffers::Offset<wire::Event>>* events, uint64_t now_ms) {
   uint64_t id = 0;
   if (!ParseTaskName(name, &id)) return Status::Invalid("\"" + name + "\" is not a task id (t42)");
   std::optional<Task> stored;
@@ -706,8 +731,8 @@ Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string
   std::string waiting;
   if (t->state == wire::TaskState::Pending) {
     Explanation why = fleet_.Explain(t->spec);
-    waiting =
-        why.eligible == 0 ? "no eligible worker: " + why.message : std::to_string(why.eligible) + " eligible, all full";
+    waiting = why.eligible > 0 ? std::to_string(why.eligible) + " eligible, all full" : WaitingForLost(t->spec, now_ms);
+    if (waiting.empty()) waiting = "no eligible worker: " + why.message;
   }
   out->push_back(views::TaskDetail(fbb, *t, waiting));
   // Its events, from its first one on; the look is bounded (a task's events are near
@@ -786,19 +811,69 @@ void Engine::Tick(uint64_t now_ms) {
       }
     }
   }
+  // The reconnect grace of lost workers ends: tasks only they could run fail now.
+  for (auto it = lost_.begin(); it != lost_.end();) {
+    if (now_ms >= it->second.lost_ms + options_.reconnect_grace_ms) {
+      it = lost_.erase(it);
+      fleet_shrank_ = true;
+    } else {
+      ++it;
+    }
+  }
   log_.ApplyRetention(now_ms, &effects_.writes);
 }
 
 void Engine::FailUnrunnable(uint64_t now_ms) {
-  // Eligibility is a property of the demand: one look per demand, not per task.
+  // Eligibility is a property of the demand: one look per demand, not per task. A demand
+  // that only recently lost workers could run waits for them (the reconnect grace).
   std::vector<std::pair<std::vector<uint64_t>, Explanation>> doomed;
+  std::vector<uint64_t> waiting;
   pending_.ForEachDemand([&](const TaskSpec& demand, const std::vector<uint64_t>& ids) {
-    if (!fleet_.AnyEligible(demand)) doomed.push_back({ids, fleet_.Explain(demand)});
+    if (fleet_.AnyEligible(demand)) return;
+    uint64_t last_lost_ms = 0;
+    if (LostEligible(demand, &last_lost_ms) > 0) {
+      waiting.insert(waiting.end(), ids.begin(), ids.end());
+    } else {
+      doomed.push_back({ids, fleet_.Explain(demand)});
+    }
   });
+  for (uint64_t id : waiting) MarkWaiting(&active_.at(id), now_ms);
   for (const auto& [ids, why] : doomed) {
-    for (uint64_t id : ids)
+    for (uint64_t id : ids) {
       End(&active_.at(id), wire::TaskState::Failed, wire::Reason::NoEligibleWorker, why.message, 0, now_ms, &why);
+    }
   }
+}
+
+size_t Engine::LostEligible(const TaskSpec& spec, uint64_t* last_lost_ms) const {
+  size_t n = 0;
+  for (const auto& [id, lost] : lost_) {
+    if (!CheckEligible(spec, lost.shape).ok()) continue;
+    ++n;
+    *last_lost_ms = std::max(*last_lost_ms, lost.lost_ms);
+  }
+  return n;
+}
+
+std::string Engine::WaitingForLost(const TaskSpec& spec, uint64_t now_ms) const {
+  uint64_t last_lost_ms = 0;
+  size_t n = LostEligible(spec, &last_lost_ms);
+  if (n == 0) return {};
+  uint64_t ago_s = (now_ms - std::min(now_ms, last_lost_ms)) / 1000;
+  return "waiting: " + std::to_string(n) + (n == 1 ? " eligible worker" : " eligible workers") + " lost " +
+         std::to_string(ago_s) + " s ago; fails no_eligible_worker if none is back within the reconnect grace (" +
+         std::to_string(options_.reconnect_grace_ms / 1000) + " s)";
+}
+
+void Engine::MarkWaiting(Task* t, uint64_t now_ms) {
+  if (t->waiting_for_lost) return;
+  t->waiting_for_lost = true;
+  EventFields f;
+  f.type = wire::EventType::TaskWaiting;
+  f.task = t->id;
+  f.attempt = t->attempt;
+  f.message = WaitingForLost(t->spec, now_ms);
+  Emit(f, now_ms);
 }
 
 void Engine::PlacePending(uint64_t now_ms) {
@@ -807,7 +882,9 @@ void Engine::PlacePending(uint64_t now_ms) {
     ++placement_offers_;
     const WorkerState* chosen = fleet_.Place(demand, options_.policy);
     if (!chosen) return PendingSet::Offer::kNoRoom;  // waits for capacity; other demands may fit
-    Queue(&active_.at(id), chosen->id, now_ms);
+    Task& t = active_.at(id);
+    t.waiting_for_lost = false;
+    Queue(&t, chosen->id, now_ms);
     return PendingSet::Offer::kPlaced;
   });
 }

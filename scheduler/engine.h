@@ -44,6 +44,9 @@ namespace fm::sched {
 
 struct EngineOptions {
   uint64_t liveness_window_ms = 5000;  // a worker unheard for this long is lost
+  // Tasks whose only eligible workers were lost wait this long for one to come back
+  // before they fail no_eligible_worker (0: they fail at once).
+  uint64_t reconnect_grace_ms = 30000;
   uint32_t default_max_attempts = 3;
   PlacementPolicy policy = PlacementPolicy::kSpread;
   uint64_t redispatch_after_ms = 2000;  // re-send a queued task not yet started
@@ -122,13 +125,20 @@ class Engine {
   // fm-ctl task ID: the task with its spec, why it waits, and its retained events.
   Status TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string& name,
                     std::vector<flatbuffers::Offset<wire::TaskView>>* out,
-                    std::vector<flatbuffers::Offset<wire::Event>>* events);
+                    std::vector<flatbuffers::Offset<wire::Event>>* events, uint64_t now_ms);
 
   void Reconcile(const WorkerState& w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
                  uint64_t now_ms);
   void LoseWorker(const std::string& id, const std::string& why, uint64_t now_ms);
   // Every worker's liveness window starts again at `now_ms`.
   void RefreshLiveness(uint64_t now_ms);
+  // Lost workers within the reconnect grace that could run `spec`: how many, and when
+  // the last of them was lost.
+  size_t LostEligible(const TaskSpec& spec, uint64_t* last_lost_ms) const;
+  // "waiting: 1 eligible worker lost 4 s ago ..." for a task that waits for lost workers.
+  std::string WaitingForLost(const TaskSpec& spec, uint64_t now_ms) const;
+  // The task waits for a lost worker: say so once on the stream.
+  void MarkWaiting(Task* t, uint64_t now_ms);
   void Queue(Task* t, const std::string& worker_id, uint64_t now_ms);
   // Back to pending with attempt + 1, or failed when attempts are used up.
   void Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms);
@@ -162,7 +172,14 @@ class Engine {
   Status read_error_;
   EventLog log_;
 
-  Fleet fleet_;                                // every worker believed live, indexed by class
+  Fleet fleet_;  // every worker believed live, indexed by class
+  struct LostWorker {
+    WorkerState shape;  // as last announced
+    uint64_t lost_ms = 0;
+  };
+  std::map<std::string, LostWorker> lost_;  // lost within the reconnect grace, by id
+  // Instances that a restart on their node replaced: refused if they speak again.
+  std::set<std::pair<std::string, uint64_t>> replaced_;
   std::unordered_map<uint64_t, Task> active_;  // tasks not yet ended
   PendingSet pending_;                         // tasks waiting for room, per demand
   std::unordered_map<std::string, uint64_t> client_keys_;

@@ -18,6 +18,10 @@ int main(int argc, char** argv) {
   std::string liveness = "5s", placement = "spread", log_level = "info";
   app.add_option("--liveness", liveness, "a worker unheard for this long is lost")->capture_default_str();
   app.add_option("--placement", placement, "spread (least loaded) or binpack")->capture_default_str();
+  std::string grace = "30s";
+  app.add_option("--reconnect-grace", grace,
+                 "tasks only lost workers could run wait this long for one to come back (0: fail at once)")
+      ->capture_default_str();
   app.add_option("--max-attempts", options.engine.default_max_attempts, "default attempts per task")
       ->capture_default_str();
   app.add_option("--event-retention", options.engine.event_retention_count, "events kept for fm-tap --since")
@@ -44,6 +48,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.engine.liveness_window_ms = *window;
+  auto grace_ms = fm::ParseDurationMs(grace);
+  if (!grace_ms.ok()) {
+    spdlog::error("--reconnect-grace: {}", grace_ms.status().message());
+    return 2;
+  }
+  options.engine.reconnect_grace_ms = *grace_ms;
   if (!fm::sched::ParsePlacementPolicy(placement, &options.engine.policy)) {
     spdlog::error("--placement \"{}\": use spread or binpack", placement);
     return 2;

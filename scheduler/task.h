@@ -22,8 +22,9 @@ struct Task {
   wire::Reason reason = wire::Reason::None;
   std::string message;
   int32_t exit_code = 0;
-  bool rejected = false;   // refused at submission: never accepted
-  uint64_t first_seq = 0;  // its first event's seq
+  bool rejected = false;          // refused at submission: never accepted
+  uint64_t first_seq = 0;         // its first event's seq
+  bool waiting_for_lost = false;  // told the stream it waits for a lost worker (not stored)
 };
 
 // "pending", "queued", "running", "succeeded", "failed", "cancelled".

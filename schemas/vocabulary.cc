@@ -6,7 +6,7 @@
 namespace fm {
 namespace {
 
-constexpr std::array<std::pair<wire::EventType, std::string_view>, 15> kEventTypes{{
+constexpr std::array<std::pair<wire::EventType, std::string_view>, 16> kEventTypes{{
     {wire::EventType::SchedulerStarted, "scheduler.started"},
     {wire::EventType::TaskSubmitted, "task.submitted"},
     {wire::EventType::TaskQueued, "task.queued"},
@@ -22,6 +22,7 @@ constexpr std::array<std::pair<wire::EventType, std::string_view>, 15> kEventTyp
     {wire::EventType::WorkerRejected, "worker.rejected"},
     {wire::EventType::WorkerDraining, "worker.draining"},
     {wire::EventType::WorkerUndrained, "worker.undrained"},
+    {wire::EventType::TaskWaiting, "task.waiting"},
 }};
 
 constexpr std::array<std::pair<wire::Reason, std::string_view>, 10> kReasons{{

@@ -210,9 +210,11 @@ TEST_CASE("a worker paused past its liveness window runs the task's next attempt
   CHECK(c.tap().Count("no free slot") == 0);
 }
 
-TEST_CASE("waiting and running tasks fail with no_eligible_worker when the last worker that could run them leaves",
-          "[integration]") {
-  Cluster c({"--liveness", "1s"});
+TEST_CASE(
+    "waiting and running tasks wait through the reconnect grace when the last worker that could run them leaves, "
+    "then fail with no_eligible_worker",
+    "[integration]") {
+  Cluster c({"--liveness", "1s", "--reconnect-grace", "2s"});
   c.StartWorker("gpuish", {"--slots", "1", "--label", "kind=special"});
   c.StartWorker("plain", {"--slots", "1"});
   auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"},
@@ -222,11 +224,27 @@ TEST_CASE("waiting and running tasks fail with no_eligible_worker when the last 
                                "\n");
   REQUIRE(c.WaitEvent("task.started task=t1 worker=gpuish"));
   c.KillWorker("gpuish", SIGKILL);
+  REQUIRE(c.WaitEvent("task.waiting task=t1 attempt=2: waiting: 1 eligible worker lost", 10000));
   REQUIRE(c.WaitEvent("reason=no_eligible_worker: 0/1 workers eligible: 1 lacks label kind=special", 15000, 2));
   CHECK(submit->Wait() == 1);
   auto lines = submit->Lines();
   REQUIRE(lines.size() == 2);
   for (const auto& line : lines) CHECK_THAT(line, Contains(R"("status": "failed","reason": "no_eligible_worker")"));
+}
+
+TEST_CASE("a worker killed and restarted on its node takes its id over at once, and its task runs there again",
+          "[integration]") {
+  Cluster c({"--liveness", "30s"});  // far longer than the test: no liveness window helps
+  c.StartWorker("only", {"--slots", "1"});
+  auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"}, R"({"command": ["sleep", "1"]})"
+                                                                                     "\n");
+  REQUIRE(c.WaitEvent("task.started task=t1 worker=only"));
+  c.KillWorker("only", SIGKILL);
+  c.RestartWorker("only");  // waits for its registration: not refused
+  REQUIRE(c.WaitEvent("task.succeeded task=t1 worker=only attempt=2", 15000));
+  CHECK(submit->Wait() == 0);
+  CHECK(c.worker("only").running());
+  CHECK(c.tap().Count("worker.rejected") == 0);
 }
 
 TEST_CASE("fm-submit reports each bad line by number and what is wrong, and carries on with the rest",
@@ -255,7 +273,8 @@ TEST_CASE("fm-submit reports each bad line by number and what is wrong, and carr
       Contains(R"("line": 2,"status": "rejected","reason": "invalid_task","message": "line 2: not a JSON object)"));
   CHECK_THAT(run.lines[2], Contains(R"("message": "line 3: unknown field: colour)"));
   CHECK_THAT(run.lines[3], Contains(R"("message": "line 4: resources.memory: invalid size \"8 parsecs\")"));
-  CHECK_THAT(run.lines[4], Contains(R"("message": "line 5: resources.cpus is -2: it must be a number from 0 to 1000000")"));
+  CHECK_THAT(run.lines[4],
+             Contains(R"("message": "line 5: resources.cpus is -2: it must be a number from 0 to 1000000")"));
   CHECK_THAT(run.lines[5], Contains(R"("message": "line 6: command is missing or empty")"));
   CHECK_THAT(run.lines[6], Contains(R"("line": 7,"task": "t2","status": "accepted")"));
 }

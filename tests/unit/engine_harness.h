@@ -53,6 +53,7 @@ struct WorkerSpec {
   Labels labels;
   uint64_t instance = 1;
   std::vector<Gpu> gpus;
+  std::string node;  // default: "node-<id>"
 };
 
 class Harness {
@@ -88,10 +89,10 @@ class Harness {
     std::vector<flatbuffers::Offset<wire::TaskRef>> refs;
     for (auto [task, attempt] : running) refs.push_back(wire::CreateTaskRef(fbb, task, attempt));
     Hardware hw{w.cpus * 1000, w.memory, w.gpus};
-    auto reg = wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(Address(w.id, w.instance)),
-                                              fbb.CreateString("node-" + w.id), w.instance, fbb.CreateString("test"),
-                                              w.slots, codec::ToWire(fbb, hw), codec::ToWire(fbb, w.labels),
-                                              fbb.CreateVector(refs), codec::ToWire(fbb, w.caps));
+    auto reg = wire::CreateWorkerRegistration(
+        fbb, fbb.CreateString(w.id), fbb.CreateString(Address(w.id, w.instance)),
+        fbb.CreateString(w.node.empty() ? "node-" + w.id : w.node), w.instance, fbb.CreateString("test"), w.slots,
+        codec::ToWire(fbb, hw), codec::ToWire(fbb, w.labels), fbb.CreateVector(refs), codec::ToWire(fbb, w.caps));
     std::string bytes = codec::Seal(fbb, reg);
     engine_->OnBus(*wire::GetEnvelope(bytes.data()), now);
     return Commit();

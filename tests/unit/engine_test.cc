@@ -126,9 +126,13 @@ TEST_CASE("a lost worker's tasks go back to pending with attempt + 1 and run els
   CHECK(h.engine().active_task(id)->attempt == 2);
 }
 
-TEST_CASE("waiting tasks fail with no_eligible_worker when the last worker that could run them leaves", "[unit]") {
+TEST_CASE(
+    "with no reconnect grace, waiting tasks fail with no_eligible_worker when the last worker that could run "
+    "them leaves",
+    "[unit]") {
   EngineOptions options;
   options.liveness_window_ms = 1000;
+  options.reconnect_grace_ms = 0;
   Harness h(options);
   h.Register({"gpu", {"gpu"}, 4, 8 * GiB, 1});
   h.Register({"cpu", {}, 4, 8 * GiB, 1});
@@ -144,12 +148,13 @@ TEST_CASE("waiting tasks fail with no_eligible_worker when the last worker that 
   CHECK(h.engine().active_count() == 0);
 }
 
-TEST_CASE("a second worker announcing a live worker's id is refused and the live one keeps its work", "[unit]") {
+TEST_CASE("a worker on another node announcing a live worker's id is refused and the live one keeps its work",
+          "[unit]") {
   Harness h;
   h.Register({"w", {}, 4, 8 * GiB, 1, {}, 111});
   Turn t = h.Submit({NewTask()});
   uint64_t id = OnlyResult(t)->task();
-  t = h.Register({"w", {}, 4, 8 * GiB, 1, {}, 222});
+  t = h.Register({"w", {}, 4, 8 * GiB, 1, {}, 222, {}, "another-node"});
   auto refused = t.To(Harness::Address("w", 222), wire::Body::WorkerRejected);
   REQUIRE(refused.size() == 1);
   CHECK(refused[0]->body_as_WorkerRejected()->message()->str().find("already in use") != std::string::npos);
@@ -283,7 +288,9 @@ TEST_CASE("a key reused with a different body is a key_conflict naming the first
 
 TEST_CASE("a key answers its task's status as it is: failed for an accepted task that failed, rejected only if refused",
           "[unit]") {
-  Harness h;
+  EngineOptions options;
+  options.reconnect_grace_ms = 0;
+  Harness h(options);
   h.Register({"g", {"gpu"}});
   TaskSpec accepted = NewTask({"gpu"});
   accepted.key = "ran";
@@ -574,4 +581,79 @@ TEST_CASE("when most of the fleet goes silent while nothing reaches the schedule
   CHECK(h.engine().worker("a") != nullptr);
   CHECK(h.engine().worker("b") == nullptr);
   CHECK(h.engine().worker("c") == nullptr);
+}
+
+TEST_CASE("a worker restarted on its node takes over its id at once; its old instance's tasks are placed again",
+          "[unit]") {
+  Harness h;
+  h.Register({"w", {}, 4, 8 * GiB, 1, {}, 111});
+  uint64_t id = OnlyResult(h.Submit({NewTask()}))->task();
+  h.Started(id, 1, "w");
+  Turn t = h.Register({"w", {}, 4, 8 * GiB, 1, {}, 222});  // same node, new instance
+  CHECK(t.To(Harness::Address("w", 222), wire::Body::WorkerRejected).empty());
+  CHECK(t.To(Harness::Address("w", 111), wire::Body::WorkerRejected).size() == 1);  // should it still run
+  CHECK(h.engine().worker("w")->instance == 222);
+  REQUIRE(t.Events("task.retrying").size() == 1);
+  CHECK(t.Dispatched(Harness::Address("w", 222)) == std::vector<uint64_t>{id});
+  CHECK(h.engine().active_task(id)->attempt == 2);
+  // The replaced instance speaking again does not take the id back.
+  t = h.Register({"w", {}, 4, 8 * GiB, 1, {}, 111});
+  CHECK(t.To(Harness::Address("w", 111), wire::Body::WorkerRejected).size() == 1);
+  CHECK(h.engine().worker("w")->instance == 222);
+}
+
+TEST_CASE(
+    "tasks only a lost worker could run wait through the reconnect grace, then fail; impossible ones fail at once",
+    "[unit]") {
+  EngineOptions options;
+  options.liveness_window_ms = 1000;
+  options.reconnect_grace_ms = 5000;
+  Harness h(options);
+  h.Register({"gpu", {"gpu"}, 4, 8 * GiB, 1});
+  h.Register({"cpu", {}, 4, 8 * GiB, 1});
+  uint64_t running = OnlyResult(h.Submit({NewTask({"gpu"})}))->task();
+  Turn t;
+  for (int i = 0; i < 5; ++i) {  // "gpu" goes silent; "cpu" heartbeats
+    h.Heartbeat("cpu", {});
+    t = h.Tick(300);
+    if (!t.Events("worker.lost").empty()) break;
+  }
+  REQUIRE(h.engine().worker("gpu") == nullptr);
+  CHECK(t.Events("task.failed").empty());
+  auto waiting = t.Events("task.waiting");
+  REQUIRE(waiting.size() == 1);
+  CHECK_THAT(waiting[0]->message()->str(), Catch::StartsWith("waiting: 1 eligible worker lost 0 s ago"));
+  // During the grace a task for the lost worker is accepted; one nobody could run is not.
+  const auto* accepted = OnlyResult(h.Submit({NewTask({"gpu"})}));
+  CHECK(accepted->status() == wire::SubmitStatus::Accepted);
+  CHECK(OnlyResult(h.Submit({NewTask({"tpu"})}))->reason()->str() == "no_eligible_worker");
+  // The grace ends: both fail as before.
+  std::vector<const wire::Event*> failed;
+  std::deque<Turn> kept;
+  for (int i = 0; i < 20 && failed.size() < 2; ++i) {
+    h.Heartbeat("cpu", {});
+    const Turn& turn = kept.emplace_back(h.Tick(300));
+    for (const auto* e : turn.Events("task.failed")) failed.push_back(e);
+  }
+  REQUIRE(failed.size() == 2);
+  for (const auto* e : failed) CHECK(e->reason()->str() == "no_eligible_worker");
+  CHECK(h.engine().active_task(running) == nullptr);
+}
+
+TEST_CASE("a lost worker back within the reconnect grace runs the tasks that waited for it", "[unit]") {
+  EngineOptions options;
+  options.liveness_window_ms = 1000;
+  options.reconnect_grace_ms = 30000;
+  Harness h(options);
+  h.Register({"gpu", {"gpu"}, 4, 8 * GiB, 1});
+  h.Register({"cpu", {}, 4, 8 * GiB, 1});
+  uint64_t id = OnlyResult(h.Submit({NewTask({"gpu"})}))->task();
+  for (int i = 0; i < 10; ++i) {
+    h.Heartbeat("cpu", {});
+    h.Tick(300);
+  }
+  REQUIRE(h.engine().worker("gpu") == nullptr);
+  REQUIRE(h.engine().active_task(id) != nullptr);
+  Turn t = h.Register({"gpu", {"gpu"}, 4, 8 * GiB, 1, {}, 2});
+  CHECK(t.Dispatched(Harness::Address("gpu", 2)) == std::vector<uint64_t>{id});
 }

@@ -7,5 +7,8 @@ scripts/install-deps.sh
 scripts/podman-setup.sh
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j2 "$@"
+# The same suites built with AddressSanitizer and UndefinedBehaviorSanitizer: a memory
+# error or undefined behaviour in any daemon fails the run.
+scripts/sanitize.sh
 # Hostile input: each libFuzzer target for a short bounded time on the kept corpus.
 scripts/fuzz.sh 15

@@ -40,6 +40,7 @@ Broker::Broker(zmq::context_t& context, BrokerOptions options)
       xsub_(context, zmq::socket_type::xsub),
       xpub_(context, zmq::socket_type::xpub) {
   if (!options_.logger) options_.logger = spdlog::default_logger();
+  rejected_log_ = std::make_unique<RateLimitedLog>(options_.logger);
   if (!options_.upstream.empty()) {
     up_dealer_ = zmq::socket_t(context, zmq::socket_type::dealer);
     up_xpub_ = zmq::socket_t(context, zmq::socket_type::xpub);
@@ -115,7 +116,10 @@ void Broker::Attach(Loop& loop) {
     };
     loop.Every(options_.announce_ms, announce, 0);
   }
-  loop.Every(options_.announce_ms, [this] { table_.Expire(WallClockMs()); });
+  loop.Every(options_.announce_ms, [this] {
+    table_.Expire(WallClockMs());
+    rejected_log_->Flush(WallClockMs());
+  });
   loop.OnTurnEnd([this] {
     if (announce_now_) {
       Guarded("announce", [this] {
@@ -209,7 +213,8 @@ void Broker::HandleForBroker(const std::string& source, const zmq::message_t& fr
   auto envelope = codec::Decode(payload.data(), payload.size());
   if (!envelope.ok()) {
     ++counters_.malformed;
-    options_.logger->warn("malformed message from {} to the broker: {}", source, envelope.status().message());
+    rejected_log_->Warn(source, WallClockMs(),
+                        "malformed message from " + source + " to the broker: " + envelope.status().message());
     ErrorTo(source, wire::ErrorCode::Malformed, envelope.status().message(), kBrokerAddress);
     return;
   }
@@ -254,8 +259,9 @@ size_t Broker::DrainRouter() {
     }
     if (frames.size() != 3) {
       ++counters_.malformed;
-      options_.logger->warn("malformed message from {}: {} frames, expected [destination][payload]", peer,
-                            frames.size() - 1);
+      rejected_log_->Warn(peer, WallClockMs(),
+                          "malformed message from " + peer + ": " + std::to_string(frames.size() - 1) +
+                              " frames, expected [destination][payload]");
       ErrorTo(peer, wire::ErrorCode::Malformed,
               "expected 2 frames [destination][payload], got " + std::to_string(frames.size() - 1), "");
       continue;
@@ -264,7 +270,9 @@ size_t Broker::DrainRouter() {
     if (!IsBroker(peer)) table_.SeenLocal(peer, WallClockMs());
     if (frames[2].size() > codec::kMaxMessageBytes) {
       ++counters_.oversized;
-      options_.logger->warn("oversized message from {} to {}: {} bytes", peer, destination, frames[2].size());
+      rejected_log_->Warn(
+          peer, WallClockMs(),
+          "oversized message from " + peer + " to " + destination + ": " + std::to_string(frames[2].size()) + " bytes");
       ErrorTo(peer, wire::ErrorCode::Oversized,
               "message of " + std::to_string(frames[2].size()) + " bytes exceeds the limit of " +
                   std::to_string(codec::kMaxMessageBytes),

@@ -28,6 +28,7 @@
 
 #include "broker/bus.h"
 #include "broker/loop.h"
+#include "broker/rate_limited_log.h"
 #include "broker/routing.h"
 #include "schemas/fm_generated.h"
 #include "schemas/status.h"
@@ -91,6 +92,7 @@ class Broker {
   zmq::socket_t up_dealer_, up_xpub_, up_xsub_;  // node broker only
   bool has_upstream_ = false;
   RoutingTable table_;
+  std::unique_ptr<RateLimitedLog> rejected_log_;  // bad input from peers, per peer
   bool announce_now_ = false;
   uint64_t last_error_log_ms_ = 0, errors_since_log_ = 0;
   Counters counters_;

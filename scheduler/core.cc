@@ -10,9 +10,12 @@ namespace fm::sched {
 
 SchedulerCore::SchedulerCore(EngineOptions options, store::Store* store, std::shared_ptr<spdlog::logger> logger,
                              uint64_t storage_probe_ms)
-    : options_(options), store_(store), view_(store), logger_(std::move(logger)), storage_probe_ms_(storage_probe_ms) {
-  if (!logger_) logger_ = spdlog::default_logger();
-}
+    : options_(options),
+      store_(store),
+      view_(store),
+      logger_(logger ? std::move(logger) : spdlog::default_logger()),
+      rejected_log_(logger_),
+      storage_probe_ms_(storage_probe_ms) {}
 
 Status SchedulerCore::Open(uint64_t now_ms) {
   if (Status s = Rebuild(now_ms); !s.ok()) return s;
@@ -51,7 +54,7 @@ void SchedulerCore::Refuse(const std::string& from, uint64_t correlation) {
 void SchedulerCore::OnDirected(const std::string& from, const void* data, size_t size, uint64_t now_ms) {
   auto envelope = codec::Decode(data, size);
   if (!envelope.ok()) {
-    logger_->warn("rejected message from {}: {}", from, envelope.status().message());
+    rejected_log_.Warn(from, now_ms, "rejected message from " + from + ": " + envelope.status().message());
     if (from != "fm-broker")
       immediate_.directed.push_back(
           {from, codec::EncodeError(wire::ErrorCode::Malformed, envelope.status().message())});
@@ -108,13 +111,14 @@ void SchedulerCore::OnBus(const void* data, size_t size, uint64_t now_ms) {
   if (degraded_) return;
   auto envelope = codec::Decode(data, size);
   if (!envelope.ok()) {
-    logger_->warn("rejected bus message: {}", envelope.status().message());
+    rejected_log_.Warn("the bus", now_ms, "rejected bus message: " + envelope.status().message());
     return;
   }
   engine_->OnBus(**envelope, now_ms);
 }
 
 void SchedulerCore::Tick(uint64_t now_ms) {
+  rejected_log_.Flush(now_ms);
   if (!degraded_) {
     uint64_t before = engine_->self_silences();
     engine_->Tick(now_ms);

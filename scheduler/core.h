@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "broker/rate_limited_log.h"
 #include "scheduler/engine.h"
 #include "store/pending_view.h"
 #include "store/store.h"
@@ -97,6 +98,7 @@ class SchedulerCore {
   store::Store* store_;
   store::PendingView view_;  // what the engine reads: the store plus commits not yet written
   std::shared_ptr<spdlog::logger> logger_;
+  bus::RateLimitedLog rejected_log_;  // bad input from peers: no flood can flood the log
   uint64_t storage_probe_ms_;
   std::unique_ptr<Engine> engine_;
   Outbox immediate_;  // replies that do not depend on this turn's commit

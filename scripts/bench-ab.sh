@@ -2,7 +2,8 @@
 # A/B benchmark in one run on one machine: builds BASE (a commit) and the working tree in
 # Release, then runs the benchmark programs of both alternately REPEATS times and prints
 # the median of every figure side by side with the ratio new/base. Nothing is written
-# into the tree; the base build lives in build-ab/.
+# into the tree; the base's tree and build live in build-ab/ (remove it with
+# `git worktree remove --force build-ab/src; rm -rf build-ab`).
 #   scripts/bench-ab.sh BASE [REPEATS] [PROGRAM ARGS...]
 #   e.g. scripts/bench-ab.sh 152f559 3 fm-bench-cluster throughput
 set -euo pipefail
@@ -13,11 +14,16 @@ shift $(( $# >= 2 ? 2 : 1 ))
 programs=("$@")
 [ ${#programs[@]} -gt 0 ] || programs=(fm-bench-cluster)
 scripts/install-deps.sh
-rm -rf build-ab/src
 mkdir -p build-ab
-git worktree prune
-git worktree add --detach build-ab/src "$base" >/dev/null
-trap 'git worktree remove --force build-ab/src >/dev/null 2>&1 || true' EXIT
+# The base's tree is kept between runs (build-ab/src, ignored like every build dir) so
+# that its build is incremental; it is made anew only for another commit.
+want=$(git rev-parse "$base^{commit}")
+if [ "$(git -C build-ab/src rev-parse HEAD 2>/dev/null)" != "$want" ]; then
+  git worktree remove --force build-ab/src >/dev/null 2>&1 || rm -rf build-ab/src
+  git worktree prune
+  git worktree add --detach build-ab/src "$want" >/dev/null
+  rm -rf build-ab/build
+fi
 cmake -S build-ab/src -B build-ab/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DFM_BUILD_TESTS=OFF >/dev/null
 cmake --build build-ab/build -j"$(nproc)" >/dev/null
 cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DFM_BUILD_TESTS=OFF >/dev/null

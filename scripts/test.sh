@@ -7,6 +7,9 @@ scripts/install-deps.sh
 scripts/podman-setup.sh
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j2 "$@"
+# Faults for a minute (kills and pauses of every daemon while keyed tasks stream in),
+# then the invariants: one end per accepted task, no seq gap, nothing stuck, no failure.
+scripts/soak.sh 1
 # The same suites built with AddressSanitizer and UndefinedBehaviorSanitizer: a memory
 # error or undefined behaviour in any daemon fails the run.
 scripts/sanitize.sh

@@ -4,6 +4,7 @@
 #include "schemas/codec.h"
 #include "schemas/json.h"
 #include "schemas/text.h"
+#include "schemas/units.h"
 
 namespace fm::worker {
 
@@ -169,6 +170,29 @@ void WorkerCore::Release(RunState* run) {
 }
 
 void WorkerCore::OnRunOutput(const Ref& ref, const char* stream, std::string_view data) {
+  // Output is capped per attempt: past max_output it is dropped, with one note saying so.
+  auto run = runs_.find(ref);
+  if (run != runs_.end()) {
+    RunState& r = run->second;
+    if (r.dropped > 0 || r.output + data.size() > options_.max_output) {
+      std::string_view kept = data.substr(0, options_.max_output - std::min(r.output, options_.max_output));
+      const bool first = r.dropped == 0;
+      r.dropped += data.size() - kept.size();
+      r.output += kept.size();
+      if (!kept.empty()) PassOutput(ref, stream, kept);
+      if (first) {
+        SendLog(ref, "fm",
+                "output truncated: this attempt wrote more than " + FormatSize(options_.max_output) +
+                    " (--max-output); the rest is dropped");
+      }
+      return;
+    }
+    r.output += data.size();
+  }
+  PassOutput(ref, stream, data);
+}
+
+void WorkerCore::PassOutput(const Ref& ref, const char* stream, std::string_view data) {
   auto partial = partial_output_.find({ref, stream});
   if (partial == partial_output_.end()) {
     size_t complete = CompleteUtf8Prefix(data);
@@ -198,6 +222,11 @@ void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
   auto run = runs_.find(ref);
   if (run == runs_.end()) return;  // not ours: an executor bug, never a crash
   const bool current = run->second.epoch == epoch_;
+  if (run->second.dropped > 0) {
+    if (!result.message.empty()) result.message += "; ";
+    result.message += "output truncated: " + std::to_string(run->second.dropped) + " bytes over " +
+                      FormatSize(options_.max_output) + " dropped";
+  }
   Release(&run->second);
   runs_.erase(run);
   for (const char* stream : {"stdout", "stderr"}) {  // what is left of a cut character goes as it is

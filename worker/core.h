@@ -38,8 +38,9 @@ struct WorkerIdentity {
 };
 
 struct WorkerCoreOptions {
-  uint64_t resend_ms = 1000;    // a result not acknowledged is sent again after this
-  size_t done_memory = 100000;  // acknowledged results remembered to drop late duplicates
+  uint64_t resend_ms = 1000;          // a result not acknowledged is sent again after this
+  size_t done_memory = 100000;        // acknowledged results remembered to drop late duplicates
+  uint64_t max_output = 16ull << 20;  // bytes of stdout + stderr kept per attempt; the rest is dropped
 };
 
 struct WorkerOutbox {
@@ -89,8 +90,10 @@ class WorkerCore final : public RunSink {
 
  private:
   struct RunState {
-    bool counted = true;  // holds one of this worker's slots
-    uint64_t epoch = 0;   // of the store that dispatched it
+    bool counted = true;   // holds one of this worker's slots
+    uint64_t epoch = 0;    // of the store that dispatched it
+    uint64_t output = 0;   // bytes of output passed on
+    uint64_t dropped = 0;  // bytes of output over max_output
   };
   struct Finished {
     RunResult result;
@@ -106,6 +109,8 @@ class WorkerCore final : public RunSink {
   void ObserveEpoch(uint64_t epoch);
   void Finish(const Ref& ref, RunResult result);
   void SendLog(const Ref& ref, const std::string& stream, std::string_view data);
+  // Passes output on in whole UTF-8 characters (the end of a cut one waits for the next read).
+  void PassOutput(const Ref& ref, const char* stream, std::string_view data);
   std::vector<Ref> Held() const;
 
   WorkerIdentity identity_;

@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
   app.add_option("--id", options.id, "worker id, unique in the cluster (default: host name)");
   app.add_option("--node", options.node, "node name (default: host name)");
   app.add_option("--slots", options.slots, "tasks run at once (default: whole cpus found)");
-  std::string cpus, memory, heartbeat = "1s", log_level = "info";
+  std::string cpus, memory, heartbeat = "1s", log_level = "info", max_output = "16MiB";
   std::vector<std::string> labels;
   app.add_option("--cpus", cpus, "announce fewer cpus than were found");
   app.add_option("--memory", memory, "announce less memory than was found (e.g. 4GiB)");
@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   app.add_option("--docker-socket", options.docker_socket,
                  "Docker Engine API socket; capability docker is announced while it answers /_ping");
   app.add_option("--heartbeat", heartbeat, "heartbeat and re-probe interval")->capture_default_str();
+  app.add_option("--max-output", max_output, "stdout and stderr kept per attempt; the rest is dropped with a note")
+      ->capture_default_str();
   app.add_flag("--noop-executor", options.noop_executor,
                "benchmarking only: complete every task at once without running it");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
@@ -45,6 +47,12 @@ int main(int argc, char** argv) {
     }
     options.cpus_milli = *v;
   }
+  auto output_cap = fm::ParseSize(max_output);
+  if (!output_cap.ok() || *output_cap == 0) {
+    spdlog::error("--max-output: {}", output_cap.ok() ? "must be above 0" : output_cap.status().message());
+    return 2;
+  }
+  options.max_output = *output_cap;
   if (!memory.empty()) {
     auto v = fm::ParseSize(memory);
     if (!v.ok()) {

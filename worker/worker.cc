@@ -78,6 +78,7 @@ Status Worker::Open() {
   Normalize(&identity.capabilities);
   WorkerCoreOptions core_options;
   core_options.resend_ms = options_.resend_ms;
+  core_options.max_output = options_.max_output;
   core_ = std::make_unique<WorkerCore>(identity, core_options);
   client_ = std::make_unique<bus::Client>(context_, *endpoints, identity.address, true, true);
   client_->Subscribe("scheduler.started");

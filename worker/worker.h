@@ -39,7 +39,8 @@ struct WorkerOptions {
   std::string docker_socket;  // empty: no docker capability
   uint64_t heartbeat_ms = 1000;
   uint64_t resend_ms = 1000;
-  bool noop_executor = false;  // benchmarking: complete each task at once without running it
+  uint64_t max_output = 16ull << 20;  // per attempt
+  bool noop_executor = false;         // benchmarking: complete each task at once without running it
   std::shared_ptr<spdlog::logger> logger;
 };
 

@@ -25,7 +25,9 @@ struct Fixture {
   WorkerCore core;
   uint64_t now = 1'000'000;
 
-  explicit Fixture(uint32_t slots = 1) : core(Identity(slots)) { core.SetExecutor(&executor); }
+  explicit Fixture(uint32_t slots = 1, WorkerCoreOptions options = {}) : core(Identity(slots), options) {
+    core.SetExecutor(&executor);
+  }
 
   static WorkerIdentity Identity(uint32_t slots) {
     WorkerIdentity id;
@@ -223,4 +225,31 @@ TEST_CASE("output that cuts a multibyte character between two reads is sent with
   using Log = std::pair<std::string, std::string>;
   CHECK(logs == std::vector<Log>{
                     {"stdout", "price: "}, {"stdout", "\xe2\x82\xac!\n"}, {"stderr", "oops "}, {"stderr", "\xc3"}});
+}
+
+TEST_CASE("a chatty attempt's output is capped per attempt with one note, and its result says what was dropped",
+          "[unit]") {
+  WorkerCoreOptions options;
+  options.max_output = 10;
+  Fixture f(1, options);
+  f.Dispatch(1, 1, {"yes"});
+  f.EndTurn();
+  f.core.OnRunOutput({1, 1}, "stdout", "0123456");
+  f.core.OnRunOutput({1, 1}, "stdout", "789abcdef");  // 6 bytes over
+  f.core.OnRunOutput({1, 1}, "stderr", "more");       // 4 more
+  f.core.OnRunEnded({1, 1}, {});
+  WorkerOutbox out = f.core.EndTurn();
+  std::string kept, notes, message;
+  for (const auto& payload : out.to_scheduler) {
+    const auto* env = wire::GetEnvelope(payload.data());
+    if (env->body_type() == wire::Body::TaskLog) {
+      const auto* log = env->body_as_TaskLog();
+      (log->stream()->str() == "fm" ? notes : kept) += log->data()->str();
+    } else if (env->body_type() == wire::Body::WorkerReport) {
+      message = env->body_as_WorkerReport()->finished()->Get(0)->message()->str();
+    }
+  }
+  CHECK(kept == "0123456789");
+  CHECK_THAT(notes, Catch::StartsWith("output truncated: this attempt wrote more than 10 B"));
+  CHECK(message == "output truncated: 10 bytes over 10 B dropped");
 }

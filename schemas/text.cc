@@ -40,36 +40,33 @@ size_t SequenceAt(std::string_view text, size_t i, uint32_t* code) {
 
 }  // namespace
 
-std::string ValidUtf8(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
+// Calls visit(code, bytes) for each well-formed sequence of `text`, and visit(-1, byte)
+// for each byte that is not part of one.
+template <typename Visit>
+void ForEachCode(std::string_view text, Visit visit) {
   for (size_t i = 0; i < text.size();) {
     uint32_t code;
     size_t n = SequenceAt(text, i, &code);
-    if (n == 0) {
-      out += kReplacement;
-      ++i;
-    } else {
-      out.append(text.substr(i, n));
-      i += n;
-    }
+    visit(n == 0 ? -1 : static_cast<int64_t>(code), text.substr(i, n == 0 ? 1 : n));
+    i += n == 0 ? 1 : n;
   }
+}
+
+std::string ValidUtf8(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  ForEachCode(text, [&](int64_t code, std::string_view bytes) { out += code < 0 ? kReplacement : bytes; });
   return out;
 }
 
 std::string Printable(std::string_view text) {
   std::string out;
   out.reserve(text.size());
-  for (size_t i = 0; i < text.size();) {
-    uint32_t code;
-    size_t n = SequenceAt(text, i, &code);
-    if (n == 0) {
-      out += kReplacement;
-      ++i;
-      continue;
-    }
+  ForEachCode(text, [&](int64_t code, std::string_view bytes) {
     char escape[16];
-    if (code == '\n') {
+    if (code < 0) {
+      out += kReplacement;
+    } else if (code == '\n') {
       out += "\\n";
     } else if (code == '\t') {
       out += "\\t";
@@ -84,10 +81,9 @@ std::string Printable(std::string_view text) {
       std::snprintf(escape, sizeof escape, "\\u{%02x}", static_cast<unsigned>(code));
       out += escape;
     } else {
-      out.append(text.substr(i, n));
+      out += bytes;
     }
-    i += n;
-  }
+  });
   return out;
 }
 

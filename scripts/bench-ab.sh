@@ -28,7 +28,7 @@ cmake -S build-ab/src -B build-ab/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DFM
 cmake --build build-ab/build -j"$(nproc)" >/dev/null
 cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DFM_BUILD_TESTS=OFF >/dev/null
 cmake --build build-release -j"$(nproc)" >/dev/null
-raw=build-ab/raw
+raw=build-ab/raw.$(printf '%s_' "${programs[@]}" | tr -c 'A-Za-z0-9_.-' '_')
 : >"$raw"
 for r in $(seq 1 "$repeats"); do
   for side in base new; do
@@ -41,7 +41,7 @@ done
 echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), base $(git rev-parse --short "$base"), new $(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes'), median of $repeats"
 printf '%-58s %14s %14s %8s\n' figure base new new/base
 awk '{print $1, $2, $3}' "$raw" | sort -k2,2 -k1,1 -k3,3g | awk '
-  { key=$2 " " $1; v[key]=v[key] " " $3; n[key]++; names[$2]=1 }
+  { key=$1 " " $2; v[key]=v[key] " " $3; n[key]++; names[$2]=1 }
   function median(k,   a, c) { c=split(substr(v[k],2), a, " "); return (c%2) ? a[(c+1)/2] : (a[c/2]+a[c/2+1])/2 }
   END { for (f in names) { b=(("base " f) in n) ? median("base " f) : ""; w=(("new " f) in n) ? median("new " f) : "";
         r=(b != "" && w != "" && b != 0) ? sprintf("%.3f", w/b) : "-";

@@ -4,6 +4,7 @@
 # to the ceilings measured in the same run) and PNG plots of the scaling curves. The raw
 # figures are kept in build-release/bench.raw; --report rewrites RESULTS.md from them
 # (after editing bench/ANALYSIS.md) without running anything again.
+# A fault soak of FM_SOAK_MINUTES (default 6) runs last; its result goes in the report.
 #   scripts/bench.sh [REPEATS]
 #   scripts/bench.sh --report
 set -euo pipefail
@@ -31,6 +32,10 @@ else
       "$bin/$program" | grep '^RESULT ' >>"$raw"
     done
   done
+  # A long fault soak: its invariants and figures go in the report as they are.
+  minutes=${FM_SOAK_MINUTES:-6}
+  echo "== fault soak, $minutes minutes" >&2
+  FM_BIN=$(pwd)/$bin scripts/soak.sh "$minutes" >"$raw.soak" 2>&1 || true
 fi
 
 # name -> sorted values; median, min, max.
@@ -73,6 +78,16 @@ commit="$(cat "$raw.commit")"
   echo "| latency_1000_per_s_submit_to_terminal_p50_ms | 1 / rocksdb_synced_batches_per_s_batch_1 (ms) | $(awk -v a="$(get latency_1000_per_s_submit_to_terminal_p50_ms)" -v b="$(get rocksdb_synced_batches_per_s_batch_1)" 'BEGIN{printf "%.3g", a/(1000/b)}') |"
   echo
   echo "![dispatch throughput](dispatch.png) ![placement cost](placement.png)"
+  if [ -s "$raw.soak" ]; then
+    echo
+    echo "## Fault soak (\`scripts/soak.sh\`)"
+    echo
+    echo "Kills and restarts or 1-4 s pauses of every daemon every 2-8 s while keyed tasks stream in; then the invariants:"
+    echo
+    echo '```'
+    cat "$raw.soak"
+    echo '```'
+  fi
   if [ -f bench/ANALYSIS.md ]; then echo; cat bench/ANALYSIS.md; fi
 } >"$out"
 

@@ -10,13 +10,14 @@
 #   - every key, submitted again, answers its task's first (final) status.
 # Prints the figures and "N passed, N failed" for the invariants; exits non-zero on any
 # failure. The scratch directory is kept on failure.
-#   scripts/soak.sh [MINUTES] [SEED]      (default 1 minute; build/bin must be built)
+#   scripts/soak.sh [MINUTES] [SEED]      (default 1 minute; the binaries of build/bin,
+#                                         or of $FM_BIN, must be built)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-1}
 seed=${2:-$RANDOM}
 RANDOM=$seed
-bin=$(pwd)/build/bin
+bin=${FM_BIN:-$(pwd)/build/bin}
 work=$(mktemp -d /tmp/fm-soak.XXXXXX)
 echo "soak: ${minutes} min, seed $seed, scratch $work"
 

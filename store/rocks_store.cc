@@ -2,7 +2,6 @@
 // is fsynced before Write returns, which is what makes group commit durable.
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
-#include <rocksdb/slice_transform.h>
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
 
@@ -156,14 +155,12 @@ Result<std::unique_ptr<Store>> OpenRocksStore(const std::string& dir, const Rock
   ro.manual_wal_flush = false;
   ro.info_log = std::make_shared<SpdlogRocksLogger>();
   ro.write_buffer_size = options.write_buffer_size;
-  // Every key starts with a two-byte prefix ("a/", "e/", ...) followed by an ascending
-  // id, and one turn's batch interleaves them. A hint per prefix lets the memtable
-  // insert next to the previous key of the same prefix instead of searching its skip
-  // list from the top (that search was a quarter of the scheduler's CPU per task).
   // Opening replays the WAL into the memtable; keep it there rather than writing it out as
   // an L0 file before the scheduler may start (it is flushed in the background later).
   ro.avoid_flush_during_recovery = true;
-  ro.memtable_insert_with_hint_prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(2));
+  // No memtable insert hints (memtable_insert_with_hint_prefix_extractor): with a backlog
+  // of a few hundred thousand tasks RocksDB 7.8 aborted on a skip-list assertion
+  // (inlineskiplist.h, splice) in Insert; bench/ANALYSIS.md has what they were worth.
   if (options.create_if_missing) {
     // Created here: RocksDB would log an error about the missing directory first.
     std::error_code ec;

@@ -88,7 +88,7 @@ bool Client::Send(const std::string& to, const std::string& payload) {
 }
 
 zmq::message_t Aligned(zmq::message_t message) {
-  if (reinterpret_cast<uintptr_t>(message.data()) % alignof(std::max_align_t) == 0) return message;
+  if (reinterpret_cast<uintptr_t>(message.data()) % codec::kAlignment == 0) return message;
   // ZeroMQ keeps small messages inside the message object, at an odd offset; FlatBuffers
   // reads scalars in place and needs them aligned.
   void* copy = std::malloc(std::max<size_t>(message.size(), 1));

@@ -43,10 +43,14 @@ std::string EncodeError(wire::ErrorCode code, const std::string& message, const 
 // Null-safe readers.
 inline std::string Str(const flatbuffers::String* s) { return s ? s->str() : std::string(); }
 
+// The alignment FlatBuffers needs of a buffer's start: that of its largest scalar (fm's
+// schemas force no larger alignment). ZeroMQ's large messages start 8-aligned.
+inline constexpr size_t kAlignment = alignof(uint64_t);
+
 // FlatBuffers reads scalars in place, so a buffer must start at an aligned address:
 // `bytes` as they are when they do, else copied into *storage. Returns aligned bytes.
 inline std::string_view AlignedBytes(std::string_view bytes, std::string* storage) {
-  if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(std::max_align_t) == 0) return bytes;
+  if (reinterpret_cast<uintptr_t>(bytes.data()) % kAlignment == 0) return bytes;
   storage->assign(bytes.data(), bytes.size());  // heap or in-object: aligned either way
   return *storage;
 }

@@ -9,7 +9,11 @@ void PendingSet::Insert(const TaskSpec& spec, Entry entry) {
     it->second.spec.resources = spec.resources;
     it->second.spec.labels = spec.labels;
   }
-  if (it->second.line.insert(entry).second) ++size_;
+  // Tasks mostly join at the end of their line (recovery reads them in id order, and
+  // submissions come in order): the hint makes that O(1).
+  const size_t before = it->second.line.size();
+  it->second.line.emplace_hint(it->second.line.end(), entry);
+  if (it->second.line.size() != before) ++size_;
 }
 
 void PendingSet::Erase(const TaskSpec& spec, Entry entry) {

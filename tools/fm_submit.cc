@@ -21,6 +21,11 @@
 
 namespace {
 
+// One task may take up to this much (a line of JSON); a submission message is sent before
+// it passes kMaxBatchBytes: both well under the directed message limit (8 MiB).
+constexpr size_t kMaxTaskBytes = 2u << 20;
+constexpr size_t kMaxBatchBytes = 4u << 20;
+
 using fm::wire::SubmitStatus;
 
 const char* StatusName(SubmitStatus s) {
@@ -66,7 +71,11 @@ class Submitter {
     entries_.push_back(std::move(e));
   }
 
-  void Add(uint64_t line, fm::TaskSpec spec) {
+  // `bytes`: about what the task takes in a message (its line's length). A batch is sent
+  // before it would grow past kMaxBatchBytes, so that no batch nears the message limit.
+  void Add(uint64_t line, fm::TaskSpec spec, size_t bytes = 0) {
+    if (batch_bytes_ + bytes > kMaxBatchBytes) Flush();
+    batch_bytes_ += bytes;
     if (spec.key.empty()) spec.key = "auto/" + client_.bus().address() + "/" + std::to_string(line);
     Entry e;
     e.fields.line = line;
@@ -83,6 +92,7 @@ class Submitter {
     Send(batch_);
     in_flight_[correlation] = std::move(batch_);
     batch_ = Batch();
+    batch_bytes_ = 0;
     last_progress_ = std::chrono::steady_clock::now();
   }
 
@@ -301,6 +311,7 @@ class Submitter {
   std::deque<Entry> entries_;
   size_t first_index_ = 0;                         // index of entries_.front() since the start
   Batch batch_;                                    // being filled
+  size_t batch_bytes_ = 0;                         // about what batch_ takes in a message
   std::map<uint64_t, Batch> in_flight_;            // by correlation
   std::unordered_map<uint64_t, Waiting> waiting_;  // by task (--wait)
   std::unordered_map<uint64_t, Ended> ended_early_;
@@ -424,9 +435,14 @@ int main(int argc, char** argv) {
         ++line_number;
         std::string_view line(buffer.data() + start, nl - start);
         if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;  // blank: not a task
+        if (line.size() > kMaxTaskBytes) {  // refused alone, before anything is sent
+          submitter.AddInvalid(line_number, "the task is " + fm::FormatSize(line.size()) + ", over the limit of " +
+                                                fm::FormatSize(kMaxTaskBytes) + " for one task");
+          continue;
+        }
         auto spec = codec.ParseTaskLine(line);
         if (spec.ok()) {
-          submitter.Add(line_number, std::move(*spec));
+          submitter.Add(line_number, std::move(*spec), line.size());
         } else {
           submitter.AddInvalid(line_number, spec.status().message());
         }

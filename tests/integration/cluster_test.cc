@@ -506,3 +506,30 @@ TEST_CASE("a 17 MiB message published on the bus never reaches a subscriber; the
   CHECK(c.WaitEvent("task.succeeded task=t1 "));
   CHECK(c.tap().Count("worker.lost") == 0);
 }
+
+TEST_CASE("a task line over the size limit is refused alone, before sending, and the other lines go on",
+          "[integration]") {
+  // Regression: one line over 8 MiB failed its whole batch after 30 s of re-sending.
+  Cluster c;
+  c.StartWorker("w");
+  std::string huge = R"({"command": ["echo", ")" + std::string(9u << 20, 'x') + R"("]})";
+  ToolRun run = c.Submit(R"({"command": ["true"]})"
+                         "\n" +
+                             huge + "\n" +
+                             R"({"command": ["true"]})"
+                             "\n",
+                         {"--wait"});
+  REQUIRE(run.lines.size() == 3);
+  CHECK_THAT(run.lines[0], Contains(R"("status": "succeeded")"));
+  CHECK_THAT(
+      run.lines[1],
+      Contains(
+          R"("status": "rejected","reason": "invalid_task","message": "line 2: the task is 9 MiB, over the limit of 2 MiB for one task")"));
+  CHECK_THAT(run.lines[2], Contains(R"("status": "succeeded")"));
+  CHECK(run.exit_code == 1);
+  // Many large lines: batches are cut by size too, never one message over the limit.
+  ToolRun many = c.Submit(Repeat(R"({"command": ["true", ")" + std::string(10u << 10, 'y') + R"("]})", 1000));
+  INFO(many.err);
+  CHECK(many.exit_code == 0);
+  CHECK(many.lines.size() == 1000);
+}

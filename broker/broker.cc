@@ -209,7 +209,9 @@ void Broker::ErrorTo(const std::string& source, wire::ErrorCode code, const std:
 }
 
 void Broker::HandleForBroker(const std::string& source, const zmq::message_t& frame, bool local_peer) {
-  zmq::message_t payload = Aligned(zmq::message_t(frame.data(), frame.size()));
+  std::string storage;
+  std::string_view payload =
+      codec::AlignedBytes(std::string_view(static_cast<const char*>(frame.data()), frame.size()), &storage);
   auto envelope = codec::Decode(payload.data(), payload.size());
   if (!envelope.ok()) {
     ++counters_.malformed;

@@ -2,6 +2,7 @@
 
 #include <set>
 
+#include "broker/addresses.h"
 #include "schemas/codec.h"
 #include "schemas/vocabulary.h"
 #include "store/keys.h"
@@ -55,7 +56,7 @@ void SchedulerCore::OnDirected(const std::string& from, const void* data, size_t
   auto envelope = codec::Decode(data, size);
   if (!envelope.ok()) {
     rejected_log_.Warn(from, now_ms, "rejected message from " + from + ": " + envelope.status().message());
-    if (from != "fm-broker")
+    if (from != bus::kBrokerAddress)
       immediate_.directed.push_back(
           {from, codec::EncodeError(wire::ErrorCode::Malformed, envelope.status().message())});
     return;

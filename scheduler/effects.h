@@ -13,6 +13,10 @@
 
 namespace fm::sched {
 
+// A reply (a replay batch, a page of fm-ctl) stops growing past this many bytes: well
+// under the directed message limit (8 MiB); the rest comes in the next one.
+inline constexpr size_t kReplyBytes = 1 << 20;
+
 struct Directed {
   std::string to;
   std::string payload;

@@ -743,7 +743,7 @@ Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string
   const std::string task_name = TaskName(t->id);
   return log_.ForEach(t->first_seq, [&](const wire::Event& e) {
     if (Str(e.task()) == task_name) events->push_back(codec::CopyEvent(fbb, e));
-    return ++looked < kLookAt && events->size() < kKeep && fbb.GetSize() < views::kReplyBytes;
+    return ++looked < kLookAt && events->size() < kKeep && fbb.GetSize() < kReplyBytes;
   });
 }
 
@@ -754,11 +754,7 @@ void Engine::OnReplay(const std::string& from, const wire::ReplayRequest& req) {
 // ---------------------------------------------------------------------------
 // Time and the end of a turn.
 
-void Engine::RefreshLiveness(uint64_t now_ms) {
-  std::vector<std::string> ids;
-  for (const auto& [id, w] : fleet_.workers()) ids.push_back(id);
-  for (const auto& id : ids) fleet_.Touch(id, now_ms);
-}
+void Engine::RefreshLiveness(uint64_t now_ms) { fleet_.TouchAll(now_ms); }
 
 void Engine::Tick(uint64_t now_ms) {
   // The scheduler's own silence is not the fleet's. After a gap in its own ticks (a

@@ -17,8 +17,6 @@ namespace {
 // A turn's events are stored as one e/ block, split at about this size so that a block
 // stays far under the decoder's limit.
 constexpr size_t kEventBlockBytes = 1 << 20;
-// Replay batches stay well under the directed message limit.
-constexpr size_t kReplyBytes = 1 << 20;
 
 // Calls `visit(event)` for each event stored in an e/ value (an EventBlock, or one Event
 // as stores written before blocks hold), in seq order, until it returns false. Returns

@@ -72,6 +72,9 @@ class Fleet {
   }
   // Liveness only: no index depends on it.
   void Touch(const std::string& id, uint64_t now_ms);
+  void TouchAll(uint64_t now_ms) {
+    for (auto& [id, w] : workers_) w.last_seen_ms = now_ms;
+  }
 
   // Could any live worker ever run `spec`?
   bool AnyEligible(const TaskSpec& spec) const;

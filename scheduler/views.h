@@ -9,14 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "scheduler/effects.h"
 #include "scheduler/fleet_index.h"
 #include "scheduler/task.h"
 #include "schemas/fm_generated.h"
 
 namespace fm::sched::views {
-
-// A reply stops growing past this many bytes (the rest goes on the next page).
-inline constexpr size_t kReplyBytes = 1 << 20;
 
 struct TaskPage {
   std::vector<flatbuffers::Offset<wire::TaskView>> tasks;

@@ -98,12 +98,14 @@ int main(int argc, char** argv) {
     w.id = "sim" + std::to_string(i);
     w.address = "w/" + w.id + "/1";
     w.dealer = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
-    w.dealer->set(zmq::sockopt::routing_id, w.address);
     w.dealer->set(zmq::sockopt::linger, 0);
     w.dealer->connect(node_urls[w.node]);
   }
-  flatbuffers::FlatBufferBuilder hello_fbb;
-  std::string hello = codec::Seal(hello_fbb, wire::CreateBrokerHello(hello_fbb));
+  // Each simulated worker claims its address on its connection (as bus::Client does).
+  auto hello_of = [](const SimWorker& w) {
+    flatbuffers::FlatBufferBuilder fbb;
+    return codec::Seal(fbb, wire::CreateBrokerHello(fbb, fbb.CreateString(w.address)));
+  };
 
   // The client: submits through the root, counts results.
   bus::Client client(ctx, *bus::ParseBrokerUrl(root), bus::UniqueAddress("fanin"), false, false);
@@ -160,7 +162,7 @@ int main(int argc, char** argv) {
     if (NowSeconds() - last_heartbeat < 1.0) return;
     last_heartbeat = NowSeconds();
     for (auto& w : sims) {
-      Send(*w.dealer, bus::kBrokerAddress, hello);
+      Send(*w.dealer, bus::kBrokerAddress, hello_of(w));
       Publish(pubs[w.node], "fleet.heartbeat", Heartbeat(w));
     }
   };
@@ -168,7 +170,7 @@ int main(int argc, char** argv) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // connections up (slow joiners)
   double start = NowSeconds();
   for (auto& w : sims) {
-    Send(*w.dealer, bus::kBrokerAddress, hello);
+    Send(*w.dealer, bus::kBrokerAddress, hello_of(w));
     Publish(pubs[w.node], "fleet.register", Registration(w));
   }
   size_t live = 0;

@@ -1,8 +1,12 @@
 #include "broker/broker.h"
 
+#include <chrono>
+#include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "schemas/codec.h"
+#include "schemas/vocabulary.h"
 
 namespace fm::bus {
 namespace {
@@ -35,6 +39,7 @@ zmq::const_buffer Buf(const zmq::message_t& m) { return zmq::buffer(m.data(), m.
 
 Broker::Broker(zmq::context_t& context, BrokerOptions options)
     : options_(std::move(options)),
+      context_(context),
       table_(options_.route_ttl_ms, !options_.upstream.empty()),
       router_(context, zmq::socket_type::router),
       xsub_(context, zmq::socket_type::xsub),
@@ -52,10 +57,43 @@ Status Broker::Bind() {
   auto endpoints = ParseBrokerUrl(options_.bind);
   if (!endpoints.ok()) return endpoints.status();
   endpoints_ = *endpoints;
+  std::vector<Endpoints> all = {endpoints_};
+  for (const auto& url : options_.extra_binds) {
+    auto more = ParseBrokerUrl(url);
+    if (!more.ok()) return more.status();
+    all.push_back(*more);
+  }
+  if (!options_.cert.empty()) {
+    if (options_.trust_dir.empty()) {
+      return Status::Invalid("--cert needs --trust DIR (the public certificates of the peers to admit)");
+    }
+    auto own = LoadCertificate(options_.cert, true);
+    if (!own.ok()) return Status::Invalid("--cert: " + own.status().message());
+    own_ = std::move(*own);
+    trust_ = std::make_unique<TrustStore>(options_.trust_dir);
+    std::vector<std::string> removed, problems;
+    auto loaded = trust_->Refresh(&removed, &problems);
+    if (!loaded.ok()) return Status::Invalid("--trust: " + loaded.status().message());
+    for (const auto& p : problems) options_.logger->warn("trust: {}", p);
+    zap_ = std::make_unique<ZapHandler>(context_, trust_.get(), options_.logger);
+    if (Status s = zap_->Bind(); !s.ok()) return s;
+    secure_ = true;
+    for (zmq::socket_t* socket : {&router_, &xsub_, &xpub_}) {
+      socket->set(zmq::sockopt::curve_server, 1);
+      socket->set(zmq::sockopt::curve_secretkey, own_.secret_key);
+      socket->set(zmq::sockopt::zap_domain, "fm");
+    }
+  } else if (!options_.trust_dir.empty()) {
+    return Status::Invalid("--trust needs --cert (the broker's own certificate)");
+  }
   router_.set(zmq::sockopt::router_mandatory, 1);
   router_.set(zmq::sockopt::sndhwm, 1'000'000);
   router_.set(zmq::sockopt::rcvhwm, 1'000'000);
   router_.set(zmq::sockopt::linger, 0);
+  // A connection whose peer vanished (host down, network cut) is closed, so that a
+  // claim it held can be taken over.
+  router_.set(zmq::sockopt::heartbeat_ivl, 2000);
+  router_.set(zmq::sockopt::heartbeat_timeout, 15000);
   // A hard cap well above the refusal limit: past it ZeroMQ drops the connection.
   router_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
   xsub_.set(zmq::sockopt::rcvhwm, 1'000'000);
@@ -65,20 +103,39 @@ Status Broker::Bind() {
   // that peer's connection before it is buffered, and never reaches a subscriber.
   xsub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
   xpub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxSubscriptionBytes));
-  for (auto [socket, endpoint] : {std::pair{&router_, endpoints_.router}, std::pair{&xsub_, endpoints_.events_in},
-                                  std::pair{&xpub_, endpoints_.events_out}}) {
-    try {
-      socket->bind(endpoint);
-    } catch (const zmq::error_t& e) {
-      return Status::Unavailable("cannot bind " + endpoint + ": " + e.what());
+  for (const Endpoints& e : all) {
+    for (auto [socket, endpoint] :
+         {std::pair{&router_, e.router}, std::pair{&xsub_, e.events_in}, std::pair{&xpub_, e.events_out}}) {
+      try {
+        socket->bind(endpoint);
+        if (socket == &xpub_) events_out_bound_.push_back(socket->get(zmq::sockopt::last_endpoint));
+      } catch (const zmq::error_t& ex) {
+        return Status::Unavailable("cannot bind " + endpoint + ": " + ex.what());
+      }
     }
   }
   if (!options_.upstream.empty()) {
     auto up = ParseBrokerUrl(options_.upstream);
     if (!up.ok()) return Status::Invalid("--upstream: " + up.status().message());
+    Security security;
+    if (secure_) {
+      if (options_.upstream_cert.empty()) {
+        return Status::Invalid("a node broker with --cert needs --upstream-cert (its parent's public certificate)");
+      }
+      auto parent = LoadCertificate(options_.upstream_cert, false);
+      if (!parent.ok()) return Status::Invalid("--upstream-cert: " + parent.status().message());
+      if (own_.role != "broker") {
+        return Status::Invalid("--cert: a node broker joins its parent with a certificate of role broker, not " +
+                               own_.role);
+      }
+      security.own = own_;
+      security.broker_key = parent->public_key;
+    } else if (!options_.upstream_cert.empty()) {
+      return Status::Invalid("--upstream-cert needs --cert (the node broker's own certificate of role broker)");
+    }
     has_upstream_ = true;
-    identity_ = UniqueAddress("broker");
-    up_dealer_.set(zmq::sockopt::routing_id, identity_);
+    identity_ = UniqueAddress(secure_ ? "broker/" + own_.name : "broker");
+    for (zmq::socket_t* socket : {&up_dealer_, &up_xpub_, &up_xsub_}) SecureClientSocket(*socket, security);
     up_dealer_.set(zmq::sockopt::sndhwm, 1'000'000);
     up_dealer_.set(zmq::sockopt::rcvhwm, 1'000'000);
     up_dealer_.set(zmq::sockopt::linger, 0);
@@ -91,15 +148,34 @@ Status Broker::Bind() {
     up_xsub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
     up_xpub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxSubscriptionBytes));
     up_dealer_.connect(up->router);
+    SendUpHello();                     // the claim goes first on the connection
     up_xpub_.connect(up->events_in);   // our publishers' events go up
     up_xsub_.connect(up->events_out);  // the tree's events come down
   }
-  options_.logger->info("broker on {} (events in {}, out {}){}", endpoints_.router, endpoints_.events_in,
-                        endpoints_.events_out, has_upstream_ ? ", upstream " + options_.upstream : "");
+  options_.logger->info("broker on {} (events in {}, out {}){}{}", endpoints_.router, endpoints_.events_in,
+                        endpoints_.events_out, has_upstream_ ? ", upstream " + options_.upstream : "",
+                        secure_ ? ", CURVE as \"" + own_.name + "\" admitting the " + std::to_string(trust_->size()) +
+                                      " certificates in " + options_.trust_dir
+                                : ", without CURVE");
   return Status::Ok();
 }
 
+void Broker::SendUpHello() {
+  flatbuffers::FlatBufferBuilder fbb(64);
+  std::string payload = codec::Seal(fbb, wire::CreateBrokerHello(fbb, fbb.CreateString(identity_)));
+  SendFrames(up_dealer_, {Buf(std::string(kBrokerAddress)), Buf(payload)});
+}
+
 void Broker::Attach(Loop& loop) {
+  if (zap_) {
+    loop.Watch(zap_->socket(), [this] { return Guarded("zap", [this] { return zap_->Drain(WallClockMs()); }); });
+    loop.Every(options_.trust_reload_ms, [this] {
+      Guarded("trust", [this] {
+        ReloadTrust();
+        return size_t{0};
+      });
+    });
+  }
   loop.Watch(router_, [this] { return Guarded("router", [this] { return DrainRouter(); }); });
   loop.Watch(xsub_, [this] { return Guarded("events in", [this] { return DrainEvents(); }); });
   loop.Watch(xpub_, [this] { return Guarded("events out", [this] { return DrainSubscriptions(); }); });
@@ -117,8 +193,13 @@ void Broker::Attach(Loop& loop) {
     loop.Every(options_.announce_ms, announce, 0);
   }
   loop.Every(options_.announce_ms, [this] {
+    Guarded("sweep", [this] {
+      Sweep();
+      return size_t{0};
+    });
     table_.Expire(WallClockMs());
     rejected_log_->Flush(WallClockMs());
+    if (zap_) zap_->FlushLog(WallClockMs());
   });
   loop.OnTurnEnd([this] {
     if (announce_now_) {
@@ -142,21 +223,180 @@ void Broker::OnSocketError(const char* what, const zmq::error_t& e) {
 }
 
 // ---------------------------------------------------------------------------
+// Claims and trust.
+
+bool Broker::Trusted(const Peer& peer) const {
+  if (!secure_) return true;
+  const Certificate* cert = trust_->Find(peer.key);
+  return cert && cert->name == peer.name && cert->role == RoleName(peer.role);
+}
+
+void Broker::ReloadTrust() {
+  std::vector<std::string> removed, problems;
+  auto changed = trust_->Refresh(&removed, &problems);
+  const uint64_t now = WallClockMs();
+  if (!changed.ok()) {
+    rejected_log_->Warn("trust", now, changed.status().message() + "; the certificates read before stay in force");
+    return;
+  }
+  for (const auto& p : problems) options_.logger->warn("trust: {}", p);
+  if (!*changed) return;
+  options_.logger->info("trust directory {} changed: {} certificates admitted", options_.trust_dir, trust_->size());
+  if (removed.empty()) return;
+  std::unordered_set<std::string> gone(removed.begin(), removed.end());
+  std::vector<std::string> cut;
+  for (const auto& [pipe, claim] : claims_) {
+    if (gone.count(claim.peer.key)) cut.push_back(pipe);
+  }
+  for (const auto& pipe : cut) {
+    options_.logger->warn("certificate \"{}\" ({}) was removed from the trust directory: {} is refused from now on",
+                          claims_[pipe].peer.name, RoleName(claims_[pipe].peer.role), claims_[pipe].address);
+    Unclaim(pipe);
+  }
+  for (const auto& key : removed) options_.logger->info("trust: key {} is no longer admitted", key);
+  ReopenEventsOut();
+}
+
+void Broker::ReopenEventsOut() {
+  for (const auto& endpoint : events_out_bound_) {
+    try {
+      xpub_.unbind(endpoint);
+    } catch (const zmq::error_t& e) {
+      options_.logger->warn("cannot close {} to cut off revoked subscribers: {}", endpoint, e.what());
+    }
+  }
+  // A port (or ipc path) just closed may take a moment to be free again.
+  for (const auto& endpoint : events_out_bound_) {
+    for (int attempt = 0;; ++attempt) {
+      try {
+        xpub_.bind(endpoint);
+        break;
+      } catch (const zmq::error_t& e) {
+        if (attempt >= 50) {
+          options_.logger->error("cannot listen on {} again: {}", endpoint, e.what());
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+  }
+}
+
+void Broker::Refuse(const std::string& pipe, const Peer& peer, wire::ErrorCode code, const std::string& why,
+                    const std::string& about) {
+  ++counters_.unauthorized;
+  std::string who =
+      peer.role == Role::kNone ? "connection" : std::string(RoleName(peer.role)) + " \"" + peer.name + "\"";
+  rejected_log_->Warn(who, WallClockMs(), "refused " + who + ": " + why);
+  ErrorToPipe(pipe, code, why, about);
+}
+
+bool Broker::PipeAlive(const std::string& pipe) {
+  flatbuffers::FlatBufferBuilder fbb(32);
+  std::string probe = codec::Seal(fbb, wire::CreateBrokerHello(fbb));
+  try {
+    if (!RetryEintr(
+            [&] { return router_.send(zmq::buffer(pipe), zmq::send_flags::sndmore | zmq::send_flags::dontwait); })) {
+      return true;  // its queue is full: it is there
+    }
+  } catch (const zmq::error_t& e) {
+    if (e.num() == EHOSTUNREACH) return false;
+    throw;
+  }
+  bool child = claims_.count(pipe) && IsBroker(claims_[pipe].address);
+  if (child) {
+    // A child broker reads [destination][payload][source]: a message for nobody it knows.
+    SendFrames(router_, {Buf(std::string(kBrokerAddress)), Buf(probe), Buf(std::string(kBrokerAddress))});
+  } else {
+    SendFrames(router_, {Buf(std::string(kBrokerAddress)), Buf(probe)});
+  }
+  return true;
+}
+
+void Broker::Unclaim(const std::string& pipe) {
+  auto it = claims_.find(pipe);
+  if (it == claims_.end()) return;
+  auto held = pipes_.find(it->second.address);
+  if (held != pipes_.end() && held->second == pipe) pipes_.erase(held);
+  if (IsBroker(it->second.address)) table_.ForgetChild(it->second.address);
+  claims_.erase(it);
+}
+
+void Broker::HandleClaim(const std::string& pipe, const std::string& address, const Peer& peer) {
+  const uint64_t now = WallClockMs();
+  if (address.empty() || address == kBrokerAddress) {
+    return Refuse(pipe, peer, wire::ErrorCode::Malformed,
+                  "a BrokerHello must claim an address (not \"" + address + "\")", kBrokerAddress);
+  }
+  if (secure_) {
+    if (Status s = MayClaim(peer.role, peer.name, address); !s.ok()) {
+      return Refuse(pipe, peer, wire::ErrorCode::Unauthorized, s.message(), address);
+    }
+  }
+  auto mine = claims_.find(pipe);
+  if (mine != claims_.end() && mine->second.address == address) {
+    mine->second.seen_ms = now;
+    if (!IsBroker(address) && table_.SeenLocal(address, now)) announce_now_ = true;
+    return;
+  }
+  auto held = pipes_.find(address);
+  if (held != pipes_.end() && held->second != pipe) {
+    if (PipeAlive(held->second)) {
+      const Claim& holder = claims_[held->second];
+      return Refuse(pipe, peer, wire::ErrorCode::Unauthorized,
+                    "address \"" + address + "\" is held by another connection that is still open (" +
+                        (holder.peer.role == Role::kNone ? std::string("without a certificate")
+                                                         : "certificate \"" + holder.peer.name + "\"") +
+                        "); is a second process running with the same identity?",
+                    address);
+    }
+    options_.logger->info("{} reconnected: its new connection takes over the address", address);
+    Unclaim(held->second);
+  }
+  if (mine != claims_.end()) Unclaim(pipe);
+  claims_[pipe] = Claim{address, peer, now};
+  pipes_[address] = pipe;
+  if (!IsBroker(address) && table_.SeenLocal(address, now)) announce_now_ = true;
+}
+
+void Broker::Sweep() {
+  // A connection that went away unnoticed keeps its claim until a message for it fails;
+  // probe the quiet ones, so that the table stays bounded by the open connections.
+  const uint64_t now = WallClockMs();
+  if (now < last_sweep_ms_ + options_.route_ttl_ms / 2) return;
+  last_sweep_ms_ = now;
+  std::vector<std::string> gone;
+  for (auto& [pipe, claim] : claims_) {
+    if (now < claim.seen_ms + options_.route_ttl_ms / 2) continue;
+    if (!PipeAlive(pipe)) {
+      gone.push_back(pipe);
+      continue;
+    }
+    claim.seen_ms = now;
+    if (!IsBroker(claim.address)) table_.SeenLocal(claim.address, now);
+  }
+  for (const auto& pipe : gone) Unclaim(pipe);
+}
+
+// ---------------------------------------------------------------------------
 // Directed messages.
 
 bool Broker::DeliverLocal(const std::string& destination, const std::string& source, zmq::message_t& payload) {
+  auto held = pipes_.find(destination);
+  if (held == pipes_.end()) return false;
+  const std::string pipe = held->second;
   try {
-    if (!RetryEintr([&] {
-          return router_.send(zmq::buffer(destination), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-        })) {
+    if (!RetryEintr(
+            [&] { return router_.send(zmq::buffer(pipe), zmq::send_flags::sndmore | zmq::send_flags::dontwait); })) {
       ++counters_.unreachable;
       ErrorTo(source, wire::ErrorCode::Unreachable,
               "peer \"" + destination + "\" is not accepting messages (queue full)", destination);
       return true;
     }
   } catch (const zmq::error_t& e) {
-    if (e.num() == EHOSTUNREACH) return false;
-    throw;
+    if (e.num() != EHOSTUNREACH) throw;
+    Unclaim(pipe);  // that connection is gone
+    return false;
   }
   SendFrames(router_, {Buf(source), Buf(payload)});
   ++counters_.routed;
@@ -168,8 +408,10 @@ void Broker::Route(const std::string& destination, const std::string& source, zm
   if (DeliverLocal(destination, source, payload)) return;
   RoutingTable::Hop hop = table_.NextHop(destination, from_parent);
   if (hop.kind == RoutingTable::Hop::kChild) {
+    auto child = pipes_.find(hop.child);
     try {
-      RetryEintr([&] { return router_.send(zmq::buffer(hop.child), zmq::send_flags::sndmore); });
+      if (child == pipes_.end()) throw zmq::error_t();
+      RetryEintr([&] { return router_.send(zmq::buffer(child->second), zmq::send_flags::sndmore); });
       SendFrames(router_, {Buf(destination), Buf(payload), Buf(source)});
       ++counters_.relayed_down;
       return;
@@ -198,7 +440,9 @@ void Broker::ErrorTo(const std::string& source, wire::ErrorCode code, const std:
     if (DeliverLocal(source, kBrokerAddress, payload)) return;
     RoutingTable::Hop hop = table_.NextHop(source, false);
     if (hop.kind == RoutingTable::Hop::kChild) {
-      RetryEintr([&] { return router_.send(zmq::buffer(hop.child), zmq::send_flags::sndmore); });
+      auto child = pipes_.find(hop.child);
+      if (child == pipes_.end()) return;
+      RetryEintr([&] { return router_.send(zmq::buffer(child->second), zmq::send_flags::sndmore); });
       SendFrames(router_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});
     } else if (hop.kind == RoutingTable::Hop::kUp) {
       SendFrames(up_dealer_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});
@@ -208,33 +452,61 @@ void Broker::ErrorTo(const std::string& source, wire::ErrorCode code, const std:
   }
 }
 
-void Broker::HandleForBroker(const std::string& source, const zmq::message_t& frame, bool local_peer) {
+void Broker::ErrorToPipe(const std::string& pipe, wire::ErrorCode code, const std::string& message,
+                         const std::string& about) {
+  std::string payload = codec::EncodeError(code, message, about);
+  try {
+    if (!RetryEintr(
+            [&] { return router_.send(zmq::buffer(pipe), zmq::send_flags::sndmore | zmq::send_flags::dontwait); })) {
+      return;
+    }
+    SendFrames(router_, {Buf(std::string(kBrokerAddress)), Buf(payload)});
+  } catch (const zmq::error_t&) {
+    // That connection is gone; nobody to tell.
+  }
+}
+
+void Broker::HandleForBroker(const std::string& pipe, const std::string& source, const zmq::message_t& frame,
+                             bool local_peer, const Peer& peer) {
   std::string storage;
   std::string_view payload =
       codec::AlignedBytes(std::string_view(static_cast<const char*>(frame.data()), frame.size()), &storage);
   auto envelope = codec::Decode(payload.data(), payload.size());
+  const std::string who = source.empty() ? "an unclaimed connection" : source;
   if (!envelope.ok()) {
     ++counters_.malformed;
-    rejected_log_->Warn(source, WallClockMs(),
-                        "malformed message from " + source + " to the broker: " + envelope.status().message());
-    ErrorTo(source, wire::ErrorCode::Malformed, envelope.status().message(), kBrokerAddress);
+    rejected_log_->Warn(who, WallClockMs(),
+                        "malformed message from " + who + " to the broker: " + envelope.status().message());
+    if (local_peer) {
+      ErrorToPipe(pipe, wire::ErrorCode::Malformed, envelope.status().message(), kBrokerAddress);
+    } else {
+      ErrorTo(source, wire::ErrorCode::Malformed, envelope.status().message(), kBrokerAddress);
+    }
     return;
   }
   const wire::Envelope& env = **envelope;
   if (env.body_type() == wire::Body::BrokerHello) {
-    if (local_peer && table_.SeenLocal(source, WallClockMs())) announce_now_ = true;
+    if (local_peer) HandleClaim(pipe, codec::Str(env.body_as_BrokerHello()->address()), peer);
     return;
   }
-  if (env.body_type() == wire::Body::RouteAnnouncement && IsBroker(source)) {
+  if (env.body_type() == wire::Body::Error) return;
+  if (source.empty()) {
+    return ErrorToPipe(pipe, wire::ErrorCode::Unclaimed, "this connection has claimed no address: send BrokerHello",
+                       kBrokerAddress);
+  }
+  if (env.body_type() == wire::Body::RouteAnnouncement && IsBroker(source) && local_peer) {
     const uint64_t now = WallClockMs();
     table_.SeenChild(source, now);
     if (const auto* peers = env.body_as_RouteAnnouncement()->peers()) {
-      for (const auto* p : *peers) table_.Learn(p->str(), source, now);
+      for (const auto* p : *peers) {
+        // A child never announces the scheduler (it attaches to the root) or us.
+        if (p->str() == kSchedulerAddress || p->str() == kBrokerAddress) continue;
+        table_.Learn(p->str(), source, now);
+      }
     }
     announce_now_ |= has_upstream_;  // our parent learns them through us
     return;
   }
-  if (env.body_type() == wire::Body::Error) return;
   ErrorTo(source, wire::ErrorCode::Unsupported,
           std::string("the broker does not take ") + wire::EnumNameBody(env.body_type()) + " messages", kBrokerAddress);
 }
@@ -246,46 +518,74 @@ size_t Broker::DrainRouter() {
     std::vector<zmq::message_t> frames = RecvAll(router_, &got);
     if (!got) break;
     ++n;
-    const std::string peer = frames[0].to_string();
-    if (frames.size() == 4 && IsBroker(peer)) {
+    const std::string pipe = frames[0].to_string();
+    const Peer peer = secure_ ? PeerOf(frames.back()) : Peer{};
+    if (!Trusted(peer)) {
+      Refuse(pipe, peer, wire::ErrorCode::Unauthorized,
+             "certificate \"" + peer.name + "\" is no longer in the broker's trust directory", "");
+      Unclaim(pipe);
+      continue;
+    }
+    auto claim = claims_.find(pipe);
+    const std::string source = claim == claims_.end() ? std::string() : claim->second.address;
+    if (claim != claims_.end()) claim->second.seen_ms = WallClockMs();
+    if (frames.size() == 4) {
       // Relayed up from a child broker: [child][destination][payload][source].
-      std::string destination = frames[1].to_string(), source = frames[3].to_string();
-      table_.SeenChild(peer, WallClockMs());
-      table_.Learn(source, peer, WallClockMs());
+      if (!IsBroker(source)) {
+        Refuse(pipe, peer, wire::ErrorCode::Unauthorized,
+               "only a broker relays messages (this connection holds \"" + source + "\")", "");
+        continue;
+      }
+      std::string destination = frames[1].to_string(), from = frames[3].to_string();
+      if (from == kSchedulerAddress || from == kBrokerAddress || pipes_.count(from)) {
+        Refuse(pipe, peer, wire::ErrorCode::Unauthorized,
+               "broker " + source + " relayed a message from \"" + from + "\", which is not behind it", destination);
+        continue;
+      }
+      table_.SeenChild(source, WallClockMs());
+      table_.Learn(from, source, WallClockMs());
       if (destination == kBrokerAddress) {
-        HandleForBroker(source, frames[2], false);
+        HandleForBroker(pipe, from, frames[2], false, peer);
       } else {
-        Route(destination, source, frames[2], false);
+        Route(destination, from, frames[2], false);
       }
       continue;
     }
+    const std::string who = source.empty() ? "an unclaimed connection" : source;
     if (frames.size() != 3) {
       ++counters_.malformed;
-      rejected_log_->Warn(peer, WallClockMs(),
-                          "malformed message from " + peer + ": " + std::to_string(frames.size() - 1) +
+      rejected_log_->Warn(who, WallClockMs(),
+                          "malformed message from " + who + ": " + std::to_string(frames.size() - 1) +
                               " frames, expected [destination][payload]");
-      ErrorTo(peer, wire::ErrorCode::Malformed,
-              "expected 2 frames [destination][payload], got " + std::to_string(frames.size() - 1), "");
+      ErrorToPipe(pipe, wire::ErrorCode::Malformed,
+                  "expected 2 frames [destination][payload], got " + std::to_string(frames.size() - 1), "");
       continue;
     }
     const std::string destination = frames[1].to_string();
-    if (!IsBroker(peer)) table_.SeenLocal(peer, WallClockMs());
     if (frames[2].size() > codec::kMaxMessageBytes) {
       ++counters_.oversized;
       rejected_log_->Warn(
-          peer, WallClockMs(),
-          "oversized message from " + peer + " to " + destination + ": " + std::to_string(frames[2].size()) + " bytes");
-      ErrorTo(peer, wire::ErrorCode::Oversized,
-              "message of " + std::to_string(frames[2].size()) + " bytes exceeds the limit of " +
-                  std::to_string(codec::kMaxMessageBytes),
-              destination);
+          who, WallClockMs(),
+          "oversized message from " + who + " to " + destination + ": " + std::to_string(frames[2].size()) + " bytes");
+      ErrorToPipe(pipe, wire::ErrorCode::Oversized,
+                  "message of " + std::to_string(frames[2].size()) + " bytes exceeds the limit of " +
+                      std::to_string(codec::kMaxMessageBytes),
+                  destination);
       continue;
     }
     if (destination == kBrokerAddress) {
-      HandleForBroker(peer, frames[2], !IsBroker(peer));
+      HandleForBroker(pipe, source, frames[2], true, peer);
       continue;
     }
-    Route(destination, peer, frames[2], false);
+    if (source.empty()) {
+      ErrorToPipe(
+          pipe, wire::ErrorCode::Unclaimed,
+          "this connection has claimed no address: send BrokerHello first (message for " + destination + " dropped)",
+          destination);
+      continue;
+    }
+    if (!IsBroker(source)) table_.SeenLocal(source, WallClockMs());
+    Route(destination, source, frames[2], false);
   }
   return n;
 }
@@ -297,11 +597,26 @@ size_t Broker::DrainUpstream() {
     std::vector<zmq::message_t> frames = RecvAll(up_dealer_, &got);
     if (!got) break;
     ++n;
+    if (frames.size() == 2 && frames[0].to_string() == kBrokerAddress) {
+      // The parent itself: a probe of our claim, or an Error about it.
+      zmq::message_t body = Aligned(std::move(frames[1]));
+      auto env = codec::Decode(body.data(), body.size());
+      if (env.ok() && (*env)->body_type() == wire::Body::Error) {
+        const wire::Error* e = (*env)->body_as_Error();
+        if (ParseErrorCode(codec::Str(e->code())) == wire::ErrorCode::Unclaimed) {
+          SendUpHello();
+        } else {
+          rejected_log_->Warn("parent", WallClockMs(), "the parent broker refused us: " + codec::Str(e->message()));
+        }
+      }
+      continue;
+    }
     if (frames.size() != 3) {
       ++counters_.malformed;
       options_.logger->warn("malformed message from the parent broker: {} frames", frames.size());
       continue;
     }
+    if (frames[0].to_string() == kBrokerAddress) continue;  // a probe of our claim
     // From the parent: [destination][payload][source].
     Route(frames[0].to_string(), frames[2].to_string(), frames[1], true);
   }
@@ -311,6 +626,7 @@ size_t Broker::DrainUpstream() {
 void Broker::Announce() {
   announce_now_ = false;
   if (!has_upstream_) return;
+  SendUpHello();  // claims again after a reconnect; cheap otherwise
   flatbuffers::FlatBufferBuilder fbb(1024);
   std::vector<std::string> peers = table_.Reachable();
   std::string payload = codec::Seal(fbb, wire::CreateRouteAnnouncement(fbb, codec::ToWire(fbb, peers)));
@@ -341,10 +657,49 @@ size_t Forward(zmq::socket_t& from, zmq::socket_t& to, uint64_t* counted) {
 size_t Broker::DrainEvents() {
   // Local publishers: at the root straight to local subscribers; at a node up the tree,
   // from where they come back down once, to everyone.
-  return Forward(xsub_, has_upstream_ ? up_xpub_ : xpub_, &counters_.events);
+  zmq::socket_t& to = has_upstream_ ? up_xpub_ : xpub_;
+  if (!secure_) return Forward(xsub_, to, &counters_.events);
+  size_t n = 0;
+  while (n < kBudget) {
+    bool got = false;
+    std::vector<zmq::message_t> frames = RecvAll(xsub_, &got);
+    if (!got) break;
+    ++n;
+    const Peer peer = PeerOf(frames.back());
+    Status allowed = Status::Ok();
+    if (!Trusted(peer)) {
+      allowed = Status::Invalid("certificate \"" + peer.name + "\" is no longer in the broker's trust directory");
+    } else if (frames.size() != 2) {
+      allowed =
+          Status::Invalid("a published message is [topic][payload], not " + std::to_string(frames.size()) + " frames");
+    } else {
+      allowed = MayPublish(peer.role, peer.name, frames[0].to_string_view(), frames[1].to_string_view());
+    }
+    if (!allowed.ok()) {
+      ++counters_.unauthorized;
+      rejected_log_->Warn("publish " + peer.name, WallClockMs(), "dropped a published message: " + allowed.message());
+      continue;
+    }
+    RetryEintr([&] { return to.send(frames[0], zmq::send_flags::sndmore); });
+    RetryEintr([&] { return to.send(frames[1], zmq::send_flags::none); });
+    ++counters_.events;
+  }
+  return n;
 }
 
-size_t Broker::DrainSubscriptions() { return Forward(xpub_, has_upstream_ ? up_xsub_ : xsub_, nullptr); }
+size_t Broker::DrainSubscriptions() {
+  zmq::socket_t& to = has_upstream_ ? up_xsub_ : xsub_;
+  if (!secure_) return Forward(xpub_, to, nullptr);
+  size_t n = 0;
+  while (n < kBudget) {
+    zmq::message_t frame;
+    if (!RetryEintr([&] { return xpub_.recv(frame, zmq::recv_flags::dontwait); })) break;
+    ++n;
+    if (frame.more() || !Trusted(PeerOf(frame))) continue;  // a subscription is one frame
+    RetryEintr([&] { return to.send(frame, zmq::send_flags::none); });
+  }
+  return n;
+}
 
 size_t Broker::DrainUpstreamEvents() { return Forward(up_xsub_, xpub_, &counters_.events); }
 

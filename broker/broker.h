@@ -3,7 +3,22 @@
 //
 // Frames. A client's DEALER sends [destination][payload] and receives [source][payload].
 // Between brokers a relayed message is [destination][payload][source]: a child's DEALER
-// sends it up, a parent's ROUTER sends it down prefixed with the child's identity.
+// sends it up, a parent's ROUTER sends it down prefixed with the child's connection.
+//
+// Addresses are claimed, not chosen: the ROUTER gives every connection a fresh routing
+// id, and the first message on it is a BrokerHello claiming an address. The claim is
+// checked against the connection's certificate (broker/policy.h); an address held by
+// another connection that is still there is refused (and logged), one whose holder is
+// gone is taken over. A connection that never claimed gets an Error "unclaimed". So a
+// stale or hostile connection never inherits an address, and nobody but the scheduler's
+// key holds fm-scheduler.
+//
+// Security (with --cert): all three sockets serve CURVE with the broker's key, and a ZAP
+// handler (broker/zap.h) admits the keys in the trust directory, which is re-read every
+// second. Every message is checked again against it (a removed certificate is refused
+// on connections already open; subscribers are cut off by closing the events-out
+// listener and its connections, which then reconnect through ZAP). Relays come only from
+// broker keys; events only as broker/policy.h allows.
 //
 // Routing of a message for D: to D if D is connected here; else to the child broker D
 // was last seen behind (announced, or the source of a relayed message); else up to the
@@ -27,19 +42,26 @@
 #include <zmq_addon.hpp>
 
 #include "broker/bus.h"
+#include "broker/cert.h"
 #include "broker/loop.h"
 #include "broker/rate_limited_log.h"
 #include "broker/routing.h"
+#include "broker/zap.h"
 #include "schemas/fm_generated.h"
 #include "schemas/status.h"
 
 namespace fm::bus {
 
 struct BrokerOptions {
-  std::string bind = kDefaultBroker;  // ROUTER; PORT+1 events in, PORT+2 events out
-  std::string upstream;               // parent broker (tcp://ROOT:PORT); empty for the root
-  uint64_t announce_ms = 1000;        // how often a node broker announces its peers
-  uint64_t route_ttl_ms = 10000;      // a route not refreshed for this long is dropped
+  std::string bind = kDefaultBroker;     // ROUTER; PORT+1 events in, PORT+2 events out
+  std::vector<std::string> extra_binds;  // more URLs served by the same sockets (e.g. ipc://PATH)
+  std::string upstream;                  // parent broker (tcp://ROOT:PORT); empty for the root
+  std::string cert;                      // own certificate (secret); empty: no CURVE
+  std::string trust_dir;                 // public certificates admitted (required with cert)
+  std::string upstream_cert;             // the parent's public certificate (node broker with cert)
+  uint64_t trust_reload_ms = 1000;
+  uint64_t announce_ms = 1000;    // how often a node broker announces its peers
+  uint64_t route_ttl_ms = 10000;  // a route not refreshed for this long is dropped
   std::shared_ptr<spdlog::logger> logger;
 };
 
@@ -55,16 +77,41 @@ class Broker {
   struct Counters {
     uint64_t routed = 0, relayed_up = 0, relayed_down = 0, unreachable = 0, malformed = 0, oversized = 0, events = 0;
     uint64_t socket_errors = 0;  // ZeroMQ errors caught at the loop's edge
+    uint64_t unauthorized = 0;   // claims, relays and publications refused
   };
   const Counters& counters() const { return counters_; }
+  bool secure() const { return secure_; }
 
  private:
+  struct Claim {
+    std::string address;
+    Peer peer;
+    uint64_t seen_ms = 0;
+  };
+  // The connection `pipe` claims `address` (BrokerHello).
+  void HandleClaim(const std::string& pipe, const std::string& address, const Peer& peer);
+  void Unclaim(const std::string& pipe);
+  // Whether the connection `pipe` is still there (a probe it ignores is queued to it).
+  bool PipeAlive(const std::string& pipe);
+  // The peer's certificate is (still) in the trust directory with the same name and role.
+  bool Trusted(const Peer& peer) const;
+  void Refuse(const std::string& pipe, const Peer& peer, wire::ErrorCode code, const std::string& why,
+              const std::string& about);
+  void ErrorToPipe(const std::string& pipe, wire::ErrorCode code, const std::string& message, const std::string& about);
+  void ReloadTrust();
+  void Sweep();
+  // Closes the events-out listener and its connections and listens again: every
+  // subscriber reconnects through ZAP (how a revoked subscriber is cut off).
+  void ReopenEventsOut();
+  size_t DrainZap();
   // Where a message came from: a local peer, a child broker (relayed), or the parent.
   void Route(const std::string& destination, const std::string& source, zmq::message_t& payload, bool from_parent);
   bool DeliverLocal(const std::string& destination, const std::string& source, zmq::message_t& payload);
-  void HandleForBroker(const std::string& source, const zmq::message_t& payload, bool local_peer);
+  void HandleForBroker(const std::string& pipe, const std::string& source, const zmq::message_t& payload,
+                       bool local_peer, const Peer& peer);
   void ErrorTo(const std::string& source, wire::ErrorCode code, const std::string& message, const std::string& about);
   void Announce();
+  void SendUpHello();
   // Runs `work` (a drain call or a timer); a ZeroMQ error is counted and logged (at
   // most once a second), never ends the broker.
   template <typename F>
@@ -86,12 +133,22 @@ class Broker {
   size_t DrainUpstreamSubscriptions();
 
   BrokerOptions options_;
+  zmq::context_t& context_;
   Endpoints endpoints_;
   std::string identity_;  // as seen by the parent
   zmq::socket_t router_, xsub_, xpub_;
   zmq::socket_t up_dealer_, up_xpub_, up_xsub_;  // node broker only
   bool has_upstream_ = false;
   RoutingTable table_;
+  bool secure_ = false;
+  Certificate own_;
+  std::string upstream_key_;
+  std::unique_ptr<TrustStore> trust_;
+  std::unique_ptr<ZapHandler> zap_;
+  std::unordered_map<std::string, Claim> claims_;       // connection (routing id) -> what it claimed
+  std::unordered_map<std::string, std::string> pipes_;  // address -> connection
+  std::vector<std::string> events_out_bound_;           // what ReopenEventsOut binds again
+  uint64_t last_sweep_ms_ = 0;
   std::unique_ptr<RateLimitedLog> rejected_log_;  // bad input from peers, per peer
   bool announce_now_ = false;
   uint64_t last_error_log_ms_ = 0, errors_since_log_ = 0;

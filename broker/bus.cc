@@ -9,13 +9,19 @@
 #include <vector>
 
 #include "schemas/codec.h"
+#include "schemas/vocabulary.h"
 
 namespace fm::bus {
 
 Result<Endpoints> ParseBrokerUrl(const std::string& url) {
+  const std::string ipc = "ipc://";
+  if (url.rfind(ipc, 0) == 0) {
+    if (url.size() == ipc.size()) return Status::Invalid("broker URL \"" + url + "\" has no path (ipc://PATH)");
+    return Endpoints{url, url + ".events-in", url + ".events-out", true};
+  }
   const std::string scheme = "tcp://";
   if (url.rfind(scheme, 0) != 0) {
-    return Status::Invalid("broker URL \"" + url + "\" must look like tcp://HOST:PORT");
+    return Status::Invalid("broker URL \"" + url + "\" must look like tcp://HOST:PORT or ipc://PATH");
   }
   size_t colon = url.rfind(':');
   if (colon == std::string::npos || colon < scheme.size()) {
@@ -32,7 +38,33 @@ Result<Endpoints> ParseBrokerUrl(const std::string& url) {
                            "PORT+2 carry the event bus)");
   }
   std::string base = scheme + host + ":";
-  return Endpoints{url, base + std::to_string(port + 1), base + std::to_string(port + 2)};
+  bool loopback = host.rfind("127.", 0) == 0 || host == "localhost" || host == "[::1]" || host == "::1" || host == "lo";
+  return Endpoints{url, base + std::to_string(port + 1), base + std::to_string(port + 2), loopback};
+}
+
+Result<Security> LoadSecurity(const std::string& cert, const std::string& broker_cert, const char* own_role) {
+  Security security;
+  if (cert.empty() && broker_cert.empty()) return security;
+  if (cert.empty()) return Status::Invalid("--broker-cert needs --cert (this process's own certificate)");
+  if (broker_cert.empty()) return Status::Invalid("--cert needs --broker-cert (the broker's public certificate)");
+  auto own = LoadCertificate(cert, true);
+  if (!own.ok()) return Status::Invalid("--cert: " + own.status().message());
+  if (own_role && own->role != own_role) {
+    return Status::Invalid("--cert: certificate " + cert + " has role " + own->role + "; this program needs role " +
+                           own_role);
+  }
+  auto broker = LoadCertificate(broker_cert, false);
+  if (!broker.ok()) return Status::Invalid("--broker-cert: " + broker.status().message());
+  security.own = std::move(*own);
+  security.broker_key = broker->public_key;
+  return security;
+}
+
+void SecureClientSocket(zmq::socket_t& socket, const Security& security) {
+  if (!security.on()) return;
+  socket.set(zmq::sockopt::curve_serverkey, security.broker_key);
+  socket.set(zmq::sockopt::curve_publickey, security.own.public_key);
+  socket.set(zmq::sockopt::curve_secretkey, security.own.secret_key);
 }
 
 std::string DefaultBrokerUrl() {
@@ -50,28 +82,107 @@ std::string UniqueAddress(const std::string& prefix) {
 }
 
 Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::string& address, bool publish,
-               bool subscribe)
-    : address_(address), dealer_(context, zmq::socket_type::dealer) {
-  dealer_.set(zmq::sockopt::routing_id, address);
+               bool subscribe, const Security& security)
+    : address_(address),
+      broker_url_(endpoints.router),
+      security_(security),
+      dealer_(context, zmq::socket_type::dealer),
+      monitor_(context, zmq::socket_type::pair) {
+  // No routing id: the broker's ROUTER gives every connection a fresh one, and the
+  // address is claimed on it (a stale or hostile connection can never inherit it).
   dealer_.set(zmq::sockopt::linger, 1000);
   dealer_.set(zmq::sockopt::sndhwm, 1'000'000);
   dealer_.set(zmq::sockopt::rcvhwm, 1'000'000);
   dealer_.set(zmq::sockopt::reconnect_ivl, 100);
   dealer_.set(zmq::sockopt::reconnect_ivl_max, 2000);
   dealer_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
+  dealer_.set(zmq::sockopt::heartbeat_ivl, 2000);
+  dealer_.set(zmq::sockopt::heartbeat_timeout, 15000);
+  SecureClientSocket(dealer_, security_);
+  char monitor_endpoint[64];
+  snprintf(monitor_endpoint, sizeof monitor_endpoint, "inproc://fm-monitor-%p", static_cast<void*>(this));
+  if (zmq_socket_monitor(dealer_.handle(), monitor_endpoint,
+                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                             ZMQ_EVENT_DISCONNECTED) == 0) {
+    monitor_.connect(monitor_endpoint);
+  }
   dealer_.connect(endpoints.router);
+  Hello();  // the claim goes first on the connection
   if (publish) {
     pub_ = zmq::socket_t(context, zmq::socket_type::pub);
     pub_.set(zmq::sockopt::linger, 1000);
     pub_.set(zmq::sockopt::sndhwm, 1'000'000);
+    SecureClientSocket(pub_, security_);
     pub_.connect(endpoints.events_in);
   }
   if (subscribe) {
     sub_ = zmq::socket_t(context, zmq::socket_type::sub);
     sub_.set(zmq::sockopt::rcvhwm, 1'000'000);
     sub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
+    SecureClientSocket(sub_, security_);
     sub_.connect(endpoints.events_out);
   }
+}
+
+Client::~Client() {
+  if (monitor_.handle()) zmq_socket_monitor(dealer_.handle(), nullptr, 0);
+}
+
+std::string Client::LinkProblem() {
+  std::string problem;
+  for (;;) {
+    std::vector<zmq::message_t> frames;
+    std::optional<size_t> got;
+    try {
+      got = RetryEintr(
+          [&] { return zmq::recv_multipart(monitor_, std::back_inserter(frames), zmq::recv_flags::dontwait); });
+    } catch (const zmq::error_t&) {
+      break;
+    }
+    if (!got || frames.empty() || frames[0].size() < 6) break;
+    uint16_t event;
+    uint32_t value;
+    std::memcpy(&event, frames[0].data(), 2);
+    std::memcpy(&value, static_cast<const char*>(frames[0].data()) + 2, 4);
+    const std::string who = "the broker at " + broker_url_;
+    switch (event) {
+      case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+        linked_ = true;
+        failed_handshakes_ = 0;
+        Hello();  // a new connection: claim the address on it
+        break;
+      case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+        problem = who + " refused this process's certificate" +
+                  (security_.on() ? " (" + security_.own.path + ", key " + security_.own.public_key + ")" : "") +
+                  ": it is not in the broker's trust directory (status " + std::to_string(value) + ")";
+        break;
+      case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+          problem = security_.on()
+                        ? who + " does not speak CURVE (was it started without --cert?)"
+                        : who + " requires CURVE: give --cert and --broker-cert (or FM_CERT and FM_BROKER_CERT)";
+        } else {
+          problem = who + " failed the handshake (protocol error " + std::to_string(value) + ")" +
+                    (security_.on() ? ": is --broker-cert the broker's certificate?" : "");
+        }
+        break;
+      case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        problem =
+            who + " failed the handshake" + (security_.on() ? ": is --broker-cert the broker's certificate?" : "");
+        break;
+      case ZMQ_EVENT_DISCONNECTED:
+        // CURVE with a wrong broker key: the broker cannot read our hello and hangs up.
+        if (!linked_ && security_.on() && ++failed_handshakes_ >= 2) {
+          problem = who + " closed the connection during the CURVE handshake: is --broker-cert (key " +
+                    security_.broker_key + ") the broker's certificate?";
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  return problem;
 }
 
 bool Client::Send(const std::string& to, const std::string& payload) {
@@ -107,13 +218,31 @@ std::optional<Received> Client::Receive() {
       ++malformed_;
       continue;
     }
-    return Received{frames[0].to_string(), Aligned(std::move(frames[1]))};
+    Received msg{frames[0].to_string(), Aligned(std::move(frames[1]))};
+    if (msg.from == kBrokerAddress) {
+      auto env = codec::Decode(msg.payload.data(), msg.payload.size());
+      if (env.ok() && (*env)->body_type() == wire::Body::BrokerHello) continue;  // the broker's probe of our claim
+      if (env.ok() && (*env)->body_type() == wire::Body::Error &&
+          ParseErrorCode(codec::Str((*env)->body_as_Error()->code())) == wire::ErrorCode::Unclaimed) {
+        Hello();
+      }
+    }
+    return msg;
   }
 }
 
+std::string BrokerRefusal(const Received& message) {
+  if (message.from != kBrokerAddress) return "";
+  auto env = codec::Decode(message.payload.data(), message.payload.size());
+  if (!env.ok() || (*env)->body_type() != wire::Body::Error) return "";
+  const wire::Error* e = (*env)->body_as_Error();
+  if (ParseErrorCode(codec::Str(e->code())) != wire::ErrorCode::Unauthorized) return "";
+  return codec::Str(e->message());
+}
+
 void Client::Hello() {
-  flatbuffers::FlatBufferBuilder fbb(32);
-  Send(kBrokerAddress, codec::Seal(fbb, wire::CreateBrokerHello(fbb)));
+  flatbuffers::FlatBufferBuilder fbb(64);
+  Send(kBrokerAddress, codec::Seal(fbb, wire::CreateBrokerHello(fbb, fbb.CreateString(address_))));
 }
 
 void Client::Publish(std::string_view topic, std::string_view payload) {

@@ -1,9 +1,15 @@
 // The client side of the bus: how every fm process talks to its local broker.
 //
 // A broker at tcp://HOST:PORT serves directed messages on PORT (ROUTER), takes events
-// in on PORT+1 (XSUB) and gives them out on PORT+2 (XPUB). A client holds a DEALER whose
-// identity is its address; it sends frames [destination][payload] and receives
-// [source][payload]. Events are frames [topic][payload].
+// in on PORT+1 (XSUB) and gives them out on PORT+2 (XPUB); at ipc://PATH on PATH,
+// PATH.events-in and PATH.events-out. A client holds a DEALER and claims its address
+// with a BrokerHello as the first message on every connection (the broker checks the
+// claim against its certificate: broker/policy.h); it sends frames
+// [destination][payload] and receives [source][payload]. Events are [topic][payload].
+//
+// With a certificate every socket speaks CURVE to the broker's key; a monitor watches
+// the handshakes so that a refused certificate or a wrong broker key is said, not
+// waited on (LinkProblem).
 #pragma once
 
 #include <optional>
@@ -13,6 +19,7 @@
 #include <zmq_addon.hpp>
 
 #include "broker/addresses.h"
+#include "broker/cert.h"
 #include "schemas/status.h"
 
 namespace fm::bus {
@@ -36,10 +43,28 @@ struct Endpoints {
   std::string router;      // tcp://HOST:PORT
   std::string events_in;   // tcp://HOST:PORT+1
   std::string events_out;  // tcp://HOST:PORT+2
+  bool loopback = false;   // 127.0.0.0/8, ::1, localhost or ipc://: reachable from this host only
 };
 
-// Parses "tcp://HOST:PORT" (PORT + 2 must be a port). Error names what is wrong.
+// Parses "tcp://HOST:PORT" (PORT + 2 must be a port) or "ipc://PATH". Error names what
+// is wrong.
 Result<Endpoints> ParseBrokerUrl(const std::string& url);
+
+// How a process proves who it is to its broker: its own certificate (with the secret
+// key) and the broker's public key. Off when `broker_key` is empty (no CURVE).
+struct Security {
+  Certificate own;
+  std::string broker_key;  // Z85
+  bool on() const { return !broker_key.empty(); }
+};
+
+// Reads --cert / --broker-cert (either may come from FM_CERT / FM_BROKER_CERT). Both or
+// neither: one without the other is an error, as is an unreadable file. `own_role`,
+// when set, is the role the process's certificate must have.
+Result<Security> LoadSecurity(const std::string& cert, const std::string& broker_cert, const char* own_role);
+
+// Applies CURVE client options to `socket` (nothing when security is off).
+void SecureClientSocket(zmq::socket_t& socket, const Security& security);
 
 // $FM_BROKER if set, else tcp://127.0.0.1:5550.
 std::string DefaultBrokerUrl();
@@ -61,24 +86,38 @@ struct Event {
   zmq::message_t payload;
 };
 
+// The text of an Error "unauthorized" the local broker sent (a refused claim or action),
+// or empty for any other message.
+std::string BrokerRefusal(const Received& message);
+
 class Client {
  public:
-  // Connects a DEALER with `address` as identity; with `publish` a PUB to events in;
-  // with `subscribe` a SUB to events out (subscribe to prefixes with Subscribe()).
-  Client(zmq::context_t& context, const Endpoints& endpoints, const std::string& address, bool publish, bool subscribe);
+  // Connects a DEALER that claims `address`; with `publish` a PUB to events in; with
+  // `subscribe` a SUB to events out (subscribe to prefixes with Subscribe()).
+  Client(zmq::context_t& context, const Endpoints& endpoints, const std::string& address, bool publish, bool subscribe,
+         const Security& security = Security());
+  ~Client();
 
   const std::string& address() const { return address_; }
   zmq::socket_t& dealer() { return dealer_; }
   zmq::socket_t& sub() { return sub_; }
+  zmq::socket_t& monitor() { return monitor_; }
 
   // Queues a directed message; false when it cannot be queued now (high-water mark).
   bool Send(const std::string& to, const std::string& payload);
   // Next directed message, if one is waiting. Frames not shaped [source][payload] are
-  // dropped and counted in malformed().
+  // dropped and counted in malformed(); the broker's probes of a claim are dropped; an
+  // "unclaimed" Error (the connection was made anew) claims again and is passed on.
   std::optional<Received> Receive();
-  // Tells the local broker this client is here (so a node broker can announce it to
-  // its parent before the client sent anything else). Cheap; send it periodically.
+  // Claims the address on the current connection and tells the local broker this client
+  // is here (so a node broker announces it to its parent). Cheap; send it periodically.
   void Hello();
+  // What went wrong with the link to the broker since the last call, as a sentence
+  // naming the likely cause (a refused certificate, a broker without CURVE, a wrong
+  // broker key); empty if nothing did. Also claims the address again after a reconnect.
+  std::string LinkProblem();
+  // A handshake with the broker completed at least once.
+  bool linked() const { return linked_; }
   // Publishes on the bus; dropped by ZeroMQ when no subscriber is connected.
   void Publish(std::string_view topic, std::string_view payload);
   void Subscribe(const std::string& prefix);
@@ -87,7 +126,12 @@ class Client {
 
  private:
   std::string address_;
+  std::string broker_url_;
+  Security security_;
   zmq::socket_t dealer_;
+  zmq::socket_t monitor_;  // PAIR: the dealer's handshake events
+  bool linked_ = false;
+  int failed_handshakes_ = 0;
   zmq::socket_t pub_;
   zmq::socket_t sub_;
   uint64_t malformed_ = 0;

@@ -11,8 +11,13 @@ namespace fm::bus {
 
 // Lets every long option of `app` also come from the environment: --store-write-buffer
 // from PREFIX STORE_WRITE_BUFFER (e.g. FM_SCHEDULER_STORE_WRITE_BUFFER). A flag on the
-// command line wins over the config file, which wins over the environment.
+// command line wins over the config file, which wins over the environment. Options
+// marked configurable(false) stay command-line only.
 void EnvironmentFallbacks(CLI::App& app, const std::string& prefix);
+
+// --cert and --broker-cert, from FM_CERT and FM_BROKER_CERT when not given (call before
+// EnvironmentFallbacks, which leaves options that have an environment name alone).
+void AddSecurityFlags(CLI::App& app, std::string* cert, std::string* broker_cert);
 
 // Installs a stderr logger named `process`. Error: an unknown level name.
 Status InitLogging(const std::string& process, const std::string& level);

@@ -1,4 +1,5 @@
-// fm-broker [--bind tcp://HOST:PORT] [--upstream tcp://ROOT:PORT]
+// fm-broker [--bind URL]... [--upstream URL] [--cert SECRET --trust DIR [--upstream-cert PUBLIC]]
+//           [--insecure]
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -10,32 +11,64 @@
 
 int main(int argc, char** argv) {
   fm::bus::BrokerOptions options;
+  std::vector<std::string> binds = {options.bind};
+  bool insecure = false;
   CLI::App app{"fm-broker: routes directed messages and the event bus of one fm node"};
-  app.add_option("--bind", options.bind, "ROUTER endpoint; PORT+1 takes events in, PORT+2 gives them out")
+  app.add_option("--bind", binds,
+                 "where to listen: tcp://HOST:PORT (PORT+1 takes events in, PORT+2 gives them out) or ipc://PATH; "
+                 "repeatable")
       ->capture_default_str();
   app.add_option("--upstream", options.upstream, "parent broker (tcp://ROOT:PORT) for a node broker");
+  app.add_option("--cert", options.cert, "this broker's certificate (NAME.cert_secret): serve CURVE")
+      ->envname("FM_CERT");
+  app.add_option("--trust", options.trust_dir,
+                 "directory of the public certificates (*.cert) to admit, re-read every second");
+  app.add_option("--upstream-cert", options.upstream_cert, "the parent broker's public certificate (node broker)");
+  app.add_flag("--insecure", insecure, "allow listening on a non-loopback address without --cert (no authentication)");
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
+  // --cert has FM_CERT already: FM_BROKER_CERT names the broker's public certificate for clients.
   fm::bus::EnvironmentFallbacks(app, "FM_BROKER_");
   CLI11_PARSE(app, argc, argv);
   if (fm::Status s = fm::bus::InitLogging("fm-broker", log_level); !s.ok()) {
     std::fprintf(stderr, "fm-broker: %s\n", s.message().c_str());
     return 2;
   }
+  if (binds.empty()) binds.push_back(fm::bus::kDefaultBroker);
+  options.bind = binds.front();
+  options.extra_binds.assign(binds.begin() + 1, binds.end());
+  for (const auto& url : binds) {
+    auto endpoints = fm::bus::ParseBrokerUrl(url);
+    if (!endpoints.ok()) {
+      spdlog::error("--bind: {}", endpoints.status().message());
+      return 2;
+    }
+    if (!endpoints->loopback && options.cert.empty() && !insecure) {
+      spdlog::error(
+          "--bind {}: refusing to listen beyond this host without authentication; give --cert and --trust "
+          "(see docs/DEPLOY.md), or --insecure to accept anyone who reaches the port",
+          url);
+      return 2;
+    }
+  }
+  if (insecure && options.cert.empty()) {
+    spdlog::warn("--insecure: anyone who reaches {} may submit, run commands on workers and pose as any peer",
+                 options.bind);
+  }
 
   zmq::context_t context(1);
   fm::bus::Broker broker(context, options);
   if (fm::Status s = broker.Bind(); !s.ok()) {
     spdlog::error("{}", s.message());
-    return 1;
+    return s.code() == fm::Status::Code::kInvalid ? 2 : 1;
   }
   fm::bus::Loop loop;
   broker.Attach(loop);
   loop.StopOnSignals([](int signum) { spdlog::info("signal {}: stopping", signum); });
   loop.Run();
   const auto& c = broker.counters();
-  spdlog::info("stopped: routed {}, unreachable {}, malformed {}, oversized {}, events {}", c.routed, c.unreachable,
-               c.malformed, c.oversized, c.events);
+  spdlog::info("stopped: routed {}, unreachable {}, malformed {}, oversized {}, unauthorized {}, events {}", c.routed,
+               c.unreachable, c.malformed, c.oversized, c.unauthorized, c.events);
   return 0;
 }

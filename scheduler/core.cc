@@ -69,7 +69,7 @@ void SchedulerCore::OnDirected(const std::string& from, const void* data, size_t
                      codec::Str(error->about()));
       // A worker the broker tree cannot reach yet (its route is still being announced):
       // try its dispatches again soon rather than after the full re-dispatch interval.
-      if (ParseErrorCode(codec::Str(error->code())) == wire::ErrorCode::Unreachable)
+      if (from == bus::kBrokerAddress && ParseErrorCode(codec::Str(error->code())) == wire::ErrorCode::Unreachable)
         engine_->OnUnreachable(codec::Str(error->about()), now_ms);
       return;
     }
@@ -104,6 +104,13 @@ void SchedulerCore::OnDirected(const std::string& from, const void* data, size_t
       break;
   }
   engine_->OnDirected(from, env, now_ms);
+  LogRefusals(now_ms);
+}
+
+void SchedulerCore::LogRefusals(uint64_t now_ms) {
+  auto& refused = engine_->effects().refused;
+  for (const auto& [from, why] : refused) rejected_log_.Warn("unauthorized " + from, now_ms, why);
+  refused.clear();
 }
 
 void SchedulerCore::OnBus(const void* data, size_t size, uint64_t now_ms) {
@@ -116,6 +123,7 @@ void SchedulerCore::OnBus(const void* data, size_t size, uint64_t now_ms) {
     return;
   }
   engine_->OnBus(**envelope, now_ms);
+  LogRefusals(now_ms);
 }
 
 void SchedulerCore::Tick(uint64_t now_ms) {

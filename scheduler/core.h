@@ -89,6 +89,8 @@ class SchedulerCore {
 
  private:
   void Refuse(const std::string& from, uint64_t correlation);
+  // Logs (rate-limited) the messages the engine refused for their sender.
+  void LogRefusals(uint64_t now_ms);
   Status Rebuild(uint64_t now_ms);
   void ShowPending();
   // The commit failed: everything derived since the last good one is dropped.

@@ -89,6 +89,12 @@ SchedulerDaemon::SchedulerDaemon(zmq::context_t& context, SchedulerOptions optio
 Status SchedulerDaemon::Open() {
   auto endpoints = bus::ParseBrokerUrl(options_.broker);
   if (!endpoints.ok()) return endpoints.status();
+  auto security = bus::LoadSecurity(options_.cert, options_.broker_cert, "scheduler");
+  if (!security.ok()) return security.status();
+  security_ = std::move(*security);
+  // With CURVE the broker checks every claim, so an address says who sent a message:
+  // the engine enforces roles and ownership by it.
+  options_.engine.authenticate = security_.on();
   std::error_code ec;
   std::filesystem::create_directories(options_.data_dir, ec);
   if (ec) return Status::Io("cannot create data directory " + options_.data_dir + ": " + ec.message());
@@ -109,7 +115,7 @@ Status SchedulerDaemon::Open() {
       "recovered {} tasks not ended ({} pending) from {} in {} ms", core_->engine().active_count(),
       core_->engine().pending_count(), options_.data_dir,
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
-  client_ = std::make_unique<bus::Client>(context_, *endpoints, bus::kSchedulerAddress, true, true);
+  client_ = std::make_unique<bus::Client>(context_, *endpoints, bus::kSchedulerAddress, true, true, security_);
   client_->Subscribe("fleet.");
   return Status::Ok();
 }
@@ -129,7 +135,13 @@ void SchedulerDaemon::Attach(bus::Loop& loop) {
   loop_ = &loop;
   if (store_ino_ != 0) loop.Every(1000, [this] { CheckStoreIdentity(); });
   client_->Hello();
-  loop.Every(1000, [this] { client_->Hello(); });
+  loop.Every(1000, [this] {
+    client_->Hello();
+    if (std::string problem = client_->LinkProblem(); !problem.empty()) {
+      link_log_.Warn("link", bus::WallClockMs(), problem + "; retrying");
+    }
+    link_log_.Flush(bus::WallClockMs());
+  });
   loop.MarkWork();  // the first turn sends scheduler.started
   options_.logger->info("scheduler on broker {}, data {}", options_.broker, options_.data_dir);
 }
@@ -141,6 +153,10 @@ size_t SchedulerDaemon::DrainDirected() {
     auto msg = client_->Receive();
     if (!msg) break;
     ++n;
+    if (std::string refusal = bus::BrokerRefusal(*msg); !refusal.empty()) {
+      link_log_.Warn("refused", now, "the broker refused the scheduler: " + refusal + "; retrying");
+      continue;
+    }
     core_->OnDirected(msg->from, msg->payload.data(), msg->payload.size(), now);
   }
   return n;

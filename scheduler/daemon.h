@@ -24,6 +24,7 @@
 
 #include "broker/bus.h"
 #include "broker/loop.h"
+#include "broker/rate_limited_log.h"
 #include "scheduler/core.h"
 #include "store/store.h"
 
@@ -32,6 +33,7 @@ namespace fm::sched {
 struct SchedulerOptions {
   std::string broker = bus::DefaultBrokerUrl();
   std::string data_dir = "fm-data";
+  std::string cert, broker_cert;  // CURVE: own certificate (role scheduler), the root broker's
   uint64_t tick_ms = 100;
   EngineOptions engine;
   store::RocksOptions store;
@@ -90,7 +92,9 @@ class SchedulerDaemon {
   SchedulerOptions options_;
   zmq::context_t& context_;
   std::unique_ptr<store::Store> store_;
+  bus::Security security_;
   std::unique_ptr<bus::Client> client_;
+  bus::RateLimitedLog link_log_{spdlog::default_logger()};
   std::unique_ptr<SchedulerCore> core_;
   std::unique_ptr<Committer> committer_;
   bus::Loop* loop_ = nullptr;

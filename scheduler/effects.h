@@ -35,6 +35,8 @@ struct Effects {
   store::WriteBatch writes;
   std::vector<Directed> directed;
   std::vector<Publication> events;
+  // Messages refused for their sender this turn: (sender, why), for the rate-limited log.
+  std::vector<std::pair<std::string, std::string>> refused;
   // The bytes of this turn's events, and those not yet put in a stored block (e/).
   std::shared_ptr<std::string> event_bytes;
   std::vector<std::pair<uint32_t, uint32_t>> unstored;  // offset, size in event_bytes
@@ -45,6 +47,7 @@ struct Effects {
     writes.Clear();
     directed.clear();
     events.clear();
+    refused.clear();
     event_bytes.reset();
     unstored.clear();
     unstored_size = 0;

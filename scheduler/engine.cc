@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "broker/addresses.h"
+#include "broker/policy.h"
 #include "scheduler/predicates.h"
 #include "scheduler/records.h"
 #include "scheduler/views.h"
@@ -119,20 +121,32 @@ void Engine::OnDirected(const std::string& from, const wire::Envelope& env, uint
       return OnSubmit(from, *env.body_as_SubmitRequest(), now_ms);
     case wire::Body::TaskStarted:
       if (!env.body_as_TaskStarted()->ref()) return;
-      return OnTaskStarted(*env.body_as_TaskStarted()->ref(), Str(env.body_as_TaskStarted()->worker()), now_ms);
+      return OnTaskStarted(from, *env.body_as_TaskStarted()->ref(), now_ms);
     case wire::Body::WorkerReport:
       return OnWorkerReport(from, *env.body_as_WorkerReport(), now_ms);
     case wire::Body::TaskFinished:
       return OnTaskFinished(from, *env.body_as_TaskFinished(), now_ms);
     case wire::Body::TaskLog:
-      return OnTaskLog(*env.body_as_TaskLog(), now_ms);
+      return OnTaskLog(from, *env.body_as_TaskLog(), now_ms);
     case wire::Body::ControlRequest:
       return OnControl(from, *env.body_as_ControlRequest(), now_ms);
     case wire::Body::ReplayRequest:
+      if (!Authorized(from, "replay the event stream", Who::kUser)) return;
       return OnReplay(from, *env.body_as_ReplayRequest());
     case wire::Body::WorkerRegistration:
+      // Directed announcements come from the worker they announce, at its address.
+      if (Str(env.body_as_WorkerRegistration()->address()) != from ||
+          !FromWorkerNamed(from, Str(env.body_as_WorkerRegistration()->id()))) {
+        return Refused(from, "a registration of worker \"" + Str(env.body_as_WorkerRegistration()->id()) +
+                                 "\" from another address");
+      }
       return OnRegistration(*env.body_as_WorkerRegistration(), now_ms);
     case wire::Body::WorkerHeartbeat:
+      if (Str(env.body_as_WorkerHeartbeat()->address()) != from ||
+          !FromWorkerNamed(from, Str(env.body_as_WorkerHeartbeat()->id()))) {
+        return Refused(
+            from, "a heartbeat of worker \"" + Str(env.body_as_WorkerHeartbeat()->id()) + "\" from another address");
+      }
       return OnHeartbeat(*env.body_as_WorkerHeartbeat(), now_ms);
     case wire::Body::Error:
       return;  // e.g. "unreachable" for a submitter that left
@@ -158,14 +172,68 @@ void Engine::OnUnreachable(const std::string& address, uint64_t now_ms) {
 
 void Engine::OnBus(const wire::Envelope& env, uint64_t now_ms) {
   last_inbound_ms_ = now_ms;
+  // The broker let only this worker's key publish this (broker/policy.h MayPublish);
+  // the announced address must also be one that key may hold.
   switch (env.body_type()) {
-    case wire::Body::WorkerRegistration:
-      return OnRegistration(*env.body_as_WorkerRegistration(), now_ms);
-    case wire::Body::WorkerHeartbeat:
-      return OnHeartbeat(*env.body_as_WorkerHeartbeat(), now_ms);
+    case wire::Body::WorkerRegistration: {
+      const auto& reg = *env.body_as_WorkerRegistration();
+      if (!FromWorkerNamed(Str(reg.address()), Str(reg.id()))) {
+        return Refused(Str(reg.address()), "a registration of worker \"" + Str(reg.id()) + "\" with that address");
+      }
+      return OnRegistration(reg, now_ms);
+    }
+    case wire::Body::WorkerHeartbeat: {
+      const auto& hb = *env.body_as_WorkerHeartbeat();
+      if (!FromWorkerNamed(Str(hb.address()), Str(hb.id()))) {
+        return Refused(Str(hb.address()), "a heartbeat of worker \"" + Str(hb.id()) + "\" with that address");
+      }
+      return OnHeartbeat(hb, now_ms);
+    }
     default:
       return;
   }
+}
+
+// ---------------------------------------------------------------------------
+// Who may do what (broker/policy.h for the address forms).
+
+bool Engine::FromWorkerNamed(const std::string& address, const std::string& id) const {
+  if (!options_.authenticate) return true;
+  bus::Principal p = bus::PrincipalOf(address);
+  return p.role == bus::Role::kWorker && p.name == id;
+}
+
+void Engine::Refused(const std::string& from, const std::string& what) {
+  ++unauthorized_;
+  bus::Principal p = bus::PrincipalOf(from);
+  effects_.refused.emplace_back(
+      from, std::string("refused ") + what + " from " + from + " (role " + bus::RoleName(p.role) + ")");
+}
+
+bool Engine::Authorized(const std::string& from, const char* action, Who who, const std::string& owner) {
+  if (!options_.authenticate) return true;
+  bus::Principal p = bus::PrincipalOf(from);
+  bool ok = p.role == bus::Role::kOperator ||
+            (p.role == bus::Role::kClient && (who == Who::kUser || (who == Who::kOwner && owner == p.name)));
+  if (ok) return true;
+  std::string message = std::string("role ") + bus::RoleName(p.role) + (p.name.empty() ? "" : " (\"" + p.name + "\")") +
+                        " may not " + action;
+  if (who == Who::kOwner && p.role == bus::Role::kClient) {
+    message += ": the task belongs to " + (owner.empty() ? std::string("nobody named") : "\"" + owner + "\"") +
+               " (an operator may cancel any task)";
+  }
+  if (who == Who::kOperator && p.role == bus::Role::kClient) message += " (that takes role operator)";
+  Send(from, codec::EncodeError(wire::ErrorCode::Unauthorized, message, bus::kSchedulerAddress));
+  Refused(from, std::string("\"") + action + "\"");
+  return false;
+}
+
+bool Engine::FromTaskWorker(const Task& t, const std::string& from, const char* what) {
+  const WorkerState* w = t.worker.empty() ? nullptr : fleet_.Find(t.worker);
+  if (w && w->address == from) return true;
+  Refused(from, std::string(what) + " about " + TaskName(t.id) + ", which is " +
+                    (t.worker.empty() ? std::string("on no worker") : "on worker " + t.worker));
+  return false;
 }
 
 // ---------------------------------------------------------------------------
@@ -212,6 +280,8 @@ Result<std::optional<Engine::KeyedTask>> Engine::FindKeyed(const std::string& ke
 }
 
 void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms) {
+  if (!Authorized(from, "submit tasks", Who::kUser)) return;
+  const std::string owner = options_.authenticate ? bus::PrincipalOf(from).name : std::string();
   flatbuffers::FlatBufferBuilder fbb(256);
   std::vector<flatbuffers::Offset<wire::SubmitResult>> results;
   if (req.tasks()) {
@@ -230,7 +300,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       if (spec.max_attempts == 0) spec.max_attempts = options_.default_max_attempts;
 
       if (!spec.key.empty()) {
-        auto keyed = FindKeyed(spec.key);
+        auto keyed = FindKeyed(ScopedKey(owner, spec.key));
         if (!keyed.ok()) {
           if (read_error_.ok()) read_error_ = keyed.status();
           std::string message = "cannot look up key \"" + spec.key + "\": " + keyed.status().message();
@@ -257,10 +327,12 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       t.submitted_ms = now_ms;
       t.first_seq = log_.next_seq();  // its first event is the next one
       t.order = next_order_++;
+      t.owner = owner;
       if (req.watch()) t.watcher = from;
       if (!t.spec.key.empty()) {
-        client_keys_[t.spec.key] = t.id;
-        effects_.writes.Put(keys::ClientKey(t.spec.key), keys::EncodeU64(t.id));
+        const std::string scoped = ScopedKey(owner, t.spec.key);
+        client_keys_[scoped] = t.id;
+        effects_.writes.Put(keys::ClientKey(scoped), keys::EncodeU64(t.id));
       }
       uint64_t last_lost_ms = 0;
       if (!fleet_.AnyEligible(t.spec) && LostEligible(t.spec, &last_lost_ms) == 0) {
@@ -361,6 +433,7 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
     w.address = address;
     w.node = Str(reg.node());
     w.version = Str(reg.version());
+    w.noop_executor = reg.noop_executor();
     w.instance = reg.instance();
     w.capabilities = std::move(caps);
     w.hardware = std::move(hardware);
@@ -375,7 +448,8 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
   f.type = wire::EventType::WorkerRegistered;
   f.worker = id;
   f.worker_info = &w;
-  f.message = "node " + w.node + ", " + std::to_string(w.slots) + " slots, version " + w.version;
+  f.message = "node " + w.node + ", " + std::to_string(w.slots) + " slots, version " + w.version +
+              (w.noop_executor ? ", NOOP EXECUTOR: completes tasks without running them" : "");
   Emit(f, now_ms);
   Reconcile(w, reg.running(), now_ms);
   placement_needed_ = true;
@@ -556,22 +630,20 @@ void Engine::End(Task* t, wire::TaskState state, wire::Reason reason, const std:
 }
 
 void Engine::OnWorkerReport(const std::string& from, const wire::WorkerReport& report, uint64_t now_ms) {
-  std::string worker = Str(report.worker());
   if (report.started()) {
-    for (const auto* ref : *report.started()) OnTaskStarted(*ref, worker, now_ms);
+    for (const auto* ref : *report.started()) OnTaskStarted(from, *ref, now_ms);
   }
   if (report.finished()) {
     for (const auto* finished : *report.finished()) OnTaskFinished(from, *finished, now_ms);
   }
 }
 
-void Engine::OnTaskStarted(const wire::TaskRef& ref, const std::string& worker, uint64_t now_ms) {
+void Engine::OnTaskStarted(const std::string& from, const wire::TaskRef& ref, uint64_t now_ms) {
   auto it = active_.find(ref.task());
   if (it == active_.end()) return;
   Task& t = it->second;
-  if (t.attempt != ref.attempt() || t.worker != worker || t.state != wire::TaskState::Queued) {
-    return;  // stale or duplicate
-  }
+  if (t.attempt != ref.attempt() || t.state != wire::TaskState::Queued) return;  // stale or duplicate
+  if (!FromTaskWorker(t, from, "a start")) return;
   t.state = wire::TaskState::Running;
   dirty_tasks_.push_back(t.id);
   EventFields f;
@@ -588,7 +660,8 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
   auto it = active_.find(msg.ref()->task());
   if (it == active_.end()) return;  // already ended: completion is idempotent
   Task& t = it->second;
-  if (t.attempt != msg.ref()->attempt() || t.worker != Str(msg.worker())) return;
+  if (t.attempt != msg.ref()->attempt()) return;  // an earlier attempt's
+  if (!FromTaskWorker(t, from, "a result")) return;
   fleet_.Touch(t.worker, now_ms);
   std::string message = Str(msg.message());
   switch (msg.outcome()) {
@@ -611,10 +684,11 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
   }
 }
 
-void Engine::OnTaskLog(const wire::TaskLog& msg, uint64_t now_ms) {
+void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64_t now_ms) {
   if (!msg.ref()) return;
   const Task* t = active_task(msg.ref()->task());
   if (!t || t->attempt != msg.ref()->attempt()) return;
+  if (!FromTaskWorker(*t, from, "output")) return;
   EventFields f;
   f.type = wire::EventType::TaskLog;
   f.task = t->id;
@@ -637,6 +711,21 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
   std::vector<flatbuffers::Offset<wire::Event>> events;
   uint64_t next_page = 0;
   std::string target = Str(req.target());
+  switch (req.op()) {
+    case wire::ControlOp::Workers:
+    case wire::ControlOp::Tasks:
+    case wire::ControlOp::Task:
+      if (!Authorized(from, "list workers and tasks", Who::kUser)) return;
+      break;
+    case wire::ControlOp::Drain:
+      if (!Authorized(from, "drain workers", Who::kOperator)) return;
+      break;
+    case wire::ControlOp::Undrain:
+      if (!Authorized(from, "undrain workers", Who::kOperator)) return;
+      break;
+    case wire::ControlOp::Cancel:
+      break;  // below: a client may cancel its own tasks
+  }
   switch (req.op()) {
     case wire::ControlOp::Workers:
       workers = views::Workers(fbb, fleet_, now_ms);
@@ -691,6 +780,7 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
         break;
       }
       Task& t = it->second;
+      if (!Authorized(from, "cancel this task", Who::kOwner, t.owner)) return;
       if (!t.worker.empty()) {
         flatbuffers::FlatBufferBuilder c(64);
         auto ref = wire::CreateTaskRef(c, t.id, t.attempt);
@@ -699,7 +789,9 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
         }
       }
       message = "cancelled " + TaskName(t.id);
-      End(&t, wire::TaskState::Cancelled, wire::Reason::Cancelled, "cancelled by fm-ctl", 0, now_ms);
+      std::string by = options_.authenticate ? bus::PrincipalOf(from).name : std::string();
+      End(&t, wire::TaskState::Cancelled, wire::Reason::Cancelled,
+          by.empty() ? "cancelled by fm-ctl" : "cancelled by " + by + " (fm-ctl)", 0, now_ms);
       break;
     }
   }

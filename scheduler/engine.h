@@ -55,6 +55,10 @@ struct EngineOptions {
   size_t replay_batch = 512;   // events per ReplayBatch message (and at most ~1 MiB)
   size_t task_page = 1000;     // tasks per fm-ctl tasks page (and at most ~1 MiB)
   size_t recent_ended = 1000;  // ended tasks fm-ctl tasks still lists
+  // Senders are authenticated (the broker checked every address claim against a CURVE
+  // certificate, broker/policy.h): roles are enforced and tasks get owners. Off: every
+  // sender may do everything (a keyless cluster on loopback).
+  bool authenticate = false;
   // The epoch a new store gets (the daemon draws it at random); non-zero.
   uint64_t fresh_epoch = 1;
   // Clamps values that make no sense (zero windows) to usable ones.
@@ -110,16 +114,22 @@ class Engine {
   // Times the scheduler suspected its own silence (a gap in its ticks, or a mass
   // silence held) instead of losing workers.
   uint64_t self_silences() const { return self_silences_; }
+  // Messages refused for their sender (role, ownership, a report from the wrong worker).
+  uint64_t unauthorized() const { return unauthorized_; }
 
  private:
   void OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms);
   void OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms);
   void OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms);
-  void OnTaskStarted(const wire::TaskRef& ref, const std::string& worker, uint64_t now_ms);
+  void OnTaskStarted(const std::string& from, const wire::TaskRef& ref, uint64_t now_ms);
   void OnTaskFinished(const std::string& from, const wire::TaskFinished& msg, uint64_t now_ms);
   void OnWorkerReport(const std::string& from, const wire::WorkerReport& report, uint64_t now_ms);
   void FlushBatched();
-  void OnTaskLog(const wire::TaskLog& msg, uint64_t now_ms);
+  void OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64_t now_ms);
+  // With authentication: `address` is one worker `id`'s key may hold.
+  bool FromWorkerNamed(const std::string& address, const std::string& id) const;
+  // Notes a refused message for the log.
+  void Refused(const std::string& from, const std::string& what);
   void OnControl(const std::string& from, const wire::ControlRequest& req, uint64_t now_ms);
   void OnReplay(const std::string& from, const wire::ReplayRequest& req);
   // fm-ctl task ID: the task with its spec, why it waits, and its retained events.
@@ -150,7 +160,25 @@ class Engine {
   void PlacePending(uint64_t now_ms);
   static PendingSet::Entry LineOf(const Task& t) { return PendingSet::Entry::Of(t.spec.priority, t.order, t.id); }
   void FlushDispatches();
-  void Emit(const EventFields& fields, uint64_t now_ms) { log_.Append(fields, now_ms, &effects_); }
+  void Emit(EventFields& fields, uint64_t now_ms) {
+    if (fields.task != 0 && fields.owner.empty()) {
+      if (const Task* t = active_task(fields.task)) fields.owner = t->owner;
+    }
+    log_.Append(fields, now_ms, &effects_);
+  }
+  // Who may take an action: any user (client or operator), an operator, the task's owner
+  // (a client) or an operator.
+  enum class Who { kUser, kOperator, kOwner };
+  // The sender of a directed message may do `action` (always, unauthenticated). When not,
+  // it gets an Error "unauthorized" naming its role and the action, and the refusal is
+  // noted for the log.
+  bool Authorized(const std::string& from, const char* action, Who who, const std::string& owner = "");
+  // A report about `t` comes from the worker the task is on (its registered address).
+  bool FromTaskWorker(const Task& t, const std::string& from, const char* what);
+  // Idempotency keys are scoped per owner.
+  static std::string ScopedKey(const std::string& owner, const std::string& key) {
+    return owner.empty() ? key : owner + std::string(1, '\0') + key;
+  }
   void Send(const std::string& to, std::string payload);
   // The task first submitted with a key, as a resubmission of that key is answered.
   struct KeyedTask {
@@ -205,6 +233,7 @@ class Engine {
   uint64_t placement_offers_ = 0;
   uint64_t last_tick_ms_ = 0, last_inbound_ms_ = 0, hold_since_ms_ = 0;
   uint64_t self_silences_ = 0;
+  uint64_t unauthorized_ = 0;
   bool fleet_shrank_ = false;
   bool placement_needed_ = false;
 

@@ -22,6 +22,7 @@ struct WorkerState {
   Hardware hardware;                      // total capacity
   Labels labels;
   uint32_t slots = 1;
+  bool noop_executor = false;  // benchmark mode: completes tasks without running them
 
   // Kept by the scheduler.
   bool draining = false;

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
+  fm::bus::AddSecurityFlags(app, &options.cert, &options.broker_cert);
   fm::bus::EnvironmentFallbacks(app, "FM_SCHEDULER_");
   CLI11_PARSE(app, argc, argv);
   if (fm::Status s = fm::bus::InitLogging("fm-scheduler", log_level); !s.ok()) {

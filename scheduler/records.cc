@@ -21,8 +21,9 @@ void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t,
   auto reason = reason_name.empty() ? 0 : fbb.CreateString(reason_name.data(), reason_name.size());
   auto message = t.message.empty() ? 0 : fbb.CreateString(t.message);
   auto watcher = t.watcher.empty() ? 0 : fbb.CreateString(t.watcher);
+  auto owner = t.owner.empty() ? 0 : fbb.CreateString(t.owner);
   fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
-                                    t.exit_code, watcher, t.order, t.rejected, t.first_seq));
+                                    t.exit_code, watcher, t.order, t.rejected, t.first_seq, owner));
   writes->Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 
@@ -31,9 +32,9 @@ void PutWorker(store::WriteBatch* writes, const WorkerState& w) {
   auto caps = codec::ToWire(fbb, w.capabilities);
   auto hw = codec::ToWire(fbb, w.hardware);
   auto labels = codec::ToWire(fbb, w.labels);
-  auto reg =
-      wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address), fbb.CreateString(w.node),
-                                     w.instance, fbb.CreateString(w.version), w.slots, hw, labels, 0, caps);
+  auto reg = wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address),
+                                            fbb.CreateString(w.node), w.instance, fbb.CreateString(w.version), w.slots,
+                                            hw, labels, 0, caps, w.noop_executor);
   fbb.Finish(wire::CreateWorkerRecord(fbb, reg, w.draining));
   writes->Put(keys::Worker(w.id),
               std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
@@ -63,6 +64,7 @@ Result<Task> DecodeTask(std::string_view stored, std::string_view key) {
   t.order = r.order();
   t.rejected = r.rejected();
   t.first_seq = r.first_seq();
+  t.owner = Str(r.owner());
   return t;
 }
 
@@ -111,6 +113,7 @@ Status ScanWorkers(const store::Store& store, uint64_t now_ms, const std::functi
                           w.address = Str(reg->address());
                           w.node = Str(reg->node());
                           w.version = Str(reg->version());
+                          w.noop_executor = reg->noop_executor();
                           w.instance = reg->instance();
                           w.capabilities = codec::Strings(reg->capabilities());
                           Normalize(&w.capabilities);

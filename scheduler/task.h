@@ -18,6 +18,7 @@ struct Task {
   uint64_t submitted_ms = 0;
   uint64_t order = 0;          // FIFO position
   std::string watcher;         // submitter address told when the task ends
+  std::string owner;           // who submitted it: the certificate name (empty without CURVE)
   uint64_t dispatched_ms = 0;  // last Dispatch sent (queued)
   wire::Reason reason = wire::Reason::None;
   std::string message;

@@ -11,19 +11,20 @@ namespace {
 flatbuffers::Offset<wire::TaskView> Summary(flatbuffers::FlatBufferBuilder& fbb, const Task& t) {
   return wire::CreateTaskViewDirect(fbb, TaskName(t.id).c_str(), StateName(t.state), t.attempt, t.worker.c_str(),
                                     nullptr, std::string(Name(t.reason)).c_str(), t.message.c_str(), 0, nullptr,
-                                    t.submitted_ms);
+                                    t.submitted_ms, t.owner.empty() ? nullptr : t.owner.c_str());
 }
 }  // namespace
 
 TaskPage Tasks(flatbuffers::FlatBufferBuilder& fbb, const wire::ControlRequest& req, size_t page_size,
                const ForEachTask& each) {
-  const std::string state = codec::Str(req.state()), worker = codec::Str(req.worker());
+  const std::string state = codec::Str(req.state()), worker = codec::Str(req.worker()), owner = codec::Str(req.owner());
   const size_t limit = std::min<size_t>(req.limit() ? req.limit() : page_size, page_size);
   std::vector<const Task*> list;
   each([&](const Task& t) {
     if (t.id <= req.after()) return;
     if (!state.empty() && state != StateName(t.state)) return;
     if (!worker.empty() && worker != t.worker) return;
+    if (!owner.empty() && owner != t.owner) return;
     list.push_back(&t);
   });
   auto by_id = [](const Task* a, const Task* b) { return a->id < b->id; };
@@ -49,7 +50,7 @@ flatbuffers::Offset<wire::TaskView> TaskDetail(flatbuffers::FlatBufferBuilder& f
   return wire::CreateTaskView(fbb, fbb.CreateString(TaskName(t.id)), fbb.CreateString(StateName(t.state)), t.attempt,
                               fbb.CreateString(t.worker), command, fbb.CreateString(reason.data(), reason.size()),
                               fbb.CreateString(t.message), spec, waiting.empty() ? 0 : fbb.CreateString(waiting),
-                              t.submitted_ms);
+                              t.submitted_ms, t.owner.empty() ? 0 : fbb.CreateString(t.owner));
 }
 
 std::vector<flatbuffers::Offset<wire::WorkerView>> Workers(flatbuffers::FlatBufferBuilder& fbb, const Fleet& fleet,
@@ -60,7 +61,7 @@ std::vector<flatbuffers::Offset<wire::WorkerView>> Workers(flatbuffers::FlatBuff
         fbb, fbb.CreateString(w.id), fbb.CreateString(w.node), fbb.CreateString(w.address),
         codec::ToWire(fbb, w.capabilities), codec::ToWire(fbb, w.hardware), codec::ToWire(fbb, w.labels), w.slots,
         w.slots_used, w.confirmed, w.draining, now_ms - std::min(now_ms, w.last_seen_ms), fbb.CreateString(w.version),
-        w.cpus_used, w.memory_used, w.gpus_used));
+        w.cpus_used, w.memory_used, w.gpus_used, w.noop_executor));
   }
   return out;
 }

@@ -38,12 +38,14 @@ constexpr std::array<std::pair<wire::Reason, std::string_view>, 10> kReasons{{
     {wire::Reason::DuplicateWorkerId, "duplicate_worker_id"},
 }};
 
-constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 5> kErrorCodes{{
+constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 7> kErrorCodes{{
     {wire::ErrorCode::Malformed, "malformed"},
     {wire::ErrorCode::Unreachable, "unreachable"},
     {wire::ErrorCode::Oversized, "oversized"},
     {wire::ErrorCode::Unsupported, "unsupported"},
     {wire::ErrorCode::Storage, "storage"},
+    {wire::ErrorCode::Unauthorized, "unauthorized"},
+    {wire::ErrorCode::Unclaimed, "unclaimed"},
 }};
 
 template <typename E, size_t N>

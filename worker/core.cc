@@ -279,10 +279,10 @@ void WorkerCore::Register() {
   const WorkerIdentity& w = identity_;
   flatbuffers::FlatBufferBuilder fbb(1024);
   auto held = Refs(fbb, Held());
-  auto reg =
-      wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address), fbb.CreateString(w.node),
-                                     w.instance, fbb.CreateString(w.version), w.slots, codec::ToWire(fbb, w.hardware),
-                                     codec::ToWire(fbb, w.labels), held, codec::ToWire(fbb, w.capabilities));
+  auto reg = wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address),
+                                            fbb.CreateString(w.node), w.instance, fbb.CreateString(w.version), w.slots,
+                                            codec::ToWire(fbb, w.hardware), codec::ToWire(fbb, w.labels), held,
+                                            codec::ToWire(fbb, w.capabilities), w.noop_executor);
   out_.publications.push_back({"fleet.register", codec::Seal(fbb, reg)});
 }
 

@@ -35,6 +35,7 @@ struct WorkerIdentity {
   Hardware hardware;
   Labels labels;
   std::vector<std::string> capabilities;  // sorted
+  bool noop_executor = false;             // announced: tasks complete without running
 };
 
 struct WorkerCoreOptions {

@@ -28,8 +28,12 @@ int main(int argc, char** argv) {
   app.add_option("--heartbeat", heartbeat, "heartbeat and re-probe interval")->capture_default_str();
   app.add_option("--max-output", max_output, "stdout and stderr kept per attempt; the rest is dropped with a note")
       ->capture_default_str();
+  // Never from the environment or a config file: a worker that reports tasks done
+  // without running them must be asked for on its command line, and says so.
   app.add_flag("--noop-executor", options.noop_executor,
-               "benchmarking only: complete every task at once without running it");
+               "benchmarking only: complete every task at once without running it (command line only)")
+      ->configurable(false);
+  fm::bus::AddSecurityFlags(app, &options.cert, &options.broker_cert);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
   fm::bus::EnvironmentFallbacks(app, "FM_WORKER_");

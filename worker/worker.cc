@@ -52,9 +52,16 @@ Worker::~Worker() = default;
 Status Worker::Open() {
   auto endpoints = bus::ParseBrokerUrl(options_.broker);
   if (!endpoints.ok()) return endpoints.status();
+  auto security = bus::LoadSecurity(options_.cert, options_.broker_cert, "worker");
+  if (!security.ok()) return security.status();
+  security_ = std::move(*security);
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
-  if (options_.id.empty()) options_.id = host;
+  if (options_.id.empty()) options_.id = security_.on() ? security_.own.name : host;
+  if (security_.on() && options_.id != security_.own.name) {
+    return Status::Invalid("--id " + options_.id + ": with a certificate the worker's id is its name (\"" +
+                           security_.own.name + "\" in " + security_.own.path + ")");
+  }
   if (options_.node.empty()) options_.node = host;
   if (options_.id.find('/') != std::string::npos) return Status::Invalid("--id must not contain '/'");
   if (Status s = ApplyLimits(options_, &probe_.hardware); !s.ok()) return s;
@@ -75,12 +82,13 @@ Status Worker::Open() {
   identity.hardware = probe_.hardware;
   identity.labels = options_.labels;
   identity.capabilities = probe_.capabilities;
+  identity.noop_executor = options_.noop_executor;
   Normalize(&identity.capabilities);
   WorkerCoreOptions core_options;
   core_options.resend_ms = options_.resend_ms;
   core_options.max_output = options_.max_output;
   core_ = std::make_unique<WorkerCore>(identity, core_options);
-  client_ = std::make_unique<bus::Client>(context_, *endpoints, identity.address, true, true);
+  client_ = std::make_unique<bus::Client>(context_, *endpoints, identity.address, true, true, security_);
   client_->Subscribe("scheduler.started");
   std::string gpus;
   for (const auto& g : probe_.hardware.gpus) gpus += " [" + g.model + " " + FormatSize(g.memory) + "]";
@@ -111,6 +119,10 @@ void Worker::Attach(bus::Loop& loop) {
       options_.heartbeat_ms,
       [this] {
         client_->Hello();
+        if (std::string problem = client_->LinkProblem(); !problem.empty()) {
+          link_log_.Warn("link", bus::WallClockMs(), problem + "; retrying");
+        }
+        link_log_.Flush(bus::WallClockMs());
         core_->Heartbeat();
       },
       100);
@@ -181,6 +193,10 @@ size_t Worker::DrainDirected() {
     auto msg = client_->Receive();
     if (!msg) break;
     ++n;
+    if (std::string refusal = bus::BrokerRefusal(*msg); !refusal.empty()) {
+      link_log_.Warn("refused", bus::WallClockMs(), "the broker refused this worker: " + refusal);
+      continue;
+    }
     core_->OnDirected(msg->from, msg->payload.data(), msg->payload.size(), bus::WallClockMs());
   }
   return n;

@@ -20,6 +20,7 @@
 
 #include "broker/bus.h"
 #include "broker/loop.h"
+#include "broker/rate_limited_log.h"
 #include "schemas/fm_generated.h"
 #include "schemas/model.h"
 #include "worker/core.h"
@@ -36,7 +37,8 @@ struct WorkerOptions {
   std::optional<uint32_t> cpus_milli;  // may only lower what was probed
   std::optional<uint64_t> memory;      // may only lower what was probed
   Labels labels;
-  std::string docker_socket;  // empty: no docker capability
+  std::string docker_socket;      // empty: no docker capability
+  std::string cert, broker_cert;  // CURVE: own certificate (role worker, named as the id), the broker's
   uint64_t heartbeat_ms = 1000;
   uint64_t resend_ms = 1000;
   uint64_t max_output = 16ull << 20;  // per attempt
@@ -66,7 +68,9 @@ class Worker {
   WorkerOptions options_;
   Probe probe_;
   zmq::context_t& context_;
+  bus::Security security_;
   std::unique_ptr<bus::Client> client_;
+  bus::RateLimitedLog link_log_{spdlog::default_logger()};
   bus::Loop* loop_ = nullptr;
   uint64_t instance_ = 0;
   std::unique_ptr<WorkerCore> core_;

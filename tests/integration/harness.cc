@@ -217,14 +217,38 @@ ToolRun RunTool(const std::vector<std::string>& argv, const std::string& input, 
   return run;
 }
 
-Cluster::Cluster(std::vector<std::string> scheduler_args, std::string data_dir)
+Keys::Keys(std::string dir) : dir_(std::move(dir)) { std::filesystem::create_directories(dir_); }
+
+void Keys::Make(const std::string& name, const std::string& role) {
+  if (made_.count(name)) return;
+  ToolRun run = RunTool({Bin("fm-keygen"), name, "--role", role, "--out", dir_});
+  if (run.exit_code != 0) throw std::runtime_error("fm-keygen " + name + ": " + run.err);
+  made_[name] = role;
+}
+
+std::vector<std::string> Keys::Flags(const std::string& name, const std::string& role, const std::string& broker) {
+  Make(name, role);
+  return {"--cert", Secret(name), "--broker-cert", Public(broker)};
+}
+
+Cluster::Cluster(std::vector<std::string> scheduler_args, std::string data_dir, bool secure)
     : data_dir_(data_dir.empty() ? data_.path() + "/scheduler" : std::move(data_dir)),
       scheduler_args_(std::move(scheduler_args)) {
   int base = PickPortBase();
   broker_ = "tcp://127.0.0.1:" + std::to_string(base);
+  if (secure) {
+    keys_ = std::make_unique<Keys>(data_.path() + "/keys");
+    keys_->Make("broker", "broker");
+    keys_->Make("scheduler", "scheduler");
+    keys_->Make("ops", "operator");
+  }
   RestartBroker();
   RestartScheduler();
-  tap_ = Process::Start({Bin("fm-tap"), "--broker", broker_, "--since", "1"});
+  std::vector<std::string> tap{Bin("fm-tap"), "--broker", broker_, "--since", "1"};
+  if (keys_) {
+    for (auto& f : keys_->Flags("tap", "client")) tap.push_back(f);
+  }
+  tap_ = Process::Start(tap);
   if (!WaitEvent("scheduler.started", 15000)) throw std::runtime_error("no scheduler.started on the tap");
 }
 
@@ -235,7 +259,13 @@ void Cluster::RestartBroker() {
   }
   // The ports may take a moment to be free again after a kill: retry the bind.
   for (int attempt = 0; attempt < 50; ++attempt) {
-    broker_proc_ = Process::Start({Bin("fm-broker"), "--bind", broker_});
+    std::vector<std::string> argv{Bin("fm-broker"), "--bind", broker_};
+    if (keys_) {
+      for (const std::string& f :
+           {std::string("--cert"), keys_->Secret("broker"), std::string("--trust"), keys_->dir()})
+        argv.push_back(f);
+    }
+    broker_proc_ = Process::Start(argv);
     if (broker_proc_->WaitFor("broker on", 10000, 1, true)) return;
     if (broker_proc_->Wait(100) >= 0) continue;  // bind failed; try again
   }
@@ -250,6 +280,9 @@ void Cluster::KillScheduler() {
 void Cluster::RestartScheduler() {
   if (scheduler_) KillScheduler();
   std::vector<std::string> argv{Bin("fm-scheduler"), "--broker", broker_, "--data", data_dir_};
+  if (keys_) {
+    for (auto& f : keys_->Flags("scheduler", "scheduler")) argv.push_back(f);
+  }
   argv.insert(argv.end(), scheduler_args_.begin(), scheduler_args_.end());
   scheduler_ = Process::Start(argv);
 }
@@ -284,6 +317,9 @@ Process& Cluster::StartCustomWorker(const std::string& id, std::vector<std::stri
 
 Process& Cluster::StartWorker(const std::string& id, std::vector<std::string> args) {
   std::vector<std::string> argv{Bin("fm-worker"), "--id", id, "--heartbeat", "200ms"};
+  if (keys_ && std::find(args.begin(), args.end(), "--cert") == args.end()) {
+    for (auto& f : keys_->Flags(id, "worker")) argv.push_back(f);
+  }
   argv.insert(argv.end(), args.begin(), args.end());
   return StartCustomWorker(id, argv);
 }
@@ -304,13 +340,30 @@ void Cluster::KillWorker(const std::string& id, int signum) {
 }
 
 ToolRun Cluster::Submit(const std::string& lines, std::vector<std::string> args) {
+  if (keys_) return SubmitAs("ops", "operator", lines, std::move(args));
   std::vector<std::string> argv{Bin("fm-submit"), "--broker", broker_};
   argv.insert(argv.end(), args.begin(), args.end());
   return RunTool(argv, lines);
 }
 
 ToolRun Cluster::Ctl(std::vector<std::string> args) {
+  if (keys_) return CtlAs("ops", "operator", std::move(args));
   std::vector<std::string> argv{Bin("fm-ctl"), "--broker", broker_};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunTool(argv);
+}
+
+ToolRun Cluster::SubmitAs(const std::string& name, const std::string& role, const std::string& lines,
+                          std::vector<std::string> args) {
+  std::vector<std::string> argv{Bin("fm-submit"), "--broker", broker_};
+  for (auto& f : keys_->Flags(name, role)) argv.push_back(f);
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunTool(argv, lines);
+}
+
+ToolRun Cluster::CtlAs(const std::string& name, const std::string& role, std::vector<std::string> args) {
+  std::vector<std::string> argv{Bin("fm-ctl"), "--broker", broker_};
+  for (auto& f : keys_->Flags(name, role)) argv.push_back(f);
   argv.insert(argv.end(), args.begin(), args.end());
   return RunTool(argv);
 }

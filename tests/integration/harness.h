@@ -89,12 +89,35 @@ class Podman {
 // True when GET /_ping on the unix socket answers 200.
 bool DockerPings(const std::string& socket_path);
 
+// Certificates made by fm-keygen in one directory, which is also the brokers' trust
+// directory (it reads only the public *.cert files).
+class Keys {
+ public:
+  explicit Keys(std::string dir);
+  // Makes NAME.cert and NAME.cert_secret (once per name).
+  void Make(const std::string& name, const std::string& role);
+  std::string Secret(const std::string& name) const { return dir_ + "/" + name + ".cert_secret"; }
+  std::string Public(const std::string& name) const { return dir_ + "/" + name + ".cert"; }
+  const std::string& dir() const { return dir_; }
+  // --cert NAME's secret --broker-cert BROKER's public (made if need be, with `role`).
+  std::vector<std::string> Flags(const std::string& name, const std::string& role,
+                                 const std::string& broker = "broker");
+
+ private:
+  std::string dir_;
+  std::map<std::string, std::string> made_;
+};
+
 // A root broker, a scheduler with a temporary data directory, and an fm-tap --since 1
 // following the whole stream.
 class Cluster {
  public:
   // With `data_dir`, the scheduler keeps its store there instead of a temporary directory.
-  explicit Cluster(std::vector<std::string> scheduler_args = {"--liveness", "2s"}, std::string data_dir = "");
+  // With `secure`, every process has a certificate (Keys in DATA/keys): the broker
+  // "broker", the scheduler "scheduler", the tap client "tap", workers by their ids,
+  // Submit and Ctl the operator "ops" (SubmitAs/CtlAs for others).
+  explicit Cluster(std::vector<std::string> scheduler_args = {"--liveness", "2s"}, std::string data_dir = "",
+                   bool secure = false);
   ~Cluster();
 
   const std::string& broker() const { return broker_; }
@@ -111,6 +134,12 @@ class Cluster {
 
   ToolRun Submit(const std::string& lines, std::vector<std::string> args = {});
   ToolRun Ctl(std::vector<std::string> args);
+  // As certificate NAME of role ROLE (made if need be). REQUIRES: secure.
+  ToolRun SubmitAs(const std::string& name, const std::string& role, const std::string& lines,
+                   std::vector<std::string> args = {});
+  ToolRun CtlAs(const std::string& name, const std::string& role, std::vector<std::string> args);
+  Keys& keys() { return *keys_; }
+  bool secure() const { return keys_ != nullptr; }
   // Waits for `count` events on the tap whose line contains `needle`.
   bool WaitEvent(const std::string& needle, int timeout_ms = 10000, int count = 1);
   void RestartScheduler();  // SIGKILL, then start on the same data directory
@@ -123,6 +152,7 @@ class Cluster {
   std::string data_dir_;
   std::string broker_;
   std::vector<std::string> scheduler_args_;
+  std::unique_ptr<Keys> keys_;
   std::unique_ptr<Process> broker_proc_, scheduler_, tap_;
   std::vector<std::pair<std::string, std::unique_ptr<Process>>> workers_;
   std::map<std::string, std::vector<std::string>> worker_argv_;

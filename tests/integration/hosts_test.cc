@@ -2,6 +2,8 @@
 // and the scheduler, two worker hosts each with a node broker and a worker, a client
 // host with a node broker), joined by veth pairs to a bridge in a namespace of its own.
 // Nothing is routed anywhere else: the addresses exist only inside these namespaces.
+// Fully secured, as a cluster across hosts must be: every process has its own
+// certificate, every link is CURVE, each broker admits the keys of one trust directory.
 // Needs root (CI runs as root).
 #include <signal.h>
 #include <unistd.h>
@@ -87,29 +89,52 @@ TEST_CASE(
   // The Docker API for host n1's worker: a unix socket, reachable from its namespace.
   Podman podman(data.path() + "/docker.sock");
   std::string root = "tcp://" + h.Address("root") + ":5550";
+  // One certificate per process; each host's broker is named after the host.
+  Keys keys(data.path() + "/keys");
+  for (const char* host : {"root", "n1", "n2", "cl"}) keys.Make(host, "broker");
+  keys.Make("scheduler", "scheduler");
+  keys.Make("w1", "worker");
+  keys.Make("w2", "worker");
+  keys.Make("alice", "client");
+  auto with = [&](std::vector<std::string> argv, const std::string& name, const std::string& role,
+                  const std::string& host) {
+    for (auto& f : keys.Flags(name, role, host)) argv.push_back(f);
+    return argv;
+  };
+  auto broker = [&](const std::string& host) {
+    std::vector<std::string> argv{Bin("fm-broker"), "--bind",  "tcp://0.0.0.0:5550", "--cert", keys.Secret(host),
+                                  "--trust",        keys.dir()};
+    if (host != "root") {
+      for (const std::string& f :
+           {std::string("--upstream"), root, std::string("--upstream-cert"), keys.Public("root")})
+        argv.push_back(f);
+    }
+    return argv;
+  };
   auto start_root = [&] {
-    REQUIRE(h.Run("root-broker", "root", {Bin("fm-broker"), "--bind", "tcp://0.0.0.0:5550"})
-                .WaitFor("broker on", 10000, 1, true));
-    h.Run("scheduler", "root", {Bin("fm-scheduler"), "--broker", kLocal, "--data", data.path(), "--liveness", "2s"});
+    REQUIRE(h.Run("root-broker", "root", broker("root")).WaitFor("broker on", 10000, 1, true));
+    h.Run("scheduler", "root",
+          with({Bin("fm-scheduler"), "--broker", kLocal, "--data", data.path(), "--liveness", "2s"}, "scheduler",
+               "scheduler", "root"));
   };
   start_root();
   for (const char* host : {"n1", "n2", "cl"}) {
-    REQUIRE(h.Run(std::string(host) + "-broker", host,
-                  {Bin("fm-broker"), "--bind", "tcp://0.0.0.0:5550", "--upstream", root})
-                .WaitFor("upstream", 10000, 1, true));
+    REQUIRE(h.Run(std::string(host) + "-broker", host, broker(host)).WaitFor("upstream", 10000, 1, true));
   }
-  Process& tap = h.Run("tap", "cl", {Bin("fm-tap"), "--broker", kLocal, "--since", "1"});
+  Process& tap = h.Run("tap", "cl", with({Bin("fm-tap"), "--broker", kLocal, "--since", "1"}, "alice", "client", "cl"));
   h.Run("w1", "n1",
-        {Bin("fm-worker"), "--broker", kLocal, "--id", "w1", "--label", "host=n1", "--heartbeat", "200ms",
-         "--docker-socket", data.path() + "/docker.sock"});
+        with({Bin("fm-worker"), "--broker", kLocal, "--id", "w1", "--label", "host=n1", "--heartbeat", "200ms",
+              "--docker-socket", data.path() + "/docker.sock"},
+             "w1", "worker", "n1"));
   h.Run("w2", "n2",
-        {Bin("fm-worker"), "--broker", kLocal, "--id", "w2", "--label", "host=n2", "--memory", "1GiB", "--heartbeat",
-         "200ms"});
+        with({Bin("fm-worker"), "--broker", kLocal, "--id", "w2", "--label", "host=n2", "--memory", "1GiB",
+              "--heartbeat", "200ms"},
+             "w2", "worker", "n2"));
   REQUIRE(tap.WaitFor("worker.registered worker=w1", 20000));
   REQUIRE(tap.WaitFor("worker.registered worker=w2", 20000));
 
   auto submit = [&](const std::string& lines) {
-    return h.Tool("cl", {Bin("fm-submit"), "--broker", kLocal, "--wait"}, lines);
+    return h.Tool("cl", with({Bin("fm-submit"), "--broker", kLocal, "--wait"}, "alice", "client", "cl"), lines);
   };
 
   // Routed by capability, label and hardware to workers on other hosts, from a client host.
@@ -130,17 +155,17 @@ TEST_CASE(
 
   // A node broker restarted: its worker reconnects on its own and takes work again.
   h.Kill("n1-broker");
-  REQUIRE(h.Run("n1-broker", "n1", {Bin("fm-broker"), "--bind", "tcp://0.0.0.0:5550", "--upstream", root})
-              .WaitFor("upstream", 10000, 1, true));
+  REQUIRE(h.Run("n1-broker", "n1", broker("n1")).WaitFor("upstream", 10000, 1, true));
   run = submit(R"({"command": ["true"], "labels": {"host": "n1"}})"
                "\n");
   CHECK_THAT(run.lines.at(0), Contains(R"("status": "succeeded","worker": "w1")"));
 
   // A host cut off: its worker is lost after the liveness window and its task fails,
   // since no other worker carries its label; back on the link, it registers again.
-  auto long_task = Process::Start(h.On("cl", {Bin("fm-submit"), "--broker", kLocal, "--wait"}),
-                                  R"({"command": ["sleep", "60"], "labels": {"host": "n2"}, "max_attempts": 1})"
-                                  "\n");
+  auto long_task =
+      Process::Start(h.On("cl", with({Bin("fm-submit"), "--broker", kLocal, "--wait"}, "alice", "client", "cl")),
+                     R"({"command": ["sleep", "60"], "labels": {"host": "n2"}, "max_attempts": 1})"
+                     "\n");
   REQUIRE(tap.WaitFor("task.started task=t6 worker=w2"));
   h.Link("n2", false);
   REQUIRE(tap.WaitFor("worker.lost worker=w2", 15000));

@@ -1,0 +1,123 @@
+#include "broker/policy.h"
+
+#include "broker/addresses.h"
+#include "schemas/codec.h"
+
+namespace fm::bus {
+
+const char* RoleName(Role role) {
+  switch (role) {
+    case Role::kBroker:
+      return "broker";
+    case Role::kScheduler:
+      return "scheduler";
+    case Role::kWorker:
+      return "worker";
+    case Role::kClient:
+      return "client";
+    case Role::kOperator:
+      return "operator";
+    case Role::kNone:
+      break;
+  }
+  return "none";
+}
+
+std::optional<Role> ParseRole(std::string_view text) {
+  for (Role r : {Role::kBroker, Role::kScheduler, Role::kWorker, Role::kClient, Role::kOperator}) {
+    if (text == RoleName(r)) return r;
+  }
+  return std::nullopt;
+}
+
+Status ValidateName(std::string_view name) {
+  if (name.empty() || name.size() > 64) {
+    return Status::Invalid("name \"" + std::string(name) + "\" must be 1 to 64 characters");
+  }
+  for (size_t i = 0; i < name.size(); ++i) {
+    char c = name[i];
+    bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    if (!alnum && (i == 0 || (c != '.' && c != '_' && c != '-'))) {
+      return Status::Invalid("name \"" + std::string(name) +
+                             "\" may hold only letters, digits, '.', '_' and '-', and must start with a letter or "
+                             "digit");
+    }
+  }
+  return Status::Ok();
+}
+
+namespace {
+constexpr std::pair<Role, std::string_view> kPrefixes[] = {
+    {Role::kWorker, "w/"}, {Role::kClient, "client/"}, {Role::kOperator, "operator/"}, {Role::kBroker, "broker/"}};
+}  // namespace
+
+std::string AddressPrefix(Role role, std::string_view name) {
+  if (role == Role::kScheduler) return kSchedulerAddress;
+  for (const auto& [r, prefix] : kPrefixes) {
+    if (r == role) return std::string(prefix) + std::string(name) + "/";
+  }
+  return "";
+}
+
+Principal PrincipalOf(std::string_view address) {
+  if (address == kSchedulerAddress) return {Role::kScheduler, kSchedulerAddress};
+  for (const auto& [role, prefix] : kPrefixes) {
+    if (address.substr(0, prefix.size()) != prefix) continue;
+    std::string_view rest = address.substr(prefix.size());
+    size_t slash = rest.find('/');
+    if (slash == std::string_view::npos || slash == 0) return {};
+    return {role, std::string(rest.substr(0, slash))};
+  }
+  return {};
+}
+
+Status MayClaim(Role role, std::string_view name, std::string_view address) {
+  std::string prefix = AddressPrefix(role, name);
+  bool ok = role == Role::kScheduler
+                ? address == prefix
+                : !prefix.empty() && address.size() > prefix.size() && address.substr(0, prefix.size()) == prefix;
+  if (ok) return Status::Ok();
+  return Status::Invalid(std::string("role ") + RoleName(role) + " (certificate \"" + std::string(name) +
+                         "\") may not hold address \"" + std::string(address) + "\"" +
+                         (prefix.empty() ? "" : "; its addresses start with \"" + prefix + "\""));
+}
+
+Status MayPublish(Role role, std::string_view name, std::string_view topic, std::string_view payload) {
+  auto refuse = [&](const std::string& why) {
+    return Status::Invalid(std::string("role ") + RoleName(role) + " (certificate \"" + std::string(name) +
+                           "\") may not publish on topic \"" + std::string(topic) + "\"" + why);
+  };
+  switch (role) {
+    case Role::kScheduler:
+      return Status::Ok();
+    case Role::kBroker:
+      return topic.substr(0, 6) == "fleet." ? Status::Ok() : refuse(": only the scheduler publishes events");
+    case Role::kWorker:
+      break;
+    default:
+      return refuse(": only the scheduler publishes events");
+  }
+  if (topic != "fleet.register" && topic != "fleet.heartbeat") {
+    return refuse(": a worker publishes only fleet.register and fleet.heartbeat");
+  }
+  std::string storage;
+  std::string_view bytes = codec::AlignedBytes(payload, &storage);
+  auto env = codec::Decode(bytes.data(), bytes.size());
+  if (!env.ok()) return refuse(": " + env.status().message());
+  const flatbuffers::String* id = nullptr;
+  const flatbuffers::String* address = nullptr;
+  if (const auto* reg = (*env)->body_as_WorkerRegistration(); reg && topic == "fleet.register") {
+    id = reg->id();
+    address = reg->address();
+  } else if (const auto* hb = (*env)->body_as_WorkerHeartbeat(); hb && topic == "fleet.heartbeat") {
+    id = hb->id();
+    address = hb->address();
+  } else {
+    return refuse(": the body does not match the topic");
+  }
+  if (codec::Str(id) != name) return refuse(": it announces worker \"" + codec::Str(id) + "\"");
+  if (Status s = MayClaim(role, name, codec::Str(address)); !s.ok()) return refuse(": " + s.message());
+  return Status::Ok();
+}
+
+}  // namespace fm::bus

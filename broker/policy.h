@@ -1,0 +1,54 @@
+// Who may do what on the bus: roles, the addresses each may hold and the topics each
+// may publish on. Pure functions; the broker (broker.h) asks them for every claim and
+// every published message of a CURVE peer, the scheduler for every directed message.
+//
+// A peer's certificate names it and gives its role. Its address on the broker tree
+// (what directed messages are routed by) must be one of its role's:
+//   scheduler  fm-scheduler
+//   worker     w/NAME/...        (NAME: the worker id)
+//   client     client/NAME/...
+//   operator   operator/NAME/...
+//   broker     broker/NAME/...   (a node broker's link to its parent)
+// Events: the scheduler publishes any topic; a worker only fleet.register and
+// fleet.heartbeat about itself (id NAME, address w/NAME/...); a broker only fleet.*
+// (its subtree's worker announcements, checked where they entered); nobody else.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "schemas/status.h"
+
+namespace fm::bus {
+
+enum class Role { kNone, kBroker, kScheduler, kWorker, kClient, kOperator };
+
+// "broker", "scheduler", "worker", "client", "operator" ("none" for kNone).
+const char* RoleName(Role role);
+std::optional<Role> ParseRole(std::string_view text);
+
+// A certificate (and worker) name: 1 to 64 of [A-Za-z0-9._-], starting with a letter or
+// digit. Error says what is wrong.
+Status ValidateName(std::string_view name);
+
+// Who an address belongs to, as its form says (trustworthy only where the broker
+// checked the claim: with CURVE). kNone for any other form (a keyless tool).
+struct Principal {
+  Role role = Role::kNone;
+  std::string name;
+};
+Principal PrincipalOf(std::string_view address);
+
+// The address prefix of a role's peers: "w/NAME/", "client/NAME/", ...; "fm-scheduler"
+// for the scheduler.
+std::string AddressPrefix(Role role, std::string_view name);
+
+// May a peer with this role and name hold `address`? Error: unauthorized, naming both.
+Status MayClaim(Role role, std::string_view name, std::string_view address);
+
+// May a peer with this role and name publish `payload` on `topic`? Error names the role,
+// the topic and, for a worker, whose announcement it was.
+Status MayPublish(Role role, std::string_view name, std::string_view topic, std::string_view payload);
+
+}  // namespace fm::bus

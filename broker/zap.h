@@ -1,0 +1,48 @@
+// The broker's ZAP handler (ZeroMQ RFC 27): admits a CURVE peer when its public key is
+// in the trust directory, and gives its connection the certificate's name (User-Id) and
+// the properties Role and Key, which every message received on that connection carries
+// (PeerOf). It runs on the broker's loop: the handshake waits in ZeroMQ's I/O thread
+// for our reply, nothing blocks.
+#pragma once
+
+#include <spdlog/spdlog.h>
+
+#include <memory>
+#include <string>
+#include <zmq.hpp>
+
+#include "broker/cert.h"
+#include "broker/policy.h"
+#include "broker/rate_limited_log.h"
+
+namespace fm::bus {
+
+// Who sent a message, as its connection's ZAP metadata says. role kNone on a connection
+// without CURVE.
+struct Peer {
+  Role role = Role::kNone;
+  std::string name;
+  std::string key;  // Z85
+};
+Peer PeerOf(const zmq::message_t& frame);
+
+class ZapHandler {
+ public:
+  ZapHandler(zmq::context_t& context, const TrustStore* trust, std::shared_ptr<spdlog::logger> logger);
+  // Binds inproc://zeromq.zap.01 (before any CURVE socket of the context binds).
+  Status Bind();
+  zmq::socket_t& socket() { return socket_; }
+  // Answers every waiting request. Returns how many.
+  size_t Drain(uint64_t now_ms);
+  uint64_t refused() const { return refused_; }
+  void FlushLog(uint64_t now_ms) { log_.Flush(now_ms); }
+
+ private:
+  zmq::socket_t socket_;
+  const TrustStore* trust_;
+  std::shared_ptr<spdlog::logger> logger_;
+  RateLimitedLog log_;
+  uint64_t refused_ = 0;
+};
+
+}  // namespace fm::bus

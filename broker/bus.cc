@@ -85,6 +85,7 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
                bool subscribe, const Security& security)
     : address_(address),
       broker_url_(endpoints.router),
+      endpoints_(endpoints),
       security_(security),
       dealer_(context, zmq::socket_type::dealer),
       monitor_(context, zmq::socket_type::pair) {
@@ -99,14 +100,7 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
   dealer_.set(zmq::sockopt::heartbeat_ivl, 2000);
   dealer_.set(zmq::sockopt::heartbeat_timeout, 15000);
   SecureClientSocket(dealer_, security_);
-  char monitor_endpoint[64];
-  snprintf(monitor_endpoint, sizeof monitor_endpoint, "inproc://fm-monitor-%p", static_cast<void*>(this));
-  if (zmq_socket_monitor(dealer_.handle(), monitor_endpoint,
-                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
-                             ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                             ZMQ_EVENT_DISCONNECTED) == 0) {
-    monitor_.connect(monitor_endpoint);
-  }
+  Monitor(dealer_, monitor_, "dealer");
   dealer_.connect(endpoints.router);
   Hello();  // the claim goes first on the connection
   if (publish) {
@@ -121,22 +115,64 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
     sub_.set(zmq::sockopt::rcvhwm, 1'000'000);
     sub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
     SecureClientSocket(sub_, security_);
+    sub_monitor_ = zmq::socket_t(context, zmq::socket_type::pair);
+    Monitor(sub_, sub_monitor_, "sub");
     sub_.connect(endpoints.events_out);
   }
 }
 
 Client::~Client() {
   if (monitor_.handle()) zmq_socket_monitor(dealer_.handle(), nullptr, 0);
+  if (sub_monitor_.handle()) zmq_socket_monitor(sub_.handle(), nullptr, 0);
+}
+
+void Client::Monitor(zmq::socket_t& socket, zmq::socket_t& pair, const char* what) {
+  char endpoint[80];
+  snprintf(endpoint, sizeof endpoint, "inproc://fm-monitor-%s-%p", what, static_cast<void*>(this));
+  if (zmq_socket_monitor(socket.handle(), endpoint,
+                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                             ZMQ_EVENT_DISCONNECTED) == 0) {
+    pair.connect(endpoint);
+  }
+}
+
+bool Client::TakeResubscribed() {
+  if (std::string problem = LinkEvents(sub_monitor_, true); !problem.empty()) sub_problem_ = problem;
+  return std::exchange(resubscribed_, false);
 }
 
 std::string Client::LinkProblem() {
+  if (reconnect_) {
+    reconnect_ = false;
+    for (auto [socket, endpoint] : {std::pair{&dealer_, endpoints_.router}, std::pair{&pub_, endpoints_.events_in},
+                                    std::pair{&sub_, endpoints_.events_out}}) {
+      if (!socket->handle()) continue;
+      try {
+        socket->disconnect(endpoint);
+      } catch (const zmq::error_t&) {
+        // Already given up by ZeroMQ.
+      }
+      socket->connect(endpoint);
+    }
+    Hello();
+  }
+  std::string problem = LinkEvents(monitor_, false);
+  if (std::string sub = LinkEvents(sub_monitor_, true); !sub.empty()) sub_problem_ = sub;
+  if (!sub_problem_.empty()) problem = std::exchange(sub_problem_, "");
+  if (!problem.empty()) reconnect_ = true;
+  return problem;
+}
+
+std::string Client::LinkEvents(zmq::socket_t& monitor, bool subscriber) {
   std::string problem;
+  if (!monitor.handle()) return problem;
   for (;;) {
     std::vector<zmq::message_t> frames;
     std::optional<size_t> got;
     try {
       got = RetryEintr(
-          [&] { return zmq::recv_multipart(monitor_, std::back_inserter(frames), zmq::recv_flags::dontwait); });
+          [&] { return zmq::recv_multipart(monitor, std::back_inserter(frames), zmq::recv_flags::dontwait); });
     } catch (const zmq::error_t&) {
       break;
     }
@@ -148,6 +184,12 @@ std::string Client::LinkProblem() {
     const std::string who = "the broker at " + broker_url_;
     switch (event) {
       case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+        if (subscriber) {
+          // A subscription made anew: what was published meanwhile never came.
+          resubscribed_ |= sub_linked_;
+          sub_linked_ = true;
+          break;
+        }
         linked_ = true;
         failed_handshakes_ = 0;
         Hello();  // a new connection: claim the address on it
@@ -158,22 +200,21 @@ std::string Client::LinkProblem() {
                   ": it is not in the broker's trust directory (status " + std::to_string(value) + ")";
         break;
       case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
-          problem = security_.on()
-                        ? who + " does not speak CURVE (was it started without --cert?)"
-                        : who + " requires CURVE: give --cert and --broker-cert (or FM_CERT and FM_BROKER_CERT)";
-        } else {
-          problem = who + " failed the handshake (protocol error " + std::to_string(value) + ")" +
-                    (security_.on() ? ": is --broker-cert the broker's certificate?" : "");
-        }
-        break;
       case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-        problem =
-            who + " failed the handshake" + (security_.on() ? ": is --broker-cert the broker's certificate?" : "");
+        if (!security_.on()) {
+          // A keyless broker never fails a keyless handshake: this one wants CURVE.
+          problem = who + " requires CURVE: give --cert and --broker-cert (or FM_CERT and FM_BROKER_CERT)";
+        } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+                   value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+          problem = who + " does not speak CURVE (was it started without --cert?)";
+        } else {
+          problem = who + " failed the CURVE handshake: is --broker-cert (key " + security_.broker_key +
+                    ") the broker's certificate?";
+        }
         break;
       case ZMQ_EVENT_DISCONNECTED:
         // CURVE with a wrong broker key: the broker cannot read our hello and hangs up.
-        if (!linked_ && security_.on() && ++failed_handshakes_ >= 2) {
+        if (!subscriber && !linked_ && security_.on() && ++failed_handshakes_ >= 2) {
           problem = who + " closed the connection during the CURVE handshake: is --broker-cert (key " +
                     security_.broker_key + ") the broker's certificate?";
         }

@@ -115,9 +115,14 @@ class Client {
   // What went wrong with the link to the broker since the last call, as a sentence
   // naming the likely cause (a refused certificate, a broker without CURVE, a wrong
   // broker key); empty if nothing did. Also claims the address again after a reconnect.
+  // ZeroMQ gives up on a connection whose handshake failed: after one, the next call
+  // connects all sockets anew (so a daemon called every second retries every second).
   std::string LinkProblem();
   // A handshake with the broker completed at least once.
   bool linked() const { return linked_; }
+  // The subscriber's connection was made anew since the last call (the broker restarted
+  // or cut it off): events published meanwhile were not received. Once per reconnect.
+  bool TakeResubscribed();
   // Publishes on the bus; dropped by ZeroMQ when no subscriber is connected.
   void Publish(std::string_view topic, std::string_view payload);
   void Subscribe(const std::string& prefix);
@@ -129,8 +134,15 @@ class Client {
   std::string broker_url_;
   Security security_;
   zmq::socket_t dealer_;
-  zmq::socket_t monitor_;  // PAIR: the dealer's handshake events
+  void Monitor(zmq::socket_t& socket, zmq::socket_t& pair, const char* what);
+  std::string LinkEvents(zmq::socket_t& monitor, bool subscriber);
+  zmq::socket_t monitor_;      // PAIR: the dealer's handshake events
+  zmq::socket_t sub_monitor_;  // PAIR: the subscriber's
+  Endpoints endpoints_;
   bool linked_ = false;
+  bool reconnect_ = false;
+  bool sub_linked_ = false, resubscribed_ = false;
+  std::string sub_problem_;
   int failed_handshakes_ = 0;
   zmq::socket_t pub_;
   zmq::socket_t sub_;

@@ -153,10 +153,11 @@ flatbuffers::Offset<wire::Event> CopyEvent(flatbuffers::FlatBufferBuilder& fbb, 
     labels = ToWire(fbb, pairs);
   }
   auto type = opt(e.type()), time = opt(e.time()), task = opt(e.task()), worker = opt(e.worker()),
-       reason = opt(e.reason()), message = opt(e.message()), stream = opt(e.stream()), data = opt(e.data());
+       reason = opt(e.reason()), message = opt(e.message()), stream = opt(e.stream()), data = opt(e.data()),
+       owner = opt(e.owner());
   auto bd = breakdown.empty() ? 0 : fbb.CreateVector(breakdown);
   return wire::CreateEvent(fbb, e.seq(), type, time, task, worker, reason, message, e.attempt(), e.exit_code(), stream,
-                           data, e.eligible(), e.fleet(), bd, caps, hw, labels, e.time_ms());
+                           data, e.eligible(), e.fleet(), bd, caps, hw, labels, e.time_ms(), owner);
 }
 
 }  // namespace fm::codec

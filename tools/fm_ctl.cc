@@ -1,4 +1,4 @@
-// fm-ctl [--broker URL] [--json] workers | tasks [--state S] [--worker W] [--limit N] | task TASK
+// fm-ctl [--broker URL] [--json] workers | tasks [--state S] [--worker W] [--owner O] [--limit N] | task TASK
 //        | drain WORKER | undrain WORKER | cancel TASK
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -66,10 +66,11 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   auto* workers = app.add_subcommand("workers", "each worker's capabilities, hardware, slots in use and liveness");
   auto* tasks = app.add_subcommand("tasks", "tasks not ended and the most recently ended, by id");
-  std::string state_filter, worker_filter;
+  std::string state_filter, worker_filter, owner_filter;
   uint64_t limit = 0;
   tasks->add_option("--state", state_filter, "only tasks in this state (pending, queued, running, succeeded, ...)");
   tasks->add_option("--worker", worker_filter, "only tasks on this worker");
+  tasks->add_option("--owner", owner_filter, "only tasks this certificate name submitted");
   tasks->add_option("--limit", limit, "at most this many tasks (default: all)");
   auto* task = app.add_subcommand("task", "one task: its spec, attempts, why it waits, and its events");
   task->add_option("task", target, "task id (t42)")->required();
@@ -110,7 +111,8 @@ int main(int argc, char** argv) {
         fbb,
         fm::wire::CreateControlRequestDirect(fbb, op, target.empty() ? nullptr : target.c_str(), ++correlation, after,
                                              page_limit, state_filter.empty() ? nullptr : state_filter.c_str(),
-                                             worker_filter.empty() ? nullptr : worker_filter.c_str()));
+                                             worker_filter.empty() ? nullptr : worker_filter.c_str(),
+                                             owner_filter.empty() ? nullptr : owner_filter.c_str()));
     zmq::message_t& storage = pages.emplace_back();
     auto reply = (*client)->Call(request, fm::wire::Body::ControlReply, static_cast<int>(*timeout_ms), &storage);
     if (!reply.ok()) {
@@ -148,6 +150,7 @@ int main(int argc, char** argv) {
         std::string liveness = w->live() ? "live" : "unconfirmed";
         liveness += " (" + std::to_string(w->last_seen_ms_ago()) + " ms ago)";
         if (w->draining()) liveness += ", draining";
+        if (w->noop_executor()) liveness += ", NOOP EXECUTOR (runs nothing)";
         rows.push_back({fm::codec::Str(w->id()), fm::codec::Str(w->node()), caps.empty() ? "-" : Join(caps, ","),
                         fm::FormatCpus(w->cpus_milli_used()) + "/" + fm::FormatCpus(hw ? hw->cpus_milli() : 0),
                         fm::FormatSize(w->memory_used()) + "/" + fm::FormatSize(hw ? hw->memory() : 0), Gpus(hw),
@@ -170,12 +173,13 @@ int main(int argc, char** argv) {
       std::printf("]\n");
       return 0;
     }
-    std::vector<std::vector<std::string>> rows{{"TASK", "STATE", "ATTEMPT", "WORKER", "REASON", "MESSAGE"}};
+    std::vector<std::vector<std::string>> rows{{"TASK", "STATE", "ATTEMPT", "WORKER", "OWNER", "REASON", "MESSAGE"}};
     for (const auto* page : replies) {
       if (!page->tasks()) continue;
       for (const auto* t : *page->tasks()) {
         rows.push_back({fm::codec::Str(t->task()), fm::codec::Str(t->state()), std::to_string(t->attempt()),
                         t->worker() && t->worker()->size() ? t->worker()->str() : "-",
+                        t->owner() && t->owner()->size() ? t->owner()->str() : "-",
                         t->reason() && t->reason()->size() ? t->reason()->str() : "-", fm::codec::Str(t->message())});
       }
     }
@@ -197,6 +201,7 @@ int main(int argc, char** argv) {
     field("state", fm::codec::Str(t->state()));
     field("attempt", std::to_string(t->attempt()));
     field("worker", fm::codec::Str(t->worker()));
+    field("owner", fm::codec::Str(t->owner()));
     field("waiting", fm::codec::Str(t->waiting()));
     field("reason", fm::codec::Str(t->reason()));
     field("message", fm::codec::Str(t->message()));

@@ -79,12 +79,14 @@ class Tap {
     return remaining_ != 0;
   }
 
-  // Re-asks for a replay that the broker could not deliver.
+  // Re-asks for a replay that the broker could not deliver, and fills in what was
+  // published while the subscription was down (the broker restarted or reconnected it).
   void OnIdle() {
     if (retry_at_ && std::chrono::steady_clock::now() >= *retry_at_) {
       retry_at_.reset();
       RequestReplay(next_);
     }
+    if (client_.bus().TakeResubscribed() && next_ > 0 && !replay_in_flight_) RequestReplay(next_);
   }
 
   bool OnEvents() {

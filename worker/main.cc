@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
                "benchmarking only: complete every task at once without running it (command line only)")
       ->configurable(false);
   fm::bus::AddSecurityFlags(app, &options.cert, &options.broker_cert);
+  app.add_option("--run-as", options.run_as, "run exec tasks as this user (the worker must run as root)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
   fm::bus::EnvironmentFallbacks(app, "FM_WORKER_");

@@ -1,6 +1,10 @@
 #include "worker/uv_executor.h"
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <pwd.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
@@ -36,8 +40,55 @@ struct UvExecutor::Run {
   int64_t docker_status = -1;
 };
 
-UvExecutor::UvExecutor(uv_loop_t* loop, RunSink* sink, std::string docker_socket, std::function<void()> on_activity)
-    : loop_(loop), sink_(sink), docker_socket_(std::move(docker_socket)), on_activity_(std::move(on_activity)) {}
+Result<RunAs> LookUpRunAs(const std::string& user) {
+  RunAs as;
+  if (user.empty()) return as;
+  struct passwd pw {};
+  struct passwd* found = nullptr;
+  std::vector<char> buf(16384);
+  if (getpwnam_r(user.c_str(), &pw, buf.data(), buf.size(), &found) != 0 || !found) {
+    return Status::Invalid("--run-as " + user + ": no such user");
+  }
+  if (geteuid() != 0 && geteuid() != found->pw_uid) {
+    return Status::Invalid("--run-as " + user + ": the worker must run as root to run tasks as another user");
+  }
+  as.user = user;
+  as.uid = found->pw_uid;
+  as.gid = found->pw_gid;
+  as.home = found->pw_dir ? found->pw_dir : "/";
+  return as;
+}
+
+namespace {
+
+std::string TaskVar(uint64_t task) { return "FM_TASK_ID=t" + std::to_string(task); }
+std::string AttemptVar(uint32_t attempt) { return "FM_ATTEMPT=" + std::to_string(attempt); }
+std::string WorkerVar(const std::string& id) { return "FM_WORKER_ID=" + id; }
+
+// The environment of /proc/PID, as its NUL-separated strings; empty if unreadable.
+std::vector<std::string> EnvironOf(const char* pid) {
+  std::string path = std::string("/proc/") + pid + "/environ";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  std::string data;
+  char buf[8192];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0 && data.size() < (1u << 20)) data.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  std::vector<std::string> vars;
+  size_t start = 0;
+  for (size_t i = 0; i < data.size(); ++i) {
+    if (data[i] != '\0') continue;
+    vars.emplace_back(data, start, i - start);
+    start = i + 1;
+  }
+  return vars;
+}
+
+}  // namespace
+
+UvExecutor::UvExecutor(uv_loop_t* loop, RunSink* sink, UvExecutorOptions options, std::function<void()> on_activity)
+    : loop_(loop), sink_(sink), options_(std::move(options)), on_activity_(std::move(on_activity)) {}
 
 UvExecutor::~UvExecutor() = default;
 
@@ -114,11 +165,39 @@ void UvExecutor::StartExec(Run* run) {
   po.stdio = stdio;
   po.stdio_count = 3;
   po.flags = UV_PROCESS_DETACHED;  // own process group: a timeout kills the whole tree
+  // A clean environment: nothing of the worker's (its secrets, its key paths) reaches
+  // the task; the FM_* variables also mark the attempt's processes (KillTree).
+  const RunAs& as = options_.run_as;
+  std::string user = as.user;
+  if (user.empty()) {
+    if (struct passwd* pw = getpwuid(geteuid())) user = pw->pw_name;
+  }
+  std::vector<std::string> env = {
+      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+      "HOME=" + (as.user.empty() ? std::string(getenv("HOME") ? getenv("HOME") : "/") : as.home),
+      "USER=" + user,
+      "LOGNAME=" + user,
+      "LANG=C.UTF-8",
+      TaskVar(run->ref.first),
+      AttemptVar(run->ref.second),
+      WorkerVar(options_.worker_id)};
+  std::vector<char*> envp;
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  po.env = envp.data();
+  if (!as.user.empty()) {
+    po.flags = static_cast<uv_process_flags>(po.flags | UV_PROCESS_SETUID | UV_PROCESS_SETGID);
+    po.uid = as.uid;
+    po.gid = as.gid;
+    po.cwd = access(as.home.c_str(), X_OK) == 0 ? as.home.c_str() : "/";
+  }
   po.exit_cb = [](uv_process_t* p, int64_t status, int signal) {
     auto* r = static_cast<Run*>(p->data);
     r->exited = true;
     r->exit_status = status;
     r->term_signal = signal;
+    // What the command left running ends with it (and lets go of the output pipes).
+    r->executor->KillTree(r);
     uv_timer_stop(&r->timer);
     uv_close(reinterpret_cast<uv_handle_t*>(&r->timer), OnExecHandleClosed);
     uv_close(reinterpret_cast<uv_handle_t*>(p), OnExecHandleClosed);
@@ -157,7 +236,7 @@ void UvExecutor::StartDocker(Run* run) {
       loop_, &run->work,
       [](uv_work_t* w) {
         auto* r = static_cast<Run*>(w->data);
-        DockerClient docker(r->executor->docker_socket_);
+        DockerClient docker(r->executor->options_.docker_socket);
         auto id = docker.Create(r->spec.image, r->spec.command);
         if (!id.ok()) {
           r->docker_error = id.status().message();
@@ -232,9 +311,35 @@ void UvExecutor::StartTimeout(Run* run) {
       run->spec.timeout_ms, 0);
 }
 
+int UvExecutor::KillTree(Run* run) {
+  if (run->process.pid > 0) kill(-run->process.pid, SIGKILL);
+  // A process that left the group (setsid, setpgid) still carries the attempt's
+  // variables: find it in /proc. A few rounds, for processes forked meanwhile.
+  const std::string task = TaskVar(run->ref.first), attempt = AttemptVar(run->ref.second),
+                    worker = WorkerVar(options_.worker_id);
+  int found = 0;
+  for (int round = 0; round < 3; ++round) {
+    int this_round = 0;
+    DIR* proc = opendir("/proc");
+    if (!proc) break;
+    while (dirent* e = readdir(proc)) {
+      if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+      pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
+      if (pid == getpid()) continue;
+      int marks = 0;
+      for (const auto& v : EnvironOf(e->d_name)) marks += v == task || v == attempt || v == worker;
+      if (marks == 3 && kill(pid, SIGKILL) == 0) ++this_round;
+    }
+    closedir(proc);
+    found += this_round;
+    if (this_round == 0) break;
+  }
+  return found;
+}
+
 void UvExecutor::Kill(Run* run) {
   if (run->spec.image.empty()) {
-    if (!run->exited && run->process.pid > 0) kill(-run->process.pid, SIGKILL);
+    if (!run->exited && run->process.pid > 0) KillTree(run);
     return;
   }
   std::string container;
@@ -248,7 +353,7 @@ void UvExecutor::Kill(Run* run) {
     uv_work_t work;
     std::string socket, container;
   };
-  auto* job = new Job{{}, docker_socket_, container};
+  auto* job = new Job{{}, options_.docker_socket, container};
   job->work.data = job;
   uv_queue_work(
       loop_, &job->work,

@@ -1,6 +1,11 @@
 // The executors that really run attempts, on the worker's libuv loop:
-//  - exec: the command as a process in its own process group, stdout and stderr
-//    streamed as they come; timeout and cancel kill the whole group;
+//  - exec: the command as a process in its own process group, with a clean environment
+//    (never the worker's: PATH, HOME, USER, LANG and FM_TASK_ID, FM_ATTEMPT,
+//    FM_WORKER_ID), as the --run-as user when given; stdout and stderr streamed as they
+//    come. Timeout and cancel kill every process the attempt started: its process group,
+//    and any process that left it (setsid) found by its FM_* variables in /proc. When the
+//    command exits, what it left running is killed the same way: an attempt's processes
+//    end with it, and none holds its slot.
 //  - docker: the task's image through the Docker Engine API (create, start, wait,
 //    logs, remove), the blocking calls on libuv's thread pool.
 // Each attempt is keyed by its Ref, and ends (RunSink::OnRunEnded) only once all its
@@ -16,15 +21,31 @@
 #include <memory>
 #include <string>
 
+#include "schemas/status.h"
 #include "worker/executor.h"
 
 namespace fm::worker {
+
+// Whom exec tasks run as (--run-as). Empty user: the worker's own user.
+struct RunAs {
+  std::string user;
+  uint32_t uid = 0, gid = 0;
+  std::string home;
+};
+// Looks the user up. Error: no such user, or the worker cannot switch to it (not root).
+Result<RunAs> LookUpRunAs(const std::string& user);
+
+struct UvExecutorOptions {
+  std::string docker_socket;
+  std::string worker_id;  // FM_WORKER_ID, and how an attempt's processes are recognised
+  RunAs run_as;
+};
 
 class UvExecutor final : public Executor {
  public:
   // `on_activity` is called after each report to `sink` from a libuv callback (so the
   // loop ends its turn and sends what the report caused).
-  UvExecutor(uv_loop_t* loop, RunSink* sink, std::string docker_socket, std::function<void()> on_activity);
+  UvExecutor(uv_loop_t* loop, RunSink* sink, UvExecutorOptions options, std::function<void()> on_activity);
   ~UvExecutor() override;
 
   void Start(const Ref& ref, const TaskSpec& spec) override;
@@ -36,13 +57,16 @@ class UvExecutor final : public Executor {
   void StartDocker(Run* run);
   void StartTimeout(Run* run);
   void Kill(Run* run);
+  // Kills every process of the exec attempt: its process group, then whatever carries its
+  // FM_* variables. Returns how many processes outside the group it found.
+  int KillTree(Run* run);
   // Reports the end and frees the run. REQUIRES: none of its handles is open.
   void End(Run* run, RunResult result);
   static void OnExecHandleClosed(uv_handle_t* handle);
 
   uv_loop_t* loop_;
   RunSink* sink_;
-  std::string docker_socket_;
+  UvExecutorOptions options_;
   std::function<void()> on_activity_;
   std::map<Ref, std::unique_ptr<Run>> runs_;
 };

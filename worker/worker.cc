@@ -65,6 +65,9 @@ Status Worker::Open() {
   if (options_.node.empty()) options_.node = host;
   if (options_.id.find('/') != std::string::npos) return Status::Invalid("--id must not contain '/'");
   if (Status s = ApplyLimits(options_, &probe_.hardware); !s.ok()) return s;
+  auto run_as = LookUpRunAs(options_.run_as);
+  if (!run_as.ok()) return run_as.status();
+  run_as_ = *run_as;
   if (options_.slots == 0) options_.slots = std::max<uint32_t>(1, probe_.hardware.cpus_milli / 1000);
   for (const auto& [key, value] : options_.labels) {
     if (Status s = ValidateLabel(key, value); !s.ok()) return Status::Invalid("--label: " + s.message());
@@ -99,8 +102,11 @@ Status Worker::Open() {
                         probe_.hardware.gpus.size(), gpus, options_.slots, caps.empty() ? " (none)" : caps);
   for (const auto& note : probe_.notes) options_.logger->info("probe: {}", note);
   if (options_.noop_executor) {
-    options_.logger->warn("--noop-executor: tasks are reported succeeded without being run (benchmarks only)");
+    options_.logger->warn(
+        "--noop-executor: tasks are reported succeeded without being run (benchmarks only); announced to the "
+        "scheduler, shown by fm-ctl workers");
   }
+  if (!run_as_.user.empty()) options_.logger->info("exec tasks run as user {} (uid {})", run_as_.user, run_as_.uid);
   return Status::Ok();
 }
 
@@ -109,8 +115,12 @@ void Worker::Attach(bus::Loop& loop) {
   if (options_.noop_executor) {
     executor_ = std::make_unique<NoopExecutor>(core_.get());
   } else {
-    executor_ =
-        std::make_unique<UvExecutor>(loop.uv(), core_.get(), options_.docker_socket, [this] { loop_->MarkWork(); });
+    UvExecutorOptions executor_options;
+    executor_options.docker_socket = options_.docker_socket;
+    executor_options.worker_id = options_.id;
+    executor_options.run_as = run_as_;
+    executor_ = std::make_unique<UvExecutor>(loop.uv(), core_.get(), std::move(executor_options),
+                                             [this] { loop_->MarkWork(); });
   }
   core_->SetExecutor(executor_.get());
   loop.Watch(client_->dealer(), [this] { return DrainDirected(); });

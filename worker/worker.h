@@ -26,6 +26,7 @@
 #include "worker/core.h"
 #include "worker/executor.h"
 #include "worker/probe.h"
+#include "worker/uv_executor.h"
 
 namespace fm::worker {
 
@@ -37,8 +38,10 @@ struct WorkerOptions {
   std::optional<uint32_t> cpus_milli;  // may only lower what was probed
   std::optional<uint64_t> memory;      // may only lower what was probed
   Labels labels;
-  std::string docker_socket;      // empty: no docker capability
-  std::string cert, broker_cert;  // CURVE: own certificate (role worker, named as the id), the broker's
+  std::string docker_socket;  // empty: no docker capability
+  std::string cert, broker_cert;
+  std::string run_as;  // exec tasks run as this user (the worker must be root)  // CURVE: own certificate (role worker,
+                       // named as the id), the broker's
   uint64_t heartbeat_ms = 1000;
   uint64_t resend_ms = 1000;
   uint64_t max_output = 16ull << 20;  // per attempt
@@ -69,6 +72,7 @@ class Worker {
   Probe probe_;
   zmq::context_t& context_;
   bus::Security security_;
+  RunAs run_as_;
   std::unique_ptr<bus::Client> client_;
   bus::RateLimitedLog link_log_{spdlog::default_logger()};
   bus::Loop* loop_ = nullptr;

@@ -68,6 +68,7 @@ TEST_CASE("on a mixed fleet each task lands only on a worker whose hardware and 
 TEST_CASE("with several eligible workers the load spreads across them", "[integration]") {
   MixedFleet f;
   ToolRun run = f.cluster.Submit(Repeat(R"({"command": ["sleep", "0.3"]})", 4), {"--wait"});
+  INFO(run.err << Join(run.lines));
   REQUIRE(run.exit_code == 0);
   int on_big = 0, on_small = 0;
   for (const auto& line : run.lines) (WorkerOf(line) == "big" ? on_big : on_small)++;

@@ -219,11 +219,21 @@ ToolRun RunTool(const std::vector<std::string>& argv, const std::string& input, 
 
 Keys::Keys(std::string dir) : dir_(std::move(dir)) { std::filesystem::create_directories(dir_); }
 
-void Keys::Make(const std::string& name, const std::string& role) {
-  if (made_.count(name)) return;
+bool Keys::Make(const std::string& name, const std::string& role) {
+  if (made_.count(name)) return false;
   ToolRun run = RunTool({Bin("fm-keygen"), name, "--role", role, "--out", dir_});
   if (run.exit_code != 0) throw std::runtime_error("fm-keygen " + name + ": " + run.err);
   made_[name] = role;
+  return true;
+}
+
+void Cluster::Trust(const std::string& name, const std::string& role) {
+  const std::string admitted = "certificates admitted";
+  int before = broker_proc_->Count(admitted, true);
+  if (!keys_->Make(name, role)) return;
+  if (!broker_proc_->WaitFor(admitted, 5000, before + 1, true)) {
+    throw std::runtime_error("the broker did not admit certificate " + name + ": " + broker_proc_->Stderr());
+  }
 }
 
 std::vector<std::string> Keys::Flags(const std::string& name, const std::string& role, const std::string& broker) {
@@ -241,6 +251,7 @@ Cluster::Cluster(std::vector<std::string> scheduler_args, std::string data_dir, 
     keys_->Make("broker", "broker");
     keys_->Make("scheduler", "scheduler");
     keys_->Make("ops", "operator");
+    keys_->Make("tap", "client");
   }
   RestartBroker();
   RestartScheduler();
@@ -318,6 +329,7 @@ Process& Cluster::StartCustomWorker(const std::string& id, std::vector<std::stri
 Process& Cluster::StartWorker(const std::string& id, std::vector<std::string> args) {
   std::vector<std::string> argv{Bin("fm-worker"), "--id", id, "--heartbeat", "200ms"};
   if (keys_ && std::find(args.begin(), args.end(), "--cert") == args.end()) {
+    Trust(id, "worker");
     for (auto& f : keys_->Flags(id, "worker")) argv.push_back(f);
   }
   argv.insert(argv.end(), args.begin(), args.end());
@@ -356,6 +368,7 @@ ToolRun Cluster::Ctl(std::vector<std::string> args) {
 ToolRun Cluster::SubmitAs(const std::string& name, const std::string& role, const std::string& lines,
                           std::vector<std::string> args) {
   std::vector<std::string> argv{Bin("fm-submit"), "--broker", broker_};
+  Trust(name, role);
   for (auto& f : keys_->Flags(name, role)) argv.push_back(f);
   argv.insert(argv.end(), args.begin(), args.end());
   return RunTool(argv, lines);
@@ -363,6 +376,7 @@ ToolRun Cluster::SubmitAs(const std::string& name, const std::string& role, cons
 
 ToolRun Cluster::CtlAs(const std::string& name, const std::string& role, std::vector<std::string> args) {
   std::vector<std::string> argv{Bin("fm-ctl"), "--broker", broker_};
+  Trust(name, role);
   for (auto& f : keys_->Flags(name, role)) argv.push_back(f);
   argv.insert(argv.end(), args.begin(), args.end());
   return RunTool(argv);

@@ -94,8 +94,8 @@ bool DockerPings(const std::string& socket_path);
 class Keys {
  public:
   explicit Keys(std::string dir);
-  // Makes NAME.cert and NAME.cert_secret (once per name).
-  void Make(const std::string& name, const std::string& role);
+  // Makes NAME.cert and NAME.cert_secret (once per name). True when it made them now.
+  bool Make(const std::string& name, const std::string& role);
   std::string Secret(const std::string& name) const { return dir_ + "/" + name + ".cert_secret"; }
   std::string Public(const std::string& name) const { return dir_ + "/" + name + ".cert"; }
   const std::string& dir() const { return dir_; }
@@ -139,6 +139,9 @@ class Cluster {
                    std::vector<std::string> args = {});
   ToolRun CtlAs(const std::string& name, const std::string& role, std::vector<std::string> args);
   Keys& keys() { return *keys_; }
+  // Makes certificate NAME if need be and waits until the broker admits it (it re-reads
+  // its trust directory every second). REQUIRES: secure.
+  void Trust(const std::string& name, const std::string& role);
   bool secure() const { return keys_ != nullptr; }
   // Waits for `count` events on the tap whose line contains `needle`.
   bool WaitEvent(const std::string& needle, int timeout_ms = 10000, int count = 1);

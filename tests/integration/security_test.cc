@@ -1,0 +1,380 @@
+// Only the right parties: certificates, CURVE on every link, claimed addresses, roles,
+// revocation without a restart, and workers that keep their privileges to themselves.
+// Each attack of issue #9 is tried against the real processes and must fail. The
+// attacker is this test process, speaking to the broker through the bus library with
+// a certificate of its own (the strongest position a peer on the network can hold).
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "broker/bus.h"
+#include "harness.h"
+#include "schemas/codec.h"
+#include "schemas/vocabulary.h"
+
+using namespace fm::test;
+using Catch::Contains;
+namespace wire = fm::wire;
+namespace codec = fm::codec;
+
+namespace {
+
+std::string Join(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& l : lines) out += l + "\n";
+  return out;
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// A hand-driven peer with a certificate: it can claim any address and send anything.
+class Peer {
+ public:
+  Peer(Cluster& c, const std::string& name, const std::string& role, const std::string& address, bool publish = false) {
+    c.Trust(name, role);
+    auto security = fm::bus::LoadSecurity(c.keys().Secret(name), c.keys().Public("broker"), nullptr);
+    REQUIRE(security.ok());
+    client_ = std::make_unique<fm::bus::Client>(context_, *fm::bus::ParseBrokerUrl(c.broker()), address, publish, false,
+                                                *security);
+  }
+  fm::bus::Client& bus() { return *client_; }
+  void Send(const std::string& to, const std::string& payload) { REQUIRE(client_->Send(to, payload)); }
+  // The next Error this peer receives within `timeout_ms`, as "code: message"; empty if none.
+  std::string NextError(int timeout_ms = 5000) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      zmq::pollitem_t item{client_->dealer().handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, std::chrono::milliseconds(100));
+      while (auto msg = client_->Receive()) {
+        auto env = codec::Decode(msg->payload.data(), msg->payload.size());
+        if (!env.ok() || (*env)->body_type() != wire::Body::Error) continue;
+        const auto* e = (*env)->body_as_Error();
+        return codec::Str(e->code()) + ": " + codec::Str(e->message());
+      }
+    }
+    return "";
+  }
+
+ private:
+  zmq::context_t context_{1};
+  std::unique_ptr<fm::bus::Client> client_;
+};
+
+std::string Control(wire::ControlOp op, const std::string& target) {
+  flatbuffers::FlatBufferBuilder fbb;
+  return codec::Seal(fbb, wire::CreateControlRequestDirect(fbb, op, target.c_str(), 1));
+}
+
+bool Eventually(const std::function<bool()>& condition, int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return condition();
+}
+
+bool ProcessWithArgs(const std::string& needle) {
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    std::string cmdline = Slurp(entry.path().string() + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    if (cmdline.find(needle) != std::string::npos && cmdline.find("sh -c") == std::string::npos) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("fm-keygen writes a zcert pair, the secret one mode 0600, and never overwrites one",
+          "[integration][security]") {
+  TempDir dir;
+  ToolRun run = RunTool({Bin("fm-keygen"), "w1", "--role", "worker", "--out", dir.path() + "/keys"});
+  REQUIRE(run.exit_code == 0);
+  std::string pub = Slurp(dir.path() + "/keys/w1.cert"), secret = Slurp(dir.path() + "/keys/w1.cert_secret");
+  CHECK_THAT(pub, Contains("name = \"w1\"") && Contains("role = \"worker\"") && Contains("public-key = \""));
+  CHECK(pub.find("secret-key") == std::string::npos);
+  CHECK_THAT(secret, Contains("secret-key = \""));
+  struct stat st;
+  REQUIRE(::stat((dir.path() + "/keys/w1.cert_secret").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  run = RunTool({Bin("fm-keygen"), "w1", "--role", "worker", "--out", dir.path() + "/keys"});
+  CHECK(run.exit_code == 2);
+  CHECK_THAT(run.err, Contains("never overwrites"));
+  CHECK(Slurp(dir.path() + "/keys/w1.cert") == pub);
+  run = RunTool({Bin("fm-keygen"), "x", "--role", "admin", "--out", dir.path()});
+  CHECK(run.exit_code == 2);
+  CHECK_THAT(run.err, Contains("role \"admin\""));
+}
+
+TEST_CASE("a broker without a certificate refuses to listen beyond loopback unless told --insecure",
+          "[integration][security]") {
+  int base = PickPortBase();
+  ToolRun run = RunTool({Bin("fm-broker"), "--bind", "tcp://0.0.0.0:" + std::to_string(base)});
+  CHECK(run.exit_code == 2);
+  CHECK_THAT(run.err, Contains("--cert") && Contains("--insecure"));
+  auto broker = Process::Start({Bin("fm-broker"), "--bind", "tcp://0.0.0.0:" + std::to_string(base), "--insecure"});
+  CHECK(broker->WaitFor("broker on", 10000, 1, true));
+  CHECK(broker->WaitFor("--insecure: anyone who reaches", 1000, 1, true));
+}
+
+TEST_CASE(
+    "with CURVE, a tool without a certificate, with an untrusted one or with the wrong broker key says so and "
+    "exits non-zero; a daemon keeps retrying and logs why",
+    "[integration][security]") {
+  Cluster c({"--liveness", "2s"}, "", true);
+  // No certificate at all.
+  ToolRun run = RunTool({Bin("fm-ctl"), "--broker", c.broker(), "--timeout", "5s", "workers"});
+  CHECK(run.exit_code == 1);
+  CHECK_THAT(run.err, Contains("requires CURVE") && Contains("--cert"));
+  // A certificate the broker does not trust (made elsewhere).
+  TempDir other;
+  Keys stranger(other.path());
+  stranger.Make("mallory", "operator");
+  run = RunTool({Bin("fm-submit"), "--broker", c.broker(), "--cert", stranger.Secret("mallory"), "--broker-cert",
+                 c.keys().Public("broker"), "--", "true"});
+  CHECK(run.exit_code == 1);
+  CHECK_THAT(run.err, Contains("refused this process's certificate") && Contains("trust directory"));
+  // A trusted certificate, but the wrong key for the broker.
+  c.Trust("alice", "client");
+  run = RunTool({Bin("fm-tap"), "--broker", c.broker(), "--cert", c.keys().Secret("alice"), "--broker-cert",
+                 c.keys().Public("scheduler")});
+  CHECK(run.exit_code == 1);
+  CHECK_THAT(run.err, Contains("--broker-cert"));
+  // A public certificate given as one's own (with no secret file beside it).
+  std::filesystem::copy_file(c.keys().Public("alice"), other.path() + "/alice.cert");
+  run = RunTool({Bin("fm-ctl"), "--broker", c.broker(), "--cert", other.path() + "/alice.cert", "--broker-cert",
+                 c.keys().Public("broker"), "workers"});
+  CHECK(run.exit_code == 2);
+  CHECK_THAT(run.err, Contains("no secret key"));
+  // A worker certificate on a tool.
+  c.Trust("w9", "worker");
+  run = RunTool({Bin("fm-ctl"), "--broker", c.broker(), "--cert", c.keys().Secret("w9"), "--broker-cert",
+                 c.keys().Public("broker"), "workers"});
+  CHECK(run.exit_code == 2);
+  CHECK_THAT(run.err, Contains("role client or operator"));
+  // A daemon with an untrusted certificate keeps trying and says why.
+  stranger.Make("w5", "worker");
+  auto worker = Process::Start({Bin("fm-worker"), "--broker", c.broker(), "--cert", stranger.Secret("w5"),
+                                "--broker-cert", c.keys().Public("broker"), "--heartbeat", "200ms"});
+  CHECK(worker->WaitFor("refused this process's certificate", 10000, 1, true));
+  CHECK(worker->running());
+  // Trusted from now on (a certificate added to the directory): it registers.
+  std::filesystem::copy_file(stranger.Public("w5"), c.keys().dir() + "/w5.cert");
+  CHECK(c.WaitEvent("worker.registered worker=w5:", 10000));
+}
+
+TEST_CASE(
+    "only the scheduler's key holds fm-scheduler; a second scheduler is refused and logged while the first "
+    "serves, and a restarted one takes over at once",
+    "[integration][security]") {
+  Cluster c({"--liveness", "2s"}, "", true);
+  c.StartWorker("w1");
+  // A worker's key claiming the scheduler's address.
+  Peer impostor(c, "w1", "worker", fm::bus::kSchedulerAddress);
+  CHECK_THAT(impostor.NextError(), Contains("unauthorized") && Contains("may not hold address \"fm-scheduler\""));
+  // A second scheduler with the right key: refused while the first is there.
+  TempDir data2;
+  auto second = Process::Start({Bin("fm-scheduler"), "--broker", c.broker(), "--data", data2.path(), "--cert",
+                                c.keys().Secret("scheduler"), "--broker-cert", c.keys().Public("broker")});
+  CHECK(second->WaitFor("the broker refused the scheduler", 10000, 1, true));
+  CHECK_THAT(second->Stderr(), Contains("held by another connection"));
+  ToolRun run = c.Submit("{\"command\": [\"true\"]}\n", {"--wait"});
+  CHECK_THAT(run.lines.at(0), Contains("\"status\": \"succeeded\""));
+  second.reset();
+  // The first restarted (SIGKILL, then start): it holds its address again and serves.
+  c.RestartScheduler();
+  REQUIRE(c.WaitEvent("scheduler.started", 15000, 2));
+  run = c.Submit("{\"command\": [\"true\"]}\n", {"--wait"});
+  CHECK_THAT(run.lines.at(0), Contains("\"status\": \"succeeded\""));
+}
+
+TEST_CASE(
+    "a worker speaks only as itself: another worker's address, another id's registration and a result for a "
+    "task on another worker are refused",
+    "[integration][security]") {
+  Cluster c({"--liveness", "2s"}, "", true);
+  c.StartWorker("w1");
+  c.StartWorker("w2");
+  auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--cert", c.keys().Secret("ops"),
+                                "--broker-cert", c.keys().Public("broker"), "--wait"},
+                               "{\"command\": [\"sleep\", \"30\"], \"labels\": {}}\n");
+  REQUIRE(c.WaitEvent("task.started task=t1 ", 10000));
+  std::string on = c.tap().Lines().back().find("worker=w1") != std::string::npos ? "w1" : "w2";
+  std::string other = on == "w1" ? "w2" : "w1";
+  // The other worker's key claiming the task's worker's address.
+  Peer thief(c, other, "worker", "w/" + on + "/x");
+  CHECK_THAT(thief.NextError(), Contains("unauthorized") && Contains("w/" + other + "/"));
+  // Under its own address, it reports the task finished: the scheduler refuses it.
+  Peer liar(c, other, "worker", "w/" + other + "/x", true);
+  flatbuffers::FlatBufferBuilder fbb;
+  auto ref = wire::CreateTaskRef(fbb, 1, 1);
+  liar.Send(fm::bus::kSchedulerAddress,
+            codec::Seal(fbb, wire::CreateTaskFinished(fbb, ref, fbb.CreateString(on), wire::Outcome::Succeeded, 0, 0)));
+  CHECK(c.scheduler().WaitFor("refused a result about t1", 10000, 1, true));
+  // ... and publishes a registration for a worker id that is not its own.
+  flatbuffers::FlatBufferBuilder reg;
+  std::vector<std::string> caps{"docker", "gpu"};
+  liar.bus().Publish("fleet.register", codec::Seal(reg, wire::CreateWorkerRegistration(
+                                                            reg, reg.CreateString("evil"), reg.CreateString("w/evil/1"),
+                                                            reg.CreateString("x"), 1, reg.CreateString("1"), 100000, 0,
+                                                            0, 0, codec::ToWire(reg, caps))));
+  ToolRun ctl = c.Ctl({"task", "t1"});
+  CHECK_THAT(Join(ctl.lines), Contains("running"));
+  ctl = c.Ctl({"workers"});
+  CHECK_THAT(Join(ctl.lines), !Contains("evil"));
+  CHECK(c.Ctl({"cancel", "t1"}).exit_code == 0);
+  CHECK(submit->Wait(10000) == 1);
+}
+
+TEST_CASE("events come only from the scheduler: a client's forged event reaches no tap", "[integration][security]") {
+  Cluster c({"--liveness", "2s"}, "", true);
+  c.StartWorker("w1");
+  Peer forger(c, "mallory", "client", "client/mallory/x", true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the PUB's connection (slow joiner)
+  flatbuffers::FlatBufferBuilder fbb;
+  auto event = wire::CreateEventDirect(fbb, 1ull << 62, "task.succeeded", "2026-01-01T00:00:00.000Z", "t1", "w1");
+  forger.bus().Publish("task.succeeded", codec::Seal(fbb, event));
+  // The stream goes on: a real task's events come, the forged one never did.
+  ToolRun run = c.Submit("{\"command\": [\"true\"]}\n", {"--wait"});
+  REQUIRE(c.WaitEvent("task.succeeded task=t1 ", 10000));
+  CHECK_THAT(Join(c.tap().Lines()), !Contains("4611686018427387904"));
+}
+
+TEST_CASE(
+    "a client submits, lists and cancels its own tasks, not another's, and may not drain; an operator may; "
+    "keys are scoped per owner and tasks show their owner",
+    "[integration][security]") {
+  Cluster c({"--liveness", "2s"}, "", true);
+  c.StartWorker("w1", {"--slots", "1"});
+  ToolRun alice = c.SubmitAs("alice", "client", "{\"command\": [\"sleep\", \"30\"], \"key\": \"k1\"}\n");
+  REQUIRE(alice.exit_code == 0);
+  ToolRun bob = c.SubmitAs("bob", "client", "{\"command\": [\"sleep\", \"30\"], \"key\": \"k1\"}\n");
+  REQUIRE(bob.exit_code == 0);
+  // The same key from two owners: two tasks.
+  CHECK_THAT(alice.lines.at(0), Contains("\"task\": \"t1\""));
+  CHECK_THAT(bob.lines.at(0), Contains("\"task\": \"t2\""));
+  ToolRun tasks = c.CtlAs("alice", "client", {"tasks", "--owner", "bob"});
+  REQUIRE(tasks.exit_code == 0);
+  CHECK_THAT(Join(tasks.lines), Contains("t2") && Contains("bob") && !Contains("t1 "));
+  // bob may not cancel alice's task, nor drain.
+  ToolRun refused = c.CtlAs("bob", "client", {"cancel", "t1"});
+  CHECK(refused.exit_code == 1);
+  CHECK_THAT(refused.err, Contains("unauthorized") && Contains("role client (\"bob\") may not cancel this task") &&
+                              Contains("belongs to \"alice\""));
+  refused = c.CtlAs("bob", "client", {"drain", "w1"});
+  CHECK(refused.exit_code == 1);
+  CHECK_THAT(refused.err, Contains("may not drain workers") && Contains("role operator"));
+  CHECK(c.scheduler().WaitFor("refused \"drain workers\" from client/bob/", 5000, 1, true));
+  // alice may cancel hers; the operator anyone's, and drain.
+  CHECK(c.CtlAs("alice", "client", {"cancel", "t1"}).exit_code == 0);
+  CHECK(c.WaitEvent("task.cancelled task=t1 "));
+  CHECK(c.Ctl({"cancel", "t2"}).exit_code == 0);
+  CHECK(c.Ctl({"drain", "w1"}).exit_code == 0);
+  // A worker's key may not submit.
+  Peer worker(c, "w1", "worker", "w/w1/x");
+  flatbuffers::FlatBufferBuilder fbb;
+  std::vector<std::string> command{"id"};
+  auto spec = wire::CreateTaskSpec(fbb, codec::ToWire(fbb, command));
+  worker.Send(fm::bus::kSchedulerAddress,
+              codec::Seal(fbb, wire::CreateSubmitRequest(fbb, fbb.CreateVector(std::vector{spec}))));
+  CHECK_THAT(worker.NextError(), Contains("unauthorized: role worker (\"w1\") may not submit tasks"));
+  // Owners are in the events too.
+  ToolRun json = RunTool({Bin("fm-tap"), "--broker", c.broker(), "--cert", c.keys().Secret("ops"), "--broker-cert",
+                          c.keys().Public("broker"), "--since", "1", "--json", "--count", "3", "task.submitted"});
+  CHECK_THAT(Join(json.lines), Contains("\"owner\": \"alice\"") && Contains("\"owner\": \"bob\""));
+}
+
+TEST_CASE(
+    "a certificate removed from the trust directory is refused within 5 s, on connections already open too, "
+    "and one put back is admitted as fast",
+    "[integration][security]") {
+  Cluster c({"--liveness", "2s"}, "", true);
+  c.StartWorker("w1");
+  c.Trust("alice", "client");
+  auto tap = Process::Start({Bin("fm-tap"), "--broker", c.broker(), "--cert", c.keys().Secret("alice"), "--broker-cert",
+                             c.keys().Public("broker")});
+  Peer open(c, "alice", "client", "client/alice/open");
+  ToolRun run = c.Submit("{\"command\": [\"true\"]}\n", {"--wait"});
+  REQUIRE(tap->WaitFor("task.succeeded task=t1 ", 10000));
+  std::string saved = Slurp(c.keys().Public("alice"));
+  std::filesystem::remove(c.keys().Public("alice"));
+  // New connections are refused...
+  CHECK(Eventually([&] { return c.CtlAs("alice", "client", {"workers"}).exit_code != 0; }, 5000));
+  // ... and the ones already open: a directed message, and the subscription.
+  open.Send(fm::bus::kSchedulerAddress, Control(wire::ControlOp::Workers, ""));
+  CHECK_THAT(open.NextError(), Contains("unauthorized") && Contains("no longer in the broker's trust directory"));
+  run = c.Submit("{\"command\": [\"true\"]}\n", {"--wait"});
+  REQUIRE(c.WaitEvent("task.succeeded task=t2 ", 10000));
+  // The revoked tap was cut off and told why.
+  CHECK(tap->Wait(5000) == 1);
+  CHECK_THAT(tap->Stderr(), Contains("refused this process's certificate"));
+  CHECK_THAT(tap->Stdout(), !Contains("task=t2 "));
+  // Put back: admitted again.
+  std::ofstream(c.keys().Public("alice")) << saved;
+  CHECK(Eventually([&] { return c.CtlAs("alice", "client", {"workers"}).exit_code == 0; }, 5000));
+}
+
+TEST_CASE(
+    "tasks start with a clean environment, --run-as runs them as that user, and every process a task started "
+    "is killed on timeout or when it exits",
+    "[integration][security]") {
+  Cluster c;
+  c.StartCustomWorker("w1", {"/usr/bin/env", "FM_WORKER_SECRET=hunter2", Bin("fm-worker"), "--id", "w1", "--heartbeat",
+                             "200ms", "--label", "as=root"});
+  c.StartWorker("w2", {"--run-as", "nobody", "--label", "as=nobody"});
+  ToolRun run = c.Submit(
+      "{\"command\": [\"sh\", \"-c\", \"env; echo uid=$(id -u)\"], \"labels\": {\"as\": \"root\"}}\n"
+      "{\"command\": [\"sh\", \"-c\", \"echo uid=$(id -u)\"], \"labels\": {\"as\": \"nobody\"}}\n",
+      {"--wait"});
+  REQUIRE(run.exit_code == 0);
+  REQUIRE(c.WaitEvent("task.succeeded task=t2 ", 10000));
+  std::string stream = Join(c.tap().Lines());
+  CHECK_THAT(stream, Contains("FM_TASK_ID=t1") && Contains("FM_WORKER_ID=w1") && Contains("uid=0"));
+  CHECK_THAT(stream, !Contains("FM_WORKER_SECRET") && !Contains("hunter2"));
+  CHECK_THAT(stream, Contains("uid=65534"));
+  // A child that left the process group (setsid) dies on timeout with the rest.
+  run = c.Submit(
+      "{\"command\": [\"sh\", \"-c\", \"setsid sleep 4321 & sleep 4322\"], \"timeout\": \"1s\", \"max_attempts\": 1, "
+      "\"labels\": {\"as\": \"root\"}}\n",
+      {"--wait"});
+  CHECK_THAT(run.lines.at(0), Contains("\"reason\": \"timeout\""));
+  CHECK(Eventually([] { return !ProcessWithArgs("sleep 4321"); }, 5000));
+  // And what a command leaves running when it exits ends with it.
+  run = c.Submit("{\"command\": [\"sh\", \"-c\", \"setsid sleep 4323 &\"], \"labels\": {\"as\": \"nobody\"}}\n",
+                 {"--wait"});
+  CHECK_THAT(run.lines.at(0), Contains("\"status\": \"succeeded\""));
+  CHECK(Eventually([] { return !ProcessWithArgs("sleep 4323"); }, 5000));
+}
+
+TEST_CASE(
+    "a worker runs a noop executor only when its command line says so, never from the environment or a config "
+    "file, and announces it",
+    "[integration][security]") {
+  Cluster c;
+  TempDir dir;
+  std::ofstream(dir.path() + "/worker.conf") << "noop-executor = true\n";
+  ToolRun refused = RunTool({Bin("fm-worker"), "--broker", c.broker(), "--config", dir.path() + "/worker.conf"});
+  CHECK(refused.exit_code != 0);
+  CHECK_THAT(refused.err, Contains("noop-executor"));
+  c.StartCustomWorker(
+      "w1", {"/usr/bin/env", "FM_WORKER_NOOP_EXECUTOR=true", Bin("fm-worker"), "--id", "w1", "--heartbeat", "200ms"});
+  ToolRun run = c.Submit("{\"command\": [\"false\"]}\n", {"--wait"});
+  CHECK_THAT(run.lines.at(0), Contains("\"status\": \"failed\""));  // it really ran
+  Process& noop = c.StartWorker("w2", {"--noop-executor"});
+  CHECK(c.WaitEvent("worker.registered worker=w2: ", 5000));
+  CHECK_THAT(Join(c.tap().Lines()), Contains("NOOP EXECUTOR"));
+  CHECK_THAT(noop.Stderr(), Contains("--noop-executor"));
+  CHECK_THAT(Join(c.Ctl({"workers"}).lines), Contains("NOOP EXECUTOR"));
+}

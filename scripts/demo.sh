@@ -3,8 +3,11 @@
 # with its RocksDB store under .fm/data, two workers that differ in hardware and labels
 # (one with docker through podman), fm-tap showing the stream, and examples/tasks.jsonl
 # piped through fm-submit --wait. The cluster keeps running afterwards.
-#   scripts/demo.sh         install what is missing, build, start, submit the examples
-#   scripts/demo.sh stop    stop the cluster
+#   scripts/demo.sh           install what is missing, build, start, submit the examples
+#   scripts/demo.sh --secure  the same, secured: a certificate per process (fm-keygen, in
+#                             .fm/keys), CURVE on every link, the broker admitting only the
+#                             keys in its trust directory, the tools as an operator
+#   scripts/demo.sh stop      stop the cluster
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -21,6 +24,8 @@ stop() {
   fi
 }
 if [ "${1:-}" = stop ]; then stop; exit 0; fi
+secure=false
+if [ "${1:-}" = --secure ]; then secure=true; fi
 if [ -f "$state/pids" ]; then
   echo "fm already runs from $state; stop it with: scripts/demo.sh stop" >&2
   exit 1
@@ -45,10 +50,26 @@ else
   echo "(podman did not start; the docker task will be rejected: see $state/logs/podman.log)"
 fi
 
-start broker "$bin/fm-broker"
-start scheduler "$bin/fm-scheduler" --data "$state/data"
-start worker-big "$bin/fm-worker" --id big --slots 2 --label zone=a "${docker_args[@]}"
-start worker-small "$bin/fm-worker" --id small --slots 2 --cpus 1 --memory 1GiB --label zone=b
+broker_args=() scheduler_args=() big_args=() small_args=()
+if $secure; then
+  # One certificate per process. The trust directory holds the public halves (a broker
+  # reads only *.cert there); the secret halves stay with their owners (mode 0600).
+  keys=$state/keys me=$(id -un)
+  for spec in broker:broker scheduler:scheduler big:worker small:worker "$me-ops:operator"; do
+    name=${spec%%:*}
+    [ -f "$keys/$name.cert" ] || "$bin/fm-keygen" "$name" --role "${spec##*:}" --out "$keys" >/dev/null
+  done
+  broker_args=(--cert "$keys/broker.cert_secret" --trust "$keys")
+  scheduler_args=(--cert "$keys/scheduler.cert_secret" --broker-cert "$keys/broker.cert")
+  big_args=(--cert "$keys/big.cert_secret" --broker-cert "$keys/broker.cert")
+  small_args=(--cert "$keys/small.cert_secret" --broker-cert "$keys/broker.cert")
+  export FM_CERT=$keys/$me-ops.cert_secret FM_BROKER_CERT=$keys/broker.cert  # the tools below
+fi
+
+start broker "$bin/fm-broker" "${broker_args[@]}"
+start scheduler "$bin/fm-scheduler" --data "$state/data" "${scheduler_args[@]}"
+start worker-big "$bin/fm-worker" --id big --slots 2 --label zone=a "${docker_args[@]}" "${big_args[@]}"
+start worker-small "$bin/fm-worker" --id small --slots 2 --cpus 1 --memory 1GiB --label zone=b "${small_args[@]}"
 # Wait until both workers registered, then follow the stream from its start.
 for _ in $(seq 1 100); do
   n=$("$bin/fm-ctl" workers 2>/dev/null | grep -c ' live ' || true)
@@ -71,7 +92,8 @@ fm-submit exited $status: non-zero because not every task succeeded. Three examp
 purpose: one exits 3, one runs past its timeout, and one needs a GPU no worker has (rejected
 at once, with the reason).
 
-The cluster keeps running (logs in $state/logs). Try:
+The cluster keeps running (logs in $state/logs).$($secure && printf '\nIt is secured: every link is CURVE; a tool needs a certificate the broker trusts:\n  export FM_CERT=%s FM_BROKER_CERT=%s\n  env -u FM_CERT -u FM_BROKER_CERT %s workers   # refused: the broker requires CURVE' "$FM_CERT" "$FM_BROKER_CERT" "$bin/fm-ctl")
+Try:
   echo '{"command": ["sh", "-c", "echo more"]}' | $bin/fm-submit --wait
   $bin/fm-submit --require gpu -- nvidia-smi        # rejected here, with the reason
   $bin/fm-tap --since 1                            # the whole stream so far

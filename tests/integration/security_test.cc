@@ -378,3 +378,19 @@ TEST_CASE(
   CHECK_THAT(noop.Stderr(), Contains("--noop-executor"));
   CHECK_THAT(Join(c.Ctl({"workers"}).lines), Contains("NOOP EXECUTOR"));
 }
+
+TEST_CASE("a broker serves an ipc:// socket beside tcp://: daemons and tools on either reach each other",
+          "[integration][security]") {
+  TempDir dir;
+  int base = PickPortBase();
+  std::string tcp = "tcp://127.0.0.1:" + std::to_string(base), ipc = "ipc://" + dir.path() + "/broker";
+  auto broker = Process::Start({Bin("fm-broker"), "--bind", tcp, "--bind", ipc});
+  REQUIRE(broker->WaitFor("broker on", 10000, 1, true));
+  auto scheduler = Process::Start({Bin("fm-scheduler"), "--broker", ipc, "--data", dir.path() + "/data"});
+  auto worker = Process::Start({Bin("fm-worker"), "--broker", tcp, "--id", "w1", "--heartbeat", "200ms"});
+  auto tap = Process::Start({Bin("fm-tap"), "--broker", ipc, "--since", "1"});
+  REQUIRE(tap->WaitFor("worker.registered worker=w1", 15000));
+  ToolRun run = RunTool({Bin("fm-submit"), "--broker", ipc, "--wait", "--", "true"});
+  CHECK_THAT(Join(run.lines), Contains("\"status\": \"succeeded\",\"worker\": \"w1\""));
+  CHECK(std::filesystem::exists(dir.path() + "/broker.events-out"));
+}

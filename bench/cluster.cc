@@ -8,7 +8,10 @@
 //  - recovery: scheduler start with 100k and 1M tasks in the store, and its peak RSS;
 //  - a backlog far above the fleet's slots on a mixed fleet where only one class can run
 //    it: dispatch rate (against the no-backlog figure of the same run), the backlog's
-//    peak, and how busy the scheduler is when nothing can be placed.
+//    peak, and how busy the scheduler is when nothing can be placed;
+//  - the cost of CURVE: dispatch throughput and the one-task round trip on a cluster
+//    with certificates on every link against the same cluster keyless, alternating
+//    in the same run (part "curve").
 #include <signal.h>
 #include <unistd.h>
 
@@ -22,6 +25,7 @@
 
 #include "bench_util.h"
 #include "broker/bus.h"
+#include "broker/policy.h"
 #include "harness.h"
 #include "scheduler/engine.h"
 #include "schemas/codec.h"
@@ -103,23 +107,46 @@ std::string SubmitBytes(int tasks, uint64_t correlation, bool watch, const char*
   return codec::Seal(fbb, wire::CreateSubmitRequest(fbb, fbb.CreateVector(specs), watch, correlation));
 }
 
-// A running cluster and a client on it.
+// A running cluster and a client on it; with `secure`, every process has a certificate
+// and every link is CURVE (this client is an operator).
 class Bench {
  public:
-  Bench(int workers, std::vector<std::string> scheduler_args = {}) {
+  Bench(int workers, std::vector<std::string> scheduler_args = {}, bool secure = false) {
     broker_ = "tcp://127.0.0.1:" + std::to_string(fm::test::PickPortBase());
-    broker_proc_ = Process::Start({Bin("fm-broker"), "--bind", broker_});
+    std::vector<std::string> broker_argv{Bin("fm-broker"), "--bind", broker_};
+    auto with_cert = [&](std::vector<std::string> argv, const std::string& name, const std::string& role) {
+      if (!secure) return argv;
+      for (auto& f : keys_->Flags(name, role)) argv.push_back(f);
+      return argv;
+    };
+    if (secure) {
+      keys_ = std::make_unique<fm::test::Keys>(dir_.path() + "/keys");
+      keys_->Make("broker", "broker");
+      keys_->Make("scheduler", "scheduler");
+      keys_->Make("bench", "operator");
+      for (int i = 0; i < workers; ++i) keys_->Make("w" + std::to_string(i), "worker");
+      for (const std::string& f :
+           {std::string("--cert"), keys_->Secret("broker"), std::string("--trust"), keys_->dir()})
+        broker_argv.push_back(f);
+    }
+    broker_proc_ = Process::Start(broker_argv);
     broker_proc_->WaitFor("broker on", 10000, 1, true);
     std::vector<std::string> argv{Bin("fm-scheduler"), "--broker", broker_, "--data", dir_.path() + "/data"};
     argv.insert(argv.end(), scheduler_args.begin(), scheduler_args.end());
-    scheduler_ = Process::Start(argv);
+    scheduler_ = Process::Start(with_cert(argv, "scheduler", "scheduler"));
     scheduler_->WaitFor("scheduler on broker", 60000, 1, true);
     for (int i = 0; i < workers; ++i) {
-      workers_.push_back(Process::Start({Bin("fm-worker"), "--broker", broker_, "--id", "w" + std::to_string(i),
-                                         "--noop-executor", "--slots", "256"}));
+      std::string id = "w" + std::to_string(i);
+      workers_.push_back(Process::Start(with_cert(
+          {Bin("fm-worker"), "--broker", broker_, "--id", id, "--noop-executor", "--slots", "256"}, id, "worker")));
     }
-    client_ =
-        std::make_unique<bus::Client>(context_, *bus::ParseBrokerUrl(broker_), bus::UniqueAddress("bench"), true, true);
+    bus::Security security;
+    std::string address = bus::UniqueAddress("bench");
+    if (secure) {
+      security = *bus::LoadSecurity(keys_->Secret("bench"), keys_->Public("broker"), "operator");
+      address = bus::UniqueAddress(bus::AddressPrefix(bus::Role::kOperator, "bench") + "bench");
+    }
+    client_ = std::make_unique<bus::Client>(context_, *bus::ParseBrokerUrl(broker_), address, true, true, security);
     client_->Subscribe("task.");
     WaitForWorkers(workers);
   }
@@ -170,6 +197,7 @@ class Bench {
 
  private:
   TempDir dir_;
+  std::unique_ptr<fm::test::Keys> keys_;
   std::string broker_;
   std::unique_ptr<Process> broker_proc_, scheduler_;
   std::vector<std::unique_ptr<Process>> workers_;
@@ -284,18 +312,20 @@ void OpenLoop(int rate, double seconds) {
       double t = NowSeconds();
       auto env = codec::Decode(event->payload.data(), event->payload.size());
       if (!env.ok()) continue;
-      const auto* e = (*env)->body_as_Event();
-      if (!e || !e->task()) continue;
-      auto it = task_sent.find(e->task()->str());
-      if (it == task_sent.end()) continue;
-      double ms = (t - it->second) * 1000;
-      const wire::EventType type = ParseEventType(event->topic);
-      if (type == wire::EventType::TaskQueued) queued.push_back(ms);
-      if (type == wire::EventType::TaskStarted) started.push_back(ms);
-      if (type == wire::EventType::TaskSucceeded) {
-        terminal.push_back(ms);
-        ++done;
-      }
+      codec::ForEachEvent(**env, {}, [&](const wire::Event& e, std::string_view) {
+        if (!e.task()) return true;
+        auto it = task_sent.find(e.task()->str());
+        if (it == task_sent.end()) return true;
+        double ms = (t - it->second) * 1000;
+        const wire::EventType type = ParseEventType(codec::Str(e.type()));
+        if (type == wire::EventType::TaskQueued) queued.push_back(ms);
+        if (type == wire::EventType::TaskStarted) started.push_back(ms);
+        if (type == wire::EventType::TaskSucceeded) {
+          terminal.push_back(ms);
+          ++done;
+        }
+        return true;
+      });
     }
   }
   std::string r = std::to_string(rate);
@@ -430,6 +460,55 @@ void Backlog(int tasks) {
   runner.Signal(SIGCONT);
 }
 
+// The price of CURVE: the same cluster with and without certificates, alternating so
+// that the machine's noise falls on both alike. Dispatch throughput (4 workers) and the
+// round trip of one task (submit -> TaskEnded, closed loop), medians of the rounds.
+void CurveCost(int tasks, int samples, int rounds) {
+  std::map<bool, std::vector<double>> rate, round_trip;
+  for (int round = 0; round < rounds; ++round) {
+    for (bool secure : {false, true}) {
+      Bench b(4, {}, secure);
+      double s_cpu = CpuSeconds(b.scheduler().pid()), b_cpu = CpuSeconds(b.broker_process().pid());
+      double w_cpu = b.WorkersCpuSeconds(), c_cpu = CpuSeconds(getpid());
+      Piped piped = PipeTasks(b, tasks, /*window=*/20, {}, 120);
+      rate[secure].push_back(piped.ended / piped.seconds);
+      if (piped.ended > 0) {
+        auto per_task = [&](double before, double after) { return (after - before) * 1e6 / piped.ended; };
+        std::printf("  cpu us/task: scheduler %.1f, broker %.1f, workers %.1f, client %.1f\n",
+                    per_task(s_cpu, CpuSeconds(b.scheduler().pid())),
+                    per_task(b_cpu, CpuSeconds(b.broker_process().pid())), per_task(w_cpu, b.WorkersCpuSeconds()),
+                    per_task(c_cpu, CpuSeconds(getpid())));
+      }
+      std::vector<double> ms;
+      for (int i = 0; i < samples; ++i) {
+        double t = NowSeconds();
+        b.client().Send(bus::kSchedulerAddress, SubmitBytes(1, 1000000 + i, true));
+        bool ended = false;
+        while (!ended && NowSeconds() - t < 10) {  // bounded
+          zmq::pollitem_t item{b.client().dealer().handle(), 0, ZMQ_POLLIN, 0};
+          zmq::poll(&item, 1, std::chrono::milliseconds(1000));
+          while (auto msg = b.client().Receive()) {
+            auto env = codec::Decode(msg->payload.data(), msg->payload.size());
+            ended |= env.ok() && (*env)->body_type() == wire::Body::TaskEnded;
+          }
+        }
+        ms.push_back((NowSeconds() - t) * 1000);
+      }
+      round_trip[secure].push_back(Percentile(ms, 50));
+      std::printf("  round %d %s: %.0f tasks/s, round trip p50 %.2f ms\n", round + 1, secure ? "CURVE" : "plain",
+                  rate[secure].back(), round_trip[secure].back());
+    }
+  }
+  double plain = Percentile(rate[false], 50), curve = Percentile(rate[true], 50);
+  Report("curve_off_dispatch_tasks_per_s_4_workers", plain, "tasks/s");
+  Report("curve_on_dispatch_tasks_per_s_4_workers", curve, "tasks/s");
+  Report("curve_dispatch_ratio_on_over_off", curve / plain, "x");
+  double rt_plain = Percentile(round_trip[false], 50), rt_curve = Percentile(round_trip[true], 50);
+  Report("curve_off_round_trip_p50_ms", rt_plain, "ms");
+  Report("curve_on_round_trip_p50_ms", rt_curve, "ms");
+  Report("curve_round_trip_ratio_on_over_off", rt_curve / rt_plain, "x");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -454,5 +533,6 @@ int main(int argc, char** argv) {
     if (!tiny) Recovery(1000000);
   }
   if (want("backlog")) Backlog(tiny ? 2000 : 1000000);
+  if (want("curve")) CurveCost(tiny ? 200 : 50000, tiny ? 5 : 200, tiny ? 1 : 3);
   return 0;
 }

@@ -218,7 +218,7 @@ void SchedulerDaemon::SendOut(Outbox& out) {
       options_.logger->warn("could not queue a message to {} (high-water mark); it will be re-sent", d.to);
     }
   }
-  for (auto& e : out.events) client_->Publish(e.topic, e.payload());
+  for (auto& [topic, payload] : EventLog::Messages(out.events)) client_->Publish(topic, payload);
 }
 
 }  // namespace fm::sched

@@ -17,6 +17,9 @@ namespace {
 // A turn's events are stored as one e/ block, split at about this size so that a block
 // stays far under the decoder's limit.
 constexpr size_t kEventBlockBytes = 1 << 20;
+// Published blocks are kept smaller: a subscriber gets its events in pieces it can
+// take without a long pause.
+constexpr size_t kPublishedBlockBytes = 256 << 10;
 
 // Calls `visit(event)` for each event stored in an e/ value (an EventBlock, or one Event
 // as stores written before blocks hold), in seq order, until it returns false. Returns
@@ -27,18 +30,7 @@ bool ForEachStoredEvent(std::string_view stored, Visit visit) {
   std::string_view value = codec::AlignedBytes(stored, &storage);
   auto env = codec::Decode(value.data(), value.size());
   if (!env.ok()) return false;
-  if ((*env)->body_type() == wire::Body::Event) return visit(*(*env)->body_as_Event());
-  const auto* block = (*env)->body_as_EventBlock();
-  if (!block || !block->events()) return false;
-  std::string aligned;  // a nested buffer is copied out so that its fields are aligned
-  for (const auto* bytes : *block->events()) {
-    if (!bytes->envelope()) return false;
-    aligned.assign(reinterpret_cast<const char*>(bytes->envelope()->data()), bytes->envelope()->size());
-    auto inner = codec::Decode(aligned.data(), aligned.size());
-    if (!inner.ok() || (*inner)->body_type() != wire::Body::Event) return false;
-    if (!visit(*(*inner)->body_as_Event())) return false;
-  }
-  return true;
+  return codec::ForEachEvent(**env, value, [&](const wire::Event& e, std::string_view) { return visit(e); });
 }
 
 }  // namespace
@@ -124,6 +116,37 @@ void EventLog::FinishTurn(Effects* effects) {
     effects->writes.Put(std::string(keys::kMetaNextSeq), keys::EncodeU64(next_seq_));
     persisted_seq_ = next_seq_;
   }
+}
+
+std::vector<std::pair<std::string, std::string>> EventLog::Messages(const std::vector<Publication>& events) {
+  std::vector<std::pair<std::string, std::string>> out;
+  flatbuffers::FlatBufferBuilder fbb(64 << 10);
+  std::vector<flatbuffers::Offset<wire::EventBytes>> block;
+  std::string topic;
+  size_t bytes = 0;
+  auto flush = [&] {
+    if (block.empty()) return;
+    out.emplace_back(topic, codec::Seal(fbb, wire::CreateEventBlock(fbb, fbb.CreateVector(block))));
+    fbb.Clear();
+    block.clear();
+    bytes = 0;
+  };
+  for (const auto& e : events) {
+    std::string_view type = e.topic;
+    std::string_view cls = type.substr(0, type.find('.') + 1);  // "task.", "worker.", "scheduler."
+    if (cls == "scheduler.") {
+      flush();
+      out.emplace_back(e.topic, std::string(e.payload()));  // one by one: subscribers name the type
+      continue;
+    }
+    if (cls != topic || bytes + e.size > kPublishedBlockBytes) flush();
+    topic = cls;
+    block.push_back(wire::CreateEventBytes(
+        fbb, fbb.CreateVector(reinterpret_cast<const uint8_t*>(e.payload().data()), e.payload().size())));
+    bytes += e.size;
+  }
+  flush();
+  return out;
 }
 
 void EventLog::StoreBlock(Effects* effects) {

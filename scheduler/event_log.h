@@ -31,7 +31,7 @@ struct EventFields {
   uint32_t attempt = 0;
   int32_t exit_code = 0;
   std::string stream, data;
-  std::string owner;  // task events: who submitted the task
+  std::string owner;                         // task events: who submitted the task
   const Explanation* explanation = nullptr;  // task.failed no_eligible_worker: the breakdown
   const WorkerState* worker_info = nullptr;  // worker.*: capabilities, hardware, labels
 };
@@ -44,6 +44,13 @@ struct EventLogOptions {
 
 class EventLog {
  public:
+  // What the daemon publishes for a turn's events, in seq order: task.* and worker.*
+  // events gathered into Envelope(EventBlock) messages, one per run of one class, with
+  // topic "task." or "worker." (at most ~256 KiB each); scheduler.* events one by one
+  // under their own type (workers subscribe to scheduler.started). One message per turn
+  // instead of one per event: what each carries costs once, CURVE above all.
+  static std::vector<std::pair<std::string, std::string>> Messages(const std::vector<Publication>& events);
+
   explicit EventLog(EventLogOptions options) : options_(options) {}
 
   // Reads the next seq and finds the oldest retained one. REQUIRES: `store` outlives

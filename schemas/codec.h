@@ -55,6 +55,26 @@ inline std::string_view AlignedBytes(std::string_view bytes, std::string* storag
   return *storage;
 }
 
+// Calls `visit(event, envelope_bytes)` for the event `env` holds, or for each event of
+// the EventBlock it holds (each nested envelope verified, in order), until `visit`
+// returns false. `envelope_bytes` are the event's own Envelope(Event), valid during the
+// call. Returns false when a nested event is malformed (or `visit` stopped).
+template <typename Visit>
+bool ForEachEvent(const wire::Envelope& env, std::string_view env_bytes, Visit visit) {
+  if (env.body_type() == wire::Body::Event) return visit(*env.body_as_Event(), env_bytes);
+  const auto* block = env.body_as_EventBlock();
+  if (!block || !block->events()) return false;
+  std::string aligned;  // a nested buffer is copied out so that its fields are aligned
+  for (const auto* bytes : *block->events()) {
+    if (!bytes->envelope()) return false;
+    aligned.assign(reinterpret_cast<const char*>(bytes->envelope()->data()), bytes->envelope()->size());
+    auto inner = Decode(aligned.data(), aligned.size());
+    if (!inner.ok() || (*inner)->body_type() != wire::Body::Event) return false;
+    if (!visit(*(*inner)->body_as_Event(), std::string_view(aligned))) return false;
+  }
+  return true;
+}
+
 // Re-encodes an event into `fbb` field by field (FlatBuffers has no deep copy); with
 // `text`, every string field passes through it (e.g. ValidUtf8).
 flatbuffers::Offset<wire::Event> CopyEvent(flatbuffers::FlatBufferBuilder& fbb, const wire::Event& e,

@@ -92,26 +92,34 @@ class Tap {
   bool OnEvents() {
     while (auto event = client_.bus().ReceiveEvent()) {
       auto env = fm::codec::Decode(event->payload.data(), event->payload.size());
-      if (!env.ok() || (*env)->body_type() != fm::wire::Body::Event) continue;
-      const auto* e = (*env)->body_as_Event();
-      if (next_ == 0) next_ = e->seq();  // following live from now
-      if (e->seq() < next_) continue;    // already printed
-      if (e->seq() == next_ && !replay_in_flight_) {
-        Print(e);
-        ++next_;
-        Drain();
-      } else {
-        // Ahead of what we have: keep it and fetch the gap from the store.
-        buffered_.emplace(e->seq(),
-                          std::string(static_cast<const char*>(event->payload.data()), event->payload.size()));
-        if (!replay_in_flight_) RequestReplay(next_);
-      }
+      if (!env.ok()) continue;
+      // One event, or a turn's events of one class in a block.
+      fm::codec::ForEachEvent(**env,
+                              std::string_view(static_cast<const char*>(event->payload.data()), event->payload.size()),
+                              [&](const fm::wire::Event& e, std::string_view bytes) {
+                                OnEvent(&e, bytes);
+                                return remaining_ != 0;
+                              });
       if (remaining_ == 0) return false;
     }
     return true;
   }
 
  private:
+  void OnEvent(const fm::wire::Event* e, std::string_view bytes) {
+    if (next_ == 0) next_ = e->seq();  // following live from now
+    if (e->seq() < next_) return;      // already printed
+    if (e->seq() == next_ && !replay_in_flight_) {
+      Print(e);
+      ++next_;
+      Drain();
+    } else {
+      // Ahead of what we have: keep it and fetch the gap from the store.
+      buffered_.emplace(e->seq(), std::string(bytes));
+      if (!replay_in_flight_) RequestReplay(next_);
+    }
+  }
+
   [[noreturn]] void Fail(const std::string& message) {
     std::fprintf(stderr, "fm-tap: %s\n", message.c_str());
     std::exit(1);

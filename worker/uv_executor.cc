@@ -64,6 +64,10 @@ namespace {
 std::string TaskVar(uint64_t task) { return "FM_TASK_ID=t" + std::to_string(task); }
 std::string AttemptVar(uint32_t attempt) { return "FM_ATTEMPT=" + std::to_string(attempt); }
 std::string WorkerVar(const std::string& id) { return "FM_WORKER_ID=" + id; }
+// This worker process's mark on one attempt's processes.
+std::string RunVar(const std::string& instance, const Ref& ref) {
+  return "FM_RUN_ID=" + instance + "-t" + std::to_string(ref.first) + "-" + std::to_string(ref.second);
+}
 
 // The environment of /proc/PID, as its NUL-separated strings; empty if unreadable.
 std::vector<std::string> EnvironOf(const char* pid) {
@@ -180,7 +184,8 @@ void UvExecutor::StartExec(Run* run) {
       "LANG=C.UTF-8",
       TaskVar(run->ref.first),
       AttemptVar(run->ref.second),
-      WorkerVar(options_.worker_id)};
+      WorkerVar(options_.worker_id),
+      RunVar(options_.instance, run->ref)};
   std::vector<char*> envp;
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -313,10 +318,9 @@ void UvExecutor::StartTimeout(Run* run) {
 
 int UvExecutor::KillTree(Run* run) {
   if (run->process.pid > 0) kill(-run->process.pid, SIGKILL);
-  // A process that left the group (setsid, setpgid) still carries the attempt's
-  // variables: find it in /proc. A few rounds, for processes forked meanwhile.
-  const std::string task = TaskVar(run->ref.first), attempt = AttemptVar(run->ref.second),
-                    worker = WorkerVar(options_.worker_id);
+  // A process that left the group (setsid, setpgid) still carries the attempt's mark:
+  // find it in /proc. A few rounds, for processes forked meanwhile.
+  const std::string mark = RunVar(options_.instance, run->ref);
   int found = 0;
   for (int round = 0; round < 3; ++round) {
     int this_round = 0;
@@ -326,9 +330,9 @@ int UvExecutor::KillTree(Run* run) {
       if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
       pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
       if (pid == getpid()) continue;
-      int marks = 0;
-      for (const auto& v : EnvironOf(e->d_name)) marks += v == task || v == attempt || v == worker;
-      if (marks == 3 && kill(pid, SIGKILL) == 0) ++this_round;
+      bool marked = false;
+      for (const auto& v : EnvironOf(e->d_name)) marked |= v == mark;
+      if (marked && kill(pid, SIGKILL) == 0) ++this_round;
     }
     closedir(proc);
     found += this_round;

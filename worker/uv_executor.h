@@ -1,9 +1,9 @@
 // The executors that really run attempts, on the worker's libuv loop:
 //  - exec: the command as a process in its own process group, with a clean environment
 //    (never the worker's: PATH, HOME, USER, LANG and FM_TASK_ID, FM_ATTEMPT,
-//    FM_WORKER_ID), as the --run-as user when given; stdout and stderr streamed as they
-//    come. Timeout and cancel kill every process the attempt started: its process group,
-//    and any process that left it (setsid) found by its FM_* variables in /proc. When the
+//    FM_WORKER_ID, FM_RUN_ID), as the --run-as user when given; stdout and stderr streamed
+//    as they come. Timeout and cancel kill every process the attempt started: its process
+//    group, and any process that left it (setsid) found by its FM_RUN_ID in /proc. When the
 //    command exits, what it left running is killed the same way: an attempt's processes
 //    end with it, and none holds its slot.
 //  - docker: the task's image through the Docker Engine API (create, start, wait,
@@ -37,7 +37,10 @@ Result<RunAs> LookUpRunAs(const std::string& user);
 
 struct UvExecutorOptions {
   std::string docker_socket;
-  std::string worker_id;  // FM_WORKER_ID, and how an attempt's processes are recognised
+  std::string worker_id;  // FM_WORKER_ID
+  // Unique to this worker process: with the task and attempt, FM_RUN_ID, the mark by
+  // which an attempt's processes are found (never another worker's, on any cluster).
+  std::string instance;
   RunAs run_as;
 };
 

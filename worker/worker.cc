@@ -118,6 +118,9 @@ void Worker::Attach(bus::Loop& loop) {
     UvExecutorOptions executor_options;
     executor_options.docker_socket = options_.docker_socket;
     executor_options.worker_id = options_.id;
+    char instance[20];
+    snprintf(instance, sizeof instance, "%016llx", static_cast<unsigned long long>(instance_));
+    executor_options.instance = instance;
     executor_options.run_as = run_as_;
     executor_ = std::make_unique<UvExecutor>(loop.uv(), core_.get(), std::move(executor_options),
                                              [this] { loop_->MarkWork(); });

@@ -13,6 +13,17 @@ namespace {
 constexpr size_t kBudget = 256;  // messages per drain call, so one socket cannot starve the others
 constexpr const char* kBrokerPrefix = "broker/";
 constexpr size_t kMaxSubscriptionBytes = 64 << 10;  // a subscription is a topic prefix
+constexpr size_t kMaxAddressBytes = 256;            // a claimed or relayed address
+constexpr size_t kMaxClaimsPerKey = 1024;           // open connections one certificate may name
+
+// An address is short printable ASCII: it is stored, logged and announced.
+bool ValidAddress(const std::string& address) {
+  if (address.empty() || address.size() > kMaxAddressBytes) return false;
+  for (unsigned char c : address) {
+    if (c <= 0x20 || c >= 0x7f) return false;
+  }
+  return true;
+}
 
 bool IsBroker(const std::string& identity) { return identity.rfind(kBrokerPrefix, 0) == 0; }
 
@@ -232,6 +243,7 @@ bool Broker::Trusted(const Peer& peer) const {
 }
 
 void Broker::ReloadTrust() {
+  if (!rebind_events_out_.empty()) RebindEventsOut();
   std::vector<std::string> removed, problems;
   auto changed = trust_->Refresh(&removed, &problems);
   const uint64_t now = WallClockMs();
@@ -265,21 +277,24 @@ void Broker::ReopenEventsOut() {
       options_.logger->warn("cannot close {} to cut off revoked subscribers: {}", endpoint, e.what());
     }
   }
-  // A port (or ipc path) just closed may take a moment to be free again.
-  for (const auto& endpoint : events_out_bound_) {
-    for (int attempt = 0;; ++attempt) {
-      try {
-        xpub_.bind(endpoint);
-        break;
-      } catch (const zmq::error_t& e) {
-        if (attempt >= 50) {
-          options_.logger->error("cannot listen on {} again: {}", endpoint, e.what());
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
+  rebind_events_out_ = events_out_bound_;
+  RebindEventsOut();
+}
+
+void Broker::RebindEventsOut() {
+  // A port (or ipc path) just closed may take a moment to be free again: what does not
+  // bind now is tried again on the next trust check (every second), never waited on.
+  std::vector<std::string> left;
+  for (const auto& endpoint : rebind_events_out_) {
+    try {
+      xpub_.bind(endpoint);
+    } catch (const zmq::error_t& e) {
+      left.push_back(endpoint);
+      rejected_log_->Warn("rebind " + endpoint, WallClockMs(),
+                          "cannot listen on " + endpoint + " again yet (" + e.what() + "); retrying");
     }
   }
+  rebind_events_out_ = std::move(left);
 }
 
 void Broker::Refuse(const std::string& pipe, const Peer& peer, wire::ErrorCode code, const std::string& why,
@@ -316,6 +331,10 @@ bool Broker::PipeAlive(const std::string& pipe) {
 void Broker::Unclaim(const std::string& pipe) {
   auto it = claims_.find(pipe);
   if (it == claims_.end()) return;
+  if (secure_) {
+    auto count = claims_per_key_.find(it->second.peer.key);
+    if (count != claims_per_key_.end() && --count->second == 0) claims_per_key_.erase(count);
+  }
   auto held = pipes_.find(it->second.address);
   if (held != pipes_.end() && held->second == pipe) pipes_.erase(held);
   if (IsBroker(it->second.address)) table_.ForgetChild(it->second.address);
@@ -324,9 +343,11 @@ void Broker::Unclaim(const std::string& pipe) {
 
 void Broker::HandleClaim(const std::string& pipe, const std::string& address, const Peer& peer) {
   const uint64_t now = WallClockMs();
-  if (address.empty() || address == kBrokerAddress) {
+  if (!ValidAddress(address) || address == kBrokerAddress) {
     return Refuse(pipe, peer, wire::ErrorCode::Malformed,
-                  "a BrokerHello must claim an address (not \"" + address + "\")", kBrokerAddress);
+                  "a BrokerHello must claim an address of 1 to " + std::to_string(kMaxAddressBytes) +
+                      " printable characters other than fm-broker",
+                  kBrokerAddress);
   }
   if (secure_) {
     if (Status s = MayClaim(peer.role, peer.name, address); !s.ok()) {
@@ -354,6 +375,13 @@ void Broker::HandleClaim(const std::string& pipe, const std::string& address, co
     Unclaim(held->second);
   }
   if (mine != claims_.end()) Unclaim(pipe);
+  if (secure_ && ++claims_per_key_[peer.key] > kMaxClaimsPerKey) {
+    --claims_per_key_[peer.key];
+    return Refuse(pipe, peer, wire::ErrorCode::Unauthorized,
+                  "certificate \"" + peer.name + "\" already holds " + std::to_string(kMaxClaimsPerKey) +
+                      " addresses on open connections",
+                  address);
+  }
   claims_[pipe] = Claim{address, peer, now};
   pipes_[address] = pipe;
   if (!IsBroker(address) && table_.SeenLocal(address, now)) announce_now_ = true;
@@ -376,6 +404,18 @@ void Broker::Sweep() {
     if (!IsBroker(claim.address)) table_.SeenLocal(claim.address, now);
   }
   for (const auto& pipe : gone) Unclaim(pipe);
+}
+
+bool Broker::LearnRoute(const std::string& peer, const std::string& child, uint64_t now_ms) {
+  if (table_.Learn(peer, child, now_ms)) return true;
+  // Another child holds a fresh route to it: only a child that is gone gives it up.
+  RoutingTable::Hop hop = table_.NextHop(peer, false);
+  if (hop.kind != RoutingTable::Hop::kChild || hop.child == child) return false;
+  auto held = pipes_.find(hop.child);
+  if (held != pipes_.end() && PipeAlive(held->second)) return false;
+  table_.ForgetChild(hop.child);
+  if (held != pipes_.end()) Unclaim(held->second);
+  return table_.Learn(peer, child, now_ms);
 }
 
 // ---------------------------------------------------------------------------
@@ -411,7 +451,18 @@ void Broker::Route(const std::string& destination, const std::string& source, zm
     auto child = pipes_.find(hop.child);
     try {
       if (child == pipes_.end()) throw zmq::error_t();
-      RetryEintr([&] { return router_.send(zmq::buffer(child->second), zmq::send_flags::sndmore); });
+      // Never blocks: a child broker that stops reading only loses its own messages.
+      if (!RetryEintr([&] {
+            return router_.send(zmq::buffer(child->second), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+          })) {
+        ++counters_.unreachable;
+        if (source != kBrokerAddress) {
+          ErrorTo(source, wire::ErrorCode::Unreachable,
+                  "broker " + hop.child + " toward \"" + destination + "\" is not accepting messages (queue full)",
+                  destination);
+        }
+        return;
+      }
       SendFrames(router_, {Buf(destination), Buf(payload), Buf(source)});
       ++counters_.relayed_down;
       return;
@@ -442,7 +493,11 @@ void Broker::ErrorTo(const std::string& source, wire::ErrorCode code, const std:
     if (hop.kind == RoutingTable::Hop::kChild) {
       auto child = pipes_.find(hop.child);
       if (child == pipes_.end()) return;
-      RetryEintr([&] { return router_.send(zmq::buffer(child->second), zmq::send_flags::sndmore); });
+      if (!RetryEintr([&] {
+            return router_.send(zmq::buffer(child->second), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+          })) {
+        return;  // that child's queue is full: the error is dropped, not waited on
+      }
       SendFrames(router_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});
     } else if (hop.kind == RoutingTable::Hop::kUp) {
       SendFrames(up_dealer_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});
@@ -498,10 +553,21 @@ void Broker::HandleForBroker(const std::string& pipe, const std::string& source,
     const uint64_t now = WallClockMs();
     table_.SeenChild(source, now);
     if (const auto* peers = env.body_as_RouteAnnouncement()->peers()) {
+      size_t refused = 0;
       for (const auto* p : *peers) {
-        // A child never announces the scheduler (it attaches to the root) or us.
-        if (p->str() == kSchedulerAddress || p->str() == kBrokerAddress) continue;
-        table_.Learn(p->str(), source, now);
+        // A child never announces the scheduler (it attaches to the root), us, a peer
+        // connected here, or one that lives behind another child.
+        const std::string announced = p->str();
+        if (announced == kSchedulerAddress || announced == kBrokerAddress || !ValidAddress(announced) ||
+            pipes_.count(announced) || !LearnRoute(announced, source, now)) {
+          ++refused;
+        }
+      }
+      if (refused > 0) {
+        ++counters_.unauthorized;
+        rejected_log_->Warn("announce " + source, now,
+                            "broker " + source + " announced " + std::to_string(refused) +
+                                " peers that are connected elsewhere (kept where they are)");
       }
     }
     announce_now_ |= has_upstream_;  // our parent learns them through us
@@ -527,23 +593,48 @@ size_t Broker::DrainRouter() {
       continue;
     }
     auto claim = claims_.find(pipe);
+    if (claim != claims_.end() && claim->second.peer.key != peer.key) {
+      // A routing id can be chosen by the peer: a connection that presents a dead one's
+      // id inherits nothing. The claim goes; this connection claims anew.
+      Unclaim(pipe);
+      claim = claims_.end();
+    }
     const std::string source = claim == claims_.end() ? std::string() : claim->second.address;
     if (claim != claims_.end()) claim->second.seen_ms = WallClockMs();
     if (frames.size() == 4) {
       // Relayed up from a child broker: [child][destination][payload][source].
+      if (source.empty()) {
+        ErrorToPipe(pipe, wire::ErrorCode::Unclaimed, "this connection has claimed no address: send BrokerHello",
+                    kBrokerAddress);
+        continue;
+      }
       if (!IsBroker(source)) {
         Refuse(pipe, peer, wire::ErrorCode::Unauthorized,
                "only a broker relays messages (this connection holds \"" + source + "\")", "");
         continue;
       }
       std::string destination = frames[1].to_string(), from = frames[3].to_string();
-      if (from == kSchedulerAddress || from == kBrokerAddress || pipes_.count(from)) {
+      if (!ValidAddress(from) || !ValidAddress(destination) || frames[2].size() > codec::kMaxMessageBytes) {
+        ++counters_.malformed;
+        rejected_log_->Warn(source, WallClockMs(), "malformed relay from " + source);
+        continue;
+      }
+      if (from == kBrokerAddress) {
+        // A child broker's own Error (unreachable, queue full) on its way to the sender.
+        std::string storage;
+        std::string_view bytes = codec::AlignedBytes(frames[2].to_string_view(), &storage);
+        auto env = codec::Decode(bytes.data(), bytes.size());
+        if (env.ok() && (*env)->body_type() == wire::Body::Error && destination != kBrokerAddress) {
+          Route(destination, kBrokerAddress, frames[2], false);
+        }
+        continue;
+      }
+      table_.SeenChild(source, WallClockMs());
+      if (from == kSchedulerAddress || pipes_.count(from) || !LearnRoute(from, source, WallClockMs())) {
         Refuse(pipe, peer, wire::ErrorCode::Unauthorized,
                "broker " + source + " relayed a message from \"" + from + "\", which is not behind it", destination);
         continue;
       }
-      table_.SeenChild(source, WallClockMs());
-      table_.Learn(from, source, WallClockMs());
       if (destination == kBrokerAddress) {
         HandleForBroker(pipe, from, frames[2], false, peer);
       } else {
@@ -688,17 +779,9 @@ size_t Broker::DrainEvents() {
 }
 
 size_t Broker::DrainSubscriptions() {
-  zmq::socket_t& to = has_upstream_ ? up_xsub_ : xsub_;
-  if (!secure_) return Forward(xpub_, to, nullptr);
-  size_t n = 0;
-  while (n < kBudget) {
-    zmq::message_t frame;
-    if (!RetryEintr([&] { return xpub_.recv(frame, zmq::recv_flags::dontwait); })) break;
-    ++n;
-    if (frame.more() || !Trusted(PeerOf(frame))) continue;  // a subscription is one frame
-    RetryEintr([&] { return to.send(frame, zmq::send_flags::none); });
-  }
-  return n;
+  // Forwarded as they are: ZeroMQ's own unsubscribes carry no metadata, and a revoked
+  // subscriber is cut off by closing its connection (ReopenEventsOut), not here.
+  return Forward(xpub_, has_upstream_ ? up_xsub_ : xsub_, nullptr);
 }
 
 size_t Broker::DrainUpstreamEvents() { return Forward(up_xsub_, xpub_, &counters_.events); }

@@ -91,6 +91,9 @@ class Broker {
   // The connection `pipe` claims `address` (BrokerHello).
   void HandleClaim(const std::string& pipe, const std::string& address, const Peer& peer);
   void Unclaim(const std::string& pipe);
+  // Learns that `peer` is behind `child`, unless a child that is still connected has a
+  // fresh route to it (one subtree cannot take over another's addresses).
+  bool LearnRoute(const std::string& peer, const std::string& child, uint64_t now_ms);
   // Whether the connection `pipe` is still there (a probe it ignores is queued to it).
   bool PipeAlive(const std::string& pipe);
   // The peer's certificate is (still) in the trust directory with the same name and role.
@@ -103,6 +106,7 @@ class Broker {
   // Closes the events-out listener and its connections and listens again: every
   // subscriber reconnects through ZAP (how a revoked subscriber is cut off).
   void ReopenEventsOut();
+  void RebindEventsOut();
   size_t DrainZap();
   // Where a message came from: a local peer, a child broker (relayed), or the parent.
   void Route(const std::string& destination, const std::string& source, zmq::message_t& payload, bool from_parent);
@@ -148,6 +152,8 @@ class Broker {
   std::unordered_map<std::string, Claim> claims_;       // connection (routing id) -> what it claimed
   std::unordered_map<std::string, std::string> pipes_;  // address -> connection
   std::vector<std::string> events_out_bound_;           // what ReopenEventsOut binds again
+  std::vector<std::string> rebind_events_out_;          // not bound again yet
+  std::unordered_map<std::string, size_t> claims_per_key_;
   uint64_t last_sweep_ms_ = 0;
   std::unique_ptr<RateLimitedLog> rejected_log_;  // bad input from peers, per peer
   bool announce_now_ = false;

@@ -16,9 +16,15 @@ bool RoutingTable::SeenLocal(const std::string& peer, uint64_t now_ms) {
   return fresh;
 }
 
-void RoutingTable::Learn(const std::string& peer, const std::string& child, uint64_t now_ms) {
-  if (peer == kBrokerAddress) return;
+bool RoutingTable::Learn(const std::string& peer, const std::string& child, uint64_t now_ms) {
+  if (peer == kBrokerAddress) return false;
+  auto it = routes_.find(peer);
+  if (it != routes_.end() && it->second.child != child && now_ms < it->second.seen_ms + ttl_ms_ &&
+      children_.count(it->second.child)) {
+    return false;
+  }
   routes_[peer] = {child, now_ms};
+  return true;
 }
 
 void RoutingTable::ForgetChild(const std::string& child) {

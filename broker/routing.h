@@ -32,7 +32,9 @@ class RoutingTable {
   // parent should hear of it soon).
   bool SeenLocal(const std::string& peer, uint64_t now_ms);
   // `peer` is behind child broker `child` (announced, or the source of a relayed message).
-  void Learn(const std::string& peer, const std::string& child, uint64_t now_ms);
+  // False, and nothing learned, when a fresh route puts `peer` behind another child: one
+  // subtree cannot take over an address that lives in another.
+  bool Learn(const std::string& peer, const std::string& child, uint64_t now_ms);
   void SeenChild(const std::string& child, uint64_t now_ms) { children_[child] = now_ms; }
   // A send to `child` failed: it is gone, and so are its routes.
   void ForgetChild(const std::string& child);

@@ -86,7 +86,9 @@ class Tap {
       retry_at_.reset();
       RequestReplay(next_);
     }
-    if (client_.bus().TakeResubscribed() && next_ > 0 && !replay_in_flight_) RequestReplay(next_);
+    // (Taken only when no replay is in flight: one in flight may have been asked before
+    // the gap, and the flag would be lost with it.)
+    if (!replay_in_flight_ && next_ > 0 && client_.bus().TakeResubscribed()) RequestReplay(next_);
   }
 
   bool OnEvents() {

@@ -31,6 +31,7 @@ struct UvExecutor::Run {
   std::atomic<bool> timed_out{false};
   std::atomic<bool> cancelled{false};
   bool timer_started = false;
+  bool out_closed = false, err_closed = false, timer_closed = false;
   std::string spawn_error;
   // docker
   uv_work_t work{};
@@ -61,6 +62,9 @@ Result<RunAs> LookUpRunAs(const std::string& user) {
 
 namespace {
 
+// After the command exits, its output pipes are read this much longer at most.
+constexpr uint64_t kOutputLingerMs = 2000;
+
 std::string TaskVar(uint64_t task) { return "FM_TASK_ID=t" + std::to_string(task); }
 std::string AttemptVar(uint32_t attempt) { return "FM_ATTEMPT=" + std::to_string(attempt); }
 std::string WorkerVar(const std::string& id) { return "FM_WORKER_ID=" + id; }
@@ -77,7 +81,9 @@ std::vector<std::string> EnvironOf(const char* pid) {
   std::string data;
   char buf[8192];
   ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0 && data.size() < (1u << 20)) data.append(buf, static_cast<size_t>(n));
+  // Bounded: the mark is a variable we put there; a process with a huge environment
+  // costs one read, not a megabyte.
+  while (data.size() < (64u << 10) && (n = ::read(fd, buf, sizeof buf)) > 0) data.append(buf, static_cast<size_t>(n));
   ::close(fd);
   std::vector<std::string> vars;
   size_t start = 0;
@@ -204,13 +210,30 @@ void UvExecutor::StartExec(Run* run) {
     // What the command left running ends with it (and lets go of the output pipes).
     r->executor->KillTree(r);
     uv_timer_stop(&r->timer);
-    uv_close(reinterpret_cast<uv_handle_t*>(&r->timer), OnExecHandleClosed);
     uv_close(reinterpret_cast<uv_handle_t*>(p), OnExecHandleClosed);
+    if (r->out_closed && r->err_closed) return CloseTimer(r);
+    // The output still open: read what is left for a moment, then close it anyway, so
+    // that a process that escaped with the pipes (and its mark) cannot hold the slot.
+    uv_timer_start(
+        &r->timer,
+        [](uv_timer_t* t) {
+          auto* run = static_cast<Run*>(t->data);
+          for (uv_pipe_t* pipe : {&run->out, &run->err}) {
+            bool& closed = pipe == &run->out ? run->out_closed : run->err_closed;
+            if (closed) continue;
+            closed = true;
+            uv_read_stop(reinterpret_cast<uv_stream_t*>(pipe));
+            uv_close(reinterpret_cast<uv_handle_t*>(pipe), OnExecHandleClosed);
+          }
+          CloseTimer(run);
+        },
+        kOutputLingerMs, 0);
   };
   int rc = uv_spawn(loop_, &run->process, &po);
   if (rc != 0) {
     run->spawn_error = "cannot run \"" + run->spec.command[0] + "\": " + uv_strerror(rc);
     run->exited = true;
+    run->out_closed = run->err_closed = run->timer_closed = true;
     for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&run->process), reinterpret_cast<uv_handle_t*>(&run->out),
                            reinterpret_cast<uv_handle_t*>(&run->err), reinterpret_cast<uv_handle_t*>(&run->timer)}) {
       uv_close(h, OnExecHandleClosed);
@@ -228,11 +251,22 @@ void UvExecutor::StartExec(Run* run) {
     if (n > 0) r->executor->sink_->OnRunOutput(r->ref, name, std::string_view(buf->base, static_cast<size_t>(n)));
     delete[] buf->base;
     UvExecutor* self = r->executor;
-    if (n < 0) uv_close(reinterpret_cast<uv_handle_t*>(s), OnExecHandleClosed);
+    if (n < 0) {
+      (s == reinterpret_cast<uv_stream_t*>(&r->out) ? r->out_closed : r->err_closed) = true;
+      uv_close(reinterpret_cast<uv_handle_t*>(s), OnExecHandleClosed);
+      if (r->exited && r->out_closed && r->err_closed) CloseTimer(r);  // no need to linger
+    }
     self->on_activity_();
   };
   uv_read_start(reinterpret_cast<uv_stream_t*>(&run->out), alloc, on_read);
   uv_read_start(reinterpret_cast<uv_stream_t*>(&run->err), alloc, on_read);
+}
+
+void UvExecutor::CloseTimer(Run* run) {
+  if (run->timer_closed) return;
+  run->timer_closed = true;
+  uv_timer_stop(&run->timer);
+  uv_close(reinterpret_cast<uv_handle_t*>(&run->timer), OnExecHandleClosed);
 }
 
 void UvExecutor::StartDocker(Run* run) {

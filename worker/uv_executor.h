@@ -4,8 +4,9 @@
 //    FM_WORKER_ID, FM_RUN_ID), as the --run-as user when given; stdout and stderr streamed
 //    as they come. Timeout and cancel kill every process the attempt started: its process
 //    group, and any process that left it (setsid) found by its FM_RUN_ID in /proc. When the
-//    command exits, what it left running is killed the same way: an attempt's processes
-//    end with it, and none holds its slot.
+//    command exits, what it left running is killed the same way, and its output pipes
+//    are closed at most 2 s later: an attempt's processes end with it, and none holds
+//    its slot.
 //  - docker: the task's image through the Docker Engine API (create, start, wait,
 //    logs, remove), the blocking calls on libuv's thread pool.
 // Each attempt is keyed by its Ref, and ends (RunSink::OnRunEnded) only once all its
@@ -66,6 +67,7 @@ class UvExecutor final : public Executor {
   // Reports the end and frees the run. REQUIRES: none of its handles is open.
   void End(Run* run, RunResult result);
   static void OnExecHandleClosed(uv_handle_t* handle);
+  static void CloseTimer(Run* run);
 
   uv_loop_t* loop_;
   RunSink* sink_;

@@ -106,7 +106,14 @@ Status Worker::Open() {
         "--noop-executor: tasks are reported succeeded without being run (benchmarks only); announced to the "
         "scheduler, shown by fm-ctl workers");
   }
-  if (!run_as_.user.empty()) options_.logger->info("exec tasks run as user {} (uid {})", run_as_.user, run_as_.uid);
+  if (!run_as_.user.empty()) {
+    options_.logger->info("exec tasks run as user {} (uid {})", run_as_.user, run_as_.uid);
+  } else if (security_.on() && !options_.noop_executor) {
+    options_.logger->warn(
+        "exec tasks run as this worker's own user, who can read its certificate ({}): run the worker as root "
+        "with --run-as USER",
+        security_.own.path);
+  }
   return Status::Ok();
 }
 

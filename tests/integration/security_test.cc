@@ -3,11 +3,13 @@
 // Each attack of issue #9 is tried against the real processes and must fail. The
 // attacker is this test process, speaking to the broker through the bus library with
 // a certificate of its own (the strongest position a peer on the network can hold).
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cctype>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -84,6 +86,17 @@ bool Eventually(const std::function<bool()>& condition, int timeout_ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return condition();
+}
+
+// Kills the processes whose command line holds `needle` (what a test left behind).
+void KillWithArgs(const std::string& needle) {
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    std::string cmdline = Slurp(entry.path().string() + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    if (cmdline.find(needle) == std::string::npos || cmdline.find("sh -c") != std::string::npos) continue;
+    std::string name = entry.path().filename().string();
+    if (std::isdigit(static_cast<unsigned char>(name[0]))) ::kill(std::stoi(name), SIGKILL);
+  }
 }
 
 bool ProcessWithArgs(const std::string& needle) {
@@ -216,6 +229,9 @@ TEST_CASE(
   // The other worker's key claiming the task's worker's address.
   Peer thief(c, other, "worker", "w/" + on + "/x");
   CHECK_THAT(thief.NextError(), Contains("unauthorized") && Contains("w/" + other + "/"));
+  // An address too long to store or announce is refused before anything else.
+  Peer sprawling(c, other, "worker", "w/" + other + "/" + std::string(300, 'x'));
+  CHECK_THAT(sprawling.NextError(), Contains("malformed") && Contains("printable characters"));
   // Under its own address, it reports the task finished: the scheduler refuses it.
   Peer liar(c, other, "worker", "w/" + other + "/x", true);
   flatbuffers::FlatBufferBuilder fbb;
@@ -303,8 +319,8 @@ TEST_CASE(
   Cluster c({"--liveness", "2s"}, "", true);
   c.StartWorker("w1");
   c.Trust("alice", "client");
-  auto tap = Process::Start({Bin("fm-tap"), "--broker", c.broker(), "--cert", c.keys().Secret("alice"), "--broker-cert",
-                             c.keys().Public("broker")});
+  auto tap = Process::Start({Bin("fm-tap"), "--broker", c.broker(), "--since", "1", "--cert", c.keys().Secret("alice"),
+                             "--broker-cert", c.keys().Public("broker")});
   Peer open(c, "alice", "client", "client/alice/open");
   ToolRun run = c.Submit("{\"command\": [\"true\"]}\n", {"--wait"});
   REQUIRE(tap->WaitFor("task.succeeded task=t1 ", 10000));
@@ -356,6 +372,12 @@ TEST_CASE(
                  {"--wait"});
   CHECK_THAT(run.lines.at(0), Contains("\"status\": \"succeeded\""));
   CHECK(Eventually([] { return !ProcessWithArgs("sleep 4323"); }, 5000));
+  // One that escapes with the output pipes and without its mark (env -i) does not hold
+  // the slot: the pipes are closed shortly after the command exits.
+  run = c.Submit("{\"command\": [\"sh\", \"-c\", \"setsid env -i sleep 4324 &\"], \"labels\": {\"as\": \"root\"}}\n",
+                 {"--wait"});
+  CHECK_THAT(run.lines.at(0), Contains("\"status\": \"succeeded\""));
+  KillWithArgs("sleep 4324");
 }
 
 TEST_CASE(

@@ -22,11 +22,22 @@ TEST_CASE(
   CHECK(root.NextHop("w/b/1", false).kind == RoutingTable::Hop::kUnreachable);
 }
 
-TEST_CASE("a peer that moves to another child broker is routed to where it was last seen", "[unit]") {
+TEST_CASE("a peer that moves to another child broker is routed there once its old route is gone", "[unit]") {
   RoutingTable t(10'000, false);
-  t.Learn("w/a/1", "broker/x", 0);
-  t.Learn("w/a/1", "broker/y", 5);
+  t.SeenChild("broker/x", 0);
+  t.SeenChild("broker/y", 0);
+  CHECK(t.Learn("w/a/1", "broker/x", 0));
+  // While broker/x is there and its route fresh, broker/y cannot take the address over.
+  CHECK_FALSE(t.Learn("w/a/1", "broker/y", 5));
+  CHECK(t.NextHop("w/a/1", false).child == "broker/x");
+  // Gone (a send to it failed) or stale: the new route wins.
+  t.ForgetChild("broker/x");
+  CHECK(t.Learn("w/a/1", "broker/y", 6));
   CHECK(t.NextHop("w/a/1", false).child == "broker/y");
+  CHECK(t.Learn("w/b/1", "broker/y", 6));
+  t.SeenChild("broker/x", 7);
+  CHECK(t.Learn("w/b/1", "broker/x", 6 + 10'000));
+  CHECK(t.NextHop("w/b/1", false).child == "broker/x");
 }
 
 TEST_CASE("a child broker that is gone takes its routes with it; routes and peers expire after the ttl", "[unit]") {

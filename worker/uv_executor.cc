@@ -62,7 +62,9 @@ Result<RunAs> LookUpRunAs(const std::string& user) {
 
 namespace {
 
-// After the command exits, its output pipes are read this much longer at most.
+// After the command exits: how long its output may take to close by itself before the
+// attempt's other processes are looked for, and how much longer it is read at most.
+constexpr uint64_t kOutputSettleMs = 100;
 constexpr uint64_t kOutputLingerMs = 2000;
 
 std::string TaskVar(uint64_t task) { return "FM_TASK_ID=t" + std::to_string(task); }
@@ -207,27 +209,37 @@ void UvExecutor::StartExec(Run* run) {
     r->exited = true;
     r->exit_status = status;
     r->term_signal = signal;
-    // What the command left running ends with it (and lets go of the output pipes).
-    r->executor->KillTree(r);
+    // What the command left in its process group ends with it.
+    if (p->pid > 0) kill(-p->pid, SIGKILL);
     uv_timer_stop(&r->timer);
     uv_close(reinterpret_cast<uv_handle_t*>(p), OnExecHandleClosed);
     if (r->out_closed && r->err_closed) return CloseTimer(r);
-    // The output still open: read what is left for a moment, then close it anyway, so
-    // that a process that escaped with the pipes (and its mark) cannot hold the slot.
+    // The output is still open a moment later only when something else holds it (a
+    // child that left the group): then find the attempt's processes by their mark and
+    // kill them, and close the output at most 2 s later anyway, so that nothing (not even
+    // a process that also dropped its mark) holds the slot. The common case, an output
+    // that closes with the command, costs no look at /proc.
     uv_timer_start(
         &r->timer,
         [](uv_timer_t* t) {
           auto* run = static_cast<Run*>(t->data);
-          for (uv_pipe_t* pipe : {&run->out, &run->err}) {
-            bool& closed = pipe == &run->out ? run->out_closed : run->err_closed;
-            if (closed) continue;
-            closed = true;
-            uv_read_stop(reinterpret_cast<uv_stream_t*>(pipe));
-            uv_close(reinterpret_cast<uv_handle_t*>(pipe), OnExecHandleClosed);
-          }
-          CloseTimer(run);
+          run->executor->KillTree(run);
+          uv_timer_start(
+              t,
+              [](uv_timer_t* t2) {
+                auto* later = static_cast<Run*>(t2->data);
+                for (uv_pipe_t* pipe : {&later->out, &later->err}) {
+                  bool& closed = pipe == &later->out ? later->out_closed : later->err_closed;
+                  if (closed) continue;
+                  closed = true;
+                  uv_read_stop(reinterpret_cast<uv_stream_t*>(pipe));
+                  uv_close(reinterpret_cast<uv_handle_t*>(pipe), OnExecHandleClosed);
+                }
+                CloseTimer(later);
+              },
+              kOutputLingerMs, 0);
         },
-        kOutputLingerMs, 0);
+        kOutputSettleMs, 0);
   };
   int rc = uv_spawn(loop_, &run->process, &po);
   if (rc != 0) {

@@ -4,9 +4,9 @@
 //    FM_WORKER_ID, FM_RUN_ID), as the --run-as user when given; stdout and stderr streamed
 //    as they come. Timeout and cancel kill every process the attempt started: its process
 //    group, and any process that left it (setsid) found by its FM_RUN_ID in /proc. When the
-//    command exits, what it left running is killed the same way, and its output pipes
-//    are closed at most 2 s later: an attempt's processes end with it, and none holds
-//    its slot.
+//    command exits, its group is killed; if its output is still held 100 ms later, the
+//    marked processes too, and the output is closed at most 2 s after: nothing an
+//    attempt started holds its slot.
 //  - docker: the task's image through the Docker Engine API (create, start, wait,
 //    logs, remove), the blocking calls on libuv's thread pool.
 // Each attempt is keyed by its Ref, and ends (RunSink::OnRunEnded) only once all its

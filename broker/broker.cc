@@ -1,6 +1,7 @@
 #include "broker/broker.h"
 
 #include <chrono>
+#include <cstring>
 #include <thread>
 #include <unordered_set>
 #include <vector>
@@ -86,16 +87,35 @@ Status Broker::Bind() {
     auto loaded = trust_->Refresh(&removed, &problems);
     if (!loaded.ok()) return Status::Invalid("--trust: " + loaded.status().message());
     for (const auto& p : problems) options_.logger->warn("trust: {}", p);
-    zap_ = std::make_unique<ZapHandler>(context_, trust_.get(), options_.logger);
-    if (Status s = zap_->Bind(); !s.ok()) return s;
     secure_ = true;
     for (zmq::socket_t* socket : {&router_, &xsub_, &xpub_}) {
       socket->set(zmq::sockopt::curve_server, 1);
       socket->set(zmq::sockopt::curve_secretkey, own_.secret_key);
-      socket->set(zmq::sockopt::zap_domain, "fm");
     }
   } else if (!options_.trust_dir.empty()) {
     return Status::Invalid("--trust needs --cert (the broker's own certificate)");
+  }
+  // Every handshake goes through our ZAP handler (keyless too): it admits or refuses
+  // keys, and refuses connections past the limit.
+  zap_ = std::make_unique<ZapHandler>(context_, trust_.get(), options_.logger, [this] {
+    if (options_.max_connections == 0) return false;
+    // ZeroMQ queued the connection's "accepted" before asking us: count it first.
+    for (auto& monitor : monitors_) DrainMonitor(monitor);
+    return connections_ > options_.max_connections;
+  });
+  if (Status s = zap_->Bind(); !s.ok()) return s;
+  const char* names[] = {"router", "events-in", "events-out"};
+  zmq::socket_t* sockets[] = {&router_, &xsub_, &xpub_};
+  for (int i = 0; i < 3; ++i) {
+    sockets[i]->set(zmq::sockopt::zap_domain, "fm");
+    // Connections counted from the sockets' own events (accepted, disconnected).
+    char endpoint[80];
+    snprintf(endpoint, sizeof endpoint, "inproc://fm-broker-monitor-%s-%p", names[i], static_cast<void*>(this));
+    if (zmq_socket_monitor(sockets[i]->handle(), endpoint, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0) {
+      return Status::Unavailable(std::string("cannot monitor the ") + names[i] + " socket");
+    }
+    monitors_[i] = zmq::socket_t(context_, zmq::socket_type::pair);
+    monitors_[i].connect(endpoint);
   }
   router_.set(zmq::sockopt::router_mandatory, 1);
   router_.set(zmq::sockopt::sndhwm, 1'000'000);
@@ -178,8 +198,12 @@ void Broker::SendUpHello() {
 }
 
 void Broker::Attach(Loop& loop) {
-  if (zap_) {
-    loop.Watch(zap_->socket(), [this] { return Guarded("zap", [this] { return zap_->Drain(WallClockMs()); }); });
+  for (auto& monitor : monitors_) {
+    loop.Watch(monitor,
+               [this, &monitor] { return Guarded("monitor", [this, &monitor] { return DrainMonitor(monitor); }); });
+  }
+  loop.Watch(zap_->socket(), [this] { return Guarded("zap", [this] { return zap_->Drain(WallClockMs()); }); });
+  if (trust_) {
     loop.Every(options_.trust_reload_ms, [this] {
       Guarded("trust", [this] {
         ReloadTrust();
@@ -210,7 +234,7 @@ void Broker::Attach(Loop& loop) {
     });
     table_.Expire(WallClockMs());
     rejected_log_->Flush(WallClockMs());
-    if (zap_) zap_->FlushLog(WallClockMs());
+    zap_->FlushLog(WallClockMs());
   });
   loop.OnTurnEnd([this] {
     if (announce_now_) {
@@ -220,6 +244,27 @@ void Broker::Attach(Loop& loop) {
       });
     }
   });
+}
+
+size_t Broker::DrainMonitor(zmq::socket_t& monitor) {
+  size_t n = 0;
+  for (;;) {
+    std::vector<zmq::message_t> frames;
+    if (!RetryEintr(
+            [&] { return zmq::recv_multipart(monitor, std::back_inserter(frames), zmq::recv_flags::dontwait); })) {
+      break;
+    }
+    ++n;
+    if (frames.empty() || frames[0].size() < 6) continue;
+    uint16_t event;
+    std::memcpy(&event, frames[0].data(), 2);
+    if (event == ZMQ_EVENT_ACCEPTED) {
+      ++connections_;
+    } else if (event == ZMQ_EVENT_DISCONNECTED && connections_ > 0) {
+      --connections_;
+    }
+  }
+  return n;
 }
 
 void Broker::OnSocketError(const char* what, const zmq::error_t& e) {

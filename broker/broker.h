@@ -60,6 +60,9 @@ struct BrokerOptions {
   std::string trust_dir;                 // public certificates admitted (required with cert)
   std::string upstream_cert;             // the parent's public certificate (node broker with cert)
   uint64_t trust_reload_ms = 1000;
+  // Connections (on all three sockets together) past which new ones are refused at the
+  // handshake, with a log line; the open ones keep being served. 0: no limit.
+  size_t max_connections = 0;
   uint64_t announce_ms = 1000;    // how often a node broker announces its peers
   uint64_t route_ttl_ms = 10000;  // a route not refreshed for this long is dropped
   std::shared_ptr<spdlog::logger> logger;
@@ -80,6 +83,7 @@ class Broker {
     uint64_t unauthorized = 0;   // claims, relays and publications refused
   };
   const Counters& counters() const { return counters_; }
+  size_t connections() const { return connections_; }
   bool secure() const { return secure_; }
 
  private:
@@ -107,7 +111,7 @@ class Broker {
   // subscriber reconnects through ZAP (how a revoked subscriber is cut off).
   void ReopenEventsOut();
   void RebindEventsOut();
-  size_t DrainZap();
+  size_t DrainMonitor(zmq::socket_t& monitor);
   // Where a message came from: a local peer, a child broker (relayed), or the parent.
   void Route(const std::string& destination, const std::string& source, zmq::message_t& payload, bool from_parent);
   bool DeliverLocal(const std::string& destination, const std::string& source, zmq::message_t& payload);
@@ -149,6 +153,8 @@ class Broker {
   std::string upstream_key_;
   std::unique_ptr<TrustStore> trust_;
   std::unique_ptr<ZapHandler> zap_;
+  zmq::socket_t monitors_[3];  // PAIR: the router's, events-in's and events-out's connection events
+  size_t connections_ = 0;
   std::unordered_map<std::string, Claim> claims_;       // connection (routing id) -> what it claimed
   std::unordered_map<std::string, std::string> pipes_;  // address -> connection
   std::vector<std::string> events_out_bound_;           // what ReopenEventsOut binds again

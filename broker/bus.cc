@@ -195,6 +195,10 @@ std::string Client::LinkEvents(zmq::socket_t& monitor, bool subscriber) {
         Hello();  // a new connection: claim the address on it
         break;
       case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+        if (value == 500) {
+          problem = who + " refused this connection: it is at its connection limit (status 500)";
+          break;
+        }
         problem = who + " refused this process's certificate" +
                   (security_.on() ? " (" + security_.own.path + ", key " + security_.own.public_key + ")" : "") +
                   ": it is not in the broker's trust directory (status " + std::to_string(value) + ")";

@@ -1,6 +1,7 @@
 // fm-broker [--bind URL]... [--upstream URL] [--cert SECRET --trust DIR [--upstream-cert PUBLIC]]
 //           [--insecure]
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -24,6 +25,8 @@ int main(int argc, char** argv) {
   app.add_option("--trust", options.trust_dir,
                  "directory of the public certificates (*.cert) to admit, re-read every second");
   app.add_option("--upstream-cert", options.upstream_cert, "the parent broker's public certificate (node broker)");
+  app.add_option("--max-connections", options.max_connections,
+                 "refuse new connections past this many (default: the open-file limit less a reserve)");
   app.add_flag("--insecure", insecure, "allow listening on a non-loopback address without --cert (no authentication)");
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
@@ -57,6 +60,19 @@ int main(int argc, char** argv) {
                  options.bind);
   }
 
+  // Every connection is a file: take the hard limit, and keep a reserve below it so
+  // that refusing one past the limit never fails for want of a descriptor.
+  struct rlimit files {};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0) {
+    if (files.rlim_cur < files.rlim_max) {
+      files.rlim_cur = files.rlim_max;
+      if (setrlimit(RLIMIT_NOFILE, &files) != 0) getrlimit(RLIMIT_NOFILE, &files);
+    }
+    size_t usable = files.rlim_cur > 256 ? static_cast<size_t>(files.rlim_cur) - 128 : 128;
+    if (options.max_connections == 0 || options.max_connections > usable) options.max_connections = usable;
+    spdlog::info("open files: {}; at most {} connections", static_cast<uint64_t>(files.rlim_cur),
+                 options.max_connections);
+  }
   zmq::context_t context(1);
   fm::bus::Broker broker(context, options);
   if (fm::Status s = broker.Bind(); !s.ok()) {

@@ -33,8 +33,13 @@ Peer PeerOf(const zmq::message_t& frame) {
   return peer;
 }
 
-ZapHandler::ZapHandler(zmq::context_t& context, const TrustStore* trust, std::shared_ptr<spdlog::logger> logger)
-    : socket_(context, zmq::socket_type::rep), trust_(trust), logger_(logger), log_(logger) {}
+ZapHandler::ZapHandler(zmq::context_t& context, const TrustStore* trust, std::shared_ptr<spdlog::logger> logger,
+                       std::function<bool()> at_limit)
+    : socket_(context, zmq::socket_type::rep),
+      trust_(trust),
+      at_limit_(std::move(at_limit)),
+      logger_(logger),
+      log_(logger) {}
 
 Status ZapHandler::Bind() {
   try {
@@ -64,6 +69,22 @@ size_t ZapHandler::Drain(uint64_t now_ms) {
     if (version != "1.0" || frames.size() < 6) {
       status = "500";
       text = "malformed ZAP request";
+    } else if (at_limit_ && at_limit_()) {
+      // 500, not 300: ZeroMQ tells the peer of a 4xx or 5xx, while a 300 leaves it
+      // waiting out its handshake timeout.
+      status = "500";
+      text = "connection limit reached";
+      ++refused_;
+      log_.Warn("zap limit", now_ms,
+                "refused a connection from " + address +
+                    ": the connection limit is reached (--max-connections); serving the ones open");
+    } else if (!trust_) {
+      if (mechanism == "NULL") {
+        status = "200";
+        text = "OK";
+      } else {
+        text = "this broker has no certificates";
+      }
     } else if (mechanism != "CURVE" || frames.size() < 7 || frames[6].size() != 32) {
       text = "only CURVE is admitted";
     } else {
@@ -83,7 +104,7 @@ size_t ZapHandler::Drain(uint64_t now_ms) {
                       " is not in the trust directory " + trust_->dir());
       }
     }
-    if (status != "200" && text != "key not trusted") {
+    if (status == "400" && text != "key not trusted") {
       ++refused_;
       log_.Warn(std::string("zap ") + address, now_ms,
                 "refused a connection from " + address + " (" + mechanism + "): " + text);

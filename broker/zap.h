@@ -1,12 +1,15 @@
 // The broker's ZAP handler (ZeroMQ RFC 27): admits a CURVE peer when its public key is
 // in the trust directory, and gives its connection the certificate's name (User-Id) and
 // the properties Role and Key, which every message received on that connection carries
-// (PeerOf). It runs on the broker's loop: the handshake waits in ZeroMQ's I/O thread
-// for our reply, nothing blocks.
+// (PeerOf). Without a trust directory (a keyless broker) it admits NULL peers. Either
+// way it refuses, with status 500 and a log line, any connection beyond the
+// broker's limit, so that the ones it has keep being served. It runs on the broker's
+// loop: the handshake waits in ZeroMQ's I/O thread for our reply, nothing blocks.
 #pragma once
 
 #include <spdlog/spdlog.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <zmq.hpp>
@@ -28,7 +31,9 @@ Peer PeerOf(const zmq::message_t& frame);
 
 class ZapHandler {
  public:
-  ZapHandler(zmq::context_t& context, const TrustStore* trust, std::shared_ptr<spdlog::logger> logger);
+  // `trust` null: a keyless broker. `at_limit` says whether the connection limit is reached.
+  ZapHandler(zmq::context_t& context, const TrustStore* trust, std::shared_ptr<spdlog::logger> logger,
+             std::function<bool()> at_limit);
   // Binds inproc://zeromq.zap.01 (before any CURVE socket of the context binds).
   Status Bind();
   zmq::socket_t& socket() { return socket_; }
@@ -40,6 +45,7 @@ class ZapHandler {
  private:
   zmq::socket_t socket_;
   const TrustStore* trust_;
+  std::function<bool()> at_limit_;
   std::shared_ptr<spdlog::logger> logger_;
   RateLimitedLog log_;
   uint64_t refused_ = 0;

@@ -416,3 +416,26 @@ TEST_CASE("a broker serves an ipc:// socket beside tcp://: daemons and tools on 
   CHECK_THAT(Join(run.lines), Contains("\"status\": \"succeeded\",\"worker\": \"w1\""));
   CHECK(std::filesystem::exists(dir.path() + "/broker.events-out"));
 }
+
+TEST_CASE(
+    "a broker at its connection limit refuses new connections with a log line and a clear error, and serves "
+    "the ones it has",
+    "[integration][security]") {
+  TempDir dir;
+  std::string url = "tcp://127.0.0.1:" + std::to_string(PickPortBase());
+  // The scheduler holds 3 connections, a tap 2: five is the limit.
+  auto broker = Process::Start({Bin("fm-broker"), "--bind", url, "--max-connections", "5"});
+  REQUIRE(broker->WaitFor("at most 5 connections", 10000, 1, true));
+  auto scheduler = Process::Start({Bin("fm-scheduler"), "--broker", url, "--data", dir.path() + "/data"});
+  REQUIRE(scheduler->WaitFor("scheduler on broker", 10000, 1, true));
+  auto tap = Process::Start({Bin("fm-tap"), "--broker", url, "--since", "1"});
+  REQUIRE(tap->WaitFor("scheduler.started", 10000));
+  ToolRun refused = RunTool({Bin("fm-ctl"), "--broker", url, "workers"});
+  CHECK(refused.exit_code == 1);
+  CHECK_THAT(refused.err, Contains("connection limit"));
+  CHECK(broker->WaitFor("the connection limit is reached", 5000, 1, true));
+  CHECK(tap->running());
+  // One goes, another comes.
+  tap.reset();
+  CHECK(Eventually([&] { return RunTool({Bin("fm-ctl"), "--broker", url, "workers"}).exit_code == 0; }, 5000));
+}

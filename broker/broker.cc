@@ -28,14 +28,6 @@ bool ValidAddress(const std::string& address) {
 
 bool IsBroker(const std::string& identity) { return identity.rfind(kBrokerPrefix, 0) == 0; }
 
-std::vector<zmq::message_t> RecvAll(zmq::socket_t& socket, bool* got) {
-  std::vector<zmq::message_t> frames;
-  *got = RetryEintr([&] {
-           return zmq::recv_multipart(socket, std::back_inserter(frames), zmq::recv_flags::dontwait);
-         }).has_value();
-  return frames;
-}
-
 void SendFrames(zmq::socket_t& socket, std::initializer_list<zmq::const_buffer> frames) {
   size_t i = 0;
   for (const auto& f : frames) {
@@ -109,13 +101,9 @@ Status Broker::Bind() {
   for (int i = 0; i < 3; ++i) {
     sockets[i]->set(zmq::sockopt::zap_domain, "fm");
     // Connections counted from the sockets' own events (accepted, disconnected).
-    char endpoint[80];
-    snprintf(endpoint, sizeof endpoint, "inproc://fm-broker-monitor-%s-%p", names[i], static_cast<void*>(this));
-    if (zmq_socket_monitor(sockets[i]->handle(), endpoint, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0) {
+    if (!MonitorSocket(context_, *sockets[i], ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED, &monitors_[i])) {
       return Status::Unavailable(std::string("cannot monitor the ") + names[i] + " socket");
     }
-    monitors_[i] = zmq::socket_t(context_, zmq::socket_type::pair);
-    monitors_[i].connect(endpoint);
   }
   router_.set(zmq::sockopt::router_mandatory, 1);
   router_.set(zmq::sockopt::sndhwm, 1'000'000);
@@ -249,18 +237,12 @@ void Broker::Attach(Loop& loop) {
 size_t Broker::DrainMonitor(zmq::socket_t& monitor) {
   size_t n = 0;
   for (;;) {
-    std::vector<zmq::message_t> frames;
-    if (!RetryEintr(
-            [&] { return zmq::recv_multipart(monitor, std::back_inserter(frames), zmq::recv_flags::dontwait); })) {
-      break;
-    }
+    auto e = NextMonitorEvent(monitor);
+    if (!e) break;
     ++n;
-    if (frames.empty() || frames[0].size() < 6) continue;
-    uint16_t event;
-    std::memcpy(&event, frames[0].data(), 2);
-    if (event == ZMQ_EVENT_ACCEPTED) {
+    if (e->event == ZMQ_EVENT_ACCEPTED) {
       ++connections_;
-    } else if (event == ZMQ_EVENT_DISCONNECTED && connections_ > 0) {
+    } else if (e->event == ZMQ_EVENT_DISCONNECTED && connections_ > 0) {
       --connections_;
     }
   }
@@ -625,9 +607,8 @@ void Broker::HandleForBroker(const std::string& pipe, const std::string& source,
 size_t Broker::DrainRouter() {
   size_t n = 0;
   while (n < kBudget) {
-    bool got = false;
-    std::vector<zmq::message_t> frames = RecvAll(router_, &got);
-    if (!got) break;
+    std::vector<zmq::message_t> frames;
+    if (!TryReceive(router_, &frames)) break;
     ++n;
     const std::string pipe = frames[0].to_string();
     const Peer peer = secure_ ? PeerOf(frames.back()) : Peer{};
@@ -729,9 +710,8 @@ size_t Broker::DrainRouter() {
 size_t Broker::DrainUpstream() {
   size_t n = 0;
   while (n < kBudget) {
-    bool got = false;
-    std::vector<zmq::message_t> frames = RecvAll(up_dealer_, &got);
-    if (!got) break;
+    std::vector<zmq::message_t> frames;
+    if (!TryReceive(up_dealer_, &frames)) break;
     ++n;
     if (frames.size() == 2 && frames[0].to_string() == kBrokerAddress) {
       // The parent itself: a probe of our claim, or an Error about it.
@@ -797,9 +777,8 @@ size_t Broker::DrainEvents() {
   if (!secure_) return Forward(xsub_, to, &counters_.events);
   size_t n = 0;
   while (n < kBudget) {
-    bool got = false;
-    std::vector<zmq::message_t> frames = RecvAll(xsub_, &got);
-    if (!got) break;
+    std::vector<zmq::message_t> frames;
+    if (!TryReceive(xsub_, &frames)) break;
     ++n;
     const Peer peer = PeerOf(frames.back());
     Status allowed = Status::Ok();

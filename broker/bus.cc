@@ -87,8 +87,7 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
       broker_url_(endpoints.router),
       endpoints_(endpoints),
       security_(security),
-      dealer_(context, zmq::socket_type::dealer),
-      monitor_(context, zmq::socket_type::pair) {
+      dealer_(context, zmq::socket_type::dealer) {
   // No routing id: the broker's ROUTER gives every connection a fresh one, and the
   // address is claimed on it (a stale or hostile connection can never inherit it).
   dealer_.set(zmq::sockopt::linger, 1000);
@@ -100,7 +99,10 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
   dealer_.set(zmq::sockopt::heartbeat_ivl, 2000);
   dealer_.set(zmq::sockopt::heartbeat_timeout, 15000);
   SecureClientSocket(dealer_, security_);
-  Monitor(dealer_, monitor_, "dealer");
+  constexpr int kHandshakeEvents = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                   ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                   ZMQ_EVENT_DISCONNECTED;
+  MonitorSocket(context, dealer_, kHandshakeEvents, &monitor_);
   dealer_.connect(endpoints.router);
   Hello();  // the claim goes first on the connection
   if (publish) {
@@ -115,8 +117,7 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
     sub_.set(zmq::sockopt::rcvhwm, 1'000'000);
     sub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
     SecureClientSocket(sub_, security_);
-    sub_monitor_ = zmq::socket_t(context, zmq::socket_type::pair);
-    Monitor(sub_, sub_monitor_, "sub");
+    MonitorSocket(context, sub_, kHandshakeEvents, &sub_monitor_);
     sub_.connect(endpoints.events_out);
   }
 }
@@ -124,17 +125,6 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
 Client::~Client() {
   if (monitor_.handle()) zmq_socket_monitor(dealer_.handle(), nullptr, 0);
   if (sub_monitor_.handle()) zmq_socket_monitor(sub_.handle(), nullptr, 0);
-}
-
-void Client::Monitor(zmq::socket_t& socket, zmq::socket_t& pair, const char* what) {
-  char endpoint[80];
-  snprintf(endpoint, sizeof endpoint, "inproc://fm-monitor-%s-%p", what, static_cast<void*>(this));
-  if (zmq_socket_monitor(socket.handle(), endpoint,
-                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
-                             ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                             ZMQ_EVENT_DISCONNECTED) == 0) {
-    pair.connect(endpoint);
-  }
 }
 
 bool Client::TakeResubscribed() {
@@ -166,21 +156,9 @@ std::string Client::LinkProblem() {
 
 std::string Client::LinkEvents(zmq::socket_t& monitor, bool subscriber) {
   std::string problem;
-  if (!monitor.handle()) return problem;
-  for (;;) {
-    std::vector<zmq::message_t> frames;
-    std::optional<size_t> got;
-    try {
-      got = RetryEintr(
-          [&] { return zmq::recv_multipart(monitor, std::back_inserter(frames), zmq::recv_flags::dontwait); });
-    } catch (const zmq::error_t&) {
-      break;
-    }
-    if (!got || frames.empty() || frames[0].size() < 6) break;
-    uint16_t event;
-    uint32_t value;
-    std::memcpy(&event, frames[0].data(), 2);
-    std::memcpy(&value, static_cast<const char*>(frames[0].data()) + 2, 4);
+  while (auto next = NextMonitorEvent(monitor)) {
+    const uint16_t event = next->event;
+    const uint32_t value = next->value;
     const std::string who = "the broker at " + broker_url_;
     switch (event) {
       case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
@@ -256,9 +234,7 @@ zmq::message_t Aligned(zmq::message_t message) {
 std::optional<Received> Client::Receive() {
   for (;;) {
     std::vector<zmq::message_t> frames;
-    auto n =
-        RetryEintr([&] { return zmq::recv_multipart(dealer_, std::back_inserter(frames), zmq::recv_flags::dontwait); });
-    if (!n) return std::nullopt;
+    if (!TryReceive(dealer_, &frames)) return std::nullopt;
     if (frames.size() != 2) {
       ++malformed_;
       continue;
@@ -274,6 +250,44 @@ std::optional<Received> Client::Receive() {
     }
     return msg;
   }
+}
+
+bool TryReceive(zmq::socket_t& socket, std::vector<zmq::message_t>* frames) {
+  frames->clear();
+  return RetryEintr([&] { return zmq::recv_multipart(socket, std::back_inserter(*frames), zmq::recv_flags::dontwait); })
+      .has_value();
+}
+
+bool MonitorSocket(zmq::context_t& context, zmq::socket_t& socket, int events, zmq::socket_t* pair) {
+  char endpoint[64];
+  snprintf(endpoint, sizeof endpoint, "inproc://fm-monitor-%p", socket.handle());
+  *pair = zmq::socket_t(context, zmq::socket_type::pair);
+  if (zmq_socket_monitor(socket.handle(), endpoint, events) != 0) return false;
+  pair->connect(endpoint);
+  return true;
+}
+
+std::optional<MonitorEvent> NextMonitorEvent(zmq::socket_t& pair) {
+  if (!pair.handle()) return std::nullopt;
+  for (;;) {
+    std::vector<zmq::message_t> frames;
+    try {
+      if (!TryReceive(pair, &frames)) return std::nullopt;
+    } catch (const zmq::error_t&) {
+      return std::nullopt;  // not connected: nothing is monitored
+    }
+    if (frames.empty() || frames[0].size() < 6) continue;
+    MonitorEvent e;
+    std::memcpy(&e.event, frames[0].data(), 2);
+    std::memcpy(&e.value, static_cast<const char*>(frames[0].data()) + 2, 4);
+    return e;
+  }
+}
+
+void TendLink(Client& client, RateLimitedLog& log, uint64_t now_ms) {
+  client.Hello();
+  if (std::string problem = client.LinkProblem(); !problem.empty()) log.Warn("link", now_ms, problem + "; retrying");
+  log.Flush(now_ms);
 }
 
 std::string BrokerRefusal(const Received& message) {
@@ -304,9 +318,7 @@ void Client::Subscribe(const std::string& prefix) { sub_.set(zmq::sockopt::subsc
 std::optional<Event> Client::ReceiveEvent() {
   for (;;) {
     std::vector<zmq::message_t> frames;
-    auto n =
-        RetryEintr([&] { return zmq::recv_multipart(sub_, std::back_inserter(frames), zmq::recv_flags::dontwait); });
-    if (!n) return std::nullopt;
+    if (!TryReceive(sub_, &frames)) return std::nullopt;
     if (frames.size() != 2) {
       ++malformed_;
       continue;

@@ -15,11 +15,13 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
 #include "broker/addresses.h"
 #include "broker/cert.h"
+#include "broker/rate_limited_log.h"
 #include "schemas/status.h"
 
 namespace fm::bus {
@@ -76,6 +78,20 @@ std::string UniqueAddress(const std::string& prefix);
 // are not): what FlatBuffers needs to read a payload in place.
 zmq::message_t Aligned(zmq::message_t message);
 
+// The next whole message waiting on `socket`, into *frames (never blocks). False when
+// none is waiting.
+bool TryReceive(zmq::socket_t& socket, std::vector<zmq::message_t>* frames);
+
+// zmq_socket_monitor: `socket`'s `events` (ZMQ_EVENT_*) arrive on *pair, a PAIR socket
+// made here. False when ZeroMQ cannot monitor it (*pair is then left unconnected).
+bool MonitorSocket(zmq::context_t& context, zmq::socket_t& socket, int events, zmq::socket_t* pair);
+struct MonitorEvent {
+  uint16_t event = 0;  // ZMQ_EVENT_*
+  uint32_t value = 0;  // e.g. the ZAP status of a refused handshake
+};
+// The next event waiting on a monitor's PAIR socket, if any.
+std::optional<MonitorEvent> NextMonitorEvent(zmq::socket_t& pair);
+
 struct Received {
   std::string from;
   zmq::message_t payload;
@@ -89,6 +105,11 @@ struct Event {
 // The text of an Error "unauthorized" the local broker sent (a refused claim or action),
 // or empty for any other message.
 std::string BrokerRefusal(const Received& message);
+
+class Client;
+// What a daemon does every second or so for its link: claims its address again and
+// logs (rate-limited) what went wrong with the link since the last call, if anything.
+void TendLink(Client& client, RateLimitedLog& log, uint64_t now_ms);
 
 class Client {
  public:
@@ -134,7 +155,6 @@ class Client {
   std::string broker_url_;
   Security security_;
   zmq::socket_t dealer_;
-  void Monitor(zmq::socket_t& socket, zmq::socket_t& pair, const char* what);
   std::string LinkEvents(zmq::socket_t& monitor, bool subscriber);
   zmq::socket_t monitor_;      // PAIR: the dealer's handshake events
   zmq::socket_t sub_monitor_;  // PAIR: the subscriber's

@@ -55,10 +55,7 @@ size_t ZapHandler::Drain(uint64_t now_ms) {
   size_t n = 0;
   for (;;) {
     std::vector<zmq::message_t> frames;
-    if (!RetryEintr(
-            [&] { return zmq::recv_multipart(socket_, std::back_inserter(frames), zmq::recv_flags::dontwait); })) {
-      break;
-    }
+    if (!TryReceive(socket_, &frames)) break;
     ++n;
     // [version][request id][domain][address][identity][mechanism][credentials...]
     std::string version = frames.size() > 0 ? frames[0].to_string() : "";

@@ -135,13 +135,7 @@ void SchedulerDaemon::Attach(bus::Loop& loop) {
   loop_ = &loop;
   if (store_ino_ != 0) loop.Every(1000, [this] { CheckStoreIdentity(); });
   client_->Hello();
-  loop.Every(1000, [this] {
-    client_->Hello();
-    if (std::string problem = client_->LinkProblem(); !problem.empty()) {
-      link_log_.Warn("link", bus::WallClockMs(), problem + "; retrying");
-    }
-    link_log_.Flush(bus::WallClockMs());
-  });
+  loop.Every(1000, [this] { bus::TendLink(*client_, link_log_, bus::WallClockMs()); });
   loop.MarkWork();  // the first turn sends scheduler.started
   options_.logger->info("scheduler on broker {}, data {}", options_.broker, options_.data_dir);
 }

@@ -138,11 +138,7 @@ void Worker::Attach(bus::Loop& loop) {
   loop.Every(
       options_.heartbeat_ms,
       [this] {
-        client_->Hello();
-        if (std::string problem = client_->LinkProblem(); !problem.empty()) {
-          link_log_.Warn("link", bus::WallClockMs(), problem + "; retrying");
-        }
-        link_log_.Flush(bus::WallClockMs());
+        bus::TendLink(*client_, link_log_, bus::WallClockMs());
         core_->Heartbeat();
       },
       100);

@@ -37,11 +37,19 @@ struct Effects {
   std::vector<Publication> events;
   // Messages refused for their sender this turn: (sender, why), for the rate-limited log.
   std::vector<std::pair<std::string, std::string>> refused;
-  // The bytes of this turn's events, and those not yet put in a stored block (e/).
+  // The bytes of this turn's events, and those not yet put in a stored block: task
+  // output (task.log) apart from the other events, since the two are retained apart.
   std::shared_ptr<std::string> event_bytes;
-  std::vector<std::pair<uint32_t, uint32_t>> unstored;  // offset, size in event_bytes
-  uint64_t unstored_last_seq = 0;
-  size_t unstored_size = 0;
+  struct Unstored {
+    std::vector<std::pair<uint32_t, uint32_t>> events;  // offset, size in event_bytes
+    uint64_t last_seq = 0, newest_ms = 0;
+    size_t bytes = 0;
+    void Clear() {
+      events.clear();
+      bytes = 0;
+    }
+  };
+  Unstored unstored, unstored_logs;
   bool empty() const { return writes.empty() && directed.empty() && events.empty(); }
   void Clear() {
     writes.Clear();
@@ -49,8 +57,8 @@ struct Effects {
     events.clear();
     refused.clear();
     event_bytes.reset();
-    unstored.clear();
-    unstored_size = 0;
+    unstored.Clear();
+    unstored_logs.Clear();
   }
 };
 

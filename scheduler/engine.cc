@@ -41,7 +41,7 @@ EngineOptions Validated(EngineOptions o) {
 }
 
 EventLogOptions LogOptions(const EngineOptions& o) {
-  return {o.event_retention_count, o.event_retention_age_ms, o.replay_batch};
+  return {o.event_retention_count, o.event_retention_age_ms, o.replay_batch, o.log_retention_bytes};
 }
 
 }  // namespace
@@ -52,6 +52,7 @@ void EngineOptions::Validate() {
   redispatch_after_ms = std::max<uint64_t>(redispatch_after_ms, 50);
   event_retention_count = std::max<uint64_t>(event_retention_count, 10);
   event_retention_age_ms = std::max<uint64_t>(event_retention_age_ms, 1000);
+  log_retention_bytes = std::max<uint64_t>(log_retention_bytes, 1 << 20);
   replay_batch = std::clamp<size_t>(replay_batch, 1, 10000);
   if (fresh_epoch == 0) fresh_epoch = 1;
 }

@@ -51,7 +51,9 @@ struct EngineOptions {
   PlacementPolicy policy = PlacementPolicy::kSpread;
   uint64_t redispatch_after_ms = 2000;  // re-send a queued task not yet started
   uint64_t event_retention_count = 1'000'000;
-  uint64_t event_retention_age_ms = 7ull * 24 * 3600 * 1000;
+  uint64_t event_retention_age_ms = 7ull * 24 * 3600 * 1000;  // events and task output
+  // Task output (task.log events) is retained apart from the other events, by bytes.
+  uint64_t log_retention_bytes = 1ull << 30;
   size_t replay_batch = 512;   // events per ReplayBatch message (and at most ~1 MiB)
   size_t task_page = 1000;     // tasks per fm-ctl tasks page (and at most ~1 MiB)
   size_t recent_ended = 1000;  // ended tasks fm-ctl tasks still lists
@@ -106,6 +108,8 @@ class Engine {
   size_t pending_count() const { return pending_.size(); }
   size_t active_count() const { return active_.size(); }
   uint64_t next_seq() const { return log_.next_seq(); }
+  uint64_t stored_events() const { return log_.stored_events(); }
+  uint64_t stored_log_bytes() const { return log_.stored_log_bytes(); }
   // The store's cluster epoch (store/keys.h kMetaEpoch).
   uint64_t epoch() const { return epoch_; }
   // Waiting tasks offered to placement since the start: one per task placed, plus at

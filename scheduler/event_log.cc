@@ -41,17 +41,58 @@ Status EventLog::Recover(const store::Store* store) {
   if (!next.ok()) return next.status();
   if (next->has_value() && (*next)->size() == 8) next_seq_ = keys::DecodeU64(**next);
   persisted_seq_ = next_seq_;
-  oldest_seq_ = next_seq_;
-  // The first stored record's first event (a block is keyed by its last one).
-  return store->Scan(keys::kEventPrefix, keys::PrefixEnd(keys::kEventPrefix),
-                     [&](std::string_view key, std::string_view value) {
-                       oldest_seq_ = keys::DecodeU64(key.substr(2));
-                       ForEachStoredEvent(value, [&](const wire::Event& e) {
-                         oldest_seq_ = e.seq();
-                         return false;
-                       });
-                       return false;
-                     });
+  auto first = RecoverSpace(&events_);
+  if (!first.ok()) return first.status();
+  oldest_seq_ = *first ? *first : next_seq_;
+  return RecoverSpace(&logs_).status();
+}
+
+Result<uint64_t> EventLog::RecoverSpace(Space* space) {
+  const std::string data_end = keys::PrefixEnd(space->data), index_end = keys::PrefixEnd(space->index);
+  // The first block's key and first event (a block is keyed by its last one).
+  std::string first_key;
+  uint64_t first_seq = 0;
+  Status s = store_->Scan(space->data, data_end, [&](std::string_view key, std::string_view value) {
+    first_key = key.substr(space->data.size());
+    first_seq = keys::DecodeU64(first_key);
+    ForEachStoredEvent(value, [&](const wire::Event& e) {
+      first_seq = e.seq();
+      return false;
+    });
+    return false;
+  });
+  if (!s.ok()) return s;
+  space->events = space->bytes = 0;
+  std::string first_indexed;
+  bool well_formed = true;
+  s = store_->Scan(space->index, index_end, [&](std::string_view key, std::string_view value) {
+    if (first_indexed.empty()) first_indexed = key.substr(space->index.size());
+    keys::BlockIndex b;
+    well_formed = keys::DecodeBlockIndex(value, &b);
+    space->events += b.events;
+    space->bytes += b.bytes;
+    return well_formed;
+  });
+  if (!s.ok()) return s;
+  if (first_indexed == first_key && well_formed) return first_seq;
+  // A store from before the index (or one whose index does not match): index every block.
+  space->events = space->bytes = 0;
+  recovered_.DeleteRange(space->index, index_end);
+  s = store_->Scan(space->data, data_end, [&](std::string_view key, std::string_view value) {
+    keys::BlockIndex b;
+    b.bytes = static_cast<uint32_t>(value.size());
+    ForEachStoredEvent(value, [&](const wire::Event& e) {
+      ++b.events;
+      b.newest_ms = e.time_ms();
+      return true;
+    });
+    recovered_.Put(std::string(space->index) + std::string(key.substr(space->data.size())), keys::EncodeBlockIndex(b));
+    space->events += b.events;
+    space->bytes += b.bytes;
+    return true;
+  });
+  if (!s.ok()) return s;
+  return first_seq;
 }
 
 uint64_t EventLog::Append(const EventFields& f, uint64_t now_ms, Effects* effects) {
@@ -99,15 +140,20 @@ uint64_t EventLog::Append(const EventFields& f, uint64_t now_ms, Effects* effect
   auto size = static_cast<uint32_t>(fbb.GetSize());
   bytes.append(reinterpret_cast<const char*>(fbb.GetBufferPointer()), size);
   effects->events.push_back({std::string(type_name), effects->event_bytes, offset, size});
-  effects->unstored.push_back({offset, size});
-  effects->unstored_last_seq = seq;
-  effects->unstored_size += size;
-  if (effects->unstored_size >= kEventBlockBytes) StoreBlock(effects);
+  const bool log = f.type == wire::EventType::TaskLog;
+  Effects::Unstored& unstored = log ? effects->unstored_logs : effects->unstored;
+  unstored.events.push_back({offset, size});
+  unstored.last_seq = seq;
+  unstored.newest_ms = now_ms;
+  unstored.bytes += size;
+  if (unstored.bytes >= kEventBlockBytes) StoreBlock(effects, log);
   return seq;
 }
 
 void EventLog::FinishTurn(Effects* effects) {
-  StoreBlock(effects);
+  StoreBlock(effects, false);
+  StoreBlock(effects, true);
+  if (!recovered_.empty()) effects->writes.Append(std::move(recovered_));
   if (effects->event_bytes) {
     last_event_bytes_ = effects->event_bytes->size();
     last_event_count_ = effects->events.size();
@@ -149,21 +195,26 @@ std::vector<std::pair<std::string, std::string>> EventLog::Messages(const std::v
   return out;
 }
 
-void EventLog::StoreBlock(Effects* effects) {
-  if (effects->unstored.empty()) return;
+void EventLog::StoreBlock(Effects* effects, bool logs) {
+  Effects::Unstored& unstored = logs ? effects->unstored_logs : effects->unstored;
+  if (unstored.events.empty()) return;
+  Space& space = logs ? logs_ : events_;
   flatbuffers::FlatBufferBuilder& fbb = scratch_;
   fbb.Clear();
   const std::string& bytes = *effects->event_bytes;
   std::vector<flatbuffers::Offset<wire::EventBytes>> events;
-  events.reserve(effects->unstored.size());
-  for (auto [offset, size] : effects->unstored) {
+  events.reserve(unstored.events.size());
+  for (auto [offset, size] : unstored.events) {
     auto envelope = fbb.CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()) + offset, size);
     events.push_back(wire::CreateEventBytes(fbb, envelope));
   }
-  effects->writes.Put(keys::Event(effects->unstored_last_seq),
-                      codec::Seal(fbb, wire::CreateEventBlock(fbb, fbb.CreateVector(events))));
-  effects->unstored.clear();
-  effects->unstored_size = 0;
+  std::string block = codec::Seal(fbb, wire::CreateEventBlock(fbb, fbb.CreateVector(events)));
+  keys::BlockIndex index{static_cast<uint32_t>(events.size()), static_cast<uint32_t>(block.size()), unstored.newest_ms};
+  effects->writes.Put(keys::Block(space.data, unstored.last_seq), block);
+  effects->writes.Put(keys::Block(space.index, unstored.last_seq), keys::EncodeBlockIndex(index));
+  space.events += index.events;
+  space.bytes += index.bytes;
+  unstored.Clear();
 }
 
 const std::string& EventLog::EventTime(uint64_t now_ms) {
@@ -182,48 +233,112 @@ const std::string& EventLog::EventTime(uint64_t now_ms) {
 }
 
 void EventLog::ApplyRetention(uint64_t now_ms, store::WriteBatch* writes) {
-  uint64_t new_oldest = oldest_seq_;
-  if (next_seq_ - oldest_seq_ > options_.retention_count) new_oldest = next_seq_ - options_.retention_count;
-  // By age: at most once a second, look at the oldest stored events.
+  uint64_t cutoff_ms = 0;
   if (store_ && now_ms >= next_age_check_ms_ && now_ms > options_.retention_age_ms) {
     next_age_check_ms_ = now_ms + 1000;
-    uint64_t cutoff = now_ms - options_.retention_age_ms;
-    size_t looked = 0;
-    // A record goes when its newest (last) event is older than the cutoff.
-    Status s = store_->Scan(keys::Event(new_oldest), keys::Event(persisted_seq_),
-                            [&](std::string_view key, std::string_view value) {
-                              uint64_t newest_ms = UINT64_MAX;
-                              if (!ForEachStoredEvent(value, [&](const wire::Event& e) {
-                                    newest_ms = e.time_ms();
-                                    return true;
-                                  })) {
-                                return false;
-                              }
-                              if (newest_ms >= cutoff) return false;
-                              new_oldest = keys::DecodeU64(key.substr(2)) + 1;
-                              return ++looked < 10000;
-                            });
-    (void)s;  // a failed scan only delays retention
+    cutoff_ms = now_ms - options_.retention_age_ms;
   }
-  if (new_oldest > oldest_seq_) {
-    writes->DeleteRange(keys::Event(oldest_seq_), keys::Event(new_oldest));
-    oldest_seq_ = new_oldest;
+  if (uint64_t cut = Trim(&events_, options_.retention_count, UINT64_MAX, cutoff_ms, writes)) {
+    oldest_seq_ = std::max(oldest_seq_, cut + 1);
   }
+  Trim(&logs_, UINT64_MAX, options_.log_retention_bytes, cutoff_ms, writes);
 }
+
+uint64_t EventLog::Trim(Space* space, uint64_t max_events, uint64_t max_bytes, uint64_t cutoff_ms,
+                        store::WriteBatch* writes) {
+  if (!store_ || (space->events <= max_events && space->bytes <= max_bytes && cutoff_ms == 0)) return 0;
+  uint64_t cut = 0, events = space->events, bytes = space->bytes;
+  size_t looked = 0;
+  // From the first block not already dropped: a drop of an earlier turn may still be
+  // on its way to the store.
+  Status s = store_->Scan(keys::Block(space->index, space->trimmed_through + 1), keys::PrefixEnd(space->index),
+                          [&](std::string_view key, std::string_view value) {
+                            keys::BlockIndex b;
+                            if (!keys::DecodeBlockIndex(value, &b)) return false;
+                            if (events <= max_events && bytes <= max_bytes && b.newest_ms >= cutoff_ms) return false;
+                            cut = keys::DecodeU64(key.substr(space->index.size()));
+                            events -= std::min<uint64_t>(events, b.events);
+                            bytes -= std::min<uint64_t>(bytes, b.bytes);
+                            return ++looked < 10000;
+                          });
+  (void)s;  // a failed scan only delays retention
+  if (cut == 0) return 0;
+  writes->DeleteRange(keys::Block(space->data, space->trimmed_through), keys::Block(space->data, cut + 1));
+  writes->DeleteRange(keys::Block(space->index, space->trimmed_through), keys::Block(space->index, cut + 1));
+  space->events = events;
+  space->bytes = bytes;
+  space->trimmed_through = cut;
+  return cut;
+}
+
+namespace {
+
+// The events of one space (e/ or l/) from a seq on, read a block at a time: what
+// EventLog::ForEach merges.
+class StoredEvents {
+ public:
+  StoredEvents(const store::Store* store, std::string_view prefix, uint64_t since)
+      : store_(store), prefix_(prefix), next_key_(keys::Block(prefix, since)), since_(since) {}
+
+  // Reads blocks until an event is at hand or the space has no more.
+  Status Fill() {
+    while (pos_ >= events_.size() && !ended_) {
+      events_.clear();
+      pos_ = 0;
+      ended_ = true;
+      Status s = store_->Scan(next_key_, keys::PrefixEnd(prefix_), [&](std::string_view key, std::string_view value) {
+        ended_ = false;
+        next_key_ = keys::Block(prefix_, keys::DecodeU64(key.substr(prefix_.size())) + 1);
+        std::string storage;
+        std::string_view aligned = codec::AlignedBytes(value, &storage);
+        auto env = codec::Decode(aligned.data(), aligned.size());
+        if (!env.ok()) return false;  // a malformed block is passed over
+        codec::ForEachEvent(**env, aligned, [&](const wire::Event& e, std::string_view bytes) {
+          if (e.seq() >= since_) events_.emplace_back(e.seq(), std::string(bytes));
+          return true;
+        });
+        return false;
+      });
+      if (!s.ok()) return s;
+    }
+    return Status::Ok();
+  }
+  bool empty() const { return pos_ >= events_.size(); }
+  uint64_t seq() const { return events_[pos_].first; }
+  // The event at hand (its bytes were verified when read).
+  const wire::Event& event() const { return *wire::GetEnvelope(events_[pos_].second.data())->body_as_Event(); }
+  void Pop() { ++pos_; }
+
+ private:
+  const store::Store* store_;
+  std::string_view prefix_;
+  std::string next_key_;
+  uint64_t since_;
+  std::vector<std::pair<uint64_t, std::string>> events_;
+  size_t pos_ = 0;
+  bool ended_ = false;
+};
+
+}  // namespace
 
 Status EventLog::ForEach(uint64_t since, const std::function<bool(const wire::Event&)>& visit) const {
   if (!store_) return Status::Ok();
-  bool stopped = false;
-  // Blocks are keyed by their last seq: the first one at or after `since` holds it.
-  return store_->Scan(keys::Event(std::max(since, oldest_seq_)), keys::PrefixEnd(keys::kEventPrefix),
-                      [&](std::string_view, std::string_view value) {
-                        ForEachStoredEvent(value, [&](const wire::Event& e) {
-                          if (e.seq() < since) return true;
-                          stopped = !visit(e);
-                          return !stopped;
-                        });
-                        return !stopped;
-                      });
+  since = std::max(since, oldest_seq_);
+  StoredEvents events(store_, keys::kEventPrefix, since), logs(store_, keys::kLogPrefix, since);
+  for (;;) {
+    if (Status s = events.Fill(); !s.ok()) return s;
+    if (Status s = logs.Fill(); !s.ok()) return s;
+    StoredEvents* next = nullptr;
+    if (!events.empty() && (logs.empty() || events.seq() < logs.seq())) {
+      next = &events;
+    } else if (!logs.empty()) {
+      next = &logs;
+    } else {
+      return Status::Ok();
+    }
+    if (!visit(next->event())) return Status::Ok();
+    next->Pop();
+  }
 }
 
 std::string EventLog::Replay(uint64_t since, uint64_t correlation) const {

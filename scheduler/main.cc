@@ -31,7 +31,13 @@ int main(int argc, char** argv) {
                  "RocksDB memtable size; also the free space it needs to resume after a full disk")
       ->capture_default_str();
   std::string retention_age = "7d";
-  app.add_option("--event-retention-age", retention_age, "events older than this are dropped (e.g. 24h, 7d)")
+  app.add_option("--event-retention-age", retention_age,
+                 "events and task output older than this are dropped (e.g. 24h, 7d)")
+      ->capture_default_str();
+  std::string log_retention = "1GiB";
+  app.add_option("--log-retention", log_retention,
+                 "task output kept for replay, apart from the other events: however much tasks print, "
+                 "it never pushes the other events out")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
@@ -65,6 +71,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.engine.event_retention_age_ms = *age;
+  auto log_bytes = fm::ParseSize(log_retention);
+  if (!log_bytes.ok()) {
+    spdlog::error("--log-retention: {}", log_bytes.status().message());
+    return 2;
+  }
+  options.engine.log_retention_bytes = *log_bytes;
   options.engine.Validate();
   auto buffer = fm::ParseSize(write_buffer);
   if (!buffer.ok() || *buffer < (1u << 20)) {

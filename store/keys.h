@@ -8,9 +8,14 @@
 
 namespace fm::store::keys {
 
-inline constexpr std::string_view kActivePrefix = "a/";           // a/<id:u64be> -> wire.TaskRecord, not yet ended
-inline constexpr std::string_view kTaskPrefix = "t/";             // t/<id:u64be> -> wire.TaskRecord, ended
-inline constexpr std::string_view kEventPrefix = "e/";            // e/<last seq:u64be> -> wire.Envelope(EventBlock)
+inline constexpr std::string_view kActivePrefix = "a/";  // a/<id:u64be> -> wire.TaskRecord, not yet ended
+inline constexpr std::string_view kTaskPrefix = "t/";    // t/<id:u64be> -> wire.TaskRecord, ended
+inline constexpr std::string_view kEventPrefix = "e/";   // e/<last seq:u64be> -> wire.Envelope(EventBlock)
+inline constexpr std::string_view kLogPrefix = "l/";     // l/<last seq:u64be> -> ditto, task.log events only
+// E/ and L/<last seq:u64be> -> BlockIndex(events, bytes, newest time) of the e/ or l/
+// block with that key: what retention counts, without reading the blocks.
+inline constexpr std::string_view kEventIndexPrefix = "E/";
+inline constexpr std::string_view kLogIndexPrefix = "L/";
 inline constexpr std::string_view kWorkerPrefix = "w/";           // w/<worker id> -> wire.WorkerRecord
 inline constexpr std::string_view kClientKeyPrefix = "k/";        // k/<client key> -> <id:u64be>
 inline constexpr std::string_view kMetaNextTask = "m/next_task";  // <u64be>
@@ -38,6 +43,27 @@ inline uint64_t DecodeU64(std::string_view bytes) {
 inline std::string ActiveTask(uint64_t id) { return std::string(kActivePrefix) + EncodeU64(id); }
 inline std::string Task(uint64_t id) { return std::string(kTaskPrefix) + EncodeU64(id); }
 inline std::string Event(uint64_t seq) { return std::string(kEventPrefix) + EncodeU64(seq); }
+// The key of a block (e/, l/) or of its index entry (E/, L/) keyed by `seq`.
+inline std::string Block(std::string_view prefix, uint64_t seq) { return std::string(prefix) + EncodeU64(seq); }
+
+// An index entry: <events:u32be><bytes:u32be><newest time ms:u64be>.
+struct BlockIndex {
+  uint32_t events = 0, bytes = 0;
+  uint64_t newest_ms = 0;
+};
+inline std::string EncodeBlockIndex(const BlockIndex& b) {
+  std::string out = EncodeU64((static_cast<uint64_t>(b.events) << 32) | b.bytes);
+  return out + EncodeU64(b.newest_ms);
+}
+// False when `bytes` is not an index entry.
+inline bool DecodeBlockIndex(std::string_view bytes, BlockIndex* b) {
+  if (bytes.size() != 16) return false;
+  uint64_t counts = DecodeU64(bytes);
+  b->events = static_cast<uint32_t>(counts >> 32);
+  b->bytes = static_cast<uint32_t>(counts);
+  b->newest_ms = DecodeU64(bytes.substr(8));
+  return true;
+}
 inline std::string Worker(std::string_view id) { return std::string(kWorkerPrefix) + std::string(id); }
 inline std::string ClientKey(std::string_view key) { return std::string(kClientKeyPrefix) + std::string(key); }
 // The first key after every key that starts with `prefix`.

@@ -5,6 +5,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 
@@ -21,19 +23,7 @@ constexpr const char* kApi = "/v1.41";
 
 std::string Errno(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
-bool DecodeChunked(const std::string& in, std::string* out) {
-  size_t pos = 0;
-  for (;;) {
-    size_t eol = in.find("\r\n", pos);
-    if (eol == std::string::npos) return false;
-    size_t size = std::stoul(in.substr(pos, eol - pos), nullptr, 16);
-    pos = eol + 2;
-    if (size == 0) return true;
-    if (pos + size > in.size()) return false;
-    out->append(in, pos, size);
-    pos += size + 2;
-  }
-}
+constexpr size_t kMaxBodyBytes = 64u << 20;
 
 // A parser for one Docker response type; unknown fields are skipped.
 std::unique_ptr<flatbuffers::Parser> DockerParser(const char* root) {
@@ -57,76 +47,180 @@ std::string ErrorText(const HttpResponse& r) {
 
 }  // namespace
 
-Result<HttpResponse> UnixHttp(const std::string& socket_path, const std::string& method, const std::string& path,
-                              const std::string& body, int timeout_ms) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Status::Io(Errno("socket"));
-  struct Closer {
-    int fd;
-    ~Closer() { close(fd); }
-  } closer{fd};
+namespace {
+
+// An open request: the response head read, the body to come.
+struct Exchange {
+  int fd = -1;
+  int status = 0;
+  bool chunked = false;
+  std::string early;  // body bytes read with the head
+  ~Exchange() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+Status Open(const std::string& socket_path, const std::string& method, const std::string& path, const std::string& body,
+            int timeout_ms, Exchange* x) {
+  x->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (x->fd < 0) return Status::Io(Errno("socket"));
   if (timeout_ms > 0) {
     timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(x->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(x->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   }
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (socket_path.size() >= sizeof addr.sun_path) return Status::Invalid("socket path too long: " + socket_path);
   std::strcpy(addr.sun_path, socket_path.c_str());
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return Status::Unavailable(Errno("connect"));
+  if (connect(x->fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    return Status::Unavailable(Errno("connect"));
+  }
   std::string request = method + " " + path + " HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n";
   if (!body.empty() || method == "POST") {
     request += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
   }
   request += "\r\n" + body;
   for (size_t sent = 0; sent < request.size();) {
-    ssize_t n = send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    ssize_t n = send(x->fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
     if (n <= 0) return Status::Unavailable(Errno("send"));
     sent += static_cast<size_t>(n);
   }
-  std::string raw;
+  std::string head;
   char buf[16384];
-  for (;;) {
-    ssize_t n = recv(fd, buf, sizeof buf, 0);
+  size_t header_end;
+  while ((header_end = head.find("\r\n\r\n")) == std::string::npos) {
+    if (head.size() > (64u << 10)) return Status::Unavailable("an HTTP response head over 64 KiB");
+    ssize_t n = recv(x->fd, buf, sizeof buf, 0);
+    if (n == 0) return Status::Unavailable("not an HTTP response");
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::Unavailable(errno == EAGAIN ? "no answer within " + std::to_string(timeout_ms) + " ms"
+                                                 : Errno("recv"));
+    }
+    head.append(buf, static_cast<size_t>(n));
+  }
+  if (head.rfind("HTTP/1.", 0) != 0) return Status::Unavailable("not an HTTP response");
+  x->status = std::atoi(head.c_str() + head.find(' ') + 1);
+  x->early = head.substr(header_end + 4);
+  head.resize(header_end);
+  for (auto& c : head) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  x->chunked = head.find("transfer-encoding: chunked") != std::string::npos;
+  return Status::Ok();
+}
+
+// Reads the body to its end, passing it on (de-chunked) as it comes.
+Status ReadBody(Exchange* x, int timeout_ms, const std::function<void(std::string_view)>& out) {
+  ChunkedDecoder chunks;
+  auto feed = [&](std::string_view data) {
+    if (!x->chunked) {
+      out(data);
+      return true;
+    }
+    return chunks.Feed(data, out);
+  };
+  if (!feed(x->early)) return Status::Unavailable("a malformed chunked response");
+  char buf[65536];
+  while (!chunks.done()) {
+    ssize_t n = recv(x->fd, buf, sizeof buf, 0);
     if (n == 0) break;
     if (n < 0) {
       if (errno == EINTR) continue;
       return Status::Unavailable(errno == EAGAIN ? "no answer within " + std::to_string(timeout_ms) + " ms"
                                                  : Errno("recv"));
     }
-    raw.append(buf, static_cast<size_t>(n));
+    if (!feed(std::string_view(buf, static_cast<size_t>(n))))
+      return Status::Unavailable("a malformed chunked response");
   }
-  size_t header_end = raw.find("\r\n\r\n");
-  if (raw.rfind("HTTP/1.", 0) != 0 || header_end == std::string::npos) {
-    return Status::Unavailable("not an HTTP response");
-  }
+  if (x->chunked && !chunks.done()) return Status::Unavailable("truncated chunked response");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<HttpResponse> UnixHttp(const std::string& socket_path, const std::string& method, const std::string& path,
+                              const std::string& body, int timeout_ms) {
+  Exchange x;
+  if (Status s = Open(socket_path, method, path, body, timeout_ms, &x); !s.ok()) return s;
   HttpResponse response;
-  response.status = std::atoi(raw.c_str() + raw.find(' ') + 1);
-  std::string headers = raw.substr(0, header_end);
-  for (auto& c : headers) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  std::string rest = raw.substr(header_end + 4);
-  if (headers.find("transfer-encoding: chunked") != std::string::npos) {
-    if (!DecodeChunked(rest, &response.body)) return Status::Unavailable("truncated chunked response");
-  } else {
-    response.body = std::move(rest);
-  }
+  response.status = x.status;
+  bool too_big = false;
+  Status s = ReadBody(&x, timeout_ms, [&](std::string_view data) {
+    if (response.body.size() + data.size() > kMaxBodyBytes) {
+      too_big = true;
+      return;
+    }
+    response.body.append(data);
+  });
+  if (!s.ok()) return s;
+  if (too_big) return Status::Unavailable("a response body over 64 MiB");
   return response;
 }
 
-void DemuxDockerLogs(const std::string& raw, std::string* out, std::string* err) {
-  size_t pos = 0;
-  while (pos + 8 <= raw.size()) {
-    unsigned char kind = static_cast<unsigned char>(raw[pos]);
-    uint32_t size = (static_cast<uint32_t>(static_cast<unsigned char>(raw[pos + 4])) << 24) |
-                    (static_cast<uint32_t>(static_cast<unsigned char>(raw[pos + 5])) << 16) |
-                    (static_cast<uint32_t>(static_cast<unsigned char>(raw[pos + 6])) << 8) |
-                    static_cast<uint32_t>(static_cast<unsigned char>(raw[pos + 7]));
-    pos += 8;
-    std::string chunk = raw.substr(pos, size);
-    (kind == 2 ? err : out)->append(chunk);
-    pos += size;
+bool ChunkedDecoder::Feed(std::string_view in, const std::function<void(std::string_view)>& out) {
+  while (!in.empty() && state_ != State::kDone) {
+    if (state_ == State::kData) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(left_, in.size()));
+      out(in.substr(0, n));
+      in.remove_prefix(n);
+      left_ -= n;
+      if (left_ == 0) state_ = State::kDataEnd;
+      continue;
+    }
+    // A line: a chunk's size, the CRLF after its data, or a trailer.
+    size_t eol = in.find('\n');
+    line_.append(in.substr(0, eol));
+    if (line_.size() > 1024) return false;
+    if (eol == std::string_view::npos) return true;
+    in.remove_prefix(eol + 1);
+    std::string line = std::move(line_);
+    line_.clear();
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (state_ == State::kDataEnd) {
+      if (!line.empty()) return false;
+      state_ = State::kSize;
+    } else if (state_ == State::kTrailer) {
+      if (line.empty()) state_ = State::kDone;
+    } else {
+      size_t digits = 0;
+      uint64_t size = 0;
+      for (char c : line) {
+        int v = std::isdigit(static_cast<unsigned char>(c)) ? c - '0'
+                : (c >= 'a' && c <= 'f')                    ? c - 'a' + 10
+                : (c >= 'A' && c <= 'F')                    ? c - 'A' + 10
+                                                            : -1;
+        if (v < 0) break;
+        if (++digits > 15) return false;
+        size = size * 16 + static_cast<uint64_t>(v);
+      }
+      if (digits == 0) return false;
+      left_ = size;
+      state_ = size == 0 ? State::kTrailer : State::kData;
+    }
   }
+  return true;
+}
+
+bool LogDemuxer::Feed(std::string_view in, const Sink& out) {
+  while (!in.empty()) {
+    if (left_ == 0) {
+      size_t take = std::min(8 - header_.size(), in.size());
+      header_.append(in.substr(0, take));
+      in.remove_prefix(take);
+      if (header_.size() < 8) return true;
+      auto byte = [&](int i) { return static_cast<uint32_t>(static_cast<unsigned char>(header_[i])); };
+      if (byte(0) > 2) return false;  // 0 stdin (never sent), 1 stdout, 2 stderr
+      stream_ = byte(0) == 2 ? "stderr" : "stdout";
+      left_ = byte(4) << 24 | byte(5) << 16 | byte(6) << 8 | byte(7);
+      header_.clear();
+      continue;
+    }
+    size_t n = std::min<size_t>(left_, in.size());
+    out(stream_, in.substr(0, n));
+    in.remove_prefix(n);
+    left_ -= static_cast<uint32_t>(n);
+  }
+  return true;
 }
 
 Status DockerClient::Ping(int timeout_ms) {
@@ -179,11 +273,21 @@ Result<int64_t> DockerClient::Wait(const std::string& id) {
   return flatbuffers::GetRoot<docker::WaitResponse>(parser->builder_.GetBufferPointer())->StatusCode();
 }
 
-Status DockerClient::Logs(const std::string& id, std::string* out, std::string* err) {
-  auto r = UnixHttp(socket_, "GET", std::string(kApi) + "/containers/" + id + "/logs?stdout=1&stderr=1", "", 30000);
-  if (!r.ok()) return r.status();
-  if (r->status != 200) return Status::Unavailable("logs: " + ErrorText(*r));
-  DemuxDockerLogs(r->body, out, err);
+Status DockerClient::FollowLogs(const std::string& id, const LogDemuxer::Sink& out) {
+  Exchange x;
+  std::string path = std::string(kApi) + "/containers/" + id + "/logs?follow=1&stdout=1&stderr=1";
+  if (Status s = Open(socket_, "GET", path, "", 0, &x); !s.ok()) return s;
+  if (x.status != 200) {
+    HttpResponse r{x.status, x.early.substr(0, 4096)};
+    return Status::Unavailable("logs: " + ErrorText(r));
+  }
+  LogDemuxer frames;
+  bool malformed = false;
+  Status s = ReadBody(&x, 0, [&](std::string_view data) {
+    if (!malformed && !frames.Feed(data, out)) malformed = true;
+  });
+  if (!s.ok()) return s;
+  if (malformed) return Status::Unavailable("logs: not a multiplexed log stream");
   return Status::Ok();
 }
 

@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "schemas/status.h"
@@ -18,11 +20,37 @@ struct HttpResponse {
 };
 
 // One HTTP/1.1 request over a unix socket. timeout_ms 0: wait as long as it takes.
+// Bodies over 64 MiB are refused (Docker's answers are small; logs are streamed).
 Result<HttpResponse> UnixHttp(const std::string& socket_path, const std::string& method, const std::string& path,
                               const std::string& body, int timeout_ms);
 
-// Splits Docker's multiplexed log stream (8-byte frame headers) into stdout and stderr.
-void DemuxDockerLogs(const std::string& raw, std::string* out, std::string* err);
+// Decodes a chunked HTTP body as it arrives, in pieces of any size.
+class ChunkedDecoder {
+ public:
+  // Passes the body bytes in `in` to `out`. False: not a chunked body.
+  bool Feed(std::string_view in, const std::function<void(std::string_view)>& out);
+  bool done() const { return state_ == State::kDone; }
+
+ private:
+  enum class State { kSize, kData, kDataEnd, kTrailer, kDone };
+  State state_ = State::kSize;
+  std::string line_;
+  uint64_t left_ = 0;
+};
+
+// Splits Docker's multiplexed log stream (8-byte frame headers: stream, 0, 0, 0, size)
+// into stdout and stderr as it arrives, in pieces of any size.
+class LogDemuxer {
+ public:
+  using Sink = std::function<void(const char* stream, std::string_view data)>;
+  // False: not a log stream (an unknown stream number).
+  bool Feed(std::string_view in, const Sink& out);
+
+ private:
+  std::string header_;
+  uint32_t left_ = 0;
+  const char* stream_ = "stdout";
+};
 
 class DockerClient {
  public:
@@ -34,7 +62,9 @@ class DockerClient {
   Status Start(const std::string& id);
   // Blocks until the container exits; returns its exit status.
   Result<int64_t> Wait(const std::string& id);
-  Status Logs(const std::string& id, std::string* out, std::string* err);
+  // Streams the container's stdout and stderr to `out` as they come, from its start
+  // until it exits. Blocks meanwhile (on a thread of its own).
+  Status FollowLogs(const std::string& id, const LogDemuxer::Sink& out);
   Status Kill(const std::string& id);
   Status Remove(const std::string& id);
 

@@ -7,8 +7,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "worker/docker_client.h"
@@ -33,12 +35,21 @@ struct UvExecutor::Run {
   bool timer_started = false;
   bool out_closed = false, err_closed = false, timer_closed = false;
   std::string spawn_error;
-  // docker
-  uv_work_t work{};
+  // docker: the attempt's Engine API calls on a thread of its own (never the loop's
+  // or libuv's pool, which other attempts need), its output passed to the loop through
+  // `wake` as it comes, at most kDockerHeldBytes at a time (then the thread waits, and
+  // the output waits in the daemon).
+  std::thread thread;
+  uv_async_t wake{};
   std::mutex mutex;
-  std::string container;  // guarded by mutex
-  std::string docker_out, docker_err, docker_error;
-  int64_t docker_status = -1;
+  std::condition_variable drained;
+  std::string container;                                     // guarded by mutex
+  std::vector<std::pair<const char*, std::string>> pending;  // guarded by mutex
+  size_t pending_bytes = 0;                                  // guarded by mutex
+  bool finished = false;                                     // guarded by mutex: the thread is done
+  bool stopping = false;                                     // guarded by mutex: the executor is going away
+  std::string docker_error;                                  // written by the thread before `finished`
+  int64_t docker_status = -1;                                // ditto
 };
 
 Result<RunAs> LookUpRunAs(const std::string& user) {
@@ -66,6 +77,10 @@ namespace {
 // attempt's other processes are looked for, and how much longer it is read at most.
 constexpr uint64_t kOutputSettleMs = 100;
 constexpr uint64_t kOutputLingerMs = 2000;
+// A docker attempt's output read from the daemon and not yet taken by the loop.
+constexpr size_t kDockerHeldBytes = 1u << 20;
+// Output pieces of one stream are joined up to this size before the loop takes them.
+constexpr size_t kDockerPieceBytes = 64u << 10;
 
 std::string TaskVar(uint64_t task) { return "FM_TASK_ID=t" + std::to_string(task); }
 std::string AttemptVar(uint32_t attempt) { return "FM_ATTEMPT=" + std::to_string(attempt); }
@@ -102,7 +117,22 @@ std::vector<std::string> EnvironOf(const char* pid) {
 UvExecutor::UvExecutor(uv_loop_t* loop, RunSink* sink, UvExecutorOptions options, std::function<void()> on_activity)
     : loop_(loop), sink_(sink), options_(std::move(options)), on_activity_(std::move(on_activity)) {}
 
-UvExecutor::~UvExecutor() = default;
+UvExecutor::~UvExecutor() {
+  // The loop ran until every attempt ended; a docker thread still here (the loop was
+  // not run to its end) is told to drop its output, its container killed, and joined.
+  for (auto& [ref, run] : runs_) {
+    if (!run->thread.joinable()) continue;
+    std::string container;
+    {
+      std::lock_guard<std::mutex> lock(run->mutex);
+      run->stopping = true;
+      container = run->container;
+    }
+    run->drained.notify_all();
+    if (!container.empty()) (void)DockerClient(options_.docker_socket).Kill(container);
+    run->thread.join();
+  }
+}
 
 void UvExecutor::Start(const Ref& ref, const TaskSpec& spec) {
   auto run = std::make_unique<Run>();
@@ -282,73 +312,109 @@ void UvExecutor::CloseTimer(Run* run) {
 }
 
 void UvExecutor::StartDocker(Run* run) {
-  run->work.data = run;
-  uv_queue_work(
-      loop_, &run->work,
-      [](uv_work_t* w) {
-        auto* r = static_cast<Run*>(w->data);
-        DockerClient docker(r->executor->options_.docker_socket);
-        auto id = docker.Create(r->spec.image, r->spec.command);
-        if (!id.ok()) {
-          r->docker_error = id.status().message();
-          return;
-        }
-        {
-          std::lock_guard<std::mutex> lock(r->mutex);
-          r->container = *id;
-        }
-        if (r->cancelled || r->timed_out) {
-          // Ended before the container started: nothing to wait for.
-        } else if (Status s = docker.Start(*id); !s.ok()) {
-          r->docker_error = s.message();
-        } else {
-          auto status = docker.Wait(*id);
-          if (!status.ok()) {
-            r->docker_error = status.status().message();
-          } else {
-            r->docker_status = *status;
-            (void)docker.Logs(*id, &r->docker_out, &r->docker_err);
-          }
-        }
-        (void)docker.Remove(*id);
-      },
-      [](uv_work_t* w, int) {
-        auto* r = static_cast<Run*>(w->data);
-        UvExecutor* self = r->executor;
-        if (!r->docker_out.empty()) self->sink_->OnRunOutput(r->ref, "stdout", r->docker_out);
-        if (!r->docker_err.empty()) self->sink_->OnRunOutput(r->ref, "stderr", r->docker_err);
-        RunResult result;
-        result.exit_code = static_cast<int32_t>(r->docker_status);
-        if (r->cancelled) {
-          result = {wire::Outcome::Cancelled, result.exit_code, "cancelled"};
-        } else if (r->timed_out) {
-          result = {wire::Outcome::TimedOut, result.exit_code,
-                    "container killed after the timeout of " + std::to_string(r->spec.timeout_ms) + " ms"};
-        } else if (!r->docker_error.empty()) {
-          // The daemon could not run it here: another worker may.
-          result = {wire::Outcome::Retryable, result.exit_code, "docker: " + r->docker_error};
-        } else if (result.exit_code != 0) {
-          result = {wire::Outcome::Failed, result.exit_code,
-                    "container exit status " + std::to_string(result.exit_code)};
-        }
-        if (!r->timer_started) return self->End(r, std::move(result));
-        // The timer handle must be closed before the run is freed.
-        struct Closing {
-          RunResult result;
-        };
-        r->work.data = new Closing{std::move(result)};
-        uv_close(reinterpret_cast<uv_handle_t*>(&r->timer), [](uv_handle_t* h) {
-          auto* run = static_cast<Run*>(h->data);
-          std::unique_ptr<Closing> closing(static_cast<Closing*>(run->work.data));
-          run->executor->End(run, std::move(closing->result));
-        });
-      });
+  uv_async_init(loop_, &run->wake, [](uv_async_t* a) {
+    auto* r = static_cast<Run*>(a->data);
+    r->executor->OnDockerWake(r);
+  });
+  run->wake.data = run;
+  run->open_handles = 1;
   if (run->spec.timeout_ms > 0) {
     uv_timer_init(loop_, &run->timer);
     run->timer.data = run;
     run->timer_started = true;
+    run->open_handles = 2;
     StartTimeout(run);
   }
+  run->thread = std::thread(RunContainer, run, options_.docker_socket);
+}
+
+// On the attempt's own thread: create, start, follow the output, wait, remove.
+void UvExecutor::RunContainer(Run* r, std::string socket) {
+  auto deliver = [r](const char* stream, std::string_view data) {
+    std::unique_lock<std::mutex> lock(r->mutex);
+    r->drained.wait(lock, [r] { return r->pending_bytes < kDockerHeldBytes || r->stopping; });
+    if (r->stopping) return;
+    if (!r->pending.empty() && r->pending.back().first == stream &&
+        r->pending.back().second.size() + data.size() <= kDockerPieceBytes) {
+      r->pending.back().second.append(data);
+    } else {
+      r->pending.emplace_back(stream, std::string(data));
+    }
+    r->pending_bytes += data.size();
+    lock.unlock();
+    uv_async_send(&r->wake);
+  };
+  DockerClient docker(socket);
+  auto id = docker.Create(r->spec.image, r->spec.command);
+  if (!id.ok()) {
+    r->docker_error = id.status().message();
+  } else {
+    {
+      std::lock_guard<std::mutex> lock(r->mutex);
+      r->container = *id;
+    }
+    if (r->cancelled || r->timed_out) {
+      // Ended before the container started: nothing to wait for.
+    } else if (Status s = docker.Start(*id); !s.ok()) {
+      r->docker_error = s.message();
+    } else {
+      Status logs = docker.FollowLogs(*id, deliver);
+      auto status = docker.Wait(*id);
+      if (!status.ok()) {
+        r->docker_error = status.status().message();
+      } else {
+        r->docker_status = *status;
+      }
+      // Never silent: output that could not be read is said to be lost.
+      if (!logs.ok()) deliver("fm", "output lost: " + logs.message());
+    }
+    (void)docker.Remove(*id);
+  }
+  {
+    std::lock_guard<std::mutex> lock(r->mutex);
+    r->finished = true;
+  }
+  uv_async_send(&r->wake);
+}
+
+void UvExecutor::OnDockerWake(Run* r) {
+  std::vector<std::pair<const char*, std::string>> output;
+  bool finished;
+  {
+    std::lock_guard<std::mutex> lock(r->mutex);
+    output.swap(r->pending);
+    r->pending_bytes = 0;
+    finished = r->finished;
+  }
+  r->drained.notify_all();
+  for (const auto& [stream, data] : output) sink_->OnRunOutput(r->ref, stream, data);
+  if (!output.empty()) on_activity_();
+  if (!finished) return;
+  r->thread.join();
+  uv_close(reinterpret_cast<uv_handle_t*>(&r->wake), OnDockerHandleClosed);
+  if (r->timer_started) {
+    uv_timer_stop(&r->timer);
+    uv_close(reinterpret_cast<uv_handle_t*>(&r->timer), OnDockerHandleClosed);
+  }
+}
+
+void UvExecutor::OnDockerHandleClosed(uv_handle_t* handle) {
+  auto* r = static_cast<Run*>(handle->data);
+  if (--r->open_handles > 0) return;
+  RunResult result;
+  result.exit_code = static_cast<int32_t>(r->docker_status);
+  if (r->cancelled) {
+    result = {wire::Outcome::Cancelled, result.exit_code, "cancelled"};
+  } else if (r->timed_out) {
+    result = {wire::Outcome::TimedOut, result.exit_code,
+              "container killed after the timeout of " + std::to_string(r->spec.timeout_ms) + " ms"};
+  } else if (!r->docker_error.empty()) {
+    // The daemon could not run it here: another worker may.
+    result = {wire::Outcome::Retryable, result.exit_code, "docker: " + r->docker_error};
+  } else if (result.exit_code != 0) {
+    result = {wire::Outcome::Failed, result.exit_code, "container exit status " + std::to_string(result.exit_code)};
+  }
+  r->executor->End(r, std::move(result));
 }
 
 void UvExecutor::StartTimeout(Run* run) {

@@ -7,12 +7,14 @@
 //    command exits, its group is killed; if its output is still held 100 ms later, the
 //    marked processes too, and the output is closed at most 2 s after: nothing an
 //    attempt started holds its slot.
-//  - docker: the task's image through the Docker Engine API (create, start, wait,
-//    logs, remove), the blocking calls on libuv's thread pool.
+//  - docker: the task's image through the Docker Engine API (create, start, follow
+//    the logs, wait, remove), the blocking calls on a thread of the attempt's own, so
+//    that no attempt waits behind another's; output streamed to the loop as it comes
+//    (at most 1 MiB held between them).
 // Each attempt is keyed by its Ref, and ends (RunSink::OnRunEnded) only once all its
 // handles are closed: nothing of it is touched after.
 //
-// Thread: the loop thread, except the docker calls (thread pool, guarded per run).
+// Thread: the loop thread, except the docker calls (a thread per attempt, guarded per run).
 #pragma once
 
 #include <uv.h>
@@ -59,6 +61,9 @@ class UvExecutor final : public Executor {
   struct Run;
   void StartExec(Run* run);
   void StartDocker(Run* run);
+  static void RunContainer(Run* run, std::string socket);
+  void OnDockerWake(Run* run);
+  static void OnDockerHandleClosed(uv_handle_t* handle);
   void StartTimeout(Run* run);
   void Kill(Run* run);
   // Kills every process of the exec attempt: its process group, then whatever carries its

@@ -54,3 +54,33 @@ TEST_CASE("the docker executor runs the task's image in a real container and rep
   CHECK(c.WaitEvent("task.log task=t1 worker=d stream=stdout | hello from a container"));
   CHECK(c.WaitEvent("task.failed task=t2 worker=d exit=7 reason=exit_status"));
 }
+
+TEST_CASE(
+    "a container's output streams as it comes, is cut at --max-output with a note, and a cancel ends it while it "
+    "runs",
+    "[integration][docker]") {
+  TempDir dir;
+  std::string socket_path = dir.path() + "/docker.sock";
+  Podman podman(socket_path);
+  Cluster c;
+  c.StartWorker("d", {"--docker-socket", socket_path, "--max-output", "1MiB", "--slots", "2"});
+  // Its first line arrives while the container still runs (it sleeps a minute after).
+  ToolRun run = c.Submit(R"({"command": ["sh", "-c", "echo first; sleep 60"], "image": "localhost/fm-busybox:latest"})"
+                         "\n");
+  REQUIRE(run.exit_code == 0);
+  REQUIRE(c.WaitEvent("task.log task=t1 worker=d stream=stdout | first", 20000));
+  CHECK(c.Ctl({"cancel", "t1"}).exit_code == 0);
+  CHECK(c.WaitEvent("task.cancelled task=t1", 15000));
+  // 12 MB of output: the first MiB is kept and the rest dropped, said in the stream and
+  // in the result, never dropped whole.
+  run = c.Submit(
+      R"({"command": ["sh", "-c", "head -c 12000000 /dev/zero | tr '\\0' x"], "image": "localhost/fm-busybox:latest"})"
+      "\n",
+      {"--wait"});
+  INFO(run.err);
+  REQUIRE(run.lines.size() == 1);
+  CHECK_THAT(run.lines[0],
+             Contains(R"("status": "succeeded")") && Contains("output truncated: 10951424 bytes over 1 MiB dropped"));
+  CHECK(c.WaitEvent("stream=fm | output truncated: this attempt wrote more than 1 MiB (--max-output)"));
+  CHECK(c.WaitEvent("task.log task=t2 worker=d stream=stdout | xxxx"));
+}

@@ -402,6 +402,69 @@ TEST_CASE("events are kept within the retention count and age; replay from befor
 }
 
 TEST_CASE(
+    "task output is retained apart: a task printing far past the log retention drops its oldest output, never "
+    "another event, and replay merges the two in seq order",
+    "[unit]") {
+  EngineOptions options;
+  options.event_retention_count = 1000;
+  options.log_retention_bytes = 1 << 20;
+  options.replay_batch = 10000;
+  Harness h(options);
+  h.Register({"w", {}});
+  h.Submit({NewTask()});
+  h.Started(1, 1, "w");
+  const std::string piece(64 << 10, 'x');
+  for (int i = 0; i < 64; ++i) {  // 4 MiB of output, one piece a turn
+    flatbuffers::FlatBufferBuilder fbb;
+    auto ref = wire::CreateTaskRef(fbb, 1, 1);
+    std::string bytes =
+        codec::Seal(fbb, wire::CreateTaskLog(fbb, ref, fbb.CreateString("stdout"), fbb.CreateString(piece)));
+    h.engine().OnDirected(Harness::Address("w"), *wire::GetEnvelope(bytes.data()), h.now);
+    h.Commit();
+  }
+  h.Finished(1, 1, "w", wire::Outcome::Succeeded);
+  h.Tick(200);
+  std::deque<Turn> kept;
+  std::vector<std::string> types;
+  std::vector<uint64_t> seqs;
+  size_t log_bytes = 0;
+  for (uint64_t since = 1;;) {
+    flatbuffers::FlatBufferBuilder fbb;
+    std::string bytes = codec::Seal(fbb, wire::CreateReplayRequest(fbb, since, 5));
+    h.engine().OnDirected("tap", *wire::GetEnvelope(bytes.data()), h.now);
+    const Turn& t = kept.emplace_back(h.Commit());
+    auto batches = t.To("tap", wire::Body::ReplayBatch);
+    REQUIRE(batches.size() == 1);
+    const auto* batch = batches[0]->body_as_ReplayBatch();
+    REQUIRE(batch->error() == nullptr);
+    for (const auto* e : *batch->events()) {
+      types.push_back(e->type()->str());
+      seqs.push_back(e->seq());
+      if (types.back() == "task.log") log_bytes += e->data()->size();
+      since = e->seq() + 1;
+    }
+    if (batch->done()) break;
+  }
+  // Every event but output from the first one on, in order; the output cut to its retention.
+  CHECK(seqs.front() == 1);
+  CHECK(std::is_sorted(seqs.begin(), seqs.end()));
+  for (const char* type :
+       {"scheduler.started", "worker.registered", "task.submitted", "task.started", "task.succeeded"}) {
+    CHECK(std::count(types.begin(), types.end(), type) == 1);
+  }
+  CHECK(log_bytes > (512u << 10));
+  CHECK(log_bytes <= (1u << 20));
+  CHECK(types.back() == "task.succeeded");
+  // After a restart what is stored is read back from the index, not from the blocks.
+  const uint64_t events = h.engine().stored_events(), bytes = h.engine().stored_log_bytes();
+  CHECK(events == types.size() - std::count(types.begin(), types.end(), "task.log"));
+  CHECK(bytes <= (1u << 20) + 4096);
+  h.Restart(options);
+  CHECK(h.engine().stored_log_bytes() == bytes);
+  CHECK(h.engine().stored_events() == events + 1);  // and its own scheduler.started
+}
+
+TEST_CASE(
     "replay reads events stored one per record (stores from before event blocks) and blocks alike, from any "
     "sequence, in batches",
     "[unit]") {

@@ -56,9 +56,37 @@ TEST_CASE("docker's multiplexed log stream splits into stdout and stderr", "[uni
   };
   frame(1, "out1\n");
   frame(2, "err\n");
+  frame(0, "");
   frame(1, "out2\n");
-  std::string out, err;
-  DemuxDockerLogs(raw, &out, &err);
-  CHECK(out == "out1\nout2\n");
-  CHECK(err == "err\n");
+  // However the stream is cut into reads, the same output comes out.
+  for (size_t piece : {size_t{1}, size_t{3}, size_t{8}, raw.size()}) {
+    LogDemuxer demux;
+    std::string out, err;
+    for (size_t i = 0; i < raw.size(); i += piece) {
+      REQUIRE(demux.Feed(std::string_view(raw).substr(i, piece), [&](const char* stream, std::string_view data) {
+        (std::string(stream) == "stderr" ? err : out).append(data);
+      }));
+    }
+    CHECK(out == "out1\nout2\n");
+    CHECK(err == "err\n");
+  }
+  LogDemuxer demux;
+  CHECK_FALSE(demux.Feed(std::string("\x07\0\0\0\0\0\0\1x", 9), [](const char*, std::string_view) {}));
+}
+
+TEST_CASE("a chunked HTTP body decodes the same however it is cut into reads, and garbage is refused", "[unit]") {
+  const std::string body = "5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n";
+  for (size_t piece = 1; piece <= body.size(); ++piece) {
+    ChunkedDecoder chunks;
+    std::string out;
+    for (size_t i = 0; i < body.size(); i += piece) {
+      REQUIRE(chunks.Feed(std::string_view(body).substr(i, piece), [&](std::string_view d) { out.append(d); }));
+    }
+    CHECK(out == "hello 0123456789");
+    CHECK(chunks.done());
+  }
+  ChunkedDecoder bad;
+  CHECK_FALSE(bad.Feed("zz\r\n", [](std::string_view) {}));
+  ChunkedDecoder missing_crlf;
+  CHECK_FALSE(missing_crlf.Feed("1\r\nab\r\n", [](std::string_view) {}));
 }

@@ -106,8 +106,8 @@ Status Broker::Bind() {
     }
   }
   router_.set(zmq::sockopt::router_mandatory, 1);
-  router_.set(zmq::sockopt::sndhwm, 1'000'000);
-  router_.set(zmq::sockopt::rcvhwm, 1'000'000);
+  router_.set(zmq::sockopt::sndhwm, kDirectedQueue);
+  router_.set(zmq::sockopt::rcvhwm, kDirectedQueue);
   router_.set(zmq::sockopt::linger, 0);
   // A connection whose peer vanished (host down, network cut) is closed, so that a
   // claim it held can be taken over.
@@ -115,8 +115,8 @@ Status Broker::Bind() {
   router_.set(zmq::sockopt::heartbeat_timeout, 15000);
   // A hard cap well above the refusal limit: past it ZeroMQ drops the connection.
   router_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
-  xsub_.set(zmq::sockopt::rcvhwm, 1'000'000);
-  xpub_.set(zmq::sockopt::sndhwm, 1'000'000);
+  xsub_.set(zmq::sockopt::rcvhwm, kDirectedQueue);
+  xpub_.set(zmq::sockopt::sndhwm, kEventQueue);
   xpub_.set(zmq::sockopt::linger, 0);
   // Every socket that takes bytes from a peer has a size limit: a message over it drops
   // that peer's connection before it is buffered, and never reaches a subscriber.
@@ -155,14 +155,14 @@ Status Broker::Bind() {
     has_upstream_ = true;
     identity_ = UniqueAddress(secure_ ? "broker/" + own_.name : "broker");
     for (zmq::socket_t* socket : {&up_dealer_, &up_xpub_, &up_xsub_}) SecureClientSocket(*socket, security);
-    up_dealer_.set(zmq::sockopt::sndhwm, 1'000'000);
-    up_dealer_.set(zmq::sockopt::rcvhwm, 1'000'000);
+    up_dealer_.set(zmq::sockopt::sndhwm, kDirectedQueue);
+    up_dealer_.set(zmq::sockopt::rcvhwm, kDirectedQueue);
     up_dealer_.set(zmq::sockopt::linger, 0);
     up_dealer_.set(zmq::sockopt::reconnect_ivl, 100);
     up_dealer_.set(zmq::sockopt::reconnect_ivl_max, 2000);
-    up_xpub_.set(zmq::sockopt::sndhwm, 1'000'000);
+    up_xpub_.set(zmq::sockopt::sndhwm, kEventQueue);
     up_xpub_.set(zmq::sockopt::linger, 0);
-    up_xsub_.set(zmq::sockopt::rcvhwm, 1'000'000);
+    up_xsub_.set(zmq::sockopt::rcvhwm, kDirectedQueue);
     up_dealer_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
     up_xsub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
     up_xpub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxSubscriptionBytes));

@@ -1,5 +1,6 @@
 #include "broker/bus.h"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <charconv>
@@ -91,8 +92,8 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
   // No routing id: the broker's ROUTER gives every connection a fresh one, and the
   // address is claimed on it (a stale or hostile connection can never inherit it).
   dealer_.set(zmq::sockopt::linger, 1000);
-  dealer_.set(zmq::sockopt::sndhwm, 1'000'000);
-  dealer_.set(zmq::sockopt::rcvhwm, 1'000'000);
+  dealer_.set(zmq::sockopt::sndhwm, kDirectedQueue);
+  dealer_.set(zmq::sockopt::rcvhwm, kDirectedQueue);
   dealer_.set(zmq::sockopt::reconnect_ivl, 100);
   dealer_.set(zmq::sockopt::reconnect_ivl_max, 2000);
   dealer_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
@@ -108,13 +109,13 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
   if (publish) {
     pub_ = zmq::socket_t(context, zmq::socket_type::pub);
     pub_.set(zmq::sockopt::linger, 1000);
-    pub_.set(zmq::sockopt::sndhwm, 1'000'000);
+    pub_.set(zmq::sockopt::sndhwm, kEventQueue);
     SecureClientSocket(pub_, security_);
     pub_.connect(endpoints.events_in);
   }
   if (subscribe) {
     sub_ = zmq::socket_t(context, zmq::socket_type::sub);
-    sub_.set(zmq::sockopt::rcvhwm, 1'000'000);
+    sub_.set(zmq::sockopt::rcvhwm, kEventQueue);
     sub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
     SecureClientSocket(sub_, security_);
     MonitorSocket(context, sub_, kHandshakeEvents, &sub_monitor_);
@@ -325,6 +326,13 @@ std::optional<Event> Client::ReceiveEvent() {
     }
     return Event{frames[0].to_string(), Aligned(std::move(frames[1]))};
   }
+}
+
+void ReleaseFreeMemory() {
+  // glibc keeps what a burst freed (in every thread's arena: ZeroMQ's I/O threads
+  // allocate the messages) unless asked; asking costs a walk of the arenas.
+  struct mallinfo2 info = mallinfo2();
+  if (info.fordblks > (8u << 20)) malloc_trim(0);
 }
 
 }  // namespace fm::bus

@@ -41,6 +41,22 @@ auto RetryEintr(F&& call) -> decltype(call()) {
 
 inline constexpr const char* kDefaultBroker = "tcp://127.0.0.1:5550";
 
+// Queue bounds, per connection, in messages (ZeroMQ counts messages, not bytes).
+// Directed: a peer that never reads holds at most this many messages to itself in the
+// broker (the errors a flood earns are ~200 B: ~2 MB); past it the broker answers the
+// sender "queue full" and the sender's own retries take over (tasks are dispatched only
+// to free slots, results re-sent until acknowledged).
+inline constexpr int kDirectedQueue = 10'000;
+// Events: published in blocks of at most 64 KiB, so a subscriber that stops reading
+// costs the broker at most ~128 MiB; one that falls this far behind loses the rest,
+// sees the gap by seq and fills it from the store (fm-tap), or hears the next
+// heartbeat (the scheduler).
+inline constexpr int kEventQueue = 2'048;
+
+// Hands memory freed after a burst (a flood, a big backlog) back to the system when
+// more than 8 MiB of it is held free. Call now and then (the daemons: every 5 s).
+void ReleaseFreeMemory();
+
 struct Endpoints {
   std::string router;      // tcp://HOST:PORT
   std::string events_in;   // tcp://HOST:PORT+1

@@ -22,6 +22,9 @@ Loop::Loop() {
   uv_check_start(&check_, [](uv_check_t* h) { static_cast<Loop*>(h->data)->Settle(); });
   uv_unref(reinterpret_cast<uv_handle_t*>(&prepare_));
   uv_unref(reinterpret_cast<uv_handle_t*>(&check_));
+  // Memory a burst left free goes back to the system (never keeps the loop running).
+  Every(5000, [] { ReleaseFreeMemory(); });
+  uv_unref(reinterpret_cast<uv_handle_t*>(&timers_.back()->timer));
 }
 
 Loop::~Loop() {

@@ -19,7 +19,7 @@ namespace {
 constexpr size_t kEventBlockBytes = 1 << 20;
 // Published blocks are kept smaller: a subscriber gets its events in pieces it can
 // take without a long pause.
-constexpr size_t kPublishedBlockBytes = 256 << 10;
+constexpr size_t kPublishedBlockBytes = 64 << 10;  // what a subscriber's queue holds: broker/bus.h
 
 // Calls `visit(event)` for each event stored in an e/ value (an EventBlock, or one Event
 // as stores written before blocks hold), in seq order, until it returns false. Returns

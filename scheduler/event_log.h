@@ -51,7 +51,7 @@ class EventLog {
  public:
   // What the daemon publishes for a turn's events, in seq order: task.* and worker.*
   // events gathered into Envelope(EventBlock) messages, one per run of one class, with
-  // topic "task." or "worker." (at most ~256 KiB each); scheduler.* events one by one
+  // topic "task." or "worker." (at most ~64 KiB each, but for one bigger event); scheduler.* events one by one
   // under their own type (workers subscribe to scheduler.started). One message per turn
   // instead of one per event: what each carries costs once, CURVE above all.
   static std::vector<std::pair<std::string, std::string>> Messages(const std::vector<Publication>& events);

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <stdexcept>
 
@@ -415,6 +416,19 @@ void Podman::Stop() {
 
 bool Cluster::WaitEvent(const std::string& needle, int timeout_ms, int count) {
   return tap_->WaitFor(needle, timeout_ms, count);
+}
+
+}  // namespace fm::test
+
+namespace fm::test {
+
+uint64_t ResidentBytes(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
 }
 
 }  // namespace fm::test

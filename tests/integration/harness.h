@@ -71,6 +71,9 @@ struct ToolRun {
   std::string err;
 };
 
+// The resident memory of process `pid` in bytes (VmRSS), 0 when unreadable.
+uint64_t ResidentBytes(pid_t pid);
+
 // Runs a tool to completion.
 ToolRun RunTool(const std::vector<std::string>& argv, const std::string& input = "", int timeout_ms = 60000);
 
@@ -124,6 +127,7 @@ class Cluster {
   const std::string& data_dir() const { return data_.path(); }
   Process& tap() { return *tap_; }
   Process& scheduler() { return *scheduler_; }
+  Process& broker_process() { return *broker_proc_; }
 
   // Starts an fm-worker and waits for its worker.registered event.
   Process& StartWorker(const std::string& id, std::vector<std::string> args = {});

@@ -1,0 +1,107 @@
+// Floods from one hostile peer, bounded in time: what they may cost the broker and the
+// scheduler (memory, log), and that the cluster serves on and gives the memory back.
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdio>
+#include <zmq.hpp>
+
+#include "harness.h"
+
+using namespace fm::test;
+using Catch::Contains;
+
+namespace {
+
+struct Peak {
+  uint64_t broker = 0, scheduler = 0;
+};
+
+// Sends `send()` until `seconds` passed (or a million messages), sampling the peak
+// resident memory of broker and scheduler every ~50 ms.
+template <typename Send>
+uint64_t Flood(Cluster& c, double seconds, Peak* peak, Send send) {
+  auto start = std::chrono::steady_clock::now(), sampled = start;
+  uint64_t sent = 0;
+  while (sent < 1'000'000) {
+    auto now = std::chrono::steady_clock::now();
+    if (std::chrono::duration<double>(now - start).count() > seconds) break;
+    if (now - sampled > std::chrono::milliseconds(50)) {
+      peak->broker = std::max(peak->broker, ResidentBytes(c.broker_process().pid()));
+      peak->scheduler = std::max(peak->scheduler, ResidentBytes(c.scheduler().pid()));
+      sampled = now;
+    }
+    if (send()) ++sent;
+  }
+  return sent;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "a flood of bad messages from one peer costs bounded memory and log, is summed up in rate-limited lines, and "
+    "the memory is given back",
+    "[integration][flood]") {
+  Cluster c;
+  c.StartWorker("w");
+  REQUIRE(c.Submit(R"({"command": ["true"]})"
+                   "\n",
+                   {"--wait"})
+              .exit_code == 0);
+  const uint64_t broker_base = ResidentBytes(c.broker_process().pid());
+  const uint64_t scheduler_base = ResidentBytes(c.scheduler().pid());
+  const size_t log_base = c.scheduler().Stderr().size() + c.broker_process().Stderr().size();
+
+  zmq::context_t ctx(1);
+  zmq::socket_t raw(ctx, zmq::socket_type::dealer);
+  raw.set(zmq::sockopt::sndhwm, 0);
+  raw.set(zmq::sockopt::linger, 0);
+  raw.connect(c.broker());
+  int port = std::stoi(c.broker().substr(c.broker().rfind(':') + 1));
+  zmq::socket_t pub(ctx, zmq::socket_type::pub);
+  pub.set(zmq::sockopt::sndhwm, 0);
+  pub.set(zmq::sockopt::linger, 0);
+  pub.connect("tcp://127.0.0.1:" + std::to_string(port + 1));
+  const std::string garbage(1000, '\xee');
+  Peak peak;
+  // Directed: malformed messages to the scheduler, never reading the errors it answers.
+  uint64_t directed = Flood(c, 4, &peak, [&] {
+    raw.send(zmq::str_buffer("fm-scheduler"), zmq::send_flags::sndmore);
+    return raw.send(zmq::buffer(garbage), zmq::send_flags::dontwait).has_value();
+  });
+  // Published: garbage announcements every subscriber would hear.
+  uint64_t published = Flood(c, 4, &peak, [&] {
+    pub.send(zmq::str_buffer("fleet.heartbeat"), zmq::send_flags::sndmore);
+    return pub.send(zmq::buffer(garbage), zmq::send_flags::dontwait).has_value();
+  });
+  raw.close();
+  pub.close();
+  // The cluster serves on.
+  ToolRun run = c.Submit(R"({"command": ["true"]})"
+                         "\n",
+                         {"--wait"});
+  CHECK(run.exit_code == 0);
+  // The memory comes back to near its baseline within seconds.
+  uint64_t broker_after = 0, scheduler_after = 0;
+  for (int i = 0; i < 100; ++i) {
+    broker_after = ResidentBytes(c.broker_process().pid());
+    scheduler_after = ResidentBytes(c.scheduler().pid());
+    if (broker_after < broker_base + (24u << 20) && scheduler_after < scheduler_base + (24u << 20)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const size_t log_bytes = c.scheduler().Stderr().size() + c.broker_process().Stderr().size() - log_base;
+  std::printf(
+      "flood: %llu directed + %llu published messages of 1000 B; broker RSS %llu -> peak %llu -> %llu MiB, "
+      "scheduler %llu -> %llu -> %llu MiB; %zu bytes of log\n",
+      static_cast<unsigned long long>(directed), static_cast<unsigned long long>(published),
+      static_cast<unsigned long long>(broker_base >> 20), static_cast<unsigned long long>(peak.broker >> 20),
+      static_cast<unsigned long long>(broker_after >> 20), static_cast<unsigned long long>(scheduler_base >> 20),
+      static_cast<unsigned long long>(peak.scheduler >> 20), static_cast<unsigned long long>(scheduler_after >> 20),
+      log_bytes);
+  CHECK(directed > 1000);
+  CHECK(peak.broker < broker_base + (128u << 20));
+  CHECK(peak.scheduler < scheduler_base + (128u << 20));
+  CHECK(broker_after < broker_base + (24u << 20));
+  CHECK(scheduler_after < scheduler_base + (24u << 20));
+  CHECK(log_bytes < (64u << 10));
+  CHECK(c.scheduler().WaitFor("more", 15000, 1, true));  // the summary line
+}

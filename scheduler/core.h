@@ -75,6 +75,7 @@ class SchedulerCore {
   // Something gathered waits for a commit (writes, or messages behind earlier writes).
   bool has_gathered() const { return !gathered_.empty(); }
   size_t gathered_ops() const { return gathered_.writes.size(); }
+  size_t gathered_bytes() const { return gathered_.writes.bytes(); }
   // Puts the gathered commit in flight. The batch stays valid and unchanged until
   // FinishCommit. REQUIRES: !commit_in_flight().
   const store::WriteBatch& StartCommit();

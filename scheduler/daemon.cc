@@ -11,9 +11,10 @@ namespace {
 constexpr size_t kBudget = 4096;
 // Commits up to this many writes are done on the loop thread (no hand-off latency).
 constexpr size_t kInlineOps = 256;
-// While a commit is in flight, turns gather up to this many writes; then the loop waits
+// While a commit is in flight, turns gather up to this many writes (or bytes); then the loop waits
 // for the commit (and ZeroMQ's high-water marks push back on the senders).
 constexpr size_t kMaxGatheredOps = 1 << 18;
+constexpr size_t kMaxGatheredBytes = 64u << 20;  // (task output above all)
 }  // namespace
 
 Committer::Committer(store::Store* store, uv_loop_t* loop, std::function<void(Status)> done)
@@ -171,7 +172,9 @@ size_t SchedulerDaemon::DrainBus() {
 void SchedulerDaemon::TurnEnd() {
   Outbox now = core_->CloseTurn(bus::WallClockMs());
   SendOut(now);
-  if (committer_->busy() && core_->gathered_ops() > kMaxGatheredOps) committer_->Wait();
+  if (committer_->busy() && (core_->gathered_ops() > kMaxGatheredOps || core_->gathered_bytes() > kMaxGatheredBytes)) {
+    committer_->Wait();
+  }
   Commit();
 }
 

@@ -686,6 +686,9 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
 }
 
 void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64_t now_ms) {
+  // Every worker's output is acknowledged, kept or not (an ended attempt's late lines):
+  // the worker sends only so much unacknowledged (worker/core.h, output window).
+  if (msg.data() && bus::PrincipalOf(from).role == bus::Role::kWorker) output_taken_[from] += msg.data()->size();
   if (!msg.ref()) return;
   const Task* t = active_task(msg.ref()->task());
   if (!t || t->attempt != msg.ref()->attempt()) return;
@@ -998,15 +1001,19 @@ void Engine::FlushDispatches() {
 }
 
 void Engine::FlushBatched() {
+  for (const auto& [address, bytes] : output_taken_) acks_[address];  // an acknowledgement of output alone
   for (auto& [address, refs] : acks_) {
     flatbuffers::FlatBufferBuilder fbb(64 + 16 * refs.size());
     std::vector<flatbuffers::Offset<wire::TaskRef>> offsets;
     offsets.reserve(refs.size());
     for (auto [task, attempt] : refs) offsets.push_back(wire::CreateTaskRef(fbb, task, attempt));
-    auto first = wire::CreateTaskRef(fbb, refs.front().first, refs.front().second);
-    Send(address, codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, first, fbb.CreateVector(offsets))));
+    auto first = refs.empty() ? 0 : wire::CreateTaskRef(fbb, refs.front().first, refs.front().second);
+    auto taken = output_taken_.find(address);
+    uint64_t output = taken == output_taken_.end() ? 0 : taken->second;
+    Send(address, codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, first, fbb.CreateVector(offsets), output)));
   }
   acks_.clear();
+  output_taken_.clear();
   for (auto& [watcher, ended] : ended_for_watchers_) {
     flatbuffers::FlatBufferBuilder fbb(256 + 64 * ended.size());
     std::vector<flatbuffers::Offset<wire::SubmitResult>> results;

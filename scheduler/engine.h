@@ -219,6 +219,7 @@ class Engine {
   std::map<std::string, std::vector<uint64_t>> dispatches_;  // worker id -> tasks to send
   // Sent once per turn per address: acknowledgements of results, ended tasks for watchers.
   std::map<std::string, std::vector<std::pair<uint64_t, uint32_t>>> acks_;
+  std::map<std::string, uint64_t> output_taken_;  // worker address -> TaskLog bytes this turn
   struct EndedResult {
     uint64_t task;
     wire::SubmitStatus status;

@@ -1,5 +1,7 @@
 #include "worker/core.h"
 
+#include <algorithm>
+
 #include "broker/addresses.h"
 #include "schemas/codec.h"
 #include "schemas/json.h"
@@ -136,6 +138,23 @@ void WorkerCore::OnAck(const wire::TaskFinishedAck& ack) {
   } else if (ack.ref()) {
     one(*ack.ref());  // a scheduler from before batched acknowledgements
   }
+  if (ack.output_bytes() > 0) {
+    output_unacked_ -= std::min(output_unacked_, ack.output_bytes());
+    output_progress_ms_ = now_ms_;
+    PaceOutput();
+  }
+}
+
+void WorkerCore::PaceOutput() {
+  if (!executor_) return;
+  if (!output_paused_ && output_unacked_ > options_.output_window) {
+    output_paused_ = true;
+    output_progress_ms_ = now_ms_;
+    executor_->PauseOutput(true);
+  } else if (output_paused_ && output_unacked_ <= options_.output_window / 2) {
+    output_paused_ = false;
+    executor_->PauseOutput(false);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -216,6 +235,8 @@ void WorkerCore::SendLog(const Ref& ref, const std::string& stream, std::string_
   auto r = wire::CreateTaskRef(fbb, ref.first, ref.second);
   auto log = wire::CreateTaskLog(fbb, r, fbb.CreateString(stream), fbb.CreateString(data.data(), data.size()));
   out_.to_scheduler.push_back(codec::Seal(fbb, log));
+  output_unacked_ += data.size();
+  PaceOutput();
 }
 
 void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
@@ -245,6 +266,10 @@ void WorkerCore::Finish(const Ref& ref, RunResult result) {
 
 void WorkerCore::Tick(uint64_t now_ms) {
   now_ms_ = now_ms;
+  if (output_paused_ && now_ms >= output_progress_ms_ + options_.output_stall_ms) {
+    output_unacked_ = 0;  // the acknowledgements are not coming: go on
+    PaceOutput();
+  }
   for (auto& [ref, f] : finished_) {
     if (now_ms >= f.sent_ms + options_.resend_ms) {
       report_finished_.insert(ref);
@@ -276,6 +301,8 @@ flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>> Ref
 }  // namespace
 
 void WorkerCore::Register() {
+  output_unacked_ = 0;  // a scheduler (re)starting acknowledges nothing sent before
+  PaceOutput();
   const WorkerIdentity& w = identity_;
   flatbuffers::FlatBufferBuilder fbb(1024);
   auto held = Refs(fbb, Held());

@@ -42,6 +42,13 @@ struct WorkerCoreOptions {
   uint64_t resend_ms = 1000;          // a result not acknowledged is sent again after this
   size_t done_memory = 100000;        // acknowledged results remembered to drop late duplicates
   uint64_t max_output = 16ull << 20;  // bytes of stdout + stderr kept per attempt; the rest is dropped
+  // Output flow control: at most this many bytes of output sent and not yet
+  // acknowledged by the scheduler (TaskFinishedAck.output_bytes, sent once stored);
+  // past it the executor stops reading the attempts' output (their writes block) until
+  // half of it is acknowledged. Acknowledgements lost (a broker restart, a scheduler
+  // that does not send them) reopen the window after output_stall_ms without one.
+  uint64_t output_window = 4ull << 20;
+  uint64_t output_stall_ms = 3000;
 };
 
 struct WorkerOutbox {
@@ -87,6 +94,8 @@ class WorkerCore final : public RunSink {
   bool running(const Ref& ref) const { return runs_.count(ref) > 0; }
   size_t unacknowledged() const { return finished_.size(); }
   uint64_t dropped_not_from_scheduler() const { return dropped_not_from_scheduler_; }
+  uint64_t output_unacknowledged() const { return output_unacked_; }
+  bool output_paused() const { return output_paused_; }
   uint64_t epoch() const { return epoch_; }
 
  private:
@@ -113,6 +122,8 @@ class WorkerCore final : public RunSink {
   // Passes output on in whole UTF-8 characters (the end of a cut one waits for the next read).
   void PassOutput(const Ref& ref, const char* stream, std::string_view data);
   std::vector<Ref> Held() const;
+  // Pauses or resumes the executor's output as the window closes or opens.
+  void PaceOutput();
 
   WorkerIdentity identity_;
   WorkerCoreOptions options_;
@@ -133,6 +144,9 @@ class WorkerCore final : public RunSink {
   WorkerOutbox out_;
   std::string refusal_;
   uint64_t dropped_not_from_scheduler_ = 0;
+  uint64_t output_unacked_ = 0;      // output bytes sent, not acknowledged
+  uint64_t output_progress_ms_ = 0;  // the last acknowledgement of output, or the pause
+  bool output_paused_ = false;
 };
 
 }  // namespace fm::worker

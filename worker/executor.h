@@ -43,6 +43,10 @@ class Executor {
   // Asks a running attempt to stop; its OnRunEnded still comes (outcome Cancelled).
   // No-op for an attempt that is not running.
   virtual void Cancel(const Ref& ref) = 0;
+  // Stops (or resumes) reading every attempt's output: the output waits in its pipe
+  // (or in the Docker daemon) and the task's writes block. Flow control only: an
+  // attempt's end is never lost to it.
+  virtual void PauseOutput(bool paused) { (void)paused; }
 };
 
 // Completes each attempt at once without running anything: for benchmarks of the

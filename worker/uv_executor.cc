@@ -258,6 +258,8 @@ void UvExecutor::StartExec(Run* run) {
               t,
               [](uv_timer_t* t2) {
                 auto* later = static_cast<Run*>(t2->data);
+                // Paused output is unread, not held: it waits for the window (this timer repeats).
+                if (later->executor->output_paused_) return;
                 for (uv_pipe_t* pipe : {&later->out, &later->err}) {
                   bool& closed = pipe == &later->out ? later->out_closed : later->err_closed;
                   if (closed) continue;
@@ -267,7 +269,7 @@ void UvExecutor::StartExec(Run* run) {
                 }
                 CloseTimer(later);
               },
-              kOutputLingerMs, 0);
+              kOutputLingerMs, kOutputLingerMs);
         },
         kOutputSettleMs, 0);
   };
@@ -283,6 +285,10 @@ void UvExecutor::StartExec(Run* run) {
     return;
   }
   if (run->spec.timeout_ms > 0) StartTimeout(run);
+  if (!output_paused_) ReadOutput(run, true);
+}
+
+void UvExecutor::ReadOutput(Run* run, bool on) {
   auto alloc = [](uv_handle_t*, size_t suggested, uv_buf_t* buf) {
     buf->base = new char[suggested];
     buf->len = suggested;
@@ -300,8 +306,31 @@ void UvExecutor::StartExec(Run* run) {
     }
     self->on_activity_();
   };
-  uv_read_start(reinterpret_cast<uv_stream_t*>(&run->out), alloc, on_read);
-  uv_read_start(reinterpret_cast<uv_stream_t*>(&run->err), alloc, on_read);
+  for (uv_pipe_t* pipe : {&run->out, &run->err}) {
+    if (pipe == &run->out ? run->out_closed : run->err_closed) continue;
+    auto* stream = reinterpret_cast<uv_stream_t*>(pipe);
+    if (on) {
+      uv_read_start(stream, alloc, on_read);
+    } else {
+      uv_read_stop(stream);
+    }
+  }
+}
+
+void UvExecutor::PauseOutput(bool paused) {
+  if (paused == output_paused_) return;
+  output_paused_ = paused;
+  std::vector<Run*> docker;
+  for (auto& [ref, run] : runs_) {
+    if (run->spec.image.empty()) {
+      if (!run->spawn_error.empty()) continue;
+      ReadOutput(run.get(), !paused);
+    } else if (!paused) {
+      docker.push_back(run.get());
+    }
+  }
+  // What the docker threads hold is taken now (a wake may end a run: not while iterating).
+  for (Run* run : docker) OnDockerWake(run);
 }
 
 void UvExecutor::CloseTimer(Run* run) {
@@ -382,6 +411,9 @@ void UvExecutor::OnDockerWake(Run* r) {
   bool finished;
   {
     std::lock_guard<std::mutex> lock(r->mutex);
+    // Paused: the output stays with the thread (which waits past 1 MiB), but an
+    // attempt that finished is taken whole, so that its end is never held up.
+    if (output_paused_ && !r->finished) return;
     output.swap(r->pending);
     r->pending_bytes = 0;
     finished = r->finished;

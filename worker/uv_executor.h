@@ -56,6 +56,7 @@ class UvExecutor final : public Executor {
 
   void Start(const Ref& ref, const TaskSpec& spec) override;
   void Cancel(const Ref& ref) override;
+  void PauseOutput(bool paused) override;
 
  private:
   struct Run;
@@ -65,6 +66,8 @@ class UvExecutor final : public Executor {
   void OnDockerWake(Run* run);
   static void OnDockerHandleClosed(uv_handle_t* handle);
   void StartTimeout(Run* run);
+  // Starts or stops reading an exec attempt's open output pipes.
+  void ReadOutput(Run* run, bool on);
   void Kill(Run* run);
   // Kills every process of the exec attempt: its process group, then whatever carries its
   // FM_* variables. Returns how many processes outside the group it found.
@@ -79,6 +82,7 @@ class UvExecutor final : public Executor {
   UvExecutorOptions options_;
   std::function<void()> on_activity_;
   std::map<Ref, std::unique_ptr<Run>> runs_;
+  bool output_paused_ = false;  // PauseOutput
 };
 
 }  // namespace fm::worker

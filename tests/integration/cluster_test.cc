@@ -534,3 +534,31 @@ TEST_CASE("a task line over the size limit is refused alone, before sending, and
   CHECK(many.exit_code == 0);
   CHECK(many.lines.size() == 1000);
 }
+
+TEST_CASE(
+    "a history of 200 MB of task output replays completely, in batches under the size limit, and that output "
+    "pushes no other event out",
+    "[integration]") {
+  // Regression: a replay batch was bounded by count only; after big output, fm-tap
+  // --since 1 hung, each try resetting the scheduler's connection.
+  Cluster c({"--liveness", "2s", "--event-retention", "20", "--log-retention", "1GiB"});
+  c.StartWorker("w", {"--max-output", "256MiB"});
+  ToolRun run = c.Submit(R"({"command": ["sh", "-c", "head -c 200000000 /dev/zero | tr '\\0' x"]})"
+                         "\n"
+                         R"({"command": ["echo", "after"]})"
+                         "\n",
+                         {"--wait"});
+  INFO(run.err);
+  REQUIRE(run.exit_code == 0);
+  ToolRun tap =
+      RunTool({Bin("fm-tap"), "--broker", c.broker(), "--since", "1", "--count", "2", "task.succeeded"}, "", 120000);
+  INFO(tap.err);
+  CHECK(tap.exit_code == 0);
+  REQUIRE(tap.lines.size() == 2);
+  CHECK_THAT(tap.lines[0] + tap.lines[1], Contains("task.succeeded task=t1") && Contains("task.succeeded task=t2"));
+  CHECK(std::max(std::stoull(tap.lines[0]), std::stoull(tap.lines[1])) > 3000);  // past ~3000 events of output
+  // The 20-event retention counts events, not output: the first ones are still there.
+  ToolRun first = RunTool({Bin("fm-tap"), "--broker", c.broker(), "--since", "1", "--count", "1"});
+  REQUIRE(first.lines.size() == 1);
+  CHECK_THAT(first.lines[0], Contains("scheduler.started"));
+}

@@ -105,3 +105,33 @@ TEST_CASE(
   CHECK(log_bytes < (64u << 10));
   CHECK(c.scheduler().WaitFor("more", 15000, 1, true));  // the summary line
 }
+
+TEST_CASE(
+    "eight tasks printing 20 MB each at once: output is flow-controlled, so the worker, broker and scheduler stay "
+    "within bounds and each task keeps its first 16 MiB",
+    "[integration][flood]") {
+  Cluster c;
+  c.StartWorker("w", {"--slots", "8"});
+  const uint64_t base[3] = {ResidentBytes(c.broker_process().pid()), ResidentBytes(c.scheduler().pid()),
+                            ResidentBytes(c.worker("w").pid())};
+  std::string lines;
+  for (int i = 0; i < 8; ++i)
+    lines += R"({"command": ["sh", "-c", "head -c 20000000 /dev/zero | tr '\\0' x"]})"
+             "\n";
+  auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"}, lines);
+  uint64_t peak[3] = {0, 0, 0};
+  while (submit->running()) {
+    pid_t pids[3] = {c.broker_process().pid(), c.scheduler().pid(), c.worker("w").pid()};
+    for (int i = 0; i < 3; ++i) peak[i] = std::max(peak[i], ResidentBytes(pids[i]));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  REQUIRE(submit->Wait(60000) == 0);
+  std::printf("chatty: RSS broker %llu -> %llu MiB, scheduler %llu -> %llu MiB, worker %llu -> %llu MiB\n",
+              static_cast<unsigned long long>(base[0] >> 20), static_cast<unsigned long long>(peak[0] >> 20),
+              static_cast<unsigned long long>(base[1] >> 20), static_cast<unsigned long long>(peak[1] >> 20),
+              static_cast<unsigned long long>(base[2] >> 20), static_cast<unsigned long long>(peak[2] >> 20));
+  CHECK(submit->Count("output truncated: 3222784 bytes over 16 MiB dropped") == 8);
+  CHECK(peak[0] < base[0] + (64u << 20));
+  CHECK(peak[1] < base[1] + (256u << 20));  // RocksDB's two 64 MiB memtables among it
+  CHECK(peak[2] < base[2] + (32u << 20));
+}

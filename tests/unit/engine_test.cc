@@ -423,6 +423,17 @@ TEST_CASE(
     h.Commit();
   }
   h.Finished(1, 1, "w", wire::Outcome::Succeeded);
+  {  // Output is acknowledged to its worker, bytes taken, for its flow control.
+    flatbuffers::FlatBufferBuilder fbb;
+    auto ref = wire::CreateTaskRef(fbb, 1, 1);
+    std::string bytes =
+        codec::Seal(fbb, wire::CreateTaskLog(fbb, ref, fbb.CreateString("stdout"), fbb.CreateString("late line")));
+    h.engine().OnDirected(Harness::Address("w"), *wire::GetEnvelope(bytes.data()), h.now);
+    Turn t = h.Commit();
+    auto acks = t.To(Harness::Address("w"), wire::Body::TaskFinishedAck);
+    REQUIRE(acks.size() == 1);
+    CHECK(acks[0]->body_as_TaskFinishedAck()->output_bytes() == 9);  // even for an ended attempt
+  }
   h.Tick(200);
   std::deque<Turn> kept;
   std::vector<std::string> types;

@@ -16,8 +16,10 @@ namespace {
 class HeldExecutor final : public Executor {
  public:
   std::vector<Ref> started, cancelled;
+  std::vector<bool> paused;  // each PauseOutput call
   void Start(const Ref& ref, const TaskSpec&) override { started.push_back(ref); }
   void Cancel(const Ref& ref) override { cancelled.push_back(ref); }
+  void PauseOutput(bool p) override { paused.push_back(p); }
 };
 
 struct Fixture {
@@ -252,4 +254,47 @@ TEST_CASE("a chatty attempt's output is capped per attempt with one note, and it
   CHECK(kept == "0123456789");
   CHECK_THAT(notes, Catch::StartsWith("output truncated: this attempt wrote more than 10 B"));
   CHECK(message == "output truncated: 10 bytes over 10 B dropped");
+}
+
+TEST_CASE(
+    "output is flow-controlled: past the window the executor stops reading until the scheduler acknowledges half, "
+    "and lost acknowledgements reopen it after the stall time",
+    "[unit]") {
+  WorkerCoreOptions options;
+  options.output_window = 100;
+  options.output_stall_ms = 3000;
+  Fixture f(1, options);
+  f.Dispatch(1, 1, {"yes"});
+  f.EndTurn();
+  auto ack_output = [&](uint64_t bytes) {
+    flatbuffers::FlatBufferBuilder fbb;
+    std::string b = codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, 0, 0, bytes));
+    f.core.OnDirected("fm-scheduler", b.data(), b.size(), f.now);
+  };
+  f.core.OnRunOutput({1, 1}, "stdout", std::string(60, 'a'));
+  f.core.OnRunOutput({1, 1}, "stdout", std::string(40, 'b'));
+  CHECK(f.executor.paused.empty());  // 100: at the window, not past it
+  f.core.OnRunOutput({1, 1}, "stdout", "c");
+  CHECK(f.executor.paused == std::vector<bool>{true});
+  CHECK(f.core.output_unacknowledged() == 101);
+  ack_output(40);  // 61 left: still over half
+  CHECK(f.executor.paused == std::vector<bool>{true});
+  ack_output(20);  // 41: open again
+  CHECK(f.executor.paused == std::vector<bool>{true, false});
+  // Acknowledgements that never come (a broker restart lost them): open after the stall.
+  f.core.OnRunOutput({1, 1}, "stdout", std::string(100, 'd'));
+  CHECK(f.executor.paused.back() == true);
+  f.now += 2000;
+  f.core.Tick(f.now);
+  CHECK(f.executor.paused.back() == true);
+  f.now += 1500;
+  f.core.Tick(f.now);
+  CHECK(f.executor.paused.back() == false);
+  CHECK(f.core.output_unacknowledged() == 0);
+  // Output acknowledged by someone else than the scheduler does not count.
+  f.core.OnRunOutput({1, 1}, "stdout", std::string(150, 'e'));
+  flatbuffers::FlatBufferBuilder fbb;
+  std::string forged = codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, 0, 0, 150));
+  f.core.OnDirected("client/x", forged.data(), forged.size(), f.now);
+  CHECK(f.core.output_unacknowledged() == 150);
 }

@@ -77,7 +77,8 @@ Result<uint64_t> EventLog::RecoverSpace(Space* space) {
   if (first_indexed == first_key && well_formed) return first_seq;
   // A store from before the index (or one whose index does not match): index every block.
   space->events = space->bytes = 0;
-  recovered_.DeleteRange(space->index, index_end);
+  // Up to the last block there is now only: this turn's own index entries come after.
+  recovered_.DeleteRange(space->index, keys::Block(space->index, next_seq_));
   s = store_->Scan(space->data, data_end, [&](std::string_view key, std::string_view value) {
     keys::BlockIndex b;
     b.bytes = static_cast<uint32_t>(value.size());

@@ -28,7 +28,19 @@ void WorkerCore::OnDirected(const std::string& from, const void* data, size_t si
   }
   const wire::Envelope& env = **envelope;
   const wire::Body type = env.body_type();
-  if (type == wire::Body::Error) return;  // e.g. "unreachable": results are re-sent anyway
+  if (type == wire::Body::Error) {
+    // "unreachable" from the broker: results are re-sent anyway; output is not, so the
+    // attempts running now are told (once each) that some of theirs may be missing.
+    const auto* error = env.body_as_Error();
+    if (from == bus::kBrokerAddress && Str(error->code()) == "unreachable" &&
+        Str(error->about()) == bus::kSchedulerAddress) {
+      for (const auto& [ref, run] : runs_) {
+        if (!told_output_lost_.insert(ref).second) continue;
+        SendLog(ref, "fm", "some output of this attempt may be missing: the broker's queue to the scheduler was full");
+      }
+    }
+    return;
+  }
   const bool command = type == wire::Body::Dispatch || type == wire::Body::CancelTask ||
                        type == wire::Body::TaskFinishedAck || type == wire::Body::ReRegister ||
                        type == wire::Body::WorkerRejected;
@@ -141,6 +153,7 @@ void WorkerCore::OnAck(const wire::TaskFinishedAck& ack) {
   if (ack.output_bytes() > 0) {
     output_unacked_ -= std::min(output_unacked_, ack.output_bytes());
     output_progress_ms_ = now_ms_;
+    output_stalls_ = 0;
     PaceOutput();
   }
 }
@@ -231,12 +244,25 @@ void WorkerCore::PassOutput(const Ref& ref, const char* stream, std::string_view
 }
 
 void WorkerCore::SendLog(const Ref& ref, const std::string& stream, std::string_view data) {
-  flatbuffers::FlatBufferBuilder fbb(data.size() + 128);
-  auto r = wire::CreateTaskRef(fbb, ref.first, ref.second);
-  auto log = wire::CreateTaskLog(fbb, r, fbb.CreateString(stream), fbb.CreateString(data.data(), data.size()));
-  out_.to_scheduler.push_back(codec::Seal(fbb, log));
+  constexpr size_t kLogMessageBytes = 64u << 10;
+  if (!pending_logs_.empty() && pending_logs_.back().ref == ref && pending_logs_.back().stream == stream &&
+      pending_logs_.back().data.size() + data.size() <= kLogMessageBytes) {
+    pending_logs_.back().data.append(data);
+  } else {
+    pending_logs_.push_back({ref, stream, std::string(data)});
+  }
   output_unacked_ += data.size();
   PaceOutput();
+}
+
+void WorkerCore::FlushLogs() {
+  for (auto& p : pending_logs_) {
+    flatbuffers::FlatBufferBuilder fbb(p.data.size() + 128);
+    auto r = wire::CreateTaskRef(fbb, p.ref.first, p.ref.second);
+    auto log = wire::CreateTaskLog(fbb, r, fbb.CreateString(p.stream), fbb.CreateString(p.data));
+    out_.to_scheduler.push_back(codec::Seal(fbb, log));
+  }
+  pending_logs_.clear();
 }
 
 void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
@@ -250,6 +276,7 @@ void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
   }
   Release(&run->second);
   runs_.erase(run);
+  told_output_lost_.erase(ref);
   for (const char* stream : {"stdout", "stderr"}) {  // what is left of a cut character goes as it is
     auto partial = partial_output_.find({ref, stream});
     if (partial == partial_output_.end()) continue;
@@ -266,8 +293,12 @@ void WorkerCore::Finish(const Ref& ref, RunResult result) {
 
 void WorkerCore::Tick(uint64_t now_ms) {
   now_ms_ = now_ms;
-  if (output_paused_ && now_ms >= output_progress_ms_ + options_.output_stall_ms) {
-    output_unacked_ = 0;  // the acknowledgements are not coming: go on
+  // The acknowledgements are not coming (lost with a broker, or a scheduler that does
+  // not send them): go on, waiting longer each time in a row (a slow scheduler's come).
+  if (output_paused_ && now_ms >= output_progress_ms_ + (options_.output_stall_ms << std::min(output_stalls_, 4u))) {
+    ++output_stalls_;
+    output_progress_ms_ = now_ms;
+    output_unacked_ = 0;
     PaceOutput();
   }
   for (auto& [ref, f] : finished_) {
@@ -330,6 +361,7 @@ bool WorkerCore::SetCapabilities(std::vector<std::string> capabilities) {
 }
 
 WorkerOutbox WorkerCore::EndTurn() {
+  FlushLogs();  // before the report: an attempt's output is stored before its end
   if (!report_started_.empty() || !report_finished_.empty()) {
     flatbuffers::FlatBufferBuilder fbb(256 + 64 * (report_started_.size() + report_finished_.size()));
     auto started = Refs(fbb, report_started_);

@@ -48,7 +48,7 @@ struct WorkerCoreOptions {
   // half of it is acknowledged. Acknowledgements lost (a broker restart, a scheduler
   // that does not send them) reopen the window after output_stall_ms without one.
   uint64_t output_window = 4ull << 20;
-  uint64_t output_stall_ms = 3000;
+  uint64_t output_stall_ms = 3000;  // doubled for each stall in a row, up to 16x
 };
 
 struct WorkerOutbox {
@@ -124,6 +124,8 @@ class WorkerCore final : public RunSink {
   std::vector<Ref> Held() const;
   // Pauses or resumes the executor's output as the window closes or opens.
   void PaceOutput();
+  // Seals the turn's output into messages.
+  void FlushLogs();
 
   WorkerIdentity identity_;
   WorkerCoreOptions options_;
@@ -144,9 +146,18 @@ class WorkerCore final : public RunSink {
   WorkerOutbox out_;
   std::string refusal_;
   uint64_t dropped_not_from_scheduler_ = 0;
+  // Output of the turn, in order; consecutive pieces of one attempt's stream are joined
+  // (up to 64 KiB a message), so that many small reads make few messages.
+  struct PendingLog {
+    Ref ref;
+    std::string stream, data;
+  };
+  std::vector<PendingLog> pending_logs_;
   uint64_t output_unacked_ = 0;      // output bytes sent, not acknowledged
   uint64_t output_progress_ms_ = 0;  // the last acknowledgement of output, or the pause
   bool output_paused_ = false;
+  uint32_t output_stalls_ = 0;      // stall resets since the last acknowledgement
+  std::set<Ref> told_output_lost_;  // attempts told that the broker refused some output
 };
 
 }  // namespace fm::worker

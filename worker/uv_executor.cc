@@ -48,8 +48,9 @@ struct UvExecutor::Run {
   size_t pending_bytes = 0;                                  // guarded by mutex
   bool finished = false;                                     // guarded by mutex: the thread is done
   bool stopping = false;                                     // guarded by mutex: the executor is going away
-  std::string docker_error;                                  // written by the thread before `finished`
-  int64_t docker_status = -1;                                // ditto
+  bool closing = false;        // the loop closed wake (and the timer): the run ends in their close callbacks
+  std::string docker_error;    // written by the thread before `finished`
+  int64_t docker_status = -1;  // ditto
 };
 
 Result<RunAs> LookUpRunAs(const std::string& user) {
@@ -325,6 +326,10 @@ void UvExecutor::PauseOutput(bool paused) {
     if (run->spec.image.empty()) {
       if (!run->spawn_error.empty()) continue;
       ReadOutput(run.get(), !paused);
+      // An exited attempt's output gets its full linger time again, read this time.
+      if (!paused && run->exited && !run->timer_closed && uv_timer_get_repeat(&run->timer) > 0) {
+        uv_timer_again(&run->timer);
+      }
     } else if (!paused) {
       docker.push_back(run.get());
     }
@@ -382,11 +387,18 @@ void UvExecutor::RunContainer(Run* r, std::string socket) {
       std::lock_guard<std::mutex> lock(r->mutex);
       r->container = *id;
     }
-    if (r->cancelled || r->timed_out) {
+    auto ended = [r] {
+      std::lock_guard<std::mutex> lock(r->mutex);
+      return r->cancelled || r->timed_out || r->stopping;
+    };
+    if (ended()) {
       // Ended before the container started: nothing to wait for.
     } else if (Status s = docker.Start(*id); !s.ok()) {
       r->docker_error = s.message();
     } else {
+      // A cancel or timeout between the look above and the start found nothing running
+      // to kill: kill it now.
+      if (ended()) (void)docker.Kill(*id);
       Status logs = docker.FollowLogs(*id, deliver);
       auto status = docker.Wait(*id);
       if (!status.ok()) {
@@ -407,6 +419,7 @@ void UvExecutor::RunContainer(Run* r, std::string socket) {
 }
 
 void UvExecutor::OnDockerWake(Run* r) {
+  if (r->closing) return;  // taken whole already (a resume may come before the close callbacks)
   std::vector<std::pair<const char*, std::string>> output;
   bool finished;
   {
@@ -423,6 +436,7 @@ void UvExecutor::OnDockerWake(Run* r) {
   if (!output.empty()) on_activity_();
   if (!finished) return;
   r->thread.join();
+  r->closing = true;
   uv_close(reinterpret_cast<uv_handle_t*>(&r->wake), OnDockerHandleClosed);
   if (r->timer_started) {
     uv_timer_stop(&r->timer);

@@ -491,6 +491,8 @@ TEST_CASE(
     old.Put(store::keys::Event(seq), codec::Seal(fbb, e));
   }
   old.Put(std::string(store::keys::kMetaNextSeq), store::keys::EncodeU64(5));
+  // ... and without the block index (E/), which came later.
+  old.DeleteRange(store::keys::kEventIndexPrefix, store::keys::PrefixEnd(store::keys::kEventIndexPrefix));
   REQUIRE(h.store().Write(old, true).ok());
   h.Restart(options);  // scheduler.started: seq 5
   h.Register({"w", {}});
@@ -528,6 +530,12 @@ TEST_CASE(
   CHECK(types[0] == "task.submitted");  // an old record
   CHECK(types[2] == "scheduler.started");
   CHECK(types[3] == "worker.registered");
+  // The old records were indexed at the restart, and the index counts every event since
+  // (also the first turn's, written with the rebuilt index): another restart reads it.
+  const uint64_t stored = h.engine().next_seq() - 1;  // seq 1..next-1
+  CHECK(h.engine().stored_events() == stored);
+  h.Restart(options);
+  CHECK(h.engine().stored_events() == stored + 1);  // and the new scheduler.started
 
   // A replay from inside the last block starts at that event, not at the block's first.
   uint64_t last = h.engine().next_seq() - 1;

@@ -2,6 +2,7 @@
 // and acknowledgements as bytes in, the outbox out, attempts through an executor whose
 // runs end when the test says so.
 #include <catch2/catch.hpp>
+#include <map>
 #include <set>
 
 #include "schemas/codec.h"
@@ -213,17 +214,23 @@ TEST_CASE("output that cuts a multibyte character between two reads is sent with
   Fixture f;
   f.Dispatch(1, 1, {"printf", "x"});
   f.EndTurn();
-  f.core.OnRunOutput({1, 1}, "stdout", "price: \xe2\x82");  // the euro sign, cut
-  f.core.OnRunOutput({1, 1}, "stdout", "\xac!\n");
-  f.core.OnRunOutput({1, 1}, "stderr", "oops \xc3");  // cut, and the run ends
-  f.core.OnRunEnded({1, 1}, {});
   std::vector<std::pair<std::string, std::string>> logs;
-  for (const auto& payload : f.core.EndTurn().to_scheduler) {
-    const auto* env = wire::GetEnvelope(payload.data());
-    if (env->body_type() != wire::Body::TaskLog) continue;
-    const auto* log = env->body_as_TaskLog();
-    logs.push_back({log->stream()->str(), log->data()->str()});
-  }
+  auto turn = [&] {  // each read in a turn of its own: output of one turn is sent together
+    for (const auto& payload : f.core.EndTurn().to_scheduler) {
+      const auto* env = wire::GetEnvelope(payload.data());
+      if (env->body_type() != wire::Body::TaskLog) continue;
+      const auto* log = env->body_as_TaskLog();
+      logs.push_back({log->stream()->str(), log->data()->str()});
+    }
+  };
+  f.core.OnRunOutput({1, 1}, "stdout", "price: \xe2\x82");  // the euro sign, cut
+  turn();
+  f.core.OnRunOutput({1, 1}, "stdout", "\xac!\n");
+  turn();
+  f.core.OnRunOutput({1, 1}, "stderr", "oops \xc3");  // cut, and the run ends
+  turn();
+  f.core.OnRunEnded({1, 1}, {});
+  turn();
   using Log = std::pair<std::string, std::string>;
   CHECK(logs == std::vector<Log>{
                     {"stdout", "price: "}, {"stdout", "\xe2\x82\xac!\n"}, {"stderr", "oops "}, {"stderr", "\xc3"}});
@@ -297,4 +304,29 @@ TEST_CASE(
   std::string forged = codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, 0, 0, 150));
   f.core.OnDirected("client/x", forged.data(), forged.size(), f.now);
   CHECK(f.core.output_unacknowledged() == 150);
+}
+
+TEST_CASE("output the broker could not queue for the scheduler is said to be missing, once per attempt", "[unit]") {
+  Fixture f(2);
+  f.Dispatch(1, 1, {"yes"});
+  f.Dispatch(2, 1, {"yes"});
+  f.EndTurn();
+  auto unreachable = [&](const std::string& about, const std::string& from) {
+    std::string bytes = codec::EncodeError(wire::ErrorCode::Unreachable, "queue full", about);
+    f.core.OnDirected(from, bytes.data(), bytes.size(), f.now);
+  };
+  unreachable("fm-scheduler", "fm-broker");
+  unreachable("fm-scheduler", "fm-broker");  // said once
+  unreachable("client/x", "fm-broker");      // not about the scheduler
+  unreachable("fm-scheduler", "client/x");   // not from the broker
+  std::map<uint64_t, int> notes;
+  for (const auto& payload : f.core.EndTurn().to_scheduler) {
+    const auto* env = wire::GetEnvelope(payload.data());
+    if (env->body_type() != wire::Body::TaskLog) continue;
+    const auto* log = env->body_as_TaskLog();
+    CHECK(log->stream()->str() == "fm");
+    CHECK_THAT(log->data()->str(), Catch::Contains("may be missing"));
+    ++notes[log->ref()->task()];
+  }
+  CHECK(notes == std::map<uint64_t, int>{{1, 1}, {2, 1}});
 }

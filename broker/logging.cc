@@ -4,8 +4,29 @@
 #include <spdlog/spdlog.h>
 
 #include <cctype>
+#include <cstdio>
 
 namespace fm::bus {
+
+int ParseCommandLine(CLI::App& app, const std::string& name, int argc, char** argv) {
+  app.set_version_flag("--version", name + " " + FM_VERSION);
+  // A misspelt key in a config file is an error, never a default silently kept.
+  app.allow_config_extras(CLI::config_extras_mode::error);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ConfigError& e) {
+    std::string what = e.what();
+    std::string key = what.substr(what.rfind(' ') + 1);
+    std::fprintf(stderr, "%s: the --config file has \"%s\", which is not an option of %s (%s)\n", name.c_str(),
+                 key.c_str(), name.c_str(), e.what());
+    return 2;
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    std::fprintf(stderr, "%s: %s\nRun with --help for more information.\n", name.c_str(), e.what());
+    return 2;
+  }
+  return -1;
+}
 
 void EnvironmentFallbacks(CLI::App& app, const std::string& prefix) {
   for (CLI::Option* option : app.get_options()) {

@@ -19,6 +19,12 @@ void EnvironmentFallbacks(CLI::App& app, const std::string& prefix);
 // EnvironmentFallbacks, which leaves options that have an environment name alone).
 void AddSecurityFlags(CLI::App& app, std::string* cert, std::string* broker_cert);
 
+// Parses the command line the way every fm program does: --version prints "NAME
+// VERSION", --help the usage, both exit 0; a usage error (an unknown flag, a bad value,
+// an unknown key in a --config file) is said on stderr and exits 2. Returns the status
+// to exit with, or -1 to go on.
+int ParseCommandLine(CLI::App& app, const std::string& name, int argc, char** argv);
+
 // Installs a stderr logger named `process`. Error: an unknown level name.
 Status InitLogging(const std::string& process, const std::string& level);
 

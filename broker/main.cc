@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
   // --cert has FM_CERT already: FM_BROKER_CERT names the broker's public certificate for clients.
   fm::bus::EnvironmentFallbacks(app, "FM_BROKER_");
-  CLI11_PARSE(app, argc, argv);
+  if (int rc = fm::bus::ParseCommandLine(app, "fm-broker", argc, argv); rc >= 0) return rc;
   if (fm::Status s = fm::bus::InitLogging("fm-broker", log_level); !s.ok()) {
     std::fprintf(stderr, "fm-broker: %s\n", s.message().c_str());
     return 2;

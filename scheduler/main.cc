@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
   fm::bus::AddSecurityFlags(app, &options.cert, &options.broker_cert);
   fm::bus::EnvironmentFallbacks(app, "FM_SCHEDULER_");
-  CLI11_PARSE(app, argc, argv);
+  if (int rc = fm::bus::ParseCommandLine(app, "fm-scheduler", argc, argv); rc >= 0) return rc;
   if (fm::Status s = fm::bus::InitLogging("fm-scheduler", log_level); !s.ok()) {
     std::fprintf(stderr, "fm-scheduler: %s\n", s.message().c_str());
     return 2;

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <deque>
 
+#include "broker/logging.h"
 #include "schemas/json.h"
 #include "schemas/units.h"
 #include "tools/tool_client.h"
@@ -81,7 +82,7 @@ int main(int argc, char** argv) {
   auto* cancel = app.add_subcommand("cancel", "cancel a task");
   cancel->add_option("task", target, "task id (t42)")->required();
   for (auto* sub : {workers, tasks, task}) sub->add_flag("--json", json, "print JSON");
-  CLI11_PARSE(app, argc, argv);
+  if (int rc = fm::bus::ParseCommandLine(app, "fm-ctl", argc, argv); rc >= 0) return rc;
 
   fm::wire::ControlOp op = workers->parsed()   ? fm::wire::ControlOp::Workers
                            : tasks->parsed()   ? fm::wire::ControlOp::Tasks

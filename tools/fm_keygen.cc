@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "broker/cert.h"
+#include "broker/logging.h"
 
 int main(int argc, char** argv) {
   std::string name, role, out = ".";
@@ -11,7 +12,7 @@ int main(int argc, char** argv) {
   app.add_option("NAME", name, "the peer's name: a worker's id, a user's or a host's name")->required();
   app.add_option("--role", role, "broker, scheduler, worker, client or operator")->required();
   app.add_option("--out", out, "directory to write NAME.cert and NAME.cert_secret into")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  if (int rc = fm::bus::ParseCommandLine(app, "fm-keygen", argc, argv); rc >= 0) return rc;
   auto cert = fm::bus::WriteCertificate(out, name, role);
   if (!cert.ok()) {
     std::fprintf(stderr, "fm-keygen: %s\n", cert.status().message().c_str());

@@ -14,6 +14,7 @@
 #include <map>
 #include <unordered_map>
 
+#include "broker/logging.h"
 #include "schemas/json.h"
 #include "schemas/units.h"
 #include "schemas/vocabulary.h"
@@ -354,7 +355,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--batch", batch, "tasks per submission message")->capture_default_str();
   app.add_option("command", command, "the command to run (after --); without it, JSON lines from stdin");
-  CLI11_PARSE(app, argc, argv);
+  if (int rc = fm::bus::ParseCommandLine(app, "fm-submit", argc, argv); rc >= 0) return rc;
 
   auto reply_ms = fm::ParseDurationMs(reply_timeout);
   if (!reply_ms.ok()) {

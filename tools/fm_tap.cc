@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 
+#include "broker/logging.h"
 #include "schemas/json.h"
 #include "schemas/text.h"
 #include "schemas/vocabulary.h"
@@ -216,7 +217,7 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "one JSON object per event");
   app.add_option("--count", count, "exit after printing this many events");
   app.add_option("prefix", prefixes, "only events whose type starts with one of these (e.g. task.failed)");
-  CLI11_PARSE(app, argc, argv);
+  if (int rc = fm::bus::ParseCommandLine(app, "fm-tap", argc, argv); rc >= 0) return rc;
 
   auto client = fm::tools::ToolClient::Connect(broker, "fm-tap", true, cert, broker_cert);
   if (!client.ok()) {

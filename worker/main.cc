@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
   fm::bus::EnvironmentFallbacks(app, "FM_WORKER_");
-  CLI11_PARSE(app, argc, argv);
+  if (int rc = fm::bus::ParseCommandLine(app, "fm-worker", argc, argv); rc >= 0) return rc;
   if (fm::Status s = fm::bus::InitLogging("fm-worker", log_level); !s.ok()) {
     std::fprintf(stderr, "fm-worker: %s\n", s.message().c_str());
     return 2;

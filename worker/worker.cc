@@ -16,7 +16,7 @@ namespace fm::worker {
 
 namespace {
 constexpr size_t kBudget = 4096;
-constexpr const char* kVersion = "0.1.0";
+constexpr const char* kVersion = FM_VERSION;
 }  // namespace
 
 Status ApplyLimits(const WorkerOptions& options, Hardware* hw) {

@@ -562,3 +562,31 @@ TEST_CASE(
   REQUIRE(first.lines.size() == 1);
   CHECK_THAT(first.lines[0], Contains("scheduler.started"));
 }
+
+TEST_CASE(
+    "every program answers --version with the one version, exits 2 on a usage error naming it, and refuses an "
+    "unknown key in its config file",
+    "[integration]") {
+  for (const char* name : {"fm-broker", "fm-scheduler", "fm-worker", "fm-submit", "fm-tap", "fm-ctl", "fm-keygen"}) {
+    INFO(name);
+    ToolRun version = RunTool({Bin(name), "--version"});
+    CHECK(version.exit_code == 0);
+    REQUIRE(version.lines.size() == 1);
+    CHECK(version.lines[0] == std::string(name) + " " + FM_VERSION);
+    ToolRun bad = RunTool({Bin(name), "--no-such-flag"});
+    CHECK(bad.exit_code == 2);
+    CHECK_THAT(bad.err, Contains(std::string(name) + ": ") && Contains("--help"));
+  }
+  ToolRun value = RunTool({Bin("fm-scheduler"), "--liveness"});
+  CHECK(value.exit_code == 2);
+  CHECK_THAT(value.err, Contains("--liveness"));
+  // A misspelt key would silently turn a node broker into a lone root: an error instead.
+  TempDir dir;
+  std::string config = dir.path() + "/broker.conf";
+  std::FILE* f = std::fopen(config.c_str(), "w");
+  std::fputs("upstrem = tcp://127.0.0.1:1\n", f);
+  std::fclose(f);
+  ToolRun typo = RunTool({Bin("fm-broker"), "--config", config});
+  CHECK(typo.exit_code == 2);
+  CHECK_THAT(typo.err, Contains("\"upstrem\", which is not an option of fm-broker"));
+}

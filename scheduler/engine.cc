@@ -719,6 +719,7 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
     case wire::ControlOp::Workers:
     case wire::ControlOp::Tasks:
     case wire::ControlOp::Task:
+    case wire::ControlOp::Ping:
       if (!Authorized(from, "list workers and tasks", Who::kUser)) return;
       break;
     case wire::ControlOp::Drain:
@@ -731,6 +732,13 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
       break;  // below: a client may cancel its own tasks
   }
   switch (req.op()) {
+    case wire::ControlOp::Ping:
+      // Answered like every reply, after this turn's commit: an answer also says that
+      // the store takes writes (or that the scheduler says it does not).
+      message = std::string("fm-scheduler ") + FM_VERSION + ": " + std::to_string(fleet_.size()) + " workers, " +
+                std::to_string(active_.size()) + " tasks not ended (" + std::to_string(pending_.size()) +
+                " waiting), event seq " + std::to_string(log_.next_seq() - 1);
+      break;
     case wire::ControlOp::Workers:
       workers = views::Workers(fbb, fleet_, now_ms);
       break;

@@ -81,10 +81,12 @@ int main(int argc, char** argv) {
   undrain->add_option("worker", target, "worker id")->required();
   auto* cancel = app.add_subcommand("cancel", "cancel a task");
   cancel->add_option("task", target, "task id (t42)")->required();
+  auto* ping = app.add_subcommand("ping", "exits 0 when the scheduler answers (within --timeout), 1 when not");
   for (auto* sub : {workers, tasks, task}) sub->add_flag("--json", json, "print JSON");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-ctl", argc, argv); rc >= 0) return rc;
 
-  fm::wire::ControlOp op = workers->parsed()   ? fm::wire::ControlOp::Workers
+  fm::wire::ControlOp op = ping->parsed()      ? fm::wire::ControlOp::Ping
+                           : workers->parsed() ? fm::wire::ControlOp::Workers
                            : tasks->parsed()   ? fm::wire::ControlOp::Tasks
                            : task->parsed()    ? fm::wire::ControlOp::Task
                            : drain->parsed()   ? fm::wire::ControlOp::Drain
@@ -131,6 +133,10 @@ int main(int argc, char** argv) {
     after = page->next();
   }
   const auto* r = replies.front();
+  if (op == fm::wire::ControlOp::Ping) {
+    std::printf("%s\n", fm::codec::Str(r->message()).c_str());
+    return 0;
+  }
   fm::JsonCodec codec;
   if (op == fm::wire::ControlOp::Workers) {
     if (json) {

@@ -590,3 +590,17 @@ TEST_CASE(
   CHECK(typo.exit_code == 2);
   CHECK_THAT(typo.err, Contains("\"upstrem\", which is not an option of fm-broker"));
 }
+
+TEST_CASE("fm-ctl ping exits 0 when the scheduler answers, saying what it holds, and 1 when it does not",
+          "[integration]") {
+  Cluster c;
+  c.StartWorker("w");
+  ToolRun up = c.Ctl({"ping"});
+  CHECK(up.exit_code == 0);
+  REQUIRE(up.lines.size() == 1);
+  CHECK_THAT(up.lines[0], Contains(std::string("fm-scheduler ") + FM_VERSION + ": 1 workers, 0 tasks not ended"));
+  c.KillScheduler();
+  ToolRun down = c.Ctl({"--timeout", "1s", "ping"});
+  CHECK(down.exit_code == 1);
+  CHECK_THAT(down.err, Contains("scheduler"));
+}

@@ -273,9 +273,10 @@ Result<int64_t> DockerClient::Wait(const std::string& id) {
   return flatbuffers::GetRoot<docker::WaitResponse>(parser->builder_.GetBufferPointer())->StatusCode();
 }
 
-Status DockerClient::FollowLogs(const std::string& id, const LogDemuxer::Sink& out) {
+Status DockerClient::Logs(const std::string& id, bool follow, const LogDemuxer::Sink& out) {
   Exchange x;
-  std::string path = std::string(kApi) + "/containers/" + id + "/logs?follow=1&stdout=1&stderr=1";
+  std::string path =
+      std::string(kApi) + "/containers/" + id + "/logs?follow=" + (follow ? "1" : "0") + "&stdout=1&stderr=1";
   if (Status s = Open(socket_, "GET", path, "", 0, &x); !s.ok()) return s;
   if (x.status != 200) {
     HttpResponse r{x.status, x.early.substr(0, 4096)};

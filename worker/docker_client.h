@@ -62,9 +62,10 @@ class DockerClient {
   Status Start(const std::string& id);
   // Blocks until the container exits; returns its exit status.
   Result<int64_t> Wait(const std::string& id);
-  // Streams the container's stdout and stderr to `out` as they come, from its start
-  // until it exits. Blocks meanwhile (on a thread of its own).
-  Status FollowLogs(const std::string& id, const LogDemuxer::Sink& out);
+  // Streams the container's stdout and stderr to `out` from its start: with `follow`,
+  // as they come until it exits (blocking meanwhile, on a thread of its own); without,
+  // what the daemon has now.
+  Status Logs(const std::string& id, bool follow, const LogDemuxer::Sink& out);
   Status Kill(const std::string& id);
   Status Remove(const std::string& id);
 

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -399,12 +400,28 @@ void UvExecutor::RunContainer(Run* r, std::string socket) {
       // A cancel or timeout between the look above and the start found nothing running
       // to kill: kill it now.
       if (ended()) (void)docker.Kill(*id);
-      Status logs = docker.FollowLogs(*id, deliver);
+      uint64_t out_bytes = 0, err_bytes = 0;  // passed on, per stream
+      Status logs = docker.Logs(*id, true, [&](const char* stream, std::string_view data) {
+        (std::strcmp(stream, "stderr") == 0 ? err_bytes : out_bytes) += data.size();
+        deliver(stream, data);
+      });
       auto status = docker.Wait(*id);
       if (!status.ok()) {
         r->docker_error = status.status().message();
       } else {
         r->docker_status = *status;
+      }
+      // Some daemons end a follow when the container exits before all of its output was
+      // sent (podman 4.3 does, under load): read the logs once more, now complete, and
+      // pass on what the follow did not.
+      if (logs.ok()) {
+        uint64_t skip_out = out_bytes, skip_err = err_bytes;
+        logs = docker.Logs(*id, false, [&](const char* stream, std::string_view data) {
+          uint64_t& skip = std::strcmp(stream, "stderr") == 0 ? skip_err : skip_out;
+          size_t skipped = static_cast<size_t>(std::min<uint64_t>(skip, data.size()));
+          skip -= skipped;
+          if (skipped < data.size()) deliver(stream, data.substr(skipped));
+        });
       }
       // Never silent: output that could not be read is said to be lost.
       if (!logs.ok()) deliver("fm", "output lost: " + logs.message());

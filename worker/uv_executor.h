@@ -8,7 +8,8 @@
 //    marked processes too, and the output is closed at most 2 s after: nothing an
 //    attempt started holds its slot.
 //  - docker: the task's image through the Docker Engine API (create, start, follow
-//    the logs, wait, remove), the blocking calls on a thread of the attempt's own, so
+//    the logs, wait, read the logs once more for what a follow that ended at the exit
+//    did not send, remove), the blocking calls on a thread of the attempt's own, so
 //    that no attempt waits behind another's; output streamed to the loop as it comes
 //    (at most 1 MiB held between them).
 // Each attempt is keyed by its Ref, and ends (RunSink::OnRunEnded) only once all its

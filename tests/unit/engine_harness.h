@@ -133,6 +133,18 @@ class Harness {
     return Commit();
   }
 
+  // Asks for a replay from `since` as a tap would; the batch points into the turn, which
+  // is kept in `kept`.
+  const wire::ReplayBatch* Replay(uint64_t since, std::deque<Turn>* kept, uint64_t correlation = 5) {
+    flatbuffers::FlatBufferBuilder fbb;
+    std::string bytes = codec::Seal(fbb, wire::CreateReplayRequest(fbb, since, correlation));
+    engine_->OnDirected("tap", *wire::GetEnvelope(bytes.data()), now);
+    const Turn& t = kept->emplace_back(Commit());
+    auto batches = t.To("tap", wire::Body::ReplayBatch);
+    REQUIRE(batches.size() == 1);
+    return batches[0]->body_as_ReplayBatch();
+  }
+
   // Advances the clock by `advance_ms` the way the daemon does, with a Tick at least
   // every 100 ms; returns what those turns produced together.
   Turn Tick(uint64_t advance_ms) {

@@ -375,15 +375,7 @@ TEST_CASE("events are kept within the retention count and age; replay from befor
   for (int i = 0; i < 10; ++i) h.Submit({NewTask()});  // ~2 events each
   h.Tick(100);
   std::deque<Turn> kept;  // the batches point into their turn's messages
-  auto replay = [&](uint64_t since) {
-    flatbuffers::FlatBufferBuilder fbb;
-    std::string bytes = codec::Seal(fbb, wire::CreateReplayRequest(fbb, since, 5));
-    h.engine().OnDirected("tap", *wire::GetEnvelope(bytes.data()), h.now);
-    const Turn& t = kept.emplace_back(h.Commit());
-    auto batches = t.To("tap", wire::Body::ReplayBatch);
-    REQUIRE(batches.size() == 1);
-    return batches[0]->body_as_ReplayBatch();
-  };
+  auto replay = [&](uint64_t since) { return h.Replay(since, &kept); };
   const auto* old = replay(1);
   REQUIRE(old->error() != nullptr);
   CHECK_THAT(old->error()->str(), Catch::Contains("older than retention: the oldest available is"));
@@ -440,13 +432,7 @@ TEST_CASE(
   std::vector<uint64_t> seqs;
   size_t log_bytes = 0;
   for (uint64_t since = 1;;) {
-    flatbuffers::FlatBufferBuilder fbb;
-    std::string bytes = codec::Seal(fbb, wire::CreateReplayRequest(fbb, since, 5));
-    h.engine().OnDirected("tap", *wire::GetEnvelope(bytes.data()), h.now);
-    const Turn& t = kept.emplace_back(h.Commit());
-    auto batches = t.To("tap", wire::Body::ReplayBatch);
-    REQUIRE(batches.size() == 1);
-    const auto* batch = batches[0]->body_as_ReplayBatch();
+    const auto* batch = h.Replay(since, &kept);
     REQUIRE(batch->error() == nullptr);
     for (const auto* e : *batch->events()) {
       types.push_back(e->type()->str());
@@ -501,14 +487,9 @@ TEST_CASE(
   uint64_t correlation = 0;
   std::deque<Turn> kept;  // the batches point into their turn's messages
   auto replay = [&](uint64_t since) {
-    flatbuffers::FlatBufferBuilder fbb;
-    std::string bytes = codec::Seal(fbb, wire::CreateReplayRequest(fbb, since, ++correlation));
-    h.engine().OnDirected("tap", *wire::GetEnvelope(bytes.data()), h.now);
-    const Turn& t = kept.emplace_back(h.Commit());
-    auto batches = t.To("tap", wire::Body::ReplayBatch);
-    REQUIRE(batches.size() == 1);
-    REQUIRE(batches[0]->body_as_ReplayBatch()->error() == nullptr);
-    return batches[0]->body_as_ReplayBatch();
+    const auto* batch = h.Replay(since, &kept, ++correlation);
+    REQUIRE(batch->error() == nullptr);
+    return batch;
   };
   // Follow the stream the way fm-tap does, from the middle of the old records on.
   std::vector<uint64_t> seqs;

@@ -84,3 +84,21 @@ TEST_CASE(
   CHECK(c.WaitEvent("stream=fm | output truncated: this attempt wrote more than 1 MiB (--max-output)"));
   CHECK(c.WaitEvent("task.log task=t2 worker=d stream=stdout | xxxx"));
 }
+
+TEST_CASE("a container printing 30 MB under a larger --max-output is paced by the output window and loses nothing",
+          "[integration][docker]") {
+  TempDir dir;
+  std::string socket_path = dir.path() + "/docker.sock";
+  Podman podman(socket_path);
+  Cluster c;
+  c.StartWorker("d", {"--docker-socket", socket_path, "--max-output", "64MiB"});
+  ToolRun run = c.Submit(
+      R"({"command": ["sh", "-c", "head -c 30000000 /dev/zero | tr '\\0' x; echo; echo the-end"], "image": "localhost/fm-busybox:latest"})"
+      "\n",
+      {"--wait"});
+  INFO(run.err);
+  REQUIRE(run.lines.size() == 1);
+  CHECK_THAT(run.lines[0], Contains(R"("status": "succeeded")") && !Contains("truncated"));
+  CHECK(c.WaitEvent("the-end", 20000));
+  CHECK(c.tap().Count("stream=fm") == 0);  // no note of output lost or missing
+}

@@ -21,8 +21,9 @@ constexpr size_t kEventBlockBytes = 1 << 20;
 // take without a long pause.
 constexpr size_t kPublishedBlockBytes = 64 << 10;  // what a subscriber's queue holds: broker/bus.h
 
-// Calls `visit(event)` for each event stored in an e/ value (an EventBlock, or one Event
-// as stores written before blocks hold), in seq order, until it returns false. Returns
+// Calls `visit(event, its envelope bytes)` for each event stored in an e/ or l/ value (an
+// EventBlock, or one Event as stores written before blocks hold), in seq order, until it
+// returns false (codec::ForEachEvent). Returns
 // false when the value is not a well-formed event record (or `visit` stopped).
 template <typename Visit>
 bool ForEachStoredEvent(std::string_view stored, Visit visit) {
@@ -30,7 +31,7 @@ bool ForEachStoredEvent(std::string_view stored, Visit visit) {
   std::string_view value = codec::AlignedBytes(stored, &storage);
   auto env = codec::Decode(value.data(), value.size());
   if (!env.ok()) return false;
-  return codec::ForEachEvent(**env, value, [&](const wire::Event& e, std::string_view) { return visit(e); });
+  return codec::ForEachEvent(**env, value, visit);
 }
 
 }  // namespace
@@ -55,7 +56,7 @@ Result<uint64_t> EventLog::RecoverSpace(Space* space) {
   Status s = store_->Scan(space->data, data_end, [&](std::string_view key, std::string_view value) {
     first_key = key.substr(space->data.size());
     first_seq = keys::DecodeU64(first_key);
-    ForEachStoredEvent(value, [&](const wire::Event& e) {
+    ForEachStoredEvent(value, [&](const wire::Event& e, std::string_view) {
       first_seq = e.seq();
       return false;
     });
@@ -82,12 +83,13 @@ Result<uint64_t> EventLog::RecoverSpace(Space* space) {
   s = store_->Scan(space->data, data_end, [&](std::string_view key, std::string_view value) {
     keys::BlockIndex b;
     b.bytes = static_cast<uint32_t>(value.size());
-    ForEachStoredEvent(value, [&](const wire::Event& e) {
+    ForEachStoredEvent(value, [&](const wire::Event& e, std::string_view) {
       ++b.events;
       b.newest_ms = e.time_ms();
       return true;
     });
-    recovered_.Put(std::string(space->index) + std::string(key.substr(space->data.size())), keys::EncodeBlockIndex(b));
+    recovered_.Put(keys::Block(space->index, keys::DecodeU64(key.substr(space->data.size()))),
+                   keys::EncodeBlockIndex(b));
     space->events += b.events;
     space->bytes += b.bytes;
     return true;
@@ -290,11 +292,8 @@ class StoredEvents {
       Status s = store_->Scan(next_key_, keys::PrefixEnd(prefix_), [&](std::string_view key, std::string_view value) {
         ended_ = false;
         next_key_ = keys::Block(prefix_, keys::DecodeU64(key.substr(prefix_.size())) + 1);
-        std::string storage;
-        std::string_view aligned = codec::AlignedBytes(value, &storage);
-        auto env = codec::Decode(aligned.data(), aligned.size());
-        if (!env.ok()) return false;  // a malformed block is passed over
-        codec::ForEachEvent(**env, aligned, [&](const wire::Event& e, std::string_view bytes) {
+        // A malformed block is passed over.
+        ForEachStoredEvent(value, [&](const wire::Event& e, std::string_view bytes) {
           if (e.seq() >= since_) events_.emplace_back(e.seq(), std::string(bytes));
           return true;
         });

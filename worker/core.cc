@@ -7,6 +7,7 @@
 #include "schemas/json.h"
 #include "schemas/text.h"
 #include "schemas/units.h"
+#include "schemas/vocabulary.h"
 
 namespace fm::worker {
 
@@ -32,7 +33,7 @@ void WorkerCore::OnDirected(const std::string& from, const void* data, size_t si
     // "unreachable" from the broker: results are re-sent anyway; output is not, so the
     // attempts running now are told (once each) that some of theirs may be missing.
     const auto* error = env.body_as_Error();
-    if (from == bus::kBrokerAddress && Str(error->code()) == "unreachable" &&
+    if (from == bus::kBrokerAddress && ParseErrorCode(Str(error->code())) == wire::ErrorCode::Unreachable &&
         Str(error->about()) == bus::kSchedulerAddress) {
       for (const auto& [ref, run] : runs_) {
         if (!told_output_lost_.insert(ref).second) continue;

@@ -57,7 +57,7 @@ Broker::Broker(zmq::context_t& context, BrokerOptions options)
   }
 }
 
-Status Broker::Bind() {
+Status Broker::Configure() {
   auto endpoints = ParseBrokerUrl(options_.bind);
   if (!endpoints.ok()) return endpoints.status();
   endpoints_ = *endpoints;
@@ -87,6 +87,31 @@ Status Broker::Bind() {
   } else if (!options_.trust_dir.empty()) {
     return Status::Invalid("--trust needs --cert (the broker's own certificate)");
   }
+  if (!options_.upstream.empty()) {
+    auto up = ParseBrokerUrl(options_.upstream);
+    if (!up.ok()) return Status::Invalid("--upstream: " + up.status().message());
+    if (secure_) {
+      if (options_.upstream_cert.empty()) {
+        return Status::Invalid("a node broker with --cert needs --upstream-cert (its parent's public certificate)");
+      }
+      auto parent = LoadCertificate(options_.upstream_cert, false);
+      if (!parent.ok()) return Status::Invalid("--upstream-cert: " + parent.status().message());
+      if (own_.role != "broker") {
+        return Status::Invalid("--cert: a node broker joins its parent with a certificate of role broker, not " +
+                               own_.role);
+      }
+      upstream_key_ = parent->public_key;
+    } else if (!options_.upstream_cert.empty()) {
+      return Status::Invalid("--upstream-cert needs --cert (the node broker's own certificate of role broker)");
+    }
+  }
+  return Status::Ok();
+}
+
+Status Broker::Bind() {
+  if (Status s = Configure(); !s.ok()) return s;
+  std::vector<Endpoints> all = {endpoints_};
+  for (const auto& url : options_.extra_binds) all.push_back(*ParseBrokerUrl(url));
   // Every handshake goes through our ZAP handler (keyless too): it admits or refuses
   // keys, and refuses connections past the limit.
   zap_ = std::make_unique<ZapHandler>(context_, trust_.get(), options_.logger, [this] {
@@ -135,22 +160,10 @@ Status Broker::Bind() {
   }
   if (!options_.upstream.empty()) {
     auto up = ParseBrokerUrl(options_.upstream);
-    if (!up.ok()) return Status::Invalid("--upstream: " + up.status().message());
     Security security;
     if (secure_) {
-      if (options_.upstream_cert.empty()) {
-        return Status::Invalid("a node broker with --cert needs --upstream-cert (its parent's public certificate)");
-      }
-      auto parent = LoadCertificate(options_.upstream_cert, false);
-      if (!parent.ok()) return Status::Invalid("--upstream-cert: " + parent.status().message());
-      if (own_.role != "broker") {
-        return Status::Invalid("--cert: a node broker joins its parent with a certificate of role broker, not " +
-                               own_.role);
-      }
       security.own = own_;
-      security.broker_key = parent->public_key;
-    } else if (!options_.upstream_cert.empty()) {
-      return Status::Invalid("--upstream-cert needs --cert (the node broker's own certificate of role broker)");
+      security.broker_key = upstream_key_;
     }
     has_upstream_ = true;
     identity_ = UniqueAddress(secure_ ? "broker/" + own_.name : "broker");
@@ -455,7 +468,7 @@ bool Broker::DeliverLocal(const std::string& destination, const std::string& sou
   try {
     if (!RetryEintr(
             [&] { return router_.send(zmq::buffer(pipe), zmq::send_flags::sndmore | zmq::send_flags::dontwait); })) {
-      ++counters_.unreachable;
+      ++counters_.queue_full;
       ErrorTo(source, wire::ErrorCode::Unreachable,
               "peer \"" + destination + "\" is not accepting messages (queue full)", destination);
       return true;
@@ -482,7 +495,7 @@ void Broker::Route(const std::string& destination, const std::string& source, zm
       if (!RetryEintr([&] {
             return router_.send(zmq::buffer(child->second), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
           })) {
-        ++counters_.unreachable;
+        ++counters_.queue_full;
         if (source != kBrokerAddress) {
           ErrorTo(source, wire::ErrorCode::Unreachable,
                   "broker " + hop.child + " toward \"" + destination + "\" is not accepting messages (queue full)",
@@ -811,5 +824,27 @@ size_t Broker::DrainSubscriptions() {
 size_t Broker::DrainUpstreamEvents() { return Forward(up_xsub_, xpub_, &counters_.events); }
 
 size_t Broker::DrainUpstreamSubscriptions() { return Forward(up_xpub_, xsub_, nullptr); }
+
+}  // namespace fm::bus
+
+namespace fm::bus {
+
+void Broker::Metrics(ops::Sheet& sheet) const {
+  const Counters& c = counters_;
+  sheet.Counter("broker_messages_routed_total", "directed messages delivered to a peer of this broker", c.routed);
+  sheet.Counter("broker_messages_relayed_total", "directed messages passed to the parent or a child broker",
+                c.relayed_up, {{"direction", "up"}});
+  sheet.Counter("broker_messages_relayed_total", "", c.relayed_down, {{"direction", "down"}});
+  const char* help = "messages refused, by cause";
+  for (auto [cause, n] : {std::pair{"unreachable", c.unreachable}, std::pair{"queue_full", c.queue_full},
+                          std::pair{"malformed", c.malformed}, std::pair{"oversized", c.oversized},
+                          std::pair{"unauthorized", c.unauthorized}, std::pair{"socket_error", c.socket_errors}}) {
+    sheet.Counter("broker_messages_refused_total", help, static_cast<double>(n), {{"cause", cause}});
+  }
+  sheet.Counter("broker_events_total", "events taken in and published", c.events);
+  sheet.Gauge("broker_connections", "connections open (directed and bus)", connections_);
+  sheet.Gauge("broker_addresses", "addresses claimed by peers connected to this broker", pipes_.size());
+  sheet.Gauge("broker_routes", "routes learnt to peers behind child brokers", table_.routes());
+}
 
 }  // namespace fm::bus

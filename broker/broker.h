@@ -44,6 +44,7 @@
 #include "broker/bus.h"
 #include "broker/cert.h"
 #include "broker/loop.h"
+#include "broker/ops.h"
 #include "broker/rate_limited_log.h"
 #include "broker/routing.h"
 #include "broker/zap.h"
@@ -74,6 +75,9 @@ class Broker {
   // Binds the three sockets and, for a node broker, connects upstream. Error names the
   // endpoint that could not be bound or parsed.
   Status Bind();
+  // What Bind checks before it binds: the addresses, the certificates and the trust
+  // directory (--check-config). Error names the option.
+  Status Configure();
   // Registers the sockets and timers on `loop`. REQUIRES: Bind() succeeded.
   void Attach(Loop& loop);
 
@@ -81,8 +85,11 @@ class Broker {
     uint64_t routed = 0, relayed_up = 0, relayed_down = 0, unreachable = 0, malformed = 0, oversized = 0, events = 0;
     uint64_t socket_errors = 0;  // ZeroMQ errors caught at the loop's edge
     uint64_t unauthorized = 0;   // claims, relays and publications refused
+    uint64_t queue_full = 0;     // directed messages refused: the peer's queue was full
   };
   const Counters& counters() const { return counters_; }
+  // Counters and gauges for GET /metrics.
+  void Metrics(ops::Sheet& sheet) const;
   size_t connections() const { return connections_; }
   bool secure() const { return secure_; }
 
@@ -150,7 +157,7 @@ class Broker {
   RoutingTable table_;
   bool secure_ = false;
   Certificate own_;
-  std::string upstream_key_;
+  std::string upstream_key_;  // the parent broker's public key (CURVE)
   std::unique_ptr<TrustStore> trust_;
   std::unique_ptr<ZapHandler> zap_;
   zmq::socket_t monitors_[3];  // PAIR: the router's, events-in's and events-out's connection events

@@ -1,10 +1,19 @@
 #include "broker/logging.h"
 
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/uio.h>
+#include <syslog.h>
+#include <systemd/sd-journal.h>
 
 #include <cctype>
+#include <chrono>
 #include <cstdio>
+#include <mutex>
+#include <vector>
+
+#include "broker/ops.h"
 
 namespace fm::bus {
 
@@ -47,14 +56,131 @@ void AddSecurityFlags(CLI::App& app, std::string* cert, std::string* broker_cert
       ->envname("FM_BROKER_CERT");
 }
 
-Status InitLogging(const std::string& process, const std::string& level) {
-  auto logger = spdlog::stderr_color_mt(process);
-  spdlog::set_default_logger(logger);
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ " + process + ": %v");
+namespace {
+
+// One JSON object a line on stderr.
+class JsonSink : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  explicit JsonSink(std::string process) : process_(std::move(process)) {}
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    std::string text(msg.payload.data(), msg.payload.size());
+    ops::LogFields fields = ops::FieldsOf(text);
+    auto time = std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch()).count();
+    std::string line = "{\"time_ms\":" + std::to_string(time) + ",\"level\":\"" +
+                       std::string(spdlog::level::to_string_view(msg.level).data()) + "\",\"process\":\"" + process_ +
+                       "\",\"message\":\"" + Escaped(text) + "\"";
+    if (!fields.task.empty()) line += ",\"task\":\"" + fields.task + "\"";
+    if (!fields.worker.empty()) line += ",\"worker\":\"" + Escaped(fields.worker) + "\"";
+    line += "}\n";
+    std::fwrite(line.data(), 1, line.size(), stderr);
+  }
+  void flush_() override { std::fflush(stderr); }
+
+ private:
+  static std::string Escaped(const std::string& s) {
+    std::string out;
+    for (unsigned char c : s) {
+      if (c == '"' || c == '\\') {
+        out += '\\';
+        out += static_cast<char>(c);
+      } else if (c < 0x20) {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\u%04x", c);
+        out += buf;
+      } else {
+        out += static_cast<char>(c);
+      }
+    }
+    return out;
+  }
+  std::string process_;
+};
+
+// To the journal: PRIORITY from the level, so journalctl -p err finds the errors.
+class JournalSink : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  explicit JournalSink(std::string process) : process_(std::move(process)) {}
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    std::string text(msg.payload.data(), msg.payload.size());
+    ops::LogFields fields = ops::FieldsOf(text);
+    int priority = LOG_INFO;
+    switch (msg.level) {
+      case spdlog::level::trace:
+      case spdlog::level::debug:
+        priority = LOG_DEBUG;
+        break;
+      case spdlog::level::warn:
+        priority = LOG_WARNING;
+        break;
+      case spdlog::level::err:
+        priority = LOG_ERR;
+        break;
+      case spdlog::level::critical:
+        priority = LOG_CRIT;
+        break;
+      default:
+        break;
+    }
+    std::vector<std::string> parts = {"MESSAGE=" + text, "PRIORITY=" + std::to_string(priority),
+                                      "SYSLOG_IDENTIFIER=" + process_};
+    if (!fields.task.empty()) parts.push_back("FM_TASK=" + fields.task);
+    if (!fields.worker.empty()) parts.push_back("FM_WORKER=" + fields.worker);
+    std::vector<iovec> iov;
+    for (auto& p : parts) iov.push_back({p.data(), p.size()});
+    sd_journal_sendv(iov.data(), static_cast<int>(iov.size()));
+  }
+  void flush_() override {}
+
+ private:
+  std::string process_;
+};
+
+}  // namespace
+
+void AddDaemonFlags(CLI::App& app, DaemonFlags* flags) {
+  app.add_option("--log-level", flags->log_level, "trace, debug, info, warn, error")->capture_default_str();
+  app.add_option("--log-format", flags->log_format,
+                 "text, json (one object a line), journal, or auto (the journal under systemd, else text)")
+      ->capture_default_str();
+  app.add_option("--metrics-listen", flags->metrics_listen,
+                 "serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9102)");
+  app.add_flag("--check-config", flags->check_config,
+               "validate the options, the config file and the files they name, then exit (0: valid, 2: not)")
+      ->configurable(false);
+}
+
+int ConfigChecked(const std::string& name) {
+  std::printf("%s: configuration OK\n", name.c_str());
+  return 0;
+}
+
+Status InitLogging(const std::string& process, const std::string& level, const std::string& format) {
+  ops::LogFormat parsed_format;
+  if (!ops::ParseLogFormat(format, &parsed_format)) {
+    return Status::Invalid("--log-format \"" + format + "\": use text, json, journal or auto");
+  }
   auto parsed = spdlog::level::from_str(level);
   if (parsed == spdlog::level::off && level != "off") {
     return Status::Invalid("--log-level \"" + level + "\": use trace, debug, info, warn, error or off");
   }
+  std::shared_ptr<spdlog::logger> logger;
+  switch (parsed_format) {
+    case ops::LogFormat::kText:
+      logger = spdlog::stderr_color_mt(process);
+      logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ " + process + ": %v");
+      break;
+    case ops::LogFormat::kJson:
+      logger = std::make_shared<spdlog::logger>(process, std::make_shared<JsonSink>(process));
+      break;
+    case ops::LogFormat::kJournal:
+      logger = std::make_shared<spdlog::logger>(process, std::make_shared<JournalSink>(process));
+      break;
+  }
+  spdlog::set_default_logger(logger);
   spdlog::set_level(parsed);
   return Status::Ok();
 }

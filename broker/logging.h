@@ -25,7 +25,23 @@ void AddSecurityFlags(CLI::App& app, std::string* cert, std::string* broker_cert
 // to exit with, or -1 to go on.
 int ParseCommandLine(CLI::App& app, const std::string& name, int argc, char** argv);
 
-// Installs a stderr logger named `process`. Error: an unknown level name.
-Status InitLogging(const std::string& process, const std::string& level);
+// Installs the logger named `process`: on stderr as text ("TIME LEVEL process: message")
+// or json (one object a line: time, level, process, message, task, worker), or to the
+// journal (PRIORITY from the level, SYSLOG_IDENTIFIER, FM_TASK and FM_WORKER where the
+// message names them). `format`: text, json, journal or auto (journal under systemd).
+// Error: an unknown level or format name.
+Status InitLogging(const std::string& process, const std::string& level, const std::string& format = "text");
+
+// What every daemon takes besides its own options.
+struct DaemonFlags {
+  std::string log_level = "info";
+  std::string log_format = "auto";
+  std::string metrics_listen;  // HOST:PORT for GET /metrics; empty: none
+  bool check_config = false;   // validate the options and the files they name, then exit
+};
+// --log-level, --log-format, --metrics-listen, --check-config.
+void AddDaemonFlags(CLI::App& app, DaemonFlags* flags);
+// After --check-config: says the configuration is valid and returns 0.
+int ConfigChecked(const std::string& name);
 
 }  // namespace fm::bus

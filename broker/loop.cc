@@ -23,7 +23,11 @@ Loop::Loop() {
   uv_unref(reinterpret_cast<uv_handle_t*>(&prepare_));
   uv_unref(reinterpret_cast<uv_handle_t*>(&check_));
   // Memory a burst left free goes back to the system (never keeps the loop running).
-  Every(5000, [] { ReleaseFreeMemory(); });
+  Background(5000, [] { ReleaseFreeMemory(); });
+}
+
+void Loop::Background(uint64_t interval_ms, std::function<void()> fn) {
+  Every(interval_ms, std::move(fn));
   uv_unref(reinterpret_cast<uv_handle_t*>(&timers_.back()->timer));
 }
 

@@ -37,6 +37,8 @@ class Loop {
   void Watch(zmq::socket_t& socket, std::function<size_t()> drain);
   // Runs `fn` every `interval_ms`, the first time after `first_ms` (default: interval).
   void Every(uint64_t interval_ms, std::function<void()> fn, int64_t first_ms = -1);
+  // The same, but the timer alone never keeps Run() from returning.
+  void Background(uint64_t interval_ms, std::function<void()> fn);
   // Called once at the end of every turn that handled a message or timer.
   void OnTurnEnd(std::function<void()> fn) { turn_end_ = std::move(fn); }
   // Stops on SIGINT or SIGTERM (and calls `fn` first, if given).

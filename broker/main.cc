@@ -9,6 +9,7 @@
 #include "broker/broker.h"
 #include "broker/logging.h"
 #include "broker/loop.h"
+#include "broker/ops.h"
 
 int main(int argc, char** argv) {
   fm::bus::BrokerOptions options;
@@ -28,13 +29,13 @@ int main(int argc, char** argv) {
   app.add_option("--max-connections", options.max_connections,
                  "refuse new connections past this many (default: the open-file limit less a reserve)");
   app.add_flag("--insecure", insecure, "allow listening on a non-loopback address without --cert (no authentication)");
-  std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  fm::bus::DaemonFlags daemon;
+  fm::bus::AddDaemonFlags(app, &daemon);
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
   // --cert has FM_CERT already: FM_BROKER_CERT names the broker's public certificate for clients.
   fm::bus::EnvironmentFallbacks(app, "FM_BROKER_");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-broker", argc, argv); rc >= 0) return rc;
-  if (fm::Status s = fm::bus::InitLogging("fm-broker", log_level); !s.ok()) {
+  if (fm::Status s = fm::bus::InitLogging("fm-broker", daemon.log_level, daemon.log_format); !s.ok()) {
     std::fprintf(stderr, "fm-broker: %s\n", s.message().c_str());
     return 2;
   }
@@ -60,6 +61,15 @@ int main(int argc, char** argv) {
                  options.bind);
   }
 
+  zmq::context_t context(1);
+  if (daemon.check_config) {
+    fm::bus::Broker checked(context, options);
+    if (fm::Status s = checked.Configure(); !s.ok()) {
+      spdlog::error("{}", s.message());
+      return 2;
+    }
+    return fm::bus::ConfigChecked("fm-broker");
+  }
   // Every connection is a file: take the hard limit, and keep a reserve below it so
   // that refusing one past the limit never fails for want of a descriptor.
   struct rlimit files {};
@@ -73,7 +83,6 @@ int main(int argc, char** argv) {
     spdlog::info("open files: {}; at most {} connections", static_cast<uint64_t>(files.rlim_cur),
                  options.max_connections);
   }
-  zmq::context_t context(1);
   fm::bus::Broker broker(context, options);
   if (fm::Status s = broker.Bind(); !s.ok()) {
     spdlog::error("{}", s.message());
@@ -81,8 +90,20 @@ int main(int argc, char** argv) {
   }
   fm::bus::Loop loop;
   broker.Attach(loop);
-  loop.StopOnSignals([](int signum) { spdlog::info("signal {}: stopping", signum); });
+  auto metrics = fm::ops::MetricsServer::Serve(loop, daemon.metrics_listen,
+                                               [&broker](fm::ops::Sheet& sheet) { broker.Metrics(sheet); });
+  if (!metrics.ok()) {
+    spdlog::error("{}", metrics.status().message());
+    return 1;
+  }
+  fm::ops::Systemd systemd(loop);
+  systemd.Ready("routing on " + options.bind);
+  loop.StopOnSignals([&systemd](int signum) {
+    systemd.Stopping();
+    spdlog::info("signal {}: stopping", signum);
+  });
   loop.Run();
+  metrics->reset();
   const auto& c = broker.counters();
   spdlog::info("stopped: routed {}, unreachable {}, malformed {}, oversized {}, unauthorized {}, events {}", c.routed,
                c.unreachable, c.malformed, c.oversized, c.unauthorized, c.events);

@@ -204,6 +204,8 @@ Outbox SchedulerCore::FinishCommit(const Status& s, uint64_t now_ms) {
   Commit done = std::move(in_flight_);
   in_flight_ = Commit();
   in_flight_active_ = false;
+  ++commits_;
+  if (!s.ok()) ++write_errors_;
   // What was gathered after a failed commit was derived from it: it fails too.
   if (!s.ok()) done.Append(std::move(gathered_));
   ShowPending();

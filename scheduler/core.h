@@ -87,6 +87,9 @@ class SchedulerCore {
 
   bool degraded() const { return degraded_; }
   const Engine& engine() const { return *engine_; }
+  // Commits written, and those the store refused, since the start (metrics).
+  uint64_t commits() const { return commits_; }
+  uint64_t write_errors() const { return write_errors_; }
 
  private:
   void Refuse(const std::string& from, uint64_t correlation);
@@ -115,6 +118,7 @@ class SchedulerCore {
   std::string storage_error_;
   uint64_t next_probe_ms_ = 0;
   uint64_t probes_ = 0;
+  uint64_t commits_ = 0, write_errors_ = 0;
 };
 
 }  // namespace fm::sched

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <random>
 
+#include "schemas/vocabulary.h"
+
 namespace fm::sched {
 namespace {
 constexpr size_t kBudget = 4096;
@@ -87,12 +89,18 @@ SchedulerDaemon::SchedulerDaemon(zmq::context_t& context, SchedulerOptions optio
   if (!options_.logger) options_.logger = spdlog::default_logger();
 }
 
-Status SchedulerDaemon::Open() {
+Status SchedulerDaemon::Check() {
   auto endpoints = bus::ParseBrokerUrl(options_.broker);
-  if (!endpoints.ok()) return endpoints.status();
+  if (!endpoints.ok()) return Status::Invalid("--broker: " + endpoints.status().message());
   auto security = bus::LoadSecurity(options_.cert, options_.broker_cert, "scheduler");
   if (!security.ok()) return security.status();
   security_ = std::move(*security);
+  return Status::Ok();
+}
+
+Status SchedulerDaemon::Open() {
+  if (Status s = Check(); !s.ok()) return s;
+  auto endpoints = bus::ParseBrokerUrl(options_.broker);
   // With CURVE the broker checks every claim, so an address says who sent a message:
   // the engine enforces roles and ownership by it.
   options_.engine.authenticate = security_.on();
@@ -180,15 +188,23 @@ void SchedulerDaemon::TurnEnd() {
 
 void SchedulerDaemon::Commit() {
   if (committer_->busy() || !core_->has_gathered()) return;
+  commit_started_ = std::chrono::steady_clock::now();
+  batch_ops_.Observe(static_cast<double>(core_->gathered_ops()));
   if (core_->gathered_ops() <= kInlineOps) {
     Outbox out = core_->CommitGathered(bus::WallClockMs());
+    CommitTimed();
     SendOut(out);
     return;
   }
   committer_->Start(&core_->StartCommit());
 }
 
+void SchedulerDaemon::CommitTimed() {
+  commit_seconds_.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - commit_started_).count());
+}
+
 void SchedulerDaemon::Committed(const Status& status) {
+  CommitTimed();
   Outbox out = core_->FinishCommit(status, bus::WallClockMs());
   SendOut(out);
   Commit();  // what gathered meanwhile
@@ -216,6 +232,50 @@ void SchedulerDaemon::SendOut(Outbox& out) {
     }
   }
   for (auto& [topic, payload] : EventLog::Messages(out.events)) client_->Publish(topic, payload);
+}
+
+}  // namespace fm::sched
+
+namespace fm::sched {
+
+void SchedulerDaemon::Metrics(ops::Sheet& sheet) const {
+  const Engine& engine = core_->engine();
+  EngineCensus census = engine.Census();
+  const char* help = "tasks not ended, by state";
+  sheet.Gauge("scheduler_tasks", help, census.pending, {{"state", "pending"}});
+  sheet.Gauge("scheduler_tasks", help, census.queued, {{"state", "queued"}});
+  sheet.Gauge("scheduler_tasks", help, census.running, {{"state", "running"}});
+  uint64_t now = bus::WallClockMs();
+  sheet.Gauge(
+      "scheduler_oldest_pending_seconds", "how long the longest-waiting pending task has waited",
+      census.oldest_pending_ms == 0 || census.oldest_pending_ms > now ? 0 : (now - census.oldest_pending_ms) / 1000.0);
+  const EngineStats& stats = engine.stats();
+  sheet.Counter("scheduler_tasks_submitted_total", "tasks created since the scheduler started", stats.submitted);
+  for (const auto& [key, n] : stats.ended) {
+    std::string reason(Name(key.second));
+    sheet.Counter("scheduler_tasks_ended_total", "tasks ended since the scheduler started, by outcome and reason",
+                  static_cast<double>(n),
+                  {{"outcome", StateName(key.first)}, {"reason", reason.empty() ? "none" : reason}});
+  }
+  sheet.Counter("scheduler_task_retries_total", "attempts sent back to pending for another try", stats.retries);
+  sheet.Counter("scheduler_dispatch_redeliveries_total",
+                "dispatches sent again to a worker that had not started the task", stats.redeliveries);
+  help = "workers by state (lost: within the reconnect grace)";
+  sheet.Gauge("scheduler_workers", help, census.workers_live, {{"state", "live"}});
+  sheet.Gauge("scheduler_workers", help, census.workers_draining, {{"state", "draining"}});
+  sheet.Gauge("scheduler_workers", help, census.workers_unconfirmed, {{"state", "unconfirmed"}});
+  sheet.Gauge("scheduler_workers", help, census.workers_lost, {{"state", "lost"}});
+  sheet.Counter("scheduler_worker_losses_total", "workers declared lost", stats.worker_losses);
+  sheet.Counter("scheduler_unauthorized_total", "messages refused for their sender", engine.unauthorized());
+  sheet.Counter("scheduler_commits_total", "store commits (synced write batches)", core_->commits());
+  sheet.Counter("scheduler_store_write_errors_total", "commits the store refused", core_->write_errors());
+  sheet.Gauge("scheduler_store_degraded", "1 while the store refuses writes", core_->degraded() ? 1 : 0);
+  commit_seconds_.Write(sheet, "scheduler_commit_seconds", "time to write and sync one commit");
+  batch_ops_.Write(sheet, "scheduler_commit_batch_writes", "store writes per commit");
+  sheet.Gauge("scheduler_event_seq", "the next event's seq", engine.next_seq());
+  sheet.Gauge("scheduler_event_oldest_seq", "the oldest event seq kept for replay", engine.oldest_seq());
+  sheet.Gauge("scheduler_events_stored", "events kept for replay", engine.stored_events());
+  sheet.Gauge("scheduler_task_output_stored_bytes", "task output kept for replay", engine.stored_log_bytes());
 }
 
 }  // namespace fm::sched

@@ -13,6 +13,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -24,6 +25,7 @@
 
 #include "broker/bus.h"
 #include "broker/loop.h"
+#include "broker/ops.h"
 #include "broker/rate_limited_log.h"
 #include "scheduler/core.h"
 #include "store/store.h"
@@ -71,12 +73,17 @@ class Committer {
 class SchedulerDaemon {
  public:
   SchedulerDaemon(zmq::context_t& context, SchedulerOptions options);
+  // What Open checks before it opens anything: the broker URL and the certificates
+  // (--check-config). Error names the option.
+  Status Check();
   // Opens the store under data_dir, recovers, connects. Error names what failed.
   Status Open();
   // REQUIRES: Open() succeeded.
   void Attach(bus::Loop& loop);
   // 0 after a normal stop; 1 when the store was removed or replaced while running.
   int exit_code() const { return exit_code_; }
+  // Everything GET /metrics shows, read now. REQUIRES: Open() succeeded.
+  void Metrics(ops::Sheet& sheet) const;
 
  private:
   size_t DrainDirected();
@@ -86,6 +93,7 @@ class SchedulerDaemon {
   // Starts a commit of what was gathered, if none is in flight.
   void Commit();
   void Committed(const Status& status);
+  void CommitTimed();  // the commit started at commit_started_ is done
   // Stops the scheduler (exit 1) when the store's files are no longer the ones it opened.
   void CheckStoreIdentity();
 
@@ -102,6 +110,9 @@ class SchedulerDaemon {
   // running scheduler would take "durable" writes into unlinked files.
   uint64_t store_dev_ = 0, store_ino_ = 0;
   int exit_code_ = 0;
+  std::chrono::steady_clock::time_point commit_started_;
+  ops::LatencyHistogram commit_seconds_{{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}};
+  ops::LatencyHistogram batch_ops_{{1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144}};
 };
 
 }  // namespace fm::sched

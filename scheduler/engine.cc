@@ -324,6 +324,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
 
       Task t;
       t.id = next_task_id_++;
+      ++stats_.submitted;
       t.spec = std::move(spec);
       t.submitted_ms = now_ms;
       t.first_seq = log_.next_seq();  // its first event is the next one
@@ -517,6 +518,7 @@ void Engine::OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms) {
 void Engine::LoseWorker(const std::string& id, const std::string& why, uint64_t now_ms) {
   const WorkerState* lost = fleet_.Find(id);
   if (!lost) return;
+  ++stats_.worker_losses;
   std::vector<uint64_t> tasks(lost->tasks.begin(), lost->tasks.end());
   EventFields f;
   f.type = wire::EventType::WorkerLost;
@@ -576,6 +578,7 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
         0, now_ms);
     return;
   }
+  ++stats_.retries;
   std::string last_worker = t->worker;
   t->attempt += 1;
   t->state = wire::TaskState::Pending;
@@ -597,6 +600,7 @@ void Engine::End(Task* t, wire::TaskState state, wire::Reason reason, const std:
                  uint64_t now_ms, const Explanation* explanation) {
   Unassign(t);
   if (t->state == wire::TaskState::Pending) pending_.Erase(t->spec, LineOf(*t));
+  ++stats_.ended[{state, reason}];
   t->state = state;
   t->reason = reason;
   t->message = message;
@@ -907,6 +911,7 @@ void Engine::Tick(uint64_t now_ms) {
       Task& t = active_.at(task_id);
       if (t.state == wire::TaskState::Queued && now_ms >= t.dispatched_ms + options_.redispatch_after_ms) {
         t.dispatched_ms = now_ms;
+        ++stats_.redeliveries;
         dispatches_[id].push_back(task_id);
       }
     }
@@ -1069,6 +1074,41 @@ void Engine::FinishTurn(uint64_t now_ms) {
 void Engine::Send(const std::string& to, std::string payload) {
   if (to.empty()) return;
   effects_.directed.push_back({to, std::move(payload)});
+}
+
+}  // namespace fm::sched
+
+namespace fm::sched {
+
+EngineCensus Engine::Census() const {
+  EngineCensus c;
+  for (const auto& [id, t] : active_) {
+    switch (t.state) {
+      case wire::TaskState::Pending:
+        ++c.pending;
+        if (c.oldest_pending_ms == 0 || t.submitted_ms < c.oldest_pending_ms) c.oldest_pending_ms = t.submitted_ms;
+        break;
+      case wire::TaskState::Queued:
+        ++c.queued;
+        break;
+      case wire::TaskState::Running:
+        ++c.running;
+        break;
+      default:
+        break;
+    }
+  }
+  for (const auto& [id, w] : fleet_.workers()) {
+    if (!w.confirmed) {
+      ++c.workers_unconfirmed;
+    } else if (w.draining) {
+      ++c.workers_draining;
+    } else {
+      ++c.workers_live;
+    }
+  }
+  c.workers_lost = lost_.size();
+  return c;
 }
 
 }  // namespace fm::sched

@@ -67,6 +67,22 @@ struct EngineOptions {
   void Validate();
 };
 
+// What the engine counted since it started (metrics; never stored).
+struct EngineStats {
+  uint64_t submitted = 0;     // tasks created (accepted or refused at once)
+  uint64_t redeliveries = 0;  // Dispatch sent again for a task queued and not yet started
+  uint64_t worker_losses = 0;
+  uint64_t retries = 0;                                                // attempts sent back to pending
+  std::map<std::pair<wire::TaskState, wire::Reason>, uint64_t> ended;  // by state and reason
+};
+
+// The tasks not ended and the workers, by state, counted when asked.
+struct EngineCensus {
+  size_t pending = 0, queued = 0, running = 0;
+  uint64_t oldest_pending_ms = 0;  // when the longest-waiting pending task was submitted (0: none)
+  size_t workers_live = 0, workers_draining = 0, workers_unconfirmed = 0, workers_lost = 0;
+};
+
 class Engine {
  public:
   explicit Engine(EngineOptions options);
@@ -120,6 +136,11 @@ class Engine {
   uint64_t self_silences() const { return self_silences_; }
   // Messages refused for their sender (role, ownership, a report from the wrong worker).
   uint64_t unauthorized() const { return unauthorized_; }
+  const EngineStats& stats() const { return stats_; }
+  // O(tasks not ended + workers): for a scrape, not for every turn.
+  EngineCensus Census() const;
+  // The oldest event seq replay still has.
+  uint64_t oldest_seq() const { return log_.oldest_seq(); }
 
  private:
   void OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms);
@@ -239,6 +260,7 @@ class Engine {
   uint64_t last_tick_ms_ = 0, last_inbound_ms_ = 0, hold_since_ms_ = 0;
   uint64_t self_silences_ = 0;
   uint64_t unauthorized_ = 0;
+  EngineStats stats_;
   bool fleet_shrank_ = false;
   bool placement_needed_ = false;
 

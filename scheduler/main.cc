@@ -6,6 +6,7 @@
 
 #include "broker/logging.h"
 #include "broker/loop.h"
+#include "broker/ops.h"
 #include "scheduler/daemon.h"
 #include "schemas/units.h"
 
@@ -15,7 +16,7 @@ int main(int argc, char** argv) {
   app.add_option("--broker", options.broker, "root broker (default $FM_BROKER or tcp://127.0.0.1:5550)")
       ->capture_default_str();
   app.add_option("--data", options.data_dir, "data directory (RocksDB store)")->capture_default_str();
-  std::string liveness = "5s", placement = "spread", log_level = "info";
+  std::string liveness = "5s", placement = "spread";
   app.add_option("--liveness", liveness, "a worker unheard for this long is lost")->capture_default_str();
   app.add_option("--placement", placement, "spread (least loaded) or binpack")->capture_default_str();
   std::string grace = "30s";
@@ -39,12 +40,13 @@ int main(int argc, char** argv) {
                  "task output kept for replay, apart from the other events: however much tasks print, "
                  "it never pushes the other events out")
       ->capture_default_str();
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  fm::bus::DaemonFlags daemon_flags;
+  fm::bus::AddDaemonFlags(app, &daemon_flags);
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
   fm::bus::AddSecurityFlags(app, &options.cert, &options.broker_cert);
   fm::bus::EnvironmentFallbacks(app, "FM_SCHEDULER_");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-scheduler", argc, argv); rc >= 0) return rc;
-  if (fm::Status s = fm::bus::InitLogging("fm-scheduler", log_level); !s.ok()) {
+  if (fm::Status s = fm::bus::InitLogging("fm-scheduler", daemon_flags.log_level, daemon_flags.log_format); !s.ok()) {
     std::fprintf(stderr, "fm-scheduler: %s\n", s.message().c_str());
     return 2;
   }
@@ -88,12 +90,31 @@ int main(int argc, char** argv) {
   zmq::context_t context(1);
   fm::bus::Loop loop;  // outlives the daemon, whose commit thread reports on it
   fm::sched::SchedulerDaemon daemon(context, options);
+  if (daemon_flags.check_config) {
+    if (fm::Status s = daemon.Check(); !s.ok()) {
+      spdlog::error("{}", s.message());
+      return 2;
+    }
+    return fm::bus::ConfigChecked("fm-scheduler");
+  }
   if (fm::Status s = daemon.Open(); !s.ok()) {
     spdlog::error("{}", s.message());
-    return 1;
+    return s.code() == fm::Status::Code::kInvalid ? 2 : 1;
   }
   daemon.Attach(loop);
-  loop.StopOnSignals([](int signum) { spdlog::info("signal {}: stopping", signum); });
+  auto metrics = fm::ops::MetricsServer::Serve(loop, daemon_flags.metrics_listen,
+                                               [&daemon](fm::ops::Sheet& sheet) { daemon.Metrics(sheet); });
+  if (!metrics.ok()) {
+    spdlog::error("{}", metrics.status().message());
+    return 1;
+  }
+  fm::ops::Systemd systemd(loop);
+  systemd.Ready("scheduling from " + options.data_dir);
+  loop.StopOnSignals([&systemd](int signum) {
+    systemd.Stopping();
+    spdlog::info("signal {}: stopping", signum);
+  });
   loop.Run();
+  metrics->reset();
   return daemon.exit_code();
 }

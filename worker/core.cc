@@ -119,6 +119,7 @@ void WorkerCore::OnDispatch(const wire::Dispatch& dispatch) {
     runs_.emplace(ref, RunState{true, epoch_});
     ++slots_in_use_;
     report_started_.push_back(ref);
+    ++started_;
     executor_->Start(ref, spec);  // may end it at once
   }
 }
@@ -277,6 +278,7 @@ void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
   }
   Release(&run->second);
   runs_.erase(run);
+  if (static_cast<size_t>(result.outcome) < ended_.size()) ++ended_[static_cast<size_t>(result.outcome)];
   told_output_lost_.erase(ref);
   for (const char* stream : {"stdout", "stderr"}) {  // what is left of a cut character goes as it is
     auto partial = partial_output_.find({ref, stream});

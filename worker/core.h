@@ -13,6 +13,7 @@
 // Thread: one (the loop thread).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -97,6 +98,10 @@ class WorkerCore final : public RunSink {
   uint64_t output_unacknowledged() const { return output_unacked_; }
   bool output_paused() const { return output_paused_; }
   uint64_t epoch() const { return epoch_; }
+  size_t runs() const { return runs_.size(); }
+  // Attempts started, and ended by outcome (indexed by wire::Outcome), since the start.
+  uint64_t started() const { return started_; }
+  const std::array<uint64_t, 5>& ended() const { return ended_; }
 
  private:
   struct RunState {
@@ -146,6 +151,8 @@ class WorkerCore final : public RunSink {
   WorkerOutbox out_;
   std::string refusal_;
   uint64_t dropped_not_from_scheduler_ = 0;
+  uint64_t started_ = 0;
+  std::array<uint64_t, 5> ended_{};
   // Output of the turn, in order; consecutive pieces of one attempt's stream are joined
   // (up to 64 KiB a message), so that many small reads make few messages.
   struct PendingLog {

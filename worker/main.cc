@@ -7,6 +7,7 @@
 
 #include "broker/logging.h"
 #include "broker/loop.h"
+#include "broker/ops.h"
 #include "schemas/units.h"
 #include "worker/worker.h"
 
@@ -18,7 +19,7 @@ int main(int argc, char** argv) {
   app.add_option("--id", options.id, "worker id, unique in the cluster (default: host name)");
   app.add_option("--node", options.node, "node name (default: host name)");
   app.add_option("--slots", options.slots, "tasks run at once (default: whole cpus found)");
-  std::string cpus, memory, heartbeat = "1s", log_level = "info", max_output = "16MiB";
+  std::string cpus, memory, heartbeat = "1s", max_output = "16MiB";
   std::vector<std::string> labels;
   app.add_option("--cpus", cpus, "announce fewer cpus than were found");
   app.add_option("--memory", memory, "announce less memory than was found (e.g. 4GiB)");
@@ -35,11 +36,12 @@ int main(int argc, char** argv) {
       ->configurable(false);
   fm::bus::AddSecurityFlags(app, &options.cert, &options.broker_cert);
   app.add_option("--run-as", options.run_as, "run exec tasks as this user (the worker must run as root)");
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  fm::bus::DaemonFlags daemon_flags;
+  fm::bus::AddDaemonFlags(app, &daemon_flags);
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
   fm::bus::EnvironmentFallbacks(app, "FM_WORKER_");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-worker", argc, argv); rc >= 0) return rc;
-  if (fm::Status s = fm::bus::InitLogging("fm-worker", log_level); !s.ok()) {
+  if (fm::Status s = fm::bus::InitLogging("fm-worker", daemon_flags.log_level, daemon_flags.log_format); !s.ok()) {
     std::fprintf(stderr, "fm-worker: %s\n", s.message().c_str());
     return 2;
   }
@@ -81,8 +83,16 @@ int main(int argc, char** argv) {
     options.labels.push_back(std::move(*parsed));
   }
 
-  fm::worker::Probe probe = fm::worker::ProbeAll(options.docker_socket);
   zmq::context_t context(1);
+  if (daemon_flags.check_config) {
+    fm::worker::Worker checked(context, options, fm::worker::Probe{});
+    if (fm::Status s = checked.Check(); !s.ok()) {
+      spdlog::error("{}", s.message());
+      return 2;
+    }
+    return fm::bus::ConfigChecked("fm-worker");
+  }
+  fm::worker::Probe probe = fm::worker::ProbeAll(options.docker_socket);
   fm::worker::Worker worker(context, options, probe);
   if (fm::Status s = worker.Open(); !s.ok()) {
     spdlog::error("{}", s.message());
@@ -90,7 +100,19 @@ int main(int argc, char** argv) {
   }
   fm::bus::Loop loop;
   worker.Attach(loop);
-  loop.StopOnSignals([](int signum) { spdlog::info("signal {}: stopping", signum); });
+  auto metrics = fm::ops::MetricsServer::Serve(loop, daemon_flags.metrics_listen,
+                                               [&worker](fm::ops::Sheet& sheet) { worker.Metrics(sheet); });
+  if (!metrics.ok()) {
+    spdlog::error("{}", metrics.status().message());
+    return 1;
+  }
+  fm::ops::Systemd systemd(loop);
+  systemd.Ready("worker " + options.id);
+  loop.StopOnSignals([&systemd](int signum) {
+    systemd.Stopping();
+    spdlog::info("signal {}: stopping", signum);
+  });
   loop.Run();
+  metrics->reset();
   return worker.exit_code();
 }

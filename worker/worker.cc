@@ -49,9 +49,9 @@ Worker::Worker(zmq::context_t& context, WorkerOptions options, Probe probe)
 
 Worker::~Worker() = default;
 
-Status Worker::Open() {
+Status Worker::Check() {
   auto endpoints = bus::ParseBrokerUrl(options_.broker);
-  if (!endpoints.ok()) return endpoints.status();
+  if (!endpoints.ok()) return Status::Invalid("--broker: " + endpoints.status().message());
   auto security = bus::LoadSecurity(options_.cert, options_.broker_cert, "worker");
   if (!security.ok()) return security.status();
   security_ = std::move(*security);
@@ -73,6 +73,12 @@ Status Worker::Open() {
     if (Status s = ValidateLabel(key, value); !s.ok()) return Status::Invalid("--label: " + s.message());
   }
   Normalize(&options_.labels);
+  return Status::Ok();
+}
+
+Status Worker::Open() {
+  if (Status s = Check(); !s.ok()) return s;
+  auto endpoints = bus::ParseBrokerUrl(options_.broker);
   char suffix[20];
   snprintf(suffix, sizeof suffix, "%016llx", static_cast<unsigned long long>(instance_));
   WorkerIdentity identity;
@@ -186,6 +192,7 @@ void Worker::Reprobe() {
         std::unique_ptr<Job> j(static_cast<Job*>(w->data));
         Worker* self = j->self;
         self->reprobe_in_flight_ = false;
+        ++self->probes_[j->docker ? 0 : 1];
         std::vector<std::string> caps = self->core_->identity().capabilities;
         bool had = std::binary_search(caps.begin(), caps.end(), "docker");
         if (had == j->docker) return;
@@ -227,6 +234,32 @@ size_t Worker::DrainBus() {
     if (event->topic == "scheduler.started") core_->Register();
   }
   return n;
+}
+
+void Worker::Metrics(ops::Sheet& sheet) const {
+  sheet.Gauge("worker_tasks_running", "attempts running here (cancelled ones winding down too)", core_->runs());
+  sheet.Gauge("worker_slots_used", "slots the scheduler counts as taken", core_->slots_in_use());
+  sheet.Gauge("worker_slots", "slots this worker offers", core_->identity().slots);
+  sheet.Counter("worker_attempts_started_total", "attempts handed to the executor", core_->started());
+  const char* names[] = {"succeeded", "failed", "cancelled", "timed_out", "retryable"};
+  for (size_t i = 0; i < core_->ended().size(); ++i) {
+    sheet.Counter("worker_attempts_ended_total",
+                  "attempts ended, by outcome (retryable: the executor could not run it here)",
+                  static_cast<double>(core_->ended()[i]), {{"outcome", names[i]}});
+  }
+  const auto& caps = core_->identity().capabilities;
+  for (const char* cap : {"docker", "gpu"}) {
+    sheet.Gauge("worker_capability", "1 while the capability is announced (from the last probe)",
+                std::binary_search(caps.begin(), caps.end(), cap) ? 1 : 0, {{"capability", cap}});
+  }
+  sheet.Counter("worker_docker_probes_total", "docker re-probes, by result", static_cast<double>(probes_[0]),
+                {{"result", "ok"}});
+  sheet.Counter("worker_docker_probes_total", "", static_cast<double>(probes_[1]), {{"result", "failed"}});
+  sheet.Gauge("worker_output_unacknowledged_bytes", "task output sent and not yet stored by the scheduler",
+              core_->output_unacknowledged());
+  sheet.Gauge("worker_output_paused", "1 while output is held back for the scheduler to catch up",
+              core_->output_paused() ? 1 : 0);
+  sheet.Gauge("worker_results_unacknowledged", "results sent and not yet acknowledged", core_->unacknowledged());
 }
 
 }  // namespace fm::worker

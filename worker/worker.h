@@ -20,6 +20,7 @@
 
 #include "broker/bus.h"
 #include "broker/loop.h"
+#include "broker/ops.h"
 #include "broker/rate_limited_log.h"
 #include "schemas/fm_generated.h"
 #include "schemas/model.h"
@@ -56,8 +57,13 @@ class Worker {
  public:
   Worker(zmq::context_t& context, WorkerOptions options, Probe probe);
   ~Worker();
+  // What Open checks before it connects: the broker URL, certificates, limits, the
+  // run-as user, labels (--check-config). Error names the option.
+  Status Check();
   Status Open();
   void Attach(bus::Loop& loop);
+  // Everything GET /metrics shows, read now. REQUIRES: Open() succeeded.
+  void Metrics(ops::Sheet& sheet) const;
   // 0 after a normal stop; 3 when the scheduler refused this worker's id.
   int exit_code() const { return exit_code_; }
 
@@ -78,6 +84,7 @@ class Worker {
   bus::Loop* loop_ = nullptr;
   uint64_t instance_ = 0;
   std::unique_ptr<WorkerCore> core_;
+  uint64_t probes_[2] = {0, 0};  // docker re-probes that answered, that failed
   std::unique_ptr<Executor> executor_;
   bool reprobe_in_flight_ = false;
   int exit_code_ = 0;

@@ -28,6 +28,7 @@ void Commit::Append(Commit&& other) {
   writes.Append(std::move(other.writes));
   for (auto& d : other.out.directed) out.directed.push_back(std::move(d));
   for (auto& e : other.out.events) out.events.push_back(std::move(e));
+  for (auto& s : other.out.snapshots) out.snapshots.push_back(std::move(s));
   for (auto& s : other.submitters) submitters.push_back(std::move(s));
   for (auto& r : other.reads) reads.push_back(std::move(r));
   other = Commit();
@@ -181,6 +182,7 @@ Outbox SchedulerCore::CloseTurn(uint64_t now_ms) {
   turn.writes.Append(std::move(effects.writes));
   turn.out.directed = std::move(effects.directed);
   turn.out.events = std::move(effects.events);
+  turn.out.snapshots = std::move(effects.snapshots);
   turn.submitters = std::move(turn_submitters_);
   turn.reads = std::move(turn_reads_);
   effects.Clear();

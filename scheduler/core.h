@@ -38,7 +38,8 @@ namespace fm::sched {
 struct Outbox {
   std::vector<Directed> directed;
   std::vector<Publication> events;
-  bool empty() const { return directed.empty() && events.empty(); }
+  std::vector<SnapshotRequest> snapshots;  // for the daemon, after the commit they follow
+  bool empty() const { return directed.empty() && events.empty() && snapshots.empty(); }
 };
 
 // What a commit carries besides its writes: the messages that may leave once they are

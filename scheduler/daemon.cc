@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <random>
 
+#include "schemas/codec.h"
 #include "schemas/vocabulary.h"
 
 namespace fm::sched {
@@ -232,6 +233,35 @@ void SchedulerDaemon::SendOut(Outbox& out) {
     }
   }
   for (auto& [topic, payload] : EventLog::Messages(out.events)) client_->Publish(topic, payload);
+  for (const auto& snapshot : out.snapshots) Snapshot(snapshot);
+}
+
+void SchedulerDaemon::Snapshot(const SnapshotRequest& request) {
+  auto started = std::chrono::steady_clock::now();
+  std::string dir = request.dir;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  std::error_code ec;
+  Status s;
+  if (std::filesystem::exists(dir, ec)) {
+    s = Status::Invalid(dir + " exists already: name a new directory");
+  } else if (!std::filesystem::create_directory(dir, ec)) {
+    s = Status::Io("cannot make " + dir + ": " + ec.message());
+  } else {
+    s = store_->Checkpoint(dir + "/store");
+    if (!s.ok()) std::filesystem::remove_all(dir, ec);
+  }
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count();
+  std::string message = s.ok() ? "snapshot written to " + dir + " in " + std::to_string(ms) +
+                                     " ms; start a scheduler from it with --data " + dir
+                               : "snapshot failed: " + s.message();
+  if (s.ok()) {
+    options_.logger->info("{}", message);
+  } else {
+    options_.logger->error("{}", message);
+  }
+  flatbuffers::FlatBufferBuilder fbb(256);
+  auto reply = wire::CreateControlReply(fbb, request.correlation, s.ok(), fbb.CreateString(message));
+  client_->Send(request.from, codec::Seal(fbb, reply));
 }
 
 }  // namespace fm::sched
@@ -275,6 +305,10 @@ void SchedulerDaemon::Metrics(ops::Sheet& sheet) const {
   sheet.Gauge("scheduler_event_seq", "the next event's seq", engine.next_seq());
   sheet.Gauge("scheduler_event_oldest_seq", "the oldest event seq kept for replay", engine.oldest_seq());
   sheet.Gauge("scheduler_events_stored", "events kept for replay", engine.stored_events());
+  sheet.Gauge("scheduler_ended_tasks_stored", "ended tasks the store holds (--task-retention)",
+              engine.stored_ended_tasks());
+  sheet.Counter("scheduler_ended_tasks_deleted_total", "ended tasks deleted by their retention",
+                engine.tasks_trimmed());
   sheet.Gauge("scheduler_task_output_stored_bytes", "task output kept for replay", engine.stored_log_bytes());
 }
 

@@ -90,6 +90,9 @@ class SchedulerDaemon {
   size_t DrainBus();
   void TurnEnd();
   void SendOut(Outbox& out);
+  // fm-ctl snapshot: a checkpoint of the store, then the reply. On the loop thread: the
+  // table files are hard links and the WAL a copy, so it takes milliseconds to seconds.
+  void Snapshot(const SnapshotRequest& request);
   // Starts a commit of what was gathered, if none is in flight.
   void Commit();
   void Committed(const Status& status);

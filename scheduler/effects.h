@@ -22,6 +22,14 @@ struct Directed {
   std::string payload;
 };
 
+// fm-ctl snapshot: the daemon writes a checkpoint of the store into `dir` once the
+// turn that asked is committed, and answers `from` (a ControlReply) itself.
+struct SnapshotRequest {
+  std::string from;
+  uint64_t correlation = 0;
+  std::string dir;
+};
+
 // An event to publish. Its bytes (an Envelope(Event)) live in one buffer shared by the
 // events of a turn: no allocation per event.
 struct Publication {
@@ -50,10 +58,12 @@ struct Effects {
     }
   };
   Unstored unstored, unstored_logs;
-  bool empty() const { return writes.empty() && directed.empty() && events.empty(); }
+  std::vector<SnapshotRequest> snapshots;
+  bool empty() const { return writes.empty() && directed.empty() && events.empty() && snapshots.empty(); }
   void Clear() {
     writes.Clear();
     directed.clear();
+    snapshots.clear();
     events.clear();
     refused.clear();
     event_bytes.reset();

@@ -53,6 +53,9 @@ void EngineOptions::Validate() {
   event_retention_count = std::max<uint64_t>(event_retention_count, 10);
   event_retention_age_ms = std::max<uint64_t>(event_retention_age_ms, 1000);
   log_retention_bytes = std::max<uint64_t>(log_retention_bytes, 1 << 20);
+  task_retention_count = std::max<uint64_t>(task_retention_count, 1);
+  task_retention_age_ms = std::max<uint64_t>(task_retention_age_ms, 1000);
+  task_trim_per_tick = std::max<size_t>(task_trim_per_tick, 1);
   replay_batch = std::clamp<size_t>(replay_batch, 1, 10000);
   if (fresh_epoch == 0) fresh_epoch = 1;
 }
@@ -76,12 +79,13 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
   epoch_persisted_ = epoch_ != 0;
   if (epoch_ == 0) epoch_ = options_.fresh_epoch;
   if (Status s = log_.Recover(store); !s.ok()) return s;
+  if (Status s = RecoverEndedCount(store); !s.ok()) return s;
   Status s = records::ScanWorkers(*store, now_ms, [&](WorkerState w) { fleet_.Add(std::move(w)); });
   if (!s.ok()) return s;
   return records::ScanActiveTasks(*store, [&](Task t) {
     next_order_ = std::max(next_order_, t.order + 1);
     next_task_id_ = std::max(next_task_id_, t.id + 1);
-    if (!t.spec.key.empty()) client_keys_[t.spec.key] = t.id;
+    if (!t.spec.key.empty()) client_keys_[ScopedKey(t.owner, t.spec.key)] = t.id;
     if ((t.state == wire::TaskState::Queued || t.state == wire::TaskState::Running) && fleet_.Find(t.worker)) {
       fleet_.ModifyLoad(t.worker, [&](WorkerState& w) {
         Reserve(t.spec, &w);
@@ -387,6 +391,10 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
     return;
   }
   const WorkerState* known = fleet_.Find(id);
+  // A drain is the operator's word about the worker, not about one process of it: a
+  // restart in the middle of maintenance must not bring it back into service.
+  const bool was_draining = known && known->draining;
+  const std::string drain_reason = known ? known->drain_reason : std::string();
   if (known && known->instance != reg.instance()) {
     if (known->confirmed && known->node == Str(reg.node())) {
       // The worker restarted on its node (its old instance was killed or hangs): the new
@@ -425,6 +433,8 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
   if (!known) {
     WorkerState fresh;
     fresh.id = id;
+    fresh.draining = was_draining;
+    fresh.drain_reason = drain_reason;
     fleet_.Add(std::move(fresh));
   }
   auto caps = Capabilities(reg.capabilities());
@@ -621,7 +631,10 @@ void Engine::End(Task* t, wire::TaskState state, wire::Reason reason, const std:
     ended_for_watchers_[t->watcher].push_back({t->id, StatusOf(state), reason, message, t->worker});
   }
   effects_.writes.Delete(keys::ActiveTask(t->id));
+  t->ended_ms = now_ms;
   records::PutTask(&effects_.writes, keys::Task(t->id), *t, scratch_);
+  ++ended_stored_;
+  ended_stored_persisted_ = false;
   uint64_t id = t->id;
   if (options_.recent_ended > 0) {  // the task leaves the active set: move, not copy
     if (recent_ended_.size() < options_.recent_ended) {
@@ -732,6 +745,9 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
     case wire::ControlOp::Undrain:
       if (!Authorized(from, "undrain workers", Who::kOperator)) return;
       break;
+    case wire::ControlOp::Snapshot:
+      if (!Authorized(from, "snapshot the store", Who::kOperator)) return;
+      break;
     case wire::ControlOp::Cancel:
       break;  // below: a client may cancel its own tasks
   }
@@ -746,6 +762,16 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
     case wire::ControlOp::Workers:
       workers = views::Workers(fbb, fleet_, now_ms);
       break;
+    case wire::ControlOp::Snapshot:
+      if (target.empty() || target[0] != '/') {
+        ok = false;
+        message = "snapshot: \"" + target + "\" is not an absolute path (a new directory on the scheduler's host)";
+        break;
+      }
+      // Written by the daemon once this turn is committed: the copy holds everything
+      // acknowledged before the request.
+      effects_.snapshots.push_back({from, req.correlation(), target});
+      return;
     case wire::ControlOp::Tasks: {
       views::TaskPage page = views::Tasks(fbb, req, options_.task_page, [&](const auto& visit) {
         for (const auto& [id, t] : active_) visit(t);
@@ -772,17 +798,25 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
         break;
       }
       bool drain = req.op() == wire::ControlOp::Drain;
-      if (w->draining != drain) {
-        fleet_.Modify(target, [&](WorkerState& x) { x.draining = drain; });
+      std::string reason = drain ? Str(req.reason()).substr(0, 512) : std::string();
+      if (w->draining != drain || w->drain_reason != reason) {
+        bool changed = w->draining != drain;
+        fleet_.Modify(target, [&](WorkerState& x) {
+          x.draining = drain;
+          x.drain_reason = reason;
+        });
         records::PutWorker(&effects_.writes, *w);
-        EventFields f;
-        f.type = drain ? wire::EventType::WorkerDraining : wire::EventType::WorkerUndrained;
-        f.worker = target;
-        f.message =
-            drain ? "takes no new tasks; " + std::to_string(w->tasks.size()) + " still held" : "takes new tasks again";
-        Emit(f, now_ms);
-        if (drain) fleet_shrank_ = true;
-        placement_needed_ = true;
+        if (changed) {
+          EventFields f;
+          f.type = drain ? wire::EventType::WorkerDraining : wire::EventType::WorkerUndrained;
+          f.worker = target;
+          f.message = drain ? "takes no new tasks" + (reason.empty() ? "" : " (" + reason + ")") + "; " +
+                                  std::to_string(w->tasks.size()) + " still held"
+                            : "takes new tasks again";
+          Emit(f, now_ms);
+          if (drain) fleet_shrank_ = true;
+          placement_needed_ = true;
+        }
       }
       message = (drain ? "draining " : "undrained ") + target;
       break;
@@ -926,6 +960,75 @@ void Engine::Tick(uint64_t now_ms) {
     }
   }
   log_.ApplyRetention(now_ms, &effects_.writes);
+  TrimEndedTasks(now_ms);
+}
+
+Status Engine::RecoverEndedCount(const store::Store* store) {
+  // The first t/ key: ids below it were deleted.
+  std::string begin = keys::Task(0), end = keys::PrefixEnd(keys::kTaskPrefix);
+  Status s = store->Scan(begin, end, [&](std::string_view key, std::string_view) {
+    task_trim_from_ = keys::DecodeU64(key.substr(keys::kTaskPrefix.size()));
+    return false;
+  });
+  if (!s.ok()) return s;
+  auto counted = records::ReadMeta(*store, keys::kMetaEndedTasks, UINT64_MAX);
+  if (!counted.ok()) return counted.status();
+  if (*counted != UINT64_MAX) {
+    ended_stored_ = *counted;
+    ended_stored_persisted_ = true;
+    return Status::Ok();
+  }
+  // A store from before the count: count once, and write it with the next turn.
+  ended_stored_ = 0;
+  ended_stored_persisted_ = false;
+  return store->Scan(begin, end, [&](std::string_view, std::string_view) {
+    ++ended_stored_;
+    return true;
+  });
+}
+
+void Engine::TrimEndedTasks(uint64_t now_ms) {
+  if (store_ == nullptr || ended_stored_ == 0) return;
+  const uint64_t cutoff = now_ms > options_.task_retention_age_ms ? now_ms - options_.task_retention_age_ms : 0;
+  size_t budget = options_.task_trim_per_tick;
+  std::vector<Task> expired;
+  uint64_t over = ended_stored_ > options_.task_retention_count ? ended_stored_ - options_.task_retention_count : 0;
+  Status s = store_->Scan(keys::Task(task_trim_from_), keys::PrefixEnd(keys::kTaskPrefix),
+                          [&](std::string_view key, std::string_view value) {
+                            if (budget == 0) return false;
+                            auto t = records::DecodeTask(value, key);
+                            if (!t.ok()) {
+                              // An unreadable record is dropped with its count, never kept forever.
+                              Task gone;
+                              gone.id = keys::DecodeU64(key.substr(keys::kTaskPrefix.size()));
+                              expired.push_back(std::move(gone));
+                            } else {
+                              uint64_t ended = t->ended_ms != 0 ? t->ended_ms : t->submitted_ms;
+                              if (expired.size() >= over && ended >= cutoff) return false;
+                              expired.push_back(std::move(*t));
+                            }
+                            --budget;
+                            return true;
+                          });
+  if (!s.ok()) {
+    if (read_error_.ok()) read_error_ = s;
+    return;
+  }
+  for (const Task& t : expired) {
+    effects_.writes.Delete(keys::Task(t.id));
+    if (!t.spec.key.empty()) {
+      std::string scoped = ScopedKey(t.owner, t.spec.key);
+      // The key names this task (a key is first used by one task only).
+      auto named = records::ReadKey(*store_, scoped);
+      if (named.ok() && *named && **named == t.id) effects_.writes.Delete(keys::ClientKey(scoped));
+      auto cached = client_keys_.find(scoped);
+      if (cached != client_keys_.end() && cached->second == t.id) client_keys_.erase(cached);
+    }
+    task_trim_from_ = t.id + 1;
+    --ended_stored_;
+    ++tasks_trimmed_;
+    ended_stored_persisted_ = false;
+  }
 }
 
 void Engine::FailUnrunnable(uint64_t now_ms) {
@@ -1058,6 +1161,10 @@ void Engine::FinishTurn(uint64_t now_ms) {
     if (const Task* t = active_task(id)) records::PutTask(&effects_.writes, keys::ActiveTask(id), *t, scratch_);
   }
   dirty_tasks_.clear();
+  if (!ended_stored_persisted_) {
+    effects_.writes.Put(std::string(keys::kMetaEndedTasks), keys::EncodeU64(ended_stored_));
+    ended_stored_persisted_ = true;
+  }
   if (next_task_id_ != persisted_task_id_) {
     effects_.writes.Put(std::string(keys::kMetaNextTask), keys::EncodeU64(next_task_id_));
     persisted_task_id_ = next_task_id_;

@@ -54,9 +54,14 @@ struct EngineOptions {
   uint64_t event_retention_age_ms = 7ull * 24 * 3600 * 1000;  // events and task output
   // Task output (task.log events) is retained apart from the other events, by bytes.
   uint64_t log_retention_bytes = 1ull << 30;
-  size_t replay_batch = 512;   // events per ReplayBatch message (and at most ~1 MiB)
-  size_t task_page = 1000;     // tasks per fm-ctl tasks page (and at most ~1 MiB)
-  size_t recent_ended = 1000;  // ended tasks fm-ctl tasks still lists
+  // Ended tasks (and the submission keys that name them) are deleted oldest id first
+  // past this many, and once they ended longer ago than the age.
+  uint64_t task_retention_count = 100'000;
+  uint64_t task_retention_age_ms = 7ull * 24 * 3600 * 1000;
+  size_t task_trim_per_tick = 4096;  // ended tasks deleted per Tick at most
+  size_t replay_batch = 512;         // events per ReplayBatch message (and at most ~1 MiB)
+  size_t task_page = 1000;           // tasks per fm-ctl tasks page (and at most ~1 MiB)
+  size_t recent_ended = 1000;        // ended tasks fm-ctl tasks still lists
   // Senders are authenticated (the broker checked every address claim against a CURVE
   // certificate, broker/policy.h): roles are enforced and tasks get owners. Off: every
   // sender may do everything (a keyless cluster on loopback).
@@ -126,6 +131,9 @@ class Engine {
   uint64_t next_seq() const { return log_.next_seq(); }
   uint64_t stored_events() const { return log_.stored_events(); }
   uint64_t stored_log_bytes() const { return log_.stored_log_bytes(); }
+  // Ended tasks the store holds (t/), and those deleted by their retention since the start.
+  uint64_t stored_ended_tasks() const { return ended_stored_; }
+  uint64_t tasks_trimmed() const { return tasks_trimmed_; }
   // The store's cluster epoch (store/keys.h kMetaEpoch).
   uint64_t epoch() const { return epoch_; }
   // Waiting tasks offered to placement since the start: one per task placed, plus at
@@ -182,6 +190,10 @@ class Engine {
            uint64_t now_ms, const Explanation* explanation = nullptr);
   void Unassign(Task* t);
   void FailUnrunnable(uint64_t now_ms);
+  // Deletes ended tasks past their retention (count, then age), with their keys.
+  void TrimEndedTasks(uint64_t now_ms);
+  // The count of t/ records (and the lowest), from the meta key or, for an older store, a scan.
+  Status RecoverEndedCount(const store::Store* store);
   void PlacePending(uint64_t now_ms);
   static PendingSet::Entry LineOf(const Task& t) { return PendingSet::Entry::Of(t.spec.priority, t.order, t.id); }
   void FlushDispatches();
@@ -261,6 +273,10 @@ class Engine {
   uint64_t self_silences_ = 0;
   uint64_t unauthorized_ = 0;
   EngineStats stats_;
+  uint64_t ended_stored_ = 0;  // t/ records
+  bool ended_stored_persisted_ = false;
+  uint64_t task_trim_from_ = 1;  // ids below it hold no t/ record any more
+  uint64_t tasks_trimmed_ = 0;
   bool fleet_shrank_ = false;
   bool placement_needed_ = false;
 

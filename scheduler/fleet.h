@@ -26,6 +26,7 @@ struct WorkerState {
 
   // Kept by the scheduler.
   bool draining = false;
+  std::string drain_reason;  // fm-ctl drain --reason
   uint64_t last_seen_ms = 0;
   // False for a worker loaded from the store at restart until it registers again: it
   // counts toward eligibility for one liveness window, but gets no new work.

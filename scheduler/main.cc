@@ -40,6 +40,12 @@ int main(int argc, char** argv) {
                  "task output kept for replay, apart from the other events: however much tasks print, "
                  "it never pushes the other events out")
       ->capture_default_str();
+  app.add_option("--task-retention", options.engine.task_retention_count,
+                 "ended tasks kept (fm-ctl task, idempotency keys); older ones are deleted with their keys")
+      ->capture_default_str();
+  std::string task_age = "7d";
+  app.add_option("--task-retention-age", task_age, "ended tasks older than this are deleted with their keys")
+      ->capture_default_str();
   fm::bus::DaemonFlags daemon_flags;
   fm::bus::AddDaemonFlags(app, &daemon_flags);
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
@@ -79,6 +85,17 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.engine.log_retention_bytes = *log_bytes;
+  auto task_age_ms = fm::ParseDurationMs(task_age);
+  if (!task_age_ms.ok() || *task_age_ms < 1000) {
+    spdlog::error("--task-retention-age: {}",
+                  task_age_ms.ok() ? "must be at least 1s" : task_age_ms.status().message());
+    return 2;
+  }
+  options.engine.task_retention_age_ms = *task_age_ms;
+  if (options.engine.task_retention_count == 0) {
+    spdlog::error("--task-retention: must be at least 1");
+    return 2;
+  }
   options.engine.Validate();
   auto buffer = fm::ParseSize(write_buffer);
   if (!buffer.ok() || *buffer < (1u << 20)) {

@@ -23,7 +23,7 @@ void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t,
   auto watcher = t.watcher.empty() ? 0 : fbb.CreateString(t.watcher);
   auto owner = t.owner.empty() ? 0 : fbb.CreateString(t.owner);
   fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
-                                    t.exit_code, watcher, t.order, t.rejected, t.first_seq, owner));
+                                    t.exit_code, watcher, t.order, t.rejected, t.first_seq, owner, t.ended_ms));
   writes->Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 
@@ -35,7 +35,8 @@ void PutWorker(store::WriteBatch* writes, const WorkerState& w) {
   auto reg = wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address),
                                             fbb.CreateString(w.node), w.instance, fbb.CreateString(w.version), w.slots,
                                             hw, labels, 0, caps, w.noop_executor);
-  fbb.Finish(wire::CreateWorkerRecord(fbb, reg, w.draining));
+  fbb.Finish(
+      wire::CreateWorkerRecord(fbb, reg, w.draining, w.drain_reason.empty() ? 0 : fbb.CreateString(w.drain_reason)));
   writes->Put(keys::Worker(w.id),
               std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
@@ -65,6 +66,7 @@ Result<Task> DecodeTask(std::string_view stored, std::string_view key) {
   t.rejected = r.rejected();
   t.first_seq = r.first_seq();
   t.owner = Str(r.owner());
+  t.ended_ms = r.ended_ms();
   return t;
 }
 
@@ -121,6 +123,7 @@ Status ScanWorkers(const store::Store& store, uint64_t now_ms, const std::functi
                           w.labels = codec::FromWire(reg->labels());
                           w.slots = std::max<uint32_t>(reg->slots(), 1);
                           w.draining = rec->draining();
+                          w.drain_reason = Str(rec->drain_reason());
                           w.last_seen_ms = now_ms;
                           w.confirmed = false;
                           visit(std::move(w));

@@ -25,6 +25,7 @@ struct Task {
   int32_t exit_code = 0;
   bool rejected = false;          // refused at submission: never accepted
   uint64_t first_seq = 0;         // its first event's seq
+  uint64_t ended_ms = 0;          // when it ended (0 while not ended)
   bool waiting_for_lost = false;  // told the stream it waits for a lost worker (not stored)
 };
 

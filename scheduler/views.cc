@@ -61,7 +61,8 @@ std::vector<flatbuffers::Offset<wire::WorkerView>> Workers(flatbuffers::FlatBuff
         fbb, fbb.CreateString(w.id), fbb.CreateString(w.node), fbb.CreateString(w.address),
         codec::ToWire(fbb, w.capabilities), codec::ToWire(fbb, w.hardware), codec::ToWire(fbb, w.labels), w.slots,
         w.slots_used, w.confirmed, w.draining, now_ms - std::min(now_ms, w.last_seen_ms), fbb.CreateString(w.version),
-        w.cpus_used, w.memory_used, w.gpus_used, w.noop_executor));
+        w.cpus_used, w.memory_used, w.gpus_used, w.noop_executor,
+        w.drain_reason.empty() ? 0 : fbb.CreateString(w.drain_reason), static_cast<uint32_t>(w.tasks.size())));
   }
   return out;
 }

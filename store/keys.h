@@ -23,6 +23,9 @@ inline constexpr std::string_view kMetaNextSeq = "m/next_seq";    // <u64be>
 // <u64be>, random, written when the store is created: tells this store's task ids from
 // those of a store that replaced it (workers drop their memory of the old ones).
 inline constexpr std::string_view kMetaEpoch = "m/epoch";
+// <u64be>: how many ended tasks (t/) the store holds, for their retention; absent in a
+// store from before it (counted at start, then written).
+inline constexpr std::string_view kMetaEndedTasks = "m/ended_tasks";
 
 inline std::string EncodeU64(uint64_t v) {
   std::string out(8, '\0');

@@ -119,6 +119,12 @@ class Store {
   virtual Result<std::optional<std::string>> Get(std::string_view key) const = 0;
   // Visits keys in [begin, end) in ascending byte order until `visit` returns false.
   virtual Status Scan(std::string_view begin, std::string_view end, const ScanVisitor& visit) const = 0;
+  // Writes a consistent copy of everything written so far into the new directory
+  // `dir`, which a store can be opened from. Error: `dir` exists, cannot be made, or
+  // this store cannot copy itself.
+  virtual Status Checkpoint(const std::string& dir) const {
+    return Status::Unavailable("this store cannot write a copy of itself");
+  }
 };
 
 std::unique_ptr<Store> NewMemStore();

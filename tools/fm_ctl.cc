@@ -1,8 +1,12 @@
 // fm-ctl [--broker URL] [--json] workers | tasks [--state S] [--worker W] [--owner O] [--limit N] | task TASK
-//        | drain WORKER | undrain WORKER | cancel TASK
+//        | drain (WORKER... | --node NODE) [--reason TEXT] [--wait [--deadline D]] | undrain WORKER
+//        | cancel TASK | ping | snapshot DIR
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <deque>
+#include <map>
+#include <thread>
 
 #include "broker/logging.h"
 #include "schemas/json.h"
@@ -53,6 +57,94 @@ void PrintJsonArray(fm::JsonCodec& codec, const flatbuffers::Vector<flatbuffers:
   std::printf("]\n");
 }
 
+// One control request and its reply (kept in `storage`). Error: no answer in time, or
+// the scheduler said no (its message).
+fm::Result<const fm::wire::ControlReply*> Control(fm::tools::ToolClient& client, fm::wire::ControlOp op,
+                                                  const std::string& target, int timeout_ms,
+                                                  std::deque<zmq::message_t>* storage, const std::string& reason = "",
+                                                  const std::string& worker = "") {
+  static uint64_t correlation = 1000;
+  flatbuffers::FlatBufferBuilder fbb(256);
+  std::string request = fm::codec::Seal(
+      fbb, fm::wire::CreateControlRequestDirect(fbb, op, target.empty() ? nullptr : target.c_str(), ++correlation, 0, 0,
+                                                nullptr, worker.empty() ? nullptr : worker.c_str(), nullptr,
+                                                reason.empty() ? nullptr : reason.c_str()));
+  auto reply = client.Call(request, fm::wire::Body::ControlReply, timeout_ms, &storage->emplace_back());
+  if (!reply.ok()) return reply.status();
+  const auto* r = (*reply)->body_as_ControlReply();
+  if (!r->ok()) return fm::Status::Invalid(fm::codec::Str(r->message()));
+  return r;
+}
+
+// fm-ctl drain: the workers named (or every worker of --node), then with --wait until
+// they hold no task; past --deadline the tasks still there are cancelled.
+int Drain(fm::tools::ToolClient& client, std::vector<std::string> targets, const std::string& node,
+          const std::string& reason, bool wait, int64_t deadline_ms, int timeout_ms) {
+  std::deque<zmq::message_t> storage;
+  auto held = [&](std::map<std::string, uint32_t>* tasks) -> fm::Status {
+    auto r = Control(client, fm::wire::ControlOp::Workers, "", timeout_ms, &storage);
+    if (!r.ok()) return r.status();
+    tasks->clear();
+    if ((*r)->workers()) {
+      for (const auto* w : *(*r)->workers()) {
+        if (!node.empty() && fm::codec::Str(w->node()) != node) continue;
+        (*tasks)[fm::codec::Str(w->id())] = w->tasks();
+      }
+    }
+    return fm::Status::Ok();
+  };
+  std::map<std::string, uint32_t> tasks;
+  if (!node.empty()) {
+    if (fm::Status s = held(&tasks); !s.ok()) {
+      std::fprintf(stderr, "fm-ctl: %s\n", s.message().c_str());
+      return 1;
+    }
+    if (tasks.empty()) {
+      std::fprintf(stderr, "fm-ctl: no live worker on node \"%s\"\n", node.c_str());
+      return 1;
+    }
+    for (const auto& [id, n] : tasks) targets.push_back(id);
+  }
+  for (const auto& id : targets) {
+    auto r = Control(client, fm::wire::ControlOp::Drain, id, timeout_ms, &storage, reason);
+    if (!r.ok()) {
+      std::fprintf(stderr, "fm-ctl: %s\n", r.status().message().c_str());
+      return 1;
+    }
+    std::printf("%s\n", fm::codec::Str((*r)->message()).c_str());
+  }
+  if (!wait) return 0;
+  auto start = std::chrono::steady_clock::now();
+  bool cancelled = false;
+  for (;;) {
+    if (fm::Status s = held(&tasks); !s.ok()) {
+      std::fprintf(stderr, "fm-ctl: %s\n", s.message().c_str());
+      return 1;
+    }
+    size_t left = 0;
+    for (const auto& id : targets) left += tasks.count(id) ? tasks[id] : 0;  // a worker gone holds nothing
+    if (left == 0) break;
+    auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+    if (deadline_ms >= 0 && waited.count() >= deadline_ms && !cancelled) {
+      cancelled = true;
+      for (const auto& id : targets) {
+        auto page = Control(client, fm::wire::ControlOp::Tasks, "", timeout_ms, &storage, "", id);
+        if (!page.ok() || !(*page)->tasks()) continue;
+        for (const auto* t : *(*page)->tasks()) {
+          std::string state = fm::codec::Str(t->state());
+          if (state != "queued" && state != "running") continue;
+          auto c = Control(client, fm::wire::ControlOp::Cancel, fm::codec::Str(t->task()), timeout_ms, &storage);
+          std::printf("deadline passed: %s on %s: %s\n", fm::codec::Str(t->task()).c_str(), id.c_str(),
+                      c.ok() ? fm::codec::Str((*c)->message()).c_str() : c.status().message().c_str());
+        }
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // polling the scheduler, not a test
+  }
+  for (const auto& id : targets) std::printf("drained %s: no task left\n", id.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -76,7 +168,18 @@ int main(int argc, char** argv) {
   auto* task = app.add_subcommand("task", "one task: its spec, attempts, why it waits, and its events");
   task->add_option("task", target, "task id (t42)")->required();
   auto* drain = app.add_subcommand("drain", "stop new work to a worker; its running tasks finish");
-  drain->add_option("worker", target, "worker id")->required();
+  std::vector<std::string> drain_workers;
+  std::string drain_node, drain_reason, drain_deadline;
+  bool drain_wait = false;
+  drain->add_option("worker", drain_workers, "worker ids");
+  drain->add_option("--node", drain_node, "every worker on this node");
+  drain->add_option("--reason", drain_reason, "why (shown by fm-ctl workers and on the event stream)");
+  drain->add_flag("--wait", drain_wait, "return once the workers hold no task");
+  drain->add_option("--deadline", drain_deadline,
+                    "with --wait: cancel the tasks still there after this long (e.g. 10m)");
+  auto* snapshot = app.add_subcommand(
+      "snapshot", "write a consistent copy of the scheduler's store into a new directory on the scheduler's host");
+  snapshot->add_option("dir", target, "absolute path of a directory that does not exist yet")->required();
   auto* undrain = app.add_subcommand("undrain", "let a drained worker take new work again");
   undrain->add_option("worker", target, "worker id")->required();
   auto* cancel = app.add_subcommand("cancel", "cancel a task");
@@ -85,13 +188,36 @@ int main(int argc, char** argv) {
   for (auto* sub : {workers, tasks, task}) sub->add_flag("--json", json, "print JSON");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-ctl", argc, argv); rc >= 0) return rc;
 
-  fm::wire::ControlOp op = ping->parsed()      ? fm::wire::ControlOp::Ping
-                           : workers->parsed() ? fm::wire::ControlOp::Workers
-                           : tasks->parsed()   ? fm::wire::ControlOp::Tasks
-                           : task->parsed()    ? fm::wire::ControlOp::Task
-                           : drain->parsed()   ? fm::wire::ControlOp::Drain
-                           : undrain->parsed() ? fm::wire::ControlOp::Undrain
-                                               : fm::wire::ControlOp::Cancel;
+  if (drain->parsed() && drain_workers.empty() == drain_node.empty()) {
+    std::fprintf(stderr, "fm-ctl: drain: name workers or --node NODE (one of the two)\n");
+    return 2;
+  }
+  if (drain->parsed() && !drain_deadline.empty() && !drain_wait) {
+    std::fprintf(stderr, "fm-ctl: drain: --deadline needs --wait\n");
+    return 2;
+  }
+  int64_t deadline_ms = -1;
+  if (!drain_deadline.empty()) {
+    auto d = fm::ParseDurationMs(drain_deadline);
+    if (!d.ok()) {
+      std::fprintf(stderr, "fm-ctl: --deadline: %s\n", d.status().message().c_str());
+      return 2;
+    }
+    deadline_ms = static_cast<int64_t>(*d);
+  }
+  if (snapshot->parsed() && (target.empty() || target[0] != '/')) {
+    std::fprintf(stderr, "fm-ctl: snapshot: \"%s\" is not an absolute path (the scheduler writes it on its host)\n",
+                 target.c_str());
+    return 2;
+  }
+  fm::wire::ControlOp op = ping->parsed()       ? fm::wire::ControlOp::Ping
+                           : snapshot->parsed() ? fm::wire::ControlOp::Snapshot
+                           : workers->parsed()  ? fm::wire::ControlOp::Workers
+                           : tasks->parsed()    ? fm::wire::ControlOp::Tasks
+                           : task->parsed()     ? fm::wire::ControlOp::Task
+                           : drain->parsed()    ? fm::wire::ControlOp::Drain
+                           : undrain->parsed()  ? fm::wire::ControlOp::Undrain
+                                                : fm::wire::ControlOp::Cancel;
   auto timeout_ms = fm::ParseDurationMs(timeout);
   if (!timeout_ms.ok()) {
     std::fprintf(stderr, "fm-ctl: --timeout: %s\n", timeout_ms.status().message().c_str());
@@ -101,6 +227,10 @@ int main(int argc, char** argv) {
   if (!client.ok()) {
     std::fprintf(stderr, "fm-ctl: %s\n", client.status().message().c_str());
     return 2;
+  }
+  if (drain->parsed()) {
+    return Drain(**client, drain_workers, drain_node, drain_reason, drain_wait, deadline_ms,
+                 static_cast<int>(*timeout_ms));
   }
   // One request; for tasks, pages follow one another until the last (or --limit).
   uint64_t after = 0, correlation = 0;
@@ -156,7 +286,10 @@ int main(int argc, char** argv) {
         const auto* hw = w->hardware();
         std::string liveness = w->live() ? "live" : "unconfirmed";
         liveness += " (" + std::to_string(w->last_seen_ms_ago()) + " ms ago)";
-        if (w->draining()) liveness += ", draining";
+        if (w->draining()) {
+          liveness += ", draining";
+          if (w->drain_reason() && w->drain_reason()->size()) liveness += " (" + w->drain_reason()->str() + ")";
+        }
         if (w->noop_executor()) liveness += ", NOOP EXECUTOR (runs nothing)";
         rows.push_back({fm::codec::Str(w->id()), fm::codec::Str(w->node()), caps.empty() ? "-" : Join(caps, ","),
                         fm::FormatCpus(w->cpus_milli_used()) + "/" + fm::FormatCpus(hw ? hw->cpus_milli() : 0),

@@ -15,6 +15,7 @@
 #include "tests/integration/harness.h"
 
 using Catch::Matchers::Contains;
+using Catch::Matchers::Equals;
 using namespace fm::test;
 
 namespace {
@@ -126,7 +127,8 @@ TEST_CASE("every daemon serves Prometheus metrics that count what happened, read
   CHECK_THAT(clash->Stderr(), Contains("--metrics-listen " + taken + ": cannot listen"));
 }
 
-TEST_CASE("--check-config validates options and the files they name without starting; exit 0 or 2", "[integration]") {
+TEST_CASE("a daemon given --check-config validates options and the files they name without starting, exit 0 or 2",
+          "[integration]") {
   TempDir dir;
   for (const char* name : {"fm-broker", "fm-scheduler", "fm-worker"}) {
     INFO(name);
@@ -157,8 +159,9 @@ TEST_CASE("--check-config validates options and the files they name without star
   CHECK_THAT(worker.err, Contains("--label"));
 }
 
-TEST_CASE("--log-format json writes one object a line with level, process, message and the task it names",
-          "[integration]") {
+TEST_CASE(
+    "a daemon given --log-format json writes one object a line with level, process, message and the task it names",
+    "[integration]") {
   int base = PickPortBase();
   auto broker =
       Process::Start({Bin("fm-broker"), "--bind", "tcp://127.0.0.1:" + std::to_string(base), "--log-format", "json"});
@@ -213,4 +216,94 @@ TEST_CASE("under systemd a daemon says READY=1 once serving, pings the watchdog 
   CHECK(last == "STOPPING=1");
   CHECK(broker->Wait(10000) == 0);
   close(fd);
+}
+
+TEST_CASE(
+    "fm-ctl drain takes a reason, waits until the worker holds nothing, cancels what is left at the deadline, and "
+    "drains every worker of a node",
+    "[integration]") {
+  Cluster c;
+  c.StartWorker("w1", {"--node", "rack1"});
+  ToolRun first = c.Submit(R"({"command":["sleep","1"]})"
+                           "\n");
+  REQUIRE(c.WaitEvent("task.started"));
+  ToolRun drained = c.Ctl({"drain", "w1", "--reason", "kernel upgrade", "--wait"});
+  CHECK(drained.exit_code == 0);
+  REQUIRE(drained.lines.size() == 2);
+  CHECK(drained.lines[0] == "draining w1");
+  CHECK(drained.lines[1] == "drained w1: no task left");
+  CHECK(c.WaitEvent("task.succeeded"));  // it finished: drain never kills by itself
+  CHECK(c.WaitEvent("takes no new tasks (kernel upgrade)"));
+  ToolRun workers = c.Ctl({"workers"});
+  REQUIRE(workers.lines.size() == 2);
+  CHECK_THAT(workers.lines[1], Contains("draining (kernel upgrade)"));
+
+  // A task that would outlast the deadline is cancelled there; --node finds the worker.
+  CHECK(c.Ctl({"undrain", "w1"}).exit_code == 0);
+  c.Submit(R"({"command":["sleep","60"]})"
+           "\n");
+  REQUIRE(c.WaitEvent("task.started", 10000, 2));
+  ToolRun forced = c.Ctl({"drain", "--node", "rack1", "--wait", "--deadline", "1s"});
+  CHECK(forced.exit_code == 0);
+  CHECK_THAT(forced.lines.back(), Equals("drained w1: no task left"));
+  std::string all;
+  for (const auto& l : forced.lines) all += l + "\n";
+  CHECK_THAT(all, Contains("deadline passed: t2 on w1: cancelled t2"));
+  CHECK(c.WaitEvent("task.cancelled"));
+
+  ToolRun none = c.Ctl({"drain", "--node", "rack9"});
+  CHECK(none.exit_code == 1);
+  CHECK_THAT(none.err, Contains("no live worker on node \"rack9\""));
+  ToolRun both = c.Ctl({"drain"});
+  CHECK(both.exit_code == 2);
+}
+
+TEST_CASE(
+    "fm-ctl snapshot under load writes a consistent copy that a scheduler starts from, with every task acknowledged "
+    "before it",
+    "[integration]") {
+  TempDir out;
+  std::string snap = out.path() + "/snap";
+  {
+    Cluster c;
+    c.StartWorker("w", {"--noop-executor"});
+    std::string before;
+    for (int i = 0; i < 100; ++i)
+      before += R"({"command":["true"]})"
+                "\n";
+    ToolRun acked = c.Submit(before, {"--wait"});
+    REQUIRE(acked.lines.size() == 100);
+    // Load while the snapshot is written: a second submitter, not waited for.
+    std::string load;
+    for (int i = 0; i < 3000; ++i)
+      load += R"({"command":["true"]})"
+              "\n";
+    auto submitter = Process::Start({Bin("fm-submit"), "--broker", c.broker()}, load);
+    REQUIRE(c.WaitEvent("task.submitted", 20000, 150));
+    ToolRun taken = c.Ctl({"snapshot", snap});
+    CHECK(taken.exit_code == 0);
+    REQUIRE(taken.lines.size() == 1);
+    CHECK_THAT(taken.lines[0], Contains("snapshot written to " + snap) && Contains("--data " + snap));
+    CHECK(submitter->Wait(60000) == 0);
+    // The directory exists now: a second snapshot there is refused, naming it.
+    ToolRun again = c.Ctl({"snapshot", snap});
+    CHECK(again.exit_code == 1);
+    CHECK_THAT(again.err, Contains(snap + " exists already"));
+    ToolRun relative = c.Ctl({"snapshot", "snap"});
+    CHECK(relative.exit_code == 2);
+  }
+  // A scheduler started from the copy has every task acknowledged before it, ended as
+  // it was, and the events up to the snapshot (some of the load's among them).
+  Cluster restored({"--liveness", "2s"}, snap);
+  for (int id = 1; id <= 100; ++id) {
+    ToolRun t = restored.Ctl({"task", "t" + std::to_string(id)});
+    INFO(id);
+    REQUIRE(t.exit_code == 0);
+    CHECK_THAT(t.lines[1], Contains("succeeded"));
+  }
+  ToolRun ping = restored.Ctl({"ping"});
+  REQUIRE(ping.exit_code == 0);
+  std::smatch m;
+  REQUIRE(std::regex_search(ping.lines[0], m, std::regex("event seq ([0-9]+)")));
+  CHECK(std::stoull(m[1].str()) > 200);
 }

@@ -720,3 +720,49 @@ TEST_CASE("a lost worker back within the reconnect grace runs the tasks that wai
   Turn t = h.Register({"gpu", {"gpu"}, 4, 8 * GiB, 1, {}, 2});
   CHECK(t.Dispatched(Harness::Address("gpu", 2)) == std::vector<uint64_t>{id});
 }
+
+TEST_CASE(
+    "ended tasks and their submission keys are deleted past the task retention count and age, oldest first, and the "
+    "count survives a restart",
+    "[unit]") {
+  EngineOptions options;
+  options.task_retention_count = 5;
+  options.task_retention_age_ms = 60'000;
+  Harness h(options);
+  h.Register({"w", {}, 16, 8 * GiB, 16});
+  for (int i = 1; i <= 10; ++i) {
+    TaskSpec spec = NewTask();
+    spec.key = "k" + std::to_string(i);
+    h.Submit({spec});
+  }
+  for (uint64_t id = 1; id <= 10; ++id) {
+    h.Started(id, 1, "w");
+    h.Finished(id, 1, "w", wire::Outcome::Succeeded);
+  }
+  CHECK(h.engine().stored_ended_tasks() == 10);
+  h.Tick(100);
+  CHECK(h.engine().stored_ended_tasks() == 5);
+  CHECK(h.engine().tasks_trimmed() == 5);
+  auto present = [&](uint64_t id) { return h.store().Get(store::keys::Task(id))->has_value(); };
+  auto keyed = [&](const std::string& key) { return h.store().Get(store::keys::ClientKey(key))->has_value(); };
+  for (uint64_t id = 1; id <= 5; ++id) CHECK_FALSE(present(id));
+  for (uint64_t id = 6; id <= 10; ++id) CHECK(present(id));
+  CHECK_FALSE(keyed("k1"));
+  CHECK(keyed("k6"));
+  // A deleted key is free again: a new task. A kept one still answers with its task.
+  TaskSpec again = NewTask();
+  again.key = "k1";
+  CHECK(OnlyResult(h.Submit({again}))->task() == 11);
+  again.key = "k6";
+  CHECK(OnlyResult(h.Submit({again}))->task() == 6);
+
+  h.Restart(options);
+  CHECK(h.engine().stored_ended_tasks() == 5);
+  // Age: a minute later the tasks that ended before are gone; task 11, which ended in
+  // that minute (its worker never came back after the restart), stays with its key.
+  h.Tick(61'000);
+  CHECK(h.engine().stored_ended_tasks() == 1);
+  for (uint64_t id = 6; id <= 10; ++id) CHECK_FALSE(present(id));
+  CHECK(present(11));
+  CHECK(keyed("k1"));
+}

@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 
 #include "broker/logging.h"
 #include "broker/loop.h"
@@ -15,7 +16,9 @@ int main(int argc, char** argv) {
   CLI::App app{"fm-scheduler: places tasks on workers that can run them"};
   app.add_option("--broker", options.broker, "root broker (default $FM_BROKER or tcp://127.0.0.1:5550)")
       ->capture_default_str();
-  app.add_option("--data", options.data_dir, "data directory (RocksDB store)")->capture_default_str();
+  auto* data = app.add_option("--data", options.data_dir,
+                              "data directory (RocksDB store); default under systemd: $STATE_DIRECTORY")
+                   ->capture_default_str();
   std::string liveness = "5s", placement = "spread";
   app.add_option("--liveness", liveness, "a worker unheard for this long is lost")->capture_default_str();
   app.add_option("--placement", placement, "spread (least loaded) or binpack")->capture_default_str();
@@ -52,6 +55,11 @@ int main(int argc, char** argv) {
   fm::bus::AddSecurityFlags(app, &options.cert, &options.broker_cert);
   fm::bus::EnvironmentFallbacks(app, "FM_SCHEDULER_");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-scheduler", argc, argv); rc >= 0) return rc;
+  // Under systemd (StateDirectory=fm) the store goes where the unit says, unless a flag,
+  // the config file or FM_SCHEDULER_DATA named a directory.
+  if (const char* state = std::getenv("STATE_DIRECTORY"); state != nullptr && *state != '\0' && data->count() == 0) {
+    options.data_dir = std::string(state).substr(0, std::string(state).find(':'));
+  }
   if (fm::Status s = fm::bus::InitLogging("fm-scheduler", daemon_flags.log_level, daemon_flags.log_format); !s.ok()) {
     std::fprintf(stderr, "fm-scheduler: %s\n", s.message().c_str());
     return 2;

@@ -12,9 +12,14 @@
 //  - the cost of CURVE: dispatch throughput and the one-task round trip on a cluster
 //    with certificates on every link against the same cluster keyless, alternating
 //    in the same run (part "curve").
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -161,6 +166,7 @@ class Bench {
     return *workers_.back();
   }
   Process& broker_process() { return *broker_proc_; }
+  std::string data_dir() const { return dir_.path() + "/data"; }
   double WorkersCpuSeconds() {
     double sum = 0;
     for (auto& w : workers_) sum += CpuSeconds(w->pid());
@@ -509,6 +515,101 @@ void CurveCost(int tasks, int samples, int rounds) {
   Report("curve_round_trip_ratio_on_over_off", rt_curve / rt_plain, "x");
 }
 
+// GET http://127.0.0.1:PORT/metrics; the body's size (0 on failure).
+size_t Scrape(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  size_t got = 0;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    const char req[] = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (write(fd, req, sizeof req - 1) == static_cast<ssize_t>(sizeof req - 1)) {
+      char buf[65536];
+      for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) got += static_cast<size_t>(n);
+    }
+  }
+  close(fd);
+  return got;
+}
+
+// The price of metrics: the same dispatch run with the scheduler's and workers'
+// --metrics-listen scraped ten times a second, and without, alternating rounds.
+void MetricsCost(int tasks, int rounds) {
+  std::map<bool, std::vector<double>> rate;
+  for (int round = 0; round < rounds; ++round) {
+    for (bool metrics : {false, true}) {
+      std::vector<std::string> args;
+      if (metrics) args = {"--metrics-listen", "127.0.0.1:0"};
+      Bench b(4, args);
+      std::atomic<bool> done{false};
+      std::atomic<int> scrapes{0};
+      std::thread scraper;
+      if (metrics) {
+        if (!b.scheduler().WaitFor("metrics on http://", 10000, 1, true)) {
+          std::fprintf(stderr, "the scheduler serves no metrics\n");
+          std::exit(1);
+        }
+        std::string err = b.scheduler().Stderr();
+        size_t at = err.find("metrics on http://127.0.0.1:");
+        int port = std::atoi(err.c_str() + at + std::strlen("metrics on http://127.0.0.1:"));
+        scraper = std::thread([&, port] {
+          while (!done) {  // bounded by the run below
+            if (Scrape(port) > 0) ++scrapes;
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          }
+        });
+      }
+      Piped piped = PipeTasks(b, tasks, /*window=*/20, {}, 120);
+      done = true;
+      if (scraper.joinable()) scraper.join();
+      rate[metrics].push_back(piped.ended / piped.seconds);
+      std::printf("  round %d metrics %s: %.0f tasks/s (%d scrapes)\n", round + 1, metrics ? "on" : "off",
+                  rate[metrics].back(), scrapes.load());
+    }
+  }
+  double off = Percentile(rate[false], 50), on = Percentile(rate[true], 50);
+  Report("metrics_off_dispatch_tasks_per_s_4_workers", off, "tasks/s");
+  Report("metrics_on_dispatch_tasks_per_s_4_workers", on, "tasks/s");
+  Report("metrics_dispatch_ratio_on_over_off", on / off, "x");
+}
+
+uint64_t DirBytes(const std::string& dir) {
+  uint64_t total = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_regular_file(ec)) total += it->file_size(ec);
+  }
+  return total;
+}
+
+// The store over a long run: `tasks` tasks through one noop worker with the task
+// retention at `keep`; the store's size on disk as the run goes. Bounded means the size
+// stops growing once the retention is reached, however many tasks follow.
+void StoreGrowth(int tasks, int keep) {
+  Bench b(1, {"--task-retention", std::to_string(keep), "--event-retention", std::to_string(keep)});
+  int next_mark = tasks / 10;
+  std::vector<std::pair<int, uint64_t>> marks;
+  Piped piped = PipeTasks(b, tasks, /*window=*/20, {}, 900, [&](int, int ended) {
+    if (ended >= next_mark) {
+      marks.emplace_back(ended, DirBytes(b.data_dir()));
+      std::printf("  %d tasks ended: store %.1f MiB, scheduler rss %.0f MiB\n", ended, marks.back().second / 1048576.0,
+                  fm::test::ResidentBytes(b.scheduler().pid()) / 1048576.0);
+      next_mark += tasks / 10;
+    }
+  });
+  Report("store_growth_tasks_ended", piped.ended, "tasks");
+  Report("store_growth_dispatch_tasks_per_s", piped.ended / piped.seconds, "tasks/s");
+  if (marks.size() >= 2) {
+    Report("store_bytes_at_first_tenth", static_cast<double>(marks.front().second), "bytes");
+    Report("store_bytes_at_end", static_cast<double>(marks.back().second), "bytes");
+    Report("store_growth_end_over_first_tenth", static_cast<double>(marks.back().second) / marks.front().second, "x");
+  }
+  Report("store_growth_scheduler_rss", static_cast<double>(fm::test::ResidentBytes(b.scheduler().pid())), "bytes");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -534,5 +635,7 @@ int main(int argc, char** argv) {
   }
   if (want("backlog")) Backlog(tiny ? 2000 : 1000000);
   if (want("curve")) CurveCost(tiny ? 200 : 50000, tiny ? 5 : 200, tiny ? 1 : 3);
+  if (want("metrics")) MetricsCost(tiny ? 200 : 50000, tiny ? 1 : 3);
+  if (want("store")) StoreGrowth(tiny ? 5000 : 1000000, tiny ? 1000 : 100000);
   return 0;
 }

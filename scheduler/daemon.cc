@@ -8,6 +8,7 @@
 
 #include "schemas/codec.h"
 #include "schemas/vocabulary.h"
+#include "store/keys.h"
 
 namespace fm::sched {
 namespace {
@@ -236,6 +237,19 @@ void SchedulerDaemon::SendOut(Outbox& out) {
   for (const auto& snapshot : out.snapshots) Snapshot(snapshot);
 }
 
+// A scheduler started from a copy must not be taken for this one: task ids after the
+// copy will be given again, and a worker that remembers an id from this store would
+// answer a new task with an old result. A new epoch makes workers drop that memory
+// (tasks running at the copy run again: at least once).
+Status SchedulerDaemon::NewEpoch(const std::string& store_dir) {
+  auto copy = store::OpenRocksStore(store_dir, options_.store);
+  if (!copy.ok()) return copy.status();
+  std::random_device rd;
+  store::WriteBatch batch;
+  batch.Put(store::keys::kMetaEpoch, store::keys::EncodeU64(((static_cast<uint64_t>(rd()) << 32) | rd()) | 1));
+  return (*copy)->Write(batch, /*sync=*/true);
+}
+
 void SchedulerDaemon::Snapshot(const SnapshotRequest& request) {
   auto started = std::chrono::steady_clock::now();
   std::string dir = request.dir;
@@ -248,6 +262,7 @@ void SchedulerDaemon::Snapshot(const SnapshotRequest& request) {
     s = Status::Io("cannot make " + dir + ": " + ec.message());
   } else {
     s = store_->Checkpoint(dir + "/store");
+    if (s.ok()) s = NewEpoch(dir + "/store");
     if (!s.ok()) std::filesystem::remove_all(dir, ec);
   }
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count();

@@ -93,6 +93,8 @@ class SchedulerDaemon {
   // fm-ctl snapshot: a checkpoint of the store, then the reply. On the loop thread: the
   // table files are hard links and the WAL a copy, so it takes milliseconds to seconds.
   void Snapshot(const SnapshotRequest& request);
+  // Gives the store copy in `store_dir` an epoch of its own.
+  Status NewEpoch(const std::string& store_dir);
   // Starts a commit of what was gathered, if none is in flight.
   void Commit();
   void Committed(const Status& status);

@@ -393,8 +393,13 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
   const WorkerState* known = fleet_.Find(id);
   // A drain is the operator's word about the worker, not about one process of it: a
   // restart in the middle of maintenance must not bring it back into service.
-  const bool was_draining = known && known->draining;
-  const std::string drain_reason = known ? known->drain_reason : std::string();
+  const WorkerState* before = known;
+  if (!before) {
+    auto lost = lost_.find(id);
+    if (lost != lost_.end()) before = &lost->second.shape;
+  }
+  const bool was_draining = before && before->draining;
+  const std::string drain_reason = before ? before->drain_reason : std::string();
   if (known && known->instance != reg.instance()) {
     if (known->confirmed && known->node == Str(reg.node())) {
       // The worker restarted on its node (its old instance was killed or hangs): the new

@@ -237,6 +237,12 @@ TEST_CASE(
   ToolRun workers = c.Ctl({"workers"});
   REQUIRE(workers.lines.size() == 2);
   CHECK_THAT(workers.lines[1], Contains("draining (kernel upgrade)"));
+  // The drain is about the worker, not one process of it: a restart keeps it.
+  c.KillWorker("w1", SIGKILL);
+  c.RestartWorker("w1");
+  workers = c.Ctl({"workers"});
+  REQUIRE(workers.lines.size() == 2);
+  CHECK_THAT(workers.lines[1], Contains("draining (kernel upgrade)"));
 
   // A task that would outlast the deadline is cancelled there; --node finds the worker.
   CHECK(c.Ctl({"undrain", "w1"}).exit_code == 0);

@@ -94,8 +94,10 @@ pids+=($!)
 pids+=($!)
 "$root/usr/bin/fm-worker" --config "$root/etc/fm/worker.conf" --broker "$url" --id pkg-worker 2>"$work/worker.log" &
 pids+=($!)
-for _ in $(seq 1 100); do
+deadline=$((SECONDS + 60))  # polled: registration takes well under a second when the machine is idle
+while [ $SECONDS -lt $deadline ]; do
   "$root/usr/bin/fm-ctl" --broker "$url" --timeout 1s workers 2>/dev/null | grep -q "^pkg-worker " && break
+  sleep 0.2
 done
 "$root/usr/bin/fm-ctl" --broker "$url" workers | grep -q "^pkg-worker " || {
   cat "$work"/*.log >&2

@@ -79,7 +79,8 @@ class JsonSink : public spdlog::sinks::base_sink<std::mutex> {
   void flush_() override { std::fflush(stderr); }
 
  private:
-  static std::string Escaped(const std::string& s) {
+  static std::string Escaped(const std::string& raw) {
+    std::string s = ValidUtf8(raw);
     std::string out;
     for (unsigned char c : s) {
       if (c == '"' || c == '\\') {
@@ -91,6 +92,24 @@ class JsonSink : public spdlog::sinks::base_sink<std::mutex> {
         out += buf;
       } else {
         out += static_cast<char>(c);
+      }
+    }
+    return out;
+  }
+  // Invalid UTF-8 (a peer's bytes in a message) as U+FFFD: every line stays valid JSON.
+  static std::string ValidUtf8(const std::string& s) {
+    std::string out;
+    for (size_t i = 0; i < s.size();) {
+      unsigned char c = static_cast<unsigned char>(s[i]);
+      size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+      bool ok = n > 0 && i + n <= s.size();
+      for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(s[i + k]) >> 6) == 0x2;
+      if (ok) {
+        out.append(s, i, n);
+        i += n;
+      } else {
+        out += "\xef\xbf\xbd";
+        ++i;
       }
     }
     return out;
@@ -131,7 +150,11 @@ class JournalSink : public spdlog::sinks::base_sink<std::mutex> {
     if (!fields.worker.empty()) parts.push_back("FM_WORKER=" + fields.worker);
     std::vector<iovec> iov;
     for (auto& p : parts) iov.push_back({p.data(), p.size()});
-    sd_journal_sendv(iov.data(), static_cast<int>(iov.size()));
+    if (sd_journal_sendv(iov.data(), static_cast<int>(iov.size())) < 0) {
+      // No journal to take it (a container, journald down): never lose the line.
+      std::string line = process_ + ": " + text + "\n";
+      std::fwrite(line.data(), 1, line.size(), stderr);
+    }
   }
   void flush_() override {}
 

@@ -113,6 +113,9 @@ void Loop::Settle() {
     if (work_) {
       work_ = false;
       if (turn_end_) turn_end_();
+      // Under sustained input the rounds go on without libuv's timers and wakeups: what
+      // must not wait for a quiet moment (the watchdog, scrapes) runs here too.
+      for (auto& fn : each_round_) fn();
       continue;  // sending may have made sockets readable without a new edge
     }
     break;

@@ -43,6 +43,9 @@ class Loop {
   void OnTurnEnd(std::function<void()> fn) { turn_end_ = std::move(fn); }
   // Stops on SIGINT or SIGTERM (and calls `fn` first, if given).
   void StopOnSignals(std::function<void(int)> fn = {});
+  // Also called after every round of a busy loop (cheap checks only: the systemd
+  // watchdog, a waiting scrape), which otherwise wait for the loop to go idle.
+  void EachRound(std::function<void()> fn) { each_round_.push_back(std::move(fn)); }
   // Marks the current turn as having work (for callbacks outside Watch/Every).
   void MarkWork() { work_ = true; }
 
@@ -70,6 +73,7 @@ class Loop {
   std::vector<std::unique_ptr<Watched>> watched_;
   std::vector<std::unique_ptr<Timer>> timers_;
   std::function<void()> turn_end_;
+  std::vector<std::function<void()>> each_round_;
   std::function<void(int)> on_signal_;
   bool work_ = false;
   bool settling_ = false;

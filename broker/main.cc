@@ -64,6 +64,12 @@ int main(int argc, char** argv) {
   zmq::context_t context(1);
   if (daemon.check_config) {
     fm::bus::Broker checked(context, options);
+    if (!daemon.metrics_listen.empty()) {
+      if (fm::Status s = fm::ops::CheckListen(daemon.metrics_listen); !s.ok()) {
+        spdlog::error("{}", s.message());
+        return 2;
+      }
+    }
     if (fm::Status s = checked.Configure(); !s.ok()) {
       spdlog::error("{}", s.message());
       return 2;
@@ -94,7 +100,7 @@ int main(int argc, char** argv) {
                                                [&broker](fm::ops::Sheet& sheet) { broker.Metrics(sheet); });
   if (!metrics.ok()) {
     spdlog::error("{}", metrics.status().message());
-    return 1;
+    return metrics.status().code() == fm::Status::Code::kInvalid ? 2 : 1;
   }
   fm::ops::Systemd systemd(loop);
   systemd.Ready("routing on " + options.bind);

@@ -86,15 +86,25 @@ MetricsServer::MetricsServer(bus::Loop& loop, Collect collect) : collect_(std::m
   uv_async_init(loop.uv(), async_, [](uv_async_t* h) { static_cast<MetricsServer*>(h->data)->Serve(); });
   async_->data = this;
   uv_unref(reinterpret_cast<uv_handle_t*>(async_));
+  // A scrape waits for the loop: a loop busy with input answers between rounds.
+  loop.EachRound([self = self_] {
+    if (*self) (*self)->Serve();
+  });
+}
+
+Status CheckListen(const std::string& listen) {
+  size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == listen.size() || listen.size() - colon > 6 ||
+      listen.find_first_not_of("0123456789", colon + 1) != std::string::npos ||
+      std::stoul(listen.substr(colon + 1)) > 65535) {
+    return Status::Invalid("--metrics-listen \"" + listen + "\": use HOST:PORT, e.g. 127.0.0.1:9102");
+  }
+  return Status::Ok();
 }
 
 Result<std::unique_ptr<MetricsServer>> MetricsServer::Start(bus::Loop& loop, const std::string& listen,
                                                             Collect collect) {
-  size_t colon = listen.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == listen.size() ||
-      listen.find_first_not_of("0123456789", colon + 1) != std::string::npos) {
-    return Status::Invalid("--metrics-listen \"" + listen + "\": use HOST:PORT, e.g. 127.0.0.1:9102");
-  }
+  if (Status s = CheckListen(listen); !s.ok()) return s;
   std::unique_ptr<MetricsServer> server(new MetricsServer(loop, std::move(collect)));
   try {
     server->exposer_ = std::make_unique<prometheus::Exposer>(
@@ -121,6 +131,7 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::Serve(bus::Loop& loop, con
 }
 
 MetricsServer::~MetricsServer() {
+  *self_ = nullptr;
   {
     std::lock_guard lock(mu_);
     closing_ = true;
@@ -163,7 +174,19 @@ void Systemd::Ready(const std::string& status) {
   if (!watchdog_ && sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
     watchdog_ = true;
     // From the loop: a loop that stops turning stops the pings, and systemd restarts it.
-    loop_.Background(std::max<uint64_t>(usec / 2000, 1), [] { sd_notify(0, "WATCHDOG=1"); });
+    // A timer when idle, and after each round when input never lets it go idle.
+    const uint64_t every_ms = std::max<uint64_t>(usec / 2000, 1);
+    auto ping = [this, every_ms] {
+      uint64_t now = uv_now(loop_.uv());
+      if (now - last_ping_ms_ < every_ms / 2) return;
+      last_ping_ms_ = now;
+      sd_notify(0, "WATCHDOG=1");
+    };
+    loop_.Background(every_ms, ping);
+    loop_.EachRound([this, ping] {
+      uv_update_time(loop_.uv());
+      ping();
+    });
   }
 }
 
@@ -209,8 +232,17 @@ static std::string TokenAfter(const std::string& message, const std::string& wor
 
 LogFields FieldsOf(const std::string& message) {
   LogFields f;
-  f.task = TokenAfter(message, "task ", "0123456789");
-  f.worker = TokenAfter(message, "worker ", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:@-");
+  // Tasks are named t42 (and "task 42" in places).
+  f.task = TokenAfter(message, "task t", "0123456789");
+  if (f.task.empty()) f.task = TokenAfter(message, "task ", "0123456789");
+  const char* id_chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:@-";
+  // A quoted id, or a bare word that looks like one (a digit or a separator in it), so
+  // that "every worker gets" names no worker "gets".
+  f.worker = TokenAfter(message, "worker \"", id_chars);
+  if (f.worker.empty()) {
+    std::string bare = TokenAfter(message, "worker ", id_chars);
+    if (bare.find_first_of("0123456789._:@-") != std::string::npos) f.worker = bare;
+  }
   return f;
 }
 

@@ -89,10 +89,15 @@ class MetricsServer {
   uint64_t asked_ = 0, answered_ = 0;             // guarded by mu_
   std::vector<prometheus::MetricFamily> answer_;  // guarded by mu_
   bool closing_ = false;                          // guarded by mu_
+  // The loop's round hook reaches the server through this; null once destroyed.
+  std::shared_ptr<MetricsServer*> self_ = std::make_shared<MetricsServer*>(this);
   std::shared_ptr<Endpoint> endpoint_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
 };
+
+// HOST:PORT as --metrics-listen takes it. Error names the flag.
+Status CheckListen(const std::string& listen);
 
 // The systemd notify protocol ($NOTIFY_SOCKET); does nothing when not under systemd.
 // Ready() says READY=1 and, when the unit has WatchdogSec=, pings the watchdog from a
@@ -107,6 +112,7 @@ class Systemd {
  private:
   bus::Loop& loop_;
   bool watchdog_ = false;
+  uint64_t last_ping_ms_ = 0;
 };
 
 enum class LogFormat { kText, kJson, kJournal };

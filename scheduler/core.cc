@@ -235,6 +235,7 @@ Outbox SchedulerCore::Fail(const Status& s, Commit failed, uint64_t now_ms) {
   next_probe_ms_ = now_ms + storage_probe_ms_;
   if (Status r = Rebuild(now_ms); !r.ok()) logger_->error("re-reading the store failed: {}", r.message());
   for (const auto& [from, correlation] : failed.submitters) Refuse(from, correlation);
+  for (const auto& snapshot : failed.out.snapshots) Refuse(snapshot.from, snapshot.correlation);
   std::set<std::string> readers;
   Outbox out;
   for (const auto& [from, bytes] : failed.reads) {

@@ -258,8 +258,10 @@ void SchedulerDaemon::Snapshot(const SnapshotRequest& request) {
   Status s;
   if (std::filesystem::exists(dir, ec)) {
     s = Status::Invalid(dir + " exists already: name a new directory");
+  } else if (std::filesystem::create_directories(std::filesystem::path(dir).parent_path(), ec), ec) {
+    s = Status::Io("cannot make the directories above " + dir + ": " + ec.message());
   } else if (!std::filesystem::create_directory(dir, ec)) {
-    s = Status::Io("cannot make " + dir + ": " + ec.message());
+    s = Status::Io("cannot make " + dir + ": " + (ec ? ec.message() : std::string("it appeared meanwhile")));
   } else {
     s = store_->Checkpoint(dir + "/store");
     if (s.ok()) s = NewEpoch(dir + "/store");

@@ -640,6 +640,13 @@ void Engine::End(Task* t, wire::TaskState state, wire::Reason reason, const std:
   records::PutTask(&effects_.writes, keys::Task(t->id), *t, scratch_);
   ++ended_stored_;
   ended_stored_persisted_ = false;
+  // Ended below the trim cursor (it ran long), or in the turn of a trim that cannot see
+  // it yet: the scan would pass it by, so the trim visits it apart.
+  if (t->id < task_trim_from_) {
+    trim_stragglers_.insert(t->id);
+  } else {
+    ended_this_turn_.push_back(t->id);
+  }
   uint64_t id = t->id;
   if (options_.recent_ended > 0) {  // the task leaves the active set: move, not copy
     if (recent_ended_.size() < options_.recent_ended) {
@@ -998,26 +1005,53 @@ void Engine::TrimEndedTasks(uint64_t now_ms) {
   size_t budget = options_.task_trim_per_tick;
   std::vector<Task> expired;
   uint64_t over = ended_stored_ > options_.task_retention_count ? ended_stored_ - options_.task_retention_count : 0;
+  // The record at `key`: expired (by count, then age), or false to stop there.
+  auto consider = [&](std::string_view key, std::string_view value) {
+    auto t = records::DecodeTask(value, key);
+    if (!t.ok()) {
+      // An unreadable record is dropped with its count, never kept forever.
+      Task gone;
+      gone.id = keys::DecodeU64(key.substr(keys::kTaskPrefix.size()));
+      expired.push_back(std::move(gone));
+      return true;
+    }
+    uint64_t ended = t->ended_ms != 0 ? t->ended_ms : t->submitted_ms;
+    if (expired.size() >= over && ended >= cutoff) return false;
+    expired.push_back(std::move(*t));
+    return true;
+  };
+  // Stragglers first: they hold the lowest ids.
+  for (auto it = trim_stragglers_.begin(); it != trim_stragglers_.end() && budget > 0;) {
+    std::string key = keys::Task(*it);
+    auto value = store_->Get(key);
+    if (!value.ok()) {
+      if (read_error_.ok()) read_error_ = value.status();
+      return;
+    }
+    if (!value->has_value()) {  // written this turn: not visible yet
+      ++it;
+      continue;
+    }
+    if (!consider(key, **value)) break;
+    --budget;
+    it = trim_stragglers_.erase(it);
+  }
+  uint64_t cursor = task_trim_from_;
   Status s = store_->Scan(keys::Task(task_trim_from_), keys::PrefixEnd(keys::kTaskPrefix),
                           [&](std::string_view key, std::string_view value) {
                             if (budget == 0) return false;
-                            auto t = records::DecodeTask(value, key);
-                            if (!t.ok()) {
-                              // An unreadable record is dropped with its count, never kept forever.
-                              Task gone;
-                              gone.id = keys::DecodeU64(key.substr(keys::kTaskPrefix.size()));
-                              expired.push_back(std::move(gone));
-                            } else {
-                              uint64_t ended = t->ended_ms != 0 ? t->ended_ms : t->submitted_ms;
-                              if (expired.size() >= over && ended >= cutoff) return false;
-                              expired.push_back(std::move(*t));
-                            }
+                            if (!consider(key, value)) return false;
+                            cursor = expired.back().id + 1;
                             --budget;
                             return true;
                           });
   if (!s.ok()) {
     if (read_error_.ok()) read_error_ = s;
     return;
+  }
+  task_trim_from_ = cursor;
+  for (uint64_t id : ended_this_turn_) {
+    if (id < task_trim_from_) trim_stragglers_.insert(id);
   }
   for (const Task& t : expired) {
     effects_.writes.Delete(keys::Task(t.id));
@@ -1029,7 +1063,6 @@ void Engine::TrimEndedTasks(uint64_t now_ms) {
       auto cached = client_keys_.find(scoped);
       if (cached != client_keys_.end() && cached->second == t.id) client_keys_.erase(cached);
     }
-    task_trim_from_ = t.id + 1;
     --ended_stored_;
     ++tasks_trimmed_;
     ended_stored_persisted_ = false;
@@ -1170,6 +1203,7 @@ void Engine::FinishTurn(uint64_t now_ms) {
     effects_.writes.Put(std::string(keys::kMetaEndedTasks), keys::EncodeU64(ended_stored_));
     ended_stored_persisted_ = true;
   }
+  ended_this_turn_.clear();
   if (next_task_id_ != persisted_task_id_) {
     effects_.writes.Put(std::string(keys::kMetaNextTask), keys::EncodeU64(next_task_id_));
     persisted_task_id_ = next_task_id_;

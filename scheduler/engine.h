@@ -277,6 +277,8 @@ class Engine {
   bool ended_stored_persisted_ = false;
   uint64_t task_trim_from_ = 1;  // ids below it hold no t/ record any more
   uint64_t tasks_trimmed_ = 0;
+  std::set<uint64_t> trim_stragglers_;     // ended below the cursor: trimmed apart
+  std::vector<uint64_t> ended_this_turn_;  // ended at or above the cursor this turn
   bool fleet_shrank_ = false;
   bool placement_needed_ = false;
 

@@ -116,6 +116,12 @@ int main(int argc, char** argv) {
   fm::bus::Loop loop;  // outlives the daemon, whose commit thread reports on it
   fm::sched::SchedulerDaemon daemon(context, options);
   if (daemon_flags.check_config) {
+    if (!daemon_flags.metrics_listen.empty()) {
+      if (fm::Status s = fm::ops::CheckListen(daemon_flags.metrics_listen); !s.ok()) {
+        spdlog::error("{}", s.message());
+        return 2;
+      }
+    }
     if (fm::Status s = daemon.Check(); !s.ok()) {
       spdlog::error("{}", s.message());
       return 2;
@@ -131,7 +137,7 @@ int main(int argc, char** argv) {
                                                [&daemon](fm::ops::Sheet& sheet) { daemon.Metrics(sheet); });
   if (!metrics.ok()) {
     spdlog::error("{}", metrics.status().message());
-    return 1;
+    return metrics.status().code() == fm::Status::Code::kInvalid ? 2 : 1;
   }
   fm::ops::Systemd systemd(loop);
   systemd.Ready("scheduling from " + options.data_dir);

@@ -75,8 +75,10 @@ flatbuffers::Offset<wire::TaskSpec> ToWire(flatbuffers::FlatBufferBuilder& fbb, 
   auto labels = ToWire(fbb, spec.labels);
   auto image = spec.image.empty() ? 0 : fbb.CreateString(spec.image);
   auto key = spec.key.empty() ? 0 : fbb.CreateString(spec.key);
+  auto env = spec.env.empty() ? 0 : ToWire(fbb, spec.env);
+  auto cwd = spec.cwd.empty() ? 0 : fbb.CreateString(spec.cwd);
   return wire::CreateTaskSpec(fbb, command, requires_, resources, labels, image, spec.max_attempts, spec.timeout_ms,
-                              spec.priority, key);
+                              spec.priority, key, env, cwd);
 }
 
 Labels FromWire(const flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>* labels) {
@@ -122,6 +124,8 @@ TaskSpec FromWire(const wire::TaskSpec* spec) {
   out.timeout_ms = spec->timeout_ms();
   out.priority = spec->priority();
   out.key = Str(spec->key());
+  out.env = FromWire(spec->env());
+  out.cwd = Str(spec->cwd());
   return out;
 }
 

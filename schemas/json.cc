@@ -2,9 +2,11 @@
 
 #include <flatbuffers/flexbuffers.h>
 
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <stdexcept>
+#include <tuple>
 
 #include "schemas/codec.h"
 #include "schemas/fm_json_generated.h"
@@ -118,21 +120,24 @@ Result<TaskSpec> JsonCodec::ParseTaskLine(std::string_view line) {
     }
     if (r->gpu_model()) spec.resources.gpu_model = r->gpu_model()->str();
   }
-  if (in->labels()) {
-    auto root = flexbuffers::GetRoot(in->labels()->data(), in->labels()->size());
-    if (!root.IsMap()) return Status::Invalid("labels must be a JSON object of strings");
+  for (auto [name, field, out] :
+       {std::tuple{"labels", in->labels(), &spec.labels}, std::tuple{"env", in->env(), &spec.env}}) {
+    if (!field) continue;
+    auto root = flexbuffers::GetRoot(field->data(), field->size());
+    if (!root.IsMap()) return Status::Invalid(std::string(name) + " must be a JSON object of strings");
     auto map = root.AsMap();
     auto keys = map.Keys();
     auto values = map.Values();
     for (size_t i = 0; i < keys.size(); ++i) {
       std::string key = keys[i].AsKey();
       if (!values[i].IsString()) {
-        return Status::Invalid("labels." + key + " must be a string");
+        return Status::Invalid(std::string(name) + "." + key + " must be a string");
       }
-      spec.labels.emplace_back(key, values[i].AsString().str());
+      out->emplace_back(key, values[i].AsString().str());
     }
-    Normalize(&spec.labels);
+    Normalize(out);
   }
+  if (in->cwd()) spec.cwd = in->cwd()->str();
   if (in->image()) spec.image = in->image()->str();
   if (in->max_attempts() < 0 || in->max_attempts() > kMaxAttempts) {
     return Status::Invalid("max_attempts is " + std::to_string(in->max_attempts()) + ": it must be from 0 to " +
@@ -158,6 +163,34 @@ namespace {
 // NUL would end the string for exec and Docker: what follows would silently not run.
 bool HasNul(const std::string& s) { return s.find('\0') != std::string::npos; }
 }  // namespace
+
+Status ValidateEnv(const Labels& env) {
+  if (env.size() > kMaxEnvVars) {
+    return Status::Invalid("env has " + std::to_string(env.size()) + " variables; at most " +
+                           std::to_string(kMaxEnvVars));
+  }
+  size_t bytes = 0;
+  for (size_t i = 0; i < env.size(); ++i) {
+    const auto& [name, value] = env[i];
+    const std::string where = "env \"" + Printable(name) + "\"";
+    if (name.empty()) return Status::Invalid("env has an empty variable name");
+    if (!(std::isalpha(static_cast<unsigned char>(name[0])) || name[0] == '_') ||
+        name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") !=
+            std::string::npos) {
+      return Status::Invalid(where + ": a name holds letters, digits and _, and does not start with a digit");
+    }
+    if (name.rfind("FM_", 0) == 0) {
+      return Status::Invalid(where + ": names starting with FM_ are the worker's (FM_TASK_ID, FM_ATTEMPT, ...)");
+    }
+    if (HasNul(value)) return Status::Invalid(where + ": the value holds a NUL byte");
+    if (i > 0 && env[i - 1].first == name) return Status::Invalid(where + " is set twice");
+    bytes += name.size() + value.size() + 2;
+  }
+  if (bytes > kMaxEnvBytes) {
+    return Status::Invalid("env is " + std::to_string(bytes) + " bytes; at most " + std::to_string(kMaxEnvBytes));
+  }
+  return Status::Ok();
+}
 
 Status ValidateTaskSpec(const TaskSpec& spec) {
   if (spec.command.empty()) return Status::Invalid("command is missing or empty");
@@ -186,6 +219,14 @@ Status ValidateTaskSpec(const TaskSpec& spec) {
   }
   for (const auto& [key, value] : spec.labels) {
     if (Status s = ValidateLabel(key, value); !s.ok()) return Status::Invalid("labels: " + s.message());
+  }
+  if (Status s = ValidateEnv(spec.env); !s.ok()) return s;
+  if (!spec.cwd.empty()) {
+    if (spec.cwd[0] != '/') return Status::Invalid("cwd \"" + spec.cwd + "\" is not an absolute path");
+    if (HasNul(spec.cwd)) return Status::Invalid("cwd holds a NUL byte");
+    if (spec.cwd.size() > kMaxCwdBytes) {
+      return Status::Invalid("cwd is longer than " + std::to_string(kMaxCwdBytes) + " bytes");
+    }
   }
   return Status::Ok();
 }

@@ -50,10 +50,20 @@ class JsonCodec {
 inline constexpr uint32_t kMaxCpus = 1'000'000;
 inline constexpr uint32_t kMaxGpus = 1024;
 inline constexpr uint32_t kMaxAttempts = 1000;
+// A task's environment and working directory.
+inline constexpr size_t kMaxEnvVars = 256;
+inline constexpr size_t kMaxEnvBytes = 128 * 1024;  // names and values together
+inline constexpr size_t kMaxCwdBytes = 4096;
+
+// Environment variables a task may set: names [A-Za-z_][A-Za-z0-9_]* that do not start
+// with FM_ (the worker's own: FM_TASK_ID, FM_ATTEMPT, FM_WORKER_ID, ...), values
+// without NUL, unique, within the limits above. Error names the variable.
+Status ValidateEnv(const Labels& env);
 
 // Checks what the JSON schema cannot: a non-empty command, counts within their limits,
 // no NUL byte in a command, key, image, capability or GPU model, labels as ValidateLabel
-// says. The scheduler applies it to every submission and the worker to every dispatch.
+// says, env as ValidateEnv says, cwd absolute. The scheduler applies it to every
+// submission and the worker to every dispatch.
 Status ValidateTaskSpec(const TaskSpec& spec);
 
 }  // namespace fm

@@ -35,6 +35,8 @@ struct TaskSpec {
   uint64_t timeout_ms = 0;    // 0: none
   int32_t priority = 0;
   std::string key;  // client idempotency key; empty: none
+  Labels env;       // variables for the task (sorted by name); FM_* are the worker's
+  std::string cwd;  // working directory, absolute; empty: the worker's default
   bool operator==(const TaskSpec&) const = default;
 };
 

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <deque>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "broker/logging.h"
@@ -69,7 +70,10 @@ fm::Result<const fm::wire::ControlReply*> Control(fm::tools::ToolClient& client,
       fbb, fm::wire::CreateControlRequestDirect(fbb, op, target.empty() ? nullptr : target.c_str(), ++correlation, 0, 0,
                                                 nullptr, worker.empty() ? nullptr : worker.c_str(), nullptr,
                                                 reason.empty() ? nullptr : reason.c_str()));
-  auto reply = client.Call(request, fm::wire::Body::ControlReply, timeout_ms, &storage->emplace_back());
+  const uint64_t mine = correlation;
+  auto reply =
+      client.Call(request, fm::wire::Body::ControlReply, timeout_ms, &storage->emplace_back(),
+                  [mine](const fm::wire::Envelope& e) { return e.body_as_ControlReply()->correlation() == mine; });
   if (!reply.ok()) return reply.status();
   const auto* r = (*reply)->body_as_ControlReply();
   if (!r->ok()) return fm::Status::Invalid(fm::codec::Str(r->message()));
@@ -80,9 +84,10 @@ fm::Result<const fm::wire::ControlReply*> Control(fm::tools::ToolClient& client,
 // they hold no task; past --deadline the tasks still there are cancelled.
 int Drain(fm::tools::ToolClient& client, std::vector<std::string> targets, const std::string& node,
           const std::string& reason, bool wait, int64_t deadline_ms, int timeout_ms) {
-  std::deque<zmq::message_t> storage;
+  std::deque<zmq::message_t> storage;  // replies of the drains (printed below)
   auto held = [&](std::map<std::string, uint32_t>* tasks) -> fm::Status {
-    auto r = Control(client, fm::wire::ControlOp::Workers, "", timeout_ms, &storage);
+    std::deque<zmq::message_t> poll;  // one reply per poll, dropped after it
+    auto r = Control(client, fm::wire::ControlOp::Workers, "", timeout_ms, &poll);
     if (!r.ok()) return r.status();
     tasks->clear();
     if ((*r)->workers()) {
@@ -115,7 +120,7 @@ int Drain(fm::tools::ToolClient& client, std::vector<std::string> targets, const
   }
   if (!wait) return 0;
   auto start = std::chrono::steady_clock::now();
-  bool cancelled = false;
+  std::set<std::string> told;  // tasks already said cancelled
   for (;;) {
     if (fm::Status s = held(&tasks); !s.ok()) {
       std::fprintf(stderr, "fm-ctl: %s\n", s.message().c_str());
@@ -125,17 +130,21 @@ int Drain(fm::tools::ToolClient& client, std::vector<std::string> targets, const
     for (const auto& id : targets) left += tasks.count(id) ? tasks[id] : 0;  // a worker gone holds nothing
     if (left == 0) break;
     auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
-    if (deadline_ms >= 0 && waited.count() >= deadline_ms && !cancelled) {
-      cancelled = true;
+    // Past the deadline, what is still there is cancelled, polled again until gone (a
+    // page that failed or a cancel that timed out is tried again at the next poll).
+    if (deadline_ms >= 0 && waited.count() >= deadline_ms) {
       for (const auto& id : targets) {
-        auto page = Control(client, fm::wire::ControlOp::Tasks, "", timeout_ms, &storage, "", id);
+        std::deque<zmq::message_t> poll;
+        auto page = Control(client, fm::wire::ControlOp::Tasks, "", timeout_ms, &poll, "", id);
         if (!page.ok() || !(*page)->tasks()) continue;
         for (const auto* t : *(*page)->tasks()) {
-          std::string state = fm::codec::Str(t->state());
+          std::string state = fm::codec::Str(t->state()), task = fm::codec::Str(t->task());
           if (state != "queued" && state != "running") continue;
-          auto c = Control(client, fm::wire::ControlOp::Cancel, fm::codec::Str(t->task()), timeout_ms, &storage);
-          std::printf("deadline passed: %s on %s: %s\n", fm::codec::Str(t->task()).c_str(), id.c_str(),
-                      c.ok() ? fm::codec::Str((*c)->message()).c_str() : c.status().message().c_str());
+          auto c = Control(client, fm::wire::ControlOp::Cancel, task, timeout_ms, &poll);
+          if (c.ok() && told.insert(task).second) {
+            std::printf("deadline passed: %s on %s: %s\n", task.c_str(), id.c_str(),
+                        fm::codec::Str((*c)->message()).c_str());
+          }
         }
       }
     }

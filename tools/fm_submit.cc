@@ -330,8 +330,8 @@ int main(int argc, char** argv) {
   CLI::App app{"fm-submit: submits tasks to fm and prints one JSON line per task"};
   std::string broker = fm::bus::DefaultBrokerUrl();
   bool wait = false;
-  std::vector<std::string> requires_, labels, command;
-  std::string cpus, memory, gpu_memory, gpu_model, image, timeout, key, reply_timeout = "30s";
+  std::vector<std::string> requires_, labels, command, env;
+  std::string cwd, cpus, memory, gpu_memory, gpu_model, image, timeout, key, reply_timeout = "30s";
   int64_t gpus = 0, max_attempts = 0;
   int32_t priority = 0;
   size_t batch = 1000;
@@ -347,6 +347,8 @@ int main(int argc, char** argv) {
   app.add_option("--gpu-model", gpu_model, "GPU model (substring, e.g. H100)");
   app.add_option("--label", labels, "K=V the worker must carry (repeatable)");
   app.add_option("--image", image, "run in this container image (needs capability docker)");
+  app.add_option("--env", env, "NAME=VALUE in the task's environment (repeatable)");
+  app.add_option("--cwd", cwd, "the task's working directory (absolute)");
   app.add_option("--timeout", timeout, "kill the task after this long (e.g. 30s)");
   app.add_option("--max-attempts", max_attempts, "attempts before the task fails");
   app.add_option("--priority", priority, "higher runs first");
@@ -402,6 +404,15 @@ int main(int argc, char** argv) {
       spec.labels.push_back(std::move(*parsed));
     }
     fm::Normalize(&spec.labels);
+    for (const auto& e : env) {
+      size_t eq = e.find('=');
+      if (eq == std::string::npos) {
+        return fail("--env", fm::Status::Invalid("\"" + e + "\" is not NAME=VALUE"));
+      }
+      spec.env.emplace_back(e.substr(0, eq), e.substr(eq + 1));
+    }
+    fm::Normalize(&spec.env);
+    spec.cwd = cwd;
     spec.image = image;
     if (!timeout.empty()) {
       auto v = fm::ParseDurationMs(timeout);

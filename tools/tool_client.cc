@@ -95,7 +95,8 @@ std::string ToolClient::Explain(const wire::Error& error) const {
 }
 
 Result<const wire::Envelope*> ToolClient::Call(const std::string& request, wire::Body expected, int timeout_ms,
-                                               zmq::message_t* storage) {
+                                               zmq::message_t* storage,
+                                               const std::function<bool(const wire::Envelope&)>& accept) {
   if (!client_->Send(bus::kSchedulerAddress, request)) return Status::Unavailable("cannot queue the request");
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
@@ -107,6 +108,7 @@ Result<const wire::Envelope*> ToolClient::Call(const std::string& request, wire:
       if (!env.ok()) return Status::Invalid("unreadable reply from " + msg->from + ": " + env.status().message());
       if ((*env)->body_type() == wire::Body::Error) return Status::Unavailable(Explain(*(*env)->body_as_Error()));
       if ((*env)->body_type() == expected) {
+        if (accept && !accept(**env)) continue;
         *storage = std::move(msg->payload);
         return codec::Decode(storage->data(), storage->size());
       }

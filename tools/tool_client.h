@@ -39,8 +39,11 @@ class ToolClient {
   // Sends `request` to the scheduler and waits for the first reply whose body is
   // `expected`. Errors: timeout, no scheduler connected to the broker, a malformed reply.
   // The reply's bytes are kept in *storage.
+  // `accept`, when given, also checks the reply: one it refuses (a late answer to an
+  // earlier request) is skipped.
   Result<const wire::Envelope*> Call(const std::string& request, wire::Body expected, int timeout_ms,
-                                     zmq::message_t* storage);
+                                     zmq::message_t* storage,
+                                     const std::function<bool(const wire::Envelope&)>& accept = {});
 
   // A broker/scheduler Error message as a sentence.
   std::string Explain(const wire::Error& error) const;

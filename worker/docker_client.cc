@@ -230,13 +230,17 @@ Status DockerClient::Ping(int timeout_ms) {
   return Status::Ok();
 }
 
-Result<std::string> DockerClient::Create(const std::string& image, const std::vector<std::string>& cmd) {
+Result<std::string> DockerClient::Create(const std::string& image, const std::vector<std::string>& cmd,
+                                         const std::vector<std::string>& env, const std::string& cwd) {
   flatbuffers::FlatBufferBuilder fbb;
-  std::vector<flatbuffers::Offset<flatbuffers::String>> args;
+  std::vector<flatbuffers::Offset<flatbuffers::String>> args, vars;
   for (const auto& a : cmd) args.push_back(fbb.CreateString(a));
+  for (const auto& v : env) vars.push_back(fbb.CreateString(v));
   auto image_off = fbb.CreateString(image);
   auto cmd_off = fbb.CreateVector(args);
-  auto req = docker::CreateCreateRequest(fbb, image_off, cmd_off, false, true, true);
+  auto env_off = vars.empty() ? 0 : fbb.CreateVector(vars);
+  auto cwd_off = cwd.empty() ? 0 : fbb.CreateString(cwd);
+  auto req = docker::CreateCreateRequest(fbb, image_off, cmd_off, false, true, true, env_off, cwd_off);
   fbb.Finish(req);
   auto parser = DockerParser("CreateRequest");
   std::string body;

@@ -58,7 +58,9 @@ class DockerClient {
 
   Status Ping(int timeout_ms);
   // Creates a container running `cmd` in `image`; returns its id.
-  Result<std::string> Create(const std::string& image, const std::vector<std::string>& cmd);
+  // `env`: NAME=VALUE strings; `cwd`: the working directory (empty: the image's).
+  Result<std::string> Create(const std::string& image, const std::vector<std::string>& cmd,
+                             const std::vector<std::string>& env = {}, const std::string& cwd = "");
   Status Start(const std::string& id);
   // Blocks until the container exits; returns its exit status.
   Result<int64_t> Wait(const std::string& id);

@@ -86,6 +86,12 @@ int main(int argc, char** argv) {
   zmq::context_t context(1);
   if (daemon_flags.check_config) {
     fm::worker::Worker checked(context, options, fm::worker::Probe{});
+    if (!daemon_flags.metrics_listen.empty()) {
+      if (fm::Status s = fm::ops::CheckListen(daemon_flags.metrics_listen); !s.ok()) {
+        spdlog::error("{}", s.message());
+        return 2;
+      }
+    }
     if (fm::Status s = checked.Check(); !s.ok()) {
       spdlog::error("{}", s.message());
       return 2;
@@ -104,7 +110,7 @@ int main(int argc, char** argv) {
                                                [&worker](fm::ops::Sheet& sheet) { worker.Metrics(sheet); });
   if (!metrics.ok()) {
     spdlog::error("{}", metrics.status().message());
-    return 1;
+    return metrics.status().code() == fm::Status::Code::kInvalid ? 2 : 1;
   }
   fm::ops::Systemd systemd(loop);
   systemd.Ready("worker " + options.id);

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -226,6 +227,9 @@ void UvExecutor::StartExec(Run* run) {
       AttemptVar(run->ref.second),
       WorkerVar(options_.worker_id),
       RunVar(options_.instance, run->ref)};
+  // The task's own variables last: they may change PATH, HOME or LANG, never an FM_
+  // variable (the scheduler and this worker refuse such names).
+  for (const auto& [name, value] : run->spec.env) env.push_back(name + "=" + value);
   std::vector<char*> envp;
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -235,6 +239,14 @@ void UvExecutor::StartExec(Run* run) {
     po.uid = as.uid;
     po.gid = as.gid;
     po.cwd = access(as.home.c_str(), X_OK) == 0 ? as.home.c_str() : "/";
+  }
+  std::string cwd_error;
+  if (!run->spec.cwd.empty()) {
+    struct stat st {};
+    if (stat(run->spec.cwd.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      cwd_error = "cwd \"" + run->spec.cwd + "\" is not a directory on worker " + options_.worker_id;
+    }
+    po.cwd = run->spec.cwd.c_str();
   }
   po.exit_cb = [](uv_process_t* p, int64_t status, int signal) {
     auto* r = static_cast<Run*>(p->data);
@@ -275,13 +287,18 @@ void UvExecutor::StartExec(Run* run) {
         },
         kOutputSettleMs, 0);
   };
-  int rc = uv_spawn(loop_, &run->process, &po);
+  int rc = cwd_error.empty() ? uv_spawn(loop_, &run->process, &po) : UV_ENOENT;
   if (rc != 0) {
-    run->spawn_error = "cannot run \"" + run->spec.command[0] + "\": " + uv_strerror(rc);
+    run->spawn_error =
+        !cwd_error.empty() ? cwd_error : "cannot run \"" + run->spec.command[0] + "\": " + uv_strerror(rc);
     run->exited = true;
     run->out_closed = run->err_closed = run->timer_closed = true;
+    // uv_spawn initializes the process handle even when it fails; when it was not
+    // called (a bad cwd) there is no handle to close.
+    if (!cwd_error.empty()) --run->open_handles;
     for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&run->process), reinterpret_cast<uv_handle_t*>(&run->out),
                            reinterpret_cast<uv_handle_t*>(&run->err), reinterpret_cast<uv_handle_t*>(&run->timer)}) {
+      if (h == reinterpret_cast<uv_handle_t*>(&run->process) && !cwd_error.empty()) continue;
       uv_close(h, OnExecHandleClosed);
     }
     return;
@@ -360,11 +377,11 @@ void UvExecutor::StartDocker(Run* run) {
     run->open_handles = 2;
     StartTimeout(run);
   }
-  run->thread = std::thread(RunContainer, run, options_.docker_socket);
+  run->thread = std::thread(RunContainer, run, options_.docker_socket, options_.worker_id);
 }
 
 // On the attempt's own thread: create, start, follow the output, wait, remove.
-void UvExecutor::RunContainer(Run* r, std::string socket) {
+void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id) {
   auto deliver = [r](const char* stream, std::string_view data) {
     std::unique_lock<std::mutex> lock(r->mutex);
     r->drained.wait(lock, [r] { return r->pending_bytes < kDockerHeldBytes || r->stopping; });
@@ -380,7 +397,9 @@ void UvExecutor::RunContainer(Run* r, std::string socket) {
     uv_async_send(&r->wake);
   };
   DockerClient docker(socket);
-  auto id = docker.Create(r->spec.image, r->spec.command);
+  std::vector<std::string> env = {TaskVar(r->ref.first), AttemptVar(r->ref.second), WorkerVar(worker_id)};
+  for (const auto& [name, value] : r->spec.env) env.push_back(name + "=" + value);
+  auto id = docker.Create(r->spec.image, r->spec.command, env, r->spec.cwd);
   if (!id.ok()) {
     r->docker_error = id.status().message();
   } else {

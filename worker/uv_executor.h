@@ -63,7 +63,7 @@ class UvExecutor final : public Executor {
   struct Run;
   void StartExec(Run* run);
   void StartDocker(Run* run);
-  static void RunContainer(Run* run, std::string socket);
+  static void RunContainer(Run* run, std::string socket, std::string worker_id);
   void OnDockerWake(Run* run);
   static void OnDockerHandleClosed(uv_handle_t* handle);
   void StartTimeout(Run* run);

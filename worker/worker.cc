@@ -64,7 +64,6 @@ Status Worker::Check() {
   }
   if (options_.node.empty()) options_.node = host;
   if (options_.id.find('/') != std::string::npos) return Status::Invalid("--id must not contain '/'");
-  if (Status s = ApplyLimits(options_, &probe_.hardware); !s.ok()) return s;
   auto run_as = LookUpRunAs(options_.run_as);
   if (!run_as.ok()) return run_as.status();
   run_as_ = *run_as;
@@ -78,6 +77,9 @@ Status Worker::Check() {
 
 Status Worker::Open() {
   if (Status s = Check(); !s.ok()) return s;
+  // Against what was probed (--check-config probes nothing: --cpus and --memory are
+  // checked here, at start).
+  if (Status s = ApplyLimits(options_, &probe_.hardware); !s.ok()) return s;
   auto endpoints = bus::ParseBrokerUrl(options_.broker);
   char suffix[20];
   snprintf(suffix, sizeof suffix, "%016llx", static_cast<unsigned long long>(instance_));

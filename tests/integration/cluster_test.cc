@@ -604,3 +604,41 @@ TEST_CASE("fm-ctl ping exits 0 when the scheduler answers, saying what it holds,
   CHECK(down.exit_code == 1);
   CHECK_THAT(down.err, Contains("scheduler"));
 }
+
+TEST_CASE(
+    "an exec task gets its env and cwd (from JSON and from fm-submit --env/--cwd), a missing cwd fails it naming the "
+    "directory, and FM_ names are refused",
+    "[integration]") {
+  Cluster c;
+  c.StartWorker("w1");
+  TempDir dir;
+  ToolRun json =
+      c.Submit(R"({"command": ["sh", "-c", "echo \"$GREETING|$FM_TASK_ID|$FM_ATTEMPT|$FM_WORKER_ID|$(pwd)\""],)"
+               R"( "env": {"GREETING": "hello"}, "cwd": ")" +
+                   dir.path() + R"("})" + "\n",
+               {"--wait"});
+  INFO(json.err);
+  REQUIRE(json.lines.size() == 1);
+  CHECK_THAT(json.lines[0], Contains(R"("status": "succeeded")"));
+  CHECK(c.WaitEvent("hello|t1|1|w1|" + dir.path()));
+
+  ToolRun flags = c.Submit("", {"--wait", "--env", "A=1", "--env", "B=two words", "--cwd", "/", "--", "sh", "-c",
+                                "echo \"[$A][$B][$(pwd)]\""});
+  CHECK(flags.exit_code == 0);
+  CHECK(c.WaitEvent("[1][two words][/]"));
+
+  ToolRun missing = c.Submit(R"({"command": ["true"], "cwd": "/no/such/dir"})"
+                             "\n",
+                             {"--wait"});
+  REQUIRE(missing.lines.size() == 1);
+  CHECK_THAT(missing.lines[0],
+             Contains("failed") && Contains("cwd \\\"/no/such/dir\\\" is not a directory on worker w1"));
+
+  ToolRun reserved = c.Submit(R"({"command": ["true"], "env": {"FM_TASK_ID": "t9"}})"
+                              "\n");
+  REQUIRE(reserved.lines.size() == 1);
+  CHECK_THAT(reserved.lines[0], Contains("rejected") && Contains("names starting with FM_ are the worker's"));
+  ToolRun relative = c.Submit("", {"--cwd", "tmp", "--", "true"});
+  CHECK(relative.exit_code == 2);
+  CHECK_THAT(relative.err, Contains("cwd \"tmp\" is not an absolute path"));
+}

@@ -102,3 +102,21 @@ TEST_CASE("a container printing 30 MB under a larger --max-output is paced by th
   CHECK(c.WaitEvent("the-end", 20000));
   CHECK(c.tap().Count("stream=fm") == 0);  // no note of output lost or missing
 }
+
+TEST_CASE("a container gets the task's env and cwd and the FM_ variables naming its task, attempt and worker",
+          "[integration][docker]") {
+  TempDir dir;
+  std::string socket_path = dir.path() + "/docker.sock";
+  Podman podman(socket_path);
+  Cluster c;
+  c.StartWorker("d", {"--docker-socket", socket_path});
+  ToolRun run =
+      c.Submit(R"({"command": ["sh", "-c", "echo \"$GREETING|$FM_TASK_ID|$FM_ATTEMPT|$FM_WORKER_ID|$(pwd)\""],)"
+               R"( "image": "localhost/fm-busybox:latest", "env": {"GREETING": "hi there"}, "cwd": "/tmp"})"
+               "\n",
+               {"--wait"});
+  INFO(run.err);
+  REQUIRE(run.lines.size() == 1);
+  CHECK_THAT(run.lines[0], Contains(R"("status": "succeeded")"));
+  CHECK(c.WaitEvent("hi there|t1|1|d|/tmp"));
+}

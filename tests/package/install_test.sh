@@ -10,7 +10,7 @@ build=$(cd "$1" && pwd)
 work=$(mktemp -d /tmp/fm-package-test.XXXXXX)
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in ${pids[@]+"${pids[@]}"}; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -103,7 +103,11 @@ done
   cat "$work"/*.log >&2
   fail "the installed worker did not register"
 }
-out=$(echo '{"command":["echo","from the package"]}' | "$root/usr/bin/fm-submit" --broker "$url" --wait)
-echo "$out" | grep -q '"status": "succeeded"' || { echo "$out" >&2; fail "the task did not succeed"; }
+out=$(echo '{"command":["echo","from the package"]}' | timeout 60 "$root/usr/bin/fm-submit" --broker "$url" --wait) || true
+echo "$out" | grep -q '"status": "succeeded"' || {
+  echo "$out" >&2
+  cat "$work"/broker.log "$work"/scheduler.log "$work"/worker.log >&2
+  fail "the task did not succeed"
+}
 "$root/usr/bin/fm-ctl" --broker "$url" ping
 echo "packages install and run"

@@ -766,3 +766,25 @@ TEST_CASE(
   CHECK(present(11));
   CHECK(keyed("k1"));
 }
+
+TEST_CASE("a task that ends after the retention passed its id is still deleted first, not a newer one in its place",
+          "[unit]") {
+  EngineOptions options;
+  options.task_retention_count = 5;
+  Harness h(options);
+  h.Register({"w", {}, 16, 8 * GiB, 16});
+  for (int i = 1; i <= 10; ++i) h.Submit({NewTask()});
+  for (uint64_t id = 1; id <= 10; ++id) h.Started(id, 1, "w");
+  for (uint64_t id = 2; id <= 10; ++id) h.Finished(id, 1, "w", wire::Outcome::Succeeded);
+  h.Tick(100);
+  auto present = [&](uint64_t id) { return h.store().Get(store::keys::Task(id))->has_value(); };
+  CHECK(h.engine().stored_ended_tasks() == 5);
+  CHECK_FALSE(present(5));
+  CHECK(present(6));
+  // Task 1 ran long: it ends below where the retention got to, and is the oldest.
+  h.Finished(1, 1, "w", wire::Outcome::Succeeded);
+  h.Tick(100);
+  CHECK(h.engine().stored_ended_tasks() == 5);
+  CHECK_FALSE(present(1));
+  for (uint64_t id = 6; id <= 10; ++id) CHECK(present(id));
+}

@@ -90,3 +90,29 @@ TEST_CASE("inbound buffers are verified before they are read", "[unit]") {
   REQUIRE_FALSE(big.ok());
   CHECK_THAT(big.status().message(), Catch::Contains("oversized"));
 }
+
+TEST_CASE("a task's env and cwd parse, travel the wire unchanged, and bad ones are refused naming what is wrong",
+          "[unit]") {
+  JsonCodec codec;
+  auto spec = codec.ParseTaskLine(R"({"command": ["true"], "env": {"B": "2", "A": "x=y"}, "cwd": "/srv/job"})");
+  REQUIRE(spec.ok());
+  CHECK(spec->env == Labels{{"A", "x=y"}, {"B", "2"}});
+  CHECK(spec->cwd == "/srv/job");
+  flatbuffers::FlatBufferBuilder fbb;
+  fbb.Finish(codec::ToWire(fbb, *spec));
+  CHECK(codec::FromWire(flatbuffers::GetRoot<wire::TaskSpec>(fbb.GetBufferPointer())) == *spec);
+
+  auto refused = [&](const std::string& line) {
+    auto r = codec.ParseTaskLine(line);
+    REQUIRE_FALSE(r.ok());
+    return r.status().message();
+  };
+  CHECK_THAT(refused(R"({"command": ["true"], "env": {"FM_ATTEMPT": "9"}})"),
+             Catch::Contains("names starting with FM_ are the worker's"));
+  CHECK_THAT(refused(R"({"command": ["true"], "env": {"1X": "a"}})"), Catch::Contains("env \"1X\""));
+  CHECK_THAT(refused(R"({"command": ["true"], "env": {"A-B": "a"}})"), Catch::Contains("env \"A-B\""));
+  CHECK_THAT(refused(R"({"command": ["true"], "env": {"A": 1}})"), Catch::Contains("env.A must be a string"));
+  CHECK_THAT(refused(R"({"command": ["true"], "cwd": "relative"})"), Catch::Contains("not an absolute path"));
+  std::string big(kMaxEnvBytes, 'v');
+  CHECK_THAT(refused(R"({"command": ["true"], "env": {"BIG": ")" + big + R"("}})"), Catch::Contains("at most"));
+}

@@ -7,9 +7,12 @@
 using namespace fm::ops;
 
 TEST_CASE("log fields name the task and the worker a message is about, and nothing it is not about", "[unit]") {
-  LogFields f = FieldsOf("task 42 on worker gpu-07.rack1: started");
+  LogFields f = FieldsOf("task t42 on worker gpu-07.rack1: started");
   CHECK(f.task == "42");
   CHECK(f.worker == "gpu-07.rack1");
+  CHECK(FieldsOf("task 7 ended").task == "7");
+  CHECK(FieldsOf("worker \"alpha\" is refused").worker == "alpha");
+  CHECK(FieldsOf("after a pause every worker gets a fresh window").worker.empty());
   LogFields none = FieldsOf("subtask 9 of coworker x; the task is done");
   CHECK(none.task.empty());
   CHECK(none.worker.empty());

@@ -98,7 +98,14 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
       t.worker.clear();
       dirty_tasks_.push_back(t.id);
     }
-    if (t.state == wire::TaskState::Pending) pending_.Insert(t.spec, LineOf(t));
+    if (t.state == wire::TaskState::Pending) {
+      if (t.not_before_ms > now_ms) {
+        backoff_.emplace(t.not_before_ms, t.id);
+      } else {
+        t.not_before_ms = 0;
+        pending_.Insert(t.spec, LineOf(t));
+      }
+    }
     active_.emplace(t.id, std::move(t));
   });
 }
@@ -201,6 +208,11 @@ void Engine::OnBus(const wire::Envelope& env, uint64_t now_ms) {
 
 // ---------------------------------------------------------------------------
 // Who may do what (broker/policy.h for the address forms).
+
+bool Engine::FromWorkerOf(const std::string& address, const std::string& id) const {
+  const WorkerState* w = fleet_.Find(id);
+  return w != nullptr ? w->address == address : FromWorkerNamed(address, id);
+}
 
 bool Engine::FromWorkerNamed(const std::string& address, const std::string& id) const {
   if (!options_.authenticate) return true;
@@ -584,8 +596,26 @@ void Engine::Unassign(Task* t) {
   }
 }
 
-void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms) {
+uint64_t RetryDelayMs(const TaskSpec& spec, uint64_t task, uint32_t attempt) {
+  const uint64_t base = spec.retry_backoff_ms != 0 ? spec.retry_backoff_ms : kDefaultRetryBackoffMs;
+  uint64_t delay = base;
+  for (uint32_t i = 1; i < attempt && delay < kMaxRetryDelayMs; ++i) delay *= 2;
+  delay = std::min(delay, kMaxRetryDelayMs);
+  // Jitter from 0.75x to 1.25x, from the task and attempt alone (the engine has no
+  // randomness): retries of a burst that failed together spread out.
+  uint64_t h = task * 0x9E3779B97F4A7C15ull + attempt * 0xBF58476D1CE4E5B9ull;
+  h ^= h >> 31;
+  h *= 0x94D049BB133111EBull;
+  h ^= h >> 29;
+  return delay * (750 + h % 501) / 1000;
+}
+
+void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms, bool blame_worker) {
   Unassign(t);
+  if (blame_worker && !t->worker.empty() && !std::binary_search(t->failed_on.begin(), t->failed_on.end(), t->worker) &&
+      t->failed_on.size() < 64) {
+    t->failed_on.insert(std::upper_bound(t->failed_on.begin(), t->failed_on.end(), t->worker), t->worker);
+  }
   if (t->attempt >= t->spec.max_attempts) {
     End(t, wire::TaskState::Failed, reason,
         message + "; attempts exhausted (" + std::to_string(t->attempt) + "/" + std::to_string(t->spec.max_attempts) +
@@ -598,7 +628,27 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
   t->attempt += 1;
   t->state = wire::TaskState::Pending;
   t->worker.clear();
-  pending_.Insert(t->spec, LineOf(*t));
+  // A lost worker says nothing about the task: it is placed again at once. A failure
+  // waits a backoff (exponential, jittered) so that a burst of retries does not hit the
+  // same fault again at once.
+  std::string when = "placed again now";
+  if (blame_worker) {
+    uint64_t delay = RetryDelayMs(t->spec, t->id, t->attempt - 1);
+    t->not_before_ms = now_ms + delay;
+    backoff_.emplace(t->not_before_ms, t->id);
+    char text[32];
+    std::snprintf(text, sizeof text, "%.1f", delay / 1000.0);
+    when = std::string("retry in ") + text + " s (backoff)";
+    if (!t->failed_on.empty()) {
+      std::string avoid;
+      for (const auto& w : t->failed_on) avoid += (avoid.empty() ? "" : ", ") + w;
+      when += ", avoiding " + avoid + " where it can";
+    }
+  } else {
+    t->not_before_ms = 0;
+    pending_.Insert(t->spec, LineOf(*t));
+    placement_needed_ = true;
+  }
   dirty_tasks_.push_back(t->id);
   EventFields f;
   f.type = wire::EventType::TaskRetrying;
@@ -606,9 +656,24 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
   f.worker = last_worker;
   f.attempt = t->attempt;
   f.reason = reason;
-  f.message = message;
+  f.message = message + "; " + when;
   Emit(f, now_ms);
-  placement_needed_ = true;
+}
+
+void Engine::ReleaseBackoff(uint64_t now_ms) {
+  while (!backoff_.empty() && backoff_.begin()->first <= now_ms) {
+    auto [due, id] = *backoff_.begin();
+    backoff_.erase(backoff_.begin());
+    auto it = active_.find(id);
+    // Ended or placed meanwhile (a cancel), or a later backoff of the same task.
+    if (it == active_.end() || it->second.state != wire::TaskState::Pending || it->second.not_before_ms != due) {
+      continue;
+    }
+    it->second.not_before_ms = 0;
+    pending_.Insert(it->second.spec, LineOf(it->second));
+    placement_needed_ = true;
+    fleet_shrank_ = true;  // it may have no eligible worker left: judged at the turn's end
+  }
 }
 
 void Engine::End(Task* t, wire::TaskState state, wire::Reason reason, const std::string& message, int32_t exit_code,
@@ -687,6 +752,10 @@ void Engine::OnTaskStarted(const std::string& from, const wire::TaskRef& ref, ui
 void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& msg, uint64_t now_ms) {
   if (!msg.ref()) return;
   acks_[from].push_back({msg.ref()->task(), msg.ref()->attempt()});
+  if (auto w = winding_down_.find(msg.ref()->task());
+      w != winding_down_.end() && w->second.attempt == msg.ref()->attempt() && FromWorkerOf(from, w->second.worker)) {
+    winding_down_.erase(w);
+  }
   auto it = active_.find(msg.ref()->task());
   if (it == active_.end()) return;  // already ended: completion is idempotent
   Task& t = it->second;
@@ -699,7 +768,14 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
       End(&t, wire::TaskState::Succeeded, wire::Reason::None, message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::Failed:
-      End(&t, wire::TaskState::Failed, wire::Reason::ExitStatus,
+      if (std::binary_search(t.spec.retry_exit_codes.begin(), t.spec.retry_exit_codes.end(), msg.exit_code())) {
+        Retry(&t, wire::Reason::ExitStatus,
+              (message.empty() ? "exit status " + std::to_string(msg.exit_code()) : message) + " (in retry_exit_codes)",
+              now_ms, /*blame_worker=*/true);
+        break;
+      }
+      End(&t, wire::TaskState::Failed,
+          msg.reason() == wire::Reason::ImageMissing ? wire::Reason::ImageMissing : wire::Reason::ExitStatus,
           message.empty() ? "exit status " + std::to_string(msg.exit_code()) : message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::TimedOut:
@@ -709,7 +785,7 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
       End(&t, wire::TaskState::Cancelled, wire::Reason::Cancelled, message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::Retryable:
-      Retry(&t, wire::Reason::ExecutorError, message, now_ms);
+      Retry(&t, wire::Reason::ExecutorError, message, now_ms, /*blame_worker=*/true);
       break;
   }
 }
@@ -719,16 +795,30 @@ void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64
   // the worker sends only so much unacknowledged (worker/core.h, output window).
   if (msg.data() && bus::PrincipalOf(from).role == bus::Role::kWorker) output_taken_[from] += msg.data()->size();
   if (!msg.ref()) return;
-  const Task* t = active_task(msg.ref()->task());
-  if (!t || t->attempt != msg.ref()->attempt()) return;
-  if (!FromTaskWorker(*t, from, "output")) return;
   EventFields f;
   f.type = wire::EventType::TaskLog;
+  f.stream = Str(msg.stream());
+  f.data = Str(msg.data());
+  const Task* t = active_task(msg.ref()->task());
+  if (t == nullptr) {
+    // A cancelled attempt on its way out (it trapped SIGTERM): its last words are kept.
+    auto w = winding_down_.find(msg.ref()->task());
+    if (w == winding_down_.end() || w->second.attempt != msg.ref()->attempt() ||
+        !FromWorkerOf(from, w->second.worker)) {
+      return;
+    }
+    f.task = w->first;
+    f.worker = w->second.worker;
+    f.attempt = w->second.attempt;
+    f.owner = w->second.owner;
+    Emit(f, now_ms);
+    return;
+  }
+  if (t->attempt != msg.ref()->attempt()) return;
+  if (!FromTaskWorker(*t, from, "output")) return;
   f.task = t->id;
   f.worker = t->worker;
   f.attempt = t->attempt;
-  f.stream = Str(msg.stream());
-  f.data = Str(msg.data());
   Emit(f, now_ms);
 }
 
@@ -851,6 +941,12 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
         }
       }
       message = "cancelled " + TaskName(t.id);
+      // Its attempt stops gracefully (SIGTERM first): what it prints on the way out is
+      // still its output, until the worker reports the attempt ended.
+      if (!t.worker.empty()) {
+        if (winding_down_.size() >= 10000) winding_down_.erase(winding_down_.begin());
+        winding_down_[t.id] = {t.attempt, t.worker, t.owner};
+      }
       std::string by = options_.authenticate ? bus::PrincipalOf(from).name : std::string();
       End(&t, wire::TaskState::Cancelled, wire::Reason::Cancelled,
           by.empty() ? "cancelled by fm-ctl" : "cancelled by " + by + " (fm-ctl)", 0, now_ms);
@@ -883,10 +979,17 @@ Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string
     t = &*stored;
   }
   std::string waiting;
-  if (t->state == wire::TaskState::Pending) {
+  if (t->state == wire::TaskState::Pending && t->not_before_ms > now_ms) {
+    waiting = "retry backoff: placed again in " + std::to_string((t->not_before_ms - now_ms + 999) / 1000) + " s";
+  } else if (t->state == wire::TaskState::Pending) {
     Explanation why = fleet_.Explain(t->spec);
     waiting = why.eligible > 0 ? std::to_string(why.eligible) + " eligible, all full" : WaitingForLost(t->spec, now_ms);
     if (waiting.empty()) waiting = "no eligible worker: " + why.message;
+    if (!t->failed_on.empty() && why.eligible > 0) {
+      std::string avoid;
+      for (const auto& w : t->failed_on) avoid += (avoid.empty() ? "" : ", ") + w;
+      waiting += "; not on " + avoid + ", which failed it";
+    }
   }
   out->push_back(views::TaskDetail(fbb, *t, waiting));
   // Its events, from its first one on; the look is bounded (a task's events are near
@@ -973,6 +1076,7 @@ void Engine::Tick(uint64_t now_ms) {
   }
   log_.ApplyRetention(now_ms, &effects_.writes);
   TrimEndedTasks(now_ms);
+  ReleaseBackoff(now_ms);
 }
 
 Status Engine::RecoverEndedCount(const store::Store* store) {
@@ -1126,9 +1230,17 @@ void Engine::PlacePending(uint64_t now_ms) {
   pending_.Walk([&](uint64_t id, const TaskSpec& demand) {
     if (!fleet_.HasOpenSlot()) return PendingSet::Offer::kStop;
     ++placement_offers_;
-    const WorkerState* chosen = fleet_.Place(demand, options_.policy);
-    if (!chosen) return PendingSet::Offer::kNoRoom;  // waits for capacity; other demands may fit
     Task& t = active_.at(id);
+    const WorkerState* chosen = nullptr;
+    if (!t.failed_on.empty()) {
+      // A retry goes to a worker that has not failed it, whenever one could run it: it
+      // waits for one that is full now, and goes back to one that failed it only when no
+      // other could ever run it.
+      chosen = fleet_.Place(demand, options_.policy, &t.failed_on);
+      if (!chosen && fleet_.AnyEligibleExcept(demand, t.failed_on)) return PendingSet::Offer::kSkip;
+    }
+    if (!chosen) chosen = fleet_.Place(demand, options_.policy);
+    if (!chosen) return PendingSet::Offer::kNoRoom;  // waits for capacity; other demands may fit
     t.waiting_for_lost = false;
     Queue(&t, chosen->id, now_ms);
     return PendingSet::Offer::kPlaced;

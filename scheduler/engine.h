@@ -88,6 +88,10 @@ struct EngineCensus {
   size_t workers_live = 0, workers_draining = 0, workers_unconfirmed = 0, workers_lost = 0;
 };
 
+// The delay before attempt `attempt` + 1 of task `task`: spec.retry_backoff_ms (or the
+// default) doubled per attempt so far, at most kMaxRetryDelayMs, jittered 0.75x-1.25x.
+uint64_t RetryDelayMs(const TaskSpec& spec, uint64_t task, uint32_t attempt);
+
 class Engine {
  public:
   explicit Engine(EngineOptions options);
@@ -161,6 +165,9 @@ class Engine {
   void OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64_t now_ms);
   // With authentication: `address` is one worker `id`'s key may hold.
   bool FromWorkerNamed(const std::string& address, const std::string& id) const;
+  // `address` is worker `id`'s registered one (or, for a worker no longer in the fleet,
+  // one its key may hold).
+  bool FromWorkerOf(const std::string& address, const std::string& id) const;
   // Notes a refused message for the log.
   void Refused(const std::string& from, const std::string& what);
   void OnControl(const std::string& from, const wire::ControlRequest& req, uint64_t now_ms);
@@ -184,7 +191,12 @@ class Engine {
   void MarkWaiting(Task* t, uint64_t now_ms);
   void Queue(Task* t, const std::string& worker_id, uint64_t now_ms);
   // Back to pending with attempt + 1, or failed when attempts are used up.
-  void Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms);
+  // `blame_worker`: the attempt failed there (a retryable exit status, an executor that
+  // could not run it): the worker is remembered and the retry waits a backoff. Not for a
+  // lost worker (placed again at once).
+  void Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms, bool blame_worker = false);
+  // Tasks whose retry backoff is over join the pending set.
+  void ReleaseBackoff(uint64_t now_ms);
   // Terminal transition. Removes the task from the active set; `t` is invalid after.
   void End(Task* t, wire::TaskState state, wire::Reason reason, const std::string& message, int32_t exit_code,
            uint64_t now_ms, const Explanation* explanation = nullptr);
@@ -247,6 +259,7 @@ class Engine {
   std::set<std::pair<std::string, uint64_t>> replaced_;
   std::unordered_map<uint64_t, Task> active_;  // tasks not yet ended
   PendingSet pending_;                         // tasks waiting for room, per demand
+  std::multimap<uint64_t, uint64_t> backoff_;  // due time -> pending task in retry backoff (may be stale)
   std::unordered_map<std::string, uint64_t> client_keys_;
   std::vector<uint64_t> dirty_tasks_;  // active tasks whose a/ record changed this turn (may repeat)
   std::map<std::string, std::vector<uint64_t>> dispatches_;  // worker id -> tasks to send
@@ -261,6 +274,13 @@ class Engine {
   };
   std::map<std::string, std::vector<EndedResult>> ended_for_watchers_;
   std::vector<Task> recent_ended_;  // ring for fm-ctl tasks
+  // Cancelled attempts still stopping (SIGTERM, then the kill timeout): their output is
+  // kept until the worker reports them ended. At most 10,000, oldest id dropped first.
+  struct WindingDown {
+    uint32_t attempt = 0;
+    std::string worker, owner;
+  };
+  std::map<uint64_t, WindingDown> winding_down_;
   size_t recent_next_ = 0;
 
   uint64_t next_task_id_ = 1;

@@ -1,5 +1,7 @@
 #include "scheduler/fleet_index.h"
 
+#include <algorithm>
+
 #include "scheduler/predicates.h"
 
 namespace fm::sched {
@@ -85,12 +87,24 @@ Explanation Fleet::Explain(const TaskSpec& spec) const {
   return ExplainGroups(spec, groups);
 }
 
-const WorkerState* Fleet::BestInClass(const TaskSpec& spec, const Class& c, PlacementPolicy policy) const {
+bool Fleet::AnyEligibleExcept(const TaskSpec& spec, const std::vector<std::string>& except) const {
+  for (const auto& [id, w] : workers_) {
+    if (w.draining || std::binary_search(except.begin(), except.end(), id)) continue;
+    if (CheckEligible(spec, w).ok()) return true;
+  }
+  return false;
+}
+
+const WorkerState* Fleet::BestInClass(const TaskSpec& spec, const Class& c, PlacementPolicy policy,
+                                      const std::vector<std::string>* except) const {
+  auto usable = [&](const WorkerState& w) {
+    return HasRoom(spec, w) && (!except || !std::binary_search(except->begin(), except->end(), w.id));
+  };
   // Members in PreferredOver's order; the first with room is the class's candidate.
   if (policy == PlacementPolicy::kSpread) {
     for (const LoadKey& load : c.open) {
       const WorkerState& w = workers_.at(std::get<2>(load));
-      if (HasRoom(spec, w)) return &w;
+      if (usable(w)) return &w;
     }
     return nullptr;
   }
@@ -101,19 +115,20 @@ const WorkerState* Fleet::BestInClass(const TaskSpec& spec, const Class& c, Plac
     auto group = c.open.lower_bound(LoadKey{std::get<0>(*last), std::get<1>(*last), std::string()});
     for (auto it = group; it != end; ++it) {
       const WorkerState& w = workers_.at(std::get<2>(*it));
-      if (HasRoom(spec, w)) return &w;
+      if (usable(w)) return &w;
     }
     end = group;
   }
   return nullptr;
 }
 
-const WorkerState* Fleet::Place(const TaskSpec& spec, PlacementPolicy policy) const {
+const WorkerState* Fleet::Place(const TaskSpec& spec, PlacementPolicy policy,
+                                const std::vector<std::string>* except) const {
   const WorkerState* best = nullptr;
   WorkerLoad best_load;
   for (const auto& [shape, c] : classes_) {
     if (c.open.empty() || !CheckEligible(spec, c.shape).ok()) continue;
-    const WorkerState* candidate = BestInClass(spec, c, policy);
+    const WorkerState* candidate = BestInClass(spec, c, policy, except);
     if (!candidate) continue;
     WorkerLoad load = LoadOf(*candidate);
     if (!best || PreferredOver(policy, load, candidate->id, best_load, best->id)) {

@@ -78,11 +78,15 @@ class Fleet {
 
   // Could any live worker ever run `spec`?
   bool AnyEligible(const TaskSpec& spec) const;
+  // The same among the workers not in `except` (sorted ids). O(workers).
+  bool AnyEligibleExcept(const TaskSpec& spec, const std::vector<std::string>& except) const;
   // Why no live worker can run `spec`, counted per worker.
   Explanation Explain(const TaskSpec& spec) const;
   // The worker with room now that `policy` prefers (PreferredOver's order, the same as
   // Choose() over every worker); nullptr when none has room.
-  const WorkerState* Place(const TaskSpec& spec, PlacementPolicy policy) const;
+  // With `except` (sorted ids), none of those workers.
+  const WorkerState* Place(const TaskSpec& spec, PlacementPolicy policy,
+                           const std::vector<std::string>* except = nullptr) const;
   // Whether any worker may take work now and has a free slot.
   bool HasOpenSlot() const { return open_slots_ > 0; }
 
@@ -99,7 +103,8 @@ class Fleet {
   using ClassMap = std::map<ClassShape, Class>;
   static LoadKey Load(const WorkerState& w);
   // The class's member with room that `policy` prefers; nullptr when none has room.
-  const WorkerState* BestInClass(const TaskSpec& spec, const Class& c, PlacementPolicy policy) const;
+  const WorkerState* BestInClass(const TaskSpec& spec, const Class& c, PlacementPolicy policy,
+                                 const std::vector<std::string>* except) const;
   void Index(WorkerState& w);
   void Unindex(WorkerState& w);
 

@@ -32,7 +32,7 @@ class PendingSet {
       return {-static_cast<int64_t>(priority), order, id};
     }
   };
-  enum class Offer { kPlaced, kNoRoom, kStop };
+  enum class Offer { kPlaced, kNoRoom, kSkip, kStop };
 
   void Insert(const TaskSpec& spec, Entry entry);
   // No-op when the task does not wait.
@@ -44,7 +44,8 @@ class PendingSet {
   // Offers waiting tasks in line order to `offer(id, demand)`, where `demand` is a spec
   // holding only the fields that decide eligibility and room. kPlaced: the task left the
   // line (it is removed here); kNoRoom: nothing of that demand fits now, so none of its
-  // later tasks is offered in this walk; kStop: end the walk.
+  // later tasks is offered in this walk; kSkip: this task waits (for a worker of its
+  // own choosing), the next of its demand is offered; kStop: end the walk.
   template <typename F>
   void Walk(F&& offer);
 
@@ -91,13 +92,18 @@ void PendingSet::Walk(F&& offer) {
     Offer result = offer(entry.id, static_cast<const TaskSpec&>(demand->second.spec));
     if (result == Offer::kStop) return;
     if (result == Offer::kNoRoom) continue;
-    demand->second.line.erase(demand->second.line.begin());
-    --size_;
-    if (demand->second.line.empty()) {
-      demands_.erase(demand);
-      continue;
+    auto& line = demand->second.line;
+    auto next = line.upper_bound(entry);
+    if (result == Offer::kPlaced) {
+      next = line.erase(line.find(entry));
+      --size_;
+      if (line.empty()) {
+        demands_.erase(demand);
+        continue;
+      }
     }
-    heads.push_back({*demand->second.line.begin(), demand});
+    if (next == line.end()) continue;
+    heads.push_back({*next, demand});
     std::push_heap(heads.begin(), heads.end(), later);
   }
 }

@@ -22,8 +22,10 @@ void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t,
   auto message = t.message.empty() ? 0 : fbb.CreateString(t.message);
   auto watcher = t.watcher.empty() ? 0 : fbb.CreateString(t.watcher);
   auto owner = t.owner.empty() ? 0 : fbb.CreateString(t.owner);
+  auto failed = t.failed_on.empty() ? 0 : codec::ToWire(fbb, t.failed_on);
   fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
-                                    t.exit_code, watcher, t.order, t.rejected, t.first_seq, owner, t.ended_ms));
+                                    t.exit_code, watcher, t.order, t.rejected, t.first_seq, owner, t.ended_ms,
+                                    t.not_before_ms, failed));
   writes->Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 
@@ -67,6 +69,8 @@ Result<Task> DecodeTask(std::string_view stored, std::string_view key) {
   t.first_seq = r.first_seq();
   t.owner = Str(r.owner());
   t.ended_ms = r.ended_ms();
+  t.not_before_ms = r.not_before_ms();
+  t.failed_on = codec::Strings(r.failed_workers());
   return t;
 }
 

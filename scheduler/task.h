@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "schemas/fm_generated.h"
 #include "schemas/model.h"
@@ -23,10 +24,12 @@ struct Task {
   wire::Reason reason = wire::Reason::None;
   std::string message;
   int32_t exit_code = 0;
-  bool rejected = false;          // refused at submission: never accepted
-  uint64_t first_seq = 0;         // its first event's seq
-  uint64_t ended_ms = 0;          // when it ended (0 while not ended)
-  bool waiting_for_lost = false;  // told the stream it waits for a lost worker (not stored)
+  bool rejected = false;               // refused at submission: never accepted
+  uint64_t first_seq = 0;              // its first event's seq
+  uint64_t ended_ms = 0;               // when it ended (0 while not ended)
+  uint64_t not_before_ms = 0;          // pending in retry backoff until then
+  std::vector<std::string> failed_on;  // workers an attempt failed on (sorted, at most 64)
+  bool waiting_for_lost = false;       // told the stream it waits for a lost worker (not stored)
 };
 
 // "pending", "queued", "running", "succeeded", "failed", "cancelled".

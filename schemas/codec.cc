@@ -1,5 +1,7 @@
 #include "schemas/codec.h"
 
+#include <algorithm>
+
 #include "schemas/vocabulary.h"
 
 namespace fm::codec {
@@ -78,7 +80,9 @@ flatbuffers::Offset<wire::TaskSpec> ToWire(flatbuffers::FlatBufferBuilder& fbb, 
   auto env = spec.env.empty() ? 0 : ToWire(fbb, spec.env);
   auto cwd = spec.cwd.empty() ? 0 : fbb.CreateString(spec.cwd);
   return wire::CreateTaskSpec(fbb, command, requires_, resources, labels, image, spec.max_attempts, spec.timeout_ms,
-                              spec.priority, key, env, cwd);
+                              spec.priority, key, env, cwd, spec.kill_timeout_ms,
+                              spec.retry_exit_codes.empty() ? 0 : fbb.CreateVector(spec.retry_exit_codes),
+                              spec.retry_backoff_ms);
 }
 
 Labels FromWire(const flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>* labels) {
@@ -126,6 +130,14 @@ TaskSpec FromWire(const wire::TaskSpec* spec) {
   out.key = Str(spec->key());
   out.env = FromWire(spec->env());
   out.cwd = Str(spec->cwd());
+  out.kill_timeout_ms = spec->kill_timeout_ms();
+  if (spec->retry_exit_codes()) {
+    out.retry_exit_codes.assign(spec->retry_exit_codes()->begin(), spec->retry_exit_codes()->end());
+    std::sort(out.retry_exit_codes.begin(), out.retry_exit_codes.end());
+    out.retry_exit_codes.erase(std::unique(out.retry_exit_codes.begin(), out.retry_exit_codes.end()),
+                               out.retry_exit_codes.end());
+  }
+  out.retry_backoff_ms = spec->retry_backoff_ms();
   return out;
 }
 

@@ -2,6 +2,7 @@
 
 #include <flatbuffers/flexbuffers.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -154,6 +155,24 @@ Result<TaskSpec> JsonCodec::ParseTaskLine(std::string_view line) {
   }
   spec.priority = in->priority();
   if (in->key()) spec.key = in->key()->str();
+  if (in->retry_exit_codes()) {
+    spec.retry_exit_codes.assign(in->retry_exit_codes()->begin(), in->retry_exit_codes()->end());
+    std::sort(spec.retry_exit_codes.begin(), spec.retry_exit_codes.end());
+    spec.retry_exit_codes.erase(std::unique(spec.retry_exit_codes.begin(), spec.retry_exit_codes.end()),
+                                spec.retry_exit_codes.end());
+  }
+  if (in->retry_backoff()) {
+    auto ms = ParseDurationMs(in->retry_backoff()->str());
+    if (!ms.ok()) return Status::Invalid("retry_backoff: " + ms.status().message());
+    if (*ms == 0) return Status::Invalid("retry_backoff \"" + in->retry_backoff()->str() + "\" is under 1ms");
+    spec.retry_backoff_ms = *ms;
+  }
+  if (in->kill_timeout()) {
+    auto ms = ParseDurationMs(in->kill_timeout()->str());
+    if (!ms.ok()) return Status::Invalid("kill_timeout: " + ms.status().message());
+    if (*ms == 0) return Status::Invalid("kill_timeout \"" + in->kill_timeout()->str() + "\" is under 1ms");
+    spec.kill_timeout_ms = *ms;
+  }
   Status valid = ValidateTaskSpec(spec);
   if (!valid.ok()) return valid;
   return spec;
@@ -221,6 +240,18 @@ Status ValidateTaskSpec(const TaskSpec& spec) {
     if (Status s = ValidateLabel(key, value); !s.ok()) return Status::Invalid("labels: " + s.message());
   }
   if (Status s = ValidateEnv(spec.env); !s.ok()) return s;
+  if (spec.retry_exit_codes.size() > 256) return Status::Invalid("retry_exit_codes lists more than 256 statuses");
+  for (int32_t code : spec.retry_exit_codes) {
+    if (code < 1 || code > 255) {
+      return Status::Invalid("retry_exit_codes holds " + std::to_string(code) + ": exit statuses are 1 to 255");
+    }
+  }
+  if (spec.retry_backoff_ms > kMaxRetryDelayMs) {
+    return Status::Invalid("retry_backoff is above the limit of " + std::to_string(kMaxRetryDelayMs / 1000) + " s");
+  }
+  if (spec.kill_timeout_ms > kMaxKillTimeoutMs) {
+    return Status::Invalid("kill_timeout is above the limit of " + std::to_string(kMaxKillTimeoutMs / 1000) + " s");
+  }
   if (!spec.cwd.empty()) {
     if (spec.cwd[0] != '/') return Status::Invalid("cwd \"" + spec.cwd + "\" is not an absolute path");
     if (HasNul(spec.cwd)) return Status::Invalid("cwd holds a NUL byte");

@@ -54,6 +54,7 @@ inline constexpr uint32_t kMaxAttempts = 1000;
 inline constexpr size_t kMaxEnvVars = 256;
 inline constexpr size_t kMaxEnvBytes = 128 * 1024;  // names and values together
 inline constexpr size_t kMaxCwdBytes = 4096;
+inline constexpr uint64_t kMaxKillTimeoutMs = 3600'000;  // an hour between SIGTERM and SIGKILL
 
 // Environment variables a task may set: names [A-Za-z_][A-Za-z0-9_]* that do not start
 // with FM_ (the worker's own: FM_TASK_ID, FM_ATTEMPT, FM_WORKER_ID, ...), values

@@ -25,6 +25,10 @@ struct Resources {
   auto operator<=>(const Resources&) const = default;
 };
 
+inline constexpr uint64_t kDefaultKillTimeoutMs = 10'000;
+inline constexpr uint64_t kDefaultRetryBackoffMs = 1'000;
+inline constexpr uint64_t kMaxRetryDelayMs = 300'000;
+
 struct TaskSpec {
   std::vector<std::string> command;
   std::vector<std::string> required_capabilities;  // sorted, unique
@@ -37,6 +41,15 @@ struct TaskSpec {
   std::string key;  // client idempotency key; empty: none
   Labels env;       // variables for the task (sorted by name); FM_* are the worker's
   std::string cwd;  // working directory, absolute; empty: the worker's default
+  // Cancel and timeout send SIGTERM (docker stop), then SIGKILL this much later; 0: the
+  // default, kDefaultKillTimeoutMs.
+  uint64_t kill_timeout_ms = 0;
+  // Exit statuses worth another attempt (sorted, unique); any other non-zero status fails
+  // the task at once.
+  std::vector<int32_t> retry_exit_codes;
+  // The delay before a retry: this, doubled for each attempt so far, jittered by ±25%,
+  // at most kMaxRetryDelayMs; 0: kDefaultRetryBackoffMs.
+  uint64_t retry_backoff_ms = 0;
   bool operator==(const TaskSpec&) const = default;
 };
 

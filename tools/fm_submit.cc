@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <deque>
@@ -331,7 +332,9 @@ int main(int argc, char** argv) {
   std::string broker = fm::bus::DefaultBrokerUrl();
   bool wait = false;
   std::vector<std::string> requires_, labels, command, env;
-  std::string cwd, cpus, memory, gpu_memory, gpu_model, image, timeout, key, reply_timeout = "30s";
+  std::vector<int32_t> retry_codes;
+  std::string cwd, kill_timeout, retry_backoff, cpus, memory, gpu_memory, gpu_model, image, timeout, key,
+      reply_timeout = "30s";
   int64_t gpus = 0, max_attempts = 0;
   int32_t priority = 0;
   size_t batch = 1000;
@@ -349,6 +352,9 @@ int main(int argc, char** argv) {
   app.add_option("--image", image, "run in this container image (needs capability docker)");
   app.add_option("--env", env, "NAME=VALUE in the task's environment (repeatable)");
   app.add_option("--cwd", cwd, "the task's working directory (absolute)");
+  app.add_option("--retry-exit-code", retry_codes, "an exit status worth another attempt (repeatable)");
+  app.add_option("--retry-backoff", retry_backoff, "the first retry's delay, doubled each attempt (1s)");
+  app.add_option("--kill-timeout", kill_timeout, "on cancel or timeout: SIGTERM, then SIGKILL this much later (10s)");
   app.add_option("--timeout", timeout, "kill the task after this long (e.g. 30s)");
   app.add_option("--max-attempts", max_attempts, "attempts before the task fails");
   app.add_option("--priority", priority, "higher runs first");
@@ -413,6 +419,24 @@ int main(int argc, char** argv) {
     }
     fm::Normalize(&spec.env);
     spec.cwd = cwd;
+    spec.retry_exit_codes = retry_codes;
+    std::sort(spec.retry_exit_codes.begin(), spec.retry_exit_codes.end());
+    spec.retry_exit_codes.erase(std::unique(spec.retry_exit_codes.begin(), spec.retry_exit_codes.end()),
+                                spec.retry_exit_codes.end());
+    if (!retry_backoff.empty()) {
+      auto v = fm::ParseDurationMs(retry_backoff);
+      if (!v.ok() || *v == 0) {
+        return fail("--retry-backoff", v.ok() ? fm::Status::Invalid("must be at least 1ms") : v.status());
+      }
+      spec.retry_backoff_ms = *v;
+    }
+    if (!kill_timeout.empty()) {
+      auto v = fm::ParseDurationMs(kill_timeout);
+      if (!v.ok() || *v == 0) {
+        return fail("--kill-timeout", v.ok() ? fm::Status::Invalid("must be at least 1ms") : v.status());
+      }
+      spec.kill_timeout_ms = *v;
+    }
     spec.image = image;
     if (!timeout.empty()) {
       auto v = fm::ParseDurationMs(timeout);

@@ -376,7 +376,7 @@ WorkerOutbox WorkerCore::EndTurn() {
       if (f == finished_.end()) continue;
       const RunResult& r = f->second.result;
       finished.push_back(wire::CreateTaskFinished(fbb, wire::CreateTaskRef(fbb, ref.first, ref.second), worker,
-                                                  r.outcome, r.exit_code, fbb.CreateString(r.message)));
+                                                  r.outcome, r.exit_code, fbb.CreateString(r.message), r.reason));
     }
     out_.to_scheduler.push_back(
         codec::Seal(fbb, wire::CreateWorkerReport(fbb, worker, started, fbb.CreateVector(finished))));

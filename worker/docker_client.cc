@@ -249,6 +249,7 @@ Result<std::string> DockerClient::Create(const std::string& image, const std::ve
   }
   auto r = UnixHttp(socket_, "POST", std::string(kApi) + "/containers/create", body, 30000);
   if (!r.ok()) return r.status();
+  if (r->status == 404) return Status::NotFound("image " + image + " is not on this host (" + ErrorText(*r) + ")");
   if (r->status != 201) return Status::Unavailable("create container from " + image + ": " + ErrorText(*r));
   auto response_parser = DockerParser("CreateResponse");
   if (!response_parser || !response_parser->ParseJson(r->body.c_str())) {
@@ -300,6 +301,15 @@ Status DockerClient::Kill(const std::string& id) {
   auto r = UnixHttp(socket_, "POST", std::string(kApi) + "/containers/" + id + "/kill", "", 10000);
   if (!r.ok()) return r.status();
   if (r->status != 204 && r->status != 409) return Status::Unavailable("kill: " + ErrorText(*r));
+  return Status::Ok();
+}
+
+Status DockerClient::Stop(const std::string& id, uint64_t seconds) {
+  auto r = UnixHttp(socket_, "POST", std::string(kApi) + "/containers/" + id + "/stop?t=" + std::to_string(seconds), "",
+                    static_cast<int>((seconds + 30) * 1000));
+  if (!r.ok()) return r.status();
+  // 304: stopped already; 404: gone already.
+  if (r->status != 204 && r->status != 304 && r->status != 404) return Status::Unavailable("stop: " + ErrorText(*r));
   return Status::Ok();
 }
 

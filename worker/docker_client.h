@@ -69,6 +69,9 @@ class DockerClient {
   // what the daemon has now.
   Status Logs(const std::string& id, bool follow, const LogDemuxer::Sink& out);
   Status Kill(const std::string& id);
+  // POST /containers/ID/stop?t=SECONDS: SIGTERM (the image's stop signal), SIGKILL after
+  // `seconds`. Blocks until the container stopped.
+  Status Stop(const std::string& id, uint64_t seconds);
   Status Remove(const std::string& id);
 
  private:

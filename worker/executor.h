@@ -22,6 +22,7 @@ struct RunResult {
   wire::Outcome outcome = wire::Outcome::Succeeded;
   int32_t exit_code = 0;
   std::string message;
+  wire::Reason reason = wire::Reason::None;  // a failure's reason, when the executor knows it
 };
 
 // What an executor reports, on the loop thread.

@@ -34,6 +34,7 @@ struct UvExecutor::Run {
   int term_signal = 0;
   std::atomic<bool> timed_out{false};
   std::atomic<bool> cancelled{false};
+  bool term_sent = false;  // exec: SIGTERM sent, SIGKILL follows after the kill timeout
   bool timer_started = false;
   bool out_closed = false, err_closed = false, timer_closed = false;
   std::string spawn_error;
@@ -52,6 +53,7 @@ struct UvExecutor::Run {
   bool stopping = false;                                     // guarded by mutex: the executor is going away
   bool closing = false;        // the loop closed wake (and the timer): the run ends in their close callbacks
   std::string docker_error;    // written by the thread before `finished`
+  bool image_missing = false;  // likewise: the daemon does not have the image
   int64_t docker_status = -1;  // ditto
 };
 
@@ -177,8 +179,11 @@ void UvExecutor::OnExecHandleClosed(uv_handle_t* handle) {
   } else if (r->cancelled) {
     result = {wire::Outcome::Cancelled, result.exit_code, "cancelled"};
   } else if (r->timed_out) {
-    result = {wire::Outcome::TimedOut, 128 + SIGKILL,
-              "killed after the timeout of " + std::to_string(r->spec.timeout_ms) + " ms"};
+    std::string how = r->term_signal == SIGKILL ? "killed (SIGKILL: SIGTERM did not end it in time)"
+                      : r->term_signal != 0     ? std::string("ended by ") + strsignal(r->term_signal)
+                                            : "exited with status " + std::to_string(r->exit_status) + " on SIGTERM";
+    result = {wire::Outcome::TimedOut, r->term_signal != 0 ? 128 + r->term_signal : result.exit_code,
+              "timed out after " + std::to_string(r->spec.timeout_ms) + " ms; " + how};
   } else if (r->term_signal != 0) {
     result = {wire::Outcome::Failed, 128 + r->term_signal,
               std::string("killed by signal ") + strsignal(r->term_signal)};
@@ -402,6 +407,7 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
   auto id = docker.Create(r->spec.image, r->spec.command, env, r->spec.cwd);
   if (!id.ok()) {
     r->docker_error = id.status().message();
+    r->image_missing = id.status().code() == Status::Code::kNotFound;
   } else {
     {
       std::lock_guard<std::mutex> lock(r->mutex);
@@ -489,7 +495,13 @@ void UvExecutor::OnDockerHandleClosed(uv_handle_t* handle) {
     result = {wire::Outcome::Cancelled, result.exit_code, "cancelled"};
   } else if (r->timed_out) {
     result = {wire::Outcome::TimedOut, result.exit_code,
-              "container killed after the timeout of " + std::to_string(r->spec.timeout_ms) + " ms"};
+              "timed out after " + std::to_string(r->spec.timeout_ms) + " ms; container stopped (exit status " +
+                  std::to_string(result.exit_code) + ")"};
+  } else if (r->image_missing) {
+    // No registry is asked: an image is there or it is not, and retrying will not bring it.
+    result = {wire::Outcome::Failed, 0,
+              "image_missing: " + r->docker_error + " on worker " + r->executor->options_.worker_id,
+              wire::Reason::ImageMissing};
   } else if (!r->docker_error.empty()) {
     // The daemon could not run it here: another worker may.
     result = {wire::Outcome::Retryable, result.exit_code, "docker: " + r->docker_error};
@@ -536,8 +548,24 @@ int UvExecutor::KillTree(Run* run) {
 }
 
 void UvExecutor::Kill(Run* run) {
+  const uint64_t grace = run->spec.kill_timeout_ms != 0 ? run->spec.kill_timeout_ms : kDefaultKillTimeoutMs;
   if (run->spec.image.empty()) {
-    if (!run->exited && run->process.pid > 0) KillTree(run);
+    if (run->exited || run->process.pid <= 0) return;
+    if (run->term_sent) {  // asked again (a cancel after the timeout): no more waiting
+      KillTree(run);
+      return;
+    }
+    // Graceful: the process group gets SIGTERM; whatever of the attempt is left after
+    // the kill timeout gets SIGKILL (the group and every process carrying its mark).
+    run->term_sent = true;
+    kill(-run->process.pid, SIGTERM);
+    uv_timer_start(
+        &run->timer,
+        [](uv_timer_t* t) {
+          auto* r = static_cast<Run*>(t->data);
+          if (!r->exited) r->executor->KillTree(r);
+        },
+        grace, 0);
     return;
   }
   std::string container;
@@ -546,20 +574,14 @@ void UvExecutor::Kill(Run* run) {
     container = run->container;
   }
   if (container.empty()) return;
-  // Blocking API call: on the thread pool.
-  struct Job {
-    uv_work_t work;
-    std::string socket, container;
-  };
-  auto* job = new Job{{}, options_.docker_socket, container};
-  job->work.data = job;
-  uv_queue_work(
-      loop_, &job->work,
-      [](uv_work_t* w) {
-        auto* j = static_cast<Job*>(w->data);
-        (void)DockerClient(j->socket).Kill(j->container);
-      },
-      [](uv_work_t* w, int) { delete static_cast<Job*>(w->data); });
+  // docker stop: SIGTERM, SIGKILL after the kill timeout (whole seconds, at least one).
+  // It blocks for as long: on a thread of its own, never libuv's pool (four threads that
+  // every other attempt's timeout and cancel would wait behind). The container's end
+  // reaches the attempt's thread through its wait.
+  const uint64_t seconds = std::max<uint64_t>(1, (grace + 999) / 1000);
+  std::thread([socket = options_.docker_socket, container, seconds] {
+    (void)DockerClient(socket).Stop(container, seconds);
+  }).detach();
 }
 
 }  // namespace fm::worker

@@ -149,7 +149,7 @@ TEST_CASE("fm-tap --json prints seq, type, time, task, reason, message and the b
   CHECK_THAT(line, Contains(R"("breakdown": [{"predicate": "capability","workers": 2)"));
 }
 
-TEST_CASE("exec streams stdout and stderr as log events, reports the exit status and kills on timeout",
+TEST_CASE("exec streams stdout and stderr as log events, reports the exit status and stops it with SIGTERM on timeout",
           "[integration]") {
   Cluster c;
   c.StartWorker("w", {"--slots", "2"});
@@ -166,7 +166,7 @@ TEST_CASE("exec streams stdout and stderr as log events, reports the exit status
   CHECK(c.WaitEvent("task.log task=" + first + " worker=w stream=stdout | to-out"));
   CHECK(c.WaitEvent("task.log task=" + first + " worker=w stream=stderr | to-err"));
   CHECK(c.WaitEvent("task.failed task=" + first + " worker=w exit=3 reason=exit_status"));
-  CHECK(c.WaitEvent("task.failed task=" + TaskOf(run.lines[1]) + " worker=w exit=137 reason=timeout"));
+  CHECK(c.WaitEvent("task.failed task=" + TaskOf(run.lines[1]) + " worker=w exit=143 reason=timeout"));
 }
 
 TEST_CASE("a worker killed with SIGKILL is lost after the liveness window and its task runs elsewhere",
@@ -641,4 +641,60 @@ TEST_CASE(
   ToolRun relative = c.Submit("", {"--cwd", "tmp", "--", "true"});
   CHECK(relative.exit_code == 2);
   CHECK_THAT(relative.err, Contains("cwd \"tmp\" is not an absolute path"));
+}
+
+TEST_CASE(
+    "timeout and cancel stop an exec task gracefully: SIGTERM lets it print its message, SIGKILL follows after its "
+    "kill_timeout",
+    "[integration]") {
+  Cluster c;
+  c.StartWorker("w1");
+  // Traps TERM: says so and exits 0; the attempt still ends timed out.
+  ToolRun trapped = c.Submit(
+      R"({"command": ["sh", "-c", "trap 'echo got TERM, cleaning up; exit 0' TERM; echo ready; sleep 60 & wait"],)"
+      R"( "timeout": "1s"})"
+      "\n",
+      {"--wait"});
+  REQUIRE(trapped.lines.size() == 1);
+  CHECK_THAT(trapped.lines[0], Contains("timed out after 1000 ms; exited with status 0 on SIGTERM"));
+  CHECK(c.WaitEvent("got TERM, cleaning up"));
+
+  // Ignores TERM: killed after its kill timeout, not 10 s.
+  auto started = std::chrono::steady_clock::now();
+  ToolRun stubborn = c.Submit(R"({"command": ["sh", "-c", "trap '' TERM; sleep 60"], "timeout": "500ms",)"
+                              R"( "kill_timeout": "700ms"})"
+                              "\n",
+                              {"--wait"});
+  auto took = std::chrono::steady_clock::now() - started;
+  REQUIRE(stubborn.lines.size() == 1);
+  CHECK_THAT(stubborn.lines[0], Contains("killed (SIGKILL: SIGTERM did not end it in time)"));
+  CHECK(took < std::chrono::seconds(8));
+
+  // Cancel: the same graceful stop.
+  c.Submit(R"({"command": ["sh", "-c", "trap 'echo cancelled nicely; exit 0' TERM; echo up; sleep 60 & wait"]})"
+           "\n");
+  REQUIRE(c.WaitEvent("up"));
+  CHECK(c.Ctl({"cancel", "t3"}).exit_code == 0);
+  CHECK(c.WaitEvent("cancelled nicely"));
+}
+
+TEST_CASE("a task that fails only on the first worker is retried after its backoff on the other one and succeeds there",
+          "[integration]") {
+  Cluster c;
+  c.StartWorker("w1", {"--slots", "2"});
+  c.StartWorker("w2", {"--slots", "2", "--label", "pool=b"});
+  // Occupy w2 for a moment so that the first attempt lands on w1 (spread: least loaded).
+  c.Submit(R"({"command": ["sleep", "1"], "labels": {"pool": "b"}})"
+           "\n");
+  REQUIRE(c.WaitEvent("task.started"));
+  ToolRun run = c.Submit(R"({"command": ["sh", "-c", "test \"$FM_WORKER_ID\" != w1 || exit 3"],)"
+                         R"( "retry_exit_codes": [3], "retry_backoff": "200ms", "max_attempts": 3})"
+                         "\n",
+                         {"--wait"});
+  REQUIRE(run.lines.size() == 1);
+  CHECK_THAT(run.lines[0], Contains(R"("status": "succeeded","worker": "w2")"));
+  ToolRun task = c.Ctl({"task", "t2"});
+  std::string all;
+  for (const auto& l : task.lines) all += l + "\n";
+  CHECK_THAT(all, Contains("task.retrying worker=w1 attempt=2 reason=exit_status") && Contains("avoiding w1"));
 }

@@ -120,3 +120,35 @@ TEST_CASE("a container gets the task's env and cwd and the FM_ variables naming 
   CHECK_THAT(run.lines[0], Contains(R"("status": "succeeded")"));
   CHECK(c.WaitEvent("hi there|t1|1|d|/tmp"));
 }
+
+TEST_CASE("cancelling a container stops it with SIGTERM first, so a task that traps it prints its message",
+          "[integration][docker]") {
+  TempDir dir;
+  std::string socket_path = dir.path() + "/docker.sock";
+  Podman podman(socket_path);
+  Cluster c;
+  c.StartWorker("d", {"--docker-socket", socket_path});
+  c.Submit(R"({"command": ["sh", "-c", "trap 'echo container got TERM; exit 0' TERM; echo running;)"
+           R"( while true; do sleep 1; done"], "image": "localhost/fm-busybox:latest", "kill_timeout": "5s"})"
+           "\n");
+  REQUIRE(c.WaitEvent("running", 30000));
+  CHECK(c.Ctl({"cancel", "t1"}).exit_code == 0);
+  CHECK(c.WaitEvent("container got TERM", 15000));
+}
+
+TEST_CASE("a task whose image is not on the worker fails at once with reason image_missing, naming the image",
+          "[integration][docker]") {
+  TempDir dir;
+  std::string socket_path = dir.path() + "/docker.sock";
+  Podman podman(socket_path);
+  Cluster c;
+  c.StartWorker("d", {"--docker-socket", socket_path});
+  ToolRun run = c.Submit(R"({"command": ["true"], "image": "localhost/fm-no-such-image:latest"})"
+                         "\n",
+                         {"--wait"});
+  REQUIRE(run.lines.size() == 1);
+  CHECK_THAT(run.lines[0], Contains(R"("status": "failed")") && Contains(R"("reason": "image_missing")") &&
+                               Contains("localhost/fm-no-such-image:latest"));
+  CHECK(c.WaitEvent("task.failed"));
+  CHECK(c.Ctl({"task", "t1"}).lines.size() > 2);
+}

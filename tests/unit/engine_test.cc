@@ -231,6 +231,9 @@ TEST_CASE("a retryable failure runs again until max_attempts, then fails", "[uni
   uint64_t id = OnlyResult(h.Submit({spec}))->task();
   Turn t = h.Finished(id, 1, "w", wire::Outcome::Retryable);
   CHECK(t.Events("task.retrying").size() == 1);
+  CHECK(t.Dispatched(Harness::Address("w")).empty());  // after its backoff, not at once
+  // The only worker failed it: no other could run it, so it goes back there.
+  CHECK(h.Tick(1500).Dispatched(Harness::Address("w")) == std::vector<uint64_t>{id});
   t = h.Finished(id, 2, "w", wire::Outcome::Retryable);
   auto failed = t.Events("task.failed");
   REQUIRE(failed.size() == 1);
@@ -787,4 +790,74 @@ TEST_CASE("a task that ends after the retention passed its id is still deleted f
   CHECK(h.engine().stored_ended_tasks() == 5);
   CHECK_FALSE(present(1));
   for (uint64_t id = 6; id <= 10; ++id) CHECK(present(id));
+}
+
+TEST_CASE("the retry delay doubles per attempt from retry_backoff, jittered within a quarter, and is capped",
+          "[unit]") {
+  TaskSpec spec = NewTask();
+  for (uint64_t task = 1; task <= 50; ++task) {
+    CHECK(RetryDelayMs(spec, task, 1) >= 750);
+    CHECK(RetryDelayMs(spec, task, 1) <= 1250);
+    CHECK(RetryDelayMs(spec, task, 3) >= 3000);
+    CHECK(RetryDelayMs(spec, task, 3) <= 5000);
+    CHECK(RetryDelayMs(spec, task, 40) <= kMaxRetryDelayMs * 5 / 4);
+  }
+  spec.retry_backoff_ms = 100;
+  CHECK(RetryDelayMs(spec, 7, 2) >= 150);
+  CHECK(RetryDelayMs(spec, 7, 2) <= 250);
+  // Jitter spreads a burst: fifty tasks failing together do not all come back at once.
+  std::set<uint64_t> delays;
+  for (uint64_t task = 1; task <= 50; ++task) delays.insert(RetryDelayMs(spec, task, 1));
+  CHECK(delays.size() > 25);
+}
+
+TEST_CASE(
+    "a listed exit status retries after its backoff on a worker that has not failed the task, waiting for one to free "
+    "up; an unlisted one fails the task",
+    "[unit]") {
+  Harness h;
+  h.Register({"a", {}, 4, 8 * GiB, 1});
+  h.Register({"b", {}, 4, 8 * GiB, 1});
+  TaskSpec spec = NewTask();
+  spec.retry_exit_codes = {3};
+  spec.retry_backoff_ms = 1000;
+  Turn first = h.Submit({spec});
+  std::string failed_on = first.Dispatched(Harness::Address("a")).empty() ? "b" : "a";
+  std::string other = failed_on == "a" ? "b" : "a";
+  // The other worker is busy with a task of its own.
+  TaskSpec busy = NewTask();
+  Turn second = h.Submit({busy});
+  CHECK(second.Dispatched(Harness::Address(other)) == std::vector<uint64_t>{2});
+  h.Started(1, 1, failed_on);
+  Turn failed = h.Finished(1, 1, failed_on, wire::Outcome::Failed, 3);
+  auto retrying = failed.Events("task.retrying");
+  REQUIRE(retrying.size() == 1);
+  CHECK_THAT(retrying[0]->message()->str(), Catch::Contains("(in retry_exit_codes)") && Catch::Contains("retry in") &&
+                                                Catch::Contains("avoiding " + failed_on));
+  CHECK(failed.Dispatched(Harness::Address(failed_on)).empty());
+  // Past the backoff it waits for the busy worker, though the one that failed it is free.
+  Turn later = h.Tick(1500);
+  CHECK(later.Dispatched(Harness::Address(failed_on)).empty());
+  CHECK(later.Dispatched(Harness::Address(other)).empty());
+  h.Started(2, 1, other);
+  Turn freed = h.Finished(2, 1, other, wire::Outcome::Succeeded);
+  CHECK(freed.Dispatched(Harness::Address(other)) == std::vector<uint64_t>{1});
+  // A status not listed fails it at once.
+  h.Started(1, 2, other);
+  Turn end = h.Finished(1, 2, other, wire::Outcome::Failed, 4);
+  CHECK(end.Events("task.failed").size() == 1);
+  CHECK(end.Events("task.retrying").empty());
+}
+
+TEST_CASE("a retry goes back to a worker that failed it when no other could ever run it", "[unit]") {
+  Harness h;
+  h.Register({"only", {}, 4, 8 * GiB, 1});
+  TaskSpec spec = NewTask();
+  spec.retry_exit_codes = {3};
+  spec.retry_backoff_ms = 100;
+  h.Submit({spec});
+  h.Started(1, 1, "only");
+  h.Finished(1, 1, "only", wire::Outcome::Failed, 3);
+  Turn again = h.Tick(300);
+  CHECK(again.Dispatched(Harness::Address("only")) == std::vector<uint64_t>{1});
 }

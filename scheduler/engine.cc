@@ -775,7 +775,9 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
         break;
       }
       End(&t, wire::TaskState::Failed,
-          msg.reason() == wire::Reason::ImageMissing ? wire::Reason::ImageMissing : wire::Reason::ExitStatus,
+          msg.reason() == wire::Reason::ImageMissing || msg.reason() == wire::Reason::MemoryLimit
+              ? msg.reason()
+              : wire::Reason::ExitStatus,
           message.empty() ? "exit status " + std::to_string(msg.exit_code()) : message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::TimedOut:

@@ -25,7 +25,7 @@ constexpr std::array<std::pair<wire::EventType, std::string_view>, 16> kEventTyp
     {wire::EventType::TaskWaiting, "task.waiting"},
 }};
 
-constexpr std::array<std::pair<wire::Reason, std::string_view>, 11> kReasons{{
+constexpr std::array<std::pair<wire::Reason, std::string_view>, 12> kReasons{{
     {wire::Reason::NoEligibleWorker, "no_eligible_worker"},
     {wire::Reason::InvalidTask, "invalid_task"},
     {wire::Reason::KeyConflict, "key_conflict"},
@@ -37,6 +37,7 @@ constexpr std::array<std::pair<wire::Reason, std::string_view>, 11> kReasons{{
     {wire::Reason::Cancelled, "cancelled"},
     {wire::Reason::DuplicateWorkerId, "duplicate_worker_id"},
     {wire::Reason::ImageMissing, "image_missing"},
+    {wire::Reason::MemoryLimit, "memory_limit"},
 }};
 
 constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 7> kErrorCodes{{

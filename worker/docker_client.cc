@@ -1,5 +1,6 @@
 #include "worker/docker_client.h"
 
+#include <flatbuffers/flexbuffers.h>
 #include <flatbuffers/idl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -231,16 +232,29 @@ Status DockerClient::Ping(int timeout_ms) {
 }
 
 Result<std::string> DockerClient::Create(const std::string& image, const std::vector<std::string>& cmd,
-                                         const std::vector<std::string>& env, const std::string& cwd) {
+                                         const ContainerSpec& spec) {
   flatbuffers::FlatBufferBuilder fbb;
   std::vector<flatbuffers::Offset<flatbuffers::String>> args, vars;
   for (const auto& a : cmd) args.push_back(fbb.CreateString(a));
-  for (const auto& v : env) vars.push_back(fbb.CreateString(v));
+  for (const auto& v : spec.env) vars.push_back(fbb.CreateString(v));
   auto image_off = fbb.CreateString(image);
   auto cmd_off = fbb.CreateVector(args);
   auto env_off = vars.empty() ? 0 : fbb.CreateVector(vars);
-  auto cwd_off = cwd.empty() ? 0 : fbb.CreateString(cwd);
-  auto req = docker::CreateCreateRequest(fbb, image_off, cmd_off, false, true, true, env_off, cwd_off);
+  auto cwd_off = spec.cwd.empty() ? 0 : fbb.CreateString(spec.cwd);
+  flatbuffers::Offset<flatbuffers::Vector<uint8_t>> labels_off = 0;
+  if (!spec.labels.empty()) {
+    flexbuffers::Builder labels;
+    labels.Map([&] {
+      for (const auto& [k, v] : spec.labels) labels.String(k.c_str(), v);
+    });
+    labels.Finish();
+    labels_off = fbb.CreateVector(labels.GetBuffer());
+  }
+  const int64_t memory = static_cast<int64_t>(spec.memory);
+  auto host = docker::CreateContainerHostConfig(fbb, static_cast<int64_t>(spec.cpus_milli) * 1'000'000, memory, memory,
+                                                spec.pids_limit);
+  auto req =
+      docker::CreateCreateRequest(fbb, image_off, cmd_off, false, true, true, env_off, cwd_off, labels_off, host);
   fbb.Finish(req);
   auto parser = DockerParser("CreateRequest");
   std::string body;
@@ -302,6 +316,36 @@ Status DockerClient::Kill(const std::string& id) {
   if (!r.ok()) return r.status();
   if (r->status != 204 && r->status != 409) return Status::Unavailable("kill: " + ErrorText(*r));
   return Status::Ok();
+}
+
+Result<bool> DockerClient::OomKilled(const std::string& id) {
+  auto r = UnixHttp(socket_, "GET", std::string(kApi) + "/containers/" + id + "/json", "", 10000);
+  if (!r.ok()) return r.status();
+  if (r->status != 200) return Status::Unavailable("inspect: " + ErrorText(*r));
+  auto parser = DockerParser("InspectResponse");
+  if (!parser || !parser->ParseJson(r->body.c_str())) return Status::Unavailable("inspect: unreadable response");
+  const auto* state = flatbuffers::GetRoot<docker::InspectResponse>(parser->builder_.GetBufferPointer())->State();
+  return state != nullptr && state->OOMKilled();
+}
+
+Result<std::vector<std::string>> DockerClient::ListLabeled(const std::string& key, const std::string& value) {
+  // filters={"label":["KEY=VALUE"]}, URL-encoded; ids and label values are [A-Za-z0-9._:-].
+  std::string filter = "%7B%22label%22%3A%5B%22" + key + "%3D" + value + "%22%5D%7D";
+  auto r = UnixHttp(socket_, "GET", std::string(kApi) + "/containers/json?all=1&filters=" + filter, "", 30000);
+  if (!r.ok()) return r.status();
+  if (r->status != 200) return Status::Unavailable("list containers: " + ErrorText(*r));
+  auto parser = DockerParser("ContainerList");
+  std::string wrapped = "{\"Items\": " + r->body + "}";
+  if (!parser || !parser->ParseJson(wrapped.c_str()))
+    return Status::Unavailable("list containers: unreadable response");
+  std::vector<std::string> ids;
+  const auto* list = flatbuffers::GetRoot<docker::ContainerList>(parser->builder_.GetBufferPointer());
+  if (list->Items()) {
+    for (const auto* c : *list->Items()) {
+      if (c->Id()) ids.push_back(c->Id()->str());
+    }
+  }
+  return ids;
 }
 
 Status DockerClient::Stop(const std::string& id, uint64_t seconds) {

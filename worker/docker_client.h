@@ -58,9 +58,21 @@ class DockerClient {
 
   Status Ping(int timeout_ms);
   // Creates a container running `cmd` in `image`; returns its id.
-  // `env`: NAME=VALUE strings; `cwd`: the working directory (empty: the image's).
-  Result<std::string> Create(const std::string& image, const std::vector<std::string>& cmd,
-                             const std::vector<std::string>& env = {}, const std::string& cwd = "");
+  // What a container is made with besides its image and command.
+  struct ContainerSpec {
+    std::vector<std::string> env;  // NAME=VALUE
+    std::string cwd;               // empty: the image's
+    std::vector<std::pair<std::string, std::string>> labels;
+    uint32_t cpus_milli = 0;  // limits; 0: none
+    uint64_t memory = 0;
+    int64_t pids_limit = 0;
+  };
+  // Error kNotFound: the image is not there.
+  Result<std::string> Create(const std::string& image, const std::vector<std::string>& cmd, const ContainerSpec& spec);
+  // Whether the kernel killed the (stopped) container for its memory limit.
+  Result<bool> OomKilled(const std::string& id);
+  // Ids of the containers, running or not, that carry label KEY=VALUE.
+  Result<std::vector<std::string>> ListLabeled(const std::string& key, const std::string& value);
   Status Start(const std::string& id);
   // Blocks until the container exits; returns its exit status.
   Result<int64_t> Wait(const std::string& id);

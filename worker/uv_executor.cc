@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "schemas/units.h"
 #include "worker/docker_client.h"
 
 namespace fm::worker {
@@ -54,6 +55,7 @@ struct UvExecutor::Run {
   bool closing = false;        // the loop closed wake (and the timer): the run ends in their close callbacks
   std::string docker_error;    // written by the thread before `finished`
   bool image_missing = false;  // likewise: the daemon does not have the image
+  bool memory_killed = false;  // likewise: the kernel killed it for its memory limit
   int64_t docker_status = -1;  // ditto
 };
 
@@ -86,6 +88,8 @@ constexpr uint64_t kOutputLingerMs = 2000;
 constexpr size_t kDockerHeldBytes = 1u << 20;
 // Output pieces of one stream are joined up to this size before the loop takes them.
 constexpr size_t kDockerPieceBytes = 64u << 10;
+// Processes a container may hold (a fork bomb stops there, not at the host's limit).
+constexpr int64_t kContainerPidsLimit = 4096;
 
 std::string TaskVar(uint64_t task) { return "FM_TASK_ID=t" + std::to_string(task); }
 std::string AttemptVar(uint32_t attempt) { return "FM_ATTEMPT=" + std::to_string(attempt); }
@@ -402,9 +406,19 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
     uv_async_send(&r->wake);
   };
   DockerClient docker(socket);
-  std::vector<std::string> env = {TaskVar(r->ref.first), AttemptVar(r->ref.second), WorkerVar(worker_id)};
-  for (const auto& [name, value] : r->spec.env) env.push_back(name + "=" + value);
-  auto id = docker.Create(r->spec.image, r->spec.command, env, r->spec.cwd);
+  DockerClient::ContainerSpec spec;
+  spec.env = {TaskVar(r->ref.first), AttemptVar(r->ref.second), WorkerVar(worker_id)};
+  for (const auto& [name, value] : r->spec.env) spec.env.push_back(name + "=" + value);
+  spec.cwd = r->spec.cwd;
+  // Marks that say whose it is (a restarted worker removes its orphans by them).
+  spec.labels = {{"fm.task", "t" + std::to_string(r->ref.first)},
+                 {"fm.attempt", std::to_string(r->ref.second)},
+                 {"fm.worker", worker_id}};
+  // What placement reserved is what the container may use.
+  spec.cpus_milli = r->spec.resources.cpus_milli;
+  spec.memory = r->spec.resources.memory;
+  spec.pids_limit = kContainerPidsLimit;
+  auto id = docker.Create(r->spec.image, r->spec.command, spec);
   if (!id.ok()) {
     r->docker_error = id.status().message();
     r->image_missing = id.status().code() == Status::Code::kNotFound;
@@ -435,6 +449,10 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
         r->docker_error = status.status().message();
       } else {
         r->docker_status = *status;
+        // Killed for its memory: the daemon says so, or (podman on cgroup v1 does not)
+        // a SIGKILL we did not send to a container with a memory limit.
+        auto oom = docker.OomKilled(*id);
+        r->memory_killed = (oom.ok() && *oom) || (*status == 128 + SIGKILL && r->spec.resources.memory > 0 && !ended());
       }
       // Some daemons end a follow when the container exits before all of its output was
       // sent (podman 4.3 does, under load): read the logs once more, now complete, and
@@ -497,6 +515,10 @@ void UvExecutor::OnDockerHandleClosed(uv_handle_t* handle) {
     result = {wire::Outcome::TimedOut, result.exit_code,
               "timed out after " + std::to_string(r->spec.timeout_ms) + " ms; container stopped (exit status " +
                   std::to_string(result.exit_code) + ")"};
+  } else if (r->memory_killed) {
+    result = {wire::Outcome::Failed, result.exit_code,
+              "memory_limit: killed for using more than its " + FormatSize(r->spec.resources.memory) + " of memory",
+              wire::Reason::MemoryLimit};
   } else if (r->image_missing) {
     // No registry is asked: an image is there or it is not, and retrying will not bring it.
     result = {wire::Outcome::Failed, 0,

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -10,6 +11,7 @@
 
 #include "schemas/codec.h"
 #include "schemas/units.h"
+#include "worker/docker_client.h"
 #include "worker/uv_executor.h"
 
 namespace fm::worker {
@@ -114,6 +116,7 @@ Status Worker::Open() {
         "--noop-executor: tasks are reported succeeded without being run (benchmarks only); announced to the "
         "scheduler, shown by fm-ctl workers");
   }
+  RemoveOrphans();
   if (!run_as_.user.empty()) {
     options_.logger->info("exec tasks run as user {} (uid {})", run_as_.user, run_as_.uid);
   } else if (security_.on() && !options_.noop_executor) {
@@ -123,6 +126,32 @@ Status Worker::Open() {
         security_.own.path);
   }
   return Status::Ok();
+}
+
+void Worker::RemoveOrphans() {
+  // Before this process takes any task: every container labelled with this worker's id
+  // is a previous process's, left behind by a crash or a kill.
+  if (options_.docker_socket.empty() || options_.noop_executor ||
+      !std::binary_search(probe_.capabilities.begin(), probe_.capabilities.end(), "docker")) {
+    return;
+  }
+  DockerClient docker(options_.docker_socket);
+  auto left = docker.ListLabeled("fm.worker", options_.id);
+  if (!left.ok()) {
+    options_.logger->warn("could not look for containers a previous worker {} left: {}", options_.id,
+                          left.status().message());
+    return;
+  }
+  size_t removed = 0;
+  for (const auto& id : *left) {
+    if (Status s = docker.Remove(id); s.ok()) {
+      ++removed;
+    } else {
+      options_.logger->warn("could not remove container {} a previous worker {} left: {}", id, options_.id,
+                            s.message());
+    }
+  }
+  if (removed > 0) options_.logger->info("removed {} containers a previous worker {} left", removed, options_.id);
 }
 
 void Worker::Attach(bus::Loop& loop) {

@@ -71,6 +71,8 @@ class Worker {
   size_t DrainDirected();
   size_t DrainBus();
   void Reprobe();
+  // Removes the containers labelled fm.worker=<id> (a previous process's). Blocking.
+  void RemoveOrphans();
   // Sends what the core produced this turn; stops when the scheduler refused us.
   void Flush();
 

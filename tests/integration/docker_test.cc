@@ -1,6 +1,10 @@
 // Ground truth and the docker executor against a real Docker Engine API: podman's
 // service on a socket this test starts (scripts/podman-setup.sh prepares podman and the
-// localhost/fm-busybox image; .ci/run runs it).
+// localhost/fm-busybox image; .ci/run runs it). Every test's worker has an id of its own:
+// the services share podman's container storage, and a starting worker removes the
+// containers labelled with its id (a previous process's orphans).
+#include <signal.h>
+
 #include <catch2/catch.hpp>
 
 #include "harness.h"
@@ -39,7 +43,7 @@ TEST_CASE("the docker executor runs the task's image in a real container and rep
   std::string socket_path = dir.path() + "/docker.sock";
   Podman podman(socket_path);
   Cluster c;
-  c.StartWorker("d", {"--docker-socket", socket_path});
+  c.StartWorker("d1", {"--docker-socket", socket_path});
   ToolRun run =
       c.Submit(R"({"command": ["sh", "-c", "echo hello from a container"], "image": "localhost/fm-busybox:latest"})"
                "\n"
@@ -48,11 +52,11 @@ TEST_CASE("the docker executor runs the task's image in a real container and rep
                {"--wait"});
   INFO(run.err);
   REQUIRE(run.lines.size() == 2);
-  CHECK_THAT(run.lines[0], Contains(R"("status": "succeeded","worker": "d")"));
+  CHECK_THAT(run.lines[0], Contains(R"("status": "succeeded","worker": "d1")"));
   CHECK_THAT(run.lines[1],
              Contains(R"("status": "failed","reason": "exit_status","message": "container exit status 7")"));
-  CHECK(c.WaitEvent("task.log task=t1 worker=d stream=stdout | hello from a container"));
-  CHECK(c.WaitEvent("task.failed task=t2 worker=d exit=7 reason=exit_status"));
+  CHECK(c.WaitEvent("task.log task=t1 worker=d1 stream=stdout | hello from a container"));
+  CHECK(c.WaitEvent("task.failed task=t2 worker=d1 exit=7 reason=exit_status"));
 }
 
 TEST_CASE(
@@ -63,12 +67,14 @@ TEST_CASE(
   std::string socket_path = dir.path() + "/docker.sock";
   Podman podman(socket_path);
   Cluster c;
-  c.StartWorker("d", {"--docker-socket", socket_path, "--max-output", "1MiB", "--slots", "2"});
-  // Its first line arrives while the container still runs (it sleeps a minute after).
-  ToolRun run = c.Submit(R"({"command": ["sh", "-c", "echo first; sleep 60"], "image": "localhost/fm-busybox:latest"})"
+  c.StartWorker("d2", {"--docker-socket", socket_path, "--max-output", "1MiB", "--slots", "2"});
+  // Its first line arrives while the container still runs (it sleeps a minute after;
+  // its shell, PID 1, ignores SIGTERM, so the cancel's SIGKILL follows a second later).
+  ToolRun run = c.Submit(R"({"command": ["sh", "-c", "echo first; sleep 60"], "image": "localhost/fm-busybox:latest",)"
+                         R"( "kill_timeout": "1s"})"
                          "\n");
   REQUIRE(run.exit_code == 0);
-  REQUIRE(c.WaitEvent("task.log task=t1 worker=d stream=stdout | first", 20000));
+  REQUIRE(c.WaitEvent("task.log task=t1 worker=d2 stream=stdout | first", 20000));
   CHECK(c.Ctl({"cancel", "t1"}).exit_code == 0);
   CHECK(c.WaitEvent("task.cancelled task=t1", 15000));
   // 12 MB of output: the first MiB is kept and the rest dropped, said in the stream and
@@ -82,7 +88,7 @@ TEST_CASE(
   CHECK_THAT(run.lines[0],
              Contains(R"("status": "succeeded")") && Contains("output truncated: 10951424 bytes over 1 MiB dropped"));
   CHECK(c.WaitEvent("stream=fm | output truncated: this attempt wrote more than 1 MiB (--max-output)"));
-  CHECK(c.WaitEvent("task.log task=t2 worker=d stream=stdout | xxxx"));
+  CHECK(c.WaitEvent("task.log task=t2 worker=d2 stream=stdout | xxxx"));
 }
 
 TEST_CASE("a container printing 30 MB under a larger --max-output is paced by the output window and loses nothing",
@@ -91,7 +97,7 @@ TEST_CASE("a container printing 30 MB under a larger --max-output is paced by th
   std::string socket_path = dir.path() + "/docker.sock";
   Podman podman(socket_path);
   Cluster c;
-  c.StartWorker("d", {"--docker-socket", socket_path, "--max-output", "64MiB"});
+  c.StartWorker("d3", {"--docker-socket", socket_path, "--max-output", "64MiB"});
   ToolRun run = c.Submit(
       R"({"command": ["sh", "-c", "head -c 30000000 /dev/zero | tr '\\0' x; echo; echo the-end"], "image": "localhost/fm-busybox:latest"})"
       "\n",
@@ -109,7 +115,7 @@ TEST_CASE("a container gets the task's env and cwd and the FM_ variables naming 
   std::string socket_path = dir.path() + "/docker.sock";
   Podman podman(socket_path);
   Cluster c;
-  c.StartWorker("d", {"--docker-socket", socket_path});
+  c.StartWorker("d4", {"--docker-socket", socket_path});
   ToolRun run =
       c.Submit(R"({"command": ["sh", "-c", "echo \"$GREETING|$FM_TASK_ID|$FM_ATTEMPT|$FM_WORKER_ID|$(pwd)\""],)"
                R"( "image": "localhost/fm-busybox:latest", "env": {"GREETING": "hi there"}, "cwd": "/tmp"})"
@@ -118,7 +124,7 @@ TEST_CASE("a container gets the task's env and cwd and the FM_ variables naming 
   INFO(run.err);
   REQUIRE(run.lines.size() == 1);
   CHECK_THAT(run.lines[0], Contains(R"("status": "succeeded")"));
-  CHECK(c.WaitEvent("hi there|t1|1|d|/tmp"));
+  CHECK(c.WaitEvent("hi there|t1|1|d4|/tmp"));
 }
 
 TEST_CASE("cancelling a container stops it with SIGTERM first, so a task that traps it prints its message",
@@ -127,7 +133,7 @@ TEST_CASE("cancelling a container stops it with SIGTERM first, so a task that tr
   std::string socket_path = dir.path() + "/docker.sock";
   Podman podman(socket_path);
   Cluster c;
-  c.StartWorker("d", {"--docker-socket", socket_path});
+  c.StartWorker("d5", {"--docker-socket", socket_path});
   c.Submit(R"({"command": ["sh", "-c", "trap 'echo container got TERM; exit 0' TERM; echo running;)"
            R"( while true; do sleep 1; done"], "image": "localhost/fm-busybox:latest", "kill_timeout": "5s"})"
            "\n");
@@ -142,7 +148,7 @@ TEST_CASE("a task whose image is not on the worker fails at once with reason ima
   std::string socket_path = dir.path() + "/docker.sock";
   Podman podman(socket_path);
   Cluster c;
-  c.StartWorker("d", {"--docker-socket", socket_path});
+  c.StartWorker("d6", {"--docker-socket", socket_path});
   ToolRun run = c.Submit(R"({"command": ["true"], "image": "localhost/fm-no-such-image:latest"})"
                          "\n",
                          {"--wait"});
@@ -151,4 +157,61 @@ TEST_CASE("a task whose image is not on the worker fails at once with reason ima
                                Contains("localhost/fm-no-such-image:latest"));
   CHECK(c.WaitEvent("task.failed"));
   CHECK(c.Ctl({"task", "t1"}).lines.size() > 2);
+}
+
+TEST_CASE(
+    "a container gets the limits placement reserved and labels naming its task, and one past its memory fails with "
+    "memory_limit",
+    "[integration][docker]") {
+  TempDir dir;
+  std::string socket_path = dir.path() + "/docker.sock";
+  Podman podman(socket_path);
+  Cluster c;
+  c.StartWorker("d7", {"--docker-socket", socket_path});
+  // The memory limit as the container's own cgroup says it (v1 or v2).
+  ToolRun limits = c.Submit(
+      R"x({"command": ["sh", "-c", "echo limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null)"],)x"
+      R"( "image": "localhost/fm-busybox:latest", "resources": {"memory": "64MiB", "cpus": 0.5}})"
+      "\n",
+      {"--wait"});
+  REQUIRE(limits.lines.size() == 1);
+  CHECK_THAT(limits.lines[0], Contains(R"("status": "succeeded")"));
+  CHECK(c.WaitEvent("limit=67108864"));
+
+  // While it runs, the daemon knows whose it is. (It ends by itself: a container
+  // stopping holds its lock, and other services here would wait on it.)
+  c.Submit(R"({"command": ["sh", "-c", "echo up; sleep 2"], "image": "localhost/fm-busybox:latest"})"
+           "\n");
+  REQUIRE(c.WaitEvent("| up", 30000));
+  ToolRun labelled = RunTool({"/usr/bin/podman", "ps", "-q", "--filter", "label=fm.task=t2", "--filter",
+                              "label=fm.attempt=1", "--filter", "label=fm.worker=d7"});
+  CHECK(labelled.lines.size() == 1);
+  CHECK(c.WaitEvent("task.succeeded task=t2", 30000));
+
+  ToolRun hog = c.Submit(R"({"command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"],)"
+                         R"( "image": "localhost/fm-busybox:latest", "resources": {"memory": "64MiB"}})"
+                         "\n",
+                         {"--wait"});
+  REQUIRE(hog.lines.size() == 1);
+  CHECK_THAT(hog.lines[0],
+             Contains(R"("status": "failed")") && Contains(R"("reason": "memory_limit")") && Contains("64 MiB"));
+}
+
+TEST_CASE("a restarted worker removes the containers its previous process left running", "[integration][docker]") {
+  TempDir dir;
+  std::string socket_path = dir.path() + "/docker.sock";
+  Podman podman(socket_path);
+  Cluster c;
+  c.StartWorker("orphans", {"--docker-socket", socket_path});
+  c.Submit(R"({"command": ["sh", "-c", "echo up; sleep 120"], "image": "localhost/fm-busybox:latest"})"
+           "\n");
+  REQUIRE(c.WaitEvent("| up", 30000));  // its container runs
+  c.KillWorker("orphans", SIGKILL);
+  // The first attempt's container (the scheduler runs the task again on the restarted worker).
+  std::vector<std::string> ps = {
+      "/usr/bin/podman", "ps", "-a", "-q", "--filter", "label=fm.worker=orphans", "--filter", "label=fm.attempt=1"};
+  CHECK(RunTool(ps).lines.size() == 1);  // left running by the killed process
+  c.RestartWorker("orphans");
+  CHECK(c.worker("orphans").WaitFor("removed 1 containers a previous worker orphans left", 30000, 1, true));
+  CHECK(RunTool(ps).lines.empty());
 }

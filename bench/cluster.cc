@@ -518,10 +518,7 @@ void CurveCost(int tasks, int samples, int rounds) {
 // GET http://127.0.0.1:PORT/metrics; the body's size (0 on failure).
 size_t Scrape(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sockaddr_in addr = fm::test::Loopback(port);
   size_t got = 0;
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
     const char req[] = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";

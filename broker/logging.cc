@@ -176,11 +176,6 @@ void AddDaemonFlags(CLI::App& app, DaemonFlags* flags) {
       ->configurable(false);
 }
 
-int ConfigChecked(const std::string& name) {
-  std::printf("%s: configuration OK\n", name.c_str());
-  return 0;
-}
-
 Status InitLogging(const std::string& process, const std::string& level, const std::string& format) {
   ops::LogFormat parsed_format;
   if (!ops::ParseLogFormat(format, &parsed_format)) {

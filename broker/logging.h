@@ -41,7 +41,5 @@ struct DaemonFlags {
 };
 // --log-level, --log-format, --metrics-listen, --check-config.
 void AddDaemonFlags(CLI::App& app, DaemonFlags* flags);
-// After --check-config: says the configuration is valid and returns 0.
-int ConfigChecked(const std::string& name);
 
 }  // namespace fm::bus

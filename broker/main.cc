@@ -64,17 +64,7 @@ int main(int argc, char** argv) {
   zmq::context_t context(1);
   if (daemon.check_config) {
     fm::bus::Broker checked(context, options);
-    if (!daemon.metrics_listen.empty()) {
-      if (fm::Status s = fm::ops::CheckListen(daemon.metrics_listen); !s.ok()) {
-        spdlog::error("{}", s.message());
-        return 2;
-      }
-    }
-    if (fm::Status s = checked.Configure(); !s.ok()) {
-      spdlog::error("{}", s.message());
-      return 2;
-    }
-    return fm::bus::ConfigChecked("fm-broker");
+    return fm::ops::CheckConfig("fm-broker", daemon.metrics_listen, checked.Configure());
   }
   // Every connection is a file: take the hard limit, and keep a reserve below it so
   // that refusing one past the limit never fails for want of a descriptor.
@@ -96,20 +86,10 @@ int main(int argc, char** argv) {
   }
   fm::bus::Loop loop;
   broker.Attach(loop);
-  auto metrics = fm::ops::MetricsServer::Serve(loop, daemon.metrics_listen,
-                                               [&broker](fm::ops::Sheet& sheet) { broker.Metrics(sheet); });
-  if (!metrics.ok()) {
-    spdlog::error("{}", metrics.status().message());
-    return metrics.status().code() == fm::Status::Code::kInvalid ? 2 : 1;
-  }
-  fm::ops::Systemd systemd(loop);
-  systemd.Ready("routing on " + options.bind);
-  loop.StopOnSignals([&systemd](int signum) {
-    systemd.Stopping();
-    spdlog::info("signal {}: stopping", signum);
-  });
-  loop.Run();
-  metrics->reset();
+  int rc = fm::ops::RunDaemon(
+      loop, daemon.metrics_listen, [&broker](fm::ops::Sheet& sheet) { broker.Metrics(sheet); },
+      "routing on " + options.bind);
+  if (rc != 0) return rc;
   const auto& c = broker.counters();
   spdlog::info("stopped: routed {}, unreachable {}, malformed {}, oversized {}, unauthorized {}, events {}", c.routed,
                c.unreachable, c.malformed, c.oversized, c.unauthorized, c.events);

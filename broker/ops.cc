@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -166,6 +167,35 @@ void MetricsServer::Serve() {
     answered_ = asked;
   }
   cv_.notify_all();
+}
+
+int CheckConfig(const std::string& name, const std::string& metrics_listen, const Status& own) {
+  Status s = metrics_listen.empty() ? own : CheckListen(metrics_listen);
+  if (s.ok()) s = own;
+  if (!s.ok()) {
+    spdlog::error("{}", s.message());
+    return 2;
+  }
+  std::printf("%s: configuration OK\n", name.c_str());
+  return 0;
+}
+
+int RunDaemon(bus::Loop& loop, const std::string& metrics_listen, MetricsServer::Collect collect,
+              const std::string& status) {
+  auto metrics = MetricsServer::Serve(loop, metrics_listen, std::move(collect));
+  if (!metrics.ok()) {
+    spdlog::error("{}", metrics.status().message());
+    return metrics.status().code() == Status::Code::kInvalid ? 2 : 1;
+  }
+  Systemd systemd(loop);
+  systemd.Ready(status);
+  loop.StopOnSignals([&systemd](int signum) {
+    systemd.Stopping();
+    spdlog::info("signal {}: stopping", signum);
+  });
+  loop.Run();
+  metrics->reset();  // on the loop's thread, before the loop goes
+  return 0;
 }
 
 void Systemd::Ready(const std::string& status) {

@@ -99,6 +99,17 @@ class MetricsServer {
 // HOST:PORT as --metrics-listen takes it. Error names the flag.
 Status CheckListen(const std::string& listen);
 
+// --check-config: `own` is the daemon's check of its options and files; --metrics-listen
+// is checked too. Says "NAME: configuration OK" and returns 0, or logs the error and
+// returns 2.
+int CheckConfig(const std::string& name, const std::string& metrics_listen, const Status& own);
+
+// The end of every daemon's main: serves metrics when `metrics_listen` is set, tells
+// systemd READY=1 with `status`, runs `loop` until SIGINT or SIGTERM (STOPPING=1).
+// Returns 0, or the exit status when the metrics cannot be served (2: a bad address).
+int RunDaemon(bus::Loop& loop, const std::string& metrics_listen, MetricsServer::Collect collect,
+              const std::string& status);
+
 // The systemd notify protocol ($NOTIFY_SOCKET); does nothing when not under systemd.
 // Ready() says READY=1 and, when the unit has WatchdogSec=, pings the watchdog from a
 // loop timer at half the interval, so a loop that stops turning is restarted.

@@ -116,36 +116,16 @@ int main(int argc, char** argv) {
   fm::bus::Loop loop;  // outlives the daemon, whose commit thread reports on it
   fm::sched::SchedulerDaemon daemon(context, options);
   if (daemon_flags.check_config) {
-    if (!daemon_flags.metrics_listen.empty()) {
-      if (fm::Status s = fm::ops::CheckListen(daemon_flags.metrics_listen); !s.ok()) {
-        spdlog::error("{}", s.message());
-        return 2;
-      }
-    }
-    if (fm::Status s = daemon.Check(); !s.ok()) {
-      spdlog::error("{}", s.message());
-      return 2;
-    }
-    return fm::bus::ConfigChecked("fm-scheduler");
+    return fm::ops::CheckConfig("fm-scheduler", daemon_flags.metrics_listen, daemon.Check());
   }
   if (fm::Status s = daemon.Open(); !s.ok()) {
     spdlog::error("{}", s.message());
     return s.code() == fm::Status::Code::kInvalid ? 2 : 1;
   }
   daemon.Attach(loop);
-  auto metrics = fm::ops::MetricsServer::Serve(loop, daemon_flags.metrics_listen,
-                                               [&daemon](fm::ops::Sheet& sheet) { daemon.Metrics(sheet); });
-  if (!metrics.ok()) {
-    spdlog::error("{}", metrics.status().message());
-    return metrics.status().code() == fm::Status::Code::kInvalid ? 2 : 1;
-  }
-  fm::ops::Systemd systemd(loop);
-  systemd.Ready("scheduling from " + options.data_dir);
-  loop.StopOnSignals([&systemd](int signum) {
-    systemd.Stopping();
-    spdlog::info("signal {}: stopping", signum);
-  });
-  loop.Run();
-  metrics->reset();
+  int rc = fm::ops::RunDaemon(
+      loop, daemon_flags.metrics_listen, [&daemon](fm::ops::Sheet& sheet) { daemon.Metrics(sheet); },
+      "scheduling from " + options.data_dir);
+  if (rc != 0) return rc;
   return daemon.exit_code();
 }

@@ -86,17 +86,7 @@ int main(int argc, char** argv) {
   zmq::context_t context(1);
   if (daemon_flags.check_config) {
     fm::worker::Worker checked(context, options, fm::worker::Probe{});
-    if (!daemon_flags.metrics_listen.empty()) {
-      if (fm::Status s = fm::ops::CheckListen(daemon_flags.metrics_listen); !s.ok()) {
-        spdlog::error("{}", s.message());
-        return 2;
-      }
-    }
-    if (fm::Status s = checked.Check(); !s.ok()) {
-      spdlog::error("{}", s.message());
-      return 2;
-    }
-    return fm::bus::ConfigChecked("fm-worker");
+    return fm::ops::CheckConfig("fm-worker", daemon_flags.metrics_listen, checked.Check());
   }
   fm::worker::Probe probe = fm::worker::ProbeAll(options.docker_socket);
   fm::worker::Worker worker(context, options, probe);
@@ -106,19 +96,9 @@ int main(int argc, char** argv) {
   }
   fm::bus::Loop loop;
   worker.Attach(loop);
-  auto metrics = fm::ops::MetricsServer::Serve(loop, daemon_flags.metrics_listen,
-                                               [&worker](fm::ops::Sheet& sheet) { worker.Metrics(sheet); });
-  if (!metrics.ok()) {
-    spdlog::error("{}", metrics.status().message());
-    return metrics.status().code() == fm::Status::Code::kInvalid ? 2 : 1;
-  }
-  fm::ops::Systemd systemd(loop);
-  systemd.Ready("worker " + options.id);
-  loop.StopOnSignals([&systemd](int signum) {
-    systemd.Stopping();
-    spdlog::info("signal {}: stopping", signum);
-  });
-  loop.Run();
-  metrics->reset();
+  int rc = fm::ops::RunDaemon(
+      loop, daemon_flags.metrics_listen, [&worker](fm::ops::Sheet& sheet) { worker.Metrics(sheet); },
+      "worker " + options.id);
+  if (rc != 0) return rc;
   return worker.exit_code();
 }

@@ -3,6 +3,7 @@
 // sleep).
 #pragma once
 
+#include <netinet/in.h>
 #include <sys/types.h>
 
 #include <condition_variable>
@@ -29,6 +30,8 @@ class TempDir {
 
 // A base port P with P, P+1 and P+2 free on 127.0.0.1.
 int PickPortBase();
+// 127.0.0.1:PORT as a socket address.
+sockaddr_in Loopback(int port);
 
 class Process {
  public:

@@ -12,14 +12,28 @@
 using namespace fm::test;
 using Catch::Contains;
 
+namespace {
+
+// A podman service of the test's own and a cluster with one worker `id` on it.
+struct DockerCluster {
+  explicit DockerCluster(const std::string& id, std::vector<std::string> args = {})
+      : socket(dir.path() + "/docker.sock"), podman(socket) {
+    args.insert(args.begin(), {"--docker-socket", socket});
+    cluster.StartWorker(id, args);
+  }
+  TempDir dir;
+  std::string socket;
+  Podman podman;
+  Cluster cluster;
+};
+
+}  // namespace
+
 TEST_CASE("a worker announces docker only while the Docker API answers /_ping, and withdraws it when it stops",
           "[integration][docker]") {
-  TempDir dir;
-  std::string socket_path = dir.path() + "/docker.sock";
-  Podman podman(socket_path);
-  Cluster c;
-  c.StartWorker("dockerized", {"--docker-socket", socket_path});
-  c.StartWorker("nothing-behind", {"--docker-socket", dir.path() + "/nobody.sock"});
+  DockerCluster docker("dockerized");
+  Cluster& c = docker.cluster;
+  c.StartWorker("nothing-behind", {"--docker-socket", docker.dir.path() + "/nobody.sock"});
   ToolRun table = c.Ctl({"workers"});
   REQUIRE(table.lines.size() == 3);
   CHECK_THAT(table.lines[1], Contains("dockerized") && Contains("docker"));
@@ -30,7 +44,7 @@ TEST_CASE("a worker announces docker only while the Docker API answers /_ping, a
                          {"--wait"});
   CHECK_THAT(run.lines.at(0), Contains(R"("status": "succeeded","worker": "dockerized")"));
 
-  podman.Stop();
+  docker.podman.Stop();
   REQUIRE(c.WaitEvent("worker.updated worker=dockerized: capabilities [docker] -> []", 15000));
   run = c.Submit(R"({"command": ["true"], "requires": ["docker"]})"
                  "\n");
@@ -39,11 +53,8 @@ TEST_CASE("a worker announces docker only while the Docker API answers /_ping, a
 
 TEST_CASE("the docker executor runs the task's image in a real container and reports its output and exit status",
           "[integration][docker]") {
-  TempDir dir;
-  std::string socket_path = dir.path() + "/docker.sock";
-  Podman podman(socket_path);
-  Cluster c;
-  c.StartWorker("d1", {"--docker-socket", socket_path});
+  DockerCluster docker("d1");
+  Cluster& c = docker.cluster;
   ToolRun run =
       c.Submit(R"({"command": ["sh", "-c", "echo hello from a container"], "image": "localhost/fm-busybox:latest"})"
                "\n"
@@ -63,11 +74,8 @@ TEST_CASE(
     "a container's output streams as it comes, is cut at --max-output with a note, and a cancel ends it while it "
     "runs",
     "[integration][docker]") {
-  TempDir dir;
-  std::string socket_path = dir.path() + "/docker.sock";
-  Podman podman(socket_path);
-  Cluster c;
-  c.StartWorker("d2", {"--docker-socket", socket_path, "--max-output", "1MiB", "--slots", "2"});
+  DockerCluster docker("d2", {"--max-output", "1MiB", "--slots", "2"});
+  Cluster& c = docker.cluster;
   // Its first line arrives while the container still runs (it sleeps a minute after;
   // its shell, PID 1, ignores SIGTERM, so the cancel's SIGKILL follows a second later).
   ToolRun run = c.Submit(R"({"command": ["sh", "-c", "echo first; sleep 60"], "image": "localhost/fm-busybox:latest",)"
@@ -93,11 +101,8 @@ TEST_CASE(
 
 TEST_CASE("a container printing 30 MB under a larger --max-output is paced by the output window and loses nothing",
           "[integration][docker]") {
-  TempDir dir;
-  std::string socket_path = dir.path() + "/docker.sock";
-  Podman podman(socket_path);
-  Cluster c;
-  c.StartWorker("d3", {"--docker-socket", socket_path, "--max-output", "64MiB"});
+  DockerCluster docker("d3", {"--max-output", "64MiB"});
+  Cluster& c = docker.cluster;
   ToolRun run = c.Submit(
       R"({"command": ["sh", "-c", "head -c 30000000 /dev/zero | tr '\\0' x; echo; echo the-end"], "image": "localhost/fm-busybox:latest"})"
       "\n",
@@ -111,11 +116,8 @@ TEST_CASE("a container printing 30 MB under a larger --max-output is paced by th
 
 TEST_CASE("a container gets the task's env and cwd and the FM_ variables naming its task, attempt and worker",
           "[integration][docker]") {
-  TempDir dir;
-  std::string socket_path = dir.path() + "/docker.sock";
-  Podman podman(socket_path);
-  Cluster c;
-  c.StartWorker("d4", {"--docker-socket", socket_path});
+  DockerCluster docker("d4");
+  Cluster& c = docker.cluster;
   ToolRun run =
       c.Submit(R"({"command": ["sh", "-c", "echo \"$GREETING|$FM_TASK_ID|$FM_ATTEMPT|$FM_WORKER_ID|$(pwd)\""],)"
                R"( "image": "localhost/fm-busybox:latest", "env": {"GREETING": "hi there"}, "cwd": "/tmp"})"
@@ -129,11 +131,8 @@ TEST_CASE("a container gets the task's env and cwd and the FM_ variables naming 
 
 TEST_CASE("cancelling a container stops it with SIGTERM first, so a task that traps it prints its message",
           "[integration][docker]") {
-  TempDir dir;
-  std::string socket_path = dir.path() + "/docker.sock";
-  Podman podman(socket_path);
-  Cluster c;
-  c.StartWorker("d5", {"--docker-socket", socket_path});
+  DockerCluster docker("d5");
+  Cluster& c = docker.cluster;
   c.Submit(R"({"command": ["sh", "-c", "trap 'echo container got TERM; exit 0' TERM; echo running;)"
            R"( while true; do sleep 1; done"], "image": "localhost/fm-busybox:latest", "kill_timeout": "5s"})"
            "\n");
@@ -144,11 +143,8 @@ TEST_CASE("cancelling a container stops it with SIGTERM first, so a task that tr
 
 TEST_CASE("a task whose image is not on the worker fails at once with reason image_missing, naming the image",
           "[integration][docker]") {
-  TempDir dir;
-  std::string socket_path = dir.path() + "/docker.sock";
-  Podman podman(socket_path);
-  Cluster c;
-  c.StartWorker("d6", {"--docker-socket", socket_path});
+  DockerCluster docker("d6");
+  Cluster& c = docker.cluster;
   ToolRun run = c.Submit(R"({"command": ["true"], "image": "localhost/fm-no-such-image:latest"})"
                          "\n",
                          {"--wait"});
@@ -163,11 +159,8 @@ TEST_CASE(
     "a container gets the limits placement reserved and labels naming its task, and one past its memory fails with "
     "memory_limit",
     "[integration][docker]") {
-  TempDir dir;
-  std::string socket_path = dir.path() + "/docker.sock";
-  Podman podman(socket_path);
-  Cluster c;
-  c.StartWorker("d7", {"--docker-socket", socket_path});
+  DockerCluster docker("d7");
+  Cluster& c = docker.cluster;
   // The memory limit as the container's own cgroup says it (v1 or v2).
   ToolRun limits = c.Submit(
       R"x({"command": ["sh", "-c", "echo limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null)"],)x"
@@ -198,11 +191,8 @@ TEST_CASE(
 }
 
 TEST_CASE("a restarted worker removes the containers its previous process left running", "[integration][docker]") {
-  TempDir dir;
-  std::string socket_path = dir.path() + "/docker.sock";
-  Podman podman(socket_path);
-  Cluster c;
-  c.StartWorker("orphans", {"--docker-socket", socket_path});
+  DockerCluster docker("orphans");
+  Cluster& c = docker.cluster;
   c.Submit(R"({"command": ["sh", "-c", "echo up; sleep 120"], "image": "localhost/fm-busybox:latest"})"
            "\n");
   REQUIRE(c.WaitEvent("| up", 30000));  // its container runs

@@ -146,6 +146,7 @@ std::vector<prometheus::MetricFamily> MetricsServer::Scrape() {
   std::unique_lock lock(mu_);
   if (closing_) return {};
   uint64_t mine = ++asked_;
+  waiting_.store(true, std::memory_order_release);
   uv_async_send(async_);
   cv_.wait_for(lock, std::chrono::seconds(2), [&] { return closing_ || answered_ >= mine; });
   if (answered_ < mine) return {};  // the loop did not answer in time: an empty scrape
@@ -153,6 +154,8 @@ std::vector<prometheus::MetricFamily> MetricsServer::Scrape() {
 }
 
 void MetricsServer::Serve() {
+  // Called after every round of a busy loop: no lock unless a scrape waits.
+  if (!waiting_.exchange(false, std::memory_order_acq_rel)) return;
   uint64_t asked;
   {
     std::lock_guard lock(mu_);

@@ -9,6 +9,7 @@
 
 #include <prometheus/metric_family.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -89,6 +90,7 @@ class MetricsServer {
   uint64_t asked_ = 0, answered_ = 0;             // guarded by mu_
   std::vector<prometheus::MetricFamily> answer_;  // guarded by mu_
   bool closing_ = false;                          // guarded by mu_
+  std::atomic<bool> waiting_{false};              // a scrape asked since the last Serve
   // The loop's round hook reaches the server through this; null once destroyed.
   std::shared_ptr<MetricsServer*> self_ = std::make_shared<MetricsServer*>(this);
   std::shared_ptr<Endpoint> endpoint_;

@@ -19,6 +19,12 @@ constexpr size_t kInlineOps = 256;
 // for the commit (and ZeroMQ's high-water marks push back on the senders).
 constexpr size_t kMaxGatheredOps = 1 << 18;
 constexpr size_t kMaxGatheredBytes = 64u << 20;  // (task output above all)
+
+// A store epoch: random, never 0.
+uint64_t RandomEpoch() {
+  std::random_device rd;
+  return ((static_cast<uint64_t>(rd()) << 32) | rd()) | 1;
+}
 }  // namespace
 
 Committer::Committer(store::Store* store, uv_loop_t* loop, std::function<void(Status)> done)
@@ -117,8 +123,7 @@ Status SchedulerDaemon::Open() {
     store_dev_ = identity.st_dev;
     store_ino_ = identity.st_ino;
   }
-  std::random_device rd;
-  options_.engine.fresh_epoch = ((static_cast<uint64_t>(rd()) << 32) | rd()) | 1;
+  options_.engine.fresh_epoch = RandomEpoch();
   auto started = std::chrono::steady_clock::now();
   core_ = std::make_unique<SchedulerCore>(options_.engine, store_.get(), options_.logger);
   if (Status s = core_->Open(bus::WallClockMs()); !s.ok()) return s;
@@ -244,9 +249,8 @@ void SchedulerDaemon::SendOut(Outbox& out) {
 Status SchedulerDaemon::NewEpoch(const std::string& store_dir) {
   auto copy = store::OpenRocksStore(store_dir, options_.store);
   if (!copy.ok()) return copy.status();
-  std::random_device rd;
   store::WriteBatch batch;
-  batch.Put(store::keys::kMetaEpoch, store::keys::EncodeU64(((static_cast<uint64_t>(rd()) << 32) | rd()) | 1));
+  batch.Put(store::keys::kMetaEpoch, store::keys::EncodeU64(RandomEpoch()));
   return (*copy)->Write(batch, /*sync=*/true);
 }
 

@@ -20,6 +20,13 @@ using codec::Str;
 
 namespace {
 
+// "a, b": the workers a task failed on, for task.retrying and fm-ctl task.
+std::string Listed(const std::vector<std::string>& ids) {
+  std::string out;
+  for (const auto& id : ids) out += (out.empty() ? "" : ", ") + id;
+  return out;
+}
+
 std::vector<std::string> Capabilities(const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* v) {
   auto caps = codec::Strings(v);
   Normalize(&caps);
@@ -639,11 +646,7 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
     char text[32];
     std::snprintf(text, sizeof text, "%.1f", delay / 1000.0);
     when = std::string("retry in ") + text + " s (backoff)";
-    if (!t->failed_on.empty()) {
-      std::string avoid;
-      for (const auto& w : t->failed_on) avoid += (avoid.empty() ? "" : ", ") + w;
-      when += ", avoiding " + avoid + " where it can";
-    }
+    if (!t->failed_on.empty()) when += ", avoiding " + Listed(t->failed_on) + " where it can";
   } else {
     t->not_before_ms = 0;
     pending_.Insert(t->spec, LineOf(*t));
@@ -987,11 +990,7 @@ Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string
     Explanation why = fleet_.Explain(t->spec);
     waiting = why.eligible > 0 ? std::to_string(why.eligible) + " eligible, all full" : WaitingForLost(t->spec, now_ms);
     if (waiting.empty()) waiting = "no eligible worker: " + why.message;
-    if (!t->failed_on.empty() && why.eligible > 0) {
-      std::string avoid;
-      for (const auto& w : t->failed_on) avoid += (avoid.empty() ? "" : ", ") + w;
-      waiting += "; not on " + avoid + ", which failed it";
-    }
+    if (!t->failed_on.empty() && why.eligible > 0) waiting += "; not on " + Listed(t->failed_on) + ", which failed it";
   }
   out->push_back(views::TaskDetail(fbb, *t, waiting));
   // Its events, from its first one on; the look is bounded (a task's events are near

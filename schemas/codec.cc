@@ -133,9 +133,7 @@ TaskSpec FromWire(const wire::TaskSpec* spec) {
   out.kill_timeout_ms = spec->kill_timeout_ms();
   if (spec->retry_exit_codes()) {
     out.retry_exit_codes.assign(spec->retry_exit_codes()->begin(), spec->retry_exit_codes()->end());
-    std::sort(out.retry_exit_codes.begin(), out.retry_exit_codes.end());
-    out.retry_exit_codes.erase(std::unique(out.retry_exit_codes.begin(), out.retry_exit_codes.end()),
-                               out.retry_exit_codes.end());
+    Normalize(&out.retry_exit_codes);
   }
   out.retry_backoff_ms = spec->retry_backoff_ms();
   return out;

@@ -157,9 +157,7 @@ Result<TaskSpec> JsonCodec::ParseTaskLine(std::string_view line) {
   if (in->key()) spec.key = in->key()->str();
   if (in->retry_exit_codes()) {
     spec.retry_exit_codes.assign(in->retry_exit_codes()->begin(), in->retry_exit_codes()->end());
-    std::sort(spec.retry_exit_codes.begin(), spec.retry_exit_codes.end());
-    spec.retry_exit_codes.erase(std::unique(spec.retry_exit_codes.begin(), spec.retry_exit_codes.end()),
-                                spec.retry_exit_codes.end());
+    Normalize(&spec.retry_exit_codes);
   }
   if (in->retry_backoff()) {
     auto ms = ParseDurationMs(in->retry_backoff()->str());

@@ -73,6 +73,11 @@ void Normalize(std::vector<std::string>* set) {
   set->erase(std::unique(set->begin(), set->end()), set->end());
 }
 
+void Normalize(std::vector<int32_t>* set) {
+  std::sort(set->begin(), set->end());
+  set->erase(std::unique(set->begin(), set->end()), set->end());
+}
+
 void Normalize(Labels* labels) {
   std::stable_sort(labels->begin(), labels->end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   labels->erase(

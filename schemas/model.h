@@ -80,6 +80,7 @@ Result<std::pair<std::string, std::string>> ParseLabel(const std::string& text);
 
 // Sorts and removes duplicates in place.
 void Normalize(std::vector<std::string>* set);
+void Normalize(std::vector<int32_t>* set);
 void Normalize(Labels* labels);
 
 }  // namespace fm

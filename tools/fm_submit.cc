@@ -420,9 +420,7 @@ int main(int argc, char** argv) {
     fm::Normalize(&spec.env);
     spec.cwd = cwd;
     spec.retry_exit_codes = retry_codes;
-    std::sort(spec.retry_exit_codes.begin(), spec.retry_exit_codes.end());
-    spec.retry_exit_codes.erase(std::unique(spec.retry_exit_codes.begin(), spec.retry_exit_codes.end()),
-                                spec.retry_exit_codes.end());
+    fm::Normalize(&spec.retry_exit_codes);
     if (!retry_backoff.empty()) {
       auto v = fm::ParseDurationMs(retry_backoff);
       if (!v.ok() || *v == 0) {

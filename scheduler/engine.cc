@@ -463,8 +463,11 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
   }
   auto caps = Capabilities(reg.capabilities());
   auto hardware = codec::FromWire(reg.hardware());
+  auto quarantined = codec::FromWire(reg.quarantined());
   // A changed announcement may leave waiting tasks with no eligible worker.
   if (known && (caps != known->capabilities || hardware != known->hardware)) fleet_shrank_ = true;
+  const std::map<std::string, std::string> quarantined_before =
+      known ? known->quarantined : std::map<std::string, std::string>();
   fleet_.Modify(id, [&](WorkerState& w) {
     w.address = address;
     w.node = Str(reg.node());
@@ -474,6 +477,8 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
     w.capabilities = std::move(caps);
     w.hardware = std::move(hardware);
     w.labels = codec::FromWire(reg.labels());
+    w.quarantined = quarantined;
+    w.limits = Str(reg.limits());
     w.slots = std::max<uint32_t>(reg.slots(), 1);
     w.last_seen_ms = now_ms;
     w.confirmed = true;
@@ -485,9 +490,11 @@ void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms
   f.worker = id;
   f.worker_info = &w;
   f.message = "node " + w.node + ", " + std::to_string(w.slots) + " slots, version " + w.version +
-              (w.noop_executor ? ", NOOP EXECUTOR: completes tasks without running them" : "");
+              (w.noop_executor ? ", NOOP EXECUTOR: completes tasks without running them" : "") +
+              (w.limits == "off" ? ", limits: off (exec tasks' cpus and memory are not enforced)" : "");
   Emit(f, now_ms);
-  Reconcile(w, reg.running(), now_ms);
+  EmitQuarantines(id, quarantined_before, quarantined, now_ms);
+  Reconcile(*fleet_.Find(id), reg.running(), now_ms);
   placement_needed_ = true;
 }
 
@@ -531,6 +538,19 @@ void Engine::OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms) {
   }
   fleet_.Touch(id, now_ms);
   auto caps = Capabilities(hb.capabilities());
+  auto quarantined = codec::FromWire(hb.quarantined());
+  if (quarantined != known->quarantined) {
+    auto before = known->quarantined;
+    fleet_.Modify(id, [&](WorkerState& w) {
+      w.quarantined = quarantined;
+      w.capabilities = caps;
+    });
+    records::PutWorker(&effects_.writes, *fleet_.Find(id));
+    EmitQuarantines(id, before, quarantined, now_ms);
+    fleet_shrank_ = true;
+    placement_needed_ = true;
+    known = fleet_.Find(id);
+  }
   if (caps != known->capabilities) {
     std::string before, after;
     for (const auto& c : known->capabilities) before += (before.empty() ? "" : ",") + c;
@@ -546,6 +566,30 @@ void Engine::OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms) {
     Emit(f, now_ms);
     fleet_shrank_ = true;
     placement_needed_ = true;
+  }
+}
+
+void Engine::EmitQuarantines(const std::string& id, const std::map<std::string, std::string>& before,
+                             const std::map<std::string, std::string>& after, uint64_t now_ms) {
+  const WorkerState* w = fleet_.Find(id);
+  for (const auto& [capability, reason] : after) {
+    auto was = before.find(capability);
+    if (was != before.end() && was->second == reason) continue;
+    EventFields f;
+    f.type = wire::EventType::WorkerQuarantined;
+    f.worker = id;
+    f.worker_info = w;
+    f.message = "capability " + capability + " withdrawn: " + reason;
+    Emit(f, now_ms);
+  }
+  for (const auto& [capability, reason] : before) {
+    if (after.count(capability)) continue;
+    EventFields f;
+    f.type = wire::EventType::WorkerRecovered;
+    f.worker = id;
+    f.worker_info = w;
+    f.message = "capability " + capability + " announced again: a re-probe started a container (was: " + reason + ")";
+    Emit(f, now_ms);
   }
 }
 
@@ -635,6 +679,7 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
   t->attempt += 1;
   t->state = wire::TaskState::Pending;
   t->worker.clear();
+  t->gpus.clear();
   // A lost worker says nothing about the task: it is placed again at once. A failure
   // waits a backoff (exponential, jittered) so that a burst of retries does not hit the
   // same fault again at once.
@@ -729,26 +774,40 @@ void Engine::End(Task* t, wire::TaskState state, wire::Reason reason, const std:
 
 void Engine::OnWorkerReport(const std::string& from, const wire::WorkerReport& report, uint64_t now_ms) {
   if (report.started()) {
-    for (const auto* ref : *report.started()) OnTaskStarted(from, *ref, now_ms);
+    std::map<std::pair<uint64_t, uint32_t>, std::vector<std::string>> devices;
+    if (report.devices()) {
+      for (const auto* d : *report.devices()) {
+        if (d->ref()) devices[{d->ref()->task(), d->ref()->attempt()}] = codec::Strings(d->gpus());
+      }
+    }
+    for (const auto* ref : *report.started()) {
+      auto d = devices.find({ref->task(), ref->attempt()});
+      OnTaskStarted(from, *ref, now_ms, d == devices.end() ? std::vector<std::string>() : std::move(d->second));
+    }
   }
   if (report.finished()) {
     for (const auto* finished : *report.finished()) OnTaskFinished(from, *finished, now_ms);
   }
 }
 
-void Engine::OnTaskStarted(const std::string& from, const wire::TaskRef& ref, uint64_t now_ms) {
+void Engine::OnTaskStarted(const std::string& from, const wire::TaskRef& ref, uint64_t now_ms,
+                           std::vector<std::string> gpus) {
   auto it = active_.find(ref.task());
   if (it == active_.end()) return;
   Task& t = it->second;
   if (t.attempt != ref.attempt() || t.state != wire::TaskState::Queued) return;  // stale or duplicate
   if (!FromTaskWorker(t, from, "a start")) return;
   t.state = wire::TaskState::Running;
+  // Never more than it asked for: a worker's list is bounded by the task's own count.
+  if (gpus.size() > t.spec.resources.gpus) gpus.resize(t.spec.resources.gpus);
+  t.gpus = std::move(gpus);
   dirty_tasks_.push_back(t.id);
   EventFields f;
   f.type = wire::EventType::TaskStarted;
   f.task = t.id;
   f.worker = t.worker;
   f.attempt = t.attempt;
+  f.gpus = &t.gpus;
   Emit(f, now_ms);
 }
 

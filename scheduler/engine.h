@@ -158,7 +158,11 @@ class Engine {
   void OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms);
   void OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms);
   void OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms);
-  void OnTaskStarted(const std::string& from, const wire::TaskRef& ref, uint64_t now_ms);
+  void OnTaskStarted(const std::string& from, const wire::TaskRef& ref, uint64_t now_ms,
+                     std::vector<std::string> gpus = {});
+  // worker.quarantined for each capability newly withdrawn, worker.recovered for each back.
+  void EmitQuarantines(const std::string& id, const std::map<std::string, std::string>& before,
+                       const std::map<std::string, std::string>& after, uint64_t now_ms);
   void OnTaskFinished(const std::string& from, const wire::TaskFinished& msg, uint64_t now_ms);
   void OnWorkerReport(const std::string& from, const wire::WorkerReport& report, uint64_t now_ms);
   void FlushBatched();

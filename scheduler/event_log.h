@@ -35,9 +35,10 @@ struct EventFields {
   uint32_t attempt = 0;
   int32_t exit_code = 0;
   std::string stream, data;
-  std::string owner;                         // task events: who submitted the task
-  const Explanation* explanation = nullptr;  // task.failed no_eligible_worker: the breakdown
-  const WorkerState* worker_info = nullptr;  // worker.*: capabilities, hardware, labels
+  std::string owner;                               // task events: who submitted the task
+  const Explanation* explanation = nullptr;        // task.failed no_eligible_worker: the breakdown
+  const WorkerState* worker_info = nullptr;        // worker.*: capabilities, hardware, labels
+  const std::vector<std::string>* gpus = nullptr;  // task.started: the devices given
 };
 
 struct EventLogOptions {

@@ -25,6 +25,8 @@ std::string Phrase(Predicate p, const std::string& missing, const Group& g, cons
       return n + (one ? " lacks" : " lack") + " capability " + missing;
     case Predicate::kLabels:
       return n + (one ? " lacks" : " lack") + " label " + missing;
+    case Predicate::kQuarantined:
+      return n + " quarantined: " + missing;
     case Predicate::kCpus:
       if (one) return n + " has " + FormatCpus(g.largest) + " cpus < " + FormatCpus(need.cpus_milli);
       return n + " have fewer than " + FormatCpus(need.cpus_milli) + " cpus (largest " + FormatCpus(g.largest) + ")";
@@ -71,8 +73,10 @@ Explanation ExplainGroups(const TaskSpec& spec, const std::vector<std::pair<cons
       out.eligible += count;
       continue;
     }
-    Group& g = groups[{
-        v.failed, v.failed == Predicate::kCapability || v.failed == Predicate::kLabels ? v.missing : std::string()}];
+    Group& g = groups[{v.failed, v.failed == Predicate::kCapability || v.failed == Predicate::kLabels ||
+                                         v.failed == Predicate::kQuarantined
+                                     ? v.missing
+                                     : std::string()}];
     g.count += count;
     g.largest = std::max(g.largest, v.have);
   }

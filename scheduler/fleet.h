@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -23,6 +24,9 @@ struct WorkerState {
   Labels labels;
   uint32_t slots = 1;
   bool noop_executor = false;  // benchmark mode: completes tasks without running them
+  // Capabilities the worker withdrew because it failed to start tasks: capability -> why.
+  std::map<std::string, std::string> quarantined;
+  std::string limits;  // how its exec tasks' limits are enforced: "cgroup2", "cgroup1", "off" ("": not said)
 
   // Kept by the scheduler.
   bool draining = false;

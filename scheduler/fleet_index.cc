@@ -17,6 +17,7 @@ void Fleet::Index(WorkerState& w) {
     c->second.shape.capabilities = w.capabilities;
     c->second.shape.hardware = w.hardware;
     c->second.shape.labels = w.labels;
+    c->second.shape.quarantined = w.quarantined;
   }
   ++c->second.members;
   if (w.draining) ++c->second.draining;

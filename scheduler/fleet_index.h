@@ -30,8 +30,9 @@ struct ClassShape {
   std::vector<std::string> capabilities;
   Hardware hardware;
   Labels labels;
+  std::map<std::string, std::string> quarantined;  // what the breakdown says of a missing capability
   auto operator<=>(const ClassShape&) const = default;
-  static ClassShape Of(const WorkerState& w) { return {w.capabilities, w.hardware, w.labels}; }
+  static ClassShape Of(const WorkerState& w) { return {w.capabilities, w.hardware, w.labels, w.quarantined}; }
 };
 
 class Fleet {

@@ -17,6 +17,8 @@ const char* PredicateName(Predicate p) {
       return "cpus";
     case Predicate::kMemory:
       return "memory";
+    case Predicate::kQuarantined:
+      return "quarantined";
     case Predicate::kGpus:
       return "gpus";
     case Predicate::kGpuModel:
@@ -65,7 +67,7 @@ bool ContainsNoCase(const std::string& haystack, const std::string& needle) {
 uint32_t MatchingGpus(const Resources& need, const Hardware& hw) {
   uint32_t n = 0;
   for (const auto& gpu : hw.gpus) {
-    if (ContainsNoCase(gpu.model, need.gpu_model) && gpu.memory >= need.gpu_memory) ++n;
+    if (GpuServes(gpu, need)) ++n;
   }
   return n;
 }
@@ -96,6 +98,10 @@ Verdict CheckEligible(const TaskSpec& spec, const WorkerState& worker) {
   Verdict v;
   if (!CapabilitySatisfies(spec.required_capabilities, worker.capabilities, &v.missing)) {
     v.failed = Predicate::kCapability;
+    if (auto q = worker.quarantined.find(v.missing); q != worker.quarantined.end()) {
+      v.failed = Predicate::kQuarantined;
+      v.missing = q->second;
+    }
     return v;
   }
   v = HwSatisfies(spec.resources, worker.hardware);

@@ -12,7 +12,20 @@
 namespace fm::sched {
 
 // Which predicate a worker failed first, in the order they are checked.
-enum class Predicate { kNone, kDraining, kCapability, kCpus, kMemory, kGpus, kGpuModel, kGpuMemory, kLabels };
+// kQuarantined: the capability is missing because the worker withdrew it (it failed to
+// start tasks); Verdict::missing holds the worker's reason.
+enum class Predicate {
+  kNone,
+  kDraining,
+  kCapability,
+  kQuarantined,
+  kCpus,
+  kMemory,
+  kGpus,
+  kGpuModel,
+  kGpuMemory,
+  kLabels
+};
 
 const char* PredicateName(Predicate p);
 

@@ -23,9 +23,10 @@ void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t,
   auto watcher = t.watcher.empty() ? 0 : fbb.CreateString(t.watcher);
   auto owner = t.owner.empty() ? 0 : fbb.CreateString(t.owner);
   auto failed = t.failed_on.empty() ? 0 : codec::ToWire(fbb, t.failed_on);
+  auto gpus = t.gpus.empty() ? 0 : codec::ToWire(fbb, t.gpus);
   fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
                                     t.exit_code, watcher, t.order, t.rejected, t.first_seq, owner, t.ended_ms,
-                                    t.not_before_ms, failed));
+                                    t.not_before_ms, failed, gpus));
   writes->Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 
@@ -36,7 +37,8 @@ void PutWorker(store::WriteBatch* writes, const WorkerState& w) {
   auto labels = codec::ToWire(fbb, w.labels);
   auto reg = wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address),
                                             fbb.CreateString(w.node), w.instance, fbb.CreateString(w.version), w.slots,
-                                            hw, labels, 0, caps, w.noop_executor);
+                                            hw, labels, 0, caps, w.noop_executor, codec::ToWire(fbb, w.quarantined),
+                                            w.limits.empty() ? 0 : fbb.CreateString(w.limits));
   fbb.Finish(
       wire::CreateWorkerRecord(fbb, reg, w.draining, w.drain_reason.empty() ? 0 : fbb.CreateString(w.drain_reason)));
   writes->Put(keys::Worker(w.id),
@@ -71,6 +73,7 @@ Result<Task> DecodeTask(std::string_view stored, std::string_view key) {
   t.ended_ms = r.ended_ms();
   t.not_before_ms = r.not_before_ms();
   t.failed_on = codec::Strings(r.failed_workers());
+  t.gpus = codec::Strings(r.gpus());
   return t;
 }
 
@@ -125,6 +128,8 @@ Status ScanWorkers(const store::Store& store, uint64_t now_ms, const std::functi
                           Normalize(&w.capabilities);
                           w.hardware = codec::FromWire(reg->hardware());
                           w.labels = codec::FromWire(reg->labels());
+                          w.quarantined = codec::FromWire(reg->quarantined());
+                          w.limits = Str(reg->limits());
                           w.slots = std::max<uint32_t>(reg->slots(), 1);
                           w.draining = rec->draining();
                           w.drain_reason = Str(rec->drain_reason());

@@ -29,6 +29,7 @@ struct Task {
   uint64_t ended_ms = 0;               // when it ended (0 while not ended)
   uint64_t not_before_ms = 0;          // pending in retry backoff until then
   std::vector<std::string> failed_on;  // workers an attempt failed on (sorted, at most 64)
+  std::vector<std::string> gpus;       // the devices its current attempt was given (once started)
   bool waiting_for_lost = false;       // told the stream it waits for a lost worker (not stored)
 };
 

@@ -50,7 +50,8 @@ flatbuffers::Offset<wire::TaskView> TaskDetail(flatbuffers::FlatBufferBuilder& f
   return wire::CreateTaskView(fbb, fbb.CreateString(TaskName(t.id)), fbb.CreateString(StateName(t.state)), t.attempt,
                               fbb.CreateString(t.worker), command, fbb.CreateString(reason.data(), reason.size()),
                               fbb.CreateString(t.message), spec, waiting.empty() ? 0 : fbb.CreateString(waiting),
-                              t.submitted_ms, t.owner.empty() ? 0 : fbb.CreateString(t.owner));
+                              t.submitted_ms, t.owner.empty() ? 0 : fbb.CreateString(t.owner),
+                              t.gpus.empty() ? 0 : codec::ToWire(fbb, t.gpus));
 }
 
 std::vector<flatbuffers::Offset<wire::WorkerView>> Workers(flatbuffers::FlatBufferBuilder& fbb, const Fleet& fleet,
@@ -62,7 +63,8 @@ std::vector<flatbuffers::Offset<wire::WorkerView>> Workers(flatbuffers::FlatBuff
         codec::ToWire(fbb, w.capabilities), codec::ToWire(fbb, w.hardware), codec::ToWire(fbb, w.labels), w.slots,
         w.slots_used, w.confirmed, w.draining, now_ms - std::min(now_ms, w.last_seen_ms), fbb.CreateString(w.version),
         w.cpus_used, w.memory_used, w.gpus_used, w.noop_executor,
-        w.drain_reason.empty() ? 0 : fbb.CreateString(w.drain_reason), static_cast<uint32_t>(w.tasks.size())));
+        w.drain_reason.empty() ? 0 : fbb.CreateString(w.drain_reason), static_cast<uint32_t>(w.tasks.size()),
+        codec::ToWire(fbb, w.quarantined), w.limits.empty() ? 0 : fbb.CreateString(w.limits)));
   }
   return out;
 }

@@ -61,7 +61,9 @@ flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>> To
 
 flatbuffers::Offset<wire::Hardware> ToWire(flatbuffers::FlatBufferBuilder& fbb, const Hardware& hw) {
   std::vector<flatbuffers::Offset<wire::Gpu>> gpus;
-  for (const auto& gpu : hw.gpus) gpus.push_back(wire::CreateGpuDirect(fbb, gpu.model.c_str(), gpu.memory));
+  for (const auto& gpu : hw.gpus)
+    gpus.push_back(
+        wire::CreateGpuDirect(fbb, gpu.model.c_str(), gpu.memory, gpu.uuid.empty() ? nullptr : gpu.uuid.c_str()));
   return wire::CreateHardwareDirect(fbb, hw.cpus_milli, hw.memory, &gpus);
 }
 
@@ -85,6 +87,25 @@ flatbuffers::Offset<wire::TaskSpec> ToWire(flatbuffers::FlatBufferBuilder& fbb, 
                               spec.retry_backoff_ms);
 }
 
+flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::Quarantine>>> ToWire(
+    flatbuffers::FlatBufferBuilder& fbb, const Quarantines& quarantines) {
+  if (quarantines.empty()) return 0;
+  std::vector<flatbuffers::Offset<wire::Quarantine>> out;
+  for (const auto& [capability, reason] : quarantines) {
+    out.push_back(wire::CreateQuarantineDirect(fbb, capability.c_str(), reason.c_str()));
+  }
+  return fbb.CreateVector(out);
+}
+
+Quarantines FromWire(const flatbuffers::Vector<flatbuffers::Offset<wire::Quarantine>>* quarantines) {
+  Quarantines out;
+  if (!quarantines) return out;
+  for (const auto* q : *quarantines) {
+    if (q->capability()) out[q->capability()->str()] = Str(q->reason());
+  }
+  return out;
+}
+
 Labels FromWire(const flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>* labels) {
   Labels out;
   if (!labels) return out;
@@ -99,7 +120,7 @@ Hardware FromWire(const wire::Hardware* hw) {
   out.cpus_milli = hw->cpus_milli();
   out.memory = hw->memory();
   if (hw->gpus()) {
-    for (const auto* gpu : *hw->gpus()) out.gpus.push_back({Str(gpu->model()), gpu->memory()});
+    for (const auto* gpu : *hw->gpus()) out.gpus.push_back({Str(gpu->model()), gpu->memory(), Str(gpu->uuid())});
   }
   return out;
 }
@@ -169,9 +190,15 @@ flatbuffers::Offset<wire::Event> CopyEvent(flatbuffers::FlatBufferBuilder& fbb, 
   auto type = opt(e.type()), time = opt(e.time()), task = opt(e.task()), worker = opt(e.worker()),
        reason = opt(e.reason()), message = opt(e.message()), stream = opt(e.stream()), data = opt(e.data()),
        owner = opt(e.owner());
+  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>> gpus = 0;
+  if (e.gpus()) {
+    std::vector<std::string> ids;
+    for (const auto* g : *e.gpus()) ids.push_back(str(g));
+    gpus = ToWire(fbb, ids);
+  }
   auto bd = breakdown.empty() ? 0 : fbb.CreateVector(breakdown);
   return wire::CreateEvent(fbb, e.seq(), type, time, task, worker, reason, message, e.attempt(), e.exit_code(), stream,
-                           data, e.eligible(), e.fleet(), bd, caps, hw, labels, e.time_ms(), owner);
+                           data, e.eligible(), e.fleet(), bd, caps, hw, labels, e.time_ms(), owner, gpus);
 }
 
 }  // namespace fm::codec

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -93,5 +94,11 @@ Labels FromWire(const flatbuffers::Vector<flatbuffers::Offset<wire::KeyValue>>* 
 Hardware FromWire(const wire::Hardware* hw);
 Resources FromWire(const wire::Resources* r);
 TaskSpec FromWire(const wire::TaskSpec* spec);
+
+// Quarantined capabilities: capability -> reason (0 / empty when none).
+using Quarantines = std::map<std::string, std::string>;
+flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::Quarantine>>> ToWire(
+    flatbuffers::FlatBufferBuilder& fbb, const Quarantines& quarantines);
+Quarantines FromWire(const flatbuffers::Vector<flatbuffers::Offset<wire::Quarantine>>* quarantines);
 
 }  // namespace fm::codec

@@ -7,6 +7,17 @@
 
 namespace fm {
 
+bool GpuServes(const Gpu& gpu, const Resources& need) {
+  if (gpu.memory < need.gpu_memory) return false;
+  auto it =
+      std::search(gpu.model.begin(), gpu.model.end(), need.gpu_model.begin(), need.gpu_model.end(), [](char a, char b) {
+        return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+      });
+  return it != gpu.model.end() || need.gpu_model.empty();
+}
+
+std::string GpuDeviceId(const Gpu& gpu, size_t index) { return gpu.uuid.empty() ? std::to_string(index) : gpu.uuid; }
+
 std::string TaskName(uint64_t id) { return "t" + std::to_string(id); }
 
 bool ParseTaskName(const std::string& name, uint64_t* id) {

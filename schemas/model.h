@@ -56,8 +56,15 @@ struct TaskSpec {
 struct Gpu {
   std::string model;
   uint64_t memory = 0;
+  std::string uuid;  // NVML's device UUID; empty when the probe could not read it
   auto operator<=>(const Gpu&) const = default;
 };
+
+// Does `gpu` serve a task asking for `need`: its model contains need.gpu_model
+// (case-insensitive; empty: any) and it has at least need.gpu_memory.
+bool GpuServes(const Gpu& gpu, const Resources& need);
+// How a task is given the GPU at `index` of its worker's list: its UUID, or the index.
+std::string GpuDeviceId(const Gpu& gpu, size_t index);
 
 struct Hardware {
   uint32_t cpus_milli = 0;

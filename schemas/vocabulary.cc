@@ -6,7 +6,7 @@
 namespace fm {
 namespace {
 
-constexpr std::array<std::pair<wire::EventType, std::string_view>, 16> kEventTypes{{
+constexpr std::array<std::pair<wire::EventType, std::string_view>, 18> kEventTypes{{
     {wire::EventType::SchedulerStarted, "scheduler.started"},
     {wire::EventType::TaskSubmitted, "task.submitted"},
     {wire::EventType::TaskQueued, "task.queued"},
@@ -23,6 +23,8 @@ constexpr std::array<std::pair<wire::EventType, std::string_view>, 16> kEventTyp
     {wire::EventType::WorkerDraining, "worker.draining"},
     {wire::EventType::WorkerUndrained, "worker.undrained"},
     {wire::EventType::TaskWaiting, "task.waiting"},
+    {wire::EventType::WorkerQuarantined, "worker.quarantined"},
+    {wire::EventType::WorkerRecovered, "worker.recovered"},
 }};
 
 constexpr std::array<std::pair<wire::Reason, std::string_view>, 12> kReasons{{

@@ -300,6 +300,10 @@ int main(int argc, char** argv) {
           if (w->drain_reason() && w->drain_reason()->size()) liveness += " (" + w->drain_reason()->str() + ")";
         }
         if (w->noop_executor()) liveness += ", NOOP EXECUTOR (runs nothing)";
+        for (const auto& [capability, reason] : fm::codec::FromWire(w->quarantined())) {
+          liveness += ", " + capability + " quarantined (" + reason + ")";
+        }
+        if (fm::codec::Str(w->limits()) == "off") liveness += ", limits: off";
         rows.push_back({fm::codec::Str(w->id()), fm::codec::Str(w->node()), caps.empty() ? "-" : Join(caps, ","),
                         fm::FormatCpus(w->cpus_milli_used()) + "/" + fm::FormatCpus(hw ? hw->cpus_milli() : 0),
                         fm::FormatSize(w->memory_used()) + "/" + fm::FormatSize(hw ? hw->memory() : 0), Gpus(hw),
@@ -350,6 +354,7 @@ int main(int argc, char** argv) {
     field("state", fm::codec::Str(t->state()));
     field("attempt", std::to_string(t->attempt()));
     field("worker", fm::codec::Str(t->worker()));
+    field("gpus", Join(fm::codec::Strings(t->gpus()), ","));
     field("owner", fm::codec::Str(t->owner()));
     field("waiting", fm::codec::Str(t->waiting()));
     field("reason", fm::codec::Str(t->reason()));

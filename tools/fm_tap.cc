@@ -176,6 +176,12 @@ class Tap {
         line += " exit=" + std::to_string(e->exit_code());
       field("reason", e->reason());
       field("stream", e->stream());
+      if (e->gpus() && e->gpus()->size()) {
+        line += " gpus=";
+        for (flatbuffers::uoffset_t i = 0; i < e->gpus()->size(); ++i) {
+          line += (i ? "," : "") + text(e->gpus()->Get(i));
+        }
+      }
       if (e->message() && e->message()->size()) line += ": " + text(e->message());
       if (e->data() && e->data()->size()) {
         std::string_view data = e->data()->string_view();

@@ -8,13 +8,14 @@
 #include "schemas/text.h"
 #include "schemas/units.h"
 #include "schemas/vocabulary.h"
+#include "worker/gpus.h"
 
 namespace fm::worker {
 
 using codec::Str;
 
 WorkerCore::WorkerCore(WorkerIdentity identity, WorkerCoreOptions options)
-    : identity_(std::move(identity)), options_(options) {}
+    : identity_(std::move(identity)), options_(options), health_(options.health) {}
 
 // ---------------------------------------------------------------------------
 // Inbound.
@@ -84,8 +85,13 @@ void WorkerCore::OnDispatch(const wire::Dispatch& dispatch) {
       report_finished_.insert(ref);  // ran already: say so again
       continue;
     }
-    if (runs_.count(ref)) {
-      report_started_.push_back(ref);  // a duplicate delivery of what runs now
+    if (auto r = runs_.find(ref); r != runs_.end()) {
+      if (!r->second.waiting) {  // a duplicate delivery of what runs now
+        report_started_.push_back(ref);
+        std::vector<std::string> ids;
+        for (size_t i : r->second.gpus) ids.push_back(GpuDeviceId(identity_.hardware.gpus[i], i));
+        if (!ids.empty()) report_devices_[ref] = std::move(ids);
+      }
       continue;
     }
     // Other attempts of this task still here: older ones are superseded (the scheduler
@@ -100,10 +106,7 @@ void WorkerCore::OnDispatch(const wire::Dispatch& dispatch) {
       }
     }
     if (stale) continue;
-    for (const Ref& old : older) {
-      Release(&runs_.at(old));
-      executor_->Cancel(old);  // may end it at once
-    }
+    for (const Ref& old : older) StopRun(old);
     // Checked as the scheduler checks a submission: a hostile or broken dispatch fails
     // alone, with the reason, and never reaches an executor.
     TaskSpec spec = codec::FromWire(a->spec());
@@ -116,12 +119,113 @@ void WorkerCore::OnDispatch(const wire::Dispatch& dispatch) {
                    "worker " + identity_.id + " has no free slot (" + std::to_string(slots_in_use_) + " in use)"});
       continue;
     }
-    runs_.emplace(ref, RunState{true, epoch_});
-    ++slots_in_use_;
-    report_started_.push_back(ref);
-    ++started_;
-    executor_->Start(ref, spec);  // may end it at once
+    Admit(ref, std::move(spec));
   }
+}
+
+std::vector<bool> WorkerCore::BusyGpus() const {
+  std::vector<bool> busy(identity_.hardware.gpus.size(), false);
+  for (const auto& [ref, run] : runs_) {
+    for (size_t i : run.gpus) busy[i] = true;
+  }
+  return busy;
+}
+
+void WorkerCore::Admit(const Ref& ref, TaskSpec spec) {
+  RunState run{true, epoch_};
+  run.capability = spec.image.empty() ? "" : "docker";
+  run.image = spec.image;
+  run.waiting = true;
+  run.spec = std::move(spec);
+  runs_.emplace(ref, std::move(run));
+  ++slots_in_use_;
+  TryStart(ref);
+}
+
+bool WorkerCore::Unproven(const std::string& capability, const Ref& except) const {
+  if (capability.empty() || health_.proven(capability)) return false;
+  for (const auto& [ref, run] : runs_) {
+    if (ref != except && run.starting && run.capability == capability) return true;
+  }
+  return false;
+}
+
+void WorkerCore::TryStart(const Ref& ref) {
+  auto it = runs_.find(ref);
+  if (it == runs_.end() || !it->second.waiting) return;
+  RunState& run = it->second;
+  auto refuse = [&](std::string why) {
+    const bool current = run.epoch == epoch_;
+    Release(&run);
+    runs_.erase(it);
+    ++ended_[static_cast<size_t>(wire::Outcome::Retryable)];
+    if (current) Finish(ref, {wire::Outcome::Retryable, 0, std::move(why)});
+  };
+  if (!run.capability.empty() && health_.quarantined(run.capability)) {
+    // Withdrawn after it was dispatched: it goes elsewhere, and counts as no failed start.
+    return refuse("capability " + run.capability + " is quarantined on worker " + identity_.id + ": " +
+                  health_.quarantines().at(run.capability).reason);
+  }
+  // While the executor has not shown that it starts tasks (at first, and after a failed
+  // start), one start at a time: a broken daemon fails quarantine_after starts, not a
+  // whole burst of dispatches.
+  if (Unproven(run.capability, ref)) return;
+  if (run.spec.resources.gpus > 0) {
+    auto chosen = ChooseGpus(identity_.hardware.gpus, BusyGpus(), run.spec.resources);
+    if (!chosen) {
+      // The scheduler counted them free: they are, once the attempts it gave up on have
+      // stopped (a cancel's grace). Without such an attempt its count and ours differ.
+      bool stopping_holds_gpus = false;
+      for (const auto& [r, other] : runs_) stopping_holds_gpus |= !other.counted && !other.gpus.empty();
+      if (stopping_holds_gpus) return;
+      return refuse("worker " + identity_.id + " has no free GPU serving this task (" +
+                    std::to_string(run.spec.resources.gpus) + " wanted)");
+    }
+    run.gpus = std::move(*chosen);
+  }
+  run.waiting = false;
+  run.starting = !run.capability.empty();
+  TaskSpec spec = std::move(run.spec);
+  run.spec = TaskSpec();
+  Grant grant;
+  for (size_t i : run.gpus) grant.gpus.push_back(GpuDeviceId(identity_.hardware.gpus[i], i));
+  if (!grant.gpus.empty()) report_devices_[ref] = grant.gpus;
+  report_started_.push_back(ref);
+  ++started_;
+  executor_->Start(ref, spec, grant);  // may end it at once
+}
+
+void WorkerCore::StartWaiting() {
+  std::vector<Ref> waiting;
+  for (const auto& [ref, run] : runs_) {
+    if (run.waiting) waiting.push_back(ref);
+  }
+  for (const Ref& ref : waiting) TryStart(ref);
+}
+
+void WorkerCore::StopRun(const Ref& ref) {
+  auto it = runs_.find(ref);
+  if (it == runs_.end()) return;
+  Release(&it->second);
+  if (!it->second.waiting) {
+    executor_->Cancel(ref);  // may end it at once
+    return;
+  }
+  const bool current = it->second.epoch == epoch_;
+  runs_.erase(it);
+  ++ended_[static_cast<size_t>(wire::Outcome::Cancelled)];
+  if (current) Finish(ref, {wire::Outcome::Cancelled, 0, "cancelled before it started"});
+}
+
+size_t WorkerCore::waiting() const {
+  size_t n = 0;
+  for (const auto& [ref, run] : runs_) n += run.waiting ? 1 : 0;
+  return n;
+}
+
+std::vector<size_t> WorkerCore::gpus_of(const Ref& ref) const {
+  auto it = runs_.find(ref);
+  return it == runs_.end() ? std::vector<size_t>() : it->second.gpus;
 }
 
 void WorkerCore::OnCancel(const wire::CancelTask& cancel) {
@@ -129,10 +233,7 @@ void WorkerCore::OnCancel(const wire::CancelTask& cancel) {
   const Ref ref{cancel.ref()->task(), cancel.ref()->attempt()};
   finished_.erase(ref);
   report_finished_.erase(ref);
-  auto run = runs_.find(ref);
-  if (run == runs_.end()) return;
-  Release(&run->second);
-  executor_->Cancel(ref);
+  StopRun(ref);
 }
 
 void WorkerCore::OnAck(const wire::TaskFinishedAck& ack) {
@@ -185,16 +286,15 @@ void WorkerCore::ObserveEpoch(uint64_t epoch) {
   }
   std::vector<Ref> old;
   for (auto& [ref, run] : runs_) {
-    if (!run.counted) continue;
-    Release(&run);
-    old.push_back(ref);
+    if (run.counted) old.push_back(ref);
   }
   finished_.clear();
   report_finished_.clear();
   report_started_.clear();
+  report_devices_.clear();
   done_.clear();
   done_order_.clear();
-  for (const Ref& ref : old) executor_->Cancel(ref);  // may end them at once
+  for (const Ref& ref : old) StopRun(ref);  // may end them at once
 }
 
 void WorkerCore::Release(RunState* run) {
@@ -276,6 +376,13 @@ void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
     result.message += "output truncated: " + std::to_string(run->second.dropped) + " bytes over " +
                       FormatSize(options_.max_output) + " dropped";
   }
+  if (!result.start_failure.empty() && !run->second.capability.empty() &&
+      health_.OnStartFailed(run->second.capability, result.start_failure, result.message, run->second.image, now_ms_)) {
+    const auto& q = health_.quarantines().at(run->second.capability);
+    out_.warnings.push_back("capability " + run->second.capability + " quarantined: " + q.reason +
+                            "; withdrawn until a re-probe starts " + run->second.image);
+    announce_ = true;
+  }
   Release(&run->second);
   runs_.erase(run);
   if (static_cast<size_t>(result.outcome) < ended_.size()) ++ended_[static_cast<size_t>(result.outcome)];
@@ -287,6 +394,27 @@ void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
     partial_output_.erase(partial);
   }
   if (current) Finish(ref, std::move(result));  // an old store's result means nothing now
+  StartWaiting();                               // GPUs it held, or a start it held back, may be free now
+}
+
+void WorkerCore::OnRunStarted(const Ref& ref) {
+  auto run = runs_.find(ref);
+  if (run == runs_.end() || run->second.capability.empty()) return;
+  run->second.starting = false;
+  health_.OnStarted(run->second.capability);
+  StartWaiting();
+}
+
+void WorkerCore::OnProbeEnded(const std::string& capability, bool ok, const std::string& message) {
+  if (health_.OnProbe(capability, ok, message, now_ms_)) {
+    out_.warnings.push_back("capability " + capability + " recovered: a re-probe started a container");
+    announce_ = true;
+    StartWaiting();
+  } else if (health_.quarantined(capability)) {
+    const auto& q = health_.quarantines().at(capability);
+    out_.warnings.push_back("capability " + capability + " still quarantined: re-probe failed (" + message +
+                            "); next in " + std::to_string(q.delay_ms / 1000) + " s");
+  }
 }
 
 void WorkerCore::Finish(const Ref& ref, RunResult result) {
@@ -310,6 +438,9 @@ void WorkerCore::Tick(uint64_t now_ms) {
       f.sent_ms = now_ms;
     }
   }
+  if (executor_) {
+    for (const auto& [capability, image] : health_.DueProbes(now_ms)) executor_->Probe(capability, image);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -323,6 +454,15 @@ std::vector<Ref> WorkerCore::Held() const {
   for (const auto& [ref, f] : finished_) held.push_back(ref);
   return held;
 }
+
+namespace {
+flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::Quarantine>>> Quarantines(
+    flatbuffers::FlatBufferBuilder& fbb, const Health& health) {
+  codec::Quarantines q;
+  for (const auto& [capability, state] : health.quarantines()) q[capability] = state.reason;
+  return codec::ToWire(fbb, q);
+}
+}  // namespace
 
 namespace {
 flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>> Refs(flatbuffers::FlatBufferBuilder& fbb,
@@ -340,10 +480,10 @@ void WorkerCore::Register() {
   const WorkerIdentity& w = identity_;
   flatbuffers::FlatBufferBuilder fbb(1024);
   auto held = Refs(fbb, Held());
-  auto reg = wire::CreateWorkerRegistration(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address),
-                                            fbb.CreateString(w.node), w.instance, fbb.CreateString(w.version), w.slots,
-                                            codec::ToWire(fbb, w.hardware), codec::ToWire(fbb, w.labels), held,
-                                            codec::ToWire(fbb, w.capabilities), w.noop_executor);
+  auto reg = wire::CreateWorkerRegistration(
+      fbb, fbb.CreateString(w.id), fbb.CreateString(w.address), fbb.CreateString(w.node), w.instance,
+      fbb.CreateString(w.version), w.slots, codec::ToWire(fbb, w.hardware), codec::ToWire(fbb, w.labels), held,
+      codec::ToWire(fbb, announced()), w.noop_executor, Quarantines(fbb, health_), fbb.CreateString(w.limits));
   out_.publications.push_back({"fleet.register", codec::Seal(fbb, reg)});
 }
 
@@ -352,7 +492,7 @@ void WorkerCore::Heartbeat() {
   flatbuffers::FlatBufferBuilder fbb(512);
   auto held = Refs(fbb, Held());
   auto hb = wire::CreateWorkerHeartbeat(fbb, fbb.CreateString(w.id), fbb.CreateString(w.address), w.instance, held,
-                                        codec::ToWire(fbb, w.capabilities));
+                                        codec::ToWire(fbb, announced()), Quarantines(fbb, health_));
   out_.publications.push_back({"fleet.heartbeat", codec::Seal(fbb, hb)});
 }
 
@@ -365,6 +505,7 @@ bool WorkerCore::SetCapabilities(std::vector<std::string> capabilities) {
 
 WorkerOutbox WorkerCore::EndTurn() {
   FlushLogs();  // before the report: an attempt's output is stored before its end
+  if (std::exchange(announce_, false)) Heartbeat();
   if (!report_started_.empty() || !report_finished_.empty()) {
     flatbuffers::FlatBufferBuilder fbb(256 + 64 * (report_started_.size() + report_finished_.size()));
     auto started = Refs(fbb, report_started_);
@@ -378,9 +519,18 @@ WorkerOutbox WorkerCore::EndTurn() {
       finished.push_back(wire::CreateTaskFinished(fbb, wire::CreateTaskRef(fbb, ref.first, ref.second), worker,
                                                   r.outcome, r.exit_code, fbb.CreateString(r.message), r.reason));
     }
+    std::vector<flatbuffers::Offset<wire::AttemptDevices>> devices;
+    for (const Ref& ref : report_started_) {
+      auto d = report_devices_.find(ref);
+      if (d == report_devices_.end()) continue;
+      devices.push_back(wire::CreateAttemptDevices(fbb, wire::CreateTaskRef(fbb, ref.first, ref.second),
+                                                   codec::ToWire(fbb, d->second)));
+    }
     out_.to_scheduler.push_back(
-        codec::Seal(fbb, wire::CreateWorkerReport(fbb, worker, started, fbb.CreateVector(finished))));
+        codec::Seal(fbb, wire::CreateWorkerReport(fbb, worker, started, fbb.CreateVector(finished),
+                                                  devices.empty() ? 0 : fbb.CreateVector(devices))));
     report_started_.clear();
+    report_devices_.clear();
     report_finished_.clear();
   }
   return std::exchange(out_, WorkerOutbox());

@@ -23,6 +23,7 @@
 
 #include "schemas/model.h"
 #include "worker/executor.h"
+#include "worker/health.h"
 
 namespace fm::worker {
 
@@ -37,6 +38,7 @@ struct WorkerIdentity {
   Labels labels;
   std::vector<std::string> capabilities;  // sorted
   bool noop_executor = false;             // announced: tasks complete without running
+  std::string limits = "off";             // how exec tasks' limits are enforced (announced)
 };
 
 struct WorkerCoreOptions {
@@ -50,13 +52,15 @@ struct WorkerCoreOptions {
   // that does not send them) reopen the window after output_stall_ms without one.
   uint64_t output_window = 4ull << 20;
   uint64_t output_stall_ms = 3000;  // doubled for each stall in a row, up to 16x
+  HealthOptions health;             // when a capability is quarantined, how it is re-probed
 };
 
 struct WorkerOutbox {
   std::vector<std::string> to_scheduler;                          // directed payloads
   std::vector<std::pair<std::string, std::string>> replies;       // address, payload
   std::vector<std::pair<std::string, std::string>> publications;  // topic, payload
-  bool empty() const { return to_scheduler.empty() && replies.empty() && publications.empty(); }
+  std::vector<std::string> warnings;                              // for the worker's log
+  bool empty() const { return to_scheduler.empty() && replies.empty() && publications.empty() && warnings.empty(); }
 };
 
 class WorkerCore final : public RunSink {
@@ -70,15 +74,21 @@ class WorkerCore final : public RunSink {
   void OnDirected(const std::string& from, const void* data, size_t size, uint64_t now_ms);
   // RunSink: the executor's reports.
   void OnRunOutput(const Ref& ref, const char* stream, std::string_view data) override;
+  void OnRunStarted(const Ref& ref) override;
   void OnRunEnded(const Ref& ref, RunResult result) override;
-  // Schedules results not acknowledged within resend_ms to be sent again.
+  void OnProbeEnded(const std::string& capability, bool ok, const std::string& message) override;
+  // Schedules results not acknowledged within resend_ms to be sent again, and starts
+  // the re-probes of quarantined capabilities that are due.
   void Tick(uint64_t now_ms);
 
   // Queues this worker's registration (fleet.register) or heartbeat (fleet.heartbeat).
   void Register();
   void Heartbeat();
-  // Replaces the announced capabilities (a re-probe's result). Returns whether they changed.
+  // Replaces the probed capabilities (a re-probe's result). Returns whether they changed.
+  // What is announced is these less the quarantined ones.
   bool SetCapabilities(std::vector<std::string> capabilities);
+  std::vector<std::string> announced() const { return health_.Announced(identity_.capabilities); }
+  const Health& health() const { return health_; }
 
   // Ends the turn: what started and finished goes out as one WorkerReport; returns all
   // that must leave the process.
@@ -99,16 +109,27 @@ class WorkerCore final : public RunSink {
   bool output_paused() const { return output_paused_; }
   uint64_t epoch() const { return epoch_; }
   size_t runs() const { return runs_.size(); }
+  // Dispatched attempts not started yet: waiting for GPUs that a stopping attempt
+  // holds, or for an unproven executor's start in flight (worker/health.h).
+  size_t waiting() const;
+  // The GPUs (indexes into identity().hardware.gpus) an attempt holds.
+  std::vector<size_t> gpus_of(const Ref& ref) const;
   // Attempts started, and ended by outcome (indexed by wire::Outcome), since the start.
   uint64_t started() const { return started_; }
   const std::array<uint64_t, 5>& ended() const { return ended_; }
 
  private:
   struct RunState {
-    bool counted = true;   // holds one of this worker's slots
-    uint64_t epoch = 0;    // of the store that dispatched it
-    uint64_t output = 0;   // bytes of output passed on
-    uint64_t dropped = 0;  // bytes of output over max_output
+    bool counted = true;       // holds one of this worker's slots
+    uint64_t epoch = 0;        // of the store that dispatched it
+    uint64_t output = 0;       // bytes of output passed on
+    uint64_t dropped = 0;      // bytes of output over max_output
+    std::vector<size_t> gpus;  // held until the attempt has ended, cancelled or not
+    bool waiting = false;      // dispatched, not started yet (TryStart)
+    bool starting = false;     // handed to an executor with a capability, not yet known started
+    TaskSpec spec;             // while waiting
+    std::string capability;    // "docker" for image tasks: what its start failures count against
+    std::string image;
   };
   struct Finished {
     RunResult result;
@@ -116,6 +137,20 @@ class WorkerCore final : public RunSink {
   };
 
   void OnDispatch(const wire::Dispatch& dispatch);
+  // Takes a dispatched attempt in (its slot counted) and tries to start it.
+  void Admit(const Ref& ref, TaskSpec spec);
+  // Starts a waiting attempt with its GPUs, or leaves it waiting (GPUs a stopping attempt
+  // holds; another start of an unproven executor in flight), or refuses it (Retryable:
+  // no GPU could be had, or its capability was quarantined meanwhile).
+  void TryStart(const Ref& ref);
+  // Whether `capability`'s executor has not shown since its last failure that it starts
+  // tasks and another attempt than `except` is starting on it now.
+  bool Unproven(const std::string& capability, const Ref& except) const;
+  // Tries to start every waiting attempt.
+  void StartWaiting();
+  // Stops an attempt: a waiting one ends here at once, a started one through the executor.
+  void StopRun(const Ref& ref);
+  std::vector<bool> BusyGpus() const;
   void OnCancel(const wire::CancelTask& cancel);
   void OnAck(const wire::TaskFinishedAck& ack);
   void Release(RunState* run);
@@ -163,8 +198,11 @@ class WorkerCore final : public RunSink {
   uint64_t output_unacked_ = 0;      // output bytes sent, not acknowledged
   uint64_t output_progress_ms_ = 0;  // the last acknowledgement of output, or the pause
   bool output_paused_ = false;
-  uint32_t output_stalls_ = 0;      // stall resets since the last acknowledgement
-  std::set<Ref> told_output_lost_;  // attempts told that the broker refused some output
+  uint32_t output_stalls_ = 0;                              // stall resets since the last acknowledgement
+  std::set<Ref> told_output_lost_;                          // attempts told that the broker refused some output
+  std::map<Ref, std::vector<std::string>> report_devices_;  // GPUs of the attempts in report_started_
+  Health health_;
+  bool announce_ = false;  // the quarantined set changed: heartbeat at the end of the turn
 };
 
 }  // namespace fm::worker

@@ -62,9 +62,10 @@ struct Exchange {
 };
 
 Status Open(const std::string& socket_path, const std::string& method, const std::string& path, const std::string& body,
-            int timeout_ms, Exchange* x) {
+            int timeout_ms, Exchange* x, LogsStop* stop = nullptr) {
   x->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (x->fd < 0) return Status::Io(Errno("socket"));
+  if (stop) stop->Attach(x->fd);
   if (timeout_ms > 0) {
     timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
     setsockopt(x->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -231,8 +232,18 @@ Status DockerClient::Ping(int timeout_ms) {
   return Status::Ok();
 }
 
-Result<std::string> DockerClient::Create(const std::string& image, const std::vector<std::string>& cmd,
-                                         const ContainerSpec& spec) {
+bool IsCommandMissing(const std::string& start_error) {
+  // runc through Docker ("unable to start container process: exec: ...") and podman
+  // ("OCI runtime attempted to invoke a command that was not found", "OCI permission denied").
+  for (const char* mark : {"container process: exec:", "executable file not found", "command that was not found",
+                           "OCI permission denied"}) {
+    if (start_error.find(mark) != std::string::npos) return true;
+  }
+  return false;
+}
+
+Result<std::string> DockerClient::CreateBody(const std::string& image, const std::vector<std::string>& cmd,
+                                             const ContainerSpec& spec) {
   flatbuffers::FlatBufferBuilder fbb;
   std::vector<flatbuffers::Offset<flatbuffers::String>> args, vars;
   for (const auto& a : cmd) args.push_back(fbb.CreateString(a));
@@ -251,8 +262,19 @@ Result<std::string> DockerClient::Create(const std::string& image, const std::ve
     labels_off = fbb.CreateVector(labels.GetBuffer());
   }
   const int64_t memory = static_cast<int64_t>(spec.memory);
+  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<docker::DeviceRequest>>> devices = 0;
+  if (!spec.gpus.empty()) {
+    flexbuffers::Builder caps;
+    caps.Vector([&] { caps.Vector([&] { caps.String("gpu"); }); });
+    caps.Finish();
+    auto caps_off = fbb.CreateVector(caps.GetBuffer());
+    std::vector<flatbuffers::Offset<flatbuffers::String>> ids;
+    for (const auto& g : spec.gpus) ids.push_back(fbb.CreateString(g));
+    auto request = docker::CreateDeviceRequest(fbb, fbb.CreateString("nvidia"), fbb.CreateVector(ids), caps_off);
+    devices = fbb.CreateVector(&request, 1);
+  }
   auto host = docker::CreateContainerHostConfig(fbb, static_cast<int64_t>(spec.cpus_milli) * 1'000'000, memory, memory,
-                                                spec.pids_limit);
+                                                spec.pids_limit, devices);
   auto req =
       docker::CreateCreateRequest(fbb, image_off, cmd_off, false, true, true, env_off, cwd_off, labels_off, host);
   fbb.Finish(req);
@@ -261,7 +283,14 @@ Result<std::string> DockerClient::Create(const std::string& image, const std::ve
   if (!parser || !flatbuffers::GenerateText(*parser, fbb.GetBufferPointer(), &body)) {
     return Status::Internal("cannot print the create request");
   }
-  auto r = UnixHttp(socket_, "POST", std::string(kApi) + "/containers/create", body, 30000);
+  return body;
+}
+
+Result<std::string> DockerClient::Create(const std::string& image, const std::vector<std::string>& cmd,
+                                         const ContainerSpec& spec) {
+  auto body = CreateBody(image, cmd, spec);
+  if (!body.ok()) return body.status();
+  auto r = UnixHttp(socket_, "POST", std::string(kApi) + "/containers/create", *body, 30000);
   if (!r.ok()) return r.status();
   if (r->status == 404) return Status::NotFound("image " + image + " is not on this host (" + ErrorText(*r) + ")");
   if (r->status != 201) return Status::Unavailable("create container from " + image + ": " + ErrorText(*r));
@@ -292,11 +321,36 @@ Result<int64_t> DockerClient::Wait(const std::string& id) {
   return flatbuffers::GetRoot<docker::WaitResponse>(parser->builder_.GetBufferPointer())->StatusCode();
 }
 
-Status DockerClient::Logs(const std::string& id, bool follow, const LogDemuxer::Sink& out) {
+void LogsStop::Stop() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stopped_ = true;
+  if (fd_ >= 0) shutdown(fd_, SHUT_RDWR);
+}
+
+bool LogsStop::stopped() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stopped_;
+}
+
+void LogsStop::Attach(int fd) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  fd_ = fd;
+  if (stopped_ && fd >= 0) shutdown(fd, SHUT_RDWR);
+}
+
+Status DockerClient::Logs(const std::string& id, bool follow, const LogDemuxer::Sink& out, LogsStop* stop) {
   Exchange x;
+  // Detached before the exchange closes its descriptor (declared after it: destroyed first).
+  struct Detach {
+    LogsStop* stop;
+    ~Detach() {
+      if (stop) stop->Attach(-1);
+    }
+  } detach{stop};
   std::string path =
       std::string(kApi) + "/containers/" + id + "/logs?follow=" + (follow ? "1" : "0") + "&stdout=1&stderr=1";
-  if (Status s = Open(socket_, "GET", path, "", 0, &x); !s.ok()) return s;
+  Status opened = Open(socket_, "GET", path, "", 0, &x, stop);
+  if (!opened.ok()) return opened;
   if (x.status != 200) {
     HttpResponse r{x.status, x.early.substr(0, 4096)};
     return Status::Unavailable("logs: " + ErrorText(r));

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,6 +53,20 @@ class LogDemuxer {
   const char* stream_ = "stdout";
 };
 
+// Ends a Logs call in flight from another thread (its connection is shut down).
+class LogsStop {
+ public:
+  void Stop();
+  bool stopped() const;
+  // For the client: the call's connection (-1 once it closes it).
+  void Attach(int fd);
+
+ private:
+  mutable std::mutex mutex_;
+  int fd_ = -1;
+  bool stopped_ = false;
+};
+
 class DockerClient {
  public:
   explicit DockerClient(std::string socket_path) : socket_(std::move(socket_path)) {}
@@ -66,6 +81,7 @@ class DockerClient {
     uint32_t cpus_milli = 0;  // limits; 0: none
     uint64_t memory = 0;
     int64_t pids_limit = 0;
+    std::vector<std::string> gpus;  // device ids: an NVIDIA DeviceRequest for exactly these
   };
   // Error kNotFound: the image is not there.
   Result<std::string> Create(const std::string& image, const std::vector<std::string>& cmd, const ContainerSpec& spec);
@@ -79,15 +95,25 @@ class DockerClient {
   // Streams the container's stdout and stderr to `out` from its start: with `follow`,
   // as they come until it exits (blocking meanwhile, on a thread of its own); without,
   // what the daemon has now.
-  Status Logs(const std::string& id, bool follow, const LogDemuxer::Sink& out);
+  // `stop`: lets another thread end the call (then it returns an error, and
+  // stop->stopped() says why).
+  Status Logs(const std::string& id, bool follow, const LogDemuxer::Sink& out, LogsStop* stop = nullptr);
   Status Kill(const std::string& id);
   // POST /containers/ID/stop?t=SECONDS: SIGTERM (the image's stop signal), SIGKILL after
   // `seconds`. Blocks until the container stopped.
   Status Stop(const std::string& id, uint64_t seconds);
   Status Remove(const std::string& id);
 
+  // The body of POST /containers/create (exposed for tests).
+  static Result<std::string> CreateBody(const std::string& image, const std::vector<std::string>& cmd,
+                                        const ContainerSpec& spec);
+
  private:
   std::string socket_;
 };
+
+// Whether a failed container start says the runtime ran but the command could not be
+// executed (not in the image, not executable): the task's fault, not the daemon's.
+bool IsCommandMissing(const std::string& start_error);
 
 }  // namespace fm::worker

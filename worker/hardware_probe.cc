@@ -125,6 +125,8 @@ std::vector<Gpu> ProbeNvidiaGpus(std::string* note) {
   auto handle_fn = reinterpret_cast<int (*)(unsigned, nvmlDevice_t*)>(dlsym(lib, "nvmlDeviceGetHandleByIndex_v2"));
   auto name_fn = reinterpret_cast<int (*)(nvmlDevice_t, char*, unsigned)>(dlsym(lib, "nvmlDeviceGetName"));
   auto memory_fn = reinterpret_cast<int (*)(nvmlDevice_t, nvmlMemory_t*)>(dlsym(lib, "nvmlDeviceGetMemoryInfo"));
+  // Optional: without it a GPU is given to tasks by its index.
+  auto uuid_fn = reinterpret_cast<int (*)(nvmlDevice_t, char*, unsigned)>(dlsym(lib, "nvmlDeviceGetUUID"));
   if (!init || !shutdown || !count_fn || !handle_fn || !name_fn || !memory_fn) {
     *note = "libnvidia-ml.so.1 lacks the NVML functions fm needs";
     dlclose(lib);
@@ -143,7 +145,9 @@ std::vector<Gpu> ProbeNvidiaGpus(std::string* note) {
       char name[96] = {0};
       nvmlMemory_t memory{};
       if (name_fn(device, name, sizeof name) != 0 || memory_fn(device, &memory) != 0) continue;
-      gpus.push_back({name, memory.total});
+      char uuid[96] = {0};
+      if (!uuid_fn || uuid_fn(device, uuid, sizeof uuid) != 0) uuid[0] = '\0';
+      gpus.push_back({name, memory.total, uuid});
     }
   }
   *note = "NVML found " + std::to_string(gpus.size()) + " GPU(s)";

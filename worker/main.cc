@@ -36,6 +36,14 @@ int main(int argc, char** argv) {
       ->configurable(false);
   fm::bus::AddSecurityFlags(app, &options.cert, &options.broker_cert);
   app.add_option("--run-as", options.run_as, "run exec tasks as this user (the worker must run as root)");
+  std::string quarantine_probe = "2s";
+  app.add_option("--quarantine-after", options.health.quarantine_after,
+                 "failed container starts in a row that withdraw capability docker until a re-probe starts one")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1000u));
+  app.add_option("--quarantine-probe", quarantine_probe,
+                 "first re-probe of a quarantined capability after this; doubled each time up to 5m")
+      ->capture_default_str();
   fm::bus::DaemonFlags daemon_flags;
   fm::bus::AddDaemonFlags(app, &daemon_flags);
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
@@ -74,6 +82,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.heartbeat_ms = *hb;
+  auto qp = fm::ParseDurationMs(quarantine_probe);
+  if (!qp.ok() || *qp == 0) {
+    spdlog::error("--quarantine-probe: {}", qp.ok() ? "must be above 0" : qp.status().message());
+    return 2;
+  }
+  options.health.probe_initial_ms = *qp;
+  options.health.probe_max_ms = std::max<uint64_t>(*qp, options.health.probe_max_ms);
   for (const auto& label : labels) {
     auto parsed = fm::ParseLabel(label);
     if (!parsed.ok()) {

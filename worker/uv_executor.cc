@@ -9,8 +9,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <future>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -25,6 +27,7 @@ struct UvExecutor::Run {
   UvExecutor* executor = nullptr;
   Ref ref;
   TaskSpec spec;
+  Grant grant;
   // exec
   uv_process_t process{};
   uv_pipe_t out{}, err{};
@@ -52,10 +55,14 @@ struct UvExecutor::Run {
   size_t pending_bytes = 0;                                  // guarded by mutex
   bool finished = false;                                     // guarded by mutex: the thread is done
   bool stopping = false;                                     // guarded by mutex: the executor is going away
-  bool closing = false;        // the loop closed wake (and the timer): the run ends in their close callbacks
-  std::string docker_error;    // written by the thread before `finished`
-  bool image_missing = false;  // likewise: the daemon does not have the image
-  bool memory_killed = false;  // likewise: the kernel killed it for its memory limit
+  bool closing = false;            // the loop closed wake (and the timer): the run ends in their close callbacks
+  std::string docker_error;        // written by the thread before `finished`
+  bool image_missing = false;      // likewise: the daemon does not have the image
+  bool memory_killed = false;      // likewise: the kernel killed it for its memory limit
+  bool command_missing = false;    // likewise: the runtime works, the command is not in the image
+  std::string start_failure;       // likewise: the daemon could not create or start it ("docker start")
+  bool container_started = false;  // guarded by mutex: the container started (told to the sink once)
+  bool started_told = false;
   int64_t docker_status = -1;  // ditto
 };
 
@@ -124,7 +131,7 @@ std::vector<std::string> EnvironOf(const char* pid) {
 }  // namespace
 
 UvExecutor::UvExecutor(uv_loop_t* loop, RunSink* sink, UvExecutorOptions options, std::function<void()> on_activity)
-    : loop_(loop), sink_(sink), options_(std::move(options)), on_activity_(std::move(on_activity)) {}
+    : loop_(loop), sink_(sink), options_(std::move(options)), on_activity_(std::move(on_activity)), off_loop_(loop) {}
 
 UvExecutor::~UvExecutor() {
   // The loop ran until every attempt ended; a docker thread still here (the loop was
@@ -143,11 +150,12 @@ UvExecutor::~UvExecutor() {
   }
 }
 
-void UvExecutor::Start(const Ref& ref, const TaskSpec& spec) {
+void UvExecutor::Start(const Ref& ref, const TaskSpec& spec, const Grant& grant) {
   auto run = std::make_unique<Run>();
   run->executor = this;
   run->ref = ref;
   run->spec = spec;
+  run->grant = grant;
   Run* raw = run.get();
   runs_[ref] = std::move(run);
   if (raw->spec.image.empty()) {
@@ -155,6 +163,35 @@ void UvExecutor::Start(const Ref& ref, const TaskSpec& spec) {
   } else {
     StartDocker(raw);
   }
+}
+
+void UvExecutor::Probe(const std::string& capability, const std::string& image) {
+  struct Answer {
+    bool ok = false;
+    std::string message;
+  };
+  auto answer = std::make_shared<Answer>();
+  off_loop_.Run(
+      [answer, image, socket = options_.docker_socket, worker = options_.worker_id] {
+        DockerClient docker(socket);
+        DockerClient::ContainerSpec spec;
+        spec.labels = {{"fm.probe", "1"}, {"fm.worker", worker}};
+        spec.pids_limit = kContainerPidsLimit;
+        auto id = docker.Create(image, {"true"}, spec);
+        if (!id.ok()) {
+          answer->message = "docker create: " + id.status().message();
+          return;
+        }
+        Status s = docker.Start(*id);
+        answer->ok = s.ok() || IsCommandMissing(s.message());
+        if (!answer->ok) answer->message = "docker start: " + s.message();
+        (void)docker.Kill(*id);
+        (void)docker.Remove(*id);
+      },
+      [this, answer, capability] {
+        sink_->OnProbeEnded(capability, answer->ok, answer->message);
+        on_activity_();
+      });
 }
 
 void UvExecutor::Cancel(const Ref& ref) {
@@ -239,6 +276,12 @@ void UvExecutor::StartExec(Run* run) {
   // The task's own variables last: they may change PATH, HOME or LANG, never an FM_
   // variable (the scheduler and this worker refuse such names).
   for (const auto& [name, value] : run->spec.env) env.push_back(name + "=" + value);
+  // The GPUs chosen for it, and only those (after the task's own variables: placement
+  // decides them, not the task). None: none visible.
+  std::string gpus;
+  for (const auto& g : run->grant.gpus) gpus += (gpus.empty() ? "" : ",") + g;
+  env.push_back("CUDA_VISIBLE_DEVICES=" + gpus);
+  env.push_back("NVIDIA_VISIBLE_DEVICES=" + (gpus.empty() ? std::string("void") : gpus));
   std::vector<char*> envp;
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -418,10 +461,12 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
   spec.cpus_milli = r->spec.resources.cpus_milli;
   spec.memory = r->spec.resources.memory;
   spec.pids_limit = kContainerPidsLimit;
+  spec.gpus = r->grant.gpus;
   auto id = docker.Create(r->spec.image, r->spec.command, spec);
   if (!id.ok()) {
     r->docker_error = id.status().message();
     r->image_missing = id.status().code() == Status::Code::kNotFound;
+    if (!r->image_missing) r->start_failure = "docker create";
   } else {
     {
       std::lock_guard<std::mutex> lock(r->mutex);
@@ -435,16 +480,41 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
       // Ended before the container started: nothing to wait for.
     } else if (Status s = docker.Start(*id); !s.ok()) {
       r->docker_error = s.message();
+      // The runtime ran and the command is not there (or not executable): the task's
+      // fault, not the daemon's. Anything else is the daemon failing to start it.
+      r->command_missing = IsCommandMissing(s.message());
+      if (!r->command_missing) r->start_failure = "docker start";
     } else {
+      {
+        std::lock_guard<std::mutex> lock(r->mutex);
+        r->container_started = true;
+      }
+      uv_async_send(&r->wake);
       // A cancel or timeout between the look above and the start found nothing running
       // to kill: kill it now.
       if (ended()) (void)docker.Kill(*id);
+      // The output is followed on a thread of its own while this one waits for the exit:
+      // podman 4.3 sometimes never ends a follow of a container that exited at once, so
+      // a follow still open 2 s after the exit is shut down, and what it missed is read
+      // below.
       uint64_t out_bytes = 0, err_bytes = 0;  // passed on, per stream
-      Status logs = docker.Logs(*id, true, [&](const char* stream, std::string_view data) {
-        (std::strcmp(stream, "stderr") == 0 ? err_bytes : out_bytes) += data.size();
-        deliver(stream, data);
+      LogsStop follow_stop;
+      std::promise<Status> followed;
+      std::future<Status> follow_done = followed.get_future();
+      std::thread follower([&] {
+        followed.set_value(docker.Logs(
+            *id, true,
+            [&](const char* stream, std::string_view data) {
+              (std::strcmp(stream, "stderr") == 0 ? err_bytes : out_bytes) += data.size();
+              deliver(stream, data);
+            },
+            &follow_stop));
       });
       auto status = docker.Wait(*id);
+      if (follow_done.wait_for(std::chrono::seconds(2)) != std::future_status::ready) follow_stop.Stop();
+      follower.join();
+      Status logs = follow_done.get();
+      if (follow_stop.stopped()) logs = Status::Ok();
       if (!status.ok()) {
         r->docker_error = status.status().message();
       } else {
@@ -455,8 +525,8 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
         r->memory_killed = (oom.ok() && *oom) || (*status == 128 + SIGKILL && r->spec.resources.memory > 0 && !ended());
       }
       // Some daemons end a follow when the container exits before all of its output was
-      // sent (podman 4.3 does, under load): read the logs once more, now complete, and
-      // pass on what the follow did not.
+      // sent (podman 4.3 does, under load), or never (above): read the logs once more,
+      // now complete, and pass on what the follow did not.
       if (logs.ok()) {
         uint64_t skip_out = out_bytes, skip_err = err_bytes;
         logs = docker.Logs(*id, false, [&](const char* stream, std::string_view data) {
@@ -481,16 +551,25 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
 void UvExecutor::OnDockerWake(Run* r) {
   if (r->closing) return;  // taken whole already (a resume may come before the close callbacks)
   std::vector<std::pair<const char*, std::string>> output;
-  bool finished;
+  bool finished = false, started = false, take = false;
   {
     std::lock_guard<std::mutex> lock(r->mutex);
+    started = r->container_started;
     // Paused: the output stays with the thread (which waits past 1 MiB), but an
     // attempt that finished is taken whole, so that its end is never held up.
-    if (output_paused_ && !r->finished) return;
-    output.swap(r->pending);
-    r->pending_bytes = 0;
-    finished = r->finished;
+    take = !output_paused_ || r->finished;
+    if (take) {
+      output.swap(r->pending);
+      r->pending_bytes = 0;
+      finished = r->finished;
+    }
   }
+  if (started && !r->started_told) {  // told even while output is paused: it may let others start
+    r->started_told = true;
+    sink_->OnRunStarted(r->ref);
+    on_activity_();
+  }
+  if (!take) return;
   r->drained.notify_all();
   for (const auto& [stream, data] : output) sink_->OnRunOutput(r->ref, stream, data);
   if (!output.empty()) on_activity_();
@@ -524,9 +603,13 @@ void UvExecutor::OnDockerHandleClosed(uv_handle_t* handle) {
     result = {wire::Outcome::Failed, 0,
               "image_missing: " + r->docker_error + " on worker " + r->executor->options_.worker_id,
               wire::Reason::ImageMissing};
+  } else if (r->command_missing) {
+    result = {wire::Outcome::Failed, 127, "command not runnable in image " + r->spec.image + ": " + r->docker_error};
   } else if (!r->docker_error.empty()) {
     // The daemon could not run it here: another worker may.
-    result = {wire::Outcome::Retryable, result.exit_code, "docker: " + r->docker_error};
+    result = {wire::Outcome::Retryable, result.exit_code,
+              r->start_failure.empty() ? "docker: " + r->docker_error : r->start_failure + ": " + r->docker_error};
+    result.start_failure = r->start_failure;
   } else if (result.exit_code != 0) {
     result = {wire::Outcome::Failed, result.exit_code, "container exit status " + std::to_string(result.exit_code)};
   }

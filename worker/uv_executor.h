@@ -27,6 +27,7 @@
 
 #include "schemas/status.h"
 #include "worker/executor.h"
+#include "worker/off_loop.h"
 
 namespace fm::worker {
 
@@ -55,9 +56,12 @@ class UvExecutor final : public Executor {
   UvExecutor(uv_loop_t* loop, RunSink* sink, UvExecutorOptions options, std::function<void()> on_activity);
   ~UvExecutor() override;
 
-  void Start(const Ref& ref, const TaskSpec& spec) override;
+  void Start(const Ref& ref, const TaskSpec& spec, const Grant& grant) override;
   void Cancel(const Ref& ref) override;
   void PauseOutput(bool paused) override;
+  // docker: creates and starts a container of `image` running `true` (a command missing
+  // from the image still proves the runtime ran), then removes it. Off the loop.
+  void Probe(const std::string& capability, const std::string& image) override;
 
  private:
   struct Run;
@@ -84,6 +88,7 @@ class UvExecutor final : public Executor {
   std::function<void()> on_activity_;
   std::map<Ref, std::unique_ptr<Run>> runs_;
   bool output_paused_ = false;  // PauseOutput
+  OffLoop off_loop_;            // re-probes
 };
 
 }  // namespace fm::worker

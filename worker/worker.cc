@@ -100,6 +100,7 @@ Status Worker::Open() {
   WorkerCoreOptions core_options;
   core_options.resend_ms = options_.resend_ms;
   core_options.max_output = options_.max_output;
+  core_options.health = options_.health;
   core_ = std::make_unique<WorkerCore>(identity, core_options);
   client_ = std::make_unique<bus::Client>(context_, *endpoints, identity.address, true, true, security_);
   client_->Subscribe("scheduler.started");
@@ -156,6 +157,7 @@ void Worker::RemoveOrphans() {
 
 void Worker::Attach(bus::Loop& loop) {
   loop_ = &loop;
+  off_loop_ = std::make_unique<OffLoop>(loop.uv());
   if (options_.noop_executor) {
     executor_ = std::make_unique<NoopExecutor>(core_.get());
   } else {
@@ -193,6 +195,7 @@ void Worker::Flush() {
     }
   }
   for (const auto& [to, payload] : out.replies) client_->Send(to, payload);
+  for (const auto& warning : out.warnings) options_.logger->warn("{}", warning);
   for (const auto& [topic, payload] : out.publications) client_->Publish(topic, payload);
   if (core_->refused() && exit_code_ == 0) {
     options_.logger->error("the scheduler refused this worker: {}", core_->refusal());
@@ -204,37 +207,27 @@ void Worker::Flush() {
 void Worker::Reprobe() {
   if (options_.docker_socket.empty() || reprobe_in_flight_) return;
   reprobe_in_flight_ = true;
-  struct Job {
-    uv_work_t work;
-    Worker* self;
+  struct Answer {
     bool docker = false;
     std::string note;
   };
-  auto* job = new Job{};
-  job->self = this;
-  job->work.data = job;
-  uv_queue_work(
-      loop_->uv(), &job->work,
-      [](uv_work_t* w) {
-        auto* j = static_cast<Job*>(w->data);
-        j->docker = ProbeDocker(j->self->options_.docker_socket, 1000, &j->note);
-      },
-      [](uv_work_t* w, int) {
-        std::unique_ptr<Job> j(static_cast<Job*>(w->data));
-        Worker* self = j->self;
-        self->reprobe_in_flight_ = false;
-        ++self->probes_[j->docker ? 0 : 1];
-        std::vector<std::string> caps = self->core_->identity().capabilities;
+  auto answer = std::make_shared<Answer>();
+  off_loop_->Run(
+      [answer, socket = options_.docker_socket] { answer->docker = ProbeDocker(socket, 1000, &answer->note); },
+      [this, answer] {
+        reprobe_in_flight_ = false;
+        ++probes_[answer->docker ? 0 : 1];
+        std::vector<std::string> caps = core_->identity().capabilities;
         bool had = std::binary_search(caps.begin(), caps.end(), "docker");
-        if (had == j->docker) return;
-        if (j->docker) {
+        if (had == answer->docker) return;
+        if (answer->docker) {
           caps.push_back("docker");
-          self->options_.logger->info("capability docker announced again: {}", j->note);
+          options_.logger->info("capability docker announced again: {}", answer->note);
         } else {
           caps.erase(std::find(caps.begin(), caps.end(), "docker"));
-          self->options_.logger->warn("capability docker withdrawn: {}", j->note);
+          options_.logger->warn("capability docker withdrawn: {}", answer->note);
         }
-        self->core_->SetCapabilities(std::move(caps));
+        core_->SetCapabilities(std::move(caps));
       });
 }
 
@@ -278,11 +271,16 @@ void Worker::Metrics(ops::Sheet& sheet) const {
                   "attempts ended, by outcome (retryable: the executor could not run it here)",
                   static_cast<double>(core_->ended()[i]), {{"outcome", names[i]}});
   }
-  const auto& caps = core_->identity().capabilities;
+  const auto caps = core_->announced();
   for (const char* cap : {"docker", "gpu"}) {
-    sheet.Gauge("worker_capability", "1 while the capability is announced (from the last probe)",
+    sheet.Gauge("worker_capability", "1 while the capability is announced (probed, and not quarantined)",
                 std::binary_search(caps.begin(), caps.end(), cap) ? 1 : 0, {{"capability", cap}});
+    sheet.Gauge("worker_capability_quarantined", "1 while the capability is withdrawn because tasks failed to start",
+                core_->health().quarantined(cap) ? 1 : 0, {{"capability", cap}});
   }
+  sheet.Gauge("worker_attempts_waiting",
+              "dispatched attempts not started yet (GPUs a stopping attempt holds, an unproven executor)",
+              core_->waiting());
   sheet.Counter("worker_docker_probes_total", "docker re-probes, by result", static_cast<double>(probes_[0]),
                 {{"result", "ok"}});
   sheet.Counter("worker_docker_probes_total", "", static_cast<double>(probes_[1]), {{"result", "failed"}});

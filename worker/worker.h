@@ -7,8 +7,8 @@
 // (topics fleet.register and fleet.heartbeat); task traffic is directed to the
 // scheduler through the local broker.
 //
-// Thread: the loop thread; the docker executor's blocking API calls run on libuv's
-// thread pool and report back on the loop thread.
+// Thread: the loop thread; blocking Docker API calls (attempts, re-probes, stops) run on
+// threads of their own (never libuv's pool) and report back on the loop thread.
 #pragma once
 
 #include <spdlog/spdlog.h>
@@ -47,6 +47,7 @@ struct WorkerOptions {
   uint64_t resend_ms = 1000;
   uint64_t max_output = 16ull << 20;  // per attempt
   bool noop_executor = false;         // benchmarking: complete each task at once without running it
+  HealthOptions health;               // --quarantine-after, --quarantine-probe
   std::shared_ptr<spdlog::logger> logger;
 };
 
@@ -89,6 +90,7 @@ class Worker {
   uint64_t probes_[2] = {0, 0};  // docker re-probes that answered, that failed
   std::unique_ptr<Executor> executor_;
   bool reprobe_in_flight_ = false;
+  std::unique_ptr<OffLoop> off_loop_;  // the /_ping re-probe
   int exit_code_ = 0;
 };
 

@@ -4,8 +4,12 @@
 // the services share podman's container storage, and a starting worker removes the
 // containers labelled with its id (a previous process's orphans).
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
 
 #include "harness.h"
 
@@ -204,4 +208,136 @@ TEST_CASE("a restarted worker removes the containers its previous process left r
   c.RestartWorker("orphans");
   CHECK(c.worker("orphans").WaitFor("removed 1 containers a previous worker orphans left", 30000, 1, true));
   CHECK(RunTool(ps).lines.empty());
+}
+
+namespace {
+
+// A podman service whose OCI runtime is a script: runc while `broken` does not exist, a
+// failure ("OCI runtime error") while it does. /_ping answers either way: a daemon that
+// answers and cannot start a container (shared/ENVIRONMENT.md).
+struct BreakablePodman {
+  BreakablePodman() : socket(dir.path() + "/broken.sock"), flag(dir.path() + "/broken") {
+    const std::string runtime = dir.path() + "/badrt";
+    std::ofstream(runtime) << "#!/bin/sh\nif [ -e " << flag
+                           << " ]; then echo 'fm test: this runtime is broken' >&2; exit 1; fi\nexec runc \"$@\"\n";
+    chmod(runtime.c_str(), 0755);
+    const std::string conf = dir.path() + "/containers.conf";
+    std::ofstream(conf) << "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\n"
+                        << "[engine]\nruntime = \"fmbad\"\n\n[engine.runtimes]\nfmbad = [\"" << runtime << "\"]\n";
+    Break();
+    podman = std::make_unique<Podman>(socket, std::vector<std::string>{"CONTAINERS_CONF=" + conf});
+  }
+  void Break() { std::ofstream(flag) << "broken\n"; }
+  void Mend() { std::remove(flag.c_str()); }
+
+  TempDir dir;
+  std::string socket, flag;
+  std::unique_ptr<Podman> podman;
+};
+
+// Tap lines holding `a` and `b` and not `but`.
+size_t CountLines(Cluster& c, const std::string& a, const std::string& b, const std::string& but) {
+  size_t n = 0;
+  for (const auto& line : c.tap().Lines()) {
+    n += line.find(a) != std::string::npos && line.find(b) != std::string::npos && line.find(but) == std::string::npos;
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "a worker whose daemon answers /_ping but cannot start containers is quarantined after 3 failed starts, its tasks "
+    "run elsewhere, and it comes back when the daemon is mended",
+    "[integration][docker]") {
+  DockerCluster docker("healthy", {"--slots", "2", "--label", "host=healthy"});
+  Cluster& c = docker.cluster;
+  BreakablePodman broken;
+  c.StartWorker("broken", {"--docker-socket", broken.socket, "--slots", "4", "--label", "host=broken",
+                           "--quarantine-probe", "500ms"});
+  ToolRun table = c.Ctl({"workers"});
+  REQUIRE(table.lines.size() == 3);
+  CHECK_THAT(table.lines[1], Contains("broken") && Contains("docker"));  // it answers /_ping
+
+  std::string lines;
+  for (int i = 0; i < 20; ++i) {
+    lines += R"({"command": ["true"], "image": "localhost/fm-busybox:latest", "retry_backoff": "100ms"})"
+             "\n";
+  }
+  ToolRun run = c.Submit(lines, {"--wait"});
+  INFO(run.err);
+  INFO("the stream:\n" + c.tap().Stdout());
+  INFO("broken worker:\n" + c.worker("broken").Stderr());
+  REQUIRE(run.lines.size() == 20);
+  for (const auto& line : run.lines) CHECK_THAT(line, Contains(R"("status": "succeeded","worker": "healthy")"));
+  // The broken one failed at most 3 starts (one at a time until a start works), then
+  // withdrew docker with the reason.
+  CHECK(c.WaitEvent("worker.quarantined worker=broken: capability docker withdrawn: docker start failed 3x in a row"));
+  // (Attempts dispatched there meanwhile are handed back unstarted, "is quarantined".)
+  size_t failed_starts = CountLines(c, "task.retrying", "docker start: ", "is quarantined");
+  CHECK(failed_starts <= 3);
+  CHECK(failed_starts >= 1);
+  table = c.Ctl({"workers"});
+  REQUIRE(table.lines.size() == 3);
+  CHECK_THAT(table.lines[1], Contains("broken") && Contains("docker quarantined (docker start failed 3x"));
+  // The breakdown says why the broken one cannot take a docker task meant for it.
+  run = c.Submit(R"({"command": ["true"], "image": "localhost/fm-busybox:latest", "labels": {"host": "broken"}})"
+                 "\n");
+  REQUIRE(run.lines.size() == 1);
+  CHECK_THAT(run.lines[0], Contains("0/2 workers eligible") &&
+                               Contains("1 quarantined: docker start failed 3x in a row: docker start: ") &&
+                               Contains("1 lacks label host=broken"));
+
+  // Mended: a re-probe starts a container and docker is announced again.
+  broken.Mend();
+  REQUIRE(c.WaitEvent("worker.recovered worker=broken: capability docker announced again", 30000));
+  run = c.Submit(R"({"command": ["sh", "-c", "echo mended"], "image": "localhost/fm-busybox:latest",)"
+                 R"( "labels": {"host": "broken"}})"
+                 "\n",
+                 {"--wait"});
+  REQUIRE(run.lines.size() == 1);
+  CHECK_THAT(run.lines[0], Contains(R"("status": "succeeded","worker": "broken")"));
+}
+
+TEST_CASE("with 8 containers running, a cancel and a timeout still take effect within a second",
+          "[integration][docker]") {
+  DockerCluster docker("busy", {"--slots", "10"});
+  Cluster& c = docker.cluster;
+  const std::string loop = R"("sh", "-c", "trap 'echo stopping; exit 0' TERM; echo up; while :; do sleep 0.2; done")";
+  std::string lines;
+  for (int i = 0; i < 8; ++i) {
+    lines += R"({"command": [)" + loop +
+             R"(], "image": "localhost/fm-busybox:latest"})"
+             "\n";
+  }
+  c.Submit(lines);
+  REQUIRE(c.WaitEvent("stdout | up", 60000, 8));
+  // A ninth with a 3 s timeout, and a cancel of the first while all eight run.
+  c.Submit(R"({"command": [)" + loop +
+           R"(], "image": "localhost/fm-busybox:latest", "timeout": "3s"})"
+           "\n");
+  REQUIRE(c.WaitEvent("task.started task=t9", 20000));
+  REQUIRE(c.WaitEvent("stdout | up", 20000, 9));
+  auto timeout_from = std::chrono::steady_clock::now();
+  auto cancelled_at = std::chrono::steady_clock::now();
+  CHECK(c.Ctl({"cancel", "t1"}).exit_code == 0);
+  REQUIRE(c.WaitEvent("task.cancelled task=t1", 10000));
+  auto cancel_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - cancelled_at).count();
+  REQUIRE(c.WaitEvent("task.failed task=t9", 20000));
+  auto timeout_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - timeout_from).count();
+  // Timing is reported, and bounded loosely (shared 2-core machines): the cancel's SIGTERM
+  // reached the container (it said so) and its end came back well under the kill timeout.
+  std::printf(
+      "8 containers running: task.cancelled %lld ms after fm-ctl cancel; the 3 s timeout's task.failed %lld ms after "
+      "its output began\n",
+      static_cast<long long>(cancel_ms), static_cast<long long>(timeout_ms));
+  CHECK(c.WaitEvent("task=t1 worker=busy stream=stdout | stopping"));
+  CHECK(cancel_ms < 5000);
+  CHECK(timeout_ms < 3000 + 5000);
+  CHECK(CountLines(c, "task.failed task=t9 worker=busy", "reason=timeout", "\x01") == 1);
+  CHECK(c.WaitEvent("task=t9 worker=busy stream=stdout | stopping"));
+  for (int i = 2; i <= 8; ++i) c.Ctl({"cancel", "t" + std::to_string(i)});
+  CHECK(c.WaitEvent("task.cancelled", 30000, 8));
 }

@@ -405,8 +405,12 @@ bool DockerPings(const std::string& socket_path) {
   return ok;
 }
 
-Podman::Podman(const std::string& socket_path) : socket_(socket_path) {
-  process_ = Process::Start({"/usr/bin/podman", "system", "service", "--time=0", "unix://" + socket_});
+Podman::Podman(const std::string& socket_path, std::vector<std::string> env) : socket_(socket_path) {
+  std::vector<std::string> argv = {"/usr/bin/env"};
+  argv.insert(argv.end(), env.begin(), env.end());
+  for (const char* a : {"/usr/bin/podman", "system", "service", "--time=0"}) argv.push_back(a);
+  argv.push_back("unix://" + socket_);
+  process_ = Process::Start(argv);
   for (int i = 0; i < 300 && !DockerPings(socket_); ++i) {
     if (!process_->running()) throw std::runtime_error("podman exited: " + process_->Stderr());
     usleep(50000);  // no event tells when the service listens: poll its socket

@@ -84,7 +84,8 @@ ToolRun RunTool(const std::vector<std::string>& argv, const std::string& input =
 // prepared podman). The constructor returns once GET /_ping answers.
 class Podman {
  public:
-  explicit Podman(const std::string& socket_path);
+  // `env`: NAME=VALUE for the service (e.g. CONTAINERS_CONF naming another runtime).
+  explicit Podman(const std::string& socket_path, std::vector<std::string> env = {});
   void Stop();
 
  private:

@@ -98,10 +98,11 @@ class Harness {
     return Commit();
   }
 
-  Turn Heartbeat(const std::string& id, std::vector<std::string> caps, uint64_t instance = 1) {
+  Turn Heartbeat(const std::string& id, std::vector<std::string> caps, uint64_t instance = 1,
+                 const codec::Quarantines& quarantined = {}) {
     flatbuffers::FlatBufferBuilder fbb;
     auto hb = wire::CreateWorkerHeartbeat(fbb, fbb.CreateString(id), fbb.CreateString(Address(id, instance)), instance,
-                                          0, codec::ToWire(fbb, caps));
+                                          0, codec::ToWire(fbb, caps), codec::ToWire(fbb, quarantined));
     std::string bytes = codec::Seal(fbb, hb);
     engine_->OnBus(*wire::GetEnvelope(bytes.data()), now);
     return Commit();
@@ -120,6 +121,19 @@ class Harness {
     flatbuffers::FlatBufferBuilder fbb;
     auto ref = wire::CreateTaskRef(fbb, task, attempt);
     std::string bytes = codec::Seal(fbb, wire::CreateTaskStarted(fbb, ref, fbb.CreateString(worker)));
+    engine_->OnDirected(Address(worker), *wire::GetEnvelope(bytes.data()), now);
+    return Commit();
+  }
+
+  // A WorkerReport saying the attempt started with these GPUs.
+  Turn StartedWith(uint64_t task, uint32_t attempt, const std::string& worker, const std::vector<std::string>& gpus) {
+    flatbuffers::FlatBufferBuilder fbb;
+    std::vector<flatbuffers::Offset<wire::TaskRef>> started{wire::CreateTaskRef(fbb, task, attempt)};
+    std::vector<flatbuffers::Offset<wire::AttemptDevices>> devices{
+        wire::CreateAttemptDevices(fbb, wire::CreateTaskRef(fbb, task, attempt), codec::ToWire(fbb, gpus))};
+    std::string bytes =
+        codec::Seal(fbb, wire::CreateWorkerReport(fbb, fbb.CreateString(worker), fbb.CreateVector(started), 0,
+                                                  fbb.CreateVector(devices)));
     engine_->OnDirected(Address(worker), *wire::GetEnvelope(bytes.data()), now);
     return Commit();
   }

@@ -861,3 +861,51 @@ TEST_CASE("a retry goes back to a worker that failed it when no other could ever
   Turn again = h.Tick(300);
   CHECK(again.Dispatched(Harness::Address("only")) == std::vector<uint64_t>{1});
 }
+
+TEST_CASE("a quarantined capability is withdrawn with its reason, counted as such, and comes back on recovery",
+          "[unit]") {
+  Harness h;
+  h.Register({"broken", {"docker"}});
+  h.Register({"plain", {}});
+  Turn t = h.Heartbeat("broken", {}, 1, {{"docker", "docker start failed 3x in a row: OCI runtime error"}});
+  auto q = t.Events("worker.quarantined");
+  REQUIRE(q.size() == 1);
+  CHECK(q[0]->worker()->str() == "broken");
+  CHECK(q[0]->message()->str() == "capability docker withdrawn: docker start failed 3x in a row: OCI runtime error");
+  CHECK(t.Events("worker.updated").empty());  // the quarantine says it all
+  CHECK(h.engine().worker("broken")->quarantined.count("docker") == 1);
+  // A docker task now: the breakdown says why the broken worker cannot take it.
+  const auto* r = OnlyResult(h.Submit({NewTask({"docker"})}));
+  CHECK(r->status() == wire::SubmitStatus::Rejected);
+  CHECK(r->message()->str() ==
+        "0/2 workers eligible: 1 lacks capability docker, 1 quarantined: docker start failed 3x in a row: OCI runtime "
+        "error");
+  // The same heartbeat again changes nothing.
+  t = h.Heartbeat("broken", {}, 1, {{"docker", "docker start failed 3x in a row: OCI runtime error"}});
+  CHECK(t.Events("worker.quarantined").empty());
+  // Recovered: announced again, and a docker task runs there.
+  t = h.Heartbeat("broken", {"docker"});
+  auto back = t.Events("worker.recovered");
+  REQUIRE(back.size() == 1);
+  CHECK_THAT(back[0]->message()->str(), Catch::Contains("capability docker announced again"));
+  r = OnlyResult(h.Submit({NewTask({"docker"})}));
+  CHECK(r->status() == wire::SubmitStatus::Accepted);
+}
+
+TEST_CASE("the GPUs a worker gave an attempt are in task.started and stored with the task", "[unit]") {
+  Harness h;
+  WorkerSpec w{"g", {}};
+  w.gpus = {{"Tesla T4", 16 * GiB, "GPU-1"}, {"Tesla T4", 16 * GiB, "GPU-2"}};
+  h.Register(w);
+  Resources two;
+  two.gpus = 2;
+  uint64_t id = OnlyResult(h.Submit({NewTask({}, two)}))->task();
+  Turn t = h.StartedWith(id, 1, "g", {"GPU-1", "GPU-2", "GPU-3"});  // never more than it asked for
+  auto started = t.Events("task.started");
+  REQUIRE(started.size() == 1);
+  REQUIRE(started[0]->gpus());
+  CHECK(codec::Strings(started[0]->gpus()) == std::vector<std::string>{"GPU-1", "GPU-2"});
+  CHECK(h.engine().active_task(id)->gpus == std::vector<std::string>{"GPU-1", "GPU-2"});
+  h.Restart();
+  CHECK(h.engine().active_task(id)->gpus == std::vector<std::string>{"GPU-1", "GPU-2"});
+}

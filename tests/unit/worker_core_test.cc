@@ -7,6 +7,7 @@
 
 #include "schemas/codec.h"
 #include "worker/core.h"
+#include "worker/gpus.h"
 
 using namespace fm;
 using namespace fm::worker;
@@ -17,8 +18,16 @@ namespace {
 class HeldExecutor final : public Executor {
  public:
   std::vector<Ref> started, cancelled;
-  std::vector<bool> paused;  // each PauseOutput call
-  void Start(const Ref& ref, const TaskSpec&) override { started.push_back(ref); }
+  std::vector<Grant> grants;                                // of each Start
+  std::vector<std::pair<std::string, std::string>> probes;  // capability, image
+  std::vector<bool> paused;                                 // each PauseOutput call
+  void Start(const Ref& ref, const TaskSpec&, const Grant& grant) override {
+    started.push_back(ref);
+    grants.push_back(grant);
+  }
+  void Probe(const std::string& capability, const std::string& image) override {
+    probes.emplace_back(capability, image);
+  }
   void Cancel(const Ref& ref) override { cancelled.push_back(ref); }
   void PauseOutput(bool p) override { paused.push_back(p); }
 };
@@ -28,7 +37,8 @@ struct Fixture {
   WorkerCore core;
   uint64_t now = 1'000'000;
 
-  explicit Fixture(uint32_t slots = 1, WorkerCoreOptions options = {}) : core(Identity(slots), options) {
+  explicit Fixture(uint32_t slots = 1, WorkerCoreOptions options = {}) : Fixture(Identity(slots), options) {}
+  Fixture(WorkerIdentity identity, WorkerCoreOptions options) : core(std::move(identity), options) {
     core.SetExecutor(&executor);
   }
 
@@ -42,13 +52,21 @@ struct Fixture {
 
   void Dispatch(uint64_t task, uint32_t attempt, std::vector<std::string> command = {"sleep", "6"},
                 const std::string& from = "fm-scheduler") {
-    flatbuffers::FlatBufferBuilder fbb;
     TaskSpec spec;
     spec.command = std::move(command);
+    DispatchSpec(task, attempt, spec, from);
+  }
+  void DispatchSpec(uint64_t task, uint32_t attempt, const TaskSpec& spec, const std::string& from = "fm-scheduler") {
+    flatbuffers::FlatBufferBuilder fbb;
     std::vector<flatbuffers::Offset<wire::Assignment>> a{
         wire::CreateAssignment(fbb, task, attempt, codec::ToWire(fbb, spec))};
     std::string bytes = codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(a)));
     core.OnDirected(from, bytes.data(), bytes.size(), now);
+  }
+  void Cancel(uint64_t task, uint32_t attempt) {
+    flatbuffers::FlatBufferBuilder fbb;
+    std::string bytes = codec::Seal(fbb, wire::CreateCancelTask(fbb, wire::CreateTaskRef(fbb, task, attempt)));
+    core.OnDirected("fm-scheduler", bytes.data(), bytes.size(), now);
   }
   void Ack(uint64_t task, uint32_t attempt) {
     flatbuffers::FlatBufferBuilder fbb;
@@ -62,15 +80,30 @@ struct Fixture {
     std::vector<Ref> started;
     std::vector<std::pair<Ref, wire::Outcome>> finished;
     std::vector<std::string> messages;
+    std::map<Ref, std::vector<std::string>> devices;
+    std::vector<std::string> warnings;
+    std::vector<const wire::WorkerHeartbeat*> heartbeats;
+    std::vector<std::string> keep;  // what heartbeats point into
   };
   Report EndTurn() {
     Report r;
     WorkerOutbox out = core.EndTurn();
+    r.warnings = out.warnings;
+    for (const auto& [topic, payload] : out.publications) {
+      if (topic != "fleet.heartbeat") continue;
+      r.keep.push_back(payload);
+    }
+    for (const auto& payload : r.keep)
+      r.heartbeats.push_back(wire::GetEnvelope(payload.data())->body_as_WorkerHeartbeat());
     for (const auto& payload : out.to_scheduler) {
       const auto* env = wire::GetEnvelope(payload.data());
       if (env->body_type() != wire::Body::WorkerReport) continue;
       const auto* rep = env->body_as_WorkerReport();
       for (const auto* s : *rep->started()) r.started.push_back({s->task(), s->attempt()});
+      if (rep->devices()) {
+        for (const auto* d : *rep->devices())
+          r.devices[{d->ref()->task(), d->ref()->attempt()}] = codec::Strings(d->gpus());
+      }
       for (const auto* f : *rep->finished()) {
         r.finished.push_back({{f->ref()->task(), f->ref()->attempt()}, f->outcome()});
         r.messages.push_back(codec::Str(f->message()));
@@ -329,4 +362,230 @@ TEST_CASE("output the broker could not queue for the scheduler is said to be mis
     ++notes[log->ref()->task()];
   }
   CHECK(notes == std::map<uint64_t, int>{{1, 1}, {2, 1}});
+}
+
+// ---------------------------------------------------------------------------
+// GPUs: chosen, given, never shared.
+
+namespace {
+std::vector<Gpu> MixedGpus() {
+  return {{"NVIDIA A100-SXM4-80GB", 80ull << 30, "GPU-a"},
+          {"Tesla T4", 16ull << 30, "GPU-b"},
+          {"NVIDIA A100-SXM4-80GB", 80ull << 30, "GPU-c"},
+          {"Tesla T4", 16ull << 30, ""}};
+}
+Resources Need(uint32_t gpus, const std::string& model = "", uint64_t memory = 0) {
+  Resources r;
+  r.gpus = gpus;
+  r.gpu_model = model;
+  r.gpu_memory = memory;
+  return r;
+}
+}  // namespace
+
+TEST_CASE("ChooseGpus takes free devices that serve the task, the smallest that do first", "[unit]") {
+  const auto gpus = MixedGpus();
+  std::vector<bool> none(gpus.size(), false);
+  CHECK(ChooseGpus(gpus, none, Need(0)) == std::vector<size_t>{});
+  CHECK(ChooseGpus(gpus, none, Need(1)) == std::vector<size_t>{1});                   // a T4 serves: keep the A100s
+  CHECK(ChooseGpus(gpus, none, Need(1, "a100")) == std::vector<size_t>{0});           // model, any case
+  CHECK(ChooseGpus(gpus, none, Need(1, "", 40ull << 30)) == std::vector<size_t>{0});  // per-GPU memory
+  CHECK(ChooseGpus(gpus, none, Need(3)) == std::vector<size_t>{0, 1, 3});
+  CHECK(ChooseGpus(gpus, {true, false, false, false}, Need(2, "A100")) == std::nullopt);  // one of two is busy
+  CHECK(ChooseGpus(gpus, {true, false, false, false}, Need(1, "A100")) == std::vector<size_t>{2});
+  CHECK(ChooseGpus(gpus, none, Need(5)) == std::nullopt);
+  CHECK(ChooseGpus(gpus, none, Need(1, "H100")) == std::nullopt);
+  CHECK(GpuDeviceId(gpus[0], 0) == "GPU-a");
+  CHECK(GpuDeviceId(gpus[3], 3) == "3");  // no UUID: the index
+}
+
+TEST_CASE("a worker gives each GPU attempt its own devices, reports them, and frees them when it ends", "[unit]") {
+  WorkerIdentity id = Fixture::Identity(4);
+  id.hardware.gpus = MixedGpus();
+  Fixture f(id, {});
+  TaskSpec spec;
+  spec.command = {"train"};
+  spec.resources = Need(1, "A100");
+  f.DispatchSpec(1, 1, spec);
+  f.DispatchSpec(2, 1, spec);
+  Fixture::Report r = f.EndTurn();
+  REQUIRE(r.started.size() == 2);
+  CHECK(r.devices[{1, 1}] == std::vector<std::string>{"GPU-a"});
+  CHECK(r.devices[{2, 1}] == std::vector<std::string>{"GPU-c"});
+  REQUIRE(f.executor.grants.size() == 2);
+  CHECK(f.executor.grants[0].gpus == std::vector<std::string>{"GPU-a"});
+  CHECK(f.executor.grants[1].gpus == std::vector<std::string>{"GPU-c"});
+  // A third A100 task: the scheduler would not send it; if it does, it is refused, not doubled up.
+  f.DispatchSpec(3, 1, spec);
+  r = f.EndTurn();
+  REQUIRE(r.finished.size() == 1);
+  CHECK(r.finished[0] == std::make_pair(Ref{3, 1}, wire::Outcome::Retryable));
+  CHECK_THAT(r.messages[0], Catch::Contains("no free GPU"));
+  // Task 1 ends: its A100 is free for the next.
+  f.core.OnRunEnded({1, 1}, {});
+  f.DispatchSpec(4, 1, spec);
+  r = f.EndTurn();
+  CHECK(r.devices[{4, 1}] == std::vector<std::string>{"GPU-a"});
+}
+
+TEST_CASE("a GPU attempt whose devices a cancelled attempt still holds waits for them, and starts when it ends",
+          "[unit]") {
+  WorkerIdentity id = Fixture::Identity(2);
+  id.hardware.gpus = {{"Tesla T4", 16ull << 30, "GPU-only"}};
+  Fixture f(id, {});
+  TaskSpec spec;
+  spec.command = {"train"};
+  spec.resources = Need(1);
+  f.DispatchSpec(1, 1, spec);
+  REQUIRE(f.EndTurn().started.size() == 1);
+  // Cancelled: the scheduler frees its GPU at once and places task 2 here, while task
+  // 1 still stops (SIGTERM, its kill timeout).
+  f.Cancel(1, 1);
+  f.DispatchSpec(2, 1, spec);
+  Fixture::Report r = f.EndTurn();
+  CHECK(r.started.empty());
+  CHECK(r.finished.empty());
+  CHECK(f.core.waiting() == 1);
+  CHECK(f.executor.started.size() == 1);
+  f.core.OnRunEnded({1, 1}, {wire::Outcome::Cancelled, 0, "cancelled"});
+  r = f.EndTurn();
+  CHECK(r.started == std::vector<Ref>{{2, 1}});
+  CHECK(r.devices[{2, 1}] == std::vector<std::string>{"GPU-only"});
+  CHECK(f.core.waiting() == 0);
+  // A waiting attempt that is cancelled ends without ever starting.
+  f.Cancel(2, 1);
+  f.core.OnRunEnded({2, 1}, {wire::Outcome::Cancelled, 0, "cancelled"});
+  f.DispatchSpec(3, 1, spec);
+  f.DispatchSpec(4, 1, spec);  // a stale double dispatch: refused (nothing stopping holds the GPU)
+  r = f.EndTurn();
+  CHECK(f.core.gpus_of({3, 1}) == std::vector<size_t>{0});
+}
+
+// ---------------------------------------------------------------------------
+// Health: failed starts quarantine a capability; a re-probe that starts a container ends it.
+
+TEST_CASE("Health quarantines after N failed starts in a row and re-probes with doubling waits", "[unit]") {
+  HealthOptions options;
+  options.quarantine_after = 3;
+  options.probe_initial_ms = 1000;
+  options.probe_max_ms = 3000;
+  Health h(options);
+  uint64_t now = 0;
+  CHECK_FALSE(h.OnStartFailed("docker", "docker start", "OCI runtime error", "img", now));
+  h.OnStarted("docker");  // a start between: the count begins again
+  CHECK_FALSE(h.OnStartFailed("docker", "docker start", "OCI runtime error", "img", now));
+  CHECK_FALSE(h.OnStartFailed("docker", "docker start", "OCI runtime error", "img", now));
+  CHECK(h.OnStartFailed("docker", "docker start", "OCI runtime error", "img", now));
+  CHECK(h.quarantined("docker"));
+  CHECK(h.quarantines().at("docker").reason == "docker start failed 3x in a row: OCI runtime error");
+  CHECK(h.Announced({"docker", "gpu"}) == std::vector<std::string>{"gpu"});
+  CHECK(h.DueProbes(999).empty());
+  auto due = h.DueProbes(1000);
+  REQUIRE(due.size() == 1);
+  CHECK(due[0] == std::make_pair(std::string("docker"), std::string("img")));
+  CHECK(h.DueProbes(5000).empty());  // one out at a time
+  CHECK_FALSE(h.OnProbe("docker", false, "still broken", 1000));
+  CHECK(h.DueProbes(2999).empty());  // 2 s later
+  CHECK(h.DueProbes(3000).size() == 1);
+  CHECK_FALSE(h.OnProbe("docker", false, "still broken", 3000));
+  CHECK(h.DueProbes(5999).empty());  // capped at 3 s
+  CHECK(h.DueProbes(6000).size() == 1);
+  CHECK(h.OnProbe("docker", true, "", 6000));
+  CHECK_FALSE(h.quarantined("docker"));
+  CHECK(h.Announced({"docker", "gpu"}) == std::vector<std::string>{"docker", "gpu"});
+}
+
+TEST_CASE("a worker whose container starts fail withdraws docker, says why, and announces it again after a probe",
+          "[unit]") {
+  WorkerCoreOptions options;
+  options.health.quarantine_after = 2;
+  options.health.probe_initial_ms = 500;
+  WorkerIdentity id = Fixture::Identity(4);
+  id.capabilities = {"docker"};
+  Fixture f(id, options);
+  TaskSpec spec;
+  spec.command = {"true"};
+  spec.image = "localhost/img";
+  RunResult failed{wire::Outcome::Retryable, 0, "docker start: OCI runtime error"};
+  failed.start_failure = "docker start";
+  f.DispatchSpec(1, 1, spec);
+  f.core.OnRunEnded({1, 1}, failed);
+  CHECK(f.EndTurn().heartbeats.empty());
+  // A task's own failure (a command missing from the image) does not count.
+  f.DispatchSpec(2, 1, spec);
+  f.core.OnRunEnded({2, 1}, {wire::Outcome::Failed, 127, "command not runnable"});
+  f.DispatchSpec(3, 1, spec);
+  f.core.OnRunEnded({3, 1}, failed);
+  Fixture::Report r = f.EndTurn();
+  REQUIRE(r.heartbeats.size() == 1);
+  CHECK(codec::Strings(r.heartbeats[0]->capabilities()).empty());
+  auto q = codec::FromWire(r.heartbeats[0]->quarantined());
+  CHECK(q.at("docker") == "docker start failed 2x in a row: docker start: OCI runtime error");
+  REQUIRE(r.warnings.size() == 1);
+  CHECK_THAT(r.warnings[0], Catch::Contains("capability docker quarantined"));
+  // The re-probe is due: the executor is asked to start the image that failed.
+  f.core.Tick(f.now + 499);
+  CHECK(f.executor.probes.empty());
+  f.core.Tick(f.now + 500);
+  REQUIRE(f.executor.probes.size() == 1);
+  CHECK(f.executor.probes[0] == std::make_pair(std::string("docker"), std::string("localhost/img")));
+  f.core.OnProbeEnded("docker", false, "docker start: OCI runtime error");
+  CHECK(f.EndTurn().heartbeats.empty());
+  CHECK(f.core.health().quarantined("docker"));
+  f.core.Tick(f.now + 1500);  // 1 s after the failed probe
+  REQUIRE(f.executor.probes.size() == 2);
+  f.core.OnProbeEnded("docker", true, "");
+  r = f.EndTurn();
+  REQUIRE(r.heartbeats.size() == 1);
+  CHECK(codec::Strings(r.heartbeats[0]->capabilities()) == std::vector<std::string>{"docker"});
+  CHECK(r.heartbeats[0]->quarantined() == nullptr);
+}
+
+TEST_CASE(
+    "until the docker executor has started a container, a worker starts one at a time, so a broken daemon "
+    "fails N starts, not a burst",
+    "[unit]") {
+  WorkerCoreOptions options;
+  options.health.quarantine_after = 2;
+  WorkerIdentity id = Fixture::Identity(8);
+  id.capabilities = {"docker"};
+  Fixture f(id, options);
+  TaskSpec spec;
+  spec.command = {"true"};
+  spec.image = "localhost/img";
+  for (uint64_t t = 1; t <= 4; ++t) f.DispatchSpec(t, 1, spec);
+  CHECK(f.executor.started == std::vector<Ref>{{1, 1}});  // the others wait for its start
+  CHECK(f.core.waiting() == 3);
+  CHECK(f.core.slots_in_use() == 4);
+  // Exec tasks are never held back.
+  f.Dispatch(9, 1, {"true"});
+  CHECK(f.executor.started.size() == 2);
+  // It started: proven, the rest go at once.
+  f.core.OnRunStarted({1, 1});
+  CHECK(f.executor.started.size() == 5);
+  CHECK(f.core.waiting() == 0);
+  // Two failed starts in a row (one at a time again after the first): quarantined; what
+  // still waits is refused, Retryable, without a start.
+  for (uint64_t t = 2; t <= 4; ++t) f.core.OnRunEnded({t, 1}, {});
+  f.EndTurn();
+  RunResult failed{wire::Outcome::Retryable, 0, "docker start: OCI runtime error"};
+  failed.start_failure = "docker start";
+  f.DispatchSpec(10, 1, spec);  // proven: starts
+  f.DispatchSpec(11, 1, spec);
+  CHECK(f.executor.started.size() == 7);
+  f.core.OnRunEnded({10, 1}, failed);  // unproven now
+  f.DispatchSpec(12, 1, spec);
+  CHECK(f.executor.started.size() == 7);  // 11 is starting: 12 waits
+  f.core.OnRunEnded({11, 1}, failed);     // the second failure: quarantined
+  CHECK(f.core.health().quarantined("docker"));
+  CHECK(f.executor.started.size() == 7);  // 12 never started
+  Fixture::Report r = f.EndTurn();
+  bool refused = false;
+  for (size_t i = 0; i < r.finished.size(); ++i) {
+    if (r.finished[i].first == Ref{12, 1}) {
+      refused = r.finished[i].second == wire::Outcome::Retryable &&
+                r.messages[i].find("capability docker is quarantined on worker pw1") != std::string::npos;
+    }
+  }
+  CHECK(refused);
 }

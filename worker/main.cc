@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstring>
 
 #include "broker/logging.h"
 #include "broker/loop.h"
@@ -36,6 +37,11 @@ int main(int argc, char** argv) {
       ->configurable(false);
   fm::bus::AddSecurityFlags(app, &options.cert, &options.broker_cert);
   app.add_option("--run-as", options.run_as, "run exec tasks as this user (the worker must run as root)");
+  app.add_option("--cgroup", options.cgroup,
+                 "exec tasks' limits: a cgroup leaf per attempt under the worker's delegated cgroup (v2) or its own "
+                 "(v1, as root); off: none")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "v2", "v1", "off"}));
   std::string quarantine_probe = "2s";
   app.add_option("--quarantine-after", options.health.quarantine_after,
                  "failed container starts in a row that withdraw capability docker until a re-probe starts one")

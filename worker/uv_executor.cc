@@ -42,6 +42,8 @@ struct UvExecutor::Run {
   bool timer_started = false;
   bool out_closed = false, err_closed = false, timer_closed = false;
   std::string spawn_error;
+  bool spawn_retryable = false;  // the worker's fault (its cgroup), not the task's
+  std::string leaf;              // the attempt's cgroup leaf (limits on)
   // docker: the attempt's Engine API calls on a thread of its own (never the loop's
   // or libuv's pool, which other attempts need), its output passed to the loop through
   // `wake` as it comes, at most kDockerHeldBytes at a time (then the thread waits, and
@@ -104,6 +106,22 @@ std::string WorkerVar(const std::string& id) { return "FM_WORKER_ID=" + id; }
 // This worker process's mark on one attempt's processes.
 std::string RunVar(const std::string& instance, const Ref& ref) {
   return "FM_RUN_ID=" + instance + "-t" + std::to_string(ref.first) + "-" + std::to_string(ref.second);
+}
+
+// Whether `command` names an executable file, itself or through `path`, as execvp finds it.
+bool Runnable(const std::string& command, const std::string& path) {
+  if (command.find('/') != std::string::npos) return access(command.c_str(), X_OK) == 0;
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find(':', start);
+    if (end == std::string::npos) end = path.size();
+    std::string dir = path.substr(start, end - start);
+    std::string full = (dir.empty() ? std::string(".") : dir) + "/" + command;
+    struct stat st {};
+    if (stat(full.c_str(), &st) == 0 && S_ISREG(st.st_mode) && access(full.c_str(), X_OK) == 0) return true;
+    start = end + 1;
+  }
+  return false;
 }
 
 // The environment of /proc/PID, as its NUL-separated strings; empty if unreadable.
@@ -202,6 +220,7 @@ void UvExecutor::Cancel(const Ref& ref) {
 }
 
 void UvExecutor::End(Run* run, RunResult result) {
+  if (!run->leaf.empty()) options_.cgroups->RemoveLeaf(run->leaf);
   Ref ref = run->ref;
   runs_.erase(ref);  // frees run
   sink_->OnRunEnded(ref, std::move(result));
@@ -215,8 +234,14 @@ void UvExecutor::OnExecHandleClosed(uv_handle_t* handle) {
   if (--r->open_handles > 0) return;
   RunResult result;
   result.exit_code = static_cast<int32_t>(r->exit_status);
+  const bool memory_killed = !r->leaf.empty() && (r->term_signal != 0 || r->exit_status != 0) && !r->cancelled &&
+                             !r->timed_out && r->executor->options_.cgroups->OomKilled(r->leaf);
   if (!r->spawn_error.empty()) {
-    result = {wire::Outcome::Failed, 127, r->spawn_error};
+    result = {r->spawn_retryable ? wire::Outcome::Retryable : wire::Outcome::Failed, 127, r->spawn_error};
+  } else if (memory_killed) {
+    result = {wire::Outcome::Failed, r->term_signal != 0 ? 128 + r->term_signal : result.exit_code,
+              "memory_limit: killed for using more than its " + FormatSize(r->spec.resources.memory) + " of memory",
+              wire::Reason::MemoryLimit};
   } else if (r->cancelled) {
     result = {wire::Outcome::Cancelled, result.exit_code, "cancelled"};
   } else if (r->timed_out) {
@@ -241,9 +266,6 @@ void UvExecutor::StartExec(Run* run) {
   run->out.data = run->err.data = run->timer.data = run->process.data = run;
   run->open_handles = 4;
 
-  std::vector<char*> args;
-  for (auto& a : run->spec.command) args.push_back(a.data());
-  args.push_back(nullptr);
   uv_stdio_container_t stdio[3];
   stdio[0].flags = UV_IGNORE;
   stdio[1].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
@@ -251,8 +273,6 @@ void UvExecutor::StartExec(Run* run) {
   stdio[2].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
   stdio[2].data.stream = reinterpret_cast<uv_stream_t*>(&run->err);
   uv_process_options_t po{};
-  po.file = args[0];
-  po.args = args.data();
   po.stdio = stdio;
   po.stdio_count = 3;
   po.flags = UV_PROCESS_DETACHED;  // own process group: a timeout kills the whole tree
@@ -286,10 +306,53 @@ void UvExecutor::StartExec(Run* run) {
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
   po.env = envp.data();
+  // With limits, the command runs through this program's exec shim, which joins the
+  // attempt's cgroup leaf and drops to the run-as user before it execs the command:
+  // nothing the command starts is ever outside the leaf.
+  std::vector<std::string> argv = run->spec.command;
+  std::string pre_error;
+  bool pre_retryable = false;
+  const bool limited = options_.cgroups && options_.cgroups->on();
+  if (limited) {
+    std::string path;
+    for (const auto& e : env) {
+      if (e.rfind("PATH=", 0) == 0) path = e.substr(5);
+    }
+    if (!Runnable(argv[0], path)) {
+      pre_error = "cannot run \"" + argv[0] + "\": no such file or directory";
+    } else {
+      run->leaf = "fm-t" + std::to_string(run->ref.first) + "-" + std::to_string(run->ref.second);
+      CgroupLimits limits;
+      limits.cpus_milli = run->spec.resources.cpus_milli;
+      limits.memory = run->spec.resources.memory;
+      limits.pids = kContainerPidsLimit;
+      auto procs = options_.cgroups->MakeLeaf(run->leaf, limits);
+      if (!procs.ok()) {
+        pre_error =
+            "cannot make the attempt's cgroup on worker " + options_.worker_id + ": " + procs.status().message();
+        pre_retryable = true;
+        run->leaf.clear();
+      } else {
+        std::vector<std::string> shim = {options_.exec_shim, as.user.empty() ? "-" : std::to_string(as.uid),
+                                         as.user.empty() ? "-" : std::to_string(as.gid)};
+        shim.insert(shim.end(), procs->begin(), procs->end());
+        shim.push_back("--");
+        shim.insert(shim.end(), argv.begin(), argv.end());
+        argv = std::move(shim);
+      }
+    }
+  }
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  po.file = args[0];
+  po.args = args.data();
   if (!as.user.empty()) {
-    po.flags = static_cast<uv_process_flags>(po.flags | UV_PROCESS_SETUID | UV_PROCESS_SETGID);
-    po.uid = as.uid;
-    po.gid = as.gid;
+    if (!limited) {  // the shim drops privileges itself, after joining its cgroup
+      po.flags = static_cast<uv_process_flags>(po.flags | UV_PROCESS_SETUID | UV_PROCESS_SETGID);
+      po.uid = as.uid;
+      po.gid = as.gid;
+    }
     po.cwd = access(as.home.c_str(), X_OK) == 0 ? as.home.c_str() : "/";
   }
   std::string cwd_error;
@@ -305,8 +368,9 @@ void UvExecutor::StartExec(Run* run) {
     r->exited = true;
     r->exit_status = status;
     r->term_signal = signal;
-    // What the command left in its process group ends with it.
+    // What the command left in its process group, or in its cgroup, ends with it.
     if (p->pid > 0) kill(-p->pid, SIGKILL);
+    if (!r->leaf.empty()) r->executor->options_.cgroups->KillLeaf(r->leaf);
     uv_timer_stop(&r->timer);
     uv_close(reinterpret_cast<uv_handle_t*>(p), OnExecHandleClosed);
     if (r->out_closed && r->err_closed) return CloseTimer(r);
@@ -339,6 +403,8 @@ void UvExecutor::StartExec(Run* run) {
         },
         kOutputSettleMs, 0);
   };
+  if (cwd_error.empty()) cwd_error = pre_error;
+  run->spawn_retryable = pre_retryable;
   int rc = cwd_error.empty() ? uv_spawn(loop_, &run->process, &po) : UV_ENOENT;
   if (rc != 0) {
     run->spawn_error =
@@ -629,6 +695,8 @@ void UvExecutor::StartTimeout(Run* run) {
 
 int UvExecutor::KillTree(Run* run) {
   if (run->process.pid > 0) kill(-run->process.pid, SIGKILL);
+  // Every process of the attempt is in its cgroup, whatever it did to its group or marks.
+  if (!run->leaf.empty()) options_.cgroups->KillLeaf(run->leaf);
   // A process that left the group (setsid, setpgid) still carries the attempt's mark:
   // find it in /proc. A few rounds, for processes forked meanwhile.
   const std::string mark = RunVar(options_.instance, run->ref);

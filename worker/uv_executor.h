@@ -26,6 +26,7 @@
 #include <string>
 
 #include "schemas/status.h"
+#include "worker/cgroup.h"
 #include "worker/executor.h"
 #include "worker/off_loop.h"
 
@@ -47,6 +48,10 @@ struct UvExecutorOptions {
   // which an attempt's processes are found (never another worker's, on any cluster).
   std::string instance;
   RunAs run_as;
+  // Limits for exec attempts: a cgroup leaf each (nullptr or off: none). The attempt's
+  // process joins it through `exec_shim` (fm-cgexec) before it runs the command.
+  Cgroups* cgroups = nullptr;
+  std::string exec_shim;
 };
 
 class UvExecutor final : public Executor {

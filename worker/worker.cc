@@ -49,7 +49,7 @@ Worker::Worker(zmq::context_t& context, WorkerOptions options, Probe probe)
   instance_ = (static_cast<uint64_t>(rd()) << 32) | rd();
 }
 
-Worker::~Worker() = default;
+Worker::~Worker() { cgroups_.Close(); }
 
 Status Worker::Check() {
   auto endpoints = bus::ParseBrokerUrl(options_.broker);
@@ -97,6 +97,22 @@ Status Worker::Open() {
   identity.capabilities = probe_.capabilities;
   identity.noop_executor = options_.noop_executor;
   Normalize(&identity.capabilities);
+  if (!options_.noop_executor) {
+    // The exec shim: beside this program in a build, in ../libexec/fm installed.
+    char self[4096] = {0};
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    std::string dir = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string();
+    dir = dir.substr(0, dir.rfind('/') + 1);
+    exec_shim_ = dir + kExecShimName;
+    if (access(exec_shim_.c_str(), X_OK) != 0) exec_shim_ = dir + "../libexec/fm/" + kExecShimName;
+    cgroups_ = Cgroups::Detect(options_.id, options_.cgroup);
+    if (cgroups_.on() && access(exec_shim_.c_str(), X_OK) != 0) {
+      cgroups_.Close();
+      cgroups_ = Cgroups::Off(std::string(kExecShimName) + " is not beside fm-worker nor in " + exec_shim_ +
+                              ": exec tasks cannot join their cgroups");
+    }
+  }
+  identity.limits = cgroups_.mode();
   WorkerCoreOptions core_options;
   core_options.resend_ms = options_.resend_ms;
   core_options.max_output = options_.max_output;
@@ -118,6 +134,14 @@ Status Worker::Open() {
         "scheduler, shown by fm-ctl workers");
   }
   RemoveOrphans();
+  if (cgroups_.on()) {
+    size_t stale = cgroups_.RemoveStale();
+    options_.logger->info("exec tasks run in a {} leaf each (cpus, memory and pids limited as placed){}",
+                          cgroups_.mode(),
+                          stale ? "; removed " + std::to_string(stale) + " a previous worker left" : std::string());
+  } else if (!options_.noop_executor) {
+    options_.logger->warn("limits: off: exec tasks' cpus and memory are not enforced ({})", cgroups_.why_off());
+  }
   if (!run_as_.user.empty()) {
     options_.logger->info("exec tasks run as user {} (uid {})", run_as_.user, run_as_.uid);
   } else if (security_.on() && !options_.noop_executor) {
@@ -168,6 +192,8 @@ void Worker::Attach(bus::Loop& loop) {
     snprintf(instance, sizeof instance, "%016llx", static_cast<unsigned long long>(instance_));
     executor_options.instance = instance;
     executor_options.run_as = run_as_;
+    executor_options.cgroups = &cgroups_;
+    executor_options.exec_shim = exec_shim_;
     executor_ = std::make_unique<UvExecutor>(loop.uv(), core_.get(), std::move(executor_options),
                                              [this] { loop_->MarkWork(); });
   }

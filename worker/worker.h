@@ -48,6 +48,7 @@ struct WorkerOptions {
   uint64_t max_output = 16ull << 20;  // per attempt
   bool noop_executor = false;         // benchmarking: complete each task at once without running it
   HealthOptions health;               // --quarantine-after, --quarantine-probe
+  std::string cgroup = "auto";        // exec limits: "auto", "v2", "v1" or "off"
   std::shared_ptr<spdlog::logger> logger;
 };
 
@@ -91,6 +92,8 @@ class Worker {
   std::unique_ptr<Executor> executor_;
   bool reprobe_in_flight_ = false;
   std::unique_ptr<OffLoop> off_loop_;  // the /_ping re-probe
+  Cgroups cgroups_;                    // exec attempts' limits
+  std::string exec_shim_;              // fm-cgexec's path
   int exit_code_ = 0;
 };
 

@@ -673,7 +673,7 @@ TEST_CASE(
   // Cancel: the same graceful stop.
   c.Submit(R"({"command": ["sh", "-c", "trap 'echo cancelled nicely; exit 0' TERM; echo up; sleep 60 & wait"]})"
            "\n");
-  REQUIRE(c.WaitEvent("up"));
+  REQUIRE(c.WaitEvent("task=t3 worker=w1 stream=stdout | up"));  // its trap is set
   CHECK(c.Ctl({"cancel", "t3"}).exit_code == 0);
   CHECK(c.WaitEvent("cancelled nicely"));
 }

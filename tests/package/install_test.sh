@@ -30,7 +30,7 @@ for p in common broker scheduler worker tools; do
 done
 
 # Layout.
-for f in usr/bin/fm-broker usr/bin/fm-scheduler usr/bin/fm-worker usr/bin/fm-submit usr/bin/fm-tap usr/bin/fm-ctl \
+for f in usr/bin/fm-broker usr/bin/fm-scheduler usr/bin/fm-worker usr/libexec/fm/fm-cgexec usr/bin/fm-submit usr/bin/fm-tap usr/bin/fm-ctl \
   usr/bin/fm-keygen lib/systemd/system/fm-broker.service lib/systemd/system/fm-scheduler.service \
   lib/systemd/system/fm-worker.service etc/fm/broker.conf etc/fm/scheduler.conf etc/fm/worker.conf \
   usr/lib/sysusers.d/fm.conf usr/share/man/man1/fm-ctl.1.gz usr/share/bash-completion/completions/fm-ctl \

@@ -2,6 +2,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "worker/cgroup.h"
 #include "worker/docker_client.h"
 #include "worker/worker.h"
 
@@ -14,6 +15,43 @@ TEST_CASE("cgroup cpu.max and /proc/self/cgroup parse", "[unit]") {
   CHECK(ParseCgroupCpuMax("") == 0);
   CHECK(ParseCgroupV2Path("0::/system.slice/fm.service\n") == "/system.slice/fm.service");
   CHECK(ParseCgroupV2Path("12:cpu:/x\n") == "");
+  const std::string v1 = "4:memory:/process_api/abc\n3:cpu,cpuacct:/\n2:pids:/p\n0::/\n";
+  CHECK(ParseCgroupV1Path(v1, "memory") == "/process_api/abc");
+  CHECK(ParseCgroupV1Path(v1, "cpu") == "/");
+  CHECK(ParseCgroupV1Path(v1, "cpuacct") == "/");
+  CHECK(ParseCgroupV1Path(v1, "pids") == "/p");
+  CHECK(ParseCgroupV1Path(v1, "blkio") == "");
+}
+
+TEST_CASE("a Docker create request carries the limits, labels and the GPUs chosen, as DeviceRequests", "[unit]") {
+  DockerClient::ContainerSpec spec;
+  spec.cpus_milli = 1500;
+  spec.memory = 64ull << 20;
+  spec.pids_limit = 4096;
+  spec.labels = {{"fm.task", "t1"}};
+  spec.gpus = {"GPU-a", "GPU-c"};
+  auto body = DockerClient::CreateBody("img", {"true"}, spec);
+  REQUIRE(body.ok());
+  std::string compact;
+  for (char ch : *body) {
+    if (ch != ' ' && ch != '\n') compact += ch;
+  }
+  CHECK_THAT(compact, Catch::Contains(R"("NanoCpus":1500000000)") && Catch::Contains(R"("Memory":67108864)") &&
+                          Catch::Contains(R"("PidsLimit":4096)") &&
+                          Catch::Contains(R"("DeviceRequests":[{"Driver":"nvidia","DeviceIDs":["GPU-a","GPU-c"],)") &&
+                          Catch::Contains(R"("Capabilities":[["gpu"]])"));
+  spec.gpus.clear();
+  body = DockerClient::CreateBody("img", {"true"}, spec);
+  REQUIRE(body.ok());
+  CHECK_THAT(*body, !Catch::Contains("DeviceRequests"));
+}
+
+TEST_CASE("a failed container start is the task's when the runtime ran and the command is not there", "[unit]") {
+  CHECK(IsCommandMissing(
+      "start: HTTP 500: runc: runc create failed: unable to start container process: exec: \"/nonexistent\": stat "
+      "/nonexistent: no such file or directory: OCI runtime attempted to invoke a command that was not found"));
+  CHECK(IsCommandMissing("OCI runtime create failed: exec: \"x\": executable file not found in $PATH: unknown"));
+  CHECK_FALSE(IsCommandMissing("start: HTTP 500: fmbad: fm test: this runtime is broken: OCI runtime error"));
 }
 
 TEST_CASE("the probed machine has cpus and memory", "[unit]") {

@@ -12,14 +12,6 @@
 namespace fm::worker {
 namespace {
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return {};
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 uint64_t ParseU64(const std::string& text, bool* ok) {
   try {
     size_t used = 0;
@@ -33,6 +25,14 @@ uint64_t ParseU64(const std::string& text, bool* ok) {
 }
 
 }  // namespace
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return {};
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 uint32_t ParseCgroupCpuMax(const std::string& text) {
   std::istringstream in(text);

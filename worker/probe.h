@@ -34,6 +34,9 @@ struct Probe {
 };
 Probe ProbeAll(const std::string& docker_socket);
 
+// The whole of a small file (/proc, /sys); empty when it cannot be read.
+std::string ReadFile(const std::string& path);
+
 // Exposed for tests: cgroup file parsers.
 // cpu.max "150000 100000" -> 1500; "max 100000" -> 0 (no limit).
 uint32_t ParseCgroupCpuMax(const std::string& text);

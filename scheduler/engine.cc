@@ -143,6 +143,8 @@ void Engine::OnDirected(const std::string& from, const wire::Envelope& env, uint
       return OnTaskStarted(from, *env.body_as_TaskStarted()->ref(), now_ms);
     case wire::Body::WorkerReport:
       return OnWorkerReport(from, *env.body_as_WorkerReport(), now_ms);
+    case wire::Body::TaskReady:
+      return OnTaskReady(from, *env.body_as_TaskReady(), now_ms);
     case wire::Body::TaskFinished:
       return OnTaskFinished(from, *env.body_as_TaskFinished(), now_ms);
     case wire::Body::TaskLog:
@@ -317,10 +319,10 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         results.push_back(MakeResult(fbb, 0, wire::SubmitStatus::Rejected, wire::Reason::InvalidTask, valid.message()));
         continue;
       }
-      if (!spec.image.empty()) {
-        spec.required_capabilities.push_back("docker");
-        Normalize(&spec.required_capabilities);
-      }
+      if (!spec.image.empty()) spec.required_capabilities.push_back("docker");
+      // A session goes only where one was really started (the worker's probe by doing).
+      if (spec.session) spec.required_capabilities.push_back("session");
+      Normalize(&spec.required_capabilities);
       if (spec.max_attempts == 0) spec.max_attempts = options_.default_max_attempts;
 
       if (!spec.key.empty()) {
@@ -662,6 +664,11 @@ uint64_t RetryDelayMs(const TaskSpec& spec, uint64_t task, uint32_t attempt) {
 }
 
 void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms, bool blame_worker) {
+  if (t->spec.session && reason == wire::Reason::WorkerLost && t->state == wire::TaskState::Running) {
+    // Someone may be connected to it: a session is never silently started again elsewhere.
+    End(t, wire::TaskState::Failed, reason, message + "; a session is never re-run elsewhere", 0, now_ms);
+    return;
+  }
   Unassign(t);
   if (blame_worker && !t->worker.empty() && !std::binary_search(t->failed_on.begin(), t->failed_on.end(), t->worker) &&
       t->failed_on.size() < 64) {
@@ -680,6 +687,7 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
   t->state = wire::TaskState::Pending;
   t->worker.clear();
   t->gpus.clear();
+  t->endpoint = Endpoint();
   // A lost worker says nothing about the task: it is placed again at once. A failure
   // waits a backoff (exponential, jittered) so that a burst of retries does not hit the
   // same fault again at once.
@@ -811,6 +819,38 @@ void Engine::OnTaskStarted(const std::string& from, const wire::TaskRef& ref, ui
   Emit(f, now_ms);
 }
 
+void Engine::OnTaskReady(const std::string& from, const wire::TaskReady& msg, uint64_t now_ms) {
+  if (!msg.ref() || !msg.endpoint()) return;
+  auto it = active_.find(msg.ref()->task());
+  if (it == active_.end()) return;
+  Task& t = it->second;
+  if (t.attempt != msg.ref()->attempt() || t.state != wire::TaskState::Running || !t.spec.session) return;
+  if (!FromTaskWorker(t, from, "a session endpoint")) return;
+  Endpoint endpoint = codec::FromWire(msg.endpoint());
+  if (endpoint == t.endpoint) return;  // said again (a re-registration): nothing new
+  if (endpoint.host.empty() || endpoint.host.size() > 255 || endpoint.port == 0 || endpoint.port > 65535 ||
+      endpoint.user.empty() || endpoint.user.size() > 64) {
+    Refused(from, "a malformed session endpoint for " + TaskName(t.id));
+    return;
+  }
+  t.endpoint = std::move(endpoint);
+  dirty_tasks_.push_back(t.id);
+  EventFields f;
+  f.type = wire::EventType::TaskReady;
+  f.task = t.id;
+  f.worker = t.worker;
+  f.attempt = t.attempt;
+  f.endpoint = &t.endpoint;
+  f.message = "ssh -p " + std::to_string(t.endpoint.port) + " " + t.endpoint.user + "@" + t.endpoint.host;
+  Emit(f, now_ms);
+  if (!t.watcher.empty()) {  // fm-submit --wait says where to connect as soon as it can
+    flatbuffers::FlatBufferBuilder fbb(256);
+    auto ref = wire::CreateTaskRef(fbb, t.id, t.attempt);
+    Send(t.watcher,
+         codec::Seal(fbb, wire::CreateTaskReady(fbb, ref, fbb.CreateString(t.worker), codec::ToWire(fbb, t.endpoint))));
+  }
+}
+
 void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& msg, uint64_t now_ms) {
   if (!msg.ref()) return;
   acks_[from].push_back({msg.ref()->task(), msg.ref()->attempt()});
@@ -827,7 +867,12 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
   std::string message = Str(msg.message());
   switch (msg.outcome()) {
     case wire::Outcome::Succeeded:
-      End(&t, wire::TaskState::Succeeded, wire::Reason::None, message, msg.exit_code(), now_ms);
+      // A session says how it ended (its ttl, its idle timeout); nothing else has a reason.
+      End(&t, wire::TaskState::Succeeded,
+          t.spec.session && (msg.reason() == wire::Reason::SessionTtl || msg.reason() == wire::Reason::SessionIdle)
+              ? msg.reason()
+              : wire::Reason::None,
+          message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::Failed:
       if (std::binary_search(t.spec.retry_exit_codes.begin(), t.spec.retry_exit_codes.end(), msg.exit_code())) {

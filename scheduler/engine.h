@@ -160,6 +160,8 @@ class Engine {
   void OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms);
   void OnTaskStarted(const std::string& from, const wire::TaskRef& ref, uint64_t now_ms,
                      std::vector<std::string> gpus = {});
+  // A session's sshd answers: stored, task.ready, and the watching submitter told.
+  void OnTaskReady(const std::string& from, const wire::TaskReady& msg, uint64_t now_ms);
   // worker.quarantined for each capability newly withdrawn, worker.recovered for each back.
   void EmitQuarantines(const std::string& id, const std::map<std::string, std::string>& before,
                        const std::map<std::string, std::string>& after, uint64_t now_ms);

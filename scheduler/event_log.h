@@ -39,6 +39,7 @@ struct EventFields {
   const Explanation* explanation = nullptr;        // task.failed no_eligible_worker: the breakdown
   const WorkerState* worker_info = nullptr;        // worker.*: capabilities, hardware, labels
   const std::vector<std::string>* gpus = nullptr;  // task.started: the devices given
+  const Endpoint* endpoint = nullptr;              // task.ready: where the session is reached
 };
 
 struct EventLogOptions {

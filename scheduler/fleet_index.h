@@ -30,9 +30,16 @@ struct ClassShape {
   std::vector<std::string> capabilities;
   Hardware hardware;
   Labels labels;
-  std::map<std::string, std::string> quarantined;  // what the breakdown says of a missing capability
+  std::map<std::string, std::string> quarantined;  // capabilities only (reasons are each worker's)
   auto operator<=>(const ClassShape&) const = default;
-  static ClassShape Of(const WorkerState& w) { return {w.capabilities, w.hardware, w.labels, w.quarantined}; }
+  // Device UUIDs and quarantine reasons differ from worker to worker and change nothing
+  // about eligibility: left out, so that identical machines share a class.
+  static ClassShape Of(const WorkerState& w) {
+    ClassShape shape{w.capabilities, w.hardware, w.labels, {}};
+    for (auto& gpu : shape.hardware.gpus) gpu.uuid.clear();
+    for (const auto& [capability, reason] : w.quarantined) shape.quarantined[capability];
+    return shape;
+  }
 };
 
 class Fleet {

@@ -24,9 +24,10 @@ void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t,
   auto owner = t.owner.empty() ? 0 : fbb.CreateString(t.owner);
   auto failed = t.failed_on.empty() ? 0 : codec::ToWire(fbb, t.failed_on);
   auto gpus = t.gpus.empty() ? 0 : codec::ToWire(fbb, t.gpus);
+  auto endpoint = t.endpoint.port == 0 ? 0 : codec::ToWire(fbb, t.endpoint);
   fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
                                     t.exit_code, watcher, t.order, t.rejected, t.first_seq, owner, t.ended_ms,
-                                    t.not_before_ms, failed, gpus));
+                                    t.not_before_ms, failed, gpus, endpoint));
   writes->Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 
@@ -74,6 +75,7 @@ Result<Task> DecodeTask(std::string_view stored, std::string_view key) {
   t.not_before_ms = r.not_before_ms();
   t.failed_on = codec::Strings(r.failed_workers());
   t.gpus = codec::Strings(r.gpus());
+  t.endpoint = codec::FromWire(r.endpoint());
   return t;
 }
 

@@ -30,6 +30,7 @@ struct Task {
   uint64_t not_before_ms = 0;          // pending in retry backoff until then
   std::vector<std::string> failed_on;  // workers an attempt failed on (sorted, at most 64)
   std::vector<std::string> gpus;       // the devices its current attempt was given (once started)
+  Endpoint endpoint;                   // a session's, once its sshd answered
   bool waiting_for_lost = false;       // told the stream it waits for a lost worker (not stored)
 };
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "schemas/codec.h"
+#include "schemas/json.h"
 #include "schemas/vocabulary.h"
 
 namespace fm::sched::views {
@@ -45,13 +46,19 @@ TaskPage Tasks(flatbuffers::FlatBufferBuilder& fbb, const wire::ControlRequest& 
 flatbuffers::Offset<wire::TaskView> TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const Task& t,
                                                const std::string& waiting) {
   auto command = codec::ToWire(fbb, t.spec.command);
-  auto spec = codec::ToWire(fbb, t.spec);
+  // A session's keys are shown by type and comment only: never whole, anywhere.
+  TaskSpec shown = t.spec;
+  if (shown.session) {
+    for (auto& key : shown.session->ssh_keys) key = RedactedKey(key);
+  }
+  auto spec = codec::ToWire(fbb, shown);
   std::string_view reason = Name(t.reason);
   return wire::CreateTaskView(fbb, fbb.CreateString(TaskName(t.id)), fbb.CreateString(StateName(t.state)), t.attempt,
                               fbb.CreateString(t.worker), command, fbb.CreateString(reason.data(), reason.size()),
                               fbb.CreateString(t.message), spec, waiting.empty() ? 0 : fbb.CreateString(waiting),
                               t.submitted_ms, t.owner.empty() ? 0 : fbb.CreateString(t.owner),
-                              t.gpus.empty() ? 0 : codec::ToWire(fbb, t.gpus));
+                              t.gpus.empty() ? 0 : codec::ToWire(fbb, t.gpus),
+                              t.endpoint.port == 0 ? 0 : codec::ToWire(fbb, t.endpoint));
 }
 
 std::vector<flatbuffers::Offset<wire::WorkerView>> Workers(flatbuffers::FlatBufferBuilder& fbb, const Fleet& fleet,

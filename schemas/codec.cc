@@ -81,10 +81,15 @@ flatbuffers::Offset<wire::TaskSpec> ToWire(flatbuffers::FlatBufferBuilder& fbb, 
   auto key = spec.key.empty() ? 0 : fbb.CreateString(spec.key);
   auto env = spec.env.empty() ? 0 : ToWire(fbb, spec.env);
   auto cwd = spec.cwd.empty() ? 0 : fbb.CreateString(spec.cwd);
+  flatbuffers::Offset<wire::SessionSpec> session = 0;
+  if (spec.session) {
+    session = wire::CreateSessionSpec(fbb, ToWire(fbb, spec.session->ssh_keys), spec.session->ttl_ms,
+                                      spec.session->idle_timeout_ms);
+  }
   return wire::CreateTaskSpec(fbb, command, requires_, resources, labels, image, spec.max_attempts, spec.timeout_ms,
                               spec.priority, key, env, cwd, spec.kill_timeout_ms,
                               spec.retry_exit_codes.empty() ? 0 : fbb.CreateVector(spec.retry_exit_codes),
-                              spec.retry_backoff_ms);
+                              spec.retry_backoff_ms, session);
 }
 
 flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::Quarantine>>> ToWire(
@@ -98,10 +103,16 @@ flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::Quarantine>>> 
 }
 
 Quarantines FromWire(const flatbuffers::Vector<flatbuffers::Offset<wire::Quarantine>>* quarantines) {
+  // Bounded: a worker says why in a line, for a few capabilities.
+  constexpr size_t kMaxQuarantines = 16, kMaxReasonBytes = 512;
   Quarantines out;
   if (!quarantines) return out;
   for (const auto* q : *quarantines) {
-    if (q->capability()) out[q->capability()->str()] = Str(q->reason());
+    if (out.size() >= kMaxQuarantines) break;
+    if (!q->capability() || q->capability()->size() == 0 || q->capability()->size() > 128) continue;
+    std::string reason = Str(q->reason());
+    if (reason.size() > kMaxReasonBytes) reason = reason.substr(0, kMaxReasonBytes) + "...";
+    out[q->capability()->str()] = std::move(reason);
   }
   return out;
 }
@@ -157,7 +168,19 @@ TaskSpec FromWire(const wire::TaskSpec* spec) {
     Normalize(&out.retry_exit_codes);
   }
   out.retry_backoff_ms = spec->retry_backoff_ms();
+  if (const auto* s = spec->session()) {
+    out.session = SessionSpec{Strings(s->ssh_keys()), s->ttl_ms(), s->idle_timeout_ms()};
+  }
   return out;
+}
+
+flatbuffers::Offset<wire::Endpoint> ToWire(flatbuffers::FlatBufferBuilder& fbb, const Endpoint& e) {
+  return wire::CreateEndpointDirect(fbb, e.host.c_str(), e.port, e.user.c_str());
+}
+
+Endpoint FromWire(const wire::Endpoint* e) {
+  if (!e) return {};
+  return {Str(e->host()), e->port(), Str(e->user())};
 }
 
 flatbuffers::Offset<wire::Event> CopyEvent(flatbuffers::FlatBufferBuilder& fbb, const wire::Event& e,
@@ -198,7 +221,8 @@ flatbuffers::Offset<wire::Event> CopyEvent(flatbuffers::FlatBufferBuilder& fbb, 
   }
   auto bd = breakdown.empty() ? 0 : fbb.CreateVector(breakdown);
   return wire::CreateEvent(fbb, e.seq(), type, time, task, worker, reason, message, e.attempt(), e.exit_code(), stream,
-                           data, e.eligible(), e.fleet(), bd, caps, hw, labels, e.time_ms(), owner, gpus);
+                           data, e.eligible(), e.fleet(), bd, caps, hw, labels, e.time_ms(), owner, gpus,
+                           e.endpoint() ? ToWire(fbb, FromWire(e.endpoint())) : 0);
 }
 
 }  // namespace fm::codec

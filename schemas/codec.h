@@ -95,6 +95,9 @@ Hardware FromWire(const wire::Hardware* hw);
 Resources FromWire(const wire::Resources* r);
 TaskSpec FromWire(const wire::TaskSpec* spec);
 
+flatbuffers::Offset<wire::Endpoint> ToWire(flatbuffers::FlatBufferBuilder& fbb, const Endpoint& e);
+Endpoint FromWire(const wire::Endpoint* e);
+
 // Quarantined capabilities: capability -> reason (0 / empty when none).
 using Quarantines = std::map<std::string, std::string>;
 flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::Quarantine>>> ToWire(

@@ -171,6 +171,21 @@ Result<TaskSpec> JsonCodec::ParseTaskLine(std::string_view line) {
     if (*ms == 0) return Status::Invalid("kill_timeout \"" + in->kill_timeout()->str() + "\" is under 1ms");
     spec.kill_timeout_ms = *ms;
   }
+  if (const auto* s = in->session()) {
+    SessionSpec session;
+    if (s->ssh_keys()) {
+      for (const auto* key : *s->ssh_keys()) session.ssh_keys.push_back(key->str());
+    }
+    for (auto [name, field, out] : {std::tuple{"session.ttl", s->ttl(), &session.ttl_ms},
+                                    std::tuple{"session.idle_timeout", s->idle_timeout(), &session.idle_timeout_ms}}) {
+      if (!field) continue;
+      auto ms = ParseDurationMs(field->str());
+      if (!ms.ok()) return Status::Invalid(std::string(name) + ": " + ms.status().message());
+      if (*ms < 1000) return Status::Invalid(std::string(name) + " \"" + field->str() + "\" is under 1s");
+      *out = *ms;
+    }
+    spec.session = std::move(session);
+  }
   Status valid = ValidateTaskSpec(spec);
   if (!valid.ok()) return valid;
   return spec;
@@ -209,9 +224,50 @@ Status ValidateEnv(const Labels& env) {
   return Status::Ok();
 }
 
+std::string RedactedKey(const std::string& key) {
+  size_t type_end = key.find(' ');
+  if (type_end == std::string::npos) return "[key]";
+  size_t data_end = key.find(' ', type_end + 1);
+  std::string comment = data_end == std::string::npos ? std::string() : key.substr(data_end);
+  return key.substr(0, type_end) + " ..." + comment;
+}
+
+Status ValidateSession(const SessionSpec& session) {
+  if (session.ssh_keys.empty()) return Status::Invalid("session.ssh_keys is empty: a session needs a public key");
+  if (session.ssh_keys.size() > kMaxSessionKeys) {
+    return Status::Invalid("session.ssh_keys has " + std::to_string(session.ssh_keys.size()) + " keys; at most " +
+                           std::to_string(kMaxSessionKeys));
+  }
+  for (size_t i = 0; i < session.ssh_keys.size(); ++i) {
+    const std::string& key = session.ssh_keys[i];
+    const std::string where = "session.ssh_keys[" + std::to_string(i) + "]";
+    // One authorized_keys line, of a key type (never options such as command="...").
+    if (key.size() > kMaxSessionKeyBytes) return Status::Invalid(where + " is longer than 16 KiB");
+    if (key.find_first_of(std::string("\n\r\0", 3)) != std::string::npos) {
+      return Status::Invalid(where + " is not one line");
+    }
+    bool typed = false;
+    for (const char* type : {"ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-sha2-"}) typed |= key.rfind(type, 0) == 0;
+    if (!typed || key.find(' ') == std::string::npos) {
+      return Status::Invalid(where + " is not a public key (\"ssh-ed25519 AAAA... comment\", as in a .pub file)");
+    }
+  }
+  if (session.ttl_ms > kMaxSessionTtlMs) return Status::Invalid("session.ttl is above the limit of 7 days");
+  if (session.idle_timeout_ms > kMaxSessionTtlMs) {
+    return Status::Invalid("session.idle_timeout is above the limit of 7 days");
+  }
+  return Status::Ok();
+}
+
 Status ValidateTaskSpec(const TaskSpec& spec) {
-  if (spec.command.empty()) return Status::Invalid("command is missing or empty");
-  if (spec.command.front().empty()) return Status::Invalid("command[0] is an empty string");
+  if (spec.session) {
+    if (Status s = ValidateSession(*spec.session); !s.ok()) return s;
+  } else if (spec.command.empty()) {
+    return Status::Invalid("command is missing or empty");
+  }
+  if (!spec.command.empty() && spec.command.front().empty()) {
+    return Status::Invalid("command[0] is an empty string");
+  }
   for (size_t i = 0; i < spec.command.size(); ++i) {
     if (HasNul(spec.command[i])) return Status::Invalid("command[" + std::to_string(i) + "] holds a NUL byte");
   }
@@ -288,7 +344,8 @@ std::string JsonCodec::SubmitLineToJson(const SubmitLineFields& f) {
   auto opt = [&](const std::string& s) { return s.empty() ? 0 : fbb.CreateString(s); };
   auto task = opt(f.task), status = opt(f.status), reason = opt(f.reason), message = opt(f.message),
        worker = opt(f.worker);
-  auto line = json::CreateSubmitLine(fbb, f.line, task, status, reason, message, worker);
+  auto endpoint = opt(f.endpoint);
+  auto line = json::CreateSubmitLine(fbb, f.line, task, status, reason, message, worker, endpoint);
   fbb.Finish(line);
   std::string text;
   flatbuffers::GenerateTextFromTable(line_printer_, flatbuffers::GetRoot<flatbuffers::Table>(fbb.GetBufferPointer()),

@@ -18,6 +18,7 @@ namespace fm {
 struct SubmitLineFields {
   uint64_t line = 0;
   std::string task, status, reason, message, worker;
+  std::string endpoint;  // a session's "USER@HOST:PORT" (status "ready")
 };
 
 // Not thread-safe: one per thread.
@@ -66,5 +67,9 @@ Status ValidateEnv(const Labels& env);
 // says, env as ValidateEnv says, cwd absolute. The scheduler applies it to every
 // submission and the worker to every dispatch.
 Status ValidateTaskSpec(const TaskSpec& spec);
+// "ssh-ed25519 ... comment": a public key line without its key material, for showing.
+std::string RedactedKey(const std::string& key);
+// A session's keys (one public key line each, at most 32), ttl and idle timeout.
+Status ValidateSession(const SessionSpec& session);
 
 }  // namespace fm

@@ -5,6 +5,7 @@
 
 #include <compare>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,8 +30,28 @@ inline constexpr uint64_t kDefaultKillTimeoutMs = 10'000;
 inline constexpr uint64_t kDefaultRetryBackoffMs = 1'000;
 inline constexpr uint64_t kMaxRetryDelayMs = 300'000;
 
+// An interactive session (TaskSpec::session).
+struct SessionSpec {
+  std::vector<std::string> ssh_keys;  // authorized public keys, one line each
+  uint64_t ttl_ms = 0;                // 0: kDefaultSessionTtlMs; capped by the worker
+  uint64_t idle_timeout_ms = 0;       // 0: kDefaultSessionIdleMs
+  bool operator==(const SessionSpec&) const = default;
+};
+constexpr uint64_t kDefaultSessionTtlMs = 3600 * 1000;
+constexpr uint64_t kDefaultSessionIdleMs = 15 * 60 * 1000;
+constexpr uint64_t kMaxSessionTtlMs = 7 * 24 * 3600 * 1000ull;
+constexpr size_t kMaxSessionKeys = 32;
+constexpr size_t kMaxSessionKeyBytes = 16 << 10;
+
+struct Endpoint {
+  std::string host;
+  uint32_t port = 0;
+  std::string user;
+  bool operator==(const Endpoint&) const = default;
+};
+
 struct TaskSpec {
-  std::vector<std::string> command;
+  std::vector<std::string> command;                // empty only for a session: the image's own command
   std::vector<std::string> required_capabilities;  // sorted, unique
   Resources resources;
   Labels labels;
@@ -50,6 +71,9 @@ struct TaskSpec {
   // The delay before a retry: this, doubled for each attempt so far, jittered by ±25%,
   // at most kMaxRetryDelayMs; 0: kDefaultRetryBackoffMs.
   uint64_t retry_backoff_ms = 0;
+  // Set: an interactive session; requires capability "session"; runs the worker's
+  // session image unless `image` names another.
+  std::optional<SessionSpec> session;
   bool operator==(const TaskSpec&) const = default;
 };
 

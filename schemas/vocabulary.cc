@@ -6,7 +6,7 @@
 namespace fm {
 namespace {
 
-constexpr std::array<std::pair<wire::EventType, std::string_view>, 18> kEventTypes{{
+constexpr std::array<std::pair<wire::EventType, std::string_view>, 19> kEventTypes{{
     {wire::EventType::SchedulerStarted, "scheduler.started"},
     {wire::EventType::TaskSubmitted, "task.submitted"},
     {wire::EventType::TaskQueued, "task.queued"},
@@ -25,9 +25,10 @@ constexpr std::array<std::pair<wire::EventType, std::string_view>, 18> kEventTyp
     {wire::EventType::TaskWaiting, "task.waiting"},
     {wire::EventType::WorkerQuarantined, "worker.quarantined"},
     {wire::EventType::WorkerRecovered, "worker.recovered"},
+    {wire::EventType::TaskReady, "task.ready"},
 }};
 
-constexpr std::array<std::pair<wire::Reason, std::string_view>, 12> kReasons{{
+constexpr std::array<std::pair<wire::Reason, std::string_view>, 14> kReasons{{
     {wire::Reason::NoEligibleWorker, "no_eligible_worker"},
     {wire::Reason::InvalidTask, "invalid_task"},
     {wire::Reason::KeyConflict, "key_conflict"},
@@ -40,6 +41,8 @@ constexpr std::array<std::pair<wire::Reason, std::string_view>, 12> kReasons{{
     {wire::Reason::DuplicateWorkerId, "duplicate_worker_id"},
     {wire::Reason::ImageMissing, "image_missing"},
     {wire::Reason::MemoryLimit, "memory_limit"},
+    {wire::Reason::SessionTtl, "session_ttl"},
+    {wire::Reason::SessionIdle, "session_idle"},
 }};
 
 constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 7> kErrorCodes{{

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up podman as a local Docker Engine API for fm's docker executor and its tests:
 # runc runtime and ulimits (see shared/ENVIRONMENT.md), and a busybox image built from
-# the local busybox-static binary (no registry is reachable).
+# the local busybox-static binary (no registry is reachable), and the session image
+# localhost/fm-session:latest (scripts/session-image.sh).
 # Usage: scripts/podman-setup.sh            configure and import localhost/fm-busybox:latest
 #        scripts/podman-setup.sh serve SOCK  also start the API service on unix socket SOCK
 #                                            and print its pid
@@ -32,6 +33,11 @@ if ! podman image exists localhost/fm-busybox:latest 2>/dev/null; then
   tar -C "$root" -cf "$root.tar" .
   podman import "$root.tar" localhost/fm-busybox:latest >/dev/null 2>&1
   rm -rf "$root" "$root.tar"
+fi
+
+# The default session image (sshd from this machine's openssh-server), made once.
+if ! podman image exists localhost/fm-session:latest 2>/dev/null; then
+  "$(dirname "$0")/session-image.sh" podman localhost/fm-session:latest >/dev/null
 fi
 
 if [ "${1:-}" = serve ]; then

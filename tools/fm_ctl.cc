@@ -1,9 +1,13 @@
 // fm-ctl [--broker URL] [--json] workers | tasks [--state S] [--worker W] [--owner O] [--limit N] | task TASK
 //        | drain (WORKER... | --node NODE) [--reason TEXT] [--wait [--deadline D]] | undrain WORKER
 //        | cancel TASK | ping | snapshot DIR
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <set>
@@ -154,6 +158,67 @@ int Drain(fm::tools::ToolClient& client, std::vector<std::string> targets, const
   return 0;
 }
 
+// fm-ctl ssh: waits (polling the task) until the session's sshd answers, then runs ssh
+// to it (or prints the command). Fails when the task ends first or is not a session.
+int Ssh(fm::tools::ToolClient& client, const std::string& task, const std::string& identity, bool print,
+        const std::vector<std::string>& extra, int timeout_ms, int wait_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  uint64_t correlation = 0;
+  for (;;) {
+    flatbuffers::FlatBufferBuilder fbb(256);
+    std::string request = fm::codec::Seal(
+        fbb, fm::wire::CreateControlRequestDirect(fbb, fm::wire::ControlOp::Task, task.c_str(), ++correlation));
+    zmq::message_t storage;
+    auto reply = client.Call(request, fm::wire::Body::ControlReply, timeout_ms, &storage);
+    if (!reply.ok()) {
+      std::fprintf(stderr, "fm-ctl: %s\n", reply.status().message().c_str());
+      return 1;
+    }
+    const auto* r = (*reply)->body_as_ControlReply();
+    if (!r->ok() || !r->tasks() || r->tasks()->size() != 1) {
+      std::fprintf(stderr, "fm-ctl: %s\n", fm::codec::Str(r->message()).c_str());
+      return 1;
+    }
+    const auto* t = r->tasks()->Get(0);
+    if (!t->spec() || !t->spec()->session()) {
+      std::fprintf(stderr, "fm-ctl: %s is not a session (submit one with fm-submit --session)\n", task.c_str());
+      return 2;
+    }
+    const std::string state = fm::codec::Str(t->state());
+    if (t->endpoint() && t->endpoint()->port() != 0 && state == "running") {
+      fm::Endpoint e = fm::codec::FromWire(t->endpoint());
+      std::vector<std::string> argv = {"ssh", "-p", std::to_string(e.port)};
+      if (!identity.empty()) argv.insert(argv.end(), {"-i", identity});
+      // Each session has host keys of its own image on a port of its own: accept a new one.
+      argv.insert(argv.end(), {"-o", "StrictHostKeyChecking=accept-new"});
+      argv.push_back(e.user + "@" + e.host);
+      argv.insert(argv.end(), extra.begin(), extra.end());
+      if (print) {
+        std::string line;
+        for (const auto& a : argv) line += (line.empty() ? "" : " ") + a;
+        std::printf("%s\n", line.c_str());
+        return 0;
+      }
+      std::vector<char*> args;
+      for (auto& a : argv) args.push_back(a.data());
+      args.push_back(nullptr);
+      execvp("ssh", args.data());
+      std::fprintf(stderr, "fm-ctl: cannot run ssh: %s\n", std::strerror(errno));
+      return 1;
+    }
+    if (state != "pending" && state != "queued" && state != "running") {
+      std::fprintf(stderr, "fm-ctl: %s is %s%s%s\n", task.c_str(), state.c_str(),
+                   t->message() && t->message()->size() ? ": " : "", fm::codec::Str(t->message()).c_str());
+      return 1;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      std::fprintf(stderr, "fm-ctl: %s is %s and not ready yet\n", task.c_str(), state.c_str());
+      return 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // polling the scheduler, not a test
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -194,6 +259,15 @@ int main(int argc, char** argv) {
   auto* cancel = app.add_subcommand("cancel", "cancel a task");
   cancel->add_option("task", target, "task id (t42)")->required();
   auto* ping = app.add_subcommand("ping", "exits 0 when the scheduler answers (within --timeout), 1 when not");
+  auto* ssh = app.add_subcommand("ssh", "wait until a session task's sshd answers, then ssh into it");
+  std::string ssh_identity, ssh_wait = "5m";
+  bool ssh_print = false;
+  std::vector<std::string> ssh_extra;
+  ssh->add_option("task", target, "the session task (t42)")->required();
+  ssh->add_option("-i,--identity", ssh_identity, "the private key (passed to ssh -i)");
+  ssh->add_flag("--print", ssh_print, "print the ssh command instead of running it");
+  ssh->add_option("--wait", ssh_wait, "how long to wait for the session to be ready")->capture_default_str();
+  ssh->add_option("command", ssh_extra, "a command to run there (after --) instead of a shell");
   for (auto* sub : {workers, tasks, task}) sub->add_flag("--json", json, "print JSON");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-ctl", argc, argv); rc >= 0) return rc;
 
@@ -236,6 +310,15 @@ int main(int argc, char** argv) {
   if (!client.ok()) {
     std::fprintf(stderr, "fm-ctl: %s\n", client.status().message().c_str());
     return 2;
+  }
+  if (ssh->parsed()) {
+    auto wait_ms = fm::ParseDurationMs(ssh_wait);
+    if (!wait_ms.ok()) {
+      std::fprintf(stderr, "fm-ctl: --wait: %s\n", wait_ms.status().message().c_str());
+      return 2;
+    }
+    return Ssh(**client, target, ssh_identity, ssh_print, ssh_extra, static_cast<int>(*timeout_ms),
+               static_cast<int>(*wait_ms));
   }
   if (drain->parsed()) {
     return Drain(**client, drain_workers, drain_node, drain_reason, drain_wait, deadline_ms,
@@ -355,6 +438,11 @@ int main(int argc, char** argv) {
     field("attempt", std::to_string(t->attempt()));
     field("worker", fm::codec::Str(t->worker()));
     field("gpus", Join(fm::codec::Strings(t->gpus()), ","));
+    if (t->endpoint() && t->endpoint()->port()) {
+      fm::Endpoint e = fm::codec::FromWire(t->endpoint());
+      field("endpoint",
+            e.user + "@" + e.host + ":" + std::to_string(e.port) + " (fm-ctl ssh " + fm::codec::Str(t->task()) + ")");
+    }
     field("owner", fm::codec::Str(t->owner()));
     field("waiting", fm::codec::Str(t->waiting()));
     field("reason", fm::codec::Str(t->reason()));

@@ -12,7 +12,9 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
+#include <fstream>
 #include <map>
+#include <tuple>
 #include <unordered_map>
 
 #include "broker/logging.h"
@@ -121,6 +123,8 @@ class Submitter {
         OnReply(*e.body_as_SubmitReply());
       } else if (e.body_type() == fm::wire::Body::TaskEnded) {
         OnEnded(*e.body_as_TaskEnded());
+      } else if (e.body_type() == fm::wire::Body::TaskReady && msg->from == fm::bus::kSchedulerAddress) {
+        OnSessionReady(*e.body_as_TaskReady());
       }
     }
     PrintReady();
@@ -274,6 +278,28 @@ class Submitter {
     in_flight_.erase(it);
   }
 
+  // A session's sshd answers: said at once, in a line of its own (status "ready"),
+  // before the task's own line comes when it ends.
+  void OnSessionReady(const fm::wire::TaskReady& ready) {
+    if (!ready.ref() || !ready.endpoint()) return;
+    auto it = waiting_.find(ready.ref()->task());
+    if (it == waiting_.end()) return;
+    fm::Endpoint endpoint = fm::codec::FromWire(ready.endpoint());
+    for (size_t index : it->second.indexes) {
+      fm::SubmitLineFields fields;
+      fields.line = At(index).fields.line;
+      fields.task = fm::TaskName(ready.ref()->task());
+      fields.status = "ready";
+      fields.worker = fm::codec::Str(ready.worker());
+      fields.endpoint = endpoint.user + "@" + endpoint.host + ":" + std::to_string(endpoint.port);
+      fields.message = "ssh -p " + std::to_string(endpoint.port) + " " + endpoint.user + "@" + endpoint.host;
+      std::string line = codec_.SubmitLineToJson(fields);
+      std::fwrite(line.data(), 1, line.size(), stdout);
+      std::fputc('\n', stdout);
+    }
+    std::fflush(stdout);
+  }
+
   void OnEnded(const fm::wire::TaskEnded& ended) {
     auto one = [&](const fm::wire::SubmitResult& r) {
       Ended e{r.status(), fm::codec::Str(r.reason()), fm::codec::Str(r.message()), fm::codec::Str(r.worker())};
@@ -335,6 +361,9 @@ int main(int argc, char** argv) {
   std::vector<int32_t> retry_codes;
   std::string cwd, kill_timeout, retry_backoff, cpus, memory, gpu_memory, gpu_model, image, timeout, key,
       reply_timeout = "30s";
+  bool session = false;
+  std::vector<std::string> ssh_keys;
+  std::string ttl, idle_timeout;
   int64_t gpus = 0, max_attempts = 0;
   int32_t priority = 0;
   size_t batch = 1000;
@@ -362,6 +391,12 @@ int main(int argc, char** argv) {
   app.add_option("--reply-timeout", reply_timeout, "give up when the scheduler does not answer for this long")
       ->capture_default_str();
   app.add_option("--batch", batch, "tasks per submission message")->capture_default_str();
+  app.add_flag("--session", session,
+               "an interactive session: a container running sshd for --ssh-key's holder (needs capability session); "
+               "with --wait, its endpoint is printed as soon as sshd answers");
+  app.add_option("--ssh-key", ssh_keys, "a public key file (.pub) allowed into the session (repeatable)");
+  app.add_option("--ttl", ttl, "the session ends after this long (default 1h, at most the worker's maximum)");
+  app.add_option("--idle-timeout", idle_timeout, "the session ends after this long with no connection (default 15m)");
   app.add_option("command", command, "the command to run (after --); without it, JSON lines from stdin");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-submit", argc, argv); rc >= 0) return rc;
 
@@ -377,8 +412,36 @@ int main(int argc, char** argv) {
   }
   Submitter submitter(**client, wait, static_cast<int>(*reply_ms), std::max<size_t>(batch, 1));
 
-  if (!command.empty()) {
+  if (!session && (!ssh_keys.empty() || !ttl.empty() || !idle_timeout.empty())) {
+    std::fprintf(stderr, "fm-submit: --ssh-key, --ttl and --idle-timeout are for a --session\n");
+    return 2;
+  }
+  if (!command.empty() || session) {
     fm::TaskSpec spec;
+    if (session) {
+      fm::SessionSpec s;
+      for (const auto& path : ssh_keys) {
+        std::ifstream in(path);
+        std::string key;
+        if (!in || !std::getline(in, key)) {
+          std::fprintf(stderr, "fm-submit: --ssh-key %s: cannot read it\n", path.c_str());
+          return 2;
+        }
+        while (!key.empty() && (key.back() == '\r' || key.back() == ' ')) key.pop_back();
+        s.ssh_keys.push_back(key);
+      }
+      for (auto [flag, text, out] :
+           {std::tuple{"--ttl", &ttl, &s.ttl_ms}, std::tuple{"--idle-timeout", &idle_timeout, &s.idle_timeout_ms}}) {
+        if (text->empty()) continue;
+        auto ms = fm::ParseDurationMs(*text);
+        if (!ms.ok() || *ms < 1000) {
+          std::fprintf(stderr, "fm-submit: %s: %s\n", flag, ms.ok() ? "at least 1s" : ms.status().message().c_str());
+          return 2;
+        }
+        *out = *ms;
+      }
+      spec.session = std::move(s);
+    }
     spec.command = command;
     spec.required_capabilities = requires_;
     fm::Normalize(&spec.required_capabilities);
@@ -450,7 +513,7 @@ int main(int argc, char** argv) {
   }
 
   fm::JsonCodec codec;
-  bool stdin_open = command.empty();
+  bool stdin_open = command.empty() && !session;
   uint64_t line_number = 0;
   std::string buffer;
   while (stdin_open || !submitter.Done()) {

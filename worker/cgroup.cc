@@ -7,10 +7,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
+#include <set>
 #include <sstream>
 
 #include "worker/probe.h"
@@ -73,6 +76,9 @@ uint64_t Counter(const std::string& text, const std::string& key) {
   return 0;
 }
 
+// cpus as a CFS quota per 100 ms period; the kernel's least is 1 ms (0.01 cpus).
+uint64_t QuotaUs(uint32_t cpus_milli) { return std::max<uint64_t>(cpus_milli * 100ull, 1000); }
+
 bool ProcessAlive(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
 
 }  // namespace
@@ -106,8 +112,9 @@ Cgroups Cgroups::Detect(const std::string& worker_id, const std::string& want, c
     // v2: our own cgroup, writable, with the memory and pids controllers.
     const std::string path = ParseCgroupV2Path(self);
     const std::string dir = root + (path == "/" ? "" : path);
-    const std::string controllers = " " + Read(dir + "/cgroup.controllers") + " ";
-    auto has = [&](const char* name) { return controllers.find(std::string(" ") + name) != std::string::npos; };
+    std::istringstream listed(Read(dir + "/cgroup.controllers"));
+    std::set<std::string> controllers{std::istream_iterator<std::string>(listed), std::istream_iterator<std::string>()};
+    auto has = [&](const char* name) { return controllers.count(name) > 0; };
     if (access((root + "/cgroup.controllers").c_str(), R_OK) != 0) {
       v2_why = "no cgroup v2 hierarchy at " + root;
     } else if (path.empty()) {
@@ -194,7 +201,7 @@ Result<std::vector<std::string>> Cgroups::MakeLeaf(const std::string& name, cons
     }
     if (Status s = Write(memory + "/pids.max", std::to_string(limits.pids)); !s.ok()) return fail(s);
     if (limits.cpus_milli > 0 && !cpu.empty()) {
-      if (Status s = Write(cpu + "/cpu.max", std::to_string(limits.cpus_milli * 100ull) + " 100000"); !s.ok()) {
+      if (Status s = Write(cpu + "/cpu.max", std::to_string(QuotaUs(limits.cpus_milli)) + " 100000"); !s.ok()) {
         return fail(s);
       }
     }
@@ -206,7 +213,7 @@ Result<std::vector<std::string>> Cgroups::MakeLeaf(const std::string& name, cons
     if (Status s = Write(bases_[1] + "/" + name + "/pids.max", std::to_string(limits.pids)); !s.ok()) return fail(s);
     if (limits.cpus_milli > 0 && !cpu.empty()) {
       Status s = Write(cpu + "/cpu.cfs_period_us", "100000");
-      if (s.ok()) s = Write(cpu + "/cpu.cfs_quota_us", std::to_string(limits.cpus_milli * 100ull));
+      if (s.ok()) s = Write(cpu + "/cpu.cfs_quota_us", std::to_string(QuotaUs(limits.cpus_milli)));
       if (!s.ok()) return fail(s);
     }
   }

@@ -133,7 +133,7 @@ std::vector<bool> WorkerCore::BusyGpus() const {
 
 void WorkerCore::Admit(const Ref& ref, TaskSpec spec) {
   RunState run{true, epoch_};
-  run.capability = spec.image.empty() ? "" : "docker";
+  run.capability = spec.image.empty() && !spec.session ? "" : "docker";
   run.image = spec.image;
   run.waiting = true;
   run.spec = std::move(spec);
@@ -385,6 +385,7 @@ void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
   }
   Release(&run->second);
   runs_.erase(run);
+  ready_.erase(ref);
   if (static_cast<size_t>(result.outcome) < ended_.size()) ++ended_[static_cast<size_t>(result.outcome)];
   told_output_lost_.erase(ref);
   for (const char* stream : {"stdout", "stderr"}) {  // what is left of a cut character goes as it is
@@ -401,8 +402,22 @@ void WorkerCore::OnRunStarted(const Ref& ref) {
   auto run = runs_.find(ref);
   if (run == runs_.end() || run->second.capability.empty()) return;
   run->second.starting = false;
-  health_.OnStarted(run->second.capability);
+  health_.OnStarted(run->second.capability, run->second.image);
   StartWaiting();
+}
+
+void WorkerCore::OnRunReady(const Ref& ref, const Endpoint& endpoint) {
+  auto run = runs_.find(ref);
+  if (run == runs_.end() || run->second.epoch != epoch_ || !run->second.counted) return;
+  ready_[ref] = endpoint;
+  SendReady(ref, endpoint);
+}
+
+void WorkerCore::SendReady(const Ref& ref, const Endpoint& endpoint) {
+  flatbuffers::FlatBufferBuilder fbb(256);
+  auto r = wire::CreateTaskRef(fbb, ref.first, ref.second);
+  out_.to_scheduler.push_back(
+      codec::Seal(fbb, wire::CreateTaskReady(fbb, r, fbb.CreateString(identity_.id), codec::ToWire(fbb, endpoint))));
 }
 
 void WorkerCore::OnProbeEnded(const std::string& capability, bool ok, const std::string& message) {
@@ -485,6 +500,8 @@ void WorkerCore::Register() {
       fbb.CreateString(w.version), w.slots, codec::ToWire(fbb, w.hardware), codec::ToWire(fbb, w.labels), held,
       codec::ToWire(fbb, announced()), w.noop_executor, Quarantines(fbb, health_), fbb.CreateString(w.limits));
   out_.publications.push_back({"fleet.register", codec::Seal(fbb, reg)});
+  // A scheduler that restarted knows its sessions but maybe not where they answer.
+  for (const auto& [ref, endpoint] : ready_) SendReady(ref, endpoint);
 }
 
 void WorkerCore::Heartbeat() {

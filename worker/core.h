@@ -75,6 +75,7 @@ class WorkerCore final : public RunSink {
   // RunSink: the executor's reports.
   void OnRunOutput(const Ref& ref, const char* stream, std::string_view data) override;
   void OnRunStarted(const Ref& ref) override;
+  void OnRunReady(const Ref& ref, const Endpoint& endpoint) override;
   void OnRunEnded(const Ref& ref, RunResult result) override;
   void OnProbeEnded(const std::string& capability, bool ok, const std::string& message) override;
   // Schedules results not acknowledged within resend_ms to be sent again, and starts
@@ -201,6 +202,8 @@ class WorkerCore final : public RunSink {
   uint32_t output_stalls_ = 0;                              // stall resets since the last acknowledgement
   std::set<Ref> told_output_lost_;                          // attempts told that the broker refused some output
   std::map<Ref, std::vector<std::string>> report_devices_;  // GPUs of the attempts in report_started_
+  std::map<Ref, Endpoint> ready_;  // sessions whose sshd answers: said again on (re-)registration
+  void SendReady(const Ref& ref, const Endpoint& endpoint);
   Health health_;
   bool announce_ = false;  // the quarantined set changed: heartbeat at the end of the turn
 };

@@ -249,7 +249,7 @@ Result<std::string> DockerClient::CreateBody(const std::string& image, const std
   for (const auto& a : cmd) args.push_back(fbb.CreateString(a));
   for (const auto& v : spec.env) vars.push_back(fbb.CreateString(v));
   auto image_off = fbb.CreateString(image);
-  auto cmd_off = fbb.CreateVector(args);
+  auto cmd_off = args.empty() ? 0 : fbb.CreateVector(args);
   auto env_off = vars.empty() ? 0 : fbb.CreateVector(vars);
   auto cwd_off = spec.cwd.empty() ? 0 : fbb.CreateString(spec.cwd);
   flatbuffers::Offset<flatbuffers::Vector<uint8_t>> labels_off = 0;
@@ -273,10 +273,32 @@ Result<std::string> DockerClient::CreateBody(const std::string& image, const std
     auto request = docker::CreateDeviceRequest(fbb, fbb.CreateString("nvidia"), fbb.CreateVector(ids), caps_off);
     devices = fbb.CreateVector(&request, 1);
   }
-  auto host = docker::CreateContainerHostConfig(fbb, static_cast<int64_t>(spec.cpus_milli) * 1'000'000, memory, memory,
-                                                spec.pids_limit, devices);
-  auto req =
-      docker::CreateCreateRequest(fbb, image_off, cmd_off, false, true, true, env_off, cwd_off, labels_off, host);
+  flatbuffers::Offset<flatbuffers::Vector<uint8_t>> bindings_off = 0, exposed_off = 0;
+  if (!spec.ports.empty()) {
+    flexbuffers::Builder bindings, exposed;
+    bindings.Map([&] {
+      for (const auto& p : spec.ports) {
+        bindings.Vector((std::to_string(p.container) + "/tcp").c_str(), [&] {
+          bindings.Map([&] {
+            bindings.String("HostIp", p.host_ip);
+            bindings.String("HostPort", std::to_string(p.host_port));
+          });
+        });
+      }
+    });
+    bindings.Finish();
+    exposed.Map([&] {
+      for (const auto& p : spec.ports) exposed.Map((std::to_string(p.container) + "/tcp").c_str(), [] {});
+    });
+    exposed.Finish();
+    bindings_off = fbb.CreateVector(bindings.GetBuffer());
+    exposed_off = fbb.CreateVector(exposed.GetBuffer());
+  }
+  // The daemon's least is 0.01 cpus (NanoCpus 1e7).
+  const int64_t nano_cpus = spec.cpus_milli == 0 ? 0 : std::max<int64_t>(spec.cpus_milli * 1'000'000ll, 10'000'000);
+  auto host = docker::CreateContainerHostConfig(fbb, nano_cpus, memory, memory, spec.pids_limit, devices, bindings_off);
+  auto req = docker::CreateCreateRequest(fbb, image_off, cmd_off, false, true, true, env_off, cwd_off, labels_off, host,
+                                         exposed_off);
   fbb.Finish(req);
   auto parser = DockerParser("CreateRequest");
   std::string body;
@@ -293,6 +315,11 @@ Result<std::string> DockerClient::Create(const std::string& image, const std::ve
   auto r = UnixHttp(socket_, "POST", std::string(kApi) + "/containers/create", *body, 30000);
   if (!r.ok()) return r.status();
   if (r->status == 404) return Status::NotFound("image " + image + " is not on this host (" + ErrorText(*r) + ")");
+  // 4xx: the daemon refused what the task asked (an image name, a limit): the task's
+  // fault (kInvalid); anything else is the daemon's (kUnavailable).
+  if (r->status >= 400 && r->status < 500) {
+    return Status::Invalid("create container from " + image + ": " + ErrorText(*r));
+  }
   if (r->status != 201) return Status::Unavailable("create container from " + image + ": " + ErrorText(*r));
   auto response_parser = DockerParser("CreateResponse");
   if (!response_parser || !response_parser->ParseJson(r->body.c_str())) {
@@ -306,6 +333,7 @@ Result<std::string> DockerClient::Create(const std::string& image, const std::ve
 Status DockerClient::Start(const std::string& id) {
   auto r = UnixHttp(socket_, "POST", std::string(kApi) + "/containers/" + id + "/start", "", 30000);
   if (!r.ok()) return r.status();
+  if (r->status >= 400 && r->status < 500 && r->status != 404) return Status::Invalid("start: " + ErrorText(*r));
   if (r->status != 204 && r->status != 304) return Status::Unavailable("start: " + ErrorText(*r));
   return Status::Ok();
 }
@@ -380,6 +408,16 @@ Result<bool> DockerClient::OomKilled(const std::string& id) {
   if (!parser || !parser->ParseJson(r->body.c_str())) return Status::Unavailable("inspect: unreadable response");
   const auto* state = flatbuffers::GetRoot<docker::InspectResponse>(parser->builder_.GetBufferPointer())->State();
   return state != nullptr && state->OOMKilled();
+}
+
+Result<int64_t> DockerClient::Pid(const std::string& id) {
+  auto r = UnixHttp(socket_, "GET", std::string(kApi) + "/containers/" + id + "/json", "", 10000);
+  if (!r.ok()) return r.status();
+  if (r->status != 200) return Status::Unavailable("inspect: " + ErrorText(*r));
+  auto parser = DockerParser("InspectResponse");
+  if (!parser || !parser->ParseJson(r->body.c_str())) return Status::Unavailable("inspect: unreadable response");
+  const auto* state = flatbuffers::GetRoot<docker::InspectResponse>(parser->builder_.GetBufferPointer())->State();
+  return state ? state->Pid() : 0;
 }
 
 Result<std::vector<std::string>> DockerClient::ListLabeled(const std::string& key, const std::string& value) {

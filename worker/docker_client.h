@@ -72,7 +72,9 @@ class DockerClient {
   explicit DockerClient(std::string socket_path) : socket_(std::move(socket_path)) {}
 
   Status Ping(int timeout_ms);
-  // Creates a container running `cmd` in `image`; returns its id.
+  // Creates a container running `cmd` in `image` (empty: the image's own command);
+  // returns its id. Error kNotFound: no such image; kInvalid: the daemon refused the
+  // request (HTTP 4xx: the task's fault); otherwise the daemon's.
   // What a container is made with besides its image and command.
   struct ContainerSpec {
     std::vector<std::string> env;  // NAME=VALUE
@@ -82,13 +84,23 @@ class DockerClient {
     uint64_t memory = 0;
     int64_t pids_limit = 0;
     std::vector<std::string> gpus;  // device ids: an NVIDIA DeviceRequest for exactly these
+    // Published ports: container port (tcp) -> host address and port.
+    struct Port {
+      int container = 0;
+      std::string host_ip;
+      int host_port = 0;
+    };
+    std::vector<Port> ports;
   };
   // Error kNotFound: the image is not there.
   Result<std::string> Create(const std::string& image, const std::vector<std::string>& cmd, const ContainerSpec& spec);
   // Whether the kernel killed the (stopped) container for its memory limit.
   Result<bool> OomKilled(const std::string& id);
+  // The host pid of the container's first process (0 when it is not running).
+  Result<int64_t> Pid(const std::string& id);
   // Ids of the containers, running or not, that carry label KEY=VALUE.
   Result<std::vector<std::string>> ListLabeled(const std::string& key, const std::string& value);
+  // Error kInvalid: the daemon refused it (HTTP 4xx other than 404).
   Status Start(const std::string& id);
   // Blocks until the container exits; returns its exit status.
   Result<int64_t> Wait(const std::string& id);

@@ -47,6 +47,8 @@ class RunSink {
   // The executor's own start of the attempt worked (docker: the container started):
   // evidence of health (worker/health.h).
   virtual void OnRunStarted(const Ref& ref) { (void)ref; }
+  // A session's sshd answers at `endpoint` (TaskSpec::session).
+  virtual void OnRunReady(const Ref& ref, const Endpoint& endpoint) { (void)ref, (void)endpoint; }
   // A re-probe (Executor::Probe) ended: `ok` when the executor started a real run.
   virtual void OnProbeEnded(const std::string& capability, bool ok, const std::string& message) {
     (void)capability, (void)ok, (void)message;

@@ -4,9 +4,10 @@
 
 namespace fm::worker {
 
-void Health::OnStarted(const std::string& capability) {
+void Health::OnStarted(const std::string& capability, const std::string& image) {
   failures_.erase(capability);
   proven_.insert(capability);
+  if (!image.empty()) started_image_[capability] = image;
 }
 
 bool Health::OnStartFailed(const std::string& capability, const std::string& step, const std::string& message,
@@ -18,7 +19,8 @@ bool Health::OnStartFailed(const std::string& capability, const std::string& ste
   Quarantine q;
   std::string why = message.size() > 300 ? message.substr(0, 300) + "..." : message;
   q.reason = step + " failed " + std::to_string(n) + "x in a row: " + why;
-  q.probe_image = image;
+  auto started = started_image_.find(capability);
+  q.probe_image = started != started_image_.end() ? started->second : image;
   q.delay_ms = options_.probe_initial_ms;
   q.next_probe_ms = now_ms + q.delay_ms;
   quarantined_[capability] = std::move(q);

@@ -25,7 +25,7 @@ class Health {
  public:
   struct Quarantine {
     std::string reason;          // "docker start failed 3x in a row: ..."
-    std::string probe_image;     // what the re-probe starts (the image that failed)
+    std::string probe_image;     // what re-probes start: the last image that started, else the one that failed
     uint64_t next_probe_ms = 0;  // when the next re-probe is due
     uint64_t delay_ms = 0;       // the wait before the next one after a failure
     bool probing = false;        // a re-probe is out
@@ -35,8 +35,9 @@ class Health {
 
   explicit Health(HealthOptions options = {}) : options_(options) {}
 
-  // An attempt of `capability`'s executor started. Resets its count of failures.
-  void OnStarted(const std::string& capability);
+  // An attempt of `capability`'s executor started (from `image`). Resets its count of
+  // failures; the image is what re-probes start (one known to start when all is well).
+  void OnStarted(const std::string& capability, const std::string& image = "");
   // An attempt could not be started by `capability`'s executor (`step`: "docker create",
   // "docker start"; `message`: why; `image`: what it tried). Returns true when this
   // failure quarantines the capability.
@@ -60,6 +61,7 @@ class Health {
   std::map<std::string, uint32_t> failures_;  // failed starts in a row, per capability
   std::map<std::string, Quarantine> quarantined_;
   std::set<std::string> proven_;
+  std::map<std::string, std::string> started_image_;  // the last image that started, per capability
 };
 
 }  // namespace fm::worker

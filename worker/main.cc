@@ -42,6 +42,21 @@ int main(int argc, char** argv) {
                  "(v1, as root); off: none")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "v2", "v1", "off"}));
+  std::string session_probe = "60s";
+  app.add_option("--session-image", options.session_image,
+                 "image of interactive sessions (sshd on port 22, keys from $FM_SSH_KEYS); capability session is "
+                 "announced while a container of it starts and sshd answers; empty: never")
+      ->capture_default_str();
+  app.add_option("--session-probe", session_probe, "how often the session image is tried again")->capture_default_str();
+  std::string session_max_ttl = "8h";
+  app.add_option("--session-max-ttl", session_max_ttl, "the longest a session lives, whatever its ttl")
+      ->capture_default_str();
+  app.add_option("--advertise-host", options.advertise_host,
+                 "host name or address users connect to for sessions on this worker (default: the node name)");
+  app.add_option("--session-bind", options.session_bind, "address sessions' ssh ports are published on")
+      ->capture_default_str();
+  app.add_option("--session-user", options.session_user, "the user sessions log in as (the session image's)")
+      ->capture_default_str();
   std::string quarantine_probe = "2s";
   app.add_option("--quarantine-after", options.health.quarantine_after,
                  "failed container starts in a row that withdraw capability docker until a re-probe starts one")
@@ -94,6 +109,18 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.health.probe_initial_ms = *qp;
+  auto sp = fm::ParseDurationMs(session_probe);
+  if (!sp.ok() || *sp == 0) {
+    spdlog::error("--session-probe: {}", sp.ok() ? "must be above 0" : sp.status().message());
+    return 2;
+  }
+  options.session_probe_ms = *sp;
+  auto mt = fm::ParseDurationMs(session_max_ttl);
+  if (!mt.ok() || *mt < 1000) {
+    spdlog::error("--session-max-ttl: {}", mt.ok() ? "must be at least 1s" : mt.status().message());
+    return 2;
+  }
+  options.session_max_ttl_ms = *mt;
   options.health.probe_max_ms = std::max<uint64_t>(*qp, options.health.probe_max_ms);
   for (const auto& label : labels) {
     auto parsed = fm::ParseLabel(label);

@@ -2,6 +2,7 @@
 // flags may only lower what was found (worker/main.cc).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,25 @@ std::vector<Gpu> ProbeNvidiaGpus(std::string* note);
 
 // True when the Docker Engine API at `socket_path` answers GET /_ping with 200 "OK".
 bool ProbeDocker(const std::string& socket_path, int timeout_ms, std::string* note);
+
+// Capability `session` by doing: a container of `image` (the session image) started with
+// a throwaway key and its port 22 published on 127.0.0.1, an "SSH-" banner read from it
+// within `timeout_ms`, the container removed. True only when sshd answered inside.
+bool ProbeSession(const std::string& socket_path, const std::string& image, const std::string& worker_id,
+                  int timeout_ms, std::string* note);
+
+// Connects to HOST:PORT until the server's first line starts with "SSH-" (it is put in
+// *banner) or `timeout_ms` passes (a port forward may accept before sshd listens).
+// `stop`, when given, ends the wait early (returns false).
+bool ReadSshBanner(const std::string& host, int port, int timeout_ms, std::string* banner,
+                   const std::function<bool()>& stop = {});
+
+// Established TCP connections to local port `port` in the network namespace of process
+// `pid` (/proc/PID/net/tcp and tcp6); -1 when they cannot be read.
+int EstablishedTo(int64_t pid, int port);
+
+// A TCP port free on `host` now (bound and released), 0 when none could be had.
+int FreePort(const std::string& host);
 
 // Everything above, as a worker announces it. Capabilities: "docker" when the ping
 // answered, "gpu" when at least one GPU was found.

@@ -57,11 +57,21 @@ struct UvExecutor::Run {
   size_t pending_bytes = 0;                                  // guarded by mutex
   bool finished = false;                                     // guarded by mutex: the thread is done
   bool stopping = false;                                     // guarded by mutex: the executor is going away
-  bool closing = false;            // the loop closed wake (and the timer): the run ends in their close callbacks
-  std::string docker_error;        // written by the thread before `finished`
-  bool image_missing = false;      // likewise: the daemon does not have the image
-  bool memory_killed = false;      // likewise: the kernel killed it for its memory limit
-  bool command_missing = false;    // likewise: the runtime works, the command is not in the image
+  bool closing = false;          // the loop closed wake (and the timer): the run ends in their close callbacks
+  std::string docker_error;      // written by the thread before `finished`
+  bool image_missing = false;    // likewise: the daemon does not have the image
+  bool memory_killed = false;    // likewise: the kernel killed it for its memory limit
+  bool command_missing = false;  // likewise: the runtime works, the command is not in the image
+  bool task_refused = false;     // likewise: the daemon refused what the task asked (HTTP 4xx)
+  // A session: sshd answered (guarded by mutex; told to the sink once), or never did, or
+  // it was ended for having no connection; `container_exited` wakes its watcher.
+  bool session_ready = false;
+  bool ready_told = false;
+  Endpoint endpoint;
+  std::string session_error;
+  bool idle_ended = false;
+  bool container_exited = false;
+  std::condition_variable session_cv;
   std::string start_failure;       // likewise: the daemon could not create or start it ("docker start")
   bool container_started = false;  // guarded by mutex: the container started (told to the sink once)
   bool started_told = false;
@@ -106,6 +116,46 @@ std::string WorkerVar(const std::string& id) { return "FM_WORKER_ID=" + id; }
 // This worker process's mark on one attempt's processes.
 std::string RunVar(const std::string& instance, const Ref& ref) {
   return "FM_RUN_ID=" + instance + "-t" + std::to_string(ref.first) + "-" + std::to_string(ref.second);
+}
+
+// Image tasks and sessions run in containers; the rest as processes.
+bool InContainer(const TaskSpec& spec) { return !spec.image.empty() || spec.session.has_value(); }
+
+// An environment with each name once; a later Set replaces the value.
+class EnvBuilder {
+ public:
+  void Set(const std::string& name, const std::string& value) {
+    for (auto& [n, v] : vars_) {
+      if (n == name) {
+        v = value;
+        return;
+      }
+    }
+    vars_.emplace_back(name, value);
+  }
+  std::string Get(const std::string& name) const {
+    for (const auto& [n, v] : vars_) {
+      if (n == name) return v;
+    }
+    return {};
+  }
+  std::vector<std::string> Lines() const {
+    std::vector<std::string> out;
+    for (const auto& [n, v] : vars_) out.push_back(n + "=" + v);
+    return out;
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> vars_;
+};
+
+// The GPUs chosen for an attempt, and only those (none: none visible), over whatever the
+// task or its image says.
+void SetGpuVars(EnvBuilder* vars, const std::vector<std::string>& gpus) {
+  std::string list;
+  for (const auto& g : gpus) list += (list.empty() ? "" : ",") + g;
+  vars->Set("CUDA_VISIBLE_DEVICES", list);
+  vars->Set("NVIDIA_VISIBLE_DEVICES", list.empty() ? std::string("void") : list);
 }
 
 // Whether `command` names an executable file, itself or through `path`, as execvp finds it.
@@ -174,9 +224,14 @@ void UvExecutor::Start(const Ref& ref, const TaskSpec& spec, const Grant& grant)
   run->ref = ref;
   run->spec = spec;
   run->grant = grant;
+  if (run->spec.session) {
+    // Its ttl is its timeout (then it ends as a session does, not as a failure).
+    uint64_t ttl = run->spec.session->ttl_ms ? run->spec.session->ttl_ms : kDefaultSessionTtlMs;
+    run->spec.timeout_ms = std::min(ttl, options_.sessions.max_ttl_ms);
+  }
   Run* raw = run.get();
   runs_[ref] = std::move(run);
-  if (raw->spec.image.empty()) {
+  if (!InContainer(raw->spec)) {
     StartExec(raw);
   } else {
     StartDocker(raw);
@@ -190,7 +245,8 @@ void UvExecutor::Probe(const std::string& capability, const std::string& image) 
   };
   auto answer = std::make_shared<Answer>();
   off_loop_.Run(
-      [answer, image, socket = options_.docker_socket, worker = options_.worker_id] {
+      [answer, image = image.empty() ? options_.sessions.image : image, socket = options_.docker_socket,
+       worker = options_.worker_id] {
         DockerClient docker(socket);
         DockerClient::ContainerSpec spec;
         spec.labels = {{"fm.probe", "1"}, {"fm.worker", worker}};
@@ -283,25 +339,22 @@ void UvExecutor::StartExec(Run* run) {
   if (user.empty()) {
     if (struct passwd* pw = getpwuid(geteuid())) user = pw->pw_name;
   }
-  std::vector<std::string> env = {
-      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-      "HOME=" + (as.user.empty() ? std::string(getenv("HOME") ? getenv("HOME") : "/") : as.home),
-      "USER=" + user,
-      "LOGNAME=" + user,
-      "LANG=C.UTF-8",
-      TaskVar(run->ref.first),
-      AttemptVar(run->ref.second),
-      WorkerVar(options_.worker_id),
-      RunVar(options_.instance, run->ref)};
-  // The task's own variables last: they may change PATH, HOME or LANG, never an FM_
-  // variable (the scheduler and this worker refuse such names).
-  for (const auto& [name, value] : run->spec.env) env.push_back(name + "=" + value);
-  // The GPUs chosen for it, and only those (after the task's own variables: placement
-  // decides them, not the task). None: none visible.
-  std::string gpus;
-  for (const auto& g : run->grant.gpus) gpus += (gpus.empty() ? "" : ",") + g;
-  env.push_back("CUDA_VISIBLE_DEVICES=" + gpus);
-  env.push_back("NVIDIA_VISIBLE_DEVICES=" + (gpus.empty() ? std::string("void") : gpus));
+  // Each name once (getenv takes the first of two): the defaults, the task's own
+  // variables over them (PATH, HOME, LANG may change; FM_ names are refused), then what
+  // the worker decides over everything: the FM_ marks and the GPUs chosen.
+  EnvBuilder vars;
+  vars.Set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+  vars.Set("HOME", as.user.empty() ? std::string(getenv("HOME") ? getenv("HOME") : "/") : as.home);
+  vars.Set("USER", user);
+  vars.Set("LOGNAME", user);
+  vars.Set("LANG", "C.UTF-8");
+  for (const auto& [name, value] : run->spec.env) vars.Set(name, value);
+  for (const std::string& v : {TaskVar(run->ref.first), AttemptVar(run->ref.second), WorkerVar(options_.worker_id),
+                               RunVar(options_.instance, run->ref)}) {
+    vars.Set(v.substr(0, v.find('=')), v.substr(v.find('=') + 1));
+  }
+  SetGpuVars(&vars, run->grant.gpus);
+  std::vector<std::string> env = vars.Lines();
   std::vector<char*> envp;
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -314,14 +367,14 @@ void UvExecutor::StartExec(Run* run) {
   bool pre_retryable = false;
   const bool limited = options_.cgroups && options_.cgroups->on();
   if (limited) {
-    std::string path;
-    for (const auto& e : env) {
-      if (e.rfind("PATH=", 0) == 0) path = e.substr(5);
-    }
-    if (!Runnable(argv[0], path)) {
+    // A command looked up through PATH is checked here, so that a missing one fails as it
+    // does without limits; one with a '/' is left to the shim (relative to the task's cwd).
+    if (argv[0].find('/') == std::string::npos && !Runnable(argv[0], vars.Get("PATH"))) {
       pre_error = "cannot run \"" + argv[0] + "\": no such file or directory";
     } else {
-      run->leaf = "fm-t" + std::to_string(run->ref.first) + "-" + std::to_string(run->ref.second);
+      // Unique in this process (a new store's task ids start again): never a leaf still being removed.
+      run->leaf = "fm-t" + std::to_string(run->ref.first) + "-" + std::to_string(run->ref.second) + "-" +
+                  std::to_string(++leaves_made_);
       CgroupLimits limits;
       limits.cpus_milli = run->spec.resources.cpus_milli;
       limits.memory = run->spec.resources.memory;
@@ -409,6 +462,10 @@ void UvExecutor::StartExec(Run* run) {
   if (rc != 0) {
     run->spawn_error =
         !cwd_error.empty() ? cwd_error : "cannot run \"" + run->spec.command[0] + "\": " + uv_strerror(rc);
+    if (cwd_error.empty() && !run->leaf.empty()) {  // the shim, not the task's command
+      run->spawn_error = "cannot start the exec shim " + options_.exec_shim + ": " + uv_strerror(rc);
+      run->spawn_retryable = true;
+    }
     run->exited = true;
     run->out_closed = run->err_closed = run->timer_closed = true;
     // uv_spawn initializes the process handle even when it fails; when it was not
@@ -459,7 +516,7 @@ void UvExecutor::PauseOutput(bool paused) {
   output_paused_ = paused;
   std::vector<Run*> docker;
   for (auto& [ref, run] : runs_) {
-    if (run->spec.image.empty()) {
+    if (!InContainer(run->spec)) {
       if (!run->spawn_error.empty()) continue;
       ReadOutput(run.get(), !paused);
       // An exited attempt's output gets its full linger time again, read this time.
@@ -495,11 +552,11 @@ void UvExecutor::StartDocker(Run* run) {
     run->open_handles = 2;
     StartTimeout(run);
   }
-  run->thread = std::thread(RunContainer, run, options_.docker_socket, options_.worker_id);
+  run->thread = std::thread(RunContainer, run, options_.docker_socket, options_.worker_id, options_.sessions);
 }
 
 // On the attempt's own thread: create, start, follow the output, wait, remove.
-void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id) {
+void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id, UvExecutorOptions::Sessions sessions) {
   auto deliver = [r](const char* stream, std::string_view data) {
     std::unique_lock<std::mutex> lock(r->mutex);
     r->drained.wait(lock, [r] { return r->pending_bytes < kDockerHeldBytes || r->stopping; });
@@ -516,8 +573,25 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
   };
   DockerClient docker(socket);
   DockerClient::ContainerSpec spec;
-  spec.env = {TaskVar(r->ref.first), AttemptVar(r->ref.second), WorkerVar(worker_id)};
-  for (const auto& [name, value] : r->spec.env) spec.env.push_back(name + "=" + value);
+  EnvBuilder vars;
+  for (const auto& [name, value] : r->spec.env) vars.Set(name, value);
+  for (const std::string& v : {TaskVar(r->ref.first), AttemptVar(r->ref.second), WorkerVar(worker_id)}) {
+    vars.Set(v.substr(0, v.find('=')), v.substr(v.find('=') + 1));
+  }
+  SetGpuVars(&vars, r->grant.gpus);  // also over an image's ENV NVIDIA_VISIBLE_DEVICES=all
+  std::string image = r->spec.image;
+  int port = 0;
+  if (r->spec.session) {
+    // The session image reads its keys from FM_SSH_KEYS (one per line) and runs sshd on
+    // port 22, published here on a port of the host's.
+    if (image.empty()) image = sessions.image;
+    std::string keys;
+    for (const auto& key : r->spec.session->ssh_keys) keys += (keys.empty() ? "" : "\n") + key;
+    vars.Set("FM_SSH_KEYS", keys);
+    port = FreePort(sessions.bind);
+    spec.ports = {{22, sessions.bind, port}};
+  }
+  spec.env = vars.Lines();
   spec.cwd = r->spec.cwd;
   // Marks that say whose it is (a restarted worker removes its orphans by them).
   spec.labels = {{"fm.task", "t" + std::to_string(r->ref.first)},
@@ -528,11 +602,12 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
   spec.memory = r->spec.resources.memory;
   spec.pids_limit = kContainerPidsLimit;
   spec.gpus = r->grant.gpus;
-  auto id = docker.Create(r->spec.image, r->spec.command, spec);
+  auto id = docker.Create(image, r->spec.command, spec);
   if (!id.ok()) {
     r->docker_error = id.status().message();
     r->image_missing = id.status().code() == Status::Code::kNotFound;
-    if (!r->image_missing) r->start_failure = "docker create";
+    r->task_refused = id.status().code() == Status::Code::kInvalid;
+    if (!r->image_missing && !r->task_refused) r->start_failure = "docker create";
   } else {
     {
       std::lock_guard<std::mutex> lock(r->mutex);
@@ -549,7 +624,8 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
       // The runtime ran and the command is not there (or not executable): the task's
       // fault, not the daemon's. Anything else is the daemon failing to start it.
       r->command_missing = IsCommandMissing(s.message());
-      if (!r->command_missing) r->start_failure = "docker start";
+      r->task_refused = s.code() == Status::Code::kInvalid;
+      if (!r->command_missing && !r->task_refused) r->start_failure = "docker start";
     } else {
       {
         std::lock_guard<std::mutex> lock(r->mutex);
@@ -563,6 +639,8 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
       // podman 4.3 sometimes never ends a follow of a container that exited at once, so
       // a follow still open 2 s after the exit is shut down, and what it missed is read
       // below.
+      std::thread watcher;
+      if (r->spec.session) watcher = std::thread(WatchSession, r, socket, *id, port, sessions);
       uint64_t out_bytes = 0, err_bytes = 0;  // passed on, per stream
       LogsStop follow_stop;
       std::promise<Status> followed;
@@ -577,6 +655,14 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
             &follow_stop));
       });
       auto status = docker.Wait(*id);
+      if (watcher.joinable()) {
+        {
+          std::lock_guard<std::mutex> lock(r->mutex);
+          r->container_exited = true;
+        }
+        r->session_cv.notify_all();
+        watcher.join();
+      }
       if (follow_done.wait_for(std::chrono::seconds(2)) != std::future_status::ready) follow_stop.Stop();
       follower.join();
       Status logs = follow_done.get();
@@ -614,13 +700,70 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id)
   uv_async_send(&r->wake);
 }
 
+void UvExecutor::WatchSession(Run* r, const std::string& socket, const std::string& id, int port,
+                              const UvExecutorOptions::Sessions& sessions) {
+  DockerClient docker(socket);
+  auto over = [r] {
+    std::lock_guard<std::mutex> lock(r->mutex);
+    return r->container_exited || r->cancelled || r->timed_out || r->stopping;
+  };
+  const std::string local = sessions.bind == "0.0.0.0" ? "127.0.0.1" : sessions.bind;
+  std::string banner;
+  if (!ReadSshBanner(local, port, 30000, &banner, over)) {
+    if (over()) return;
+    {
+      std::lock_guard<std::mutex> lock(r->mutex);
+      r->session_error = "session: no sshd answered on port 22 of the container within 30 s";
+    }
+    (void)docker.Stop(id, 1);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(r->mutex);
+    r->endpoint = {sessions.advertise, static_cast<uint32_t>(port), sessions.user};
+    r->session_ready = true;
+  }
+  uv_async_send(&r->wake);
+  // Idle: time with no established connection to sshd, seen from inside the container's
+  // network namespace. A connected user is never reaped; a count that cannot be read
+  // counts as connected.
+  const uint64_t idle_ms = r->spec.session->idle_timeout_ms ? r->spec.session->idle_timeout_ms : kDefaultSessionIdleMs;
+  auto pid = docker.Pid(id);
+  auto last_open = std::chrono::steady_clock::now();
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(r->mutex);
+      if (r->session_cv.wait_for(lock, std::chrono::seconds(1),
+                                 [r] { return r->container_exited || r->cancelled || r->timed_out || r->stopping; })) {
+        return;
+      }
+    }
+    const int open = pid.ok() ? EstablishedTo(*pid, 22) : -1;
+    const auto now = std::chrono::steady_clock::now();
+    if (open != 0) {
+      last_open = now;
+    } else if (now - last_open >= std::chrono::milliseconds(idle_ms)) {
+      {
+        std::lock_guard<std::mutex> lock(r->mutex);
+        r->idle_ended = true;
+      }
+      const uint64_t grace = r->spec.kill_timeout_ms != 0 ? r->spec.kill_timeout_ms : kDefaultKillTimeoutMs;
+      (void)docker.Stop(id, std::max<uint64_t>(1, (grace + 999) / 1000));
+      return;
+    }
+  }
+}
+
 void UvExecutor::OnDockerWake(Run* r) {
   if (r->closing) return;  // taken whole already (a resume may come before the close callbacks)
   std::vector<std::pair<const char*, std::string>> output;
-  bool finished = false, started = false, take = false;
+  bool finished = false, started = false, take = false, ready = false;
+  Endpoint endpoint;
   {
     std::lock_guard<std::mutex> lock(r->mutex);
     started = r->container_started;
+    ready = r->session_ready;
+    if (ready) endpoint = r->endpoint;
     // Paused: the output stays with the thread (which waits past 1 MiB), but an
     // attempt that finished is taken whole, so that its end is never held up.
     take = !output_paused_ || r->finished;
@@ -633,6 +776,11 @@ void UvExecutor::OnDockerWake(Run* r) {
   if (started && !r->started_told) {  // told even while output is paused: it may let others start
     r->started_told = true;
     sink_->OnRunStarted(r->ref);
+    on_activity_();
+  }
+  if (ready && !r->ready_told) {
+    r->ready_told = true;
+    sink_->OnRunReady(r->ref, endpoint);
     on_activity_();
   }
   if (!take) return;
@@ -654,8 +802,21 @@ void UvExecutor::OnDockerHandleClosed(uv_handle_t* handle) {
   if (--r->open_handles > 0) return;
   RunResult result;
   result.exit_code = static_cast<int32_t>(r->docker_status);
+  const bool session = r->spec.session.has_value();
   if (r->cancelled) {
     result = {wire::Outcome::Cancelled, result.exit_code, "cancelled"};
+  } else if (session && r->timed_out) {
+    result = {wire::Outcome::Succeeded, result.exit_code,
+              "session ended: its ttl of " + std::to_string(r->spec.timeout_ms / 1000) + " s passed",
+              wire::Reason::SessionTtl};
+  } else if (session && r->idle_ended) {
+    const uint64_t idle = r->spec.session->idle_timeout_ms ? r->spec.session->idle_timeout_ms : kDefaultSessionIdleMs;
+    result = {wire::Outcome::Succeeded, result.exit_code,
+              "session ended: no connection for " + std::to_string(idle / 1000) + " s (its idle timeout)",
+              wire::Reason::SessionIdle};
+  } else if (session && !r->session_error.empty()) {
+    result = {wire::Outcome::Retryable, result.exit_code, r->session_error};
+    result.start_failure = "session start";
   } else if (r->timed_out) {
     result = {wire::Outcome::TimedOut, result.exit_code,
               "timed out after " + std::to_string(r->spec.timeout_ms) + " ms; container stopped (exit status " +
@@ -669,6 +830,9 @@ void UvExecutor::OnDockerHandleClosed(uv_handle_t* handle) {
     result = {wire::Outcome::Failed, 0,
               "image_missing: " + r->docker_error + " on worker " + r->executor->options_.worker_id,
               wire::Reason::ImageMissing};
+  } else if (r->task_refused && !r->command_missing) {
+    // Another worker's daemon would refuse it too: failed, not retried, counts nothing.
+    result = {wire::Outcome::Failed, 0, "docker refused the task: " + r->docker_error};
   } else if (r->command_missing) {
     result = {wire::Outcome::Failed, 127, "command not runnable in image " + r->spec.image + ": " + r->docker_error};
   } else if (!r->docker_error.empty()) {
@@ -722,7 +886,7 @@ int UvExecutor::KillTree(Run* run) {
 
 void UvExecutor::Kill(Run* run) {
   const uint64_t grace = run->spec.kill_timeout_ms != 0 ? run->spec.kill_timeout_ms : kDefaultKillTimeoutMs;
-  if (run->spec.image.empty()) {
+  if (!InContainer(run->spec)) {
     if (run->exited || run->process.pid <= 0) return;
     if (run->term_sent) {  // asked again (a cancel after the timeout): no more waiting
       KillTree(run);

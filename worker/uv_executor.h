@@ -29,6 +29,7 @@
 #include "worker/cgroup.h"
 #include "worker/executor.h"
 #include "worker/off_loop.h"
+#include "worker/probe.h"
 
 namespace fm::worker {
 
@@ -52,6 +53,15 @@ struct UvExecutorOptions {
   // process joins it through `exec_shim` (fm-cgexec) before it runs the command.
   Cgroups* cgroups = nullptr;
   std::string exec_shim;
+  // Sessions (TaskSpec::session): a container of `image` (or the task's) with port 22
+  // published on `bind`, told to users as `advertise`:PORT as `user`.
+  struct Sessions {
+    std::string image = "localhost/fm-session:latest";
+    std::string bind = "0.0.0.0";
+    std::string advertise = "127.0.0.1";
+    std::string user = "fm";
+    uint64_t max_ttl_ms = 8 * 3600 * 1000;  // a session's ttl is at most this
+  } sessions;
 };
 
 class UvExecutor final : public Executor {
@@ -72,7 +82,12 @@ class UvExecutor final : public Executor {
   struct Run;
   void StartExec(Run* run);
   void StartDocker(Run* run);
-  static void RunContainer(Run* run, std::string socket, std::string worker_id);
+  static void RunContainer(Run* run, std::string socket, std::string worker_id, UvExecutorOptions::Sessions sessions);
+  // A session's own thread, beside its container: waits for sshd's banner (then the
+  // endpoint goes to the loop), then ends the session after its idle timeout with no
+  // established connection. Returns when the container has exited.
+  static void WatchSession(Run* run, const std::string& socket, const std::string& id, int port,
+                           const UvExecutorOptions::Sessions& sessions);
   void OnDockerWake(Run* run);
   static void OnDockerHandleClosed(uv_handle_t* handle);
   void StartTimeout(Run* run);
@@ -94,6 +109,7 @@ class UvExecutor final : public Executor {
   std::map<Ref, std::unique_ptr<Run>> runs_;
   bool output_paused_ = false;  // PauseOutput
   OffLoop off_loop_;            // re-probes
+  uint64_t leaves_made_ = 0;    // cgroup leaves, numbered: each name used once
 };
 
 }  // namespace fm::worker

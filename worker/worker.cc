@@ -193,6 +193,11 @@ void Worker::Attach(bus::Loop& loop) {
     executor_options.instance = instance;
     executor_options.run_as = run_as_;
     executor_options.cgroups = &cgroups_;
+    executor_options.sessions.image = options_.session_image;
+    executor_options.sessions.bind = options_.session_bind;
+    executor_options.sessions.advertise = options_.advertise_host.empty() ? options_.node : options_.advertise_host;
+    executor_options.sessions.user = options_.session_user;
+    executor_options.sessions.max_ttl_ms = options_.session_max_ttl_ms;
     executor_options.exec_shim = exec_shim_;
     executor_ = std::make_unique<UvExecutor>(loop.uv(), core_.get(), std::move(executor_options),
                                              [this] { loop_->MarkWork(); });
@@ -236,23 +241,53 @@ void Worker::Reprobe() {
   struct Answer {
     bool docker = false;
     std::string note;
+    bool session_probed = false, session = false;
+    std::string session_note;
   };
   auto answer = std::make_shared<Answer>();
+  // The session image is tried by doing (a container started, sshd reached), less often
+  // than the ping: it costs a container.
+  const bool session_due = !options_.session_image.empty() && bus::WallClockMs() >= next_session_probe_ms_;
   off_loop_->Run(
-      [answer, socket = options_.docker_socket] { answer->docker = ProbeDocker(socket, 1000, &answer->note); },
+      [answer, session_due, socket = options_.docker_socket, image = options_.session_image, id = options_.id] {
+        answer->docker = ProbeDocker(socket, 1000, &answer->note);
+        if (answer->docker && session_due) {
+          answer->session_probed = true;
+          answer->session = ProbeSession(socket, image, id, 20000, &answer->session_note);
+        }
+      },
       [this, answer] {
         reprobe_in_flight_ = false;
         ++probes_[answer->docker ? 0 : 1];
-        std::vector<std::string> caps = core_->identity().capabilities;
-        bool had = std::binary_search(caps.begin(), caps.end(), "docker");
-        if (had == answer->docker) return;
-        if (answer->docker) {
-          caps.push_back("docker");
-          options_.logger->info("capability docker announced again: {}", answer->note);
-        } else {
-          caps.erase(std::find(caps.begin(), caps.end(), "docker"));
-          options_.logger->warn("capability docker withdrawn: {}", answer->note);
+        if (answer->session_probed) {
+          next_session_probe_ms_ = bus::WallClockMs() + options_.session_probe_ms;
+          if (answer->session && !session_ok_) {
+            options_.logger->info("capability session announced: {}", answer->session_note);
+          } else if (!answer->session && session_ok_) {
+            options_.logger->warn("capability session withdrawn: {}", answer->session_note);
+          } else if (!answer->session && !session_logged_) {
+            options_.logger->info("capability session not announced: {}", answer->session_note);
+          }
+          session_logged_ = true;
+          session_ok_ = answer->session;
         }
+        if (!answer->docker) session_ok_ = false;
+        std::vector<std::string> caps = core_->identity().capabilities;
+        const bool had_docker = std::binary_search(caps.begin(), caps.end(), "docker");
+        if (had_docker != answer->docker) {
+          if (answer->docker) {
+            options_.logger->info("capability docker announced again: {}", answer->note);
+          } else {
+            options_.logger->warn("capability docker withdrawn: {}", answer->note);
+          }
+        }
+        auto set = [&caps](const char* cap, bool on) {
+          auto it = std::find(caps.begin(), caps.end(), cap);
+          if (on && it == caps.end()) caps.push_back(cap);
+          if (!on && it != caps.end()) caps.erase(it);
+        };
+        set("docker", answer->docker);
+        set("session", session_ok_);
         core_->SetCapabilities(std::move(caps));
       });
 }

@@ -49,6 +49,14 @@ struct WorkerOptions {
   bool noop_executor = false;         // benchmarking: complete each task at once without running it
   HealthOptions health;               // --quarantine-after, --quarantine-probe
   std::string cgroup = "auto";        // exec limits: "auto", "v2", "v1" or "off"
+  // Capability session: announced while a container of this image starts and sshd
+  // answers in it, checked every session_probe_ms (empty: never announced).
+  std::string session_image = "localhost/fm-session:latest";
+  uint64_t session_probe_ms = 60000;
+  std::string advertise_host;            // what users connect to (default: the node name)
+  std::string session_bind = "0.0.0.0";  // where sessions' ports are published
+  std::string session_user = "fm";
+  uint64_t session_max_ttl_ms = 8 * 3600 * 1000;
   std::shared_ptr<spdlog::logger> logger;
 };
 
@@ -91,9 +99,12 @@ class Worker {
   uint64_t probes_[2] = {0, 0};  // docker re-probes that answered, that failed
   std::unique_ptr<Executor> executor_;
   bool reprobe_in_flight_ = false;
-  std::unique_ptr<OffLoop> off_loop_;  // the /_ping re-probe
-  Cgroups cgroups_;                    // exec attempts' limits
-  std::string exec_shim_;              // fm-cgexec's path
+  bool session_ok_ = false;             // the last session probe worked
+  bool session_logged_ = false;         // the first probe's result was logged
+  uint64_t next_session_probe_ms_ = 0;  // when the session image is tried again
+  std::unique_ptr<OffLoop> off_loop_;   // the /_ping re-probe
+  Cgroups cgroups_;                     // exec attempts' limits
+  std::string exec_shim_;               // fm-cgexec's path
   int exit_code_ = 0;
 };
 

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
@@ -20,8 +21,13 @@ namespace {
 
 // A podman service of the test's own and a cluster with one worker `id` on it.
 struct DockerCluster {
+  // The session probe is off unless `args` name a --session-image: these tests are about
+  // docker tasks, and a capability appearing meanwhile would change what they compare.
   explicit DockerCluster(const std::string& id, std::vector<std::string> args = {})
       : socket(dir.path() + "/docker.sock"), podman(socket) {
+    if (std::find(args.begin(), args.end(), "--session-image") == args.end()) {
+      args.insert(args.begin(), {"--session-image", ""});
+    }
     args.insert(args.begin(), {"--docker-socket", socket});
     cluster.StartWorker(id, args);
   }
@@ -37,7 +43,7 @@ TEST_CASE("a worker announces docker only while the Docker API answers /_ping, a
           "[integration][docker]") {
   DockerCluster docker("dockerized");
   Cluster& c = docker.cluster;
-  c.StartWorker("nothing-behind", {"--docker-socket", docker.dir.path() + "/nobody.sock"});
+  c.StartWorker("nothing-behind", {"--docker-socket", docker.dir.path() + "/nobody.sock", "--session-image", ""});
   ToolRun table = c.Ctl({"workers"});
   REQUIRE(table.lines.size() == 3);
   CHECK_THAT(table.lines[1], Contains("dockerized") && Contains("docker"));
@@ -253,8 +259,8 @@ TEST_CASE(
   DockerCluster docker("healthy", {"--slots", "2", "--label", "host=healthy"});
   Cluster& c = docker.cluster;
   BreakablePodman broken;
-  c.StartWorker("broken", {"--docker-socket", broken.socket, "--slots", "4", "--label", "host=broken",
-                           "--quarantine-probe", "500ms"});
+  c.StartWorker("broken", {"--docker-socket", broken.socket, "--session-image", "", "--slots", "4", "--label",
+                           "host=broken", "--quarantine-probe", "500ms"});
   ToolRun table = c.Ctl({"workers"});
   REQUIRE(table.lines.size() == 3);
   CHECK_THAT(table.lines[1], Contains("broken") && Contains("docker"));  // it answers /_ping

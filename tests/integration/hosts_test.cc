@@ -124,7 +124,7 @@ TEST_CASE(
   Process& tap = h.Run("tap", "cl", with({Bin("fm-tap"), "--broker", kLocal, "--since", "1"}, "alice", "client", "cl"));
   h.Run("w1", "n1",
         with({Bin("fm-worker"), "--broker", kLocal, "--id", "w1", "--label", "host=n1", "--heartbeat", "200ms",
-              "--docker-socket", data.path() + "/docker.sock"},
+              "--docker-socket", data.path() + "/docker.sock", "--session-image", ""},
              "w1", "worker", "n1"));
   h.Run("w2", "n2",
         with({Bin("fm-worker"), "--broker", kLocal, "--id", "w2", "--label", "host=n2", "--memory", "1GiB",

@@ -138,6 +138,15 @@ class Harness {
     return Commit();
   }
 
+  Turn Ready(uint64_t task, uint32_t attempt, const std::string& worker, const Endpoint& endpoint) {
+    flatbuffers::FlatBufferBuilder fbb;
+    auto ref = wire::CreateTaskRef(fbb, task, attempt);
+    std::string bytes =
+        codec::Seal(fbb, wire::CreateTaskReady(fbb, ref, fbb.CreateString(worker), codec::ToWire(fbb, endpoint)));
+    engine_->OnDirected(Address(worker), *wire::GetEnvelope(bytes.data()), now);
+    return Commit();
+  }
+
   Turn Finished(uint64_t task, uint32_t attempt, const std::string& worker, wire::Outcome outcome, int code = 0) {
     flatbuffers::FlatBufferBuilder fbb;
     auto ref = wire::CreateTaskRef(fbb, task, attempt);

@@ -909,3 +909,51 @@ TEST_CASE("the GPUs a worker gave an attempt are in task.started and stored with
   h.Restart();
   CHECK(h.engine().active_task(id)->gpus == std::vector<std::string>{"GPU-1", "GPU-2"});
 }
+
+TEST_CASE("a session needs capability session, says where it answers, and is never re-run when its worker is lost",
+          "[unit]") {
+  EngineOptions options;
+  options.liveness_window_ms = 1000;
+  options.reconnect_grace_ms = 0;
+  Harness h(options);
+  h.Register({"plain", {"docker"}});
+  TaskSpec session = NewTask();
+  session.command.clear();
+  session.session = SessionSpec{{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB key"}, 0, 0};
+  const auto* r = OnlyResult(h.Submit({session}));
+  CHECK(r->status() == wire::SubmitStatus::Rejected);
+  CHECK(r->message()->str() == "0/1 workers eligible: 1 lacks capability session");
+
+  h.Register({"s", {"docker", "session"}});
+  h.Register({"s2", {"docker", "session"}});
+  Turn t = h.Submit({session}, /*watch=*/true);
+  uint64_t id = OnlyResult(t)->task();
+  std::string on = t.Dispatched(Harness::Address("s")).empty() ? "s2" : "s";
+  std::string other = on == "s" ? "s2" : "s";
+  h.Started(id, 1, on);
+  t = h.Ready(id, 1, on, {"gpu-07.example", 40022, "fm"});
+  auto ready = t.Events("task.ready");
+  REQUIRE(ready.size() == 1);
+  REQUIRE(ready[0]->endpoint());
+  CHECK(ready[0]->endpoint()->port() == 40022);
+  CHECK(ready[0]->message()->str() == "ssh -p 40022 fm@gpu-07.example");
+  CHECK(t.To("client", wire::Body::TaskReady).size() == 1);  // the watching submitter is told
+  CHECK(h.engine().active_task(id)->endpoint.host == "gpu-07.example");
+  // Said again (a re-registration): nothing new.
+  CHECK(h.Ready(id, 1, on, {"gpu-07.example", 40022, "fm"}).Events("task.ready").empty());
+  // From another worker: refused.
+  CHECK(h.Ready(id, 1, other, {"evil.example", 22, "fm"}).Events("task.ready").empty());
+  CHECK(h.engine().active_task(id)->endpoint.host == "gpu-07.example");
+
+  // Its worker is lost: the session fails, and is not placed on the other capable worker.
+  for (int i = 0; i < 12; ++i) {
+    h.Heartbeat(other, {"docker", "session"});
+    t = h.Tick(100);
+    if (!t.Events("task.failed").empty()) break;
+  }
+  auto failed = t.Events("task.failed");
+  REQUIRE(failed.size() == 1);
+  CHECK(failed[0]->reason()->str() == "worker_lost");
+  CHECK_THAT(failed[0]->message()->str(), Catch::Contains("a session is never re-run elsewhere"));
+  CHECK(t.To(Harness::Address(other), wire::Body::Dispatch).empty());
+}

@@ -116,3 +116,30 @@ TEST_CASE("a task's env and cwd parse, travel the wire unchanged, and bad ones a
   std::string big(kMaxEnvBytes, 'v');
   CHECK_THAT(refused(R"({"command": ["true"], "env": {"BIG": ")" + big + R"("}})"), Catch::Contains("at most"));
 }
+
+TEST_CASE("a session task line needs its keys, one public key per entry, and may leave out its command", "[unit]") {
+  JsonCodec codec;
+  auto ok = codec.ParseTaskLine(
+      R"({"session": {"ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA me@laptop"], "ttl": "2h", "idle_timeout": "10m"}})");
+  REQUIRE(ok.ok());
+  REQUIRE(ok->session);
+  CHECK(ok->command.empty());
+  CHECK(ok->session->ttl_ms == 2 * 3600 * 1000);
+  CHECK(ok->session->idle_timeout_ms == 10 * 60 * 1000);
+  auto no_keys = codec.ParseTaskLine(R"({"session": {"ttl": "1h"}})");
+  REQUIRE_FALSE(no_keys.ok());
+  CHECK_THAT(no_keys.status().message(), Catch::Contains("session.ssh_keys is empty"));
+  auto options = codec.ParseTaskLine(R"({"session": {"ssh_keys": ["command=\"sh\" ssh-ed25519 AAAA x"]}})");
+  REQUIRE_FALSE(options.ok());
+  CHECK_THAT(options.status().message(), Catch::Contains("is not a public key"));
+  auto two_lines = codec.ParseTaskLine(R"({"session": {"ssh_keys": ["ssh-ed25519 AAAA x\nssh-rsa BBBB y"]}})");
+  REQUIRE_FALSE(two_lines.ok());
+  CHECK_THAT(two_lines.status().message(), Catch::Contains("is not one line"));
+  auto short_ttl = codec.ParseTaskLine(R"({"session": {"ssh_keys": ["ssh-ed25519 AAAA x"], "ttl": "10ms"}})");
+  REQUIRE_FALSE(short_ttl.ok());
+  CHECK_THAT(short_ttl.status().message(), Catch::Contains("session.ttl"));
+  auto no_command = codec.ParseTaskLine(R"({"requires": ["docker"]})");
+  REQUIRE_FALSE(no_command.ok());
+  CHECK_THAT(no_command.status().message(), Catch::Contains("command is missing"));
+  CHECK(RedactedKey("ssh-ed25519 AAAAC3Nza me@laptop") == "ssh-ed25519 ... me@laptop");
+}

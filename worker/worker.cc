@@ -333,7 +333,7 @@ void Worker::Metrics(ops::Sheet& sheet) const {
                   static_cast<double>(core_->ended()[i]), {{"outcome", names[i]}});
   }
   const auto caps = core_->announced();
-  for (const char* cap : {"docker", "gpu"}) {
+  for (const char* cap : {"docker", "gpu", "session"}) {
     sheet.Gauge("worker_capability", "1 while the capability is announced (probed, and not quarantined)",
                 std::binary_search(caps.begin(), caps.end(), cap) ? 1 : 0, {{"capability", cap}});
     sheet.Gauge("worker_capability_quarantined", "1 while the capability is withdrawn because tasks failed to start",

@@ -193,3 +193,57 @@ TEST_CASE(
   uint64_t expected = 1;
   for (const auto& line : tap.Lines()) CHECK(std::stoull(line.substr(0, line.find(' '))) == expected++);
 }
+
+TEST_CASE("across hosts: a client host connects to a session on a worker host, at the address the worker advertises",
+          "[integration][hosts][session]") {
+  Hosts h;
+  TempDir data;
+  // The worker host's own Docker API: podman in n1's network namespace (nsenter --net:
+  // `ip netns exec` would also hide the cgroup mounts runc needs), so that a session's
+  // port is published on n1's address.
+  const std::string socket = data.path() + "/docker.sock";
+  auto podman = Process::Start({"/usr/bin/nsenter", "--net=/var/run/netns/" + h.Ns("n1"), "/usr/bin/podman", "system",
+                                "service", "--time=0", "unix://" + socket});
+  for (int i = 0; i < 300 && !DockerPings(socket); ++i) usleep(50000);  // no event says it listens
+  REQUIRE(DockerPings(socket));
+  const std::string root = "tcp://" + h.Address("root") + ":5550", n1 = h.Address("n1");
+  // Without certificates (the test above has them): this one is about the session's path.
+  REQUIRE(h.Run("root-broker", "root", {Bin("fm-broker"), "--bind", "tcp://0.0.0.0:5550", "--insecure"})
+              .WaitFor("broker on", 10000, 1, true));
+  h.Run("scheduler", "root", {Bin("fm-scheduler"), "--broker", kLocal, "--data", data.path() + "/store"});
+  for (const char* host : {"n1", "cl"}) {
+    REQUIRE(h.Run(std::string(host) + "-broker", host,
+                  {Bin("fm-broker"), "--bind", "tcp://0.0.0.0:5550", "--insecure", "--upstream", root})
+                .WaitFor("upstream", 10000, 1, true));
+  }
+  Process& tap = h.Run("tap", "cl", {Bin("fm-tap"), "--broker", kLocal, "--since", "1"});
+  h.Run("w1", "n1",
+        {Bin("fm-worker"), "--broker", kLocal, "--id", "sw1", "--heartbeat", "200ms", "--docker-socket", socket,
+         "--session-probe", "1s", "--advertise-host", n1, "--session-bind", n1});
+  REQUIRE(tap.WaitFor("worker.updated worker=sw1: capabilities [docker] -> [docker,session]", 60000));
+  ToolRun made = RunTool({"/usr/bin/ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", data.path() + "/key"});
+  REQUIRE(made.exit_code == 0);
+
+  auto submit = Process::Start(
+      h.On("cl", {Bin("fm-submit"), "--broker", kLocal, "--wait", "--session", "--ssh-key", data.path() + "/key.pub"}));
+  REQUIRE(submit->WaitFor(R"("status": "ready")", 60000));
+  CHECK_THAT(submit->Stdout(), Contains(R"("endpoint": "fm@)" + n1 + ":"));
+  REQUIRE(tap.WaitFor("task.ready task=t1 worker=sw1: ssh -p "));
+  int port = 0;
+  for (const auto& line : tap.Lines()) {
+    size_t at = line.find("task.ready task=t1 worker=sw1: ssh -p ");
+    if (at != std::string::npos) port = std::atoi(line.c_str() + at + 38);
+  }
+  REQUIRE(port > 0);
+  // From the client host, across the hosts' network, to the worker host's address.
+  ToolRun hi = h.Tool("cl", {"/usr/bin/ssh", "-i", data.path() + "/key", "-p", std::to_string(port), "-o",
+                             "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+                             "-o", "ConnectTimeout=10", "fm@" + n1, "echo", "hi", "from", "cl"});
+  INFO(hi.err);
+  CHECK(hi.lines == std::vector<std::string>{"hi from cl"});
+  ToolRun printed = h.Tool("cl", {Bin("fm-ctl"), "--broker", kLocal, "ssh", "t1", "--print"});
+  REQUIRE(printed.lines.size() == 1);
+  CHECK(printed.lines[0] == "ssh -p " + std::to_string(port) + " -o StrictHostKeyChecking=accept-new fm@" + n1);
+  CHECK(h.Tool("cl", {Bin("fm-ctl"), "--broker", kLocal, "cancel", "t1"}).exit_code == 0);
+  CHECK(submit->WaitFor(R"("status": "cancelled")", 30000));
+}

@@ -400,24 +400,16 @@ Status DockerClient::Kill(const std::string& id) {
   return Status::Ok();
 }
 
-Result<bool> DockerClient::OomKilled(const std::string& id) {
+Result<DockerClient::State> DockerClient::Inspect(const std::string& id) {
   auto r = UnixHttp(socket_, "GET", std::string(kApi) + "/containers/" + id + "/json", "", 10000);
   if (!r.ok()) return r.status();
   if (r->status != 200) return Status::Unavailable("inspect: " + ErrorText(*r));
   auto parser = DockerParser("InspectResponse");
   if (!parser || !parser->ParseJson(r->body.c_str())) return Status::Unavailable("inspect: unreadable response");
   const auto* state = flatbuffers::GetRoot<docker::InspectResponse>(parser->builder_.GetBufferPointer())->State();
-  return state != nullptr && state->OOMKilled();
-}
-
-Result<int64_t> DockerClient::Pid(const std::string& id) {
-  auto r = UnixHttp(socket_, "GET", std::string(kApi) + "/containers/" + id + "/json", "", 10000);
-  if (!r.ok()) return r.status();
-  if (r->status != 200) return Status::Unavailable("inspect: " + ErrorText(*r));
-  auto parser = DockerParser("InspectResponse");
-  if (!parser || !parser->ParseJson(r->body.c_str())) return Status::Unavailable("inspect: unreadable response");
-  const auto* state = flatbuffers::GetRoot<docker::InspectResponse>(parser->builder_.GetBufferPointer())->State();
-  return state ? state->Pid() : 0;
+  State out;
+  if (state) out = {state->OOMKilled(), state->Pid()};
+  return out;
 }
 
 Result<std::vector<std::string>> DockerClient::ListLabeled(const std::string& key, const std::string& value) {

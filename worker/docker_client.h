@@ -94,10 +94,13 @@ class DockerClient {
   };
   // Error kNotFound: the image is not there.
   Result<std::string> Create(const std::string& image, const std::vector<std::string>& cmd, const ContainerSpec& spec);
-  // Whether the kernel killed the (stopped) container for its memory limit.
-  Result<bool> OomKilled(const std::string& id);
-  // The host pid of the container's first process (0 when it is not running).
-  Result<int64_t> Pid(const std::string& id);
+  // What the daemon says of a container: whether the kernel killed it for its memory
+  // limit (once stopped), and the host pid of its first process (0 when not running).
+  struct State {
+    bool oom_killed = false;
+    int64_t pid = 0;
+  };
+  Result<State> Inspect(const std::string& id);
   // Ids of the containers, running or not, that carry label KEY=VALUE.
   Result<std::vector<std::string>> ListLabeled(const std::string& key, const std::string& value);
   // Error kInvalid: the daemon refused it (HTTP 4xx other than 404).

@@ -97,31 +97,26 @@ int main(int argc, char** argv) {
     }
     options.memory = *v;
   }
-  auto hb = fm::ParseDurationMs(heartbeat);
-  if (!hb.ok() || *hb == 0) {
-    spdlog::error("--heartbeat: {}", hb.ok() ? "must be above 0" : hb.status().message());
-    return 2;
+  // Durations: each above its least, or a usage error naming the flag.
+  struct Duration {
+    const char* flag;
+    const std::string& text;
+    uint64_t least_ms;
+    uint64_t* out;
+  };
+  for (const Duration& d : {Duration{"--heartbeat", heartbeat, 1, &options.heartbeat_ms},
+                            Duration{"--quarantine-probe", quarantine_probe, 1, &options.health.probe_initial_ms},
+                            Duration{"--session-probe", session_probe, 1, &options.session_probe_ms},
+                            Duration{"--session-max-ttl", session_max_ttl, 1000, &options.session_max_ttl_ms}}) {
+    auto ms = fm::ParseDurationMs(d.text);
+    if (!ms.ok() || *ms < d.least_ms) {
+      spdlog::error("{}: {}", d.flag,
+                    ms.ok() ? "must be at least " + std::to_string(d.least_ms) + "ms" : ms.status().message());
+      return 2;
+    }
+    *d.out = *ms;
   }
-  options.heartbeat_ms = *hb;
-  auto qp = fm::ParseDurationMs(quarantine_probe);
-  if (!qp.ok() || *qp == 0) {
-    spdlog::error("--quarantine-probe: {}", qp.ok() ? "must be above 0" : qp.status().message());
-    return 2;
-  }
-  options.health.probe_initial_ms = *qp;
-  auto sp = fm::ParseDurationMs(session_probe);
-  if (!sp.ok() || *sp == 0) {
-    spdlog::error("--session-probe: {}", sp.ok() ? "must be above 0" : sp.status().message());
-    return 2;
-  }
-  options.session_probe_ms = *sp;
-  auto mt = fm::ParseDurationMs(session_max_ttl);
-  if (!mt.ok() || *mt < 1000) {
-    spdlog::error("--session-max-ttl: {}", mt.ok() ? "must be at least 1s" : mt.status().message());
-    return 2;
-  }
-  options.session_max_ttl_ms = *mt;
-  options.health.probe_max_ms = std::max<uint64_t>(*qp, options.health.probe_max_ms);
+  options.health.probe_max_ms = std::max(options.health.probe_initial_ms, options.health.probe_max_ms);
   for (const auto& label : labels) {
     auto parsed = fm::ParseLabel(label);
     if (!parsed.ok()) {

@@ -673,8 +673,9 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id,
         r->docker_status = *status;
         // Killed for its memory: the daemon says so, or (podman on cgroup v1 does not)
         // a SIGKILL we did not send to a container with a memory limit.
-        auto oom = docker.OomKilled(*id);
-        r->memory_killed = (oom.ok() && *oom) || (*status == 128 + SIGKILL && r->spec.resources.memory > 0 && !ended());
+        auto inspected = docker.Inspect(*id);
+        r->memory_killed = (inspected.ok() && inspected->oom_killed) ||
+                           (*status == 128 + SIGKILL && r->spec.resources.memory > 0 && !ended());
       }
       // Some daemons end a follow when the container exits before all of its output was
       // sent (podman 4.3 does, under load), or never (above): read the logs once more,
@@ -728,7 +729,7 @@ void UvExecutor::WatchSession(Run* r, const std::string& socket, const std::stri
   // network namespace. A connected user is never reaped; a count that cannot be read
   // counts as connected.
   const uint64_t idle_ms = r->spec.session->idle_timeout_ms ? r->spec.session->idle_timeout_ms : kDefaultSessionIdleMs;
-  auto pid = docker.Pid(id);
+  auto state = docker.Inspect(id);
   auto last_open = std::chrono::steady_clock::now();
   while (true) {
     {
@@ -738,7 +739,7 @@ void UvExecutor::WatchSession(Run* r, const std::string& socket, const std::stri
         return;
       }
     }
-    const int open = pid.ok() ? EstablishedTo(*pid, 22) : -1;
+    const int open = state.ok() ? EstablishedTo(state->pid, 22) : -1;
     const auto now = std::chrono::steady_clock::now();
     if (open != 0) {
       last_open = now;

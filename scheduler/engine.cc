@@ -664,8 +664,9 @@ uint64_t RetryDelayMs(const TaskSpec& spec, uint64_t task, uint32_t attempt) {
 }
 
 void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms, bool blame_worker) {
-  if (t->spec.session && reason == wire::Reason::WorkerLost && t->state == wire::TaskState::Running) {
-    // Someone may be connected to it: a session is never silently started again elsewhere.
+  if (t->spec.session && t->endpoint.port != 0) {
+    // It was ready, so someone may be connected to it: a session is never silently
+    // started again elsewhere, whatever ended it (its worker lost, its daemon failing).
     End(t, wire::TaskState::Failed, reason, message + "; a session is never re-run elsewhere", 0, now_ms);
     return;
   }
@@ -828,9 +829,8 @@ void Engine::OnTaskReady(const std::string& from, const wire::TaskReady& msg, ui
   if (!FromTaskWorker(t, from, "a session endpoint")) return;
   Endpoint endpoint = codec::FromWire(msg.endpoint());
   if (endpoint == t.endpoint) return;  // said again (a re-registration): nothing new
-  if (endpoint.host.empty() || endpoint.host.size() > 255 || endpoint.port == 0 || endpoint.port > 65535 ||
-      endpoint.user.empty() || endpoint.user.size() > 64) {
-    Refused(from, "a malformed session endpoint for " + TaskName(t.id));
+  if (Status valid = ValidateEndpoint(endpoint); !valid.ok()) {
+    Refused(from, "a session endpoint for " + TaskName(t.id) + ": " + valid.message());
     return;
   }
   t.endpoint = std::move(endpoint);

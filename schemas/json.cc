@@ -232,6 +232,22 @@ std::string RedactedKey(const std::string& key) {
   return key.substr(0, type_end) + " ..." + comment;
 }
 
+Status ValidateEndpoint(const Endpoint& e) {
+  if (e.host.empty() || e.host.size() > 253 || e.host[0] == '-' ||
+      e.host.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.:-") !=
+          std::string::npos) {
+    return Status::Invalid("endpoint host \"" + Printable(e.host) + "\" is not a host name or address");
+  }
+  if (e.port == 0 || e.port > 65535)
+    return Status::Invalid("endpoint port " + std::to_string(e.port) + " is out of range");
+  if (e.user.empty() || e.user.size() > 32 ||
+      !(std::islower(static_cast<unsigned char>(e.user[0])) || e.user[0] == '_') ||
+      e.user.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_-") != std::string::npos) {
+    return Status::Invalid("endpoint user \"" + Printable(e.user) + "\" is not a user name");
+  }
+  return Status::Ok();
+}
+
 Status ValidateSession(const SessionSpec& session) {
   if (session.ssh_keys.empty()) return Status::Invalid("session.ssh_keys is empty: a session needs a public key");
   if (session.ssh_keys.size() > kMaxSessionKeys) {
@@ -246,9 +262,23 @@ Status ValidateSession(const SessionSpec& session) {
     if (key.find_first_of(std::string("\n\r\0", 3)) != std::string::npos) {
       return Status::Invalid(where + " is not one line");
     }
+    for (char ch : key) {  // no tab, escape sequence or other control character, shown or stored
+      if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) {
+        return Status::Invalid(where + " holds a control character");
+      }
+    }
+    // TYPE SP BASE64 [SP COMMENT]: never authorized_keys options (command="...", from=...).
     bool typed = false;
     for (const char* type : {"ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-sha2-"}) typed |= key.rfind(type, 0) == 0;
-    if (!typed || key.find(' ') == std::string::npos) {
+    const size_t type_end = key.find(' ');
+    const size_t data_end = type_end == std::string::npos ? type_end : key.find(' ', type_end + 1);
+    const std::string data =
+        type_end == std::string::npos
+            ? std::string()
+            : key.substr(type_end + 1, data_end == std::string::npos ? std::string::npos : data_end - type_end - 1);
+    if (!typed || data.empty() ||
+        data.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") !=
+            std::string::npos) {
       return Status::Invalid(where + " is not a public key (\"ssh-ed25519 AAAA... comment\", as in a .pub file)");
     }
   }

@@ -69,6 +69,9 @@ Status ValidateEnv(const Labels& env);
 Status ValidateTaskSpec(const TaskSpec& spec);
 // "ssh-ed25519 ... comment": a public key line without its key material, for showing.
 std::string RedactedKey(const std::string& key);
+// A session's endpoint as a worker reports it: a host of [A-Za-z0-9.:-] not starting
+// with '-' (never an ssh option), a port, a user of [a-z_][a-z0-9_-]*.
+Status ValidateEndpoint(const Endpoint& endpoint);
 // A session's keys (one public key line each, at most 32), ttl and idle timeout.
 Status ValidateSession(const SessionSpec& session);
 

@@ -37,7 +37,8 @@ fi
 
 # The default session image (sshd from this machine's openssh-server), made once.
 if ! podman image exists localhost/fm-session:latest 2>/dev/null; then
-  "$(dirname "$0")/session-image.sh" podman localhost/fm-session:latest >/dev/null
+  "$(dirname "$0")/session-image.sh" podman localhost/fm-session:latest >/dev/null ||
+    echo "podman-setup: no session image (workers will not announce session)" >&2
 fi
 
 if [ "${1:-}" = serve ]; then

@@ -191,6 +191,9 @@ int Ssh(fm::tools::ToolClient& client, const std::string& task, const std::strin
       if (!identity.empty()) argv.insert(argv.end(), {"-i", identity});
       // Each session has host keys of its own image on a port of its own: accept a new one.
       argv.insert(argv.end(), {"-o", "StrictHostKeyChecking=accept-new"});
+      // The scheduler took only a plain host and user (ValidateEndpoint); "--" anyway, so
+      // that nothing from the cluster is ever read as an option of ssh.
+      argv.push_back("--");
       argv.push_back(e.user + "@" + e.host);
       argv.insert(argv.end(), extra.begin(), extra.end());
       if (print) {

@@ -280,7 +280,8 @@ Result<std::string> DockerClient::CreateBody(const std::string& image, const std
       for (const auto& p : spec.ports) {
         bindings.Vector((std::to_string(p.container) + "/tcp").c_str(), [&] {
           bindings.Map([&] {
-            bindings.String("HostIp", p.host_ip);
+            // All addresses: "" (podman 4.3 given "0.0.0.0" leaves loopback out).
+            bindings.String("HostIp", p.host_ip == "0.0.0.0" ? std::string() : p.host_ip);
             bindings.String("HostPort", std::to_string(p.host_port));
           });
         });

@@ -57,7 +57,9 @@ bool Health::OnProbe(const std::string& capability, bool ok, const std::string& 
 std::vector<std::string> Health::Announced(const std::vector<std::string>& capabilities) const {
   std::vector<std::string> out;
   for (const auto& c : capabilities) {
-    if (!quarantined_.count(c)) out.push_back(c);
+    if (quarantined_.count(c)) continue;
+    if (c == "session" && quarantined_.count("docker")) continue;  // sessions run in containers
+    out.push_back(c);
   }
   return out;
 }

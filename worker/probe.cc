@@ -100,11 +100,12 @@ bool ReadSshBanner(const std::string& host, int port, int timeout_ms, std::strin
 }
 
 bool ProbeSession(const std::string& socket_path, const std::string& image, const std::string& worker_id,
-                  int timeout_ms, std::string* note) {
+                  const std::string& bind, int timeout_ms, std::string* note) {
   DockerClient docker(socket_path);
-  const int port = FreePort("127.0.0.1");
+  const int port = FreePort(bind);
+  const std::string local = bind == "0.0.0.0" ? "127.0.0.1" : bind;
   if (port == 0) {
-    *note = "session probe: no free port on 127.0.0.1";
+    *note = "session probe: no free port on " + bind;
     return false;
   }
   DockerClient::ContainerSpec spec;
@@ -113,7 +114,7 @@ bool ProbeSession(const std::string& socket_path, const std::string& image, cons
   spec.labels = {{"fm.probe", "session"}, {"fm.worker", worker_id}};
   spec.pids_limit = 64;
   spec.memory = 64ull << 20;
-  spec.ports = {{22, "127.0.0.1", port}};
+  spec.ports = {{22, bind, port}};
   auto id = docker.Create(image, {}, spec);
   if (!id.ok()) {
     *note = "session image " + image + " did not start: " + id.status().message();
@@ -121,7 +122,7 @@ bool ProbeSession(const std::string& socket_path, const std::string& image, cons
   }
   std::string banner;
   Status started = docker.Start(*id);
-  bool ok = started.ok() && ReadSshBanner("127.0.0.1", port, timeout_ms, &banner);
+  bool ok = started.ok() && ReadSshBanner(local, port, timeout_ms, &banner);
   if (!started.ok()) {
     *note = "session image " + image + " did not start: " + started.message();
   } else if (!ok) {

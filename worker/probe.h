@@ -29,8 +29,9 @@ bool ProbeDocker(const std::string& socket_path, int timeout_ms, std::string* no
 // Capability `session` by doing: a container of `image` (the session image) started with
 // a throwaway key and its port 22 published on 127.0.0.1, an "SSH-" banner read from it
 // within `timeout_ms`, the container removed. True only when sshd answered inside.
+// `bind`: the host address sessions' ports are published on (as the sessions will be).
 bool ProbeSession(const std::string& socket_path, const std::string& image, const std::string& worker_id,
-                  int timeout_ms, std::string* note);
+                  const std::string& bind, int timeout_ms, std::string* note);
 
 // Connects to HOST:PORT until the server's first line starts with "SSH-" (it is put in
 // *banner) or `timeout_ms` passes (a port forward may accept before sshd listens).

@@ -589,6 +589,10 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id,
     for (const auto& key : r->spec.session->ssh_keys) keys += (keys.empty() ? "" : "\n") + key;
     vars.Set("FM_SSH_KEYS", keys);
     port = FreePort(sessions.bind);
+    if (port == 0) {  // said as the daemon's would be: the worker cannot publish the port
+      std::lock_guard<std::mutex> lock(r->mutex);
+      r->session_error = "session: no free port on " + sessions.bind;
+    }
     spec.ports = {{22, sessions.bind, port}};
   }
   spec.env = vars.Lines();
@@ -602,8 +606,11 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id,
   spec.memory = r->spec.resources.memory;
   spec.pids_limit = kContainerPidsLimit;
   spec.gpus = r->grant.gpus;
-  auto id = docker.Create(image, r->spec.command, spec);
-  if (!id.ok()) {
+  auto id = r->session_error.empty() ? docker.Create(image, r->spec.command, spec)
+                                     : Result<std::string>(Status::Unavailable(r->session_error));
+  if (!id.ok() && !r->session_error.empty()) {
+    // Nothing was asked of the daemon (no port to publish): said as the session's.
+  } else if (!id.ok()) {
     r->docker_error = id.status().message();
     r->image_missing = id.status().code() == Status::Code::kNotFound;
     r->task_refused = id.status().code() == Status::Code::kInvalid;
@@ -806,6 +813,9 @@ void UvExecutor::OnDockerHandleClosed(uv_handle_t* handle) {
   const bool session = r->spec.session.has_value();
   if (r->cancelled) {
     result = {wire::Outcome::Cancelled, result.exit_code, "cancelled"};
+  } else if (session && r->timed_out && !r->session_ready) {
+    result = {wire::Outcome::Failed, result.exit_code,
+              "session never answered before its ttl of " + std::to_string(r->spec.timeout_ms / 1000) + " s passed"};
   } else if (session && r->timed_out) {
     result = {wire::Outcome::Succeeded, result.exit_code,
               "session ended: its ttl of " + std::to_string(r->spec.timeout_ms / 1000) + " s passed",
@@ -816,8 +826,11 @@ void UvExecutor::OnDockerHandleClosed(uv_handle_t* handle) {
               "session ended: no connection for " + std::to_string(idle / 1000) + " s (its idle timeout)",
               wire::Reason::SessionIdle};
   } else if (session && !r->session_error.empty()) {
-    result = {wire::Outcome::Retryable, result.exit_code, r->session_error};
-    result.start_failure = "session start";
+    // The container started (docker works: nothing counts toward quarantine). With the
+    // task's own image or command, sshd not answering is the task's; with the worker's
+    // image, another worker may do better.
+    const bool own = !r->spec.image.empty() || !r->spec.command.empty();
+    result = {own ? wire::Outcome::Failed : wire::Outcome::Retryable, result.exit_code, r->session_error};
   } else if (r->timed_out) {
     result = {wire::Outcome::TimedOut, result.exit_code,
               "timed out after " + std::to_string(r->spec.timeout_ms) + " ms; container stopped (exit status " +

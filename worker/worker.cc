@@ -1,5 +1,6 @@
 #include "worker/worker.h"
 
+#include <arpa/inet.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <random>
 
 #include "schemas/codec.h"
+#include "schemas/json.h"
 #include "schemas/units.h"
 #include "worker/docker_client.h"
 #include "worker/uv_executor.h"
@@ -74,6 +76,14 @@ Status Worker::Check() {
     if (Status s = ValidateLabel(key, value); !s.ok()) return Status::Invalid("--label: " + s.message());
   }
   Normalize(&options_.labels);
+  in_addr bind{};
+  if (inet_pton(AF_INET, options_.session_bind.c_str(), &bind) != 1) {
+    return Status::Invalid("--session-bind " + options_.session_bind + ": not an IPv4 address");
+  }
+  const std::string advertise = options_.advertise_host.empty() ? options_.node : options_.advertise_host;
+  if (Status s = ValidateEndpoint({advertise, 22, options_.session_user}); !s.ok()) {
+    return Status::Invalid("--advertise-host/--session-user: " + s.message());
+  }
   return Status::Ok();
 }
 
@@ -249,11 +259,12 @@ void Worker::Reprobe() {
   // than the ping: it costs a container.
   const bool session_due = !options_.session_image.empty() && bus::WallClockMs() >= next_session_probe_ms_;
   off_loop_->Run(
-      [answer, session_due, socket = options_.docker_socket, image = options_.session_image, id = options_.id] {
+      [answer, session_due, socket = options_.docker_socket, image = options_.session_image, id = options_.id,
+       bind = options_.session_bind] {
         answer->docker = ProbeDocker(socket, 1000, &answer->note);
         if (answer->docker && session_due) {
           answer->session_probed = true;
-          answer->session = ProbeSession(socket, image, id, 20000, &answer->session_note);
+          answer->session = ProbeSession(socket, image, id, bind, 20000, &answer->session_note);
         }
       },
       [this, answer] {

@@ -243,7 +243,7 @@ TEST_CASE("across hosts: a client host connects to a session on a worker host, a
   CHECK(hi.lines == std::vector<std::string>{"hi from cl"});
   ToolRun printed = h.Tool("cl", {Bin("fm-ctl"), "--broker", kLocal, "ssh", "t1", "--print"});
   REQUIRE(printed.lines.size() == 1);
-  CHECK(printed.lines[0] == "ssh -p " + std::to_string(port) + " -o StrictHostKeyChecking=accept-new fm@" + n1);
+  CHECK(printed.lines[0] == "ssh -p " + std::to_string(port) + " -o StrictHostKeyChecking=accept-new -- fm@" + n1);
   CHECK(h.Tool("cl", {Bin("fm-ctl"), "--broker", kLocal, "cancel", "t1"}).exit_code == 0);
   CHECK(submit->WaitFor(R"("status": "cancelled")", 30000));
 }

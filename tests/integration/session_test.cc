@@ -138,7 +138,7 @@ TEST_CASE(
   SessionCluster s;
   Cluster& c = s.cluster;
   auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait", "--session", "--ssh-key",
-                                s.Key("good") + ".pub", "--idle-timeout", "5m"});
+                                s.Key("good") + ".pub", "--idle-timeout", "5m", "--cpus", "0.5", "--memory", "128MiB"});
   REQUIRE(submit->WaitFor(R"("status": "ready")", 60000));
   REQUIRE(c.WaitEvent("task.ready task=t1 worker=sess"));
   const int port = s.Port("t1");
@@ -148,11 +148,17 @@ TEST_CASE(
   ToolRun printed = c.Ctl({"ssh", "t1", "--print", "-i", s.Key("good")});
   REQUIRE(printed.lines.size() == 1);
   CHECK(printed.lines[0] == "ssh -p " + std::to_string(port) + " -i " + s.Key("good") +
-                                " -o StrictHostKeyChecking=accept-new fm@127.0.0.1");
+                                " -o StrictHostKeyChecking=accept-new -- fm@127.0.0.1");
   ToolRun hi = s.Ssh("good", port, {"echo", "hi"});
   INFO(hi.err);
   CHECK(hi.exit_code == 0);
   CHECK(hi.lines == std::vector<std::string>{"hi"});
+  // It holds what it asked for, like any task: placed and enforced as a container's limits.
+  CHECK_THAT(LineOf(c, "sess"), Contains("0.5/") && Contains("128 MiB/") && Contains("1/2"));
+  ToolRun limit =
+      s.Ssh("good", port,
+            {"cat /sys/fs/cgroup/memory.max 2>/dev/null ||", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes"});
+  CHECK(limit.lines == std::vector<std::string>{"134217728"});
   ToolRun refused = s.Ssh("bad", port, {"echo", "hi"});
   CHECK(refused.exit_code == 255);
   CHECK_THAT(refused.err, Contains("Permission denied"));

@@ -143,3 +143,20 @@ TEST_CASE("a session task line needs its keys, one public key per entry, and may
   CHECK_THAT(no_command.status().message(), Catch::Contains("command is missing"));
   CHECK(RedactedKey("ssh-ed25519 AAAAC3Nza me@laptop") == "ssh-ed25519 ... me@laptop");
 }
+
+TEST_CASE("a session key is TYPE BASE64 [COMMENT] with no control character, and an endpoint is a plain host and user",
+          "[unit]") {
+  for (const char* bad :
+       {"ssh-ed25519\tAAAA x", "ssh-ed25519  AAAA x", "ssh-ed25519 AA$A x", "ssh-ed25519 AAAA \x1b[2J"}) {
+    SessionSpec s{{bad}, 0, 0};
+    CHECK_FALSE(ValidateSession(s).ok());
+  }
+  CHECK(ValidateSession({{"ssh-ed25519 AAAA+/== a comment with spaces"}, 0, 0}).ok());
+  CHECK(ValidateEndpoint({"gpu-07.example", 40022, "fm"}).ok());
+  CHECK(ValidateEndpoint({"10.0.0.7", 1, "_svc"}).ok());
+  CHECK_FALSE(ValidateEndpoint({"-oProxyCommand=sh", 22, "fm"}).ok());
+  CHECK_FALSE(ValidateEndpoint({"host", 22, "-oProxyCommand=sh -c x"}).ok());
+  CHECK_FALSE(ValidateEndpoint({"host name", 22, "fm"}).ok());
+  CHECK_FALSE(ValidateEndpoint({"host", 0, "fm"}).ok());
+  CHECK_FALSE(ValidateEndpoint({"host", 22, "fm@x"}).ok());
+}

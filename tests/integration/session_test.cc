@@ -43,11 +43,13 @@ TEST_CASE(
   c.StartWorker("no-image", with({"--session-image", "localhost/fm-no-such-session:latest"}));
   // Scenario A: no worker can start a session: a task needing one fails at once, per predicate.
   REQUIRE(c.Ctl({"workers"}).lines.size() == 3);
-  ToolRun run = c.Submit(R"({"command": ["true"], "requires": ["session"]})"
-                         "\n");
+  const std::string session_line =
+      R"({"session": {"ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPlaceholderKeyForTheTest0000000000000 t"]}})"
+      "\n";
+  ToolRun run = c.Submit(session_line);
   REQUIRE(run.lines.size() == 1);
-  CHECK_THAT(run.lines[0],
-             Contains(R"("status": "rejected")") && Contains("0/2 workers eligible: 2 lack capability session"));
+  CHECK_THAT(run.lines[0], Contains(R"("status": "rejected")") && Contains(R"("reason": "no_eligible_worker")") &&
+                               Contains("0/2 workers eligible: 2 lack capability session"));
 
   c.StartWorker("sess", with({"--session-image", "localhost/fm-session:latest"}));
   REQUIRE(c.WaitEvent("worker.updated worker=sess: capabilities [docker] -> [docker,session]", 30000));
@@ -61,11 +63,11 @@ TEST_CASE(
                                                      "localhost/fm-no-such-session:latest did not start"));
   CHECK_THAT(LineOf(c, "no-sshd"), !Contains("session"));
   CHECK_THAT(LineOf(c, "no-image"), !Contains("session"));
-  // Now a task needing a session has a worker for it.
-  run = c.Submit(R"({"command": ["true"], "requires": ["session"]})"
-                 "\n");
+  // Now a session has a worker for it, and that one only.
+  run = c.Submit(session_line);
   REQUIRE(run.lines.size() == 1);
   CHECK_THAT(run.lines[0], Contains(R"("status": "accepted")"));
+  CHECK(c.WaitEvent("task.queued task=t2 worker=sess"));
 
   // The daemon gone: docker and session are withdrawn together.
   podman.Stop();

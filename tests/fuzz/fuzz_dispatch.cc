@@ -12,7 +12,7 @@ namespace {
 class EndAtOnce final : public fm::worker::Executor {
  public:
   fm::worker::RunSink* sink = nullptr;
-  void Start(const fm::worker::Ref& ref, const fm::TaskSpec& spec) override {
+  void Start(const fm::worker::Ref& ref, const fm::TaskSpec& spec, const fm::worker::Grant&) override {
     sink->OnRunOutput(ref, "stdout", spec.command.empty() ? "" : spec.command.front());
     sink->OnRunEnded(ref, {});
   }

@@ -101,7 +101,7 @@ if "$bin/fm-ctl" workers 2>/dev/null | grep -q '^big .*session'; then
   echo "== fm-submit --session --ssh-key $key.pub --ttl 5m, then ssh into it"
   task=$("$bin/fm-submit" --session --ssh-key "$key.pub" --ttl 5m | sed 's/.*"task": "\([^"]*\)".*/\1/')
   if cmd=$("$bin/fm-ctl" ssh "$task" -i "$key" --print --wait 60s); then
-    echo "\$ $cmd -- echo hello from a session"
+    echo "\$ $cmd echo hello from a session"
     ${cmd/-o StrictHostKeyChecking=accept-new/-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR} \
       echo "hello from a session on \$(hostname)" || true
     session_note="Session $task stays up for 5 min: $bin/fm-ctl ssh $task -i $key"

@@ -239,8 +239,11 @@ bool Cgroups::OomKilled(const std::string& name) const {
 
 void Cgroups::RemoveLeaf(const std::string& name) {
   if (!on()) return;
-  KillLeaf(name);
+  // The attempt's processes were killed when its command exited (or at its timeout or
+  // cancel): an empty leaf goes at once; only one still busy is swept again.
   for (const auto& dir : Dirs(name)) {
+    if (rmdir(dir.c_str()) == 0 || errno == ENOENT) continue;
+    KillIn(dir);
     if (rmdir(dir.c_str()) != 0 && errno != ENOENT) busy_.push_back(dir);
   }
 }

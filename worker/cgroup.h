@@ -52,7 +52,7 @@ class Cgroups {
   int KillLeaf(const std::string& name);
   // Whether the kernel killed a process of the leaf for its memory limit.
   bool OomKilled(const std::string& name) const;
-  // Removes the leaf (its processes killed first); one still busy is retried by Sweep.
+  // Removes the leaf (what still runs in it killed); one still busy is retried by Sweep.
   void RemoveLeaf(const std::string& name);
   // Retries the removal of leaves that were busy, and removes leaves a previous worker
   // process left (at start). Returns how many are left.

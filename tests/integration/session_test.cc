@@ -195,12 +195,15 @@ TEST_CASE("a session ends at its ttl, and after its idle timeout only once nobod
           "[integration][docker][session]") {
   SessionCluster s;
   Cluster& c = s.cluster;
-  ToolRun run = c.Submit("", {"--session", "--ssh-key", s.Key("good") + ".pub", "--ttl", "4s"});
+  // A ttl well above the time sshd takes to answer, even under sanitizers: a session
+  // never ready before its ttl fails instead (that is another case).
+  ToolRun run = c.Submit("", {"--session", "--ssh-key", s.Key("good") + ".pub", "--ttl", "15s"});
   REQUIRE(run.lines.size() == 1);
   INFO(c.tap().Stdout());
   INFO(c.worker("sess").Stderr());
+  REQUIRE(c.WaitEvent("task.ready task=t1", 60000));
   CHECK(c.WaitEvent("task.succeeded task=t1 worker=sess exit=", 60000));
-  CHECK(c.WaitEvent("reason=session_ttl: session ended: its ttl of 4 s passed"));
+  CHECK(c.WaitEvent("reason=session_ttl: session ended: its ttl of 15 s passed"));
 
   run = c.Submit("", {"--session", "--ssh-key", s.Key("good") + ".pub", "--idle-timeout", "3s"});
   REQUIRE(run.lines.size() == 1);

@@ -150,12 +150,20 @@ Status Broker::Bind() {
   for (const Endpoints& e : all) {
     for (auto [socket, endpoint] :
          {std::pair{&router_, e.router}, std::pair{&xsub_, e.events_in}, std::pair{&xpub_, e.events_out}}) {
+      std::string bound;
       try {
         socket->bind(endpoint);
-        if (socket == &xpub_) events_out_bound_.push_back(socket->get(zmq::sockopt::last_endpoint));
+        bound = socket->get(zmq::sockopt::last_endpoint);
       } catch (const zmq::error_t& ex) {
         return Status::Unavailable("cannot bind " + endpoint + ": " + ex.what());
       }
+      if (!secure_ && options_.loopback_only && !IsLoopbackEndpoint(bound)) {
+        socket->unbind(bound);
+        return Status::Invalid("--bind " + endpoint + " listens on " + bound +
+                               ", beyond this host, without authentication: give --cert and --trust (see "
+                               "docs/DEPLOY.md), or --insecure to accept anyone who reaches the port");
+      }
+      if (socket == &xpub_) events_out_bound_.push_back(bound);
     }
   }
   if (!options_.upstream.empty()) {

@@ -60,6 +60,9 @@ struct BrokerOptions {
   std::string cert;                      // own certificate (secret); empty: no CURVE
   std::string trust_dir;                 // public certificates admitted (required with cert)
   std::string upstream_cert;             // the parent's public certificate (node broker with cert)
+  // Without a certificate: refuse (Bind's error, kInvalid) to listen anywhere but on this
+  // host, judged by the address each socket actually bound (not the --bind text).
+  bool loopback_only = true;
   uint64_t trust_reload_ms = 1000;
   // Connections (on all three sockets together) past which new ones are refused at the
   // handshake, with a log line; the open ones keep being served. 0: no limit.

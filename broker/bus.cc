@@ -1,6 +1,8 @@
 #include "broker/bus.h"
 
+#include <arpa/inet.h>
 #include <malloc.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <charconv>
@@ -29,6 +31,10 @@ Result<Endpoints> ParseBrokerUrl(const std::string& url) {
     return Status::Invalid("broker URL \"" + url + "\" has no port (tcp://HOST:PORT)");
   }
   std::string host = url.substr(scheme.size(), colon - scheme.size());
+  // ZeroMQ reads "SOURCE;HOST" and "IFACE" forms as well; a broker URL is a host and a port.
+  if (host.find_first_of(";/ ") != std::string::npos) {
+    return Status::Invalid("broker URL \"" + url + "\": the host must be a name or an address (no ';', '/' or space)");
+  }
   std::string port_text = url.substr(colon + 1);
   unsigned port = 0;
   auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
@@ -41,6 +47,24 @@ Result<Endpoints> ParseBrokerUrl(const std::string& url) {
   std::string base = scheme + host + ":";
   bool loopback = host.rfind("127.", 0) == 0 || host == "localhost" || host == "[::1]" || host == "::1" || host == "lo";
   return Endpoints{url, base + std::to_string(port + 1), base + std::to_string(port + 2), loopback};
+}
+
+bool IsLoopbackEndpoint(const std::string& bound) {
+  if (bound.rfind("ipc://", 0) == 0 || bound.rfind("inproc://", 0) == 0) return true;
+  const std::string scheme = "tcp://";
+  if (bound.rfind(scheme, 0) != 0) return false;
+  size_t colon = bound.rfind(':');
+  if (colon == std::string::npos || colon <= scheme.size()) return false;
+  std::string host = bound.substr(scheme.size(), colon - scheme.size());
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  in_addr v4{};
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
+    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
+  }
+  return false;  // not an address: never taken for loopback
 }
 
 Result<Security> LoadSecurity(const std::string& cert, const std::string& broker_cert, const char* own_role) {

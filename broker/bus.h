@@ -68,6 +68,11 @@ struct Endpoints {
 // is wrong.
 Result<Endpoints> ParseBrokerUrl(const std::string& url);
 
+// Whether a bound socket's actual address (ZMQ_LAST_ENDPOINT: "tcp://IP:PORT",
+// "tcp://[IP6]:PORT", "ipc://PATH") is reachable from this host only: ipc, 127.0.0.0/8
+// or ::1 (also v4-mapped). What the text of a --bind said does not count.
+bool IsLoopbackEndpoint(const std::string& bound);
+
 // How a process proves who it is to its broker: its own certificate (with the secret
 // key) and the broker's public key. Off when `broker_key` is empty (no CURVE).
 struct Security {

@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  options.loopback_only = !insecure;
   if (insecure && options.cert.empty()) {
     spdlog::warn("--insecure: anyone who reaches {} may submit, run commands on workers and pose as any peer",
                  options.bind);

@@ -2,7 +2,9 @@
 
 #include <sys/stat.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <random>
 
@@ -115,6 +117,11 @@ Status SchedulerDaemon::Open() {
   std::error_code ec;
   std::filesystem::create_directories(options_.data_dir, ec);
   if (ec) return Status::Io("cannot create data directory " + options_.data_dir + ": " + ec.message());
+  // Task specs (their env) are in it: the scheduler's alone, however it was made.
+  if (::chmod(options_.data_dir.c_str(), 0700) != 0) {
+    return Status::Io("cannot make data directory " + options_.data_dir +
+                      " its owner's alone (mode 0700): " + std::strerror(errno));
+  }
   auto store = store::OpenRocksStore(options_.data_dir + "/store", options_.store);
   if (!store.ok()) return store.status();
   store_ = std::move(*store);
@@ -266,6 +273,8 @@ void SchedulerDaemon::Snapshot(const SnapshotRequest& request) {
     s = Status::Io("cannot make the directories above " + dir + ": " + ec.message());
   } else if (!std::filesystem::create_directory(dir, ec)) {
     s = Status::Io("cannot make " + dir + ": " + (ec ? ec.message() : std::string("it appeared meanwhile")));
+  } else if (::chmod(dir.c_str(), 0700) != 0) {
+    s = Status::Io("cannot make " + dir + " its owner's alone (mode 0700): " + std::strerror(errno));
   } else {
     s = store_->Checkpoint(dir + "/store");
     if (s.ok()) s = NewEpoch(dir + "/store");

@@ -1363,7 +1363,8 @@ void Engine::FlushDispatches() {
     for (uint64_t id : ids) {
       const Task* t = active_task(id);
       if (!t || t->worker != worker_id || t->state == wire::TaskState::Pending) continue;
-      assignments.push_back(wire::CreateAssignment(fbb, t->id, t->attempt, codec::ToWire(fbb, t->spec)));
+      assignments.push_back(
+          wire::CreateAssignment(fbb, t->id, t->attempt, codec::ToWire(fbb, t->spec), fbb.CreateString(t->owner)));
     }
     if (assignments.empty()) continue;
     Send(w->address, codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(assignments), epoch_)));

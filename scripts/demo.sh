@@ -51,6 +51,12 @@ else
 fi
 
 broker_args=() scheduler_args=() big_args=() small_args=()
+# A worker running as root runs no task as root: here each owner's tasks get a uid of
+# their own from a range no user of this system has.
+if [ "$(id -u)" -eq 0 ]; then
+  big_args=(--task-uids 200000-200999 --state-dir "$state/worker-big")
+  small_args=(--task-uids 201000-201999 --state-dir "$state/worker-small")
+fi
 if $secure; then
   # One certificate per process. The trust directory holds the public halves (a broker
   # reads only *.cert there); the secret halves stay with their owners (mode 0600).
@@ -61,8 +67,8 @@ if $secure; then
   done
   broker_args=(--cert "$keys/broker.cert_secret" --trust "$keys")
   scheduler_args=(--cert "$keys/scheduler.cert_secret" --broker-cert "$keys/broker.cert")
-  big_args=(--cert "$keys/big.cert_secret" --broker-cert "$keys/broker.cert")
-  small_args=(--cert "$keys/small.cert_secret" --broker-cert "$keys/broker.cert")
+  big_args+=(--cert "$keys/big.cert_secret" --broker-cert "$keys/broker.cert")
+  small_args+=(--cert "$keys/small.cert_secret" --broker-cert "$keys/broker.cert")
   export FM_CERT=$keys/$me-ops.cert_secret FM_BROKER_CERT=$keys/broker.cert  # the tools below
 fi
 

@@ -39,8 +39,11 @@ start() { # name: (re)starts the process with its command
 cmd[root]="$bin/fm-broker --bind $root"
 cmd[node]="$bin/fm-broker --bind $node --upstream $root"
 cmd[scheduler]="$bin/fm-scheduler --broker $root --data $work/data --liveness 2s"
-for i in 1 2; do cmd[w$i]="$bin/fm-worker --broker $root --id w$i --slots 4"; done
-for i in 3 4; do cmd[w$i]="$bin/fm-worker --broker $node --id w$i --slots 4"; done
+# Whom tasks run as, said as a root worker must (the soak's tasks are its own).
+run_as=""
+[ "$(id -u)" -eq 0 ] && run_as="--run-as root"
+for i in 1 2; do cmd[w$i]="$bin/fm-worker --broker $root --id w$i --slots 4 $run_as"; done
+for i in 3 4; do cmd[w$i]="$bin/fm-worker --broker $node --id w$i --slots 4 $run_as"; done
 names=(root node scheduler w1 w2 w3 w4)
 for n in "${names[@]}"; do start "$n"; sleep 0.2; done
 

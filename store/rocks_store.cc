@@ -5,10 +5,13 @@
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <mutex>
@@ -18,6 +21,14 @@
 
 namespace fm::store {
 namespace {
+
+// Task specs (their env) are in a store: a store directory is its owner's alone.
+Status OwnerOnly(const std::string& dir) {
+  if (::chmod(dir.c_str(), 0700) != 0) {
+    return Status::Io("cannot make " + dir + " its owner's alone (mode 0700): " + std::strerror(errno));
+  }
+  return Status::Ok();
+}
 
 Status FromRocks(const rocksdb::Status& s, const char* what) {
   if (s.ok()) return Status::Ok();
@@ -128,8 +139,10 @@ class RocksStore final : public Store {
     std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
     // Hard links to the table files where the file system allows, copies elsewhere; the
     // WAL is copied (never flushed first), so every synced write is in the copy.
-    return FromRocks(checkpoint->CreateCheckpoint(dir, std::numeric_limits<uint64_t>::max()),
-                     ("writing a checkpoint to " + dir).c_str());
+    Status made = FromRocks(checkpoint->CreateCheckpoint(dir, std::numeric_limits<uint64_t>::max()),
+                            ("writing a checkpoint to " + dir).c_str());
+    if (made.ok()) return OwnerOnly(dir);
+    return made;
   }
 
  private:
@@ -182,6 +195,10 @@ Result<std::unique_ptr<Store>> OpenRocksStore(const std::string& dir, const Rock
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec) return Status::Io("creating store directory " + dir + ": " + ec.message());
+  }
+  // However it was made.
+  if (std::filesystem::exists(dir)) {
+    if (Status s = OwnerOnly(dir); !s.ok()) return s;
   }
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(ro, dir, &raw);

@@ -119,7 +119,7 @@ void WorkerCore::OnDispatch(const wire::Dispatch& dispatch) {
                    "worker " + identity_.id + " has no free slot (" + std::to_string(slots_in_use_) + " in use)"});
       continue;
     }
-    Admit(ref, std::move(spec));
+    Admit(ref, std::move(spec), a->owner() ? a->owner()->str() : std::string());
   }
 }
 
@@ -131,12 +131,13 @@ std::vector<bool> WorkerCore::BusyGpus() const {
   return busy;
 }
 
-void WorkerCore::Admit(const Ref& ref, TaskSpec spec) {
+void WorkerCore::Admit(const Ref& ref, TaskSpec spec, std::string owner) {
   RunState run{true, epoch_};
   run.capability = spec.image.empty() && !spec.session ? "" : "docker";
   run.image = spec.image;
   run.waiting = true;
   run.spec = std::move(spec);
+  run.owner = std::move(owner);
   runs_.emplace(ref, std::move(run));
   ++slots_in_use_;
   TryStart(ref);
@@ -188,6 +189,7 @@ void WorkerCore::TryStart(const Ref& ref) {
   TaskSpec spec = std::move(run.spec);
   run.spec = TaskSpec();
   Grant grant;
+  grant.owner = std::move(run.owner);
   for (size_t i : run.gpus) grant.gpus.push_back(GpuDeviceId(identity_.hardware.gpus[i], i));
   if (!grant.gpus.empty()) report_devices_[ref] = grant.gpus;
   report_started_.push_back(ref);

@@ -129,6 +129,7 @@ class WorkerCore final : public RunSink {
     bool waiting = false;      // dispatched, not started yet (TryStart)
     bool starting = false;     // handed to an executor with a capability, not yet known started
     TaskSpec spec;             // while waiting
+    std::string owner;         // while waiting: who submitted it
     std::string capability;    // "docker" for image tasks: what its start failures count against
     std::string image;
   };
@@ -139,7 +140,7 @@ class WorkerCore final : public RunSink {
 
   void OnDispatch(const wire::Dispatch& dispatch);
   // Takes a dispatched attempt in (its slot counted) and tries to start it.
-  void Admit(const Ref& ref, TaskSpec spec);
+  void Admit(const Ref& ref, TaskSpec spec, std::string owner);
   // Starts a waiting attempt with its GPUs, or leaves it waiting (GPUs a stopping attempt
   // holds; another start of an unproven executor in flight), or refuses it (Retryable:
   // no GPU could be had, or its capability was quarantined meanwhile).

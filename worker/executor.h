@@ -33,6 +33,7 @@ struct RunResult {
 // What the worker gives an attempt beyond its spec.
 struct Grant {
   std::vector<std::string> gpus;  // device ids (GpuDeviceId) chosen for it
+  std::string owner;              // who submitted it ("" without CURVE): whose uid it runs as
 };
 
 // What an executor reports, on the loop thread.

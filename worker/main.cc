@@ -36,7 +36,13 @@ int main(int argc, char** argv) {
                "benchmarking only: complete every task at once without running it (command line only)")
       ->configurable(false);
   fm::bus::AddSecurityFlags(app, &options.cert, &options.broker_cert);
-  app.add_option("--run-as", options.run_as, "run exec tasks as this user (the worker must run as root)");
+  app.add_option("--run-as", options.run_as,
+                 "run every exec task as this user (the worker must run as root; root only when said: --run-as root)");
+  app.add_option("--task-uids", options.task_uids,
+                 "run each owner's exec tasks as a uid of its own from this range FIRST-LAST, which no user of the "
+                 "system has (the worker must run as root)");
+  app.add_option("--state-dir", options.state_dir,
+                 "where the worker keeps which owner has which uid of --task-uids, and their homes (0700)");
   app.add_option("--cgroup", options.cgroup,
                  "exec tasks' limits: a cgroup leaf per attempt under the worker's delegated cgroup (v2) or its own "
                  "(v1, as root); off: none")

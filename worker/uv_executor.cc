@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -42,8 +43,10 @@ struct UvExecutor::Run {
   bool timer_started = false;
   bool out_closed = false, err_closed = false, timer_closed = false;
   std::string spawn_error;
-  bool spawn_retryable = false;  // the worker's fault (its cgroup), not the task's
-  std::string leaf;              // the attempt's cgroup leaf (limits on)
+  bool spawn_retryable = false;           // the worker's fault (its cgroup), not the task's
+  std::string leaf;                       // the attempt's cgroup leaf (limits on)
+  std::vector<std::string> cgroup_procs;  // its cgroup.procs files, for the shim
+  int input_fd = -1;                      // the shim's: the attempt's command, env and cwd (a memfd)
   // docker: the attempt's Engine API calls on a thread of its own (never the loop's
   // or libuv's pool, which other attempts need), its output passed to the loop through
   // `wake` as it comes, at most kDockerHeldBytes at a time (then the thread waits, and
@@ -77,25 +80,6 @@ struct UvExecutor::Run {
   bool started_told = false;
   int64_t docker_status = -1;  // ditto
 };
-
-Result<RunAs> LookUpRunAs(const std::string& user) {
-  RunAs as;
-  if (user.empty()) return as;
-  struct passwd pw {};
-  struct passwd* found = nullptr;
-  std::vector<char> buf(16384);
-  if (getpwnam_r(user.c_str(), &pw, buf.data(), buf.size(), &found) != 0 || !found) {
-    return Status::Invalid("--run-as " + user + ": no such user");
-  }
-  if (geteuid() != 0 && geteuid() != found->pw_uid) {
-    return Status::Invalid("--run-as " + user + ": the worker must run as root to run tasks as another user");
-  }
-  as.user = user;
-  as.uid = found->pw_uid;
-  as.gid = found->pw_gid;
-  as.home = found->pw_dir ? found->pw_dir : "/";
-  return as;
-}
 
 namespace {
 
@@ -156,22 +140,6 @@ void SetGpuVars(EnvBuilder* vars, const std::vector<std::string>& gpus) {
   for (const auto& g : gpus) list += (list.empty() ? "" : ",") + g;
   vars->Set("CUDA_VISIBLE_DEVICES", list);
   vars->Set("NVIDIA_VISIBLE_DEVICES", list.empty() ? std::string("void") : list);
-}
-
-// Whether `command` names an executable file, itself or through `path`, as execvp finds it.
-bool Runnable(const std::string& command, const std::string& path) {
-  if (command.find('/') != std::string::npos) return access(command.c_str(), X_OK) == 0;
-  size_t start = 0;
-  while (start <= path.size()) {
-    size_t end = path.find(':', start);
-    if (end == std::string::npos) end = path.size();
-    std::string dir = path.substr(start, end - start);
-    std::string full = (dir.empty() ? std::string(".") : dir) + "/" + command;
-    struct stat st {};
-    if (stat(full.c_str(), &st) == 0 && S_ISREG(st.st_mode) && access(full.c_str(), X_OK) == 0) return true;
-    start = end + 1;
-  }
-  return false;
 }
 
 // The environment of /proc/PID, as its NUL-separated strings; empty if unreadable.
@@ -277,6 +245,7 @@ void UvExecutor::Cancel(const Ref& ref) {
 
 void UvExecutor::End(Run* run, RunResult result) {
   if (!run->leaf.empty()) options_.cgroups->RemoveLeaf(run->leaf);
+  if (run->input_fd >= 0) ::close(run->input_fd);
   Ref ref = run->ref;
   runs_.erase(ref);  // frees run
   sink_->OnRunEnded(ref, std::move(result));
@@ -292,8 +261,22 @@ void UvExecutor::OnExecHandleClosed(uv_handle_t* handle) {
   result.exit_code = static_cast<int32_t>(r->exit_status);
   const bool memory_killed = !r->leaf.empty() && (r->term_signal != 0 || r->exit_status != 0) && !r->cancelled &&
                              !r->timed_out && r->executor->options_.cgroups->OomKilled(r->leaf);
+  // The shim could not run the command (its cwd, its command, the switch): it said why
+  // over the start of its input.
+  if (r->spawn_error.empty() && r->input_fd >= 0 && r->term_signal == 0 &&
+      (r->exit_status == 126 || r->exit_status == 127)) {
+    char said[1024];
+    ssize_t n = pread(r->input_fd, said, sizeof said, 0);
+    if (n > 2 && said[0] == '!') {
+      r->spawn_error = std::string(said + 2, static_cast<size_t>(n) - 2);
+      r->spawn_error =
+          r->spawn_error.substr(0, r->spawn_error.find('\0')) + " on worker " + r->executor->options_.worker_id;
+      r->spawn_retryable = said[1] == 'W';
+    }
+  }
   if (!r->spawn_error.empty()) {
-    result = {r->spawn_retryable ? wire::Outcome::Retryable : wire::Outcome::Failed, 127, r->spawn_error};
+    result = {r->spawn_retryable ? wire::Outcome::Retryable : wire::Outcome::Failed, r->exit_status == 126 ? 126 : 127,
+              r->spawn_error};
   } else if (memory_killed) {
     result = {wire::Outcome::Failed, r->term_signal != 0 ? 128 + r->term_signal : result.exit_code,
               "memory_limit: killed for using more than its " + FormatSize(r->spec.resources.memory) + " of memory",
@@ -322,7 +305,7 @@ void UvExecutor::StartExec(Run* run) {
   run->out.data = run->err.data = run->timer.data = run->process.data = run;
   run->open_handles = 4;
 
-  uv_stdio_container_t stdio[3];
+  uv_stdio_container_t stdio[4];
   stdio[0].flags = UV_IGNORE;
   stdio[1].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
   stdio[1].data.stream = reinterpret_cast<uv_stream_t*>(&run->out);
@@ -332,21 +315,23 @@ void UvExecutor::StartExec(Run* run) {
   po.stdio = stdio;
   po.stdio_count = 3;
   po.flags = UV_PROCESS_DETACHED;  // own process group: a timeout kills the whole tree
+  // Whom it runs as: a fault of the worker's (a range used up) sends it elsewhere.
+  auto user = options_.users->For(run->grant.owner);
+  if (!user.ok()) {
+    run->spawn_error = "cannot run the attempt on worker " + options_.worker_id + ": " + user.status().message();
+    run->spawn_retryable = true;
+  }
+  const TaskUser as = user.ok() ? *user : TaskUser{};
   // A clean environment: nothing of the worker's (its secrets, its key paths) reaches
   // the task; the FM_* variables also mark the attempt's processes (KillTree).
-  const RunAs& as = options_.run_as;
-  std::string user = as.user;
-  if (user.empty()) {
-    if (struct passwd* pw = getpwuid(geteuid())) user = pw->pw_name;
-  }
   // Each name once (getenv takes the first of two): the defaults, the task's own
   // variables over them (PATH, HOME, LANG may change; FM_ names are refused), then what
   // the worker decides over everything: the FM_ marks and the GPUs chosen.
   EnvBuilder vars;
   vars.Set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-  vars.Set("HOME", as.user.empty() ? std::string(getenv("HOME") ? getenv("HOME") : "/") : as.home);
-  vars.Set("USER", user);
-  vars.Set("LOGNAME", user);
+  vars.Set("HOME", as.home);
+  vars.Set("USER", as.name);
+  vars.Set("LOGNAME", as.name);
   vars.Set("LANG", "C.UTF-8");
   for (const auto& [name, value] : run->spec.env) vars.Set(name, value);
   for (const std::string& v : {TaskVar(run->ref.first), AttemptVar(run->ref.second), WorkerVar(options_.worker_id),
@@ -356,65 +341,70 @@ void UvExecutor::StartExec(Run* run) {
   SetGpuVars(&vars, run->grant.gpus);
   std::vector<std::string> env = vars.Lines();
   std::vector<char*> envp;
-  for (auto& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  po.env = envp.data();
-  // With limits, the command runs through this program's exec shim, which joins the
-  // attempt's cgroup leaf and drops to the run-as user before it execs the command:
-  // nothing the command starts is ever outside the leaf.
-  std::vector<std::string> argv = run->spec.command;
-  std::string pre_error;
-  bool pre_retryable = false;
   const bool limited = options_.cgroups && options_.cgroups->on();
-  if (limited) {
-    // A command looked up through PATH is checked here, so that a missing one fails as it
-    // does without limits; one with a '/' is left to the shim (relative to the task's cwd).
-    if (argv[0].find('/') == std::string::npos && !Runnable(argv[0], vars.Get("PATH"))) {
-      pre_error = "cannot run \"" + argv[0] + "\": no such file or directory";
+  // Through the shim whenever the attempt's process starts privileged or must join its
+  // cgroup: the shim joins the leaf, drops to the task's user, and only then reads the
+  // task's command, env and cwd (from a memfd on descriptor 3) and runs the command. What
+  // runs as root here gets the shim's path, numbers of ours and no environment at all.
+  const bool shim = run->spawn_error.empty() && (limited || options_.users->privileged());
+  std::vector<std::string> argv = run->spec.command;
+  if (run->spawn_error.empty() && limited) {
+    // Unique in this process (a new store's task ids start again): never a leaf still being removed.
+    run->leaf = "fm-t" + std::to_string(run->ref.first) + "-" + std::to_string(run->ref.second) + "-" +
+                std::to_string(++leaves_made_);
+    CgroupLimits limits;
+    limits.cpus_milli = run->spec.resources.cpus_milli;
+    limits.memory = run->spec.resources.memory;
+    limits.pids = kContainerPidsLimit;
+    auto procs = options_.cgroups->MakeLeaf(run->leaf, limits);
+    if (!procs.ok()) {
+      run->spawn_error =
+          "cannot make the attempt's cgroup on worker " + options_.worker_id + ": " + procs.status().message();
+      run->spawn_retryable = true;
+      run->leaf.clear();
     } else {
-      // Unique in this process (a new store's task ids start again): never a leaf still being removed.
-      run->leaf = "fm-t" + std::to_string(run->ref.first) + "-" + std::to_string(run->ref.second) + "-" +
-                  std::to_string(++leaves_made_);
-      CgroupLimits limits;
-      limits.cpus_milli = run->spec.resources.cpus_milli;
-      limits.memory = run->spec.resources.memory;
-      limits.pids = kContainerPidsLimit;
-      auto procs = options_.cgroups->MakeLeaf(run->leaf, limits);
-      if (!procs.ok()) {
-        pre_error =
-            "cannot make the attempt's cgroup on worker " + options_.worker_id + ": " + procs.status().message();
-        pre_retryable = true;
-        run->leaf.clear();
-      } else {
-        std::vector<std::string> shim = {options_.exec_shim, as.user.empty() ? "-" : std::to_string(as.uid),
-                                         as.user.empty() ? "-" : std::to_string(as.gid)};
-        shim.insert(shim.end(), procs->begin(), procs->end());
-        shim.push_back("--");
-        shim.insert(shim.end(), argv.begin(), argv.end());
-        argv = std::move(shim);
-      }
+      run->cgroup_procs = std::move(*procs);
     }
   }
+  if (shim && run->spawn_error.empty()) {
+    std::string input = run->spec.cwd + '\0' + std::to_string(argv.size()) + '\0';
+    for (const auto& a : argv) input += a + '\0';
+    for (const auto& e : env) input += e + '\0';
+    run->input_fd = memfd_create("fm-attempt", MFD_CLOEXEC);
+    if (run->input_fd < 0 || write(run->input_fd, input.data(), input.size()) != static_cast<ssize_t>(input.size())) {
+      run->spawn_error =
+          "cannot hand the attempt to the exec shim on worker " + options_.worker_id + ": " + strerror(errno);
+      run->spawn_retryable = true;
+    }
+    argv = {options_.exec_shim, as.switch_user ? std::to_string(as.uid) : "-",
+            as.switch_user ? std::to_string(as.gid) : "-"};
+    argv.insert(argv.end(), run->cgroup_procs.begin(), run->cgroup_procs.end());
+  } else {
+    for (auto& e : env) envp.push_back(e.data());
+  }
+  envp.push_back(nullptr);
+  po.env = envp.data();
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(a.data());
   args.push_back(nullptr);
   po.file = args[0];
   po.args = args.data();
-  if (!as.user.empty()) {
-    if (!limited) {  // the shim drops privileges itself, after joining its cgroup
-      po.flags = static_cast<uv_process_flags>(po.flags | UV_PROCESS_SETUID | UV_PROCESS_SETGID);
-      po.uid = as.uid;
-      po.gid = as.gid;
-    }
-    po.cwd = access(as.home.c_str(), X_OK) == 0 ? as.home.c_str() : "/";
+  if (shim) {
+    stdio[3].flags = UV_INHERIT_FD;
+    stdio[3].data.fd = run->input_fd;
+    po.stdio_count = 4;
+    po.cwd = "/";
   }
-  std::string cwd_error;
-  if (!run->spec.cwd.empty()) {
+  std::string cwd_error = run->spawn_error;
+  if (!shim && cwd_error.empty() && !run->spec.cwd.empty()) {
+    // Unprivileged, unlimited: the worker's own user runs it, libuv applies the cwd.
     struct stat st {};
     if (stat(run->spec.cwd.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
       cwd_error = "cwd \"" + run->spec.cwd + "\" is not a directory on worker " + options_.worker_id;
     }
     po.cwd = run->spec.cwd.c_str();
+  } else if (!shim) {
+    po.cwd = access(as.home.c_str(), X_OK) == 0 ? as.home.c_str() : "/";
   }
   po.exit_cb = [](uv_process_t* p, int64_t status, int signal) {
     auto* r = static_cast<Run*>(p->data);
@@ -456,13 +446,11 @@ void UvExecutor::StartExec(Run* run) {
         },
         kOutputSettleMs, 0);
   };
-  if (cwd_error.empty()) cwd_error = pre_error;
-  run->spawn_retryable = pre_retryable;
   int rc = cwd_error.empty() ? uv_spawn(loop_, &run->process, &po) : UV_ENOENT;
   if (rc != 0) {
     run->spawn_error =
         !cwd_error.empty() ? cwd_error : "cannot run \"" + run->spec.command[0] + "\": " + uv_strerror(rc);
-    if (cwd_error.empty() && !run->leaf.empty()) {  // the shim, not the task's command
+    if (cwd_error.empty() && shim) {  // the shim, not the task's command
       run->spawn_error = "cannot start the exec shim " + options_.exec_shim + ": " + uv_strerror(rc);
       run->spawn_retryable = true;
     }

@@ -30,17 +30,9 @@
 #include "worker/executor.h"
 #include "worker/off_loop.h"
 #include "worker/probe.h"
+#include "worker/task_users.h"
 
 namespace fm::worker {
-
-// Whom exec tasks run as (--run-as). Empty user: the worker's own user.
-struct RunAs {
-  std::string user;
-  uint32_t uid = 0, gid = 0;
-  std::string home;
-};
-// Looks the user up. Error: no such user, or the worker cannot switch to it (not root).
-Result<RunAs> LookUpRunAs(const std::string& user);
 
 struct UvExecutorOptions {
   std::string docker_socket;
@@ -48,9 +40,11 @@ struct UvExecutorOptions {
   // Unique to this worker process: with the task and attempt, FM_RUN_ID, the mark by
   // which an attempt's processes are found (never another worker's, on any cluster).
   std::string instance;
-  RunAs run_as;
+  // Whom each attempt runs as (its Grant's owner). REQUIRES: not null for exec tasks.
+  TaskUsers* users = nullptr;
   // Limits for exec attempts: a cgroup leaf each (nullptr or off: none). The attempt's
-  // process joins it through `exec_shim` (fm-cgexec) before it runs the command.
+  // process joins it, and switches to its user, through `exec_shim` (fm-cgexec) before
+  // it reads and runs the task's command.
   Cgroups* cgroups = nullptr;
   std::string exec_shim;
   // Sessions (TaskSpec::session): a container of `image` (or the task's) with port 22

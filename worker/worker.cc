@@ -68,9 +68,14 @@ Status Worker::Check() {
   }
   if (options_.node.empty()) options_.node = host;
   if (options_.id.find('/') != std::string::npos) return Status::Invalid("--id must not contain '/'");
-  auto run_as = LookUpRunAs(options_.run_as);
-  if (!run_as.ok()) return run_as.status();
-  run_as_ = *run_as;
+  TaskUsers::Options users;
+  users.run_as = options_.run_as;
+  users.task_uids = options_.task_uids;
+  users.state_dir = options_.state_dir;
+  users.runs_tasks = !options_.noop_executor;
+  auto configured = TaskUsers::Configure(users, geteuid());
+  if (!configured.ok()) return configured.status();
+  users_ = std::move(*configured);
   if (options_.slots == 0) options_.slots = std::max<uint32_t>(1, probe_.hardware.cpus_milli / 1000);
   for (const auto& [key, value] : options_.labels) {
     if (Status s = ValidateLabel(key, value); !s.ok()) return Status::Invalid("--label: " + s.message());
@@ -152,13 +157,23 @@ Status Worker::Open() {
   } else if (!options_.noop_executor) {
     options_.logger->warn("limits: off: exec tasks' cpus and memory are not enforced ({})", cgroups_.why_off());
   }
-  if (!run_as_.user.empty()) {
-    options_.logger->info("exec tasks run as user {} (uid {})", run_as_.user, run_as_.uid);
-  } else if (security_.on() && !options_.noop_executor) {
-    options_.logger->warn(
-        "exec tasks run as this worker's own user, who can read its certificate ({}): run the worker as root "
-        "with --run-as USER",
-        security_.own.path);
+  if (!options_.noop_executor) {
+    if (users_.privileged() && access(exec_shim_.c_str(), X_OK) != 0) {
+      return Status::Unavailable(std::string(kExecShimName) + " is not beside fm-worker nor in " + exec_shim_ +
+                                 ": exec tasks cannot switch to their user");
+    }
+    options_.logger->info("{}", users_.Describe());
+    if (security_.on() && !users_.privileged()) {
+      options_.logger->warn(
+          "exec tasks run as this worker's own user, who can read its certificate ({}): run the worker as root "
+          "with --task-uids FIRST-LAST",
+          security_.own.path);
+    } else if (security_.on() && !options_.run_as.empty()) {
+      options_.logger->warn(
+          "every owner's exec tasks run as the one user {}: they can read each other's environment and files; "
+          "--task-uids FIRST-LAST gives each owner a uid of its own",
+          options_.run_as);
+    }
   }
   return Status::Ok();
 }
@@ -201,7 +216,7 @@ void Worker::Attach(bus::Loop& loop) {
     char instance[20];
     snprintf(instance, sizeof instance, "%016llx", static_cast<unsigned long long>(instance_));
     executor_options.instance = instance;
-    executor_options.run_as = run_as_;
+    executor_options.users = &users_;
     executor_options.cgroups = &cgroups_;
     executor_options.sessions.image = options_.session_image;
     executor_options.sessions.bind = options_.session_bind;

@@ -27,6 +27,7 @@
 #include "worker/core.h"
 #include "worker/executor.h"
 #include "worker/probe.h"
+#include "worker/task_users.h"
 #include "worker/uv_executor.h"
 
 namespace fm::worker {
@@ -41,8 +42,9 @@ struct WorkerOptions {
   Labels labels;
   std::string docker_socket;  // empty: no docker capability
   std::string cert, broker_cert;
-  std::string run_as;  // exec tasks run as this user (the worker must be root)  // CURVE: own certificate (role worker,
-                       // named as the id), the broker's
+  std::string run_as;     // exec tasks run as this user (worker/task_users.h)
+  std::string task_uids;  // or each owner's as a uid of its own from this range, FIRST-LAST
+  std::string state_dir;  // where the range's owners and their homes are kept
   uint64_t heartbeat_ms = 1000;
   uint64_t resend_ms = 1000;
   uint64_t max_output = 16ull << 20;  // per attempt
@@ -90,7 +92,7 @@ class Worker {
   Probe probe_;
   zmq::context_t& context_;
   bus::Security security_;
-  RunAs run_as_;
+  TaskUsers users_;
   std::unique_ptr<bus::Client> client_;
   bus::RateLimitedLog link_log_{spdlog::default_logger()};
   bus::Loop* loop_ = nullptr;

@@ -349,7 +349,8 @@ TEST_CASE("a second worker announcing a live worker's id is refused with a clear
           "[integration]") {
   Cluster c;
   c.StartWorker("dup");
-  auto second = Process::Start({Bin("fm-worker"), "--broker", c.broker(), "--id", "dup", "--heartbeat", "200ms"});
+  auto second =
+      Process::Start(WorkerCommand({Bin("fm-worker"), "--broker", c.broker(), "--id", "dup", "--heartbeat", "200ms"}));
   CHECK(second->Wait(15000) == 3);
   CHECK_THAT(second->Stderr(), Contains("worker id \"dup\" is already in use by a live worker"));
   CHECK(c.WaitEvent("worker.rejected worker=dup reason=duplicate_worker_id"));
@@ -382,10 +383,10 @@ TEST_CASE("a worker speaking the first published schema, without capabilities, g
 }
 
 TEST_CASE("fm-worker refuses --cpus and --memory above what was probed", "[integration]") {
-  ToolRun run = RunTool({Bin("fm-worker"), "--broker", "tcp://127.0.0.1:1", "--cpus", "4096"});
+  ToolRun run = RunTool(WorkerCommand({Bin("fm-worker"), "--broker", "tcp://127.0.0.1:1", "--cpus", "4096"}));
   CHECK(run.exit_code == 2);
   CHECK_THAT(run.err, Contains("--cpus 4096 exceeds the") && Contains("can only lower it"));
-  run = RunTool({Bin("fm-worker"), "--broker", "tcp://127.0.0.1:1", "--memory", "64TiB"});
+  run = RunTool(WorkerCommand({Bin("fm-worker"), "--broker", "tcp://127.0.0.1:1", "--memory", "64TiB"}));
   CHECK(run.exit_code == 2);
   CHECK_THAT(run.err, Contains("--memory 64 TiB exceeds the"));
   run = RunTool({Bin("fm-worker"), "--memory", "lots"});

@@ -21,7 +21,12 @@
 
 namespace fm::test {
 
-std::string Bin(const std::string& name) { return std::string(FM_BIN_DIR) + "/" + name; }
+std::string Bin(const std::string& name) {
+  // FM_TEST_BIN_DIR: the same tests against another build's binaries (an attack test
+  // shown failing on the commit before its fix).
+  const char* other = getenv("FM_TEST_BIN_DIR");
+  return std::string(other && *other ? other : FM_BIN_DIR) + "/" + name;
+}
 
 TempDir::TempDir() {
   std::string tmpl = (std::filesystem::temp_directory_path() / "fm-test-XXXXXX").string();
@@ -312,6 +317,7 @@ Cluster::~Cluster() {
 }
 
 Process& Cluster::StartCustomWorker(const std::string& id, std::vector<std::string> argv) {
+  argv = WorkerCommand(std::move(argv));
   if (std::find(argv.begin(), argv.end(), "--broker") == argv.end()) {
     argv.push_back("--broker");  // the root broker unless the caller named one
     argv.push_back(broker_);
@@ -330,6 +336,26 @@ Process& Cluster::StartCustomWorker(const std::string& id, std::vector<std::stri
     throw std::runtime_error("worker " + id + " did not register: " + p.Stderr());
   }
   return p;
+}
+
+std::vector<std::string> RunAsFlags() {
+  if (geteuid() == 0) return {"--run-as", "root"};
+  return {};
+}
+
+std::vector<std::string> WorkerCommand(std::vector<std::string> argv) {
+  if (std::find(argv.begin(), argv.end(), "--run-as") != argv.end() ||
+      std::find(argv.begin(), argv.end(), "--task-uids") != argv.end()) {
+    return argv;
+  }
+  auto worker = std::find_if(argv.begin(), argv.end(), [](const std::string& a) {
+    return a.size() >= 10 && a.compare(a.size() - 10, 10, "/fm-worker") == 0;
+  });
+  if (worker != argv.end()) {
+    auto flags = RunAsFlags();
+    argv.insert(worker + 1, flags.begin(), flags.end());
+  }
+  return argv;
 }
 
 Process& Cluster::StartWorker(const std::string& id, std::vector<std::string> args) {

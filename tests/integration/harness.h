@@ -28,6 +28,13 @@ class TempDir {
   std::string path_;
 };
 
+// What a test's fm-worker says about whom tasks run as when the test does not: as root
+// ("--run-as root", which a root worker needs said) when the tests run as root, else
+// nothing (the worker's own user).
+std::vector<std::string> RunAsFlags();
+// `argv` with RunAsFlags() after its fm-worker, unless it says --run-as or --task-uids.
+std::vector<std::string> WorkerCommand(std::vector<std::string> argv);
+
 // A base port P with P, P+1 and P+2 free on 127.0.0.1.
 int PickPortBase();
 // 127.0.0.1:PORT as a socket address.
@@ -135,7 +142,8 @@ class Cluster {
 
   // Starts an fm-worker and waits for its worker.registered event.
   Process& StartWorker(const std::string& id, std::vector<std::string> args = {});
-  // Starts any worker-like program (given argv without --broker) and waits for id's registration.
+  // Starts any worker-like program (given argv without --broker; an fm-worker in it gets
+  // WorkerCommand) and waits for id's registration.
   Process& StartCustomWorker(const std::string& id, std::vector<std::string> argv);
   Process& worker(const std::string& id);
   void KillWorker(const std::string& id, int signum);

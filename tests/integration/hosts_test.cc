@@ -55,7 +55,7 @@ class Hosts {
   // Starts (or restarts) a named process on a host.
   Process& Run(const std::string& name, const std::string& host, std::vector<std::string> argv) {
     processes_.erase(name);
-    return *(processes_[name] = Process::Start(On(host, std::move(argv))));
+    return *(processes_[name] = Process::Start(On(host, WorkerCommand(std::move(argv)))));
   }
   Process& Get(const std::string& name) { return *processes_.at(name); }
   void Kill(const std::string& name) {

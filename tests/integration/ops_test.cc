@@ -134,7 +134,7 @@ TEST_CASE("a daemon given --check-config validates options and the files they na
     INFO(name);
     std::vector<std::string> argv = {Bin(name), "--check-config"};
     if (std::string(name) == "fm-scheduler") argv.insert(argv.end(), {"--data", dir.path() + "/never"});
-    ToolRun ok = RunTool(argv);
+    ToolRun ok = RunTool(WorkerCommand(argv));
     CHECK(ok.exit_code == 0);
     REQUIRE(ok.lines.size() == 1);
     CHECK(ok.lines[0] == std::string(name) + ": configuration OK");

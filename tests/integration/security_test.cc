@@ -16,6 +16,7 @@
 #include <sstream>
 #include <thread>
 
+#include "broker/broker.h"
 #include "broker/bus.h"
 #include "harness.h"
 #include "schemas/codec.h"
@@ -179,8 +180,8 @@ TEST_CASE(
   CHECK_THAT(run.err, Contains("role client or operator"));
   // A daemon with an untrusted certificate keeps trying and says why.
   stranger.Make("w5", "worker");
-  auto worker = Process::Start({Bin("fm-worker"), "--broker", c.broker(), "--cert", stranger.Secret("w5"),
-                                "--broker-cert", c.keys().Public("broker"), "--heartbeat", "200ms"});
+  auto worker = Process::Start(WorkerCommand({Bin("fm-worker"), "--broker", c.broker(), "--cert", stranger.Secret("w5"),
+                                              "--broker-cert", c.keys().Public("broker"), "--heartbeat", "200ms"}));
   CHECK(worker->WaitFor("refused this process's certificate", 10000, 1, true));
   CHECK(worker->running());
   // Trusted from now on (a certificate added to the directory): it registers.
@@ -409,7 +410,8 @@ TEST_CASE("a broker serves an ipc:// socket beside tcp://: daemons and tools on 
   auto broker = Process::Start({Bin("fm-broker"), "--bind", tcp, "--bind", ipc});
   REQUIRE(broker->WaitFor("broker on", 10000, 1, true));
   auto scheduler = Process::Start({Bin("fm-scheduler"), "--broker", ipc, "--data", dir.path() + "/data"});
-  auto worker = Process::Start({Bin("fm-worker"), "--broker", tcp, "--id", "w1", "--heartbeat", "200ms"});
+  auto worker =
+      Process::Start(WorkerCommand({Bin("fm-worker"), "--broker", tcp, "--id", "w1", "--heartbeat", "200ms"}));
   auto tap = Process::Start({Bin("fm-tap"), "--broker", ipc, "--since", "1"});
   REQUIRE(tap->WaitFor("worker.registered worker=w1", 15000));
   ToolRun run = RunTool({Bin("fm-submit"), "--broker", ipc, "--wait", "--", "true"});
@@ -438,4 +440,211 @@ TEST_CASE(
   // One goes, another comes.
   tap.reset();
   CHECK(Eventually([&] { return RunTool({Bin("fm-ctl"), "--broker", url, "workers"}).exit_code == 0; }, 5000));
+}
+
+// Inside the walls (issue #22): a trusted key does its role's job and nothing more.
+
+namespace {
+
+// A directory every user may write in (sticky, like /tmp): where hostile tasks of other
+// uids leave what they found.
+std::string SharedDir(const TempDir& dir) {
+  std::string path = dir.path() + "/shared";
+  std::filesystem::create_directory(path);
+  ::chmod(dir.path().c_str(), 0755);
+  ::chmod(path.c_str(), 01777);
+  return path;
+}
+
+// The value after "PREFIX=" in the stream's task.log lines (up to the end of the line).
+std::string LoggedValue(Process& tap, const std::string& prefix) {
+  for (const auto& line : tap.Lines()) {
+    size_t at = line.find("| " + prefix + "=");
+    if (at != std::string::npos) return line.substr(at + prefix.size() + 3);
+  }
+  return "";
+}
+
+// Whether anything on this host listens on TCP `port` on an address other than loopback
+// (/proc/net/tcp and tcp6, state 0A).
+bool ListensBeyondLoopback(int port) {
+  char hex_port[8];
+  snprintf(hex_port, sizeof hex_port, "%04X", port);
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::istringstream lines(Slurp(table));
+    std::string line;
+    std::getline(lines, line);  // the header
+    while (std::getline(lines, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state;
+      fields >> slot >> local >> remote >> state;
+      if (state != "0A" || local.size() < 6 || local.substr(local.size() - 4) != hex_port) continue;
+      std::string address = local.substr(0, local.find(':'));
+      bool loopback = address == "0100007F" || address == "00000000000000000000000001000000" ||
+                      (address.size() == 8 && address.substr(6) == "7F");
+      if (!loopback) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "a task's env never reaches a privileged process: an LD_PRELOAD in it loads only in the task's own processes, "
+    "as the task's user",
+    "[integration][security][inside]") {
+  if (geteuid() != 0) {
+    WARN("needs root (a worker that switches users)");
+    return;
+  }
+  TempDir dir;
+  const std::string shared = SharedDir(dir), out = shared + "/loaded";
+  Cluster c;
+  c.StartWorker("w1", {"--run-as", "nobody"});
+  // As issue #22's attacker did: a library of the task's choosing in LD_PRELOAD; with
+  // cgroup limits on, the attempt starts through the worker's root exec shim.
+  ToolRun run = c.Submit(std::string(R"J({"command": ["sh", "-c", "echo ran as $(id -u)"], "env": {"LD_PRELOAD": ")J") +
+                             FM_ATTACK_PRELOAD + R"J(", "ATTACK_OUT": ")J" + out + R"J("}})J" + "\n",
+                         {"--wait"});
+  REQUIRE(run.exit_code == 0);
+  CHECK(c.WaitEvent("| ran as 65534"));
+  std::string loaded = Slurp(out);
+  INFO(loaded);
+  CHECK_THAT(loaded, Contains("uid=65534 euid=65534"));  // the task's own processes, as nobody
+  CHECK_THAT(loaded, !Contains("uid=0 ") && !Contains("euid=0 ") && !Contains("fm-cgexec"));
+  // A cwd applies only after the switch too: a directory only root may enter is none of
+  // the task's.
+  TempDir private_dir;
+  ::chmod(private_dir.path().c_str(), 0700);
+  run = c.Submit(R"J({"command": ["pwd"], "max_attempts": 1, "cwd": ")J" + private_dir.path() + "\"}\n", {"--wait"});
+  REQUIRE(run.lines.size() == 1);
+  CHECK_THAT(run.lines[0], Contains("\"status\": \"failed\"") && Contains("cwd") && Contains("on worker w1"));
+  CHECK(c.tap().Count("| " + private_dir.path()) == 0);
+}
+
+TEST_CASE(
+    "owners apart: with --task-uids each owner's tasks run as a uid of its own, kept across the worker's restart, "
+    "and one owner's task cannot read another's environment or files",
+    "[integration][security][inside]") {
+  if (geteuid() != 0) {
+    WARN("needs root (a worker that switches users)");
+    return;
+  }
+  TempDir dir;
+  const std::string shared = SharedDir(dir), state = dir.path() + "/worker-state";
+  Cluster c({"--liveness", "2s"}, "", true);
+  c.StartWorker("w1", {"--task-uids", "300100-300199", "--state-dir", state, "--slots", "2"});
+  // alice's task holds a secret in its env and a file, and waits.
+  ToolRun alice = c.SubmitAs("alice", "client",
+                             R"J({"command": ["sh", "-c", "echo alice-uid=$(id -u); echo secret > )J" + shared +
+                                 R"J(/alice-file; sleep 60"], "env": {"SECRET": "alice-secret-4711"}})J" + "\n");
+  REQUIRE(alice.exit_code == 0);
+  REQUIRE(c.WaitEvent("| alice-uid="));
+  REQUIRE(Eventually([&] { return std::filesystem::exists(shared + "/alice-file"); }, 5000));
+  // bob looks for it in every process's environment and in the file.
+  ToolRun bob = c.SubmitAs(
+      "bob", "client",
+      R"J({"command": ["sh", "-c", "echo bob-uid=$(id -u); for f in /proc/[0-9]*/environ; do cat $f; done 2>/dev/null | tr '\\000' '\\n' | grep -c alice-secret-4711 | sed 's/^/bob-environ-hits=/'; cat )J" +
+          shared + R"J(/alice-file 2>/dev/null || echo bob-file=refused"]})J" + "\n",
+      {"--wait"});
+  INFO(bob.err);
+  REQUIRE(bob.exit_code == 0);
+  REQUIRE(c.WaitEvent("| bob-file="));
+  const std::string alice_uid = LoggedValue(c.tap(), "alice-uid"), bob_uid = LoggedValue(c.tap(), "bob-uid");
+  CHECK(alice_uid != bob_uid);
+  for (const std::string& uid : {alice_uid, bob_uid}) CHECK((uid >= "300100" && uid <= "300199"));
+  CHECK(LoggedValue(c.tap(), "bob-environ-hits") == "0");
+  CHECK(LoggedValue(c.tap(), "bob-file") == "refused");
+  // The file alice's task made is hers alone (umask 077).
+  struct stat st {};
+  REQUIRE(::stat((shared + "/alice-file").c_str(), &st) == 0);
+  CHECK((st.st_mode & 077) == 0);
+  CHECK(std::to_string(st.st_uid) == alice_uid);
+  // The map is kept: after a restart alice gets the same uid again, never bob's.
+  CHECK_THAT(Slurp(state + "/task-uids"), Contains(alice_uid + " alice") && Contains(bob_uid + " bob"));
+  c.KillWorker("w1", SIGKILL);
+  c.RestartWorker("w1");
+  ToolRun again = c.SubmitAs("alice", "client",
+                             R"J({"command": ["sh", "-c", "echo alice-again=$(id -u)"]})J"
+                             "\n",
+                             {"--wait"});
+  REQUIRE(again.exit_code == 0);
+  REQUIRE(c.WaitEvent("| alice-again="));
+  CHECK(LoggedValue(c.tap(), "alice-again") == alice_uid);
+}
+
+TEST_CASE(
+    "safe defaults: a root worker told nothing runs no task as root, ranges that hold a system user are refused, "
+    "a secret certificate others can read is refused",
+    "[integration][security][inside]") {
+  if (geteuid() == 0) {
+    ToolRun root = RunTool({Bin("fm-worker"), "--id", "w1", "--check-config"});
+    CHECK(root.exit_code == 2);
+    CHECK_THAT(root.err, Contains("runs as root") && Contains("--task-uids") && Contains("--run-as root"));
+    ToolRun system = RunTool({Bin("fm-worker"), "--id", "w1", "--check-config", "--task-uids", "65000-65535"});
+    CHECK(system.exit_code == 2);
+    CHECK_THAT(system.err, Contains("uid 65534 is user nobody's"));
+    ToolRun low = RunTool({Bin("fm-worker"), "--id", "w1", "--check-config", "--task-uids", "0-100"});
+    CHECK(low.exit_code == 2);
+    CHECK_THAT(low.err, Contains("below 1000"));
+  }
+  TempDir dir;
+  Keys keys(dir.path());
+  keys.Make("broker", "broker");
+  keys.Make("alice", "client");
+  ::chmod(keys.Secret("alice").c_str(), 0644);
+  ToolRun ctl = RunTool({Bin("fm-ctl"), "--cert", keys.Secret("alice"), "--broker-cert", keys.Public("broker"),
+                         "--timeout", "1s", "workers"});
+  CHECK(ctl.exit_code == 2);
+  CHECK_THAT(ctl.err, Contains("readable by others (mode 0644)") && Contains("chmod 600"));
+  ::chmod(keys.Secret("broker").c_str(), 0640);
+  ToolRun broker = RunTool({Bin("fm-broker"), "--bind", "tcp://127.0.0.1:" + std::to_string(PickPortBase()), "--cert",
+                            keys.Secret("broker"), "--trust", dir.path(), "--check-config"});
+  CHECK(broker.exit_code == 2);
+  CHECK_THAT(broker.err, Contains("readable by others (mode 0640)"));
+}
+
+TEST_CASE("the scheduler's store and its snapshots are their owner's alone (mode 0700), however they were made",
+          "[integration][security][inside]") {
+  TempDir dir;
+  const std::string data = dir.path() + "/data";
+  std::filesystem::create_directory(data);
+  ::chmod(data.c_str(), 0755);
+  Cluster c({"--liveness", "2s"}, data);
+  c.StartWorker("w1");
+  ToolRun run = c.Submit(R"J({"command": ["true"], "env": {"TOKEN": "s3cret"}})J"
+                         "\n",
+                         {"--wait"});
+  REQUIRE(run.exit_code == 0);
+  struct stat st {};
+  REQUIRE(::stat(data.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0700);
+  REQUIRE(c.Ctl({"snapshot", dir.path() + "/copy"}).exit_code == 0);
+  REQUIRE(::stat((dir.path() + "/copy").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0700);
+}
+
+TEST_CASE(
+    "a keyless broker listens only where it said: a --bind whose text hides a wildcard is refused, and so is any "
+    "socket that actually bound beyond loopback",
+    "[integration][security][inside]") {
+  int base = PickPortBase();
+  // Issue #22's bypass: a source;address form that passed the text check and listened on
+  // every interface.
+  ToolRun run = RunTool({Bin("fm-broker"), "--bind", "tcp://127.0.0.1:0;0.0.0.0:" + std::to_string(base)});
+  CHECK(run.exit_code == 2);
+  CHECK_THAT(run.err, Contains("--bind"));
+  CHECK_FALSE(ListensBeyondLoopback(base));
+  // Judged by the address bound, not by the text: the broker itself, told loopback only.
+  zmq::context_t context(1);
+  fm::bus::BrokerOptions options;
+  options.bind = "tcp://0.0.0.0:" + std::to_string(base);
+  options.loopback_only = true;
+  fm::bus::Broker broker(context, options);
+  fm::Status bound = broker.Bind();
+  CHECK(bound.code() == fm::Status::Code::kInvalid);
+  CHECK_THAT(bound.message(), Contains("listens on tcp://0.0.0.0:" + std::to_string(base)) && Contains("--insecure"));
+  // Closed at once (ZeroMQ's I/O thread closes the listener a moment after the unbind).
+  CHECK(Eventually([&] { return !ListensBeyondLoopback(base); }, 2000));
 }

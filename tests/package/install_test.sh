@@ -92,7 +92,8 @@ pids+=($!)
 "$root/usr/bin/fm-scheduler" --config "$root/etc/fm/scheduler.conf" --broker "$url" --data "$work/data" \
   2>"$work/scheduler.log" &
 pids+=($!)
-"$root/usr/bin/fm-worker" --config "$root/etc/fm/worker.conf" --broker "$url" --id pkg-worker 2>"$work/worker.log" &
+"$root/usr/bin/fm-worker" --config "$root/etc/fm/worker.conf" --broker "$url" --id pkg-worker \
+  --state-dir "$work/worker-state" 2>"$work/worker.log" &
 pids+=($!)
 deadline=$((SECONDS + 60))  # polled: registration takes well under a second when the machine is idle
 while [ $SECONDS -lt $deadline ]; do

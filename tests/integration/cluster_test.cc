@@ -6,7 +6,9 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "broker/bus.h"
 #include "harness.h"
+#include "schemas/codec.h"
 
 using namespace fm::test;
 using Catch::Contains;
@@ -280,7 +282,7 @@ TEST_CASE("fm-submit reports each bad line by number and what is wrong, and carr
   CHECK_THAT(run.lines[6], Contains(R"("line": 7,"task": "t2","status": "accepted")"));
 }
 
-TEST_CASE("garbage frames to the broker and the scheduler are rejected and logged; both keep serving",
+TEST_CASE("garbage frames to the broker and the scheduler are rejected and logged, both keep serving",
           "[integration]") {
   Cluster c;
   c.StartWorker("w");
@@ -301,7 +303,12 @@ TEST_CASE("garbage frames to the broker and the scheduler are rejected and logge
   std::string r = reply();
   CHECK_THAT(r, Contains("fm-broker|"));
   CHECK_THAT(r, Contains("expected 2 frames"));
-  // Bytes that are no fm envelope, to the scheduler: it answers and logs.
+  // Bytes that are no fm envelope, to the scheduler (from a connection that claimed its
+  // address, as every peer must first): it answers and logs.
+  flatbuffers::FlatBufferBuilder fbb;
+  std::string hello = fm::codec::Seal(fbb, fm::wire::CreateBrokerHello(fbb, fbb.CreateString("garbage-sender")));
+  raw.send(zmq::buffer(std::string(fm::bus::kBrokerAddress)), zmq::send_flags::sndmore);
+  raw.send(zmq::buffer(hello), zmq::send_flags::none);
   raw.send(zmq::str_buffer("fm-scheduler"), zmq::send_flags::sndmore);
   raw.send(zmq::str_buffer("\xde\xad\xbe\xef not a flatbuffer at all"), zmq::send_flags::none);
   r = reply();
@@ -345,12 +352,14 @@ TEST_CASE("fm-ctl workers shows id, node, capabilities, hardware, slots in use a
   CHECK_THAT(busy->Stdout(), Contains(R"("status": "cancelled")"));
 }
 
-TEST_CASE("a second worker announcing a live worker's id is refused with a clear error; the first keeps working",
+TEST_CASE("a second worker announcing a live worker's id is refused with a clear error, the first keeps working",
           "[integration]") {
   Cluster c;
   c.StartWorker("dup");
   auto second =
-      Process::Start(WorkerCommand({Bin("fm-worker"), "--broker", c.broker(), "--id", "dup", "--heartbeat", "200ms"}));
+      // From another node (the same node's would be a restart taking the id over).
+      Process::Start(WorkerCommand(
+          {Bin("fm-worker"), "--broker", c.broker(), "--id", "dup", "--node", "elsewhere", "--heartbeat", "200ms"}));
   CHECK(second->Wait(15000) == 3);
   CHECK_THAT(second->Stderr(), Contains("worker id \"dup\" is already in use by a live worker"));
   CHECK(c.WaitEvent("worker.rejected worker=dup reason=duplicate_worker_id"));
@@ -405,7 +414,7 @@ TEST_CASE("fm-submit without a scheduler says so instead of waiting forever", "[
 }
 
 TEST_CASE(
-    "fm-tap --since replays from the store and follows live across a scheduler restart; a sequence older "
+    "fm-tap --since replays from the store and follows live across a scheduler restart, a sequence older "
     "than retention is refused naming the oldest",
     "[integration]") {
   Cluster c({"--liveness", "2s", "--event-retention", "20"});
@@ -434,7 +443,7 @@ TEST_CASE(
   CHECK(kept.lines[0].rfind(m[1].str() + " ", 0) == 0);
 }
 
-TEST_CASE("fm-ctl drain stops new work to a worker and lets its running task finish; undrain reverses it",
+TEST_CASE("fm-ctl drain stops new work to a worker and lets its running task finish, undrain reverses it",
           "[integration]") {
   Cluster c;
   c.StartWorker("d", {"--slots", "2"});
@@ -481,7 +490,7 @@ TEST_CASE("fm-ctl tasks lists past one page with filters, and fm-ctl task says w
   CHECK_THAT(none.err, Contains("no task t99999"));
 }
 
-TEST_CASE("a 17 MiB message published on the bus never reaches a subscriber; the scheduler and taps hear on",
+TEST_CASE("a 17 MiB message published on the bus never reaches a subscriber, the scheduler and taps hear on",
           "[integration]") {
   // Regression: it was a protocol error for the scheduler's subscription, which then
   // heard nothing: every worker was declared lost and every task rejected.

@@ -27,7 +27,7 @@ std::string LineOf(Cluster& c, const std::string& worker) {
 }  // namespace
 
 TEST_CASE(
-    "a worker announces session only after its session image started and sshd answered in it; without the image or "
+    "a worker announces session only after its session image started and sshd answered in it, without the image or "
     "sshd it does not, and a task needing a session fails at once on such a fleet",
     "[integration][docker][session]") {
   TempDir dir;
@@ -134,7 +134,7 @@ struct SessionCluster {
 }  // namespace
 
 TEST_CASE(
-    "on a mixed fleet a session goes to the worker that can start one; only the submitted key gets in, and "
+    "on a mixed fleet a session goes to the worker that can start one, only the submitted key gets in, and "
     "fm-submit --wait and fm-ctl ssh say where",
     "[integration][docker][session]") {
   SessionCluster s;

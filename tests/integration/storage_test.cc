@@ -98,7 +98,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "a data directory removed under a running scheduler stops it; restarted on an empty one, its reused task ids run",
+    "a data directory removed under a running scheduler stops it, restarted on an empty one, its reused task ids run",
     "[integration]") {
   TempDir dir;
   Cluster c({"--liveness", "2s"}, dir.path() + "/data");

@@ -9,7 +9,7 @@
 
 using namespace fm;
 
-TEST_CASE("an old worker's registration reads as no capabilities; it gets plain tasks and never docker ones",
+TEST_CASE("an old worker's registration reads as no capabilities, it gets plain tasks and never docker ones",
           "[unit][compat]") {
   flatbuffers::FlatBufferBuilder fbb;
   auto hw = v1::CreateHardware(fbb, 4000, 8ull << 30);

@@ -84,7 +84,7 @@ TEST_CASE("a worker that announces no capabilities gets no docker task but does 
   }
 }
 
-TEST_CASE("spread sends load across eligible workers; a full fleet makes tasks wait until a slot frees", "[unit]") {
+TEST_CASE("spread sends load across eligible workers, a full fleet makes tasks wait until a slot frees", "[unit]") {
   Harness h;
   h.Register({"a", {}, 4, 8 * GiB, 1});
   h.Register({"b", {}, 4, 8 * GiB, 1});
@@ -369,7 +369,7 @@ TEST_CASE("the scheduler answers a message type it does not take with an error",
   CHECK(errors[0]->body_as_Error()->code()->str() == "unsupported");
 }
 
-TEST_CASE("events are kept within the retention count and age; replay from before them names the oldest", "[unit]") {
+TEST_CASE("events are kept within the retention count and age, replay from before them names the oldest", "[unit]") {
   EngineOptions options;
   options.event_retention_count = 10;
   options.event_retention_age_ms = 60'000;
@@ -649,7 +649,7 @@ TEST_CASE("when most of the fleet goes silent while nothing reaches the schedule
   CHECK(h.engine().worker("c") == nullptr);
 }
 
-TEST_CASE("a worker restarted on its node takes over its id at once; its old instance's tasks are placed again",
+TEST_CASE("a worker restarted on its node takes over its id at once, its old instance's tasks are placed again",
           "[unit]") {
   Harness h;
   h.Register({"w", {}, 4, 8 * GiB, 1, {}, 111});
@@ -669,7 +669,7 @@ TEST_CASE("a worker restarted on its node takes over its id at once; its old ins
 }
 
 TEST_CASE(
-    "tasks only a lost worker could run wait through the reconnect grace, then fail; impossible ones fail at once",
+    "tasks only a lost worker could run wait through the reconnect grace, then fail, impossible ones fail at once",
     "[unit]") {
   EngineOptions options;
   options.liveness_window_ms = 1000;
@@ -813,7 +813,7 @@ TEST_CASE("the retry delay doubles per attempt from retry_backoff, jittered with
 
 TEST_CASE(
     "a listed exit status retries after its backoff on a worker that has not failed the task, waiting for one to free "
-    "up; an unlisted one fails the task",
+    "up, an unlisted one fails the task",
     "[unit]") {
   Harness h;
   h.Register({"a", {}, 4, 8 * GiB, 1});

@@ -19,7 +19,7 @@ TEST_CASE("log fields name the task and the worker a message is about, and nothi
   CHECK(FieldsOf("lost worker w1.").worker == "w1");
 }
 
-TEST_CASE("a latency histogram is cumulative, with +Inf holding every sample; families are declared once", "[unit]") {
+TEST_CASE("a latency histogram is cumulative, with +Inf holding every sample, families are declared once", "[unit]") {
   LatencyHistogram h({0.01, 0.1, 1});
   for (double v : {0.005, 0.05, 0.05, 0.5, 5.0}) h.Observe(v);
   Sheet sheet;

@@ -46,7 +46,7 @@ TEST_CASE("each role holds only its own addresses, and fm-scheduler only the sch
   CHECK_FALSE(MayClaim(Role::kNone, "", "client/x/y").ok());
 }
 
-TEST_CASE("an address says whose it is; any other form belongs to nobody", "[unit]") {
+TEST_CASE("an address says whose it is, any other form belongs to nobody", "[unit]") {
   CHECK(PrincipalOf("w/w1/abc").role == Role::kWorker);
   CHECK(PrincipalOf("w/w1/abc").name == "w1");
   CHECK(PrincipalOf("operator/ops/x").role == Role::kOperator);
@@ -56,7 +56,7 @@ TEST_CASE("an address says whose it is; any other form belongs to nobody", "[uni
   CHECK(PrincipalOf("client/alice").role == Role::kNone);
 }
 
-TEST_CASE("only the scheduler publishes events; a worker announces only itself", "[unit]") {
+TEST_CASE("only the scheduler publishes events, a worker announces only itself", "[unit]") {
   CHECK(MayPublish(Role::kScheduler, "s", "task.succeeded", "").ok());
   CHECK_THAT(MayPublish(Role::kClient, "alice", "task.succeeded", "").message(),
              Contains("only the scheduler publishes events"));

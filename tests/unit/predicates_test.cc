@@ -34,7 +34,7 @@ TaskSpec Needs(std::vector<std::string> caps, Resources r = {}, Labels labels = 
 }
 }  // namespace
 
-TEST_CASE("capability_satisfies: required must be a subset of announced; nothing announced satisfies nothing",
+TEST_CASE("capability_satisfies: required must be a subset of announced, nothing announced satisfies nothing",
           "[unit]") {
   struct Row {
     std::vector<std::string> required, announced;

@@ -7,7 +7,7 @@
 using fm::bus::RoutingTable;
 
 TEST_CASE(
-    "a destination behind a child broker goes down to that child; unknown ones go up, or are unreachable at the root",
+    "a destination behind a child broker goes down to that child, unknown ones go up, or are unreachable at the root",
     "[unit]") {
   RoutingTable node(10'000, /*has_upstream=*/true);
   node.Learn("w/a/1", "broker/x", 0);
@@ -40,7 +40,7 @@ TEST_CASE("a peer that moves to another child broker is routed there once its ol
   CHECK(t.NextHop("w/b/1", false).child == "broker/x");
 }
 
-TEST_CASE("a child broker that is gone takes its routes with it; routes and peers expire after the ttl", "[unit]") {
+TEST_CASE("a child broker that is gone takes its routes with it, routes and peers expire after the ttl", "[unit]") {
   RoutingTable t(1000, false);
   t.Learn("w/a/1", "broker/x", 0);
   t.Learn("w/b/1", "broker/x", 0);

@@ -64,23 +64,21 @@ Result<Certificate> LoadCertificate(const std::string& path, bool need_secret) {
   if (!Exists(path)) return Status::NotFound("certificate " + path + ": no such file");
   // zcert_load(P) reads P_secret when it exists, else P: given NAME.cert_secret itself,
   // it finds no NAME.cert_secret_secret and reads the file as given.
-  if (need_secret) {
-    // As ssh refuses such keys: a secret key that others can read is no one's secret.
-    const std::string secret = Exists(path + "_secret") ? path + "_secret" : path;
-    struct stat st {};
-    if (::stat(secret.c_str(), &st) != 0) return Status::NotFound("certificate " + secret + ": cannot read it");
-    if ((st.st_mode & 077) != 0 || (st.st_uid != geteuid() && st.st_uid != 0)) {
-      char mode[8];
-      snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-      return Status::Invalid("certificate " + secret + " holds a secret key and is " +
-                             ((st.st_mode & 077) != 0 ? std::string("readable by others (mode ") + mode + ")"
-                                                      : "another user's (uid " + std::to_string(st.st_uid) + ")") +
-                             ": it must be its user's alone (chmod 600 " + secret + ")");
-    }
-  }
   CertPtr c(zcert_load(path.c_str()));
   if (!c) return Status::Invalid("certificate " + path + " is not a ZPL certificate CZMQ can read");
-  return FromZcert(c.get(), path, need_secret);
+  auto loaded = FromZcert(c.get(), path, need_secret);
+  if (!loaded.ok() || !need_secret) return loaded;
+  // As ssh refuses such keys: a secret key that others can read is no one's secret.
+  const std::string secret = Exists(path + "_secret") ? path + "_secret" : path;
+  struct stat st {};
+  if (::stat(secret.c_str(), &st) != 0) return Status::NotFound("certificate " + secret + ": cannot read it");
+  if ((st.st_mode & 077) == 0 && (st.st_uid == geteuid() || st.st_uid == 0)) return loaded;
+  char mode[8];
+  snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  return Status::Invalid("certificate " + secret + " holds a secret key and is " +
+                         ((st.st_mode & 077) != 0 ? std::string("readable by others (mode ") + mode + ")"
+                                                  : "another user's (uid " + std::to_string(st.st_uid) + ")") +
+                         ": it must be its user's alone (chmod 600 " + secret + ")");
 }
 
 Result<Certificate> WriteCertificate(const std::string& dir, const std::string& name, const std::string& role) {

@@ -254,6 +254,13 @@ bool Engine::Authorized(const std::string& from, const char* action, Who who, co
   return false;
 }
 
+std::optional<std::string> Engine::ClientName(const std::string& from) const {
+  if (!options_.authenticate) return std::nullopt;
+  bus::Principal p = bus::PrincipalOf(from);
+  if (p.role == bus::Role::kOperator) return std::nullopt;
+  return p.name;  // a client's (Authorized admitted no other role to read)
+}
+
 bool Engine::FromTaskWorker(const Task& t, const std::string& from, const char* what) {
   const WorkerState* w = t.worker.empty() ? nullptr : fleet_.Find(t.worker);
   if (w && w->address == from) return true;
@@ -984,16 +991,28 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
       effects_.snapshots.push_back({from, req.correlation(), target});
       return;
     case wire::ControlOp::Tasks: {
-      views::TaskPage page = views::Tasks(fbb, req, options_.task_page, [&](const auto& visit) {
-        for (const auto& [id, t] : active_) visit(t);
-        for (const Task& t : recent_ended_) visit(t);
-      });
+      // A client sees only its own tasks; an operator (or a keyless cluster) all.
+      std::optional<std::string> only_owner = ClientName(from);
+      const std::string asked = Str(req.owner());
+      if (only_owner && !asked.empty() && asked != *only_owner) {
+        ok = false;
+        message = "tasks --owner " + asked + ": a client sees only its own tasks (\"" + *only_owner +
+                  "\"); an operator sees all";
+        break;
+      }
+      views::TaskPage page = views::Tasks(
+          fbb, req, options_.task_page,
+          [&](const auto& visit) {
+            for (const auto& [id, t] : active_) visit(t);
+            for (const Task& t : recent_ended_) visit(t);
+          },
+          only_owner);
       tasks = std::move(page.tasks);
       next_page = page.next;
       break;
     }
     case wire::ControlOp::Task: {
-      Status found = TaskDetail(fbb, target, &tasks, &events, now_ms);
+      Status found = TaskDetail(fbb, target, ClientName(from), &tasks, &events, now_ms);
       if (!found.ok()) {
         ok = false;
         message = found.message();
@@ -1069,6 +1088,7 @@ void Engine::OnControl(const std::string& from, const wire::ControlRequest& req,
 }
 
 Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string& name,
+                          const std::optional<std::string>& only_owner,
                           std::vector<flatbuffers::Offset<wire::TaskView>>* out,
                           std::vector<flatbuffers::Offset<wire::Event>>* events, uint64_t now_ms) {
   uint64_t id = 0;
@@ -1086,6 +1106,10 @@ Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string
     stored = std::move(*read);
     if (!stored) return Status::NotFound("no task " + TaskName(id));
     t = &*stored;
+  }
+  if (only_owner && t->owner != *only_owner) {
+    return Status::Invalid("task " + TaskName(id) + " is not " + *only_owner +
+                           "'s: a client sees only the tasks it submitted (an operator sees all)");
   }
   std::string waiting;
   if (t->state == wire::TaskState::Pending && t->not_before_ms > now_ms) {

@@ -179,8 +179,9 @@ class Engine {
   void OnControl(const std::string& from, const wire::ControlRequest& req, uint64_t now_ms);
   void OnReplay(const std::string& from, const wire::ReplayRequest& req);
   // fm-ctl task ID: the task with its spec, why it waits, and its retained events.
+  // `only_owner`: a client's view, refused any task of another owner.
   Status TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string& name,
-                    std::vector<flatbuffers::Offset<wire::TaskView>>* out,
+                    const std::optional<std::string>& only_owner, std::vector<flatbuffers::Offset<wire::TaskView>>* out,
                     std::vector<flatbuffers::Offset<wire::Event>>* events, uint64_t now_ms);
 
   void Reconcile(const WorkerState& w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
@@ -230,6 +231,9 @@ class Engine {
   bool Authorized(const std::string& from, const char* action, Who who, const std::string& owner = "");
   // A report about `t` comes from the worker the task is on (its registered address).
   bool FromTaskWorker(const Task& t, const std::string& from, const char* what);
+  // The client whose view is limited to its own tasks; none for an operator, or when
+  // the cluster is keyless (REQUIRES: `from` was Authorized as a user).
+  std::optional<std::string> ClientName(const std::string& from) const;
   // Idempotency keys are scoped per owner.
   static std::string ScopedKey(const std::string& owner, const std::string& key) {
     return owner.empty() ? key : owner + std::string(1, '\0') + key;

@@ -17,15 +17,16 @@ flatbuffers::Offset<wire::TaskView> Summary(flatbuffers::FlatBufferBuilder& fbb,
 }  // namespace
 
 TaskPage Tasks(flatbuffers::FlatBufferBuilder& fbb, const wire::ControlRequest& req, size_t page_size,
-               const ForEachTask& each) {
-  const std::string state = codec::Str(req.state()), worker = codec::Str(req.worker()), owner = codec::Str(req.owner());
+               const ForEachTask& each, const std::optional<std::string>& only_owner) {
+  const std::string state = codec::Str(req.state()), worker = codec::Str(req.worker());
+  const std::string owner = only_owner ? *only_owner : codec::Str(req.owner());
   const size_t limit = std::min<size_t>(req.limit() ? req.limit() : page_size, page_size);
   std::vector<const Task*> list;
   each([&](const Task& t) {
     if (t.id <= req.after()) return;
     if (!state.empty() && state != StateName(t.state)) return;
     if (!worker.empty() && worker != t.worker) return;
-    if (!owner.empty() && owner != t.owner) return;
+    if ((only_owner || !owner.empty()) && owner != t.owner) return;
     list.push_back(&t);
   });
   auto by_id = [](const Task* a, const Task* b) { return a->id < b->id; };

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,11 +25,12 @@ struct TaskPage {
 // Calls its argument with every task that may be listed.
 using ForEachTask = std::function<void(const std::function<void(const Task&)>&)>;
 
-// One page of the tasks with ids above req.after, in id order, filtered by req.state
-// and req.worker, at most min(req.limit or page_size, page_size). Sorts only the page:
-// O(tasks) however many pages there are.
+// One page of the tasks with ids above req.after, in id order, filtered by req.state,
+// req.worker and req.owner (`only_owner`, when given, over req.owner: a client's view),
+// at most min(req.limit or page_size, page_size). Sorts only the page: O(tasks) however
+// many pages there are.
 TaskPage Tasks(flatbuffers::FlatBufferBuilder& fbb, const wire::ControlRequest& req, size_t page_size,
-               const ForEachTask& each);
+               const ForEachTask& each, const std::optional<std::string>& only_owner = std::nullopt);
 
 // One task in full: its spec, and `waiting` (why a pending task is not placed).
 flatbuffers::Offset<wire::TaskView> TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const Task& t,

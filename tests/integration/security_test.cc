@@ -145,7 +145,7 @@ TEST_CASE("a broker without a certificate refuses to listen beyond loopback unle
 
 TEST_CASE(
     "with CURVE, a tool without a certificate, with an untrusted one or with the wrong broker key says so and "
-    "exits non-zero; a daemon keeps retrying and logs why",
+    "exits non-zero, a daemon keeps retrying and logs why",
     "[integration][security]") {
   Cluster c({"--liveness", "2s"}, "", true);
   // No certificate at all.
@@ -190,7 +190,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "only the scheduler's key holds fm-scheduler; a second scheduler is refused and logged while the first "
+    "only the scheduler's key holds fm-scheduler, a second scheduler is refused and logged while the first "
     "serves, and a restarted one takes over at once",
     "[integration][security]") {
   Cluster c({"--liveness", "2s"}, "", true);
@@ -270,7 +270,7 @@ TEST_CASE("events come only from the scheduler: a client's forged event reaches 
 }
 
 TEST_CASE(
-    "a client submits, lists and cancels its own tasks, not another's, and may not drain; an operator may; "
+    "a client submits, lists, reads and cancels its own tasks, not another's, and may not drain, an operator may, "
     "keys are scoped per owner and tasks show their owner",
     "[integration][security]") {
   Cluster c({"--liveness", "2s"}, "", true);
@@ -282,9 +282,22 @@ TEST_CASE(
   // The same key from two owners: two tasks.
   CHECK_THAT(alice.lines.at(0), Contains("\"task\": \"t1\""));
   CHECK_THAT(bob.lines.at(0), Contains("\"task\": \"t2\""));
-  ToolRun tasks = c.CtlAs("alice", "client", {"tasks", "--owner", "bob"});
+  // A client sees its own tasks only (#22): not bob's in a list, not one of his by id.
+  ToolRun tasks = c.CtlAs("alice", "client", {"tasks"});
+  REQUIRE(tasks.exit_code == 0);
+  CHECK_THAT(Join(tasks.lines), Contains("t1 ") && Contains("alice") && !Contains("t2 ") && !Contains("bob"));
+  tasks = c.CtlAs("alice", "client", {"tasks", "--owner", "bob"});
+  CHECK(tasks.exit_code == 1);
+  CHECK_THAT(tasks.err, Contains("a client sees only its own tasks"));
+  tasks = c.CtlAs("alice", "client", {"task", "t2"});
+  CHECK(tasks.exit_code == 1);
+  CHECK_THAT(tasks.err, Contains("task t2 is not alice's"));
+  CHECK_THAT(Join(tasks.lines), !Contains("sleep"));
+  // The operator sees everyone's.
+  tasks = c.Ctl({"tasks", "--owner", "bob"});
   REQUIRE(tasks.exit_code == 0);
   CHECK_THAT(Join(tasks.lines), Contains("t2") && Contains("bob") && !Contains("t1 "));
+  CHECK(c.Ctl({"task", "t1"}).exit_code == 0);
   // bob may not cancel alice's task, nor drain.
   ToolRun refused = c.CtlAs("bob", "client", {"cancel", "t1"});
   CHECK(refused.exit_code == 1);

@@ -1,5 +1,10 @@
 #include "broker/broker.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -114,12 +119,8 @@ Status Broker::Bind() {
   for (const auto& url : options_.extra_binds) all.push_back(*ParseBrokerUrl(url));
   // Every handshake goes through our ZAP handler (keyless too): it admits or refuses
   // keys, and refuses connections past the limit.
-  zap_ = std::make_unique<ZapHandler>(context_, trust_.get(), options_.logger, [this] {
-    if (options_.max_connections == 0) return false;
-    // ZeroMQ queued the connection's "accepted" before asking us: count it first.
-    for (auto& monitor : monitors_) DrainMonitor(monitor);
-    return connections_ > options_.max_connections;
-  });
+  zap_ = std::make_unique<ZapHandler>(context_, trust_.get(), options_.logger,
+                                      [this](const std::string& address) { return Admit(address); });
   if (Status s = zap_->Bind(); !s.ok()) return s;
   const char* names[] = {"router", "events-in", "events-out"};
   zmq::socket_t* sockets[] = {&router_, &xsub_, &xpub_};
@@ -129,6 +130,9 @@ Status Broker::Bind() {
     if (!MonitorSocket(context_, *sockets[i], ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED, &monitors_[i])) {
       return Status::Unavailable(std::string("cannot monitor the ") + names[i] + " socket");
     }
+    // An outsider's connection that never completes its handshake is closed soon.
+    if (options_.handshake_ms > 0)
+      sockets[i]->set(zmq::sockopt::handshake_ivl, static_cast<int>(options_.handshake_ms));
   }
   router_.set(zmq::sockopt::router_mandatory, 1);
   router_.set(zmq::sockopt::sndhwm, kDirectedQueue);
@@ -255,19 +259,78 @@ void Broker::Attach(Loop& loop) {
   });
 }
 
+namespace {
+// The peer's IP as ZAP names it (inet_ntop), "" for a unix socket or an unreadable one.
+std::string PeerAddress(int fd) {
+  sockaddr_storage peer{};
+  socklen_t len = sizeof peer;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return "";
+  char text[INET6_ADDRSTRLEN] = {0};
+  if (peer.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&peer)->sin_addr, text, sizeof text);
+  } else if (peer.ss_family == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&peer)->sin6_addr, text, sizeof text);
+  }
+  return text;
+}
+}  // namespace
+
 size_t Broker::DrainMonitor(zmq::socket_t& monitor) {
   size_t n = 0;
+  auto forget = [this](int fd) {
+    auto it = open_.find(fd);
+    if (it == open_.end()) return;
+    if (it->second.admitted) {
+      --admitted_;
+    } else if (auto waiting = unauthenticated_.find(it->second.address); waiting != unauthenticated_.end()) {
+      auto& fds = waiting->second;
+      fds.erase(std::remove(fds.begin(), fds.end(), fd), fds.end());
+      if (fds.empty()) unauthenticated_.erase(waiting);
+    }
+    open_.erase(it);
+  };
   for (;;) {
     auto e = NextMonitorEvent(monitor);
     if (!e) break;
     ++n;
+    const int fd = static_cast<int>(e->value);
     if (e->event == ZMQ_EVENT_ACCEPTED) {
       ++connections_;
-    } else if (e->event == ZMQ_EVENT_DISCONNECTED && connections_ > 0) {
-      --connections_;
+      forget(fd);  // a descriptor reused before its disconnect was read
+      std::string address = PeerAddress(fd);
+      auto& waiting = unauthenticated_[address];
+      waiting.push_back(fd);
+      open_[fd] = {address, false};
+      if (options_.max_unauthenticated > 0 && waiting.size() > options_.max_unauthenticated) {
+        // Closed under ZeroMQ's feet: it sees the connection end and cleans up.
+        ::shutdown(fd, SHUT_RDWR);
+        ++counters_.unauthenticated_closed;
+        rejected_log_->Warn("unauthenticated " + address, WallClockMs(),
+                            "closed a connection from " + (address.empty() ? std::string("a local peer") : address) +
+                                ": " + std::to_string(waiting.size() - 1) +
+                                " connections from it are still in their handshake (at most " +
+                                std::to_string(options_.max_unauthenticated) + ", each for " +
+                                std::to_string(options_.handshake_ms) + " ms)");
+      }
+    } else if (e->event == ZMQ_EVENT_DISCONNECTED) {
+      if (connections_ > 0) --connections_;
+      forget(fd);
     }
   }
   return n;
+}
+
+bool Broker::Admit(const std::string& address) {
+  // ZeroMQ queued the connection's "accepted" before asking us: count it first.
+  for (auto& monitor : monitors_) DrainMonitor(monitor);
+  if (options_.max_connections > 0 && admitted_ >= options_.max_connections) return false;
+  ++admitted_;
+  auto waiting = unauthenticated_.find(address);
+  if (waiting == unauthenticated_.end()) return true;  // not seen (yet): counted, never forgotten early
+  open_[waiting->second.front()].admitted = true;
+  waiting->second.pop_front();
+  if (waiting->second.empty()) unauthenticated_.erase(waiting);
+  return true;
 }
 
 void Broker::OnSocketError(const char* what, const zmq::error_t& e) {
@@ -851,6 +914,11 @@ void Broker::Metrics(ops::Sheet& sheet) const {
   }
   sheet.Counter("broker_events_total", "events taken in and published", c.events);
   sheet.Gauge("broker_connections", "connections open (directed and bus)", connections_);
+  sheet.Gauge("broker_connections_admitted", "connections through their handshake (what --max-connections bounds)",
+              admitted_);
+  sheet.Counter("broker_unauthenticated_closed_total",
+                "connections closed at once: too many still in their handshake from their address",
+                c.unauthenticated_closed);
   sheet.Gauge("broker_addresses", "addresses claimed by peers connected to this broker", pipes_.size());
   sheet.Gauge("broker_routes", "routes learnt to peers behind child brokers", table_.routes());
 }

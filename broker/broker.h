@@ -35,6 +35,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <deque>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -64,9 +65,15 @@ struct BrokerOptions {
   // host, judged by the address each socket actually bound (not the --bind text).
   bool loopback_only = true;
   uint64_t trust_reload_ms = 1000;
-  // Connections (on all three sockets together) past which new ones are refused at the
-  // handshake, with a log line; the open ones keep being served. 0: no limit.
+  // Admitted connections (on all three sockets together) past which new ones are refused
+  // at the handshake, with a log line; the open ones keep being served. 0: no limit.
+  // Only connections that passed the handshake (ZAP) count: outsiders never fill it.
   size_t max_connections = 0;
+  // A connection not yet through its handshake is closed after handshake_ms; at most
+  // max_unauthenticated such connections per source address (ipc: all local ones
+  // together) are kept, a newer one past that is closed at once. 0: no limit.
+  uint64_t handshake_ms = 5000;
+  size_t max_unauthenticated = 64;
   uint64_t announce_ms = 1000;    // how often a node broker announces its peers
   uint64_t route_ttl_ms = 10000;  // a route not refreshed for this long is dropped
   std::shared_ptr<spdlog::logger> logger;
@@ -86,9 +93,10 @@ class Broker {
 
   struct Counters {
     uint64_t routed = 0, relayed_up = 0, relayed_down = 0, unreachable = 0, malformed = 0, oversized = 0, events = 0;
-    uint64_t socket_errors = 0;  // ZeroMQ errors caught at the loop's edge
-    uint64_t unauthorized = 0;   // claims, relays and publications refused
-    uint64_t queue_full = 0;     // directed messages refused: the peer's queue was full
+    uint64_t socket_errors = 0;           // ZeroMQ errors caught at the loop's edge
+    uint64_t unauthorized = 0;            // claims, relays and publications refused
+    uint64_t queue_full = 0;              // directed messages refused: the peer's queue was full
+    uint64_t unauthenticated_closed = 0;  // connections closed: too many unauthenticated from their address
   };
   const Counters& counters() const { return counters_; }
   // Counters and gauges for GET /metrics.
@@ -122,6 +130,9 @@ class Broker {
   void ReopenEventsOut();
   void RebindEventsOut();
   size_t DrainMonitor(zmq::socket_t& monitor);
+  // The handshake of a connection from `address` (ZAP's: the peer's IP, "" for ipc)
+  // passed: counts it as admitted unless max_connections are. False: refuse it.
+  bool Admit(const std::string& address);
   // Where a message came from: a local peer, a child broker (relayed), or the parent.
   void Route(const std::string& destination, const std::string& source, zmq::message_t& payload, bool from_parent);
   bool DeliverLocal(const std::string& destination, const std::string& source, zmq::message_t& payload);
@@ -164,7 +175,16 @@ class Broker {
   std::unique_ptr<TrustStore> trust_;
   std::unique_ptr<ZapHandler> zap_;
   zmq::socket_t monitors_[3];  // PAIR: the router's, events-in's and events-out's connection events
-  size_t connections_ = 0;
+  size_t connections_ = 0;     // every open connection, admitted or not
+  // Open connections by file descriptor (from the monitors' accepted/disconnected), and
+  // those of each source address still in their handshake, oldest first.
+  struct Connection {
+    std::string address;
+    bool admitted = false;
+  };
+  std::unordered_map<int, Connection> open_;
+  std::unordered_map<std::string, std::deque<int>> unauthenticated_;
+  size_t admitted_ = 0;
   std::unordered_map<std::string, Claim> claims_;       // connection (routing id) -> what it claimed
   std::unordered_map<std::string, std::string> pipes_;  // address -> connection
   std::vector<std::string> events_out_bound_;           // what ReopenEventsOut binds again

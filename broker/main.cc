@@ -10,6 +10,7 @@
 #include "broker/logging.h"
 #include "broker/loop.h"
 #include "broker/ops.h"
+#include "schemas/units.h"
 
 int main(int argc, char** argv) {
   fm::bus::BrokerOptions options;
@@ -27,7 +28,14 @@ int main(int argc, char** argv) {
                  "directory of the public certificates (*.cert) to admit, re-read every second");
   app.add_option("--upstream-cert", options.upstream_cert, "the parent broker's public certificate (node broker)");
   app.add_option("--max-connections", options.max_connections,
-                 "refuse new connections past this many (default: the open-file limit less a reserve)");
+                 "refuse peers past this many admitted connections (default: the open-file limit less a reserve)");
+  std::string handshake_timeout = "5s";
+  app.add_option("--handshake-timeout", handshake_timeout,
+                 "a connection that has not completed its handshake by then is closed")
+      ->capture_default_str();
+  app.add_option("--max-unauthenticated", options.max_unauthenticated,
+                 "connections from one address kept while still in their handshake; newer ones are closed (0: any)")
+      ->capture_default_str();
   app.add_flag("--insecure", insecure, "allow listening on a non-loopback address without --cert (no authentication)");
   fm::bus::DaemonFlags daemon;
   fm::bus::AddDaemonFlags(app, &daemon);
@@ -39,6 +47,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fm-broker: %s\n", s.message().c_str());
     return 2;
   }
+  auto handshake = fm::ParseDurationMs(handshake_timeout);
+  if (!handshake.ok() || *handshake < 100) {
+    spdlog::error("--handshake-timeout: {}", handshake.ok() ? "must be at least 100ms" : handshake.status().message());
+    return 2;
+  }
+  options.handshake_ms = *handshake;
   if (binds.empty()) binds.push_back(fm::bus::kDefaultBroker);
   options.bind = binds.front();
   options.extra_binds.assign(binds.begin() + 1, binds.end());

@@ -34,12 +34,8 @@ Peer PeerOf(const zmq::message_t& frame) {
 }
 
 ZapHandler::ZapHandler(zmq::context_t& context, const TrustStore* trust, std::shared_ptr<spdlog::logger> logger,
-                       std::function<bool()> at_limit)
-    : socket_(context, zmq::socket_type::rep),
-      trust_(trust),
-      at_limit_(std::move(at_limit)),
-      logger_(logger),
-      log_(logger) {}
+                       std::function<bool(const std::string&)> admit)
+    : socket_(context, zmq::socket_type::rep), trust_(trust), admit_(std::move(admit)), logger_(logger), log_(logger) {}
 
 Status ZapHandler::Bind() {
   try {
@@ -66,15 +62,6 @@ size_t ZapHandler::Drain(uint64_t now_ms) {
     if (version != "1.0" || frames.size() < 6) {
       status = "500";
       text = "malformed ZAP request";
-    } else if (at_limit_ && at_limit_()) {
-      // 500, not 300: ZeroMQ tells the peer of a 4xx or 5xx, while a 300 leaves it
-      // waiting out its handshake timeout.
-      status = "500";
-      text = "connection limit reached";
-      ++refused_;
-      log_.Warn("zap limit", now_ms,
-                "refused a connection from " + address +
-                    ": the connection limit is reached (--max-connections); serving the ones open");
     } else if (!trust_) {
       if (mechanism == "NULL") {
         status = "200";
@@ -100,6 +87,18 @@ size_t ZapHandler::Drain(uint64_t now_ms) {
                   std::string("refused a connection from ") + address + ": key " + z85 +
                       " is not in the trust directory " + trust_->dir());
       }
+    }
+    if (status == "200" && admit_ && !admit_(address)) {
+      // 500, not 300: ZeroMQ tells the peer of a 4xx or 5xx, while a 300 leaves it
+      // waiting out its handshake timeout.
+      status = "500";
+      text = "connection limit reached";
+      user.clear();
+      metadata.clear();
+      ++refused_;
+      log_.Warn("zap limit", now_ms,
+                "refused a connection from " + address +
+                    ": the connection limit is reached (--max-connections); serving the ones open");
     }
     if (status == "400" && text != "key not trusted") {
       ++refused_;

@@ -2,8 +2,8 @@
 // in the trust directory, and gives its connection the certificate's name (User-Id) and
 // the properties Role and Key, which every message received on that connection carries
 // (PeerOf). Without a trust directory (a keyless broker) it admits NULL peers. Either
-// way it refuses, with status 500 and a log line, any connection beyond the
-// broker's limit, so that the ones it has keep being served. It runs on the broker's
+// way it refuses, with status 500 and a log line, a peer it would admit beyond the
+// broker's limit of admitted connections, so that the ones it has keep being served. It runs on the broker's
 // loop: the handshake waits in ZeroMQ's I/O thread for our reply, nothing blocks.
 #pragma once
 
@@ -31,9 +31,11 @@ Peer PeerOf(const zmq::message_t& frame);
 
 class ZapHandler {
  public:
-  // `trust` null: a keyless broker. `at_limit` says whether the connection limit is reached.
+  // `trust` null: a keyless broker. `admit` is asked once a connection from `address`
+  // would be admitted (its key trusted, or NULL on a keyless broker): false refuses it
+  // (the connection limit is reached). Untrusted keys are refused before it is asked.
   ZapHandler(zmq::context_t& context, const TrustStore* trust, std::shared_ptr<spdlog::logger> logger,
-             std::function<bool()> at_limit);
+             std::function<bool(const std::string& address)> admit);
   // Binds inproc://zeromq.zap.01 (before any CURVE socket of the context binds).
   Status Bind();
   zmq::socket_t& socket() { return socket_; }
@@ -45,7 +47,7 @@ class ZapHandler {
  private:
   zmq::socket_t socket_;
   const TrustStore* trust_;
-  std::function<bool()> at_limit_;
+  std::function<bool(const std::string&)> admit_;
   std::shared_ptr<spdlog::logger> logger_;
   RateLimitedLog log_;
   uint64_t refused_ = 0;

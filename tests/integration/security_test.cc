@@ -3,7 +3,11 @@
 // Each attack of issue #9 is tried against the real processes and must fail. The
 // attacker is this test process, speaking to the broker through the bus library with
 // a certificate of its own (the strongest position a peer on the network can hold).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -660,4 +664,77 @@ TEST_CASE(
   CHECK_THAT(bound.message(), Contains("listens on tcp://0.0.0.0:" + std::to_string(base)) && Contains("--insecure"));
   // Closed at once (ZeroMQ's I/O thread closes the listener a moment after the unbind).
   CHECK(Eventually([&] { return !ListensBeyondLoopback(base); }, 2000));
+}
+
+namespace {
+
+// An outsider's TCP connection from `source` (an address of the loopback range) to
+// 127.0.0.1:port that never says a word. -1 when the connect failed.
+int IdleConnection(const char* source, int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in from{};
+  from.sin_family = AF_INET;
+  inet_pton(AF_INET, source, &from.sin_addr);
+  sockaddr_in to = Loopback(port);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0 ||
+      ::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Whether the broker closed it (end of file or reset; it sends nothing before a handshake).
+bool ClosedByPeer(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, 0) <= 0) return false;
+  char byte;
+  ssize_t n = ::recv(fd, &byte, 1, MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+}  // namespace
+
+TEST_CASE(
+    "outsiders cannot fill the connection limit: idle connections from one address are bounded and closed after "
+    "the handshake timeout, and trusted peers keep being admitted",
+    "[integration][security][inside]") {
+  TempDir dir;
+  Keys keys(dir.path());
+  keys.Make("broker", "broker");
+  keys.Make("scheduler", "scheduler");
+  keys.Make("ops", "operator");
+  int port = PickPortBase();
+  const std::string url = "tcp://127.0.0.1:" + std::to_string(port);
+  // The scheduler holds 3 admitted connections, each fm-ctl 1: 8 leaves room for them.
+  auto broker = Process::Start({Bin("fm-broker"), "--bind", url, "--cert", keys.Secret("broker"), "--trust", dir.path(),
+                                "--max-connections", "8", "--max-unauthenticated", "4", "--handshake-timeout", "1s"});
+  REQUIRE(broker->WaitFor("broker on", 10000, 1, true));
+  std::vector<std::string> scheduler = {Bin("fm-scheduler"), "--broker", url, "--data", dir.path() + "/data"};
+  for (auto& f : keys.Flags("scheduler", "scheduler")) scheduler.push_back(f);
+  auto sched = Process::Start(scheduler);
+  REQUIRE(sched->WaitFor("scheduler on broker", 10000, 1, true));
+  std::vector<std::string> ctl = {Bin("fm-ctl"), "--broker", url, "--timeout", "3s"};
+  for (auto& f : keys.Flags("ops", "operator")) ctl.push_back(f);
+  ctl.push_back("ping");
+  REQUIRE(RunTool(ctl).exit_code == 0);
+  // Issue #22's attack: far more idle connections than the limit, from 127.0.0.2.
+  std::vector<int> idle;
+  for (int i = 0; i < 40; ++i) {
+    int fd = IdleConnection("127.0.0.2", port);
+    REQUIRE(fd >= 0);
+    idle.push_back(fd);
+  }
+  // All but 4 are closed at once; trusted peers are admitted meanwhile.
+  CHECK(Eventually([&] { return std::count_if(idle.begin(), idle.end(), ClosedByPeer) >= 36; }, 3000));
+  for (int round = 0; round < 3; ++round) {
+    ToolRun ping = RunTool(ctl);
+    INFO(ping.err);
+    CHECK(ping.exit_code == 0);
+  }
+  // The 4 kept are closed after the handshake timeout.
+  CHECK(Eventually([&] { return std::count_if(idle.begin(), idle.end(), ClosedByPeer) == 40; }, 5000));
+  for (int fd : idle) ::close(fd);
+  CHECK(broker->WaitFor("connections from it are still in their handshake (at most 4", 5000, 1, true));
+  CHECK_THAT(broker->Stderr(), Contains("127.0.0.2"));
 }

@@ -18,8 +18,8 @@ namespace fm::bus {
 namespace {
 constexpr size_t kBudget = 256;  // messages per drain call, so one socket cannot starve the others
 constexpr const char* kBrokerPrefix = "broker/";
-constexpr size_t kMaxSubscriptionBytes = 64 << 10;  // a subscription is a topic prefix
 constexpr size_t kMaxAddressBytes = 256;            // a claimed or relayed address
+constexpr size_t kMaxSubscriberMessage = 1024;      // a handshake or a subscription from a subscriber
 constexpr size_t kMaxClaimsPerKey = 1024;           // open connections one certificate may name
 
 // An address is short printable ASCII: it is stored, logged and announced.
@@ -150,7 +150,10 @@ Status Broker::Bind() {
   // Every socket that takes bytes from a peer has a size limit: a message over it drops
   // that peer's connection before it is buffered, and never reaches a subscriber.
   xsub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
-  xpub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxSubscriptionBytes));
+  // What a subscriber sends is its handshake (a CURVE INITIATE with its metadata is a few
+  // hundred bytes) and subscriptions: a message over 1 KiB drops its connection before
+  // ZeroMQ keeps anything of it. Prefixes that match no topic stop here (below).
+  xpub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxSubscriberMessage));
   for (const Endpoints& e : all) {
     for (auto [socket, endpoint] :
          {std::pair{&router_, e.router}, std::pair{&xsub_, e.events_in}, std::pair{&xpub_, e.events_out}}) {
@@ -190,7 +193,7 @@ Status Broker::Bind() {
     up_xsub_.set(zmq::sockopt::rcvhwm, kDirectedQueue);
     up_dealer_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
     up_xsub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(codec::kMaxMessageBytes * 2));
-    up_xpub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxSubscriptionBytes));
+    up_xpub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxSubscriberMessage));
     up_dealer_.connect(up->router);
     SendUpHello();                     // the claim goes first on the connection
     up_xpub_.connect(up->events_in);   // our publishers' events go up
@@ -886,15 +889,40 @@ size_t Broker::DrainEvents() {
   return n;
 }
 
-size_t Broker::DrainSubscriptions() {
-  // Forwarded as they are: ZeroMQ's own unsubscribes carry no metadata, and a revoked
-  // subscriber is cut off by closing its connection (ReopenEventsOut), not here.
-  return Forward(xpub_, has_upstream_ ? up_xsub_ : xsub_, nullptr);
+size_t Broker::ForwardSubscriptions(zmq::socket_t& from, zmq::socket_t& to) {
+  // XPUB passes on each subscription once (the first subscriber's). Only those that
+  // could match a published topic go on: the rest stop here, so publishers and parent
+  // brokers hold at most the few prefixes of kPublishedTopics whatever a subscriber
+  // sends. ZeroMQ's own unsubscribes carry no metadata, and a revoked subscriber is cut
+  // off by closing its connection (ReopenEventsOut), not here.
+  size_t n = 0;
+  while (n < kBudget) {
+    zmq::message_t frame;
+    if (!RetryEintr([&] { return from.recv(frame, zmq::recv_flags::dontwait); })) break;
+    ++n;
+    const auto* bytes = static_cast<const char*>(frame.data());
+    if (frame.size() >= 1 && (bytes[0] == 0 || bytes[0] == 1) && !frame.more()) {
+      Status allowed = MaySubscribe(std::string_view(bytes + 1, frame.size() - 1));
+      if (!allowed.ok()) {
+        ++counters_.subscriptions_refused;
+        const Peer peer = PeerOf(frame);
+        rejected_log_->Warn("subscribe " + peer.name, WallClockMs(),
+                            "did not pass on a subscription" +
+                                (peer.name.empty() ? std::string() : " from \"" + peer.name + "\"") + ": " +
+                                allowed.message());
+        continue;
+      }
+    }
+    RetryEintr([&] { return to.send(frame, frame.more() ? zmq::send_flags::sndmore : zmq::send_flags::none); });
+  }
+  return n;
 }
+
+size_t Broker::DrainSubscriptions() { return ForwardSubscriptions(xpub_, has_upstream_ ? up_xsub_ : xsub_); }
 
 size_t Broker::DrainUpstreamEvents() { return Forward(up_xsub_, xpub_, &counters_.events); }
 
-size_t Broker::DrainUpstreamSubscriptions() { return Forward(up_xpub_, xsub_, nullptr); }
+size_t Broker::DrainUpstreamSubscriptions() { return ForwardSubscriptions(up_xpub_, xsub_); }
 
 }  // namespace fm::bus
 
@@ -909,7 +937,8 @@ void Broker::Metrics(ops::Sheet& sheet) const {
   const char* help = "messages refused, by cause";
   for (auto [cause, n] : {std::pair{"unreachable", c.unreachable}, std::pair{"queue_full", c.queue_full},
                           std::pair{"malformed", c.malformed}, std::pair{"oversized", c.oversized},
-                          std::pair{"unauthorized", c.unauthorized}, std::pair{"socket_error", c.socket_errors}}) {
+                          std::pair{"unauthorized", c.unauthorized}, std::pair{"socket_error", c.socket_errors},
+                          std::pair{"subscription", c.subscriptions_refused}}) {
     sheet.Counter("broker_messages_refused_total", help, static_cast<double>(n), {{"cause", cause}});
   }
   sheet.Counter("broker_events_total", "events taken in and published", c.events);

@@ -97,6 +97,7 @@ class Broker {
     uint64_t unauthorized = 0;            // claims, relays and publications refused
     uint64_t queue_full = 0;              // directed messages refused: the peer's queue was full
     uint64_t unauthenticated_closed = 0;  // connections closed: too many unauthenticated from their address
+    uint64_t subscriptions_refused = 0;   // subscriptions that match no published topic: not passed on
   };
   const Counters& counters() const { return counters_; }
   // Counters and gauges for GET /metrics.
@@ -158,6 +159,7 @@ class Broker {
   size_t DrainUpstream();
   size_t DrainEvents();
   size_t DrainSubscriptions();
+  size_t ForwardSubscriptions(zmq::socket_t& from, zmq::socket_t& to);
   size_t DrainUpstreamEvents();
   size_t DrainUpstreamSubscriptions();
 

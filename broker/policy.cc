@@ -120,4 +120,19 @@ Status MayPublish(Role role, std::string_view name, std::string_view topic, std:
   return Status::Ok();
 }
 
+const std::string_view kPublishedTopics[5] = {"task.", "worker.", "scheduler.started", "fleet.register",
+                                             "fleet.heartbeat"};
+
+Status MaySubscribe(std::string_view prefix) {
+  for (std::string_view topic : kPublishedTopics) {
+    if (topic.substr(0, prefix.size()) == prefix) return Status::Ok();
+  }
+  std::string shown(prefix.substr(0, 64));
+  for (char& c : shown) {
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+  }
+  return Status::Invalid("subscription \"" + shown + "\" matches no topic anything is published on (task., worker., "
+                         "scheduler.started, fleet.register, fleet.heartbeat)");
+}
+
 }  // namespace fm::bus

@@ -51,4 +51,13 @@ Status MayClaim(Role role, std::string_view name, std::string_view address);
 // the topic and, for a worker, whose announcement it was.
 Status MayPublish(Role role, std::string_view name, std::string_view topic, std::string_view payload);
 
+// The topics anything is published on: the scheduler's event classes ("task.",
+// "worker.") and "scheduler.started", the workers' "fleet.register" and
+// "fleet.heartbeat". A new topic is added here first (brokers go first in an upgrade).
+extern const std::string_view kPublishedTopics[5];
+// May a subscriber subscribe to `prefix`? Only a prefix (or the whole) of a published
+// topic, "" included: anything else could never match, and a broker keeps and passes
+// on only these, so a subscriber costs the tree a bounded set however much it sends.
+Status MaySubscribe(std::string_view prefix);
+
 }  // namespace fm::bus

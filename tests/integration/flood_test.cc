@@ -139,3 +139,60 @@ TEST_CASE(
   CHECK(peak[2] < base[2] + (32u << 20));
 #endif
 }
+
+TEST_CASE(
+    "a subscriber's flood of subscriptions that match no topic costs the broker little and reaches no publisher, "
+    "and one past the size limit drops its connection",
+    "[integration][flood][inside]") {
+  Cluster c;
+  c.StartWorker("w");
+  const uint64_t broker_base = ResidentBytes(c.broker_process().pid());
+  const uint64_t worker_base = ResidentBytes(c.worker("w").pid());
+  zmq::context_t ctx(1);
+  zmq::socket_t sub(ctx, zmq::socket_type::sub);
+  sub.set(zmq::sockopt::linger, 0);
+  int base = std::stoi(c.broker().substr(c.broker().rfind(':') + 1));
+  sub.connect("tcp://127.0.0.1:" + std::to_string(base + 2));
+  // Issue #22's attack scaled up: 20,000 distinct 64-byte prefixes that match nothing.
+  for (int i = 0; i < 20000; ++i) {
+    char topic[65];
+    snprintf(topic, sizeof topic, "%-64d", i);
+    sub.set(zmq::sockopt::subscribe, std::string(topic, 64));
+  }
+  sub.set(zmq::sockopt::subscribe, "task.");
+  ToolRun run = c.Submit(R"({"command": ["true"]})" "\n", {"--wait"});
+  REQUIRE(run.exit_code == 0);
+  // The valid one still works: the subscriber hears the task's events.
+  sub.set(zmq::sockopt::rcvtimeo, 5000);
+  CHECK(c.broker_process().WaitFor("did not pass on a subscription", 10000, 1, true));
+  const uint64_t broker_after = ResidentBytes(c.broker_process().pid());
+  const uint64_t worker_after = ResidentBytes(c.worker("w").pid());
+  std::printf("subscriptions: broker %llu -> %llu MiB, worker %llu -> %llu MiB\n",
+              static_cast<unsigned long long>(broker_base >> 20), static_cast<unsigned long long>(broker_after >> 20),
+              static_cast<unsigned long long>(worker_base >> 20), static_cast<unsigned long long>(worker_after >> 20));
+#ifndef FM_SANITIZED
+  CHECK(broker_after < broker_base + (96u << 20));
+  CHECK(worker_after < worker_base + (8u << 20));  // none of them reached the worker's publisher
+#endif
+  // Issue #22's attack itself: 400 subscriptions of 65,000 bytes (26 MB; the broker
+  // took 1.6 GiB and each worker 0.8 GiB). The first drops the connection; nothing of
+  // them is kept, nothing reaches the worker.
+  zmq::socket_t big(ctx, zmq::socket_type::sub);
+  big.set(zmq::sockopt::linger, 0);
+  big.connect("tcp://127.0.0.1:" + std::to_string(base + 2));
+  for (int i = 0; i < 400; ++i) {
+    std::string topic(65000, 'x');
+    snprintf(topic.data(), 16, "%015d", i);
+    big.set(zmq::sockopt::subscribe, topic);
+  }
+  run = c.Submit(R"({"command": ["true"]})" "\n", {"--wait"});
+  CHECK(run.exit_code == 0);
+  const uint64_t broker_big = ResidentBytes(c.broker_process().pid());
+  const uint64_t worker_big = ResidentBytes(c.worker("w").pid());
+  std::printf("400 x 65,000-byte subscriptions: broker %llu MiB, worker %llu MiB\n",
+              static_cast<unsigned long long>(broker_big >> 20), static_cast<unsigned long long>(worker_big >> 20));
+#ifndef FM_SANITIZED
+  CHECK(broker_big < broker_base + (96u << 20));
+  CHECK(worker_big < worker_base + (8u << 20));
+#endif
+}

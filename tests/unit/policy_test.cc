@@ -140,3 +140,20 @@ TEST_CASE("a task's start, result and output count only from the worker it is on
   t = h.Finished(1, 1, on, wire::Outcome::Succeeded);
   CHECK(t.Events("task.succeeded").size() == 1);
 }
+
+TEST_CASE("a subscription is taken only when it could match a published topic, and names what it is not",
+          "[unit]") {
+  for (const char* ok : {"", "t", "task.", "worker.", "scheduler.", "scheduler.started", "fleet.", "fleet.register",
+                         "fleet.heartbeat"}) {
+    INFO(ok);
+    CHECK(MaySubscribe(ok).ok());
+  }
+  // Finer than a class is never matched (events travel in blocks per class), nor is
+  // anything else.
+  for (const char* bad : {"task.succeeded", "tasks", "scheduler.started.x", "w/alice/", "fleet.registerX"}) {
+    INFO(bad);
+    CHECK_FALSE(MaySubscribe(bad).ok());
+  }
+  Status s = MaySubscribe(std::string("ab\x01", 3));
+  CHECK_THAT(s.message(), Contains("\"ab?\"") && Contains("matches no topic"));
+}

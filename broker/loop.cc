@@ -47,11 +47,14 @@ Loop::~Loop() {
   uv_loop_close(&loop_);
 }
 
-void Loop::Watch(zmq::socket_t& socket, std::function<size_t()> drain) {
+void Loop::Watch(zmq::socket_t& socket, std::function<size_t()> drain) { Watch(socket, std::move(drain), {}); }
+
+void Loop::Watch(zmq::socket_t& socket, std::function<size_t()> drain, std::function<bool()> pending) {
   auto w = std::make_unique<Watched>();
   w->loop = this;
   w->socket = &socket;
   w->drain = std::move(drain);
+  w->pending = std::move(pending);
   int fd = socket.get(zmq::sockopt::fd);
   uv_poll_init(&loop_, &w->poll, fd);
   w->poll.data = w.get();
@@ -105,7 +108,7 @@ void Loop::Settle() {
     // busy socket does not hold up the others (the broker's events vs. its directed
     // traffic); rounds go on until no socket is readable.
     for (auto& w : watched_) {
-      if (RetryEintr([&] { return w->socket->get(zmq::sockopt::events); }) & ZMQ_POLLIN) {
+      if ((w->pending && w->pending()) || (RetryEintr([&] { return w->socket->get(zmq::sockopt::events); }) & ZMQ_POLLIN)) {
         if (w->drain() > 0) any = true;
       }
     }

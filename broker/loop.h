@@ -35,6 +35,9 @@ class Loop {
   // ZMQ_DONTWAIT says EAGAIN or its budget ends, and return how many it took.
   // REQUIRES: `socket` outlives the loop.
   void Watch(zmq::socket_t& socket, std::function<size_t()> drain);
+  // The same, and `drain` is also called in every round where `pending` says it holds
+  // work of its own (messages it read earlier and has not handled yet).
+  void Watch(zmq::socket_t& socket, std::function<size_t()> drain, std::function<bool()> pending);
   // Runs `fn` every `interval_ms`, the first time after `first_ms` (default: interval).
   void Every(uint64_t interval_ms, std::function<void()> fn, int64_t first_ms = -1);
   // The same, but the timer alone never keeps Run() from returning.
@@ -57,6 +60,7 @@ class Loop {
     Loop* loop;
     zmq::socket_t* socket;
     std::function<size_t()> drain;
+    std::function<bool()> pending;
     uv_poll_t poll;
   };
   struct Timer {

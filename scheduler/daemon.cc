@@ -15,6 +15,7 @@
 namespace fm::sched {
 namespace {
 constexpr size_t kBudget = 4096;
+constexpr size_t kReadBudget = 16384;  // directed messages read into the intake per call
 // Commits up to this many writes are done on the loop thread (no hand-off latency).
 constexpr size_t kInlineOps = 256;
 // While a commit is in flight, turns gather up to this many writes (or bytes); then the loop waits
@@ -145,7 +146,8 @@ Status SchedulerDaemon::Open() {
 
 void SchedulerDaemon::Attach(bus::Loop& loop) {
   committer_ = std::make_unique<Committer>(store_.get(), loop.uv(), [this](const Status& s) { Committed(s); });
-  loop.Watch(client_->dealer(), [this] { return DrainDirected(); });
+  loop.Watch(
+      client_->dealer(), [this] { return DrainDirected(); }, [this] { return !intake_.empty(); });
   loop.Watch(client_->sub(), [this] { return DrainBus(); });
   loop.Every(options_.tick_ms, [this] {
     // Heartbeats that queued up while a long turn ran are taken first: liveness is
@@ -164,19 +166,41 @@ void SchedulerDaemon::Attach(bus::Loop& loop) {
 }
 
 size_t SchedulerDaemon::DrainDirected() {
-  size_t n = 0;
+  // Everything waiting is read into the intake at once (no decoding), so that nothing a
+  // flooder sent stands in the broker's queue ahead of another peer's message; then
+  // one fair turn of it is handled.
+  size_t read = 0;
   uint64_t now = bus::WallClockMs();
-  while (n < kBudget) {
+  while (read < kReadBudget) {
     auto msg = client_->Receive();
     if (!msg) break;
-    ++n;
+    ++read;
     if (std::string refusal = bus::BrokerRefusal(*msg); !refusal.empty()) {
       link_log_.Warn("refused", now, "the broker refused the scheduler: " + refusal + "; retrying");
       continue;
     }
-    core_->OnDirected(msg->from, msg->payload.data(), msg->payload.size(), now);
+    std::string payload(static_cast<const char*>(msg->payload.data()), msg->payload.size());
+    if (!intake_.Add(msg->from, std::move(payload))) {
+      ++intake_refused_;
+      intake_log_.Warn(msg->from, now,
+                       "refused a message from " + msg->from +
+                           ": it has a full queue of messages waiting here (the scheduler serves every peer in "
+                           "turn); it must wait for answers");
+      if (msg->from != bus::kBrokerAddress) {
+        client_->Send(msg->from, codec::EncodeError(wire::ErrorCode::Busy,
+                                                    "the scheduler holds too many of your messages; send fewer at "
+                                                    "once (wait for answers)"));
+      }
+    }
   }
-  return n;
+  size_t handled = 0;
+  for (auto& m : intake_.TakeTurn()) {
+    std::string storage;
+    std::string_view bytes = codec::AlignedBytes(m.payload, &storage);
+    core_->OnDirected(m.from, bytes.data(), bytes.size(), now);
+    ++handled;
+  }
+  return read + handled;
 }
 
 size_t SchedulerDaemon::DrainBus() {
@@ -305,6 +329,10 @@ void SchedulerDaemon::Metrics(ops::Sheet& sheet) const {
   sheet.Gauge("scheduler_tasks", help, census.pending, {{"state", "pending"}});
   sheet.Gauge("scheduler_tasks", help, census.queued, {{"state", "queued"}});
   sheet.Gauge("scheduler_tasks", help, census.running, {{"state", "running"}});
+  sheet.Gauge("scheduler_intake_messages", "directed messages read and not handled yet (served per sender in turn)",
+              intake_.queued());
+  sheet.Counter("scheduler_intake_refused_total", "messages refused: their sender had a full queue here",
+                intake_refused_);
   uint64_t now = bus::WallClockMs();
   sheet.Gauge(
       "scheduler_oldest_pending_seconds", "how long the longest-waiting pending task has waited",

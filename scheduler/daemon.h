@@ -28,6 +28,7 @@
 #include "broker/ops.h"
 #include "broker/rate_limited_log.h"
 #include "scheduler/core.h"
+#include "scheduler/intake.h"
 #include "store/store.h"
 
 namespace fm::sched {
@@ -108,6 +109,9 @@ class SchedulerDaemon {
   bus::Security security_;
   std::unique_ptr<bus::Client> client_;
   bus::RateLimitedLog link_log_{spdlog::default_logger()};
+  FairIntake intake_;  // directed messages read, not handled yet
+  bus::RateLimitedLog intake_log_{spdlog::default_logger()};
+  uint64_t intake_refused_ = 0;
   std::unique_ptr<SchedulerCore> core_;
   std::unique_ptr<Committer> committer_;
   bus::Loop* loop_ = nullptr;

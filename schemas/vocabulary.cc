@@ -45,7 +45,7 @@ constexpr std::array<std::pair<wire::Reason, std::string_view>, 14> kReasons{{
     {wire::Reason::SessionIdle, "session_idle"},
 }};
 
-constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 7> kErrorCodes{{
+constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 8> kErrorCodes{{
     {wire::ErrorCode::Malformed, "malformed"},
     {wire::ErrorCode::Unreachable, "unreachable"},
     {wire::ErrorCode::Oversized, "oversized"},
@@ -53,6 +53,7 @@ constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 7> kErrorCode
     {wire::ErrorCode::Storage, "storage"},
     {wire::ErrorCode::Unauthorized, "unauthorized"},
     {wire::ErrorCode::Unclaimed, "unclaimed"},
+    {wire::ErrorCode::Busy, "busy"},
 }};
 
 template <typename E, size_t N>

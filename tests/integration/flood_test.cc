@@ -1,11 +1,15 @@
 // Floods from one hostile peer, bounded in time: what they may cost the broker and the
 // scheduler (memory, log), and that the cluster serves on and gives the memory back.
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
+#include <thread>
 #include <zmq.hpp>
 
+#include "broker/bus.h"
 #include "harness.h"
+#include "schemas/codec.h"
 
 using namespace fm::test;
 using Catch::Contains;
@@ -195,4 +199,54 @@ TEST_CASE(
   CHECK(broker_big < broker_base + (96u << 20));
   CHECK(worker_big < worker_base + (8u << 20));
 #endif
+}
+
+TEST_CASE(
+    "while one client floods the scheduler with replay requests it never reads, an operator's fm-ctl ping answers "
+    "within a second",
+    "[integration][flood][inside]") {
+  Cluster c;
+  c.StartWorker("w", {"--slots", "4"});
+  // A history to replay: each request costs the scheduler a store read and a batch.
+  std::string lines;
+  for (int i = 0; i < 200; ++i) lines += "{\"command\": [\"true\"]}\n";
+  REQUIRE(c.Submit(lines, {"--wait"}).exit_code == 0);
+  zmq::context_t ctx(1);
+  zmq::socket_t flooder(ctx, zmq::socket_type::dealer);
+  flooder.set(zmq::sockopt::linger, 0);
+  flooder.set(zmq::sockopt::sndhwm, 0);
+  flooder.set(zmq::sockopt::rcvhwm, 1);  // it never reads its replies
+  flooder.connect(c.broker());
+  flatbuffers::FlatBufferBuilder fbb;
+  const std::string hello = fm::codec::Seal(fbb, fm::wire::CreateBrokerHello(fbb, fbb.CreateString("client/flood/1")));
+  flooder.send(zmq::buffer(std::string(fm::bus::kBrokerAddress)), zmq::send_flags::sndmore);
+  flooder.send(zmq::buffer(hello), zmq::send_flags::none);
+  fbb.Clear();
+  const std::string replay = fm::codec::Seal(fbb, fm::wire::CreateReplayRequest(fbb, 1, 7));
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> sent{0};
+  std::thread flood([&] {
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(8);
+    while (!stop && sent < 200000 && std::chrono::steady_clock::now() < until) {
+      flooder.send(zmq::buffer(std::string(fm::bus::kSchedulerAddress)), zmq::send_flags::sndmore);
+      flooder.send(zmq::buffer(replay), zmq::send_flags::none);
+      ++sent;
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the flood under way
+  std::vector<long> took;
+  for (int i = 0; i < 3; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    ToolRun ping = RunTool({Bin("fm-ctl"), "--broker", c.broker(), "--timeout", "1s", "ping"});
+    took.push_back(static_cast<long>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count()));
+    INFO(ping.err);
+    CHECK(ping.exit_code == 0);
+  }
+  stop = true;
+  flood.join();
+  std::printf("ping during a replay flood (%llu requests sent): %ld, %ld, %ld ms\n",
+              static_cast<unsigned long long>(sent.load()), took[0], took[1], took[2]);
+  CHECK(sent > 10000);
+  CHECK(c.scheduler().WaitFor("it has a full queue of messages waiting here", 10000, 1, true));
 }

@@ -1,0 +1,59 @@
+// The scheduler's directed messages, queued per sender and taken fairly: one client's
+// flood never holds up another peer (an operator's fm-ctl ping, a worker's result).
+//
+// The daemon reads its socket into Add as fast as messages come (cheap: no decoding),
+// so the broker's queue to the scheduler never fills behind a flooder; each turn it
+// Takes round-robin across senders, at most `per_sender_turn` from one sender and
+// `turn` in all. A sender whose queue holds `per_sender_messages` or `per_sender_bytes`
+// is refused more (Add says so) until it has been served. Pure: no sockets, no clock.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace fm::sched {
+
+struct IntakeOptions {
+  size_t per_sender_messages = 8192;
+  size_t per_sender_bytes = 64u << 20;
+  size_t per_sender_turn = 256;
+  size_t turn = 4096;
+};
+
+class FairIntake {
+ public:
+  struct Message {
+    std::string from;
+    std::string payload;
+  };
+
+  explicit FairIntake(IntakeOptions options = {}) : options_(options) {}
+
+  // Queues a message from `from`. False (nothing queued) when that sender's queue is
+  // full: the caller tells it so.
+  [[nodiscard]] bool Add(const std::string& from, std::string payload);
+
+  // This turn's messages: senders in turn (the order they first had something queued),
+  // FIFO within a sender, at most per_sender_turn each and turn in all.
+  std::vector<Message> TakeTurn();
+
+  bool empty() const { return queued_ == 0; }
+  size_t queued() const { return queued_; }
+  size_t senders() const { return queues_.size(); }
+
+ private:
+  struct Queue {
+    std::deque<std::string> messages;
+    size_t bytes = 0;
+  };
+  IntakeOptions options_;
+  std::unordered_map<std::string, Queue> queues_;
+  std::deque<std::string> order_;  // senders with something queued, next to serve first
+  size_t queued_ = 0;
+};
+
+}  // namespace fm::sched

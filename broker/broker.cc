@@ -18,9 +18,11 @@ namespace fm::bus {
 namespace {
 constexpr size_t kBudget = 256;  // messages per drain call, so one socket cannot starve the others
 constexpr const char* kBrokerPrefix = "broker/";
-constexpr size_t kMaxAddressBytes = 256;            // a claimed or relayed address
-constexpr size_t kMaxSubscriberMessage = 1024;      // a handshake or a subscription from a subscriber
-constexpr size_t kMaxClaimsPerKey = 1024;           // open connections one certificate may name
+constexpr size_t kMaxAddressBytes = 256;        // a claimed or relayed address
+constexpr size_t kMaxSubscriberMessage = 1024;  // a handshake or a subscription from a subscriber
+constexpr size_t kMaxClaimsPerKey = 1024;       // open connections one certificate may name
+constexpr size_t kMaxHeldMessages = 1024;       // a claimer's messages waiting for its proof
+constexpr size_t kMaxHeldBytes = 32u << 20;
 
 // An address is short printable ASCII: it is stored, logged and announced.
 bool ValidAddress(const std::string& address) {
@@ -106,6 +108,7 @@ Status Broker::Configure() {
                                own_.role);
       }
       upstream_key_ = parent->public_key;
+      root_key_ = upstream_key_;  // until the parent, a node broker itself, names the root
     } else if (!options_.upstream_cert.empty()) {
       return Status::Invalid("--upstream-cert needs --cert (the node broker's own certificate of role broker)");
     }
@@ -452,6 +455,7 @@ void Broker::Unclaim(const std::string& pipe) {
   auto held = pipes_.find(it->second.address);
   if (held != pipes_.end() && held->second == pipe) pipes_.erase(held);
   if (IsBroker(it->second.address)) table_.ForgetChild(it->second.address);
+  if (it->second.proof) proofs_.erase(it->second.address);
   claims_.erase(it);
 }
 
@@ -623,7 +627,10 @@ void Broker::ErrorTo(const std::string& source, wire::ErrorCode code, const std:
 
 void Broker::ErrorToPipe(const std::string& pipe, wire::ErrorCode code, const std::string& message,
                          const std::string& about) {
-  std::string payload = codec::EncodeError(code, message, about);
+  SendToPipe(pipe, codec::EncodeError(code, message, about));
+}
+
+void Broker::SendToPipe(const std::string& pipe, const std::string& payload) {
   try {
     if (!RetryEintr(
             [&] { return router_.send(zmq::buffer(pipe), zmq::send_flags::sndmore | zmq::send_flags::dontwait); })) {
@@ -655,7 +662,21 @@ void Broker::HandleForBroker(const std::string& pipe, const std::string& source,
   }
   const wire::Envelope& env = **envelope;
   if (env.body_type() == wire::Body::BrokerHello) {
-    if (local_peer) HandleClaim(pipe, codec::Str(env.body_as_BrokerHello()->address()), peer);
+    if (!local_peer) return;
+    const wire::BrokerHello* hello = env.body_as_BrokerHello();
+    const std::string address = codec::Str(hello->address());
+    auto before = claims_.find(pipe);
+    const bool had = before != claims_.end() && before->second.address == address;
+    HandleClaim(pipe, address, peer);
+    auto claim = claims_.find(pipe);
+    if (!NeedsProof() || claim == claims_.end() || claim->second.address != address) return;
+    if (!had) {
+      // Every claimer learns the root's key (a node broker below us passes it on); a
+      // peer proves its claim with it before anything it sends goes up.
+      flatbuffers::FlatBufferBuilder fbb(128);
+      SendToPipe(pipe, codec::Seal(fbb, wire::CreateProveClaim(fbb, fbb.CreateString(root_key_))));
+    }
+    if (hello->proof() && !IsBroker(address)) TakeProof(pipe, claim->second, FromWire(hello->proof()));
     return;
   }
   if (env.body_type() == wire::Body::Error) return;
@@ -666,23 +687,58 @@ void Broker::HandleForBroker(const std::string& pipe, const std::string& source,
   if (env.body_type() == wire::Body::RouteAnnouncement && IsBroker(source) && local_peer) {
     const uint64_t now = WallClockMs();
     table_.SeenChild(source, now);
-    if (const auto* peers = env.body_as_RouteAnnouncement()->peers()) {
+    const wire::RouteAnnouncement* announcement = env.body_as_RouteAnnouncement();
+    std::unordered_map<std::string, ClaimProof> proofs;
+    if (announcement->proofs()) {
+      for (const auto* p : *announcement->proofs()) {
+        ClaimProof proof = FromWire(p);
+        proofs[proof.address] = std::move(proof);
+      }
+    }
+    bool proofs_came = false;
+    if (const auto* peers = announcement->peers()) {
       size_t refused = 0;
+      std::string why;
       for (const auto* p : *peers) {
         // A child never announces the scheduler (it attaches to the root), us, a peer
-        // connected here, or one that lives behind another child.
+        // connected here, or one that lives behind another child. With CURVE the root
+        // takes only peers whose holder proved the claim (broker/claim_proof.h).
         const std::string announced = p->str();
         if (announced == kSchedulerAddress || announced == kBrokerAddress || !ValidAddress(announced) ||
-            pipes_.count(announced) || !LearnRoute(announced, source, now)) {
+            pipes_.count(announced)) {
           ++refused;
+          continue;
         }
+        if (ChecksProofs()) {
+          auto proof = proofs.find(announced);
+          Status proven = ProvenBehind(announced, source, proof == proofs.end() ? nullptr : &proof->second, now);
+          if (!proven.ok()) {
+            ++refused;
+            if (why.empty()) why = "\"" + announced + "\": " + proven.message();
+            continue;
+          }
+          table_.Assign(announced, source, now);
+          continue;
+        }
+        if (!LearnRoute(announced, source, now)) ++refused;
       }
       if (refused > 0) {
         ++counters_.unauthorized;
         rejected_log_->Warn("announce " + source, now,
                             "broker " + source + " announced " + std::to_string(refused) +
-                                " peers that are connected elsewhere (kept where they are)");
+                                " peers it may not route to (kept where they are)" + (why.empty() ? "" : "; " + why));
       }
+    }
+    if (NeedsProof()) {
+      // A node broker between: the proofs go on up, before the messages that follow.
+      for (auto& [address, proof] : proofs) {
+        auto known = proofs_.find(address);
+        if (known == proofs_.end() || known->second.time_ms < proof.time_ms) {
+          proofs_[address] = std::move(proof);
+          proofs_came = true;
+        }
+      }
+      if (proofs_came) SendAnnouncement();
     }
     announce_now_ |= has_upstream_;  // our parent learns them through us
     return;
@@ -743,9 +799,19 @@ size_t Broker::DrainRouter() {
         continue;
       }
       table_.SeenChild(source, WallClockMs());
-      if (from == kSchedulerAddress || pipes_.count(from) || !LearnRoute(from, source, WallClockMs())) {
+      Status behind = Status::Ok();
+      if (from == kSchedulerAddress || pipes_.count(from)) {
+        behind = Status::Invalid("it is not behind it");
+      } else if (ChecksProofs()) {
+        // Only a peer that proved its claim to us is behind a child (claim_proof.h).
+        behind = ProvenBehind(from, source, nullptr, WallClockMs());
+        if (behind.ok()) table_.Assign(from, source, WallClockMs());
+      } else if (!LearnRoute(from, source, WallClockMs())) {
+        behind = Status::Invalid("it is not behind it");
+      }
+      if (!behind.ok()) {
         Refuse(pipe, peer, wire::ErrorCode::Unauthorized,
-               "broker " + source + " relayed a message from \"" + from + "\", which is not behind it", destination);
+               "broker " + source + " relayed a message from \"" + from + "\": " + behind.message(), destination);
         continue;
       }
       if (destination == kBrokerAddress) {
@@ -789,6 +855,23 @@ size_t Broker::DrainRouter() {
       continue;
     }
     if (!IsBroker(source)) table_.SeenLocal(source, WallClockMs());
+    if (NeedsProof() && !IsBroker(source) && !claim->second.proof && !pipes_.count(destination)) {
+      // Not proven to the root yet (ProveClaim asked for it): it waits here, bounded, and
+      // goes up right behind the proof.
+      Claim& waiting = claim->second;
+      if (waiting.held.size() >= kMaxHeldMessages || waiting.held_bytes + frames[2].size() > kMaxHeldBytes) {
+        ErrorToPipe(pipe, wire::ErrorCode::Unauthorized,
+                    "address \"" + source +
+                        "\" is not proven to the root broker yet (send BrokerHello with a proof, "
+                        "as ProveClaim asked); message for " +
+                        destination + " dropped",
+                    destination);
+        continue;
+      }
+      waiting.held_bytes += frames[2].size();
+      waiting.held.emplace_back(destination, std::move(frames[2]));
+      continue;
+    }
     Route(destination, source, frames[2], false);
   }
   return n;
@@ -804,7 +887,10 @@ size_t Broker::DrainUpstream() {
       // The parent itself: a probe of our claim, or an Error about it.
       zmq::message_t body = Aligned(std::move(frames[1]));
       auto env = codec::Decode(body.data(), body.size());
-      if (env.ok() && (*env)->body_type() == wire::Body::Error) {
+      if (env.ok() && (*env)->body_type() == wire::Body::ProveClaim) {
+        // The parent is a node broker too: the root is who it says.
+        root_key_ = codec::Str((*env)->body_as_ProveClaim()->root_key());
+      } else if (env.ok() && (*env)->body_type() == wire::Body::Error) {
         const wire::Error* e = (*env)->body_as_Error();
         if (ParseErrorCode(codec::Str(e->code())) == wire::ErrorCode::Unclaimed) {
           SendUpHello();
@@ -830,10 +916,68 @@ void Broker::Announce() {
   announce_now_ = false;
   if (!has_upstream_) return;
   SendUpHello();  // claims again after a reconnect; cheap otherwise
+  SendAnnouncement();
+}
+
+void Broker::SendAnnouncement() {
   flatbuffers::FlatBufferBuilder fbb(1024);
   std::vector<std::string> peers = table_.Reachable();
-  std::string payload = codec::Seal(fbb, wire::CreateRouteAnnouncement(fbb, codec::ToWire(fbb, peers)));
+  std::vector<flatbuffers::Offset<wire::ClaimProof>> proofs;
+  if (NeedsProof()) {
+    std::unordered_map<std::string, ClaimProof> kept;
+    for (const auto& peer : peers) {
+      auto it = proofs_.find(peer);
+      if (it == proofs_.end()) continue;
+      proofs.push_back(ToWire(fbb, it->second));
+      kept.insert(std::move(*it));
+    }
+    proofs_ = std::move(kept);  // of peers no longer reachable through us: gone
+  }
+  auto announced = codec::ToWire(fbb, peers);
+  auto proven = proofs.empty() ? 0 : fbb.CreateVector(proofs);
+  std::string payload = codec::Seal(fbb, wire::CreateRouteAnnouncement(fbb, announced, proven));
   SendFrames(up_dealer_, {Buf(std::string(kBrokerAddress)), Buf(payload)});
+}
+
+void Broker::TakeProof(const std::string& pipe, Claim& claim, ClaimProof proof) {
+  // Checked as far as a node broker can (it cannot open it): its own claim, its own key.
+  if (proof.address != claim.address || proof.key != claim.peer.key) return;
+  if (claim.proof && proof.time_ms <= claim.proof->time_ms) return;
+  const bool first = !claim.proof;
+  claim.proof = proof;
+  proofs_[claim.address] = std::move(proof);
+  if (!first) return;
+  // On one connection to the parent, in order: the proof, then what waited for it.
+  table_.SeenLocal(claim.address, WallClockMs());
+  SendAnnouncement();
+  auto held = std::move(claim.held);
+  claim.held.clear();
+  claim.held_bytes = 0;
+  const std::string source = claim.address;
+  for (auto& [destination, payload] : held) Route(destination, source, payload, false);
+  (void)pipe;
+}
+
+Status Broker::ProvenBehind(const std::string& address, const std::string& child, const ClaimProof* proof,
+                            uint64_t now_ms) {
+  auto it = proven_.find(address);
+  if (proof && (it == proven_.end() || !(it->second.proof == *proof))) {
+    if (proof->address != address) return Status::Invalid("its proof is for another address");
+    if (Status s = CheckClaimProof(*proof, own_.secret_key, now_ms); !s.ok()) return s;
+    const Certificate* cert = trust_->Find(proof->key);
+    if (!cert) return Status::Invalid("the key that proved it is not in the trust directory");
+    auto role = ParseRole(cert->role);
+    if (Status s = MayClaim(role ? *role : Role::kNone, cert->name, address); !s.ok()) return s;
+    if (it != proven_.end() && it->second.child != child && it->second.proof.time_ms >= proof->time_ms) {
+      return Status::Invalid("a newer proof has it behind " + it->second.child);
+    }
+    proven_[address] = {child, *proof};
+    return Status::Ok();
+  }
+  if (it == proven_.end()) return Status::Invalid("no proof of it came from its holder");
+  if (it->second.child != child) return Status::Invalid("it was proven behind " + it->second.child);
+  if (now_ms > it->second.proof.time_ms + kClaimProofValidMs) return Status::Invalid("its proof is too old");
+  return Status::Ok();
 }
 
 // ---------------------------------------------------------------------------
@@ -876,6 +1020,19 @@ size_t Broker::DrainEvents() {
           Status::Invalid("a published message is [topic][payload], not " + std::to_string(frames.size()) + " frames");
     } else {
       allowed = MayPublish(peer.role, peer.name, frames[0].to_string_view(), frames[1].to_string_view());
+      if (allowed.ok() && peer.role == Role::kBroker && ChecksProofs()) {
+        // A child broker passes on its subtree's workers' announcements: only of a worker
+        // that proved its address behind that very child.
+        auto worker = AnnouncedWorker(frames[0].to_string_view(), frames[1].to_string_view());
+        auto proven = worker.ok() ? proven_.find(worker->second) : proven_.end();
+        if (!worker.ok()) {
+          allowed = worker.status();
+        } else if (proven == proven_.end() || PrincipalOf(proven->second.child).name != peer.name) {
+          allowed =
+              Status::Invalid("broker \"" + peer.name + "\" passed on an announcement of worker \"" + worker->first +
+                              "\" at " + worker->second + ", which did not prove that address behind it");
+        }
+      }
     }
     if (!allowed.ok()) {
       ++counters_.unauthorized;

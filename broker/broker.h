@@ -37,6 +37,7 @@
 
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <zmq.hpp>
@@ -44,6 +45,7 @@
 
 #include "broker/bus.h"
 #include "broker/cert.h"
+#include "broker/claim_proof.h"
 #include "broker/loop.h"
 #include "broker/ops.h"
 #include "broker/rate_limited_log.h"
@@ -110,7 +112,28 @@ class Broker {
     std::string address;
     Peer peer;
     uint64_t seen_ms = 0;
+    // A node broker with CURVE: the claimer's proof for the root, and what it sent up
+    // before the proof came (destination, payload), sent on when it comes.
+    std::optional<ClaimProof> proof;
+    std::vector<std::pair<std::string, zmq::message_t>> held;
+    size_t held_bytes = 0;
   };
+  // The root with CURVE: an address a child broker proved a peer holds behind it.
+  struct Proven {
+    std::string child;  // the child broker's address
+    ClaimProof proof;
+  };
+  // A node broker with CURVE asks every claimer for a proof; the root checks them.
+  bool NeedsProof() const { return secure_ && has_upstream_; }
+  bool ChecksProofs() const { return secure_ && !has_upstream_; }
+  // Node broker: a proof in a claimer's BrokerHello; the first one is announced up at once
+  // and what the claimer sent meanwhile follows it.
+  void TakeProof(const std::string& pipe, Claim& claim, ClaimProof proof);
+  // Root: whether `address` is proven behind `child` (checking `proof` when one came).
+  // Error says why not.
+  Status ProvenBehind(const std::string& address, const std::string& child, const ClaimProof* proof, uint64_t now_ms);
+  // Sends the announcement of every peer reachable through this broker (with proofs).
+  void SendAnnouncement();
   // The connection `pipe` claims `address` (BrokerHello).
   void HandleClaim(const std::string& pipe, const std::string& address, const Peer& peer);
   void Unclaim(const std::string& pipe);
@@ -124,6 +147,8 @@ class Broker {
   void Refuse(const std::string& pipe, const Peer& peer, wire::ErrorCode code, const std::string& why,
               const std::string& about);
   void ErrorToPipe(const std::string& pipe, wire::ErrorCode code, const std::string& message, const std::string& about);
+  // Sends `payload` to the connection `pipe` from the broker; dropped when it is gone or full.
+  void SendToPipe(const std::string& pipe, const std::string& payload);
   void ReloadTrust();
   void Sweep();
   // Closes the events-out listener and its connections and listens again: every
@@ -192,6 +217,9 @@ class Broker {
   std::vector<std::string> events_out_bound_;           // what ReopenEventsOut binds again
   std::vector<std::string> rebind_events_out_;          // not bound again yet
   std::unordered_map<std::string, size_t> claims_per_key_;
+  std::string root_key_;                                // node broker: the root's public key (Z85)
+  std::unordered_map<std::string, ClaimProof> proofs_;  // node broker: proofs of the peers behind it
+  std::unordered_map<std::string, Proven> proven_;      // root: addresses proven behind a child
   uint64_t last_sweep_ms_ = 0;
   std::unique_ptr<RateLimitedLog> rejected_log_;  // bad input from peers, per peer
   bool announce_now_ = false;

@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "broker/loop.h"
 #include "schemas/codec.h"
 #include "schemas/vocabulary.h"
 
@@ -268,6 +269,13 @@ std::optional<Received> Client::Receive() {
     if (msg.from == kBrokerAddress) {
       auto env = codec::Decode(msg.payload.data(), msg.payload.size());
       if (env.ok() && (*env)->body_type() == wire::Body::BrokerHello) continue;  // the broker's probe of our claim
+      if (env.ok() && (*env)->body_type() == wire::Body::ProveClaim) {
+        // A node broker holds what we send up until the root has our proof.
+        root_key_ = codec::Str((*env)->body_as_ProveClaim()->root_key());
+        proof_.reset();
+        Hello();
+        continue;
+      }
       if (env.ok() && (*env)->body_type() == wire::Body::Error &&
           ParseErrorCode(codec::Str((*env)->body_as_Error()->code())) == wire::ErrorCode::Unclaimed) {
         Hello();
@@ -325,8 +333,18 @@ std::string BrokerRefusal(const Received& message) {
 }
 
 void Client::Hello() {
-  flatbuffers::FlatBufferBuilder fbb(64);
-  Send(kBrokerAddress, codec::Seal(fbb, wire::CreateBrokerHello(fbb, fbb.CreateString(address_))));
+  flatbuffers::FlatBufferBuilder fbb(256);
+  flatbuffers::Offset<wire::ClaimProof> proof;
+  if (security_.on() && !root_key_.empty()) {
+    const uint64_t now = WallClockMs();
+    if (!proof_ || now > proof_->time_ms + kClaimProofRenewMs || now < proof_->time_ms) {
+      auto made = MakeClaimProof(address_, security_.own.public_key, security_.own.secret_key, root_key_, now);
+      if (made.ok()) proof_ = std::move(*made);
+    }
+    if (proof_) proof = ToWire(fbb, *proof_);
+  }
+  auto address = fbb.CreateString(address_);
+  Send(kBrokerAddress, codec::Seal(fbb, wire::CreateBrokerHello(fbb, address, proof)));
 }
 
 void Client::Publish(std::string_view topic, std::string_view payload) {

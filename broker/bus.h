@@ -21,6 +21,7 @@
 
 #include "broker/addresses.h"
 #include "broker/cert.h"
+#include "broker/claim_proof.h"
 #include "broker/rate_limited_log.h"
 #include "schemas/status.h"
 
@@ -153,6 +154,8 @@ class Client {
   std::optional<Received> Receive();
   // Claims the address on the current connection and tells the local broker this client
   // is here (so a node broker announces it to its parent). Cheap; send it periodically.
+  // Once a node broker asked for it (ProveClaim), with a proof of the claim for the root
+  // broker (broker/claim_proof.h), made anew every kClaimProofRenewMs.
   void Hello();
   // What went wrong with the link to the broker since the last call, as a sentence
   // naming the likely cause (a refused certificate, a broker without CURVE, a wrong
@@ -188,6 +191,8 @@ class Client {
   zmq::socket_t pub_;
   zmq::socket_t sub_;
   uint64_t malformed_ = 0;
+  std::string root_key_;             // the root broker's, as a node broker said (ProveClaim)
+  std::optional<ClaimProof> proof_;  // the last one made for it
 };
 
 }  // namespace fm::bus

@@ -108,7 +108,8 @@ void Loop::Settle() {
     // busy socket does not hold up the others (the broker's events vs. its directed
     // traffic); rounds go on until no socket is readable.
     for (auto& w : watched_) {
-      if ((w->pending && w->pending()) || (RetryEintr([&] { return w->socket->get(zmq::sockopt::events); }) & ZMQ_POLLIN)) {
+      if ((w->pending && w->pending()) ||
+          (RetryEintr([&] { return w->socket->get(zmq::sockopt::events); }) & ZMQ_POLLIN)) {
         if (w->drain() > 0) any = true;
       }
     }

@@ -100,28 +100,30 @@ Status MayPublish(Role role, std::string_view name, std::string_view topic, std:
   if (topic != "fleet.register" && topic != "fleet.heartbeat") {
     return refuse(": a worker publishes only fleet.register and fleet.heartbeat");
   }
-  std::string storage;
-  std::string_view bytes = codec::AlignedBytes(payload, &storage);
-  auto env = codec::Decode(bytes.data(), bytes.size());
-  if (!env.ok()) return refuse(": " + env.status().message());
-  const flatbuffers::String* id = nullptr;
-  const flatbuffers::String* address = nullptr;
-  if (const auto* reg = (*env)->body_as_WorkerRegistration(); reg && topic == "fleet.register") {
-    id = reg->id();
-    address = reg->address();
-  } else if (const auto* hb = (*env)->body_as_WorkerHeartbeat(); hb && topic == "fleet.heartbeat") {
-    id = hb->id();
-    address = hb->address();
-  } else {
-    return refuse(": the body does not match the topic");
-  }
-  if (codec::Str(id) != name) return refuse(": it announces worker \"" + codec::Str(id) + "\"");
-  if (Status s = MayClaim(role, name, codec::Str(address)); !s.ok()) return refuse(": " + s.message());
+  auto announced = AnnouncedWorker(topic, payload);
+  if (!announced.ok()) return refuse(": " + announced.status().message());
+  const auto& [id, address] = *announced;
+  if (id != name) return refuse(": it announces worker \"" + id + "\"");
+  if (Status s = MayClaim(role, name, address); !s.ok()) return refuse(": " + s.message());
   return Status::Ok();
 }
 
+Result<std::pair<std::string, std::string>> AnnouncedWorker(std::string_view topic, std::string_view payload) {
+  std::string storage;
+  std::string_view bytes = codec::AlignedBytes(payload, &storage);
+  auto env = codec::Decode(bytes.data(), bytes.size());
+  if (!env.ok()) return env.status();
+  if (const auto* reg = (*env)->body_as_WorkerRegistration(); reg && topic == "fleet.register") {
+    return std::pair{codec::Str(reg->id()), codec::Str(reg->address())};
+  }
+  if (const auto* hb = (*env)->body_as_WorkerHeartbeat(); hb && topic == "fleet.heartbeat") {
+    return std::pair{codec::Str(hb->id()), codec::Str(hb->address())};
+  }
+  return Status::Invalid("the body does not match the topic");
+}
+
 const std::string_view kPublishedTopics[5] = {"task.", "worker.", "scheduler.started", "fleet.register",
-                                             "fleet.heartbeat"};
+                                              "fleet.heartbeat"};
 
 Status MaySubscribe(std::string_view prefix) {
   for (std::string_view topic : kPublishedTopics) {
@@ -131,7 +133,8 @@ Status MaySubscribe(std::string_view prefix) {
   for (char& c : shown) {
     if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
   }
-  return Status::Invalid("subscription \"" + shown + "\" matches no topic anything is published on (task., worker., "
+  return Status::Invalid("subscription \"" + shown +
+                         "\" matches no topic anything is published on (task., worker., "
                          "scheduler.started, fleet.register, fleet.heartbeat)");
 }
 

@@ -51,6 +51,10 @@ Status MayClaim(Role role, std::string_view name, std::string_view address);
 // the topic and, for a worker, whose announcement it was.
 Status MayPublish(Role role, std::string_view name, std::string_view topic, std::string_view payload);
 
+// The worker a fleet.register or fleet.heartbeat payload announces: its id and address.
+// Error when the payload is no such announcement, or does not match the topic.
+Result<std::pair<std::string, std::string>> AnnouncedWorker(std::string_view topic, std::string_view payload);
+
 // The topics anything is published on: the scheduler's event classes ("task.",
 // "worker.") and "scheduler.started", the workers' "fleet.register" and
 // "fleet.heartbeat". A new topic is added here first (brokers go first in an upgrade).

@@ -36,6 +36,8 @@ class RoutingTable {
   // subtree cannot take over an address that lives in another.
   bool Learn(const std::string& peer, const std::string& child, uint64_t now_ms);
   void SeenChild(const std::string& child, uint64_t now_ms) { children_[child] = now_ms; }
+  // `peer` is behind `child` now, whatever route it had (the root, once the peer proved it).
+  void Assign(const std::string& peer, const std::string& child, uint64_t now_ms) { routes_[peer] = {child, now_ms}; }
   // A send to `child` failed: it is gone, and so are its routes.
   void ForgetChild(const std::string& child);
   // Drops routes and local peers older than the ttl.

@@ -164,7 +164,9 @@ TEST_CASE(
     sub.set(zmq::sockopt::subscribe, std::string(topic, 64));
   }
   sub.set(zmq::sockopt::subscribe, "task.");
-  ToolRun run = c.Submit(R"({"command": ["true"]})" "\n", {"--wait"});
+  ToolRun run = c.Submit(R"({"command": ["true"]})"
+                         "\n",
+                         {"--wait"});
   REQUIRE(run.exit_code == 0);
   // The valid one still works: the subscriber hears the task's events.
   sub.set(zmq::sockopt::rcvtimeo, 5000);
@@ -189,7 +191,9 @@ TEST_CASE(
     snprintf(topic.data(), 16, "%015d", i);
     big.set(zmq::sockopt::subscribe, topic);
   }
-  run = c.Submit(R"({"command": ["true"]})" "\n", {"--wait"});
+  run = c.Submit(R"({"command": ["true"]})"
+                 "\n",
+                 {"--wait"});
   CHECK(run.exit_code == 0);
   const uint64_t broker_big = ResidentBytes(c.broker_process().pid());
   const uint64_t worker_big = ResidentBytes(c.worker("w").pid());

@@ -326,7 +326,7 @@ TEST_CASE(
   CHECK_THAT(worker.NextError(), Contains("unauthorized: role worker (\"w1\") may not submit tasks"));
   // Owners are in the events too.
   ToolRun json = RunTool({Bin("fm-tap"), "--broker", c.broker(), "--cert", c.keys().Secret("ops"), "--broker-cert",
-                          c.keys().Public("broker"), "--since", "1", "--json", "--count", "3", "task.submitted"});
+                          c.keys().Public("broker"), "--since", "1", "--json", "--count", "2", "task.submitted"});
   CHECK_THAT(Join(json.lines), Contains("\"owner\": \"alice\"") && Contains("\"owner\": \"bob\""));
 }
 
@@ -737,4 +737,84 @@ TEST_CASE(
   for (int fd : idle) ::close(fd);
   CHECK(broker->WaitFor("connections from it are still in their handshake (at most 4", 5000, 1, true));
   CHECK_THAT(broker->Stderr(), Contains("127.0.0.2"));
+}
+
+namespace {
+
+// What a node broker sends up: [destination][payload][source], `source` being whoever it
+// claims the message is from.
+void Relay(Peer& broker, const std::string& to, const std::string& payload, const std::string& source) {
+  zmq::socket_t& dealer = broker.bus().dealer();
+  dealer.send(zmq::buffer(to), zmq::send_flags::sndmore);
+  dealer.send(zmq::buffer(payload), zmq::send_flags::sndmore);
+  dealer.send(zmq::buffer(source), zmq::send_flags::none);
+}
+
+std::string Announcement(const std::vector<std::string>& peers) {
+  flatbuffers::FlatBufferBuilder fbb;
+  return codec::Seal(fbb, wire::CreateRouteAnnouncement(fbb, codec::ToWire(fbb, peers)));
+}
+
+}  // namespace
+
+TEST_CASE(
+    "a node broker's key speaks for nobody who did not prove it to the root: not the operator, not a client, not "
+    "a live worker it would take over, and it keeps no route of another's",
+    "[integration][security][inside]") {
+  Cluster c({"--liveness", "2s"}, "", true);
+  c.StartWorker("w1", {"--slots", "2"});
+  // A real node broker beside, with worker w2 behind it: its peers prove their claims.
+  c.Trust("n1", "broker");
+  c.Trust("w2", "worker");
+  const std::string node = "tcp://127.0.0.1:" + std::to_string(PickPortBase());
+  auto n1 = Process::Start({Bin("fm-broker"), "--bind", node, "--upstream", c.broker(), "--cert", c.keys().Secret("n1"),
+                            "--trust", c.keys().dir(), "--upstream-cert", c.keys().Public("broker")});
+  REQUIRE(n1->WaitFor("upstream", 10000, 1, true));
+  c.StartCustomWorker("w2", {Bin("fm-worker"), "--broker", node, "--id", "w2", "--heartbeat", "200ms", "--label",
+                             "where=node", "--cert", c.keys().Secret("w2"), "--broker-cert", c.keys().Public("n1")});
+  ToolRun on_node = c.Submit(R"({"command": ["true"], "labels": {"where": "node"}})"
+                             "\n",
+                             {"--wait"});
+  REQUIRE(on_node.exit_code == 0);  // through the tree, proofs and all
+  std::string w2_address = Join(c.Ctl({"workers", "--json"}).lines);
+  w2_address = w2_address.substr(w2_address.find("\"w/w2/") + 1);
+  w2_address = w2_address.substr(0, w2_address.find('"'));
+  REQUIRE(w2_address.rfind("w/w2/", 0) == 0);
+  ToolRun alice = c.SubmitAs("alice", "client",
+                             R"({"command": ["sleep", "60"]})"
+                             "\n");
+  REQUIRE(alice.exit_code == 0);
+  REQUIRE(c.WaitEvent("task.started task=t2 "));
+
+  // The attacker: a trusted node broker key, claimed at the root as a broker.
+  Peer evil(c, "evil", "broker", "broker/evil/1", true);
+  // 1. Speaking as the operator (drain w1) and as alice (cancel her task).
+  Relay(evil, fm::bus::kSchedulerAddress, Control(wire::ControlOp::Drain, "w1"), "operator/ops/1");
+  CHECK_THAT(evil.NextError(), Contains("unauthorized") && Contains("operator/ops/1") && Contains("no proof"));
+  Relay(evil, fm::bus::kSchedulerAddress, Control(wire::ControlOp::Cancel, "t2"), "client/alice/1");
+  CHECK_THAT(evil.NextError(), Contains("unauthorized") && Contains("client/alice/1"));
+  // 2. Taking over the live w1: its id and node, an address of the attacker's.
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  evil.Send(fm::bus::kBrokerAddress, Announcement({"w/w1/evil"}));
+  flatbuffers::FlatBufferBuilder reg;
+  evil.bus().Publish("fleet.register", codec::Seal(reg, wire::CreateWorkerRegistration(reg, reg.CreateString("w1"),
+                                                                                       reg.CreateString("w/w1/evil"),
+                                                                                       reg.CreateString(host), 4711)));
+  CHECK(c.broker_process().WaitFor("which did not prove that address behind it", 10000, 1, true));
+  // 3. Keeping another's route: w2's own address, announced without its proof.
+  evil.Send(fm::bus::kBrokerAddress, Announcement({w2_address}));
+  CHECK(c.broker_process().WaitFor("no proof of it came from its holder", 10000, 1, true));
+  // Nothing of it took: w1 is neither drained nor replaced, alice's task runs, and w2
+  // still gets its tasks.
+  on_node = c.Submit(R"({"command": ["true"], "labels": {"where": "node"}})"
+                     "\n",
+                     {"--wait"});
+  CHECK(on_node.exit_code == 0);
+  CHECK_THAT(Join(c.Ctl({"task", "t2"}).lines), Contains("running"));
+  ToolRun workers = c.Ctl({"workers"});
+  CHECK_THAT(Join(workers.lines), !Contains("draining"));
+  CHECK(c.worker("w1").running());
+  CHECK(c.tap().Count("worker.lost worker=w1") == 0);
+  CHECK(c.Ctl({"cancel", "t2"}).exit_code == 0);
 }

@@ -58,9 +58,9 @@ TEST_CASE("a sender's queue is bounded in messages and in bytes, and takes more 
   FairIntake intake(options);
   CHECK(intake.Add("a", "1234"));
   CHECK(intake.Add("a", "5678"));
-  CHECK_FALSE(intake.Add("a", "x"));             // two messages
-  CHECK(intake.Add("b", "123456789"));           // another sender is not held up
-  CHECK_FALSE(intake.Add("b", "12"));            // 11 bytes
+  CHECK_FALSE(intake.Add("a", "x"));    // two messages
+  CHECK(intake.Add("b", "123456789"));  // another sender is not held up
+  CHECK_FALSE(intake.Add("b", "12"));   // 11 bytes
   CHECK(intake.TakeTurn().size() == 3);
   CHECK(intake.Add("a", "again"));
 }

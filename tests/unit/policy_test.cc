@@ -141,8 +141,7 @@ TEST_CASE("a task's start, result and output count only from the worker it is on
   CHECK(t.Events("task.succeeded").size() == 1);
 }
 
-TEST_CASE("a subscription is taken only when it could match a published topic, and names what it is not",
-          "[unit]") {
+TEST_CASE("a subscription is taken only when it could match a published topic, and names what it is not", "[unit]") {
   for (const char* ok : {"", "t", "task.", "worker.", "scheduler.", "scheduler.started", "fleet.", "fleet.register",
                          "fleet.heartbeat"}) {
     INFO(ok);

@@ -157,6 +157,8 @@ Status Broker::Bind() {
   // hundred bytes) and subscriptions: a message over 1 KiB drops its connection before
   // ZeroMQ keeps anything of it. Prefixes that match no topic stop here (below).
   xpub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxSubscriberMessage));
+  // Subscriptions apply only once the broker allowed them (ForwardSubscriptions).
+  xpub_.set(zmq::sockopt::xpub_manual, 1);
   for (const Endpoints& e : all) {
     for (auto [socket, endpoint] :
          {std::pair{&router_, e.router}, std::pair{&xsub_, e.events_in}, std::pair{&xpub_, e.events_out}}) {
@@ -522,6 +524,10 @@ void Broker::Sweep() {
     if (!IsBroker(claim.address)) table_.SeenLocal(claim.address, now);
   }
   for (const auto& pipe : gone) Unclaim(pipe);
+  // The root forgets proofs too old to count: a live peer renews its own every minute.
+  for (auto it = proven_.begin(); it != proven_.end();) {
+    it = now > it->second.proof.time_ms + kClaimProofValidMs ? proven_.erase(it) : std::next(it);
+  }
 }
 
 bool Broker::LearnRoute(const std::string& peer, const std::string& child, uint64_t now_ms) {
@@ -676,7 +682,7 @@ void Broker::HandleForBroker(const std::string& pipe, const std::string& source,
       flatbuffers::FlatBufferBuilder fbb(128);
       SendToPipe(pipe, codec::Seal(fbb, wire::CreateProveClaim(fbb, fbb.CreateString(root_key_))));
     }
-    if (hello->proof() && !IsBroker(address)) TakeProof(pipe, claim->second, FromWire(hello->proof()));
+    if (hello->proof() && !IsBroker(address)) TakeProof(claim->second, FromWire(hello->proof()));
     return;
   }
   if (env.body_type() == wire::Body::Error) return;
@@ -939,7 +945,7 @@ void Broker::SendAnnouncement() {
   SendFrames(up_dealer_, {Buf(std::string(kBrokerAddress)), Buf(payload)});
 }
 
-void Broker::TakeProof(const std::string& pipe, Claim& claim, ClaimProof proof) {
+void Broker::TakeProof(Claim& claim, ClaimProof proof) {
   // Checked as far as a node broker can (it cannot open it): its own claim, its own key.
   if (proof.address != claim.address || proof.key != claim.peer.key) return;
   if (claim.proof && proof.time_ms <= claim.proof->time_ms) return;
@@ -955,7 +961,6 @@ void Broker::TakeProof(const std::string& pipe, Claim& claim, ClaimProof proof) 
   claim.held_bytes = 0;
   const std::string source = claim.address;
   for (auto& [destination, payload] : held) Route(destination, source, payload, false);
-  (void)pipe;
 }
 
 Status Broker::ProvenBehind(const std::string& address, const std::string& child, const ClaimProof* proof,
@@ -1046,40 +1051,51 @@ size_t Broker::DrainEvents() {
   return n;
 }
 
-size_t Broker::ForwardSubscriptions(zmq::socket_t& from, zmq::socket_t& to) {
-  // XPUB passes on each subscription once (the first subscriber's). Only those that
-  // could match a published topic go on: the rest stop here, so publishers and parent
-  // brokers hold at most the few prefixes of kPublishedTopics whatever a subscriber
-  // sends. ZeroMQ's own unsubscribes carry no metadata, and a revoked subscriber is cut
-  // off by closing its connection (ReopenEventsOut), not here.
+size_t Broker::ForwardSubscriptions(zmq::socket_t& from, zmq::socket_t& to, bool local) {
+  // Local subscribers (events-out, XPUB in manual mode): every subscription comes here
+  // with its subscriber's role and name, and applies only if policy.h allows it
+  // (a client follows its own tasks alone). Each distinct allowed one goes on up once;
+  // unsubscriptions do not (ZeroMQ's own, for a connection that closed, carry no
+  // subscriber, so no count could say when a topic has none left): the union only grows,
+  // and stays within the few allowed topics. From the parent (not manual): what the
+  // tree's subscribers asked, checked as a broker's. A revoked subscriber is cut off by
+  // closing its connection (ReopenEventsOut), not here.
   size_t n = 0;
   while (n < kBudget) {
     zmq::message_t frame;
     if (!RetryEintr([&] { return from.recv(frame, zmq::recv_flags::dontwait); })) break;
     ++n;
     const auto* bytes = static_cast<const char*>(frame.data());
-    if (frame.size() >= 1 && (bytes[0] == 0 || bytes[0] == 1) && !frame.more()) {
-      Status allowed = MaySubscribe(std::string_view(bytes + 1, frame.size() - 1));
-      if (!allowed.ok()) {
-        ++counters_.subscriptions_refused;
-        const Peer peer = PeerOf(frame);
-        rejected_log_->Warn("subscribe " + peer.name, WallClockMs(),
-                            "did not pass on a subscription" +
-                                (peer.name.empty() ? std::string() : " from \"" + peer.name + "\"") + ": " +
-                                allowed.message());
-        continue;
-      }
+    if (frame.size() < 1 || (bytes[0] != 0 && bytes[0] != 1) || frame.more()) continue;
+    const bool subscribe = bytes[0] == 1;
+    const std::string topic(bytes + 1, frame.size() - 1);
+    const Peer peer = local ? PeerOf(frame) : Peer{Role::kBroker, "parent", ""};
+    if (!subscribe) {
+      if (local) xpub_.set(zmq::sockopt::unsubscribe, topic);  // a live subscriber's; else a no-op
+      if (!local) RetryEintr([&] { return to.send(frame, zmq::send_flags::none); });
+      continue;
     }
-    RetryEintr([&] { return to.send(frame, frame.more() ? zmq::send_flags::sndmore : zmq::send_flags::none); });
+    // Keyless: no role on the connection; it may follow everything, as before.
+    Status allowed = MaySubscribe(peer.role == Role::kNone ? Role::kOperator : peer.role, peer.name, topic);
+    if (!allowed.ok()) {
+      ++counters_.subscriptions_refused;
+      rejected_log_->Warn("subscribe " + peer.name, WallClockMs(),
+                          "refused a subscription" + (peer.name.empty() ? std::string() : " of \"" + peer.name + "\"") +
+                              ": " + allowed.message());
+      continue;
+    }
+    if (local) xpub_.set(zmq::sockopt::subscribe, topic);  // for the subscriber that asked
+    if (local && !passed_on_.insert(topic).second) continue;
+    RetryEintr([&] { return to.send(frame, zmq::send_flags::none); });
   }
   return n;
 }
 
-size_t Broker::DrainSubscriptions() { return ForwardSubscriptions(xpub_, has_upstream_ ? up_xsub_ : xsub_); }
+size_t Broker::DrainSubscriptions() { return ForwardSubscriptions(xpub_, has_upstream_ ? up_xsub_ : xsub_, true); }
 
 size_t Broker::DrainUpstreamEvents() { return Forward(up_xsub_, xpub_, &counters_.events); }
 
-size_t Broker::DrainUpstreamSubscriptions() { return ForwardSubscriptions(up_xpub_, xsub_); }
+size_t Broker::DrainUpstreamSubscriptions() { return ForwardSubscriptions(up_xpub_, xsub_, false); }
 
 }  // namespace fm::bus
 

@@ -40,6 +40,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
@@ -128,7 +129,7 @@ class Broker {
   bool ChecksProofs() const { return secure_ && !has_upstream_; }
   // Node broker: a proof in a claimer's BrokerHello; the first one is announced up at once
   // and what the claimer sent meanwhile follows it.
-  void TakeProof(const std::string& pipe, Claim& claim, ClaimProof proof);
+  void TakeProof(Claim& claim, ClaimProof proof);
   // Root: whether `address` is proven behind `child` (checking `proof` when one came).
   // Error says why not.
   Status ProvenBehind(const std::string& address, const std::string& child, const ClaimProof* proof, uint64_t now_ms);
@@ -184,7 +185,7 @@ class Broker {
   size_t DrainUpstream();
   size_t DrainEvents();
   size_t DrainSubscriptions();
-  size_t ForwardSubscriptions(zmq::socket_t& from, zmq::socket_t& to);
+  size_t ForwardSubscriptions(zmq::socket_t& from, zmq::socket_t& to, bool local);
   size_t DrainUpstreamEvents();
   size_t DrainUpstreamSubscriptions();
 
@@ -220,6 +221,7 @@ class Broker {
   std::string root_key_;                                // node broker: the root's public key (Z85)
   std::unordered_map<std::string, ClaimProof> proofs_;  // node broker: proofs of the peers behind it
   std::unordered_map<std::string, Proven> proven_;      // root: addresses proven behind a child
+  std::unordered_set<std::string> passed_on_;           // subscriptions sent on toward the publishers
   uint64_t last_sweep_ms_ = 0;
   std::unique_ptr<RateLimitedLog> rejected_log_;  // bad input from peers, per peer
   bool announce_now_ = false;

@@ -347,6 +347,10 @@ void Client::Hello() {
   Send(kBrokerAddress, codec::Seal(fbb, wire::CreateBrokerHello(fbb, address, proof)));
 }
 
+void Client::RenewProof() {
+  if (proof_ && WallClockMs() > proof_->time_ms + kClaimProofRenewMs) Hello();
+}
+
 void Client::Publish(std::string_view topic, std::string_view payload) {
   try {
     RetryEintr([&] { return pub_.send(zmq::buffer(topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait); });

@@ -157,6 +157,9 @@ class Client {
   // Once a node broker asked for it (ProveClaim), with a proof of the claim for the root
   // broker (broker/claim_proof.h), made anew every kClaimProofRenewMs.
   void Hello();
+  // Claims again when the last proof is due for renewal (for tools, which send Hello only
+  // at start). Cheap otherwise.
+  void RenewProof();
   // What went wrong with the link to the broker since the last call, as a sentence
   // naming the likely cause (a refused certificate, a broker without CURVE, a wrong
   // broker key); empty if nothing did. Also claims the address again after a reconnect.

@@ -125,17 +125,36 @@ Result<std::pair<std::string, std::string>> AnnouncedWorker(std::string_view top
 const std::string_view kPublishedTopics[5] = {"task.", "worker.", "scheduler.started", "fleet.register",
                                               "fleet.heartbeat"};
 
-Status MaySubscribe(std::string_view prefix) {
-  for (std::string_view topic : kPublishedTopics) {
-    if (topic.substr(0, prefix.size()) == prefix) return Status::Ok();
-  }
+std::string TaskTopic(std::string_view owner) {
+  return "task." + (owner.empty() ? std::string("-") : std::string(owner)) + "/";
+}
+
+Status MaySubscribe(Role role, std::string_view name, std::string_view prefix) {
   std::string shown(prefix.substr(0, 64));
   for (char& c : shown) {
     if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
   }
+  // One owner's task topic: task.NAME/ exactly.
+  if (prefix.size() > 6 && prefix.substr(0, 5) == "task." && prefix.back() == '/') {
+    std::string_view owner = prefix.substr(5, prefix.size() - 6);
+    if (owner == "-" || ValidateName(owner).ok()) {
+      if (role != Role::kClient || owner == name) return Status::Ok();
+      return Status::Invalid("subscription \"" + shown + "\": a client (\"" + std::string(name) +
+                             "\") follows only its own tasks (" + TaskTopic(name) + ")");
+    }
+  }
+  for (std::string_view topic : kPublishedTopics) {
+    if (topic.substr(0, prefix.size()) != prefix) continue;
+    // A prefix that matches task topics shows every owner's tasks: not to a client.
+    if (role == Role::kClient && std::string_view("task.").substr(0, prefix.size()) == prefix) {
+      return Status::Invalid("subscription \"" + shown + "\" would show a client every owner's tasks; a client (\"" +
+                             std::string(name) + "\") follows " + TaskTopic(name));
+    }
+    return Status::Ok();
+  }
   return Status::Invalid("subscription \"" + shown +
-                         "\" matches no topic anything is published on (task., worker., "
-                         "scheduler.started, fleet.register, fleet.heartbeat)");
+                         "\" matches no topic anything is published on (task.OWNER/, "
+                         "worker., scheduler.started, fleet.register, fleet.heartbeat)");
 }
 
 }  // namespace fm::bus

@@ -55,13 +55,20 @@ Status MayPublish(Role role, std::string_view name, std::string_view topic, std:
 // Error when the payload is no such announcement, or does not match the topic.
 Result<std::pair<std::string, std::string>> AnnouncedWorker(std::string_view topic, std::string_view payload);
 
-// The topics anything is published on: the scheduler's event classes ("task.",
-// "worker.") and "scheduler.started", the workers' "fleet.register" and
+// The topics anything is published on: the scheduler's event classes ("worker.", and
+// "task.OWNER/" — each owner's task events apart, OWNER a certificate name or "-"
+// without CURVE) and "scheduler.started", the workers' "fleet.register" and
 // "fleet.heartbeat". A new topic is added here first (brokers go first in an upgrade).
-extern const std::string_view kPublishedTopics[5];
-// May a subscriber subscribe to `prefix`? Only a prefix (or the whole) of a published
-// topic, "" included: anything else could never match, and a broker keeps and passes
-// on only these, so a subscriber costs the tree a bounded set however much it sends.
-Status MaySubscribe(std::string_view prefix);
+extern const std::string_view kPublishedTopics[5];  // with "task." for every task topic
+// The topic of `owner`'s task events ("" is the keyless owner "-").
+std::string TaskTopic(std::string_view owner);
+
+// May a subscriber with this role and name subscribe to `prefix`? A client only to its
+// own task topic ("task.NAME/") and to prefixes of the other topics that match no task
+// topic; anyone else to a prefix of a published topic ("" included) or one owner's task
+// topic. Anything else could never match, or would show a client another's tasks: a
+// broker keeps and passes on only these, so the tree holds a bounded set of
+// subscriptions. Error names the rule.
+Status MaySubscribe(Role role, std::string_view name, std::string_view prefix);
 
 }  // namespace fm::bus

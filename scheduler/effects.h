@@ -36,6 +36,7 @@ struct Publication {
   std::string topic;
   std::shared_ptr<const std::string> buffer;
   uint32_t offset = 0, size = 0;
+  std::string owner;  // task events: who submitted the task (the topic they go out on)
   std::string_view payload() const { return std::string_view(*buffer).substr(offset, size); }
 };
 

@@ -87,6 +87,7 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
   if (epoch_ == 0) epoch_ = options_.fresh_epoch;
   if (Status s = log_.Recover(store); !s.ok()) return s;
   if (Status s = RecoverEndedCount(store); !s.ok()) return s;
+  if (Status s = RecoverRecentEnded(store); !s.ok()) return s;
   Status s = records::ScanWorkers(*store, now_ms, [&](WorkerState w) { fleet_.Add(std::move(w)); });
   if (!s.ok()) return s;
   return records::ScanActiveTasks(*store, [&](Task t) {
@@ -1134,7 +1135,8 @@ Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string
 }
 
 void Engine::OnReplay(const std::string& from, const wire::ReplayRequest& req) {
-  Send(from, log_.Replay(req.since(), req.correlation()));
+  // A client sees only its own tasks' events (an operator, or a keyless cluster, all).
+  Send(from, log_.Replay(req.since(), req.correlation(), ClientName(from)));
 }
 
 // ---------------------------------------------------------------------------
@@ -1232,6 +1234,35 @@ Status Engine::RecoverEndedCount(const store::Store* store) {
   });
 }
 
+Status Engine::RecoverRecentEnded(const store::Store* store) {
+  // What fm-ctl tasks lists of ended tasks: the newest ones stored (t/ keys, in id
+  // order), found from the ids given last. Tasks end out of id order, so the window
+  // scanned is a few times the list.
+  const size_t keep = options_.recent_ended;
+  if (keep == 0) return Status::Ok();
+  const uint64_t window = 4 * static_cast<uint64_t>(keep);
+  const uint64_t first = std::max<uint64_t>(task_trim_from_, next_task_id_ > window ? next_task_id_ - window : 0);
+  std::vector<Task> found;
+  Status failed = Status::Ok();
+  Status s = store->Scan(keys::Task(first), keys::PrefixEnd(keys::kTaskPrefix),
+                         [&](std::string_view key, std::string_view value) {
+                           auto t = records::DecodeTask(value, key);
+                           if (!t.ok()) {
+                             failed = t.status();
+                             return false;
+                           }
+                           found.push_back(std::move(*t));
+                           return true;
+                         });
+  if (!s.ok()) return s;
+  if (!failed.ok()) return failed;
+  const size_t skip = found.size() > keep ? found.size() - keep : 0;
+  recent_ended_.assign(std::make_move_iterator(found.begin() + static_cast<long>(skip)),
+                       std::make_move_iterator(found.end()));
+  recent_next_ = 0;  // in id order: the oldest (first) is replaced first once the ring is full
+  return Status::Ok();
+}
+
 void Engine::TrimEndedTasks(uint64_t now_ms) {
   if (store_ == nullptr || ended_stored_ == 0) return;
   const uint64_t cutoff = now_ms > options_.task_retention_age_ms ? now_ms - options_.task_retention_age_ms : 0;
@@ -1292,7 +1323,12 @@ void Engine::TrimEndedTasks(uint64_t now_ms) {
       std::string scoped = ScopedKey(t.owner, t.spec.key);
       // The key names this task (a key is first used by one task only).
       auto named = records::ReadKey(*store_, scoped);
-      if (named.ok() && *named && **named == t.id) effects_.writes.Delete(keys::ClientKey(scoped));
+      if (!named.ok()) {
+        // Not "no such key": the store cannot be read (engine.h, TakeReadError).
+        if (read_error_.ok()) read_error_ = named.status();
+      } else if (*named && **named == t.id) {
+        effects_.writes.Delete(keys::ClientKey(scoped));
+      }
       auto cached = client_keys_.find(scoped);
       if (cached != client_keys_.end() && cached->second == t.id) client_keys_.erase(cached);
     }

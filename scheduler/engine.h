@@ -213,6 +213,9 @@ class Engine {
   void TrimEndedTasks(uint64_t now_ms);
   // The count of t/ records (and the lowest), from the meta key or, for an older store, a scan.
   Status RecoverEndedCount(const store::Store* store);
+  // The newest ended tasks of the store into recent_ended_. REQUIRES: next_task_id_ and
+  // task_trim_from_ read (RecoverEndedCount).
+  Status RecoverRecentEnded(const store::Store* store);
   void PlacePending(uint64_t now_ms);
   static PendingSet::Entry LineOf(const Task& t) { return PendingSet::Entry::Of(t.spec.priority, t.order, t.id); }
   void FlushDispatches();
@@ -283,7 +286,7 @@ class Engine {
     std::string message, worker;
   };
   std::map<std::string, std::vector<EndedResult>> ended_for_watchers_;
-  std::vector<Task> recent_ended_;  // ring for fm-ctl tasks
+  std::vector<Task> recent_ended_;  // ring for fm-ctl tasks (the newest stored, after a restart)
   // Cancelled attempts still stopping (SIGTERM, then the kill timeout): their output is
   // kept until the worker reports them ended. At most 10,000, oldest id dropped first.
   struct WindingDown {

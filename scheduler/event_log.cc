@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "broker/policy.h"
 #include "schemas/codec.h"
 #include "schemas/units.h"
 #include "schemas/vocabulary.h"
@@ -144,7 +145,7 @@ uint64_t EventLog::Append(const EventFields& f, uint64_t now_ms, Effects* effect
   auto offset = static_cast<uint32_t>(bytes.size());
   auto size = static_cast<uint32_t>(fbb.GetSize());
   bytes.append(reinterpret_cast<const char*>(fbb.GetBufferPointer()), size);
-  effects->events.push_back({std::string(type_name), effects->event_bytes, offset, size});
+  effects->events.push_back({std::string(type_name), effects->event_bytes, offset, size, f.owner});
   const bool log = f.type == wire::EventType::TaskLog;
   Effects::Unstored& unstored = log ? effects->unstored_logs : effects->unstored;
   unstored.events.push_back({offset, size});
@@ -184,11 +185,16 @@ std::vector<std::pair<std::string, std::string>> EventLog::Messages(const std::v
   };
   for (const auto& e : events) {
     std::string_view type = e.topic;
-    std::string_view cls = type.substr(0, type.find('.') + 1);  // "task.", "worker.", "scheduler."
+    std::string cls(type.substr(0, type.find('.') + 1));  // "task.", "worker.", "scheduler."
     if (cls == "scheduler.") {
       flush();
       out.emplace_back(e.topic, std::string(e.payload()));  // one by one: subscribers name the type
       continue;
+    }
+    if (cls == "task.") {
+      // Each owner's task events on a topic of their own (bus::TaskTopic), which a
+      // broker lets only that owner (and operators) follow.
+      cls = bus::TaskTopic(e.owner);
     }
     if (cls != topic || bytes + e.size > kPublishedBlockBytes) flush();
     topic = cls;
@@ -343,7 +349,7 @@ Status EventLog::ForEach(uint64_t since, const std::function<bool(const wire::Ev
   }
 }
 
-std::string EventLog::Replay(uint64_t since, uint64_t correlation) const {
+std::string EventLog::Replay(uint64_t since, uint64_t correlation, const std::optional<std::string>& only_owner) const {
   flatbuffers::FlatBufferBuilder fbb(4096);
   since = std::max<uint64_t>(since, 1);
   if (since < oldest_seq_) {
@@ -353,10 +359,18 @@ std::string EventLog::Replay(uint64_t since, uint64_t correlation) const {
   }
   std::vector<flatbuffers::Offset<wire::Event>> events;
   bool full = false;
+  uint64_t next = since;
+  size_t scanned = 0;
+  const size_t scan_limit = 64 * options_.replay_batch;  // a client's filtered replay pays per event looked at
   Status s = ForEach(since, [&](const wire::Event& e) {
-    if (events.size() >= options_.replay_batch || fbb.GetSize() >= kReplyBytes) {
+    if (events.size() >= options_.replay_batch || fbb.GetSize() >= kReplyBytes || scanned >= scan_limit) {
       full = true;
       return false;
+    }
+    ++scanned;
+    next = e.seq() + 1;
+    if (only_owner && codec::Str(e.type()).rfind("task.", 0) == 0 && codec::Str(e.owner()) != *only_owner) {
+      return true;  // another owner's task
     }
     events.push_back(codec::CopyEvent(fbb, e));
     return true;
@@ -366,7 +380,8 @@ std::string EventLog::Replay(uint64_t since, uint64_t correlation) const {
     return codec::Seal(
         fbb, wire::CreateReplayBatchDirect(fbb, correlation, nullptr, true, oldest_seq_, s.message().c_str()));
   }
-  return codec::Seal(fbb, wire::CreateReplayBatch(fbb, correlation, fbb.CreateVector(events), !full, oldest_seq_));
+  auto list = fbb.CreateVector(events);
+  return codec::Seal(fbb, wire::CreateReplayBatch(fbb, correlation, list, !full, oldest_seq_, 0, next));
 }
 
 }  // namespace fm::sched

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "scheduler/effects.h"
@@ -75,7 +76,10 @@ class EventLog {
 
   // The ReplayBatch (sealed envelope) answering `since`, bounded in count and bytes;
   // an error batch when `since` is older than retention or the store failed.
-  std::string Replay(uint64_t since, uint64_t correlation) const;
+  // With `only_owner` (a client's replay), task events of other owners are left out; at
+  // most kReplayScan events are looked at per batch, and `next` says where to go on.
+  std::string Replay(uint64_t since, uint64_t correlation,
+                     const std::optional<std::string>& only_owner = std::nullopt) const;
   // Visits retained events from `since` in seq order until `visit` returns false.
   Status ForEach(uint64_t since, const std::function<bool(const wire::Event&)>& visit) const;
 

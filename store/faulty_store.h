@@ -16,7 +16,16 @@ class FaultyStore final : public Store {
   uint64_t failed_writes() const { return failed_writes_; }
   // While set, every Get and Scan fails with this Io error.
   void FailReads(std::string message) { read_failure_ = std::move(message); }
-  void HealReads() { read_failure_.clear(); }
+  // While set, every Get of a key starting with `prefix` fails with this Io error (scans
+  // and other keys read fine).
+  void FailGetsOf(std::string prefix, std::string message) {
+    get_prefix_ = std::move(prefix);
+    get_failure_ = std::move(message);
+  }
+  void HealReads() {
+    read_failure_.clear();
+    get_failure_.clear();
+  }
 
   Status Write(const WriteBatch& batch, bool sync) override {
     if (!failure_.empty()) {
@@ -27,6 +36,7 @@ class FaultyStore final : public Store {
   }
   Result<std::optional<std::string>> Get(std::string_view key) const override {
     if (!read_failure_.empty()) return Status::Io(read_failure_);
+    if (!get_failure_.empty() && key.substr(0, get_prefix_.size()) == get_prefix_) return Status::Io(get_failure_);
     return base_->Get(key);
   }
   Status Scan(std::string_view begin, std::string_view end, const ScanVisitor& visit) const override {
@@ -36,7 +46,7 @@ class FaultyStore final : public Store {
 
  private:
   Store* base_;
-  std::string failure_, read_failure_;
+  std::string failure_, read_failure_, get_prefix_, get_failure_;
   uint64_t failed_writes_ = 0;
 };
 

@@ -67,8 +67,11 @@ class Tap {
           if (remaining_ == 0) return false;
         }
       }
-      if (!batch->done() && last > 0) {
-        RequestReplay(last + 1);
+      // Past the events looked at (a client is not shown other owners' tasks).
+      const uint64_t resume = batch->next() > 0 ? batch->next() : last + 1;
+      if (batch->next() > next_ && batch->done()) next_ = batch->next();
+      if (!batch->done() && resume > 1) {
+        RequestReplay(resume);
       } else {
         replay_in_flight_ = false;
         // Whatever is still missing below the buffered live events is not in the store
@@ -230,7 +233,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fm-tap: %s\n", client.status().message().c_str());
     return 2;
   }
-  for (const char* topic : {"task.", "worker.", "scheduler."}) (*client)->bus().Subscribe(topic);
+  for (const auto& topic : (*client)->StreamTopics()) (*client)->bus().Subscribe(topic);
   std::signal(SIGINT, [](int) { g_stop = 1; });
   std::signal(SIGTERM, [](int) { g_stop = 1; });
   std::signal(SIGPIPE, SIG_DFL);

@@ -30,12 +30,18 @@ Result<std::unique_ptr<ToolClient>> ToolClient::Connect(const std::string& broke
   std::unique_ptr<ToolClient> c(new ToolClient());
   c->broker_ = broker;
   c->tool_ = tool;
+  if (security->on() && security->own.role == "client") c->client_name_ = security->own.name;
   c->client_ = std::make_unique<bus::Client>(c->context_, *endpoints, address, false, subscribe, *security);
   c->client_->dealer().set(zmq::sockopt::linger, 0);
   return c;
 }
 
+std::vector<std::string> ToolClient::StreamTopics() const {
+  return {client_name_.empty() ? std::string("task.") : bus::TaskTopic(client_name_), "worker.", "scheduler."};
+}
+
 void ToolClient::CheckLink() {
+  client_->RenewProof();  // a tool that follows for hours behind a node broker
   std::string problem = client_->LinkProblem();
   if (problem.empty()) return;
   std::fflush(stdout);

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 #include <zmq.hpp>
 
 #include "broker/bus.h"
@@ -28,6 +29,9 @@ class ToolClient {
 
   bus::Client& bus() { return *client_; }
   const std::string& broker() const { return broker_; }
+  // The topics of the event stream this tool may follow: with a client's certificate
+  // its own tasks' only (bus::TaskTopic), else every task's.
+  std::vector<std::string> StreamTopics() const;
 
   // Waits up to `timeout_ms` (-1: forever) for a directed message or, with `stdin_fd`
   // >= 0, for that descriptor to be readable. Returns what woke it: 1 message ready,
@@ -58,6 +62,7 @@ class ToolClient {
   std::unique_ptr<bus::Client> client_;
   std::string broker_;
   std::string tool_;
+  std::string client_name_;  // set when the certificate is a client's
 };
 
 }  // namespace fm::tools

@@ -1,6 +1,8 @@
 // The real binaries on loopback: routing, fail fast, worker loss, bad input, fm-ctl.
 #include <signal.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <regex>
 #include <zmq.hpp>
@@ -707,4 +709,35 @@ TEST_CASE("a task that fails only on the first worker is retried after its backo
   std::string all;
   for (const auto& l : task.lines) all += l + "\n";
   CHECK_THAT(all, Contains("task.retrying worker=w1 attempt=2 reason=exit_status") && Contains("avoiding w1"));
+}
+
+TEST_CASE("fm-ctl tasks still lists the ended tasks after the scheduler restarts, on the same data or a snapshot",
+          "[integration]") {
+  TempDir dir;
+  Cluster c({"--liveness", "2s"}, dir.path() + "/data");
+  c.StartWorker("w");
+  std::string lines;
+  for (int i = 0; i < 5; ++i)
+    lines += R"({"command": ["true"]})"
+             "\n";
+  REQUIRE(c.Submit(lines, {"--wait"}).exit_code == 0);
+  auto succeeded = [&] {
+    ToolRun list = c.Ctl({"tasks", "--state", "succeeded"});
+    int n = 0;
+    for (const auto& line : list.lines) n += line.find("succeeded") != std::string::npos;
+    return n;
+  };
+  REQUIRE(succeeded() == 5);
+  REQUIRE(c.Ctl({"snapshot", dir.path() + "/copy"}).exit_code == 0);
+  c.RestartScheduler();
+  int listed_after = 0;  // 0 before: the list was the scheduler's memory only
+  for (int i = 0; i < 50 && (listed_after = succeeded()) != 5; ++i) usleep(100 * 1000);
+  CHECK(listed_after == 5);
+  ToolRun task = c.Ctl({"task", "t3"});
+  CHECK_THAT(Join(task.lines), Contains("succeeded"));
+  // A scheduler started from the snapshot lists them too.
+  Cluster copy({"--liveness", "2s"}, dir.path() + "/copy");
+  ToolRun listed = copy.Ctl({"tasks", "--state", "succeeded"});
+  CHECK(std::count_if(listed.lines.begin(), listed.lines.end(),
+                      [](const std::string& l) { return l.find("succeeded") != std::string::npos; }) == 5);
 }

@@ -262,13 +262,13 @@ Cluster::Cluster(std::vector<std::string> scheduler_args, std::string data_dir, 
     keys_->Make("broker", "broker");
     keys_->Make("scheduler", "scheduler");
     keys_->Make("ops", "operator");
-    keys_->Make("tap", "client");
+    keys_->Make("tap", "operator");  // the whole stream: a client's tap shows its own tasks only
   }
   RestartBroker();
   RestartScheduler();
   std::vector<std::string> tap{Bin("fm-tap"), "--broker", broker_, "--since", "1"};
   if (keys_) {
-    for (auto& f : keys_->Flags("tap", "client")) tap.push_back(f);
+    for (auto& f : keys_->Flags("tap", "operator")) tap.push_back(f);
   }
   tap_ = Process::Start(tap);
   if (!WaitEvent("scheduler.started", 15000)) throw std::runtime_error("no scheduler.started on the tap");

@@ -128,7 +128,7 @@ class Cluster {
  public:
   // With `data_dir`, the scheduler keeps its store there instead of a temporary directory.
   // With `secure`, every process has a certificate (Keys in DATA/keys): the broker
-  // "broker", the scheduler "scheduler", the tap client "tap", workers by their ids,
+  // "broker", the scheduler "scheduler", the tap "tap" (an operator: the whole stream), workers by their ids,
   // Submit and Ctl the operator "ops" (SubmitAs/CtlAs for others).
   explicit Cluster(std::vector<std::string> scheduler_args = {"--liveness", "2s"}, std::string data_dir = "",
                    bool secure = false);

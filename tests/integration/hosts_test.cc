@@ -83,7 +83,7 @@ const std::string kLocal = "tcp://127.0.0.1:5550";
 TEST_CASE(
     "across hosts: routing by label and hardware, a node broker restart, a host cut off and back, and the "
     "root restarted, with nothing lost",
-    "[integration][hosts]") {
+    "[integration][hosts][docker]") {
   Hosts h;
   TempDir data;
   // The Docker API for host n1's worker: a unix socket, reachable from its namespace.
@@ -195,7 +195,7 @@ TEST_CASE(
 }
 
 TEST_CASE("across hosts: a client host connects to a session on a worker host, at the address the worker advertises",
-          "[integration][hosts][session]") {
+          "[integration][hosts][docker][session]") {
   Hosts h;
   TempDir data;
   // The worker host's own Docker API: podman in n1's network namespace (nsenter --net:

@@ -340,7 +340,7 @@ TEST_CASE(
   auto tap = Process::Start({Bin("fm-tap"), "--broker", c.broker(), "--since", "1", "--cert", c.keys().Secret("alice"),
                              "--broker-cert", c.keys().Public("broker")});
   Peer open(c, "alice", "client", "client/alice/open");
-  ToolRun run = c.Submit("{\"command\": [\"true\"]}\n", {"--wait"});
+  ToolRun run = c.SubmitAs("alice", "client", "{\"command\": [\"true\"]}\n", {"--wait"});  // her tap shows hers
   REQUIRE(tap->WaitFor("task.succeeded task=t1 ", 10000));
   std::string saved = Slurp(c.keys().Public("alice"));
   std::filesystem::remove(c.keys().Public("alice"));
@@ -817,4 +817,56 @@ TEST_CASE(
   CHECK(c.worker("w1").running());
   CHECK(c.tap().Count("worker.lost worker=w1") == 0);
   CHECK(c.Ctl({"cancel", "t2"}).exit_code == 0);
+}
+
+TEST_CASE(
+    "a client's fm-tap shows its own tasks' events and output, live and replayed, and never another owner's, an "
+    "operator's shows all",
+    "[integration][security][inside]") {
+  Cluster c({"--liveness", "2s"}, "", true);
+  c.StartWorker("w1");
+  std::vector<std::string> alice_tap = {Bin("fm-tap"), "--broker", c.broker(), "--since", "1"};
+  for (auto& f : c.keys().Flags("alice", "client")) alice_tap.push_back(f);
+  c.Trust("alice", "client");
+  c.Trust("bob", "client");
+  auto live = Process::Start(alice_tap);
+  REQUIRE(live->WaitFor("scheduler.started", 10000));
+  REQUIRE(c.SubmitAs("bob", "client",
+                     R"({"command": ["sh", "-c", "echo bob-secret-output"]})"
+                     "\n",
+                     {"--wait"})
+              .exit_code == 0);
+  REQUIRE(c.SubmitAs("alice", "client",
+                     R"({"command": ["sh", "-c", "echo alice-output"]})"
+                     "\n",
+                     {"--wait"})
+              .exit_code == 0);
+  CHECK(live->WaitFor("alice-output", 10000));
+  CHECK(live->WaitFor("task.succeeded task=t2", 10000));
+  // The operator's tap has both.
+  CHECK(c.WaitEvent("bob-secret-output"));
+  CHECK(c.WaitEvent("alice-output"));
+  // A replay from the start, as alice: hers only, and it ends.
+  std::vector<std::string> replay = alice_tap;
+  replay.insert(replay.end(), {"--count", "4", "task."});
+  ToolRun replayed = RunTool(replay, "", 15000);
+  CHECK(replayed.exit_code == 0);
+  CHECK_THAT(Join(replayed.lines), Contains("task=t2") && !Contains("task=t1 ") && !Contains("bob"));
+  CHECK_THAT(live->Stdout(), !Contains("bob-secret-output") && !Contains("task=t1 "));
+  // Subscribing to every task as a client is refused at the broker.
+  zmq::context_t ctx(1);
+  zmq::socket_t sub(ctx, zmq::socket_type::sub);
+  fm::bus::Security security = *fm::bus::LoadSecurity(c.keys().Secret("alice"), c.keys().Public("broker"), nullptr);
+  fm::bus::SecureClientSocket(sub, security);
+  sub.set(zmq::sockopt::rcvtimeo, 2000);
+  sub.set(zmq::sockopt::subscribe, "task.");
+  sub.connect(fm::bus::ParseBrokerUrl(c.broker())->events_out);
+  CHECK(c.broker_process().WaitFor("would show a client every owner's tasks", 10000, 1, true));
+  REQUIRE(c.SubmitAs("bob", "client",
+                     R"({"command": ["true"]})"
+                     "\n",
+                     {"--wait"})
+              .exit_code == 0);
+  zmq::message_t topic;
+  CHECK_FALSE(sub.recv(topic));  // nothing: not bob's, not anyone's tasks
 }

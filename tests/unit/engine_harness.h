@@ -8,6 +8,7 @@
 
 #include "scheduler/engine.h"
 #include "schemas/codec.h"
+#include "store/faulty_store.h"
 #include "store/store.h"
 
 namespace fm::sched::testing {
@@ -58,7 +59,10 @@ struct WorkerSpec {
 
 class Harness {
  public:
-  explicit Harness(EngineOptions options = {}) : store_(store::NewMemStore()) { Restart(options); }
+  explicit Harness(EngineOptions options = {})
+      : mem_(store::NewMemStore()), store_(std::make_unique<store::FaultyStore>(mem_.get())) {
+    Restart(options);
+  }
 
   void Restart(EngineOptions options = {}) {
     engine_ = std::make_unique<Engine>(options);
@@ -69,6 +73,8 @@ class Harness {
 
   Engine& engine() { return *engine_; }
   store::Store& store() { return *store_; }
+  // The store the engine reads, which a test may make fail (store/faulty_store.h).
+  store::FaultyStore& faults() { return *store_; }
 
   // Ends the turn the way the daemon does: writes first, then what was derived.
   Turn Commit() {
@@ -191,7 +197,8 @@ class Harness {
   uint64_t now = 1'700'000'000'000;
 
  private:
-  std::unique_ptr<store::Store> store_;
+  std::unique_ptr<store::Store> mem_;
+  std::unique_ptr<store::FaultyStore> store_;
   std::unique_ptr<Engine> engine_;
 };
 

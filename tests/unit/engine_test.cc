@@ -957,3 +957,26 @@ TEST_CASE("a session needs capability session, says where it answers, and is nev
   CHECK_THAT(failed[0]->message()->str(), Catch::Contains("a session is never re-run elsewhere"));
   CHECK(t.To(Harness::Address(other), wire::Body::Dispatch).empty());
 }
+
+TEST_CASE("a store that cannot read a trimmed task's key is a read error, never taken for a key that is not there",
+          "[unit]") {
+  EngineOptions options;
+  options.task_retention_count = 1;
+  Harness h(options);
+  h.Register({"w", {}, 16, 8 * GiB, 16});
+  for (int i = 1; i <= 3; ++i) {
+    TaskSpec spec = NewTask();
+    spec.key = "k" + std::to_string(i);
+    h.Submit({spec});
+  }
+  for (uint64_t id = 1; id <= 3; ++id) {
+    h.Started(id, 1, "w");
+    h.Finished(id, 1, "w", wire::Outcome::Succeeded);
+  }
+  REQUIRE(h.engine().TakeReadError().ok());
+  h.faults().FailGetsOf(std::string(store::keys::kClientKeyPrefix), "disk read error");
+  h.Tick(100);
+  Status read = h.engine().TakeReadError();
+  CHECK_FALSE(read.ok());
+  CHECK_THAT(read.message(), Catch::Contains("disk read error"));
+}

@@ -141,18 +141,34 @@ TEST_CASE("a task's start, result and output count only from the worker it is on
   CHECK(t.Events("task.succeeded").size() == 1);
 }
 
-TEST_CASE("a subscription is taken only when it could match a published topic, and names what it is not", "[unit]") {
-  for (const char* ok : {"", "t", "task.", "worker.", "scheduler.", "scheduler.started", "fleet.", "fleet.register",
-                         "fleet.heartbeat"}) {
-    INFO(ok);
-    CHECK(MaySubscribe(ok).ok());
+TEST_CASE("a subscription is taken only when it could match a published topic, and a client follows only its own tasks",
+          "[unit]") {
+  for (Role role : {Role::kOperator, Role::kScheduler, Role::kWorker, Role::kBroker}) {
+    for (const char* ok : {"", "t", "task.", "worker.", "scheduler.", "scheduler.started", "fleet.", "fleet.register",
+                           "fleet.heartbeat", "task.alice/", "task.-/"}) {
+      INFO(RoleName(role) << " " << ok);
+      CHECK(MaySubscribe(role, "x", ok).ok());
+    }
   }
-  // Finer than a class is never matched (events travel in blocks per class), nor is
-  // anything else.
-  for (const char* bad : {"task.succeeded", "tasks", "scheduler.started.x", "w/alice/", "fleet.registerX"}) {
+  // Finer than a class is never matched (events travel in blocks per class and owner),
+  // nor is anything else.
+  for (const char* bad : {"task.succeeded", "tasks", "scheduler.started.x", "w/alice/", "fleet.registerX", "task.alice",
+                          "task.al ice/", "task.alice/x"}) {
     INFO(bad);
-    CHECK_FALSE(MaySubscribe(bad).ok());
+    CHECK_FALSE(MaySubscribe(Role::kOperator, "ops", bad).ok());
   }
-  Status s = MaySubscribe(std::string("ab\x01", 3));
+  // A client: its own tasks, and the rest of the stream, never everyone's tasks.
+  for (const char* ok : {"task.alice/", "worker.", "w", "scheduler.", "s"}) {
+    INFO(ok);
+    CHECK(MaySubscribe(Role::kClient, "alice", ok).ok());
+  }
+  CHECK_THAT(MaySubscribe(Role::kClient, "alice", "task.bob/").message(), Contains("only its own tasks"));
+  for (const char* everyone : {"", "t", "task."}) {
+    INFO(everyone);
+    CHECK_THAT(MaySubscribe(Role::kClient, "alice", everyone).message(), Contains("every owner's tasks"));
+  }
+  CHECK(TaskTopic("alice") == "task.alice/");
+  CHECK(TaskTopic("") == "task.-/");
+  Status s = MaySubscribe(Role::kOperator, "ops", std::string("ab\x01", 3));
   CHECK_THAT(s.message(), Contains("\"ab?\"") && Contains("matches no topic"));
 }

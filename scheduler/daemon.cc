@@ -16,6 +16,7 @@ namespace fm::sched {
 namespace {
 constexpr size_t kBudget = 4096;
 constexpr size_t kReadBudget = 16384;  // directed messages read into the intake per call
+constexpr int kTurnMs = 20;            // handling them stops after this, and the socket is read again
 // Commits up to this many writes are done on the loop thread (no hand-off latency).
 constexpr size_t kInlineOps = 256;
 // While a commit is in flight, turns gather up to this many writes (or bytes); then the loop waits
@@ -167,8 +168,9 @@ void SchedulerDaemon::Attach(bus::Loop& loop) {
 
 size_t SchedulerDaemon::DrainDirected() {
   // Everything waiting is read into the intake at once (no decoding), so that nothing a
-  // flooder sent stands in the broker's queue ahead of another peer's message; then
-  // one fair turn of it is handled.
+  // flooder sent stands in the broker's queue ahead of another peer's message; then the
+  // intake is served one message per sender in turn, for at most kBudget messages or
+  // kTurnMs, and the socket is read again on the next round.
   size_t read = 0;
   uint64_t now = bus::WallClockMs();
   while (read < kReadBudget) {
@@ -180,25 +182,35 @@ size_t SchedulerDaemon::DrainDirected() {
       continue;
     }
     std::string payload(static_cast<const char*>(msg->payload.data()), msg->payload.size());
-    if (!intake_.Add(msg->from, std::move(payload))) {
-      ++intake_refused_;
-      intake_log_.Warn(msg->from, now,
-                       "refused a message from " + msg->from +
-                           ": it has a full queue of messages waiting here (the scheduler serves every peer in "
-                           "turn); it must wait for answers");
-      if (msg->from != bus::kBrokerAddress) {
-        client_->Send(msg->from, codec::EncodeError(wire::ErrorCode::Busy,
-                                                    "the scheduler holds too many of your messages; send fewer at "
-                                                    "once (wait for answers)"));
-      }
+    if (intake_.Add(msg->from, std::move(payload))) continue;
+    ++intake_refused_;
+    // Said once a second per sender (one that does not read its replies would only
+    // queue more of them at its broker).
+    uint64_t& told = busy_told_ms_[msg->from];
+    if (now < told + 1000) continue;
+    told = now;
+    if (busy_told_ms_.size() > 4096) busy_told_ms_.clear();
+    intake_log_.Warn(msg->from, now,
+                     "refused a message from " + msg->from +
+                         ": it has a full queue of messages waiting here (the scheduler serves every peer in "
+                         "turn); it must wait for answers");
+    if (msg->from != bus::kBrokerAddress) {
+      client_->Send(msg->from, codec::EncodeError(wire::ErrorCode::Busy,
+                                                  "the scheduler holds too many of your messages; send fewer at "
+                                                  "once (wait for answers)"));
     }
   }
   size_t handled = 0;
-  for (auto& m : intake_.TakeTurn()) {
-    std::string storage;
-    std::string_view bytes = codec::AlignedBytes(m.payload, &storage);
-    core_->OnDirected(m.from, bytes.data(), bytes.size(), now);
-    ++handled;
+  const auto started = std::chrono::steady_clock::now();
+  // One message at a time: one may be costly (a replay builds up to 1 MiB of events).
+  while (handled < kBudget && !intake_.empty()) {
+    for (auto& m : intake_.Take(1)) {
+      std::string storage;
+      std::string_view bytes = codec::AlignedBytes(m.payload, &storage);
+      core_->OnDirected(m.from, bytes.data(), bytes.size(), now);
+      ++handled;
+    }
+    if (std::chrono::steady_clock::now() - started > std::chrono::milliseconds(kTurnMs)) break;
   }
   return read + handled;
 }

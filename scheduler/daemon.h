@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <zmq.hpp>
 
 #include "broker/bus.h"
@@ -112,6 +113,7 @@ class SchedulerDaemon {
   FairIntake intake_;  // directed messages read, not handled yet
   bus::RateLimitedLog intake_log_{spdlog::default_logger()};
   uint64_t intake_refused_ = 0;
+  std::unordered_map<std::string, uint64_t> busy_told_ms_;  // sender -> when it was last told "busy"
   std::unique_ptr<SchedulerCore> core_;
   std::unique_ptr<Committer> committer_;
   bus::Loop* loop_ = nullptr;

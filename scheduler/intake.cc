@@ -1,7 +1,5 @@
 #include "scheduler/intake.h"
 
-#include <algorithm>
-
 namespace fm::sched {
 
 bool FairIntake::Add(const std::string& from, std::string payload) {
@@ -17,23 +15,17 @@ bool FairIntake::Add(const std::string& from, std::string payload) {
   return true;
 }
 
-std::vector<FairIntake::Message> FairIntake::TakeTurn() {
+std::vector<FairIntake::Message> FairIntake::Take(size_t most) {
   std::vector<Message> out;
-  // One pass over the senders waiting now: each gives up to per_sender_turn; a sender
-  // with more left goes to the back, behind those that were waiting.
-  size_t senders = order_.size();
-  for (size_t i = 0; i < senders && out.size() < options_.turn; ++i) {
+  while (out.size() < most && !order_.empty()) {
     std::string from = std::move(order_.front());
     order_.pop_front();
     auto it = queues_.find(from);
     Queue& q = it->second;
-    const size_t take = std::min({q.messages.size(), options_.per_sender_turn, options_.turn - out.size()});
-    for (size_t n = 0; n < take; ++n) {
-      q.bytes -= q.messages.front().size();
-      out.push_back({from, std::move(q.messages.front())});
-      q.messages.pop_front();
-    }
-    queued_ -= take;
+    q.bytes -= q.messages.front().size();
+    out.push_back({from, std::move(q.messages.front())});
+    q.messages.pop_front();
+    --queued_;
     if (q.messages.empty()) {
       queues_.erase(it);
     } else {

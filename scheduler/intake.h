@@ -2,10 +2,11 @@
 // flood never holds up another peer (an operator's fm-ctl ping, a worker's result).
 //
 // The daemon reads its socket into Add as fast as messages come (cheap: no decoding),
-// so the broker's queue to the scheduler never fills behind a flooder; each turn it
-// Takes round-robin across senders, at most `per_sender_turn` from one sender and
-// `turn` in all. A sender whose queue holds `per_sender_messages` or `per_sender_bytes`
-// is refused more (Add says so) until it has been served. Pure: no sockets, no clock.
+// so the broker's queue to the scheduler never fills behind a flooder; then it Takes a
+// few at a time, one message per sender in turn, until its turn's budget (in messages
+// and in time) is spent, and reads its socket again. A sender whose queue holds
+// `per_sender_messages` or `per_sender_bytes` is refused more (Add says so) until it has
+// been served. Pure: no sockets, no clock.
 #pragma once
 
 #include <cstddef>
@@ -20,8 +21,6 @@ namespace fm::sched {
 struct IntakeOptions {
   size_t per_sender_messages = 8192;
   size_t per_sender_bytes = 64u << 20;
-  size_t per_sender_turn = 256;
-  size_t turn = 4096;
 };
 
 class FairIntake {
@@ -37,9 +36,9 @@ class FairIntake {
   // full: the caller tells it so.
   [[nodiscard]] bool Add(const std::string& from, std::string payload);
 
-  // This turn's messages: senders in turn (the order they first had something queued),
-  // FIFO within a sender, at most per_sender_turn each and turn in all.
-  std::vector<Message> TakeTurn();
+  // Up to `most` messages, one per sender in turn (a sender served goes to the back),
+  // FIFO within a sender.
+  std::vector<Message> Take(size_t most);
 
   bool empty() const { return queued_ == 0; }
   size_t queued() const { return queued_; }

@@ -16,7 +16,7 @@ namespace fm::sched {
 namespace {
 constexpr size_t kBudget = 4096;
 constexpr size_t kReadBudget = 16384;  // directed messages read into the intake per call
-constexpr int kTurnMs = 20;            // handling them stops after this, and the socket is read again
+constexpr int kTurnMs = 50;            // handling them stops after this, and the socket is read again
 // Commits up to this many writes are done on the loop thread (no hand-off latency).
 constexpr size_t kInlineOps = 256;
 // While a commit is in flight, turns gather up to this many writes (or bytes); then the loop waits

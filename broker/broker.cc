@@ -1071,8 +1071,11 @@ size_t Broker::ForwardSubscriptions(zmq::socket_t& from, zmq::socket_t& to, bool
     const std::string topic(bytes + 1, frame.size() - 1);
     const Peer peer = local ? PeerOf(frame) : Peer{Role::kBroker, "parent", ""};
     if (!subscribe) {
-      if (local) xpub_.set(zmq::sockopt::unsubscribe, topic);  // a live subscriber's; else a no-op
-      if (!local) RetryEintr([&] { return to.send(frame, zmq::send_flags::none); });
+      if (local) {
+        xpub_.set(zmq::sockopt::unsubscribe, topic);  // a live subscriber's; else a no-op
+      } else {
+        RetryEintr([&] { return to.send(frame, zmq::send_flags::none); });
+      }
       continue;
     }
     // Keyless: no role on the connection; it may follow everything, as before.

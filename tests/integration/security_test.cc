@@ -473,6 +473,13 @@ std::string SharedDir(const TempDir& dir) {
   return path;
 }
 
+// Whether this test process can run a worker that switches users (root); says so if not.
+bool SwitchesUsers() {
+  if (geteuid() == 0) return true;
+  WARN("needs root (a worker that switches users)");
+  return false;
+}
+
 // The value after "PREFIX=" in the stream's task.log lines (up to the end of the line).
 std::string LoggedValue(Process& tap, const std::string& prefix) {
   for (const auto& line : tap.Lines()) {
@@ -511,10 +518,7 @@ TEST_CASE(
     "a task's env never reaches a privileged process: an LD_PRELOAD in it loads only in the task's own processes, "
     "as the task's user",
     "[integration][security][inside]") {
-  if (geteuid() != 0) {
-    WARN("needs root (a worker that switches users)");
-    return;
-  }
+  if (!SwitchesUsers()) return;
   TempDir dir;
   const std::string shared = SharedDir(dir), out = shared + "/loaded";
   Cluster c;
@@ -544,10 +548,7 @@ TEST_CASE(
     "owners apart: with --task-uids each owner's tasks run as a uid of its own, kept across the worker's restart, "
     "and one owner's task cannot read another's environment or files",
     "[integration][security][inside]") {
-  if (geteuid() != 0) {
-    WARN("needs root (a worker that switches users)");
-    return;
-  }
+  if (!SwitchesUsers()) return;
   TempDir dir;
   const std::string shared = SharedDir(dir), state = dir.path() + "/worker-state";
   Cluster c({"--liveness", "2s"}, "", true);

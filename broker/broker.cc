@@ -23,6 +23,8 @@ constexpr size_t kMaxSubscriberMessage = 1024;  // a handshake or a subscription
 constexpr size_t kMaxClaimsPerKey = 1024;       // open connections one certificate may name
 constexpr size_t kMaxHeldMessages = 1024;       // a claimer's messages waiting for its proof
 constexpr size_t kMaxHeldBytes = 32u << 20;
+// ZAP domains of the router, events-in and events-out sockets: a handshake says which.
+constexpr const char* kZapDomains[] = {"fm", "fm-in", "fm-out"};
 
 // An address is short printable ASCII: it is stored, logged and announced.
 bool ValidAddress(const std::string& address) {
@@ -51,10 +53,12 @@ zmq::const_buffer Buf(const zmq::message_t& m) { return zmq::buffer(m.data(), m.
 Broker::Broker(zmq::context_t& context, BrokerOptions options)
     : options_(std::move(options)),
       context_(context),
-      table_(options_.route_ttl_ms, !options_.upstream.empty()),
       router_(context, zmq::socket_type::router),
       xsub_(context, zmq::socket_type::xsub),
-      xpub_(context, zmq::socket_type::xpub) {
+      xpub_(context, zmq::socket_type::xpub),
+      table_(options_.route_ttl_ms, !options_.upstream.empty()),
+      directed_backlog_(options_.max_queued_bytes),
+      subscriber_backlog_(options_.max_queued_bytes) {
   if (!options_.logger) options_.logger = spdlog::default_logger();
   rejected_log_ = std::make_unique<RateLimitedLog>(options_.logger);
   if (!options_.upstream.empty()) {
@@ -123,12 +127,12 @@ Status Broker::Bind() {
   // Every handshake goes through our ZAP handler (keyless too): it admits or refuses
   // keys, and refuses connections past the limit.
   zap_ = std::make_unique<ZapHandler>(context_, trust_.get(), options_.logger,
-                                      [this](const std::string& address) { return Admit(address); });
+                                      [this](const ZapRequest& request) { return Admit(request); });
   if (Status s = zap_->Bind(); !s.ok()) return s;
   const char* names[] = {"router", "events-in", "events-out"};
   zmq::socket_t* sockets[] = {&router_, &xsub_, &xpub_};
   for (int i = 0; i < 3; ++i) {
-    sockets[i]->set(zmq::sockopt::zap_domain, "fm");
+    sockets[i]->set(zmq::sockopt::zap_domain, kZapDomains[i]);
     // Connections counted from the sockets' own events (accepted, disconnected).
     if (!MonitorSocket(context_, *sockets[i], ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED, &monitors_[i])) {
       return Status::Unavailable(std::string("cannot monitor the ") + names[i] + " socket");
@@ -157,6 +161,13 @@ Status Broker::Bind() {
   // hundred bytes) and subscriptions: a message over 1 KiB drops its connection before
   // ZeroMQ keeps anything of it. Prefixes that match no topic stop here (below).
   xpub_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxSubscriberMessage));
+  // ZeroMQ files each subscription in its own table (tens of bytes per byte of topic)
+  // as it takes it from the connection, in one go for all that came meanwhile, before
+  // the broker sees any. A queue of two makes that go nearly one by one: each waits
+  // for the broker to take the last, so a connection past --max-subscriptions is cut
+  // before its flood is filed. (Not one: with CURVE the connection's first message is
+  // its credential, which ZeroMQ counts in and never out, and one would never move.)
+  xpub_.set(zmq::sockopt::rcvhwm, 2);
   // Subscriptions apply only once the broker allowed them (ForwardSubscriptions).
   xpub_.set(zmq::sockopt::xpub_manual, 1);
   for (const Endpoints& e : all) {
@@ -323,22 +334,67 @@ size_t Broker::DrainMonitor(zmq::socket_t& monitor) {
     } else if (e->event == ZMQ_EVENT_DISCONNECTED) {
       if (connections_ > 0) --connections_;
       forget(fd);
+      directed_backlog_.Forget(fd);
+      subscriber_backlog_.Forget(fd);
     }
   }
   return n;
 }
 
-bool Broker::Admit(const std::string& address) {
+void Broker::Cut(int fd, const std::string& who, const std::string& why) {
+  // What the monitor queued first: a descriptor closed and reused is not cut by mistake.
+  for (auto& monitor : monitors_) DrainMonitor(monitor);
+  if (!open_.count(fd)) return;
+  ::shutdown(fd, SHUT_RDWR);
+  directed_backlog_.Forget(fd);
+  subscriber_backlog_.Forget(fd);
+  rejected_log_->Warn(who, WallClockMs(), "cut off " + who + ": " + why);
+}
+
+void Broker::Charge(const std::string& pipe, size_t bytes) {
+  const int fd = directed_backlog_.Charge(pipe, bytes);
+  if (fd < 0) return;
+  auto claim = claims_.find(pipe);
+  const std::string who = claim == claims_.end() ? "a connection" : "\"" + claim->second.address + "\"";
+  ++counters_.slow_cut;
+  Cut(fd, who,
+      std::to_string(directed_backlog_.Queued(pipe) >> 10) + " KiB queued for it and not read (at most " +
+          std::to_string(options_.max_queued_bytes >> 10) + " KiB, --max-queued)");
+  Unclaim(pipe);
+}
+
+std::string Broker::Admit(const ZapRequest& request) {
   // ZeroMQ queued the connection's "accepted" before asking us: count it first.
   for (auto& monitor : monitors_) DrainMonitor(monitor);
-  if (options_.max_connections > 0 && admitted_ >= options_.max_connections) return false;
+  if (request.domain == kZapDomains[2] && !request.key.empty()) {
+    auto bar = barred_.find(request.key);
+    const uint64_t now = WallClockMs();
+    if (bar != barred_.end() && now < bar->second.until_ms) {
+      return "this key may not subscribe for another " + std::to_string((bar->second.until_ms - now + 999) / 1000) +
+             " s: a connection of it sent too many subscriptions (--max-subscriptions)";
+    }
+  }
+  if (options_.max_connections > 0 && admitted_ >= options_.max_connections) {
+    return "the connection limit is reached (--max-connections); serving the ones open";
+  }
   ++admitted_;
-  auto waiting = unauthenticated_.find(address);
-  if (waiting == unauthenticated_.end()) return true;  // not seen (yet): counted, never forgotten early
+  auto waiting = unauthenticated_.find(request.address);
+  if (waiting == unauthenticated_.end()) return "";  // not seen (yet): counted, never forgotten early
   open_[waiting->second.front()].admitted = true;
   waiting->second.pop_front();
   if (waiting->second.empty()) unauthenticated_.erase(waiting);
-  return true;
+  return "";
+}
+
+void Broker::Bar(const std::string& key) {
+  if (key.empty()) return;  // keyless: loopback peers share an address, none is barred
+  constexpr uint64_t kFirstMs = 1000, kLongestMs = 300'000, kForgivenMs = 600'000;
+  const uint64_t now = WallClockMs();
+  Barred& bar = barred_[key];
+  if (bar.next_ms == 0 || now - bar.last_ms > kForgivenMs) bar.next_ms = kFirstMs;
+  bar.until_ms = now + bar.next_ms;
+  bar.next_ms = std::min(bar.next_ms * 2, kLongestMs);
+  bar.last_ms = now;
 }
 
 void Broker::OnSocketError(const char* what, const zmq::error_t& e) {
@@ -513,6 +569,9 @@ void Broker::Sweep() {
   const uint64_t now = WallClockMs();
   if (now < last_sweep_ms_ + options_.route_ttl_ms / 2) return;
   last_sweep_ms_ = now;
+  for (auto it = barred_.begin(); it != barred_.end();) {
+    it = now > it->second.last_ms + 600'000 ? barred_.erase(it) : std::next(it);
+  }
   std::vector<std::string> gone;
   for (auto& [pipe, claim] : claims_) {
     if (now < claim.seen_ms + options_.route_ttl_ms / 2) continue;
@@ -564,6 +623,7 @@ bool Broker::DeliverLocal(const std::string& destination, const std::string& sou
   }
   SendFrames(router_, {Buf(source), Buf(payload)});
   ++counters_.routed;
+  Charge(pipe, source.size() + payload.size());
   return true;
 }
 
@@ -589,6 +649,7 @@ void Broker::Route(const std::string& destination, const std::string& source, zm
       }
       SendFrames(router_, {Buf(destination), Buf(payload), Buf(source)});
       ++counters_.relayed_down;
+      Charge(child->second, destination.size() + payload.size() + source.size());
       return;
     } catch (const zmq::error_t&) {
       table_.ForgetChild(hop.child);  // that child is gone: on up, or unreachable
@@ -623,6 +684,7 @@ void Broker::ErrorTo(const std::string& source, wire::ErrorCode code, const std:
         return;  // that child's queue is full: the error is dropped, not waited on
       }
       SendFrames(router_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});
+      Charge(child->second, source.size() + payload.size() + std::string_view(kBrokerAddress).size());
     } else if (hop.kind == RoutingTable::Hop::kUp) {
       SendFrames(up_dealer_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});
     }
@@ -644,8 +706,9 @@ void Broker::SendToPipe(const std::string& pipe, const std::string& payload) {
     }
     SendFrames(router_, {Buf(std::string(kBrokerAddress)), Buf(payload)});
   } catch (const zmq::error_t&) {
-    // That connection is gone; nobody to tell.
+    return;  // That connection is gone; nobody to tell.
   }
+  Charge(pipe, payload.size());
 }
 
 void Broker::HandleForBroker(const std::string& pipe, const std::string& source, const zmq::message_t& frame,
@@ -760,6 +823,7 @@ size_t Broker::DrainRouter() {
     if (!TryReceive(router_, &frames)) break;
     ++n;
     const std::string pipe = frames[0].to_string();
+    directed_backlog_.Saw(pipe, zmq_msg_get(frames[0].handle(), ZMQ_SRCFD));
     const Peer peer = secure_ ? PeerOf(frames.back()) : Peer{};
     if (!Trusted(peer)) {
       Refuse(pipe, peer, wire::ErrorCode::Unauthorized,
@@ -990,12 +1054,13 @@ Status Broker::ProvenBehind(const std::string& address, const std::string& child
 
 namespace {
 // Moves whole multipart messages from one socket to another.
-size_t Forward(zmq::socket_t& from, zmq::socket_t& to, uint64_t* counted) {
+size_t Forward(zmq::socket_t& from, zmq::socket_t& to, uint64_t* counted, uint64_t* bytes) {
   size_t n = 0;
   while (n < kBudget) {
     zmq::message_t frame;
     if (!RetryEintr([&] { return from.recv(frame, zmq::recv_flags::dontwait); })) break;
     bool more = frame.more();
+    *bytes += frame.size();
     RetryEintr([&] { return to.send(frame, more ? zmq::send_flags::sndmore : zmq::send_flags::none); });
     if (!more) {
       ++n;
@@ -1006,11 +1071,25 @@ size_t Forward(zmq::socket_t& from, zmq::socket_t& to, uint64_t* counted) {
 }
 }  // namespace
 
+void Broker::Published(uint64_t bytes) {
+  for (int fd : subscriber_backlog_.Published(bytes)) {
+    ++counters_.slow_cut;
+    Cut(fd, "subscriber",
+        "it read nothing while over " + std::to_string(options_.max_queued_bytes >> 10) +
+            " KiB of events were published (--max-queued)");
+  }
+}
+
 size_t Broker::DrainEvents() {
   // Local publishers: at the root straight to local subscribers; at a node up the tree,
   // from where they come back down once, to everyone.
   zmq::socket_t& to = has_upstream_ ? up_xpub_ : xpub_;
-  if (!secure_) return Forward(xsub_, to, &counters_.events);
+  uint64_t bytes = 0;
+  if (!secure_) {
+    size_t n = Forward(xsub_, to, &counters_.events, &bytes);
+    if (!has_upstream_) Published(bytes);
+    return n;
+  }
   size_t n = 0;
   while (n < kBudget) {
     std::vector<zmq::message_t> frames;
@@ -1044,10 +1123,12 @@ size_t Broker::DrainEvents() {
       rejected_log_->Warn("publish " + peer.name, WallClockMs(), "dropped a published message: " + allowed.message());
       continue;
     }
+    bytes += frames[0].size() + frames[1].size();
     RetryEintr([&] { return to.send(frames[0], zmq::send_flags::sndmore); });
     RetryEintr([&] { return to.send(frames[1], zmq::send_flags::none); });
     ++counters_.events;
   }
+  if (!has_upstream_) Published(bytes);
   return n;
 }
 
@@ -1070,6 +1151,26 @@ size_t Broker::ForwardSubscriptions(zmq::socket_t& from, zmq::socket_t& to, bool
     const bool subscribe = bytes[0] == 1;
     const std::string topic(bytes + 1, frame.size() - 1);
     const Peer peer = local ? PeerOf(frame) : Peer{Role::kBroker, "parent", ""};
+    if (local) {
+      // ZeroMQ keeps every distinct subscription of a connection, allowed or not, until
+      // it closes: a connection that sends too many is cut.
+      const int fd = zmq_msg_get(frame.handle(), ZMQ_SRCFD);
+      const auto held = subscriber_backlog_.Subscription(fd, subscribe, topic.size());
+      const size_t scale = peer.role == Role::kBroker ? 64 : 1;
+      const size_t most = options_.max_subscriptions * scale, most_bytes = options_.max_subscription_bytes * scale;
+      std::string over;
+      if (options_.max_subscriptions > 0 && held.count > most) {
+        over = "over " + std::to_string(most) + " subscriptions on one connection (--max-subscriptions)";
+      } else if (options_.max_subscription_bytes > 0 && held.bytes > most_bytes) {
+        over = "over " + std::to_string(most_bytes) + " bytes of subscriptions on one connection (--max-subscriptions)";
+      }
+      if (!over.empty()) {
+        ++counters_.subscriptions_cut;
+        Cut(fd, peer.name.empty() ? std::string("subscriber") : "subscriber \"" + peer.name + "\"", over);
+        Bar(peer.key);
+        continue;
+      }
+    }
     if (!subscribe) {
       if (local) {
         xpub_.set(zmq::sockopt::unsubscribe, topic);  // a live subscriber's; else a no-op
@@ -1096,7 +1197,12 @@ size_t Broker::ForwardSubscriptions(zmq::socket_t& from, zmq::socket_t& to, bool
 
 size_t Broker::DrainSubscriptions() { return ForwardSubscriptions(xpub_, has_upstream_ ? up_xsub_ : xsub_, true); }
 
-size_t Broker::DrainUpstreamEvents() { return Forward(up_xsub_, xpub_, &counters_.events); }
+size_t Broker::DrainUpstreamEvents() {
+  uint64_t bytes = 0;
+  size_t n = Forward(up_xsub_, xpub_, &counters_.events, &bytes);
+  Published(bytes);
+  return n;
+}
 
 size_t Broker::DrainUpstreamSubscriptions() { return ForwardSubscriptions(up_xpub_, xsub_, false); }
 
@@ -1124,6 +1230,9 @@ void Broker::Metrics(ops::Sheet& sheet) const {
   sheet.Counter("broker_unauthenticated_closed_total",
                 "connections closed at once: too many still in their handshake from their address",
                 c.unauthenticated_closed);
+  sheet.Counter("broker_connections_cut_total", "connections cut by the broker, by cause", c.slow_cut,
+                {{"cause", "not_reading"}});
+  sheet.Counter("broker_connections_cut_total", "", c.subscriptions_cut, {{"cause", "subscriptions"}});
   sheet.Gauge("broker_addresses", "addresses claimed by peers connected to this broker", pipes_.size());
   sheet.Gauge("broker_routes", "routes learnt to peers behind child brokers", table_.routes());
 }

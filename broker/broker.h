@@ -49,6 +49,7 @@
 #include "broker/claim_proof.h"
 #include "broker/loop.h"
 #include "broker/ops.h"
+#include "broker/outbound.h"
 #include "broker/rate_limited_log.h"
 #include "broker/routing.h"
 #include "broker/zap.h"
@@ -77,6 +78,14 @@ struct BrokerOptions {
   // together) are kept, a newer one past that is closed at once. 0: no limit.
   uint64_t handshake_ms = 5000;
   size_t max_unauthenticated = 64;
+  // Bytes queued for one peer (directed messages, or events for a subscriber) that it has
+  // not read, past which its connection is cut (broker/outbound.h). 0: no limit.
+  uint64_t max_queued_bytes = 64ull << 20;
+  // Subscriptions one connection may send, in number and in bytes of topic (a broker's:
+  // 64 times as many, its subtree's union); past either the connection is cut. ZeroMQ
+  // keeps each in a table costing tens of bytes per byte of topic. 0: no limit.
+  size_t max_subscriptions = 1024;
+  size_t max_subscription_bytes = 64u << 10;
   uint64_t announce_ms = 1000;    // how often a node broker announces its peers
   uint64_t route_ttl_ms = 10000;  // a route not refreshed for this long is dropped
   std::shared_ptr<spdlog::logger> logger;
@@ -101,6 +110,8 @@ class Broker {
     uint64_t queue_full = 0;              // directed messages refused: the peer's queue was full
     uint64_t unauthenticated_closed = 0;  // connections closed: too many unauthenticated from their address
     uint64_t subscriptions_refused = 0;   // subscriptions that match no published topic: not passed on
+    uint64_t slow_cut = 0;                // connections cut: too much queued for a peer that did not read
+    uint64_t subscriptions_cut = 0;       // connections cut: too many subscriptions
   };
   const Counters& counters() const { return counters_; }
   // Counters and gauges for GET /metrics.
@@ -157,9 +168,21 @@ class Broker {
   void ReopenEventsOut();
   void RebindEventsOut();
   size_t DrainMonitor(zmq::socket_t& monitor);
+  // Shuts the connection on `fd` down under ZeroMQ (which then drops its pipe and what is
+  // queued in it), saying why once a second per peer.
+  void Cut(int fd, const std::string& who, const std::string& why);
+  // `bytes` were queued for the connection `pipe`: cut it if that is too much.
+  void Charge(const std::string& pipe, size_t bytes);
+  // `bytes` of events went to the local subscribers: cut those that read none of it.
+  void Published(uint64_t bytes);
   // The handshake of a connection from `address` (ZAP's: the peer's IP, "" for ipc)
   // passed: counts it as admitted unless max_connections are. False: refuse it.
-  bool Admit(const std::string& address);
+  // Also refuses a key barred from events-out (Bar). Empty: admitted; else why not.
+  std::string Admit(const ZapRequest& request);
+  // A key whose events-out connection was cut for too many subscriptions may not
+  // subscribe again for a while: 1 s, doubled at each cut in a row up to 5 minutes (each
+  // reconnection would send them all again).
+  void Bar(const std::string& key);
   // Where a message came from: a local peer, a child broker (relayed), or the parent.
   void Route(const std::string& destination, const std::string& source, zmq::message_t& payload, bool from_parent);
   bool DeliverLocal(const std::string& destination, const std::string& source, zmq::message_t& payload);
@@ -222,6 +245,12 @@ class Broker {
   std::unordered_map<std::string, ClaimProof> proofs_;  // node broker: proofs of the peers behind it
   std::unordered_map<std::string, Proven> proven_;      // root: addresses proven behind a child
   std::unordered_set<std::string> passed_on_;           // subscriptions sent on toward the publishers
+  struct Barred {
+    uint64_t until_ms = 0, next_ms = 0, last_ms = 0;
+  };
+  std::unordered_map<std::string, Barred> barred_;  // keys barred from events-out, by key
+  DirectedBacklog directed_backlog_;                // what each ROUTER connection has not read
+  SubscriberBacklog subscriber_backlog_;            // and each events-out subscriber
   uint64_t last_sweep_ms_ = 0;
   std::unique_ptr<RateLimitedLog> rejected_log_;  // bad input from peers, per peer
   bool announce_now_ = false;

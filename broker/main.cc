@@ -36,6 +36,15 @@ int main(int argc, char** argv) {
   app.add_option("--max-unauthenticated", options.max_unauthenticated,
                  "connections from one address kept while still in their handshake; newer ones are closed (0: any)")
       ->capture_default_str();
+  std::string max_queued = "64MiB";
+  app.add_option("--max-queued", max_queued,
+                 "bytes queued for one peer that it has not read (directed messages, or events for a subscriber); "
+                 "past it its connection is cut (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--max-subscriptions", options.max_subscriptions,
+                 "subscriptions one connection may send, and at most 64 KiB of topics (a broker's: 64 times as "
+                 "many); past either the connection is cut (0: no limit)")
+      ->capture_default_str();
   app.add_flag("--insecure", insecure, "allow listening on a non-loopback address without --cert (no authentication)");
   fm::bus::DaemonFlags daemon;
   fm::bus::AddDaemonFlags(app, &daemon);
@@ -53,6 +62,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.handshake_ms = *handshake;
+  auto queued = fm::ParseSize(max_queued);
+  if (!queued.ok() || (*queued != 0 && *queued < (1u << 20))) {
+    spdlog::error("--max-queued: {}", queued.ok() ? "must be 0 or at least 1MiB" : queued.status().message());
+    return 2;
+  }
+  options.max_queued_bytes = *queued;
   if (binds.empty()) binds.push_back(fm::bus::kDefaultBroker);
   options.bind = binds.front();
   options.extra_binds.assign(binds.begin() + 1, binds.end());

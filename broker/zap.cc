@@ -34,7 +34,7 @@ Peer PeerOf(const zmq::message_t& frame) {
 }
 
 ZapHandler::ZapHandler(zmq::context_t& context, const TrustStore* trust, std::shared_ptr<spdlog::logger> logger,
-                       std::function<bool(const std::string&)> admit)
+                       Admit admit)
     : socket_(context, zmq::socket_type::rep), trust_(trust), admit_(std::move(admit)), logger_(logger), log_(logger) {}
 
 Status ZapHandler::Bind() {
@@ -58,7 +58,8 @@ size_t ZapHandler::Drain(uint64_t now_ms) {
     std::string request_id = frames.size() > 1 ? frames[1].to_string() : "";
     std::string address = frames.size() > 3 ? frames[3].to_string() : "";
     std::string mechanism = frames.size() > 5 ? frames[5].to_string() : "";
-    std::string status = "400", text, user, metadata;
+    std::string domain = frames.size() > 2 ? frames[2].to_string() : "";
+    std::string status = "400", text, user, metadata, key;
     if (version != "1.0" || frames.size() < 6) {
       status = "500";
       text = "malformed ZAP request";
@@ -80,6 +81,7 @@ size_t ZapHandler::Drain(uint64_t now_ms) {
         user = cert->name;
         AddProperty(&metadata, "Role", cert->role);
         AddProperty(&metadata, "Key", cert->public_key);
+        key = cert->public_key;
       } else {
         text = "key not trusted";
         ++refused_;
@@ -88,17 +90,19 @@ size_t ZapHandler::Drain(uint64_t now_ms) {
                       " is not in the trust directory " + trust_->dir());
       }
     }
-    if (status == "200" && admit_ && !admit_(address)) {
-      // 500, not 300: ZeroMQ tells the peer of a 4xx or 5xx, while a 300 leaves it
-      // waiting out its handshake timeout.
-      status = "500";
-      text = "connection limit reached";
-      user.clear();
-      metadata.clear();
-      ++refused_;
-      log_.Warn("zap limit", now_ms,
-                "refused a connection from " + address +
-                    ": the connection limit is reached (--max-connections); serving the ones open");
+    if (status == "200" && admit_) {
+      if (std::string why = admit_({domain, address, key}); !why.empty()) {
+        // 500, not 300: ZeroMQ tells the peer of a 4xx or 5xx, while a 300 leaves it
+        // waiting out its handshake timeout.
+        status = "500";
+        text = why;
+        user.clear();
+        metadata.clear();
+        ++refused_;
+        log_.Warn(
+            "zap refused " + why.substr(0, why.find(':')), now_ms,
+            "refused a connection from " + (address.empty() ? std::string("a local peer") : address) + ": " + why);
+      }
     }
     if (status == "400" && text != "key not trusted") {
       ++refused_;

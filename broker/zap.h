@@ -29,13 +29,20 @@ struct Peer {
 };
 Peer PeerOf(const zmq::message_t& frame);
 
+// A handshake the ZAP handler would admit: the socket's ZAP domain, the peer's IP ("" for
+// ipc) and its key (Z85, "" without CURVE).
+struct ZapRequest {
+  std::string domain, address, key;
+};
+
 class ZapHandler {
  public:
-  // `trust` null: a keyless broker. `admit` is asked once a connection from `address`
-  // would be admitted (its key trusted, or NULL on a keyless broker): false refuses it
-  // (the connection limit is reached). Untrusted keys are refused before it is asked.
-  ZapHandler(zmq::context_t& context, const TrustStore* trust, std::shared_ptr<spdlog::logger> logger,
-             std::function<bool(const std::string& address)> admit);
+  // `trust` null: a keyless broker. `admit` is asked once a connection would be admitted
+  // (its key trusted, or NULL on a keyless broker): a non-empty answer refuses it and
+  // says why (the connection limit is reached, the key is barred for a while). Untrusted
+  // keys are refused before it is asked.
+  using Admit = std::function<std::string(const ZapRequest&)>;
+  ZapHandler(zmq::context_t& context, const TrustStore* trust, std::shared_ptr<spdlog::logger> logger, Admit admit);
   // Binds inproc://zeromq.zap.01 (before any CURVE socket of the context binds).
   Status Bind();
   zmq::socket_t& socket() { return socket_; }
@@ -47,7 +54,7 @@ class ZapHandler {
  private:
   zmq::socket_t socket_;
   const TrustStore* trust_;
-  std::function<bool(const std::string&)> admit_;
+  Admit admit_;
   std::shared_ptr<spdlog::logger> logger_;
   RateLimitedLog log_;
   uint64_t refused_ = 0;

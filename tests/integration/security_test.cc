@@ -871,3 +871,35 @@ TEST_CASE(
   zmq::message_t topic;
   CHECK_FALSE(sub.recv(topic));  // nothing: not bob's, not anyone's tasks
 }
+
+TEST_CASE(
+    "a key whose subscriber sends over 1024 subscriptions is cut off and may not subscribe again for a while, "
+    "other keys are served on",
+    "[integration][security][inside]") {
+  Cluster c({"--liveness", "2s"}, "", true);
+  c.StartWorker("w1");
+  c.Trust("mallory", "client");
+  c.Trust("alice", "client");
+  zmq::context_t ctx(1);
+  fm::bus::Security mallory = *fm::bus::LoadSecurity(c.keys().Secret("mallory"), c.keys().Public("broker"), nullptr);
+  zmq::socket_t flood(ctx, zmq::socket_type::sub);
+  fm::bus::SecureClientSocket(flood, mallory);
+  flood.set(zmq::sockopt::linger, 0);
+  flood.set(zmq::sockopt::sndhwm, 0);
+  for (int i = 0; i < 2000; ++i) flood.set(zmq::sockopt::subscribe, "zz" + std::to_string(i));
+  flood.connect(fm::bus::ParseBrokerUrl(c.broker())->events_out);
+  CHECK(c.broker_process().WaitFor("cut off subscriber \"mallory\": over 1024 subscriptions", 10000, 1, true));
+  // Its reconnection (ZeroMQ's own, which would send them all again) is refused.
+  CHECK(c.broker_process().WaitFor("this key may not subscribe for another", 10000, 1, true));
+  // alice's tap, meanwhile, follows her task.
+  std::vector<std::string> tap = {Bin("fm-tap"), "--broker", c.broker(), "--since",
+                                  "1",           "--count",  "1",        "task.succeeded"};
+  for (auto& f : c.keys().Flags("alice", "client")) tap.push_back(f);
+  auto live = Process::Start(tap);
+  REQUIRE(c.SubmitAs("alice", "client",
+                     R"({"command": ["true"]})"
+                     "\n",
+                     {"--wait"})
+              .exit_code == 0);
+  CHECK(live->WaitFor("task.succeeded", 10000));
+}

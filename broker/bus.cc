@@ -111,9 +111,9 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
                bool subscribe, const Security& security)
     : address_(address),
       broker_url_(endpoints.router),
-      endpoints_(endpoints),
       security_(security),
-      dealer_(context, zmq::socket_type::dealer) {
+      dealer_(context, zmq::socket_type::dealer),
+      endpoints_(endpoints) {
   // No routing id: the broker's ROUTER gives every connection a fresh one, and the
   // address is claimed on it (a stale or hostile connection can never inherit it).
   dealer_.set(zmq::sockopt::linger, 1000);
@@ -320,6 +320,12 @@ std::optional<MonitorEvent> NextMonitorEvent(zmq::socket_t& pair) {
 void TendLink(Client& client, RateLimitedLog& log, uint64_t now_ms) {
   client.Hello();
   if (std::string problem = client.LinkProblem(); !problem.empty()) log.Warn("link", now_ms, problem + "; retrying");
+  if (uint64_t malformed = client.TakeMalformed(); malformed > 0) {
+    log.Warn(
+        "malformed", now_ms,
+        "dropped " + std::to_string(malformed) +
+            " malformed message(s) from the broker (directed ones not [source][payload], events not [topic][payload])");
+  }
   log.Flush(now_ms);
 }
 

@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
@@ -149,7 +150,7 @@ class Client {
   // Queues a directed message; false when it cannot be queued now (high-water mark).
   bool Send(const std::string& to, const std::string& payload);
   // Next directed message, if one is waiting. Frames not shaped [source][payload] are
-  // dropped and counted in malformed(); the broker's probes of a claim are dropped; an
+  // dropped and counted (TakeMalformed); the broker's probes of a claim are dropped; an
   // "unclaimed" Error (the connection was made anew) claims again and is passed on.
   std::optional<Received> Receive();
   // Claims the address on the current connection and tells the local broker this client
@@ -175,7 +176,8 @@ class Client {
   void Publish(std::string_view topic, std::string_view payload);
   void Subscribe(const std::string& prefix);
   std::optional<Event> ReceiveEvent();
-  uint64_t malformed() const { return malformed_; }
+  // Messages dropped as malformed since the last call (TendLink logs them).
+  uint64_t TakeMalformed() { return std::exchange(malformed_, 0); }
 
  private:
   std::string address_;

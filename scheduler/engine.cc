@@ -671,7 +671,8 @@ uint64_t RetryDelayMs(const TaskSpec& spec, uint64_t task, uint32_t attempt) {
   return delay * (750 + h % 501) / 1000;
 }
 
-void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms, bool blame_worker) {
+void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms, bool blame_worker,
+                   bool spent) {
   if (t->spec.session && t->endpoint.port != 0) {
     // It was ready, so someone may be connected to it: a session is never silently
     // started again elsewhere, whatever ended it (its worker lost, its daemon failing).
@@ -683,10 +684,12 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
       t->failed_on.size() < 64) {
     t->failed_on.insert(std::upper_bound(t->failed_on.begin(), t->failed_on.end(), t->worker), t->worker);
   }
-  if (t->attempt >= t->spec.max_attempts) {
+  if (!spent) {
+    ++t->handed_back;
+  } else if (t->attempt - t->handed_back >= t->spec.max_attempts) {
     End(t, wire::TaskState::Failed, reason,
-        message + "; attempts exhausted (" + std::to_string(t->attempt) + "/" + std::to_string(t->spec.max_attempts) +
-            ")",
+        message + "; attempts exhausted (" + std::to_string(t->attempt - t->handed_back) + "/" +
+            std::to_string(t->spec.max_attempts) + ")",
         0, now_ms);
     return;
   }
@@ -699,10 +702,12 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
   t->endpoint = Endpoint();
   // A lost worker says nothing about the task: it is placed again at once. A failure
   // waits a backoff (exponential, jittered) so that a burst of retries does not hit the
-  // same fault again at once.
+  // same fault again at once. An attempt handed back unstarted goes elsewhere at once,
+  // unless that keeps happening.
   std::string when = "placed again now";
-  if (blame_worker) {
-    uint64_t delay = RetryDelayMs(t->spec, t->id, t->attempt - 1);
+  if (spent ? blame_worker : t->handed_back > kHandBacksWithoutBackoff) {
+    uint64_t delay = RetryDelayMs(
+        t->spec, t->id, spent ? t->attempt - t->handed_back - 1 : t->handed_back - kHandBacksWithoutBackoff - 1);
     t->not_before_ms = now_ms + delay;
     backoff_.emplace(t->not_before_ms, t->id);
     char text[32];
@@ -713,6 +718,7 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
     t->not_before_ms = 0;
     pending_.Insert(t->spec, LineOf(*t));
     placement_needed_ = true;
+    if (!spent) when += ", no attempt spent, avoiding " + Listed(t->failed_on) + " where it can";
   }
   dirty_tasks_.push_back(t->id);
   EventFields f;
@@ -902,7 +908,13 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
       End(&t, wire::TaskState::Cancelled, wire::Reason::Cancelled, message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::Retryable:
-      Retry(&t, wire::Reason::ExecutorError, message, now_ms, /*blame_worker=*/true);
+      if (msg.reason() == wire::Reason::NotStarted && t.state == wire::TaskState::Queued) {
+        // Handed back before it started (its capability quarantined meanwhile, no free
+        // GPU): placed again, elsewhere where it can, with no attempt spent.
+        Retry(&t, wire::Reason::NotStarted, message, now_ms, /*blame_worker=*/true, /*spent=*/false);
+      } else {
+        Retry(&t, wire::Reason::ExecutorError, message, now_ms, /*blame_worker=*/true);
+      }
       break;
   }
 }

@@ -201,7 +201,11 @@ class Engine {
   // `blame_worker`: the attempt failed there (a retryable exit status, an executor that
   // could not run it): the worker is remembered and the retry waits a backoff. Not for a
   // lost worker (placed again at once).
-  void Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms, bool blame_worker = false);
+  // `spent` false: the attempt never started (handed back): it does not count against
+  // max_attempts (Task::handed_back), and only a run of hand-backs waits a backoff.
+  void Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms, bool blame_worker = false,
+             bool spent = true);
+  static constexpr uint32_t kHandBacksWithoutBackoff = 3;
   // Tasks whose retry backoff is over join the pending set.
   void ReleaseBackoff(uint64_t now_ms);
   // Terminal transition. Removes the task from the active set; `t` is invalid after.

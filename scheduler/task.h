@@ -15,7 +15,8 @@ struct Task {
   TaskSpec spec;
   wire::TaskState state = wire::TaskState::Pending;
   uint32_t attempt = 1;
-  std::string worker;  // worker id while queued or running
+  uint32_t handed_back = 0;  // attempts a worker handed back unstarted: not counted against max_attempts
+  std::string worker;        // worker id while queued or running
   uint64_t submitted_ms = 0;
   uint64_t order = 0;          // FIFO position
   std::string watcher;         // submitter address told when the task ends

@@ -28,7 +28,7 @@ constexpr std::array<std::pair<wire::EventType, std::string_view>, 19> kEventTyp
     {wire::EventType::TaskReady, "task.ready"},
 }};
 
-constexpr std::array<std::pair<wire::Reason, std::string_view>, 14> kReasons{{
+constexpr std::array<std::pair<wire::Reason, std::string_view>, 15> kReasons{{
     {wire::Reason::NoEligibleWorker, "no_eligible_worker"},
     {wire::Reason::InvalidTask, "invalid_task"},
     {wire::Reason::KeyConflict, "key_conflict"},
@@ -43,6 +43,7 @@ constexpr std::array<std::pair<wire::Reason, std::string_view>, 14> kReasons{{
     {wire::Reason::MemoryLimit, "memory_limit"},
     {wire::Reason::SessionTtl, "session_ttl"},
     {wire::Reason::SessionIdle, "session_idle"},
+    {wire::Reason::NotStarted, "not_started"},
 }};
 
 constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 8> kErrorCodes{{

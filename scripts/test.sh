@@ -3,6 +3,7 @@
 # the docker tests talk to), builds, runs ctest. .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/check-tree.sh
 scripts/install-deps.sh
 scripts/podman-setup.sh
 scripts/build.sh
@@ -15,3 +16,5 @@ scripts/soak.sh 1
 scripts/sanitize.sh
 # Hostile input: each libFuzzer target for a short bounded time on the kept corpus.
 scripts/fuzz.sh 15
+# Nothing left behind: no container, no process of ours, no podman service of a test.
+scripts/check-leftovers.sh

@@ -160,7 +160,8 @@ void WorkerCore::TryStart(const Ref& ref) {
     Release(&run);
     runs_.erase(it);
     ++ended_[static_cast<size_t>(wire::Outcome::Retryable)];
-    if (current) Finish(ref, {wire::Outcome::Retryable, 0, std::move(why)});
+    // Never started: the scheduler places it again without spending an attempt.
+    if (current) Finish(ref, {wire::Outcome::Retryable, 0, std::move(why), wire::Reason::NotStarted});
   };
   if (!run.capability.empty() && health_.quarantined(run.capability)) {
     // Withdrawn after it was dispatched: it goes elsewhere, and counts as no failed start.

@@ -432,7 +432,9 @@ bool DockerPings(const std::string& socket_path) {
 }
 
 Podman::Podman(const std::string& socket_path, std::vector<std::string> env) : socket_(socket_path) {
-  std::vector<std::string> argv = {"/usr/bin/env"};
+  // In the socket's directory: conmon writes a file "oom" into its working directory when
+  // a container is OOM-killed (that is how one came to be committed at the root once).
+  std::vector<std::string> argv = {"/usr/bin/env", "-C", std::filesystem::path(socket_).parent_path().string()};
   argv.insert(argv.end(), env.begin(), env.end());
   for (const char* a : {"/usr/bin/podman", "system", "service", "--time=0"}) argv.push_back(a);
   argv.push_back("unix://" + socket_);
@@ -442,6 +444,17 @@ Podman::Podman(const std::string& socket_path, std::vector<std::string> env) : s
     usleep(50000);  // no event tells when the service listens: poll its socket
   }
   if (!DockerPings(socket_)) throw std::runtime_error("podman's API did not answer on " + socket_);
+}
+
+Podman::~Podman() {
+  if (process_->running()) Stop();
+  std::vector<std::string> rm = {"/usr/bin/podman", "rm", "--force", "--time", "0"};
+  for (const char* label : {"label=fm.worker", "label=fm.probe"}) {
+    for (const auto& id : RunTool({"/usr/bin/podman", "ps", "--all", "--quiet", "--filter", label}).lines) {
+      if (!id.empty()) rm.push_back(id);
+    }
+  }
+  if (rm.size() > 5) RunTool(rm);
 }
 
 void Podman::Stop() {

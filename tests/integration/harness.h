@@ -93,6 +93,10 @@ class Podman {
  public:
   // `env`: NAME=VALUE for the service (e.g. CONTAINERS_CONF naming another runtime).
   explicit Podman(const std::string& socket_path, std::vector<std::string> env = {});
+  // Stops the service and removes every container a worker or a probe made (labels
+  // fm.worker, fm.probe): the docker tests run one at a time (ctest RESOURCE_LOCK
+  // podman), so all of them are this test's; a worker the test killed leaves its own.
+  ~Podman();
   void Stop();
 
  private:

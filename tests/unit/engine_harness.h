@@ -153,11 +153,12 @@ class Harness {
     return Commit();
   }
 
-  Turn Finished(uint64_t task, uint32_t attempt, const std::string& worker, wire::Outcome outcome, int code = 0) {
+  Turn Finished(uint64_t task, uint32_t attempt, const std::string& worker, wire::Outcome outcome, int code = 0,
+                wire::Reason reason = wire::Reason::None) {
     flatbuffers::FlatBufferBuilder fbb;
     auto ref = wire::CreateTaskRef(fbb, task, attempt);
     std::string bytes =
-        codec::Seal(fbb, wire::CreateTaskFinished(fbb, ref, fbb.CreateString(worker), outcome, code, 0));
+        codec::Seal(fbb, wire::CreateTaskFinished(fbb, ref, fbb.CreateString(worker), outcome, code, 0, reason));
     engine_->OnDirected(Address(worker), *wire::GetEnvelope(bytes.data()), now);
     return Commit();
   }

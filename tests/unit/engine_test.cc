@@ -240,6 +240,31 @@ TEST_CASE("a retryable failure runs again until max_attempts, then fails", "[uni
   CHECK(failed[0]->reason()->str() == "executor_error");
 }
 
+TEST_CASE(
+    "an attempt a worker hands back unstarted (its capability quarantined meanwhile) goes elsewhere at once and "
+    "spends no attempt, even with max_attempts 1, and that is kept across a restart",
+    "[unit]") {
+  Harness h;
+  h.Register({"broken", {}});
+  TaskSpec spec = NewTask();
+  spec.max_attempts = 1;
+  uint64_t id = OnlyResult(h.Submit({spec}))->task();
+  h.Register({"good", {}});
+  Turn t = h.Finished(id, 1, "broken", wire::Outcome::Retryable, 0, wire::Reason::NotStarted);
+  CHECK(t.Events("task.failed").empty());
+  auto retrying = t.Events("task.retrying");
+  REQUIRE(retrying.size() == 1);
+  CHECK(retrying[0]->reason()->str() == "not_started");
+  CHECK_THAT(retrying[0]->message()->str(), Catch::Contains("no attempt spent, avoiding broken"));
+  CHECK(t.Dispatched(Harness::Address("good")) == std::vector<uint64_t>{id});  // at once, elsewhere
+  // Its one real attempt then fails: that one counts.
+  h.Restart();
+  t = h.Finished(id, 2, "good", wire::Outcome::Retryable);
+  auto failed = t.Events("task.failed");
+  REQUIRE(failed.size() == 1);
+  CHECK_THAT(failed[0]->message()->str(), Catch::Contains("attempts exhausted (1/1)"));
+}
+
 TEST_CASE("a watching submitter is told when its task ends", "[unit]") {
   Harness h;
   h.Register({"w", {}});

@@ -604,7 +604,8 @@ bool Broker::LearnRoute(const std::string& peer, const std::string& child, uint6
 // ---------------------------------------------------------------------------
 // Directed messages.
 
-bool Broker::DeliverLocal(const std::string& destination, const std::string& source, zmq::message_t& payload) {
+bool Broker::DeliverLocal(const std::string& destination, const std::string& source, zmq::message_t& payload,
+                          const std::string& seal) {
   auto held = pipes_.find(destination);
   if (held == pipes_.end()) return false;
   const std::string pipe = held->second;
@@ -621,16 +622,34 @@ bool Broker::DeliverLocal(const std::string& destination, const std::string& sou
     Unclaim(pipe);  // that connection is gone
     return false;
   }
-  SendFrames(router_, {Buf(source), Buf(payload)});
+  if (seal.empty()) {
+    SendFrames(router_, {Buf(source), Buf(payload)});
+  } else {
+    SendFrames(router_, {Buf(source), Buf(payload), Buf(seal)});
+  }
   ++counters_.routed;
-  Charge(pipe, source.size() + payload.size());
+  Charge(pipe, source.size() + payload.size() + seal.size());
   return true;
 }
 
-void Broker::Route(const std::string& destination, const std::string& source, zmq::message_t& payload,
-                   bool from_parent) {
-  if (DeliverLocal(destination, source, payload)) return;
-  RoutingTable::Hop hop = table_.NextHop(destination, from_parent);
+std::string Broker::SealFor(const std::string& destination, const std::string& source, const zmq::message_t& payload) {
+  if (!ChecksProofs()) return "";
+  auto proven = proven_.find(destination);
+  if (proven == proven_.end() || !proven->second.proof.seals) return "";
+  Proven& p = proven->second;
+  return MakeSeal(p.key, SealWay::kDown, ++p.down_last, destination, source,
+                  std::string_view(static_cast<const char*>(payload.data()), payload.size()));
+}
+
+void Broker::Route(const std::string& destination, const std::string& source, zmq::message_t& payload, bool from_parent,
+                   const std::string& seal) {
+  // A node broker with CURVE: what a local peer or a child sent goes up, sealed by its
+  // sender if it seals; only the root delivers it, sealed for its destination if that
+  // one seals. So no node broker sends a peer behind it anything the root did not.
+  const bool up_only = NeedsProof() && !from_parent;
+  if (!up_only && DeliverLocal(destination, source, payload, seal)) return;
+  RoutingTable::Hop hop =
+      up_only ? RoutingTable::Hop{RoutingTable::Hop::kUp, ""} : table_.NextHop(destination, from_parent);
   if (hop.kind == RoutingTable::Hop::kChild) {
     auto child = pipes_.find(hop.child);
     try {
@@ -647,9 +666,14 @@ void Broker::Route(const std::string& destination, const std::string& source, zm
         }
         return;
       }
-      SendFrames(router_, {Buf(destination), Buf(payload), Buf(source)});
+      const std::string down = ChecksProofs() ? SealFor(destination, source, payload) : seal;
+      if (down.empty()) {
+        SendFrames(router_, {Buf(destination), Buf(payload), Buf(source)});
+      } else {
+        SendFrames(router_, {Buf(destination), Buf(payload), Buf(source), Buf(down)});
+      }
       ++counters_.relayed_down;
-      Charge(child->second, destination.size() + payload.size() + source.size());
+      Charge(child->second, destination.size() + payload.size() + source.size() + down.size());
       return;
     } catch (const zmq::error_t&) {
       table_.ForgetChild(hop.child);  // that child is gone: on up, or unreachable
@@ -657,7 +681,11 @@ void Broker::Route(const std::string& destination, const std::string& source, zm
     }
   }
   if (hop.kind == RoutingTable::Hop::kUp) {
-    SendFrames(up_dealer_, {Buf(destination), Buf(payload), Buf(source)});
+    if (seal.empty()) {
+      SendFrames(up_dealer_, {Buf(destination), Buf(payload), Buf(source)});
+    } else {
+      SendFrames(up_dealer_, {Buf(destination), Buf(payload), Buf(source), Buf(seal)});
+    }
     ++counters_.relayed_up;
     return;
   }
@@ -683,8 +711,13 @@ void Broker::ErrorTo(const std::string& source, wire::ErrorCode code, const std:
           })) {
         return;  // that child's queue is full: the error is dropped, not waited on
       }
-      SendFrames(router_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});
-      Charge(child->second, source.size() + payload.size() + std::string_view(kBrokerAddress).size());
+      const std::string down = SealFor(source, kBrokerAddress, payload);
+      if (down.empty()) {
+        SendFrames(router_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});
+      } else {
+        SendFrames(router_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress)), Buf(down)});
+      }
+      Charge(child->second, source.size() + payload.size() + std::string_view(kBrokerAddress).size() + down.size());
     } else if (hop.kind == RoutingTable::Hop::kUp) {
       SendFrames(up_dealer_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});
     }
@@ -840,20 +873,12 @@ size_t Broker::DrainRouter() {
     }
     const std::string source = claim == claims_.end() ? std::string() : claim->second.address;
     if (claim != claims_.end()) claim->second.seen_ms = WallClockMs();
-    if (frames.size() == 4) {
-      // Relayed up from a child broker: [child][destination][payload][source].
-      if (source.empty()) {
-        ErrorToPipe(pipe, wire::ErrorCode::Unclaimed, "this connection has claimed no address: send BrokerHello",
-                    kBrokerAddress);
-        continue;
-      }
-      if (!IsBroker(source)) {
-        Refuse(pipe, peer, wire::ErrorCode::Unauthorized,
-               "only a broker relays messages (this connection holds \"" + source + "\")", "");
-        continue;
-      }
+    if (!source.empty() && IsBroker(source) && (frames.size() == 4 || frames.size() == 5)) {
+      // Relayed up from a child broker: [child][destination][payload][source][seal?].
       std::string destination = frames[1].to_string(), from = frames[3].to_string();
-      if (!ValidAddress(from) || !ValidAddress(destination) || frames[2].size() > codec::kMaxMessageBytes) {
+      std::string seal = frames.size() == 5 ? frames[4].to_string() : std::string();
+      if (!ValidAddress(from) || !ValidAddress(destination) || frames[2].size() > codec::kMaxMessageBytes ||
+          (frames.size() == 5 && seal.size() != kSealBytes)) {
         ++counters_.malformed;
         rejected_log_->Warn(source, WallClockMs(), "malformed relay from " + source);
         continue;
@@ -879,6 +904,24 @@ size_t Broker::DrainRouter() {
       } else if (!LearnRoute(from, source, WallClockMs())) {
         behind = Status::Invalid("it is not behind it");
       }
+      if (behind.ok() && ChecksProofs()) {
+        // A peer that seals: only what it sealed itself, each seal once (broker/seal.h).
+        Proven& proven = proven_[from];
+        uint64_t counter = 0;
+        if (proven.proof.seals) {
+          if (seal.empty()) {
+            behind = Status::Invalid("it seals what it sends, and this came without its seal");
+          } else if (!OpenSeal(proven.key, SealWay::kUp, seal, from, destination, frames[2].to_string_view(),
+                               &counter)) {
+            behind = Status::Invalid("its seal does not match the message: it was forged or altered on the way");
+          } else if (counter <= proven.up_last) {
+            behind = Status::Invalid("its seal was taken before: a replay");
+          } else {
+            proven.up_last = counter;
+          }
+        }
+        seal.clear();  // checked here, at the root: nothing further needs it
+      }
       if (!behind.ok()) {
         Refuse(pipe, peer, wire::ErrorCode::Unauthorized,
                "broker " + source + " relayed a message from \"" + from + "\": " + behind.message(), destination);
@@ -887,20 +930,24 @@ size_t Broker::DrainRouter() {
       if (destination == kBrokerAddress) {
         HandleForBroker(pipe, from, frames[2], false, peer);
       } else {
-        Route(destination, from, frames[2], false);
+        Route(destination, from, frames[2], false, seal);
       }
       continue;
     }
     const std::string who = source.empty() ? "an unclaimed connection" : source;
-    if (frames.size() != 3) {
+    if ((frames.size() != 3 && frames.size() != 4) || (frames.size() == 4 && frames[3].size() != kSealBytes)) {
       ++counters_.malformed;
       rejected_log_->Warn(who, WallClockMs(),
                           "malformed message from " + who + ": " + std::to_string(frames.size() - 1) +
-                              " frames, expected [destination][payload]");
+                              " frames, expected [destination][payload] or [destination][payload][seal]");
       ErrorToPipe(pipe, wire::ErrorCode::Malformed,
-                  "expected 2 frames [destination][payload], got " + std::to_string(frames.size() - 1), "");
+                  "expected 2 frames [destination][payload] (or 3, sealed), got " + std::to_string(frames.size() - 1),
+                  "");
       continue;
     }
+    // A sealed peer's seal goes up with its message; the root checks it (for a peer of
+    // its own, CURVE already says who sent it).
+    const std::string seal = frames.size() == 4 && NeedsProof() ? frames[3].to_string() : std::string();
     const std::string destination = frames[1].to_string();
     if (frames[2].size() > codec::kMaxMessageBytes) {
       ++counters_.oversized;
@@ -939,10 +986,10 @@ size_t Broker::DrainRouter() {
         continue;
       }
       waiting.held_bytes += frames[2].size();
-      waiting.held.emplace_back(destination, std::move(frames[2]));
+      waiting.held.push_back({destination, std::move(frames[2]), seal});
       continue;
     }
-    Route(destination, source, frames[2], false);
+    Route(destination, source, frames[2], false, seal);
   }
   return n;
 }
@@ -970,14 +1017,16 @@ size_t Broker::DrainUpstream() {
       }
       continue;
     }
-    if (frames.size() != 3) {
+    if ((frames.size() != 3 && frames.size() != 4) || (frames.size() == 4 && frames[3].size() != kSealBytes)) {
       ++counters_.malformed;
       options_.logger->warn("malformed message from the parent broker: {} frames", frames.size());
       continue;
     }
     if (frames[0].to_string() == kBrokerAddress) continue;  // a probe of our claim
-    // From the parent: [destination][payload][source].
-    Route(frames[0].to_string(), frames[2].to_string(), frames[1], true);
+    // From the parent: [destination][payload][source][seal?] (the root's seal, for a peer
+    // that seals: passed on as it is).
+    Route(frames[0].to_string(), frames[2].to_string(), frames[1], true,
+          frames.size() == 4 ? frames[3].to_string() : std::string());
   }
   return n;
 }
@@ -1024,7 +1073,7 @@ void Broker::TakeProof(Claim& claim, ClaimProof proof) {
   claim.held.clear();
   claim.held_bytes = 0;
   const std::string source = claim.address;
-  for (auto& [destination, payload] : held) Route(destination, source, payload, false);
+  for (auto& h : held) Route(h.destination, source, h.payload, false, h.seal);
 }
 
 Status Broker::ProvenBehind(const std::string& address, const std::string& child, const ClaimProof* proof,
@@ -1040,7 +1089,18 @@ Status Broker::ProvenBehind(const std::string& address, const std::string& child
     if (it != proven_.end() && it->second.child != child && it->second.proof.time_ms >= proof->time_ms) {
       return Status::Invalid("a newer proof has it behind " + it->second.child);
     }
-    proven_[address] = {child, *proof};
+    Proven next{child, *proof};
+    if (proof->seals) {
+      auto key = SharedSealKey(own_.secret_key, proof->key);
+      if (!key.ok()) return Status::Invalid("no seal key: " + key.status().message());
+      next.key = *key;
+      if (it != proven_.end() && it->second.proof.key == proof->key) {
+        // A renewed proof of the same peer: its seals go on counting.
+        next.up_last = it->second.up_last;
+        next.down_last = it->second.down_last;
+      }
+    }
+    proven_[address] = std::move(next);
     return Status::Ok();
   }
   if (it == proven_.end()) return Status::Invalid("no proof of it came from its holder");

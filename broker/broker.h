@@ -52,6 +52,7 @@
 #include "broker/outbound.h"
 #include "broker/rate_limited_log.h"
 #include "broker/routing.h"
+#include "broker/seal.h"
 #include "broker/zap.h"
 #include "schemas/fm_generated.h"
 #include "schemas/status.h"
@@ -127,13 +128,22 @@ class Broker {
     // A node broker with CURVE: the claimer's proof for the root, and what it sent up
     // before the proof came (destination, payload), sent on when it comes.
     std::optional<ClaimProof> proof;
-    std::vector<std::pair<std::string, zmq::message_t>> held;
+    struct Held {
+      std::string destination;
+      zmq::message_t payload;
+      std::string seal;  // the claimer's, if it seals
+    };
+    std::vector<Held> held;
     size_t held_bytes = 0;
   };
   // The root with CURVE: an address a child broker proved a peer holds behind it.
   struct Proven {
     std::string child;  // the child broker's address
     ClaimProof proof;
+    // The peer seals (proof.seals): the key it shares with us, the counter of the last
+    // seal taken from it and of the last one made for it (broker/seal.h).
+    SealKey key{};
+    uint64_t up_last = 0, down_last = 0;
   };
   // A node broker with CURVE asks every claimer for a proof; the root checks them.
   bool NeedsProof() const { return secure_ && has_upstream_; }
@@ -184,8 +194,16 @@ class Broker {
   // reconnection would send them all again).
   void Bar(const std::string& key);
   // Where a message came from: a local peer, a child broker (relayed), or the parent.
-  void Route(const std::string& destination, const std::string& source, zmq::message_t& payload, bool from_parent);
-  bool DeliverLocal(const std::string& destination, const std::string& source, zmq::message_t& payload);
+  // `seal`: the source's seal (up) or the root's (down), passed on as it is; empty for
+  // none. A node broker with CURVE sends everything that did not come from its parent up:
+  // the root seals what goes down to a peer that seals (and checks what comes up).
+  void Route(const std::string& destination, const std::string& source, zmq::message_t& payload, bool from_parent,
+             const std::string& seal = "");
+  bool DeliverLocal(const std::string& destination, const std::string& source, zmq::message_t& payload,
+                    const std::string& seal = "");
+  // Root: the seal for a message from `source` to `destination` behind a child, if that
+  // peer seals; else empty.
+  std::string SealFor(const std::string& destination, const std::string& source, const zmq::message_t& payload);
   void HandleForBroker(const std::string& pipe, const std::string& source, const zmq::message_t& payload,
                        bool local_peer, const Peer& peer);
   void ErrorTo(const std::string& source, wire::ErrorCode code, const std::string& message, const std::string& about);

@@ -68,9 +68,13 @@ bool IsLoopbackEndpoint(const std::string& bound) {
   return false;  // not an address: never taken for loopback
 }
 
-Result<Security> LoadSecurity(const std::string& cert, const std::string& broker_cert, const char* own_role) {
+Result<Security> LoadSecurity(const std::string& cert, const std::string& broker_cert, const char* own_role,
+                              const std::string& root_cert) {
   Security security;
-  if (cert.empty() && broker_cert.empty()) return security;
+  if (cert.empty() && broker_cert.empty()) {
+    if (!root_cert.empty()) return Status::Invalid("--root-cert needs --cert and --broker-cert");
+    return security;
+  }
   if (cert.empty()) return Status::Invalid("--broker-cert needs --cert (this process's own certificate)");
   if (broker_cert.empty()) return Status::Invalid("--cert needs --broker-cert (the broker's public certificate)");
   auto own = LoadCertificate(cert, true);
@@ -83,6 +87,12 @@ Result<Security> LoadSecurity(const std::string& cert, const std::string& broker
   if (!broker.ok()) return Status::Invalid("--broker-cert: " + broker.status().message());
   security.own = std::move(*own);
   security.broker_key = broker->public_key;
+  if (!root_cert.empty()) {
+    auto root = LoadCertificate(root_cert, false);
+    if (!root.ok()) return Status::Invalid("--root-cert: " + root.status().message());
+    if (root->role != "broker") return Status::Invalid("--root-cert: " + root_cert + " is no broker's certificate");
+    security.root_key = root->public_key;
+  }
   return security;
 }
 
@@ -114,6 +124,12 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
       security_(security),
       dealer_(context, zmq::socket_type::dealer),
       endpoints_(endpoints) {
+  if (security_.sealed()) {
+    // Behind node brokers, with the root pinned: every claim proof is for it, and what
+    // goes to or comes from anyone but the local broker is sealed (broker/seal.h).
+    root_key_ = security_.root_key;
+    if (auto key = SharedSealKey(security_.own.secret_key, root_key_); key.ok()) seal_key_ = *key;
+  }
   // No routing id: the broker's ROUTER gives every connection a fresh one, and the
   // address is claimed on it (a stale or hostile connection can never inherit it).
   dealer_.set(zmq::sockopt::linger, 1000);
@@ -240,6 +256,13 @@ bool Client::Send(const std::string& to, const std::string& payload) {
             [&] { return dealer_.send(zmq::buffer(to), zmq::send_flags::sndmore | zmq::send_flags::dontwait); })) {
       return false;
     }
+    if (seal_key_ && to != kBrokerAddress) {
+      const std::string seal = MakeSeal(*seal_key_, SealWay::kUp, ++sealed_out_, address_, to, payload);
+      RetryEintr(
+          [&] { return dealer_.send(zmq::buffer(payload), zmq::send_flags::sndmore | zmq::send_flags::dontwait); });
+      RetryEintr([&] { return dealer_.send(zmq::buffer(seal), zmq::send_flags::dontwait); });
+      return true;
+    }
     RetryEintr([&] { return dealer_.send(zmq::buffer(payload), zmq::send_flags::dontwait); });
     return true;
   } catch (const zmq::error_t&) {
@@ -261,17 +284,41 @@ std::optional<Received> Client::Receive() {
   for (;;) {
     std::vector<zmq::message_t> frames;
     if (!TryReceive(dealer_, &frames)) return std::nullopt;
-    if (frames.size() != 2) {
+    if (frames.size() != 2 && frames.size() != 3) {
       ++malformed_;
       continue;
+    }
+    if (seal_key_) {
+      // From the root, sealed for us; unsealed only what the local broker says itself:
+      // a probe of our claim, ProveClaim, an Error (which can only delay or drop).
+      uint64_t counter = 0;
+      bool taken = false;
+      if (frames.size() == 3) {
+        taken = OpenSeal(*seal_key_, SealWay::kDown, frames[2].to_string_view(), address_, frames[0].to_string_view(),
+                         frames[1].to_string_view(), &counter) &&
+                counter > sealed_in_;
+        if (taken) sealed_in_ = counter;
+      } else if (frames[0].to_string_view() == kBrokerAddress) {
+        zmq::message_t copy;
+        copy.copy(frames[1]);
+        zmq::message_t body = Aligned(std::move(copy));
+        auto env = codec::Decode(body.data(), body.size());
+        taken = env.ok() && ((*env)->body_type() == wire::Body::BrokerHello ||
+                             (*env)->body_type() == wire::Body::ProveClaim || (*env)->body_type() == wire::Body::Error);
+      }
+      if (!taken) {
+        ++forged_;
+        continue;
+      }
     }
     Received msg{frames[0].to_string(), Aligned(std::move(frames[1]))};
     if (msg.from == kBrokerAddress) {
       auto env = codec::Decode(msg.payload.data(), msg.payload.size());
       if (env.ok() && (*env)->body_type() == wire::Body::BrokerHello) continue;  // the broker's probe of our claim
       if (env.ok() && (*env)->body_type() == wire::Body::ProveClaim) {
-        // A node broker holds what we send up until the root has our proof.
-        root_key_ = codec::Str((*env)->body_as_ProveClaim()->root_key());
+        // A node broker holds what we send up until the root has our proof (for the
+        // pinned root when sealed, whatever the node broker names).
+        if (!seal_key_) root_key_ = codec::Str((*env)->body_as_ProveClaim()->root_key());
         proof_.reset();
         Hello();
         continue;
@@ -320,6 +367,12 @@ std::optional<MonitorEvent> NextMonitorEvent(zmq::socket_t& pair) {
 void TendLink(Client& client, RateLimitedLog& log, uint64_t now_ms) {
   client.Hello();
   if (std::string problem = client.LinkProblem(); !problem.empty()) log.Warn("link", now_ms, problem + "; retrying");
+  if (uint64_t forged = client.TakeForged(); forged > 0) {
+    log.Warn("forged", now_ms,
+             "dropped " + std::to_string(forged) +
+                 " directed message(s) without the root broker's seal (missing, wrong or replayed): a node broker on "
+                 "the way forged or altered them");
+  }
   if (uint64_t malformed = client.TakeMalformed(); malformed > 0) {
     log.Warn(
         "malformed", now_ms,
@@ -344,7 +397,8 @@ void Client::Hello() {
   if (security_.on() && !root_key_.empty()) {
     const uint64_t now = WallClockMs();
     if (!proof_ || now > proof_->time_ms + kClaimProofRenewMs || now < proof_->time_ms) {
-      auto made = MakeClaimProof(address_, security_.own.public_key, security_.own.secret_key, root_key_, now);
+      auto made = MakeClaimProof(address_, security_.own.public_key, security_.own.secret_key, root_key_, now,
+                                 seal_key_.has_value());
       if (made.ok()) proof_ = std::move(*made);
     }
     if (proof_) proof = ToWire(fbb, *proof_);

@@ -24,6 +24,7 @@
 #include "broker/cert.h"
 #include "broker/claim_proof.h"
 #include "broker/rate_limited_log.h"
+#include "broker/seal.h"
 #include "schemas/status.h"
 
 namespace fm::bus {
@@ -80,13 +81,18 @@ bool IsLoopbackEndpoint(const std::string& bound);
 struct Security {
   Certificate own;
   std::string broker_key;  // Z85
+  // The root broker's (Z85), when pinned (--root-cert) and not the broker's own: this
+  // process is behind node brokers and seals its messages (broker/seal.h).
+  std::string root_key;
   bool on() const { return !broker_key.empty(); }
+  bool sealed() const { return on() && !root_key.empty() && root_key != broker_key; }
 };
 
 // Reads --cert / --broker-cert (either may come from FM_CERT / FM_BROKER_CERT). Both or
 // neither: one without the other is an error, as is an unreadable file. `own_role`,
 // when set, is the role the process's certificate must have.
-Result<Security> LoadSecurity(const std::string& cert, const std::string& broker_cert, const char* own_role);
+Result<Security> LoadSecurity(const std::string& cert, const std::string& broker_cert, const char* own_role,
+                              const std::string& root_cert = "");
 
 // Applies CURVE client options to `socket` (nothing when security is off).
 void SecureClientSocket(zmq::socket_t& socket, const Security& security);
@@ -178,6 +184,9 @@ class Client {
   std::optional<Event> ReceiveEvent();
   // Messages dropped as malformed since the last call (TendLink logs them).
   uint64_t TakeMalformed() { return std::exchange(malformed_, 0); }
+  // Sealed (Security::sealed()): directed messages dropped since the last call because
+  // the root's seal was missing, wrong or replayed (TendLink logs them).
+  uint64_t TakeForged() { return std::exchange(forged_, 0); }
 
  private:
   std::string address_;
@@ -196,8 +205,12 @@ class Client {
   zmq::socket_t pub_;
   zmq::socket_t sub_;
   uint64_t malformed_ = 0;
-  std::string root_key_;             // the root broker's, as a node broker said (ProveClaim)
+  std::string root_key_;             // the root broker's: pinned (--root-cert), or as a node broker said (ProveClaim)
   std::optional<ClaimProof> proof_;  // the last one made for it
+  std::optional<SealKey> seal_key_;  // shared with the root when sealed (broker/seal.h)
+  uint64_t sealed_out_ = 0;          // the counter of the last seal made
+  uint64_t sealed_in_ = 0;           // the counter of the last seal taken
+  uint64_t forged_ = 0;
 };
 
 }  // namespace fm::bus

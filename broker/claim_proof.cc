@@ -8,8 +8,8 @@
 namespace fm::bus {
 namespace {
 
-std::string Statement(const std::string& address, uint64_t time_ms) {
-  return "fm-claim 1\n" + address + "\n" + std::to_string(time_ms);
+std::string Statement(const std::string& address, uint64_t time_ms, bool seals) {
+  return "fm-claim 1\n" + address + "\n" + std::to_string(time_ms) + (seals ? "\nseals" : "");
 }
 
 bool DecodeKey(const std::string& z85, unsigned char out[32]) {
@@ -19,7 +19,8 @@ bool DecodeKey(const std::string& z85, unsigned char out[32]) {
 }  // namespace
 
 Result<ClaimProof> MakeClaimProof(const std::string& address, const std::string& own_public,
-                                  const std::string& own_secret, const std::string& root_public, uint64_t now_ms) {
+                                  const std::string& own_secret, const std::string& root_public, uint64_t now_ms,
+                                  bool seals) {
   if (sodium_init() < 0) return Status::Unavailable("libsodium could not start");
   unsigned char secret[32], root[32];
   if (!DecodeKey(own_secret, secret)) return Status::Invalid("no secret key to prove a claim with");
@@ -28,9 +29,10 @@ Result<ClaimProof> MakeClaimProof(const std::string& address, const std::string&
   proof.address = address;
   proof.key = own_public;
   proof.time_ms = now_ms;
+  proof.seals = seals;
   proof.nonce.resize(crypto_box_NONCEBYTES);
   randombytes_buf(proof.nonce.data(), proof.nonce.size());
-  const std::string statement = Statement(address, now_ms);
+  const std::string statement = Statement(address, now_ms, seals);
   proof.box.resize(statement.size() + crypto_box_MACBYTES);
   if (crypto_box_easy(reinterpret_cast<unsigned char*>(proof.box.data()),
                       reinterpret_cast<const unsigned char*>(statement.data()), statement.size(),
@@ -57,7 +59,7 @@ Status CheckClaimProof(const ClaimProof& proof, const std::string& root_secret, 
                            reinterpret_cast<const unsigned char*>(proof.nonce.data()), claimer, secret) == 0;
   sodium_memzero(secret, sizeof secret);
   if (!ok) return Status::Invalid("the proof does not open with the key it names: it was not made by that key");
-  if (opened != Statement(proof.address, proof.time_ms)) {
+  if (opened != Statement(proof.address, proof.time_ms, proof.seals)) {
     return Status::Invalid("the proof says something else than the claim it came with");
   }
   const uint64_t age = now_ms > proof.time_ms ? now_ms - proof.time_ms : proof.time_ms - now_ms;
@@ -74,7 +76,7 @@ flatbuffers::Offset<wire::ClaimProof> ToWire(flatbuffers::FlatBufferBuilder& fbb
   };
   auto address = fbb.CreateString(proof.address), key = fbb.CreateString(proof.key);
   auto nonce = bytes(proof.nonce), box = bytes(proof.box);
-  return wire::CreateClaimProof(fbb, address, key, proof.time_ms, nonce, box);
+  return wire::CreateClaimProof(fbb, address, key, proof.time_ms, nonce, box, proof.seals);
 }
 
 ClaimProof FromWire(const wire::ClaimProof* proof) {
@@ -83,6 +85,7 @@ ClaimProof FromWire(const wire::ClaimProof* proof) {
   out.address = codec::Str(proof->address());
   out.key = codec::Str(proof->key());
   out.time_ms = proof->time_ms();
+  out.seals = proof->seals();
   if (proof->nonce()) out.nonce.assign(reinterpret_cast<const char*>(proof->nonce()->data()), proof->nonce()->size());
   if (proof->box()) out.box.assign(reinterpret_cast<const char*>(proof->box()->data()), proof->box()->size());
   return out;

@@ -24,6 +24,7 @@ struct ClaimProof {
   uint64_t time_ms = 0;
   std::string nonce;  // 24 bytes
   std::string box;
+  bool seals = false;  // the peer seals its messages and wants sealed ones (broker/seal.h); inside the box
   bool operator==(const ClaimProof&) const = default;
 };
 
@@ -36,7 +37,8 @@ constexpr uint64_t kClaimProofRenewMs = 60 * 1000;
 // Makes a proof that the holder of `own_secret` (Z85; its public key `own_public`)
 // claims `address` at `now_ms`, for the root whose public key is `root_public` (Z85).
 Result<ClaimProof> MakeClaimProof(const std::string& address, const std::string& own_public,
-                                  const std::string& own_secret, const std::string& root_public, uint64_t now_ms);
+                                  const std::string& own_secret, const std::string& root_public, uint64_t now_ms,
+                                  bool seals = false);
 
 // Opens `proof` with the root's secret key (Z85). Error: it does not open with the key it
 // names, says another address or time than it carries, or is older (or newer) than

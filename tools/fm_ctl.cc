@@ -229,8 +229,8 @@ int main(int argc, char** argv) {
   std::string broker = fm::bus::DefaultBrokerUrl(), target, timeout = "10s";
   bool json = false;
   app.add_option("--broker", broker, "broker (default $FM_BROKER or tcp://127.0.0.1:5550)")->capture_default_str();
-  std::string cert, broker_cert;
-  fm::tools::ToolClient::AddSecurityOptions(app, &cert, &broker_cert);
+  std::string cert, broker_cert, root_cert;
+  fm::tools::ToolClient::AddSecurityOptions(app, &cert, &broker_cert, &root_cert);
   app.add_flag("--json", json, "print JSON instead of a table");
   app.add_option("--timeout", timeout, "how long to wait for the scheduler")->capture_default_str();
   app.require_subcommand(1);
@@ -309,7 +309,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fm-ctl: --timeout: %s\n", timeout_ms.status().message().c_str());
     return 2;
   }
-  auto client = fm::tools::ToolClient::Connect(broker, "fm-ctl", false, cert, broker_cert);
+  auto client = fm::tools::ToolClient::Connect(broker, "fm-ctl", false, cert, broker_cert, root_cert);
   if (!client.ok()) {
     std::fprintf(stderr, "fm-ctl: %s\n", client.status().message().c_str());
     return 2;

@@ -368,8 +368,8 @@ int main(int argc, char** argv) {
   int32_t priority = 0;
   size_t batch = 1000;
   app.add_option("--broker", broker, "broker (default $FM_BROKER or tcp://127.0.0.1:5550)")->capture_default_str();
-  std::string cert, broker_cert;
-  fm::tools::ToolClient::AddSecurityOptions(app, &cert, &broker_cert);
+  std::string cert, broker_cert, root_cert;
+  fm::tools::ToolClient::AddSecurityOptions(app, &cert, &broker_cert, &root_cert);
   app.add_flag("--wait", wait, "wait until each task ends; exit 0 only if all succeeded");
   app.add_option("--require", requires_, "capability the task needs (repeatable)");
   app.add_option("--cpus", cpus, "cpus the task needs");
@@ -405,7 +405,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fm-submit: --reply-timeout: %s\n", reply_ms.status().message().c_str());
     return 2;
   }
-  auto client = fm::tools::ToolClient::Connect(broker, "fm-submit", false, cert, broker_cert);
+  auto client = fm::tools::ToolClient::Connect(broker, "fm-submit", false, cert, broker_cert, root_cert);
   if (!client.ok()) {
     std::fprintf(stderr, "fm-submit: %s\n", client.status().message().c_str());
     return 2;

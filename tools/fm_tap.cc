@@ -220,15 +220,15 @@ int main(int argc, char** argv) {
   bool json = false;
   std::vector<std::string> prefixes;
   app.add_option("--broker", broker, "broker (default $FM_BROKER or tcp://127.0.0.1:5550)")->capture_default_str();
-  std::string cert, broker_cert;
-  fm::tools::ToolClient::AddSecurityOptions(app, &cert, &broker_cert);
+  std::string cert, broker_cert, root_cert;
+  fm::tools::ToolClient::AddSecurityOptions(app, &cert, &broker_cert, &root_cert);
   app.add_option("--since", since, "replay stored events from this sequence number, then follow");
   app.add_flag("--json", json, "one JSON object per event");
   app.add_option("--count", count, "exit after printing this many events");
   app.add_option("prefix", prefixes, "only events whose type starts with one of these (e.g. task.failed)");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-tap", argc, argv); rc >= 0) return rc;
 
-  auto client = fm::tools::ToolClient::Connect(broker, "fm-tap", true, cert, broker_cert);
+  auto client = fm::tools::ToolClient::Connect(broker, "fm-tap", true, cert, broker_cert, root_cert);
   if (!client.ok()) {
     std::fprintf(stderr, "fm-tap: %s\n", client.status().message().c_str());
     return 2;

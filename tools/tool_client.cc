@@ -6,16 +6,17 @@
 
 namespace fm::tools {
 
-void ToolClient::AddSecurityOptions(CLI::App& app, std::string* cert, std::string* broker_cert) {
-  bus::AddSecurityFlags(app, cert, broker_cert);
+void ToolClient::AddSecurityOptions(CLI::App& app, std::string* cert, std::string* broker_cert,
+                                    std::string* root_cert) {
+  bus::AddSecurityFlags(app, cert, broker_cert, root_cert);
 }
 
 Result<std::unique_ptr<ToolClient>> ToolClient::Connect(const std::string& broker, const std::string& tool,
                                                         bool subscribe, const std::string& cert,
-                                                        const std::string& broker_cert) {
+                                                        const std::string& broker_cert, const std::string& root_cert) {
   auto endpoints = bus::ParseBrokerUrl(broker);
   if (!endpoints.ok()) return endpoints.status();
-  auto security = bus::LoadSecurity(cert, broker_cert, nullptr);
+  auto security = bus::LoadSecurity(cert, broker_cert, nullptr, root_cert);
   if (!security.ok()) return security.status();
   std::string address = bus::UniqueAddress(tool);
   if (security->on()) {

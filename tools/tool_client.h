@@ -19,13 +19,14 @@ namespace fm::tools {
 class ToolClient {
  public:
   // --cert and --broker-cert (defaults from FM_CERT and FM_BROKER_CERT).
-  static void AddSecurityOptions(CLI::App& app, std::string* cert, std::string* broker_cert);
+  static void AddSecurityOptions(CLI::App& app, std::string* cert, std::string* broker_cert, std::string* root_cert);
   // `tool` names the program in messages ("fm-submit"). With a certificate (role client
   // or operator) every link is CURVE and the address is ROLE/NAME/...; without, the
   // address is TOOL/... and the broker must be keyless. Error: an unparsable broker URL,
   // an unreadable certificate or one of another role.
   static Result<std::unique_ptr<ToolClient>> Connect(const std::string& broker, const std::string& tool, bool subscribe,
-                                                     const std::string& cert = "", const std::string& broker_cert = "");
+                                                     const std::string& cert = "", const std::string& broker_cert = "",
+                                                     const std::string& root_cert = "");
 
   bus::Client& bus() { return *client_; }
   const std::string& broker() const { return broker_; }

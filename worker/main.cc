@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
   app.add_flag("--noop-executor", options.noop_executor,
                "benchmarking only: complete every task at once without running it (command line only)")
       ->configurable(false);
-  fm::bus::AddSecurityFlags(app, &options.cert, &options.broker_cert);
+  fm::bus::AddSecurityFlags(app, &options.cert, &options.broker_cert, &options.root_cert);
   app.add_option("--run-as", options.run_as,
                  "run every exec task as this user (the worker must run as root; root only when said: --run-as root)");
   app.add_option("--task-uids", options.task_uids,

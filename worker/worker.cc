@@ -56,7 +56,7 @@ Worker::~Worker() { cgroups_.Close(); }
 Status Worker::Check() {
   auto endpoints = bus::ParseBrokerUrl(options_.broker);
   if (!endpoints.ok()) return Status::Invalid("--broker: " + endpoints.status().message());
-  auto security = bus::LoadSecurity(options_.cert, options_.broker_cert, "worker");
+  auto security = bus::LoadSecurity(options_.cert, options_.broker_cert, "worker", options_.root_cert);
   if (!security.ok()) return security.status();
   security_ = std::move(*security);
   char host[256] = {0};

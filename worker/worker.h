@@ -41,7 +41,7 @@ struct WorkerOptions {
   std::optional<uint64_t> memory;      // may only lower what was probed
   Labels labels;
   std::string docker_socket;  // empty: no docker capability
-  std::string cert, broker_cert;
+  std::string cert, broker_cert, root_cert;
   std::string run_as;     // exec tasks run as this user (worker/task_users.h)
   std::string task_uids;  // or each owner's as a uid of its own from this range, FIRST-LAST
   std::string state_dir;  // where the range's owners and their homes are kept

@@ -903,3 +903,143 @@ TEST_CASE(
               .exit_code == 0);
   CHECK(live->WaitFor("task.succeeded", 10000));
 }
+
+namespace {
+
+// A Dispatch from "fm-scheduler" of one task that touches `marker`: what a node broker
+// on a worker's way would forge to run a command there.
+std::string ForgedDispatch(uint64_t task, const std::string& marker) {
+  fm::TaskSpec spec;
+  spec.command = {"touch", marker};
+  flatbuffers::FlatBufferBuilder fbb;
+  auto assignment = wire::CreateAssignment(fbb, task, 1, codec::ToWire(fbb, spec));
+  std::vector<flatbuffers::Offset<wire::Assignment>> assignments{assignment};
+  return codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(assignments)));
+}
+
+}  // namespace
+
+TEST_CASE(
+    "with --root-cert a peer's messages are sealed end to end: a node broker on its way can neither forge a "
+    "command to it nor a message from it, and the real tree still runs its tasks",
+    "[integration][security][inside]") {
+  Cluster c({"--liveness", "2s"}, "", true);
+  c.StartWorker("w1");
+  c.Trust("n2", "broker");
+  c.Trust("ws", "worker");
+  // 1. A real node broker, a worker and fm-submit behind it that pin the root: tasks run
+  // through it, every directed message sealed both ways.
+  const std::string node = "tcp://127.0.0.1:" + std::to_string(PickPortBase());
+  auto n2 = Process::Start({Bin("fm-broker"), "--bind", node, "--upstream", c.broker(), "--cert", c.keys().Secret("n2"),
+                            "--trust", c.keys().dir(), "--upstream-cert", c.keys().Public("broker")});
+  REQUIRE(n2->WaitFor("upstream", 10000, 1, true));
+  c.StartCustomWorker("ws", {Bin("fm-worker"), "--broker", node, "--id", "ws", "--heartbeat", "200ms", "--label",
+                             "where=node", "--cert", c.keys().Secret("ws"), "--broker-cert", c.keys().Public("n2"),
+                             "--root-cert", c.keys().Public("broker")});
+  c.Trust("carol", "client");
+  std::vector<std::string> submit = {Bin("fm-submit"), "--broker", node, "--wait"};
+  for (auto& f : c.keys().Flags("carol", "client")) submit.push_back(f);
+  for (size_t i = 0; i + 1 < submit.size(); ++i) {
+    if (submit[i] == "--broker-cert") submit[i + 1] = c.keys().Public("n2");
+  }
+  submit.insert(submit.end(), {"--root-cert", c.keys().Public("broker")});
+  ToolRun through = RunTool(submit, R"({"command": ["echo", "sealed"], "labels": {"where": "node"}})"
+                                    "\n");
+  INFO(through.err);
+  CHECK(through.exit_code == 0);
+  CHECK_THAT(Join(through.lines), Contains(R"("status": "succeeded")") && Contains(R"("worker": "ws")"));
+
+  // 2. The attacker holds a trusted broker key and stands where a node broker stands:
+  // workers connect to it. One pins the root, one does not.
+  c.Trust("evil", "broker");
+  c.Trust("sealed", "worker");
+  c.Trust("plain", "worker");
+  auto evil_cert = fm::bus::LoadCertificate(c.keys().Secret("evil"), true);
+  REQUIRE(evil_cert.ok());
+  zmq::context_t ctx(1);
+  zmq::socket_t router(ctx, zmq::socket_type::router);
+  router.set(zmq::sockopt::curve_server, 1);
+  router.set(zmq::sockopt::curve_secretkey, evil_cert->secret_key);
+  router.set(zmq::sockopt::rcvtimeo, 500);
+  const int evil_port = PickPortBase();
+  router.bind("tcp://127.0.0.1:" + std::to_string(evil_port));
+  TempDir marks;
+  std::vector<std::unique_ptr<Process>> victims;
+  for (std::string id : {"sealed", "plain"}) {
+    std::vector<std::string> argv = {Bin("fm-worker"),
+                                     "--broker",
+                                     "tcp://127.0.0.1:" + std::to_string(evil_port),
+                                     "--id",
+                                     id,
+                                     "--cert",
+                                     c.keys().Secret(id),
+                                     "--broker-cert",
+                                     c.keys().Public("evil"),
+                                     "--heartbeat",
+                                     "200ms"};
+    if (id == "sealed") argv.insert(argv.end(), {"--root-cert", c.keys().Public("broker")});
+    victims.push_back(Process::Start(WorkerCommand(argv)));
+  }
+  // Their claims, and the sealed one's proof (made for the root it pinned).
+  std::map<std::string, std::string> pipe_of, address_of;
+  std::optional<fm::bus::ClaimProof> sealed_proof;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while ((pipe_of.size() < 2 || !sealed_proof) && std::chrono::steady_clock::now() < deadline) {
+    std::vector<zmq::message_t> frames;
+    if (!zmq::recv_multipart(router, std::back_inserter(frames)) || frames.size() < 3) continue;
+    if (frames[1].to_string() != fm::bus::kBrokerAddress) continue;
+    zmq::message_t body = fm::bus::Aligned(std::move(frames[2]));
+    auto env = codec::Decode(body.data(), body.size());
+    if (!env.ok() || (*env)->body_type() != wire::Body::BrokerHello) continue;
+    const auto* hello = (*env)->body_as_BrokerHello();
+    const std::string address = codec::Str(hello->address());
+    const std::string id = address.substr(2, address.find('/', 2) - 2);
+    pipe_of[id] = frames[0].to_string();
+    address_of[id] = address;
+    if (id == "sealed" && hello->proof()) sealed_proof = fm::bus::FromWire(hello->proof());
+  }
+  REQUIRE(pipe_of.size() == 2);
+  REQUIRE(sealed_proof);
+  CHECK(sealed_proof->seals);
+  auto forge = [&](const std::string& id, const std::string& payload, const std::string* seal) {
+    router.send(zmq::buffer(pipe_of[id]), zmq::send_flags::sndmore);
+    router.send(zmq::buffer(std::string(fm::bus::kSchedulerAddress)), zmq::send_flags::sndmore);
+    router.send(zmq::buffer(payload), seal ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    if (seal) router.send(zmq::buffer(*seal), zmq::send_flags::none);
+  };
+  // Down: a forged command. The worker that does not pin the root runs it (what every
+  // worker behind a node broker did before); the sealed one drops it, unsealed or with
+  // a seal the attacker made up.
+  const std::string bogus(fm::bus::kSealBytes, 'x');
+  forge("plain", ForgedDispatch(900, marks.path() + "/plain"), nullptr);
+  forge("sealed", ForgedDispatch(901, marks.path() + "/sealed"), nullptr);
+  forge("sealed", ForgedDispatch(902, marks.path() + "/sealed-bogus"), &bogus);
+  CHECK(Eventually([&] { return std::filesystem::exists(marks.path() + "/plain"); }, 10000));
+  CHECK(victims[0]->WaitFor("directed message(s) without the root broker's seal", 10000, 1, true));
+  CHECK_FALSE(std::filesystem::exists(marks.path() + "/sealed"));
+  CHECK_FALSE(std::filesystem::exists(marks.path() + "/sealed-bogus"));
+  // Up: the attacker relays the sealed worker's real proof to the root, which routes its
+  // address to it, then speaks as that worker: refused without its seal, or with a wrong one.
+  Peer evil(c, "evil", "broker", "broker/evil/1", true);
+  {
+    flatbuffers::FlatBufferBuilder fbb;
+    auto peers = codec::ToWire(fbb, std::vector<std::string>{address_of["sealed"]});
+    std::vector<flatbuffers::Offset<wire::ClaimProof>> proofs{fm::bus::ToWire(fbb, *sealed_proof)};
+    evil.Send(fm::bus::kBrokerAddress,
+              codec::Seal(fbb, wire::CreateRouteAnnouncement(fbb, peers, fbb.CreateVector(proofs))));
+  }
+  flatbuffers::FlatBufferBuilder fbb;
+  const std::string hello = codec::Seal(fbb, wire::CreateBrokerHello(fbb, fbb.CreateString(address_of["sealed"])));
+  Relay(evil, fm::bus::kSchedulerAddress, hello, address_of["sealed"]);
+  CHECK_THAT(evil.NextError(), Contains("unauthorized") && Contains("without its seal"));
+  zmq::socket_t& dealer = evil.bus().dealer();
+  dealer.send(zmq::buffer(std::string(fm::bus::kSchedulerAddress)), zmq::send_flags::sndmore);
+  dealer.send(zmq::buffer(hello), zmq::send_flags::sndmore);
+  dealer.send(zmq::buffer(address_of["sealed"]), zmq::send_flags::sndmore);
+  dealer.send(zmq::buffer(bogus), zmq::send_flags::none);
+  CHECK_THAT(evil.NextError(), Contains("unauthorized") && Contains("forged or altered"));
+  // The real tree serves on.
+  through = RunTool(submit, R"({"command": ["true"], "labels": {"where": "node"}})"
+                            "\n");
+  CHECK(through.exit_code == 0);
+}

@@ -41,6 +41,17 @@ TEST_CASE("a claim proof made with the claimer's key opens at the root, and noth
   moved = *proof;
   moved.time_ms += 1;
   CHECK_FALSE(CheckClaimProof(moved, root.secret_key, kNow).ok());
+  // Whether the peer seals is in the box too: a node broker cannot say it does not (and
+  // pass on its messages unsealed) or that it does.
+  auto sealing = MakeClaimProof("w/w1/abc", peer.public_key, peer.secret_key, root.public_key, kNow, true);
+  REQUIRE(sealing.ok());
+  CHECK(CheckClaimProof(*sealing, root.secret_key, kNow).ok());
+  moved = *sealing;
+  moved.seals = false;
+  CHECK_THAT(CheckClaimProof(moved, root.secret_key, kNow).message(), Contains("something else"));
+  moved = *proof;
+  moved.seals = true;
+  CHECK_THAT(CheckClaimProof(moved, root.secret_key, kNow).message(), Contains("something else"));
   // Too old (or from too far ahead).
   CHECK_THAT(CheckClaimProof(*proof, root.secret_key, kNow + kClaimProofValidMs + 1).message(), Contains("made"));
   // Bytes that are no box.
@@ -54,7 +65,7 @@ TEST_CASE("a claim proof made with the claimer's key opens at the root, and noth
 
 TEST_CASE("a claim proof travels on the wire unchanged", "[unit]") {
   Pair peer, root;
-  auto proof = MakeClaimProof("client/alice/x", peer.public_key, peer.secret_key, root.public_key, kNow);
+  auto proof = MakeClaimProof("client/alice/x", peer.public_key, peer.secret_key, root.public_key, kNow, true);
   REQUIRE(proof.ok());
   flatbuffers::FlatBufferBuilder fbb;
   fbb.Finish(ToWire(fbb, *proof));

@@ -1,0 +1,43 @@
+// Seals: how a directed message between a peer behind node brokers and the root broker
+// is authenticated end to end, so that a node broker on the way can delay or drop it but
+// not forge or alter it (issue #22).
+//
+// The peer and the root share a key without ever sending it: crypto_box_beforenm of the
+// peer's secret key and the root's public key (or the root's secret and the peer's
+// public), the keys of their CURVE certificates. A seal is 8 bytes of a counter and an
+// HMAC-SHA-256 under that key of the direction, the counter, the peer's address, the
+// other end's address and the payload. Each side takes a seal only with a counter above
+// the last it took (no replay), and a node broker that holds neither secret key can make
+// none. A peer asks for seals by pinning the root's certificate (--root-cert); the root
+// learns it from the peer's claim proof (ClaimProof.seals, inside the box).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "schemas/status.h"
+
+namespace fm::bus {
+
+using SealKey = std::array<unsigned char, 32>;
+
+// The key a peer holding `own_secret` shares with the holder of `other_public` (Z85 each).
+Result<SealKey> SharedSealKey(const std::string& own_secret, const std::string& other_public);
+
+// Peer to root (up) or root to peer (down).
+enum class SealWay : char { kUp = 'u', kDown = 'd' };
+
+constexpr size_t kSealBytes = 8 + 32;
+
+// A seal of `payload` going `way` between `peer` (the address behind node brokers) and
+// `other` (the destination of an up message, the source of a down one).
+std::string MakeSeal(const SealKey& key, SealWay way, uint64_t counter, std::string_view peer, std::string_view other,
+                     std::string_view payload);
+
+// Whether `seal` is one of MakeSeal's for these; its counter in *counter.
+bool OpenSeal(const SealKey& key, SealWay way, std::string_view seal, std::string_view peer, std::string_view other,
+              std::string_view payload, uint64_t* counter);
+
+}  // namespace fm::bus

@@ -1098,6 +1098,7 @@ Status Broker::ProvenBehind(const std::string& address, const std::string& child
         // A renewed proof of the same peer: its seals go on counting.
         next.up_last = it->second.up_last;
         next.down_last = it->second.down_last;
+        next.events_last = it->second.events_last;
       }
     }
     proven_[address] = std::move(next);
@@ -1159,9 +1160,9 @@ size_t Broker::DrainEvents() {
     Status allowed = Status::Ok();
     if (!Trusted(peer)) {
       allowed = Status::Invalid("certificate \"" + peer.name + "\" is no longer in the broker's trust directory");
-    } else if (frames.size() != 2) {
-      allowed =
-          Status::Invalid("a published message is [topic][payload], not " + std::to_string(frames.size()) + " frames");
+    } else if (frames.size() != 2 && (frames.size() != 3 || frames[2].size() != kSealBytes)) {
+      allowed = Status::Invalid("a published message is [topic][payload] (or [topic][payload][seal]), not " +
+                                std::to_string(frames.size()) + " frames");
     } else {
       allowed = MayPublish(peer.role, peer.name, frames[0].to_string_view(), frames[1].to_string_view());
       if (allowed.ok() && peer.role == Role::kBroker && ChecksProofs()) {
@@ -1175,6 +1176,18 @@ size_t Broker::DrainEvents() {
           allowed =
               Status::Invalid("broker \"" + peer.name + "\" passed on an announcement of worker \"" + worker->first +
                               "\" at " + worker->second + ", which did not prove that address behind it");
+        } else if (proven->second.proof.seals) {
+          // A sealing worker's own words only (broker/seal.h), each once.
+          uint64_t counter = 0;
+          if (frames.size() != 3 ||
+              !OpenSeal(proven->second.key, SealWay::kEvent, frames[2].to_string_view(), worker->second,
+                        frames[0].to_string_view(), frames[1].to_string_view(), &counter) ||
+              counter <= proven->second.events_last) {
+            allowed = Status::Invalid("broker \"" + peer.name + "\" passed on an announcement of worker \"" +
+                                      worker->first + "\" without its valid seal (forged, altered or replayed)");
+          } else {
+            proven->second.events_last = counter;
+          }
         }
       }
     }
@@ -1184,8 +1197,11 @@ size_t Broker::DrainEvents() {
       continue;
     }
     bytes += frames[0].size() + frames[1].size();
+    // Up the tree a seal goes along for the root; the root's subscribers get 2 frames.
+    const bool seal_on = frames.size() == 3 && has_upstream_;
     RetryEintr([&] { return to.send(frames[0], zmq::send_flags::sndmore); });
-    RetryEintr([&] { return to.send(frames[1], zmq::send_flags::none); });
+    RetryEintr([&] { return to.send(frames[1], seal_on ? zmq::send_flags::sndmore : zmq::send_flags::none); });
+    if (seal_on) RetryEintr([&] { return to.send(frames[2], zmq::send_flags::none); });
     ++counters_.events;
   }
   if (!has_upstream_) Published(bytes);

@@ -143,7 +143,7 @@ class Broker {
     // The peer seals (proof.seals): the key it shares with us, the counter of the last
     // seal taken from it and of the last one made for it (broker/seal.h).
     SealKey key{};
-    uint64_t up_last = 0, down_last = 0;
+    uint64_t up_last = 0, down_last = 0, events_last = 0;
   };
   // A node broker with CURVE asks every claimer for a proof; the root checks them.
   bool NeedsProof() const { return secure_ && has_upstream_; }

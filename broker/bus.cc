@@ -414,6 +414,14 @@ void Client::RenewProof() {
 void Client::Publish(std::string_view topic, std::string_view payload) {
   try {
     RetryEintr([&] { return pub_.send(zmq::buffer(topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait); });
+    if (seal_key_) {
+      // The root takes a sealing worker's announcements only with its seal: no node
+      // broker on the way can alter what it says of itself.
+      const std::string seal = MakeSeal(*seal_key_, SealWay::kEvent, ++sealed_events_, address_, topic, payload);
+      RetryEintr([&] { return pub_.send(zmq::buffer(payload), zmq::send_flags::sndmore | zmq::send_flags::dontwait); });
+      RetryEintr([&] { return pub_.send(zmq::buffer(seal), zmq::send_flags::dontwait); });
+      return;
+    }
     RetryEintr([&] { return pub_.send(zmq::buffer(payload), zmq::send_flags::dontwait); });
   } catch (const zmq::error_t&) {
     // PUB never blocks; at the high-water mark ZeroMQ drops, as it does for absent peers.

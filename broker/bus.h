@@ -210,6 +210,7 @@ class Client {
   std::optional<SealKey> seal_key_;  // shared with the root when sealed (broker/seal.h)
   uint64_t sealed_out_ = 0;          // the counter of the last seal made
   uint64_t sealed_in_ = 0;           // the counter of the last seal taken
+  uint64_t sealed_events_ = 0;       // the counter of the last seal made for a published event
   uint64_t forged_ = 0;
 };
 

@@ -26,8 +26,9 @@ using SealKey = std::array<unsigned char, 32>;
 // The key a peer holding `own_secret` shares with the holder of `other_public` (Z85 each).
 Result<SealKey> SharedSealKey(const std::string& own_secret, const std::string& other_public);
 
-// Peer to root (up) or root to peer (down).
-enum class SealWay : char { kUp = 'u', kDown = 'd' };
+// Peer to root (up), root to peer (down), or a peer's published event on its way up to
+// the root (counted apart: events travel another path than directed messages).
+enum class SealWay : char { kUp = 'u', kDown = 'd', kEvent = 'e' };
 
 constexpr size_t kSealBytes = 8 + 32;
 

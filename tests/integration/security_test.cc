@@ -921,7 +921,7 @@ std::string ForgedDispatch(uint64_t task, const std::string& marker) {
 
 TEST_CASE(
     "with --root-cert a peer's messages are sealed end to end: a node broker on its way can neither forge a "
-    "command to it nor a message from it, and the real tree still runs its tasks",
+    "command to it nor a message or an announcement from it, and the real tree still runs its tasks",
     "[integration][security][inside]") {
   Cluster c({"--liveness", "2s"}, "", true);
   c.StartWorker("w1");
@@ -1038,6 +1038,22 @@ TEST_CASE(
   dealer.send(zmq::buffer(address_of["sealed"]), zmq::send_flags::sndmore);
   dealer.send(zmq::buffer(bogus), zmq::send_flags::none);
   CHECK_THAT(evil.NextError(), Contains("unauthorized") && Contains("forged or altered"));
+  // And its announcements: a registration of the sealed worker in the attacker's words
+  // (published until the root's verdict shows: a PUB's first messages may precede its link).
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  CHECK(Eventually(
+      [&] {
+        flatbuffers::FlatBufferBuilder reg;
+        evil.bus().Publish("fleet.register",
+                           codec::Seal(reg, wire::CreateWorkerRegistration(reg, reg.CreateString("sealed"),
+                                                                           reg.CreateString(address_of["sealed"]),
+                                                                           reg.CreateString(host), 4711)));
+        return c.broker_process().Stderr().find("announcement of worker \"sealed\" without its valid seal") !=
+               std::string::npos;
+      },
+      10000));
+  CHECK(c.tap().Count("worker.registered worker=sealed") == 0);
   // The real tree serves on.
   through = RunTool(submit, R"({"command": ["true"], "labels": {"where": "node"}})"
                             "\n");

@@ -318,7 +318,10 @@ std::optional<Received> Client::Receive() {
       if (env.ok() && (*env)->body_type() == wire::Body::ProveClaim) {
         // A node broker holds what we send up until the root has our proof (for the
         // pinned root when sealed, whatever the node broker names).
-        if (!seal_key_) root_key_ = codec::Str((*env)->body_as_ProveClaim()->root_key());
+        if (!seal_key_) {
+          root_key_ = codec::Str((*env)->body_as_ProveClaim()->root_key());
+          if (!unsealed_noticed_) unsealed_notice_ = unsealed_noticed_ = true;
+        }
         proof_.reset();
         Hello();
         continue;
@@ -367,6 +370,12 @@ std::optional<MonitorEvent> NextMonitorEvent(zmq::socket_t& pair) {
 void TendLink(Client& client, RateLimitedLog& log, uint64_t now_ms) {
   client.Hello();
   if (std::string problem = client.LinkProblem(); !problem.empty()) log.Warn("link", now_ms, problem + "; retrying");
+  if (client.TakeUnsealedNotice()) {
+    log.Warn("unsealed", now_ms,
+             "this process is behind a node broker and does not seal its messages: that node broker could forge "
+             "messages to and from it; give --root-cert (the root broker's public certificate) to seal them end to "
+             "end");
+  }
   if (uint64_t forged = client.TakeForged(); forged > 0) {
     log.Warn("forged", now_ms,
              "dropped " + std::to_string(forged) +

@@ -187,6 +187,11 @@ class Client {
   // Sealed (Security::sealed()): directed messages dropped since the last call because
   // the root's seal was missing, wrong or replayed (TendLink logs them).
   uint64_t TakeForged() { return std::exchange(forged_, 0); }
+  // Whether directed messages are sealed with the root (Security::sealed()).
+  bool sealed() const { return seal_key_.has_value(); }
+  // True once, when a node broker asked for a claim proof (so this process is behind one)
+  // and it does not seal: that node broker could forge for it (TendLink warns).
+  bool TakeUnsealedNotice() { return std::exchange(unsealed_notice_, false); }
 
  private:
   std::string address_;
@@ -212,6 +217,7 @@ class Client {
   uint64_t sealed_in_ = 0;           // the counter of the last seal taken
   uint64_t sealed_events_ = 0;       // the counter of the last seal made for a published event
   uint64_t forged_ = 0;
+  bool unsealed_notice_ = false, unsealed_noticed_ = false;
 };
 
 }  // namespace fm::bus

@@ -4,6 +4,10 @@
 // numbers; fm-tap prints each once, in order. With --since it first replays stored
 // events from SEQ, then follows live. A gap in the live stream (ZeroMQ drops on slow
 // joins or overload) is filled from the store, so nothing is skipped or repeated.
+//
+// Sealed (--root-cert, behind node brokers): the live stream is as authentic as the node
+// broker it comes through, so it is only a hint that there is more; what is printed comes
+// from replays, which are sealed directed messages from the root (broker/seal.h).
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -26,7 +30,11 @@ volatile std::sig_atomic_t g_stop = 0;
 class Tap {
  public:
   Tap(fm::tools::ToolClient& client, bool json, std::vector<std::string> prefixes, int64_t count)
-      : client_(client), json_(json), prefixes_(std::move(prefixes)), remaining_(count) {}
+      : client_(client),
+        json_(json),
+        prefixes_(std::move(prefixes)),
+        remaining_(count),
+        sealed_(client.bus().sealed()) {}
 
   // Asks for stored events from `since`.
   void RequestReplay(uint64_t since) {
@@ -34,6 +42,7 @@ class Tap {
     client_.bus().Send(fm::bus::kSchedulerAddress,
                        fm::codec::Seal(fbb, fm::wire::CreateReplayRequest(fbb, since, ++correlation_)));
     replay_in_flight_ = true;
+    last_request_ = std::chrono::steady_clock::now();
   }
 
   void Start(int64_t since) {
@@ -93,6 +102,11 @@ class Tap {
     // (Taken only when no replay is in flight: one in flight may have been asked before
     // the gap, and the flag would be lost with it.)
     if (!replay_in_flight_ && next_ > 0 && client_.bus().TakeResubscribed()) RequestReplay(next_);
+    // Sealed: a hint the node broker dropped is made up for within a second.
+    const auto now = std::chrono::steady_clock::now();
+    if (sealed_ && !replay_in_flight_ && next_ > 0 && now - last_request_ > std::chrono::seconds(1)) {
+      RequestReplay(next_);
+    }
   }
 
   bool OnEvents() {
@@ -113,6 +127,11 @@ class Tap {
 
  private:
   void OnEvent(const fm::wire::Event* e, std::string_view bytes) {
+    if (sealed_) {
+      // Only a hint: fetch what is new from the store, sealed.
+      if (!replay_in_flight_) RequestReplay(next_ > 0 ? next_ : std::max<uint64_t>(e->seq(), 1));
+      return;
+    }
     if (next_ == 0) next_ = e->seq();  // following live from now
     if (e->seq() < next_) return;      // already printed
     if (e->seq() == next_ && !replay_in_flight_) {
@@ -209,6 +228,8 @@ class Tap {
   bool warned_ = false;
   std::optional<std::chrono::steady_clock::time_point> retry_at_;
   std::map<uint64_t, std::string> buffered_;
+  const bool sealed_;
+  std::chrono::steady_clock::time_point last_request_{};
 };
 
 }  // namespace

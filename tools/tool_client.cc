@@ -43,6 +43,12 @@ std::vector<std::string> ToolClient::StreamTopics() const {
 
 void ToolClient::CheckLink() {
   client_->RenewProof();  // a tool that follows for hours behind a node broker
+  if (uint64_t forged = client_->TakeForged(); forged > 0) {
+    std::fprintf(stderr,
+                 "%s: dropped %llu directed message(s) without the root broker's seal (missing, wrong or replayed): "
+                 "a node broker on the way forged or altered them\n",
+                 tool_.c_str(), static_cast<unsigned long long>(forged));
+  }
   std::string problem = client_->LinkProblem();
   if (problem.empty()) return;
   std::fflush(stdout);

@@ -777,6 +777,8 @@ TEST_CASE(
                              "\n",
                              {"--wait"});
   REQUIRE(on_node.exit_code == 0);  // through the tree, proofs and all
+  // Without --root-cert it says that its node broker could forge for it.
+  CHECK(c.worker("w2").WaitFor("does not seal its messages", 10000, 1, true));
   std::string w2_address = Join(c.Ctl({"workers", "--json"}).lines);
   w2_address = w2_address.substr(w2_address.find("\"w/w2/") + 1);
   w2_address = w2_address.substr(0, w2_address.find('"'));
@@ -921,7 +923,8 @@ std::string ForgedDispatch(uint64_t task, const std::string& marker) {
 
 TEST_CASE(
     "with --root-cert a peer's messages are sealed end to end: a node broker on its way can neither forge a "
-    "command to it nor a message or an announcement from it, and the real tree still runs its tasks",
+    "command to it, an event to its tap, nor a message or an announcement from it, and the real tree still runs "
+    "its tasks",
     "[integration][security][inside]") {
   Cluster c({"--liveness", "2s"}, "", true);
   c.StartWorker("w1");
@@ -1054,8 +1057,76 @@ TEST_CASE(
       },
       10000));
   CHECK(c.tap().Count("worker.registered worker=sealed") == 0);
-  // The real tree serves on.
-  through = RunTool(submit, R"({"command": ["true"], "labels": {"where": "node"}})"
-                            "\n");
-  CHECK(through.exit_code == 0);
+  // Events coming down: carol's taps behind the attacker. Its forged live event and its
+  // forged replay answer show in the tap that does not pin the root; the sealed tap
+  // takes the live stream only as a hint and prints only what the root sealed: nothing.
+  zmq::socket_t xpub(ctx, zmq::socket_type::xpub);
+  xpub.set(zmq::sockopt::curve_server, 1);
+  xpub.set(zmq::sockopt::curve_secretkey, evil_cert->secret_key);
+  xpub.bind("tcp://127.0.0.1:" + std::to_string(evil_port + 2));
+  std::vector<std::unique_ptr<Process>> taps;
+  for (bool pinned : {false, true}) {
+    std::vector<std::string> argv = {Bin("fm-tap"), "--broker", "tcp://127.0.0.1:" + std::to_string(evil_port)};
+    for (auto& f : c.keys().Flags("carol", "client")) argv.push_back(f);
+    for (size_t i = 0; i + 1 < argv.size(); ++i) {
+      if (argv[i] == "--broker-cert") argv[i + 1] = c.keys().Public("evil");
+    }
+    if (pinned) argv.insert(argv.end(), {"--root-cert", c.keys().Public("broker")});
+    taps.push_back(Process::Start(argv));
+  }
+  auto forged_event = [] {
+    flatbuffers::FlatBufferBuilder fbb;
+    return codec::Seal(fbb, wire::CreateEventDirect(fbb, 5, "task.succeeded", "2026-12-07T00:00:00.000Z", "t999", "ws",
+                                                    nullptr, "FORGED"));
+  };
+  auto forged_batch = [](uint64_t correlation) {
+    flatbuffers::FlatBufferBuilder fbb;
+    auto e = wire::CreateEventDirect(fbb, 6, "task.succeeded", "2026-12-07T00:00:00.000Z", "t998", "ws", nullptr,
+                                     "FORGED-REPLAY");
+    std::vector<flatbuffers::Offset<wire::Event>> events{e};
+    return codec::Seal(fbb, wire::CreateReplayBatch(fbb, correlation, fbb.CreateVector(events), true));
+  };
+  bool replay_forged = false;
+  CHECK(Eventually(
+      [&] {
+        xpub.send(zmq::str_buffer("task.carol/task.succeeded"), zmq::send_flags::sndmore);
+        xpub.send(zmq::buffer(forged_event()), zmq::send_flags::none);
+        std::vector<zmq::message_t> frames;
+        while (zmq::recv_multipart(router, std::back_inserter(frames), zmq::recv_flags::dontwait)) {
+          if (frames.size() >= 3 && frames[1].to_string() == fm::bus::kSchedulerAddress) {
+            zmq::message_t body = fm::bus::Aligned(std::move(frames[2]));
+            auto env = codec::Decode(body.data(), body.size());
+            if (env.ok() && (*env)->body_type() == wire::Body::ReplayRequest) {
+              router.send(frames[0], zmq::send_flags::sndmore);
+              router.send(zmq::buffer(std::string(fm::bus::kSchedulerAddress)), zmq::send_flags::sndmore);
+              router.send(zmq::buffer(forged_batch((*env)->body_as_ReplayRequest()->correlation())),
+                          zmq::send_flags::none);
+              replay_forged = true;
+            }
+          }
+          frames.clear();
+        }
+        return taps[0]->Stdout().find("FORGED") != std::string::npos && replay_forged;
+      },
+      10000));
+  CHECK(taps[1]->WaitFor("directed message(s) without the root broker's seal", 5000, 1, true));
+  CHECK_THAT(taps[1]->Stdout(), !Contains("FORGED"));
+  // The real tree serves on, and a sealed tap behind it follows carol's tasks live
+  // (each live event a hint, each line from a sealed replay).
+  std::vector<std::string> tap = {Bin("fm-tap"), "--broker", node, "--root-cert", c.keys().Public("broker")};
+  for (auto& f : c.keys().Flags("carol", "client")) tap.push_back(f);
+  for (size_t i = 0; i + 1 < tap.size(); ++i) {
+    if (tap[i] == "--broker-cert") tap[i + 1] = c.keys().Public("n2");
+  }
+  auto live = Process::Start(tap);
+  // (Nothing says when its subscription joined: a task at a time until one shows.)
+  bool shown = false;
+  for (int i = 0; i < 10 && !shown; ++i) {
+    through = RunTool(submit, R"({"command": ["echo", "live-and-sealed"], "labels": {"where": "node"}})"
+                              "\n");
+    CHECK(through.exit_code == 0);
+    shown = live->WaitFor("live-and-sealed", 1000);
+  }
+  CHECK(shown);
+  CHECK(live->WaitFor("task.succeeded", 10000));
 }

@@ -63,8 +63,10 @@ int main(int argc, char** argv) {
   }
   options.handshake_ms = *handshake;
   auto queued = fm::ParseSize(max_queued);
-  if (!queued.ok() || (*queued != 0 && *queued < (1u << 20))) {
-    spdlog::error("--max-queued: {}", queued.ok() ? "must be 0 or at least 1MiB" : queued.status().message());
+  // Below a few MiB a peer that reads, but slowly, is cut: what waits in its kernel
+  // queue and one replay batch (1 MiB) count too.
+  if (!queued.ok() || (*queued != 0 && *queued < (4u << 20))) {
+    spdlog::error("--max-queued: {}", queued.ok() ? "must be 0 or at least 4MiB" : queued.status().message());
     return 2;
   }
   options.max_queued_bytes = *queued;

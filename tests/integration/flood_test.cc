@@ -328,7 +328,7 @@ TEST_CASE(
     "a subscriber that stops reading is cut off once more than --max-queued of events were published past it, a "
     "tap that reads is not",
     "[integration][flood][inside]") {
-  setenv("FM_BROKER_MAX_QUEUED", "1MiB", 1);  // the broker's --max-queued, read from its environment
+  setenv("FM_BROKER_MAX_QUEUED", "8MiB", 1);  // the broker's --max-queued, read from its environment
   Cluster c;
   unsetenv("FM_BROKER_MAX_QUEUED");
   c.StartWorker("w", {"--slots", "2"});
@@ -339,15 +339,17 @@ TEST_CASE(
   stuck.set(zmq::sockopt::rcvbuf, 4096);
   stuck.set(zmq::sockopt::subscribe, "task.");
   stuck.connect(fm::bus::ParseBrokerUrl(c.broker())->events_out);
-  // Eight tasks of 1,000,000 bytes of output each: 8 MB of task.log events.
+  // 24 tasks of 1,000,000 bytes of output each: 24 MB of task.log events, three times the
+  // limit. (Not a smaller limit: a tap that reads, but slowly, as under ASan, may have a
+  // few MiB in its kernel queue and a replay batch of 1 MiB on its way.)
   std::string lines;
-  for (int i = 0; i < 8; ++i)
+  for (int i = 0; i < 24; ++i)
     lines += R"({"command": ["sh", "-c", "yes 0123456789abcdef | head -c 1000000"]})"
              "\n";
   REQUIRE(c.Submit(lines, {"--wait"}).exit_code == 0);
   INFO(c.broker_process().Stderr());
-  CHECK(c.broker_process().WaitFor("cut off subscriber: it read nothing while over 1024 KiB of events were published",
+  CHECK(c.broker_process().WaitFor("cut off subscriber: it read nothing while over 8192 KiB of events were published",
                                    10000, 1, true));
   // The harness's tap reads all along: it is not cut, it has every task's end.
-  CHECK(c.WaitEvent("task.succeeded task=t8"));
+  CHECK(c.WaitEvent("task.succeeded task=t24"));
 }

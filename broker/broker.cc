@@ -37,12 +37,14 @@ bool ValidAddress(const std::string& address) {
 
 bool IsBroker(const std::string& identity) { return identity.rfind(kBrokerPrefix, 0) == 0; }
 
-void SendFrames(zmq::socket_t& socket, std::initializer_list<zmq::const_buffer> frames) {
+// Sends `frames`, then `seal` as one more frame unless it is empty (broker/seal.h).
+void SendFrames(zmq::socket_t& socket, std::initializer_list<zmq::const_buffer> frames, std::string_view seal = {}) {
   size_t i = 0;
   for (const auto& f : frames) {
-    bool more = ++i < frames.size();
+    bool more = ++i < frames.size() || !seal.empty();
     RetryEintr([&] { return socket.send(f, more ? zmq::send_flags::sndmore : zmq::send_flags::none); });
   }
+  if (!seal.empty()) RetryEintr([&] { return socket.send(zmq::buffer(seal), zmq::send_flags::none); });
 }
 
 zmq::const_buffer Buf(const std::string& s) { return zmq::buffer(s); }
@@ -622,11 +624,7 @@ bool Broker::DeliverLocal(const std::string& destination, const std::string& sou
     Unclaim(pipe);  // that connection is gone
     return false;
   }
-  if (seal.empty()) {
-    SendFrames(router_, {Buf(source), Buf(payload)});
-  } else {
-    SendFrames(router_, {Buf(source), Buf(payload), Buf(seal)});
-  }
+  SendFrames(router_, {Buf(source), Buf(payload)}, seal);
   ++counters_.routed;
   Charge(pipe, source.size() + payload.size() + seal.size());
   return true;
@@ -667,11 +665,7 @@ void Broker::Route(const std::string& destination, const std::string& source, zm
         return;
       }
       const std::string down = ChecksProofs() ? SealFor(destination, source, payload) : seal;
-      if (down.empty()) {
-        SendFrames(router_, {Buf(destination), Buf(payload), Buf(source)});
-      } else {
-        SendFrames(router_, {Buf(destination), Buf(payload), Buf(source), Buf(down)});
-      }
+      SendFrames(router_, {Buf(destination), Buf(payload), Buf(source)}, down);
       ++counters_.relayed_down;
       Charge(child->second, destination.size() + payload.size() + source.size() + down.size());
       return;
@@ -681,11 +675,7 @@ void Broker::Route(const std::string& destination, const std::string& source, zm
     }
   }
   if (hop.kind == RoutingTable::Hop::kUp) {
-    if (seal.empty()) {
-      SendFrames(up_dealer_, {Buf(destination), Buf(payload), Buf(source)});
-    } else {
-      SendFrames(up_dealer_, {Buf(destination), Buf(payload), Buf(source), Buf(seal)});
-    }
+    SendFrames(up_dealer_, {Buf(destination), Buf(payload), Buf(source)}, seal);
     ++counters_.relayed_up;
     return;
   }
@@ -712,11 +702,7 @@ void Broker::ErrorTo(const std::string& source, wire::ErrorCode code, const std:
         return;  // that child's queue is full: the error is dropped, not waited on
       }
       const std::string down = SealFor(source, kBrokerAddress, payload);
-      if (down.empty()) {
-        SendFrames(router_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});
-      } else {
-        SendFrames(router_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress)), Buf(down)});
-      }
+      SendFrames(router_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))}, down);
       Charge(child->second, source.size() + payload.size() + std::string_view(kBrokerAddress).size() + down.size());
     } else if (hop.kind == RoutingTable::Hop::kUp) {
       SendFrames(up_dealer_, {Buf(source), Buf(payload), Buf(std::string(kBrokerAddress))});

@@ -288,48 +288,51 @@ std::optional<Received> Client::Receive() {
       ++malformed_;
       continue;
     }
+    const bool sealed_for_us = frames.size() == 3;
+    std::string seal = sealed_for_us ? frames[2].to_string() : std::string();
+    Received msg{frames[0].to_string(), Aligned(std::move(frames[1]))};
+    const std::string_view payload(static_cast<const char*>(msg.payload.data()), msg.payload.size());
+    wire::Body from_broker = wire::Body::NONE;  // the body of what the local broker itself said
+    const wire::Envelope* env = nullptr;
+    if (msg.from == kBrokerAddress) {
+      if (auto decoded = codec::Decode(payload.data(), payload.size()); decoded.ok()) {
+        env = *decoded;
+        from_broker = env->body_type();
+      }
+    }
     if (seal_key_) {
       // From the root, sealed for us; unsealed only what the local broker says itself:
       // a probe of our claim, ProveClaim, an Error (which can only delay or drop).
       uint64_t counter = 0;
       bool taken = false;
-      if (frames.size() == 3) {
-        taken = OpenSeal(*seal_key_, SealWay::kDown, frames[2].to_string_view(), address_, frames[0].to_string_view(),
-                         frames[1].to_string_view(), &counter) &&
-                counter > sealed_in_;
+      if (sealed_for_us) {
+        taken =
+            OpenSeal(*seal_key_, SealWay::kDown, seal, address_, msg.from, payload, &counter) && counter > sealed_in_;
         if (taken) sealed_in_ = counter;
-      } else if (frames[0].to_string_view() == kBrokerAddress) {
-        zmq::message_t copy;
-        copy.copy(frames[1]);
-        zmq::message_t body = Aligned(std::move(copy));
-        auto env = codec::Decode(body.data(), body.size());
-        taken = env.ok() && ((*env)->body_type() == wire::Body::BrokerHello ||
-                             (*env)->body_type() == wire::Body::ProveClaim || (*env)->body_type() == wire::Body::Error);
+      } else {
+        taken = from_broker == wire::Body::BrokerHello || from_broker == wire::Body::ProveClaim ||
+                from_broker == wire::Body::Error;
       }
       if (!taken) {
         ++forged_;
         continue;
       }
     }
-    Received msg{frames[0].to_string(), Aligned(std::move(frames[1]))};
-    if (msg.from == kBrokerAddress) {
-      auto env = codec::Decode(msg.payload.data(), msg.payload.size());
-      if (env.ok() && (*env)->body_type() == wire::Body::BrokerHello) continue;  // the broker's probe of our claim
-      if (env.ok() && (*env)->body_type() == wire::Body::ProveClaim) {
-        // A node broker holds what we send up until the root has our proof (for the
-        // pinned root when sealed, whatever the node broker names).
-        if (!seal_key_) {
-          root_key_ = codec::Str((*env)->body_as_ProveClaim()->root_key());
-          if (!unsealed_noticed_) unsealed_notice_ = unsealed_noticed_ = true;
-        }
-        proof_.reset();
-        Hello();
-        continue;
+    if (from_broker == wire::Body::BrokerHello) continue;  // the broker's probe of our claim
+    if (from_broker == wire::Body::ProveClaim) {
+      // A node broker holds what we send up until the root has our proof (for the pinned
+      // root when sealed, whatever the node broker names).
+      if (!seal_key_) {
+        root_key_ = codec::Str(env->body_as_ProveClaim()->root_key());
+        if (!unsealed_noticed_) unsealed_notice_ = unsealed_noticed_ = true;
       }
-      if (env.ok() && (*env)->body_type() == wire::Body::Error &&
-          ParseErrorCode(codec::Str((*env)->body_as_Error()->code())) == wire::ErrorCode::Unclaimed) {
-        Hello();
-      }
+      proof_.reset();
+      Hello();
+      continue;
+    }
+    if (from_broker == wire::Body::Error &&
+        ParseErrorCode(codec::Str(env->body_as_Error()->code())) == wire::ErrorCode::Unclaimed) {
+      Hello();
     }
     return msg;
   }

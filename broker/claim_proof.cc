@@ -12,19 +12,20 @@ std::string Statement(const std::string& address, uint64_t time_ms, bool seals) 
   return "fm-claim 1\n" + address + "\n" + std::to_string(time_ms) + (seals ? "\nseals" : "");
 }
 
-bool DecodeKey(const std::string& z85, unsigned char out[32]) {
+}  // namespace
+
+bool DecodeCurveKey(const std::string& z85, unsigned char out[32]) {
   return z85.size() == 40 && zmq_z85_decode(out, z85.c_str()) != nullptr;
 }
-
-}  // namespace
 
 Result<ClaimProof> MakeClaimProof(const std::string& address, const std::string& own_public,
                                   const std::string& own_secret, const std::string& root_public, uint64_t now_ms,
                                   bool seals) {
   if (sodium_init() < 0) return Status::Unavailable("libsodium could not start");
   unsigned char secret[32], root[32];
-  if (!DecodeKey(own_secret, secret)) return Status::Invalid("no secret key to prove a claim with");
-  if (!DecodeKey(root_public, root)) return Status::Invalid("the root broker's key \"" + root_public + "\" is no key");
+  if (!DecodeCurveKey(own_secret, secret)) return Status::Invalid("no secret key to prove a claim with");
+  if (!DecodeCurveKey(root_public, root))
+    return Status::Invalid("the root broker's key \"" + root_public + "\" is no key");
   ClaimProof proof;
   proof.address = address;
   proof.key = own_public;
@@ -46,8 +47,8 @@ Result<ClaimProof> MakeClaimProof(const std::string& address, const std::string&
 Status CheckClaimProof(const ClaimProof& proof, const std::string& root_secret, uint64_t now_ms) {
   if (sodium_init() < 0) return Status::Unavailable("libsodium could not start");
   unsigned char secret[32], claimer[32];
-  if (!DecodeKey(root_secret, secret)) return Status::Invalid("the root has no secret key");
-  if (!DecodeKey(proof.key, claimer)) return Status::Invalid("the proof names no key");
+  if (!DecodeCurveKey(root_secret, secret)) return Status::Invalid("the root has no secret key");
+  if (!DecodeCurveKey(proof.key, claimer)) return Status::Invalid("the proof names no key");
   if (proof.nonce.size() != crypto_box_NONCEBYTES || proof.box.size() < crypto_box_MACBYTES ||
       proof.box.size() > 1024) {
     return Status::Invalid("the proof is malformed");

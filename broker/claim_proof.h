@@ -18,6 +18,9 @@
 
 namespace fm::bus {
 
+// A CURVE key in Z85 (40 characters) as its 32 bytes. False when it is none.
+bool DecodeCurveKey(const std::string& z85, unsigned char out[32]);
+
 struct ClaimProof {
   std::string address;
   std::string key;  // the claimer's public key, Z85

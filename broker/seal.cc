@@ -1,7 +1,8 @@
 #include "broker/seal.h"
 
 #include <sodium.h>
-#include <zmq.h>
+
+#include "broker/claim_proof.h"
 
 namespace fm::bus {
 namespace {
@@ -37,12 +38,8 @@ void Mac(const SealKey& key, SealWay way, uint64_t counter, std::string_view pee
 Result<SealKey> SharedSealKey(const std::string& own_secret, const std::string& other_public) {
   if (sodium_init() < 0) return Status::Unavailable("libsodium could not start");
   unsigned char secret[32], other[32];
-  if (own_secret.size() != 40 || zmq_z85_decode(secret, own_secret.c_str()) == nullptr) {
-    return Status::Invalid("no secret key to seal with");
-  }
-  if (other_public.size() != 40 || zmq_z85_decode(other, other_public.c_str()) == nullptr) {
-    return Status::Invalid("\"" + other_public + "\" is no key");
-  }
+  if (!DecodeCurveKey(own_secret, secret)) return Status::Invalid("no secret key to seal with");
+  if (!DecodeCurveKey(other_public, other)) return Status::Invalid("\"" + other_public + "\" is no key");
   SealKey key;
   const bool ok = crypto_box_beforenm(key.data(), other, secret) == 0;
   sodium_memzero(secret, sizeof secret);

@@ -751,6 +751,18 @@ void Relay(Peer& broker, const std::string& to, const std::string& payload, cons
   dealer.send(zmq::buffer(source), zmq::send_flags::none);
 }
 
+// A real node broker with certificate `name` (role broker) under the cluster's root, on
+// `*url` (a fresh port).
+std::unique_ptr<Process> StartNodeBroker(Cluster& c, const std::string& name, std::string* url) {
+  c.Trust(name, "broker");
+  *url = "tcp://127.0.0.1:" + std::to_string(PickPortBase());
+  auto node =
+      Process::Start({Bin("fm-broker"), "--bind", *url, "--upstream", c.broker(), "--cert", c.keys().Secret(name),
+                      "--trust", c.keys().dir(), "--upstream-cert", c.keys().Public("broker")});
+  REQUIRE(node->WaitFor("upstream", 10000, 1, true));
+  return node;
+}
+
 std::string Announcement(const std::vector<std::string>& peers) {
   flatbuffers::FlatBufferBuilder fbb;
   return codec::Seal(fbb, wire::CreateRouteAnnouncement(fbb, codec::ToWire(fbb, peers)));
@@ -765,12 +777,9 @@ TEST_CASE(
   Cluster c({"--liveness", "2s"}, "", true);
   c.StartWorker("w1", {"--slots", "2"});
   // A real node broker beside, with worker w2 behind it: its peers prove their claims.
-  c.Trust("n1", "broker");
   c.Trust("w2", "worker");
-  const std::string node = "tcp://127.0.0.1:" + std::to_string(PickPortBase());
-  auto n1 = Process::Start({Bin("fm-broker"), "--bind", node, "--upstream", c.broker(), "--cert", c.keys().Secret("n1"),
-                            "--trust", c.keys().dir(), "--upstream-cert", c.keys().Public("broker")});
-  REQUIRE(n1->WaitFor("upstream", 10000, 1, true));
+  std::string node;
+  auto n1 = StartNodeBroker(c, "n1", &node);
   c.StartCustomWorker("w2", {Bin("fm-worker"), "--broker", node, "--id", "w2", "--heartbeat", "200ms", "--label",
                              "where=node", "--cert", c.keys().Secret("w2"), "--broker-cert", c.keys().Public("n1")});
   ToolRun on_node = c.Submit(R"({"command": ["true"], "labels": {"where": "node"}})"
@@ -928,23 +937,17 @@ TEST_CASE(
     "[integration][security][inside]") {
   Cluster c({"--liveness", "2s"}, "", true);
   c.StartWorker("w1");
-  c.Trust("n2", "broker");
   c.Trust("ws", "worker");
   // 1. A real node broker, a worker and fm-submit behind it that pin the root: tasks run
   // through it, every directed message sealed both ways.
-  const std::string node = "tcp://127.0.0.1:" + std::to_string(PickPortBase());
-  auto n2 = Process::Start({Bin("fm-broker"), "--bind", node, "--upstream", c.broker(), "--cert", c.keys().Secret("n2"),
-                            "--trust", c.keys().dir(), "--upstream-cert", c.keys().Public("broker")});
-  REQUIRE(n2->WaitFor("upstream", 10000, 1, true));
+  std::string node;
+  auto n2 = StartNodeBroker(c, "n2", &node);
   c.StartCustomWorker("ws", {Bin("fm-worker"), "--broker", node, "--id", "ws", "--heartbeat", "200ms", "--label",
                              "where=node", "--cert", c.keys().Secret("ws"), "--broker-cert", c.keys().Public("n2"),
                              "--root-cert", c.keys().Public("broker")});
   c.Trust("carol", "client");
   std::vector<std::string> submit = {Bin("fm-submit"), "--broker", node, "--wait"};
-  for (auto& f : c.keys().Flags("carol", "client")) submit.push_back(f);
-  for (size_t i = 0; i + 1 < submit.size(); ++i) {
-    if (submit[i] == "--broker-cert") submit[i + 1] = c.keys().Public("n2");
-  }
+  for (auto& f : c.keys().Flags("carol", "client", "n2")) submit.push_back(f);
   submit.insert(submit.end(), {"--root-cert", c.keys().Public("broker")});
   ToolRun through = RunTool(submit, R"({"command": ["echo", "sealed"], "labels": {"where": "node"}})"
                                     "\n");
@@ -1067,10 +1070,7 @@ TEST_CASE(
   std::vector<std::unique_ptr<Process>> taps;
   for (bool pinned : {false, true}) {
     std::vector<std::string> argv = {Bin("fm-tap"), "--broker", "tcp://127.0.0.1:" + std::to_string(evil_port)};
-    for (auto& f : c.keys().Flags("carol", "client")) argv.push_back(f);
-    for (size_t i = 0; i + 1 < argv.size(); ++i) {
-      if (argv[i] == "--broker-cert") argv[i + 1] = c.keys().Public("evil");
-    }
+    for (auto& f : c.keys().Flags("carol", "client", "evil")) argv.push_back(f);
     if (pinned) argv.insert(argv.end(), {"--root-cert", c.keys().Public("broker")});
     taps.push_back(Process::Start(argv));
   }
@@ -1114,10 +1114,7 @@ TEST_CASE(
   // The real tree serves on, and a sealed tap behind it follows carol's tasks live
   // (each live event a hint, each line from a sealed replay).
   std::vector<std::string> tap = {Bin("fm-tap"), "--broker", node, "--root-cert", c.keys().Public("broker")};
-  for (auto& f : c.keys().Flags("carol", "client")) tap.push_back(f);
-  for (size_t i = 0; i + 1 < tap.size(); ++i) {
-    if (tap[i] == "--broker-cert") tap[i + 1] = c.keys().Public("n2");
-  }
+  for (auto& f : c.keys().Flags("carol", "client", "n2")) tap.push_back(f);
   auto live = Process::Start(tap);
   // (Nothing says when its subscription joined: a task at a time until one shows.)
   bool shown = false;

@@ -635,7 +635,8 @@ std::string Broker::SealFor(const std::string& destination, const std::string& s
   auto proven = proven_.find(destination);
   if (proven == proven_.end() || !proven->second.proof.seals) return "";
   Proven& p = proven->second;
-  return MakeSeal(p.key, SealWay::kDown, ++p.down_last, destination, source,
+  p.down_last = NextSealCounter(p.down_last);
+  return MakeSeal(p.key, SealWay::kDown, p.down_last, destination, source,
                   std::string_view(static_cast<const char*>(payload.data()), payload.size()));
 }
 
@@ -1085,6 +1086,9 @@ Status Broker::ProvenBehind(const std::string& address, const std::string& child
         next.up_last = it->second.up_last;
         next.down_last = it->second.down_last;
         next.events_last = it->second.events_last;
+      } else {
+        // New here (or this broker restarted): nothing sealed before the proof counts.
+        next.up_last = next.events_last = FirstSealFloor(proof->time_ms);
       }
     }
     proven_[address] = std::move(next);

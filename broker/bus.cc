@@ -252,12 +252,14 @@ std::string Client::LinkEvents(zmq::socket_t& monitor, bool subscriber) {
 
 bool Client::Send(const std::string& to, const std::string& payload) {
   try {
+    if (seal_key_ && to != kBrokerAddress && !proof_) Hello();  // the proof comes before the first seal
     if (!RetryEintr(
             [&] { return dealer_.send(zmq::buffer(to), zmq::send_flags::sndmore | zmq::send_flags::dontwait); })) {
       return false;
     }
     if (seal_key_ && to != kBrokerAddress) {
-      const std::string seal = MakeSeal(*seal_key_, SealWay::kUp, ++sealed_out_, address_, to, payload);
+      sealed_out_ = NextSealCounter(sealed_out_);
+      const std::string seal = MakeSeal(*seal_key_, SealWay::kUp, sealed_out_, address_, to, payload);
       RetryEintr(
           [&] { return dealer_.send(zmq::buffer(payload), zmq::send_flags::sndmore | zmq::send_flags::dontwait); });
       RetryEintr([&] { return dealer_.send(zmq::buffer(seal), zmq::send_flags::dontwait); });
@@ -284,6 +286,7 @@ std::optional<Received> Client::Receive() {
   for (;;) {
     std::vector<zmq::message_t> frames;
     if (!TryReceive(dealer_, &frames)) return std::nullopt;
+    if (!unpinned_root_.empty()) continue;  // nothing more is taken from a node broker trusted as the root
     if (frames.size() != 2 && frames.size() != 3) {
       ++malformed_;
       continue;
@@ -321,10 +324,17 @@ std::optional<Received> Client::Receive() {
     if (from_broker == wire::Body::BrokerHello) continue;  // the broker's probe of our claim
     if (from_broker == wire::Body::ProveClaim) {
       // A node broker holds what we send up until the root has our proof (for the pinned
-      // root when sealed, whatever the node broker names).
+      // root, whatever the node broker names).
       if (!seal_key_) {
-        root_key_ = codec::Str(env->body_as_ProveClaim()->root_key());
-        if (!unsealed_noticed_) unsealed_notice_ = unsealed_noticed_ = true;
+        // Not pinned: this process took its broker for the root, and it is a node broker,
+        // which could forge every message to and from it. Refused, not adopted.
+        unpinned_root_ = "the broker at " + broker_url_ +
+                         " is a node broker (it asked for a claim proof for the root broker with key " +
+                         codec::Str(env->body_as_ProveClaim()->root_key()) +
+                         "): behind a node broker a process must pin the root broker with --root-cert ROOT.cert "
+                         "(or FM_ROOT_CERT), so that its messages are sealed end to end and no node broker can forge "
+                         "them; without it, --broker-cert must be the root broker's";
+        continue;
       }
       proof_.reset();
       Hello();
@@ -373,12 +383,6 @@ std::optional<MonitorEvent> NextMonitorEvent(zmq::socket_t& pair) {
 void TendLink(Client& client, RateLimitedLog& log, uint64_t now_ms) {
   client.Hello();
   if (std::string problem = client.LinkProblem(); !problem.empty()) log.Warn("link", now_ms, problem + "; retrying");
-  if (client.TakeUnsealedNotice()) {
-    log.Warn("unsealed", now_ms,
-             "this process is behind a node broker and does not seal its messages: that node broker could forge "
-             "messages to and from it; give --root-cert (the root broker's public certificate) to seal them end to "
-             "end");
-  }
   if (uint64_t forged = client.TakeForged(); forged > 0) {
     log.Warn("forged", now_ms,
              "dropped " + std::to_string(forged) +
@@ -429,7 +433,9 @@ void Client::Publish(std::string_view topic, std::string_view payload) {
     if (seal_key_) {
       // The root takes a sealing worker's announcements only with its seal: no node
       // broker on the way can alter what it says of itself.
-      const std::string seal = MakeSeal(*seal_key_, SealWay::kEvent, ++sealed_events_, address_, topic, payload);
+      if (!proof_) Hello();
+      sealed_events_ = NextSealCounter(sealed_events_);
+      const std::string seal = MakeSeal(*seal_key_, SealWay::kEvent, sealed_events_, address_, topic, payload);
       RetryEintr([&] { return pub_.send(zmq::buffer(payload), zmq::send_flags::sndmore | zmq::send_flags::dontwait); });
       RetryEintr([&] { return pub_.send(zmq::buffer(seal), zmq::send_flags::dontwait); });
       return;
@@ -446,6 +452,7 @@ std::optional<Event> Client::ReceiveEvent() {
   for (;;) {
     std::vector<zmq::message_t> frames;
     if (!TryReceive(sub_, &frames)) return std::nullopt;
+    if (!unpinned_root_.empty()) continue;
     if (frames.size() != 2) {
       ++malformed_;
       continue;

@@ -82,7 +82,9 @@ struct Security {
   Certificate own;
   std::string broker_key;  // Z85
   // The root broker's (Z85), when pinned (--root-cert) and not the broker's own: this
-  // process is behind node brokers and seals its messages (broker/seal.h).
+  // process is behind node brokers and seals its messages (broker/seal.h). Without
+  // --root-cert the broker itself is taken for the root; if it turns out to be a node
+  // broker the process refuses to go on (Client::UnpinnedRoot).
   std::string root_key;
   bool on() const { return !broker_key.empty(); }
   bool sealed() const { return on() && !root_key.empty() && root_key != broker_key; }
@@ -189,9 +191,11 @@ class Client {
   uint64_t TakeForged() { return std::exchange(forged_, 0); }
   // Whether directed messages are sealed with the root (Security::sealed()).
   bool sealed() const { return seal_key_.has_value(); }
-  // True once, when a node broker asked for a claim proof (so this process is behind one)
-  // and it does not seal: that node broker could forge for it (TendLink warns).
-  bool TakeUnsealedNotice() { return std::exchange(unsealed_notice_, false); }
+  // Set when the broker turned out to be a node broker (it asked for a claim proof for
+  // the root) and this process did not pin the root (--root-cert): a sentence naming the
+  // fix. From then on nothing directed is taken; the process must stop (exit 2), since a
+  // node broker it trusts as the root could forge for it.
+  const std::string& UnpinnedRoot() const { return unpinned_root_; }
 
  private:
   std::string address_;
@@ -210,14 +214,14 @@ class Client {
   zmq::socket_t pub_;
   zmq::socket_t sub_;
   uint64_t malformed_ = 0;
-  std::string root_key_;             // the root broker's: pinned (--root-cert), or as a node broker said (ProveClaim)
+  std::string root_key_;             // the root broker's when pinned (--root-cert) and not the broker itself
   std::optional<ClaimProof> proof_;  // the last one made for it
   std::optional<SealKey> seal_key_;  // shared with the root when sealed (broker/seal.h)
   uint64_t sealed_out_ = 0;          // the counter of the last seal made
   uint64_t sealed_in_ = 0;           // the counter of the last seal taken
   uint64_t sealed_events_ = 0;       // the counter of the last seal made for a published event
   uint64_t forged_ = 0;
-  bool unsealed_notice_ = false, unsealed_noticed_ = false;
+  std::string unpinned_root_;
 };
 
 }  // namespace fm::bus

@@ -52,8 +52,9 @@ void EnvironmentFallbacks(CLI::App& app, const std::string& prefix) {
 void AddSecurityFlags(CLI::App& app, std::string* cert, std::string* broker_cert, std::string* root_cert) {
   if (root_cert) {
     app.add_option("--root-cert", *root_cert,
-                   "the root broker's public certificate (default $FM_ROOT_CERT), behind node brokers: messages to "
-                   "and from the root are sealed end to end, so no node broker on the way can forge one")
+                   "the root broker's public certificate (default $FM_ROOT_CERT; without it the --broker-cert is "
+                   "taken for the root's): behind node brokers, needed: messages to and from the root are sealed end "
+                   "to end, so no node broker on the way can forge one")
         ->envname("FM_ROOT_CERT");
   }
   app.add_option("--cert", *cert, "own certificate, NAME.cert_secret (default $FM_CERT): speak CURVE")

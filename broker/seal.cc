@@ -2,9 +2,21 @@
 
 #include <sodium.h>
 
+#include <algorithm>
+#include <chrono>
+
 #include "broker/claim_proof.h"
 
 namespace fm::bus {
+
+uint64_t NextSealCounter(uint64_t last) {
+  const auto now =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch());
+  return std::max<uint64_t>(last + 1, static_cast<uint64_t>(now.count()));
+}
+
+uint64_t FirstSealFloor(uint64_t proof_time_ms) { return proof_time_ms == 0 ? 0 : proof_time_ms * 1000 - 1; }
+
 namespace {
 
 void Mac(const SealKey& key, SealWay way, uint64_t counter, std::string_view peer, std::string_view other,

@@ -32,6 +32,19 @@ enum class SealWay : char { kUp = 'u', kDown = 'd', kEvent = 'e' };
 
 constexpr size_t kSealBytes = 8 + 32;
 
+// The counter of the next seal after `last`: above it, and never below the wall clock in
+// microseconds. So counters go on rising across a restart of the end that makes them (a
+// root broker restarted has no memory of its last), as long as it made fewer than one
+// seal per microsecond for the peer and its clock did not step back.
+uint64_t NextSealCounter(uint64_t last);
+
+// What the root takes as the last counter of a peer it has no record of (it just
+// started, or the peer is new): the time its claim proof was made, in microseconds. The
+// peer makes its first proof before its first seal and renews it while the root still
+// knows it, so nothing it seals after the proof is refused, while whatever it sealed
+// before the proof the root holds (already taken, before a restart) is never again.
+uint64_t FirstSealFloor(uint64_t proof_time_ms);
+
 // A seal of `payload` going `way` between `peer` (the address behind node brokers) and
 // `other` (the destination of an up message, the source of a down one).
 std::string MakeSeal(const SealKey& key, SealWay way, uint64_t counter, std::string_view peer, std::string_view other,

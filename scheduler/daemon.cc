@@ -161,7 +161,14 @@ void SchedulerDaemon::Attach(bus::Loop& loop) {
   loop_ = &loop;
   if (store_ino_ != 0) loop.Every(1000, [this] { CheckStoreIdentity(); });
   client_->Hello();
-  loop.Every(1000, [this] { bus::TendLink(*client_, link_log_, bus::WallClockMs()); });
+  loop.Every(1000, [this] {
+    bus::TendLink(*client_, link_log_, bus::WallClockMs());
+    if (const std::string& problem = client_->UnpinnedRoot(); !problem.empty() && exit_code_ == 0) {
+      options_.logger->error("{}", problem);
+      exit_code_ = 2;
+      loop_->Stop();
+    }
+  });
   loop.MarkWork();  // the first turn sends scheduler.started
   options_.logger->info("scheduler on broker {}, data {}", options_.broker, options_.data_dir);
 }

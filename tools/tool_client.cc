@@ -49,6 +49,11 @@ void ToolClient::CheckLink() {
                  "a node broker on the way forged or altered them\n",
                  tool_.c_str(), static_cast<unsigned long long>(forged));
   }
+  if (const std::string& unpinned = client_->UnpinnedRoot(); !unpinned.empty()) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s: %s\n", tool_.c_str(), unpinned.c_str());
+    std::_Exit(2);
+  }
   std::string problem = client_->LinkProblem();
   if (problem.empty()) return;
   std::fflush(stdout);

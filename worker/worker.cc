@@ -234,6 +234,7 @@ void Worker::Attach(bus::Loop& loop) {
       options_.heartbeat_ms,
       [this] {
         bus::TendLink(*client_, link_log_, bus::WallClockMs());
+        if (StopIfUnpinned()) return;
         core_->Heartbeat();
       },
       100);
@@ -241,6 +242,17 @@ void Worker::Attach(bus::Loop& loop) {
   loop.OnTurnEnd([this] { Flush(); });
   loop.Every(options_.heartbeat_ms, [this] { Reprobe(); });
   core_->Register();
+}
+
+bool Worker::StopIfUnpinned() {
+  const std::string& problem = client_->UnpinnedRoot();
+  if (problem.empty()) return false;
+  if (exit_code_ == 0) {
+    options_.logger->error("{}", problem);
+    exit_code_ = 2;  // a configuration error: not to be restarted as is
+    loop_->Stop();
+  }
+  return true;
 }
 
 void Worker::Flush() {

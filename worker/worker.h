@@ -87,6 +87,9 @@ class Worker {
   void RemoveOrphans();
   // Sends what the core produced this turn; stops when the scheduler refused us.
   void Flush();
+  // Stops the worker (exit 2) once its broker turned out to be a node broker while the
+  // root was not pinned (bus::Client::UnpinnedRoot); true then.
+  bool StopIfUnpinned();
 
   WorkerOptions options_;
   Probe probe_;

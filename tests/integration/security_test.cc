@@ -781,13 +781,12 @@ TEST_CASE(
   std::string node;
   auto n1 = StartNodeBroker(c, "n1", &node);
   c.StartCustomWorker("w2", {Bin("fm-worker"), "--broker", node, "--id", "w2", "--heartbeat", "200ms", "--label",
-                             "where=node", "--cert", c.keys().Secret("w2"), "--broker-cert", c.keys().Public("n1")});
+                             "where=node", "--cert", c.keys().Secret("w2"), "--broker-cert", c.keys().Public("n1"),
+                             "--root-cert", c.keys().Public("broker")});
   ToolRun on_node = c.Submit(R"({"command": ["true"], "labels": {"where": "node"}})"
                              "\n",
                              {"--wait"});
   REQUIRE(on_node.exit_code == 0);  // through the tree, proofs and all
-  // Without --root-cert it says that its node broker could forge for it.
-  CHECK(c.worker("w2").WaitFor("does not seal its messages", 10000, 1, true));
   std::string w2_address = Join(c.Ctl({"workers", "--json"}).lines);
   w2_address = w2_address.substr(w2_address.find("\"w/w2/") + 1);
   w2_address = w2_address.substr(0, w2_address.find('"'));
@@ -931,9 +930,9 @@ std::string ForgedDispatch(uint64_t task, const std::string& marker) {
 }  // namespace
 
 TEST_CASE(
-    "with --root-cert a peer's messages are sealed end to end: a node broker on its way can neither forge a "
-    "command to it, an event to its tap, nor a message or an announcement from it, and the real tree still runs "
-    "its tasks",
+    "a peer behind a node broker pins the root and seals its messages end to end: a node broker on its way can "
+    "neither forge a command to it, an event to its tap, nor a message or an announcement from it, one that does "
+    "not pin the root refuses to run, and the real tree still runs its tasks",
     "[integration][security][inside]") {
   Cluster c({"--liveness", "2s"}, "", true);
   c.StartWorker("w1");
@@ -954,6 +953,20 @@ TEST_CASE(
   INFO(through.err);
   CHECK(through.exit_code == 0);
   CHECK_THAT(Join(through.lines), Contains(R"("status": "succeeded")") && Contains(R"("worker": "ws")"));
+  // Behind the node broker, a tool or a worker that does not pin the root (its node broker
+  // would be its root, able to forge all it hears and says) refuses to run, naming the fix.
+  std::vector<std::string> unpinned = {Bin("fm-submit"), "--broker", node, "--wait"};
+  for (auto& f : c.keys().Flags("carol", "client", "n2")) unpinned.push_back(f);
+  ToolRun refused = RunTool(unpinned, R"({"command": ["true"]})"
+                                      "\n");
+  CHECK(refused.exit_code == 2);
+  CHECK_THAT(refused.err, Contains("is a node broker") && Contains("--root-cert"));
+  c.Trust("wu", "worker");
+  auto wu = Process::Start(WorkerCommand({Bin("fm-worker"), "--broker", node, "--id", "wu", "--heartbeat", "200ms",
+                                          "--cert", c.keys().Secret("wu"), "--broker-cert", c.keys().Public("n2")}));
+  CHECK(wu->Wait(15000) == 2);
+  CHECK_THAT(wu->Stderr(), Contains("is a node broker") && Contains("--root-cert"));
+  CHECK(c.tap().Count("worker.registered worker=wu") == 0);
 
   // 2. The attacker holds a trusted broker key and stands where a node broker stands:
   // workers connect to it. One pins the root, one does not.
@@ -1003,6 +1016,14 @@ TEST_CASE(
     pipe_of[id] = frames[0].to_string();
     address_of[id] = address;
     if (id == "sealed" && hello->proof()) sealed_proof = fm::bus::FromWire(hello->proof());
+    if (id == "plain" && !hello->proof()) {
+      // As a node broker must, to have a proof to relay: ask it for one for the root.
+      flatbuffers::FlatBufferBuilder ask;
+      router.send(frames[0], zmq::send_flags::sndmore);
+      router.send(zmq::buffer(std::string(fm::bus::kBrokerAddress)), zmq::send_flags::sndmore);
+      router.send(zmq::buffer(codec::Seal(ask, wire::CreateProveClaim(ask, ask.CreateString(evil_cert->public_key)))),
+                  zmq::send_flags::none);
+    }
   }
   REQUIRE(pipe_of.size() == 2);
   REQUIRE(sealed_proof);
@@ -1013,15 +1034,18 @@ TEST_CASE(
     router.send(zmq::buffer(payload), seal ? zmq::send_flags::sndmore : zmq::send_flags::none);
     if (seal) router.send(zmq::buffer(*seal), zmq::send_flags::none);
   };
-  // Down: a forged command. The worker that does not pin the root runs it (what every
-  // worker behind a node broker did before); the sealed one drops it, unsealed or with
-  // a seal the attacker made up.
+  // Down: a forged command. The worker that does not pin the root learnt from the
+  // attacker's ProveClaim that its broker is no root: it takes nothing more and stops,
+  // naming the fix (before, every worker behind a node broker ran such a command). The
+  // sealed one drops it, unsealed or with a seal the attacker made up.
   const std::string bogus(fm::bus::kSealBytes, 'x');
   forge("plain", ForgedDispatch(900, marks.path() + "/plain"), nullptr);
   forge("sealed", ForgedDispatch(901, marks.path() + "/sealed"), nullptr);
   forge("sealed", ForgedDispatch(902, marks.path() + "/sealed-bogus"), &bogus);
-  CHECK(Eventually([&] { return std::filesystem::exists(marks.path() + "/plain"); }, 10000));
+  CHECK(victims[1]->Wait(15000) == 2);
+  CHECK_THAT(victims[1]->Stderr(), Contains("is a node broker") && Contains("--root-cert"));
   CHECK(victims[0]->WaitFor("directed message(s) without the root broker's seal", 10000, 1, true));
+  CHECK_FALSE(std::filesystem::exists(marks.path() + "/plain"));
   CHECK_FALSE(std::filesystem::exists(marks.path() + "/sealed"));
   CHECK_FALSE(std::filesystem::exists(marks.path() + "/sealed-bogus"));
   // Up: the attacker relays the sealed worker's real proof to the root, which routes its
@@ -1060,20 +1084,17 @@ TEST_CASE(
       },
       10000));
   CHECK(c.tap().Count("worker.registered worker=sealed") == 0);
-  // Events coming down: carol's taps behind the attacker. Its forged live event and its
-  // forged replay answer show in the tap that does not pin the root; the sealed tap
-  // takes the live stream only as a hint and prints only what the root sealed: nothing.
+  // Events coming down: carol's tap behind the attacker, pinning the root. It takes the
+  // live stream only as a hint and prints only what the root sealed: neither the forged
+  // live event nor the forged replay answer.
   zmq::socket_t xpub(ctx, zmq::socket_type::xpub);
   xpub.set(zmq::sockopt::curve_server, 1);
   xpub.set(zmq::sockopt::curve_secretkey, evil_cert->secret_key);
   xpub.bind("tcp://127.0.0.1:" + std::to_string(evil_port + 2));
-  std::vector<std::unique_ptr<Process>> taps;
-  for (bool pinned : {false, true}) {
-    std::vector<std::string> argv = {Bin("fm-tap"), "--broker", "tcp://127.0.0.1:" + std::to_string(evil_port)};
-    for (auto& f : c.keys().Flags("carol", "client", "evil")) argv.push_back(f);
-    if (pinned) argv.insert(argv.end(), {"--root-cert", c.keys().Public("broker")});
-    taps.push_back(Process::Start(argv));
-  }
+  std::vector<std::string> tap_argv = {Bin("fm-tap"), "--broker", "tcp://127.0.0.1:" + std::to_string(evil_port),
+                                       "--root-cert", c.keys().Public("broker")};
+  for (auto& f : c.keys().Flags("carol", "client", "evil")) tap_argv.push_back(f);
+  auto sealed_tap = Process::Start(tap_argv);
   auto forged_event = [] {
     flatbuffers::FlatBufferBuilder fbb;
     return codec::Seal(fbb, wire::CreateEventDirect(fbb, 5, "task.succeeded", "2026-12-07T00:00:00.000Z", "t999", "ws",
@@ -1106,11 +1127,10 @@ TEST_CASE(
           }
           frames.clear();
         }
-        return taps[0]->Stdout().find("FORGED") != std::string::npos && replay_forged;
+        return replay_forged && sealed_tap->Stderr().find("without the root broker's seal") != std::string::npos;
       },
       10000));
-  CHECK(taps[1]->WaitFor("directed message(s) without the root broker's seal", 5000, 1, true));
-  CHECK_THAT(taps[1]->Stdout(), !Contains("FORGED"));
+  CHECK_THAT(sealed_tap->Stdout(), !Contains("FORGED"));
   // The real tree serves on, and a sealed tap behind it follows carol's tasks live
   // (each live event a hint, each line from a sealed replay).
   std::vector<std::string> tap = {Bin("fm-tap"), "--broker", node, "--root-cert", c.keys().Public("broker")};

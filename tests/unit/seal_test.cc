@@ -6,6 +6,7 @@
 #include <zmq.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
 
 using fm::bus::MakeSeal;
 using fm::bus::OpenSeal;
@@ -52,4 +53,29 @@ TEST_CASE("a seal opens for the same key, way, ends, payload and counter, and fo
   CHECK_FALSE(OpenSeal(*at_root, SealWay::kUp, seal.substr(1), "w/a/1", "fm-scheduler", "payload", &counter));
   CHECK_FALSE(SharedSealKey("not a key", root.public_key).ok());
   CHECK_FALSE(SharedSealKey(peer.secret_key, "short").ok());
+}
+
+TEST_CASE("seal counters rise past a restart of their maker, and a new proof's floor lets through what follows it",
+          "[unit]") {
+  using fm::bus::FirstSealFloor;
+  using fm::bus::NextSealCounter;
+  const uint64_t now_ms = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  // A maker that has sealed a few goes on rising; one restarted (from 0) starts at the clock,
+  // above what the first made a moment before (no seal per microsecond for long).
+  uint64_t last = 0;
+  for (int i = 0; i < 1000; ++i) {
+    const uint64_t next = NextSealCounter(last);
+    REQUIRE(next > last);
+    last = next;
+  }
+  CHECK(last >= now_ms * 1000);
+  CHECK(NextSealCounter(0) > last - 1000);
+  CHECK(NextSealCounter(~0ull - 5) == ~0ull - 4);  // never below last + 1
+  // The root, new to a peer proven at now_ms, takes what the peer seals from then on, and
+  // nothing sealed a millisecond before the proof.
+  CHECK(NextSealCounter(0) > FirstSealFloor(now_ms));
+  CHECK((now_ms - 1) * 1000 + 999 <= FirstSealFloor(now_ms));
+  CHECK(FirstSealFloor(0) == 0);
 }

@@ -21,7 +21,7 @@
 #include <thread>
 
 #include "broker/broker.h"
-#include "broker/bus.h"
+#include "runtime/bus.h"
 #include "harness.h"
 #include "schemas/codec.h"
 #include "schemas/vocabulary.h"
@@ -937,6 +937,8 @@ TEST_CASE(
   Cluster c({"--liveness", "2s"}, "", true);
   c.StartWorker("w1");
   c.Trust("ws", "worker");
+  c.Trust("carol", "client");  // before the node broker starts: it reads its trust directory then
+  c.Trust("wu", "worker");
   // 1. A real node broker, a worker and fm-submit behind it that pin the root: tasks run
   // through it, every directed message sealed both ways.
   std::string node;
@@ -944,7 +946,6 @@ TEST_CASE(
   c.StartCustomWorker("ws", {Bin("fm-worker"), "--broker", node, "--id", "ws", "--heartbeat", "200ms", "--label",
                              "where=node", "--cert", c.keys().Secret("ws"), "--broker-cert", c.keys().Public("n2"),
                              "--root-cert", c.keys().Public("broker")});
-  c.Trust("carol", "client");
   std::vector<std::string> submit = {Bin("fm-submit"), "--broker", node, "--wait"};
   for (auto& f : c.keys().Flags("carol", "client", "n2")) submit.push_back(f);
   submit.insert(submit.end(), {"--root-cert", c.keys().Public("broker")});
@@ -961,7 +962,6 @@ TEST_CASE(
                                       "\n");
   CHECK(refused.exit_code == 2);
   CHECK_THAT(refused.err, Contains("is a node broker") && Contains("--root-cert"));
-  c.Trust("wu", "worker");
   auto wu = Process::Start(WorkerCommand({Bin("fm-worker"), "--broker", node, "--id", "wu", "--heartbeat", "200ms",
                                           "--cert", c.keys().Secret("wu"), "--broker-cert", c.keys().Public("n2")}));
   CHECK(wu->Wait(15000) == 2);

@@ -29,8 +29,8 @@
 #include <unordered_map>
 
 #include "bench_util.h"
-#include "broker/bus.h"
-#include "broker/policy.h"
+#include "runtime/bus.h"
+#include "runtime/policy.h"
 #include "harness.h"
 #include "scheduler/engine.h"
 #include "schemas/codec.h"

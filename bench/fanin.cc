@@ -10,7 +10,7 @@
 #include <zmq.hpp>
 
 #include "bench_util.h"
-#include "broker/bus.h"
+#include "runtime/bus.h"
 #include "harness.h"
 #include "schemas/codec.h"
 

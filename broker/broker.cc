@@ -37,7 +37,7 @@ bool ValidAddress(const std::string& address) {
 
 bool IsBroker(const std::string& identity) { return identity.rfind(kBrokerPrefix, 0) == 0; }
 
-// Sends `frames`, then `seal` as one more frame unless it is empty (broker/seal.h).
+// Sends `frames`, then `seal` as one more frame unless it is empty (runtime/seal.h).
 void SendFrames(zmq::socket_t& socket, std::initializer_list<zmq::const_buffer> frames, std::string_view seal = {}) {
   size_t i = 0;
   for (const auto& f : frames) {
@@ -791,7 +791,7 @@ void Broker::HandleForBroker(const std::string& pipe, const std::string& source,
       for (const auto* p : *peers) {
         // A child never announces the scheduler (it attaches to the root), us, a peer
         // connected here, or one that lives behind another child. With CURVE the root
-        // takes only peers whose holder proved the claim (broker/claim_proof.h).
+        // takes only peers whose holder proved the claim (runtime/claim_proof.h).
         const std::string announced = p->str();
         if (announced == kSchedulerAddress || announced == kBrokerAddress || !ValidAddress(announced) ||
             pipes_.count(announced)) {
@@ -892,7 +892,7 @@ size_t Broker::DrainRouter() {
         behind = Status::Invalid("it is not behind it");
       }
       if (behind.ok() && ChecksProofs()) {
-        // A peer that seals: only what it sealed itself, each seal once (broker/seal.h).
+        // A peer that seals: only what it sealed itself, each seal once (runtime/seal.h).
         Proven& proven = proven_[from];
         uint64_t counter = 0;
         if (proven.proof.seals) {
@@ -1167,7 +1167,7 @@ size_t Broker::DrainEvents() {
               Status::Invalid("broker \"" + peer.name + "\" passed on an announcement of worker \"" + worker->first +
                               "\" at " + worker->second + ", which did not prove that address behind it");
         } else if (proven->second.proof.seals) {
-          // A sealing worker's own words only (broker/seal.h), each once.
+          // A sealing worker's own words only (runtime/seal.h), each once.
           uint64_t counter = 0;
           if (frames.size() != 3 ||
               !OpenSeal(proven->second.key, SealWay::kEvent, frames[2].to_string_view(), worker->second,

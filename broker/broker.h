@@ -7,7 +7,7 @@
 //
 // Addresses are claimed, not chosen: the ROUTER gives every connection a fresh routing
 // id, and the first message on it is a BrokerHello claiming an address. The claim is
-// checked against the connection's certificate (broker/policy.h); an address held by
+// checked against the connection's certificate (runtime/policy.h); an address held by
 // another connection that is still there is refused (and logged), one whose holder is
 // gone is taken over. A connection that never claimed gets an Error "unclaimed". So a
 // stale or hostile connection never inherits an address, and nobody but the scheduler's
@@ -18,7 +18,7 @@
 // second. Every message is checked again against it (a removed certificate is refused
 // on connections already open; subscribers are cut off by closing the events-out
 // listener and its connections, which then reconnect through ZAP). Relays come only from
-// broker keys; events only as broker/policy.h allows.
+// broker keys; events only as runtime/policy.h allows.
 //
 // Routing of a message for D: to D if D is connected here; else to the child broker D
 // was last seen behind (announced, or the source of a relayed message); else up to the
@@ -44,15 +44,15 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
-#include "broker/bus.h"
-#include "broker/cert.h"
-#include "broker/claim_proof.h"
-#include "broker/loop.h"
-#include "broker/ops.h"
+#include "runtime/bus.h"
+#include "runtime/cert.h"
+#include "runtime/claim_proof.h"
+#include "runtime/loop.h"
+#include "runtime/ops.h"
 #include "broker/outbound.h"
-#include "broker/rate_limited_log.h"
+#include "runtime/rate_limited_log.h"
 #include "broker/routing.h"
-#include "broker/seal.h"
+#include "runtime/seal.h"
 #include "broker/zap.h"
 #include "schemas/fm_generated.h"
 #include "schemas/status.h"
@@ -141,7 +141,7 @@ class Broker {
     std::string child;  // the child broker's address
     ClaimProof proof;
     // The peer seals (proof.seals): the key it shares with us, the counter of the last
-    // seal taken from it and of the last one made for it (broker/seal.h).
+    // seal taken from it and of the last one made for it (runtime/seal.h).
     SealKey key{};
     uint64_t up_last = 0, down_last = 0, events_last = 0;
   };

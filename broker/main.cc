@@ -7,9 +7,9 @@
 #include <cstdio>
 
 #include "broker/broker.h"
-#include "broker/logging.h"
-#include "broker/loop.h"
-#include "broker/ops.h"
+#include "runtime/logging.h"
+#include "runtime/loop.h"
+#include "runtime/ops.h"
 #include "schemas/units.h"
 
 int main(int argc, char** argv) {

@@ -1,6 +1,6 @@
 #include "broker/routing.h"
 
-#include "broker/addresses.h"
+#include "runtime/addresses.h"
 
 namespace fm::bus {
 

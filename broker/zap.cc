@@ -2,7 +2,7 @@
 
 #include <zmq_addon.hpp>
 
-#include "broker/bus.h"
+#include "runtime/bus.h"
 
 namespace fm::bus {
 namespace {

@@ -14,9 +14,9 @@
 #include <string>
 #include <zmq.hpp>
 
-#include "broker/cert.h"
-#include "broker/policy.h"
-#include "broker/rate_limited_log.h"
+#include "runtime/cert.h"
+#include "runtime/policy.h"
+#include "runtime/rate_limited_log.h"
 
 namespace fm::bus {
 

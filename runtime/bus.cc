@@ -1,4 +1,4 @@
-#include "broker/bus.h"
+#include "runtime/bus.h"
 
 #include <arpa/inet.h>
 #include <malloc.h>
@@ -11,7 +11,7 @@
 #include <random>
 #include <vector>
 
-#include "broker/loop.h"
+#include "runtime/loop.h"
 #include "schemas/codec.h"
 #include "schemas/vocabulary.h"
 
@@ -126,7 +126,7 @@ Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::s
       endpoints_(endpoints) {
   if (security_.sealed()) {
     // Behind node brokers, with the root pinned: every claim proof is for it, and what
-    // goes to or comes from anyone but the local broker is sealed (broker/seal.h).
+    // goes to or comes from anyone but the local broker is sealed (runtime/seal.h).
     root_key_ = security_.root_key;
     if (auto key = SharedSealKey(security_.own.secret_key, root_key_); key.ok()) seal_key_ = *key;
   }

@@ -4,7 +4,7 @@
 // in on PORT+1 (XSUB) and gives them out on PORT+2 (XPUB); at ipc://PATH on PATH,
 // PATH.events-in and PATH.events-out. A client holds a DEALER and claims its address
 // with a BrokerHello as the first message on every connection (the broker checks the
-// claim against its certificate: broker/policy.h); it sends frames
+// claim against its certificate: runtime/policy.h); it sends frames
 // [destination][payload] and receives [source][payload]. Events are [topic][payload].
 //
 // With a certificate every socket speaks CURVE to the broker's key; a monitor watches
@@ -20,11 +20,11 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
-#include "broker/addresses.h"
-#include "broker/cert.h"
-#include "broker/claim_proof.h"
-#include "broker/rate_limited_log.h"
-#include "broker/seal.h"
+#include "runtime/addresses.h"
+#include "runtime/cert.h"
+#include "runtime/claim_proof.h"
+#include "runtime/rate_limited_log.h"
+#include "runtime/seal.h"
 #include "schemas/status.h"
 
 namespace fm::bus {
@@ -82,7 +82,7 @@ struct Security {
   Certificate own;
   std::string broker_key;  // Z85
   // The root broker's (Z85), when pinned (--root-cert) and not the broker's own: this
-  // process is behind node brokers and seals its messages (broker/seal.h). Without
+  // process is behind node brokers and seals its messages (runtime/seal.h). Without
   // --root-cert the broker itself is taken for the root; if it turns out to be a node
   // broker the process refuses to go on (Client::UnpinnedRoot).
   std::string root_key;
@@ -164,7 +164,7 @@ class Client {
   // Claims the address on the current connection and tells the local broker this client
   // is here (so a node broker announces it to its parent). Cheap; send it periodically.
   // Once a node broker asked for it (ProveClaim), with a proof of the claim for the root
-  // broker (broker/claim_proof.h), made anew every kClaimProofRenewMs.
+  // broker (runtime/claim_proof.h), made anew every kClaimProofRenewMs.
   void Hello();
   // Claims again when the last proof is due for renewal (for tools, which send Hello only
   // at start). Cheap otherwise.
@@ -216,7 +216,7 @@ class Client {
   uint64_t malformed_ = 0;
   std::string root_key_;             // the root broker's when pinned (--root-cert) and not the broker itself
   std::optional<ClaimProof> proof_;  // the last one made for it
-  std::optional<SealKey> seal_key_;  // shared with the root when sealed (broker/seal.h)
+  std::optional<SealKey> seal_key_;  // shared with the root when sealed (runtime/seal.h)
   uint64_t sealed_out_ = 0;          // the counter of the last seal made
   uint64_t sealed_in_ = 0;           // the counter of the last seal taken
   uint64_t sealed_events_ = 0;       // the counter of the last seal made for a published event

@@ -1,4 +1,4 @@
-#include "broker/cert.h"
+#include "runtime/cert.h"
 
 #include <czmq.h>
 #include <dirent.h>
@@ -11,7 +11,7 @@
 #include <filesystem>
 #include <memory>
 
-#include "broker/policy.h"
+#include "runtime/policy.h"
 
 namespace fm::bus {
 namespace {

@@ -6,7 +6,7 @@
 // ZeroMQ tooling reads what fm-keygen writes and fm reads what zcert wrote.
 //
 // A broker admits a peer when the peer's public key is in a certificate of its trust
-// directory; the certificate's name and role are who the peer is (broker/policy.h).
+// directory; the certificate's name and role are who the peer is (runtime/policy.h).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-#include "broker/claim_proof.h"
+#include "runtime/claim_proof.h"
 
 #include <sodium.h>
 #include <zmq.h>

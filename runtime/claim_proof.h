@@ -27,7 +27,7 @@ struct ClaimProof {
   uint64_t time_ms = 0;
   std::string nonce;  // 24 bytes
   std::string box;
-  bool seals = false;  // the peer seals its messages and wants sealed ones (broker/seal.h); inside the box
+  bool seals = false;  // the peer seals its messages and wants sealed ones (runtime/seal.h); inside the box
   bool operator==(const ClaimProof&) const = default;
 };
 

@@ -1,4 +1,4 @@
-#include "broker/logging.h"
+#include "runtime/logging.h"
 
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -13,7 +13,7 @@
 #include <mutex>
 #include <vector>
 
-#include "broker/ops.h"
+#include "runtime/ops.h"
 
 namespace fm::bus {
 

@@ -18,7 +18,7 @@ void EnvironmentFallbacks(CLI::App& app, const std::string& prefix);
 // --cert and --broker-cert, from FM_CERT and FM_BROKER_CERT when not given (call before
 // EnvironmentFallbacks, which leaves options that have an environment name alone).
 // With `root_cert`, also --root-cert (FM_ROOT_CERT): the root broker's public certificate,
-// for a peer behind node brokers that wants its messages sealed end to end (broker/seal.h).
+// for a peer behind node brokers that wants its messages sealed end to end (runtime/seal.h).
 void AddSecurityFlags(CLI::App& app, std::string* cert, std::string* broker_cert, std::string* root_cert = nullptr);
 
 // Parses the command line the way every fm program does: --version prints "NAME

@@ -1,9 +1,9 @@
-#include "broker/loop.h"
+#include "runtime/loop.h"
 
 #include <chrono>
 #include <csignal>
 
-#include "broker/bus.h"
+#include "runtime/bus.h"
 
 namespace fm::bus {
 

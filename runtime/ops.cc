@@ -1,4 +1,4 @@
-#include "broker/ops.h"
+#include "runtime/ops.h"
 
 #include <prometheus/collectable.h>
 #include <prometheus/exposer.h>

@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "broker/loop.h"
+#include "runtime/loop.h"
 #include "schemas/status.h"
 
 namespace prometheus {

@@ -1,6 +1,6 @@
-#include "broker/policy.h"
+#include "runtime/policy.h"
 
-#include "broker/addresses.h"
+#include "runtime/addresses.h"
 #include "schemas/codec.h"
 
 namespace fm::bus {

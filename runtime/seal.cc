@@ -1,11 +1,11 @@
-#include "broker/seal.h"
+#include "runtime/seal.h"
 
 #include <sodium.h>
 
 #include <algorithm>
 #include <chrono>
 
-#include "broker/claim_proof.h"
+#include "runtime/claim_proof.h"
 
 namespace fm::bus {
 

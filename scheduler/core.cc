@@ -2,7 +2,7 @@
 
 #include <set>
 
-#include "broker/addresses.h"
+#include "runtime/addresses.h"
 #include "schemas/codec.h"
 #include "schemas/vocabulary.h"
 #include "store/keys.h"

@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include "broker/rate_limited_log.h"
+#include "runtime/rate_limited_log.h"
 #include "scheduler/engine.h"
 #include "store/pending_view.h"
 #include "store/store.h"

@@ -24,10 +24,10 @@
 #include <unordered_map>
 #include <zmq.hpp>
 
-#include "broker/bus.h"
-#include "broker/loop.h"
-#include "broker/ops.h"
-#include "broker/rate_limited_log.h"
+#include "runtime/bus.h"
+#include "runtime/loop.h"
+#include "runtime/ops.h"
+#include "runtime/rate_limited_log.h"
 #include "scheduler/core.h"
 #include "scheduler/intake.h"
 #include "store/store.h"

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "broker/addresses.h"
-#include "broker/policy.h"
+#include "runtime/addresses.h"
+#include "runtime/policy.h"
 #include "scheduler/predicates.h"
 #include "scheduler/records.h"
 #include "scheduler/views.h"
@@ -194,7 +194,7 @@ void Engine::OnUnreachable(const std::string& address, uint64_t now_ms) {
 
 void Engine::OnBus(const wire::Envelope& env, uint64_t now_ms) {
   last_inbound_ms_ = now_ms;
-  // The broker let only this worker's key publish this (broker/policy.h MayPublish);
+  // The broker let only this worker's key publish this (runtime/policy.h MayPublish);
   // the announced address must also be one that key may hold.
   switch (env.body_type()) {
     case wire::Body::WorkerRegistration: {
@@ -217,7 +217,7 @@ void Engine::OnBus(const wire::Envelope& env, uint64_t now_ms) {
 }
 
 // ---------------------------------------------------------------------------
-// Who may do what (broker/policy.h for the address forms).
+// Who may do what (runtime/policy.h for the address forms).
 
 bool Engine::FromWorkerOf(const std::string& address, const std::string& id) const {
   const WorkerState* w = fleet_.Find(id);

@@ -63,7 +63,7 @@ struct EngineOptions {
   size_t task_page = 1000;           // tasks per fm-ctl tasks page (and at most ~1 MiB)
   size_t recent_ended = 1000;        // ended tasks fm-ctl tasks still lists
   // Senders are authenticated (the broker checked every address claim against a CURVE
-  // certificate, broker/policy.h): roles are enforced and tasks get owners. Off: every
+  // certificate, runtime/policy.h): roles are enforced and tasks get owners. Off: every
   // sender may do everything (a keyless cluster on loopback).
   bool authenticate = false;
   // The epoch a new store gets (the daemon draws it at random); non-zero.

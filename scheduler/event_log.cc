@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "broker/policy.h"
+#include "runtime/policy.h"
 #include "schemas/codec.h"
 #include "schemas/units.h"
 #include "schemas/vocabulary.h"
@@ -20,7 +20,7 @@ namespace {
 constexpr size_t kEventBlockBytes = 1 << 20;
 // Published blocks are kept smaller: a subscriber gets its events in pieces it can
 // take without a long pause.
-constexpr size_t kPublishedBlockBytes = 64 << 10;  // what a subscriber's queue holds: broker/bus.h
+constexpr size_t kPublishedBlockBytes = 64 << 10;  // what a subscriber's queue holds: runtime/bus.h
 
 // Calls `visit(event, its envelope bytes)` for each event stored in an e/ or l/ value (an
 // EventBlock, or one Event as stores written before blocks hold), in seq order, until it

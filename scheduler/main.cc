@@ -5,9 +5,9 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "broker/logging.h"
-#include "broker/loop.h"
-#include "broker/ops.h"
+#include "runtime/logging.h"
+#include "runtime/loop.h"
+#include "runtime/ops.h"
 #include "scheduler/daemon.h"
 #include "schemas/units.h"
 

@@ -8,7 +8,7 @@ if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   echo "check-tree: not a git checkout; nothing to check" >&2
   exit 0
 fi
-allowed=(.ci .clang-format .gitignore CMakeLists.txt README.md bench broker cmake docs examples packaging scheduler
+allowed=(.ci .clang-format .gitignore CMakeLists.txt README.md bench broker cmake docs examples packaging runtime scheduler
   schemas scripts store tests tools worker)
 status=0
 while IFS= read -r -d '' path; do

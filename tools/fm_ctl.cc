@@ -13,7 +13,7 @@
 #include <set>
 #include <thread>
 
-#include "broker/logging.h"
+#include "runtime/logging.h"
 #include "schemas/json.h"
 #include "schemas/units.h"
 #include "tools/tool_client.h"

@@ -3,8 +3,8 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
-#include "broker/cert.h"
-#include "broker/logging.h"
+#include "runtime/cert.h"
+#include "runtime/logging.h"
 
 int main(int argc, char** argv) {
   std::string name, role, out = ".";

@@ -17,7 +17,7 @@
 #include <tuple>
 #include <unordered_map>
 
-#include "broker/logging.h"
+#include "runtime/logging.h"
 #include "schemas/json.h"
 #include "schemas/units.h"
 #include "schemas/vocabulary.h"

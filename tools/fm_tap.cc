@@ -7,7 +7,7 @@
 //
 // Sealed (--root-cert, behind node brokers): the live stream is as authentic as the node
 // broker it comes through, so it is only a hint that there is more; what is printed comes
-// from replays, which are sealed directed messages from the root (broker/seal.h).
+// from replays, which are sealed directed messages from the root (runtime/seal.h).
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -17,7 +17,7 @@
 #include <map>
 #include <optional>
 
-#include "broker/logging.h"
+#include "runtime/logging.h"
 #include "schemas/json.h"
 #include "schemas/text.h"
 #include "schemas/vocabulary.h"

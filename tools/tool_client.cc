@@ -1,7 +1,7 @@
 #include "tools/tool_client.h"
 
-#include "broker/logging.h"
-#include "broker/policy.h"
+#include "runtime/logging.h"
+#include "runtime/policy.h"
 #include "schemas/vocabulary.h"
 
 namespace fm::tools {

@@ -10,7 +10,7 @@
 #include <vector>
 #include <zmq.hpp>
 
-#include "broker/bus.h"
+#include "runtime/bus.h"
 #include "schemas/codec.h"
 #include "schemas/status.h"
 

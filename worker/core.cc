@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "broker/addresses.h"
+#include "runtime/addresses.h"
 #include "schemas/codec.h"
 #include "schemas/json.h"
 #include "schemas/text.h"

@@ -6,9 +6,9 @@
 #include <cstdio>
 #include <cstring>
 
-#include "broker/logging.h"
-#include "broker/loop.h"
-#include "broker/ops.h"
+#include "runtime/logging.h"
+#include "runtime/loop.h"
+#include "runtime/ops.h"
 #include "schemas/units.h"
 #include "worker/worker.h"
 

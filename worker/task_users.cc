@@ -13,7 +13,7 @@
 #include <sstream>
 #include <vector>
 
-#include "broker/policy.h"
+#include "runtime/policy.h"
 
 namespace fm::worker {
 namespace {

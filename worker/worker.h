@@ -18,10 +18,10 @@
 #include <string>
 #include <zmq.hpp>
 
-#include "broker/bus.h"
-#include "broker/loop.h"
-#include "broker/ops.h"
-#include "broker/rate_limited_log.h"
+#include "runtime/bus.h"
+#include "runtime/loop.h"
+#include "runtime/ops.h"
+#include "runtime/rate_limited_log.h"
 #include "schemas/fm_generated.h"
 #include "schemas/model.h"
 #include "worker/core.h"

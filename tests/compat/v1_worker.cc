@@ -9,7 +9,7 @@
 #include <cstdio>
 #include <string>
 
-#include "broker/bus.h"
+#include "runtime/bus.h"
 #include "compat/fm_v1_generated.h"
 #include "schemas/codec.h"
 

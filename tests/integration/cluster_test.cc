@@ -8,7 +8,7 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
-#include "broker/bus.h"
+#include "runtime/bus.h"
 #include "harness.h"
 #include "schemas/codec.h"
 

@@ -7,7 +7,7 @@
 #include <thread>
 #include <zmq.hpp>
 
-#include "broker/bus.h"
+#include "runtime/bus.h"
 #include "harness.h"
 #include "schemas/codec.h"
 

@@ -1,6 +1,6 @@
-// Claim proofs (broker/claim_proof.h): only the claimer's secret key makes one that the
+// Claim proofs (runtime/claim_proof.h): only the claimer's secret key makes one that the
 // root's secret key opens, for the address and time it says.
-#include "broker/claim_proof.h"
+#include "runtime/claim_proof.h"
 
 #include <zmq.h>
 

@@ -1,6 +1,6 @@
 // The pure parts of what operators get: the log fields journald and json carry, and the
 // metrics sheet's histogram and families.
-#include "broker/ops.h"
+#include "runtime/ops.h"
 
 #include <catch2/catch.hpp>
 

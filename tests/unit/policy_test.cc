@@ -1,10 +1,10 @@
-// Who may hold which address and publish what (broker/policy.h), and what the engine
+// Who may hold which address and publish what (runtime/policy.h), and what the engine
 // lets each role do once the broker vouched for the addresses.
-#include "broker/policy.h"
+#include "runtime/policy.h"
 
 #include <catch2/catch.hpp>
 
-#include "broker/addresses.h"
+#include "runtime/addresses.h"
 #include "engine_harness.h"
 
 using namespace fm;

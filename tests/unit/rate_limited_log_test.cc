@@ -1,5 +1,5 @@
 // Warnings a peer can cause cannot flood the log.
-#include "broker/rate_limited_log.h"
+#include "runtime/rate_limited_log.h"
 
 #include <spdlog/sinks/ostream_sink.h>
 

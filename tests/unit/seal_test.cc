@@ -1,7 +1,7 @@
-// Seals between a peer and the root (broker/seal.h): both ends derive one key from their
+// Seals between a peer and the root (runtime/seal.h): both ends derive one key from their
 // own secret and the other's public key; a seal opens only for the same key, way, ends,
 // payload and counter.
-#include "broker/seal.h"
+#include "runtime/seal.h"
 
 #include <zmq.h>
 

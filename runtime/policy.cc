@@ -82,6 +82,51 @@ Status MayClaim(Role role, std::string_view name, std::string_view address) {
                          (prefix.empty() ? "" : "; its addresses start with \"" + prefix + "\""));
 }
 
+namespace {
+
+enum class Who { kUser, kOperator, kOwner };
+struct ActionRule {
+  Action action;
+  const char* text;
+  Who who;
+};
+constexpr ActionRule kActionRules[] = {
+    {Action::kSubmit, "submit tasks", Who::kUser},
+    {Action::kList, "list workers and tasks", Who::kUser},
+    {Action::kReplay, "replay the event stream", Who::kUser},
+    {Action::kDrain, "drain workers", Who::kOperator},
+    {Action::kUndrain, "undrain workers", Who::kOperator},
+    {Action::kSnapshot, "snapshot the store", Who::kOperator},
+    {Action::kCancel, "cancel this task", Who::kOwner},
+};
+
+const ActionRule& RuleOf(Action action) {
+  for (const auto& rule : kActionRules) {
+    if (rule.action == action) return rule;
+  }
+  return kActionRules[0];  // unreachable: every Action has its rule (policy_test)
+}
+
+}  // namespace
+
+const char* ActionText(Action action) { return RuleOf(action).text; }
+
+Status MayAct(Role role, std::string_view name, Action action, std::string_view owner) {
+  const ActionRule& rule = RuleOf(action);
+  const bool ok = role == Role::kOperator ||
+                  (role == Role::kClient && (rule.who == Who::kUser || (rule.who == Who::kOwner && owner == name)));
+  if (ok) return Status::Ok();
+  std::string message = std::string("role ") + RoleName(role) +
+                        (name.empty() ? "" : " (\"" + std::string(name) + "\")") + " may not " + rule.text;
+  if (rule.who == Who::kOwner && role == Role::kClient) {
+    message += ": the task belongs to " +
+               (owner.empty() ? std::string("nobody named") : "\"" + std::string(owner) + "\"") +
+               " (an operator may cancel any task)";
+  }
+  if (rule.who == Who::kOperator && role == Role::kClient) message += " (that takes role operator)";
+  return Status::Invalid(message);
+}
+
 Status MayPublish(Role role, std::string_view name, std::string_view topic, std::string_view payload) {
   auto refuse = [&](const std::string& why) {
     return Status::Invalid(std::string("role ") + RoleName(role) + " (certificate \"" + std::string(name) +

@@ -47,6 +47,17 @@ std::string AddressPrefix(Role role, std::string_view name);
 // May a peer with this role and name hold `address`? Error: unauthorized, naming both.
 Status MayClaim(Role role, std::string_view name, std::string_view address);
 
+// What a peer may ask of the scheduler. Each has one rule (policy.cc, kActionRules):
+// any user (client or operator), an operator only, or the task's owner (a client) or an
+// operator.
+enum class Action { kSubmit, kList, kReplay, kDrain, kUndrain, kSnapshot, kCancel };
+// "submit tasks", "list workers and tasks", ...: what the refusal names.
+const char* ActionText(Action action);
+// May a peer with this role and name do `action` (for kCancel, on a task of `owner`)?
+// Error: the sentence its sender is told ("role client ("bob") may not cancel this
+// task: the task belongs to "alice" ...").
+Status MayAct(Role role, std::string_view name, Action action, std::string_view owner = {});
+
 // May a peer with this role and name publish `payload` on `topic`? Error names the role,
 // the topic and, for a worker, whose announcement it was.
 Status MayPublish(Role role, std::string_view name, std::string_view topic, std::string_view payload);

@@ -4,34 +4,21 @@
 
 #include "runtime/addresses.h"
 #include "runtime/policy.h"
+#include "scheduler/control.h"
 #include "scheduler/predicates.h"
 #include "scheduler/records.h"
+#include "scheduler/task_machine.h"
 #include "scheduler/views.h"
 #include "schemas/codec.h"
-#include "schemas/json.h"
 #include "schemas/units.h"
+#include "schemas/validate.h"
 #include "schemas/vocabulary.h"
-#include "store/keys.h"
 
 namespace fm::sched {
 
-namespace keys = store::keys;
 using codec::Str;
 
 namespace {
-
-// "a, b": the workers a task failed on, for task.retrying and fm-ctl task.
-std::string Listed(const std::vector<std::string>& ids) {
-  std::string out;
-  for (const auto& id : ids) out += (out.empty() ? "" : ", ") + id;
-  return out;
-}
-
-std::vector<std::string> Capabilities(const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* v) {
-  auto caps = codec::Strings(v);
-  Normalize(&caps);
-  return caps;
-}
 
 flatbuffers::Offset<wire::SubmitResult> MakeResult(flatbuffers::FlatBufferBuilder& fbb, uint64_t task,
                                                    wire::SubmitStatus status, wire::Reason reason = wire::Reason::None,
@@ -67,29 +54,31 @@ void EngineOptions::Validate() {
   if (fresh_epoch == 0) fresh_epoch = 1;
 }
 
-Engine::Engine(EngineOptions options) : options_(Validated(options)), log_(LogOptions(options_)) {
-  recent_ended_.reserve(options_.recent_ended);
-}
+Engine::Engine(EngineOptions options)
+    : options_(Validated(options)),
+      log_(LogOptions(options_)),
+      membership_({options_.liveness_window_ms, options_.reconnect_grace_ms, options_.authenticate}, &log_, &effects_),
+      fleet_(membership_.fleet()),
+      ended_({options_.task_retention_count, options_.task_retention_age_ms, options_.task_trim_per_tick,
+              options_.recent_ended}) {}
 
 // ---------------------------------------------------------------------------
 // Recovery.
 
 Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
   store_ = store;
-  auto next_task = records::ReadMeta(*store, keys::kMetaNextTask, 1);
+  auto next_task = records::ReadNextTaskId(*store);
   if (!next_task.ok()) return next_task.status();
   next_task_id_ = *next_task;
   persisted_task_id_ = next_task_id_;
-  auto epoch = records::ReadMeta(*store, keys::kMetaEpoch, 0);
+  auto epoch = records::ReadEpoch(*store);
   if (!epoch.ok()) return epoch.status();
   epoch_ = *epoch;
   epoch_persisted_ = epoch_ != 0;
   if (epoch_ == 0) epoch_ = options_.fresh_epoch;
   if (Status s = log_.Recover(store); !s.ok()) return s;
-  if (Status s = RecoverEndedCount(store); !s.ok()) return s;
-  if (Status s = RecoverRecentEnded(store); !s.ok()) return s;
-  Status s = records::ScanWorkers(*store, now_ms, [&](WorkerState w) { fleet_.Add(std::move(w)); });
-  if (!s.ok()) return s;
+  if (Status s = ended_.Recover(store, next_task_id_); !s.ok()) return s;
+  if (Status s = membership_.Recover(*store, now_ms, epoch_); !s.ok()) return s;
   return records::ScanActiveTasks(*store, [&](Task t) {
     next_order_ = std::max(next_order_, t.order + 1);
     next_task_id_ = std::max(next_task_id_, t.id + 1);
@@ -100,9 +89,8 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
         w.tasks.insert(t.id);
       });
       t.dispatched_ms = now_ms;
-    } else if (t.state != wire::TaskState::Pending) {
+    } else if (Step(&t, TaskEvent::kOrphaned)) {
       // Its worker is not known any more: run it again.
-      t.state = wire::TaskState::Pending;
       t.worker.clear();
       dirty_tasks_.push_back(t.id);
     }
@@ -124,10 +112,7 @@ void Engine::Start(uint64_t now_ms) {
   f.message =
       std::to_string(fleet_.size()) + " workers last known, " + std::to_string(active_.size()) + " tasks not ended";
   Emit(f, now_ms);
-  for (const auto& [id, w] : fleet_.workers()) {
-    flatbuffers::FlatBufferBuilder fbb(64);
-    Send(w.address, codec::Seal(fbb, wire::CreateReRegister(fbb, epoch_)));
-  }
+  membership_.AskAllToRegister();
   placement_needed_ = true;
 }
 
@@ -135,7 +120,7 @@ void Engine::Start(uint64_t now_ms) {
 // Dispatch of inbound messages.
 
 void Engine::OnDirected(const std::string& from, const wire::Envelope& env, uint64_t now_ms) {
-  last_inbound_ms_ = now_ms;
+  membership_.Heard(now_ms);
   switch (env.body_type()) {
     case wire::Body::SubmitRequest:
       return OnSubmit(from, *env.body_as_SubmitRequest(), now_ms);
@@ -151,25 +136,25 @@ void Engine::OnDirected(const std::string& from, const wire::Envelope& env, uint
     case wire::Body::TaskLog:
       return OnTaskLog(from, *env.body_as_TaskLog(), now_ms);
     case wire::Body::ControlRequest:
-      return OnControl(from, *env.body_as_ControlRequest(), now_ms);
+      return control::Handle(*this, from, *env.body_as_ControlRequest(), now_ms);
     case wire::Body::ReplayRequest:
-      if (!Authorized(from, "replay the event stream", Who::kUser)) return;
+      if (!Authorized(from, bus::Action::kReplay)) return;
       return OnReplay(from, *env.body_as_ReplayRequest());
     case wire::Body::WorkerRegistration:
       // Directed announcements come from the worker they announce, at its address.
       if (Str(env.body_as_WorkerRegistration()->address()) != from ||
-          !FromWorkerNamed(from, Str(env.body_as_WorkerRegistration()->id()))) {
+          !membership_.FromWorkerNamed(from, Str(env.body_as_WorkerRegistration()->id()))) {
         return Refused(from, "a registration of worker \"" + Str(env.body_as_WorkerRegistration()->id()) +
                                  "\" from another address");
       }
-      return OnRegistration(*env.body_as_WorkerRegistration(), now_ms);
+      return Apply(membership_.Register(*env.body_as_WorkerRegistration(), now_ms), now_ms);
     case wire::Body::WorkerHeartbeat:
       if (Str(env.body_as_WorkerHeartbeat()->address()) != from ||
-          !FromWorkerNamed(from, Str(env.body_as_WorkerHeartbeat()->id()))) {
+          !membership_.FromWorkerNamed(from, Str(env.body_as_WorkerHeartbeat()->id()))) {
         return Refused(
             from, "a heartbeat of worker \"" + Str(env.body_as_WorkerHeartbeat()->id()) + "\" from another address");
       }
-      return OnHeartbeat(*env.body_as_WorkerHeartbeat(), now_ms);
+      return Apply(membership_.Heartbeat(*env.body_as_WorkerHeartbeat(), now_ms), now_ms);
     case wire::Body::Error:
       return;  // e.g. "unreachable" for a submitter that left
     default:
@@ -193,23 +178,23 @@ void Engine::OnUnreachable(const std::string& address, uint64_t now_ms) {
 }
 
 void Engine::OnBus(const wire::Envelope& env, uint64_t now_ms) {
-  last_inbound_ms_ = now_ms;
+  membership_.Heard(now_ms);
   // The broker let only this worker's key publish this (runtime/policy.h MayPublish);
   // the announced address must also be one that key may hold.
   switch (env.body_type()) {
     case wire::Body::WorkerRegistration: {
       const auto& reg = *env.body_as_WorkerRegistration();
-      if (!FromWorkerNamed(Str(reg.address()), Str(reg.id()))) {
+      if (!membership_.FromWorkerNamed(Str(reg.address()), Str(reg.id()))) {
         return Refused(Str(reg.address()), "a registration of worker \"" + Str(reg.id()) + "\" with that address");
       }
-      return OnRegistration(reg, now_ms);
+      return Apply(membership_.Register(reg, now_ms), now_ms);
     }
     case wire::Body::WorkerHeartbeat: {
       const auto& hb = *env.body_as_WorkerHeartbeat();
-      if (!FromWorkerNamed(Str(hb.address()), Str(hb.id()))) {
+      if (!membership_.FromWorkerNamed(Str(hb.address()), Str(hb.id()))) {
         return Refused(Str(hb.address()), "a heartbeat of worker \"" + Str(hb.id()) + "\" with that address");
       }
-      return OnHeartbeat(hb, now_ms);
+      return Apply(membership_.Heartbeat(hb, now_ms), now_ms);
     }
     default:
       return;
@@ -219,17 +204,6 @@ void Engine::OnBus(const wire::Envelope& env, uint64_t now_ms) {
 // ---------------------------------------------------------------------------
 // Who may do what (runtime/policy.h for the address forms).
 
-bool Engine::FromWorkerOf(const std::string& address, const std::string& id) const {
-  const WorkerState* w = fleet_.Find(id);
-  return w != nullptr ? w->address == address : FromWorkerNamed(address, id);
-}
-
-bool Engine::FromWorkerNamed(const std::string& address, const std::string& id) const {
-  if (!options_.authenticate) return true;
-  bus::Principal p = bus::PrincipalOf(address);
-  return p.role == bus::Role::kWorker && p.name == id;
-}
-
 void Engine::Refused(const std::string& from, const std::string& what) {
   ++unauthorized_;
   bus::Principal p = bus::PrincipalOf(from);
@@ -237,21 +211,13 @@ void Engine::Refused(const std::string& from, const std::string& what) {
       from, std::string("refused ") + what + " from " + from + " (role " + bus::RoleName(p.role) + ")");
 }
 
-bool Engine::Authorized(const std::string& from, const char* action, Who who, const std::string& owner) {
+bool Engine::Authorized(const std::string& from, bus::Action action, const std::string& owner) {
   if (!options_.authenticate) return true;
   bus::Principal p = bus::PrincipalOf(from);
-  bool ok = p.role == bus::Role::kOperator ||
-            (p.role == bus::Role::kClient && (who == Who::kUser || (who == Who::kOwner && owner == p.name)));
-  if (ok) return true;
-  std::string message = std::string("role ") + bus::RoleName(p.role) + (p.name.empty() ? "" : " (\"" + p.name + "\")") +
-                        " may not " + action;
-  if (who == Who::kOwner && p.role == bus::Role::kClient) {
-    message += ": the task belongs to " + (owner.empty() ? std::string("nobody named") : "\"" + owner + "\"") +
-               " (an operator may cancel any task)";
-  }
-  if (who == Who::kOperator && p.role == bus::Role::kClient) message += " (that takes role operator)";
-  Send(from, codec::EncodeError(wire::ErrorCode::Unauthorized, message, bus::kSchedulerAddress));
-  Refused(from, std::string("\"") + action + "\"");
+  Status may = bus::MayAct(p.role, p.name, action, owner);
+  if (may.ok()) return true;
+  Send(from, codec::EncodeError(wire::ErrorCode::Unauthorized, may.message(), bus::kSchedulerAddress));
+  Refused(from, std::string("\"") + bus::ActionText(action) + "\"");
   return false;
 }
 
@@ -272,11 +238,6 @@ bool Engine::FromTaskWorker(const Task& t, const std::string& from, const char* 
 
 // ---------------------------------------------------------------------------
 // Submission.
-
-Result<std::optional<Task>> Engine::ReadEnded(uint64_t id) const {
-  if (!store_) return std::optional<Task>();
-  return records::ReadEndedTask(*store_, id);
-}
 
 Result<std::optional<Engine::KeyedTask>> Engine::FindKeyed(const std::string& key) {
   auto it = client_keys_.find(key);
@@ -301,20 +262,14 @@ Result<std::optional<Engine::KeyedTask>> Engine::FindKeyed(const std::string& ke
     answer(*t);
     return std::optional<KeyedTask>(std::move(found));
   }
-  for (const Task& t : recent_ended_) {
-    if (t.id == found.id) {
-      answer(t);
-      return std::optional<KeyedTask>(std::move(found));
-    }
-  }
-  auto ended = ReadEnded(found.id);
+  auto ended = ended_.Find(found.id);
   if (!ended.ok()) return ended.status();
   if (ended->has_value()) answer(**ended);
   return std::optional<KeyedTask>(std::move(found));
 }
 
 void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms) {
-  if (!Authorized(from, "submit tasks", Who::kUser)) return;
+  if (!Authorized(from, bus::Action::kSubmit)) return;
   const std::string owner = options_.authenticate ? bus::PrincipalOf(from).name : std::string();
   flatbuffers::FlatBufferBuilder fbb(256);
   std::vector<flatbuffers::Offset<wire::SubmitResult>> results;
@@ -327,9 +282,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         results.push_back(MakeResult(fbb, 0, wire::SubmitStatus::Rejected, wire::Reason::InvalidTask, valid.message()));
         continue;
       }
-      if (!spec.image.empty()) spec.required_capabilities.push_back("docker");
-      // A session goes only where one was really started (the worker's probe by doing).
-      if (spec.session) spec.required_capabilities.push_back("session");
+      for (auto& cap : ImpliedCapabilities(spec)) spec.required_capabilities.push_back(std::move(cap));
       Normalize(&spec.required_capabilities);
       if (spec.max_attempts == 0) spec.max_attempts = options_.default_max_attempts;
 
@@ -367,10 +320,10 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       if (!t.spec.key.empty()) {
         const std::string scoped = ScopedKey(owner, t.spec.key);
         client_keys_[scoped] = t.id;
-        effects_.writes.Put(keys::ClientKey(scoped), keys::EncodeU64(t.id));
+        records::PutClientKey(&effects_.writes, scoped, t.id);
       }
       uint64_t last_lost_ms = 0;
-      if (!fleet_.AnyEligible(t.spec) && LostEligible(t.spec, &last_lost_ms) == 0) {
+      if (!fleet_.AnyEligible(t.spec) && membership_.LostEligible(t.spec, &last_lost_ms) == 0) {
         Explanation why = fleet_.Explain(t.spec);
         // Fail fast: nothing is queued, no worker sees it.
         results.push_back(
@@ -378,7 +331,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         t.watcher.clear();  // the reply already says so
         t.rejected = true;
         auto [it, inserted] = active_.emplace(t.id, std::move(t));
-        End(&it->second, wire::TaskState::Failed, wire::Reason::NoEligibleWorker, why.message, 0, now_ms, &why);
+        End(&it->second, TaskEvent::kUnrunnable, wire::Reason::NoEligibleWorker, why.message, 0, now_ms, &why);
         continue;
       }
       results.push_back(wire::CreateSubmitResult(fbb, t.id, wire::SubmitStatus::Accepted));
@@ -408,220 +361,44 @@ const Task* Engine::active_task(uint64_t id) const {
   return it == active_.end() ? nullptr : &it->second;
 }
 
-void Engine::OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms) {
-  std::string id = Str(reg.id());
-  std::string address = Str(reg.address());
-  if (id.empty() || address.empty()) return;  // nobody to answer; the daemon logs malformed input
-  if (replaced_.count({id, reg.instance()})) {
-    // An instance a restart replaced: it must stop, the new one keeps the id.
-    flatbuffers::FlatBufferBuilder fbb(256);
-    std::string message = "worker \"" + id + "\" was replaced by a newer instance on its node";
-    Send(address, codec::Seal(fbb, wire::CreateWorkerRejectedDirect(fbb, id.c_str(), message.c_str())));
-    return;
-  }
-  const WorkerState* known = fleet_.Find(id);
-  // A drain is the operator's word about the worker, not about one process of it: a
-  // restart in the middle of maintenance must not bring it back into service.
-  const WorkerState* before = known;
-  if (!before) {
-    auto lost = lost_.find(id);
-    if (lost != lost_.end()) before = &lost->second.shape;
-  }
-  const bool was_draining = before && before->draining;
-  const std::string drain_reason = before ? before->drain_reason : std::string();
-  if (known && known->instance != reg.instance()) {
-    if (known->confirmed && known->node == Str(reg.node())) {
-      // The worker restarted on its node (its old instance was killed or hangs): the new
-      // instance takes over at once and the old one's tasks are placed again. Should the
-      // old one still run, it is told to stop.
-      std::string message = "worker \"" + id + "\" was replaced by a newer instance on its node";
-      flatbuffers::FlatBufferBuilder fbb(256);
-      Send(known->address, codec::Seal(fbb, wire::CreateWorkerRejectedDirect(fbb, id.c_str(), message.c_str())));
-      replaced_.insert({id, known->instance});
-      if (replaced_.size() > 10000) replaced_.erase(replaced_.begin());
-      LoseWorker(id, "replaced by a new instance on node " + known->node, now_ms);
-      lost_.erase(id);  // it is back
-      known = nullptr;
-    } else if (known->confirmed) {
-      // A second process claims a live worker's id: refuse it, the live one keeps its work.
-      std::string message = "worker id \"" + id + "\" is already in use by a live worker on node " + known->node +
-                            " (last heard " + std::to_string(now_ms - std::min(now_ms, known->last_seen_ms)) +
-                            " ms ago); choose another --id or stop that worker";
-      flatbuffers::FlatBufferBuilder fbb(256);
-      Send(address, codec::Seal(fbb, wire::CreateWorkerRejectedDirect(fbb, id.c_str(), message.c_str())));
-      EventFields f;
-      f.type = wire::EventType::WorkerRejected;
-      f.worker = id;
-      f.reason = wire::Reason::DuplicateWorkerId;
-      f.message = message + " (refused node " + Str(reg.node()) + ")";
-      Emit(f, now_ms);
-      return;
-    } else {
-      // Known only from the store since this scheduler started: a restarted process.
-      LoseWorker(id, "replaced by a new instance of the same worker", now_ms);
-      lost_.erase(id);
-      known = nullptr;
+void Engine::Apply(const MembershipVerdict& verdict, uint64_t now_ms) {
+  for (const auto& lost : verdict.lost) {
+    ++stats_.worker_losses;
+    dispatches_.erase(lost.id);
+    for (uint64_t task_id : lost.tasks) {
+      auto t = active_.find(task_id);
+      if (t != active_.end()) {
+        Retry(&t->second, wire::Reason::WorkerLost, "worker " + lost.id + " lost: " + lost.why, now_ms);
+      }
     }
   }
-  lost_.erase(id);
-  if (!known) {
-    WorkerState fresh;
-    fresh.id = id;
-    fresh.draining = was_draining;
-    fresh.drain_reason = drain_reason;
-    fleet_.Add(std::move(fresh));
-  }
-  auto caps = Capabilities(reg.capabilities());
-  auto hardware = codec::FromWire(reg.hardware());
-  auto quarantined = codec::FromWire(reg.quarantined());
-  // A changed announcement may leave waiting tasks with no eligible worker.
-  if (known && (caps != known->capabilities || hardware != known->hardware)) fleet_shrank_ = true;
-  const std::map<std::string, std::string> quarantined_before =
-      known ? known->quarantined : std::map<std::string, std::string>();
-  fleet_.Modify(id, [&](WorkerState& w) {
-    w.address = address;
-    w.node = Str(reg.node());
-    w.version = Str(reg.version());
-    w.noop_executor = reg.noop_executor();
-    w.instance = reg.instance();
-    w.capabilities = std::move(caps);
-    w.hardware = std::move(hardware);
-    w.labels = codec::FromWire(reg.labels());
-    w.quarantined = quarantined;
-    w.limits = Str(reg.limits());
-    w.slots = std::max<uint32_t>(reg.slots(), 1);
-    w.last_seen_ms = now_ms;
-    w.confirmed = true;
-  });
-  const WorkerState& w = *fleet_.Find(id);
-  records::PutWorker(&effects_.writes, w);
-  EventFields f;
-  f.type = wire::EventType::WorkerRegistered;
-  f.worker = id;
-  f.worker_info = &w;
-  f.message = "node " + w.node + ", " + std::to_string(w.slots) + " slots, version " + w.version +
-              (w.noop_executor ? ", NOOP EXECUTOR: completes tasks without running them" : "") +
-              (w.limits == "off" ? ", limits: off (exec tasks' cpus and memory are not enforced)" : "");
-  Emit(f, now_ms);
-  EmitQuarantines(id, quarantined_before, quarantined, now_ms);
-  Reconcile(*fleet_.Find(id), reg.running(), now_ms);
-  placement_needed_ = true;
+  if (verdict.rejoined) Reconcile(*verdict.rejoined, verdict.held, now_ms);
+  if (verdict.fleet_shrank) fleet_shrank_ = true;
+  if (verdict.placement_needed) placement_needed_ = true;
 }
 
-void Engine::Reconcile(const WorkerState& worker, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
-                       uint64_t now_ms) {
-  std::set<std::pair<uint64_t, uint32_t>> reported;
-  if (held) {
-    for (const auto* ref : *held) reported.insert({ref->task(), ref->attempt()});
-  }
-  const WorkerState* w = &worker;
+void Engine::Reconcile(const std::string& worker_id, const std::set<AttemptRef>& reported, uint64_t now_ms) {
+  const WorkerState* w = fleet_.Find(worker_id);
+  if (!w) return;
   std::vector<uint64_t> mine(w->tasks.begin(), w->tasks.end());
   for (uint64_t id : mine) {
     Task& t = active_.at(id);
     if (reported.count({t.id, t.attempt})) continue;
     if (t.state == wire::TaskState::Queued) {
-      dispatches_[w->id].push_back(t.id);  // never arrived: send again
+      dispatches_[worker_id].push_back(t.id);  // never arrived: send again
     } else {
-      Retry(&t, wire::Reason::WorkerLost, "worker " + worker.id + " no longer holds the task (it restarted)", now_ms);
-      w = fleet_.Find(worker.id);  // Retry released its reservation
+      Retry(&t, wire::Reason::WorkerLost, "worker " + worker_id + " no longer holds the task (it restarted)", now_ms);
     }
   }
+  w = fleet_.Find(worker_id);  // Retry released reservations
   for (const auto& [task_id, attempt] : reported) {
     const Task* t = active_task(task_id);
-    if (t && t->worker == w->id && t->attempt == attempt) continue;
+    if (t && t->worker == worker_id && t->attempt == attempt) continue;
     // Held by the worker but not ours to run there (ended, moved, cancelled): drop it.
     flatbuffers::FlatBufferBuilder fbb(64);
     auto ref = wire::CreateTaskRef(fbb, task_id, attempt);
     Send(w->address, codec::Seal(fbb, wire::CreateCancelTask(fbb, ref)));
   }
-}
-
-void Engine::OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms) {
-  std::string id = Str(hb.id());
-  std::string address = Str(hb.address());
-  if (id.empty() || address.empty()) return;
-  const WorkerState* known = fleet_.Find(id);
-  if (!known || known->instance != hb.instance() || !known->confirmed) {
-    flatbuffers::FlatBufferBuilder fbb(64);
-    Send(address, codec::Seal(fbb, wire::CreateReRegister(fbb, epoch_)));
-    return;
-  }
-  fleet_.Touch(id, now_ms);
-  auto caps = Capabilities(hb.capabilities());
-  auto quarantined = codec::FromWire(hb.quarantined());
-  if (quarantined != known->quarantined) {
-    auto before = known->quarantined;
-    fleet_.Modify(id, [&](WorkerState& w) {
-      w.quarantined = quarantined;
-      w.capabilities = caps;
-    });
-    records::PutWorker(&effects_.writes, *fleet_.Find(id));
-    EmitQuarantines(id, before, quarantined, now_ms);
-    fleet_shrank_ = true;
-    placement_needed_ = true;
-    known = fleet_.Find(id);
-  }
-  if (caps != known->capabilities) {
-    std::string before, after;
-    for (const auto& c : known->capabilities) before += (before.empty() ? "" : ",") + c;
-    for (const auto& c : caps) after += (after.empty() ? "" : ",") + c;
-    fleet_.Modify(id, [&](WorkerState& w) { w.capabilities = std::move(caps); });
-    const WorkerState& w = *fleet_.Find(id);
-    records::PutWorker(&effects_.writes, w);
-    EventFields f;
-    f.type = wire::EventType::WorkerUpdated;
-    f.worker = id;
-    f.worker_info = &w;
-    f.message = "capabilities [" + before + "] -> [" + after + "]";
-    Emit(f, now_ms);
-    fleet_shrank_ = true;
-    placement_needed_ = true;
-  }
-}
-
-void Engine::EmitQuarantines(const std::string& id, const std::map<std::string, std::string>& before,
-                             const std::map<std::string, std::string>& after, uint64_t now_ms) {
-  const WorkerState* w = fleet_.Find(id);
-  for (const auto& [capability, reason] : after) {
-    auto was = before.find(capability);
-    if (was != before.end() && was->second == reason) continue;
-    EventFields f;
-    f.type = wire::EventType::WorkerQuarantined;
-    f.worker = id;
-    f.worker_info = w;
-    f.message = "capability " + capability + " withdrawn: " + reason;
-    Emit(f, now_ms);
-  }
-  for (const auto& [capability, reason] : before) {
-    if (after.count(capability)) continue;
-    EventFields f;
-    f.type = wire::EventType::WorkerRecovered;
-    f.worker = id;
-    f.worker_info = w;
-    f.message = "capability " + capability + " announced again: a re-probe started a container (was: " + reason + ")";
-    Emit(f, now_ms);
-  }
-}
-
-void Engine::LoseWorker(const std::string& id, const std::string& why, uint64_t now_ms) {
-  const WorkerState* lost = fleet_.Find(id);
-  if (!lost) return;
-  ++stats_.worker_losses;
-  std::vector<uint64_t> tasks(lost->tasks.begin(), lost->tasks.end());
-  EventFields f;
-  f.type = wire::EventType::WorkerLost;
-  f.worker = id;
-  f.message = why + "; " + std::to_string(tasks.size()) + " tasks to re-place";
-  Emit(f, now_ms);
-  for (uint64_t task_id : tasks) {
-    auto t = active_.find(task_id);
-    if (t != active_.end()) Retry(&t->second, wire::Reason::WorkerLost, "worker " + id + " lost: " + why, now_ms);
-  }
-  effects_.writes.Delete(keys::Worker(id));
-  dispatches_.erase(id);
-  if (options_.reconnect_grace_ms > 0) lost_[id] = {*fleet_.Find(id), now_ms};
-  fleet_.Remove(id);
-  fleet_shrank_ = true;
 }
 
 // ---------------------------------------------------------------------------
@@ -632,7 +409,7 @@ void Engine::Queue(Task* t, const std::string& worker_id, uint64_t now_ms) {
     Reserve(t->spec, &w);
     w.tasks.insert(t->id);
   });
-  t->state = wire::TaskState::Queued;
+  Step(t, TaskEvent::kPlace);
   t->worker = worker_id;
   t->dispatched_ms = now_ms;
   dirty_tasks_.push_back(t->id);
@@ -673,10 +450,11 @@ uint64_t RetryDelayMs(const TaskSpec& spec, uint64_t task, uint32_t attempt) {
 
 void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uint64_t now_ms, bool blame_worker,
                    bool spent) {
+  if (!NextState(t->state, spent ? TaskEvent::kRetry : TaskEvent::kHandBack)) return;
   if (t->spec.session && t->endpoint.port != 0) {
     // It was ready, so someone may be connected to it: a session is never silently
     // started again elsewhere, whatever ended it (its worker lost, its daemon failing).
-    End(t, wire::TaskState::Failed, reason, message + "; a session is never re-run elsewhere", 0, now_ms);
+    End(t, TaskEvent::kFail, reason, message + "; a session is never re-run elsewhere", 0, now_ms);
     return;
   }
   Unassign(t);
@@ -687,7 +465,7 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
   if (!spent) {
     ++t->handed_back;
   } else if (t->attempt - t->handed_back >= t->spec.max_attempts) {
-    End(t, wire::TaskState::Failed, reason,
+    End(t, TaskEvent::kFail, reason,
         message + "; attempts exhausted (" + std::to_string(t->attempt - t->handed_back) + "/" +
             std::to_string(t->spec.max_attempts) + ")",
         0, now_ms);
@@ -696,7 +474,7 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
   ++stats_.retries;
   std::string last_worker = t->worker;
   t->attempt += 1;
-  t->state = wire::TaskState::Pending;
+  Step(t, spent ? TaskEvent::kRetry : TaskEvent::kHandBack);
   t->worker.clear();
   t->gpus.clear();
   t->endpoint = Endpoint();
@@ -737,7 +515,8 @@ void Engine::ReleaseBackoff(uint64_t now_ms) {
     backoff_.erase(backoff_.begin());
     auto it = active_.find(id);
     // Ended or placed meanwhile (a cancel), or a later backoff of the same task.
-    if (it == active_.end() || it->second.state != wire::TaskState::Pending || it->second.not_before_ms != due) {
+    if (it == active_.end() || !NextState(it->second.state, TaskEvent::kBackoffOver) ||
+        it->second.not_before_ms != due) {
       continue;
     }
     it->second.not_before_ms = 0;
@@ -747,12 +526,22 @@ void Engine::ReleaseBackoff(uint64_t now_ms) {
   }
 }
 
-void Engine::End(Task* t, wire::TaskState state, wire::Reason reason, const std::string& message, int32_t exit_code,
+bool Engine::Step(Task* t, TaskEvent event) {
+  std::optional<wire::TaskState> next = NextState(t->state, event);
+  if (!next) return false;  // no such transition (task_machine.h): nothing changes
+  t->state = *next;
+  return true;
+}
+
+void Engine::End(Task* t, TaskEvent event, wire::Reason reason, const std::string& message, int32_t exit_code,
                  uint64_t now_ms, const Explanation* explanation) {
+  const std::optional<wire::TaskState> next = NextState(t->state, event);
+  if (!next) return;
+  const wire::TaskState state = *next;
   Unassign(t);
   if (t->state == wire::TaskState::Pending) pending_.Erase(t->spec, LineOf(*t));
   ++stats_.ended[{state, reason}];
-  t->state = state;
+  Step(t, event);
   t->reason = reason;
   t->message = message;
   t->exit_code = exit_code;
@@ -771,33 +560,15 @@ void Engine::End(Task* t, wire::TaskState state, wire::Reason reason, const std:
   if (!t->watcher.empty()) {
     ended_for_watchers_[t->watcher].push_back({t->id, StatusOf(state), reason, message, t->worker});
   }
-  effects_.writes.Delete(keys::ActiveTask(t->id));
   t->ended_ms = now_ms;
-  records::PutTask(&effects_.writes, keys::Task(t->id), *t, scratch_);
-  ++ended_stored_;
-  ended_stored_persisted_ = false;
-  // Ended below the trim cursor (it ran long), or in the turn of a trim that cannot see
-  // it yet: the scan would pass it by, so the trim visits it apart.
-  if (t->id < task_trim_from_) {
-    trim_stragglers_.insert(t->id);
-  } else {
-    ended_this_turn_.push_back(t->id);
-  }
-  uint64_t id = t->id;
-  if (options_.recent_ended > 0) {  // the task leaves the active set: move, not copy
-    if (recent_ended_.size() < options_.recent_ended) {
-      recent_ended_.push_back(std::move(*t));
-    } else {
-      recent_ended_[recent_next_] = std::move(*t);
-      recent_next_ = (recent_next_ + 1) % options_.recent_ended;
-    }
-  }
+  const uint64_t id = t->id;
+  ended_.Add(std::move(*t), &effects_.writes, scratch_);  // the task leaves the active set: moved, not copied
   active_.erase(id);
 }
 
 void Engine::OnWorkerReport(const std::string& from, const wire::WorkerReport& report, uint64_t now_ms) {
   if (report.started()) {
-    std::map<std::pair<uint64_t, uint32_t>, std::vector<std::string>> devices;
+    std::map<AttemptRef, std::vector<std::string>> devices;
     if (report.devices()) {
       for (const auto* d : *report.devices()) {
         if (d->ref()) devices[{d->ref()->task(), d->ref()->attempt()}] = codec::Strings(d->gpus());
@@ -818,9 +589,9 @@ void Engine::OnTaskStarted(const std::string& from, const wire::TaskRef& ref, ui
   auto it = active_.find(ref.task());
   if (it == active_.end()) return;
   Task& t = it->second;
-  if (t.attempt != ref.attempt() || t.state != wire::TaskState::Queued) return;  // stale or duplicate
+  if (t.attempt != ref.attempt() || !NextState(t.state, TaskEvent::kStart)) return;  // stale or duplicate
   if (!FromTaskWorker(t, from, "a start")) return;
-  t.state = wire::TaskState::Running;
+  Step(&t, TaskEvent::kStart);
   // Never more than it asked for: a worker's list is bounded by the task's own count.
   if (gpus.size() > t.spec.resources.gpus) gpus.resize(t.spec.resources.gpus);
   t.gpus = std::move(gpus);
@@ -839,7 +610,7 @@ void Engine::OnTaskReady(const std::string& from, const wire::TaskReady& msg, ui
   auto it = active_.find(msg.ref()->task());
   if (it == active_.end()) return;
   Task& t = it->second;
-  if (t.attempt != msg.ref()->attempt() || t.state != wire::TaskState::Running || !t.spec.session) return;
+  if (t.attempt != msg.ref()->attempt() || !NextState(t.state, TaskEvent::kReady) || !t.spec.session) return;
   if (!FromTaskWorker(t, from, "a session endpoint")) return;
   Endpoint endpoint = codec::FromWire(msg.endpoint());
   if (endpoint == t.endpoint) return;  // said again (a re-registration): nothing new
@@ -868,8 +639,9 @@ void Engine::OnTaskReady(const std::string& from, const wire::TaskReady& msg, ui
 void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& msg, uint64_t now_ms) {
   if (!msg.ref()) return;
   acks_[from].push_back({msg.ref()->task(), msg.ref()->attempt()});
-  if (auto w = winding_down_.find(msg.ref()->task());
-      w != winding_down_.end() && w->second.attempt == msg.ref()->attempt() && FromWorkerOf(from, w->second.worker)) {
+  if (auto w = winding_down_.find(msg.ref()->task()); w != winding_down_.end() &&
+                                                      w->second.attempt == msg.ref()->attempt() &&
+                                                      membership_.FromWorkerOf(from, w->second.worker)) {
     winding_down_.erase(w);
   }
   auto it = active_.find(msg.ref()->task());
@@ -882,7 +654,7 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
   switch (msg.outcome()) {
     case wire::Outcome::Succeeded:
       // A session says how it ended (its ttl, its idle timeout); nothing else has a reason.
-      End(&t, wire::TaskState::Succeeded,
+      End(&t, TaskEvent::kSucceed,
           t.spec.session && (msg.reason() == wire::Reason::SessionTtl || msg.reason() == wire::Reason::SessionIdle)
               ? msg.reason()
               : wire::Reason::None,
@@ -895,20 +667,20 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
               now_ms, /*blame_worker=*/true);
         break;
       }
-      End(&t, wire::TaskState::Failed,
+      End(&t, TaskEvent::kFail,
           msg.reason() == wire::Reason::ImageMissing || msg.reason() == wire::Reason::MemoryLimit
               ? msg.reason()
               : wire::Reason::ExitStatus,
           message.empty() ? "exit status " + std::to_string(msg.exit_code()) : message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::TimedOut:
-      End(&t, wire::TaskState::Failed, wire::Reason::Timeout, message, msg.exit_code(), now_ms);
+      End(&t, TaskEvent::kFail, wire::Reason::Timeout, message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::Cancelled:
-      End(&t, wire::TaskState::Cancelled, wire::Reason::Cancelled, message, msg.exit_code(), now_ms);
+      End(&t, TaskEvent::kCancel, wire::Reason::Cancelled, message, msg.exit_code(), now_ms);
       break;
     case wire::Outcome::Retryable:
-      if (msg.reason() == wire::Reason::NotStarted && t.state == wire::TaskState::Queued) {
+      if (msg.reason() == wire::Reason::NotStarted && NextState(t.state, TaskEvent::kHandBack)) {
         // Handed back before it started (its capability quarantined meanwhile, no free
         // GPU): placed again, elsewhere where it can, with no attempt spent.
         Retry(&t, wire::Reason::NotStarted, message, now_ms, /*blame_worker=*/true, /*spent=*/false);
@@ -933,7 +705,7 @@ void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64
     // A cancelled attempt on its way out (it trapped SIGTERM): its last words are kept.
     auto w = winding_down_.find(msg.ref()->task());
     if (w == winding_down_.end() || w->second.attempt != msg.ref()->attempt() ||
-        !FromWorkerOf(from, w->second.worker)) {
+        !membership_.FromWorkerOf(from, w->second.worker)) {
       return;
     }
     f.task = w->first;
@@ -954,196 +726,20 @@ void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64
 // ---------------------------------------------------------------------------
 // Control and replay.
 
-void Engine::OnControl(const std::string& from, const wire::ControlRequest& req, uint64_t now_ms) {
-  flatbuffers::FlatBufferBuilder fbb(1024);
-  bool ok = true;
-  std::string message;
-  std::vector<flatbuffers::Offset<wire::WorkerView>> workers;
-  std::vector<flatbuffers::Offset<wire::TaskView>> tasks;
-  std::vector<flatbuffers::Offset<wire::Event>> events;
-  uint64_t next_page = 0;
-  std::string target = Str(req.target());
-  switch (req.op()) {
-    case wire::ControlOp::Workers:
-    case wire::ControlOp::Tasks:
-    case wire::ControlOp::Task:
-    case wire::ControlOp::Ping:
-      if (!Authorized(from, "list workers and tasks", Who::kUser)) return;
-      break;
-    case wire::ControlOp::Drain:
-      if (!Authorized(from, "drain workers", Who::kOperator)) return;
-      break;
-    case wire::ControlOp::Undrain:
-      if (!Authorized(from, "undrain workers", Who::kOperator)) return;
-      break;
-    case wire::ControlOp::Snapshot:
-      if (!Authorized(from, "snapshot the store", Who::kOperator)) return;
-      break;
-    case wire::ControlOp::Cancel:
-      break;  // below: a client may cancel its own tasks
+void Engine::Cancel(Task* t, const std::string& from, uint64_t now_ms) {
+  if (!t->worker.empty()) {
+    flatbuffers::FlatBufferBuilder fbb(64);
+    auto ref = wire::CreateTaskRef(fbb, t->id, t->attempt);
+    if (const WorkerState* w = fleet_.Find(t->worker))
+      Send(w->address, codec::Seal(fbb, wire::CreateCancelTask(fbb, ref)));
+    // Its attempt stops gracefully (SIGTERM first): what it prints on the way out is
+    // still its output, until the worker reports the attempt ended.
+    if (winding_down_.size() >= 10000) winding_down_.erase(winding_down_.begin());
+    winding_down_[t->id] = {t->attempt, t->worker, t->owner};
   }
-  switch (req.op()) {
-    case wire::ControlOp::Ping:
-      // Answered like every reply, after this turn's commit: an answer also says that
-      // the store takes writes (or that the scheduler says it does not).
-      message = std::string("fm-scheduler ") + FM_VERSION + ": " + std::to_string(fleet_.size()) + " workers, " +
-                std::to_string(active_.size()) + " tasks not ended (" + std::to_string(pending_.size()) +
-                " waiting), event seq " + std::to_string(log_.next_seq() - 1);
-      break;
-    case wire::ControlOp::Workers:
-      workers = views::Workers(fbb, fleet_, now_ms);
-      break;
-    case wire::ControlOp::Snapshot:
-      if (target.empty() || target[0] != '/') {
-        ok = false;
-        message = "snapshot: \"" + target + "\" is not an absolute path (a new directory on the scheduler's host)";
-        break;
-      }
-      // Written by the daemon once this turn is committed: the copy holds everything
-      // acknowledged before the request.
-      effects_.snapshots.push_back({from, req.correlation(), target});
-      return;
-    case wire::ControlOp::Tasks: {
-      // A client sees only its own tasks; an operator (or a keyless cluster) all.
-      std::optional<std::string> only_owner = ClientName(from);
-      const std::string asked = Str(req.owner());
-      if (only_owner && !asked.empty() && asked != *only_owner) {
-        ok = false;
-        message = "tasks --owner " + asked + ": a client sees only its own tasks (\"" + *only_owner +
-                  "\"); an operator sees all";
-        break;
-      }
-      views::TaskPage page = views::Tasks(
-          fbb, req, options_.task_page,
-          [&](const auto& visit) {
-            for (const auto& [id, t] : active_) visit(t);
-            for (const Task& t : recent_ended_) visit(t);
-          },
-          only_owner);
-      tasks = std::move(page.tasks);
-      next_page = page.next;
-      break;
-    }
-    case wire::ControlOp::Task: {
-      Status found = TaskDetail(fbb, target, ClientName(from), &tasks, &events, now_ms);
-      if (!found.ok()) {
-        ok = false;
-        message = found.message();
-      }
-      break;
-    }
-    case wire::ControlOp::Drain:
-    case wire::ControlOp::Undrain: {
-      const WorkerState* w = fleet_.Find(target);
-      if (!w) {
-        ok = false;
-        message = "no live worker \"" + target + "\"";
-        break;
-      }
-      bool drain = req.op() == wire::ControlOp::Drain;
-      std::string reason = drain ? Str(req.reason()).substr(0, 512) : std::string();
-      if (w->draining != drain || w->drain_reason != reason) {
-        bool changed = w->draining != drain;
-        fleet_.Modify(target, [&](WorkerState& x) {
-          x.draining = drain;
-          x.drain_reason = reason;
-        });
-        records::PutWorker(&effects_.writes, *w);
-        if (changed) {
-          EventFields f;
-          f.type = drain ? wire::EventType::WorkerDraining : wire::EventType::WorkerUndrained;
-          f.worker = target;
-          f.message = drain ? "takes no new tasks" + (reason.empty() ? "" : " (" + reason + ")") + "; " +
-                                  std::to_string(w->tasks.size()) + " still held"
-                            : "takes new tasks again";
-          Emit(f, now_ms);
-          if (drain) fleet_shrank_ = true;
-          placement_needed_ = true;
-        }
-      }
-      message = (drain ? "draining " : "undrained ") + target;
-      break;
-    }
-    case wire::ControlOp::Cancel: {
-      uint64_t id = 0;
-      auto it = ParseTaskName(target, &id) ? active_.find(id) : active_.end();
-      if (it == active_.end()) {
-        ok = false;
-        message = "no task \"" + target + "\" that has not ended";
-        break;
-      }
-      Task& t = it->second;
-      if (!Authorized(from, "cancel this task", Who::kOwner, t.owner)) return;
-      if (!t.worker.empty()) {
-        flatbuffers::FlatBufferBuilder c(64);
-        auto ref = wire::CreateTaskRef(c, t.id, t.attempt);
-        if (const WorkerState* w = fleet_.Find(t.worker)) {
-          Send(w->address, codec::Seal(c, wire::CreateCancelTask(c, ref)));
-        }
-      }
-      message = "cancelled " + TaskName(t.id);
-      // Its attempt stops gracefully (SIGTERM first): what it prints on the way out is
-      // still its output, until the worker reports the attempt ended.
-      if (!t.worker.empty()) {
-        if (winding_down_.size() >= 10000) winding_down_.erase(winding_down_.begin());
-        winding_down_[t.id] = {t.attempt, t.worker, t.owner};
-      }
-      std::string by = options_.authenticate ? bus::PrincipalOf(from).name : std::string();
-      End(&t, wire::TaskState::Cancelled, wire::Reason::Cancelled,
-          by.empty() ? "cancelled by fm-ctl" : "cancelled by " + by + " (fm-ctl)", 0, now_ms);
-      break;
-    }
-  }
-  auto reply =
-      wire::CreateControlReply(fbb, req.correlation(), ok, fbb.CreateString(message), fbb.CreateVector(workers),
-                               fbb.CreateVector(tasks), next_page, events.empty() ? 0 : fbb.CreateVector(events));
-  Send(from, codec::Seal(fbb, reply));
-}
-
-Status Engine::TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string& name,
-                          const std::optional<std::string>& only_owner,
-                          std::vector<flatbuffers::Offset<wire::TaskView>>* out,
-                          std::vector<flatbuffers::Offset<wire::Event>>* events, uint64_t now_ms) {
-  uint64_t id = 0;
-  if (!ParseTaskName(name, &id)) return Status::Invalid("\"" + name + "\" is not a task id (t42)");
-  std::optional<Task> stored;
-  const Task* t = active_task(id);
-  if (!t) {
-    for (const Task& ended : recent_ended_) {
-      if (ended.id == id) t = &ended;
-    }
-  }
-  if (!t) {
-    auto read = ReadEnded(id);
-    if (!read.ok()) return read.status();
-    stored = std::move(*read);
-    if (!stored) return Status::NotFound("no task " + TaskName(id));
-    t = &*stored;
-  }
-  if (only_owner && t->owner != *only_owner) {
-    return Status::Invalid("task " + TaskName(id) + " is not " + *only_owner +
-                           "'s: a client sees only the tasks it submitted (an operator sees all)");
-  }
-  std::string waiting;
-  if (t->state == wire::TaskState::Pending && t->not_before_ms > now_ms) {
-    waiting = "retry backoff: placed again in " + std::to_string((t->not_before_ms - now_ms + 999) / 1000) + " s";
-  } else if (t->state == wire::TaskState::Pending) {
-    Explanation why = fleet_.Explain(t->spec);
-    waiting = why.eligible > 0 ? std::to_string(why.eligible) + " eligible, all full" : WaitingForLost(t->spec, now_ms);
-    if (waiting.empty()) waiting = "no eligible worker: " + why.message;
-    if (!t->failed_on.empty() && why.eligible > 0) waiting += "; not on " + Listed(t->failed_on) + ", which failed it";
-  }
-  out->push_back(views::TaskDetail(fbb, *t, waiting));
-  // Its events, from its first one on; the look is bounded (a task's events are near
-  // each other in the stream).
-  if (t->first_seq == 0) return Status::Ok();
-  constexpr size_t kLookAt = 20000, kKeep = 500;
-  size_t looked = 0;
-  const std::string task_name = TaskName(t->id);
-  return log_.ForEach(t->first_seq, [&](const wire::Event& e) {
-    if (Str(e.task()) == task_name) events->push_back(codec::CopyEvent(fbb, e));
-    return ++looked < kLookAt && events->size() < kKeep && fbb.GetSize() < kReplyBytes;
-  });
+  std::string by = options_.authenticate ? bus::PrincipalOf(from).name : std::string();
+  End(t, TaskEvent::kCancel, wire::Reason::Cancelled,
+      by.empty() ? "cancelled by fm-ctl" : "cancelled by " + by + " (fm-ctl)", 0, now_ms);
 }
 
 void Engine::OnReplay(const std::string& from, const wire::ReplayRequest& req) {
@@ -1154,49 +750,8 @@ void Engine::OnReplay(const std::string& from, const wire::ReplayRequest& req) {
 // ---------------------------------------------------------------------------
 // Time and the end of a turn.
 
-void Engine::RefreshLiveness(uint64_t now_ms) { fleet_.TouchAll(now_ms); }
-
 void Engine::Tick(uint64_t now_ms) {
-  // The scheduler's own silence is not the fleet's. After a gap in its own ticks (a
-  // stalled loop, a paused process) every worker gets a fresh window: heartbeats sent
-  // meanwhile may not even have been read yet.
-  const uint64_t gap = options_.liveness_window_ms / 4;
-  if (last_tick_ms_ != 0 && now_ms > last_tick_ms_ + gap) {
-    RefreshLiveness(now_ms);
-    ++self_silences_;
-  }
-  last_tick_ms_ = now_ms;
-  std::vector<std::string> lost;
-  size_t confirmed = 0, confirmed_lost = 0;
-  for (const auto& [id, w] : fleet_.workers()) {
-    confirmed += w.confirmed;
-    if (now_ms > w.last_seen_ms + options_.liveness_window_ms) {
-      lost.push_back(id);
-      confirmed_lost += w.confirmed;
-    }
-  }
-  // Most of the fleet silent at once while nothing at all reached the scheduler lately:
-  // its own link (the broker, the network) is the likelier fault. Losses wait until it
-  // hears from the broker again; then every worker gets a fresh window.
-  const bool quiet = now_ms > last_inbound_ms_ + options_.liveness_window_ms / 2;
-  if (confirmed >= 2 && confirmed_lost * 2 > confirmed && quiet) {
-    if (hold_since_ms_ == 0) {
-      hold_since_ms_ = now_ms;
-      ++self_silences_;
-    }
-    lost.clear();
-  } else if (hold_since_ms_ != 0) {
-    hold_since_ms_ = 0;
-    if (last_inbound_ms_ > 0) RefreshLiveness(last_inbound_ms_);
-    lost.clear();
-  }
-  for (const auto& id : lost) {
-    const WorkerState& w = *fleet_.Find(id);
-    LoseWorker(id,
-               std::string(w.confirmed ? "no heartbeat for " : "did not re-register within ") +
-                   std::to_string(options_.liveness_window_ms) + " ms",
-               now_ms);
-  }
+  Apply(membership_.Tick(now_ms), now_ms);
   for (const auto& [id, w] : fleet_.workers()) {
     if (!w.confirmed) continue;
     for (uint64_t task_id : w.tasks) {
@@ -1208,146 +763,25 @@ void Engine::Tick(uint64_t now_ms) {
       }
     }
   }
-  // The reconnect grace of lost workers ends: tasks only they could run fail now.
-  for (auto it = lost_.begin(); it != lost_.end();) {
-    if (now_ms >= it->second.lost_ms + options_.reconnect_grace_ms) {
-      it = lost_.erase(it);
-      fleet_shrank_ = true;
-    } else {
-      ++it;
-    }
-  }
   log_.ApplyRetention(now_ms, &effects_.writes);
-  TrimEndedTasks(now_ms);
+  Status trimmed = ended_.Trim(now_ms, &effects_.writes, [&](const Task& t) { ForgetKey(t); });
+  if (!trimmed.ok() && read_error_.ok()) read_error_ = trimmed;
   ReleaseBackoff(now_ms);
 }
 
-Status Engine::RecoverEndedCount(const store::Store* store) {
-  // The first t/ key: ids below it were deleted.
-  std::string begin = keys::Task(0), end = keys::PrefixEnd(keys::kTaskPrefix);
-  Status s = store->Scan(begin, end, [&](std::string_view key, std::string_view) {
-    task_trim_from_ = keys::DecodeU64(key.substr(keys::kTaskPrefix.size()));
-    return false;
-  });
-  if (!s.ok()) return s;
-  auto counted = records::ReadMeta(*store, keys::kMetaEndedTasks, UINT64_MAX);
-  if (!counted.ok()) return counted.status();
-  if (*counted != UINT64_MAX) {
-    ended_stored_ = *counted;
-    ended_stored_persisted_ = true;
-    return Status::Ok();
+void Engine::ForgetKey(const Task& t) {
+  if (t.spec.key.empty()) return;
+  std::string scoped = ScopedKey(t.owner, t.spec.key);
+  // The key names this task (a key is first used by one task only).
+  auto named = records::ReadKey(*store_, scoped);
+  if (!named.ok()) {
+    // Not "no such key": the store cannot be read (engine.h, TakeReadError).
+    if (read_error_.ok()) read_error_ = named.status();
+  } else if (*named && **named == t.id) {
+    records::DeleteClientKey(&effects_.writes, scoped);
   }
-  // A store from before the count: count once, and write it with the next turn.
-  ended_stored_ = 0;
-  ended_stored_persisted_ = false;
-  return store->Scan(begin, end, [&](std::string_view, std::string_view) {
-    ++ended_stored_;
-    return true;
-  });
-}
-
-Status Engine::RecoverRecentEnded(const store::Store* store) {
-  // What fm-ctl tasks lists of ended tasks: the newest ones stored (t/ keys, in id
-  // order), found from the ids given last. Tasks end out of id order, so the window
-  // scanned is a few times the list.
-  const size_t keep = options_.recent_ended;
-  if (keep == 0) return Status::Ok();
-  const uint64_t window = 4 * static_cast<uint64_t>(keep);
-  const uint64_t first = std::max<uint64_t>(task_trim_from_, next_task_id_ > window ? next_task_id_ - window : 0);
-  std::vector<Task> found;
-  Status failed = Status::Ok();
-  Status s = store->Scan(keys::Task(first), keys::PrefixEnd(keys::kTaskPrefix),
-                         [&](std::string_view key, std::string_view value) {
-                           auto t = records::DecodeTask(value, key);
-                           if (!t.ok()) {
-                             failed = t.status();
-                             return false;
-                           }
-                           found.push_back(std::move(*t));
-                           return true;
-                         });
-  if (!s.ok()) return s;
-  if (!failed.ok()) return failed;
-  const size_t skip = found.size() > keep ? found.size() - keep : 0;
-  recent_ended_.assign(std::make_move_iterator(found.begin() + static_cast<long>(skip)),
-                       std::make_move_iterator(found.end()));
-  recent_next_ = 0;  // in id order: the oldest (first) is replaced first once the ring is full
-  return Status::Ok();
-}
-
-void Engine::TrimEndedTasks(uint64_t now_ms) {
-  if (store_ == nullptr || ended_stored_ == 0) return;
-  const uint64_t cutoff = now_ms > options_.task_retention_age_ms ? now_ms - options_.task_retention_age_ms : 0;
-  size_t budget = options_.task_trim_per_tick;
-  std::vector<Task> expired;
-  uint64_t over = ended_stored_ > options_.task_retention_count ? ended_stored_ - options_.task_retention_count : 0;
-  // The record at `key`: expired (by count, then age), or false to stop there.
-  auto consider = [&](std::string_view key, std::string_view value) {
-    auto t = records::DecodeTask(value, key);
-    if (!t.ok()) {
-      // An unreadable record is dropped with its count, never kept forever.
-      Task gone;
-      gone.id = keys::DecodeU64(key.substr(keys::kTaskPrefix.size()));
-      expired.push_back(std::move(gone));
-      return true;
-    }
-    uint64_t ended = t->ended_ms != 0 ? t->ended_ms : t->submitted_ms;
-    if (expired.size() >= over && ended >= cutoff) return false;
-    expired.push_back(std::move(*t));
-    return true;
-  };
-  // Stragglers first: they hold the lowest ids.
-  for (auto it = trim_stragglers_.begin(); it != trim_stragglers_.end() && budget > 0;) {
-    std::string key = keys::Task(*it);
-    auto value = store_->Get(key);
-    if (!value.ok()) {
-      if (read_error_.ok()) read_error_ = value.status();
-      return;
-    }
-    if (!value->has_value()) {  // written this turn: not visible yet
-      ++it;
-      continue;
-    }
-    if (!consider(key, **value)) break;
-    --budget;
-    it = trim_stragglers_.erase(it);
-  }
-  uint64_t cursor = task_trim_from_;
-  Status s = store_->Scan(keys::Task(task_trim_from_), keys::PrefixEnd(keys::kTaskPrefix),
-                          [&](std::string_view key, std::string_view value) {
-                            if (budget == 0) return false;
-                            if (!consider(key, value)) return false;
-                            cursor = expired.back().id + 1;
-                            --budget;
-                            return true;
-                          });
-  if (!s.ok()) {
-    if (read_error_.ok()) read_error_ = s;
-    return;
-  }
-  task_trim_from_ = cursor;
-  for (uint64_t id : ended_this_turn_) {
-    if (id < task_trim_from_) trim_stragglers_.insert(id);
-  }
-  for (const Task& t : expired) {
-    effects_.writes.Delete(keys::Task(t.id));
-    if (!t.spec.key.empty()) {
-      std::string scoped = ScopedKey(t.owner, t.spec.key);
-      // The key names this task (a key is first used by one task only).
-      auto named = records::ReadKey(*store_, scoped);
-      if (!named.ok()) {
-        // Not "no such key": the store cannot be read (engine.h, TakeReadError).
-        if (read_error_.ok()) read_error_ = named.status();
-      } else if (*named && **named == t.id) {
-        effects_.writes.Delete(keys::ClientKey(scoped));
-      }
-      auto cached = client_keys_.find(scoped);
-      if (cached != client_keys_.end() && cached->second == t.id) client_keys_.erase(cached);
-    }
-    --ended_stored_;
-    ++tasks_trimmed_;
-    ended_stored_persisted_ = false;
-  }
+  auto cached = client_keys_.find(scoped);
+  if (cached != client_keys_.end() && cached->second == t.id) client_keys_.erase(cached);
 }
 
 void Engine::FailUnrunnable(uint64_t now_ms) {
@@ -1358,7 +792,7 @@ void Engine::FailUnrunnable(uint64_t now_ms) {
   pending_.ForEachDemand([&](const TaskSpec& demand, const std::vector<uint64_t>& ids) {
     if (fleet_.AnyEligible(demand)) return;
     uint64_t last_lost_ms = 0;
-    if (LostEligible(demand, &last_lost_ms) > 0) {
+    if (membership_.LostEligible(demand, &last_lost_ms) > 0) {
       waiting.insert(waiting.end(), ids.begin(), ids.end());
     } else {
       doomed.push_back({ids, fleet_.Explain(demand)});
@@ -1367,29 +801,9 @@ void Engine::FailUnrunnable(uint64_t now_ms) {
   for (uint64_t id : waiting) MarkWaiting(&active_.at(id), now_ms);
   for (const auto& [ids, why] : doomed) {
     for (uint64_t id : ids) {
-      End(&active_.at(id), wire::TaskState::Failed, wire::Reason::NoEligibleWorker, why.message, 0, now_ms, &why);
+      End(&active_.at(id), TaskEvent::kUnrunnable, wire::Reason::NoEligibleWorker, why.message, 0, now_ms, &why);
     }
   }
-}
-
-size_t Engine::LostEligible(const TaskSpec& spec, uint64_t* last_lost_ms) const {
-  size_t n = 0;
-  for (const auto& [id, lost] : lost_) {
-    if (!CheckEligible(spec, lost.shape).ok()) continue;
-    ++n;
-    *last_lost_ms = std::max(*last_lost_ms, lost.lost_ms);
-  }
-  return n;
-}
-
-std::string Engine::WaitingForLost(const TaskSpec& spec, uint64_t now_ms) const {
-  uint64_t last_lost_ms = 0;
-  size_t n = LostEligible(spec, &last_lost_ms);
-  if (n == 0) return {};
-  uint64_t ago_s = (now_ms - std::min(now_ms, last_lost_ms)) / 1000;
-  return "waiting: " + std::to_string(n) + (n == 1 ? " eligible worker" : " eligible workers") + " lost " +
-         std::to_string(ago_s) + " s ago; fails no_eligible_worker if none is back within the reconnect grace (" +
-         std::to_string(options_.reconnect_grace_ms / 1000) + " s)";
 }
 
 void Engine::MarkWaiting(Task* t, uint64_t now_ms) {
@@ -1399,7 +813,7 @@ void Engine::MarkWaiting(Task* t, uint64_t now_ms) {
   f.type = wire::EventType::TaskWaiting;
   f.task = t->id;
   f.attempt = t->attempt;
-  f.message = WaitingForLost(t->spec, now_ms);
+  f.message = membership_.WaitingForLost(t->spec, now_ms);
   Emit(f, now_ms);
 }
 
@@ -1451,7 +865,7 @@ void Engine::FlushBatched() {
     std::vector<flatbuffers::Offset<wire::TaskRef>> offsets;
     offsets.reserve(refs.size());
     for (auto [task, attempt] : refs) offsets.push_back(wire::CreateTaskRef(fbb, task, attempt));
-    auto first = refs.empty() ? 0 : wire::CreateTaskRef(fbb, refs.front().first, refs.front().second);
+    auto first = refs.empty() ? 0 : wire::CreateTaskRef(fbb, refs.front().task, refs.front().attempt);
     auto taken = output_taken_.find(address);
     uint64_t output = taken == output_taken_.end() ? 0 : taken->second;
     Send(address, codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, first, fbb.CreateVector(offsets), output)));
@@ -1486,20 +900,16 @@ void Engine::FinishTurn(uint64_t now_ms) {
   std::sort(dirty_tasks_.begin(), dirty_tasks_.end());
   dirty_tasks_.erase(std::unique(dirty_tasks_.begin(), dirty_tasks_.end()), dirty_tasks_.end());
   for (uint64_t id : dirty_tasks_) {
-    if (const Task* t = active_task(id)) records::PutTask(&effects_.writes, keys::ActiveTask(id), *t, scratch_);
+    if (const Task* t = active_task(id)) records::PutActiveTask(&effects_.writes, *t, scratch_);
   }
   dirty_tasks_.clear();
-  if (!ended_stored_persisted_) {
-    effects_.writes.Put(std::string(keys::kMetaEndedTasks), keys::EncodeU64(ended_stored_));
-    ended_stored_persisted_ = true;
-  }
-  ended_this_turn_.clear();
+  ended_.FinishTurn(&effects_.writes);
   if (next_task_id_ != persisted_task_id_) {
-    effects_.writes.Put(std::string(keys::kMetaNextTask), keys::EncodeU64(next_task_id_));
+    records::PutNextTaskId(&effects_.writes, next_task_id_);
     persisted_task_id_ = next_task_id_;
   }
   if (!epoch_persisted_) {
-    effects_.writes.Put(std::string(keys::kMetaEpoch), keys::EncodeU64(epoch_));
+    records::PutEpoch(&effects_.writes, epoch_);
     epoch_persisted_ = true;
   }
 }
@@ -1534,16 +944,11 @@ EngineCensus Engine::Census() const {
         break;
     }
   }
-  for (const auto& [id, w] : fleet_.workers()) {
-    if (!w.confirmed) {
-      ++c.workers_unconfirmed;
-    } else if (w.draining) {
-      ++c.workers_draining;
-    } else {
-      ++c.workers_live;
-    }
-  }
-  c.workers_lost = lost_.size();
+  WorkerCounts workers = membership_.Count();
+  c.workers_live = workers.live;
+  c.workers_draining = workers.draining;
+  c.workers_unconfirmed = workers.unconfirmed;
+  c.workers_lost = workers.lost;
   return c;
 }
 

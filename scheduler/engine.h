@@ -4,10 +4,10 @@
 // (scheduler/daemon.h) feeds it and, once per loop turn, commits Effects::writes as one
 // synced WriteBatch before sending anything in Effects (group commit).
 //
-// Task states: pending -> queued(worker) -> running -> succeeded | failed | cancelled.
-// A lost worker or a retryable failure sends a task back to pending with attempt + 1,
-// up to max_attempts. A task no live worker could ever run fails at once with reason
-// no_eligible_worker.
+// Task states: pending -> queued(worker) -> running -> succeeded | failed | cancelled;
+// every transition is in one table (task_machine.h). A lost worker or a retryable
+// failure sends a task back to pending with attempt + 1, up to max_attempts. A task no
+// live worker could ever run fails at once with reason no_eligible_worker.
 //
 // The engine holds the transitions; it talks to narrow parts: the fleet index
 // (fleet_index.h), the pending set (pending.h), the event log (event_log.h), the store's
@@ -28,14 +28,19 @@
 #include <utility>
 #include <vector>
 
+#include "runtime/policy.h"
+#include "scheduler/control.h"
 #include "scheduler/effects.h"
+#include "scheduler/ended_tasks.h"
 #include "scheduler/event_log.h"
 #include "scheduler/explain.h"
 #include "scheduler/fleet.h"
 #include "scheduler/fleet_index.h"
+#include "scheduler/membership.h"
 #include "scheduler/pending.h"
 #include "scheduler/placement.h"
 #include "scheduler/task.h"
+#include "scheduler/task_machine.h"
 #include "schemas/fm_generated.h"
 #include "schemas/model.h"
 #include "store/store.h"
@@ -136,16 +141,16 @@ class Engine {
   uint64_t stored_events() const { return log_.stored_events(); }
   uint64_t stored_log_bytes() const { return log_.stored_log_bytes(); }
   // Ended tasks the store holds (t/), and those deleted by their retention since the start.
-  uint64_t stored_ended_tasks() const { return ended_stored_; }
-  uint64_t tasks_trimmed() const { return tasks_trimmed_; }
-  // The store's cluster epoch (store/keys.h kMetaEpoch).
+  uint64_t stored_ended_tasks() const { return ended_.stored(); }
+  uint64_t tasks_trimmed() const { return ended_.trimmed(); }
+  // The store's cluster epoch (records::ReadEpoch).
   uint64_t epoch() const { return epoch_; }
   // Waiting tasks offered to placement since the start: one per task placed, plus at
   // most one per demand and walk that found no room (however long the backlog).
   uint64_t placement_offers() const { return placement_offers_; }
   // Times the scheduler suspected its own silence (a gap in its ticks, or a mass
   // silence held) instead of losing workers.
-  uint64_t self_silences() const { return self_silences_; }
+  uint64_t self_silences() const { return membership_.self_silences(); }
   // Messages refused for their sender (role, ownership, a report from the wrong worker).
   uint64_t unauthorized() const { return unauthorized_; }
   const EngineStats& stats() const { return stats_; }
@@ -156,44 +161,28 @@ class Engine {
 
  private:
   void OnSubmit(const std::string& from, const wire::SubmitRequest& req, uint64_t now_ms);
-  void OnRegistration(const wire::WorkerRegistration& reg, uint64_t now_ms);
-  void OnHeartbeat(const wire::WorkerHeartbeat& hb, uint64_t now_ms);
+  // What membership decided, as task transitions: a lost worker's tasks back to pending,
+  // a rejoined worker reconciled with what it says it holds.
+  void Apply(const MembershipVerdict& verdict, uint64_t now_ms);
   void OnTaskStarted(const std::string& from, const wire::TaskRef& ref, uint64_t now_ms,
                      std::vector<std::string> gpus = {});
   // A session's sshd answers: stored, task.ready, and the watching submitter told.
   void OnTaskReady(const std::string& from, const wire::TaskReady& msg, uint64_t now_ms);
-  // worker.quarantined for each capability newly withdrawn, worker.recovered for each back.
-  void EmitQuarantines(const std::string& id, const std::map<std::string, std::string>& before,
-                       const std::map<std::string, std::string>& after, uint64_t now_ms);
   void OnTaskFinished(const std::string& from, const wire::TaskFinished& msg, uint64_t now_ms);
   void OnWorkerReport(const std::string& from, const wire::WorkerReport& report, uint64_t now_ms);
   void FlushBatched();
   void OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64_t now_ms);
-  // With authentication: `address` is one worker `id`'s key may hold.
-  bool FromWorkerNamed(const std::string& address, const std::string& id) const;
-  // `address` is worker `id`'s registered one (or, for a worker no longer in the fleet,
-  // one its key may hold).
-  bool FromWorkerOf(const std::string& address, const std::string& id) const;
   // Notes a refused message for the log.
   void Refused(const std::string& from, const std::string& what);
-  void OnControl(const std::string& from, const wire::ControlRequest& req, uint64_t now_ms);
+  friend struct control::Internals;  // fm-ctl's answers read the state (control.h)
   void OnReplay(const std::string& from, const wire::ReplayRequest& req);
-  // fm-ctl task ID: the task with its spec, why it waits, and its retained events.
-  // `only_owner`: a client's view, refused any task of another owner.
-  Status TaskDetail(flatbuffers::FlatBufferBuilder& fbb, const std::string& name,
-                    const std::optional<std::string>& only_owner, std::vector<flatbuffers::Offset<wire::TaskView>>* out,
-                    std::vector<flatbuffers::Offset<wire::Event>>* events, uint64_t now_ms);
+  // fm-ctl cancel (authorized): the task ends cancelled; its attempt, if dispatched, is
+  // told to stop, and its output is kept until the worker says it ended.
+  void Cancel(Task* t, const std::string& from, uint64_t now_ms);
 
-  void Reconcile(const WorkerState& w, const flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>* held,
-                 uint64_t now_ms);
-  void LoseWorker(const std::string& id, const std::string& why, uint64_t now_ms);
-  // Every worker's liveness window starts again at `now_ms`.
-  void RefreshLiveness(uint64_t now_ms);
-  // Lost workers within the reconnect grace that could run `spec`: how many, and when
-  // the last of them was lost.
-  size_t LostEligible(const TaskSpec& spec, uint64_t* last_lost_ms) const;
-  // "waiting: 1 eligible worker lost 4 s ago ..." for a task that waits for lost workers.
-  std::string WaitingForLost(const TaskSpec& spec, uint64_t now_ms) const;
+  // The tasks queued or running on `worker_id` that it does not hold are sent again
+  // (queued) or re-placed (running); what it holds that is not its to run is cancelled.
+  void Reconcile(const std::string& worker_id, const std::set<AttemptRef>& held, uint64_t now_ms);
   // The task waits for a lost worker: say so once on the stream.
   void MarkWaiting(Task* t, uint64_t now_ms);
   void Queue(Task* t, const std::string& worker_id, uint64_t now_ms);
@@ -208,18 +197,19 @@ class Engine {
   static constexpr uint32_t kHandBacksWithoutBackoff = 3;
   // Tasks whose retry backoff is over join the pending set.
   void ReleaseBackoff(uint64_t now_ms);
-  // Terminal transition. Removes the task from the active set; `t` is invalid after.
-  void End(Task* t, wire::TaskState state, wire::Reason reason, const std::string& message, int32_t exit_code,
+  // Takes `t` to the state task_machine.h gives for `event`; false, and nothing changed,
+  // when the table has no such transition.
+  bool Step(Task* t, TaskEvent event);
+  // A terminal transition (`event`: succeed, fail, cancel, unrunnable); refused (nothing
+  // changes) when the table has none from the task's state. Removes the task from the
+  // active set; `t` is invalid after.
+  void End(Task* t, TaskEvent event, wire::Reason reason, const std::string& message, int32_t exit_code,
            uint64_t now_ms, const Explanation* explanation = nullptr);
   void Unassign(Task* t);
   void FailUnrunnable(uint64_t now_ms);
-  // Deletes ended tasks past their retention (count, then age), with their keys.
-  void TrimEndedTasks(uint64_t now_ms);
-  // The count of t/ records (and the lowest), from the meta key or, for an older store, a scan.
-  Status RecoverEndedCount(const store::Store* store);
-  // The newest ended tasks of the store into recent_ended_. REQUIRES: next_task_id_ and
-  // task_trim_from_ read (RecoverEndedCount).
-  Status RecoverRecentEnded(const store::Store* store);
+  // An ended task's record was deleted by its retention: so is its client key, if it
+  // still names it.
+  void ForgetKey(const Task& t);
   void PlacePending(uint64_t now_ms);
   static PendingSet::Entry LineOf(const Task& t) { return PendingSet::Entry::Of(t.spec.priority, t.order, t.id); }
   void FlushDispatches();
@@ -229,13 +219,10 @@ class Engine {
     }
     log_.Append(fields, now_ms, &effects_);
   }
-  // Who may take an action: any user (client or operator), an operator, the task's owner
-  // (a client) or an operator.
-  enum class Who { kUser, kOperator, kOwner };
-  // The sender of a directed message may do `action` (always, unauthenticated). When not,
-  // it gets an Error "unauthorized" naming its role and the action, and the refusal is
-  // noted for the log.
-  bool Authorized(const std::string& from, const char* action, Who who, const std::string& owner = "");
+  // The sender of a directed message may do `action` (bus::MayAct; always,
+  // unauthenticated). When not, it gets an Error "unauthorized" naming its role and the
+  // action, and the refusal is noted for the log.
+  bool Authorized(const std::string& from, bus::Action action, const std::string& owner = "");
   // A report about `t` comes from the worker the task is on (its registered address).
   bool FromTaskWorker(const Task& t, const std::string& from, const char* what);
   // The client whose view is limited to its own tasks; none for an operator, or when
@@ -257,8 +244,6 @@ class Engine {
   // nullopt when `key` was never used. Error: the store could not be read (never taken
   // for "not found": a resubmission must not create a second task).
   Result<std::optional<KeyedTask>> FindKeyed(const std::string& key);
-  // The ended task `id` from the store; nullopt when it is not there (or no store).
-  Result<std::optional<Task>> ReadEnded(uint64_t id) const;
 
   EngineOptions options_;
   const store::Store* store_ = nullptr;
@@ -266,14 +251,9 @@ class Engine {
   Status read_error_;
   EventLog log_;
 
-  Fleet fleet_;  // every worker believed live, indexed by class
-  struct LostWorker {
-    WorkerState shape;  // as last announced
-    uint64_t lost_ms = 0;
-  };
-  std::map<std::string, LostWorker> lost_;  // lost within the reconnect grace, by id
-  // Instances that a restart on their node replaced: refused if they speak again.
-  std::set<std::pair<std::string, uint64_t>> replaced_;
+  Membership membership_;                      // who is in the fleet and alive (membership.h)
+  Fleet& fleet_;                               // membership's index, where tasks are placed and reserved
+  EndedTasks ended_;                           // the ended tasks' records and their retention (ended_tasks.h)
   std::unordered_map<uint64_t, Task> active_;  // tasks not yet ended
   PendingSet pending_;                         // tasks waiting for room, per demand
   std::multimap<uint64_t, uint64_t> backoff_;  // due time -> pending task in retry backoff (may be stale)
@@ -281,7 +261,7 @@ class Engine {
   std::vector<uint64_t> dirty_tasks_;  // active tasks whose a/ record changed this turn (may repeat)
   std::map<std::string, std::vector<uint64_t>> dispatches_;  // worker id -> tasks to send
   // Sent once per turn per address: acknowledgements of results, ended tasks for watchers.
-  std::map<std::string, std::vector<std::pair<uint64_t, uint32_t>>> acks_;
+  std::map<std::string, std::vector<AttemptRef>> acks_;
   std::map<std::string, uint64_t> output_taken_;  // worker address -> TaskLog bytes this turn
   struct EndedResult {
     uint64_t task;
@@ -290,7 +270,6 @@ class Engine {
     std::string message, worker;
   };
   std::map<std::string, std::vector<EndedResult>> ended_for_watchers_;
-  std::vector<Task> recent_ended_;  // ring for fm-ctl tasks (the newest stored, after a restart)
   // Cancelled attempts still stopping (SIGTERM, then the kill timeout): their output is
   // kept until the worker reports them ended. At most 10,000, oldest id dropped first.
   struct WindingDown {
@@ -298,7 +277,6 @@ class Engine {
     std::string worker, owner;
   };
   std::map<uint64_t, WindingDown> winding_down_;
-  size_t recent_next_ = 0;
 
   uint64_t next_task_id_ = 1;
   uint64_t next_order_ = 1;
@@ -306,16 +284,8 @@ class Engine {
   uint64_t epoch_ = 0;
   bool epoch_persisted_ = false;
   uint64_t placement_offers_ = 0;
-  uint64_t last_tick_ms_ = 0, last_inbound_ms_ = 0, hold_since_ms_ = 0;
-  uint64_t self_silences_ = 0;
   uint64_t unauthorized_ = 0;
   EngineStats stats_;
-  uint64_t ended_stored_ = 0;  // t/ records
-  bool ended_stored_persisted_ = false;
-  uint64_t task_trim_from_ = 1;  // ids below it hold no t/ record any more
-  uint64_t tasks_trimmed_ = 0;
-  std::set<uint64_t> trim_stragglers_;     // ended below the cursor: trimmed apart
-  std::vector<uint64_t> ended_this_turn_;  // ended at or above the cursor this turn
   bool fleet_shrank_ = false;
   bool placement_needed_ = false;
 

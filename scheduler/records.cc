@@ -31,6 +31,27 @@ void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t,
   writes->Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 
+void DeleteWorker(store::WriteBatch* writes, const std::string& id) { writes->Delete(keys::Worker(id)); }
+
+void PutActiveTask(store::WriteBatch* writes, const Task& t, flatbuffers::FlatBufferBuilder& scratch) {
+  PutTask(writes, keys::ActiveTask(t.id), t, scratch);
+}
+
+void PutClientKey(store::WriteBatch* writes, const std::string& key, uint64_t task) {
+  writes->Put(keys::ClientKey(key), keys::EncodeU64(task));
+}
+
+void DeleteClientKey(store::WriteBatch* writes, const std::string& key) { writes->Delete(keys::ClientKey(key)); }
+
+Result<uint64_t> ReadNextTaskId(const store::Store& store) { return ReadMeta(store, keys::kMetaNextTask, 1); }
+Result<uint64_t> ReadEpoch(const store::Store& store) { return ReadMeta(store, keys::kMetaEpoch, 0); }
+void PutNextTaskId(store::WriteBatch* writes, uint64_t id) {
+  writes->Put(std::string(keys::kMetaNextTask), keys::EncodeU64(id));
+}
+void PutEpoch(store::WriteBatch* writes, uint64_t epoch) {
+  writes->Put(std::string(keys::kMetaEpoch), keys::EncodeU64(epoch));
+}
+
 void PutWorker(store::WriteBatch* writes, const WorkerState& w) {
   flatbuffers::FlatBufferBuilder fbb(512);
   auto caps = codec::ToWire(fbb, w.capabilities);

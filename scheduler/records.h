@@ -23,6 +23,18 @@ namespace fm::sched::records {
 void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t, flatbuffers::FlatBufferBuilder& scratch);
 // Encodes `w`'s announcement and drain state as a wire.WorkerRecord at w/<id>.
 void PutWorker(store::WriteBatch* writes, const WorkerState& w);
+// Deletes worker `id`'s record (it was lost).
+void DeleteWorker(store::WriteBatch* writes, const std::string& id);
+// A task not ended, at a/<id>.
+void PutActiveTask(store::WriteBatch* writes, const Task& t, flatbuffers::FlatBufferBuilder& scratch);
+// The task a client key (scoped by owner) names, at k/<key>; deleted with the task.
+void PutClientKey(store::WriteBatch* writes, const std::string& key, uint64_t task);
+void DeleteClientKey(store::WriteBatch* writes, const std::string& key);
+// The meta counters: the next task id (1 when absent) and the cluster epoch (0: none yet).
+Result<uint64_t> ReadNextTaskId(const store::Store& store);
+Result<uint64_t> ReadEpoch(const store::Store& store);
+void PutNextTaskId(store::WriteBatch* writes, uint64_t id);
+void PutEpoch(store::WriteBatch* writes, uint64_t epoch);
 
 // Decodes a wire.TaskRecord. Error: it does not verify.
 Result<Task> DecodeTask(std::string_view value, std::string_view key);

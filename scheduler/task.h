@@ -35,6 +35,13 @@ struct Task {
   bool waiting_for_lost = false;       // told the stream it waits for a lost worker (not stored)
 };
 
+// "a, b": the workers a task failed on, for task.retrying and fm-ctl task.
+inline std::string Listed(const std::vector<std::string>& ids) {
+  std::string out;
+  for (const auto& id : ids) out += (out.empty() ? "" : ", ") + id;
+  return out;
+}
+
 // "pending", "queued", "running", "succeeded", "failed", "cancelled".
 inline const char* StateName(wire::TaskState s) {
   switch (s) {

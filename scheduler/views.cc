@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "schemas/codec.h"
-#include "schemas/json.h"
+#include "schemas/validate.h"
 #include "schemas/vocabulary.h"
 
 namespace fm::sched::views {

@@ -14,6 +14,14 @@
 
 namespace fm {
 
+// One attempt of one task: what workers and the scheduler name a delivery by (a task is
+// run again as a new attempt; a late word about an earlier one is told apart by it).
+struct AttemptRef {
+  uint64_t task = 0;
+  uint32_t attempt = 0;
+  auto operator<=>(const AttemptRef&) const = default;
+};
+
 // Sorted by key, keys unique.
 using Labels = std::vector<std::pair<std::string, std::string>>;
 

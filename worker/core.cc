@@ -4,9 +4,9 @@
 
 #include "runtime/addresses.h"
 #include "schemas/codec.h"
-#include "schemas/json.h"
 #include "schemas/text.h"
 #include "schemas/units.h"
+#include "schemas/validate.h"
 #include "schemas/vocabulary.h"
 #include "worker/gpus.h"
 
@@ -98,8 +98,8 @@ void WorkerCore::OnDispatch(const wire::Dispatch& dispatch) {
     // gave up on them and freed their slot); a newer one makes this delivery stale.
     std::vector<Ref> older;
     bool stale = false;
-    for (auto it = runs_.lower_bound({ref.first, 0}); it != runs_.end() && it->first.first == ref.first; ++it) {
-      if (it->first.second > ref.second) {
+    for (auto it = runs_.lower_bound({ref.task, 0}); it != runs_.end() && it->first.task == ref.task; ++it) {
+      if (it->first.attempt > ref.attempt) {
         stale = true;
       } else {
         older.push_back(it->first);
@@ -133,7 +133,7 @@ std::vector<bool> WorkerCore::BusyGpus() const {
 
 void WorkerCore::Admit(const Ref& ref, TaskSpec spec, std::string owner) {
   RunState run{true, epoch_};
-  run.capability = spec.image.empty() && !spec.session ? "" : "docker";
+  run.capability = RunsInContainer(spec) ? "docker" : "";
   run.image = spec.image;
   run.waiting = true;
   run.spec = std::move(spec);
@@ -363,7 +363,7 @@ void WorkerCore::SendLog(const Ref& ref, const std::string& stream, std::string_
 void WorkerCore::FlushLogs() {
   for (auto& p : pending_logs_) {
     flatbuffers::FlatBufferBuilder fbb(p.data.size() + 128);
-    auto r = wire::CreateTaskRef(fbb, p.ref.first, p.ref.second);
+    auto r = wire::CreateTaskRef(fbb, p.ref.task, p.ref.attempt);
     auto log = wire::CreateTaskLog(fbb, r, fbb.CreateString(p.stream), fbb.CreateString(p.data));
     out_.to_scheduler.push_back(codec::Seal(fbb, log));
   }
@@ -418,7 +418,7 @@ void WorkerCore::OnRunReady(const Ref& ref, const Endpoint& endpoint) {
 
 void WorkerCore::SendReady(const Ref& ref, const Endpoint& endpoint) {
   flatbuffers::FlatBufferBuilder fbb(256);
-  auto r = wire::CreateTaskRef(fbb, ref.first, ref.second);
+  auto r = wire::CreateTaskRef(fbb, ref.task, ref.attempt);
   out_.to_scheduler.push_back(
       codec::Seal(fbb, wire::CreateTaskReady(fbb, r, fbb.CreateString(identity_.id), codec::ToWire(fbb, endpoint))));
 }
@@ -487,7 +487,7 @@ flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>> Ref
                                                                                   const std::vector<Ref>& refs) {
   std::vector<flatbuffers::Offset<wire::TaskRef>> offsets;
   offsets.reserve(refs.size());
-  for (const Ref& r : refs) offsets.push_back(wire::CreateTaskRef(fbb, r.first, r.second));
+  for (const Ref& r : refs) offsets.push_back(wire::CreateTaskRef(fbb, r.task, r.attempt));
   return fbb.CreateVector(offsets);
 }
 }  // namespace
@@ -536,14 +536,14 @@ WorkerOutbox WorkerCore::EndTurn() {
       auto f = finished_.find(ref);
       if (f == finished_.end()) continue;
       const RunResult& r = f->second.result;
-      finished.push_back(wire::CreateTaskFinished(fbb, wire::CreateTaskRef(fbb, ref.first, ref.second), worker,
+      finished.push_back(wire::CreateTaskFinished(fbb, wire::CreateTaskRef(fbb, ref.task, ref.attempt), worker,
                                                   r.outcome, r.exit_code, fbb.CreateString(r.message), r.reason));
     }
     std::vector<flatbuffers::Offset<wire::AttemptDevices>> devices;
     for (const Ref& ref : report_started_) {
       auto d = report_devices_.find(ref);
       if (d == report_devices_.end()) continue;
-      devices.push_back(wire::CreateAttemptDevices(fbb, wire::CreateTaskRef(fbb, ref.first, ref.second),
+      devices.push_back(wire::CreateAttemptDevices(fbb, wire::CreateTaskRef(fbb, ref.task, ref.attempt),
                                                    codec::ToWire(fbb, d->second)));
     }
     out_.to_scheduler.push_back(

@@ -17,7 +17,7 @@
 
 namespace fm::worker {
 
-using Ref = std::pair<uint64_t, uint32_t>;  // task, attempt
+using Ref = AttemptRef;  // schemas/model.h
 
 struct RunResult {
   wire::Outcome outcome = wire::Outcome::Succeeded;

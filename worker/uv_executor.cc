@@ -98,7 +98,7 @@ std::string AttemptVar(uint32_t attempt) { return "FM_ATTEMPT=" + std::to_string
 std::string WorkerVar(const std::string& id) { return "FM_WORKER_ID=" + id; }
 // This worker process's mark on one attempt's processes.
 std::string RunVar(const std::string& instance, const Ref& ref) {
-  return "FM_RUN_ID=" + instance + "-t" + std::to_string(ref.first) + "-" + std::to_string(ref.second);
+  return "FM_RUN_ID=" + instance + "-t" + std::to_string(ref.task) + "-" + std::to_string(ref.attempt);
 }
 
 // Image tasks and sessions run in containers; the rest as processes.
@@ -333,7 +333,7 @@ void UvExecutor::StartExec(Run* run) {
   vars.Set("LOGNAME", as.name);
   vars.Set("LANG", "C.UTF-8");
   for (const auto& [name, value] : run->spec.env) vars.Set(name, value);
-  for (const std::string& v : {TaskVar(run->ref.first), AttemptVar(run->ref.second), WorkerVar(options_.worker_id),
+  for (const std::string& v : {TaskVar(run->ref.task), AttemptVar(run->ref.attempt), WorkerVar(options_.worker_id),
                                RunVar(options_.instance, run->ref)}) {
     vars.Set(v.substr(0, v.find('=')), v.substr(v.find('=') + 1));
   }
@@ -349,7 +349,7 @@ void UvExecutor::StartExec(Run* run) {
   std::vector<std::string> argv = run->spec.command;
   if (run->spawn_error.empty() && limited) {
     // Unique in this process (a new store's task ids start again): never a leaf still being removed.
-    run->leaf = "fm-t" + std::to_string(run->ref.first) + "-" + std::to_string(run->ref.second) + "-" +
+    run->leaf = "fm-t" + std::to_string(run->ref.task) + "-" + std::to_string(run->ref.attempt) + "-" +
                 std::to_string(++leaves_made_);
     CgroupLimits limits;
     limits.cpus_milli = run->spec.resources.cpus_milli;
@@ -562,7 +562,7 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id,
   DockerClient::ContainerSpec spec;
   EnvBuilder vars;
   for (const auto& [name, value] : r->spec.env) vars.Set(name, value);
-  for (const std::string& v : {TaskVar(r->ref.first), AttemptVar(r->ref.second), WorkerVar(worker_id)}) {
+  for (const std::string& v : {TaskVar(r->ref.task), AttemptVar(r->ref.attempt), WorkerVar(worker_id)}) {
     vars.Set(v.substr(0, v.find('=')), v.substr(v.find('=') + 1));
   }
   SetGpuVars(&vars, r->grant.gpus);  // also over an image's ENV NVIDIA_VISIBLE_DEVICES=all
@@ -585,8 +585,8 @@ void UvExecutor::RunContainer(Run* r, std::string socket, std::string worker_id,
   spec.env = vars.Lines();
   spec.cwd = r->spec.cwd;
   // Marks that say whose it is (a restarted worker removes its orphans by them).
-  spec.labels = {{"fm.task", "t" + std::to_string(r->ref.first)},
-                 {"fm.attempt", std::to_string(r->ref.second)},
+  spec.labels = {{"fm.task", "t" + std::to_string(r->ref.task)},
+                 {"fm.attempt", std::to_string(r->ref.attempt)},
                  {"fm.worker", worker_id}};
   // What placement reserved is what the container may use.
   spec.cpus_milli = r->spec.resources.cpus_milli;

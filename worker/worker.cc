@@ -11,8 +11,8 @@
 #include <random>
 
 #include "schemas/codec.h"
-#include "schemas/json.h"
 #include "schemas/units.h"
+#include "schemas/validate.h"
 #include "worker/docker_client.h"
 #include "worker/uv_executor.h"
 

@@ -4,8 +4,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "runtime/addresses.h"
 #include "engine_harness.h"
+#include "runtime/addresses.h"
 
 using namespace fm;
 using namespace fm::bus;
@@ -171,4 +171,33 @@ TEST_CASE("a subscription is taken only when it could match a published topic, a
   CHECK(TaskTopic("") == "task.-/");
   Status s = MaySubscribe(Role::kOperator, "ops", std::string("ab\x01", 3));
   CHECK_THAT(s.message(), Contains("\"ab?\"") && Contains("matches no topic"));
+}
+
+TEST_CASE("who may ask what of the scheduler, one rule per action: every role against every action", "[unit]") {
+  // Expected, per action: may a client do it (on its own task / another's), may an operator.
+  struct Row {
+    Action action;
+    bool client_own, client_other, operator_any;
+  };
+  const Row rows[] = {
+      {Action::kSubmit, true, true, true},    {Action::kList, true, true, true},
+      {Action::kReplay, true, true, true},    {Action::kDrain, false, false, true},
+      {Action::kUndrain, false, false, true}, {Action::kSnapshot, false, false, true},
+      {Action::kCancel, true, false, true},
+  };
+  for (const Row& row : rows) {
+    INFO(ActionText(row.action));
+    CHECK(MayAct(Role::kClient, "alice", row.action, "alice").ok() == row.client_own);
+    CHECK(MayAct(Role::kClient, "alice", row.action, "bob").ok() == row.client_other);
+    CHECK(MayAct(Role::kOperator, "ops", row.action, "bob").ok() == row.operator_any);
+    // Nobody else asks the scheduler anything: workers, brokers, the scheduler's own key,
+    // and a keyless sender (the engine does not ask without authentication).
+    for (Role other : {Role::kWorker, Role::kBroker, Role::kScheduler, Role::kNone}) {
+      CHECK_FALSE(MayAct(other, "alice", row.action, "alice").ok());
+    }
+  }
+  CHECK_THAT(MayAct(Role::kClient, "bob", Action::kCancel, "alice").message(),
+             Contains("role client (\"bob\") may not cancel this task") && Contains("belongs to \"alice\""));
+  CHECK_THAT(MayAct(Role::kClient, "bob", Action::kDrain).message(), Contains("that takes role operator"));
+  CHECK_THAT(MayAct(Role::kWorker, "w1", Action::kSubmit).message(), Contains("role worker (\"w1\") may not submit"));
 }

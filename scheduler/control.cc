@@ -1,0 +1,180 @@
+#include "scheduler/control.h"
+
+#include "runtime/policy.h"
+#include "scheduler/engine.h"
+#include "scheduler/views.h"
+#include "schemas/codec.h"
+#include "schemas/vocabulary.h"
+
+namespace fm::sched::control {
+
+using codec::Str;
+
+// What reads the engine's state (a friend of it).
+struct Internals {
+  static Status TaskDetail(const Engine& e, flatbuffers::FlatBufferBuilder& fbb, const std::string& name,
+                           const std::optional<std::string>& only_owner,
+                           std::vector<flatbuffers::Offset<wire::TaskView>>* out,
+                           std::vector<flatbuffers::Offset<wire::Event>>* events, uint64_t now_ms);
+  static void Handle(Engine& e, const std::string& from, const wire::ControlRequest& req, uint64_t now_ms);
+};
+
+// fm-ctl task ID: the task with its spec, why it waits, and its retained events.
+// `only_owner`: a client's view, refused any task of another owner.
+Status Internals::TaskDetail(const Engine& e, flatbuffers::FlatBufferBuilder& fbb, const std::string& name,
+                             const std::optional<std::string>& only_owner,
+                             std::vector<flatbuffers::Offset<wire::TaskView>>* out,
+                             std::vector<flatbuffers::Offset<wire::Event>>* events, uint64_t now_ms) {
+  uint64_t id = 0;
+  if (!ParseTaskName(name, &id)) return Status::Invalid("\"" + name + "\" is not a task id (t42)");
+  std::optional<Task> stored;
+  const Task* t = e.active_task(id);
+  if (!t) t = e.ended_.FindRecent(id);
+  if (!t) {
+    auto read = e.ended_.Find(id);
+    if (!read.ok()) return read.status();
+    stored = std::move(*read);
+    if (!stored) return Status::NotFound("no task " + TaskName(id));
+    t = &*stored;
+  }
+  if (only_owner && t->owner != *only_owner) {
+    return Status::Invalid("task " + TaskName(id) + " is not " + *only_owner +
+                           "'s: a client sees only the tasks it submitted (an operator sees all)");
+  }
+  std::string waiting;
+  if (t->state == wire::TaskState::Pending && t->not_before_ms > now_ms) {
+    waiting = "retry backoff: placed again in " + std::to_string((t->not_before_ms - now_ms + 999) / 1000) + " s";
+  } else if (t->state == wire::TaskState::Pending) {
+    Explanation why = e.fleet_.Explain(t->spec);
+    waiting = why.eligible > 0 ? std::to_string(why.eligible) + " eligible, all full"
+                               : e.membership_.WaitingForLost(t->spec, now_ms);
+    if (waiting.empty()) waiting = "no eligible worker: " + why.message;
+    if (!t->failed_on.empty() && why.eligible > 0) waiting += "; not on " + Listed(t->failed_on) + ", which failed it";
+  }
+  out->push_back(views::TaskDetail(fbb, *t, waiting));
+  // Its events, from its first one on; the look is bounded (a task's events are near
+  // each other in the stream).
+  if (t->first_seq == 0) return Status::Ok();
+  constexpr size_t kLookAt = 20000, kKeep = 500;
+  size_t looked = 0;
+  const std::string task_name = TaskName(t->id);
+  return e.log_.ForEach(t->first_seq, [&](const wire::Event& event) {
+    if (Str(event.task()) == task_name) events->push_back(codec::CopyEvent(fbb, event));
+    return ++looked < kLookAt && events->size() < kKeep && fbb.GetSize() < kReplyBytes;
+  });
+}
+
+void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRequest& req, uint64_t now_ms) {
+  flatbuffers::FlatBufferBuilder fbb(1024);
+  bool ok = true;
+  std::string message;
+  std::vector<flatbuffers::Offset<wire::WorkerView>> workers;
+  std::vector<flatbuffers::Offset<wire::TaskView>> tasks;
+  std::vector<flatbuffers::Offset<wire::Event>> events;
+  uint64_t next_page = 0;
+  std::string target = Str(req.target());
+  switch (req.op()) {
+    case wire::ControlOp::Workers:
+    case wire::ControlOp::Tasks:
+    case wire::ControlOp::Task:
+    case wire::ControlOp::Ping:
+      if (!e.Authorized(from, bus::Action::kList)) return;
+      break;
+    case wire::ControlOp::Drain:
+      if (!e.Authorized(from, bus::Action::kDrain)) return;
+      break;
+    case wire::ControlOp::Undrain:
+      if (!e.Authorized(from, bus::Action::kUndrain)) return;
+      break;
+    case wire::ControlOp::Snapshot:
+      if (!e.Authorized(from, bus::Action::kSnapshot)) return;
+      break;
+    case wire::ControlOp::Cancel:
+      break;  // below: a client may cancel its own tasks
+  }
+  switch (req.op()) {
+    case wire::ControlOp::Ping:
+      // Answered like every reply, after this turn's commit: an answer also says that
+      // the store takes writes (or that the scheduler says it does not).
+      message = std::string("fm-scheduler ") + FM_VERSION + ": " + std::to_string(e.fleet_.size()) + " workers, " +
+                std::to_string(e.active_.size()) + " tasks not ended (" + std::to_string(e.pending_.size()) +
+                " waiting), event seq " + std::to_string(e.log_.next_seq() - 1);
+      break;
+    case wire::ControlOp::Workers:
+      workers = views::Workers(fbb, e.fleet_, now_ms);
+      break;
+    case wire::ControlOp::Snapshot:
+      if (target.empty() || target[0] != '/') {
+        ok = false;
+        message = "snapshot: \"" + target + "\" is not an absolute path (a new directory on the scheduler's host)";
+        break;
+      }
+      // Written by the daemon once this turn is committed: the copy holds everything
+      // acknowledged before the request.
+      e.effects_.snapshots.push_back({from, req.correlation(), target});
+      return;
+    case wire::ControlOp::Tasks: {
+      // A client sees only its own tasks; an operator (or a keyless cluster) all.
+      std::optional<std::string> only_owner = e.ClientName(from);
+      const std::string asked = Str(req.owner());
+      if (only_owner && !asked.empty() && asked != *only_owner) {
+        ok = false;
+        message = "tasks --owner " + asked + ": a client sees only its own tasks (\"" + *only_owner +
+                  "\"); an operator sees all";
+        break;
+      }
+      views::TaskPage page = views::Tasks(
+          fbb, req, e.options_.task_page,
+          [&](const auto& visit) {
+            for (const auto& [id, t] : e.active_) visit(t);
+            for (const Task& t : e.ended_.recent()) visit(t);
+          },
+          only_owner);
+      tasks = std::move(page.tasks);
+      next_page = page.next;
+      break;
+    }
+    case wire::ControlOp::Task: {
+      Status found = TaskDetail(e, fbb, target, e.ClientName(from), &tasks, &events, now_ms);
+      if (!found.ok()) {
+        ok = false;
+        message = found.message();
+      }
+      break;
+    }
+    case wire::ControlOp::Drain:
+    case wire::ControlOp::Undrain: {
+      const bool drain = req.op() == wire::ControlOp::Drain;
+      MembershipVerdict verdict;
+      auto done = e.membership_.SetDraining(target, drain, drain ? Str(req.reason()).substr(0, 512) : std::string(),
+                                            now_ms, &verdict);
+      ok = done.ok();
+      message = ok ? *done : done.status().message();
+      e.Apply(verdict, now_ms);
+      break;
+    }
+    case wire::ControlOp::Cancel: {
+      uint64_t id = 0;
+      auto it = ParseTaskName(target, &id) ? e.active_.find(id) : e.active_.end();
+      if (it == e.active_.end()) {
+        ok = false;
+        message = "no task \"" + target + "\" that has not ended";
+        break;
+      }
+      if (!e.Authorized(from, bus::Action::kCancel, it->second.owner)) return;
+      message = "cancelled " + TaskName(id);
+      e.Cancel(&it->second, from, now_ms);
+      break;
+    }
+  }
+  auto reply =
+      wire::CreateControlReply(fbb, req.correlation(), ok, fbb.CreateString(message), fbb.CreateVector(workers),
+                               fbb.CreateVector(tasks), next_page, events.empty() ? 0 : fbb.CreateVector(events));
+  e.Send(from, codec::Seal(fbb, reply));
+}
+
+void Handle(Engine& engine, const std::string& from, const wire::ControlRequest& req, uint64_t now_ms) {
+  Internals::Handle(engine, from, req, now_ms);
+}
+
+}  // namespace fm::sched::control

@@ -29,18 +29,19 @@ int main(int argc, char** argv) {
   app.add_option("--upstream-cert", options.upstream_cert, "the parent broker's public certificate (node broker)");
   app.add_option("--max-connections", options.max_connections,
                  "refuse peers past this many admitted connections (default: the open-file limit less a reserve)");
-  std::string handshake_timeout = "5s";
-  app.add_option("--handshake-timeout", handshake_timeout,
-                 "a connection that has not completed its handshake by then is closed")
-      ->capture_default_str();
+  fm::bus::AddDurationFlag(app, "--handshake-timeout", &options.handshake_ms,
+                           "a connection that has not completed its handshake by then is closed",
+                           fm::bus::AtLeast(100, "100ms"));
   app.add_option("--max-unauthenticated", options.max_unauthenticated,
                  "connections from one address kept while still in their handshake; newer ones are closed (0: any)")
       ->capture_default_str();
-  std::string max_queued = "64MiB";
-  app.add_option("--max-queued", max_queued,
-                 "bytes queued for one peer that it has not read (directed messages, or events for a subscriber); "
-                 "past it its connection is cut (0: no limit)")
-      ->capture_default_str();
+  // Below a few MiB a peer that reads, but slowly, is cut: what waits in its kernel
+  // queue and one replay batch (1 MiB) count too.
+  fm::bus::AddSizeFlag(
+      app, "--max-queued", &options.max_queued_bytes,
+      "bytes queued for one peer that it has not read (directed messages, or events for a subscriber); "
+      "past it its connection is cut (0: no limit)",
+      [](uint64_t bytes) { return bytes != 0 && bytes < (4u << 20) ? "must be 0 or at least 4MiB" : ""; });
   app.add_option("--max-subscriptions", options.max_subscriptions,
                  "subscriptions one connection may send, and at most 64 KiB of topics (a broker's: 64 times as "
                  "many); past either the connection is cut (0: no limit)")
@@ -56,20 +57,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fm-broker: %s\n", s.message().c_str());
     return 2;
   }
-  auto handshake = fm::ParseDurationMs(handshake_timeout);
-  if (!handshake.ok() || *handshake < 100) {
-    spdlog::error("--handshake-timeout: {}", handshake.ok() ? "must be at least 100ms" : handshake.status().message());
-    return 2;
-  }
-  options.handshake_ms = *handshake;
-  auto queued = fm::ParseSize(max_queued);
-  // Below a few MiB a peer that reads, but slowly, is cut: what waits in its kernel
-  // queue and one replay batch (1 MiB) count too.
-  if (!queued.ok() || (*queued != 0 && *queued < (4u << 20))) {
-    spdlog::error("--max-queued: {}", queued.ok() ? "must be 0 or at least 4MiB" : queued.status().message());
-    return 2;
-  }
-  options.max_queued_bytes = *queued;
   if (binds.empty()) binds.push_back(fm::bus::kDefaultBroker);
   options.bind = binds.front();
   options.extra_binds.assign(binds.begin() + 1, binds.end());

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "runtime/ops.h"
+#include "schemas/units.h"
 
 namespace fm::bus {
 
@@ -170,6 +171,51 @@ class JournalSink : public spdlog::sinks::base_sink<std::mutex> {
 };
 
 }  // namespace
+
+namespace {
+
+std::string SizeText(uint64_t bytes) {
+  constexpr std::pair<uint64_t, const char*> kUnits[] = {
+      {1ull << 40, "TiB"}, {1ull << 30, "GiB"}, {1ull << 20, "MiB"}, {1ull << 10, "KiB"}};
+  for (const auto& [unit, name] : kUnits) {
+    if (bytes != 0 && bytes % unit == 0) return std::to_string(bytes / unit) + name;
+  }
+  return std::to_string(bytes) + "B";
+}
+
+CLI::Option* AddParsedFlag(CLI::App& app, const std::string& name, uint64_t* out, const std::string& help,
+                           Result<uint64_t> (*parse)(std::string_view), const std::string& shown, FlagCheck check) {
+  return app
+      .add_option_function<std::string>(
+          name,
+          [name, out, parse, check](const std::string& text) {
+            auto value = parse(text);
+            if (!value.ok()) throw CLI::ValidationError(name, value.status().message());
+            if (check) {
+              if (std::string why = check(*value); !why.empty()) throw CLI::ValidationError(name, why);
+            }
+            *out = *value;
+          },
+          help)
+      ->default_str(shown);
+}
+
+}  // namespace
+
+CLI::Option* AddDurationFlag(CLI::App& app, const std::string& name, uint64_t* ms, const std::string& help,
+                             FlagCheck check) {
+  return AddParsedFlag(app, name, ms, help, &ParseDurationMs, FormatDuration(*ms), std::move(check));
+}
+
+CLI::Option* AddSizeFlag(CLI::App& app, const std::string& name, uint64_t* bytes, const std::string& help,
+                         FlagCheck check) {
+  return AddParsedFlag(app, name, bytes, help, &ParseSize, SizeText(*bytes), std::move(check));
+}
+
+FlagCheck AtLeast(uint64_t least, const std::string& least_text) {
+  return
+      [least, least_text](uint64_t value) { return value < least ? "must be at least " + least_text : std::string(); };
+}
 
 void AddDaemonFlags(CLI::App& app, DaemonFlags* flags) {
   app.add_option("--log-level", flags->log_level, "trace, debug, info, warn, error")->capture_default_str();

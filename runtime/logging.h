@@ -3,6 +3,8 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
+#include <functional>
 #include <string>
 
 #include "schemas/status.h"
@@ -20,6 +22,19 @@ void EnvironmentFallbacks(CLI::App& app, const std::string& prefix);
 // With `root_cert`, also --root-cert (FM_ROOT_CERT): the root broker's public certificate,
 // for a peer behind node brokers that wants its messages sealed end to end (runtime/seal.h).
 void AddSecurityFlags(CLI::App& app, std::string* cert, std::string* broker_cert, std::string* root_cert = nullptr);
+
+// --NAME as a duration ("5s", "200ms", "2m", "7d") into *ms, or as a size ("64MiB",
+// "1G") into *bytes: the default is what the variable holds (shown in --help), and the
+// value is parsed as the command line, the config file and the environment are, so a
+// bad one is a usage error naming the flag (exit 2). `check`, when given, refuses a
+// parsed value by returning why ("must be at least 1s").
+using FlagCheck = std::function<std::string(uint64_t)>;
+CLI::Option* AddDurationFlag(CLI::App& app, const std::string& name, uint64_t* ms, const std::string& help,
+                             FlagCheck check = nullptr);
+CLI::Option* AddSizeFlag(CLI::App& app, const std::string& name, uint64_t* bytes, const std::string& help,
+                         FlagCheck check = nullptr);
+// A check: at least `least` (said as `least_text`).
+FlagCheck AtLeast(uint64_t least, const std::string& least_text);
 
 // Parses the command line the way every fm program does: --version prints "NAME
 // VERSION", --help the usage, both exit 0; a usage error (an unknown flag, a bad value,

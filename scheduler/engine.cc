@@ -335,10 +335,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         continue;
       }
       results.push_back(wire::CreateSubmitResult(fbb, t.id, wire::SubmitStatus::Accepted));
-      EventFields f;
-      f.type = wire::EventType::TaskSubmitted;
-      f.task = t.id;
-      f.attempt = t.attempt;
+      EventFields f = EventAbout(wire::EventType::TaskSubmitted, t);
       pending_.Insert(t.spec, LineOf(t));
       dirty_tasks_.push_back(t.id);
       Task& stored = active_.emplace(t.id, std::move(t)).first->second;
@@ -391,13 +388,11 @@ void Engine::Reconcile(const std::string& worker_id, const std::set<AttemptRef>&
     }
   }
   w = fleet_.Find(worker_id);  // Retry released reservations
-  for (const auto& [task_id, attempt] : reported) {
-    const Task* t = active_task(task_id);
-    if (t && t->worker == worker_id && t->attempt == attempt) continue;
+  for (const AttemptRef& held : reported) {
+    const Task* t = active_task(held.task);
+    if (t && t->worker == worker_id && t->attempt == held.attempt) continue;
     // Held by the worker but not ours to run there (ended, moved, cancelled): drop it.
-    flatbuffers::FlatBufferBuilder fbb(64);
-    auto ref = wire::CreateTaskRef(fbb, task_id, attempt);
-    Send(w->address, codec::Seal(fbb, wire::CreateCancelTask(fbb, ref)));
+    Send(w->address, codec::EncodeCancelTask(held));
   }
 }
 
@@ -414,11 +409,7 @@ void Engine::Queue(Task* t, const std::string& worker_id, uint64_t now_ms) {
   t->dispatched_ms = now_ms;
   dirty_tasks_.push_back(t->id);
   dispatches_[worker_id].push_back(t->id);
-  EventFields f;
-  f.type = wire::EventType::TaskQueued;
-  f.task = t->id;
-  f.worker = worker_id;
-  f.attempt = t->attempt;
+  EventFields f = EventAbout(wire::EventType::TaskQueued, *t);
   Emit(f, now_ms);
 }
 
@@ -499,11 +490,8 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
     if (!spent) when += ", no attempt spent, avoiding " + Listed(t->failed_on) + " where it can";
   }
   dirty_tasks_.push_back(t->id);
-  EventFields f;
-  f.type = wire::EventType::TaskRetrying;
-  f.task = t->id;
+  EventFields f = EventAbout(wire::EventType::TaskRetrying, *t);
   f.worker = last_worker;
-  f.attempt = t->attempt;
   f.reason = reason;
   f.message = message + "; " + when;
   Emit(f, now_ms);
@@ -545,13 +533,10 @@ void Engine::End(Task* t, TaskEvent event, wire::Reason reason, const std::strin
   t->reason = reason;
   t->message = message;
   t->exit_code = exit_code;
-  EventFields f;
-  f.type = state == wire::TaskState::Succeeded ? wire::EventType::TaskSucceeded
-           : state == wire::TaskState::Failed  ? wire::EventType::TaskFailed
-                                               : wire::EventType::TaskCancelled;
-  f.task = t->id;
-  f.worker = t->worker;
-  f.attempt = t->attempt;
+  EventFields f = EventAbout(state == wire::TaskState::Succeeded ? wire::EventType::TaskSucceeded
+                             : state == wire::TaskState::Failed  ? wire::EventType::TaskFailed
+                                                                 : wire::EventType::TaskCancelled,
+                             *t);
   f.reason = reason;
   f.message = message;
   f.exit_code = exit_code;
@@ -596,11 +581,7 @@ void Engine::OnTaskStarted(const std::string& from, const wire::TaskRef& ref, ui
   if (gpus.size() > t.spec.resources.gpus) gpus.resize(t.spec.resources.gpus);
   t.gpus = std::move(gpus);
   dirty_tasks_.push_back(t.id);
-  EventFields f;
-  f.type = wire::EventType::TaskStarted;
-  f.task = t.id;
-  f.worker = t.worker;
-  f.attempt = t.attempt;
+  EventFields f = EventAbout(wire::EventType::TaskStarted, t);
   f.gpus = &t.gpus;
   Emit(f, now_ms);
 }
@@ -620,11 +601,7 @@ void Engine::OnTaskReady(const std::string& from, const wire::TaskReady& msg, ui
   }
   t.endpoint = std::move(endpoint);
   dirty_tasks_.push_back(t.id);
-  EventFields f;
-  f.type = wire::EventType::TaskReady;
-  f.task = t.id;
-  f.worker = t.worker;
-  f.attempt = t.attempt;
+  EventFields f = EventAbout(wire::EventType::TaskReady, t);
   f.endpoint = &t.endpoint;
   f.message = "ssh -p " + std::to_string(t.endpoint.port) + " " + t.endpoint.user + "@" + t.endpoint.host;
   Emit(f, now_ms);
@@ -717,10 +694,10 @@ void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64
   }
   if (t->attempt != msg.ref()->attempt()) return;
   if (!FromTaskWorker(*t, from, "output")) return;
-  f.task = t->id;
-  f.worker = t->worker;
-  f.attempt = t->attempt;
-  Emit(f, now_ms);
+  EventFields log = EventAbout(wire::EventType::TaskLog, *t);
+  log.stream = std::move(f.stream);
+  log.data = std::move(f.data);
+  Emit(log, now_ms);
 }
 
 // ---------------------------------------------------------------------------
@@ -728,10 +705,7 @@ void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64
 
 void Engine::Cancel(Task* t, const std::string& from, uint64_t now_ms) {
   if (!t->worker.empty()) {
-    flatbuffers::FlatBufferBuilder fbb(64);
-    auto ref = wire::CreateTaskRef(fbb, t->id, t->attempt);
-    if (const WorkerState* w = fleet_.Find(t->worker))
-      Send(w->address, codec::Seal(fbb, wire::CreateCancelTask(fbb, ref)));
+    if (const WorkerState* w = fleet_.Find(t->worker)) Send(w->address, codec::EncodeCancelTask({t->id, t->attempt}));
     // Its attempt stops gracefully (SIGTERM first): what it prints on the way out is
     // still its output, until the worker reports the attempt ended.
     if (winding_down_.size() >= 10000) winding_down_.erase(winding_down_.begin());
@@ -809,10 +783,7 @@ void Engine::FailUnrunnable(uint64_t now_ms) {
 void Engine::MarkWaiting(Task* t, uint64_t now_ms) {
   if (t->waiting_for_lost) return;
   t->waiting_for_lost = true;
-  EventFields f;
-  f.type = wire::EventType::TaskWaiting;
-  f.task = t->id;
-  f.attempt = t->attempt;
+  EventFields f = EventAbout(wire::EventType::TaskWaiting, *t);
   f.message = membership_.WaitingForLost(t->spec, now_ms);
   Emit(f, now_ms);
 }

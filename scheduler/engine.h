@@ -213,6 +213,16 @@ class Engine {
   void PlacePending(uint64_t now_ms);
   static PendingSet::Entry LineOf(const Task& t) { return PendingSet::Entry::Of(t.spec.priority, t.order, t.id); }
   void FlushDispatches();
+  // The fields every event about task `t` starts with: its id, attempt, worker, owner.
+  static EventFields EventAbout(wire::EventType type, const Task& t) {
+    EventFields f;
+    f.type = type;
+    f.task = t.id;
+    f.attempt = t.attempt;
+    f.worker = t.worker;
+    f.owner = t.owner;
+    return f;
+  }
   void Emit(EventFields& fields, uint64_t now_ms) {
     if (fields.task != 0 && fields.owner.empty()) {
       if (const Task* t = active_task(fields.task)) fields.owner = t->owner;

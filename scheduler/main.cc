@@ -19,36 +19,29 @@ int main(int argc, char** argv) {
   auto* data = app.add_option("--data", options.data_dir,
                               "data directory (RocksDB store); default under systemd: $STATE_DIRECTORY")
                    ->capture_default_str();
-  std::string liveness = "5s", placement = "spread";
-  app.add_option("--liveness", liveness, "a worker unheard for this long is lost")->capture_default_str();
+  std::string placement = "spread";
+  fm::bus::AddDurationFlag(app, "--liveness", &options.engine.liveness_window_ms,
+                           "a worker unheard for this long is lost");
   app.add_option("--placement", placement, "spread (least loaded) or binpack")->capture_default_str();
-  std::string grace = "30s";
-  app.add_option("--reconnect-grace", grace,
-                 "tasks only lost workers could run wait this long for one to come back (0: fail at once)")
-      ->capture_default_str();
+  fm::bus::AddDurationFlag(app, "--reconnect-grace", &options.engine.reconnect_grace_ms,
+                           "tasks only lost workers could run wait this long for one to come back (0: fail at once)");
   app.add_option("--max-attempts", options.engine.default_max_attempts, "default attempts per task")
       ->capture_default_str();
   app.add_option("--event-retention", options.engine.event_retention_count, "events kept for fm-tap --since")
       ->capture_default_str();
-  std::string write_buffer = "64MiB";
-  app.add_option("--store-write-buffer", write_buffer,
-                 "RocksDB memtable size; also the free space it needs to resume after a full disk")
-      ->capture_default_str();
-  std::string retention_age = "7d";
-  app.add_option("--event-retention-age", retention_age,
-                 "events and task output older than this are dropped (e.g. 24h, 7d)")
-      ->capture_default_str();
-  std::string log_retention = "1GiB";
-  app.add_option("--log-retention", log_retention,
-                 "task output kept for replay, apart from the other events: however much tasks print, "
-                 "it never pushes the other events out")
-      ->capture_default_str();
+  fm::bus::AddSizeFlag(app, "--store-write-buffer", &options.store.write_buffer_size,
+                       "RocksDB memtable size; also the free space it needs to resume after a full disk",
+                       fm::bus::AtLeast(1u << 20, "1MiB"));
+  fm::bus::AddDurationFlag(app, "--event-retention-age", &options.engine.event_retention_age_ms,
+                           "events and task output older than this are dropped (e.g. 24h, 7d)");
+  fm::bus::AddSizeFlag(app, "--log-retention", &options.engine.log_retention_bytes,
+                       "task output kept for replay, apart from the other events: however much tasks print, "
+                       "it never pushes the other events out");
   app.add_option("--task-retention", options.engine.task_retention_count,
                  "ended tasks kept (fm-ctl task, idempotency keys); older ones are deleted with their keys")
       ->capture_default_str();
-  std::string task_age = "7d";
-  app.add_option("--task-retention-age", task_age, "ended tasks older than this are deleted with their keys")
-      ->capture_default_str();
+  fm::bus::AddDurationFlag(app, "--task-retention-age", &options.engine.task_retention_age_ms,
+                           "ended tasks older than this are deleted with their keys", fm::bus::AtLeast(1000, "1s"));
   fm::bus::DaemonFlags daemon_flags;
   fm::bus::AddDaemonFlags(app, &daemon_flags);
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
@@ -65,52 +58,15 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  auto window = fm::ParseDurationMs(liveness);
-  if (!window.ok()) {
-    spdlog::error("--liveness: {}", window.status().message());
-    return 2;
-  }
-  options.engine.liveness_window_ms = *window;
-  auto grace_ms = fm::ParseDurationMs(grace);
-  if (!grace_ms.ok()) {
-    spdlog::error("--reconnect-grace: {}", grace_ms.status().message());
-    return 2;
-  }
-  options.engine.reconnect_grace_ms = *grace_ms;
   if (!fm::sched::ParsePlacementPolicy(placement, &options.engine.policy)) {
     spdlog::error("--placement \"{}\": use spread or binpack", placement);
     return 2;
   }
-  auto age = fm::ParseDurationMs(retention_age);
-  if (!age.ok()) {
-    spdlog::error("--event-retention-age: {}", age.status().message());
-    return 2;
-  }
-  options.engine.event_retention_age_ms = *age;
-  auto log_bytes = fm::ParseSize(log_retention);
-  if (!log_bytes.ok()) {
-    spdlog::error("--log-retention: {}", log_bytes.status().message());
-    return 2;
-  }
-  options.engine.log_retention_bytes = *log_bytes;
-  auto task_age_ms = fm::ParseDurationMs(task_age);
-  if (!task_age_ms.ok() || *task_age_ms < 1000) {
-    spdlog::error("--task-retention-age: {}",
-                  task_age_ms.ok() ? "must be at least 1s" : task_age_ms.status().message());
-    return 2;
-  }
-  options.engine.task_retention_age_ms = *task_age_ms;
   if (options.engine.task_retention_count == 0) {
     spdlog::error("--task-retention: must be at least 1");
     return 2;
   }
   options.engine.Validate();
-  auto buffer = fm::ParseSize(write_buffer);
-  if (!buffer.ok() || *buffer < (1u << 20)) {
-    spdlog::error("--store-write-buffer: {}", buffer.ok() ? "must be at least 1MiB" : buffer.status().message());
-    return 2;
-  }
-  options.store.write_buffer_size = *buffer;
 
   zmq::context_t context(1);
   fm::bus::Loop loop;  // outlives the daemon, whose commit thread reports on it

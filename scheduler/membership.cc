@@ -30,10 +30,18 @@ Status Membership::Recover(const store::Store& store, uint64_t now_ms, uint64_t 
 }
 
 void Membership::AskAllToRegister() {
-  for (const auto& [id, w] : fleet_.workers()) {
-    flatbuffers::FlatBufferBuilder fbb(64);
-    Send(w.address, codec::Seal(fbb, wire::CreateReRegister(fbb, epoch_)));
-  }
+  for (const auto& [id, w] : fleet_.workers()) Send(w.address, codec::EncodeReRegister(epoch_));
+}
+
+void Membership::EmitWorker(wire::EventType type, const std::string& id, std::string message, uint64_t now_ms,
+                            const WorkerState* info, wire::Reason reason) {
+  EventFields f;
+  f.type = type;
+  f.worker = id;
+  f.worker_info = info;
+  f.reason = reason;
+  f.message = std::move(message);
+  log_->Append(f, now_ms, effects_);
 }
 
 void Membership::Send(const std::string& to, std::string payload) {
@@ -42,8 +50,7 @@ void Membership::Send(const std::string& to, std::string payload) {
 }
 
 void Membership::Reject(const std::string& address, const std::string& id, const std::string& message) {
-  flatbuffers::FlatBufferBuilder fbb(256);
-  Send(address, codec::Seal(fbb, wire::CreateWorkerRejectedDirect(fbb, id.c_str(), message.c_str())));
+  Send(address, codec::EncodeWorkerRejected(id, message));
 }
 
 MembershipVerdict Membership::Register(const wire::WorkerRegistration& reg, uint64_t now_ms) {
@@ -83,12 +90,8 @@ MembershipVerdict Membership::Register(const wire::WorkerRegistration& reg, uint
                             " (last heard " + std::to_string(now_ms - std::min(now_ms, known->last_seen_ms)) +
                             " ms ago); choose another --id or stop that worker";
       Reject(address, id, message);
-      EventFields f;
-      f.type = wire::EventType::WorkerRejected;
-      f.worker = id;
-      f.reason = wire::Reason::DuplicateWorkerId;
-      f.message = message + " (refused node " + Str(reg.node()) + ")";
-      Emit(f, now_ms);
+      EmitWorker(wire::EventType::WorkerRejected, id, message + " (refused node " + Str(reg.node()) + ")", now_ms,
+                 nullptr, wire::Reason::DuplicateWorkerId);
       return verdict;
     } else {
       // Known only from the store since this scheduler started: a restarted process.
@@ -129,14 +132,11 @@ MembershipVerdict Membership::Register(const wire::WorkerRegistration& reg, uint
   });
   const WorkerState& w = *fleet_.Find(id);
   records::PutWorker(&effects_->writes, w);
-  EventFields f;
-  f.type = wire::EventType::WorkerRegistered;
-  f.worker = id;
-  f.worker_info = &w;
-  f.message = "node " + w.node + ", " + std::to_string(w.slots) + " slots, version " + w.version +
-              (w.noop_executor ? ", NOOP EXECUTOR: completes tasks without running them" : "") +
-              (w.limits == "off" ? ", limits: off (exec tasks' cpus and memory are not enforced)" : "");
-  Emit(f, now_ms);
+  EmitWorker(wire::EventType::WorkerRegistered, id,
+             "node " + w.node + ", " + std::to_string(w.slots) + " slots, version " + w.version +
+                 (w.noop_executor ? ", NOOP EXECUTOR: completes tasks without running them" : "") +
+                 (w.limits == "off" ? ", limits: off (exec tasks' cpus and memory are not enforced)" : ""),
+             now_ms, &w);
   EmitQuarantines(id, quarantined_before, quarantined, now_ms);
   verdict.rejoined = id;
   if (reg.running()) {
@@ -153,8 +153,7 @@ MembershipVerdict Membership::Heartbeat(const wire::WorkerHeartbeat& hb, uint64_
   if (id.empty() || address.empty()) return verdict;
   const WorkerState* known = fleet_.Find(id);
   if (!known || known->instance != hb.instance() || !known->confirmed) {
-    flatbuffers::FlatBufferBuilder fbb(64);
-    Send(address, codec::Seal(fbb, wire::CreateReRegister(fbb, epoch_)));
+    Send(address, codec::EncodeReRegister(epoch_));
     return verdict;
   }
   fleet_.Touch(id, now_ms);
@@ -178,12 +177,7 @@ MembershipVerdict Membership::Heartbeat(const wire::WorkerHeartbeat& hb, uint64_
     fleet_.Modify(id, [&](WorkerState& w) { w.capabilities = std::move(caps); });
     const WorkerState& w = *fleet_.Find(id);
     records::PutWorker(&effects_->writes, w);
-    EventFields f;
-    f.type = wire::EventType::WorkerUpdated;
-    f.worker = id;
-    f.worker_info = &w;
-    f.message = "capabilities [" + before + "] -> [" + after + "]";
-    Emit(f, now_ms);
+    EmitWorker(wire::EventType::WorkerUpdated, id, "capabilities [" + before + "] -> [" + after + "]", now_ms, &w);
     verdict.fleet_shrank = verdict.placement_needed = true;
   }
   return verdict;
@@ -195,21 +189,13 @@ void Membership::EmitQuarantines(const std::string& id, const std::map<std::stri
   for (const auto& [capability, reason] : after) {
     auto was = before.find(capability);
     if (was != before.end() && was->second == reason) continue;
-    EventFields f;
-    f.type = wire::EventType::WorkerQuarantined;
-    f.worker = id;
-    f.worker_info = w;
-    f.message = "capability " + capability + " withdrawn: " + reason;
-    Emit(f, now_ms);
+    EmitWorker(wire::EventType::WorkerQuarantined, id, "capability " + capability + " withdrawn: " + reason, now_ms, w);
   }
   for (const auto& [capability, reason] : before) {
     if (after.count(capability)) continue;
-    EventFields f;
-    f.type = wire::EventType::WorkerRecovered;
-    f.worker = id;
-    f.worker_info = w;
-    f.message = "capability " + capability + " announced again: a re-probe started a container (was: " + reason + ")";
-    Emit(f, now_ms);
+    EmitWorker(wire::EventType::WorkerRecovered, id,
+               "capability " + capability + " announced again: a re-probe started a container (was: " + reason + ")",
+               now_ms, w);
   }
 }
 
@@ -217,11 +203,8 @@ void Membership::Lose(const std::string& id, const std::string& why, uint64_t no
   const WorkerState* lost = fleet_.Find(id);
   if (!lost) return;
   MembershipVerdict::Lost out{id, std::vector<uint64_t>(lost->tasks.begin(), lost->tasks.end()), why};
-  EventFields f;
-  f.type = wire::EventType::WorkerLost;
-  f.worker = id;
-  f.message = why + "; " + std::to_string(out.tasks.size()) + " tasks to re-place";
-  Emit(f, now_ms);
+  EmitWorker(wire::EventType::WorkerLost, id, why + "; " + std::to_string(out.tasks.size()) + " tasks to re-place",
+             now_ms);
   records::DeleteWorker(&effects_->writes, id);
   if (options_.reconnect_grace_ms > 0) {
     LostWorker& kept = lost_[id] = {*lost, now_ms};
@@ -301,13 +284,11 @@ Result<std::string> Membership::SetDraining(const std::string& id, bool drain, c
     });
     records::PutWorker(&effects_->writes, *w);
     if (changed) {
-      EventFields f;
-      f.type = drain ? wire::EventType::WorkerDraining : wire::EventType::WorkerUndrained;
-      f.worker = id;
-      f.message = drain ? "takes no new tasks" + (reason.empty() ? "" : " (" + reason + ")") + "; " +
-                              std::to_string(w->tasks.size()) + " still held"
-                        : "takes new tasks again";
-      Emit(f, now_ms);
+      EmitWorker(drain ? wire::EventType::WorkerDraining : wire::EventType::WorkerUndrained, id,
+                 drain ? "takes no new tasks" + (reason.empty() ? "" : " (" + reason + ")") + "; " +
+                             std::to_string(w->tasks.size()) + " still held"
+                       : "takes new tasks again",
+                 now_ms);
       if (drain) verdict->fleet_shrank = true;
       verdict->placement_needed = true;
     }

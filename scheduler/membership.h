@@ -108,7 +108,9 @@ class Membership {
   // worker.quarantined for each capability newly withdrawn, worker.recovered for each back.
   void EmitQuarantines(const std::string& id, const std::map<std::string, std::string>& before,
                        const std::map<std::string, std::string>& after, uint64_t now_ms);
-  void Emit(EventFields& fields, uint64_t now_ms) { log_->Append(fields, now_ms, effects_); }
+  // One worker.* event about worker `id` (with what it announced, when `info`).
+  void EmitWorker(wire::EventType type, const std::string& id, std::string message, uint64_t now_ms,
+                  const WorkerState* info = nullptr, wire::Reason reason = wire::Reason::None);
   void Send(const std::string& to, std::string payload);
   void Reject(const std::string& address, const std::string& id, const std::string& message);
 

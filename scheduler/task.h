@@ -7,6 +7,7 @@
 
 #include "schemas/fm_generated.h"
 #include "schemas/model.h"
+#include "schemas/vocabulary.h"
 
 namespace fm::sched {
 
@@ -42,24 +43,8 @@ inline std::string Listed(const std::vector<std::string>& ids) {
   return out;
 }
 
-// "pending", "queued", "running", "succeeded", "failed", "cancelled".
-inline const char* StateName(wire::TaskState s) {
-  switch (s) {
-    case wire::TaskState::Pending:
-      return "pending";
-    case wire::TaskState::Queued:
-      return "queued";
-    case wire::TaskState::Running:
-      return "running";
-    case wire::TaskState::Succeeded:
-      return "succeeded";
-    case wire::TaskState::Failed:
-      return "failed";
-    case wire::TaskState::Cancelled:
-      return "cancelled";
-  }
-  return "unknown";
-}
+// "pending", "queued", ... (schemas/vocabulary.h spells them).
+inline const char* StateName(wire::TaskState s) { return Name(s).empty() ? "unknown" : Name(s).data(); }
 
 // What a submitter is told for a task in state `s` (accepted while not ended).
 inline wire::SubmitStatus StatusOf(wire::TaskState s) {

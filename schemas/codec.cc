@@ -36,6 +36,21 @@ std::string EncodeError(wire::ErrorCode code, const std::string& message, const 
   return Seal(fbb, body);
 }
 
+std::string EncodeCancelTask(const AttemptRef& ref) {
+  flatbuffers::FlatBufferBuilder fbb(64);
+  return Seal(fbb, wire::CreateCancelTask(fbb, wire::CreateTaskRef(fbb, ref.task, ref.attempt)));
+}
+
+std::string EncodeReRegister(uint64_t epoch) {
+  flatbuffers::FlatBufferBuilder fbb(64);
+  return Seal(fbb, wire::CreateReRegister(fbb, epoch));
+}
+
+std::string EncodeWorkerRejected(const std::string& id, const std::string& message) {
+  flatbuffers::FlatBufferBuilder fbb(256);
+  return Seal(fbb, wire::CreateWorkerRejectedDirect(fbb, id.c_str(), message.c_str()));
+}
+
 std::vector<std::string> Strings(const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* v) {
   std::vector<std::string> out;
   if (!v) return out;

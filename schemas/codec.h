@@ -40,6 +40,11 @@ std::string Seal(flatbuffers::FlatBufferBuilder& fbb, flatbuffers::Offset<T> bod
 
 // A directed error reply.
 std::string EncodeError(wire::ErrorCode code, const std::string& message, const std::string& about = {});
+// The scheduler's commands to a worker: stop an attempt; register again (the cluster's
+// epoch); go away (its id is another's, or a newer instance replaced it).
+std::string EncodeCancelTask(const AttemptRef& ref);
+std::string EncodeReRegister(uint64_t epoch);
+std::string EncodeWorkerRejected(const std::string& id, const std::string& message);
 
 // Null-safe readers.
 inline std::string Str(const flatbuffers::String* s) { return s ? s->str() : std::string(); }

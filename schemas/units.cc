@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <utility>
 
 namespace fm {
 namespace {
@@ -113,6 +114,14 @@ Result<uint64_t> ParseDurationMs(std::string_view raw) {
   return static_cast<uint64_t>(std::llround(ms));
 }
 
+std::string FormatDuration(uint64_t ms) {
+  constexpr std::pair<uint64_t, const char*> kUnits[] = {{86400000, "d"}, {3600000, "h"}, {60000, "m"}, {1000, "s"}};
+  for (const auto& [unit, name] : kUnits) {
+    if (ms != 0 && ms % unit == 0) return std::to_string(ms / unit) + name;
+  }
+  return std::to_string(ms) + "ms";
+}
+
 Result<uint32_t> ParseCpus(std::string_view raw) {
   std::string_view text = Trim(raw);
   double number = 0;
@@ -139,7 +148,7 @@ std::string FormatTimeMs(uint64_t unix_ms) {
   time_t seconds = static_cast<time_t>(unix_ms / 1000);
   struct tm tm;
   gmtime_r(&seconds, &tm);
-  char buf[40];
+  char buf[64];  // room for any int year: no truncation warning
   std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
                 tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<unsigned>(unix_ms % 1000));
   return buf;

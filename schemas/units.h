@@ -20,6 +20,10 @@ std::string FormatSize(uint64_t bytes);
 // Parses "30s", "500ms", "2m", "1h", "1.5s"; a bare number is seconds.
 Result<uint64_t> ParseDurationMs(std::string_view text);
 
+// "30s", "5m", "7d", "1500ms": the largest unit that divides it exactly (ParseDurationMs
+// reads it back).
+std::string FormatDuration(uint64_t ms);
+
 // cpus as thousandths: "2" -> 2000, "0.5" -> 500. Negative or unparsable: an error.
 Result<uint32_t> ParseCpus(std::string_view text);
 // 2000 -> "2", 1500 -> "1.5".

@@ -57,6 +57,23 @@ constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 8> kErrorCode
     {wire::ErrorCode::Busy, "busy"},
 }};
 
+constexpr std::array<std::pair<wire::TaskState, std::string_view>, 6> kTaskStates{{
+    {wire::TaskState::Pending, "pending"},
+    {wire::TaskState::Queued, "queued"},
+    {wire::TaskState::Running, "running"},
+    {wire::TaskState::Succeeded, "succeeded"},
+    {wire::TaskState::Failed, "failed"},
+    {wire::TaskState::Cancelled, "cancelled"},
+}};
+
+constexpr std::array<std::pair<wire::SubmitStatus, std::string_view>, 5> kSubmitStatuses{{
+    {wire::SubmitStatus::Accepted, "accepted"},
+    {wire::SubmitStatus::Rejected, "rejected"},
+    {wire::SubmitStatus::Succeeded, "succeeded"},
+    {wire::SubmitStatus::Failed, "failed"},
+    {wire::SubmitStatus::Cancelled, "cancelled"},
+}};
+
 template <typename E, size_t N>
 std::string_view NameIn(const std::array<std::pair<E, std::string_view>, N>& table, E value) {
   for (const auto& [e, name] : table) {
@@ -78,6 +95,8 @@ E ParseIn(const std::array<std::pair<E, std::string_view>, N>& table, std::strin
 std::string_view Name(wire::EventType type) { return NameIn(kEventTypes, type); }
 std::string_view Name(wire::Reason reason) { return NameIn(kReasons, reason); }
 std::string_view Name(wire::ErrorCode code) { return NameIn(kErrorCodes, code); }
+std::string_view Name(wire::TaskState state) { return NameIn(kTaskStates, state); }
+std::string_view Name(wire::SubmitStatus status) { return NameIn(kSubmitStatuses, status); }
 wire::EventType ParseEventType(std::string_view name) { return ParseIn(kEventTypes, name, wire::EventType::Unknown); }
 wire::Reason ParseReason(std::string_view name) { return ParseIn(kReasons, name, wire::Reason::None); }
 wire::ErrorCode ParseErrorCode(std::string_view name) { return ParseIn(kErrorCodes, name, wire::ErrorCode::Unknown); }

@@ -1,6 +1,6 @@
-// The names the typed vocabulary (fm.fbs: EventType, Reason, ErrorCode) travels as on
-// the wire, in the store and in JSON. One table per enum, in both directions: code
-// compares enums and only this file spells the strings.
+// The names the typed vocabulary (fm.fbs: EventType, Reason, ErrorCode, TaskState,
+// SubmitStatus) travels as on the wire, in the store, in JSON and in what tools print. One table per enum, in both
+// directions: code compares enums and only this file spells the strings.
 #pragma once
 
 #include <string_view>
@@ -15,6 +15,10 @@ std::string_view Name(wire::EventType type);
 std::string_view Name(wire::Reason reason);
 // "malformed"; "" for Unknown.
 std::string_view Name(wire::ErrorCode code);
+// "pending", "queued", "running", "succeeded", "failed", "cancelled".
+std::string_view Name(wire::TaskState state);
+// "accepted", "rejected", "succeeded", "failed", "cancelled".
+std::string_view Name(wire::SubmitStatus status);
 
 // The enum a name stands for; Unknown / None for a name this version does not know.
 wire::EventType ParseEventType(std::string_view name);

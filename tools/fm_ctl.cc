@@ -226,13 +226,14 @@ int Ssh(fm::tools::ToolClient& client, const std::string& task, const std::strin
 
 int main(int argc, char** argv) {
   CLI::App app{"fm-ctl: inspects and steers an fm cluster"};
-  std::string broker = fm::bus::DefaultBrokerUrl(), target, timeout = "10s";
+  std::string broker = fm::bus::DefaultBrokerUrl(), target;
+  uint64_t timeout_ms = 10000, wait_ms = 300000;
   bool json = false;
   app.add_option("--broker", broker, "broker (default $FM_BROKER or tcp://127.0.0.1:5550)")->capture_default_str();
   std::string cert, broker_cert, root_cert;
   fm::tools::ToolClient::AddSecurityOptions(app, &cert, &broker_cert, &root_cert);
   app.add_flag("--json", json, "print JSON instead of a table");
-  app.add_option("--timeout", timeout, "how long to wait for the scheduler")->capture_default_str();
+  fm::bus::AddDurationFlag(app, "--timeout", &timeout_ms, "how long to wait for the scheduler");
   app.require_subcommand(1);
   auto* workers = app.add_subcommand("workers", "each worker's capabilities, hardware, slots in use and liveness");
   auto* tasks = app.add_subcommand("tasks", "tasks not ended and the most recently ended, by id");
@@ -263,13 +264,13 @@ int main(int argc, char** argv) {
   cancel->add_option("task", target, "task id (t42)")->required();
   auto* ping = app.add_subcommand("ping", "exits 0 when the scheduler answers (within --timeout), 1 when not");
   auto* ssh = app.add_subcommand("ssh", "wait until a session task's sshd answers, then ssh into it");
-  std::string ssh_identity, ssh_wait = "5m";
+  std::string ssh_identity;
   bool ssh_print = false;
   std::vector<std::string> ssh_extra;
   ssh->add_option("task", target, "the session task (t42)")->required();
   ssh->add_option("-i,--identity", ssh_identity, "the private key (passed to ssh -i)");
   ssh->add_flag("--print", ssh_print, "print the ssh command instead of running it");
-  ssh->add_option("--wait", ssh_wait, "how long to wait for the session to be ready")->capture_default_str();
+  fm::bus::AddDurationFlag(*ssh, "--wait", &wait_ms, "how long to wait for the session to be ready");
   ssh->add_option("command", ssh_extra, "a command to run there (after --) instead of a shell");
   for (auto* sub : {workers, tasks, task}) sub->add_flag("--json", json, "print JSON");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-ctl", argc, argv); rc >= 0) return rc;
@@ -304,28 +305,18 @@ int main(int argc, char** argv) {
                            : drain->parsed()    ? fm::wire::ControlOp::Drain
                            : undrain->parsed()  ? fm::wire::ControlOp::Undrain
                                                 : fm::wire::ControlOp::Cancel;
-  auto timeout_ms = fm::ParseDurationMs(timeout);
-  if (!timeout_ms.ok()) {
-    std::fprintf(stderr, "fm-ctl: --timeout: %s\n", timeout_ms.status().message().c_str());
-    return 2;
-  }
   auto client = fm::tools::ToolClient::Connect(broker, "fm-ctl", false, cert, broker_cert, root_cert);
   if (!client.ok()) {
     std::fprintf(stderr, "fm-ctl: %s\n", client.status().message().c_str());
     return 2;
   }
   if (ssh->parsed()) {
-    auto wait_ms = fm::ParseDurationMs(ssh_wait);
-    if (!wait_ms.ok()) {
-      std::fprintf(stderr, "fm-ctl: --wait: %s\n", wait_ms.status().message().c_str());
-      return 2;
-    }
-    return Ssh(**client, target, ssh_identity, ssh_print, ssh_extra, static_cast<int>(*timeout_ms),
-               static_cast<int>(*wait_ms));
+    return Ssh(**client, target, ssh_identity, ssh_print, ssh_extra, static_cast<int>(timeout_ms),
+               static_cast<int>(wait_ms));
   }
   if (drain->parsed()) {
     return Drain(**client, drain_workers, drain_node, drain_reason, drain_wait, deadline_ms,
-                 static_cast<int>(*timeout_ms));
+                 static_cast<int>(timeout_ms));
   }
   // One request; for tasks, pages follow one another until the last (or --limit).
   uint64_t after = 0, correlation = 0;
@@ -342,7 +333,7 @@ int main(int argc, char** argv) {
                                              worker_filter.empty() ? nullptr : worker_filter.c_str(),
                                              owner_filter.empty() ? nullptr : owner_filter.c_str()));
     zmq::message_t& storage = pages.emplace_back();
-    auto reply = (*client)->Call(request, fm::wire::Body::ControlReply, static_cast<int>(*timeout_ms), &storage);
+    auto reply = (*client)->Call(request, fm::wire::Body::ControlReply, static_cast<int>(timeout_ms), &storage);
     if (!reply.ok()) {
       std::fprintf(stderr, "fm-ctl: %s\n", reply.status().message().c_str());
       return 1;

@@ -32,21 +32,8 @@ constexpr size_t kMaxBatchBytes = 4u << 20;
 
 using fm::wire::SubmitStatus;
 
-const char* StatusName(SubmitStatus s) {
-  switch (s) {
-    case SubmitStatus::Accepted:
-      return "accepted";
-    case SubmitStatus::Rejected:
-      return "rejected";
-    case SubmitStatus::Succeeded:
-      return "succeeded";
-    case SubmitStatus::Failed:
-      return "failed";
-    case SubmitStatus::Cancelled:
-      return "cancelled";
-  }
-  return "unknown";
-}
+// schemas/vocabulary.h spells them.
+const char* StatusName(SubmitStatus s) { return fm::Name(s).empty() ? "unknown" : fm::Name(s).data(); }
 
 // One input task, in input order, until its line is printed.
 struct Entry {
@@ -359,8 +346,8 @@ int main(int argc, char** argv) {
   bool wait = false;
   std::vector<std::string> requires_, labels, command, env;
   std::vector<int32_t> retry_codes;
-  std::string cwd, kill_timeout, retry_backoff, cpus, memory, gpu_memory, gpu_model, image, timeout, key,
-      reply_timeout = "30s";
+  std::string cwd, kill_timeout, retry_backoff, cpus, memory, gpu_memory, gpu_model, image, timeout, key;
+  uint64_t reply_ms = 30000;
   bool session = false;
   std::vector<std::string> ssh_keys;
   std::string ttl, idle_timeout;
@@ -388,8 +375,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-attempts", max_attempts, "attempts before the task fails");
   app.add_option("--priority", priority, "higher runs first");
   app.add_option("--key", key, "idempotency key: the same key is the same task");
-  app.add_option("--reply-timeout", reply_timeout, "give up when the scheduler does not answer for this long")
-      ->capture_default_str();
+  fm::bus::AddDurationFlag(app, "--reply-timeout", &reply_ms,
+                           "give up when the scheduler does not answer for this long");
   app.add_option("--batch", batch, "tasks per submission message")->capture_default_str();
   app.add_flag("--session", session,
                "an interactive session: a container running sshd for --ssh-key's holder (needs capability session); "
@@ -400,17 +387,12 @@ int main(int argc, char** argv) {
   app.add_option("command", command, "the command to run (after --); without it, JSON lines from stdin");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-submit", argc, argv); rc >= 0) return rc;
 
-  auto reply_ms = fm::ParseDurationMs(reply_timeout);
-  if (!reply_ms.ok()) {
-    std::fprintf(stderr, "fm-submit: --reply-timeout: %s\n", reply_ms.status().message().c_str());
-    return 2;
-  }
   auto client = fm::tools::ToolClient::Connect(broker, "fm-submit", false, cert, broker_cert, root_cert);
   if (!client.ok()) {
     std::fprintf(stderr, "fm-submit: %s\n", client.status().message().c_str());
     return 2;
   }
-  Submitter submitter(**client, wait, static_cast<int>(*reply_ms), std::max<size_t>(batch, 1));
+  Submitter submitter(**client, wait, static_cast<int>(reply_ms), std::max<size_t>(batch, 1));
 
   if (!session && (!ssh_keys.empty() || !ttl.empty() || !idle_timeout.empty())) {
     std::fprintf(stderr, "fm-submit: --ssh-key, --ttl and --idle-timeout are for a --session\n");
@@ -552,8 +534,9 @@ int main(int argc, char** argv) {
     }
     if (submitter.TimedOut()) {
       submitter.Fatal(submitter.last_error().empty()
-                          ? "no answer from the scheduler through broker " + broker + " within " + reply_timeout
-                          : submitter.last_error() + "; gave up after " + reply_timeout);
+                          ? "no answer from the scheduler through broker " + broker + " within " +
+                                fm::FormatDuration(reply_ms)
+                          : submitter.last_error() + "; gave up after " + fm::FormatDuration(reply_ms));
     }
   }
   submitter.PrintReady();

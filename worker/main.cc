@@ -20,16 +20,18 @@ int main(int argc, char** argv) {
   app.add_option("--id", options.id, "worker id, unique in the cluster (default: host name)");
   app.add_option("--node", options.node, "node name (default: host name)");
   app.add_option("--slots", options.slots, "tasks run at once (default: whole cpus found)");
-  std::string cpus, memory, heartbeat = "1s", max_output = "16MiB";
+  std::string cpus, memory;
   std::vector<std::string> labels;
   app.add_option("--cpus", cpus, "announce fewer cpus than were found");
   app.add_option("--memory", memory, "announce less memory than was found (e.g. 4GiB)");
   app.add_option("--label", labels, "K=V label, repeatable");
   app.add_option("--docker-socket", options.docker_socket,
                  "Docker Engine API socket; capability docker is announced while it answers /_ping");
-  app.add_option("--heartbeat", heartbeat, "heartbeat and re-probe interval")->capture_default_str();
-  app.add_option("--max-output", max_output, "stdout and stderr kept per attempt; the rest is dropped with a note")
-      ->capture_default_str();
+  fm::bus::AddDurationFlag(app, "--heartbeat", &options.heartbeat_ms, "heartbeat and re-probe interval",
+                           fm::bus::AtLeast(1, "1ms"));
+  fm::bus::AddSizeFlag(app, "--max-output", &options.core.max_output,
+                       "stdout and stderr kept per attempt; the rest is dropped with a note",
+                       [](uint64_t bytes) { return bytes == 0 ? "must be above 0" : ""; });
   // Never from the environment or a config file: a worker that reports tasks done
   // without running them must be asked for on its command line, and says so.
   app.add_flag("--noop-executor", options.noop_executor,
@@ -48,29 +50,27 @@ int main(int argc, char** argv) {
                  "(v1, as root); off: none")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "v2", "v1", "off"}));
-  std::string session_probe = "60s";
-  app.add_option("--session-image", options.session_image,
+  app.add_option("--session-image", options.sessions.image,
                  "image of interactive sessions (sshd on port 22, keys from $FM_SSH_KEYS); capability session is "
                  "announced while a container of it starts and sshd answers; empty: never")
       ->capture_default_str();
-  app.add_option("--session-probe", session_probe, "how often the session image is tried again")->capture_default_str();
-  std::string session_max_ttl = "8h";
-  app.add_option("--session-max-ttl", session_max_ttl, "the longest a session lives, whatever its ttl")
-      ->capture_default_str();
-  app.add_option("--advertise-host", options.advertise_host,
+  fm::bus::AddDurationFlag(app, "--session-probe", &options.session_probe_ms,
+                           "how often the session image is tried again", fm::bus::AtLeast(1, "1ms"));
+  fm::bus::AddDurationFlag(app, "--session-max-ttl", &options.sessions.max_ttl_ms,
+                           "the longest a session lives, whatever its ttl", fm::bus::AtLeast(1000, "1s"));
+  app.add_option("--advertise-host", options.sessions.advertise,
                  "host name or address users connect to for sessions on this worker (default: the node name)");
-  app.add_option("--session-bind", options.session_bind, "address sessions' ssh ports are published on")
+  app.add_option("--session-bind", options.sessions.bind, "address sessions' ssh ports are published on")
       ->capture_default_str();
-  app.add_option("--session-user", options.session_user, "the user sessions log in as (the session image's)")
+  app.add_option("--session-user", options.sessions.user, "the user sessions log in as (the session image's)")
       ->capture_default_str();
-  std::string quarantine_probe = "2s";
-  app.add_option("--quarantine-after", options.health.quarantine_after,
+  app.add_option("--quarantine-after", options.core.health.quarantine_after,
                  "failed container starts in a row that withdraw capability docker until a re-probe starts one")
       ->capture_default_str()
       ->check(CLI::Range(1u, 1000u));
-  app.add_option("--quarantine-probe", quarantine_probe,
-                 "first re-probe of a quarantined capability after this; doubled each time up to 5m")
-      ->capture_default_str();
+  fm::bus::AddDurationFlag(app, "--quarantine-probe", &options.core.health.probe_initial_ms,
+                           "first re-probe of a quarantined capability after this; doubled each time up to 5m",
+                           fm::bus::AtLeast(1, "1ms"));
   fm::bus::DaemonFlags daemon_flags;
   fm::bus::AddDaemonFlags(app, &daemon_flags);
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
@@ -89,12 +89,6 @@ int main(int argc, char** argv) {
     }
     options.cpus_milli = *v;
   }
-  auto output_cap = fm::ParseSize(max_output);
-  if (!output_cap.ok() || *output_cap == 0) {
-    spdlog::error("--max-output: {}", output_cap.ok() ? "must be above 0" : output_cap.status().message());
-    return 2;
-  }
-  options.max_output = *output_cap;
   if (!memory.empty()) {
     auto v = fm::ParseSize(memory);
     if (!v.ok()) {
@@ -103,26 +97,7 @@ int main(int argc, char** argv) {
     }
     options.memory = *v;
   }
-  // Durations: each above its least, or a usage error naming the flag.
-  struct Duration {
-    const char* flag;
-    const std::string& text;
-    uint64_t least_ms;
-    uint64_t* out;
-  };
-  for (const Duration& d : {Duration{"--heartbeat", heartbeat, 1, &options.heartbeat_ms},
-                            Duration{"--quarantine-probe", quarantine_probe, 1, &options.health.probe_initial_ms},
-                            Duration{"--session-probe", session_probe, 1, &options.session_probe_ms},
-                            Duration{"--session-max-ttl", session_max_ttl, 1000, &options.session_max_ttl_ms}}) {
-    auto ms = fm::ParseDurationMs(d.text);
-    if (!ms.ok() || *ms < d.least_ms) {
-      spdlog::error("{}: {}", d.flag,
-                    ms.ok() ? "must be at least " + std::to_string(d.least_ms) + "ms" : ms.status().message());
-      return 2;
-    }
-    *d.out = *ms;
-  }
-  options.health.probe_max_ms = std::max(options.health.probe_initial_ms, options.health.probe_max_ms);
+  options.core.health.probe_max_ms = std::max(options.core.health.probe_initial_ms, options.core.health.probe_max_ms);
   for (const auto& label : labels) {
     auto parsed = fm::ParseLabel(label);
     if (!parsed.ok()) {

@@ -82,11 +82,11 @@ Status Worker::Check() {
   }
   Normalize(&options_.labels);
   in_addr bind{};
-  if (inet_pton(AF_INET, options_.session_bind.c_str(), &bind) != 1) {
-    return Status::Invalid("--session-bind " + options_.session_bind + ": not an IPv4 address");
+  if (inet_pton(AF_INET, options_.sessions.bind.c_str(), &bind) != 1) {
+    return Status::Invalid("--session-bind " + options_.sessions.bind + ": not an IPv4 address");
   }
-  const std::string advertise = options_.advertise_host.empty() ? options_.node : options_.advertise_host;
-  if (Status s = ValidateEndpoint({advertise, 22, options_.session_user}); !s.ok()) {
+  const std::string advertise = options_.sessions.advertise.empty() ? options_.node : options_.sessions.advertise;
+  if (Status s = ValidateEndpoint({advertise, 22, options_.sessions.user}); !s.ok()) {
     return Status::Invalid("--advertise-host/--session-user: " + s.message());
   }
   return Status::Ok();
@@ -128,11 +128,7 @@ Status Worker::Open() {
     }
   }
   identity.limits = cgroups_.mode();
-  WorkerCoreOptions core_options;
-  core_options.resend_ms = options_.resend_ms;
-  core_options.max_output = options_.max_output;
-  core_options.health = options_.health;
-  core_ = std::make_unique<WorkerCore>(identity, core_options);
+  core_ = std::make_unique<WorkerCore>(identity, options_.core);
   client_ = std::make_unique<bus::Client>(context_, *endpoints, identity.address, true, true, security_);
   client_->Subscribe("scheduler.started");
   std::string gpus;
@@ -218,11 +214,8 @@ void Worker::Attach(bus::Loop& loop) {
     executor_options.instance = instance;
     executor_options.users = &users_;
     executor_options.cgroups = &cgroups_;
-    executor_options.sessions.image = options_.session_image;
-    executor_options.sessions.bind = options_.session_bind;
-    executor_options.sessions.advertise = options_.advertise_host.empty() ? options_.node : options_.advertise_host;
-    executor_options.sessions.user = options_.session_user;
-    executor_options.sessions.max_ttl_ms = options_.session_max_ttl_ms;
+    executor_options.sessions = options_.sessions;
+    if (executor_options.sessions.advertise.empty()) executor_options.sessions.advertise = options_.node;
     executor_options.exec_shim = exec_shim_;
     executor_ = std::make_unique<UvExecutor>(loop.uv(), core_.get(), std::move(executor_options),
                                              [this] { loop_->MarkWork(); });
@@ -238,7 +231,7 @@ void Worker::Attach(bus::Loop& loop) {
         core_->Heartbeat();
       },
       100);
-  loop.Every(options_.resend_ms, [this] { core_->Tick(bus::WallClockMs()); });
+  loop.Every(options_.core.resend_ms, [this] { core_->Tick(bus::WallClockMs()); });
   loop.OnTurnEnd([this] { Flush(); });
   loop.Every(options_.heartbeat_ms, [this] { Reprobe(); });
   core_->Register();
@@ -284,10 +277,10 @@ void Worker::Reprobe() {
   auto answer = std::make_shared<Answer>();
   // The session image is tried by doing (a container started, sshd reached), less often
   // than the ping: it costs a container.
-  const bool session_due = !options_.session_image.empty() && bus::WallClockMs() >= next_session_probe_ms_;
+  const bool session_due = !options_.sessions.image.empty() && bus::WallClockMs() >= next_session_probe_ms_;
   off_loop_->Run(
-      [answer, session_due, socket = options_.docker_socket, image = options_.session_image, id = options_.id,
-       bind = options_.session_bind] {
+      [answer, session_due, socket = options_.docker_socket, image = options_.sessions.image, id = options_.id,
+       bind = options_.sessions.bind] {
         answer->docker = ProbeDocker(socket, 1000, &answer->note);
         if (answer->docker && session_due) {
           answer->session_probed = true;

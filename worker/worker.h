@@ -46,19 +46,16 @@ struct WorkerOptions {
   std::string task_uids;  // or each owner's as a uid of its own from this range, FIRST-LAST
   std::string state_dir;  // where the range's owners and their homes are kept
   uint64_t heartbeat_ms = 1000;
-  uint64_t resend_ms = 1000;
-  uint64_t max_output = 16ull << 20;  // per attempt
-  bool noop_executor = false;         // benchmarking: complete each task at once without running it
-  HealthOptions health;               // --quarantine-after, --quarantine-probe
-  std::string cgroup = "auto";        // exec limits: "auto", "v2", "v1" or "off"
-  // Capability session: announced while a container of this image starts and sshd
-  // answers in it, checked every session_probe_ms (empty: never announced).
-  std::string session_image = "localhost/fm-session:latest";
+  // The core's: results re-sent, output kept per attempt (--max-output), quarantine
+  // (--quarantine-after, --quarantine-probe).
+  WorkerCoreOptions core;
+  bool noop_executor = false;   // benchmarking: complete each task at once without running it
+  std::string cgroup = "auto";  // exec limits: "auto", "v2", "v1" or "off"
+  // Capability session: announced while a container of sessions.image starts and sshd
+  // answers in it, checked every session_probe_ms (empty image: never announced).
+  // sessions.advertise empty: the node name.
+  SessionOptions sessions{.advertise = ""};
   uint64_t session_probe_ms = 60000;
-  std::string advertise_host;            // what users connect to (default: the node name)
-  std::string session_bind = "0.0.0.0";  // where sessions' ports are published
-  std::string session_user = "fm";
-  uint64_t session_max_ttl_ms = 8 * 3600 * 1000;
   std::shared_ptr<spdlog::logger> logger;
 };
 

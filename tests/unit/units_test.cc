@@ -1,6 +1,10 @@
 #include "schemas/units.h"
 
 #include <catch2/catch.hpp>
+#include <set>
+#include <string_view>
+
+#include "schemas/vocabulary.h"
 
 TEST_CASE("sizes parse in binary units and refuse what they cannot read", "[unit]") {
   struct Row {
@@ -42,4 +46,31 @@ TEST_CASE("durations and cpu counts parse", "[unit]") {
   CHECK_FALSE(fm::ParseCpus("2cpus").ok());
   CHECK(fm::FormatCpus(1500) == "1.5");
   CHECK(fm::FormatTimeMs(0) == "1970-01-01T00:00:00.000Z");
+}
+
+TEST_CASE("a duration is printed in the largest unit that divides it and reads back the same", "[unit]") {
+  for (uint64_t ms :
+       {0ull, 1ull, 999ull, 1000ull, 1500ull, 30000ull, 300000ull, 3600000ull, 86400000ull * 7, 86400000ull + 1}) {
+    INFO(ms);
+    auto back = fm::ParseDurationMs(fm::FormatDuration(ms));
+    REQUIRE(back.ok());
+    CHECK(*back == ms);
+  }
+  CHECK(fm::FormatDuration(30000) == "30s");
+  CHECK(fm::FormatDuration(1500) == "1500ms");
+  CHECK(fm::FormatDuration(7 * 86400000ull) == "7d");
+}
+
+TEST_CASE("every task state and submit status has one name in the vocabulary, and no two share one", "[unit]") {
+  std::set<std::string_view> states, statuses;
+  for (auto s : fm::wire::EnumValuesTaskState()) {
+    CHECK_FALSE(fm::Name(s).empty());
+    CHECK(states.insert(fm::Name(s)).second);
+  }
+  for (auto s : fm::wire::EnumValuesSubmitStatus()) {
+    CHECK_FALSE(fm::Name(s).empty());
+    CHECK(statuses.insert(fm::Name(s)).second);
+  }
+  CHECK(fm::Name(fm::wire::TaskState::Pending) == "pending");
+  CHECK(fm::Name(fm::wire::SubmitStatus::Rejected) == "rejected");
 }

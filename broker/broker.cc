@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
@@ -122,6 +123,26 @@ Status Broker::Configure() {
   return Status::Ok();
 }
 
+namespace {
+
+void BindOwnerOnly(zmq::socket_t& socket, const std::string& endpoint) {
+  if (endpoint.rfind("ipc://", 0) != 0) return socket.bind(endpoint);
+  // An ipc:// socket file only the broker's user (and root) may connect to: its peers
+  // are local processes whose queues the kernel cannot count in bytes (broker/outbound.h),
+  // so none of them may be anyone else's. Everyone else connects over TCP. The bind runs
+  // in this thread, at start or on a rebind, when nothing else creates files.
+  const mode_t before = umask(077);
+  try {
+    socket.bind(endpoint);
+  } catch (...) {
+    umask(before);
+    throw;
+  }
+  umask(before);
+}
+
+}  // namespace
+
 Status Broker::Bind() {
   if (Status s = Configure(); !s.ok()) return s;
   std::vector<Endpoints> all = {endpoints_};
@@ -177,7 +198,7 @@ Status Broker::Bind() {
          {std::pair{&router_, e.router}, std::pair{&xsub_, e.events_in}, std::pair{&xpub_, e.events_out}}) {
       std::string bound;
       try {
-        socket->bind(endpoint);
+        BindOwnerOnly(*socket, endpoint);
         bound = socket->get(zmq::sockopt::last_endpoint);
       } catch (const zmq::error_t& ex) {
         return Status::Unavailable("cannot bind " + endpoint + ": " + ex.what());
@@ -464,7 +485,7 @@ void Broker::RebindEventsOut() {
   std::vector<std::string> left;
   for (const auto& endpoint : rebind_events_out_) {
     try {
-      xpub_.bind(endpoint);
+      BindOwnerOnly(xpub_, endpoint);
     } catch (const zmq::error_t& e) {
       left.push_back(endpoint);
       rejected_log_->Warn("rebind " + endpoint, WallClockMs(),

@@ -9,7 +9,8 @@
 // the pipe and everything queued in it); the peer reconnects and claims again.
 //
 // Descriptors come with the messages a connection sends (ZMQ_SRCFD) and go with the
-// monitor's "disconnected". ipc:// peers are local and have no such count: not tracked.
+// monitor's "disconnected". ipc:// peers have no such count: not tracked, and the broker
+// lets only its own user (and root) connect there (its ipc socket files are 0700).
 // Plain code over an injected probe: unit-tested without sockets (tests/unit).
 #pragma once
 

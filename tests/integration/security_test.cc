@@ -21,8 +21,8 @@
 #include <thread>
 
 #include "broker/broker.h"
-#include "runtime/bus.h"
 #include "harness.h"
+#include "runtime/bus.h"
 #include "schemas/codec.h"
 #include "schemas/vocabulary.h"
 
@@ -424,7 +424,10 @@ TEST_CASE("a broker serves an ipc:// socket beside tcp://: daemons and tools on 
   TempDir dir;
   int base = PickPortBase();
   std::string tcp = "tcp://127.0.0.1:" + std::to_string(base), ipc = "ipc://" + dir.path() + "/broker";
-  auto broker = Process::Start({Bin("fm-broker"), "--bind", tcp, "--bind", ipc});
+  // Started with umask 0, as a careless service manager might: the socket files must
+  // still be the broker's user's alone.
+  auto broker = Process::Start(
+      {"/bin/sh", "-c", "umask 0 && exec \"$0\" \"$@\"", Bin("fm-broker"), "--bind", tcp, "--bind", ipc});
   REQUIRE(broker->WaitFor("broker on", 10000, 1, true));
   auto scheduler = Process::Start({Bin("fm-scheduler"), "--broker", ipc, "--data", dir.path() + "/data"});
   auto worker =
@@ -434,6 +437,23 @@ TEST_CASE("a broker serves an ipc:// socket beside tcp://: daemons and tools on 
   ToolRun run = RunTool({Bin("fm-submit"), "--broker", ipc, "--wait", "--", "true"});
   CHECK_THAT(Join(run.lines), Contains("\"status\": \"succeeded\",\"worker\": \"w1\""));
   CHECK(std::filesystem::exists(dir.path() + "/broker.events-out"));
+  // Only the broker's user (and root) may connect over ipc: its peers' queues cannot be
+  // counted in bytes, so no other user's process may be one (everyone else uses TCP).
+  for (const char* file : {"/broker", "/broker.events-in", "/broker.events-out"}) {
+    INFO(file);
+    struct stat st {};
+    REQUIRE(stat((dir.path() + file).c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0700);
+  }
+  if (geteuid() == 0 && access("/usr/bin/setpriv", X_OK) == 0) {
+    chmod(dir.path().c_str(), 0755);  // the directory is not what keeps it out
+    ToolRun other = RunTool({"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", Bin("fm-ctl"),
+                             "--broker", ipc, "--timeout", "2s", "ping"});
+    CHECK(other.exit_code != 0);
+    ToolRun over_tcp = RunTool({"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", Bin("fm-ctl"),
+                                "--broker", tcp, "--timeout", "5s", "ping"});
+    CHECK(over_tcp.exit_code == 0);
+  }
 }
 
 TEST_CASE(

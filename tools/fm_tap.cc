@@ -1,6 +1,7 @@
-// fm-tap [--broker URL] [--since SEQ] [--json] [TOPIC-PREFIX]...
+// fm-tap [--broker URL] [--since SEQ] [--task TASK] [--json] [TOPIC-PREFIX]...
 //
-// Follows the scheduler's event stream. Events carry strictly increasing sequence
+// Follows the scheduler's event stream. With --task, one task's events only: from its
+// first stored event (unless --since), until its end. Events carry strictly increasing sequence
 // numbers; fm-tap prints each once, in order. With --since it first replays stored
 // events from SEQ, then follows live. A gap in the live stream (ZeroMQ drops on slow
 // joins or overload) is filled from the store, so nothing is skipped or repeated.
@@ -29,10 +30,11 @@ volatile std::sig_atomic_t g_stop = 0;
 
 class Tap {
  public:
-  Tap(fm::tools::ToolClient& client, bool json, std::vector<std::string> prefixes, int64_t count)
+  Tap(fm::tools::ToolClient& client, bool json, std::vector<std::string> prefixes, int64_t count, std::string task)
       : client_(client),
         json_(json),
         prefixes_(std::move(prefixes)),
+        task_(std::move(task)),
         remaining_(count),
         sealed_(client.bus().sealed()) {}
 
@@ -178,7 +180,17 @@ class Tap {
 
   void Print(const fm::wire::Event* e) {
     std::string type = fm::codec::Str(e->type());
-    if (!Wanted(type)) return;
+    if (!task_.empty() && fm::codec::Str(e->task()) != task_) return;
+    // One task followed: its end (succeeded, failed, cancelled: nothing follows those)
+    // is the last line.
+    const auto t = fm::ParseEventType(type);
+    const bool last =
+        !task_.empty() && (t == fm::wire::EventType::TaskSucceeded || t == fm::wire::EventType::TaskFailed ||
+                           t == fm::wire::EventType::TaskCancelled);
+    if (!Wanted(type)) {
+      if (last) remaining_ = 0;
+      return;
+    }
     std::string line;
     if (json_) {
       line = codec_.EventToJson(e);
@@ -215,12 +227,14 @@ class Tap {
     std::fwrite(line.data(), 1, line.size(), stdout);
     std::fflush(stdout);
     if (remaining_ > 0) --remaining_;
+    if (last) remaining_ = 0;
   }
 
   fm::tools::ToolClient& client_;
   fm::JsonCodec codec_;
   bool json_;
   std::vector<std::string> prefixes_;
+  std::string task_;   // --task, as the events name it ("t42"); empty: every task
   int64_t remaining_;  // -1: unlimited
   uint64_t next_ = 0;  // the next sequence to print; 0 before the first
   uint64_t correlation_ = 0;
@@ -246,6 +260,9 @@ int main(int argc, char** argv) {
   app.add_option("--since", since, "replay stored events from this sequence number, then follow");
   app.add_flag("--json", json, "one JSON object per event");
   app.add_option("--count", count, "exit after printing this many events");
+  std::string task;
+  app.add_option("--task", task,
+                 "only this task's events (e.g. t42): from its first stored one unless --since, until it ends");
   app.add_option("prefix", prefixes, "only events whose type starts with one of these (e.g. task.failed)");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-tap", argc, argv); rc >= 0) return rc;
 
@@ -254,12 +271,46 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fm-tap: %s\n", client.status().message().c_str());
     return 2;
   }
-  for (const auto& topic : (*client)->StreamTopics()) (*client)->bus().Subscribe(topic);
+  if (!task.empty()) {
+    uint64_t id = 0;
+    if (!fm::ParseTaskName(task, &id)) {
+      std::fprintf(stderr, "fm-tap: --task: \"%s\" is not a task id (t42)\n", task.c_str());
+      return 2;
+    }
+    task = fm::TaskName(id);
+    // The task as the scheduler has it, and with it the sequence of its first event
+    // (the client's own tasks only; an operator's all).
+    flatbuffers::FlatBufferBuilder fbb(128);
+    std::string request =
+        fm::codec::Seal(fbb, fm::wire::CreateControlRequestDirect(fbb, fm::wire::ControlOp::Task, task.c_str(), 1));
+    zmq::message_t storage;
+    auto reply = (*client)->Call(request, fm::wire::Body::ControlReply, 10000, &storage);
+    if (!reply.ok()) {
+      std::fprintf(stderr, "fm-tap: %s\n", reply.status().message().c_str());
+      return 1;
+    }
+    const auto* r = (*reply)->body_as_ControlReply();
+    if (!r->ok()) {
+      std::fprintf(stderr, "fm-tap: --task: %s\n", fm::codec::Str(r->message()).c_str());
+      return 1;
+    }
+    if (since < 0) {
+      if (r->events() && r->events()->size() > 0) {
+        since = static_cast<int64_t>(r->events()->Get(0)->seq());
+      } else {
+        std::fprintf(stderr, "fm-tap: no stored event of %s is left (retention); following it live\n", task.c_str());
+      }
+    }
+  }
+  for (const auto& topic : (*client)->StreamTopics()) {
+    if (!task.empty() && topic.rfind("task.", 0) != 0) continue;  // one task's events: task topics only
+    (*client)->bus().Subscribe(topic);
+  }
   std::signal(SIGINT, [](int) { g_stop = 1; });
   std::signal(SIGTERM, [](int) { g_stop = 1; });
   std::signal(SIGPIPE, SIG_DFL);
 
-  Tap tap(**client, json, prefixes, count);
+  Tap tap(**client, json, prefixes, count, task);
   tap.Start(since);
   if (count == 0) return 0;
   while (!g_stop) {

@@ -8,8 +8,8 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
-#include "runtime/bus.h"
 #include "harness.h"
+#include "runtime/bus.h"
 #include "schemas/codec.h"
 
 using namespace fm::test;
@@ -750,4 +750,41 @@ TEST_CASE("fm-ctl tasks still lists the ended tasks after the scheduler restarts
   ToolRun listed = copy.Ctl({"tasks", "--state", "succeeded"});
   CHECK(std::count_if(listed.lines.begin(), listed.lines.end(),
                       [](const std::string& l) { return l.find("succeeded") != std::string::npos; }) == 5);
+}
+
+TEST_CASE("fm-tap --task follows one task's events only, from its first stored one, and exits after its end",
+          "[integration]") {
+  Cluster c;
+  c.StartWorker("w1", {"--slots", "2"});
+  ToolRun first = c.Submit(R"({"command": ["echo", "one"]})"
+                           "\n",
+                           {"--wait"});
+  REQUIRE(first.exit_code == 0);
+  // t2 runs until told: the tap joins while it is running, after its first events.
+  TempDir dir;
+  const std::string go = dir.path() + "/go";
+  auto second = Process::Start(
+      {Bin("fm-submit"), "--broker", c.broker(), "--wait"},
+      R"({"command": ["sh", "-c", "echo two; while [ ! -e )" + go + R"( ]; do sleep 0.05; done; echo three"]})" + "\n");
+  REQUIRE(c.WaitEvent("task.log task=t2 "));
+  auto tap = Process::Start({Bin("fm-tap"), "--broker", c.broker(), "--task", "t2"});
+  REQUIRE(tap->WaitFor("task.log task=t2", 10000));
+  std::FILE* f = std::fopen(go.c_str(), "w");
+  REQUIRE(f);
+  std::fclose(f);
+  CHECK(tap->Wait(15000) == 0);  // it ends with the task
+  CHECK(second->Wait() == 0);
+  const std::string out = tap->Stdout();
+  INFO(out);
+  // Its whole story, from task.submitted (before the tap started) to its end, and
+  // nothing of another task or of the fleet.
+  CHECK_THAT(out, Contains("task.submitted task=t2") && Contains("task.started task=t2") && Contains("| two") &&
+                      Contains("| three") && Contains("task.succeeded task=t2"));
+  CHECK_THAT(out, !Contains("task=t1") && !Contains("worker.registered"));
+  ToolRun missing = RunTool({Bin("fm-tap"), "--broker", c.broker(), "--task", "t99"});
+  CHECK(missing.exit_code == 1);
+  CHECK_THAT(missing.err, Contains("no task t99"));
+  ToolRun bad = RunTool({Bin("fm-tap"), "--broker", c.broker(), "--task", "x"});
+  CHECK(bad.exit_code == 2);
+  CHECK_THAT(bad.err, Contains("is not a task id"));
 }

@@ -196,6 +196,11 @@ Status Broker::Bind() {
   for (const Endpoints& e : all) {
     for (auto [socket, endpoint] :
          {std::pair{&router_, e.router}, std::pair{&xsub_, e.events_in}, std::pair{&xpub_, e.events_out}}) {
+      if (endpoint.rfind("ipc://@", 0) == 0) {
+        return Status::Invalid("--bind " + endpoint +
+                               ": an abstract ipc socket has no file permissions, so any local user could connect; "
+                               "give a path (its file is this broker's user's alone)");
+      }
       std::string bound;
       try {
         BindOwnerOnly(*socket, endpoint);

@@ -40,9 +40,12 @@ uint64_t NextSealCounter(uint64_t last);
 
 // What the root takes as the last counter of a peer it has no record of (it just
 // started, or the peer is new): the time its claim proof was made, in microseconds. The
-// peer makes its first proof before its first seal and renews it while the root still
-// knows it, so nothing it seals after the proof is refused, while whatever it sealed
-// before the proof the root holds (already taken, before a restart) is never again.
+// peer makes its first proof before its first seal and renews it every minute, so
+// nothing it seals after the proof is refused, and whatever it sealed before the proof
+// is refused. After a root restart a node broker could present an older proof it kept
+// (one is valid 5 minutes): then what the peer sealed since that proof and the old root
+// already took could be replayed to the new root once (submissions carry idempotency
+// keys; results are deduplicated by task and attempt).
 uint64_t FirstSealFloor(uint64_t proof_time_ms);
 
 // A seal of `payload` going `way` between `peer` (the address behind node brokers) and

@@ -24,7 +24,9 @@ constexpr size_t kPieceBytes = 64u << 10;
 DockerExecutor::DockerExecutor(uv_loop_t* loop, RunSink* sink, DockerOptions options, std::function<void()> on_activity)
     : loop_(loop), sink_(sink), options_(std::move(options)), on_activity_(std::move(on_activity)), off_loop_(loop) {}
 
-DockerExecutor::~DockerExecutor() {
+DockerExecutor::~DockerExecutor() { StopThreads(); }
+
+void DockerExecutor::StopThreads() {
   // The loop ran until every attempt ended; a thread still here (the loop was not run to
   // its end) is told to drop its output, its container killed, and joined.
   for (auto& [ref, run] : runs_) {

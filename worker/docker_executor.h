@@ -129,6 +129,9 @@ class DockerExecutor : public Executor {
   // Wakes the loop for `run` (from the attempt's threads).
   static void Wake(Run& run) { uv_async_send(&run.wake); }
 
+  // Stops and joins every attempt's threads (they call the hooks: a derived executor calls
+  // it from its own destructor, while its hooks and state are still there).
+  void StopThreads();
   RunSink* sink() { return sink_; }
   void Activity() { on_activity_(); }
   const DockerOptions& options() const { return options_; }

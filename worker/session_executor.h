@@ -29,6 +29,8 @@ class SessionExecutor final : public DockerExecutor {
  public:
   SessionExecutor(uv_loop_t* loop, RunSink* sink, DockerOptions docker, SessionOptions sessions,
                   std::function<void()> on_activity);
+  // Joins the attempts' threads before sessions_ and the hooks go away.
+  ~SessionExecutor() override { StopThreads(); }
 
   // REQUIRES: spec.session.
   void Start(const Ref& ref, const TaskSpec& spec, const Grant& grant) override;

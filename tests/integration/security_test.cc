@@ -454,6 +454,10 @@ TEST_CASE("a broker serves an ipc:// socket beside tcp://: daemons and tools on 
                                 "--broker", tcp, "--timeout", "5s", "ping"});
     CHECK(over_tcp.exit_code == 0);
   }
+  // An abstract socket has no file to keep others out: refused.
+  ToolRun abstract = RunTool({Bin("fm-broker"), "--bind", "ipc://@fm-test-" + std::to_string(getpid())});
+  CHECK(abstract.exit_code == 2);
+  CHECK_THAT(abstract.err, Contains("abstract ipc socket"));
 }
 
 TEST_CASE(

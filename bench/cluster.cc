@@ -29,9 +29,9 @@
 #include <unordered_map>
 
 #include "bench_util.h"
+#include "harness.h"
 #include "runtime/bus.h"
 #include "runtime/policy.h"
-#include "harness.h"
 #include "scheduler/engine.h"
 #include "schemas/codec.h"
 #include "schemas/vocabulary.h"

@@ -10,8 +10,8 @@
 #include <zmq.hpp>
 
 #include "bench_util.h"
-#include "runtime/bus.h"
 #include "harness.h"
+#include "runtime/bus.h"
 #include "schemas/codec.h"
 
 using namespace fm;

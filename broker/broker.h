@@ -44,16 +44,16 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "broker/outbound.h"
+#include "broker/routing.h"
+#include "broker/zap.h"
 #include "runtime/bus.h"
 #include "runtime/cert.h"
 #include "runtime/claim_proof.h"
 #include "runtime/loop.h"
 #include "runtime/ops.h"
-#include "broker/outbound.h"
 #include "runtime/rate_limited_log.h"
-#include "broker/routing.h"
 #include "runtime/seal.h"
-#include "broker/zap.h"
 #include "schemas/fm_generated.h"
 #include "schemas/status.h"
 

@@ -9,8 +9,8 @@
 #include <cstdio>
 #include <string>
 
-#include "runtime/bus.h"
 #include "compat/fm_v1_generated.h"
+#include "runtime/bus.h"
 #include "schemas/codec.h"
 
 namespace {

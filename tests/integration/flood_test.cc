@@ -7,8 +7,8 @@
 #include <thread>
 #include <zmq.hpp>
 
-#include "runtime/bus.h"
 #include "harness.h"
+#include "runtime/bus.h"
 #include "schemas/codec.h"
 
 using namespace fm::test;

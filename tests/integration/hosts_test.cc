@@ -248,4 +248,17 @@ TEST_CASE("across hosts: a client host connects to a session on a worker host, a
   CHECK(printed.lines[0] == "ssh -p " + std::to_string(port) + " -o StrictHostKeyChecking=accept-new -- fm@" + n1);
   CHECK(h.Tool("cl", {Bin("fm-ctl"), "--broker", kLocal, "cancel", "t1"}).exit_code == 0);
   CHECK(submit->WaitFor(R"("status": "cancelled")", 30000));
+  // The worker stops and removes the container after the task is cancelled: wait for it
+  // (the hosts and their podman go with the test; a container left then outlives both).
+  const std::vector<std::string> listed = {"/usr/bin/podman", "--url",   "unix://" + socket, "ps",
+                                           "--all",           "--quiet", "--filter",         "label=fm.worker"};
+  bool removed = false;
+  for (int i = 0; i < 300 && !removed; ++i) {  // no event says the container is gone
+    removed = RunTool(listed).lines.empty();
+    if (!removed) usleep(100000);
+  }
+  CHECK(removed);
+  for (const auto& id : RunTool(listed).lines) {
+    if (!id.empty()) RunTool({"/usr/bin/podman", "--url", "unix://" + socket, "rm", "--force", "--time", "0", id});
+  }
 }

@@ -2,6 +2,7 @@
 
 #include "runtime/policy.h"
 #include "scheduler/engine.h"
+#include "scheduler/records.h"
 #include "scheduler/views.h"
 #include "schemas/codec.h"
 #include "schemas/vocabulary.h"
@@ -28,7 +29,7 @@ Status Internals::TaskDetail(const Engine& e, flatbuffers::FlatBufferBuilder& fb
   uint64_t id = 0;
   if (!ParseTaskName(name, &id)) return Status::Invalid("\"" + name + "\" is not a task id (t42)");
   std::optional<Task> stored;
-  const Task* t = e.active_task(id);
+  const Task* t = e.Peek(id, &stored);
   if (!t) t = e.ended_.FindRecent(id);
   if (!t) {
     auto read = e.ended_.Find(id);
@@ -97,8 +98,9 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
       // Answered like every reply, after this turn's commit: an answer also says that
       // the store takes writes (or that the scheduler says it does not).
       message = std::string("fm-scheduler ") + FM_VERSION + ": " + std::to_string(e.fleet_.size()) + " workers, " +
-                std::to_string(e.active_.size()) + " tasks not ended (" + std::to_string(e.pending_.size()) +
-                " waiting), event seq " + std::to_string(e.log_.next_seq() - 1);
+                std::to_string(e.active_count()) + " tasks not ended (" + std::to_string(e.pending_.size()) +
+                " waiting" + (e.waiting_loaded() ? "" : ", more being read from the store") + "), event seq " +
+                std::to_string(e.log_.next_seq() - 1);
       break;
     case wire::ControlOp::Workers:
       workers = views::Workers(fbb, e.fleet_, now_ms);
@@ -123,10 +125,31 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
                   "\"); an operator sees all";
         break;
       }
+      // The waiting tasks not in memory are read from the store (q/, in id order): as
+      // many as a page can take, when the filters let a waiting task through.
+      const std::string state = Str(req.state());
+      const bool waiting_listed =
+          Str(req.worker()).empty() && (state.empty() || state == StateName(wire::TaskState::Pending));
+      const std::string owner = only_owner ? *only_owner : Str(req.owner());
+      const size_t limit = std::min<size_t>(req.limit() ? req.limit() : e.options_.task_page, e.options_.task_page);
+      std::vector<Task> read;
+      if (waiting_listed && e.store_ != nullptr) {
+        Status scanned = records::ScanWaitingTasks(*e.store_, req.after(), [&](Task t) {
+          if (e.active_.count(t.id)) return true;  // listed from memory
+          if (owner.empty() || t.owner == owner) read.push_back(std::move(t));
+          return read.size() < limit;
+        });
+        if (!scanned.ok()) {
+          ok = false;
+          message = "tasks: " + scanned.message();
+          break;
+        }
+      }
       views::TaskPage page = views::Tasks(
           fbb, req, e.options_.task_page,
           [&](const auto& visit) {
             for (const auto& [id, t] : e.active_) visit(t);
+            for (const Task& t : read) visit(t);
             for (const Task& t : e.ended_.recent()) visit(t);
           },
           only_owner);
@@ -155,15 +178,22 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
     }
     case wire::ControlOp::Cancel: {
       uint64_t id = 0;
-      auto it = ParseTaskName(target, &id) ? e.active_.find(id) : e.active_.end();
-      if (it == e.active_.end()) {
+      std::optional<Task> read;  // looked at before it is held: a refused cancel holds nothing
+      const Task* seen = ParseTaskName(target, &id) ? e.Peek(id, &read) : nullptr;
+      if (seen == nullptr) {
         ok = false;
         message = "no task \"" + target + "\" that has not ended";
         break;
       }
-      if (!e.Authorized(from, bus::Action::kCancel, it->second.owner)) return;
+      if (!e.Authorized(from, bus::Action::kCancel, seen->owner)) return;
+      Task* t = e.Load(id);
+      if (t == nullptr) {
+        ok = false;
+        message = "cannot read task " + TaskName(id) + " from the store";
+        break;
+      }
       message = "cancelled " + TaskName(id);
-      e.Cancel(&it->second, from, now_ms);
+      e.Cancel(t, from, now_ms);
       break;
     }
   }

@@ -133,12 +133,13 @@ Status SchedulerDaemon::Open() {
     store_ino_ = identity.st_ino;
   }
   options_.engine.fresh_epoch = RandomEpoch();
-  auto started = std::chrono::steady_clock::now();
+  started_ = std::chrono::steady_clock::now();
+  const auto started = started_;
   core_ = std::make_unique<SchedulerCore>(options_.engine, store_.get(), options_.logger);
   if (Status s = core_->Open(bus::WallClockMs()); !s.ok()) return s;
   options_.logger->info(
-      "recovered {} tasks not ended ({} pending) from {} in {} ms", core_->engine().active_count(),
-      core_->engine().pending_count(), options_.data_dir,
+      "recovered {} tasks placed or retrying ({} pending) from {} in {} ms; the waiting ones are read next",
+      core_->engine().active_count(), core_->engine().pending_count(), options_.data_dir,
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
   client_ = std::make_unique<bus::Client>(context_, *endpoints, bus::kSchedulerAddress, true, true, security_);
   client_->Subscribe("fleet.");
@@ -235,8 +236,19 @@ size_t SchedulerDaemon::DrainBus() {
 }
 
 void SchedulerDaemon::TurnEnd() {
+  const bool loading = !core_->engine().waiting_loaded();
   Outbox now = core_->CloseTurn(bus::WallClockMs());
   SendOut(now);
+  if (loading) {
+    // The backlog is read a batch per turn (engine.h): turns go on until it is all read.
+    if (!core_->engine().waiting_loaded()) {
+      loop_->MarkWork();
+    } else {
+      options_.logger->info(
+          "read {} waiting tasks in {} ms since the start", core_->engine().pending_count(),
+          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started_).count());
+    }
+  }
   if (committer_->busy() && (core_->gathered_ops() > kMaxGatheredOps || core_->gathered_bytes() > kMaxGatheredBytes)) {
     committer_->Wait();
   }

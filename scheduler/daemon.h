@@ -114,6 +114,7 @@ class SchedulerDaemon {
   bus::RateLimitedLog intake_log_{spdlog::default_logger()};
   uint64_t intake_refused_ = 0;
   std::unordered_map<std::string, uint64_t> busy_told_ms_;  // sender -> when it was last told "busy"
+  std::chrono::steady_clock::time_point started_;           // when Open began
   std::unique_ptr<SchedulerCore> core_;
   std::unique_ptr<Committer> committer_;
   bus::Loop* loop_ = nullptr;

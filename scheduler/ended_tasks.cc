@@ -72,7 +72,9 @@ Status EndedTasks::RecoverRecent(const store::Store* store, uint64_t next_task_i
 }
 
 void EndedTasks::Add(Task t, store::WriteBatch* writes, flatbuffers::FlatBufferBuilder& scratch) {
-  writes->Delete(keys::ActiveTask(t.id));
+  if (t.record == Task::Record::kWaiting) writes->Delete(keys::WaitingTask(t.id));
+  if (t.record == Task::Record::kActive) writes->Delete(keys::ActiveTask(t.id));
+  t.record = Task::Record::kNone;
   records::PutTask(writes, keys::Task(t.id), t, scratch);
   ++stored_;
   stored_persisted_ = false;

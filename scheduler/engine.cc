@@ -1,6 +1,7 @@
 #include "scheduler/engine.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "runtime/addresses.h"
 #include "runtime/policy.h"
@@ -79,10 +80,9 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
   if (Status s = log_.Recover(store); !s.ok()) return s;
   if (Status s = ended_.Recover(store, next_task_id_); !s.ok()) return s;
   if (Status s = membership_.Recover(*store, now_ms, epoch_); !s.ok()) return s;
-  return records::ScanActiveTasks(*store, [&](Task t) {
+  Status scanned = records::ScanActiveTasks(*store, [&](Task t) {
     next_order_ = std::max(next_order_, t.order + 1);
     next_task_id_ = std::max(next_task_id_, t.id + 1);
-    if (!t.spec.key.empty()) client_keys_[ScopedKey(t.owner, t.spec.key)] = t.id;
     if ((t.state == wire::TaskState::Queued || t.state == wire::TaskState::Running) && fleet_.Find(t.worker)) {
       fleet_.ModifyLoad(t.worker, [&](WorkerState& w) {
         Reserve(t.spec, &w);
@@ -104,13 +104,70 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
     }
     active_.emplace(t.id, std::move(t));
   });
+  if (!scanned.ok()) return scanned;
+  // The waiting tasks (q/) are read a batch per turn from here on. Their ids are below
+  // the stored next id, and a task's order never exceeds its id: new tasks line up after them.
+  load_from_ = 1;
+  load_to_ = next_task_id_;
+  next_order_ = std::max(next_order_, next_task_id_);
+  return Status::Ok();
+}
+
+void Engine::LoadWaiting() {
+  if (waiting_loaded() || store_ == nullptr) return;
+  auto next =
+      records::ScanWaiting(*store_, load_from_, load_to_, options_.waiting_load_batch, [&](records::WaitingLine line) {
+        if (skip_on_load_.erase(line.id) || active_.count(line.id)) return;
+        ++waiting_records_;
+        pending_.Insert(line.demand, PendingSet::Entry::Of(line.priority, line.order, line.id));
+      });
+  if (!next.ok()) {
+    if (read_error_.ok()) read_error_ = next.status();
+    return;  // tried again next turn
+  }
+  load_from_ = *next;
+  if (waiting_loaded()) skip_on_load_.clear();
+  placement_needed_ = true;
+}
+
+Task& Engine::Hold(Task t) {
+  if (t.record == Task::Record::kWaiting) ++cached_waiting_;
+  const uint64_t id = t.id;
+  return active_.insert_or_assign(id, std::move(t)).first->second;
+}
+
+Task* Engine::Load(uint64_t id) {
+  if (auto it = active_.find(id); it != active_.end()) return &it->second;
+  if (store_ == nullptr) return nullptr;
+  auto read = records::ReadWaitingTask(*store_, id);
+  if (!read.ok()) {
+    if (read_error_.ok()) read_error_ = read.status();
+    return nullptr;
+  }
+  if (!*read) return nullptr;
+  if (id >= load_from_ && id < load_to_) {
+    // Not read by the load yet: counted now, and skipped when the load comes to it.
+    ++waiting_records_;
+    skip_on_load_.insert(id);
+  }
+  return &Hold(std::move(**read));
+}
+
+const Task* Engine::Peek(uint64_t id, std::optional<Task>* copy) const {
+  if (const Task* t = active_task(id)) return t;
+  if (store_ == nullptr) return nullptr;
+  auto read = records::ReadWaitingTask(*store_, id);
+  if (!read.ok() && read_error_.ok()) read_error_ = read.status();
+  if (!read.ok() || !*read) return nullptr;
+  *copy = std::move(*read);
+  return &**copy;
 }
 
 void Engine::Start(uint64_t now_ms) {
   EventFields f;
   f.type = wire::EventType::SchedulerStarted;
-  f.message =
-      std::to_string(fleet_.size()) + " workers last known, " + std::to_string(active_.size()) + " tasks not ended";
+  f.message = std::to_string(fleet_.size()) + " workers last known, " + std::to_string(active_.size()) +
+              " tasks placed or retrying" + (waiting_loaded() ? "" : ", the waiting ones being read");
   Emit(f, now_ms);
   membership_.AskAllToRegister();
   placement_needed_ = true;
@@ -240,16 +297,13 @@ bool Engine::FromTaskWorker(const Task& t, const std::string& from, const char* 
 // Submission.
 
 Result<std::optional<Engine::KeyedTask>> Engine::FindKeyed(const std::string& key) {
-  auto it = client_keys_.find(key);
-  if (it == client_keys_.end()) {
-    if (!store_) return std::optional<KeyedTask>();
-    auto id = records::ReadKey(*store_, key);
-    if (!id.ok()) return id.status();
-    if (!id->has_value()) return std::optional<KeyedTask>();
-    it = client_keys_.emplace(key, **id).first;
-  }
+  // The store answers (through the turns not yet written): no key is held in memory.
+  if (!store_) return std::optional<KeyedTask>();
+  auto id = records::ReadKey(*store_, key);
+  if (!id.ok()) return id.status();
+  if (!id->has_value()) return std::optional<KeyedTask>();
   KeyedTask found;
-  found.id = it->second;
+  found.id = **id;
   // A task answers with the status it has now; one refused at submission stays refused.
   auto answer = [&](const Task& t) {
     found.status = t.rejected ? wire::SubmitStatus::Rejected : StatusOf(t.state);
@@ -260,6 +314,12 @@ Result<std::optional<Engine::KeyedTask>> Engine::FindKeyed(const std::string& ke
   };
   if (const Task* t = active_task(found.id)) {
     answer(*t);
+    return std::optional<KeyedTask>(std::move(found));
+  }
+  auto waiting = records::ReadWaitingTask(*store_, found.id);
+  if (!waiting.ok()) return waiting.status();
+  if (*waiting) {
+    answer(**waiting);
     return std::optional<KeyedTask>(std::move(found));
   }
   auto ended = ended_.Find(found.id);
@@ -319,7 +379,6 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       if (req.watch()) t.watcher = from;
       if (!t.spec.key.empty()) {
         const std::string scoped = ScopedKey(owner, t.spec.key);
-        client_keys_[scoped] = t.id;
         records::PutClientKey(&effects_.writes, scoped, t.id);
       }
       uint64_t last_lost_ms = 0;
@@ -340,7 +399,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       dirty_tasks_.push_back(t.id);
       Task& stored = active_.emplace(t.id, std::move(t)).first->second;
       Emit(f, now_ms);
-      if (last_lost_ms != 0) MarkWaiting(&stored, now_ms);  // only lost workers could run it
+      if (last_lost_ms != 0) MarkWaiting(stored, now_ms);  // only lost workers could run it
       placement_needed_ = true;
     }
   }
@@ -547,6 +606,11 @@ void Engine::End(Task* t, TaskEvent event, wire::Reason reason, const std::strin
   }
   t->ended_ms = now_ms;
   const uint64_t id = t->id;
+  if (t->record == Task::Record::kWaiting) {
+    --cached_waiting_;
+    --waiting_records_;
+  }
+  if (!announced_waiting_.empty()) announced_waiting_.erase(id);
   ended_.Add(std::move(*t), &effects_.writes, scratch_);  // the task leaves the active set: moved, not copied
   active_.erase(id);
 }
@@ -754,37 +818,50 @@ void Engine::ForgetKey(const Task& t) {
   } else if (*named && **named == t.id) {
     records::DeleteClientKey(&effects_.writes, scoped);
   }
-  auto cached = client_keys_.find(scoped);
-  if (cached != client_keys_.end() && cached->second == t.id) client_keys_.erase(cached);
 }
 
 void Engine::FailUnrunnable(uint64_t now_ms) {
   // Eligibility is a property of the demand: one look per demand, not per task. A demand
   // that only recently lost workers could run waits for them (the reconnect grace).
-  std::vector<std::pair<std::vector<uint64_t>, Explanation>> doomed;
+  struct Doomed {
+    TaskSpec demand;
+    std::vector<PendingSet::Entry> line;
+    Explanation why;
+  };
+  std::vector<Doomed> doomed;
   std::vector<uint64_t> waiting;
-  pending_.ForEachDemand([&](const TaskSpec& demand, const std::vector<uint64_t>& ids) {
+  pending_.ForEachDemand([&](const TaskSpec& demand, const std::vector<PendingSet::Entry>& line) {
     if (fleet_.AnyEligible(demand)) return;
     uint64_t last_lost_ms = 0;
     if (membership_.LostEligible(demand, &last_lost_ms) > 0) {
-      waiting.insert(waiting.end(), ids.begin(), ids.end());
+      for (const auto& e : line) {
+        if (!announced_waiting_.count(e.id)) waiting.push_back(e.id);
+      }
     } else {
-      doomed.push_back({ids, fleet_.Explain(demand)});
+      doomed.push_back({demand, line, fleet_.Explain(demand)});
     }
   });
-  for (uint64_t id : waiting) MarkWaiting(&active_.at(id), now_ms);
-  for (const auto& [ids, why] : doomed) {
-    for (uint64_t id : ids) {
-      End(&active_.at(id), TaskEvent::kUnrunnable, wire::Reason::NoEligibleWorker, why.message, 0, now_ms, &why);
+  for (uint64_t id : waiting) {
+    std::optional<Task> read;  // a waiting task is told about as read, not held
+    if (const Task* t = Peek(id, &read)) MarkWaiting(*t, now_ms);
+  }
+  for (const auto& [demand, line, why] : doomed) {
+    for (const PendingSet::Entry& e : line) {
+      if (Task* t = Load(e.id)) {
+        End(t, TaskEvent::kUnrunnable, wire::Reason::NoEligibleWorker, why.message, 0, now_ms, &why);
+      } else if (!read_error_.ok()) {
+        return;  // the store cannot be read: judged again in a later turn
+      } else {
+        pending_.Erase(demand, e);  // its record is gone (ended meanwhile)
+      }
     }
   }
 }
 
-void Engine::MarkWaiting(Task* t, uint64_t now_ms) {
-  if (t->waiting_for_lost) return;
-  t->waiting_for_lost = true;
-  EventFields f = EventAbout(wire::EventType::TaskWaiting, *t);
-  f.message = membership_.WaitingForLost(t->spec, now_ms);
+void Engine::MarkWaiting(const Task& t, uint64_t now_ms) {
+  if (!announced_waiting_.insert(t.id).second) return;
+  EventFields f = EventAbout(wire::EventType::TaskWaiting, t);
+  f.message = membership_.WaitingForLost(t.spec, now_ms);
   Emit(f, now_ms);
 }
 
@@ -792,19 +869,26 @@ void Engine::PlacePending(uint64_t now_ms) {
   pending_.Walk([&](uint64_t id, const TaskSpec& demand) {
     if (!fleet_.HasOpenSlot()) return PendingSet::Offer::kStop;
     ++placement_offers_;
-    Task& t = active_.at(id);
+    auto held = active_.find(id);
     const WorkerState* chosen = nullptr;
-    if (!t.failed_on.empty()) {
+    if (held != active_.end() && !held->second.failed_on.empty()) {
       // A retry goes to a worker that has not failed it, whenever one could run it: it
       // waits for one that is full now, and goes back to one that failed it only when no
-      // other could ever run it.
-      chosen = fleet_.Place(demand, options_.policy, &t.failed_on);
-      if (!chosen && fleet_.AnyEligibleExcept(demand, t.failed_on)) return PendingSet::Offer::kSkip;
+      // other could ever run it. (A task read back from q/ never failed anywhere.)
+      const auto& failed_on = held->second.failed_on;
+      chosen = fleet_.Place(demand, options_.policy, &failed_on);
+      if (!chosen && fleet_.AnyEligibleExcept(demand, failed_on)) return PendingSet::Offer::kSkip;
     }
     if (!chosen) chosen = fleet_.Place(demand, options_.policy);
     if (!chosen) return PendingSet::Offer::kNoRoom;  // waits for capacity; other demands may fit
-    t.waiting_for_lost = false;
-    Queue(&t, chosen->id, now_ms);
+    Task* t = held != active_.end() ? &held->second : Load(id);
+    if (t == nullptr) {
+      // The store cannot be read (judged again next turn), or the record is gone: the
+      // task ended meanwhile and its place in line goes with it.
+      return read_error_.ok() ? PendingSet::Offer::kPlaced : PendingSet::Offer::kStop;
+    }
+    if (!announced_waiting_.empty()) announced_waiting_.erase(id);
+    Queue(t, chosen->id, now_ms);
     return PendingSet::Offer::kPlaced;
   });
 }
@@ -855,7 +939,40 @@ void Engine::FlushBatched() {
   ended_for_watchers_.clear();
 }
 
+void Engine::WriteTasks() {
+  // Ended tasks are no longer active: their record moved to t/ when they ended.
+  std::sort(dirty_tasks_.begin(), dirty_tasks_.end());
+  dirty_tasks_.erase(std::unique(dirty_tasks_.begin(), dirty_tasks_.end()), dirty_tasks_.end());
+  for (uint64_t id : dirty_tasks_) {
+    auto it = active_.find(id);
+    if (it == active_.end()) continue;
+    Task& t = it->second;
+    // Waiting for its first placement: q/ (a task once placed stays at a/ until it ends).
+    const bool waiting = t.state == wire::TaskState::Pending && t.record != Task::Record::kActive;
+    records::PutActiveTask(&effects_.writes, t, waiting, scratch_);
+    if (waiting && t.record == Task::Record::kNone) {
+      ++waiting_records_;
+      ++cached_waiting_;
+    } else if (!waiting && t.record == Task::Record::kWaiting) {
+      --waiting_records_;
+      --cached_waiting_;
+    }
+    t.record = waiting ? Task::Record::kWaiting : Task::Record::kActive;
+  }
+  // Past the bound, the newest waiting tasks leave memory (their place in line stays):
+  // they are the last to be placed, and read back then.
+  for (auto id = dirty_tasks_.rbegin(); id != dirty_tasks_.rend() && cached_waiting_ > options_.cached_waiting_tasks;
+       ++id) {
+    auto it = active_.find(*id);
+    if (it == active_.end() || it->second.record != Task::Record::kWaiting) continue;
+    active_.erase(it);
+    --cached_waiting_;
+  }
+  dirty_tasks_.clear();
+}
+
 void Engine::FinishTurn(uint64_t now_ms) {
+  LoadWaiting();
   if (fleet_shrank_) {
     fleet_shrank_ = false;
     FailUnrunnable(now_ms);
@@ -867,13 +984,7 @@ void Engine::FinishTurn(uint64_t now_ms) {
   FlushDispatches();
   FlushBatched();
   log_.FinishTurn(&effects_);
-  // Ended tasks are no longer active: their record moved to t/ when they ended.
-  std::sort(dirty_tasks_.begin(), dirty_tasks_.end());
-  dirty_tasks_.erase(std::unique(dirty_tasks_.begin(), dirty_tasks_.end()), dirty_tasks_.end());
-  for (uint64_t id : dirty_tasks_) {
-    if (const Task* t = active_task(id)) records::PutActiveTask(&effects_.writes, *t, scratch_);
-  }
-  dirty_tasks_.clear();
+  WriteTasks();
   ended_.FinishTurn(&effects_.writes);
   if (next_task_id_ != persisted_task_id_) {
     records::PutNextTaskId(&effects_.writes, next_task_id_);
@@ -899,9 +1010,21 @@ namespace fm::sched {
 
 EngineCensus Engine::Census() const {
   EngineCensus c;
+  // The waiting tasks (q/): counted apart; the oldest of them is the first in the store.
+  c.pending = waiting_records_;
+  if (store_ != nullptr && waiting_records_ > 0) {
+    // From the first waiting id seen last time: ids only leave q/ (new ones are higher),
+    // so the deleted records before it are not walked over again.
+    (void)records::ScanWaiting(*store_, waiting_floor_, std::numeric_limits<uint64_t>::max(), 1,
+                               [&](const records::WaitingLine& line) {
+                                 c.oldest_pending_ms = line.submitted_ms;
+                                 waiting_floor_ = line.id;
+                               });
+  }
   for (const auto& [id, t] : active_) {
     switch (t.state) {
       case wire::TaskState::Pending:
+        if (t.record == Task::Record::kWaiting) break;  // counted above
         ++c.pending;
         if (c.oldest_pending_ms == 0 || t.submitted_ms < c.oldest_pending_ms) c.oldest_pending_ms = t.submitted_ms;
         break;

@@ -9,6 +9,13 @@
 // failure sends a task back to pending with attempt + 1, up to max_attempts. A task no
 // live worker could ever run fails at once with reason no_eligible_worker.
 //
+// The backlog: a task waiting for its first placement has its record at q/ and, in
+// memory, only its place in its demand's line (pending.h: 64 bytes). The engine keeps up
+// to cached_waiting_tasks of them whole (those submitted first), drops the rest once
+// their record is written, and reads a task back when it is placed, cancelled or shown.
+// After a start it reads a/ (the tasks placed, running or retrying: bounded by the
+// fleet) at once and q/ a batch per turn, placing from what it has read meanwhile.
+//
 // The engine holds the transitions; it talks to narrow parts: the fleet index
 // (fleet_index.h), the pending set (pending.h), the event log (event_log.h), the store's
 // records (records.h) and the control views (views.h).
@@ -25,6 +32,7 @@
 #include <string_view>
 #include <tuple>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -73,6 +81,10 @@ struct EngineOptions {
   bool authenticate = false;
   // The epoch a new store gets (the daemon draws it at random); non-zero.
   uint64_t fresh_epoch = 1;
+  // Tasks waiting for their first placement kept whole in memory (the rest are read back
+  // from the store when placed), and how many of them a turn reads after a start.
+  size_t cached_waiting_tasks = 32768;
+  size_t waiting_load_batch = 20000;
   // Clamps values that make no sense (zero windows) to usable ones.
   void Validate();
 };
@@ -103,7 +115,9 @@ class Engine {
 
   // Rebuilds state from `store`, which must outlive the engine (it also serves replay
   // and lookups of ended tasks). Workers last known are presumed live for one liveness
-  // window from `now_ms`. Error: the store could not be read or holds a bad record.
+  // window from `now_ms`. The tasks waiting for their first placement are read later, a
+  // batch per FinishTurn (waiting_loaded()). Error: the store could not be read or holds
+  // a bad record.
   Status Recover(const store::Store* store, uint64_t now_ms);
   // Announces the scheduler (event scheduler.started, ReRegister to known workers).
   void Start(uint64_t now_ms);
@@ -135,8 +149,14 @@ class Engine {
   // Introspection (tests, fm-ctl).
   const WorkerState* worker(const std::string& id) const;
   const Task* active_task(uint64_t id) const;
+  // Tasks in line for placement (of the backlog, those read so far).
   size_t pending_count() const { return pending_.size(); }
-  size_t active_count() const { return active_.size(); }
+  // Tasks not ended (of the backlog, those read so far).
+  size_t active_count() const { return active_.size() - cached_waiting_ + waiting_records_; }
+  // Tasks kept whole in memory.
+  size_t tasks_in_memory() const { return active_.size(); }
+  // Every waiting task in the store has been read since Recover.
+  bool waiting_loaded() const { return load_from_ >= load_to_; }
   uint64_t next_seq() const { return log_.next_seq(); }
   uint64_t stored_events() const { return log_.stored_events(); }
   uint64_t stored_log_bytes() const { return log_.stored_log_bytes(); }
@@ -184,7 +204,7 @@ class Engine {
   // (queued) or re-placed (running); what it holds that is not its to run is cancelled.
   void Reconcile(const std::string& worker_id, const std::set<AttemptRef>& held, uint64_t now_ms);
   // The task waits for a lost worker: say so once on the stream.
-  void MarkWaiting(Task* t, uint64_t now_ms);
+  void MarkWaiting(const Task& t, uint64_t now_ms);
   void Queue(Task* t, const std::string& worker_id, uint64_t now_ms);
   // Back to pending with attempt + 1, or failed when attempts are used up.
   // `blame_worker`: the attempt failed there (a retryable exit status, an executor that
@@ -207,6 +227,17 @@ class Engine {
            uint64_t now_ms, const Explanation* explanation = nullptr);
   void Unassign(Task* t);
   void FailUnrunnable(uint64_t now_ms);
+  // The task not ended `id`, in memory or read back from q/ (then held in memory);
+  // nullptr when there is none, or the store could not be read (read_error_ set).
+  Task* Load(uint64_t id);
+  // Like Load, without holding it: a copy in `*copy` when it was read from the store.
+  const Task* Peek(uint64_t id, std::optional<Task>* copy) const;
+  // Holds `t` in memory.
+  Task& Hold(Task t);
+  // The next batch of waiting tasks after a start (Recover).
+  void LoadWaiting();
+  // Writes the turn's changed tasks; drops waiting tasks past cached_waiting_tasks.
+  void WriteTasks();
   // An ended task's record was deleted by its retention: so is its client key, if it
   // still names it.
   void ForgetKey(const Task& t);
@@ -258,7 +289,7 @@ class Engine {
   EngineOptions options_;
   const store::Store* store_ = nullptr;
   Effects effects_;
-  Status read_error_;
+  mutable Status read_error_;  // Peek, a const read, notes its failure too
   EventLog log_;
 
   Membership membership_;                      // who is in the fleet and alive (membership.h)
@@ -267,7 +298,16 @@ class Engine {
   std::unordered_map<uint64_t, Task> active_;  // tasks not yet ended
   PendingSet pending_;                         // tasks waiting for room, per demand
   std::multimap<uint64_t, uint64_t> backoff_;  // due time -> pending task in retry backoff (may be stale)
-  std::unordered_map<std::string, uint64_t> client_keys_;
+  // Tasks whose record is at q/: those in memory, and all read or made since the start.
+  size_t cached_waiting_ = 0;
+  uint64_t waiting_records_ = 0;
+  // q/ ids not yet read after a start: [load_from_, load_to_). Those read meanwhile by
+  // id (a cancel) are skipped when the load reaches them.
+  uint64_t load_from_ = 0, load_to_ = 0;
+  std::unordered_set<uint64_t> skip_on_load_;
+  mutable uint64_t waiting_floor_ = 1;  // no q/ record below it (Census)
+  // Tasks the stream was told wait for a lost worker (task.waiting said once).
+  std::unordered_set<uint64_t> announced_waiting_;
   std::vector<uint64_t> dirty_tasks_;  // active tasks whose a/ record changed this turn (may repeat)
   std::map<std::string, std::vector<uint64_t>> dispatches_;  // worker id -> tasks to send
   // Sent once per turn per address: acknowledgements of results, ended tasks for watchers.

@@ -49,14 +49,12 @@ class PendingSet {
   template <typename F>
   void Walk(F&& offer);
 
-  // Calls `visit(demand, ids)` for every demand with its waiting task ids in line order.
+  // Calls `visit(demand, line)` for every demand with its waiting tasks in line order.
   template <typename F>
   void ForEachDemand(F&& visit) const {
     for (const auto& [key, d] : demands_) {
-      std::vector<uint64_t> ids;
-      ids.reserve(d.line.size());
-      for (const Entry& e : d.line) ids.push_back(e.id);
-      visit(d.spec, ids);
+      std::vector<Entry> line(d.line.begin(), d.line.end());
+      visit(d.spec, line);
     }
   }
 

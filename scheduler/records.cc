@@ -33,8 +33,10 @@ void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t,
 
 void DeleteWorker(store::WriteBatch* writes, const std::string& id) { writes->Delete(keys::Worker(id)); }
 
-void PutActiveTask(store::WriteBatch* writes, const Task& t, flatbuffers::FlatBufferBuilder& scratch) {
-  PutTask(writes, keys::ActiveTask(t.id), t, scratch);
+void PutActiveTask(store::WriteBatch* writes, const Task& t, bool waiting, flatbuffers::FlatBufferBuilder& scratch) {
+  if (!waiting && t.record == Task::Record::kWaiting) writes->Delete(keys::WaitingTask(t.id));
+  if (waiting && t.record == Task::Record::kActive) writes->Delete(keys::ActiveTask(t.id));
+  PutTask(writes, waiting ? keys::WaitingTask(t.id) : keys::ActiveTask(t.id), t, scratch);
 }
 
 void PutClientKey(store::WriteBatch* writes, const std::string& key, uint64_t task) {
@@ -119,6 +121,73 @@ Result<std::optional<Task>> ReadEndedTask(const store::Store& store, uint64_t id
   return std::optional<Task>(std::move(*t));
 }
 
+Result<std::optional<Task>> ReadWaitingTask(const store::Store& store, uint64_t id) {
+  std::string key = keys::WaitingTask(id);
+  auto v = store.Get(key);
+  if (!v.ok()) return v.status();
+  if (!v->has_value()) return std::optional<Task>();
+  auto t = DecodeTask(**v, key);
+  if (!t.ok()) return t.status();
+  t->record = Task::Record::kWaiting;
+  return std::optional<Task>(std::move(*t));
+}
+
+Result<uint64_t> ScanWaiting(const store::Store& store, uint64_t from, uint64_t to, size_t most,
+                             const std::function<void(WaitingLine)>& visit) {
+  Status bad = Status::Ok();
+  uint64_t next = to;
+  size_t seen = 0;
+  Status s =
+      store.Scan(keys::WaitingTask(from), keys::WaitingTask(to), [&](std::string_view key, std::string_view stored) {
+        const uint64_t id = keys::DecodeU64(key.substr(keys::kWaitingPrefix.size()));
+        if (seen == most) {
+          next = id;
+          return false;
+        }
+        ++seen;
+        std::string storage;
+        std::string_view value = codec::AlignedBytes(stored, &storage);
+        flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
+        if (!v.VerifyBuffer<wire::TaskRecord>(nullptr)) {
+          bad = Status::Internal("store: bad task record at q/" + std::to_string(id));
+          return false;
+        }
+        const auto& r = *flatbuffers::GetRoot<wire::TaskRecord>(value.data());
+        WaitingLine line;
+        line.id = id;
+        line.order = r.order();
+        line.submitted_ms = r.submitted_ms();
+        if (const wire::TaskSpec* spec = r.spec()) {
+          line.priority = spec->priority();
+          line.demand.priority = spec->priority();
+          line.demand.required_capabilities = codec::Strings(spec->requires_());
+          Normalize(&line.demand.required_capabilities);
+          line.demand.resources = codec::FromWire(spec->resources());
+          line.demand.labels = codec::FromWire(spec->labels());
+        }
+        visit(std::move(line));
+        return true;
+      });
+  if (!s.ok()) return s;
+  if (!bad.ok()) return bad;
+  return next;
+}
+
+Status ScanWaitingTasks(const store::Store& store, uint64_t after, const std::function<bool(Task)>& visit) {
+  Status bad = Status::Ok();
+  Status s = store.Scan(keys::WaitingTask(after + 1), keys::PrefixEnd(keys::kWaitingPrefix),
+                        [&](std::string_view key, std::string_view value) {
+                          auto t = DecodeTask(value, key);
+                          if (!t.ok()) {
+                            bad = t.status();
+                            return false;
+                          }
+                          t->record = Task::Record::kWaiting;
+                          return visit(std::move(*t));
+                        });
+  return s.ok() ? bad : s;
+}
+
 Result<std::optional<uint64_t>> ReadKey(const store::Store& store, const std::string& key) {
   auto v = store.Get(keys::ClientKey(key));
   if (!v.ok()) return v.status();
@@ -174,6 +243,7 @@ Status ScanActiveTasks(const store::Store& store, const std::function<void(Task)
                             bad = t.status();
                             return false;
                           }
+                          t->record = Task::Record::kActive;
                           visit(std::move(*t));
                           return true;
                         });

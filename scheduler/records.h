@@ -25,8 +25,9 @@ void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t, f
 void PutWorker(store::WriteBatch* writes, const WorkerState& w);
 // Deletes worker `id`'s record (it was lost).
 void DeleteWorker(store::WriteBatch* writes, const std::string& id);
-// A task not ended, at a/<id>.
-void PutActiveTask(store::WriteBatch* writes, const Task& t, flatbuffers::FlatBufferBuilder& scratch);
+// A task not ended, at q/<id> when `waiting` (it waits for its first placement), else
+// at a/<id>; where t.record says it was before, that record is deleted.
+void PutActiveTask(store::WriteBatch* writes, const Task& t, bool waiting, flatbuffers::FlatBufferBuilder& scratch);
 // The task a client key (scoped by owner) names, at k/<key>; deleted with the task.
 void PutClientKey(store::WriteBatch* writes, const std::string& key, uint64_t task);
 void DeleteClientKey(store::WriteBatch* writes, const std::string& key);
@@ -43,6 +44,24 @@ Result<Task> DecodeTask(std::string_view value, std::string_view key);
 Result<uint64_t> ReadMeta(const store::Store& store, std::string_view key, uint64_t absent);
 // The ended task `id` (t/); nullopt when it is not there.
 Result<std::optional<Task>> ReadEndedTask(const store::Store& store, uint64_t id);
+// The task `id` waiting for its first placement (q/, its record kWaiting); nullopt when
+// it is not there (placed, ended, or never).
+Result<std::optional<Task>> ReadWaitingTask(const store::Store& store, uint64_t id);
+// What placement needs of a waiting task: its place in line and its demand (the spec's
+// capabilities, resources and labels; the rest left empty).
+struct WaitingLine {
+  uint64_t id = 0, order = 0, submitted_ms = 0;
+  int32_t priority = 0;
+  TaskSpec demand;
+};
+// Visits the waiting tasks (q/) with ids in [from, to), in id order, at most `most` of
+// them; returns the id to go on from (`to` when all were visited). Decodes only what
+// WaitingLine holds. Error: a read failed or a record does not verify.
+Result<uint64_t> ScanWaiting(const store::Store& store, uint64_t from, uint64_t to, size_t most,
+                             const std::function<void(WaitingLine)>& visit);
+// Visits the waiting tasks (q/) with ids above `after` in id order, decoded, until
+// `visit` returns false.
+Status ScanWaitingTasks(const store::Store& store, uint64_t after, const std::function<bool(Task)>& visit);
 // The task id a client key was first used for (k/); nullopt when the key is new.
 Result<std::optional<uint64_t>> ReadKey(const store::Store& store, const std::string& key);
 

@@ -33,7 +33,11 @@ struct Task {
   std::vector<std::string> failed_on;  // workers an attempt failed on (sorted, at most 64)
   std::vector<std::string> gpus;       // the devices its current attempt was given (once started)
   Endpoint endpoint;                   // a session's, once its sshd answered
-  bool waiting_for_lost = false;       // told the stream it waits for a lost worker (not stored)
+  // Where its record is (not stored): none yet (submitted this turn), a/, or q/ while it
+  // waits for its first placement, when the engine may drop it from memory and read it
+  // back to place it (engine.h, "The backlog").
+  enum class Record : uint8_t { kNone, kActive, kWaiting };
+  Record record = Record::kNone;
 };
 
 // "a, b": the workers a task failed on, for task.retrying and fm-ctl task.

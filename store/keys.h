@@ -10,8 +10,12 @@ namespace fm::store::keys {
 
 inline constexpr std::string_view kActivePrefix = "a/";  // a/<id:u64be> -> wire.TaskRecord, not yet ended
 inline constexpr std::string_view kTaskPrefix = "t/";    // t/<id:u64be> -> wire.TaskRecord, ended
-inline constexpr std::string_view kEventPrefix = "e/";   // e/<last seq:u64be> -> wire.Envelope(EventBlock)
-inline constexpr std::string_view kLogPrefix = "l/";     // l/<last seq:u64be> -> ditto, task.log events only
+// q/<id:u64be> -> wire.TaskRecord of a task waiting for its first placement (pending,
+// never placed): the backlog, read lazily after a start; a/ holds every other task not
+// ended. A task leaves q/ for a/ when it is first placed, for t/ when it ends unplaced.
+inline constexpr std::string_view kWaitingPrefix = "q/";
+inline constexpr std::string_view kEventPrefix = "e/";  // e/<last seq:u64be> -> wire.Envelope(EventBlock)
+inline constexpr std::string_view kLogPrefix = "l/";    // l/<last seq:u64be> -> ditto, task.log events only
 // E/ and L/<last seq:u64be> -> BlockIndex(events, bytes, newest time) of the e/ or l/
 // block with that key: what retention counts, without reading the blocks.
 inline constexpr std::string_view kEventIndexPrefix = "E/";
@@ -44,6 +48,7 @@ inline uint64_t DecodeU64(std::string_view bytes) {
 }
 
 inline std::string ActiveTask(uint64_t id) { return std::string(kActivePrefix) + EncodeU64(id); }
+inline std::string WaitingTask(uint64_t id) { return std::string(kWaitingPrefix) + EncodeU64(id); }
 inline std::string Task(uint64_t id) { return std::string(kTaskPrefix) + EncodeU64(id); }
 inline std::string Event(uint64_t seq) { return std::string(kEventPrefix) + EncodeU64(seq); }
 // The key of a block (e/, l/) or of its index entry (E/, L/) keyed by `seq`.

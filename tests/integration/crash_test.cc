@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <catch2/catch.hpp>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <regex>
@@ -138,4 +139,45 @@ TEST_CASE("a scheduler paused past the liveness window declares no worker lost a
   CHECK(c.tap().Count("worker.lost") == 0);
   CHECK(c.tap().Count("task.retrying") == 0);
   CHECK(c.scheduler().WaitFor("every worker gets a fresh liveness window", 1000, 1, true));
+}
+
+TEST_CASE(
+    "a backlog that waits at q/ is read back after a kill -9, listed, and placed in line order: priority first, then "
+    "submission",
+    "[integration][crash]") {
+  Cluster c({"--liveness", "5s"});
+  c.StartWorker("w", {"--slots", "1"});
+  ToolRun blocker = c.Submit(R"({"command": ["sleep", "60"]})"
+                             "\n");
+  REQUIRE(blocker.exit_code == 0);
+  REQUIRE(c.WaitEvent("task.started task=t1 "));
+  std::string lines;
+  for (int i = 0; i < 30; ++i) lines += R"({"command": ["true"], "priority": )" + std::to_string(i % 3) + "}\n";
+  REQUIRE(c.Submit(lines).exit_code == 0);  // t2..t31 wait behind t1
+  c.RestartScheduler();
+  // Answers, and lists the waiting tasks from the store.
+  ToolRun pending;
+  for (int i = 0; i < 100; ++i) {
+    pending = c.Ctl({"tasks", "--state", "pending"});
+    if (pending.exit_code == 0 && pending.lines.size() >= 30) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // polling the restart, bounded
+  }
+  int listed = 0;
+  for (const auto& l : pending.lines) listed += l.find("pending") != std::string::npos;
+  CHECK(listed == 30);
+  REQUIRE(c.Ctl({"cancel", "t1"}).exit_code == 0);
+  REQUIRE(c.WaitEvent("task.succeeded", 30000, 30));
+  std::vector<int> started;
+  std::regex start_re(R"(task\.started task=t([0-9]+) )");
+  for (const auto& line : c.tap().Lines()) {
+    std::smatch m;
+    if (std::regex_search(line, m, start_re) && m[1] != "1") started.push_back(std::stoi(m[1]));
+  }
+  std::vector<int> expected;
+  for (int p = 2; p >= 0; --p) {
+    for (int id = 2; id <= 31; ++id) {
+      if ((id - 2) % 3 == p) expected.push_back(id);
+    }
+  }
+  CHECK(started == expected);
 }

@@ -28,6 +28,10 @@ TaskSpec Target() {
 
 S StateOf(Harness& h, uint64_t id) {
   if (const Task* t = h.engine().active_task(id)) return t->state;
+  // Waiting for its first placement, and not in memory (after a restart).
+  auto waiting = records::ReadWaitingTask(h.store(), id);
+  REQUIRE(waiting.ok());
+  if (*waiting) return (*waiting)->state;
   auto ended = records::ReadEndedTask(h.store(), id);
   REQUIRE(ended.ok());
   REQUIRE(ended->has_value());

@@ -20,9 +20,11 @@ constexpr int kTurnMs = 50;            // handling them stops after this, and th
 // Commits up to this many writes are done on the loop thread (no hand-off latency).
 constexpr size_t kInlineOps = 256;
 // While a commit is in flight, turns gather up to this many writes (or bytes); then the loop waits
-// for the commit (and ZeroMQ's high-water marks push back on the senders).
-constexpr size_t kMaxGatheredOps = 1 << 18;
-constexpr size_t kMaxGatheredBytes = 64u << 20;  // (task output above all)
+// for the commit (and ZeroMQ's high-water marks push back on the senders). Enough to take
+// the cost of a sync over tens of thousands of tasks, and small beside the memory a
+// backlog may have (the gathered batch, the one in flight and RocksDB's copy of it).
+constexpr size_t kMaxGatheredOps = 1 << 16;
+constexpr size_t kMaxGatheredBytes = 16u << 20;  // (task output above all)
 
 // A store epoch: random, never 0.
 uint64_t RandomEpoch() {

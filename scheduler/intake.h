@@ -20,7 +20,7 @@ namespace fm::sched {
 
 struct IntakeOptions {
   size_t per_sender_messages = 8192;
-  size_t per_sender_bytes = 64u << 20;
+  size_t per_sender_bytes = 16u << 20;
 };
 
 class FairIntake {

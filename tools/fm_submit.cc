@@ -133,6 +133,10 @@ class Submitter {
   }
 
   bool Done() const { return in_flight_.empty() && batch_.specs.empty() && waiting_.empty(); }
+  // As many batches as may wait for their answers: no more input is read meanwhile, so
+  // that neither this process nor the scheduler's intake holds more than a few of them
+  // however fast the input comes.
+  bool Full() const { return in_flight_.size() >= kMaxInFlight; }
   bool TimedOut() const {
     return !in_flight_.empty() &&
            std::chrono::steady_clock::now() - last_progress_ > std::chrono::milliseconds(timeout_ms_);
@@ -161,6 +165,7 @@ class Submitter {
 
  private:
   static constexpr auto kResendAfter = std::chrono::seconds(2);
+  static constexpr size_t kMaxInFlight = 16;
   static constexpr auto kPollAfter = std::chrono::seconds(3);
 
   struct Batch {
@@ -499,7 +504,8 @@ int main(int argc, char** argv) {
   uint64_t line_number = 0;
   std::string buffer;
   while (stdin_open || !submitter.Done()) {
-    int woke = (*client)->Wait(stdin_open ? 1000 : 250, stdin_open ? STDIN_FILENO : -1);
+    const bool reading = stdin_open && !submitter.Full();
+    int woke = (*client)->Wait(reading ? 1000 : 250, reading ? STDIN_FILENO : -1);
     if (woke == 1) submitter.Receive();
     submitter.Retry();
     if (woke == 2) {

@@ -181,3 +181,44 @@ TEST_CASE(
   }
   CHECK(started == expected);
 }
+
+TEST_CASE("fm-submit reads no further ahead than its window while the scheduler does not answer", "[integration]") {
+  Cluster c({"--liveness", "5s"});
+  c.StartWorker("w", {"--slots", "4"});
+  TempDir dir;
+  const std::string input = dir.path() + "/tasks.jsonl";
+  {
+    std::ofstream out(input);
+    for (int i = 0; i < 100000; ++i)
+      out << R"({"command": ["true"]})"
+          << "\n";  // 2.3 MB
+  }
+  c.scheduler().Signal(SIGSTOP);
+  auto submit =
+      Process::Start({"/bin/sh", "-c", "exec " + Bin("fm-submit") + " --broker " + c.broker() + " < " + input});
+  // How far fm-submit has read its input (the file offset of its standard input).
+  auto offset = [&]() -> long {
+    std::ifstream info("/proc/" + std::to_string(submit->pid()) + "/fdinfo/0");
+    std::string key;
+    long pos = -1;
+    while (info >> key) {
+      if (key == "pos:") info >> pos;
+    }
+    return pos;
+  };
+  long most = 0;
+  // Watched for 3 s while nothing is answered: 16 batches of 1,000 lines and a read
+  // chunk are ~0.5 MB of the 2.3 MB (before the window it read everything at once).
+  for (int i = 0; i < 30; ++i) {
+    most = std::max(most, offset());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK(most > 0);
+  CHECK(most < 1'000'000);
+  c.scheduler().Signal(SIGCONT);
+  REQUIRE(submit->Wait(120000) == 0);
+  submit->WaitClosed(5000);
+  int accepted = 0;
+  for (const auto& line : submit->Lines()) accepted += line.find(R"("status": "accepted")") != std::string::npos;
+  CHECK(accepted == 100000);
+}

@@ -9,6 +9,8 @@
 //  - a backlog far above the fleet's slots on a mixed fleet where only one class can run
 //    it: dispatch rate (against the no-backlog figure of the same run), the backlog's
 //    peak, and how busy the scheduler is when nothing can be placed;
+//  - a million waiting tasks (part "million"): intake through fm-submit, the scheduler's
+//    memory, and how soon it answers after kill -9;
 //  - the cost of CURVE: dispatch throughput and the one-task round trip on a cluster
 //    with certificates on every link against the same cluster keyless, alternating
 //    in the same run (part "curve").
@@ -138,7 +140,8 @@ class Bench {
     broker_proc_->WaitFor("broker on", 10000, 1, true);
     std::vector<std::string> argv{Bin("fm-scheduler"), "--broker", broker_, "--data", dir_.path() + "/data"};
     argv.insert(argv.end(), scheduler_args.begin(), scheduler_args.end());
-    scheduler_ = Process::Start(with_cert(argv, "scheduler", "scheduler"));
+    scheduler_argv_ = with_cert(argv, "scheduler", "scheduler");
+    scheduler_ = Process::Start(scheduler_argv_);
     scheduler_->WaitFor("scheduler on broker", 60000, 1, true);
     for (int i = 0; i < workers; ++i) {
       std::string id = "w" + std::to_string(i);
@@ -158,6 +161,14 @@ class Bench {
 
   bus::Client& client() { return *client_; }
   Process& scheduler() { return *scheduler_; }
+  // kill -9 of the scheduler, and a new one on the same data directory (started, not
+  // waited for).
+  Process& CrashScheduler() {
+    scheduler_->Signal(SIGKILL);
+    scheduler_->Wait(30000);
+    scheduler_ = Process::Start(scheduler_argv_);
+    return *scheduler_;
+  }
   // Starts one more noop worker with these extra arguments.
   Process& AddWorker(const std::string& id, std::vector<std::string> args) {
     std::vector<std::string> argv{Bin("fm-worker"), "--broker", broker_, "--id", id, "--noop-executor"};
@@ -206,6 +217,7 @@ class Bench {
   std::unique_ptr<fm::test::Keys> keys_;
   std::string broker_;
   std::unique_ptr<Process> broker_proc_, scheduler_;
+  std::vector<std::string> scheduler_argv_;
   std::vector<std::unique_ptr<Process>> workers_;
   zmq::context_t context_{1};
   std::unique_ptr<bus::Client> client_;
@@ -466,6 +478,114 @@ void Backlog(int tasks) {
   runner.Signal(SIGCONT);
 }
 
+// Waits up to `limit_s` for a directed message of body type `type` (with `correlation`
+// when non-zero) on the bench client; false on timeout. Other messages are dropped.
+bool AwaitReply(Bench& b, wire::Body type, uint64_t correlation, double limit_s) {
+  for (double start = NowSeconds(); NowSeconds() - start < limit_s;) {
+    zmq::pollitem_t item{b.client().dealer().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, std::chrono::milliseconds(10));
+    while (auto msg = b.client().Receive()) {
+      auto env = codec::Decode(msg->payload.data(), msg->payload.size());
+      if (!env.ok() || (*env)->body_type() != type) continue;
+      if (correlation == 0) return true;
+      if (type == wire::Body::ControlReply && (*env)->body_as_ControlReply()->correlation() == correlation) return true;
+      if (type == wire::Body::SubmitReply && (*env)->body_as_SubmitReply()->correlation() == correlation) return true;
+    }
+  }
+  return false;
+}
+
+// A million waiting tasks as a user makes them: one worker whose one slot is taken (it
+// is stopped once registered, so the first task stays queued there and the rest wait),
+// `tasks` no-op tasks piped through one fm-submit without --wait, then kill -9 of the
+// scheduler and a start on the same data directory. Reports the durable intake rate
+// (fm-submit exits once every batch is answered, each answered after its commit), the
+// scheduler's peak RSS while taking them in, and after the restart: the seconds from its
+// exec to its first answer to a ping, to an answered submission, to the first dispatch
+// (the worker let go again), and to the whole backlog read; its peak RSS then.
+void Million(int tasks) {
+  Bench b(0, {"--liveness", "600s"});
+  Process& runner = b.AddWorker("a1", {"--slots", "1"});
+  b.WaitForWorkers(1);
+  runner.Signal(SIGSTOP);
+  TempDir dir;
+  const std::string input = dir.path() + "/tasks.jsonl", output = dir.path() + "/submitted.jsonl";
+  {
+    std::ofstream out(input);
+    for (int i = 0; i < tasks; ++i) out << "{\"command\": [\"true\"]}\n";
+  }
+  double start = NowSeconds();
+  auto submit = Process::Start(
+      {"/bin/sh", "-c", "exec " + Bin("fm-submit") + " --broker " + b.broker() + " < " + input + " > " + output});
+  const int code = submit->Wait(1800 * 1000);
+  const double intake_s = NowSeconds() - start;
+  size_t accepted = 0;
+  {
+    std::ifstream in(output);
+    for (std::string line; std::getline(in, line);) accepted += line.find("\"accepted\"") != std::string::npos;
+  }
+  std::printf("  fm-submit exit %d, %zu of %d accepted in %.1f s\n", code, accepted, tasks, intake_s);
+  Report("million_intake_tasks_per_s", accepted / intake_s, "tasks/s");
+  Report("million_intake_scheduler_peak_rss_mib", PeakRssKiB(b.scheduler().pid()) / 1024.0, "MiB");
+  Report("million_waiting_scheduler_rss_mib", fm::test::ResidentBytes(b.scheduler().pid()) / 1048576.0, "MiB");
+
+  const double restart = NowSeconds();
+  Process& scheduler = b.CrashScheduler();
+  uint64_t correlation = 5'000'000;
+  bool pinged = false;
+  while (!pinged && NowSeconds() - restart < 120) {
+    flatbuffers::FlatBufferBuilder fbb;
+    b.client().Send(bus::kSchedulerAddress,
+                    codec::Seal(fbb, wire::CreateControlRequest(fbb, wire::ControlOp::Ping, 0, ++correlation)));
+    pinged = AwaitReply(b, wire::Body::ControlReply, 0, 0.05);
+  }
+  Report("million_restart_ping_s", NowSeconds() - restart, "s");
+  b.client().Send(bus::kSchedulerAddress, SubmitBytes(1, ++correlation, false));
+  AwaitReply(b, wire::Body::SubmitReply, correlation, 120);
+  Report("million_restart_submit_s", NowSeconds() - restart, "s");
+  // The worker goes on: it runs the task it holds, and the next from the backlog is
+  // dispatched to it (its second start event).
+  while (b.client().ReceiveEvent()) {
+  }
+  runner.Signal(SIGCONT);
+  int started = 0;
+  while (started < 2 && NowSeconds() - restart < 120) {
+    zmq::pollitem_t item{b.client().sub().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, std::chrono::milliseconds(10));
+    while (auto event = b.client().ReceiveEvent()) {
+      auto env = codec::Decode(event->payload.data(), event->payload.size());
+      if (!env.ok()) continue;
+      codec::ForEachEvent(**env, {}, [&](const wire::Event& e, std::string_view) {
+        started += codec::Str(e.type()) == "task.started";
+        return true;
+      });
+    }
+  }
+  Report("million_restart_dispatch_s", NowSeconds() - restart, "s");
+  // The backlog is read when a ping no longer says that more is being read. (A scheduler
+  // from before the backlog left memory read everything before it answered at all.)
+  for (bool reading = true; reading && NowSeconds() - restart < 600;) {
+    flatbuffers::FlatBufferBuilder fbb;
+    b.client().Send(bus::kSchedulerAddress,
+                    codec::Seal(fbb, wire::CreateControlRequest(fbb, wire::ControlOp::Ping, 0, ++correlation)));
+    for (double asked = NowSeconds(); NowSeconds() - asked < 5;) {
+      zmq::pollitem_t item{b.client().dealer().handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, std::chrono::milliseconds(10));
+      auto msg = b.client().Receive();
+      if (!msg) continue;
+      auto env = codec::Decode(msg->payload.data(), msg->payload.size());
+      if (!env.ok() || (*env)->body_type() != wire::Body::ControlReply ||
+          (*env)->body_as_ControlReply()->correlation() != correlation) {
+        continue;
+      }
+      reading = codec::Str((*env)->body_as_ControlReply()->message()).find("being read") != std::string::npos;
+      break;
+    }
+  }
+  Report("million_restart_backlog_read_s", NowSeconds() - restart, "s");
+  Report("million_restart_scheduler_peak_rss_mib", PeakRssKiB(scheduler.pid()) / 1024.0, "MiB");
+}
+
 // The price of CURVE: the same cluster with and without certificates, alternating so
 // that the machine's noise falls on both alike. Dispatch throughput (4 workers) and the
 // round trip of one task (submit -> TaskEnded, closed loop), medians of the rounds.
@@ -631,6 +751,7 @@ int main(int argc, char** argv) {
     if (!tiny) Recovery(1000000);
   }
   if (want("backlog")) Backlog(tiny ? 2000 : 1000000);
+  if (want("million")) Million(tiny ? 5000 : 1000000);
   if (want("curve")) CurveCost(tiny ? 200 : 50000, tiny ? 5 : 200, tiny ? 1 : 3);
   if (want("metrics")) MetricsCost(tiny ? 200 : 50000, tiny ? 1 : 3);
   if (want("store")) StoreGrowth(tiny ? 5000 : 1000000, tiny ? 1000 : 100000);

@@ -100,6 +100,10 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
       } else {
         t.not_before_ms = 0;
         pending_.Insert(t.spec, LineOf(t));
+        if (t.attempt - t.handed_back == 1 && t.failed_on.empty()) {
+          t.first_wait = true;  // as far as the record tells (it counts toward the cache only)
+          ++hot_first_waits_;
+        }
       }
     }
     active_.emplace(t.id, std::move(t));
@@ -130,27 +134,48 @@ void Engine::LoadWaiting() {
   placement_needed_ = true;
 }
 
-Task& Engine::Hold(Task t) {
-  if (t.record == Task::Record::kWaiting) ++cached_waiting_;
-  const uint64_t id = t.id;
-  return active_.insert_or_assign(id, std::move(t)).first->second;
-}
-
 Task* Engine::Load(uint64_t id) {
   if (auto it = active_.find(id); it != active_.end()) return &it->second;
   if (store_ == nullptr) return nullptr;
-  auto read = records::ReadWaitingTask(*store_, id);
-  if (!read.ok()) {
-    if (read_error_.ok()) read_error_ = read.status();
-    return nullptr;
+  auto ahead = read_ahead_.find(id);
+  if (ahead == read_ahead_.end()) {
+    // This one and the next ones in id order, with one scan: the walk takes a line's
+    // tasks one after another, and a scan decompresses each block of the store once
+    // where a point read per task would read the same block again and again.
+    if (read_ahead_.size() > 4 * kReadAhead) read_ahead_.clear();
+    size_t seen = 0;
+    Status scanned = records::ScanWaitingTasks(*store_, id - 1, [&](Task t) {
+      if (!active_.count(t.id)) read_ahead_.try_emplace(t.id, std::move(t));
+      return ++seen < kReadAhead;
+    });
+    if (!scanned.ok()) {
+      if (read_error_.ok()) read_error_ = scanned;
+      return nullptr;
+    }
+    ahead = read_ahead_.find(id);
+    if (ahead == read_ahead_.end()) {
+      // Not written yet (a scan sees the store only): the point read sees the batches
+      // on their way, and says whether it is there at all.
+      auto read = records::ReadWaitingTask(*store_, id);
+      if (!read.ok()) {
+        if (read_error_.ok()) read_error_ = read.status();
+        return nullptr;
+      }
+      if (!*read) return nullptr;
+      ahead = read_ahead_.try_emplace(id, std::move(**read)).first;
+    }
   }
-  if (!*read) return nullptr;
   if (id >= load_from_ && id < load_to_) {
     // Not read by the load yet: counted now, and skipped when the load comes to it.
     ++waiting_records_;
     skip_on_load_.insert(id);
   }
-  return &Hold(std::move(**read));
+  // Moved into memory as it was read (the same node: no copy).
+  Task& t = active_.insert(read_ahead_.extract(ahead)).position->second;
+  ++cached_waiting_;
+  t.first_wait = true;  // q/ holds only tasks never placed
+  ++hot_first_waits_;
+  return &t;
 }
 
 const Task* Engine::Peek(uint64_t id, std::optional<Task>* copy) const {
@@ -397,6 +422,8 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       EventFields f = EventAbout(wire::EventType::TaskSubmitted, t);
       pending_.Insert(t.spec, LineOf(t));
       dirty_tasks_.push_back(t.id);
+      t.first_wait = true;
+      ++hot_first_waits_;
       Task& stored = active_.emplace(t.id, std::move(t)).first->second;
       Emit(f, now_ms);
       if (last_lost_ms != 0) MarkWaiting(stored, now_ms);  // only lost workers could run it
@@ -464,6 +491,10 @@ void Engine::Queue(Task* t, const std::string& worker_id, uint64_t now_ms) {
     w.tasks.insert(t->id);
   });
   Step(t, TaskEvent::kPlace);
+  if (t->first_wait) {
+    t->first_wait = false;
+    --hot_first_waits_;
+  }
   t->worker = worker_id;
   t->dispatched_ms = now_ms;
   dirty_tasks_.push_back(t->id);
@@ -610,6 +641,7 @@ void Engine::End(Task* t, TaskEvent event, wire::Reason reason, const std::strin
     --cached_waiting_;
     --waiting_records_;
   }
+  if (t->first_wait) --hot_first_waits_;
   if (!announced_waiting_.empty()) announced_waiting_.erase(id);
   ended_.Add(std::move(*t), &effects_.writes, scratch_);  // the task leaves the active set: moved, not copied
   active_.erase(id);
@@ -943,30 +975,38 @@ void Engine::WriteTasks() {
   // Ended tasks are no longer active: their record moved to t/ when they ended.
   std::sort(dirty_tasks_.begin(), dirty_tasks_.end());
   dirty_tasks_.erase(std::unique(dirty_tasks_.begin(), dirty_tasks_.end()), dirty_tasks_.end());
+  // Past the bound, the newest tasks submitted this turn wait at q/ out of memory (their
+  // place in line stays): they are the last to be placed, and read back then. The others
+  // are written at a/ as every task in memory is: a burst placed soon costs no more.
+  std::vector<uint64_t> leaving;
+  size_t excess =
+      hot_first_waits_ > options_.cached_waiting_tasks ? hot_first_waits_ - options_.cached_waiting_tasks : 0;
+  for (auto id = dirty_tasks_.rbegin(); id != dirty_tasks_.rend() && excess > 0; ++id) {
+    auto it = active_.find(*id);
+    if (it == active_.end() || !it->second.first_wait || it->second.record != Task::Record::kNone) continue;
+    leaving.push_back(*id);
+    --excess;
+  }
+  std::reverse(leaving.begin(), leaving.end());  // ascending, as dirty_tasks_
   for (uint64_t id : dirty_tasks_) {
     auto it = active_.find(id);
     if (it == active_.end()) continue;
     Task& t = it->second;
-    // Waiting for its first placement: q/ (a task once placed stays at a/ until it ends).
-    const bool waiting = t.state == wire::TaskState::Pending && t.record != Task::Record::kActive;
-    records::PutActiveTask(&effects_.writes, t, waiting, scratch_);
-    if (waiting && t.record == Task::Record::kNone) {
+    if (!leaving.empty() && std::binary_search(leaving.begin(), leaving.end(), id)) {
+      records::PutActiveTask(&effects_.writes, t, /*waiting=*/true, scratch_);
       ++waiting_records_;
-      ++cached_waiting_;
-    } else if (!waiting && t.record == Task::Record::kWaiting) {
+      --hot_first_waits_;
+      active_.erase(it);
+      continue;
+    }
+    // A task read back from q/ stays there while it waits; once placed it moves to a/.
+    const bool waiting = t.record == Task::Record::kWaiting && t.state == wire::TaskState::Pending;
+    records::PutActiveTask(&effects_.writes, t, waiting, scratch_);
+    if (!waiting && t.record == Task::Record::kWaiting) {
       --waiting_records_;
       --cached_waiting_;
     }
     t.record = waiting ? Task::Record::kWaiting : Task::Record::kActive;
-  }
-  // Past the bound, the newest waiting tasks leave memory (their place in line stays):
-  // they are the last to be placed, and read back then.
-  for (auto id = dirty_tasks_.rbegin(); id != dirty_tasks_.rend() && cached_waiting_ > options_.cached_waiting_tasks;
-       ++id) {
-    auto it = active_.find(*id);
-    if (it == active_.end() || it->second.record != Task::Record::kWaiting) continue;
-    active_.erase(it);
-    --cached_waiting_;
   }
   dirty_tasks_.clear();
 }

@@ -9,10 +9,11 @@
 // failure sends a task back to pending with attempt + 1, up to max_attempts. A task no
 // live worker could ever run fails at once with reason no_eligible_worker.
 //
-// The backlog: a task waiting for its first placement has its record at q/ and, in
-// memory, only its place in its demand's line (pending.h: 64 bytes). The engine keeps up
-// to cached_waiting_tasks of them whole (those submitted first), drops the rest once
-// their record is written, and reads a task back when it is placed, cancelled or shown.
+// The backlog: the engine keeps up to cached_waiting_tasks tasks that wait for their
+// first placement whole in memory (those submitted first; their record at a/ like every
+// task in memory). Past that, a new task's record goes to q/ and memory holds only its
+// place in its demand's line (pending.h: ~48 bytes); it is read back when it is placed
+// (its record then moves to a/), cancelled or shown.
 // After a start it reads a/ (the tasks placed, running or retrying: bounded by the
 // fleet) at once and q/ a batch per turn, placing from what it has read meanwhile.
 //
@@ -81,9 +82,9 @@ struct EngineOptions {
   bool authenticate = false;
   // The epoch a new store gets (the daemon draws it at random); non-zero.
   uint64_t fresh_epoch = 1;
-  // Tasks waiting for their first placement kept whole in memory (the rest are read back
-  // from the store when placed), and how many of them a turn reads after a start.
-  size_t cached_waiting_tasks = 32768;
+  // Tasks waiting for their first placement kept whole in memory (the rest wait at q/ and
+  // are read back when placed), and how many q/ records a turn reads after a start.
+  size_t cached_waiting_tasks = 65536;
   size_t waiting_load_batch = 20000;
   // Clamps values that make no sense (zero windows) to usable ones.
   void Validate();
@@ -232,8 +233,6 @@ class Engine {
   Task* Load(uint64_t id);
   // Like Load, without holding it: a copy in `*copy` when it was read from the store.
   const Task* Peek(uint64_t id, std::optional<Task>* copy) const;
-  // Holds `t` in memory.
-  Task& Hold(Task t);
   // The next batch of waiting tasks after a start (Recover).
   void LoadWaiting();
   // Writes the turn's changed tasks; drops waiting tasks past cached_waiting_tasks.
@@ -300,11 +299,18 @@ class Engine {
   std::multimap<uint64_t, uint64_t> backoff_;  // due time -> pending task in retry backoff (may be stale)
   // Tasks whose record is at q/: those in memory, and all read or made since the start.
   size_t cached_waiting_ = 0;
+  // Tasks in memory never placed yet (Task::first_wait): at most cached_waiting_tasks
+  // after a turn, but for those read back.
+  size_t hot_first_waits_ = 0;
   uint64_t waiting_records_ = 0;
   // q/ ids not yet read after a start: [load_from_, load_to_). Those read meanwhile by
   // id (a cancel) are skipped when the load reaches them.
   uint64_t load_from_ = 0, load_to_ = 0;
   std::unordered_set<uint64_t> skip_on_load_;
+  // Waiting tasks read ahead from q/ (in id order) with one read back by Load: taken
+  // (and removed) when they are read back in turn; dropped past 4 x kReadAhead.
+  std::unordered_map<uint64_t, Task> read_ahead_;
+  static constexpr size_t kReadAhead = 256;
   mutable uint64_t waiting_floor_ = 1;  // no q/ record below it (Census)
   // Tasks the stream was told wait for a lost worker (task.waiting said once).
   std::unordered_set<uint64_t> announced_waiting_;

@@ -38,6 +38,7 @@ struct Task {
   // back to place it (engine.h, "The backlog").
   enum class Record : uint8_t { kNone, kActive, kWaiting };
   Record record = Record::kNone;
+  bool first_wait = false;  // pending and never placed (not stored)
 };
 
 // "a, b": the workers a task failed on, for task.retrying and fm-ctl task.

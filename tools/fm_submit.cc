@@ -14,6 +14,7 @@
 #include <deque>
 #include <fstream>
 #include <map>
+#include <set>
 #include <tuple>
 #include <unordered_map>
 
@@ -73,6 +74,7 @@ class Submitter {
     entries_.push_back(std::move(e));
     batch_.indexes.push_back(first_index_ + entries_.size() - 1);
     batch_.specs.push_back(std::move(spec));
+    batch_.bytes.push_back(bytes);
     if (batch_.specs.size() >= batch_size_) Flush();
   }
 
@@ -125,10 +127,28 @@ class Submitter {
     }
     if (wait_ && !waiting_.empty() && now - last_poll_ >= kPollAfter) {
       last_poll_ = now;
-      std::vector<fm::TaskSpec> specs;
-      for (const auto& [task, w] : waiting_) specs.push_back(w.spec);
-      poll_correlation_ = next_correlation_++;
-      client_.bus().Send(fm::bus::kSchedulerAddress, Encode(specs, poll_correlation_));
+      // In batches like the submissions, at most kPollBatches a round, each round going
+      // on (in task order) from where the last one stopped: a long wait is asked about a
+      // part at a time, never in one message the size of everything waited for.
+      if (polls_.size() > 4 * kPollBatches) polls_.clear();  // answers lost on the way
+      auto it = waiting_.upper_bound(poll_cursor_);
+      size_t asked = 0;
+      for (size_t round = 0; round < kPollBatches && asked < waiting_.size(); ++round) {
+        std::vector<fm::TaskSpec> specs;
+        size_t bytes = 0;
+        while (specs.size() < batch_size_ && asked < waiting_.size()) {
+          if (it == waiting_.end()) it = waiting_.begin();
+          if (!specs.empty() && bytes + it->second.bytes > kMaxBatchBytes) break;
+          specs.push_back(it->second.spec);
+          bytes += it->second.bytes;
+          poll_cursor_ = it->first;
+          ++it;
+          ++asked;
+        }
+        uint64_t correlation = next_correlation_++;
+        polls_.insert(correlation);
+        client_.bus().Send(fm::bus::kSchedulerAddress, Encode(specs, correlation));
+      }
     }
   }
 
@@ -166,17 +186,20 @@ class Submitter {
  private:
   static constexpr auto kResendAfter = std::chrono::seconds(2);
   static constexpr size_t kMaxInFlight = 16;
+  static constexpr size_t kPollBatches = 8;
   static constexpr auto kPollAfter = std::chrono::seconds(3);
 
   struct Batch {
     std::vector<size_t> indexes;  // entry index of each task
     std::vector<fm::TaskSpec> specs;
+    std::vector<size_t> bytes;  // about what each task takes in a message
     std::string payload;
     std::chrono::steady_clock::time_point sent;
   };
   struct Waiting {
     std::vector<size_t> indexes;
     fm::TaskSpec spec;
+    size_t bytes = 0;
   };
   struct Ended {
     SubmitStatus status;
@@ -222,7 +245,7 @@ class Submitter {
 
   void OnReply(const fm::wire::SubmitReply& reply) {
     size_t n = reply.results() ? reply.results()->size() : 0;
-    if (reply.correlation() == poll_correlation_) {
+    if (polls_.erase(reply.correlation())) {
       // Answers about tasks still waited for: the ended ones are done.
       for (size_t i = 0; i < n; ++i) {
         const auto* r = reply.results()->Get(static_cast<flatbuffers::uoffset_t>(i));
@@ -257,6 +280,7 @@ class Submitter {
         Waiting& w = waiting_[r->task()];
         w.indexes.push_back(batch.indexes[i]);
         w.spec = batch.specs[i];
+        w.bytes = batch.bytes[i];
         if (auto early = ended_early_.find(r->task()); early != ended_early_.end()) {
           Ended ended = early->second;
           ended_early_.erase(early);
@@ -329,14 +353,15 @@ class Submitter {
   int timeout_ms_;
   size_t batch_size_;
   std::deque<Entry> entries_;
-  size_t first_index_ = 0;                         // index of entries_.front() since the start
-  Batch batch_;                                    // being filled
-  size_t batch_bytes_ = 0;                         // about what batch_ takes in a message
-  std::map<uint64_t, Batch> in_flight_;            // by correlation
-  std::unordered_map<uint64_t, Waiting> waiting_;  // by task (--wait)
+  size_t first_index_ = 0;               // index of entries_.front() since the start
+  Batch batch_;                          // being filled
+  size_t batch_bytes_ = 0;               // about what batch_ takes in a message
+  std::map<uint64_t, Batch> in_flight_;  // by correlation
+  std::map<uint64_t, Waiting> waiting_;  // by task (--wait)
   std::unordered_map<uint64_t, Ended> ended_early_;
   uint64_t next_correlation_ = 1;
-  uint64_t poll_correlation_ = 0;
+  std::set<uint64_t> polls_;  // correlations of the questions about waited tasks
+  uint64_t poll_cursor_ = 0;  // the last task asked about
   bool all_ok_ = true;
   std::string last_error_;
   std::chrono::steady_clock::time_point last_progress_ = std::chrono::steady_clock::now();

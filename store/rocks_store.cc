@@ -1,7 +1,9 @@
 // The RocksDB-backed Store. Every Write is one rocksdb::WriteBatch; with sync the WAL
 // is fsynced before Write returns, which is what makes group commit durable.
 #include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
+#include <rocksdb/table.h>
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
@@ -16,6 +18,7 @@
 #include <limits>
 #include <mutex>
 #include <shared_mutex>
+#include <vector>
 
 #include "store/store.h"
 
@@ -75,7 +78,22 @@ class RocksStore final : public Store {
       if (Status s = Reopen(); !s.ok()) return s;
     }
     rocksdb::WriteBatch rb(batch.bytes() + 24 * batch.size() + 64);  // reserved: no regrowth
-    for (const auto& op : batch.ops()) {
+    // Applied in key order: RocksDB inserts a batch into the memtable's skip list one key
+    // after another from where the last one went, so keys in order cost a short step each
+    // where keys in turn order (a/, e/, k/, t/ interleaved) cost a search from the top.
+    // The outcome is the same: ops on one key keep their order (a stable sort), and a
+    // DeleteRange stays where it was, the ops before and after it sorted apart.
+    std::vector<uint32_t> order(batch.size());
+    for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+    auto by_key = [&](uint32_t a, uint32_t b) { return batch.op(a).key < batch.op(b).key; };
+    for (size_t begin = 0; begin < order.size();) {
+      size_t end = begin;
+      while (end < order.size() && batch.op(end).kind != WriteBatch::Kind::kDeleteRange) ++end;
+      std::stable_sort(order.begin() + static_cast<long>(begin), order.begin() + static_cast<long>(end), by_key);
+      begin = end + 1;
+    }
+    for (uint32_t i : order) {
+      const WriteBatch::Op op = batch.op(i);
       rocksdb::Status s;
       switch (op.kind) {
         case WriteBatch::Kind::kPut:
@@ -184,6 +202,12 @@ Result<std::unique_ptr<Store>> OpenRocksStore(const std::string& dir, const Rock
   ro.manual_wal_flush = false;
   ro.info_log = std::make_shared<SpdlogRocksLogger>();
   ro.write_buffer_size = options.write_buffer_size;
+  // A Bloom filter per table file (10 bits a key, ~1% false positives): a point read of a
+  // key that is not there — every keyed submission's k/ lookup — skips the files instead
+  // of searching each one's index and blocks.
+  rocksdb::BlockBasedTableOptions table;
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  ro.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   // Opening replays the WAL into the memtable; keep it there rather than writing it out as
   // an L0 file before the scheduler may start (it is flushed in the background later).
   ro.avoid_flush_during_recovery = true;

@@ -11,6 +11,8 @@
 //    peak, and how busy the scheduler is when nothing can be placed;
 //  - a million waiting tasks (part "million"): intake through fm-submit, the scheduler's
 //    memory, and how soon it answers after kill -9;
+//  - fm-submit --wait end to end on 4 workers (part "wait"), with the CPU per task of
+//    each process;
 //  - the cost of CURVE: dispatch throughput and the one-task round trip on a cluster
 //    with certificates on every link against the same cluster keyless, alternating
 //    in the same run (part "curve").
@@ -444,6 +446,8 @@ void Backlog(int tasks) {
   b.WaitForWorkers(2);
   const Labels only_a{{"pool", "a"}};
   int64_t peak_backlog = 0;
+  const double s_cpu = CpuSeconds(b.scheduler().pid());
+  auto threads = ThreadCpuSeconds(b.scheduler().pid());
   // 100 batches awaiting replies: far more submitted than dispatched, a backlog.
   Piped piped = PipeTasks(b, tasks, /*window=*/100, only_a, 300, [&](int accepted, int ended) {
     peak_backlog = std::max<int64_t>(peak_backlog, accepted - ended);
@@ -452,6 +456,13 @@ void Backlog(int tasks) {
   const double elapsed = piped.seconds;
   Report("backlog_dispatch_tasks_per_s", ended / elapsed, "tasks/s");
   Report("backlog_peak_waiting_tasks", static_cast<double>(peak_backlog), "tasks");
+  if (ended > 0) {
+    Report("backlog_scheduler_cpu_us_per_task", (CpuSeconds(b.scheduler().pid()) - s_cpu) * 1e6 / ended, "us");
+    for (const auto& [name, after] : ThreadCpuSeconds(b.scheduler().pid())) {
+      double used = (after - threads[name]) / elapsed;
+      if (used >= 0.01) std::printf("  scheduler thread %s: %.2f cores\n", name.c_str(), used);
+    }
+  }
 
   // Nothing can be placed: class a's only worker is stopped with its slots full, the
   // rest waits; the scheduler should idle, however long the backlog.
@@ -584,6 +595,46 @@ void Million(int tasks) {
   }
   Report("million_restart_backlog_read_s", NowSeconds() - restart, "s");
   Report("million_restart_scheduler_peak_rss_mib", PeakRssKiB(scheduler.pid()) / 1024.0, "MiB");
+}
+
+// `fm-submit --wait` end to end as a user runs it: `tasks` no-op tasks piped through
+// one fm-submit --wait on `workers` noop workers of 256 slots; the rate from its start
+// to its exit (every task ended and said), and the CPU per task of each process (the
+// client's is what the machine spent besides the daemons).
+void SubmitWait(int workers, int tasks) {
+  Bench b(workers);
+  TempDir dir;
+  const std::string input = dir.path() + "/tasks.jsonl", output = dir.path() + "/ended.jsonl";
+  {
+    std::ofstream out(input);
+    for (int i = 0; i < tasks; ++i) out << "{\"command\": [\"true\"]}\n";
+  }
+  const double s_cpu = CpuSeconds(b.scheduler().pid()), b_cpu = CpuSeconds(b.broker_process().pid());
+  const double w_cpu = b.WorkersCpuSeconds(), busy = MachineBusySeconds();
+  const double start = NowSeconds();
+  auto submit =
+      Process::Start({"/bin/sh", "-c",
+                      "exec " + Bin("fm-submit") + " --wait --broker " + b.broker() + " < " + input + " > " + output});
+  const int code = submit->Wait(600 * 1000);
+  const double elapsed = NowSeconds() - start;
+  const double scheduler = CpuSeconds(b.scheduler().pid()) - s_cpu,
+               broker = CpuSeconds(b.broker_process().pid()) - b_cpu;
+  const double worker = b.WorkersCpuSeconds() - w_cpu, machine = MachineBusySeconds() - busy;
+  size_t succeeded = 0;
+  {
+    std::ifstream in(output);
+    for (std::string line; std::getline(in, line);) succeeded += line.find("\"succeeded\"") != std::string::npos;
+  }
+  std::printf("  fm-submit --wait exit %d, %zu of %d succeeded in %.2f s\n", code, succeeded, tasks, elapsed);
+  const std::string w = std::to_string(workers);
+  Report("submit_wait_tasks_per_s_" + w + "_workers", succeeded / elapsed, "tasks/s");
+  if (succeeded == 0) return;
+  Report("submit_wait_scheduler_cpu_us_per_task", scheduler * 1e6 / succeeded, "us");
+  Report("submit_wait_broker_cpu_us_per_task", broker * 1e6 / succeeded, "us");
+  Report("submit_wait_workers_cpu_us_per_task", worker * 1e6 / succeeded, "us");
+  Report("submit_wait_client_cpu_us_per_task", std::max(0.0, machine - scheduler - broker - worker) * 1e6 / succeeded,
+         "us");
+  Report("submit_wait_machine_cores_busy", machine / elapsed, "cores");
 }
 
 // The price of CURVE: the same cluster with and without certificates, alternating so
@@ -752,6 +803,7 @@ int main(int argc, char** argv) {
   }
   if (want("backlog")) Backlog(tiny ? 2000 : 1000000);
   if (want("million")) Million(tiny ? 5000 : 1000000);
+  if (want("wait")) SubmitWait(4, tiny ? 2000 : 50000);
   if (want("curve")) CurveCost(tiny ? 200 : 50000, tiny ? 5 : 200, tiny ? 1 : 3);
   if (want("metrics")) MetricsCost(tiny ? 200 : 50000, tiny ? 1 : 3);
   if (want("store")) StoreGrowth(tiny ? 5000 : 1000000, tiny ? 1000 : 100000);

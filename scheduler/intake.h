@@ -6,7 +6,8 @@
 // few at a time, one message per sender in turn, until its turn's budget (in messages
 // and in time) is spent, and reads its socket again. A sender whose queue holds
 // `per_sender_messages` or `per_sender_bytes` is refused more (Add says so) until it has
-// been served. Pure: no sockets, no clock.
+// been served, and so is one past an equal share once all senders together hold
+// `total_bytes`. Pure: no sockets, no clock.
 #pragma once
 
 #include <cstddef>
@@ -21,6 +22,9 @@ namespace fm::sched {
 struct IntakeOptions {
   size_t per_sender_messages = 8192;
   size_t per_sender_bytes = 16u << 20;
+  // All senders together: past it a sender is refused unless it holds less than an
+  // equal share.
+  size_t total_bytes = 64u << 20;
 };
 
 class FairIntake {
@@ -42,6 +46,7 @@ class FairIntake {
 
   bool empty() const { return queued_ == 0; }
   size_t queued() const { return queued_; }
+  size_t bytes() const { return bytes_; }
   size_t senders() const { return queues_.size(); }
 
  private:
@@ -53,6 +58,7 @@ class FairIntake {
   std::unordered_map<std::string, Queue> queues_;
   std::deque<std::string> order_;  // senders with something queued, next to serve first
   size_t queued_ = 0;
+  size_t bytes_ = 0;
 };
 
 }  // namespace fm::sched

@@ -50,3 +50,21 @@ TEST_CASE("a sender's queue is bounded in messages and in bytes, and takes more 
   CHECK(intake.Take(10).size() == 3);
   CHECK(intake.Add("a", "again"));
 }
+
+TEST_CASE("all senders together are bounded in bytes, and a sender under its share still gets in", "[unit]") {
+  IntakeOptions options;
+  options.per_sender_bytes = 50;
+  options.total_bytes = 60;
+  FairIntake intake(options);
+  for (int i = 0; i < 4; ++i) REQUIRE(intake.Add("a", "0123456789"));  // 40 bytes
+  REQUIRE(intake.Add("b", "0123456789"));
+  REQUIRE(intake.Add("b", "0123456789"));  // 60 in all
+  CHECK(intake.bytes() == 60);
+  CHECK_FALSE(intake.Add("c", std::string(31, 'x')));  // past the total and a third's share (20)
+  CHECK(intake.Add("c", "0123456789"));                // under its share: taken, past the total
+  CHECK_FALSE(intake.Add("a", "x"));                   // under its own bound, over its share (20)
+  CHECK(intake.senders() == 3);
+  CHECK(intake.Take(3).size() == 3);
+  CHECK(intake.bytes() == 40);
+  CHECK(intake.Add("a", "0123456789"));  // under the total again
+}

@@ -1,5 +1,7 @@
 #include "scheduler/control.h"
 
+#include <limits>
+
 #include "runtime/policy.h"
 #include "scheduler/engine.h"
 #include "scheduler/records.h"
@@ -133,11 +135,17 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
       const std::string owner = only_owner ? *only_owner : Str(req.owner());
       const size_t limit = std::min<size_t>(req.limit() ? req.limit() : e.options_.task_page, e.options_.task_page);
       std::vector<Task> read;
+      // One more than a page (so that the page knows more follow), and at most
+      // kExamined records looked at: past that the page ends at the last one looked at
+      // (tasks in memory beyond it wait for the next page), however selective the owner.
+      constexpr size_t kExamined = 100000;
+      uint64_t bound = std::numeric_limits<uint64_t>::max();
       if (waiting_listed && e.store_ != nullptr) {
+        size_t examined = 0;
         Status scanned = records::ScanWaitingTasks(*e.store_, req.after(), [&](Task t) {
-          if (e.active_.count(t.id)) return true;  // listed from memory
-          if (owner.empty() || t.owner == owner) read.push_back(std::move(t));
-          return read.size() < limit;
+          if (++examined == kExamined) bound = t.id;
+          if (!e.active_.count(t.id) && (owner.empty() || t.owner == owner)) read.push_back(std::move(t));
+          return read.size() <= limit && examined < kExamined;
         });
         if (!scanned.ok()) {
           ok = false;
@@ -148,11 +156,15 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
       views::TaskPage page = views::Tasks(
           fbb, req, e.options_.task_page,
           [&](const auto& visit) {
-            for (const auto& [id, t] : e.active_) visit(t);
-            for (const Task& t : read) visit(t);
-            for (const Task& t : e.ended_.recent()) visit(t);
+            auto within = [&](const Task& t) {
+              if (t.id <= bound) visit(t);
+            };
+            for (const auto& [id, t] : e.active_) within(t);
+            for (const Task& t : read) within(t);
+            for (const Task& t : e.ended_.recent()) within(t);
           },
           only_owner);
+      if (page.next == 0 && bound != std::numeric_limits<uint64_t>::max()) page.next = bound;  // more may follow it
       tasks = std::move(page.tasks);
       next_page = page.next;
       break;

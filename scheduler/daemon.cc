@@ -244,7 +244,8 @@ void SchedulerDaemon::TurnEnd() {
   if (loading) {
     // The backlog is read a batch per turn (engine.h): turns go on until it is all read.
     if (!core_->engine().waiting_loaded()) {
-      loop_->MarkWork();
+      // (Not while the store cannot be read: the ticks retry, not a tight loop.)
+      if (!core_->degraded()) loop_->MarkWork();
     } else {
       options_.logger->info(
           "read {} waiting tasks in {} ms since the start", core_->engine().pending_count(),

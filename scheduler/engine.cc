@@ -52,6 +52,7 @@ void EngineOptions::Validate() {
   task_retention_age_ms = std::max<uint64_t>(task_retention_age_ms, 1000);
   task_trim_per_tick = std::max<size_t>(task_trim_per_tick, 1);
   replay_batch = std::clamp<size_t>(replay_batch, 1, 10000);
+  waiting_load_batch = std::max<size_t>(waiting_load_batch, 1);
   if (fresh_epoch == 0) fresh_epoch = 1;
 }
 
@@ -119,19 +120,24 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
 
 void Engine::LoadWaiting() {
   if (waiting_loaded() || store_ == nullptr) return;
-  auto next =
-      records::ScanWaiting(*store_, load_from_, load_to_, options_.waiting_load_batch, [&](records::WaitingLine line) {
-        if (skip_on_load_.erase(line.id) || active_.count(line.id)) return;
-        ++waiting_records_;
-        pending_.Insert(line.demand, PendingSet::Entry::Of(line.priority, line.order, line.id));
-      });
+  std::vector<records::WaitingLine> read;
+  auto next = records::ScanWaiting(*store_, load_from_, load_to_, options_.waiting_load_batch,
+                                   [&](records::WaitingLine line) { read.push_back(std::move(line)); });
   if (!next.ok()) {
     if (read_error_.ok()) read_error_ = next.status();
-    return;  // tried again next turn
+    return;  // nothing of the batch taken: tried again in a later turn
+  }
+  for (records::WaitingLine& line : read) {
+    if (skip_on_load_.erase(line.id) || active_.count(line.id)) continue;
+    ++waiting_records_;
+    pending_.Insert(line.demand, PendingSet::Entry::Of(line.priority, line.order, line.id));
   }
   load_from_ = *next;
   if (waiting_loaded()) skip_on_load_.clear();
   placement_needed_ = true;
+  // Judged like every demand when the fleet changed meanwhile: a demand no worker can
+  // run any more fails (or waits for its lost workers) whenever its tasks were read.
+  if (!read.empty()) fleet_shrank_ = true;
 }
 
 Task* Engine::Load(uint64_t id) {
@@ -322,13 +328,18 @@ bool Engine::FromTaskWorker(const Task& t, const std::string& from, const char* 
 // Submission.
 
 Result<std::optional<Engine::KeyedTask>> Engine::FindKeyed(const std::string& key) {
-  // The store answers (through the turns not yet written): no key is held in memory.
-  if (!store_) return std::optional<KeyedTask>();
-  auto id = records::ReadKey(*store_, key);
-  if (!id.ok()) return id.status();
-  if (!id->has_value()) return std::optional<KeyedTask>();
+  // The store answers (through the turns not yet written), and this turn's keys, which
+  // are in no batch yet: no other key is held in memory.
   KeyedTask found;
-  found.id = **id;
+  if (auto in_turn = turn_keys_.find(key); in_turn != turn_keys_.end()) {
+    found.id = in_turn->second;
+  } else {
+    if (!store_) return std::optional<KeyedTask>();
+    auto id = records::ReadKey(*store_, key);
+    if (!id.ok()) return id.status();
+    if (!id->has_value()) return std::optional<KeyedTask>();
+    found.id = **id;
+  }
   // A task answers with the status it has now; one refused at submission stays refused.
   auto answer = [&](const Task& t) {
     found.status = t.rejected ? wire::SubmitStatus::Rejected : StatusOf(t.state);
@@ -341,11 +352,13 @@ Result<std::optional<Engine::KeyedTask>> Engine::FindKeyed(const std::string& ke
     answer(*t);
     return std::optional<KeyedTask>(std::move(found));
   }
-  auto waiting = records::ReadWaitingTask(*store_, found.id);
-  if (!waiting.ok()) return waiting.status();
-  if (*waiting) {
-    answer(**waiting);
-    return std::optional<KeyedTask>(std::move(found));
+  if (store_ != nullptr) {
+    auto waiting = records::ReadWaitingTask(*store_, found.id);
+    if (!waiting.ok()) return waiting.status();
+    if (*waiting) {
+      answer(**waiting);
+      return std::optional<KeyedTask>(std::move(found));
+    }
   }
   auto ended = ended_.Find(found.id);
   if (!ended.ok()) return ended.status();
@@ -405,6 +418,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       if (!t.spec.key.empty()) {
         const std::string scoped = ScopedKey(owner, t.spec.key);
         records::PutClientKey(&effects_.writes, scoped, t.id);
+        turn_keys_[scoped] = t.id;
       }
       uint64_t last_lost_ms = 0;
       if (!fleet_.AnyEligible(t.spec) && membership_.LostEligible(t.spec, &last_lost_ms) == 0) {
@@ -862,7 +876,7 @@ void Engine::FailUnrunnable(uint64_t now_ms) {
   };
   std::vector<Doomed> doomed;
   std::vector<uint64_t> waiting;
-  pending_.ForEachDemand([&](const TaskSpec& demand, const std::vector<PendingSet::Entry>& line) {
+  pending_.ForEachDemand([&](const TaskSpec& demand, const auto& line) {
     if (fleet_.AnyEligible(demand)) return;
     uint64_t last_lost_ms = 0;
     if (membership_.LostEligible(demand, &last_lost_ms) > 0) {
@@ -870,7 +884,7 @@ void Engine::FailUnrunnable(uint64_t now_ms) {
         if (!announced_waiting_.count(e.id)) waiting.push_back(e.id);
       }
     } else {
-      doomed.push_back({demand, line, fleet_.Explain(demand)});
+      doomed.push_back({demand, {line.begin(), line.end()}, fleet_.Explain(demand)});
     }
   });
   for (uint64_t id : waiting) {
@@ -1025,6 +1039,7 @@ void Engine::FinishTurn(uint64_t now_ms) {
   FlushBatched();
   log_.FinishTurn(&effects_);
   WriteTasks();
+  turn_keys_.clear();  // in the turn's batch from now on, which the store's view reads
   ended_.FinishTurn(&effects_.writes);
   if (next_task_id_ != persisted_task_id_) {
     records::PutNextTaskId(&effects_.writes, next_task_id_);

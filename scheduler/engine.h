@@ -307,6 +307,8 @@ class Engine {
   // id (a cancel) are skipped when the load reaches them.
   uint64_t load_from_ = 0, load_to_ = 0;
   std::unordered_set<uint64_t> skip_on_load_;
+  // Client keys first used this turn (not in any batch the store's view reads yet).
+  std::unordered_map<std::string, uint64_t> turn_keys_;
   // Waiting tasks read ahead from q/ (in id order) with one read back by Load: taken
   // (and removed) when they are read back in turn; dropped past 4 x kReadAhead.
   std::unordered_map<uint64_t, Task> read_ahead_;

@@ -42,6 +42,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   fm::bus::AddDurationFlag(app, "--task-retention-age", &options.engine.task_retention_age_ms,
                            "ended tasks older than this are deleted with their keys", fm::bus::AtLeast(1000, "1s"));
+  app.add_option("--waiting-in-memory", options.engine.cached_waiting_tasks,
+                 "tasks waiting for their first placement kept whole in memory (~1 KB each); the rest wait in "
+                 "the store and are read back when placed")
+      ->capture_default_str();
   fm::bus::DaemonFlags daemon_flags;
   fm::bus::AddDaemonFlags(app, &daemon_flags);
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");

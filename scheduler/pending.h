@@ -49,13 +49,11 @@ class PendingSet {
   template <typename F>
   void Walk(F&& offer);
 
-  // Calls `visit(demand, line)` for every demand with its waiting tasks in line order.
+  // Calls `visit(demand, line)` for every demand with its waiting tasks in line order
+  // (a std::set<Entry>, not to be changed during the call).
   template <typename F>
   void ForEachDemand(F&& visit) const {
-    for (const auto& [key, d] : demands_) {
-      std::vector<Entry> line(d.line.begin(), d.line.end());
-      visit(d.spec, line);
-    }
+    for (const auto& [key, d] : demands_) visit(d.spec, d.line);
   }
 
  private:

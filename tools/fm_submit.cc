@@ -83,6 +83,7 @@ class Submitter {
     uint64_t correlation = next_correlation_++;
     batch_.payload = Encode(batch_.specs, correlation);
     Send(batch_);
+    in_flight_bytes_ += batch_.payload.size();
     in_flight_[correlation] = std::move(batch_);
     batch_ = Batch();
     batch_bytes_ = 0;
@@ -133,7 +134,9 @@ class Submitter {
       if (polls_.size() > 4 * kPollBatches) polls_.clear();  // answers lost on the way
       auto it = waiting_.upper_bound(poll_cursor_);
       size_t asked = 0;
-      for (size_t round = 0; round < kPollBatches && asked < waiting_.size(); ++round) {
+      size_t round_bytes = 0;
+      for (size_t round = 0; round < kPollBatches && asked < waiting_.size() && round_bytes < kMaxInFlightBytes;
+           ++round) {
         std::vector<fm::TaskSpec> specs;
         size_t bytes = 0;
         while (specs.size() < batch_size_ && asked < waiting_.size()) {
@@ -145,6 +148,7 @@ class Submitter {
           ++it;
           ++asked;
         }
+        round_bytes += bytes;
         uint64_t correlation = next_correlation_++;
         polls_.insert(correlation);
         client_.bus().Send(fm::bus::kSchedulerAddress, Encode(specs, correlation));
@@ -156,7 +160,7 @@ class Submitter {
   // As many batches as may wait for their answers: no more input is read meanwhile, so
   // that neither this process nor the scheduler's intake holds more than a few of them
   // however fast the input comes.
-  bool Full() const { return in_flight_.size() >= kMaxInFlight; }
+  bool Full() const { return in_flight_.size() >= kMaxInFlight || in_flight_bytes_ >= kMaxInFlightBytes; }
   bool TimedOut() const {
     return !in_flight_.empty() &&
            std::chrono::steady_clock::now() - last_progress_ > std::chrono::milliseconds(timeout_ms_);
@@ -186,6 +190,7 @@ class Submitter {
  private:
   static constexpr auto kResendAfter = std::chrono::seconds(2);
   static constexpr size_t kMaxInFlight = 16;
+  static constexpr size_t kMaxInFlightBytes = 8u << 20;  // under the scheduler's 16 MiB per sender
   static constexpr size_t kPollBatches = 8;
   static constexpr auto kPollAfter = std::chrono::seconds(3);
 
@@ -240,6 +245,7 @@ class Submitter {
       e.fields.message = fm::codec::Str(error->message());
       e.ready = true;
     }
+    in_flight_bytes_ -= it->second.payload.size();
     in_flight_.erase(it);
   }
 
@@ -291,6 +297,7 @@ class Submitter {
         e.ready = true;
       }
     }
+    in_flight_bytes_ -= it->second.payload.size();
     in_flight_.erase(it);
   }
 
@@ -357,6 +364,7 @@ class Submitter {
   Batch batch_;                          // being filled
   size_t batch_bytes_ = 0;               // about what batch_ takes in a message
   std::map<uint64_t, Batch> in_flight_;  // by correlation
+  size_t in_flight_bytes_ = 0;           // their payloads
   std::map<uint64_t, Waiting> waiting_;  // by task (--wait)
   std::unordered_map<uint64_t, Ended> ended_early_;
   uint64_t next_correlation_ = 1;

@@ -145,7 +145,8 @@ TEST_CASE(
     "a backlog that waits at q/ is read back after a kill -9, listed, and placed in line order: priority first, then "
     "submission",
     "[integration][crash]") {
-  Cluster c({"--liveness", "5s"});
+  // Five of the waiting tasks whole in memory (at a/), the other 25 at q/ only.
+  Cluster c({"--liveness", "5s", "--waiting-in-memory", "5"});
   c.StartWorker("w", {"--slots", "1"});
   ToolRun blocker = c.Submit(R"({"command": ["sleep", "60"]})"
                              "\n");

@@ -130,6 +130,7 @@ TEST_CASE("a waiting task out of memory can be cancelled, shown, listed and resu
   EngineOptions options;
   options.cached_waiting_tasks = 4;
   options.waiting_load_batch = 50;
+  options.task_page = 10;  // pages full of tasks read from q/ alone
   Harness h(options);
   h.Register({"w", {}, 4, 8 * GiB, 1});
   h.Submit({NewTask()});
@@ -153,7 +154,7 @@ TEST_CASE("a waiting task out of memory can be cancelled, shown, listed and resu
   // Listed in id order with the ones in memory, over pages.
   std::vector<std::string> listed;
   uint64_t after = 0;
-  for (int pages = 0; pages < 10; ++pages) {
+  for (int pages = 0; pages < 40; ++pages) {
     const auto* page = control(wire::ControlOp::Tasks, nullptr, after);
     for (const auto* t : *page->tasks()) listed.push_back(t->task()->str());
     after = page->next();
@@ -196,4 +197,19 @@ TEST_CASE("a waiting task out of memory can be cancelled, shown, listed and resu
     if (id != 150 && id != 151 && id != 190) expected.push_back(id);
   }
   CHECK(Drain(h, 197) == expected);
+}
+
+TEST_CASE("one key twice in one turn is one task: the turn's keys are found before any batch holds them", "[unit]") {
+  Harness h;
+  h.Register({"w", {}, 4, 8 * GiB, 1});
+  TaskSpec keyed = WithPriority(0, "twice");
+  Turn t = h.Submit({keyed, keyed});
+  auto replies = t.To("client", wire::Body::SubmitReply);
+  REQUIRE(replies.size() == 1);
+  const auto* results = replies[0]->body_as_SubmitReply()->results();
+  REQUIRE(results->size() == 2);
+  CHECK(results->Get(0)->task() == 1);
+  CHECK(results->Get(1)->task() == 1);
+  CHECK(h.engine().active_count() == 1);
+  CHECK(OnlyResult(h.Submit({keyed}))->task() == 1);  // and in a later turn, from the store
 }

@@ -18,6 +18,13 @@ stop() {
   if [ -f "$state/pids" ]; then
     while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$state/pids"
     rm -f "$state/pids"
+    # A worker that stops leaves its containers (its next start removes them): the
+    # demo's two will not start again, so theirs go now (a session outlives its worker).
+    if command -v podman >/dev/null; then
+      for id in big small; do
+        podman ps -aq --filter "label=fm.worker=$id" 2>/dev/null | xargs -r podman rm -f >/dev/null 2>&1 || true
+      done
+    fi
     echo "fm stopped (logs and data stay in $state)"
   else
     echo "fm is not running from $state"

@@ -130,7 +130,7 @@ void Engine::LoadWaiting() {
   for (records::WaitingLine& line : read) {
     if (skip_on_load_.erase(line.id) || active_.count(line.id)) continue;
     ++waiting_records_;
-    pending_.Insert(line.demand, PendingSet::Entry::Of(line.priority, line.order, line.id));
+    pending_.Insert(line.demand, PendingSet::Entry::Of(line.demand.priority, line.order, line.id));
   }
   load_from_ = *next;
   if (waiting_loaded()) skip_on_load_.clear();

@@ -111,25 +111,44 @@ Result<uint64_t> ReadMeta(const store::Store& store, std::string_view key, uint6
   return keys::DecodeU64(**v);
 }
 
-Result<std::optional<Task>> ReadEndedTask(const store::Store& store, uint64_t id) {
-  std::string key = keys::Task(id);
+namespace {
+
+// The task record at `key`, marked as kept there (`record`); nullopt when absent.
+Result<std::optional<Task>> ReadTaskAt(const store::Store& store, const std::string& key, Task::Record record) {
   auto v = store.Get(key);
   if (!v.ok()) return v.status();
   if (!v->has_value()) return std::optional<Task>();
   auto t = DecodeTask(**v, key);
   if (!t.ok()) return t.status();
+  t->record = record;
   return std::optional<Task>(std::move(*t));
 }
 
+// The task records with keys in [begin, end), decoded and marked as kept there, until
+// `visit` returns false.
+Status ScanTasks(const store::Store& store, const std::string& begin, const std::string& end, Task::Record record,
+                 const std::function<bool(Task)>& visit) {
+  Status bad = Status::Ok();
+  Status s = store.Scan(begin, end, [&](std::string_view key, std::string_view value) {
+    auto t = DecodeTask(value, key);
+    if (!t.ok()) {
+      bad = t.status();
+      return false;
+    }
+    t->record = record;
+    return visit(std::move(*t));
+  });
+  return s.ok() ? bad : s;
+}
+
+}  // namespace
+
+Result<std::optional<Task>> ReadEndedTask(const store::Store& store, uint64_t id) {
+  return ReadTaskAt(store, keys::Task(id), Task::Record::kNone);
+}
+
 Result<std::optional<Task>> ReadWaitingTask(const store::Store& store, uint64_t id) {
-  std::string key = keys::WaitingTask(id);
-  auto v = store.Get(key);
-  if (!v.ok()) return v.status();
-  if (!v->has_value()) return std::optional<Task>();
-  auto t = DecodeTask(**v, key);
-  if (!t.ok()) return t.status();
-  t->record = Task::Record::kWaiting;
-  return std::optional<Task>(std::move(*t));
+  return ReadTaskAt(store, keys::WaitingTask(id), Task::Record::kWaiting);
 }
 
 Result<uint64_t> ScanWaiting(const store::Store& store, uint64_t from, uint64_t to, size_t most,
@@ -158,7 +177,6 @@ Result<uint64_t> ScanWaiting(const store::Store& store, uint64_t from, uint64_t 
         line.order = r.order();
         line.submitted_ms = r.submitted_ms();
         if (const wire::TaskSpec* spec = r.spec()) {
-          line.priority = spec->priority();
           line.demand.priority = spec->priority();
           line.demand.required_capabilities = codec::Strings(spec->requires_());
           Normalize(&line.demand.required_capabilities);
@@ -174,18 +192,8 @@ Result<uint64_t> ScanWaiting(const store::Store& store, uint64_t from, uint64_t 
 }
 
 Status ScanWaitingTasks(const store::Store& store, uint64_t after, const std::function<bool(Task)>& visit) {
-  Status bad = Status::Ok();
-  Status s = store.Scan(keys::WaitingTask(after + 1), keys::PrefixEnd(keys::kWaitingPrefix),
-                        [&](std::string_view key, std::string_view value) {
-                          auto t = DecodeTask(value, key);
-                          if (!t.ok()) {
-                            bad = t.status();
-                            return false;
-                          }
-                          t->record = Task::Record::kWaiting;
-                          return visit(std::move(*t));
-                        });
-  return s.ok() ? bad : s;
+  return ScanTasks(store, keys::WaitingTask(after + 1), keys::PrefixEnd(keys::kWaitingPrefix), Task::Record::kWaiting,
+                   visit);
 }
 
 Result<std::optional<uint64_t>> ReadKey(const store::Store& store, const std::string& key) {
@@ -235,19 +243,11 @@ Status ScanWorkers(const store::Store& store, uint64_t now_ms, const std::functi
 }
 
 Status ScanActiveTasks(const store::Store& store, const std::function<void(Task)>& visit) {
-  Status bad = Status::Ok();
-  Status s = store.Scan(keys::kActivePrefix, keys::PrefixEnd(keys::kActivePrefix),
-                        [&](std::string_view key, std::string_view value) {
-                          auto t = DecodeTask(value, key);
-                          if (!t.ok()) {
-                            bad = t.status();
-                            return false;
-                          }
-                          t->record = Task::Record::kActive;
-                          visit(std::move(*t));
-                          return true;
-                        });
-  return s.ok() ? bad : s;
+  return ScanTasks(store, std::string(keys::kActivePrefix), keys::PrefixEnd(keys::kActivePrefix), Task::Record::kActive,
+                   [&](Task t) {
+                     visit(std::move(t));
+                     return true;
+                   });
 }
 
 }  // namespace fm::sched::records

@@ -48,11 +48,10 @@ Result<std::optional<Task>> ReadEndedTask(const store::Store& store, uint64_t id
 // it is not there (placed, ended, or never).
 Result<std::optional<Task>> ReadWaitingTask(const store::Store& store, uint64_t id);
 // What placement needs of a waiting task: its place in line and its demand (the spec's
-// capabilities, resources and labels; the rest left empty).
+// capabilities, resources, labels and priority; the rest left empty).
 struct WaitingLine {
   uint64_t id = 0, order = 0, submitted_ms = 0;
-  int32_t priority = 0;
-  TaskSpec demand;
+  TaskSpec demand;  // with its priority
 };
 // Visits the waiting tasks (q/) with ids in [from, to), in id order, at most `most` of
 // them; returns the id to go on from (`to` when all were visited). Decodes only what

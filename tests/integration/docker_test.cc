@@ -181,15 +181,19 @@ TEST_CASE(
   CHECK_THAT(limits.lines[0], Contains(R"("status": "succeeded")"));
   CHECK(c.WaitEvent("limit=67108864"));
 
-  // While it runs, the daemon knows whose it is. (It ends by itself: a container
-  // stopping holds its lock, and other services here would wait on it.)
-  c.Submit(R"({"command": ["sh", "-c", "echo up; sleep 2"], "image": "localhost/fm-busybox:latest"})"
+  // While it runs, the daemon knows whose it is. It runs until cancelled, so a slow
+  // `podman ps` under load still finds it (it once ended after 2 s, before a loaded
+  // machine's ps asked), and it traps SIGTERM so it stops at once: a container stopping
+  // holds its lock, and other services here would wait on it.
+  c.Submit(R"({"command": ["sh", "-c", "trap 'exit 0' TERM; echo up; while :; do sleep 0.2; done"],)"
+           R"( "image": "localhost/fm-busybox:latest"})"
            "\n");
   REQUIRE(c.WaitEvent("| up", 30000));
   ToolRun labelled = RunTool({"/usr/bin/podman", "ps", "-q", "--filter", "label=fm.task=t2", "--filter",
                               "label=fm.attempt=1", "--filter", "label=fm.worker=d7"});
   CHECK(labelled.lines.size() == 1);
-  CHECK(c.WaitEvent("task.succeeded task=t2", 30000));
+  CHECK(c.Ctl({"cancel", "t2"}).exit_code == 0);
+  CHECK(c.WaitEvent("task.cancelled task=t2", 30000));
 
   ToolRun hog = c.Submit(R"({"command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"],)"
                          R"( "image": "localhost/fm-busybox:latest", "resources": {"memory": "64MiB"}})"

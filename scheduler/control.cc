@@ -142,7 +142,7 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
       uint64_t bound = std::numeric_limits<uint64_t>::max();
       if (waiting_listed && e.store_ != nullptr) {
         size_t examined = 0;
-        Status scanned = records::ScanWaitingTasks(*e.store_, req.after(), [&](Task t) {
+        Status scanned = records::ScanWaitingTasks(*e.store_, req.after(), [&](Task& t) {
           if (++examined == kExamined) bound = t.id;
           if (!e.active_.count(t.id) && (owner.empty() || t.owner == owner)) read.push_back(std::move(t));
           return read.size() <= limit && examined < kExamined;

@@ -37,8 +37,10 @@ class EndedTasks {
   // joins the recent ones.
   void Add(Task t, store::WriteBatch* writes, flatbuffers::FlatBufferBuilder& scratch);
   // Deletes the records past retention at `now_ms` (at most trim_per_tick), calling
-  // `forget` with each deleted task (its client key goes with it). Error: a read failed.
-  Status Trim(uint64_t now_ms, store::WriteBatch* writes, const std::function<void(const Task&)>& forget);
+  // `forget` with each deleted task's id, owner and client key (the key goes with it;
+  // both empty without one). Error: a read failed.
+  using Forget = std::function<void(uint64_t id, const std::string& owner, const std::string& key)>;
+  Status Trim(uint64_t now_ms, store::WriteBatch* writes, const Forget& forget);
   // The end of a turn: the count's meta key if it changed.
   void FinishTurn(store::WriteBatch* writes);
 

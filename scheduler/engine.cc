@@ -150,7 +150,7 @@ Task* Engine::Load(uint64_t id) {
     // where a point read per task would read the same block again and again.
     if (read_ahead_.size() > 4 * kReadAhead) read_ahead_.clear();
     size_t seen = 0;
-    Status scanned = records::ScanWaitingTasks(*store_, id - 1, [&](Task t) {
+    Status scanned = records::ScanWaitingTasks(*store_, id - 1, [&](Task& t) {
       if (!active_.count(t.id)) read_ahead_.try_emplace(t.id, std::move(t));
       return ++seen < kReadAhead;
     });
@@ -848,20 +848,22 @@ void Engine::Tick(uint64_t now_ms) {
     }
   }
   log_.ApplyRetention(now_ms, &effects_.writes);
-  Status trimmed = ended_.Trim(now_ms, &effects_.writes, [&](const Task& t) { ForgetKey(t); });
+  Status trimmed =
+      ended_.Trim(now_ms, &effects_.writes,
+                  [&](uint64_t id, const std::string& owner, const std::string& key) { ForgetKey(id, owner, key); });
   if (!trimmed.ok() && read_error_.ok()) read_error_ = trimmed;
   ReleaseBackoff(now_ms);
 }
 
-void Engine::ForgetKey(const Task& t) {
-  if (t.spec.key.empty()) return;
-  std::string scoped = ScopedKey(t.owner, t.spec.key);
+void Engine::ForgetKey(uint64_t id, const std::string& owner, const std::string& key) {
+  if (key.empty()) return;
+  std::string scoped = ScopedKey(owner, key);
   // The key names this task (a key is first used by one task only).
   auto named = records::ReadKey(*store_, scoped);
   if (!named.ok()) {
     // Not "no such key": the store cannot be read (engine.h, TakeReadError).
     if (read_error_.ok()) read_error_ = named.status();
-  } else if (*named && **named == t.id) {
+  } else if (*named && **named == id) {
     records::DeleteClientKey(&effects_.writes, scoped);
   }
 }

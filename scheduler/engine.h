@@ -237,9 +237,9 @@ class Engine {
   void LoadWaiting();
   // Writes the turn's changed tasks; drops waiting tasks past cached_waiting_tasks.
   void WriteTasks();
-  // An ended task's record was deleted by its retention: so is its client key, if it
-  // still names it.
-  void ForgetKey(const Task& t);
+  // Ended task `id`'s record was deleted by its retention: so is its client key (`key`
+  // of `owner`), if it still names it.
+  void ForgetKey(uint64_t id, const std::string& owner, const std::string& key);
   void PlacePending(uint64_t now_ms);
   static PendingSet::Entry LineOf(const Task& t) { return PendingSet::Entry::Of(t.spec.priority, t.order, t.id); }
   void FlushDispatches();

@@ -69,17 +69,28 @@ void PutWorker(store::WriteBatch* writes, const WorkerState& w) {
               std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 
-Result<Task> DecodeTask(std::string_view stored, std::string_view key) {
-  std::string storage;
-  std::string_view value = codec::AlignedBytes(stored, &storage);
+namespace {
+
+// The verified wire.TaskRecord in `stored` (copied into `storage` when misaligned).
+Result<const wire::TaskRecord*> VerifiedRecord(std::string_view stored, std::string_view key, std::string* storage) {
+  std::string_view value = codec::AlignedBytes(stored, storage);
   flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
   if (!v.VerifyBuffer<wire::TaskRecord>(nullptr)) {
     std::string where(key.substr(0, 2));
     if (key.size() >= 10) where += std::to_string(keys::DecodeU64(key.substr(2)));
     return Status::Internal("store: bad task record at " + where);
   }
-  const auto& r = *flatbuffers::GetRoot<wire::TaskRecord>(value.data());
-  Task t;
+  return flatbuffers::GetRoot<wire::TaskRecord>(value.data());
+}
+
+}  // namespace
+
+Status DecodeTaskInto(std::string_view stored, std::string_view key, Task* out) {
+  std::string storage;
+  auto verified = VerifiedRecord(stored, key, &storage);
+  if (!verified.ok()) return verified.status();
+  const auto& r = **verified;
+  Task& t = *out;
   t.id = r.id();
   t.spec = codec::FromWire(r.spec());
   t.state = r.state();
@@ -100,7 +111,30 @@ Result<Task> DecodeTask(std::string_view stored, std::string_view key) {
   t.handed_back = r.handed_back();
   t.gpus = codec::Strings(r.gpus());
   t.endpoint = codec::FromWire(r.endpoint());
+  return Status::Ok();
+}
+
+Result<Task> DecodeTask(std::string_view stored, std::string_view key) {
+  Task t;
+  Status s = DecodeTaskInto(stored, key, &t);
+  if (!s.ok()) return s;
   return t;
+}
+
+Result<RecordSummary> DecodeSummary(std::string_view stored, std::string_view key) {
+  std::string storage;
+  auto verified = VerifiedRecord(stored, key, &storage);
+  if (!verified.ok()) return verified.status();
+  const auto& r = **verified;
+  RecordSummary out;
+  out.id = r.id();
+  out.ended_ms = r.ended_ms();
+  out.submitted_ms = r.submitted_ms();
+  if (r.spec() != nullptr && r.spec()->key() != nullptr && r.spec()->key()->size() > 0) {
+    out.key = Str(r.spec()->key());
+    out.owner = Str(r.owner());
+  }
+  return out;
 }
 
 Result<uint64_t> ReadMeta(const store::Store& store, std::string_view key, uint64_t absent) {
@@ -127,16 +161,14 @@ Result<std::optional<Task>> ReadTaskAt(const store::Store& store, const std::str
 // The task records with keys in [begin, end), decoded and marked as kept there, until
 // `visit` returns false.
 Status ScanTasks(const store::Store& store, const std::string& begin, const std::string& end, Task::Record record,
-                 const std::function<bool(Task)>& visit) {
+                 const std::function<bool(Task&)>& visit) {
   Status bad = Status::Ok();
   Status s = store.Scan(begin, end, [&](std::string_view key, std::string_view value) {
-    auto t = DecodeTask(value, key);
-    if (!t.ok()) {
-      bad = t.status();
-      return false;
-    }
-    t->record = record;
-    return visit(std::move(*t));
+    Task t;
+    bad = DecodeTaskInto(value, key, &t);
+    if (!bad.ok()) return false;
+    t.record = record;
+    return visit(t);
   });
   return s.ok() ? bad : s;
 }
@@ -191,7 +223,7 @@ Result<uint64_t> ScanWaiting(const store::Store& store, uint64_t from, uint64_t 
   return next;
 }
 
-Status ScanWaitingTasks(const store::Store& store, uint64_t after, const std::function<bool(Task)>& visit) {
+Status ScanWaitingTasks(const store::Store& store, uint64_t after, const std::function<bool(Task&)>& visit) {
   return ScanTasks(store, keys::WaitingTask(after + 1), keys::PrefixEnd(keys::kWaitingPrefix), Task::Record::kWaiting,
                    visit);
 }
@@ -244,7 +276,7 @@ Status ScanWorkers(const store::Store& store, uint64_t now_ms, const std::functi
 
 Status ScanActiveTasks(const store::Store& store, const std::function<void(Task)>& visit) {
   return ScanTasks(store, std::string(keys::kActivePrefix), keys::PrefixEnd(keys::kActivePrefix), Task::Record::kActive,
-                   [&](Task t) {
+                   [&](Task& t) {
                      visit(std::move(t));
                      return true;
                    });

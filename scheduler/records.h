@@ -39,6 +39,15 @@ void PutEpoch(store::WriteBatch* writes, uint64_t epoch);
 
 // Decodes a wire.TaskRecord. Error: it does not verify.
 Result<Task> DecodeTask(std::string_view value, std::string_view key);
+// The same into `*out` (a fresh Task): no move of the decoded task after.
+Status DecodeTaskInto(std::string_view value, std::string_view key, Task* out);
+// What retention needs of a stored task record, read without decoding the rest (its
+// spec, its output): the id, when it ended (or was submitted), and its client key.
+struct RecordSummary {
+  uint64_t id = 0, ended_ms = 0, submitted_ms = 0;
+  std::string owner, key;  // the client key and its owner; empty without one
+};
+Result<RecordSummary> DecodeSummary(std::string_view value, std::string_view key);
 
 // The u64 at a meta key; `absent` when it is not there.
 Result<uint64_t> ReadMeta(const store::Store& store, std::string_view key, uint64_t absent);
@@ -59,8 +68,8 @@ struct WaitingLine {
 Result<uint64_t> ScanWaiting(const store::Store& store, uint64_t from, uint64_t to, size_t most,
                              const std::function<void(WaitingLine)>& visit);
 // Visits the waiting tasks (q/) with ids above `after` in id order, decoded, until
-// `visit` returns false.
-Status ScanWaitingTasks(const store::Store& store, uint64_t after, const std::function<bool(Task)>& visit);
+// `visit` returns false (it may move the task away).
+Status ScanWaitingTasks(const store::Store& store, uint64_t after, const std::function<bool(Task&)>& visit);
 // The task id a client key was first used for (k/); nullopt when the key is new.
 Result<std::optional<uint64_t>> ReadKey(const store::Store& store, const std::string& key);
 

@@ -15,6 +15,13 @@
 #include "schemas/codec.h"
 #include "schemas/vocabulary.h"
 
+// gperftools' C interface (gperftools/malloc_extension_c.h), declared weak: set in a
+// daemon that links tcmalloc (fm-scheduler), null in the others.
+extern "C" {
+__attribute__((weak)) void MallocExtension_ReleaseFreeMemory(void);
+__attribute__((weak)) int MallocExtension_GetNumericProperty(const char* property, size_t* value);
+}
+
 namespace fm::bus {
 
 Result<Endpoints> ParseBrokerUrl(const std::string& url) {
@@ -462,10 +469,19 @@ std::optional<Event> Client::ReceiveEvent() {
 }
 
 void ReleaseFreeMemory() {
+  constexpr size_t kKept = 8u << 20;
+  if (MallocExtension_ReleaseFreeMemory != nullptr && MallocExtension_GetNumericProperty != nullptr) {
+    // tcmalloc (fm-scheduler links it): its free pages go back when asked.
+    size_t free_bytes = 0;
+    if (MallocExtension_GetNumericProperty("tcmalloc.pageheap_free_bytes", &free_bytes) != 0 && free_bytes > kKept) {
+      MallocExtension_ReleaseFreeMemory();
+    }
+    return;
+  }
   // glibc keeps what a burst freed (in every thread's arena: ZeroMQ's I/O threads
   // allocate the messages) unless asked; asking costs a walk of the arenas.
   struct mallinfo2 info = mallinfo2();
-  if (info.fordblks > (8u << 20)) malloc_trim(0);
+  if (info.fordblks > kKept) malloc_trim(0);
 }
 
 }  // namespace fm::bus

@@ -57,7 +57,8 @@ inline constexpr int kDirectedQueue = 10'000;
 inline constexpr int kEventQueue = 2'048;
 
 // Hands memory freed after a burst (a flood, a big backlog) back to the system when
-// more than 8 MiB of it is held free. Call now and then (the daemons: every 5 s).
+// more than 8 MiB of it is held free, from glibc or tcmalloc, whichever the daemon uses.
+// Call now and then (the daemons: every 5 s).
 void ReleaseFreeMemory();
 
 struct Endpoints {

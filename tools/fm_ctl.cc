@@ -1,11 +1,12 @@
 // fm-ctl [--broker URL] [--json] workers | tasks [--state S] [--worker W] [--owner O] [--limit N] | task TASK
 //        | drain (WORKER... | --node NODE) [--reason TEXT] [--wait [--deadline D]] | undrain WORKER
-//        | cancel TASK | ping | snapshot DIR
+//        | cancel TASK | ping | snapshot DIR | ssh TASK | logs TASK [--attempt N] [--stream S] [--follow]
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -16,6 +17,8 @@
 #include "runtime/logging.h"
 #include "schemas/json.h"
 #include "schemas/units.h"
+#include "schemas/vocabulary.h"
+#include "tools/follow.h"
 #include "tools/tool_client.h"
 
 namespace {
@@ -222,6 +225,42 @@ int Ssh(fm::tools::ToolClient& client, const std::string& task, const std::strin
   }
 }
 
+// fm-ctl logs: what an attempt of a task wrote, byte for byte, stdout to stdout and
+// stderr to stderr: the stored output (replays), then with --follow the live stream until
+// the attempt ends, whose exit status it returns. The worker's notes (output cut by
+// --max-output) go to stderr after "fm-ctl: ".
+volatile std::sig_atomic_t g_stop = 0;
+
+int Logs(fm::tools::ToolClient& client, const std::string& task, uint32_t attempt, const std::string& stream,
+         bool follow, bool json, int timeout_ms) {
+  auto followed = fm::tools::LookUpTask(client, task, timeout_ms);
+  if (!followed.ok()) {
+    std::fprintf(stderr, "fm-ctl: logs: %s\n", followed.status().message().c_str());
+    return 1;
+  }
+  const std::string& name = followed->name;
+  const uint32_t wanted = attempt > 0 ? attempt : followed->attempt;
+  if (wanted > followed->attempt) {
+    std::fprintf(stderr, "fm-ctl: logs: %s has no attempt %u yet (it is at attempt %u)\n", name.c_str(), wanted,
+                 followed->attempt);
+    return 1;
+  }
+  if (followed->first_seq == 0) {
+    std::fprintf(stderr, "fm-ctl: logs: no stored event of %s is left (the event retention removed them)\n",
+                 name.c_str());
+    return 1;
+  }
+  fm::tools::OutputPrinter printer({"fm-ctl", name, wanted, stream, json});
+  fm::tools::EventFollower follower(client, "fm-ctl", [&](const fm::wire::Event& e) { return printer.Take(e); });
+  std::signal(SIGINT, [](int) { g_stop = 1; });
+  std::signal(SIGTERM, [](int) { g_stop = 1; });
+  follower.Subscribe(true);
+  follower.Start(static_cast<int64_t>(followed->first_seq));
+  follower.Run(&g_stop, !follow);
+  std::fflush(stdout);
+  return follow && printer.ended() ? printer.status() : follow ? 130 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -272,7 +311,16 @@ int main(int argc, char** argv) {
   ssh->add_flag("--print", ssh_print, "print the ssh command instead of running it");
   fm::bus::AddDurationFlag(*ssh, "--wait", &wait_ms, "how long to wait for the session to be ready");
   ssh->add_option("command", ssh_extra, "a command to run there (after --) instead of a shell");
-  for (auto* sub : {workers, tasks, task}) sub->add_flag("--json", json, "print JSON");
+  auto* logs = app.add_subcommand("logs", "what an attempt of a task wrote, stdout to stdout and stderr to stderr");
+  uint32_t logs_attempt = 0;
+  std::string logs_stream;
+  bool logs_follow = false;
+  logs->add_option("task", target, "task id (t42)")->required();
+  logs->add_option("--attempt", logs_attempt, "this attempt (1, 2, ...; default: the latest)");
+  logs->add_option("--stream", logs_stream, "only stdout or only stderr")->check(CLI::IsMember({"stdout", "stderr"}));
+  logs->add_flag("-f,--follow", logs_follow,
+                 "go on as it writes until the attempt ends, then exit with its exit status");
+  for (auto* sub : {workers, tasks, task, logs}) sub->add_flag("--json", json, "print JSON");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-ctl", argc, argv); rc >= 0) return rc;
 
   if (drain->parsed() && drain_workers.empty() == drain_node.empty()) {
@@ -305,10 +353,13 @@ int main(int argc, char** argv) {
                            : drain->parsed()    ? fm::wire::ControlOp::Drain
                            : undrain->parsed()  ? fm::wire::ControlOp::Undrain
                                                 : fm::wire::ControlOp::Cancel;
-  auto client = fm::tools::ToolClient::Connect(broker, "fm-ctl", false, cert, broker_cert, root_cert);
+  auto client = fm::tools::ToolClient::Connect(broker, "fm-ctl", logs->parsed(), cert, broker_cert, root_cert);
   if (!client.ok()) {
     std::fprintf(stderr, "fm-ctl: %s\n", client.status().message().c_str());
     return 2;
+  }
+  if (logs->parsed()) {
+    return Logs(**client, target, logs_attempt, logs_stream, logs_follow, json, static_cast<int>(timeout_ms));
   }
   if (ssh->parsed()) {
     return Ssh(**client, target, ssh_identity, ssh_print, ssh_extra, static_cast<int>(timeout_ms),

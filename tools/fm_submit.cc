@@ -1,7 +1,8 @@
-// fm-submit [--broker URL] [--wait] [--require CAP]... [--cpus N] [--memory SIZE]
+// fm-submit [--broker URL] [--wait | --attach] [--require CAP]... [--cpus N] [--memory SIZE]
 //           [--gpus N] [-- COMMAND ARGS...]
 //
-// With a command: submits that one task. Without: reads one JSON task per line from
+// With a command: submits that one task (--attach: and prints its output as it comes,
+// then exits with its exit status, as srun or docker run do). Without: reads one JSON task per line from
 // stdin, submitting in batches as lines arrive. Prints one JSON line per input task,
 // in input order: {"line", "task", "status", "reason", "message", "worker"}. Exit status
 // 0 only if every task was accepted (with --wait: succeeded).
@@ -10,10 +11,12 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <deque>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <tuple>
 #include <unordered_map>
@@ -22,6 +25,7 @@
 #include "schemas/json.h"
 #include "schemas/units.h"
 #include "schemas/vocabulary.h"
+#include "tools/follow.h"
 #include "tools/tool_client.h"
 
 namespace {
@@ -167,10 +171,28 @@ class Submitter {
   }
   const std::string& last_error() const { return last_error_; }
 
+  // --attach: nothing on stdout but the task's output; a refusal on stderr.
+  void Attach() { attach_ = true; }
+  const std::string& attached_task() const { return attached_task_; }
+
   void PrintReady() {
     while (!entries_.empty() && entries_.front().ready) {
       Entry& e = entries_.front();
       if (!e.ok) all_ok_ = false;
+      if (attach_) {
+        if (e.ok) {
+          attached_task_ = e.fields.task;
+        } else {
+          std::string why = e.fields.task.empty() ? "the task" : e.fields.task;
+          why += e.fields.status == "rejected" ? " was rejected" : " " + e.fields.status;
+          if (!e.fields.reason.empty()) why += " (" + e.fields.reason + ")";
+          if (!e.fields.message.empty()) why += ": " + e.fields.message;
+          std::fprintf(stderr, "fm-submit: %s\n", why.c_str());
+        }
+        entries_.pop_front();
+        ++first_index_;
+        continue;
+      }
       std::string line = codec_.SubmitLineToJson(e.fields);
       std::fwrite(line.data(), 1, line.size(), stdout);
       std::fputc('\n', stdout);
@@ -357,6 +379,8 @@ class Submitter {
   fm::tools::ToolClient& client_;
   fm::JsonCodec codec_;
   bool wait_;
+  bool attach_ = false;
+  std::string attached_task_;
   int timeout_ms_;
   size_t batch_size_;
   std::deque<Entry> entries_;
@@ -375,6 +399,49 @@ class Submitter {
   std::chrono::steady_clock::time_point last_progress_ = std::chrono::steady_clock::now();
   std::chrono::steady_clock::time_point last_poll_ = std::chrono::steady_clock::now();
 };
+
+volatile std::sig_atomic_t g_stop = 0;
+
+// --attach: submits `spec` and prints its output as it comes, from its first event (the
+// stream is subscribed before the submission, and what came before the lookup is
+// replayed from the store), until it ends; its exit status becomes ours.
+int Attach(fm::tools::ToolClient& client, Submitter& submitter, fm::TaskSpec spec, const std::string& broker,
+           int reply_ms) {
+  std::optional<fm::tools::OutputPrinter> printer;
+  fm::tools::EventFollower follower(client, "fm-submit", [&](const fm::wire::Event& e) { return printer->Take(e); });
+  follower.Subscribe(true);
+  submitter.Attach();
+  submitter.Add(1, std::move(spec));
+  submitter.Flush();
+  while (!submitter.Done()) {
+    if (client.Wait(250) == 1) submitter.Receive();
+    submitter.Retry();
+    if (submitter.TimedOut()) {
+      submitter.Fatal(submitter.last_error().empty()
+                          ? "no answer from the scheduler through broker " + broker + " within " +
+                                fm::FormatDuration(reply_ms)
+                          : submitter.last_error() + "; gave up after " + fm::FormatDuration(reply_ms));
+    }
+  }
+  submitter.PrintReady();
+  if (!submitter.all_ok() || submitter.attached_task().empty()) return 1;
+  auto followed = fm::tools::LookUpTask(client, submitter.attached_task(), reply_ms);
+  if (!followed.ok()) {
+    std::fprintf(stderr, "fm-submit: %s\n", followed.status().message().c_str());
+    return 1;
+  }
+  printer.emplace(fm::tools::OutputPrinter::Options{"fm-submit", followed->name, 0, "", false});
+  std::signal(SIGINT, [](int) { g_stop = 1; });
+  std::signal(SIGTERM, [](int) { g_stop = 1; });
+  follower.Start(followed->first_seq > 0 ? static_cast<int64_t>(followed->first_seq) : -1);
+  follower.Run(&g_stop, false);
+  if (!printer->ended()) {
+    std::fprintf(stderr, "fm-submit: detached; %s goes on (fm-ctl logs -f %s, fm-ctl cancel %s)\n",
+                 followed->name.c_str(), followed->name.c_str(), followed->name.c_str());
+    return 130;
+  }
+  return printer->status();
+}
 
 }  // namespace
 
@@ -422,10 +489,18 @@ int main(int argc, char** argv) {
   app.add_option("--ssh-key", ssh_keys, "a public key file (.pub) allowed into the session (repeatable)");
   app.add_option("--ttl", ttl, "the session ends after this long (default 1h, at most the worker's maximum)");
   app.add_option("--idle-timeout", idle_timeout, "the session ends after this long with no connection (default 15m)");
+  bool attach = false;
+  app.add_flag("--attach", attach,
+               "run the command as one task, print its output as it comes (stdout to stdout, stderr to stderr) and "
+               "exit with its exit status");
   app.add_option("command", command, "the command to run (after --); without it, JSON lines from stdin");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-submit", argc, argv); rc >= 0) return rc;
+  if (attach && (command.empty() || session)) {
+    std::fprintf(stderr, "fm-submit: --attach runs one command (after --), not a session or JSON lines\n");
+    return 2;
+  }
 
-  auto client = fm::tools::ToolClient::Connect(broker, "fm-submit", false, cert, broker_cert, root_cert);
+  auto client = fm::tools::ToolClient::Connect(broker, "fm-submit", attach, cert, broker_cert, root_cert);
   if (!client.ok()) {
     std::fprintf(stderr, "fm-submit: %s\n", client.status().message().c_str());
     return 2;
@@ -528,6 +603,7 @@ int main(int argc, char** argv) {
     spec.priority = priority;
     spec.key = key;
     if (fm::Status s = fm::ValidateTaskSpec(spec); !s.ok()) return fail("task", s);
+    if (attach) return Attach(**client, submitter, std::move(spec), broker, static_cast<int>(reply_ms));
     submitter.Add(1, std::move(spec));
     submitter.Flush();
   }

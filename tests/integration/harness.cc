@@ -225,6 +225,7 @@ ToolRun RunTool(const std::vector<std::string>& argv, const std::string& input, 
   p->WaitClosed(5000);
   run.lines = p->Lines();
   run.err = p->Stderr();
+  run.out = p->Stdout();
   return run;
 }
 

@@ -79,6 +79,7 @@ struct ToolRun {
   int exit_code = -1;
   std::vector<std::string> lines;
   std::string err;
+  std::string out;  // stdout as written, byte for byte
 };
 
 // The resident memory of process `pid` in bytes (VmRSS), 0 when unreadable.

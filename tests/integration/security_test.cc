@@ -888,6 +888,16 @@ TEST_CASE(
   CHECK(replayed.exit_code == 0);
   CHECK_THAT(Join(replayed.lines), Contains("task=t2") && !Contains("task=t1 ") && !Contains("bob"));
   CHECK_THAT(live->Stdout(), !Contains("bob-secret-output") && !Contains("task=t1 "));
+  // fm-ctl logs and fm-submit --attach: her own task's output, never bob's.
+  ToolRun own = c.CtlAs("alice", "client", {"logs", "t2"});
+  CHECK(own.exit_code == 0);
+  CHECK(own.out == "alice-output\n");
+  ToolRun bobs = c.CtlAs("alice", "client", {"logs", "t1"});
+  CHECK(bobs.exit_code == 1);
+  CHECK_THAT(bobs.out + bobs.err, !Contains("bob-secret-output"));
+  ToolRun attached = c.SubmitAs("alice", "client", "", {"--attach", "--", "sh", "-c", "echo attached-output"});
+  CHECK(attached.exit_code == 0);
+  CHECK(attached.out == "attached-output\n");
   // Subscribing to every task as a client is refused at the broker.
   zmq::context_t ctx(1);
   zmq::socket_t sub(ctx, zmq::socket_type::sub);

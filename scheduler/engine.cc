@@ -569,6 +569,7 @@ void Engine::Retry(Task* t, wire::Reason reason, const std::string& message, uin
   ++stats_.retries;
   std::string last_worker = t->worker;
   t->attempt += 1;
+  t->output_end[0] = t->output_end[1] = 0;  // a new attempt's output starts afresh
   Step(t, spent ? TaskEvent::kRetry : TaskEvent::kHandBack);
   t->worker.clear();
   t->gpus.clear();
@@ -781,8 +782,16 @@ void Engine::OnTaskFinished(const std::string& from, const wire::TaskFinished& m
 void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64_t now_ms) {
   // Every worker's output is acknowledged, kept or not (an ended attempt's late lines):
   // the worker sends only so much unacknowledged (worker/core.h, output window).
-  if (msg.data() && bus::PrincipalOf(from).role == bus::Role::kWorker) output_taken_[from] += msg.data()->size();
+  const bool from_worker = bus::PrincipalOf(from).role == bus::Role::kWorker;
+  if (msg.data() && from_worker) output_taken_[from] += msg.data()->size();
   if (!msg.ref()) return;
+  // Sequenced output of an attempt that is no longer current (ended, or a later one
+  // runs): its output was stored before its end was, so nothing of it is wanted now.
+  auto let_go = [&] {
+    if (msg.offset().has_value() && from_worker) {
+      output_marks_[from][{msg.ref()->task(), msg.ref()->attempt(), Str(msg.stream()) == "stderr"}] = UINT64_MAX;
+    }
+  };
   EventFields f;
   f.type = wire::EventType::TaskLog;
   f.stream = Str(msg.stream());
@@ -791,6 +800,7 @@ void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64
   if (t == nullptr) {
     // A cancelled attempt on its way out (it trapped SIGTERM): its last words are kept.
     auto w = winding_down_.find(msg.ref()->task());
+    let_go();
     if (w == winding_down_.end() || w->second.attempt != msg.ref()->attempt() ||
         !membership_.FromWorkerOf(from, w->second.worker)) {
       return;
@@ -802,8 +812,30 @@ void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64
     Emit(f, now_ms);
     return;
   }
-  if (t->attempt != msg.ref()->attempt()) return;
+  if (t->attempt != msg.ref()->attempt()) {
+    let_go();
+    return;
+  }
   if (!FromTaskWorker(*t, from, "output")) return;
+  const bool sequenced = msg.offset().has_value() && (f.stream == "stdout" || f.stream == "stderr");
+  if (sequenced) {
+    // Each byte once: a range resent after a restart or a lost acknowledgement is cut
+    // to what is new; one past a gap (what came before it was lost on the way) waits for
+    // the worker to send again from the end it is told.
+    Task& m = active_.find(t->id)->second;
+    uint64_t& end = m.output_end[f.stream == "stderr" ? 1 : 0];
+    const uint64_t offset = *msg.offset();
+    const uint64_t skip = offset <= end ? end - offset : 0;
+    if (offset <= end && skip < f.data.size()) {
+      f.data.erase(0, skip);
+      end += f.data.size();
+      dirty_tasks_.push_back(m.id);
+    } else {
+      f.data.clear();
+    }
+    if (from_worker) output_marks_[from][{m.id, m.attempt, f.stream == "stderr"}] = end;
+    if (f.data.empty()) return;
+  }
   EventFields log = EventAbout(wire::EventType::TaskLog, *t);
   log.stream = std::move(f.stream);
   log.data = std::move(f.data);
@@ -971,10 +1003,26 @@ void Engine::FlushBatched() {
     auto first = refs.empty() ? 0 : wire::CreateTaskRef(fbb, refs.front().task, refs.front().attempt);
     auto taken = output_taken_.find(address);
     uint64_t output = taken == output_taken_.end() ? 0 : taken->second;
-    Send(address, codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, first, fbb.CreateVector(offsets), output)));
+    // With output taken, the marks always (maybe none): their presence says this
+    // scheduler stores sequenced output once (worker/core.h).
+    flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::OutputMark>>> marks = 0;
+    if (output > 0) {
+      std::vector<flatbuffers::Offset<wire::OutputMark>> each;
+      if (auto m = output_marks_.find(address); m != output_marks_.end()) {
+        each.reserve(m->second.size());
+        for (const auto& [key, end] : m->second) {
+          const auto& [task, attempt, err] = key;
+          each.push_back(wire::CreateOutputMark(fbb, wire::CreateTaskRef(fbb, task, attempt),
+                                                fbb.CreateString(err ? "stderr" : "stdout"), end));
+        }
+      }
+      marks = fbb.CreateVector(each);
+    }
+    Send(address, codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, first, fbb.CreateVector(offsets), output, marks)));
   }
   acks_.clear();
   output_taken_.clear();
+  output_marks_.clear();
   for (auto& [watcher, ended] : ended_for_watchers_) {
     flatbuffers::FlatBufferBuilder fbb(256 + 64 * ended.size());
     std::vector<flatbuffers::Offset<wire::SubmitResult>> results;

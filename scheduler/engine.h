@@ -321,6 +321,9 @@ class Engine {
   // Sent once per turn per address: acknowledgements of results, ended tasks for watchers.
   std::map<std::string, std::vector<AttemptRef>> acks_;
   std::map<std::string, uint64_t> output_taken_;  // worker address -> TaskLog bytes this turn
+  // worker address -> (task, attempt, stderr?) -> its stored output's end, for the
+  // sequenced output taken from it this turn (TaskFinishedAck.output).
+  std::map<std::string, std::map<std::tuple<uint64_t, uint32_t, bool>, uint64_t>> output_marks_;
   struct EndedResult {
     uint64_t task;
     wire::SubmitStatus status;

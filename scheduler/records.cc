@@ -27,7 +27,8 @@ void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t,
   auto endpoint = t.endpoint.port == 0 ? 0 : codec::ToWire(fbb, t.endpoint);
   fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
                                     t.exit_code, watcher, t.order, t.rejected, t.first_seq, owner, t.ended_ms,
-                                    t.not_before_ms, failed, gpus, endpoint, t.handed_back));
+                                    t.not_before_ms, failed, gpus, endpoint, t.handed_back, t.output_end[0],
+                                    t.output_end[1]));
   writes->Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 
@@ -109,6 +110,8 @@ Status DecodeTaskInto(std::string_view stored, std::string_view key, Task* out) 
   t.not_before_ms = r.not_before_ms();
   t.failed_on = codec::Strings(r.failed_workers());
   t.handed_back = r.handed_back();
+  t.output_end[0] = r.stdout_end();
+  t.output_end[1] = r.stderr_end();
   t.gpus = codec::Strings(r.gpus());
   t.endpoint = codec::FromWire(r.endpoint());
   return Status::Ok();

@@ -33,6 +33,9 @@ struct Task {
   std::vector<std::string> failed_on;  // workers an attempt failed on (sorted, at most 64)
   std::vector<std::string> gpus;       // the devices its current attempt was given (once started)
   Endpoint endpoint;                   // a session's, once its sshd answered
+  // The current attempt's output stored so far, stdout and stderr (bytes): a sequencing
+  // worker's TaskLog is taken from there on, a resent range below it dropped.
+  uint64_t output_end[2] = {0, 0};
   // Where its record is (not stored): none yet (submitted this turn), a/, or q/ while it
   // waits for its first placement, when the engine may drop it from memory and read it
   // back to place it (engine.h, "The backlog").

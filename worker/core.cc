@@ -34,7 +34,8 @@ void WorkerCore::OnDirected(const std::string& from, const void* data, size_t si
     // "unreachable" from the broker: results are re-sent anyway; output is not, so the
     // attempts running now are told (once each) that some of theirs may be missing.
     const auto* error = env.body_as_Error();
-    if (from == bus::kBrokerAddress && ParseErrorCode(Str(error->code())) == wire::ErrorCode::Unreachable &&
+    if (!sequencing_ && from == bus::kBrokerAddress &&
+        ParseErrorCode(Str(error->code())) == wire::ErrorCode::Unreachable &&
         Str(error->about()) == bus::kSchedulerAddress) {
       for (const auto& [ref, run] : runs_) {
         if (!told_output_lost_.insert(ref).second) continue;
@@ -256,6 +257,34 @@ void WorkerCore::OnAck(const wire::TaskFinishedAck& ack) {
   } else if (ack.ref()) {
     one(*ack.ref());  // a scheduler from before batched acknowledgements
   }
+  if (ack.output()) {
+    // What the scheduler stored: let it go. An attempt whose output is all stored may
+    // report its end now.
+    for (const auto* mark : *ack.output()) {
+      if (!mark->ref()) continue;
+      const Ref ref{mark->ref()->task(), mark->ref()->attempt()};
+      auto it = sent_.find({ref, codec::Str(mark->stream()) == "stderr"});
+      if (it == sent_.end()) continue;
+      auto& kept = it->second.kept;
+      while (!kept.empty() && kept.front().first < mark->end()) {
+        auto& [offset, data] = kept.front();
+        const uint64_t stored = std::min<uint64_t>(mark->end() - offset, data.size());
+        kept_bytes_ -= stored;
+        if (stored == data.size()) {
+          kept.pop_front();
+        } else {
+          data.erase(0, stored);
+          offset += stored;
+        }
+      }
+      if (kept.empty() && !runs_.count(ref)) {
+        sent_.erase(it);
+        if (finished_.count(ref) && !KeepsOutput(ref)) report_finished_.insert(ref);
+      }
+    }
+  } else if (ack.output_bytes() > 0 && sequencing_) {
+    StopKeeping();  // a scheduler that does not say what it stored: as before, best effort
+  }
   if (ack.output_bytes() > 0) {
     output_unacked_ -= std::min(output_unacked_, ack.output_bytes());
     output_progress_ms_ = now_ms_;
@@ -297,6 +326,8 @@ void WorkerCore::ObserveEpoch(uint64_t epoch) {
   report_devices_.clear();
   done_.clear();
   done_order_.clear();
+  sent_.clear();  // the old store's attempts' output: nobody there to take it
+  kept_bytes_ = 0;
   for (const Ref& ref : old) StopRun(ref);  // may end them at once
 }
 
@@ -349,22 +380,62 @@ void WorkerCore::PassOutput(const Ref& ref, const char* stream, std::string_view
 }
 
 void WorkerCore::SendLog(const Ref& ref, const std::string& stream, std::string_view data) {
+  std::optional<uint64_t> offset;
+  if (sequencing_ && (stream == "stdout" || stream == "stderr")) {
+    SentStream& s = sent_[{ref, stream == "stderr"}];
+    offset = s.next;
+    s.next += data.size();
+    if (!data.empty()) {
+      if (kept_bytes_ == 0) output_progress_ms_ = now_ms_;  // the stall counts from the first kept byte
+      s.kept.emplace_back(*offset, std::string(data));
+      kept_bytes_ += data.size();
+    }
+  }
+  Queue(ref, stream, data, offset);
+}
+
+void WorkerCore::Queue(const Ref& ref, const std::string& stream, std::string_view data,
+                       std::optional<uint64_t> offset) {
   constexpr size_t kLogMessageBytes = 64u << 10;
-  if (!pending_logs_.empty() && pending_logs_.back().ref == ref && pending_logs_.back().stream == stream &&
-      pending_logs_.back().data.size() + data.size() <= kLogMessageBytes) {
-    pending_logs_.back().data.append(data);
+  PendingLog* last = pending_logs_.empty() ? nullptr : &pending_logs_.back();
+  if (last != nullptr && last->ref == ref && last->stream == stream &&
+      last->data.size() + data.size() <= kLogMessageBytes && offset.has_value() == last->offset.has_value() &&
+      (!offset || *last->offset + last->data.size() == *offset)) {
+    last->data.append(data);
   } else {
-    pending_logs_.push_back({ref, stream, std::string(data)});
+    pending_logs_.push_back({ref, stream, std::string(data), offset});
   }
   output_unacked_ += data.size();
   PaceOutput();
+}
+
+bool WorkerCore::KeepsOutput(const Ref& ref) const {
+  for (bool err : {false, true}) {
+    auto it = sent_.find({ref, err});
+    if (it != sent_.end() && !it->second.kept.empty()) return true;
+  }
+  return false;
+}
+
+void WorkerCore::SendKeptAgain() {
+  for (const auto& [key, s] : sent_) {
+    for (const auto& [offset, data] : s.kept) Queue(key.first, key.second ? "stderr" : "stdout", data, offset);
+  }
+}
+
+void WorkerCore::StopKeeping() {
+  sequencing_ = false;
+  sent_.clear();
+  kept_bytes_ = 0;
+  for (const auto& [ref, f] : finished_) report_finished_.insert(ref);  // held for their output
 }
 
 void WorkerCore::FlushLogs() {
   for (auto& p : pending_logs_) {
     flatbuffers::FlatBufferBuilder fbb(p.data.size() + 128);
     auto r = wire::CreateTaskRef(fbb, p.ref.task, p.ref.attempt);
-    auto log = wire::CreateTaskLog(fbb, r, fbb.CreateString(p.stream), fbb.CreateString(p.data));
+    auto log = wire::CreateTaskLog(fbb, r, fbb.CreateString(p.stream), fbb.CreateString(p.data),
+                                   p.offset ? flatbuffers::Optional<uint64_t>(*p.offset) : flatbuffers::nullopt);
     out_.to_scheduler.push_back(codec::Seal(fbb, log));
   }
   pending_logs_.clear();
@@ -396,6 +467,10 @@ void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
     if (partial == partial_output_.end()) continue;
     if (current) SendLog(ref, stream, partial->second);
     partial_output_.erase(partial);
+  }
+  for (bool err : {false, true}) {  // all of it stored already: nothing to keep for it
+    auto it = sent_.find({ref, err});
+    if (it != sent_.end() && it->second.kept.empty()) sent_.erase(it);
   }
   if (current) Finish(ref, std::move(result));  // an old store's result means nothing now
   StartWaiting();                               // GPUs it held, or a start it held back, may be free now
@@ -443,11 +518,14 @@ void WorkerCore::Finish(const Ref& ref, RunResult result) {
 void WorkerCore::Tick(uint64_t now_ms) {
   now_ms_ = now_ms;
   // The acknowledgements are not coming (lost with a broker, or a scheduler that does
-  // not send them): go on, waiting longer each time in a row (a slow scheduler's come).
-  if (output_paused_ && now_ms >= output_progress_ms_ + (options_.output_stall_ms << std::min(output_stalls_, 4u))) {
+  // not send them): go on, waiting longer each time in a row (a slow scheduler's come),
+  // and send what is kept again (also below the window: an attempt's end waits for it).
+  if ((output_paused_ || kept_bytes_ > 0) &&
+      now_ms >= output_progress_ms_ + (options_.output_stall_ms << std::min(output_stalls_, 4u))) {
     ++output_stalls_;
     output_progress_ms_ = now_ms;
     output_unacked_ = 0;
+    SendKeptAgain();  // lost on the way, or the scheduler is away: at least once
     PaceOutput();
   }
   for (auto& [ref, f] : finished_) {
@@ -493,7 +571,9 @@ flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>> Ref
 }  // namespace
 
 void WorkerCore::Register() {
-  output_unacked_ = 0;  // a scheduler (re)starting acknowledges nothing sent before
+  sequencing_ = true;   // a scheduler (re)starting: one that does not mark turns it off again
+  output_unacked_ = 0;  // ... and acknowledges nothing sent before
+  SendKeptAgain();      // ... and may not have stored it: it keeps each byte once
   PaceOutput();
   const WorkerIdentity& w = identity_;
   flatbuffers::FlatBufferBuilder fbb(1024);
@@ -535,9 +615,14 @@ WorkerOutbox WorkerCore::EndTurn() {
     for (const Ref& ref : report_finished_) {
       auto f = finished_.find(ref);
       if (f == finished_.end()) continue;
+      if (KeepsOutput(ref)) continue;  // reported once its output is stored (OnAck)
       const RunResult& r = f->second.result;
       finished.push_back(wire::CreateTaskFinished(fbb, wire::CreateTaskRef(fbb, ref.task, ref.attempt), worker,
                                                   r.outcome, r.exit_code, fbb.CreateString(r.message), r.reason));
+    }
+    if (finished.empty() && report_started_.empty()) {  // every end held for its output
+      report_finished_.clear();
+      return std::exchange(out_, WorkerOutbox());
     }
     std::vector<flatbuffers::Offset<wire::AttemptDevices>> devices;
     for (const Ref& ref : report_started_) {

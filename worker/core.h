@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -195,8 +196,25 @@ class WorkerCore final : public RunSink {
   struct PendingLog {
     Ref ref;
     std::string stream, data;
+    std::optional<uint64_t> offset;  // stdout and stderr: where data starts in the attempt's stream
   };
   std::vector<PendingLog> pending_logs_;
+  // Output at least once: each attempt's stdout and stderr carry offsets, and what the
+  // scheduler has not said it stored (TaskFinishedAck.output) is kept, at most the
+  // attempt's --max-output, and sent again after a (re)registration or a stall. An
+  // attempt's end is reported once its output is stored. Off for a scheduler that
+  // acknowledges output without marks (older).
+  struct SentStream {
+    uint64_t next = 0;                                  // the offset of the next byte
+    std::deque<std::pair<uint64_t, std::string>> kept;  // (offset, bytes) not yet stored
+  };
+  std::map<std::pair<Ref, bool>, SentStream> sent_;  // (attempt, stderr?)
+  uint64_t kept_bytes_ = 0;
+  bool sequencing_ = true;
+  bool KeepsOutput(const Ref& ref) const;
+  void Queue(const Ref& ref, const std::string& stream, std::string_view data, std::optional<uint64_t> offset);
+  void SendKeptAgain();
+  void StopKeeping();
   uint64_t output_unacked_ = 0;      // output bytes sent, not acknowledged
   uint64_t output_progress_ms_ = 0;  // the last acknowledgement of output, or the pause
   bool output_paused_ = false;

@@ -166,3 +166,47 @@ TEST_CASE(
   CHECK(no_command.exit_code == 2);
   CHECK_THAT(no_command.err, Contains("--attach runs one command"));
 }
+
+namespace {
+// The SHA-256 of what `command` prints, as sha256sum says it.
+std::string Sha256Of(const std::string& command) {
+  ToolRun run = RunTool({"/bin/sh", "-c", command + " | sha256sum"});
+  REQUIRE(run.exit_code == 0);
+  REQUIRE(!run.lines.empty());
+  return run.lines[0].substr(0, 64);
+}
+}  // namespace
+
+TEST_CASE(
+    "output is delivered at least once and stored exactly once: a task writing 20 MB of numbered lines, with the "
+    "scheduler killed and the broker restarted in the middle, gives back what it wrote, byte for byte",
+    "[integration][output]") {
+  // 2,600,000 numbered lines: 20.4 MB, past the default --max-output.
+  const std::string lines = "seq 1 2600000";
+  const std::string expected = Sha256Of(lines);
+  for (const char* fault : {"scheduler", "broker"}) {
+    DYNAMIC_SECTION(fault) {
+      Cluster c;
+      c.StartWorker("w1", {"--max-output", "64MiB"});
+      // It writes in two halves, waiting for a file between them: the fault comes as the
+      // first half's output begins to arrive, the second half after it.
+      TempDir dir;
+      const std::string go = dir.path() + "/go";
+      c.Submit(R"({"command": ["sh", "-c", "seq 1 1300000; while [ ! -e )" + go +
+               R"( ]; do sleep 0.05; done; seq 1300001 2600000"]})"
+               "\n");
+      REQUIRE(c.WaitEvent("task.log task=t1", 60000));
+      if (std::string(fault) == "scheduler") {
+        c.RestartScheduler();  // kill -9, then the same data directory
+      } else {
+        c.RestartBroker();
+      }
+      std::FILE* f = std::fopen(go.c_str(), "w");
+      REQUIRE(f);
+      std::fclose(f);
+      REQUIRE(c.WaitEvent("task.succeeded task=t1", 120000));
+      const std::string got = Sha256Of(Bin("fm-ctl") + " --broker " + c.broker() + " logs t1");
+      CHECK(got == expected);
+    }
+  }
+}

@@ -422,6 +422,57 @@ TEST_CASE("events are kept within the retention count and age, replay from befor
 }
 
 TEST_CASE(
+    "sequenced output is stored once: a range sent again is cut to what is new, one past a gap waits, the stored end "
+    "is said to the worker and survives a restart, and a later attempt starts afresh",
+    "[unit]") {
+  Harness h;
+  h.Register({"w", {}});
+  TaskSpec spec = NewTask();
+  spec.max_attempts = 2;
+  spec.retry_exit_codes = {1};
+  spec.retry_backoff_ms = 1;
+  h.Submit({spec});
+  h.Started(1, 1, "w");
+  using Stored = std::pair<std::string, std::optional<uint64_t>>;
+  // Sends a TaskLog of attempt `attempt` at `offset`: the output stored in the turn, and
+  // the end said to the worker for that stream (nullopt: none).
+  auto log = [&](uint32_t attempt, const char* stream, uint64_t offset, const std::string& data) {
+    flatbuffers::FlatBufferBuilder fbb;
+    auto ref = wire::CreateTaskRef(fbb, 1, attempt);
+    std::string bytes =
+        codec::Seal(fbb, wire::CreateTaskLog(fbb, ref, fbb.CreateString(stream), fbb.CreateString(data), offset));
+    h.engine().OnDirected(Harness::Address("w"), *wire::GetEnvelope(bytes.data()), h.now);
+    Turn t = h.Commit();
+    Stored out;
+    for (const auto* e : t.Events("task.log")) out.first += e->data()->str();
+    for (const auto* env : t.To(Harness::Address("w"), wire::Body::TaskFinishedAck)) {
+      const auto* ack = env->body_as_TaskFinishedAck();
+      REQUIRE(ack->output() != nullptr);  // present whenever output was taken
+      for (const auto* m : *ack->output()) {
+        if (m->stream()->str() == stream && m->ref()->attempt() == attempt) out.second = m->end();
+      }
+    }
+    return out;
+  };
+  CHECK(log(1, "stdout", 0, "hello ") == Stored{"hello ", 6});
+  CHECK(log(1, "stdout", 0, "hello ") == Stored{"", 6});          // all of it again
+  CHECK(log(1, "stdout", 3, "lo world") == Stored{"world", 11});  // part of it again
+  CHECK(log(1, "stdout", 20, "later") == Stored{"", 11});         // past a gap: waits
+  CHECK(log(1, "stderr", 0, "E") == Stored{"E", 1});              // streams apart
+  // The stored ends are in the task's record: a restarted scheduler cuts the same way.
+  h.Restart();
+  h.Register({"w", {}}, {{1, 1}});
+  CHECK(log(1, "stdout", 6, "world!") == Stored{"!", 12});
+  // Attempt 1 fails and is retried: its late output is let go (the largest end), and
+  // attempt 2's output starts at 0.
+  h.Finished(1, 1, "w", wire::Outcome::Failed, 1);
+  CHECK(log(1, "stdout", 12, "late") == Stored{"", UINT64_MAX});
+  h.Tick(10);
+  h.Started(1, 2, "w");
+  CHECK(log(2, "stdout", 0, "two") == Stored{"two", 3});
+}
+
+TEST_CASE(
     "task output is retained apart: a task printing far past the log retention drops its oldest output, never "
     "another event, and replay merges the two in seq order",
     "[unit]") {

@@ -75,6 +75,15 @@ struct Fixture {
     core.OnDirected("fm-scheduler", bytes.data(), bytes.size(), now);
   }
 
+  // The scheduler stored `stream` of the attempt up to `end` (and took `bytes`).
+  void AckOutput(uint64_t task, uint32_t attempt, const std::string& stream, uint64_t end, uint64_t bytes = 1) {
+    flatbuffers::FlatBufferBuilder fbb;
+    std::vector<flatbuffers::Offset<wire::OutputMark>> marks{
+        wire::CreateOutputMark(fbb, wire::CreateTaskRef(fbb, task, attempt), fbb.CreateString(stream), end)};
+    std::string b = codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, 0, 0, bytes, fbb.CreateVector(marks)));
+    core.OnDirected("fm-scheduler", b.data(), b.size(), now);
+  }
+
   // The turn's report: (started, finished with outcome).
   struct Report {
     std::vector<Ref> started;
@@ -283,6 +292,9 @@ TEST_CASE("a chatty attempt's output is capped per attempt with one note, and it
   f.core.OnRunOutput({1, 1}, "stderr", "more");       // 4 more
   f.core.OnRunEnded({1, 1}, {});
   WorkerOutbox out = f.core.EndTurn();
+  f.AckOutput(1, 1, "stdout", 10);  // stored: its end may be reported
+  WorkerOutbox then = f.core.EndTurn();
+  out.to_scheduler.insert(out.to_scheduler.end(), then.to_scheduler.begin(), then.to_scheduler.end());
   std::string kept, notes, message;
   for (const auto& payload : out.to_scheduler) {
     const auto* env = wire::GetEnvelope(payload.data());
@@ -341,11 +353,21 @@ TEST_CASE(
   CHECK(f.core.output_unacknowledged() == 150);
 }
 
-TEST_CASE("output the broker could not queue for the scheduler is said to be missing, once per attempt", "[unit]") {
+TEST_CASE(
+    "with a scheduler that does not say what it stored, output the broker could not queue for it is said to be "
+    "missing, once per attempt",
+    "[unit]") {
   Fixture f(2);
   f.Dispatch(1, 1, {"yes"});
   f.Dispatch(2, 1, {"yes"});
   f.EndTurn();
+  {  // output acknowledged without marks: an older scheduler
+    f.core.OnRunOutput({1, 1}, "stdout", "x");
+    f.EndTurn();
+    flatbuffers::FlatBufferBuilder fbb;
+    std::string b = codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, 0, 0, 1));
+    f.core.OnDirected("fm-scheduler", b.data(), b.size(), f.now);
+  }
   auto unreachable = [&](const std::string& about, const std::string& from) {
     std::string bytes = codec::EncodeError(wire::ErrorCode::Unreachable, "queue full", about);
     f.core.OnDirected(from, bytes.data(), bytes.size(), f.now);
@@ -364,6 +386,84 @@ TEST_CASE("output the broker could not queue for the scheduler is said to be mis
     ++notes[log->ref()->task()];
   }
   CHECK(notes == std::map<uint64_t, int>{{1, 1}, {2, 1}});
+}
+
+namespace {
+// The TaskLogs of a turn: (stream, offset or -1, data).
+struct SentLog {
+  std::string stream;
+  int64_t offset;
+  std::string data;
+  bool operator==(const SentLog&) const = default;
+};
+std::vector<SentLog> Logs(const WorkerOutbox& out) {
+  std::vector<SentLog> logs;
+  for (const auto& payload : out.to_scheduler) {
+    const auto* env = wire::GetEnvelope(payload.data());
+    if (env->body_type() != wire::Body::TaskLog) continue;
+    const auto* log = env->body_as_TaskLog();
+    logs.push_back(
+        {log->stream()->str(), log->offset() ? static_cast<int64_t>(*log->offset()) : -1, log->data()->str()});
+  }
+  return logs;
+}
+bool Reported(const WorkerOutbox& out) {
+  for (const auto& payload : out.to_scheduler) {
+    const auto* env = wire::GetEnvelope(payload.data());
+    if (env->body_type() == wire::Body::WorkerReport && env->body_as_WorkerReport()->finished()->size() > 0) {
+      return true;
+    }
+  }
+  return false;
+}
+}  // namespace
+
+TEST_CASE(
+    "output is sent at least once: each stream carries offsets, what the scheduler has not stored is sent again after "
+    "a re-registration or a stall, and an attempt's end is reported once its output is stored",
+    "[unit]") {
+  WorkerCoreOptions options;
+  options.output_stall_ms = 3000;
+  options.max_output = 100;
+  Fixture f(1, options);
+  f.Dispatch(1, 1, {"yes"});
+  f.EndTurn();
+  f.core.OnRunOutput({1, 1}, "stdout", "abc");
+  f.core.OnRunOutput({1, 1}, "stderr", "E");
+  f.core.OnRunOutput({1, 1}, "stdout", "de");
+  CHECK(Logs(f.core.EndTurn()) == std::vector<SentLog>{{"stdout", 0, "abc"}, {"stderr", 0, "E"}, {"stdout", 3, "de"}});
+  f.AckOutput(1, 1, "stdout", 4);  // stored up to "d"
+  // The scheduler restarted and asks the worker to register again: what it may not have
+  // stored goes again, from where it starts.
+  flatbuffers::FlatBufferBuilder fbb;
+  std::string again = codec::Seal(fbb, wire::CreateReRegister(fbb, 0));
+  f.core.OnDirected("fm-scheduler", again.data(), again.size(), f.now);
+  CHECK(Logs(f.core.EndTurn()) == std::vector<SentLog>{{"stdout", 4, "e"}, {"stderr", 0, "E"}});
+  // It ends: not reported while some of its output is not stored ...
+  f.core.OnRunEnded({1, 1}, {});
+  CHECK_FALSE(Reported(f.core.EndTurn()));
+  // ... sent again when acknowledgements stop coming ...
+  f.now += 3100;
+  f.core.Tick(f.now);
+  WorkerOutbox stalled = f.core.EndTurn();
+  CHECK(Logs(stalled) == std::vector<SentLog>{{"stdout", 4, "e"}, {"stderr", 0, "E"}});
+  CHECK_FALSE(Reported(stalled));
+  // ... and reported once all of it is.
+  f.AckOutput(1, 1, "stdout", 5);
+  CHECK_FALSE(Reported(f.core.EndTurn()));
+  f.AckOutput(1, 1, "stderr", 1);
+  CHECK(Reported(f.core.EndTurn()));
+  // Nothing kept any more: a later stall sends nothing.
+  f.now += 60000;
+  f.core.Tick(f.now);
+  CHECK(Logs(f.core.EndTurn()).empty());
+  // The worker's own notes carry no offset and are not kept.
+  f.Dispatch(2, 1, {"yes"});
+  f.core.OnRunOutput({2, 1}, "stdout", std::string(options.max_output + 1, 'x'));
+  auto logs = Logs(f.core.EndTurn());
+  REQUIRE(logs.size() == 2);
+  CHECK(logs[1].stream == "fm");
+  CHECK(logs[1].offset == -1);
 }
 
 // ---------------------------------------------------------------------------

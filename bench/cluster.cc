@@ -9,6 +9,8 @@
 //  - a backlog far above the fleet's slots on a mixed fleet where only one class can run
 //    it: dispatch rate (against the no-backlog figure of the same run), the backlog's
 //    peak, and how busy the scheduler is when nothing can be placed;
+//  - task output (part "output"): four tasks printing 1 GiB each through a real worker,
+//    against plain pipes in the same run, and the scheduler's memory meanwhile;
 //  - a million waiting tasks (part "million"): intake through fm-submit, the scheduler's
 //    memory, and how soon it answers after kill -9;
 //  - fm-submit --wait end to end on 4 workers (part "wait"), with the CPU per task of
@@ -171,9 +173,10 @@ class Bench {
     scheduler_ = Process::Start(scheduler_argv_);
     return *scheduler_;
   }
-  // Starts one more noop worker with these extra arguments.
-  Process& AddWorker(const std::string& id, std::vector<std::string> args) {
-    std::vector<std::string> argv{Bin("fm-worker"), "--broker", broker_, "--id", id, "--noop-executor"};
+  // Starts one more noop worker (or one that runs its tasks) with these extra arguments.
+  Process& AddWorker(const std::string& id, std::vector<std::string> args, bool noop = true) {
+    std::vector<std::string> argv{Bin("fm-worker"), "--broker", broker_, "--id", id};
+    if (noop) argv.push_back("--noop-executor");
     argv.insert(argv.end(), args.begin(), args.end());
     workers_.push_back(Process::Start(argv));
     return *workers_.back();
@@ -743,6 +746,43 @@ void MetricsCost(int tasks, int rounds) {
   Report("metrics_dispatch_ratio_on_over_off", on / off, "x");
 }
 
+// Task output: `tasks` tasks on one worker each writing `mib` MiB as fast as they can
+// (with a --max-output that keeps it all), stored by the scheduler, from submission to
+// the last end (an attempt's end is reported once its output is stored); against the
+// same writers into a plain pipe in the same run, and the scheduler's peak RSS over its
+// idle one.
+void Output(int tasks, uint64_t mib) {
+  const std::string writer = "yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c " + std::to_string(mib << 20);
+  double start = NowSeconds();
+  {
+    std::vector<std::unique_ptr<Process>> raw;
+    for (int i = 0; i < tasks; ++i) raw.push_back(Process::Start({"/bin/sh", "-c", writer + " | cat > /dev/null"}));
+    for (auto& p : raw) p->Wait(600000);
+  }
+  const double raw_s = NowSeconds() - start;
+  Bench b(0);
+  std::vector<std::string> args{"--slots", std::to_string(tasks), "--max-output", std::to_string(2 * mib) + "MiB"};
+  if (geteuid() == 0) args.insert(args.end(), {"--run-as", "root"});  // a bench machine's root: as the tests do
+  b.AddWorker("out", args, false);
+  b.WaitForWorkers(1);
+  const uint64_t idle = fm::test::ResidentBytes(b.scheduler().pid());
+  std::string lines;
+  for (int i = 0; i < tasks; ++i) lines += R"({"command": ["sh", "-c", ")" + writer + "\"]}\n";
+  start = NowSeconds();
+  auto submit = Process::Start({Bin("fm-submit"), "--broker", b.broker(), "--wait"}, lines);
+  const int code = submit->Wait(1800 * 1000);
+  const double fm_s = NowSeconds() - start;
+  if (code != 0) std::printf("  fm-submit: %s%s\n", submit->Stdout().c_str(), submit->Stderr().c_str());
+  const double total_mib = static_cast<double>(tasks * mib);
+  std::printf("  %d tasks x %llu MiB: fm-submit exit %d in %.1f s; raw pipes %.1f s\n", tasks,
+              static_cast<unsigned long long>(mib), code, fm_s, raw_s);
+  Report("output_mib_per_s_" + std::to_string(tasks) + "_tasks", total_mib / fm_s, "MiB/s");
+  Report("output_raw_pipe_mib_per_s_" + std::to_string(tasks) + "_tasks", total_mib / raw_s, "MiB/s");
+  Report("output_over_raw_pipe", raw_s / fm_s, "x");
+  Report("output_scheduler_peak_rss_over_idle_mib",
+         (PeakRssKiB(b.scheduler().pid()) * 1024.0 - static_cast<double>(idle)) / 1048576.0, "MiB");
+}
+
 uint64_t DirBytes(const std::string& dir) {
   uint64_t total = 0;
   std::error_code ec;
@@ -807,5 +847,6 @@ int main(int argc, char** argv) {
   if (want("curve")) CurveCost(tiny ? 200 : 50000, tiny ? 5 : 200, tiny ? 1 : 3);
   if (want("metrics")) MetricsCost(tiny ? 200 : 50000, tiny ? 1 : 3);
   if (want("store")) StoreGrowth(tiny ? 5000 : 1000000, tiny ? 1000 : 100000);
+  if (want("output")) Output(4, tiny ? 4 : 1024);
   return 0;
 }

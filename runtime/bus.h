@@ -60,6 +60,8 @@ inline constexpr int kEventQueue = 2'048;
 // more than 8 MiB of it is held free, from glibc or tcmalloc, whichever the daemon uses.
 // Call now and then (the daemons: every 5 s).
 void ReleaseFreeMemory();
+// Bounds tcmalloc's thread caches where the daemon links it (fm-scheduler); else nothing.
+void TuneAllocator();
 
 struct Endpoints {
   std::string router;      // tcp://HOST:PORT

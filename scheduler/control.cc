@@ -37,6 +37,12 @@ Status Internals::TaskDetail(const Engine& e, flatbuffers::FlatBufferBuilder& fb
     auto read = e.ended_.Find(id);
     if (!read.ok()) return read.status();
     stored = std::move(*read);
+    if (!stored && id > 0 && id < e.next_task_id_) {
+      // Every id below the next was a task: its record is gone, and its output with it.
+      return Status::NotFound("no task " + TaskName(id) +
+                              " any more: the task retention (--task-retention, --task-retention-age) removed it "
+                              "with its output");
+    }
     if (!stored) return Status::NotFound("no task " + TaskName(id));
     t = &*stored;
   }

@@ -12,6 +12,7 @@
 #include "schemas/units.h"
 
 int main(int argc, char** argv) {
+  fm::bus::TuneAllocator();
   fm::sched::SchedulerOptions options;
   CLI::App app{"fm-scheduler: places tasks on workers that can run them"};
   app.add_option("--broker", options.broker, "root broker (default $FM_BROKER or tcp://127.0.0.1:5550)")

@@ -1,7 +1,9 @@
 // A task's output as its owner gets it back: fm-ctl logs, against the real binaries.
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 
 #include "tests/integration/harness.h"
 
@@ -209,4 +211,36 @@ TEST_CASE(
       CHECK(got == expected);
     }
   }
+}
+
+TEST_CASE("fm-ctl logs of a task the task retention removed says so, never an empty answer", "[integration][output]") {
+  Cluster c({"--task-retention", "1"});
+  c.StartWorker("w1");
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(c.Submit(R"({"command": ["echo", "kept for a while"]})"
+                     "\n",
+                     {"--wait"})
+                .exit_code == 0);
+  }
+  // Retention deletes the records on the scheduler's tick; the newest ended tasks stay
+  // in its memory for fm-ctl until it restarts (bounded wait).
+  ToolRun gone;
+  for (int i = 0; i < 20; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    c.RestartScheduler();
+    for (int j = 0; j < 100 && c.Ctl({"ping"}).exit_code != 0; ++j) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    gone = c.Ctl({"logs", "t1"});
+    if (gone.err.find("removed") != std::string::npos) break;
+  }
+  CHECK(gone.exit_code == 1);
+  CHECK(gone.out.empty());
+  CHECK_THAT(gone.err, Contains("no task t1 any more") && Contains("task retention"));
+  ToolRun kept = c.Ctl({"logs", "t3"});
+  CHECK(kept.exit_code == 0);
+  CHECK(kept.out == "kept for a while\n");
+  ToolRun never = c.Ctl({"logs", "t9"});
+  CHECK(never.exit_code == 1);
+  CHECK_THAT(never.err, Contains("no task t9") && !Contains("retention"));
 }

@@ -789,7 +789,8 @@ void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64
   // runs): its output was stored before its end was, so nothing of it is wanted now.
   auto let_go = [&] {
     if (msg.offset().has_value() && from_worker) {
-      output_marks_[from][{msg.ref()->task(), msg.ref()->attempt(), Str(msg.stream()) == "stderr"}] = UINT64_MAX;
+      output_marks_[from][{msg.ref()->task(), msg.ref()->attempt(), Str(msg.stream()) == "stderr"}] = {UINT64_MAX,
+                                                                                                       false};
     }
   };
   EventFields f;
@@ -816,7 +817,10 @@ void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64
     let_go();
     return;
   }
-  if (!FromTaskWorker(*t, from, "output")) return;
+  if (!FromTaskWorker(*t, from, "output")) {
+    let_go();  // not that worker's to send: nothing of it is wanted from there
+    return;
+  }
   const bool sequenced = msg.offset().has_value() && (f.stream == "stdout" || f.stream == "stderr");
   if (sequenced) {
     // Each byte once: a range resent after a restart or a lost acknowledgement is cut
@@ -833,7 +837,11 @@ void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64
     } else {
       f.data.clear();
     }
-    if (from_worker) output_marks_[from][{m.id, m.attempt, f.stream == "stderr"}] = end;
+    if (from_worker) {
+      auto& mark = output_marks_[from][{m.id, m.attempt, f.stream == "stderr"}];
+      mark.end = end;
+      mark.behind = mark.behind || offset > end;  // dropped past a gap: to be sent again
+    }
     if (f.data.empty()) return;
   }
   EventFields log = EventAbout(wire::EventType::TaskLog, *t);
@@ -988,7 +996,8 @@ void Engine::FlushDispatches() {
           wire::CreateAssignment(fbb, t->id, t->attempt, codec::ToWire(fbb, t->spec), fbb.CreateString(t->owner)));
     }
     if (assignments.empty()) continue;
-    Send(w->address, codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(assignments), epoch_)));
+    Send(w->address,
+         codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(assignments), epoch_, /*sequenced_output=*/true)));
   }
   dispatches_.clear();
 }
@@ -1010,10 +1019,10 @@ void Engine::FlushBatched() {
       std::vector<flatbuffers::Offset<wire::OutputMark>> each;
       if (auto m = output_marks_.find(address); m != output_marks_.end()) {
         each.reserve(m->second.size());
-        for (const auto& [key, end] : m->second) {
+        for (const auto& [key, mark] : m->second) {
           const auto& [task, attempt, err] = key;
           each.push_back(wire::CreateOutputMark(fbb, wire::CreateTaskRef(fbb, task, attempt),
-                                                fbb.CreateString(err ? "stderr" : "stdout"), end));
+                                                fbb.CreateString(err ? "stderr" : "stdout"), mark.end, mark.behind));
         }
       }
       marks = fbb.CreateVector(each);

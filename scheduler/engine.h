@@ -323,7 +323,11 @@ class Engine {
   std::map<std::string, uint64_t> output_taken_;  // worker address -> TaskLog bytes this turn
   // worker address -> (task, attempt, stderr?) -> its stored output's end, for the
   // sequenced output taken from it this turn (TaskFinishedAck.output).
-  std::map<std::string, std::map<std::tuple<uint64_t, uint32_t, bool>, uint64_t>> output_marks_;
+  struct OutputEnd {
+    uint64_t end = 0;
+    bool behind = false;  // some was dropped past a gap
+  };
+  std::map<std::string, std::map<std::tuple<uint64_t, uint32_t, bool>, OutputEnd>> output_marks_;
   struct EndedResult {
     uint64_t task;
     wire::SubmitStatus status;

@@ -74,10 +74,18 @@ bool EventFollower::OnDirected() {
       RequestReplay(resume);
     } else {
       replay_in_flight_ = false;
+      // Still missing below the buffered live events: the replay may have been read
+      // before they were stored (a live event comes only after its commit), so once more
+      // from there; what is missing after that is not in the store (retention).
+      if (!buffered_.empty() && buffered_.begin()->first > next_) {
+        if (hole_asked_ != next_) {
+          hole_asked_ = next_;
+          RequestReplay(next_);
+          continue;
+        }
+        next_ = buffered_.begin()->first;
+      }
       replayed_ = true;
-      // Whatever is still missing below the buffered live events is not in the store
-      // (retention): move on to what we have.
-      if (!buffered_.empty() && buffered_.begin()->first > next_) next_ = buffered_.begin()->first;
       if (!Drain()) return false;
     }
   }

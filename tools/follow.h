@@ -58,7 +58,8 @@ class EventFollower {
   uint64_t next_ = 0;  // the next sequence to hand on; 0 before the first
   uint64_t correlation_ = 0;
   bool replay_in_flight_ = false;
-  bool replayed_ = false;  // a replay ran to its end
+  bool replayed_ = false;    // a replay ran to its end
+  uint64_t hole_asked_ = 0;  // a hole below the buffered events was asked for again from here
   bool warned_ = false;
   std::optional<std::chrono::steady_clock::time_point> retry_at_;
   std::map<uint64_t, std::string> buffered_;

@@ -34,10 +34,10 @@ void WorkerCore::OnDirected(const std::string& from, const void* data, size_t si
     // "unreachable" from the broker: results are re-sent anyway; output is not, so the
     // attempts running now are told (once each) that some of theirs may be missing.
     const auto* error = env.body_as_Error();
-    if (!sequencing_ && from == bus::kBrokerAddress &&
-        ParseErrorCode(Str(error->code())) == wire::ErrorCode::Unreachable &&
+    if (from == bus::kBrokerAddress && ParseErrorCode(Str(error->code())) == wire::ErrorCode::Unreachable &&
         Str(error->about()) == bus::kSchedulerAddress) {
       for (const auto& [ref, run] : runs_) {
+        if (sent_.count({ref, false})) continue;  // sequenced: sent again, not missing
         if (!told_output_lost_.insert(ref).second) continue;
         SendLog(ref, "fm", "some output of this attempt may be missing: the broker's queue to the scheduler was full");
       }
@@ -121,6 +121,10 @@ void WorkerCore::OnDispatch(const wire::Dispatch& dispatch) {
       continue;
     }
     Admit(ref, std::move(spec), a->owner() ? a->owner()->str() : std::string());
+    if (dispatch.sequenced_output() && runs_.count(ref)) {
+      sent_[{ref, false}];  // its stdout and stderr carry offsets and are kept until stored
+      sent_[{ref, true}];
+    }
   }
 }
 
@@ -160,6 +164,7 @@ void WorkerCore::TryStart(const Ref& ref) {
     const bool current = run.epoch == epoch_;
     Release(&run);
     runs_.erase(it);
+    DropEmptyOutput(ref);
     ++ended_[static_cast<size_t>(wire::Outcome::Retryable)];
     // Never started: the scheduler places it again without spending an attempt.
     if (current) Finish(ref, {wire::Outcome::Retryable, 0, std::move(why), wire::Reason::NotStarted});
@@ -217,6 +222,7 @@ void WorkerCore::StopRun(const Ref& ref) {
   }
   const bool current = it->second.epoch == epoch_;
   runs_.erase(it);
+  DropEmptyOutput(ref);
   ++ended_[static_cast<size_t>(wire::Outcome::Cancelled)];
   if (current) Finish(ref, {wire::Outcome::Cancelled, 0, "cancelled before it started"});
 }
@@ -266,6 +272,14 @@ void WorkerCore::OnAck(const wire::TaskFinishedAck& ack) {
       auto it = sent_.find({ref, codec::Str(mark->stream()) == "stderr"});
       if (it == sent_.end()) continue;
       auto& kept = it->second.kept;
+      if (mark->behind() && now_ms_ >= it->second.resent_ms + 1000) {
+        // Some of it was lost on the way: from where the scheduler is, at once (once a
+        // second at most), not after the stall time (acks of other output keep coming).
+        it->second.resent_ms = now_ms_;
+        for (const auto& [offset, data] : kept) {
+          if (offset + data.size() > mark->end()) Queue(ref, mark->stream()->str(), data, offset);
+        }
+      }
       while (!kept.empty() && kept.front().first < mark->end()) {
         auto& [offset, data] = kept.front();
         const uint64_t stored = std::min<uint64_t>(mark->end() - offset, data.size());
@@ -282,7 +296,7 @@ void WorkerCore::OnAck(const wire::TaskFinishedAck& ack) {
         if (finished_.count(ref) && !KeepsOutput(ref)) report_finished_.insert(ref);
       }
     }
-  } else if (ack.output_bytes() > 0 && sequencing_) {
+  } else if (ack.output_bytes() > 0 && !sent_.empty()) {
     StopKeeping();  // a scheduler that does not say what it stored: as before, best effort
   }
   if (ack.output_bytes() > 0) {
@@ -381,8 +395,9 @@ void WorkerCore::PassOutput(const Ref& ref, const char* stream, std::string_view
 
 void WorkerCore::SendLog(const Ref& ref, const std::string& stream, std::string_view data) {
   std::optional<uint64_t> offset;
-  if (sequencing_ && (stream == "stdout" || stream == "stderr")) {
-    SentStream& s = sent_[{ref, stream == "stderr"}];
+  auto sequenced = stream == "stdout" || stream == "stderr" ? sent_.find({ref, stream == "stderr"}) : sent_.end();
+  if (sequenced != sent_.end()) {  // an attempt its scheduler dispatched with sequenced_output
+    SentStream& s = sequenced->second;
     offset = s.next;
     s.next += data.size();
     if (!data.empty()) {
@@ -409,6 +424,13 @@ void WorkerCore::Queue(const Ref& ref, const std::string& stream, std::string_vi
   PaceOutput();
 }
 
+void WorkerCore::DropEmptyOutput(const Ref& ref) {
+  for (bool err : {false, true}) {  // an ended attempt's, all of it stored: nothing to keep for it
+    auto it = sent_.find({ref, err});
+    if (it != sent_.end() && it->second.kept.empty()) sent_.erase(it);
+  }
+}
+
 bool WorkerCore::KeepsOutput(const Ref& ref) const {
   for (bool err : {false, true}) {
     auto it = sent_.find({ref, err});
@@ -424,8 +446,7 @@ void WorkerCore::SendKeptAgain() {
 }
 
 void WorkerCore::StopKeeping() {
-  sequencing_ = false;
-  sent_.clear();
+  sent_.clear();  // its attempts' output goes as it comes from now on, with no offsets
   kept_bytes_ = 0;
   for (const auto& [ref, f] : finished_) report_finished_.insert(ref);  // held for their output
 }
@@ -468,10 +489,7 @@ void WorkerCore::OnRunEnded(const Ref& ref, RunResult result) {
     if (current) SendLog(ref, stream, partial->second);
     partial_output_.erase(partial);
   }
-  for (bool err : {false, true}) {  // all of it stored already: nothing to keep for it
-    auto it = sent_.find({ref, err});
-    if (it != sent_.end() && it->second.kept.empty()) sent_.erase(it);
-  }
+  DropEmptyOutput(ref);
   if (current) Finish(ref, std::move(result));  // an old store's result means nothing now
   StartWaiting();                               // GPUs it held, or a start it held back, may be free now
 }
@@ -511,7 +529,7 @@ void WorkerCore::OnProbeEnded(const std::string& capability, bool ok, const std:
 }
 
 void WorkerCore::Finish(const Ref& ref, RunResult result) {
-  finished_[ref] = Finished{std::move(result), now_ms_};
+  finished_[ref] = Finished{std::move(result), now_ms_, now_ms_};
   report_finished_.insert(ref);
 }
 
@@ -571,8 +589,7 @@ flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::TaskRef>>> Ref
 }  // namespace
 
 void WorkerCore::Register() {
-  sequencing_ = true;   // a scheduler (re)starting: one that does not mark turns it off again
-  output_unacked_ = 0;  // ... and acknowledges nothing sent before
+  output_unacked_ = 0;  // a scheduler (re)starting acknowledges nothing sent before
   SendKeptAgain();      // ... and may not have stored it: it keeps each byte once
   PaceOutput();
   const WorkerIdentity& w = identity_;
@@ -615,7 +632,20 @@ WorkerOutbox WorkerCore::EndTurn() {
     for (const Ref& ref : report_finished_) {
       auto f = finished_.find(ref);
       if (f == finished_.end()) continue;
-      if (KeepsOutput(ref)) continue;  // reported once its output is stored (OnAck)
+      if (KeepsOutput(ref)) {
+        // Reported once its output is stored (OnAck); if that never comes (a scheduler
+        // that stopped marking), not held past kHoldEndMs: its kept output goes.
+        if (now_ms_ < f->second.ended_ms + kHoldEndMs) continue;
+        out_.warnings.push_back("task t" + std::to_string(ref.task) + " attempt " + std::to_string(ref.attempt) +
+                                ": its output was not acknowledged within " + FormatDuration(kHoldEndMs) +
+                                "; its end is reported without waiting more");
+        for (bool err : {false, true}) {
+          if (auto it = sent_.find({ref, err}); it != sent_.end()) {
+            for (const auto& [offset, data] : it->second.kept) kept_bytes_ -= data.size();
+            sent_.erase(it);
+          }
+        }
+      }
       const RunResult& r = f->second.result;
       finished.push_back(wire::CreateTaskFinished(fbb, wire::CreateTaskRef(fbb, ref.task, ref.attempt), worker,
                                                   r.outcome, r.exit_code, fbb.CreateString(r.message), r.reason));

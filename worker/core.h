@@ -66,6 +66,9 @@ struct WorkerOutbox {
 
 class WorkerCore final : public RunSink {
  public:
+  // An attempt's end waits for its output to be stored at most this long (WorkerCore
+  // keeps and sends again what the scheduler has not stored).
+  static constexpr uint64_t kHoldEndMs = 300'000;
   WorkerCore(WorkerIdentity identity, WorkerCoreOptions options = {});
   // REQUIRES: set before the first message; outlives the core's use of it.
   void SetExecutor(Executor* executor) { executor_ = executor; }
@@ -137,6 +140,7 @@ class WorkerCore final : public RunSink {
   struct Finished {
     RunResult result;
     uint64_t sent_ms = 0;
+    uint64_t ended_ms = 0;
   };
 
   void OnDispatch(const wire::Dispatch& dispatch);
@@ -199,19 +203,21 @@ class WorkerCore final : public RunSink {
     std::optional<uint64_t> offset;  // stdout and stderr: where data starts in the attempt's stream
   };
   std::vector<PendingLog> pending_logs_;
-  // Output at least once: each attempt's stdout and stderr carry offsets, and what the
-  // scheduler has not said it stored (TaskFinishedAck.output) is kept, at most the
-  // attempt's --max-output, and sent again after a (re)registration or a stall. An
-  // attempt's end is reported once its output is stored. Off for a scheduler that
-  // acknowledges output without marks (older).
+  // Output at least once, for attempts dispatched with sequenced_output: their stdout
+  // and stderr carry offsets, and what the scheduler has not said it stored
+  // (TaskFinishedAck.output) is kept, at most the attempt's --max-output, and sent again
+  // after a (re)registration, a stall, or a mark that says some was lost (`behind`). An
+  // attempt's end is reported once its output is stored (or kHoldEndMs after it ended).
+  // A scheduler that acknowledges output without marks (older) turns it off.
   struct SentStream {
     uint64_t next = 0;                                  // the offset of the next byte
+    uint64_t resent_ms = 0;                             // sent again at the scheduler's word
     std::deque<std::pair<uint64_t, std::string>> kept;  // (offset, bytes) not yet stored
   };
   std::map<std::pair<Ref, bool>, SentStream> sent_;  // (attempt, stderr?)
   uint64_t kept_bytes_ = 0;
-  bool sequencing_ = true;
   bool KeepsOutput(const Ref& ref) const;
+  void DropEmptyOutput(const Ref& ref);
   void Queue(const Ref& ref, const std::string& stream, std::string_view data, std::optional<uint64_t> offset);
   void SendKeptAgain();
   void StopKeeping();

@@ -431,7 +431,10 @@ TEST_CASE(
   spec.max_attempts = 2;
   spec.retry_exit_codes = {1};
   spec.retry_backoff_ms = 1;
-  h.Submit({spec});
+  Turn placed = h.Submit({spec});
+  auto dispatched = placed.To(Harness::Address("w"), wire::Body::Dispatch);
+  REQUIRE(dispatched.size() == 1);
+  CHECK(dispatched[0]->body_as_Dispatch()->sequenced_output());  // the worker sequences this one's output
   h.Started(1, 1, "w");
   using Stored = std::pair<std::string, std::optional<uint64_t>>;
   // Sends a TaskLog of attempt `attempt` at `offset`: the output stored in the turn, and
@@ -458,7 +461,19 @@ TEST_CASE(
   CHECK(log(1, "stdout", 0, "hello ") == Stored{"", 6});          // all of it again
   CHECK(log(1, "stdout", 3, "lo world") == Stored{"world", 11});  // part of it again
   CHECK(log(1, "stdout", 20, "later") == Stored{"", 11});         // past a gap: waits
-  CHECK(log(1, "stderr", 0, "E") == Stored{"E", 1});              // streams apart
+  {  // ... and the worker is told to send again from the end
+    flatbuffers::FlatBufferBuilder fbb;
+    std::string bytes = codec::Seal(fbb, wire::CreateTaskLog(fbb, wire::CreateTaskRef(fbb, 1, 1),
+                                                             fbb.CreateString("stdout"), fbb.CreateString("x"), 30));
+    h.engine().OnDirected(Harness::Address("w"), *wire::GetEnvelope(bytes.data()), h.now);
+    Turn t = h.Commit();
+    auto acks = t.To(Harness::Address("w"), wire::Body::TaskFinishedAck);
+    REQUIRE(acks.size() == 1);
+    REQUIRE(acks[0]->body_as_TaskFinishedAck()->output()->size() == 1);
+    CHECK(acks[0]->body_as_TaskFinishedAck()->output()->Get(0)->behind());
+    CHECK(acks[0]->body_as_TaskFinishedAck()->output()->Get(0)->end() == 11);
+  }
+  CHECK(log(1, "stderr", 0, "E") == Stored{"E", 1});  // streams apart
   // The stored ends are in the task's record: a restarted scheduler cuts the same way.
   h.Restart();
   h.Register({"w", {}}, {{1, 1}});

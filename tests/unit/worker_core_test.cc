@@ -56,11 +56,13 @@ struct Fixture {
     spec.command = std::move(command);
     DispatchSpec(task, attempt, spec, from);
   }
-  void DispatchSpec(uint64_t task, uint32_t attempt, const TaskSpec& spec, const std::string& from = "fm-scheduler") {
+  // `sequenced`: as this scheduler dispatches (sequenced_output), or as an older one.
+  void DispatchSpec(uint64_t task, uint32_t attempt, const TaskSpec& spec, const std::string& from = "fm-scheduler",
+                    bool sequenced = true) {
     flatbuffers::FlatBufferBuilder fbb;
     std::vector<flatbuffers::Offset<wire::Assignment>> a{
         wire::CreateAssignment(fbb, task, attempt, codec::ToWire(fbb, spec))};
-    std::string bytes = codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(a)));
+    std::string bytes = codec::Seal(fbb, wire::CreateDispatch(fbb, fbb.CreateVector(a), 0, sequenced));
     core.OnDirected(from, bytes.data(), bytes.size(), now);
   }
   void Cancel(uint64_t task, uint32_t attempt) {
@@ -76,10 +78,11 @@ struct Fixture {
   }
 
   // The scheduler stored `stream` of the attempt up to `end` (and took `bytes`).
-  void AckOutput(uint64_t task, uint32_t attempt, const std::string& stream, uint64_t end, uint64_t bytes = 1) {
+  void AckOutput(uint64_t task, uint32_t attempt, const std::string& stream, uint64_t end, uint64_t bytes = 1,
+                 bool behind = false) {
     flatbuffers::FlatBufferBuilder fbb;
     std::vector<flatbuffers::Offset<wire::OutputMark>> marks{
-        wire::CreateOutputMark(fbb, wire::CreateTaskRef(fbb, task, attempt), fbb.CreateString(stream), end)};
+        wire::CreateOutputMark(fbb, wire::CreateTaskRef(fbb, task, attempt), fbb.CreateString(stream), end, behind)};
     std::string b = codec::Seal(fbb, wire::CreateTaskFinishedAck(fbb, 0, 0, bytes, fbb.CreateVector(marks)));
     core.OnDirected("fm-scheduler", b.data(), b.size(), now);
   }
@@ -457,6 +460,34 @@ TEST_CASE(
   f.now += 60000;
   f.core.Tick(f.now);
   CHECK(Logs(f.core.EndTurn()).empty());
+  // A mark that says some was lost past a gap: that stream again at once, from there.
+  f.Dispatch(3, 1, {"yes"});
+  f.EndTurn();
+  f.core.OnRunOutput({3, 1}, "stdout", "one");
+  f.core.OnRunOutput({3, 1}, "stderr", "err");
+  f.EndTurn();
+  f.core.OnRunOutput({3, 1}, "stdout", "two");
+  f.EndTurn();
+  f.AckOutput(3, 1, "stdout", 0, 3, /*behind=*/true);  // "one" was lost, "two" dropped
+  CHECK(Logs(f.core.EndTurn()) == std::vector<SentLog>{{"stdout", 0, "onetwo"}});
+  f.AckOutput(3, 1, "stdout", 0, 3, /*behind=*/true);  // again within a second: not yet
+  CHECK(Logs(f.core.EndTurn()).empty());
+  f.AckOutput(3, 1, "stdout", 6);
+  f.AckOutput(3, 1, "stderr", 3);
+  f.core.OnRunEnded({3, 1}, {});
+  CHECK(Reported(f.core.EndTurn()));
+  // An end whose output is never acknowledged is not held forever.
+  f.Dispatch(4, 1, {"yes"});
+  f.EndTurn();
+  f.core.OnRunOutput({4, 1}, "stdout", "never stored");
+  f.core.OnRunEnded({4, 1}, {});
+  CHECK_FALSE(Reported(f.core.EndTurn()));
+  f.now += WorkerCore::kHoldEndMs;
+  f.core.Tick(f.now);
+  WorkerOutbox late = f.core.EndTurn();
+  CHECK(Reported(late));
+  REQUIRE_FALSE(late.warnings.empty());
+  CHECK_THAT(late.warnings.back(), Catch::Contains("not acknowledged"));
   // The worker's own notes carry no offset and are not kept.
   f.Dispatch(2, 1, {"yes"});
   f.core.OnRunOutput({2, 1}, "stdout", std::string(options.max_output + 1, 'x'));
@@ -464,6 +495,22 @@ TEST_CASE(
   REQUIRE(logs.size() == 2);
   CHECK(logs[1].stream == "fm");
   CHECK(logs[1].offset == -1);
+}
+
+TEST_CASE(
+    "an attempt an older scheduler dispatched (no sequenced_output) sends its output as it comes: no offsets, nothing "
+    "kept, its end not held",
+    "[unit]") {
+  Fixture f;
+  TaskSpec spec;
+  spec.command = {"yes"};
+  f.DispatchSpec(1, 1, spec, "fm-scheduler", /*sequenced=*/false);
+  f.EndTurn();
+  f.core.OnRunOutput({1, 1}, "stdout", "abc");
+  f.core.OnRunEnded({1, 1}, {});
+  WorkerOutbox out = f.core.EndTurn();
+  CHECK(Logs(out) == std::vector<SentLog>{{"stdout", -1, "abc"}});
+  CHECK(Reported(out));
 }
 
 // ---------------------------------------------------------------------------

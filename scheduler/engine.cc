@@ -797,7 +797,8 @@ void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64
   f.type = wire::EventType::TaskLog;
   f.stream = Str(msg.stream());
   f.data = Str(msg.data());
-  const Task* t = active_task(msg.ref()->task());
+  auto active = active_.find(msg.ref()->task());
+  Task* t = active == active_.end() ? nullptr : &active->second;
   if (t == nullptr) {
     // A cancelled attempt on its way out (it trapped SIGTERM): its last words are kept.
     auto w = winding_down_.find(msg.ref()->task());
@@ -826,19 +827,18 @@ void Engine::OnTaskLog(const std::string& from, const wire::TaskLog& msg, uint64
     // Each byte once: a range resent after a restart or a lost acknowledgement is cut
     // to what is new; one past a gap (what came before it was lost on the way) waits for
     // the worker to send again from the end it is told.
-    Task& m = active_.find(t->id)->second;
-    uint64_t& end = m.output_end[f.stream == "stderr" ? 1 : 0];
+    uint64_t& end = t->output_end[f.stream == "stderr" ? 1 : 0];
     const uint64_t offset = *msg.offset();
     const uint64_t skip = offset <= end ? end - offset : 0;
     if (offset <= end && skip < f.data.size()) {
       f.data.erase(0, skip);
       end += f.data.size();
-      dirty_tasks_.push_back(m.id);
+      dirty_tasks_.push_back(t->id);
     } else {
       f.data.clear();
     }
     if (from_worker) {
-      auto& mark = output_marks_[from][{m.id, m.attempt, f.stream == "stderr"}];
+      auto& mark = output_marks_[from][{t->id, t->attempt, f.stream == "stderr"}];
       mark.end = end;
       mark.behind = mark.behind || offset > end;  // dropped past a gap: to be sent again
     }

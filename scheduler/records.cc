@@ -200,13 +200,12 @@ Result<uint64_t> ScanWaiting(const store::Store& store, uint64_t from, uint64_t 
         }
         ++seen;
         std::string storage;
-        std::string_view value = codec::AlignedBytes(stored, &storage);
-        flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
-        if (!v.VerifyBuffer<wire::TaskRecord>(nullptr)) {
-          bad = Status::Internal("store: bad task record at q/" + std::to_string(id));
+        auto verified = VerifiedRecord(stored, key, &storage);
+        if (!verified.ok()) {
+          bad = verified.status();
           return false;
         }
-        const auto& r = *flatbuffers::GetRoot<wire::TaskRecord>(value.data());
+        const auto& r = **verified;
         WaitingLine line;
         line.id = id;
         line.order = r.order();

@@ -203,6 +203,14 @@ class Submitter {
   }
   bool all_ok() const { return all_ok_; }
 
+  // Ends the program when batches went unanswered for the reply timeout.
+  void GiveUpIfUnanswered(const std::string& broker, uint64_t reply_ms) {
+    if (!TimedOut()) return;
+    Fatal(last_error_.empty()
+              ? "no answer from the scheduler through broker " + broker + " within " + fm::FormatDuration(reply_ms)
+              : last_error_ + "; gave up after " + fm::FormatDuration(reply_ms));
+  }
+
   [[noreturn]] void Fatal(const std::string& message) {
     PrintReady();
     std::fprintf(stderr, "fm-submit: %s\n", message.c_str());
@@ -416,12 +424,7 @@ int Attach(fm::tools::ToolClient& client, Submitter& submitter, fm::TaskSpec spe
   while (!submitter.Done()) {
     if (client.Wait(250) == 1) submitter.Receive();
     submitter.Retry();
-    if (submitter.TimedOut()) {
-      submitter.Fatal(submitter.last_error().empty()
-                          ? "no answer from the scheduler through broker " + broker + " within " +
-                                fm::FormatDuration(reply_ms)
-                          : submitter.last_error() + "; gave up after " + fm::FormatDuration(reply_ms));
-    }
+    submitter.GiveUpIfUnanswered(broker, reply_ms);
   }
   submitter.PrintReady();
   if (!submitter.all_ok() || submitter.attached_task().empty()) return 1;
@@ -647,12 +650,7 @@ int main(int argc, char** argv) {
       submitter.Flush();
       submitter.PrintReady();
     }
-    if (submitter.TimedOut()) {
-      submitter.Fatal(submitter.last_error().empty()
-                          ? "no answer from the scheduler through broker " + broker + " within " +
-                                fm::FormatDuration(reply_ms)
-                          : submitter.last_error() + "; gave up after " + fm::FormatDuration(reply_ms));
-    }
+    submitter.GiveUpIfUnanswered(broker, reply_ms);
   }
   submitter.PrintReady();
   return submitter.all_ok() ? 0 : 1;

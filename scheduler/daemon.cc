@@ -298,6 +298,11 @@ void SchedulerDaemon::CheckStoreIdentity() {
 }
 
 void SchedulerDaemon::SendOut(Outbox& out) {
+  // A leader that may have lost its lease (a stall, etcd out of reach) sends nothing: a
+  // standby may lead by now.
+  if (options_.leadership != nullptr && !options_.leadership->Valid()) {
+    options_.leadership->Fence("its lease in etcd may have expired before this turn's output was sent");
+  }
   for (auto& d : out.directed) {
     if (!client_->Send(d.to, d.payload)) {
       options_.logger->warn("could not queue a message to {} (high-water mark); it will be re-sent", d.to);
@@ -365,6 +370,14 @@ void SchedulerDaemon::Metrics(ops::Sheet& sheet) const {
   sheet.Gauge("scheduler_tasks", help, census.running, {{"state", "running"}});
   sheet.Gauge("scheduler_intake_messages", "directed messages read and not handled yet (served per sender in turn)",
               intake_.queued());
+  if (const ha::Leadership* l = options_.leadership) {
+    sheet.Gauge("scheduler_ha_leader", "1: this scheduler leads (with --etcd; a standby serves no metrics yet)", 1);
+    sheet.Gauge("scheduler_ha_epoch", "this leadership's epoch (the leader key's create revision in etcd)",
+                static_cast<double>(l->epoch()));
+    sheet.Gauge("scheduler_ha_lease_seconds_left", "how long the lease is known to be alive without a renewal",
+                l->seconds_left());
+    sheet.Counter("scheduler_ha_renewals_total", "lease renewals etcd answered", static_cast<double>(l->renewals()));
+  }
   sheet.Counter("scheduler_intake_refused_total", "messages refused: their sender had a full queue here",
                 intake_refused_);
   uint64_t now = bus::WallClockMs();

@@ -29,6 +29,7 @@
 #include "runtime/ops.h"
 #include "runtime/rate_limited_log.h"
 #include "scheduler/core.h"
+#include "scheduler/ha.h"
 #include "scheduler/intake.h"
 #include "store/store.h"
 
@@ -42,6 +43,9 @@ struct SchedulerOptions {
   EngineOptions engine;
   store::RocksOptions store;
   std::shared_ptr<spdlog::logger> logger;
+  // With --etcd: this scheduler's leadership (outlives the daemon). Nothing is sent once
+  // it cannot show its lease is alive.
+  const ha::Leadership* leadership = nullptr;
 };
 
 // Writes one batch at a time on its own thread and reports back on the loop's thread.
@@ -82,6 +86,11 @@ class SchedulerDaemon {
   Status Open();
   // REQUIRES: Open() succeeded.
   void Attach(bus::Loop& loop);
+  // Before Open: this scheduler leads (with --etcd); `what` says which leadership.
+  void Lead(const ha::Leadership* leadership, std::string what) {
+    options_.leadership = leadership;
+    options_.engine.leadership = std::move(what);
+  }
   // 0 after a normal stop; 1 when the store was removed or replaced while running.
   int exit_code() const { return exit_code_; }
   // Everything GET /metrics shows, read now. REQUIRES: Open() succeeded.

@@ -198,7 +198,8 @@ void Engine::Start(uint64_t now_ms) {
   EventFields f;
   f.type = wire::EventType::SchedulerStarted;
   f.message = std::to_string(fleet_.size()) + " workers last known, " + std::to_string(active_.size()) +
-              " tasks placed or retrying" + (waiting_loaded() ? "" : ", the waiting ones being read");
+              " tasks placed or retrying" + (waiting_loaded() ? "" : ", the waiting ones being read") +
+              (options_.leadership.empty() ? "" : "; " + options_.leadership);
   Emit(f, now_ms);
   membership_.AskAllToRegister();
   placement_needed_ = true;

@@ -58,6 +58,9 @@ namespace fm::sched {
 
 struct EngineOptions {
   uint64_t liveness_window_ms = 5000;  // a worker unheard for this long is lost
+  // With --etcd: which leadership this is ("leader of NAME as NODE, epoch E"), said by
+  // scheduler.started and fm-ctl ping. Empty: a scheduler on its own.
+  std::string leadership;
   // Tasks whose only eligible workers were lost wait this long for one to come back
   // before they fail no_eligible_worker (0: they fail at once).
   uint64_t reconnect_grace_ms = 30000;

@@ -1,15 +1,34 @@
 // fm-scheduler [--broker URL] [--data DIR]
+#include <signal.h>
 #include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <memory>
 
 #include "runtime/logging.h"
 #include "runtime/loop.h"
 #include "runtime/ops.h"
 #include "scheduler/daemon.h"
+#include "scheduler/ha.h"
 #include "schemas/units.h"
+
+namespace {
+
+std::atomic<bool> stop_waiting{false};
+
+std::string HostName() {
+  char name[256] = {0};
+  if (gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "localhost";
+  return name;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   fm::bus::TuneAllocator();
@@ -47,6 +66,20 @@ int main(int argc, char** argv) {
                  "tasks waiting for their first placement kept whole in memory (~1 KB each); the rest wait in "
                  "the store and are read back when placed")
       ->capture_default_str();
+  std::string etcd;
+  fm::ha::LeadershipOptions ha;
+  app.add_option("--etcd", etcd,
+                 "etcd endpoints (http://HOST:PORT,...): schedulers given the same etcd and --ha-name elect one "
+                 "leader; the others wait as standbys");
+  app.add_option("--ha-name", ha.name, "the cluster's name in etcd (keys under /fm/NAME/)")->capture_default_str();
+  app.add_option("--ha-node", ha.node,
+                 "this scheduler's name in the in-sync set, which names stores (default: HOST:DATA-DIR)");
+  fm::bus::AddDurationFlag(app, "--ha-lease", &ha.lease_ms,
+                           "the leader's lease in etcd: a standby may lead this long after the leader was last "
+                           "heard, and a leader that cannot renew it stops sending before then",
+                           fm::bus::AtLeast(2000, "2s"));
+  app.add_flag("--ha-force-promotion", ha.force_promotion,
+               "lead even though not in the in-sync set (an operator's act: what only the last leader had is lost)");
   fm::bus::DaemonFlags daemon_flags;
   fm::bus::AddDaemonFlags(app, &daemon_flags);
   app.set_config("--config", "", "read options from this file (same names as the flags, key = value)");
@@ -73,11 +106,56 @@ int main(int argc, char** argv) {
   }
   options.engine.Validate();
 
+  if (!etcd.empty()) {
+    auto endpoints = fm::ha::ParseEtcdEndpoints(etcd);
+    if (!endpoints.ok()) {
+      spdlog::error("{}", endpoints.status().message());
+      return 2;
+    }
+    ha.etcd = std::move(*endpoints);
+    // The in-sync set says which stores hold everything acknowledged: by default a
+    // scheduler is named by its host and its store's directory, so that two on one host
+    // are never taken for each other.
+    if (ha.node.empty()) {
+      std::error_code ec;
+      ha.node = HostName() + ":" + std::filesystem::absolute(options.data_dir, ec).lexically_normal().string();
+    }
+    ha.describe = "host " + HostName() + ", pid " + std::to_string(getpid()) + ", data " + options.data_dir;
+  } else if (ha.force_promotion) {
+    spdlog::error("--ha-force-promotion: only with --etcd");
+    return 2;
+  }
+
   zmq::context_t context(1);
-  fm::bus::Loop loop;  // outlives the daemon, whose commit thread reports on it
+  fm::bus::Loop loop;                              // outlives the daemon, whose commit thread reports on it
+  std::unique_ptr<fm::ha::Leadership> leadership;  // outlives the daemon, which asks it before sending
   fm::sched::SchedulerDaemon daemon(context, options);
   if (daemon_flags.check_config) {
     return fm::ops::CheckConfig("fm-scheduler", daemon_flags.metrics_listen, daemon.Check());
+  }
+  if (!ha.etcd.empty()) {
+    // A standby waits here, its store closed, until it leads; a signal ends the wait.
+    struct sigaction stop {};
+    stop.sa_handler = [](int) { stop_waiting = true; };
+    sigaction(SIGTERM, &stop, nullptr);
+    sigaction(SIGINT, &stop, nullptr);
+    // Under systemd a standby is up (it waits by design): ready, alive, and saying for what.
+    ha.waiting = [](const std::string& status) { sd_notifyf(0, "READY=1\nWATCHDOG=1\nSTATUS=%s", status.c_str()); };
+    auto led = fm::ha::Leadership::Acquire(ha, stop_waiting, *spdlog::default_logger());
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    if (!led.ok()) {
+      if (led.status().code() != fm::Status::Code::kUnavailable) {
+        spdlog::error("{}", led.status().message());
+        return 2;
+      }
+      spdlog::info("{}", led.status().message());
+      return 0;
+    }
+    leadership = std::move(*led);
+    daemon.Lead(leadership.get(), "leader of " + ha.name + " as " + ha.node + ", epoch " +
+                                      std::to_string(leadership->epoch()) +
+                                      (leadership->forced() ? " (promoted by force)" : ""));
   }
   if (fm::Status s = daemon.Open(); !s.ok()) {
     spdlog::error("{}", s.message());

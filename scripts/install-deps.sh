@@ -3,10 +3,11 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config git curl
   libzmq3-dev cppzmq-dev libflatbuffers-dev flatbuffers-compiler librocksdb-dev libuv1-dev
-  libspdlog-dev catch2 libcli11-dev libczmq-dev libsodium-dev prometheus-cpp-dev libsystemd-dev libgoogle-perftools-dev help2man dpkg-dev systemd man-db python3
+  libspdlog-dev catch2 libcli11-dev libczmq-dev libsodium-dev prometheus-cpp-dev libsystemd-dev libgoogle-perftools-dev libcurl4-openssl-dev nlohmann-json3-dev etcd-server help2man dpkg-dev systemd man-db python3
   podman runc busybox-static clang-14 libclang-rt-14-dev iproute2 openssh-server openssh-client)
 # openssh-server is here for its sshd binary only (the session image is made from it,
-# scripts/session-image.sh): when this script installs it, the host's own ssh service is
+# scripts/session-image.sh), etcd-server for its etcd binary (tests start their own
+# members): when this script installs them, the host's own ssh and etcd services are
 # neither started nor enabled.
 missing=()
 for p in "${packages[@]}"; do
@@ -17,15 +18,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  new_sshd=false
-  [[ " ${missing[*]} " == *" openssh-server "* ]] && new_sshd=true
-  if $new_sshd && [ ! -e /usr/sbin/policy-rc.d ]; then
+  new_services=false
+  [[ " ${missing[*]} " == *" openssh-server "* || " ${missing[*]} " == *" etcd-server "* ]] && new_services=true
+  if $new_services && [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee /usr/sbin/policy-rc.d >/dev/null
     $sudo_cmd chmod 755 /usr/sbin/policy-rc.d
     trap '$sudo_cmd rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
-  if $new_sshd && command -v systemctl >/dev/null; then
-    $sudo_cmd systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+  if $new_services && command -v systemctl >/dev/null; then
+    $sudo_cmd systemctl disable --now ssh.service ssh.socket etcd.service >/dev/null 2>&1 || true
   fi
 fi

@@ -253,6 +253,28 @@ std::vector<std::string> Keys::Flags(const std::string& name, const std::string&
   return {"--cert", Secret(name), "--broker-cert", Public(broker)};
 }
 
+Etcd::Etcd() {
+  const std::string binary = "/usr/bin/etcd";
+  if (access(binary.c_str(), X_OK) != 0) {
+    throw std::runtime_error(binary + " is missing: scripts/install-deps.sh installs Debian's etcd-server");
+  }
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    const int base = PickPortBase();
+    const std::string client = "http://127.0.0.1:" + std::to_string(base);
+    const std::string peer = "http://127.0.0.1:" + std::to_string(base + 1);
+    process_ = Process::Start({binary, "--name", "m1", "--data-dir", dir_.path() + "/m1", "--listen-client-urls",
+                               client, "--advertise-client-urls", client, "--listen-peer-urls", peer,
+                               "--initial-advertise-peer-urls", peer, "--initial-cluster", "m1=" + peer,
+                               "--heartbeat-interval", "100", "--election-timeout", "1000"});
+    if (process_->WaitFor("ready to serve client requests", 15000, 1, true)) {
+      url_ = client;
+      return;
+    }
+    process_.reset();  // a port taken meanwhile: another pair
+  }
+  throw std::runtime_error("etcd did not start on loopback");
+}
+
 Cluster::Cluster(std::vector<std::string> scheduler_args, std::string data_dir, bool secure)
     : data_dir_(data_dir.empty() ? data_.path() + "/scheduler" : std::move(data_dir)),
       scheduler_args_(std::move(scheduler_args)) {

@@ -127,6 +127,20 @@ class Keys {
   std::map<std::string, std::string> made_;
 };
 
+// One etcd member (Debian's etcd-server) on loopback ports of its own with a temporary
+// data directory, electing fast (heartbeat 100 ms, election 1 s).
+class Etcd {
+ public:
+  Etcd();
+  const std::string& url() const { return url_; }  // http://127.0.0.1:PORT
+  Process& process() { return *process_; }
+
+ private:
+  TempDir dir_;
+  std::string url_;
+  std::unique_ptr<Process> process_;
+};
+
 // A root broker, a scheduler with a temporary data directory, and an fm-tap --since 1
 // following the whole stream.
 class Cluster {

@@ -45,6 +45,7 @@ done
 dpkg --dry-run -i "$work/out"/*.deb >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; fail "dependencies"; }
 dpkg-deb -f "$work/out"/fm-scheduler_*.deb Depends | grep -q "librocksdb" || fail "fm-scheduler does not depend on RocksDB"
 dpkg-deb -f "$work/out"/fm-scheduler_*.deb Depends | grep -q "libtcmalloc-minimal4" || fail "fm-scheduler does not depend on tcmalloc, its allocator"
+dpkg-deb -f "$work/out"/fm-scheduler_*.deb Depends | grep -q "libcurl4" || fail "fm-scheduler does not depend on libcurl (it speaks to etcd)"
 # The system user, created in the clean root by sysusers.
 systemd-sysusers --root="$root" "$root/usr/lib/sysusers.d/fm.conf"
 grep -q "^fm:" "$root/etc/passwd" || fail "sysusers made no user fm"

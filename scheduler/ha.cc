@@ -1,0 +1,443 @@
+#include "scheduler/ha.h"
+
+#include <curl/curl.h>
+#include <sodium.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+
+namespace fm::ha {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// etcd's answers are a few hundred bytes; a peer that sends more is not etcd.
+constexpr size_t kMaxReplyBytes = 1 << 20;
+
+std::string Base64(const std::string& bytes) {
+  std::string out(sodium_base64_ENCODED_LEN(bytes.size(), sodium_base64_VARIANT_ORIGINAL), '\0');
+  sodium_bin2base64(out.data(), out.size(), reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
+                    sodium_base64_VARIANT_ORIGINAL);
+  out.resize(std::strlen(out.c_str()));
+  return out;
+}
+
+std::string FromBase64(const std::string& text) {
+  std::string out(text.size(), '\0');
+  size_t len = 0;
+  if (sodium_base642bin(reinterpret_cast<unsigned char*>(out.data()), out.size(), text.data(), text.size(), nullptr,
+                        &len, nullptr, sodium_base64_VARIANT_ORIGINAL) != 0) {
+    return "";
+  }
+  out.resize(len);
+  return out;
+}
+
+// Fields read defensively: a reply of an unexpected shape reads as absent fields (and
+// then fails the caller's checks), never as an exception.
+std::string Text(const json& object, const char* name) {
+  if (!object.is_object()) return "";
+  auto it = object.find(name);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
+bool Flag(const json& object, const char* name) {
+  if (!object.is_object()) return false;
+  auto it = object.find(name);
+  return it != object.end() && it->is_boolean() && it->get<bool>();
+}
+
+const json& Field(const json& object, const char* name) {
+  static const json none;
+  if (!object.is_object()) return none;
+  auto it = object.find(name);
+  return it != object.end() ? *it : none;
+}
+
+// proto3 JSON: int64 as a string, absent when 0.
+int64_t Int(const json& object, const char* name) {
+  if (!object.is_object()) return 0;
+  auto it = object.find(name);
+  if (it == object.end()) return 0;
+  if (it->is_number_integer()) return it->get<int64_t>();
+  if (!it->is_string()) return 0;
+  return std::strtoll(it->get<std::string>().c_str(), nullptr, 10);
+}
+
+EtcdClient::KeyValue ParseKeyValue(const json& kv) {
+  EtcdClient::KeyValue out;
+  out.key = FromBase64(Text(kv, "key"));
+  out.value = FromBase64(Text(kv, "value"));
+  out.create_revision = Int(kv, "create_revision");
+  out.mod_revision = Int(kv, "mod_revision");
+  out.lease = Int(kv, "lease");
+  return out;
+}
+
+Result<json> ParseReply(const std::string& text, const std::string& what) {
+  json reply = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (reply.is_discarded() || !reply.is_object()) return Status::Unavailable(what + ": etcd's answer is not JSON");
+  if (reply.contains("error")) {
+    return Status::Unavailable(
+        what + ": etcd: " + (reply["error"].is_string() ? reply["error"].get<std::string>() : reply["error"].dump()));
+  }
+  return reply;
+}
+
+size_t Append(char* data, size_t size, size_t count, void* out) {
+  auto* text = static_cast<std::string*>(out);
+  if (text->size() + size * count > kMaxReplyBytes) return 0;  // ends the transfer with an error
+  text->append(data, size * count);
+  return size * count;
+}
+
+std::string IsrValue(uint64_t epoch, const std::vector<std::string>& members) {
+  return json{{"epoch", epoch}, {"members", members}}.dump();
+}
+
+std::vector<std::string> IsrMembers(const std::string& value) {
+  const json isr = json::parse(value, nullptr, false);
+  std::vector<std::string> out;
+  if (const json& members = Field(isr, "members"); members.is_array()) {
+    for (const auto& m : members) {
+      if (m.is_string()) out.push_back(m.get<std::string>());
+    }
+  }
+  return out;
+}
+
+std::string Join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& i : items) out += (out.empty() ? "" : ", ") + i;
+  return out;
+}
+
+uint64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t Ns(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+}  // namespace
+
+EtcdClient::EtcdClient(std::vector<std::string> endpoints, uint64_t timeout_ms)
+    : endpoints_(std::move(endpoints)), timeout_ms_(timeout_ms) {
+  static const bool initialized = [] {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    return sodium_init() >= 0;
+  }();
+  (void)initialized;
+  curl_ = curl_easy_init();
+}
+
+EtcdClient::~EtcdClient() {
+  if (curl_ != nullptr) curl_easy_cleanup(static_cast<CURL*>(curl_));
+}
+
+Result<std::string> EtcdClient::Post(const std::string& path, const std::string& body) {
+  if (curl_ == nullptr) return Status::Internal("libcurl could not be initialized");
+  CURL* curl = static_cast<CURL*>(curl_);
+  std::string problems;
+  for (size_t tried = 0; tried < endpoints_.size(); ++tried) {
+    const std::string url = endpoints_[current_] + path;
+    std::string reply;
+    curl_easy_reset(curl);
+    struct curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
+    curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_ms_));
+    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(std::min<uint64_t>(timeout_ms_, 500)));
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &reply);
+    CURLcode rc = curl_easy_perform(curl);
+    long status = 0;
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(headers);
+    if (rc == CURLE_OK && status == 200) return reply;
+    problems += (problems.empty() ? "" : "; ") + endpoints_[current_] + ": " +
+                (rc != CURLE_OK ? std::string(curl_easy_strerror(rc)) : "HTTP " + std::to_string(status) + " " + reply);
+    if (rc == CURLE_OK && status >= 400 && status < 500) break;  // the request is wrong, not the endpoint
+    current_ = (current_ + 1) % endpoints_.size();
+  }
+  return Status::Unavailable(problems);
+}
+
+Result<int64_t> EtcdClient::GrantLease(int64_t ttl_seconds) {
+  auto text = Post("/v3/lease/grant", json{{"TTL", ttl_seconds}}.dump());
+  if (!text.ok()) return text.status();
+  auto reply = ParseReply(*text, "lease grant");
+  if (!reply.ok()) return reply.status();
+  const int64_t id = Int(*reply, "ID");
+  if (id == 0) return Status::Unavailable("lease grant: etcd gave no lease");
+  return id;
+}
+
+Result<int64_t> EtcdClient::KeepAlive(int64_t lease) {
+  auto text = Post("/v3/lease/keepalive", json{{"ID", std::to_string(lease)}}.dump());
+  if (!text.ok()) return text.status();
+  auto reply = ParseReply(*text, "lease keepalive");
+  if (!reply.ok()) return reply.status();
+  const json& result = Field(*reply, "result");
+  if (!result.is_object()) return Status::Unavailable("lease keepalive: etcd's answer has no result");
+  return Int(result, "TTL");
+}
+
+Status EtcdClient::Revoke(int64_t lease) {
+  auto text = Post("/v3/lease/revoke", json{{"ID", std::to_string(lease)}}.dump());
+  if (!text.ok()) return text.status();
+  auto reply = ParseReply(*text, "lease revoke");
+  return reply.ok() ? Status::Ok() : reply.status();
+}
+
+Result<std::optional<EtcdClient::KeyValue>> EtcdClient::Get(const std::string& key) {
+  auto text = Post("/v3/kv/range", json{{"key", Base64(key)}}.dump());
+  if (!text.ok()) return text.status();
+  auto reply = ParseReply(*text, "get " + key);
+  if (!reply.ok()) return reply.status();
+  const json& kvs = Field(*reply, "kvs");
+  if (!kvs.is_array() || kvs.empty()) return std::optional<KeyValue>();
+  return std::optional<KeyValue>(ParseKeyValue(kvs[0]));
+}
+
+Result<std::pair<bool, EtcdClient::KeyValue>> EtcdClient::CreateIfAbsent(const std::string& key,
+                                                                         const std::string& value, int64_t lease) {
+  const std::string k = Base64(key);
+  json txn = {
+      {"compare", {{{"key", k}, {"target", "CREATE"}, {"result", "EQUAL"}, {"createRevision", "0"}}}},
+      {"success", {{{"requestPut", {{"key", k}, {"value", Base64(value)}, {"lease", std::to_string(lease)}}}}}},
+      {"failure", {{{"requestRange", {{"key", k}}}}}},
+  };
+  auto text = Post("/v3/kv/txn", txn.dump());
+  if (!text.ok()) return text.status();
+  auto reply = ParseReply(*text, "create " + key);
+  if (!reply.ok()) return reply.status();
+  if (Flag(*reply, "succeeded")) {
+    // Created by this transaction: its revision is the key's create revision.
+    KeyValue kv{key, value, 0, 0, lease};
+    kv.create_revision = kv.mod_revision = Int(Field(*reply, "header"), "revision");
+    if (kv.create_revision == 0) return Status::Unavailable("create " + key + ": etcd's answer has no revision");
+    return std::make_pair(true, kv);
+  }
+  // Held by another: the range in the failure branch says by whom (it may have gone since).
+  KeyValue holder{key, "", 0, 0, 0};
+  const json& responses = Field(*reply, "responses");
+  if (responses.is_array() && !responses.empty()) {
+    const json& kvs = Field(Field(responses[0], "response_range"), "kvs");
+    if (kvs.is_array() && !kvs.empty()) holder = ParseKeyValue(kvs[0]);
+  }
+  return std::make_pair(false, holder);
+}
+
+Result<bool> EtcdClient::PutIf(const std::string& key, const std::string& value, const std::string& guard,
+                               int64_t guard_created, int64_t key_modified) {
+  const std::string k = Base64(key);
+  json txn = {
+      {"compare",
+       {{{"key", Base64(guard)},
+         {"target", "CREATE"},
+         {"result", "EQUAL"},
+         {"createRevision", std::to_string(guard_created)}},
+        {{"key", k}, {"target", "MOD"}, {"result", "EQUAL"}, {"modRevision", std::to_string(key_modified)}}}},
+      {"success", {{{"requestPut", {{"key", k}, {"value", Base64(value)}}}}}},
+  };
+  auto text = Post("/v3/kv/txn", txn.dump());
+  if (!text.ok()) return text.status();
+  auto reply = ParseReply(*text, "put " + key);
+  if (!reply.ok()) return reply.status();
+  return Flag(*reply, "succeeded");
+}
+
+Result<std::vector<std::string>> ParseEtcdEndpoints(const std::string& list) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t comma = list.find(',', start);
+    std::string url = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    while (!url.empty() && url.back() == '/') url.pop_back();
+    if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0) {
+      return Status::Invalid("--etcd \"" + url +
+                             "\": each endpoint is http://HOST:PORT (or https://), comma-separated");
+    }
+    if (url.find(':', url.find("//") + 2) == std::string::npos) {
+      return Status::Invalid("--etcd \"" + url + "\": name the port (etcd's client port, usually 2379)");
+    }
+    out.push_back(url);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+Leadership::Leadership(const LeadershipOptions& options, spdlog::logger& log) : options_(options), log_(log) {
+  // Each request is bounded well inside the lease: a renewal that hangs must not outlive it.
+  etcd_ = std::make_unique<EtcdClient>(options_.etcd, std::max<uint64_t>(options_.lease_ms / 4, 200));
+  leader_key_ = "/fm/" + options_.name + "/leader";
+}
+
+Result<std::unique_ptr<Leadership>> Leadership::Acquire(const LeadershipOptions& options, const std::atomic<bool>& stop,
+                                                        spdlog::logger& log) {
+  if (options.etcd.empty()) return Status::Invalid("--etcd: no endpoint");
+  if (options.lease_ms < 2000) return Status::Invalid("--ha-lease: at least 2s (etcd's shortest lease)");
+  if (options.node.empty()) return Status::Invalid("--ha-node: empty");
+  std::unique_ptr<Leadership> me(new Leadership(options, log));
+  EtcdClient& etcd = *me->etcd_;
+  const std::string isr_key = "/fm/" + options.name + "/isr";
+  const int64_t ttl_s = static_cast<int64_t>((options.lease_ms + 999) / 1000);
+  const auto margin = std::chrono::milliseconds(std::max<uint64_t>(500, options.lease_ms / 6));
+  std::string said;
+  auto say = [&](spdlog::level::level_enum level, const std::string& message) {
+    if (options.waiting) options.waiting(message);
+    if (message == said) return;  // once per change
+    log.log(level, "{}", message);
+    said = message;
+  };
+  auto pause = [&](uint64_t ms) {
+    for (uint64_t waited = 0; waited < ms && !stop.load(); waited += 50) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  };
+  const std::string value = options.node + (options.describe.empty() ? "" : " (" + options.describe + ")");
+  while (!stop.load()) {
+    const auto sent = Clock::now();
+    auto lease = etcd.GrantLease(ttl_s);
+    if (!lease.ok()) {
+      say(spdlog::level::warn,
+          "standby for " + options.name + ": etcd does not answer (" + lease.status().message() + "); trying again");
+      pause(500);
+      continue;
+    }
+    auto won = etcd.CreateIfAbsent(me->leader_key_, value, *lease);
+    if (!won.ok() || !won->first) {
+      (void)etcd.Revoke(*lease);
+      if (!won.ok()) {
+        say(spdlog::level::warn, "standby for " + options.name + ": " + won.status().message());
+      } else {
+        say(spdlog::level::info, "standby for " + options.name + ": led by " + won->second.value + " (epoch " +
+                                     std::to_string(won->second.create_revision) + ")");
+      }
+      pause(250);
+      continue;
+    }
+    const int64_t epoch = won->second.create_revision;
+    auto isr = etcd.Get(isr_key);
+    if (!isr.ok()) {
+      (void)etcd.Revoke(*lease);
+      say(spdlog::level::warn, "standby for " + options.name + ": " + isr.status().message());
+      pause(250);
+      continue;
+    }
+    const std::vector<std::string> members = *isr ? IsrMembers((*isr)->value) : std::vector<std::string>{};
+    const bool member = !*isr || std::find(members.begin(), members.end(), options.node) != members.end();
+    if (!member && !options.force_promotion) {
+      (void)etcd.Revoke(*lease);
+      say(spdlog::level::err,
+          "will not lead " + options.name + ": this scheduler (" + options.node + ") is not in the in-sync set [" +
+              Join(members) +
+              "], so its store may lack what the last leader acknowledged; start that scheduler again, or lead "
+              "anyway with --ha-force-promotion (what only it had is lost)");
+      pause(options.lease_ms);
+      continue;
+    }
+    // The in-sync set is this leader alone until standbys are shipped its batches.
+    auto put =
+        etcd.PutIf(isr_key, IsrValue(epoch, {options.node}), me->leader_key_, epoch, *isr ? (*isr)->mod_revision : 0);
+    if (!put.ok() || !*put) {
+      (void)etcd.Revoke(*lease);
+      say(spdlog::level::warn, "standby for " + options.name + ": the in-sync set changed while taking the lead" +
+                                   (put.ok() ? std::string() : ": " + put.status().message()));
+      continue;
+    }
+    me->lease_ = *lease;
+    me->epoch_ = static_cast<uint64_t>(epoch);
+    me->since_ms_ = WallMs();
+    me->forced_ = !member;
+    me->deadline_ns_ = Ns(sent + std::chrono::seconds(ttl_s) - margin);
+    if (me->forced_) {
+      log.warn(
+          "leading {} as {} (epoch {}) BY FORCE: not in the in-sync set [{}]; what only its last leader "
+          "acknowledged is lost",
+          options.name, options.node, epoch, Join(members));
+    } else {
+      log.info("leading {} as {} (epoch {})", options.name, options.node, epoch);
+    }
+    me->keepalive_ = std::thread([leadership = me.get()] { leadership->KeepAliveLoop(); });
+    return me;
+  }
+  return Status::Unavailable("stopped while waiting to lead " + options.name);
+}
+
+Leadership::~Leadership() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (keepalive_.joinable()) keepalive_.join();
+  // Handing over at once rather than after the lease: the key goes with the lease.
+  if (lease_ != 0) (void)etcd_->Revoke(lease_);
+}
+
+bool Leadership::Valid() const { return Ns(Clock::now()) < deadline_ns_.load(); }
+
+double Leadership::seconds_left() const {
+  return std::max<double>(0, static_cast<double>(deadline_ns_.load() - Ns(Clock::now())) / 1e9);
+}
+
+void Leadership::Fence(const std::string& why) const {
+  log_.critical("no longer sure to lead {} (epoch {}): {}; exiting so that nothing more is sent", options_.name, epoch_,
+                why);
+  log_.flush();
+  std::_Exit(kFencedExitCode);
+}
+
+void Leadership::KeepAliveLoop() {
+  const auto every = std::chrono::milliseconds(options_.lease_ms / 3);
+  const auto retry = std::chrono::milliseconds(100);
+  const int64_t ttl_s = static_cast<int64_t>((options_.lease_ms + 999) / 1000);
+  const auto margin = std::chrono::milliseconds(std::max<uint64_t>(500, options_.lease_ms / 6));
+  auto next = Clock::now() + every;
+  std::string last_problem;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      const auto deadline = Clock::time_point(std::chrono::nanoseconds(deadline_ns_.load()));
+      wake_.wait_until(lock, std::min(next, deadline), [this] { return stopping_; });
+      if (stopping_) return;
+    }
+    if (!Valid()) {
+      Fence("its lease in etcd was not renewed in time" +
+            (last_problem.empty() ? std::string(" (the process or its host stalled)") : ": " + last_problem));
+    }
+    if (Clock::now() < next) continue;
+    const auto sent = Clock::now();
+    auto ttl = etcd_->KeepAlive(lease_);
+    if (ttl.ok() && *ttl > 0) {
+      // etcd keeps the lease at least its TTL from this renewal, counted from before it was sent.
+      deadline_ns_ = std::max(deadline_ns_.load(), Ns(sent + std::chrono::seconds(ttl_s) - margin));
+      ++renewals_;
+      last_problem.clear();
+      next = sent + every;
+    } else if (ttl.ok()) {
+      Fence("etcd says its lease expired");
+    } else {
+      if (ttl.status().message() != last_problem) {
+        log_.warn("could not renew the lease of {} in etcd: {}; {:.1f} s left", options_.name, ttl.status().message(),
+                  seconds_left());
+      }
+      last_problem = ttl.status().message();
+      next = Clock::now() + retry;
+    }
+  }
+}
+
+}  // namespace fm::ha

@@ -545,7 +545,7 @@ void Broker::Unclaim(const std::string& pipe) {
   claims_.erase(it);
 }
 
-void Broker::HandleClaim(const std::string& pipe, const std::string& address, const Peer& peer) {
+void Broker::HandleClaim(const std::string& pipe, const std::string& address, const Peer& peer, uint64_t epoch) {
   const uint64_t now = WallClockMs();
   if (!ValidAddress(address) || address == kBrokerAddress) {
     return Refuse(pipe, peer, wire::ErrorCode::Malformed,
@@ -556,6 +556,24 @@ void Broker::HandleClaim(const std::string& pipe, const std::string& address, co
   if (secure_) {
     if (Status s = MayClaim(peer.role, peer.name, address); !s.ok()) {
       return Refuse(pipe, peer, wire::ErrorCode::Unauthorized, s.message(), address);
+    }
+  }
+  if (address == kSchedulerAddress && epoch != scheduler_epoch_) {
+    if (epoch < scheduler_epoch_) {
+      return Refuse(pipe, peer, wire::ErrorCode::Fenced,
+                    "fenced: fm-scheduler is led by epoch " + std::to_string(scheduler_epoch_) +
+                        " and this scheduler's is " + std::to_string(epoch) + " (a newer leader was elected)",
+                    address);
+    }
+    options_.logger->info("fm-scheduler: epoch {} leads from now on (was {})", epoch, scheduler_epoch_);
+    scheduler_epoch_ = epoch;
+    auto stale = pipes_.find(address);
+    if (stale != pipes_.end() && stale->second != pipe) {
+      // Told, and no longer routed to, whether or not its connection is still open.
+      const std::string old = stale->second;
+      ErrorToPipe(old, wire::ErrorCode::Fenced,
+                  "fenced: epoch " + std::to_string(epoch) + " leads fm-scheduler from now on", address);
+      Unclaim(old);
     }
   }
   auto mine = claims_.find(pipe);
@@ -782,7 +800,7 @@ void Broker::HandleForBroker(const std::string& pipe, const std::string& source,
     const std::string address = codec::Str(hello->address());
     auto before = claims_.find(pipe);
     const bool had = before != claims_.end() && before->second.address == address;
-    HandleClaim(pipe, address, peer);
+    HandleClaim(pipe, address, peer, hello->epoch());
     auto claim = claims_.find(pipe);
     if (!NeedsProof() || claim == claims_.end() || claim->second.address != address) return;
     if (!had) {

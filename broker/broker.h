@@ -157,7 +157,8 @@ class Broker {
   // Sends the announcement of every peer reachable through this broker (with proofs).
   void SendAnnouncement();
   // The connection `pipe` claims `address` (BrokerHello).
-  void HandleClaim(const std::string& pipe, const std::string& address, const Peer& peer);
+  // `epoch`: fm-scheduler's leadership epoch (0: a scheduler on its own).
+  void HandleClaim(const std::string& pipe, const std::string& address, const Peer& peer, uint64_t epoch = 0);
   void Unclaim(const std::string& pipe);
   // Learns that `peer` is behind `child`, unless a child that is still connected has a
   // fresh route to it (one subtree cannot take over another's addresses).
@@ -254,7 +255,11 @@ class Broker {
   std::unordered_map<int, Connection> open_;
   std::unordered_map<std::string, std::deque<int>> unauthenticated_;
   size_t admitted_ = 0;
-  std::unordered_map<std::string, Claim> claims_;       // connection (routing id) -> what it claimed
+  std::unordered_map<std::string, Claim> claims_;  // connection (routing id) -> what it claimed
+  // The greatest epoch that claimed fm-scheduler since this broker started: older ones
+  // are fenced (a leader elected through etcd replaces a stale one at once, even while
+  // the stale one's connection is still open).
+  uint64_t scheduler_epoch_ = 0;
   std::unordered_map<std::string, std::string> pipes_;  // address -> connection
   std::vector<std::string> events_out_bound_;           // what ReopenEventsOut binds again
   std::vector<std::string> rebind_events_out_;          // not bound again yet

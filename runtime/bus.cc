@@ -126,8 +126,9 @@ std::string UniqueAddress(const std::string& prefix) {
 }
 
 Client::Client(zmq::context_t& context, const Endpoints& endpoints, const std::string& address, bool publish,
-               bool subscribe, const Security& security)
+               bool subscribe, const Security& security, uint64_t epoch)
     : address_(address),
+      epoch_(epoch),
       broker_url_(endpoints.router),
       security_(security),
       dealer_(context, zmq::socket_type::dealer),
@@ -406,6 +407,15 @@ void TendLink(Client& client, RateLimitedLog& log, uint64_t now_ms) {
   log.Flush(now_ms);
 }
 
+std::string BrokerFencing(const Received& message) {
+  if (message.from != kBrokerAddress) return "";
+  auto env = codec::Decode(message.payload.data(), message.payload.size());
+  if (!env.ok() || (*env)->body_type() != wire::Body::Error) return "";
+  const wire::Error* e = (*env)->body_as_Error();
+  if (ParseErrorCode(codec::Str(e->code())) != wire::ErrorCode::Fenced) return "";
+  return codec::Str(e->message());
+}
+
 std::string BrokerRefusal(const Received& message) {
   if (message.from != kBrokerAddress) return "";
   auto env = codec::Decode(message.payload.data(), message.payload.size());
@@ -428,7 +438,7 @@ void Client::Hello() {
     if (proof_) proof = ToWire(fbb, *proof_);
   }
   auto address = fbb.CreateString(address_);
-  Send(kBrokerAddress, codec::Seal(fbb, wire::CreateBrokerHello(fbb, address, proof)));
+  Send(kBrokerAddress, codec::Seal(fbb, wire::CreateBrokerHello(fbb, address, proof, epoch_)));
 }
 
 void Client::RenewProof() {

@@ -139,6 +139,9 @@ struct Event {
 // The text of an Error "unauthorized" the local broker sent (a refused claim or action),
 // or empty for any other message.
 std::string BrokerRefusal(const Received& message);
+// The broker's "fenced" error (a scheduler elected with a greater epoch leads): its
+// message, or "" for anything else.
+std::string BrokerFencing(const Received& message);
 
 class Client;
 // What a daemon does every second or so for its link: claims its address again and
@@ -149,8 +152,10 @@ class Client {
  public:
   // Connects a DEALER that claims `address`; with `publish` a PUB to events in; with
   // `subscribe` a SUB to events out (subscribe to prefixes with Subscribe()).
+  // `epoch`: fm-scheduler elected through etcd, its leadership's epoch, carried by every
+  // BrokerHello (the first included).
   Client(zmq::context_t& context, const Endpoints& endpoints, const std::string& address, bool publish, bool subscribe,
-         const Security& security = Security());
+         const Security& security = Security(), uint64_t epoch = 0);
   ~Client();
 
   const std::string& address() const { return address_; }
@@ -202,6 +207,7 @@ class Client {
 
  private:
   std::string address_;
+  uint64_t epoch_ = 0;
   std::string broker_url_;
   Security security_;
   zmq::socket_t dealer_;

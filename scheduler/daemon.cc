@@ -143,7 +143,8 @@ Status SchedulerDaemon::Open() {
       "recovered {} tasks placed or retrying ({} pending) from {} in {} ms; the waiting ones are read next",
       core_->engine().active_count(), core_->engine().pending_count(), options_.data_dir,
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
-  client_ = std::make_unique<bus::Client>(context_, *endpoints, bus::kSchedulerAddress, true, true, security_);
+  client_ = std::make_unique<bus::Client>(context_, *endpoints, bus::kSchedulerAddress, true, true, security_,
+                                          options_.leadership != nullptr ? options_.leadership->epoch() : 0);
   client_->Subscribe("fleet.");
   return Status::Ok();
 }
@@ -187,6 +188,14 @@ size_t SchedulerDaemon::DrainDirected() {
     auto msg = client_->Receive();
     if (!msg) break;
     ++read;
+    if (std::string fenced = bus::BrokerFencing(*msg); !fenced.empty()) {
+      // Another scheduler was elected after this one: stop before anything more leaves.
+      if (options_.leadership != nullptr) options_.leadership->Fence("the root broker says: " + fenced);
+      options_.logger->critical("the root broker says: {}; a scheduler elected through etcd leads: stopping", fenced);
+      exit_code_ = ha::Leadership::kFencedExitCode;
+      loop_->Stop();
+      return read;
+    }
     if (std::string refusal = bus::BrokerRefusal(*msg); !refusal.empty()) {
       link_log_.Warn("refused", now, "the broker refused the scheduler: " + refusal + "; retrying");
       continue;

@@ -90,6 +90,7 @@ class SchedulerDaemon {
   void Lead(const ha::Leadership* leadership, std::string what) {
     options_.leadership = leadership;
     options_.engine.leadership = std::move(what);
+    options_.engine.leadership_epoch = leadership->epoch();
   }
   // 0 after a normal stop; 1 when the store was removed or replaced while running.
   int exit_code() const { return exit_code_; }

@@ -36,7 +36,7 @@ EngineOptions Validated(EngineOptions o) {
 }
 
 EventLogOptions LogOptions(const EngineOptions& o) {
-  return {o.event_retention_count, o.event_retention_age_ms, o.replay_batch, o.log_retention_bytes};
+  return {o.event_retention_count, o.event_retention_age_ms, o.replay_batch, o.log_retention_bytes, o.leadership_epoch};
 }
 
 }  // namespace

@@ -61,6 +61,7 @@ struct EngineOptions {
   // With --etcd: which leadership this is ("leader of NAME as NODE, epoch E"), said by
   // scheduler.started and fm-ctl ping. Empty: a scheduler on its own.
   std::string leadership;
+  uint64_t leadership_epoch = 0;  // stamped on every event (0: none)
   // Tasks whose only eligible workers were lost wait this long for one to come back
   // before they fail no_eligible_worker (0: they fail at once).
   uint64_t reconnect_grace_ms = 30000;

@@ -48,6 +48,7 @@ struct EventLogOptions {
   uint64_t retention_age_ms = 7ull * 24 * 3600 * 1000;
   size_t replay_batch = 512;                  // events per ReplayBatch (and at most ~1 MiB)
   uint64_t log_retention_bytes = 1ull << 30;  // stored task.log blocks
+  uint64_t epoch = 0;                         // stamped on every event: the leadership (etcd) writing them
 };
 
 class EventLog {

@@ -237,7 +237,7 @@ flatbuffers::Offset<wire::Event> CopyEvent(flatbuffers::FlatBufferBuilder& fbb, 
   auto bd = breakdown.empty() ? 0 : fbb.CreateVector(breakdown);
   return wire::CreateEvent(fbb, e.seq(), type, time, task, worker, reason, message, e.attempt(), e.exit_code(), stream,
                            data, e.eligible(), e.fleet(), bd, caps, hw, labels, e.time_ms(), owner, gpus,
-                           e.endpoint() ? ToWire(fbb, FromWire(e.endpoint())) : 0);
+                           e.endpoint() ? ToWire(fbb, FromWire(e.endpoint())) : 0, e.epoch());
 }
 
 }  // namespace fm::codec

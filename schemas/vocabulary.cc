@@ -46,7 +46,7 @@ constexpr std::array<std::pair<wire::Reason, std::string_view>, 15> kReasons{{
     {wire::Reason::NotStarted, "not_started"},
 }};
 
-constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 8> kErrorCodes{{
+constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 9> kErrorCodes{{
     {wire::ErrorCode::Malformed, "malformed"},
     {wire::ErrorCode::Unreachable, "unreachable"},
     {wire::ErrorCode::Oversized, "oversized"},
@@ -55,6 +55,7 @@ constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 8> kErrorCode
     {wire::ErrorCode::Unauthorized, "unauthorized"},
     {wire::ErrorCode::Unclaimed, "unclaimed"},
     {wire::ErrorCode::Busy, "busy"},
+    {wire::ErrorCode::Fenced, "fenced"},
 }};
 
 constexpr std::array<std::pair<wire::TaskState, std::string_view>, 6> kTaskStates{{

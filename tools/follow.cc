@@ -128,6 +128,7 @@ bool EventFollower::OnEvent(const wire::Event& e, std::string_view bytes) {
     if (!replay_in_flight_) RequestReplay(next_ > 0 ? next_ : std::max<uint64_t>(e.seq(), 1));
     return true;
   }
+  if (Fenced(e)) return true;
   if (next_ == 0) next_ = e.seq();   // following live from now
   if (e.seq() < next_) return true;  // already handed on
   if (e.seq() == next_ && !replay_in_flight_) {
@@ -149,7 +150,21 @@ void EventFollower::Fail(const std::string& message) {
   std::exit(1);
 }
 
+bool EventFollower::Fenced(const wire::Event& e) {
+  if (e.epoch() > epoch_) {
+    epoch_ = e.epoch();
+    epoch_floor_ = e.seq();
+    return false;
+  }
+  if (e.epoch() == epoch_) {
+    epoch_floor_ = std::min(epoch_floor_, e.seq());
+    return false;
+  }
+  return e.seq() >= epoch_floor_;
+}
+
 bool EventFollower::Offer(const wire::Event& e) {
+  if (Fenced(e)) return true;
   if (e.seq() < next_) return true;
   next_ = e.seq() + 1;  // a hole in the store itself can only be retention: skip it
   buffered_.erase(buffered_.begin(), buffered_.lower_bound(next_));

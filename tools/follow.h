@@ -49,13 +49,20 @@ class EventFollower {
   bool OnEvent(const wire::Event& e, std::string_view bytes);
   [[noreturn]] void Fail(const std::string& message);
   bool Offer(const wire::Event& e);
+  // Events carry the leadership (etcd epoch) that wrote them. True for an event to drop:
+  // an older leadership's in the era of a newer one (a stale leader's). (A standby
+  // promoted by force has a stream of its own, from seq 1: a tap that followed the old
+  // one goes on from the sequence it had reached.)
+  bool Fenced(const wire::Event& e);
   bool Drain();
 
   ToolClient& client_;
   std::string tool_;
   Sink sink_;
   bool stopped_ = false;
-  uint64_t next_ = 0;  // the next sequence to hand on; 0 before the first
+  uint64_t next_ = 0;         // the next sequence to hand on; 0 before the first
+  uint64_t epoch_ = 0;        // the greatest leadership seen
+  uint64_t epoch_floor_ = 0;  // the least sequence seen from it
   uint64_t correlation_ = 0;
   bool replay_in_flight_ = false;
   bool replayed_ = false;    // a replay ran to its end

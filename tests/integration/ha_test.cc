@@ -18,7 +18,7 @@ namespace {
 
 // The epoch in a ping's answer ("...; leader of fm as a, epoch 7"), 0 when none.
 uint64_t PingEpoch(Cluster& c, const std::string& node) {
-  ToolRun ping = c.Ctl({"ping"});
+  ToolRun ping = c.Ctl({"--timeout", "1s", "ping"});
   std::smatch m;
   const std::string all = ping.out;
   if (ping.exit_code != 0 || !std::regex_search(all, m, std::regex("leader of fm as " + node + ", epoch ([0-9]+)"))) {
@@ -98,8 +98,34 @@ TEST_CASE(
     const uint64_t third = WaitForLeader(c, "b", 10000);
     CHECK(third > first);
     CHECK(c.Ctl({"ping"}).out.find("(promoted by force)") != std::string::npos);
-    // (Its stream starts again at seq 1 from its own store: the tap, which has seen a's,
-    // does not show it until events carry their epoch, the next part.)
+    // Its stream starts again at seq 1, from its own store: a tap from the start shows it.
+    auto tap = Process::Start({Bin("fm-tap"), "--broker", c.broker(), "--since", "1"});
+    CHECK(tap->WaitFor("1 ", 10000));
+    CHECK(
+        tap->WaitFor("scheduler.started: 0 workers last known, 0 tasks placed or retrying; leader of fm as b, epoch " +
+                     std::to_string(third) + " (promoted by force)"));
+  }
+
+  SECTION("a stopped leader is replaced while its connection is still open, and on waking sends nothing and exits") {
+    c.scheduler().Signal(SIGSTOP);
+    // Its lease runs out; b is not in sync, so it takes an operator to promote it.
+    REQUIRE(b->WaitFor("will not lead fm: this scheduler (b) is not in the in-sync set [a]", 15000, 1, true));
+    b->Signal(SIGTERM);
+    REQUIRE(b->Wait(10000) == 0);
+    auto forced = start_b({"--ha-force-promotion"});
+    REQUIRE(forced->WaitFor("BY FORCE", 15000, 1, true));
+    // The broker still holds a's connection open (ZeroMQ's heartbeats would drop it only
+    // after 15 s): the greater epoch takes fm-scheduler at once.
+    const uint64_t third = WaitForLeader(c, "b", 6000);
+    REQUIRE(third > first);
+    CHECK(c.broker_process().WaitFor("fm-scheduler: epoch " + std::to_string(third) + " leads from now on", 2000, 1,
+                                     true));
+    c.scheduler().Signal(SIGCONT);
+    CHECK(c.scheduler().Wait(10000) == 3);
+    c.scheduler().WaitClosed(2000);
+    CHECK(c.scheduler().Stderr().find("no longer sure to lead fm (epoch " + std::to_string(first) + ")") !=
+          std::string::npos);
+    CHECK(WaitForLeader(c, "b", 5000) == third);
   }
 }
 

@@ -294,7 +294,10 @@ Cluster::Cluster(std::vector<std::string> scheduler_args, std::string data_dir, 
     for (auto& f : keys_->Flags("tap", "operator")) tap.push_back(f);
   }
   tap_ = Process::Start(tap);
-  if (!WaitEvent("scheduler.started", 15000)) throw std::runtime_error("no scheduler.started on the tap");
+  if (!WaitEvent("scheduler.started", 15000)) {
+    throw std::runtime_error("no scheduler.started on the tap; the scheduler said: " + scheduler_->Stderr() +
+                             "; the tap said: " + tap_->Stderr() + "; the broker said: " + broker_proc_->Stderr());
+  }
 }
 
 void Cluster::RestartBroker() {

@@ -160,3 +160,26 @@ TEST_CASE("a session key is TYPE BASE64 [COMMENT] with no control character, and
   CHECK_FALSE(ValidateEndpoint({"host", 0, "fm"}).ok());
   CHECK_FALSE(ValidateEndpoint({"host", 22, "fm@x"}).ok());
 }
+
+TEST_CASE("a replayed event is a copy of the stored one, field for field (epoch included)", "[unit]") {
+  flatbuffers::FlatBufferBuilder fbb;
+  std::vector<flatbuffers::Offset<wire::PredicateCount>> breakdown{
+      wire::CreatePredicateCountDirect(fbb, "capability", 3, "docker")};
+  Hardware hw{4000, 8ull << 30, {}};
+  auto event = wire::CreateEvent(
+      fbb, 42, fbb.CreateString("task.started"), fbb.CreateString("2026-12-07T00:00:00.000Z"), fbb.CreateString("t7"),
+      fbb.CreateString("w1"), fbb.CreateString("no_eligible_worker"), fbb.CreateString("said"), 2, -3,
+      fbb.CreateString("stdout"), fbb.CreateString("data"), 4, 5, fbb.CreateVector(breakdown),
+      codec::ToWire(fbb, std::vector<std::string>{"gpu"}), codec::ToWire(fbb, hw),
+      codec::ToWire(fbb, Labels{{"zone", "a"}}), 1234, fbb.CreateString("alice"),
+      codec::ToWire(fbb, std::vector<std::string>{"GPU-1"}), codec::ToWire(fbb, Endpoint{"10.0.0.1", 2222}), 9);
+  fbb.Finish(event);
+  const auto* original = flatbuffers::GetRoot<wire::Event>(fbb.GetBufferPointer());
+  flatbuffers::FlatBufferBuilder copy_fbb;
+  copy_fbb.Finish(codec::CopyEvent(copy_fbb, *original));
+  const auto* copy = flatbuffers::GetRoot<wire::Event>(copy_fbb.GetBufferPointer());
+  JsonCodec codec;
+  const std::string json = codec.EventToJson(original);
+  CHECK(json.find("\"epoch\": 9") != std::string::npos);
+  CHECK(codec.EventToJson(copy) == json);
+}

@@ -308,47 +308,55 @@ Result<std::unique_ptr<Leadership>> Leadership::Acquire(const LeadershipOptions&
   };
   const std::string value = options.node + (options.describe.empty() ? "" : " (" + options.describe + ")");
   while (!stop.load()) {
+    // Reads until the key is free: a standby writes nothing to etcd while it waits.
+    auto held = etcd.Get(me->leader_key_);
+    if (!held.ok()) {
+      say(spdlog::level::warn,
+          "standby for " + options.name + ": etcd does not answer (" + held.status().message() + "); trying again");
+      pause(500);
+      continue;
+    }
+    if (*held) {
+      say(spdlog::level::info, "standby for " + options.name + ": led by " + (*held)->value + " (epoch " +
+                                   std::to_string((*held)->create_revision) + ")");
+      pause(250);
+      continue;
+    }
+    // Only a member of the in-sync set takes the key (or an operator's forced one): one
+    // that may lack what was acknowledged never holds it, even for a moment.
+    auto isr = etcd.Get(isr_key);
+    if (!isr.ok()) {
+      say(spdlog::level::warn, "standby for " + options.name + ": " + isr.status().message());
+      pause(500);
+      continue;
+    }
+    const std::vector<std::string> members = *isr ? IsrMembers((*isr)->value) : std::vector<std::string>{};
+    const bool member = !*isr || std::find(members.begin(), members.end(), options.node) != members.end();
+    if (!member && !options.force_promotion) {
+      say(spdlog::level::err,
+          "will not lead " + options.name + ": this scheduler (" + options.node + ") is not in the in-sync set [" +
+              Join(members) +
+              "], so its store may lack what the last leader acknowledged; start that scheduler again, or lead "
+              "anyway with --ha-force-promotion (what only it had is lost)");
+      pause(1000);
+      continue;
+    }
     const auto sent = Clock::now();
     auto lease = etcd.GrantLease(ttl_s);
     if (!lease.ok()) {
-      say(spdlog::level::warn,
-          "standby for " + options.name + ": etcd does not answer (" + lease.status().message() + "); trying again");
+      say(spdlog::level::warn, "standby for " + options.name + ": " + lease.status().message());
       pause(500);
       continue;
     }
     auto won = etcd.CreateIfAbsent(me->leader_key_, value, *lease);
     if (!won.ok() || !won->first) {
       (void)etcd.Revoke(*lease);
-      if (!won.ok()) {
-        say(spdlog::level::warn, "standby for " + options.name + ": " + won.status().message());
-      } else {
-        say(spdlog::level::info, "standby for " + options.name + ": led by " + won->second.value + " (epoch " +
-                                     std::to_string(won->second.create_revision) + ")");
-      }
-      pause(250);
-      continue;
+      if (!won.ok()) say(spdlog::level::warn, "standby for " + options.name + ": " + won.status().message());
+      continue;  // another took it first: said at the next read
     }
     const int64_t epoch = won->second.create_revision;
-    auto isr = etcd.Get(isr_key);
-    if (!isr.ok()) {
-      (void)etcd.Revoke(*lease);
-      say(spdlog::level::warn, "standby for " + options.name + ": " + isr.status().message());
-      pause(250);
-      continue;
-    }
-    const std::vector<std::string> members = *isr ? IsrMembers((*isr)->value) : std::vector<std::string>{};
-    const bool member = !*isr || std::find(members.begin(), members.end(), options.node) != members.end();
-    if (!member && !options.force_promotion) {
-      (void)etcd.Revoke(*lease);
-      say(spdlog::level::err,
-          "will not lead " + options.name + ": this scheduler (" + options.node + ") is not in the in-sync set [" +
-              Join(members) +
-              "], so its store may lack what the last leader acknowledged; start that scheduler again, or lead "
-              "anyway with --ha-force-promotion (what only it had is lost)");
-      pause(options.lease_ms);
-      continue;
-    }
-    // The in-sync set is this leader alone until standbys are shipped its batches.
+    // The in-sync set is this leader alone until standbys are shipped its batches; the
+    // write fails if the set changed since it was read (then all over again).
     auto put =
         etcd.PutIf(isr_key, IsrValue(epoch, {options.node}), me->leader_key_, epoch, *isr ? (*isr)->mod_revision : 0);
     if (!put.ok() || !*put) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fails when the test suite left something behind: a container a worker or a probe made
-# (labels fm.worker, fm.probe), a process of ours (daemons, tools, the exec shim), or a
-# podman API service a test started. scripts/test.sh runs it last.
+# (labels fm.worker, fm.probe), a process of ours (daemons, tools, the exec shim), a
+# podman API service or an etcd member a test started. scripts/test.sh runs it last.
 set -uo pipefail
 status=0
 if command -v podman >/dev/null; then
@@ -20,6 +20,11 @@ for name in fm-broker fm-scheduler fm-worker fm-submit fm-tap fm-ctl fm-cgexec; 
     status=1
   fi
 done
+# etcd members the tests started (their data under /tmp/fm-test-*).
+if members=$(pgrep -f '^/usr/bin/etcd --name m1 --data-dir /tmp/'); then
+  echo "check-leftovers: etcd members of tests still running: $(echo $members)" >&2
+  status=1
+fi
 if services=$(pgrep -f '^/usr/bin/podman system service --time=0 unix:///tmp/'); then
   echo "check-leftovers: podman API services of tests still running: $(echo $services)" >&2
   status=1

@@ -78,6 +78,7 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
   bool ok = true;
   std::string message;
   std::vector<flatbuffers::Offset<wire::WorkerView>> workers;
+  flatbuffers::Offset<wire::HaView> ha = 0;
   std::vector<flatbuffers::Offset<wire::TaskView>> tasks;
   std::vector<flatbuffers::Offset<wire::Event>> events;
   uint64_t next_page = 0;
@@ -87,6 +88,7 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
     case wire::ControlOp::Tasks:
     case wire::ControlOp::Task:
     case wire::ControlOp::Ping:
+    case wire::ControlOp::Ha:
       if (!e.Authorized(from, bus::Action::kList)) return;
       break;
     case wire::ControlOp::Drain:
@@ -113,6 +115,16 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
       break;
     case wire::ControlOp::Workers:
       workers = views::Workers(fbb, e.fleet_, now_ms);
+      break;
+    case wire::ControlOp::Ha:
+      if (e.options_.leadership_epoch == 0) {
+        message = "this scheduler runs without --etcd: no leader election, no standby";
+        break;
+      }
+      ha = wire::CreateHaView(fbb, fbb.CreateString(e.options_.leader.name), fbb.CreateString(e.options_.leader.node),
+                              fbb.CreateString(e.options_.leader.describe), e.options_.leadership_epoch,
+                              e.options_.leader.since_ms, e.options_.leader.forced,
+                              codec::ToWire(fbb, std::vector<std::string>{e.options_.leader.node}));
       break;
     case wire::ControlOp::Snapshot:
       if (target.empty() || target[0] != '/') {
@@ -218,7 +230,7 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
   }
   auto reply =
       wire::CreateControlReply(fbb, req.correlation(), ok, fbb.CreateString(message), fbb.CreateVector(workers),
-                               fbb.CreateVector(tasks), next_page, events.empty() ? 0 : fbb.CreateVector(events));
+                               fbb.CreateVector(tasks), next_page, events.empty() ? 0 : fbb.CreateVector(events), ha);
   e.Send(from, codec::Seal(fbb, reply));
 }
 

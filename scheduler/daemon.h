@@ -87,10 +87,11 @@ class SchedulerDaemon {
   // REQUIRES: Open() succeeded.
   void Attach(bus::Loop& loop);
   // Before Open: this scheduler leads (with --etcd); `what` says which leadership.
-  void Lead(const ha::Leadership* leadership, std::string what) {
+  void Lead(const ha::Leadership* leadership, const ha::LeadershipOptions& ha, std::string what) {
     options_.leadership = leadership;
     options_.engine.leadership = std::move(what);
     options_.engine.leadership_epoch = leadership->epoch();
+    options_.engine.leader = {ha.name, ha.node, ha.describe, leadership->since_ms(), leadership->forced()};
   }
   // 0 after a normal stop; 1 when the store was removed or replaced while running.
   int exit_code() const { return exit_code_; }

@@ -62,6 +62,11 @@ struct EngineOptions {
   // scheduler.started and fm-ctl ping. Empty: a scheduler on its own.
   std::string leadership;
   uint64_t leadership_epoch = 0;  // stamped on every event (0: none)
+  struct Leadership {
+    std::string name, node, describe;
+    uint64_t since_ms = 0;
+    bool forced = false;
+  } leader;  // fm-ctl ha (with leadership_epoch)
   // Tasks whose only eligible workers were lost wait this long for one to come back
   // before they fail no_eligible_worker (0: they fail at once).
   uint64_t reconnect_grace_ms = 30000;

@@ -153,7 +153,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     leadership = std::move(*led);
-    daemon.Lead(leadership.get(), "leader of " + ha.name + " as " + ha.node + ", epoch " +
+    daemon.Lead(leadership.get(), ha, "leader of " + ha.name + " as " + ha.node + ", epoch " +
                                       std::to_string(leadership->epoch()) +
                                       (leadership->forced() ? " (promoted by force)" : ""));
   }

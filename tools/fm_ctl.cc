@@ -1,6 +1,6 @@
 // fm-ctl [--broker URL] [--json] workers | tasks [--state S] [--worker W] [--owner O] [--limit N] | task TASK
 //        | drain (WORKER... | --node NODE) [--reason TEXT] [--wait [--deadline D]] | undrain WORKER
-//        | cancel TASK | ping | snapshot DIR | ssh TASK | logs TASK [--attempt N] [--stream S] [--follow]
+//        | cancel TASK | ping | ha | snapshot DIR | ssh TASK | logs TASK [--attempt N] [--stream S] [--follow]
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -16,6 +16,7 @@
 
 #include "runtime/logging.h"
 #include "schemas/json.h"
+#include "schemas/text.h"
 #include "schemas/units.h"
 #include "schemas/vocabulary.h"
 #include "tools/follow.h"
@@ -302,6 +303,7 @@ int main(int argc, char** argv) {
   auto* cancel = app.add_subcommand("cancel", "cancel a task");
   cancel->add_option("task", target, "task id (t42)")->required();
   auto* ping = app.add_subcommand("ping", "exits 0 when the scheduler answers (within --timeout), 1 when not");
+  auto* ha = app.add_subcommand("ha", "the leadership through etcd: leader, epoch, since when, the in-sync set");
   auto* ssh = app.add_subcommand("ssh", "wait until a session task's sshd answers, then ssh into it");
   std::string ssh_identity;
   bool ssh_print = false;
@@ -320,7 +322,7 @@ int main(int argc, char** argv) {
   logs->add_option("--stream", logs_stream, "only stdout or only stderr")->check(CLI::IsMember({"stdout", "stderr"}));
   logs->add_flag("-f,--follow", logs_follow,
                  "go on as it writes until the attempt ends, then exit with its exit status");
-  for (auto* sub : {workers, tasks, task, logs}) sub->add_flag("--json", json, "print JSON");
+  for (auto* sub : {workers, tasks, task, logs, ha}) sub->add_flag("--json", json, "print JSON");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-ctl", argc, argv); rc >= 0) return rc;
 
   if (drain->parsed() && drain_workers.empty() == drain_node.empty()) {
@@ -346,6 +348,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   fm::wire::ControlOp op = ping->parsed()       ? fm::wire::ControlOp::Ping
+                           : ha->parsed()       ? fm::wire::ControlOp::Ha
                            : snapshot->parsed() ? fm::wire::ControlOp::Snapshot
                            : workers->parsed()  ? fm::wire::ControlOp::Workers
                            : tasks->parsed()    ? fm::wire::ControlOp::Tasks
@@ -405,6 +408,30 @@ int main(int argc, char** argv) {
     return 0;
   }
   fm::JsonCodec codec;
+  if (op == fm::wire::ControlOp::Ha) {
+    const fm::wire::HaView* h = r->ha();
+    if (h == nullptr) {
+      if (json) {
+        std::printf("{}\n");
+      } else {
+        std::printf("%s\n", fm::Printable(fm::codec::Str(r->message())).c_str());
+      }
+      return 0;
+    }
+    if (json) {
+      std::printf("%s\n", codec.TableToJson(h, "fm.wire.HaView").c_str());
+      return 0;
+    }
+    auto text = [](const flatbuffers::String* s) { return fm::Printable(fm::codec::Str(s)); };
+    std::string in_sync;
+    for (const auto& m : fm::codec::Strings(h->in_sync())) in_sync += (in_sync.empty() ? "" : ", ") + fm::Printable(m);
+    std::printf("cluster   %s\nleader    %s (%s)%s\nepoch     %llu\nsince     %s\nin sync   %s\n",
+                text(h->name()).c_str(), text(h->leader()).c_str(), text(h->describe()).c_str(),
+                h->forced() ? ", promoted by force" : "", static_cast<unsigned long long>(h->epoch()),
+                fm::FormatTimeMs(h->since_ms()).c_str(), in_sync.c_str());
+    std::printf("standbys  not followed yet: until the leader ships its batches to them, none is in sync\n");
+    return 0;
+  }
   if (op == fm::wire::ControlOp::Workers) {
     if (json) {
       PrintJsonArray(codec, r->workers(), "fm.wire.WorkerView");

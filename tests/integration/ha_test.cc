@@ -61,6 +61,11 @@ TEST_CASE(
   };
   auto b = start_b({});
   REQUIRE(b->WaitFor("standby for fm: led by a (host", 10000, 1, true));
+  ToolRun ha_text = c.Ctl({"ha"});
+  CHECK(ha_text.out.find("leader    a (host ") != std::string::npos);
+  CHECK(ha_text.out.find("epoch     " + std::to_string(first) + "\n") != std::string::npos);
+  CHECK(ha_text.out.find("in sync   a\n") != std::string::npos);
+  CHECK(c.Ctl({"ha", "--json"}).out.find("\"epoch\": " + std::to_string(first)) != std::string::npos);
 
   SECTION("the leader's kill -9 leaves the standby waiting, and the leader back leads with a greater epoch") {
     c.KillScheduler();

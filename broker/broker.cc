@@ -558,23 +558,48 @@ void Broker::HandleClaim(const std::string& pipe, const std::string& address, co
       return Refuse(pipe, peer, wire::ErrorCode::Unauthorized, s.message(), address);
     }
   }
-  if (address == kSchedulerAddress && epoch != scheduler_epoch_) {
+  if (address == kSchedulerAddress) {
+    // Leaderships elected through etcd (DESIGN.md "A standby scheduler"): the greatest
+    // epoch is routed to, older ones fenced. Bounded: an epoch is an etcd revision, and
+    // an older one is refused only while the newer one's holder is there or was in the
+    // last 10 s (no lockout outlives a bad claim; a scheduler without --etcd is epoch 0).
+    constexpr uint64_t kMaxEpoch = uint64_t{1} << 48, kRememberMs = 10'000;
+    if (epoch >= kMaxEpoch) {
+      return Refuse(pipe, peer, wire::ErrorCode::Malformed,
+                    "epoch " + std::to_string(epoch) + " is beyond any etcd revision", address);
+    }
+    auto holder = pipes_.find(address);
+    const bool held = holder != pipes_.end() && holder->second != pipe;
+    if (epoch < scheduler_epoch_ && !held && now > scheduler_epoch_seen_ms_ + kRememberMs) {
+      options_.logger->info("fm-scheduler: epoch {} has been gone for {} s: forgotten", scheduler_epoch_,
+                            kRememberMs / 1000);
+      scheduler_epoch_ = 0;
+    }
     if (epoch < scheduler_epoch_) {
       return Refuse(pipe, peer, wire::ErrorCode::Fenced,
                     "fenced: fm-scheduler is led by epoch " + std::to_string(scheduler_epoch_) +
                         " and this scheduler's is " + std::to_string(epoch) + " (a newer leader was elected)",
                     address);
     }
-    options_.logger->info("fm-scheduler: epoch {} leads from now on (was {})", epoch, scheduler_epoch_);
-    scheduler_epoch_ = epoch;
-    auto stale = pipes_.find(address);
-    if (stale != pipes_.end() && stale->second != pipe) {
-      // Told, and no longer routed to, whether or not its connection is still open.
-      const std::string old = stale->second;
-      ErrorToPipe(old, wire::ErrorCode::Fenced,
-                  "fenced: epoch " + std::to_string(epoch) + " leads fm-scheduler from now on", address);
-      Unclaim(old);
+    if (epoch > scheduler_epoch_) {
+      // Taking over from a live holder: only a scheduler elected through etcd is replaced
+      // so (never one on its own), and without CURVE only by a claim of the same kind.
+      if (held && claims_[holder->second].epoch == 0 && !secure_) {
+        return Refuse(pipe, peer, wire::ErrorCode::Unauthorized,
+                      "address \"fm-scheduler\" is held by a scheduler without --etcd that is still connected",
+                      address);
+      }
+      options_.logger->info("fm-scheduler: epoch {} leads from now on (was {})", epoch, scheduler_epoch_);
+      scheduler_epoch_ = epoch;
+      if (held) {
+        // Told, and no longer routed to, whether or not its connection is still open.
+        const std::string old = holder->second;
+        ErrorToPipe(old, wire::ErrorCode::Fenced,
+                    "fenced: epoch " + std::to_string(epoch) + " leads fm-scheduler from now on", address);
+        Unclaim(old);
+      }
     }
+    scheduler_epoch_seen_ms_ = now;
   }
   auto mine = claims_.find(pipe);
   if (mine != claims_.end() && mine->second.address == address) {
@@ -604,7 +629,7 @@ void Broker::HandleClaim(const std::string& pipe, const std::string& address, co
                       " addresses on open connections",
                   address);
   }
-  claims_[pipe] = Claim{address, peer, now};
+  claims_[pipe] = Claim{address, peer, now, address == kSchedulerAddress ? epoch : 0};
   pipes_[address] = pipe;
   if (!IsBroker(address) && table_.SeenLocal(address, now)) announce_now_ = true;
 }

@@ -214,6 +214,7 @@ size_t SchedulerDaemon::DrainDirected() {
                          ": it has a full queue of messages waiting here (the scheduler serves every peer in "
                          "turn); it must wait for answers");
     if (msg->from != bus::kBrokerAddress) {
+      CheckLease();
       client_->Send(msg->from, codec::EncodeError(wire::ErrorCode::Busy,
                                                   "the scheduler holds too many of your messages; send fewer at "
                                                   "once (wait for answers)"));
@@ -306,12 +307,16 @@ void SchedulerDaemon::CheckStoreIdentity() {
   loop_->Stop();
 }
 
-void SchedulerDaemon::SendOut(Outbox& out) {
+void SchedulerDaemon::CheckLease() const {
   // A leader that may have lost its lease (a stall, etcd out of reach) sends nothing: a
   // standby may lead by now.
   if (options_.leadership != nullptr && !options_.leadership->Valid()) {
     options_.leadership->Fence("its lease in etcd may have expired before this turn's output was sent");
   }
+}
+
+void SchedulerDaemon::SendOut(Outbox& out) {
+  CheckLease();
   for (auto& d : out.directed) {
     if (!client_->Send(d.to, d.payload)) {
       options_.logger->warn("could not queue a message to {} (high-water mark); it will be re-sent", d.to);
@@ -363,6 +368,7 @@ void SchedulerDaemon::Snapshot(const SnapshotRequest& request) {
   }
   flatbuffers::FlatBufferBuilder fbb(256);
   auto reply = wire::CreateControlReply(fbb, request.correlation, s.ok(), fbb.CreateString(message));
+  CheckLease();  // a long checkpoint may have outlived the lease
   client_->Send(request.from, codec::Seal(fbb, reply));
 }
 

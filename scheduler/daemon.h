@@ -86,6 +86,9 @@ class SchedulerDaemon {
   Status Open();
   // REQUIRES: Open() succeeded.
   void Attach(bus::Loop& loop);
+  // Ends the process when this scheduler leads through etcd and its lease may be gone
+  // (called before anything is sent).
+  void CheckLease() const;
   // Before Open: this scheduler leads (with --etcd); `what` says which leadership.
   void Lead(const ha::Leadership* leadership, const ha::LeadershipOptions& ha, std::string what) {
     options_.leadership = leadership;

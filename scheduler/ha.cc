@@ -2,10 +2,16 @@
 
 #include <curl/curl.h>
 #include <sodium.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 namespace fm::ha {
@@ -13,6 +19,16 @@ namespace {
 
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
+
+// The leader's deadline runs on CLOCK_BOOTTIME: unlike the monotonic clock it counts a
+// host's suspension, during which etcd's lease runs out all the same.
+int64_t BootNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+int64_t NsOf(std::chrono::nanoseconds d) { return d.count(); }
 
 // etcd's answers are a few hundred bytes; a peer that sends more is not etcd.
 constexpr size_t kMaxReplyBytes = 1 << 20;
@@ -62,9 +78,18 @@ int64_t Int(const json& object, const char* name) {
   if (!object.is_object()) return 0;
   auto it = object.find(name);
   if (it == object.end()) return 0;
-  if (it->is_number_integer()) return it->get<int64_t>();
+  if (it->is_number_integer()) {
+    const int64_t v = it->get<int64_t>();
+    return v >= 0 ? v : 0;
+  }
   if (!it->is_string()) return 0;
-  return std::strtoll(it->get<std::string>().c_str(), nullptr, 10);
+  // Revisions, lease ids and TTLs: non-negative int64, or not believed.
+  const std::string& text = it->get_ref<const std::string&>();
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (errno != 0 || end == text.c_str() || *end != '\0' || v < 0) return 0;
+  return v;
 }
 
 EtcdClient::KeyValue ParseKeyValue(const json& kv) {
@@ -94,34 +119,34 @@ size_t Append(char* data, size_t size, size_t count, void* out) {
   return size * count;
 }
 
-std::string IsrValue(uint64_t epoch, const std::vector<std::string>& members) {
-  return json{{"epoch", epoch}, {"members", members}}.dump();
+// A member of the in-sync set: a scheduler (its node name) with one store (its id).
+struct Member {
+  std::string node, store;
+};
+
+std::string IsrValue(uint64_t epoch, const Member& only) {
+  json members = json::array({json{{"node", only.node}, {"store", only.store}}});
+  return json{{"epoch", epoch}, {"members", members}}.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
-std::vector<std::string> IsrMembers(const std::string& value) {
+std::vector<Member> IsrMembers(const std::string& value) {
   const json isr = json::parse(value, nullptr, false);
-  std::vector<std::string> out;
+  std::vector<Member> out;
   if (const json& members = Field(isr, "members"); members.is_array()) {
-    for (const auto& m : members) {
-      if (m.is_string()) out.push_back(m.get<std::string>());
-    }
+    for (const auto& m : members) out.push_back({Text(m, "node"), Text(m, "store")});
   }
   return out;
 }
 
-std::string Join(const std::vector<std::string>& items) {
+std::string Join(const std::vector<Member>& members) {
   std::string out;
-  for (const auto& i : items) out += (out.empty() ? "" : ", ") + i;
+  for (const auto& m : members) out += (out.empty() ? "" : ", ") + m.node;
   return out;
 }
 
 uint64_t WallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-int64_t Ns(Clock::time_point t) {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
 }  // namespace
@@ -144,7 +169,11 @@ Result<std::string> EtcdClient::Post(const std::string& path, const std::string&
   if (curl_ == nullptr) return Status::Internal("libcurl could not be initialized");
   CURL* curl = static_cast<CURL*>(curl_);
   std::string problems;
+  // One budget for the whole call, however many endpoints are tried.
+  const auto until = Clock::now() + std::chrono::milliseconds(timeout_ms_);
   for (size_t tried = 0; tried < endpoints_.size(); ++tried) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
+    if (left <= 0) break;
     const std::string url = endpoints_[current_] + path;
     std::string reply;
     curl_easy_reset(curl);
@@ -153,8 +182,8 @@ Result<std::string> EtcdClient::Post(const std::string& path, const std::string&
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
     curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
-    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_ms_));
-    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(std::min<uint64_t>(timeout_ms_, 500)));
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(left));
+    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(std::min<int64_t>(left, 500)));
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
@@ -165,15 +194,16 @@ Result<std::string> EtcdClient::Post(const std::string& path, const std::string&
     curl_slist_free_all(headers);
     if (rc == CURLE_OK && status == 200) return reply;
     problems += (problems.empty() ? "" : "; ") + endpoints_[current_] + ": " +
-                (rc != CURLE_OK ? std::string(curl_easy_strerror(rc)) : "HTTP " + std::to_string(status) + " " + reply);
+                (rc != CURLE_OK ? std::string(curl_easy_strerror(rc))
+                                : "HTTP " + std::to_string(status) + " " + reply.substr(0, 200));
     if (rc == CURLE_OK && status >= 400 && status < 500) break;  // the request is wrong, not the endpoint
     current_ = (current_ + 1) % endpoints_.size();
   }
-  return Status::Unavailable(problems);
+  return Status::Unavailable(problems.empty() ? "no time left to ask etcd" : problems);
 }
 
 Result<int64_t> EtcdClient::GrantLease(int64_t ttl_seconds) {
-  auto text = Post("/v3/lease/grant", json{{"TTL", ttl_seconds}}.dump());
+  auto text = Post("/v3/lease/grant", json{{"TTL", ttl_seconds}}.dump(-1, ' ', false, json::error_handler_t::replace));
   if (!text.ok()) return text.status();
   auto reply = ParseReply(*text, "lease grant");
   if (!reply.ok()) return reply.status();
@@ -183,7 +213,8 @@ Result<int64_t> EtcdClient::GrantLease(int64_t ttl_seconds) {
 }
 
 Result<int64_t> EtcdClient::KeepAlive(int64_t lease) {
-  auto text = Post("/v3/lease/keepalive", json{{"ID", std::to_string(lease)}}.dump());
+  auto text = Post("/v3/lease/keepalive",
+                   json{{"ID", std::to_string(lease)}}.dump(-1, ' ', false, json::error_handler_t::replace));
   if (!text.ok()) return text.status();
   auto reply = ParseReply(*text, "lease keepalive");
   if (!reply.ok()) return reply.status();
@@ -193,14 +224,15 @@ Result<int64_t> EtcdClient::KeepAlive(int64_t lease) {
 }
 
 Status EtcdClient::Revoke(int64_t lease) {
-  auto text = Post("/v3/lease/revoke", json{{"ID", std::to_string(lease)}}.dump());
+  auto text = Post("/v3/lease/revoke",
+                   json{{"ID", std::to_string(lease)}}.dump(-1, ' ', false, json::error_handler_t::replace));
   if (!text.ok()) return text.status();
   auto reply = ParseReply(*text, "lease revoke");
   return reply.ok() ? Status::Ok() : reply.status();
 }
 
 Result<std::optional<EtcdClient::KeyValue>> EtcdClient::Get(const std::string& key) {
-  auto text = Post("/v3/kv/range", json{{"key", Base64(key)}}.dump());
+  auto text = Post("/v3/kv/range", json{{"key", Base64(key)}}.dump(-1, ' ', false, json::error_handler_t::replace));
   if (!text.ok()) return text.status();
   auto reply = ParseReply(*text, "get " + key);
   if (!reply.ok()) return reply.status();
@@ -217,7 +249,7 @@ Result<std::pair<bool, EtcdClient::KeyValue>> EtcdClient::CreateIfAbsent(const s
       {"success", {{{"requestPut", {{"key", k}, {"value", Base64(value)}, {"lease", std::to_string(lease)}}}}}},
       {"failure", {{{"requestRange", {{"key", k}}}}}},
   };
-  auto text = Post("/v3/kv/txn", txn.dump());
+  auto text = Post("/v3/kv/txn", txn.dump(-1, ' ', false, json::error_handler_t::replace));
   if (!text.ok()) return text.status();
   auto reply = ParseReply(*text, "create " + key);
   if (!reply.ok()) return reply.status();
@@ -250,7 +282,7 @@ Result<bool> EtcdClient::PutIf(const std::string& key, const std::string& value,
         {{"key", k}, {"target", "MOD"}, {"result", "EQUAL"}, {"modRevision", std::to_string(key_modified)}}}},
       {"success", {{{"requestPut", {{"key", k}, {"value", Base64(value)}}}}}},
   };
-  auto text = Post("/v3/kv/txn", txn.dump());
+  auto text = Post("/v3/kv/txn", txn.dump(-1, ' ', false, json::error_handler_t::replace));
   if (!text.ok()) return text.status();
   auto reply = ParseReply(*text, "put " + key);
   if (!reply.ok()) return reply.status();
@@ -276,6 +308,32 @@ Result<std::vector<std::string>> ParseEtcdEndpoints(const std::string& list) {
     start = comma + 1;
   }
   return out;
+}
+
+Status StoreIdentity(const std::string& data_dir, std::string* id, bool* fresh) {
+  std::error_code ec;
+  std::filesystem::create_directories(data_dir, ec);
+  if (ec) return Status::Io("cannot create data directory " + data_dir + ": " + ec.message());
+  ::chmod(data_dir.c_str(), 0700);
+  *fresh = !std::filesystem::exists(data_dir + "/store/CURRENT", ec);
+  const std::string path = data_dir + "/ha-store-id";
+  if (std::ifstream in(path); in) {
+    std::getline(in, *id);
+    if (id->size() == 32) return Status::Ok();
+  }
+  unsigned char bytes[16];
+  randombytes_buf(bytes, sizeof bytes);
+  char hex[33];
+  sodium_bin2hex(hex, sizeof hex, bytes, sizeof bytes);
+  *id = hex;
+  const std::string tmp = path + ".new";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << *id << "\n";
+    if (!out.flush()) return Status::Io("cannot write " + tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) return Status::Io("cannot write " + path + ": " + strerror(errno));
+  return Status::Ok();
 }
 
 Leadership::Leadership(const LeadershipOptions& options, spdlog::logger& log) : options_(options), log_(log) {
@@ -330,18 +388,33 @@ Result<std::unique_ptr<Leadership>> Leadership::Acquire(const LeadershipOptions&
       pause(500);
       continue;
     }
-    const std::vector<std::string> members = *isr ? IsrMembers((*isr)->value) : std::vector<std::string>{};
-    const bool member = !*isr || std::find(members.begin(), members.end(), options.node) != members.end();
+    // In sync: named with this very store. With no set at all (the first leader, or an
+    // etcd new or emptied) only a scheduler whose store is still empty may lead.
+    const std::vector<Member> members = *isr ? IsrMembers((*isr)->value) : std::vector<Member>{};
+    const Member* named = nullptr;
+    for (const auto& m : members) {
+      if (m.node == options.node) named = &m;
+    }
+    const bool member = *isr ? named != nullptr && named->store == options.store : options.fresh_store;
     if (!member && !options.force_promotion) {
-      say(spdlog::level::err,
-          "will not lead " + options.name + ": this scheduler (" + options.node + ") is not in the in-sync set [" +
-              Join(members) +
-              "], so its store may lack what the last leader acknowledged; start that scheduler again, or lead "
-              "anyway with --ha-force-promotion (what only it had is lost)");
+      std::string why;
+      if (!*isr) {
+        why =
+            "the in-sync set is missing from etcd (a new or emptied etcd?) and this scheduler's store already "
+            "holds data: only an operator knows whether it is the latest";
+      } else if (named != nullptr) {
+        why = "its store (id " + options.store + ") is not the one the in-sync set names (" + named->store +
+              "): its data directory was replaced or emptied, and may lack what was acknowledged";
+      } else {
+        why = "this scheduler (" + options.node + ") is not in the in-sync set [" + Join(members) +
+              "], so its store may lack what the last leader acknowledged; start that scheduler again";
+      }
+      say(spdlog::level::err, "will not lead " + options.name + ": " + why +
+                                  "; or lead anyway with --ha-force-promotion (what only the last leader had is lost)");
       pause(1000);
       continue;
     }
-    const auto sent = Clock::now();
+    const int64_t sent = BootNs();
     auto lease = etcd.GrantLease(ttl_s);
     if (!lease.ok()) {
       say(spdlog::level::warn, "standby for " + options.name + ": " + lease.status().message());
@@ -355,10 +428,17 @@ Result<std::unique_ptr<Leadership>> Leadership::Acquire(const LeadershipOptions&
       continue;  // another took it first: said at the next read
     }
     const int64_t epoch = won->second.create_revision;
+    if (epoch >= kMaxEpoch) {  // a revision no etcd reaches: not believed (the broker would keep it)
+      (void)etcd.Revoke(*lease);
+      say(spdlog::level::err, "standby for " + options.name + ": etcd gave revision " + std::to_string(epoch) +
+                                  " to the leader key, beyond any real one; not leading on it");
+      pause(1000);
+      continue;
+    }
     // The in-sync set is this leader alone until standbys are shipped its batches; the
     // write fails if the set changed since it was read (then all over again).
-    auto put =
-        etcd.PutIf(isr_key, IsrValue(epoch, {options.node}), me->leader_key_, epoch, *isr ? (*isr)->mod_revision : 0);
+    auto put = etcd.PutIf(isr_key, IsrValue(epoch, {options.node, options.store}), me->leader_key_, epoch,
+                          *isr ? (*isr)->mod_revision : 0);
     if (!put.ok() || !*put) {
       (void)etcd.Revoke(*lease);
       say(spdlog::level::warn, "standby for " + options.name + ": the in-sync set changed while taking the lead" +
@@ -369,7 +449,13 @@ Result<std::unique_ptr<Leadership>> Leadership::Acquire(const LeadershipOptions&
     me->epoch_ = static_cast<uint64_t>(epoch);
     me->since_ms_ = WallMs();
     me->forced_ = !member;
-    me->deadline_ns_ = Ns(sent + std::chrono::seconds(ttl_s) - margin);
+    me->deadline_ns_ = sent + NsOf(std::chrono::seconds(ttl_s) - margin);
+    if (!me->Valid()) {
+      // Taking the lead took most of the lease (etcd slow): never lead on borrowed time.
+      (void)etcd.Revoke(*lease);
+      say(spdlog::level::warn, "standby for " + options.name + ": etcd answered too slowly to lead safely");
+      continue;
+    }
     if (me->forced_) {
       log.warn(
           "leading {} as {} (epoch {}) BY FORCE: not in the in-sync set [{}]; what only its last leader "
@@ -395,10 +481,10 @@ Leadership::~Leadership() {
   if (lease_ != 0) (void)etcd_->Revoke(lease_);
 }
 
-bool Leadership::Valid() const { return Ns(Clock::now()) < deadline_ns_.load(); }
+bool Leadership::Valid() const { return BootNs() < deadline_ns_.load(); }
 
 double Leadership::seconds_left() const {
-  return std::max<double>(0, static_cast<double>(deadline_ns_.load() - Ns(Clock::now())) / 1e9);
+  return std::max<double>(0, static_cast<double>(deadline_ns_.load() - BootNs()) / 1e9);
 }
 
 void Leadership::Fence(const std::string& why) const {
@@ -409,29 +495,35 @@ void Leadership::Fence(const std::string& why) const {
 }
 
 void Leadership::KeepAliveLoop() {
-  const auto every = std::chrono::milliseconds(options_.lease_ms / 3);
-  const auto retry = std::chrono::milliseconds(100);
+  const int64_t every = NsOf(std::chrono::milliseconds(options_.lease_ms / 3));
+  const int64_t retry = NsOf(std::chrono::milliseconds(100));
   const int64_t ttl_s = static_cast<int64_t>((options_.lease_ms + 999) / 1000);
-  const auto margin = std::chrono::milliseconds(std::max<uint64_t>(500, options_.lease_ms / 6));
-  auto next = Clock::now() + every;
+  const int64_t validity =
+      NsOf(std::chrono::seconds(ttl_s) - std::chrono::milliseconds(std::max<uint64_t>(500, options_.lease_ms / 6)));
+  int64_t next = BootNs();  // renewed at once: taking the lead may have used much of the lease
   std::string last_problem;
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      const auto deadline = Clock::time_point(std::chrono::nanoseconds(deadline_ns_.load()));
-      wake_.wait_until(lock, std::min(next, deadline), [this] { return stopping_; });
+      const int64_t wake = std::min(next, deadline_ns_.load());
+      wake_.wait_for(lock, std::chrono::nanoseconds(std::max<int64_t>(wake - BootNs(), 0)),
+                     [this] { return stopping_; });
       if (stopping_) return;
     }
     if (!Valid()) {
       Fence("its lease in etcd was not renewed in time" +
             (last_problem.empty() ? std::string(" (the process or its host stalled)") : ": " + last_problem));
     }
-    if (Clock::now() < next) continue;
-    const auto sent = Clock::now();
+    if (BootNs() < next) continue;
+    const int64_t sent = BootNs();
+    // A renewal may not outlast the time the lease is known to be alive: past it the
+    // leader must be able to stop.
+    etcd_->set_timeout_ms(static_cast<uint64_t>(
+        std::clamp<int64_t>((deadline_ns_.load() - sent) / 1'000'000, 1, static_cast<int64_t>(options_.lease_ms / 4))));
     auto ttl = etcd_->KeepAlive(lease_);
     if (ttl.ok() && *ttl > 0) {
       // etcd keeps the lease at least its TTL from this renewal, counted from before it was sent.
-      deadline_ns_ = std::max(deadline_ns_.load(), Ns(sent + std::chrono::seconds(ttl_s) - margin));
+      deadline_ns_ = std::max(deadline_ns_.load(), sent + validity);
       ++renewals_;
       last_problem.clear();
       next = sent + every;
@@ -443,7 +535,7 @@ void Leadership::KeepAliveLoop() {
                   seconds_left());
       }
       last_problem = ttl.status().message();
-      next = Clock::now() + retry;
+      next = BootNs() + retry;
     }
   }
 }

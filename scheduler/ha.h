@@ -64,6 +64,8 @@ class EtcdClient {
   Result<bool> PutIf(const std::string& key, const std::string& value, const std::string& guard, int64_t guard_created,
                      int64_t key_modified);
 
+  // The budget of each call from now on (all endpoints tried within it).
+  void set_timeout_ms(uint64_t timeout_ms) { timeout_ms_ = timeout_ms; }
   // The endpoint that last answered (for messages).
   const std::string& endpoint() const { return endpoints_[current_]; }
 
@@ -80,7 +82,9 @@ struct LeadershipOptions {
   std::vector<std::string> etcd;  // endpoints
   std::string name = "fm";        // the cluster's name: keys under /fm/NAME/
   uint64_t lease_ms = 3000;
-  std::string node;              // this scheduler's name in the in-sync set (default: host name)
+  std::string node;              // this scheduler's name in the in-sync set
+  std::string store;             // its store's id (DATA/ha-store-id), so that a replaced one is told apart
+  bool fresh_store = false;      // the store holds nothing yet
   bool force_promotion = false;  // lead even when not in the in-sync set (an operator's act)
   std::string describe;          // what the leader key says of it (host, pid, data directory)
   // Called while waiting, at least every lease, with what the standby is waiting for
@@ -90,6 +94,11 @@ struct LeadershipOptions {
 
 // Parses --etcd's comma-separated list (each http://HOST:PORT).
 Result<std::vector<std::string>> ParseEtcdEndpoints(const std::string& list);
+
+// The id of the store in `data_dir` (DATA/ha-store-id, made with the directory if
+// missing) and whether that store holds nothing yet: the in-sync set names stores, so a
+// directory replaced or emptied is never taken for the one that was in sync.
+Status StoreIdentity(const std::string& data_dir, std::string* id, bool* fresh);
 
 class Leadership {
  public:
@@ -104,7 +113,8 @@ class Leadership {
   const std::string& leader_key() const { return leader_key_; }
   uint64_t since_ms() const { return since_ms_; }  // wall clock
   bool forced() const { return forced_; }
-  // True while the lease is known to be alive (checked against a monotonic clock).
+  // True while the lease is known to be alive (checked against CLOCK_BOOTTIME, which
+  // also counts a suspended host's time).
   bool Valid() const;
   // Logs why, then ends the process at once: a leader that may no longer lead sends
   // nothing more.
@@ -114,11 +124,12 @@ class Leadership {
   double seconds_left() const;
 
   static constexpr int kFencedExitCode = 3;
+  static constexpr int64_t kMaxEpoch = int64_t{1} << 48;  // revisions below; the broker refuses above
 
  private:
   Leadership(const LeadershipOptions& options, spdlog::logger& log);
   void KeepAliveLoop();
-  // The instant (steady clock, ns) past which nothing may be released.
+  // The instant (CLOCK_BOOTTIME, ns) past which nothing may be released.
   std::atomic<int64_t> deadline_ns_{0};
   LeadershipOptions options_;
   spdlog::logger& log_;

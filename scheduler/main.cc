@@ -126,14 +126,20 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // Declared first, so gone last: the lease is revoked (a standby may lead) only once the
+  // ZeroMQ context has ended, that is once what was queued has left or been dropped.
+  std::unique_ptr<fm::ha::Leadership> leadership;
   zmq::context_t context(1);
-  fm::bus::Loop loop;                              // outlives the daemon, whose commit thread reports on it
-  std::unique_ptr<fm::ha::Leadership> leadership;  // outlives the daemon, which asks it before sending
+  fm::bus::Loop loop;  // outlives the daemon, whose commit thread reports on it
   fm::sched::SchedulerDaemon daemon(context, options);
   if (daemon_flags.check_config) {
     return fm::ops::CheckConfig("fm-scheduler", daemon_flags.metrics_listen, daemon.Check());
   }
   if (!ha.etcd.empty()) {
+    if (fm::Status s = fm::ha::StoreIdentity(options.data_dir, &ha.store, &ha.fresh_store); !s.ok()) {
+      spdlog::error("{}", s.message());
+      return 1;
+    }
     // A standby waits here, its store closed, until it leads; a signal ends the wait.
     struct sigaction stop {};
     stop.sa_handler = [](int) { stop_waiting = true; };
@@ -153,9 +159,13 @@ int main(int argc, char** argv) {
       return 0;
     }
     leadership = std::move(*led);
-    daemon.Lead(leadership.get(), ha, "leader of " + ha.name + " as " + ha.node + ", epoch " +
-                                      std::to_string(leadership->epoch()) +
-                                      (leadership->forced() ? " (promoted by force)" : ""));
+    if (stop_waiting) {  // a signal as it won: stop (the lease is revoked on the way out)
+      spdlog::info("stopped as it took the lead of {}", ha.name);
+      return 0;
+    }
+    daemon.Lead(leadership.get(), ha,
+                "leader of " + ha.name + " as " + ha.node + ", epoch " + std::to_string(leadership->epoch()) +
+                    (leadership->forced() ? " (promoted by force)" : ""));
   }
   if (fm::Status s = daemon.Open(); !s.ok()) {
     spdlog::error("{}", s.message());

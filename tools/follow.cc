@@ -151,9 +151,31 @@ void EventFollower::Fail(const std::string& message) {
 }
 
 bool EventFollower::Fenced(const wire::Event& e) {
+  if (e.epoch() == 0) return false;  // a scheduler without etcd: nothing to fence by
   if (e.epoch() > epoch_) {
+    const uint64_t older = epoch_;
     epoch_ = e.epoch();
     epoch_floor_ = e.seq();
+    if (next_ > 0 && e.seq() < next_) {
+      // Below what was handed on: a stream of its own (a standby promoted by force, from
+      // seq 1). Followed from its start, fetched as a gap; what its store holds of older
+      // leaderships is not this stream and is dropped.
+      std::fprintf(stderr,
+                   "%s: epoch %llu leads with a stream of its own (a scheduler promoted by force): "
+                   "following it from its start\n",
+                   tool_.c_str(), static_cast<unsigned long long>(e.epoch()));
+      next_ = 1;
+      epoch_floor_ = 0;
+      buffered_.clear();
+    } else if (older != 0) {
+      // Held back ahead of a gap: an older leadership's from here on are a stale leader's.
+      for (auto it = buffered_.lower_bound(e.seq()); it != buffered_.end();) {
+        auto env = codec::Decode(it->second.data(), it->second.size());
+        const bool stale = !env.ok() || (*env)->body_as_Event() == nullptr ||
+                           ((*env)->body_as_Event()->epoch() != 0 && (*env)->body_as_Event()->epoch() < epoch_);
+        it = stale ? buffered_.erase(it) : std::next(it);
+      }
+    }
     return false;
   }
   if (e.epoch() == epoch_) {
@@ -164,7 +186,7 @@ bool EventFollower::Fenced(const wire::Event& e) {
 }
 
 bool EventFollower::Offer(const wire::Event& e) {
-  if (Fenced(e)) return true;
+  // (Replays come from the leader the root broker routes to: not fenced.)
   if (e.seq() < next_) return true;
   next_ = e.seq() + 1;  // a hole in the store itself can only be retention: skip it
   buffered_.erase(buffered_.begin(), buffered_.lower_bound(next_));

@@ -49,10 +49,10 @@ class EventFollower {
   bool OnEvent(const wire::Event& e, std::string_view bytes);
   [[noreturn]] void Fail(const std::string& message);
   bool Offer(const wire::Event& e);
-  // Events carry the leadership (etcd epoch) that wrote them. True for an event to drop:
-  // an older leadership's in the era of a newer one (a stale leader's). (A standby
-  // promoted by force has a stream of its own, from seq 1: a tap that followed the old
-  // one goes on from the sequence it had reached.)
+  // Live events carry the leadership (etcd epoch) that wrote them. True for an event to
+  // drop: an older leadership's in the era of a newer one (a stale leader's). A newer
+  // one below what was handed on has a stream of its own (a standby promoted by force):
+  // followed from its start. Epoch 0 (no etcd) is never dropped.
   bool Fenced(const wire::Event& e);
   bool Drain();
 

@@ -15,6 +15,8 @@
 //    memory, and how soon it answers after kill -9;
 //  - fm-submit --wait end to end on 4 workers (part "wait"), with the CPU per task of
 //    each process;
+//  - a leader on etcd (part "takeover"): kill -9 or SIGTERM and a restart on its data
+//    directory, until a submission is answered;
 //  - the cost of CURVE: dispatch throughput and the one-task round trip on a cluster
 //    with certificates on every link against the same cluster keyless, alternating
 //    in the same run (part "curve").
@@ -168,8 +170,11 @@ class Bench {
   Process& scheduler() { return *scheduler_; }
   // kill -9 of the scheduler, and a new one on the same data directory (started, not
   // waited for).
-  Process& CrashScheduler() {
-    scheduler_->Signal(SIGKILL);
+  Process& CrashScheduler() { return RestartScheduler(SIGKILL); }
+  // The scheduler ended by `signum` (waited for), and a new one on the same data
+  // directory (started, not waited for).
+  Process& RestartScheduler(int signum) {
+    scheduler_->Signal(signum);
     scheduler_->Wait(30000);
     scheduler_ = Process::Start(scheduler_argv_);
     return *scheduler_;
@@ -865,6 +870,38 @@ void StoreGrowth(int tasks, int keep) {
   Report("store_growth_scheduler_rss", static_cast<double>(fm::test::ResidentBytes(b.scheduler().pid())), "bytes");
 }
 
+// A leader elected through etcd (one member on loopback, --ha-lease 3s), stopped and
+// started again at once on its data directory as systemd would: how long until a
+// submission is answered. After kill -9 its old lease must run out first; after a clean
+// stop (SIGTERM) the lease is revoked and the new process leads at once. (A standby of
+// another store does not take over on its own yet: the leader ships it no batches.)
+void Takeover(int rounds) {
+  fm::test::Etcd etcd;
+  Bench b(0, {"--etcd", etcd.url(), "--ha-node", "a", "--ha-lease", "3s"});
+  uint64_t correlation = 7'000'000;
+  auto answered = [&](double start) {
+    while (NowSeconds() - start < 60) {  // bounded
+      b.client().Send(bus::kSchedulerAddress, SubmitBytes(1, ++correlation, false));
+      if (AwaitReply(b, wire::Body::SubmitReply, correlation, 0.05)) break;
+    }
+    return NowSeconds() - start;
+  };
+  answered(NowSeconds());
+  std::vector<double> killed, stopped;
+  for (int i = 0; i < rounds; ++i) {
+    double start = NowSeconds();
+    b.CrashScheduler();
+    killed.push_back(answered(start));
+    start = NowSeconds();
+    b.RestartScheduler(SIGTERM);
+    stopped.push_back(answered(start));
+  }
+  Report("takeover_same_node_after_kill9_p50_s", Percentile(killed, 50), "s");
+  Report("takeover_same_node_after_kill9_max_s", Percentile(killed, 100), "s");
+  Report("takeover_same_node_after_sigterm_p50_s", Percentile(stopped, 50), "s");
+  Report("takeover_same_node_after_sigterm_max_s", Percentile(stopped, 100), "s");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -895,5 +932,6 @@ int main(int argc, char** argv) {
   if (want("metrics")) MetricsCost(tiny ? 200 : 50000, tiny ? 1 : 3);
   if (want("store")) StoreGrowth(tiny ? 5000 : 1000000, tiny ? 1000 : 100000);
   if (want("output")) Output(4, tiny ? 4 : 1024);
+  if (want("takeover")) Takeover(tiny ? 2 : 20);
   return 0;
 }

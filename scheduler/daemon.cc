@@ -118,6 +118,10 @@ Status SchedulerDaemon::Open() {
   // With CURVE the broker checks every claim, so an address says who sent a message:
   // the engine enforces roles and ownership by it.
   options_.engine.authenticate = security_.on();
+  // A leader elected through etcd connects (and claims fm-scheduler) before it reads its
+  // store: it takes the address from a stale leader at once, not after its recovery;
+  // what arrives meanwhile waits in the socket.
+  if (options_.leadership != nullptr) Connect(*endpoints);
   std::error_code ec;
   std::filesystem::create_directories(options_.data_dir, ec);
   if (ec) return Status::Io("cannot create data directory " + options_.data_dir + ": " + ec.message());
@@ -143,10 +147,14 @@ Status SchedulerDaemon::Open() {
       "recovered {} tasks placed or retrying ({} pending) from {} in {} ms; the waiting ones are read next",
       core_->engine().active_count(), core_->engine().pending_count(), options_.data_dir,
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
-  client_ = std::make_unique<bus::Client>(context_, *endpoints, bus::kSchedulerAddress, true, true, security_,
+  if (!client_) Connect(*endpoints);
+  return Status::Ok();
+}
+
+void SchedulerDaemon::Connect(const bus::Endpoints& endpoints) {
+  client_ = std::make_unique<bus::Client>(context_, endpoints, bus::kSchedulerAddress, true, true, security_,
                                           options_.leadership != nullptr ? options_.leadership->epoch() : 0);
   client_->Subscribe("fleet.");
-  return Status::Ok();
 }
 
 void SchedulerDaemon::Attach(bus::Loop& loop) {

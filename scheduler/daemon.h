@@ -102,6 +102,8 @@ class SchedulerDaemon {
   void Metrics(ops::Sheet& sheet) const;
 
  private:
+  // The bus client: its claim of fm-scheduler (with the leadership epoch) goes out at once.
+  void Connect(const bus::Endpoints& endpoints);
   size_t DrainDirected();
   size_t DrainBus();
   void TurnEnd();

@@ -563,8 +563,8 @@ void Broker::HandleClaim(const std::string& pipe, const std::string& address, co
     // epoch is routed to, older ones fenced. Bounded: an epoch is an etcd revision, and
     // an older one is refused only while the newer one's holder is there or was in the
     // last 10 s (no lockout outlives a bad claim; a scheduler without --etcd is epoch 0).
-    constexpr uint64_t kMaxEpoch = uint64_t{1} << 48, kRememberMs = 10'000;
-    if (epoch >= kMaxEpoch) {
+    constexpr uint64_t kRememberMs = 10'000;
+    if (epoch >= kMaxLeadershipEpoch) {
       return Refuse(pipe, peer, wire::ErrorCode::Malformed,
                     "epoch " + std::to_string(epoch) + " is beyond any etcd revision", address);
     }

@@ -261,7 +261,7 @@ class Broker {
   // are fenced (a leader elected through etcd replaces a stale one at once, even while
   // the stale one's connection is still open).
   uint64_t scheduler_epoch_ = 0;
-  uint64_t scheduler_epoch_seen_ms_ = 0;  // when its holder last said hello: remembered 10 s past it
+  uint64_t scheduler_epoch_seen_ms_ = 0;                // when its holder last said hello: remembered 10 s past it
   std::unordered_map<std::string, std::string> pipes_;  // address -> connection
   std::vector<std::string> events_out_bound_;           // what ReopenEventsOut binds again
   std::vector<std::string> rebind_events_out_;          // not bound again yet

@@ -407,23 +407,23 @@ void TendLink(Client& client, RateLimitedLog& log, uint64_t now_ms) {
   log.Flush(now_ms);
 }
 
-std::string BrokerFencing(const Received& message) {
+namespace {
+
+// The message of an Error with `code` the local broker sent, or "" for anything else.
+std::string BrokerError(const Received& message, wire::ErrorCode code) {
   if (message.from != kBrokerAddress) return "";
   auto env = codec::Decode(message.payload.data(), message.payload.size());
   if (!env.ok() || (*env)->body_type() != wire::Body::Error) return "";
   const wire::Error* e = (*env)->body_as_Error();
-  if (ParseErrorCode(codec::Str(e->code())) != wire::ErrorCode::Fenced) return "";
+  if (ParseErrorCode(codec::Str(e->code())) != code) return "";
   return codec::Str(e->message());
 }
 
-std::string BrokerRefusal(const Received& message) {
-  if (message.from != kBrokerAddress) return "";
-  auto env = codec::Decode(message.payload.data(), message.payload.size());
-  if (!env.ok() || (*env)->body_type() != wire::Body::Error) return "";
-  const wire::Error* e = (*env)->body_as_Error();
-  if (ParseErrorCode(codec::Str(e->code())) != wire::ErrorCode::Unauthorized) return "";
-  return codec::Str(e->message());
-}
+}  // namespace
+
+std::string BrokerFencing(const Received& message) { return BrokerError(message, wire::ErrorCode::Fenced); }
+
+std::string BrokerRefusal(const Received& message) { return BrokerError(message, wire::ErrorCode::Unauthorized); }
 
 void Client::Hello() {
   flatbuffers::FlatBufferBuilder fbb(256);

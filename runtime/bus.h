@@ -55,6 +55,9 @@ inline constexpr int kDirectedQueue = 10'000;
 // sees the gap by seq and fills it from the store (fm-tap), or hears the next
 // heartbeat (the scheduler).
 inline constexpr int kEventQueue = 2'048;
+// A leadership epoch is an etcd revision: the root broker refuses claims at or above
+// this, and a scheduler does not lead on one (no etcd reaches it).
+inline constexpr uint64_t kMaxLeadershipEpoch = uint64_t{1} << 48;
 
 // Hands memory freed after a burst (a flood, a big backlog) back to the system when
 // more than 8 MiB of it is held free, from glibc or tcmalloc, whichever the daemon uses.

@@ -132,9 +132,9 @@ uint64_t EventLog::Append(const EventFields& f, uint64_t now_ms, Effects* effect
   auto owner = opt(f.owner);
   auto gpus = f.gpus && !f.gpus->empty() ? codec::ToWire(fbb, *f.gpus) : 0;
   auto endpoint = f.endpoint ? codec::ToWire(fbb, *f.endpoint) : 0;
-  auto event = wire::CreateEvent(fbb, seq, type, time, task, worker, reason, message, f.attempt, f.exit_code, stream,
-                                 data, eligible, fleet, breakdown, caps, hw, labels, now_ms, owner, gpus, endpoint,
-                                 options_.epoch);
+  auto event =
+      wire::CreateEvent(fbb, seq, type, time, task, worker, reason, message, f.attempt, f.exit_code, stream, data,
+                        eligible, fleet, breakdown, caps, hw, labels, now_ms, owner, gpus, endpoint, options_.epoch);
   codec::FinishEnvelope(fbb, event);
   if (!effects->event_bytes) {
     // Sized like the last turn's, so that a busy turn does not grow it step by step.

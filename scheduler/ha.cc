@@ -14,6 +14,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "runtime/bus.h"
+
 namespace fm::ha {
 namespace {
 
@@ -428,7 +430,8 @@ Result<std::unique_ptr<Leadership>> Leadership::Acquire(const LeadershipOptions&
       continue;  // another took it first: said at the next read
     }
     const int64_t epoch = won->second.create_revision;
-    if (epoch >= kMaxEpoch) {  // a revision no etcd reaches: not believed (the broker would keep it)
+    if (static_cast<uint64_t>(epoch) >=
+        bus::kMaxLeadershipEpoch) {  // a revision no etcd reaches: not believed (the broker would keep it)
       (void)etcd.Revoke(*lease);
       say(spdlog::level::err, "standby for " + options.name + ": etcd gave revision " + std::to_string(epoch) +
                                   " to the leader key, beyond any real one; not leading on it");

@@ -66,8 +66,6 @@ class EtcdClient {
 
   // The budget of each call from now on (all endpoints tried within it).
   void set_timeout_ms(uint64_t timeout_ms) { timeout_ms_ = timeout_ms; }
-  // The endpoint that last answered (for messages).
-  const std::string& endpoint() const { return endpoints_[current_]; }
 
  private:
   // POSTs `body` (JSON) to `path` on the first endpoint that answers; the reply's JSON.
@@ -110,7 +108,6 @@ class Leadership {
   ~Leadership();  // revokes the lease: a clean stop hands over at once
 
   uint64_t epoch() const { return epoch_; }
-  const std::string& leader_key() const { return leader_key_; }
   uint64_t since_ms() const { return since_ms_; }  // wall clock
   bool forced() const { return forced_; }
   // True while the lease is known to be alive (checked against CLOCK_BOOTTIME, which
@@ -124,7 +121,6 @@ class Leadership {
   double seconds_left() const;
 
   static constexpr int kFencedExitCode = 3;
-  static constexpr int64_t kMaxEpoch = int64_t{1} << 48;  // revisions below; the broker refuses above
 
  private:
   Leadership(const LeadershipOptions& options, spdlog::logger& log);

@@ -60,6 +60,15 @@ TEST_CASE(
     return Process::Start(argv);
   };
   auto b = start_b({});
+  // Once a is gone, b says it will not lead (not in sync); an operator restarts it forced.
+  auto force_b = [&](const std::string& says) {
+    REQUIRE(b->WaitFor("will not lead fm: this scheduler (b) is not in the in-sync set [a]", 15000, 1, true));
+    b->Signal(SIGTERM);
+    REQUIRE(b->Wait(10000) == 0);
+    auto forced = start_b({"--ha-force-promotion"});
+    REQUIRE(forced->WaitFor(says, 15000, 1, true));
+    return forced;
+  };
   REQUIRE(b->WaitFor("standby for fm: led by a (host", 10000, 1, true));
   ToolRun ha_text = c.Ctl({"ha"});
   CHECK(ha_text.out.find("leader    a (host ") != std::string::npos);
@@ -117,11 +126,7 @@ TEST_CASE(
           std::string::npos);
     etcd.process().Signal(SIGCONT);
 
-    REQUIRE(b->WaitFor("will not lead fm: this scheduler (b) is not in the in-sync set [a]", 15000, 1, true));
-    b->Signal(SIGTERM);
-    REQUIRE(b->Wait(10000) == 0);
-    auto forced = start_b({"--ha-force-promotion"});
-    REQUIRE(forced->WaitFor("BY FORCE: not in the in-sync set [a]", 15000, 1, true));
+    auto forced = force_b("BY FORCE: not in the in-sync set [a]");
     const uint64_t third = WaitForLeader(c, "b", 10000);
     CHECK(third > first);
     CHECK(c.Ctl({"ping"}).out.find("(promoted by force)") != std::string::npos);
@@ -136,11 +141,7 @@ TEST_CASE(
   SECTION("a stopped leader is replaced while its connection is still open, and on waking sends nothing and exits") {
     c.scheduler().Signal(SIGSTOP);
     // Its lease runs out; b is not in sync, so it takes an operator to promote it.
-    REQUIRE(b->WaitFor("will not lead fm: this scheduler (b) is not in the in-sync set [a]", 15000, 1, true));
-    b->Signal(SIGTERM);
-    REQUIRE(b->Wait(10000) == 0);
-    auto forced = start_b({"--ha-force-promotion"});
-    REQUIRE(forced->WaitFor("BY FORCE", 15000, 1, true));
+    auto forced = force_b("BY FORCE");
     // The broker still holds a's connection open (ZeroMQ's heartbeats would drop it only
     // after 15 s): the greater epoch takes fm-scheduler at once.
     const uint64_t third = WaitForLeader(c, "b", 6000);

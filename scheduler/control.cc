@@ -121,11 +121,24 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
         message = "this scheduler runs without --etcd: no leader election, no standby";
         break;
       }
-      ha = wire::CreateHaView(fbb, fbb.CreateString(e.options_.leader.name), fbb.CreateString(e.options_.leader.node),
-                              fbb.CreateString(e.options_.leader.describe), e.options_.leadership_epoch,
-                              e.options_.leader.since_ms, e.options_.leader.forced,
-                              codec::ToWire(fbb, std::vector<std::string>{e.options_.leader.node}));
-      break;
+      {
+        std::vector<std::string> in_sync{e.options_.leader.node};
+        std::vector<flatbuffers::Offset<wire::HaStandby>> standbys;
+        uint64_t batches = 0;
+        if (e.options_.leader.standbys) {
+          for (const auto& st : e.options_.leader.standbys(&batches)) {
+            if (st.state == "in sync") in_sync.push_back(st.node);
+            standbys.push_back(
+                wire::CreateHaStandbyDirect(fbb, st.node.c_str(), st.state.c_str(), st.acked, st.behind));
+          }
+        }
+        auto in_sync_wire = codec::ToWire(fbb, in_sync);
+        ha = wire::CreateHaView(fbb, fbb.CreateString(e.options_.leader.name), fbb.CreateString(e.options_.leader.node),
+                                fbb.CreateString(e.options_.leader.describe), e.options_.leadership_epoch,
+                                e.options_.leader.since_ms, e.options_.leader.forced, in_sync_wire,
+                                fbb.CreateVector(standbys), batches);
+        break;
+      }
     case wire::ControlOp::Snapshot:
       if (target.empty() || target[0] != '/') {
         ok = false;

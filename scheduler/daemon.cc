@@ -132,7 +132,7 @@ Status SchedulerDaemon::Open() {
   }
   auto store = store::OpenRocksStore(options_.data_dir + "/store", options_.store);
   if (!store.ok()) return store.status();
-  store_ = std::move(*store);
+  store_ = options_.replicator != nullptr ? options_.replicator->Wrap(std::move(*store)) : std::move(*store);
   struct stat identity {};
   if (stat((options_.data_dir + "/store/IDENTITY").c_str(), &identity) == 0) {
     store_dev_ = identity.st_dev;
@@ -400,6 +400,21 @@ void SchedulerDaemon::Metrics(ops::Sheet& sheet) const {
     sheet.Gauge("scheduler_ha_lease_seconds_left", "how long the lease is known to be alive without a renewal",
                 l->seconds_left());
     sheet.Counter("scheduler_ha_renewals_total", "lease renewals etcd answered", static_cast<double>(l->renewals()));
+  }
+  if (const ha::Replicator* r = options_.replicator) {
+    double in_sync = 0, behind = 0;
+    const auto standbys = r->Standbys();
+    for (const auto& s : standbys) {
+      if (s.state == "in sync") ++in_sync;
+      behind = std::max(behind, static_cast<double>(s.behind));
+    }
+    sheet.Gauge("scheduler_ha_standbys", "standbys following this leader (--ha-listen)",
+                static_cast<double>(standbys.size()));
+    sheet.Gauge("scheduler_ha_standbys_in_sync", "standbys in the in-sync set: each batch's output waits for them",
+                in_sync);
+    sheet.Gauge("scheduler_ha_standby_batches_behind", "batches the standby furthest behind has not acknowledged",
+                behind);
+    sheet.Counter("scheduler_ha_batches_total", "batches written in this leadership", static_cast<double>(r->index()));
   }
   sheet.Counter("scheduler_intake_refused_total", "messages refused: their sender had a full queue here",
                 intake_refused_);

@@ -31,6 +31,7 @@
 #include "scheduler/core.h"
 #include "scheduler/ha.h"
 #include "scheduler/intake.h"
+#include "scheduler/replication.h"
 #include "store/store.h"
 
 namespace fm::sched {
@@ -46,6 +47,8 @@ struct SchedulerOptions {
   // With --etcd: this scheduler's leadership (outlives the daemon). Nothing is sent once
   // it cannot show its lease is alive.
   const ha::Leadership* leadership = nullptr;
+  // With --ha-listen: ships every batch to the standbys (outlives the daemon).
+  ha::Replicator* replicator = nullptr;
 };
 
 // Writes one batch at a time on its own thread and reports back on the loop's thread.
@@ -90,6 +93,16 @@ class SchedulerDaemon {
   // (called before anything is sent).
   void CheckLease() const;
   // Before Open: this scheduler leads (with --etcd); `what` says which leadership.
+  // Before Open: every batch goes through `replicator` (with --ha-listen).
+  void Replicate(ha::Replicator* replicator) {
+    options_.replicator = replicator;
+    options_.engine.leader.standbys = [replicator](uint64_t* batches) {
+      std::vector<EngineOptions::Standby> out;
+      for (const auto& s : replicator->Standbys()) out.push_back({s.node, s.state, s.acked, s.behind});
+      *batches = replicator->index();
+      return out;
+    };
+  }
   void Lead(const ha::Leadership* leadership, const ha::LeadershipOptions& ha, std::string what) {
     options_.leadership = leadership;
     options_.engine.leadership = std::move(what);

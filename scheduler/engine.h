@@ -25,6 +25,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -62,10 +63,17 @@ struct EngineOptions {
   // scheduler.started and fm-ctl ping. Empty: a scheduler on its own.
   std::string leadership;
   uint64_t leadership_epoch = 0;  // stamped on every event (0: none)
+  struct Standby {
+    std::string node, state;  // state "in sync" when in the in-sync set
+    uint64_t acked = 0, behind = 0;
+  };
   struct Leadership {
     std::string name, node, describe;
     uint64_t since_ms = 0;
     bool forced = false;
+    // With --ha-listen: the standbys following this leader as they are now, and the
+    // batches it wrote (asked at each fm-ctl ha).
+    std::function<std::vector<Standby>(uint64_t* batches)> standbys;
   } leader;  // fm-ctl ha (with leadership_epoch)
   // Tasks whose only eligible workers were lost wait this long for one to come back
   // before they fail no_eligible_worker (0: they fail at once).

@@ -121,14 +121,12 @@ size_t Append(char* data, size_t size, size_t count, void* out) {
   return size * count;
 }
 
-// A member of the in-sync set: a scheduler (its node name) with one store (its id).
-struct Member {
-  std::string node, store;
-};
+}  // namespace
 
-std::string IsrValue(uint64_t epoch, const Member& only) {
-  json members = json::array({json{{"node", only.node}, {"store", only.store}}});
-  return json{{"epoch", epoch}, {"members", members}}.dump(-1, ' ', false, json::error_handler_t::replace);
+std::string IsrValue(uint64_t epoch, const std::vector<Member>& members) {
+  json list = json::array();
+  for (const auto& m : members) list.push_back(json{{"node", m.node}, {"store", m.store}});
+  return json{{"epoch", epoch}, {"members", list}}.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 std::vector<Member> IsrMembers(const std::string& value) {
@@ -145,6 +143,18 @@ std::string Join(const std::vector<Member>& members) {
   for (const auto& m : members) out += (out.empty() ? "" : ", ") + m.node;
   return out;
 }
+
+std::string LeaderValue(const std::string& node, const std::string& describe, const std::string& replication) {
+  return node + (describe.empty() ? "" : " (" + describe + ")") +
+         (replication.empty() ? "" : std::string(kReplicationMark) + replication);
+}
+
+std::string ReplicationEndpoint(const std::string& leader_value) {
+  const size_t at = leader_value.rfind(kReplicationMark);
+  return at == std::string::npos ? "" : leader_value.substr(at + kReplicationMark.size());
+}
+
+namespace {
 
 uint64_t WallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -272,8 +282,8 @@ Result<std::pair<bool, EtcdClient::KeyValue>> EtcdClient::CreateIfAbsent(const s
   return std::make_pair(false, holder);
 }
 
-Result<bool> EtcdClient::PutIf(const std::string& key, const std::string& value, const std::string& guard,
-                               int64_t guard_created, int64_t key_modified) {
+Result<int64_t> EtcdClient::PutIf(const std::string& key, const std::string& value, const std::string& guard,
+                                  int64_t guard_created, int64_t key_modified) {
   const std::string k = Base64(key);
   json txn = {
       {"compare",
@@ -288,7 +298,11 @@ Result<bool> EtcdClient::PutIf(const std::string& key, const std::string& value,
   if (!text.ok()) return text.status();
   auto reply = ParseReply(*text, "put " + key);
   if (!reply.ok()) return reply.status();
-  return Flag(*reply, "succeeded");
+  if (!Flag(*reply, "succeeded")) return int64_t{0};
+  // Written by this transaction: its revision is the key's mod revision now.
+  const int64_t revision = Int(Field(*reply, "header"), "revision");
+  if (revision == 0) return Status::Unavailable("put " + key + ": etcd's answer has no revision");
+  return revision;
 }
 
 Result<std::vector<std::string>> ParseEtcdEndpoints(const std::string& list) {
@@ -366,7 +380,7 @@ Result<std::unique_ptr<Leadership>> Leadership::Acquire(const LeadershipOptions&
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   };
-  const std::string value = options.node + (options.describe.empty() ? "" : " (" + options.describe + ")");
+  const std::string value = LeaderValue(options.node, options.describe, options.replication);
   while (!stop.load()) {
     // Reads until the key is free: a standby writes nothing to etcd while it waits.
     auto held = etcd.Get(me->leader_key_);
@@ -379,7 +393,16 @@ Result<std::unique_ptr<Leadership>> Leadership::Acquire(const LeadershipOptions&
     if (*held) {
       say(spdlog::level::info, "standby for " + options.name + ": led by " + (*held)->value + " (epoch " +
                                    std::to_string((*held)->create_revision) + ")");
+      if (options.follow) options.follow((*held)->value, static_cast<uint64_t>((*held)->create_revision));
       pause(250);
+      continue;
+    }
+    // Nothing more is applied from the last leader from here on: what this store holds is
+    // what it would lead with.
+    if (std::string unready = options.ready ? options.ready() : std::string(); !unready.empty()) {
+      // Not even by force: a store half copied is no scheduler's state.
+      say(spdlog::level::err, "will not lead " + options.name + ": " + unready);
+      pause(1000);
       continue;
     }
     // Only a member of the in-sync set takes the key (or an operator's forced one): one
@@ -440,15 +463,16 @@ Result<std::unique_ptr<Leadership>> Leadership::Acquire(const LeadershipOptions&
     }
     // The in-sync set is this leader alone until standbys are shipped its batches; the
     // write fails if the set changed since it was read (then all over again).
-    auto put = etcd.PutIf(isr_key, IsrValue(epoch, {options.node, options.store}), me->leader_key_, epoch,
+    auto put = etcd.PutIf(isr_key, IsrValue(epoch, {{options.node, options.store}}), me->leader_key_, epoch,
                           *isr ? (*isr)->mod_revision : 0);
-    if (!put.ok() || !*put) {
+    if (!put.ok() || *put == 0) {
       (void)etcd.Revoke(*lease);
       say(spdlog::level::warn, "standby for " + options.name + ": the in-sync set changed while taking the lead" +
                                    (put.ok() ? std::string() : ": " + put.status().message()));
       continue;
     }
     me->lease_ = *lease;
+    me->isr_revision_ = *put;
     me->epoch_ = static_cast<uint64_t>(epoch);
     me->since_ms_ = WallMs();
     me->forced_ = !member;

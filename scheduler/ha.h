@@ -31,6 +31,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -60,9 +61,10 @@ class EtcdClient {
   // as it is now (ours with its create revision, or the holder's).
   Result<std::pair<bool, KeyValue>> CreateIfAbsent(const std::string& key, const std::string& value, int64_t lease);
   // Puts `key` only while `guard` was created at revision `guard_created` (still the same
-  // leadership) and `key` was last modified at `key_modified` (0: `key` absent).
-  Result<bool> PutIf(const std::string& key, const std::string& value, const std::string& guard, int64_t guard_created,
-                     int64_t key_modified);
+  // leadership) and `key` was last modified at `key_modified` (0: `key` absent). Returns
+  // `key`'s new mod revision, 0 when the guards did not hold (nothing written).
+  Result<int64_t> PutIf(const std::string& key, const std::string& value, const std::string& guard,
+                        int64_t guard_created, int64_t key_modified);
 
   // The budget of each call from now on (all endpoints tried within it).
   void set_timeout_ms(uint64_t timeout_ms) { timeout_ms_ = timeout_ms; }
@@ -88,7 +90,28 @@ struct LeadershipOptions {
   // Called while waiting, at least every lease, with what the standby is waiting for
   // (for systemd's status and watchdog).
   std::function<void(const std::string&)> waiting;
+  // Where this scheduler, leading, ships its batches to standbys (said in the leader key).
+  std::string replication;
+  // While another leads: its leader key's value and epoch (a standby follows it).
+  std::function<void(const std::string& leader, uint64_t epoch)> follow;
+  // Once the key is free, before competing: stops following and says why this store may
+  // not lead ("" when it may).
+  std::function<std::string()> ready;
 };
+
+// A member of the in-sync set: a scheduler (its node name) with one store (its id).
+struct Member {
+  std::string node, store;
+};
+// The in-sync set as kept in etcd (JSON: epoch and members), and back.
+std::string IsrValue(uint64_t epoch, const std::vector<Member>& members);
+std::vector<Member> IsrMembers(const std::string& value);
+std::string Join(const std::vector<Member>& members);  // their nodes, for people
+
+// The leader key's value: who leads, and where standbys fetch its batches.
+constexpr std::string_view kReplicationMark = "; batches at ";
+std::string LeaderValue(const std::string& node, const std::string& describe, const std::string& replication);
+std::string ReplicationEndpoint(const std::string& leader_value);  // "" when it names none
 
 // Parses --etcd's comma-separated list (each http://HOST:PORT).
 Result<std::vector<std::string>> ParseEtcdEndpoints(const std::string& list);
@@ -108,6 +131,8 @@ class Leadership {
   ~Leadership();  // revokes the lease: a clean stop hands over at once
 
   uint64_t epoch() const { return epoch_; }
+  // The in-sync set's mod revision in etcd as this leader wrote it on taking the lead.
+  int64_t isr_revision() const { return isr_revision_; }
   uint64_t since_ms() const { return since_ms_; }  // wall clock
   bool forced() const { return forced_; }
   // True while the lease is known to be alive (checked against CLOCK_BOOTTIME, which
@@ -132,6 +157,7 @@ class Leadership {
   std::unique_ptr<EtcdClient> etcd_;
   std::string leader_key_;
   int64_t lease_ = 0;
+  int64_t isr_revision_ = 0;
   uint64_t epoch_ = 0;
   uint64_t since_ms_ = 0;
   bool forced_ = false;

@@ -16,6 +16,7 @@
 #include "runtime/ops.h"
 #include "scheduler/daemon.h"
 #include "scheduler/ha.h"
+#include "scheduler/replication.h"
 #include "schemas/units.h"
 
 namespace {
@@ -78,6 +79,14 @@ int main(int argc, char** argv) {
                            "the leader's lease in etcd: a standby may lead this long after the leader was last "
                            "heard, and a leader that cannot renew it stops sending before then",
                            fm::bus::AtLeast(2000, "2s"));
+  fm::ha::ReplicationOptions replication;
+  app.add_option("--ha-listen", replication.listen,
+                 "where this scheduler, leading, ships its batches to standbys (tcp://HOST:PORT, PORT may be *); "
+                 "without it no standby can be in sync with it");
+  fm::bus::AddDurationFlag(app, "--ha-lag-max", &replication.lag_max_ms,
+                           "an in-sync standby that has not acknowledged a batch this long after it was written "
+                           "leaves the in-sync set (until then the batch's output waits for it)",
+                           fm::bus::AtLeast(100, "100ms"));
   app.add_flag("--ha-force-promotion", ha.force_promotion,
                "lead even though not in the in-sync set (an operator's act: what only the last leader had is lost)");
   fm::bus::DaemonFlags daemon_flags;
@@ -121,14 +130,15 @@ int main(int argc, char** argv) {
       ha.node = HostName() + ":" + std::filesystem::absolute(options.data_dir, ec).lexically_normal().string();
     }
     ha.describe = "host " + HostName() + ", pid " + std::to_string(getpid()) + ", data " + options.data_dir;
-  } else if (ha.force_promotion) {
-    spdlog::error("--ha-force-promotion: only with --etcd");
+  } else if (ha.force_promotion || !replication.listen.empty()) {
+    spdlog::error("{}: only with --etcd", ha.force_promotion ? "--ha-force-promotion" : "--ha-listen");
     return 2;
   }
 
   // Declared first, so gone last: the lease is revoked (a standby may lead) only once the
   // ZeroMQ context has ended, that is once what was queued has left or been dropped.
   std::unique_ptr<fm::ha::Leadership> leadership;
+  std::unique_ptr<fm::ha::Replicator> replicator;  // gone before the leadership it may fence
   zmq::context_t context(1);
   fm::bus::Loop loop;  // outlives the daemon, whose commit thread reports on it
   fm::sched::SchedulerDaemon daemon(context, options);
@@ -147,7 +157,40 @@ int main(int argc, char** argv) {
     sigaction(SIGINT, &stop, nullptr);
     // Under systemd a standby is up (it waits by design): ready, alive, and saying for what.
     ha.waiting = [](const std::string& status) { sd_notifyf(0, "READY=1\nWATCHDOG=1\nSTATUS=%s", status.c_str()); };
+    // With --ha-listen a standby keeps its store a copy of the leader's while it waits.
+    std::unique_ptr<fm::store::Store> standby_store;
+    std::unique_ptr<fm::ha::Follower> follower;
+    if (!replication.listen.empty()) {
+      replication.name = ha.name;
+      replication.etcd = ha.etcd;
+      replication.lease_ms = ha.lease_ms;
+      replication.self = {ha.node, ha.store};
+      replication.data_dir = options.data_dir;
+      replicator = std::make_unique<fm::ha::Replicator>(replication, *spdlog::default_logger());
+      if (fm::Status s = replicator->Bind(); !s.ok()) {
+        spdlog::error("{}", s.message());
+        return 2;
+      }
+      ha.replication = replicator->endpoint();
+      auto opened = fm::store::OpenRocksStore(options.data_dir + "/store", options.store);
+      if (!opened.ok()) {
+        spdlog::error("{}", opened.status().message());
+        return 1;
+      }
+      standby_store = std::move(*opened);
+      follower = std::make_unique<fm::ha::Follower>(standby_store.get(), options.data_dir,
+                                                    fm::ha::Member{ha.node, ha.store}, *spdlog::default_logger());
+      ha.follow = [&follower](const std::string& leader, uint64_t epoch) { follower->Follow(leader, epoch); };
+      ha.ready = [&follower, &options]() -> std::string {
+        follower->Stop();
+        return follower->Complete() ? ""
+                                    : "its store is an incomplete copy of the leader's (" + options.data_dir +
+                                          "/ha-incomplete): a leader must send it a whole copy first";
+      };
+    }
     auto led = fm::ha::Leadership::Acquire(ha, stop_waiting, *spdlog::default_logger());
+    follower.reset();  // nothing more is applied
+    standby_store.reset();
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     if (!led.ok()) {
@@ -166,6 +209,10 @@ int main(int argc, char** argv) {
     daemon.Lead(leadership.get(), ha,
                 "leader of " + ha.name + " as " + ha.node + ", epoch " + std::to_string(leadership->epoch()) +
                     (leadership->forced() ? " (promoted by force)" : ""));
+    if (replicator) {  // (after Lead, which sets what fm-ctl ha says of the leader)
+      replicator->Lead(leadership.get());
+      daemon.Replicate(replicator.get());
+    }
   }
   if (fm::Status s = daemon.Open(); !s.ok()) {
     spdlog::error("{}", s.message());

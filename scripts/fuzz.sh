@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DFM_FUZZ=ON -DFM_BUILD_TESTS=OFF -DFM_BUILD_BENCH=OFF >/dev/null
-cmake --build build-fuzz -j"$(nproc)" --target fuzz_envelope fuzz_task_line fuzz_docker_logs fuzz_dispatch fuzz_printers
-for target in envelope task_line docker_logs dispatch printers; do
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_envelope fuzz_task_line fuzz_docker_logs fuzz_dispatch fuzz_printers \
+  fuzz_write_batch
+for target in envelope task_line docker_logs dispatch printers write_batch; do
   scratch=$(mktemp -d)
   # The worker's dispatch path starts from the envelope seeds (a Dispatch among them).
   corpus=tests/fuzz/corpus/$target

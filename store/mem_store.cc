@@ -20,7 +20,10 @@ class MemStore final : public Store {
           data_.erase(std::string(op.key));
           break;
         case WriteBatch::Kind::kDeleteRange:
-          data_.erase(data_.lower_bound(std::string(op.key)), data_.lower_bound(std::string(op.value)));
+          // An empty or reversed range deletes nothing (as in RocksDB).
+          if (op.key < op.value) {
+            data_.erase(data_.lower_bound(std::string(op.key)), data_.lower_bound(std::string(op.value)));
+          }
           break;
       }
     }

@@ -82,6 +82,13 @@ class WriteBatch {
             std::string_view(data_).substr(e.value, e.value_size)};
   }
   Ops ops() const { return Ops(this); }
+  // The batch as bytes another process can Parse (a standby scheduler applies the
+  // leader's batches as they were written): the op count, then each op's kind and sizes
+  // (little-endian u32) before its key and value.
+  std::string Serialize() const;
+  // A batch from Serialize's bytes. Every size is checked against what is there, so that
+  // bytes from a peer cannot make it read out of bounds. Error says what is wrong.
+  static Result<WriteBatch> Parse(std::string_view bytes);
   void Clear() {
     data_.clear();
     entries_.clear();

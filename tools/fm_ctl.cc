@@ -429,7 +429,16 @@ int main(int argc, char** argv) {
                 text(h->name()).c_str(), text(h->leader()).c_str(), text(h->describe()).c_str(),
                 h->forced() ? ", promoted by force" : "", static_cast<unsigned long long>(h->epoch()),
                 fm::FormatTimeMs(h->since_ms()).c_str(), in_sync.c_str());
-    std::printf("standbys  not followed yet: until the leader ships its batches to them, none is in sync\n");
+    if (h->standbys() == nullptr || h->standbys()->size() == 0) {
+      std::printf("standbys  none following (standbys follow a leader started with --ha-listen)\n");
+      return 0;
+    }
+    std::printf("batches   %llu\n", static_cast<unsigned long long>(h->batches()));
+    std::vector<std::vector<std::string>> rows{{"STANDBY", "STATE", "ACKED", "BEHIND"}};
+    for (const auto* s : *h->standbys()) {
+      rows.push_back({text(s->node()), text(s->state()), std::to_string(s->acked()), std::to_string(s->behind())});
+    }
+    PrintTable(rows);
     return 0;
   }
   if (op == fm::wire::ControlOp::Workers) {

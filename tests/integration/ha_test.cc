@@ -174,3 +174,100 @@ TEST_CASE("fm-scheduler refuses HA options it cannot use, naming them", "[integr
     CHECK(p->Stderr().find(says) != std::string::npos);
   }
 }
+
+TEST_CASE(
+    "a standby kept in sync takes over on its own after the leader's kill -9: fm-submit --wait rides through and "
+    "every task ends once",
+    "[integration][ha]") {
+  Etcd etcd;
+  const std::vector<std::string> ha{"--etcd",     etcd.url(), "--ha-lease",   "2s", "--ha-listen", "tcp://127.0.0.1:*",
+                                    "--liveness", "5s",       "--ha-lag-max", "1s"};
+  std::vector<std::string> a_args{"--ha-node", "a"};
+  a_args.insert(a_args.end(), ha.begin(), ha.end());
+  Cluster c(a_args);
+  REQUIRE(c.WaitEvent("leader of fm as a, epoch", 10000));
+  const uint64_t first = WaitForLeader(c, "a", 10000);
+  REQUIRE(first > 0);
+  c.StartWorker("w1", {"--slots", "2"});
+  REQUIRE(c.WaitEvent("worker.registered", 10000));
+  // A task before the standby joins: it gets it in its copy of the store.
+  REQUIRE(c.Submit(R"({"command": ["true"]})"
+                   "\n",
+                   {"--wait"})
+              .exit_code == 0);
+
+  TempDir b_data;
+  std::vector<std::string> b_argv{Bin("fm-scheduler"), "--broker",  c.broker(), "--data",
+                                  b_data.path(),       "--ha-node", "b"};
+  b_argv.insert(b_argv.end(), ha.begin(), ha.end());
+  auto b = Process::Start(b_argv);
+  const bool copied = b->WaitFor("copied the leader's store", 15000, 1, true);
+  INFO("b: " << b->Stderr() << "\na: " << c.scheduler().Stderr());
+  REQUIRE(copied);
+  REQUIRE(c.scheduler().WaitFor("standby b is in sync", 15000, 1, true));
+  const std::string view = c.Ctl({"ha"}).out;
+  CHECK(view.find("in sync   a, b\n") != std::string::npos);
+  CHECK(std::regex_search(view, std::regex("\nb +in sync +[0-9]+ +[0-9]+\n")));
+  CHECK(c.Ctl({"ha", "--json"}).out.find(R"("state": "in sync")") != std::string::npos);
+
+  SECTION("the leader's kill -9: the standby leads on its own, and the old leader comes back as its standby") {
+    // 40 tasks through one fm-submit --wait; the leader is killed while they run.
+    std::string lines;
+    for (int i = 0; i < 40; ++i)
+      lines += R"({"command": ["sleep", "0.1"]})"
+               "\n";
+    auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"}, lines);
+    REQUIRE(c.WaitEvent("task.succeeded", 20000, 6));
+    c.KillScheduler();
+    // Not by force: b is in the in-sync set, with everything a acknowledged.
+    REQUIRE(b->WaitFor("leading fm as b (epoch", 15000, 1, true));
+    const uint64_t second = WaitForLeader(c, "b", 15000);
+    CHECK(second > first);
+    CHECK(c.Ctl({"ping"}).out.find("by force") == std::string::npos);
+    REQUIRE(submit->Wait(60000) == 0);
+    submit->WaitClosed(2000);
+    const std::string out = submit->Stdout();
+    size_t results = 0, succeeded = 0;
+    for (size_t at = 0; (at = out.find('\n', at)) != std::string::npos; ++at) ++results;
+    for (size_t at = 0; (at = out.find("\"succeeded\"", at)) != std::string::npos; ++at) ++succeeded;
+    INFO(out);
+    CHECK(results == 40);
+    CHECK(succeeded == 40);
+    // Each task ended once in the stream the tap followed from a's on to b's (41 with the
+    // one from before b joined, which b had in its copy).
+    REQUIRE(c.WaitEvent("task.succeeded", 10000, 41));
+    CHECK(c.tap().Count("task.succeeded") == 41);
+    CHECK(c.Ctl({"task", "t1"}).out.find("succeeded") != std::string::npos);
+    // a, started again on its store, follows b: it gets a whole copy (its store may hold
+    // batches b never had) and joins b's in-sync set.
+    c.RestartScheduler();
+    CHECK(b->WaitFor("standby a is in sync", 15000, 1, true));
+    CHECK(c.Ctl({"ha"}).out.find("in sync   b, a\n") != std::string::npos);
+  }
+
+  SECTION("a standby that stops acknowledging leaves the in-sync set after --ha-lag-max, and then never leads") {
+    b->Signal(SIGSTOP);
+    // The batch waits for b at most the lag bound, then b leaves the set and it is released.
+    REQUIRE(c.Submit(R"({"command": ["true"]})"
+                     "\n",
+                     {"--wait"})
+                .exit_code == 0);
+    CHECK(c.scheduler().WaitFor("standby b left the in-sync set", 5000, 1, true));
+    CHECK(c.Ctl({"ha"}).out.find("in sync   a\n") != std::string::npos);
+    // Back, it is sent a new copy and joins again.
+    b->Signal(SIGCONT);
+    REQUIRE(c.scheduler().WaitFor("standby b is in sync", 20000, 2, true));
+    // Dropped again, then the leader dies: b, outside the set, does not lead.
+    b->Signal(SIGSTOP);
+    REQUIRE(c.Submit(R"({"command": ["true"]})"
+                     "\n",
+                     {"--wait"})
+                .exit_code == 0);
+    REQUIRE(c.scheduler().WaitFor("standby b left the in-sync set", 5000, 2, true));
+    c.KillScheduler();
+    b->Signal(SIGCONT);
+    CHECK(b->WaitFor("will not lead fm: this scheduler (b) is not in the in-sync set [a]", 15000, 1, true));
+  }
+  b->Signal(SIGTERM);
+  CHECK(b->Wait(10000) == 0);
+}

@@ -88,6 +88,7 @@ class SchedulerCore {
 
   bool degraded() const { return degraded_; }
   const Engine& engine() const { return *engine_; }
+  Engine& engine() { return *engine_; }
   // Commits written, and those the store refused, since the start (metrics).
   uint64_t commits() const { return commits_; }
   uint64_t write_errors() const { return write_errors_; }

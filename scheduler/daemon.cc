@@ -167,6 +167,11 @@ void SchedulerDaemon::Attach(bus::Loop& loop) {
     // judged on what arrived, not on what was read so far.
     while (DrainBus() > 0) {
     }
+    if (options_.replicator != nullptr) {
+      for (const auto& notice : options_.replicator->TakeNotices()) {
+        core_->engine().Notice(wire::EventType::SchedulerStandby, notice, bus::WallClockMs());
+      }
+    }
     core_->Tick(bus::WallClockMs());
   });
   loop.OnTurnEnd([this] { TurnEnd(); });

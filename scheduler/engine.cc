@@ -194,6 +194,13 @@ const Task* Engine::Peek(uint64_t id, std::optional<Task>* copy) const {
   return &**copy;
 }
 
+void Engine::Notice(wire::EventType type, const std::string& message, uint64_t now_ms) {
+  EventFields f;
+  f.type = type;
+  f.message = message;
+  Emit(f, now_ms);
+}
+
 void Engine::Start(uint64_t now_ms) {
   EventFields f;
   f.type = wire::EventType::SchedulerStarted;

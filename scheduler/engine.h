@@ -139,6 +139,8 @@ class Engine {
   Status Recover(const store::Store* store, uint64_t now_ms);
   // Announces the scheduler (event scheduler.started, ReRegister to known workers).
   void Start(uint64_t now_ms);
+  // An event of the scheduler itself (no task, no worker), e.g. scheduler.standby.
+  void Notice(wire::EventType type, const std::string& message, uint64_t now_ms);
 
   // A directed message from broker identity `from` (submit, control, replay, worker
   // reports). A message of a type the scheduler does not take gets an Error reply.

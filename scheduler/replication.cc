@@ -157,6 +157,13 @@ std::vector<StandbyView> Replicator::Standbys() const {
   return out;
 }
 
+std::vector<std::string> Replicator::TakeNotices() {
+  std::lock_guard lock(mu_);
+  std::vector<std::string> out;
+  out.swap(notices_);
+  return out;
+}
+
 void Replicator::Wake() {
   if (wake_fd_ < 0) return;
   uint64_t one = 1;
@@ -164,6 +171,11 @@ void Replicator::Wake() {
 }
 
 void Replicator::Queue(Outgoing out) { outbox_.push_back(std::move(out)); }
+
+void Replicator::Notice(std::string what) {
+  if (notices_.size() >= 64) notices_.erase(notices_.begin());
+  notices_.push_back(std::move(what));
+}
 
 std::vector<Member> Replicator::WaitedMembers() const {
   std::vector<Member> members{options_.self};
@@ -293,6 +305,8 @@ Status Replicator::Write(const store::WriteBatch& batch, bool sync) {
     log_.warn("standby {} left the in-sync set: batch {} not acknowledged within {} ms; it starts over with a new copy",
               names, index, options_.lag_max_ms);
     lock.lock();
+    Notice(names + " left the in-sync set: batch " + std::to_string(index) + " not acknowledged within " +
+           std::to_string(options_.lag_max_ms) + " ms");
     for (const auto& id : late) Forget(id, "dropped from the in-sync set: too slow");
     Wake();
   }
@@ -362,6 +376,7 @@ void Replicator::Run() {
       if (written.ok() && *written) {
         if (it != standbys_.end()) it->second.state = State::kInSync;
         log_.info("standby {} is in sync (batch {}): the in-sync set is [{}]", node, index_, Join(members));
+        Notice(node + " joined the in-sync set [" + Join(members) + "]");
         continue;
       }
       if (written.ok()) {
@@ -409,6 +424,8 @@ void Replicator::OnMessage(const std::string& from, std::vector<zmq::message_t>&
         return;  // it asks again
       }
       if (!*written) leadership_->Fence("the in-sync set in etcd changed under this leader (another leads)");
+      std::lock_guard lock(mu_);
+      Notice(node + " left the in-sync set: it asked for a new copy (restarted?)");
     }
     {
       std::lock_guard lock(mu_);

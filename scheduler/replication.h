@@ -80,6 +80,9 @@ class Replicator {
   // has it (or was removed from the set).
   Status Write(const store::WriteBatch& batch, bool sync);
   std::vector<StandbyView> Standbys() const;
+  // What happened to the in-sync set since the last call (a standby joined or left it),
+  // for scheduler.standby events.
+  std::vector<std::string> TakeNotices();
   uint64_t index() const;
 
   // Bounds: the chunk of a copy, the chunks in flight, and the bytes a standby may owe.
@@ -122,6 +125,7 @@ class Replicator {
   Result<bool> WriteSet(const std::vector<Member>& members);
   void Forget(const std::string& from, const std::string& why);  // under mu_
   void Queue(Outgoing out);                                      // under mu_
+  void Notice(std::string what);                                 // under mu_
   void Wake();
   std::vector<Member> WaitedMembers() const;  // under mu_
 
@@ -142,6 +146,7 @@ class Replicator {
   std::map<std::string, Standby> standbys_;  // by routing id
   std::set<std::string> waited_;             // routing ids whose acks release batches
   std::deque<Outgoing> outbox_;
+  std::vector<std::string> notices_;  // bounded: kept to the last 64
   uint64_t copies_ = 0;
   bool stop_ = false;
 

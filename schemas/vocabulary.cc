@@ -6,7 +6,7 @@
 namespace fm {
 namespace {
 
-constexpr std::array<std::pair<wire::EventType, std::string_view>, 19> kEventTypes{{
+constexpr std::array<std::pair<wire::EventType, std::string_view>, 20> kEventTypes{{
     {wire::EventType::SchedulerStarted, "scheduler.started"},
     {wire::EventType::TaskSubmitted, "task.submitted"},
     {wire::EventType::TaskQueued, "task.queued"},
@@ -26,6 +26,7 @@ constexpr std::array<std::pair<wire::EventType, std::string_view>, 19> kEventTyp
     {wire::EventType::WorkerQuarantined, "worker.quarantined"},
     {wire::EventType::WorkerRecovered, "worker.recovered"},
     {wire::EventType::TaskReady, "task.ready"},
+    {wire::EventType::SchedulerStandby, "scheduler.standby"},
 }};
 
 constexpr std::array<std::pair<wire::Reason, std::string_view>, 15> kReasons{{

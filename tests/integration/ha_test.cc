@@ -205,6 +205,7 @@ TEST_CASE(
   INFO("b: " << b->Stderr() << "\na: " << c.scheduler().Stderr());
   REQUIRE(copied);
   REQUIRE(c.scheduler().WaitFor("standby b is in sync", 15000, 1, true));
+  CHECK(c.WaitEvent("b joined the in-sync set [a, b]", 10000));
   const std::string view = c.Ctl({"ha"}).out;
   CHECK(view.find("in sync   a, b\n") != std::string::npos);
   CHECK(std::regex_search(view, std::regex("\nb +in sync +[0-9]+ +[0-9]+\n")));
@@ -253,6 +254,7 @@ TEST_CASE(
                      {"--wait"})
                 .exit_code == 0);
     CHECK(c.scheduler().WaitFor("standby b left the in-sync set", 5000, 1, true));
+    CHECK(c.WaitEvent("b left the in-sync set: batch", 10000));
     CHECK(c.Ctl({"ha"}).out.find("in sync   a\n") != std::string::npos);
     // Back, it is sent a new copy and joins again.
     b->Signal(SIGCONT);

@@ -151,7 +151,16 @@ std::string LeaderValue(const std::string& node, const std::string& describe, co
 
 std::string ReplicationEndpoint(const std::string& leader_value) {
   const size_t at = leader_value.rfind(kReplicationMark);
-  return at == std::string::npos ? "" : leader_value.substr(at + kReplicationMark.size());
+  if (at == std::string::npos) return "";
+  std::string rest = leader_value.substr(at + kReplicationMark.size());
+  return rest.substr(0, rest.find(kReplicationKeyMark));
+}
+
+std::string ReplicationKey(const std::string& leader_value) {
+  const size_t at = leader_value.rfind(kReplicationMark);
+  if (at == std::string::npos) return "";
+  const size_t key = leader_value.find(kReplicationKeyMark, at);
+  return key == std::string::npos ? "" : leader_value.substr(key + kReplicationKeyMark.size());
 }
 
 namespace {

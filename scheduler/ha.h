@@ -111,7 +111,10 @@ std::string Join(const std::vector<Member>& members);  // their nodes, for peopl
 // The leader key's value: who leads, and where standbys fetch its batches.
 constexpr std::string_view kReplicationMark = "; batches at ";
 std::string LeaderValue(const std::string& node, const std::string& describe, const std::string& replication);
-std::string ReplicationEndpoint(const std::string& leader_value);  // "" when it names none
+// The endpoint ("" when it names none) and, with CURVE, the leader's public key ("" without).
+std::string ReplicationEndpoint(const std::string& leader_value);
+std::string ReplicationKey(const std::string& leader_value);
+constexpr std::string_view kReplicationKeyMark = " key ";
 
 // Parses --etcd's comma-separated list (each http://HOST:PORT).
 Result<std::vector<std::string>> ParseEtcdEndpoints(const std::string& list);

@@ -87,6 +87,9 @@ int main(int argc, char** argv) {
                            "an in-sync standby that has not acknowledged a batch this long after it was written "
                            "leaves the in-sync set (until then the batch's output waits for it)",
                            fm::bus::AtLeast(100, "100ms"));
+  app.add_option("--ha-peers", replication.peers_dir,
+                 "with --cert: the directory of the public certificates of the cluster's schedulers; the link "
+                 "to standbys is CURVE, and only those keys (of role scheduler) follow or are followed");
   app.add_flag("--ha-force-promotion", ha.force_promotion,
                "lead even though not in the in-sync set (an operator's act: what only the last leader had is lost)");
   fm::bus::DaemonFlags daemon_flags;
@@ -134,6 +137,24 @@ int main(int argc, char** argv) {
     spdlog::error("{}: only with --etcd", ha.force_promotion ? "--ha-force-promotion" : "--ha-listen");
     return 2;
   }
+  if (!replication.peers_dir.empty() && (replication.listen.empty() || options.cert.empty())) {
+    spdlog::error("--ha-peers: only with --ha-listen and --cert (it names who may follow this scheduler)");
+    return 2;
+  }
+  if (!replication.listen.empty() && !options.cert.empty()) {
+    if (replication.peers_dir.empty()) {
+      spdlog::error(
+          "--ha-listen with --cert: name --ha-peers (the schedulers' public certificates), so that only they "
+          "receive this scheduler's store");
+      return 2;
+    }
+    auto own = fm::bus::LoadCertificate(options.cert, /*need_secret=*/true);
+    if (!own.ok()) {
+      spdlog::error("--cert: {}", own.status().message());
+      return 2;
+    }
+    replication.own = *own;
+  }
 
   // Declared first, so gone last: the lease is revoked (a standby may lead) only once the
   // ZeroMQ context has ended, that is once what was queued has left or been dropped.
@@ -178,8 +199,7 @@ int main(int argc, char** argv) {
         return 1;
       }
       standby_store = std::move(*opened);
-      follower = std::make_unique<fm::ha::Follower>(standby_store.get(), options.data_dir,
-                                                    fm::ha::Member{ha.node, ha.store}, *spdlog::default_logger());
+      follower = std::make_unique<fm::ha::Follower>(standby_store.get(), replication, *spdlog::default_logger());
       ha.follow = [&follower](const std::string& leader, uint64_t epoch) { follower->Follow(leader, epoch); };
       ha.ready = [&follower, &options]() -> std::string {
         follower->Stop();

@@ -110,12 +110,37 @@ Replicator::~Replicator() {
   if (thread_.joinable()) thread_.join();
   for (auto& [id, s] : standbys_) EndCopy(s);
   socket_.close();
+  zap_.reset();
   if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+std::string Replicator::endpoint() const {
+  return trust_ ? endpoint_ + std::string(kReplicationKeyMark) + options_.own.public_key : endpoint_;
 }
 
 Status Replicator::Bind() {
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) return Status::Io(std::string("eventfd: ") + std::strerror(errno));
+  if (!options_.peers_dir.empty()) {
+    trust_ = std::make_unique<bus::TrustStore>(options_.peers_dir);
+    std::vector<std::string> removed, problems;
+    if (auto read = trust_->Refresh(&removed, &problems); !read.ok()) {
+      return Status::Invalid("--ha-peers \"" + options_.peers_dir + "\": " + read.status().message());
+    }
+    const bus::TrustStore* trust = trust_.get();
+    zap_ = std::make_unique<bus::ZapHandler>(context_, trust, spdlog::default_logger(),
+                                             [trust](const bus::ZapRequest& request) -> std::string {
+                                               const bus::Certificate* cert = trust->Find(request.key);
+                                               if (cert == nullptr || cert->role != "scheduler") {
+                                                 return "only schedulers follow a leader";
+                                               }
+                                               return "";
+                                             });
+    if (Status s = zap_->Bind(); !s.ok()) return s;
+    socket_.set(zmq::sockopt::curve_server, true);
+    socket_.set(zmq::sockopt::curve_secretkey, options_.own.secret_key);
+    socket_.set(zmq::sockopt::zap_domain, "fm-ha");
+  }
   socket_.set(zmq::sockopt::linger, 0);
   socket_.set(zmq::sockopt::sndhwm, 0);  // bounded by kMaxOwedBytes per standby instead
   socket_.set(zmq::sockopt::heartbeat_ivl, 1000);
@@ -314,15 +339,26 @@ Status Replicator::Write(const store::WriteBatch& batch, bool sync) {
 
 void Replicator::Run() {
   std::vector<zmq::message_t> frames;
-  uint64_t next_check = 0;
+  uint64_t next_check = 0, next_refresh = 0;
   for (;;) {
-    zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
-    zmq::poll(items, 2, std::chrono::milliseconds(100));
+    zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
+                               {nullptr, wake_fd_, ZMQ_POLLIN, 0},
+                               {zap_ ? zap_->socket().handle() : nullptr, zap_ ? 0 : -1, ZMQ_POLLIN, 0}};
+    zmq::poll(items, zap_ ? 3 : 2, std::chrono::milliseconds(100));
     if (items[1].revents & ZMQ_POLLIN) {
       uint64_t n = 0;
       (void)!::read(wake_fd_, &n, sizeof n);
     }
     const uint64_t now = NowMs();
+    if (zap_) {
+      zap_->Drain(now);
+      zap_->FlushLog(now);
+      if (now >= next_refresh) {  // certificates added or removed take effect within a second
+        next_refresh = now + 1000;
+        std::vector<std::string> removed, problems;
+        (void)trust_->Refresh(&removed, &problems);
+      }
+    }
     for (int i = 0; i < 1024; ++i) {
       if (!Receive(socket_, &frames)) break;
       if (frames.size() < 2) continue;
@@ -541,18 +577,42 @@ void Replicator::SendChunks(const std::string& from, Standby& s) {
   }
 }
 
-Follower::Follower(store::Store* store, std::string data_dir, Member self, spdlog::logger& log)
-    : store_(store), data_dir_(std::move(data_dir)), self_(std::move(self)), log_(log) {}
+Follower::Follower(store::Store* store, const ReplicationOptions& options, spdlog::logger& log)
+    : store_(store), data_dir_(options.data_dir), self_(options.self), own_(options.own), log_(log) {
+  if (!options.peers_dir.empty()) trust_ = std::make_unique<bus::TrustStore>(options.peers_dir);
+}
 
 Follower::~Follower() { Stop(); }
 
 void Follower::Follow(const std::string& leader_value, uint64_t epoch) {
-  const std::string endpoint = ReplicationEndpoint(leader_value);
+  const std::string endpoint = ReplicationEndpoint(leader_value), key = ReplicationKey(leader_value);
   if (endpoint.empty() || (endpoint == endpoint_ && epoch == epoch_ && thread_.joinable())) return;
   Stop();
+  // With CURVE only a scheduler of --ha-peers is followed (its key is in the leader key,
+  // which any etcd client could write); without, only a leader without CURVE.
+  std::string refused;
+  if (trust_) {
+    std::vector<std::string> removed, problems;
+    (void)trust_->Refresh(&removed, &problems);
+    const bus::Certificate* cert = key.empty() ? nullptr : trust_->Find(key);
+    if (key.empty()) {
+      refused = "it ships its batches without CURVE, and this scheduler has a certificate";
+    } else if (cert == nullptr || cert->role != "scheduler") {
+      refused = "its key " + key.substr(0, 8) + "... is not a scheduler's certificate in --ha-peers";
+    }
+  } else if (!key.empty()) {
+    refused = "it ships its batches with CURVE, and this scheduler has no certificate (--cert, --ha-peers)";
+  }
+  if (!refused.empty()) {
+    if (refused != refused_) log_.error("will not follow the leader at {}: {}", endpoint, refused);
+    refused_ = refused;
+    return;
+  }
+  refused_.clear();
   endpoint_ = endpoint;
+  key_ = key;
   epoch_ = epoch;
-  thread_ = std::thread([this, endpoint, epoch] { Run(endpoint, epoch); });
+  thread_ = std::thread([this, endpoint, key, epoch] { Run(endpoint, key, epoch); });
 }
 
 void Follower::Stop() {
@@ -586,7 +646,7 @@ Status Follower::MarkComplete() {
   return SyncDir(data_dir_);
 }
 
-void Follower::Run(std::string endpoint, uint64_t epoch) {
+void Follower::Run(std::string endpoint, std::string key, uint64_t epoch) {
   zmq::context_t context(1);
   std::unique_ptr<zmq::socket_t> socket;
   bool copying = true;
@@ -599,6 +659,11 @@ void Follower::Run(std::string endpoint, uint64_t epoch) {
     socket->set(zmq::sockopt::heartbeat_ivl, 1000);
     socket->set(zmq::sockopt::heartbeat_timeout, 5000);
     socket->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(Replicator::kMaxOwedBytes));
+    if (!key.empty()) {
+      socket->set(zmq::sockopt::curve_serverkey, key);
+      socket->set(zmq::sockopt::curve_publickey, own_.public_key);
+      socket->set(zmq::sockopt::curve_secretkey, own_.secret_key);
+    }
     socket->connect(endpoint);
     heard = now;
     join_at = now;

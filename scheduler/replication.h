@@ -42,6 +42,8 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "broker/zap.h"
+#include "runtime/cert.h"
 #include "scheduler/ha.h"
 #include "store/store.h"
 
@@ -55,6 +57,11 @@ struct ReplicationOptions {
   uint64_t lag_max_ms = 2000;  // a member of the set silent this long is dropped from it
   Member self;
   std::string data_dir;  // where store copies for joining standbys are made
+  // CURVE (with --cert): this scheduler's certificate, and the directory of the public
+  // certificates of the cluster's schedulers (--ha-peers). The leader admits only those
+  // keys, of role scheduler; a standby follows only a leader whose key is among them.
+  bus::Certificate own;
+  std::string peers_dir;
 };
 
 // A standby as the leader sees it (fm-ctl ha, metrics).
@@ -71,7 +78,8 @@ class Replicator {
   ~Replicator();
   // Binds --ha-listen (before leading: the endpoint goes into the leader key).
   Status Bind();
-  const std::string& endpoint() const { return endpoint_; }
+  // What the leader key says: the endpoint, and the public key with CURVE.
+  std::string endpoint() const;
   // This scheduler leads: `leadership` (its epoch, the set's revision, and its Fence).
   void Lead(const Leadership* leadership);
   // Wraps the scheduler's store: every Write goes through Write below, the rest to it.
@@ -132,6 +140,8 @@ class Replicator {
   ReplicationOptions options_;
   spdlog::logger& log_;
   zmq::context_t context_{1};
+  std::unique_ptr<bus::TrustStore> trust_;
+  std::unique_ptr<bus::ZapHandler> zap_;  // bound before the socket (same context)
   zmq::socket_t socket_;
   std::string endpoint_;
   int wake_fd_ = -1;
@@ -159,7 +169,8 @@ class Replicator {
 // A standby's side: applies what the leader it follows ships, into its own store.
 class Follower {
  public:
-  Follower(store::Store* store, std::string data_dir, Member self, spdlog::logger& log);
+  // With `options.peers_dir`, the link is CURVE (the leader's key must be in it).
+  Follower(store::Store* store, const ReplicationOptions& options, spdlog::logger& log);
   ~Follower();
   // Follows the leader whose key says `leader_value` (epoch `epoch`); a change of leader
   // starts over (a copy of the new leader's store).
@@ -171,15 +182,18 @@ class Follower {
   uint64_t applied() const { return applied_.load(); }
 
  private:
-  void Run(std::string endpoint, uint64_t epoch);
+  void Run(std::string endpoint, std::string key, uint64_t epoch);
   Status MarkIncomplete();
   Status MarkComplete();
 
   store::Store* store_;
   std::string data_dir_;
   Member self_;
+  bus::Certificate own_;
+  std::unique_ptr<bus::TrustStore> trust_;
   spdlog::logger& log_;
-  std::string endpoint_;
+  std::string endpoint_, key_;
+  std::string refused_;  // why the leader is not followed, said once
   uint64_t epoch_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> applied_{0};

@@ -7,10 +7,13 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
 #include <regex>
 #include <thread>
+#include <zmq.hpp>
 
 #include "harness.h"
+#include "runtime/cert.h"
 
 using namespace fm::test;
 
@@ -25,6 +28,10 @@ uint64_t PingEpoch(Cluster& c, const std::string& node) {
     return 0;
   }
   return std::stoull(m[1]);
+}
+
+void CopyFile(const std::string& from, const std::string& to) {
+  std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing);
 }
 
 uint64_t WaitForLeader(Cluster& c, const std::string& node, int timeout_ms) {
@@ -270,6 +277,89 @@ TEST_CASE(
     b->Signal(SIGCONT);
     CHECK(b->WaitFor("will not lead fm: this scheduler (b) is not in the in-sync set [a]", 15000, 1, true));
   }
+  b->Signal(SIGTERM);
+  CHECK(b->Wait(10000) == 0);
+}
+
+TEST_CASE(
+    "with certificates the leader's batches go over CURVE to schedulers of --ha-peers only: another key gets "
+    "nothing of the store, and a standby follows no leader outside it",
+    "[integration][ha]") {
+  Etcd etcd;
+  TempDir peers;
+  const std::vector<std::string> ha{"--etcd",      etcd.url(),          "--ha-lease", "2s",
+                                    "--ha-listen", "tcp://127.0.0.1:*", "--ha-peers", peers.path()};
+  std::vector<std::string> a_args{"--ha-node", "a"};
+  a_args.insert(a_args.end(), ha.begin(), ha.end());
+  Cluster c(a_args, "", /*secure=*/true);
+  REQUIRE(WaitForLeader(c, "a", 10000) > 0);
+  CopyFile(c.keys().Public("scheduler"), peers.path() + "/a.cert");
+  c.Trust("sched-b", "scheduler");
+  CopyFile(c.keys().Public("sched-b"), peers.path() + "/b.cert");
+
+  TempDir b_data;
+  std::vector<std::string> b_argv{Bin("fm-scheduler"), "--broker",  c.broker(), "--data",
+                                  b_data.path(),       "--ha-node", "b"};
+  for (auto& f : c.keys().Flags("sched-b", "scheduler")) b_argv.push_back(f);
+  b_argv.insert(b_argv.end(), ha.begin(), ha.end());
+  auto b = Process::Start(b_argv);
+  REQUIRE(b->WaitFor("copied the leader's store", 15000, 1, true));
+  REQUIRE(c.scheduler().WaitFor("standby b is in sync", 15000, 1, true));
+  std::smatch m;
+  const std::string said = b->Stderr();
+  REQUIRE(std::regex_search(said, m, std::regex("following the leader at (tcp://[0-9.]+:[0-9]+)")));
+  const std::string endpoint = m[1];
+
+  // A client's key (trusted by the broker, not a scheduler of --ha-peers) asks to join:
+  // the handshake is refused, nothing of the store comes back.
+  c.Trust("mallory", "client");
+  auto mallory = fm::bus::LoadCertificate(c.keys().Secret("mallory"), true);
+  REQUIRE(mallory.ok());
+  const std::string leader_key = fm::bus::LoadCertificate(c.keys().Public("scheduler"), false)->public_key;
+  zmq::context_t ctx(1);
+  auto ask = [&](bool curve) {
+    zmq::socket_t dealer(ctx, zmq::socket_type::dealer);
+    dealer.set(zmq::sockopt::linger, 0);
+    if (curve) {
+      dealer.set(zmq::sockopt::curve_serverkey, leader_key);
+      dealer.set(zmq::sockopt::curve_publickey, mallory->public_key);
+      dealer.set(zmq::sockopt::curve_secretkey, mallory->secret_key);
+    }
+    dealer.connect(endpoint);
+    std::string session(8, '\0');
+    session[0] = 1;
+    for (const std::string& frame : {std::string("join"), std::string("b"), std::string("x"), session}) {
+      dealer.send(zmq::buffer(frame),
+                  frame == session ? zmq::send_flags::dontwait : zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    }
+    zmq::pollitem_t item{dealer.handle(), 0, ZMQ_POLLIN, 0};
+    return zmq::poll(&item, 1, std::chrono::milliseconds(3000)) > 0;
+  };
+  CHECK_FALSE(ask(true));
+  CHECK_FALSE(ask(false));  // nor without CURVE
+  // b, the real one, is still in the set (a spoofed join under its name did not drop it).
+  CHECK(c.Ctl({"ha"}).out.find("in sync   a, b\n") != std::string::npos);
+
+  // A standby whose --ha-peers lacks the leader's key does not follow it.
+  TempDir c_data, c_peers;
+  CopyFile(c.keys().Public("sched-b"), c_peers.path() + "/b.cert");
+  c.Trust("sched-c", "scheduler");
+  std::vector<std::string> c_argv{Bin("fm-scheduler"), "--broker",   c.broker(),    "--data",   c_data.path(),
+                                  "--ha-node",         "c",          "--etcd",      etcd.url(), "--ha-listen",
+                                  "tcp://127.0.0.1:*", "--ha-peers", c_peers.path()};
+  for (auto& f : c.keys().Flags("sched-c", "scheduler")) c_argv.push_back(f);
+  auto third = Process::Start(c_argv);
+  CHECK(third->WaitFor("is not a scheduler's certificate in --ha-peers", 15000, 1, true));
+  third->Signal(SIGTERM);
+  CHECK(third->Wait(10000) == 0);
+
+  // Without --ha-peers a scheduler with a certificate refuses --ha-listen (exit 2, naming it).
+  auto bad = Process::Start({Bin("fm-scheduler"), "--broker", c.broker(), "--data", c_data.path(), "--etcd", etcd.url(),
+                             "--ha-listen", "tcp://127.0.0.1:*", "--cert", c.keys().Secret("sched-c"), "--broker-cert",
+                             c.keys().Public("broker")});
+  CHECK(bad->Wait(10000) == 2);
+  bad->WaitClosed(2000);
+  CHECK(bad->Stderr().find("name --ha-peers") != std::string::npos);
   b->Signal(SIGTERM);
   CHECK(b->Wait(10000) == 0);
 }

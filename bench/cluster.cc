@@ -902,6 +902,114 @@ void Takeover(int rounds) {
   Report("takeover_same_node_after_sigterm_max_s", Percentile(stopped, 100), "s");
 }
 
+// Submissions answered one at a time (each waits for its batch to be durable): the round
+// trip's median, in ms.
+double RoundTripMs(Bench& b, int samples) {
+  std::vector<double> ms;
+  uint64_t correlation = 8'000'000;
+  for (int i = 0; i < samples; ++i) {
+    const double start = NowSeconds();
+    b.client().Send(bus::kSchedulerAddress, SubmitBytes(1, ++correlation, false));
+    if (AwaitReply(b, wire::Body::SubmitReply, correlation, 5)) ms.push_back((NowSeconds() - start) * 1000);
+  }
+  return ms.empty() ? 0 : Percentile(ms, 50);
+}
+
+std::vector<std::string> StandbyArgv(Bench& b, const std::string& etcd, const std::string& node,
+                                     const std::string& data) {
+  return {Bin("fm-scheduler"), "--broker", b.broker(),    "--data",           data, "--etcd", etcd,
+          "--ha-node",         node,       "--ha-listen", "tcp://127.0.0.1:*"};
+}
+
+// What one in-sync standby costs: dispatch and the submission round trip of a lone
+// scheduler, then of a leader on etcd whose every batch waits for its standby's ack
+// (both on this machine: the standby's fsyncs share its disk and its 2 cores).
+void Replicated(int workers, int tasks, int samples) {
+  double lone_rate = 0, lone_rt = 0, ha_rate = 0, ha_rt = 0;
+  {
+    Bench b(workers);
+    Piped piped = PipeTasks(b, tasks, /*window=*/20, {}, 120);
+    lone_rate = piped.ended / piped.seconds;
+    lone_rt = RoundTripMs(b, samples);
+  }
+  {
+    fm::test::Etcd etcd;
+    fm::test::TempDir standby_data;
+    Bench b(workers, {"--etcd", etcd.url(), "--ha-node", "a", "--ha-listen", "tcp://127.0.0.1:*"});
+    auto standby = Process::Start(StandbyArgv(b, etcd.url(), "b", standby_data.path()));
+    if (!b.scheduler().WaitFor("standby b is in sync", 60000, 1, true)) {
+      std::fprintf(stderr, "the standby never got in sync: %s\n", standby->Stderr().c_str());
+      return;
+    }
+    Piped piped = PipeTasks(b, tasks, /*window=*/20, {}, 120);
+    ha_rate = piped.ended / piped.seconds;
+    ha_rt = RoundTripMs(b, samples);
+    if (b.scheduler().Count("left the in-sync set", true) > 0) std::fprintf(stderr, "the standby fell out of sync\n");
+  }
+  Report("replicated_dispatch_tasks_per_s_lone", lone_rate, "tasks/s");
+  Report("replicated_dispatch_tasks_per_s_with_standby", ha_rate, "tasks/s");
+  Report("replicated_dispatch_ratio", lone_rate > 0 ? ha_rate / lone_rate : 0, "x");
+  Report("replicated_submit_round_trip_p50_ms_lone", lone_rt, "ms");
+  Report("replicated_submit_round_trip_p50_ms_with_standby", ha_rt, "ms");
+}
+
+// Failovers to an in-sync standby, `rounds` of each kind: the leader killed (-9), and the
+// leader stopped (SIGSTOP) past its lease, then resumed (it must exit, fenced). The time
+// from the fault to the first submission answered by the new leader; the old one is
+// started again, follows, and is back in sync before the next round.
+void Failover(int rounds) {
+  fm::test::Etcd etcd;
+  fm::test::TempDir b_data;
+  Bench b(0, {"--etcd", etcd.url(), "--ha-node", "a", "--ha-listen", "tcp://127.0.0.1:*", "--ha-lease", "3s"});
+  const std::vector<std::string> b_argv = StandbyArgv(b, etcd.url(), "b", b_data.path());
+  auto other = Process::Start(b_argv);
+  if (!b.scheduler().WaitFor("standby b is in sync", 60000, 1, true)) return;
+  uint64_t correlation = 9'000'000;
+  auto answered = [&](double start) {
+    while (NowSeconds() - start < 60) {  // bounded
+      b.client().Send(bus::kSchedulerAddress, SubmitBytes(1, ++correlation, false));
+      if (AwaitReply(b, wire::Body::SubmitReply, correlation, 0.05)) break;
+    }
+    return NowSeconds() - start;
+  };
+  std::vector<double> killed, stopped;
+  bool a_leads = true;
+  for (int i = 0; i < 2 * rounds; ++i) {
+    const bool kill = i < rounds;
+    Process& leader = a_leads ? b.scheduler() : *other;
+    double start = NowSeconds();
+    if (kill) {
+      leader.Signal(SIGKILL);
+    } else {
+      leader.Signal(SIGSTOP);
+    }
+    const double took = answered(start);
+    (kill ? killed : stopped).push_back(took);
+    if (!kill) {
+      leader.Signal(SIGCONT);  // it finds its lease gone and exits 3
+      if (leader.Wait(20000) != 3) std::fprintf(stderr, "round %d: the stopped leader did not exit 3\n", i);
+    }
+    // The old leader comes back as the new one's standby.
+    if (a_leads) {
+      if (kill) b.scheduler().Wait(10000);
+      b.RestartScheduler(SIGKILL);
+      if (!other->WaitFor("standby a is in sync", 60000, 1, true)) break;  // (each new leader's first)
+    } else {
+      other->Wait(10000);
+      other = Process::Start(b_argv);
+      if (!b.scheduler().WaitFor("standby b is in sync", 60000, 1, true)) break;
+    }
+    a_leads = !a_leads;
+  }
+  for (auto [name, v] : {std::pair{"kill9", &killed}, std::pair{"sigstop", &stopped}}) {
+    if (v->empty()) continue;
+    Report(std::string("failover_after_") + name + "_p50_s", Percentile(*v, 50), "s");
+    Report(std::string("failover_after_") + name + "_p99_s", Percentile(*v, 99), "s");
+    Report(std::string("failover_after_") + name + "_max_s", Percentile(*v, 100), "s");
+    Report(std::string("failover_after_") + name + "_rounds", static_cast<double>(v->size()), "rounds");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -933,5 +1041,7 @@ int main(int argc, char** argv) {
   if (want("store")) StoreGrowth(tiny ? 5000 : 1000000, tiny ? 1000 : 100000);
   if (want("output")) Output(4, tiny ? 4 : 1024);
   if (want("takeover")) Takeover(tiny ? 2 : 20);
+  if (want("replicated")) Replicated(tiny ? 1 : 4, tiny ? 200 : 50000, tiny ? 20 : 500);
+  if (want("failover")) Failover(tiny ? 2 : 20);
   return 0;
 }

@@ -141,6 +141,12 @@ int main(int argc, char** argv) {
     spdlog::error("--ha-peers: only with --ha-listen and --cert (it names who may follow this scheduler)");
     return 2;
   }
+  if (!replication.listen.empty() && options.cert.empty()) {
+    spdlog::warn(
+        "--ha-listen without --cert: the link to standbys is not authenticated (whoever reaches {} can read the "
+        "store); keep it on a private network",
+        replication.listen);
+  }
   if (!replication.listen.empty() && !options.cert.empty()) {
     if (replication.peers_dir.empty()) {
       spdlog::error(

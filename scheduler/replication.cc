@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -81,6 +82,8 @@ class ReplicatedStore : public store::Store {
  public:
   ReplicatedStore(std::unique_ptr<store::Store> local, Replicator* replicator)
       : local_(std::move(local)), replicator_(replicator) {}
+  // The replicator's thread reads the store (copies for standbys): it stops first.
+  ~ReplicatedStore() override { replicator_->Stop(); }
   Status Write(const store::WriteBatch& batch, bool sync) override { return replicator_->Write(batch, sync); }
   Result<std::optional<std::string>> Get(std::string_view key) const override { return local_->Get(key); }
   Status Scan(std::string_view begin, std::string_view end, const store::ScanVisitor& visit) const override {
@@ -101,13 +104,7 @@ Replicator::Replicator(ReplicationOptions options, spdlog::logger& log)
 }
 
 Replicator::~Replicator() {
-  {
-    std::lock_guard lock(mu_);
-    stop_ = true;
-  }
-  Wake();
-  acked_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  Stop();
   for (auto& [id, s] : standbys_) EndCopy(s);
   socket_.close();
   zap_.reset();
@@ -142,6 +139,7 @@ Status Replicator::Bind() {
     socket_.set(zmq::sockopt::zap_domain, "fm-ha");
   }
   socket_.set(zmq::sockopt::linger, 0);
+  socket_.set(zmq::sockopt::router_mandatory, true);
   socket_.set(zmq::sockopt::sndhwm, 0);  // bounded by kMaxOwedBytes per standby instead
   socket_.set(zmq::sockopt::heartbeat_ivl, 1000);
   socket_.set(zmq::sockopt::heartbeat_timeout, 5000);
@@ -152,7 +150,23 @@ Status Replicator::Bind() {
     return Status::Invalid("--ha-listen \"" + options_.listen + "\": " + e.what());
   }
   endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
+  // Copies a killed leader left behind.
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(options_.data_dir, ec)) {
+    if (entry.path().filename().string().rfind("ha-copy-", 0) == 0) std::filesystem::remove_all(entry.path(), ec);
+  }
   return Status::Ok();
+}
+
+void Replicator::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  Wake();
+  acked_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  local_ = nullptr;
 }
 
 void Replicator::Lead(const Leadership* leadership) {
@@ -202,20 +216,40 @@ void Replicator::Notice(std::string what) {
   notices_.push_back(std::move(what));
 }
 
-std::vector<Member> Replicator::WaitedMembers() const {
+std::vector<Member> Replicator::NamedMembers(const std::vector<std::string>& without, const std::string& with) const {
   std::vector<Member> members{options_.self};
-  for (const auto& id : waited_) {
-    auto it = standbys_.find(id);
-    if (it != standbys_.end()) members.push_back({it->second.node, it->second.store});
+  for (const auto& [id, s] : standbys_) {
+    if (std::find(without.begin(), without.end(), id) != without.end()) continue;
+    if (s.named || id == with) members.push_back({s.node, s.store});
   }
   return members;
 }
 
+Result<std::vector<Member>> Replicator::ReadSet() {
+  auto kv = etcd_->Get("/fm/" + options_.name + "/isr");
+  if (!kv.ok()) return kv.status();
+  stale_revision_ = false;
+  if (!*kv) {
+    isr_revision_ = 0;
+    return std::vector<Member>{};
+  }
+  // Only this leadership writes the set while it holds the leader key: what is there is
+  // its own last write (another leader's would fail the next write's guard).
+  isr_revision_ = (*kv)->mod_revision;
+  return IsrMembers((*kv)->value);
+}
+
 Result<bool> Replicator::WriteSet(const std::vector<Member>& members) {
+  if (stale_revision_) {  // a write whose outcome is unknown came before
+    if (auto read = ReadSet(); !read.ok()) return read.status();
+  }
   const std::string prefix = "/fm/" + options_.name + "/";
   auto put = etcd_->PutIf(prefix + "isr", IsrValue(leadership_->epoch(), members), prefix + "leader",
                           static_cast<int64_t>(leadership_->epoch()), isr_revision_);
-  if (!put.ok()) return put.status();
+  if (!put.ok()) {
+    stale_revision_ = true;
+    return put.status();
+  }
   if (*put == 0) return false;
   isr_revision_ = *put;
   return true;
@@ -288,7 +322,8 @@ Status Replicator::Write(const store::WriteBatch& batch, bool sync) {
       auto it = standbys_.find(id);
       if (it != standbys_.end() && it->second.acked < index) late.push_back(id);
     }
-    if (late.empty() || stop_) {
+    if (stop_) return Status::Unavailable("the scheduler is stopping: the batch is not released");
+    if (late.empty()) {
       released_ = std::max(released_, index);
       return Status::Ok();
     }
@@ -296,50 +331,52 @@ Status Replicator::Write(const store::WriteBatch& batch, bool sync) {
       acked_.wait_until(lock, deadline);
       continue;
     }
-    // Out of the set in etcd first, then no longer waited for: the set never names a
-    // standby that may lack a released batch.
+    // Out of the set in etcd first, then no longer waited for (both under isr_mu_): the
+    // set never names a standby that may lack a released batch.
     lock.unlock();
-    std::string names;
-    Result<bool> removed = false;
     {
       std::lock_guard isr(isr_mu_);
       std::vector<Member> members;
+      std::string names;
+      bool named = false;
       {
         std::lock_guard again(mu_);
-        for (const auto& m : WaitedMembers()) {
-          bool is_late = false;
-          for (const auto& id : late) {
-            auto it = standbys_.find(id);
-            if (it != standbys_.end() && it->second.node == m.node) is_late = true;
-          }
-          if (is_late) {
-            names += (names.empty() ? "" : ", ") + m.node;
-          } else {
-            members.push_back(m);
-          }
+        for (const auto& id : late) {
+          auto it = standbys_.find(id);
+          if (it == standbys_.end()) continue;
+          names += (names.empty() ? "" : ", ") + it->second.node;
+          named = named || it->second.named;
+        }
+        members = NamedMembers(late, "");
+      }
+      if (named) {
+        Result<bool> removed = WriteSet(members);
+        if (!removed.ok() || !*removed) {
+          leadership_->Fence(
+              "standby " + names + " did not acknowledge batch " + std::to_string(index) + " within " +
+              std::to_string(options_.lag_max_ms) + " ms and the in-sync set in etcd could not be " +
+              (removed.ok() ? "written (it changed: another leads)" : "written: " + removed.status().message()));
         }
       }
-      removed = WriteSet(members);
+      std::lock_guard again(mu_);
+      if (!names.empty()) {
+        log_.warn(
+            "standby {} left the in-sync set: batch {} not acknowledged within {} ms; it starts over with a "
+            "new copy",
+            names, index, options_.lag_max_ms);
+        Notice(names + " left the in-sync set: batch " + std::to_string(index) + " not acknowledged within " +
+               std::to_string(options_.lag_max_ms) + " ms");
+      }
+      for (const auto& id : late) Forget(id, "dropped from the in-sync set: too slow");
     }
-    if (!removed.ok() || !*removed) {
-      leadership_->Fence(
-          "standby " + names + " did not acknowledge batch " + std::to_string(index) + " within " +
-          std::to_string(options_.lag_max_ms) + " ms and the in-sync set in etcd could not be " +
-          (removed.ok() ? "written (it changed: another leads)" : "written: " + removed.status().message()));
-    }
-    log_.warn("standby {} left the in-sync set: batch {} not acknowledged within {} ms; it starts over with a new copy",
-              names, index, options_.lag_max_ms);
     lock.lock();
-    Notice(names + " left the in-sync set: batch " + std::to_string(index) + " not acknowledged within " +
-           std::to_string(options_.lag_max_ms) + " ms");
-    for (const auto& id : late) Forget(id, "dropped from the in-sync set: too slow");
     Wake();
   }
 }
 
 void Replicator::Run() {
   std::vector<zmq::message_t> frames;
-  uint64_t next_check = 0, next_refresh = 0;
+  uint64_t next_check = 0, next_refresh = 0, next_tick = 0;
   for (;;) {
     zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
                                {nullptr, wake_fd_, ZMQ_POLLIN, 0},
@@ -374,12 +411,24 @@ void Replicator::Run() {
       if (now >= next_check) {
         next_check = now + 100;
         std::vector<std::string> silent;
+        const bool tick = now >= next_tick;
+        if (tick) next_tick = now + 1000;
         for (auto& [id, s] : standbys_) {
           if (waited_.count(id) == 0 && now > s.heard_ms + kForgetSilentMs) silent.push_back(id);
-          // Every released batch acknowledged: from the moment it is waited for, no batch is
-          // released without it.
-          if (s.state == State::kCatchingUp && s.acked >= released_ && now >= s.retry_ms) ready.push_back(id);
+          // Waited for from here on (so no batch is released without it from now), then
+          // named in etcd once it has acknowledged every batch released before.
+          if (s.state == State::kCatchingUp && now >= s.retry_ms) {
+            s.state = State::kJoining;
+            s.join_floor = released_;
+            waited_.insert(id);
+          }
+          if (s.state == State::kJoining && !s.named && s.acked >= s.join_floor) ready.push_back(id);
           if (s.state == State::kCopying) SendChunks(id, s);
+          // Said every second, so that a standby of a leader with nothing to write knows
+          // that it is alive.
+          if (tick && s.state != State::kCopying) {
+            Queue({id, {"tick", U64(leadership_->epoch()), U64(s.session)}, nullptr});
+          }
         }
         for (const auto& id : silent) {
           log_.info("standby {} unheard for {} s: forgotten", standbys_[id].node, kForgetSilentMs / 1000);
@@ -389,42 +438,64 @@ void Replicator::Run() {
       out.swap(outbox_);
     }
     for (const auto& o : out) {
-      if (!socket_.send(zmq::buffer(o.to), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) continue;
-      SendFrames(socket_, o.frames, o.batch.get());
-    }
-    // A standby that has everything joins the set: waited for first, then named in etcd.
-    for (const auto& id : ready) {
-      std::lock_guard isr(isr_mu_);
-      std::vector<Member> members;
-      std::string node;
-      {
+      // Mandatory routing: a standby whose connection is gone is forgotten at once (it
+      // joins again on its new one) instead of silently missing batches.
+      try {
+        if (!socket_.send(zmq::buffer(o.to), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) continue;
+        SendFrames(socket_, o.frames, o.batch.get());
+      } catch (const zmq::error_t& e) {
+        if (e.num() != EHOSTUNREACH) throw;
         std::lock_guard lock(mu_);
-        auto it = standbys_.find(id);
-        if (it == standbys_.end() || it->second.state != State::kCatchingUp) continue;
-        it->second.state = State::kJoining;
-        waited_.insert(id);
-        node = it->second.node;
-        members = WaitedMembers();
-      }
-      Result<bool> written = WriteSet(members);
-      std::lock_guard lock(mu_);
-      auto it = standbys_.find(id);
-      if (written.ok() && *written) {
-        if (it != standbys_.end()) it->second.state = State::kInSync;
-        log_.info("standby {} is in sync (batch {}): the in-sync set is [{}]", node, index_, Join(members));
-        Notice(node + " joined the in-sync set [" + Join(members) + "]");
-        continue;
-      }
-      if (written.ok()) {
-        leadership_->Fence("the in-sync set in etcd changed under this leader (another leads)");
-      }
-      log_.warn("could not add standby {} to the in-sync set: {}; trying again", node, written.status().message());
-      if (it != standbys_.end()) {
-        it->second.state = State::kCatchingUp;
-        it->second.retry_ms = now + 1000;
-        waited_.erase(id);
+        auto it = standbys_.find(o.to);
+        if (it != standbys_.end() && it->second.named) continue;  // the lag bound takes it out of the set
+        if (it != standbys_.end()) {
+          EndCopy(it->second);
+          waited_.erase(o.to);
+          standbys_.erase(it);
+        }
       }
     }
+    for (const auto& id : ready) AddToSet(id, now);
+  }
+}
+
+void Replicator::AddToSet(const std::string& id, uint64_t now_ms) {
+  std::lock_guard isr(isr_mu_);
+  std::vector<Member> members;
+  std::string node;
+  {
+    std::lock_guard lock(mu_);
+    auto it = standbys_.find(id);
+    if (it == standbys_.end() || it->second.state != State::kJoining || it->second.named) return;
+    node = it->second.node;
+    members = NamedMembers({}, id);
+  }
+  Result<bool> written = WriteSet(members);
+  if (written.ok() && !*written)
+    leadership_->Fence("the in-sync set in etcd changed under this leader (another leads)");
+  bool named = written.ok();
+  if (!written.ok()) {
+    // Applied or not? Asked again; until etcd says, it counts as named (it is waited for).
+    auto now_set = ReadSet();
+    named = !now_set.ok();
+    if (now_set.ok()) {
+      for (const auto& m : *now_set) named = named || m.node == node;
+    }
+    log_.warn("adding standby {} to the in-sync set: {}{}", node, written.status().message(),
+              now_set.ok() ? (named ? " (it was written)" : "; trying again") : "; etcd does not say whether it was");
+  }
+  std::lock_guard lock(mu_);
+  auto it = standbys_.find(id);
+  if (it == standbys_.end()) return;  // (forgotten meanwhile: only by the lag path, which wrote the set after)
+  it->second.named = named;
+  if (named && written.ok()) {
+    it->second.state = State::kInSync;
+    log_.info("standby {} is in sync (batch {}): the in-sync set is [{}]", node, index_, Join(members));
+    Notice(node + " joined the in-sync set [" + Join(members) + "]");
+  } else if (named) {
+    it->second.state = State::kInSync;
+  } else {
+    it->second.retry_ms = now_ms + 1000;
   }
 }
 
@@ -434,47 +505,64 @@ void Replicator::OnMessage(const std::string& from, std::vector<zmq::message_t>&
   if (type == "join" && frames.size() == 4 && ReadU64(frames[3], &session)) {
     const std::string node = Text(frames[1]), store = Text(frames[2]);
     if (!Printable(node) || !Printable(store)) return;
-    // One that was in the set and asks again has lost its place: out of etcd's set before
-    // its store is emptied for the copy.
-    bool was_waited = false;
-    {
-      std::lock_guard lock(mu_);
-      for (const auto& id : waited_) {
-        auto it = standbys_.find(id);
-        if (it != standbys_.end() && it->second.node == node) was_waited = true;
+    // With CURVE a standby joins under its certificate's name only: no other scheduler
+    // can take its place in the set.
+    if (trust_) {
+      const bus::Peer peer = bus::PeerOf(frames[0]);
+      if (peer.name != node) {
+        log_.warn("refused a join as {} from the certificate of {}: a standby joins under its own name", node,
+                  peer.name);
+        return;
       }
     }
-    if (was_waited) {
+    {
+      std::lock_guard lock(mu_);
+      if (standbys_.size() >= kMaxStandbys && standbys_.count(from) == 0) {
+        bool known = false;
+        for (const auto& [id, s] : standbys_) known = known || s.node == node;
+        if (!known) return;  // refused: bounded
+      }
+      // A copy costs a checkpoint: one per node every few seconds, however often it asks.
+      uint64_t& last = last_copy_ms_[node];
+      if (last != 0 && now_ms < last + kCopyEveryMs) return;  // it asks again
+      if (last_copy_ms_.size() > 4 * kMaxStandbys) last_copy_ms_.clear();
+    }
+    // One that was in the set (by its name, or this connection under another name) and
+    // asks again has lost its place: out of etcd's set before its store is emptied for the
+    // copy, and no longer waited for only then (both under isr_mu_).
+    {
       std::lock_guard isr(isr_mu_);
+      std::vector<std::string> same;
+      bool named = false;
       std::vector<Member> members;
       {
         std::lock_guard lock(mu_);
-        for (const auto& m : WaitedMembers()) {
-          if (m.node != node) members.push_back(m);
+        for (const auto& [id, s] : standbys_) {
+          if (s.node == node || id == from) {
+            same.push_back(id);
+            named = named || s.named;
+          }
         }
+        members = NamedMembers(same, "");
       }
-      Result<bool> written = WriteSet(members);
-      if (!written.ok()) {
-        log_.warn("standby {} asks for a new copy; removing it from the in-sync set first failed: {}", node,
-                  written.status().message());
-        return;  // it asks again
+      if (named) {
+        Result<bool> written = WriteSet(members);
+        if (!written.ok()) {
+          log_.warn("standby {} asks for a new copy; removing it from the in-sync set first failed: {}", node,
+                    written.status().message());
+          return;  // it asks again
+        }
+        if (!*written) leadership_->Fence("the in-sync set in etcd changed under this leader (another leads)");
       }
-      if (!*written) leadership_->Fence("the in-sync set in etcd changed under this leader (another leads)");
       std::lock_guard lock(mu_);
-      Notice(node + " left the in-sync set: it asked for a new copy (restarted?)");
-    }
-    {
-      std::lock_guard lock(mu_);
-      std::vector<std::string> same;
-      for (const auto& [id, s] : standbys_) {
-        if (s.node == node || id == from) same.push_back(id);
-      }
+      if (named) Notice(node + " left the in-sync set: it asked for a new copy (restarted?)");
       for (const auto& id : same) {
         auto it = standbys_.find(id);
         EndCopy(it->second);
         standbys_.erase(it);
         waited_.erase(id);
       }
+      last_copy_ms_[node] = now_ms;
     }
     Standby s;
     s.node = node;
@@ -514,10 +602,10 @@ void Replicator::OnMessage(const std::string& from, std::vector<zmq::message_t>&
     return;
   }
   Standby& s = it->second;
-  s.heard_ms = now_ms;
   uint64_t n = 0;
   if (type == "ack" && frames.size() == 2 && ReadU64(frames[1], &n)) {
     if (s.state == State::kCopying || n > index_) return;  // not a batch it was sent
+    s.heard_ms = now_ms;
     if (n > s.acked) {
       s.acked = n;
       while (!s.sizes.empty() && s.sizes.begin()->first <= n) {
@@ -528,6 +616,7 @@ void Replicator::OnMessage(const std::string& from, std::vector<zmq::message_t>&
     }
   } else if (type == "chunk-ack" && frames.size() == 2 && ReadU64(frames[1], &n)) {
     if (s.state != State::kCopying || n >= s.chunks_sent) return;
+    s.heard_ms = now_ms;
     s.chunks_acked = std::max(s.chunks_acked, n + 1);
     if (s.copy_done && s.chunks_acked == s.chunks_sent) {
       // Copied: then every batch since, in order.
@@ -650,7 +739,7 @@ void Follower::Run(std::string endpoint, std::string key, uint64_t epoch) {
   zmq::context_t context(1);
   std::unique_ptr<zmq::socket_t> socket;
   bool copying = true;
-  uint64_t chunk_expected = 0, index = 0, heard = 0, acked_at = 0, join_at = 0;
+  uint64_t chunk_expected = 0, index = 0, heard = 0, acked_at = 0, join_at = 0, asked_at = 0;
   // Each join starts a session: what the leader still sends of an earlier one is dropped.
   uint64_t session = 0;
   auto connect = [&](uint64_t now) {
@@ -685,7 +774,11 @@ void Follower::Run(std::string endpoint, std::string key, uint64_t epoch) {
     if (join_at != 0 && now >= join_at) {
       send({"join", self_.node, self_.store, U64(++session)});
       join_at = 0;
+      asked_at = now;
     }
+    // Asked, and no copy begun: the leader may have refused for now (a copy a moment ago,
+    // the set being written); ask again.
+    if (copying && chunk_expected == 0 && join_at == 0 && now >= asked_at + 2000) join_at = now;
     for (int i = 0; i < 64 && !stop_.load() && Receive(*socket, &frames); ++i) {
       heard = now;
       const std::string type = Text(frames[0]);

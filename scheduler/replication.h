@@ -80,6 +80,9 @@ class Replicator {
   Status Bind();
   // What the leader key says: the endpoint, and the public key with CURVE.
   std::string endpoint() const;
+  // Stops the thread (a Write then returns an error, nothing is released); the store
+  // given to Wrap is no longer read. Called by the wrapped store before it goes.
+  void Stop();
   // This scheduler leads: `leadership` (its epoch, the set's revision, and its Fence).
   void Lead(const Leadership* leadership);
   // Wraps the scheduler's store: every Write goes through Write below, the rest to it.
@@ -97,6 +100,8 @@ class Replicator {
   static constexpr size_t kChunkBytes = 1 << 20;
   static constexpr int kChunksInFlight = 4;
   static constexpr size_t kMaxOwedBytes = 256u << 20;
+  static constexpr size_t kMaxStandbys = 16;
+  static constexpr uint64_t kCopyEveryMs = 5000;  // one copy per node this often at most
 
  private:
   enum class State { kCopying, kCatchingUp, kJoining, kInSync };
@@ -115,7 +120,9 @@ class Replicator {
     size_t owed_bytes = 0;                                                     // sent or held, not acknowledged
     std::map<uint64_t, size_t> sizes;                                          // index -> bytes, for owed_bytes
     uint64_t heard_ms = 0;
-    uint64_t retry_ms = 0;  // when to try the set again after a failed write
+    uint64_t retry_ms = 0;    // when to try the set again after a failed write
+    uint64_t join_floor = 0;  // released_ when it began to be waited for
+    bool named = false;       // in the set in etcd (or maybe: a write's outcome unknown)
   };
   struct Outgoing {
     std::string to;
@@ -129,13 +136,17 @@ class Replicator {
   void SendChunks(const std::string& from, Standby& s);
   void Release(Standby& s, uint64_t index);
   void EndCopy(Standby& s);
-  // Writes the set (self and every standby `waited`) into etcd; under isr_mu_.
+  // The set in etcd: written (false: its guard failed, another leads), and read back
+  // (after a write whose outcome is unknown). Under isr_mu_.
   Result<bool> WriteSet(const std::vector<Member>& members);
+  Result<std::vector<Member>> ReadSet();
+  void AddToSet(const std::string& id, uint64_t now_ms);
   void Forget(const std::string& from, const std::string& why);  // under mu_
   void Queue(Outgoing out);                                      // under mu_
   void Notice(std::string what);                                 // under mu_
   void Wake();
-  std::vector<Member> WaitedMembers() const;  // under mu_
+  // Self and every standby named in etcd, less `without`, plus `with`. Under mu_.
+  std::vector<Member> NamedMembers(const std::vector<std::string>& without, const std::string& with) const;
 
   ReplicationOptions options_;
   spdlog::logger& log_;
@@ -160,9 +171,12 @@ class Replicator {
   uint64_t copies_ = 0;
   bool stop_ = false;
 
-  std::mutex isr_mu_;  // one write of the set at a time
+  std::map<std::string, uint64_t> last_copy_ms_;  // node -> when it was last sent a copy
+
+  std::mutex isr_mu_;  // one write of the set at a time; every standby named is waited for
   std::unique_ptr<EtcdClient> etcd_;
   int64_t isr_revision_ = 0;
+  bool stale_revision_ = false;
   std::thread thread_;
 };
 

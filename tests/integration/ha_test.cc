@@ -30,6 +30,19 @@ uint64_t PingEpoch(Cluster& c, const std::string& node) {
   return std::stoull(m[1]);
 }
 
+// "YYYY-MM-DDTHH:MM:SS.mmm" in UTC, as the daemons' log lines begin.
+std::string UtcNow() {
+  const auto now = std::chrono::system_clock::now();
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+  const time_t secs = static_cast<time_t>(ms / 1000);
+  tm utc{};
+  gmtime_r(&secs, &utc);
+  char text[64];
+  std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%03d", utc.tm_year + 1900, utc.tm_mon + 1,
+                utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(ms % 1000));
+  return text;
+}
+
 void CopyFile(const std::string& from, const std::string& to) {
   std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing);
 }
@@ -217,6 +230,10 @@ TEST_CASE(
   CHECK(view.find("in sync   a, b\n") != std::string::npos);
   CHECK(std::regex_search(view, std::regex("\nb +in sync +[0-9]+ +[0-9]+\n")));
   CHECK(c.Ctl({"ha", "--json"}).out.find(R"("state": "in sync")") != std::string::npos);
+  // A leader with nothing to write still says it is alive: the standby stays in sync
+  // (it does not take the silence for a lost leader and ask for a new copy).
+  CHECK_FALSE(b->WaitFor("nothing heard", 12000, 1, true));
+  CHECK(c.scheduler().Count("left the in-sync set", true) == 0);
 
   SECTION("the leader's kill -9: the standby leads on its own, and the old leader comes back as its standby") {
     // 40 tasks through one fm-submit --wait; the leader is killed while they run.
@@ -226,6 +243,7 @@ TEST_CASE(
                "\n";
     auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"}, lines);
     REQUIRE(c.WaitEvent("task.succeeded", 20000, 6));
+    REQUIRE(c.Ctl({"ha"}).out.find("in sync   a, b\n") != std::string::npos);
     c.KillScheduler();
     // Not by force: b is in the in-sync set, with everything a acknowledged.
     REQUIRE(b->WaitFor("leading fm as b (epoch", 15000, 1, true));
@@ -255,12 +273,20 @@ TEST_CASE(
 
   SECTION("a standby that stops acknowledging leaves the in-sync set after --ha-lag-max, and then never leads") {
     b->Signal(SIGSTOP);
-    // The batch waits for b at most the lag bound, then b leaves the set and it is released.
+    // The batch waits for b at most the lag bound, then b leaves the set and it is released:
+    // the submission is answered no sooner than the leader's log says b left (a leader that
+    // did not wait would answer at once). Both clocks: the wall clock in UTC, to the ms.
     REQUIRE(c.Submit(R"({"command": ["true"]})"
                      "\n",
                      {"--wait"})
                 .exit_code == 0);
-    CHECK(c.scheduler().WaitFor("standby b left the in-sync set", 5000, 1, true));
+    const std::string answered = UtcNow();
+    REQUIRE(c.scheduler().WaitFor("standby b left the in-sync set", 5000, 1, true));
+    const std::string log = c.scheduler().Stderr();
+    const size_t left = log.rfind('\n', log.find("standby b left the in-sync set"));
+    const std::string left_at = log.substr(left == std::string::npos ? 0 : left + 1, 23);
+    INFO("b left at " << left_at << ", the submission was answered by " << answered);
+    CHECK(left_at <= answered);
     CHECK(c.WaitEvent("b left the in-sync set: batch", 10000));
     CHECK(c.Ctl({"ha"}).out.find("in sync   a\n") != std::string::npos);
     // Back, it is sent a new copy and joins again.
@@ -294,13 +320,15 @@ TEST_CASE(
   Cluster c(a_args, "", /*secure=*/true);
   REQUIRE(WaitForLeader(c, "a", 10000) > 0);
   CopyFile(c.keys().Public("scheduler"), peers.path() + "/a.cert");
-  c.Trust("sched-b", "scheduler");
-  CopyFile(c.keys().Public("sched-b"), peers.path() + "/b.cert");
+  c.Trust("b", "scheduler");
+  CopyFile(c.keys().Public("b"), peers.path() + "/b.cert");
+  c.Trust("imposter", "scheduler");
+  CopyFile(c.keys().Public("imposter"), peers.path() + "/imposter.cert");
 
   TempDir b_data;
   std::vector<std::string> b_argv{Bin("fm-scheduler"), "--broker",  c.broker(), "--data",
                                   b_data.path(),       "--ha-node", "b"};
-  for (auto& f : c.keys().Flags("sched-b", "scheduler")) b_argv.push_back(f);
+  for (auto& f : c.keys().Flags("b", "scheduler")) b_argv.push_back(f);
   b_argv.insert(b_argv.end(), ha.begin(), ha.end());
   auto b = Process::Start(b_argv);
   REQUIRE(b->WaitFor("copied the leader's store", 15000, 1, true));
@@ -317,13 +345,15 @@ TEST_CASE(
   REQUIRE(mallory.ok());
   const std::string leader_key = fm::bus::LoadCertificate(c.keys().Public("scheduler"), false)->public_key;
   zmq::context_t ctx(1);
-  auto ask = [&](bool curve) {
+  auto imposter = fm::bus::LoadCertificate(c.keys().Secret("imposter"), true);
+  REQUIRE(imposter.ok());
+  auto ask = [&](const fm::bus::Certificate* as) {
     zmq::socket_t dealer(ctx, zmq::socket_type::dealer);
     dealer.set(zmq::sockopt::linger, 0);
-    if (curve) {
+    if (as != nullptr) {
       dealer.set(zmq::sockopt::curve_serverkey, leader_key);
-      dealer.set(zmq::sockopt::curve_publickey, mallory->public_key);
-      dealer.set(zmq::sockopt::curve_secretkey, mallory->secret_key);
+      dealer.set(zmq::sockopt::curve_publickey, as->public_key);
+      dealer.set(zmq::sockopt::curve_secretkey, as->secret_key);
     }
     dealer.connect(endpoint);
     std::string session(8, '\0');
@@ -335,14 +365,18 @@ TEST_CASE(
     zmq::pollitem_t item{dealer.handle(), 0, ZMQ_POLLIN, 0};
     return zmq::poll(&item, 1, std::chrono::milliseconds(3000)) > 0;
   };
-  CHECK_FALSE(ask(true));
-  CHECK_FALSE(ask(false));  // nor without CURVE
+  CHECK_FALSE(ask(&*mallory));
+  CHECK_FALSE(ask(nullptr));  // nor without CURVE
+  // Another scheduler of --ha-peers may follow, but only under its own name: its join as
+  // b is refused (it would have dropped b from the set).
+  CHECK_FALSE(ask(&*imposter));
+  CHECK(c.scheduler().WaitFor("refused a join as b from the certificate of imposter", 5000, 1, true));
   // b, the real one, is still in the set (a spoofed join under its name did not drop it).
   CHECK(c.Ctl({"ha"}).out.find("in sync   a, b\n") != std::string::npos);
 
   // A standby whose --ha-peers lacks the leader's key does not follow it.
   TempDir c_data, c_peers;
-  CopyFile(c.keys().Public("sched-b"), c_peers.path() + "/b.cert");
+  CopyFile(c.keys().Public("b"), c_peers.path() + "/b.cert");
   c.Trust("sched-c", "scheduler");
   std::vector<std::string> c_argv{Bin("fm-scheduler"), "--broker",   c.broker(),    "--data",   c_data.path(),
                                   "--ha-node",         "c",          "--etcd",      etcd.url(), "--ha-listen",

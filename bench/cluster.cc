@@ -945,6 +945,19 @@ void Replicated(int workers, int tasks, int samples) {
     ha_rate = piped.ended / piped.seconds;
     ha_rt = RoundTripMs(b, samples);
     if (b.scheduler().Count("left the in-sync set", true) > 0) std::fprintf(stderr, "the standby fell out of sync\n");
+    // The standby killed and started again: back in sync (a whole copy of the store that
+    // the run above filled, then the batches since) while submissions go on.
+    standby->Signal(SIGKILL);
+    standby->Wait(10000);
+    const double gone = NowSeconds();
+    standby = Process::Start(StandbyArgv(b, etcd.url(), "b", standby_data.path()));
+    uint64_t correlation = 8'500'000;
+    while (NowSeconds() - gone < 120 && b.scheduler().Count("standby b is in sync", true) < 2) {
+      b.client().Send(bus::kSchedulerAddress, SubmitBytes(10, ++correlation, false));
+      AwaitReply(b, wire::Body::SubmitReply, correlation, 0.05);
+    }
+    Report("replicated_standby_back_in_sync_s", NowSeconds() - gone, "s");
+    Report("replicated_store_mib", static_cast<double>(DirBytes(b.data_dir() + "/store")) / 1048576.0, "MiB");
   }
   Report("replicated_dispatch_tasks_per_s_lone", lone_rate, "tasks/s");
   Report("replicated_dispatch_tasks_per_s_with_standby", ha_rate, "tasks/s");

@@ -1,4 +1,4 @@
-// A standby scheduler, first part: who leads is decided by etcd (Debian's etcd-server,
+// A standby scheduler: who leads is decided by etcd (Debian's etcd-server,
 // spoken to through its v3 JSON gateway), never by fm itself (DESIGN.md "A standby
 // scheduler", docs/ARCHITECTURE.md "Leadership").
 //
@@ -7,9 +7,10 @@
 // every earlier leadership's. The in-sync set (who holds everything the leader
 // acknowledged) lives in etcd next to it, written only by a leader, guarded by its key:
 // a scheduler outside it is never made leader on its own, since its store may lack what
-// was acknowledged (an operator may force it: --ha-force-promotion). Until batches are
-// shipped to standbys (the next part), the in-sync set is the leader alone: a standby
-// waits, and the scheduler that led comes back as leader once its old lease is gone.
+// was acknowledged (an operator may force it: --ha-force-promotion). Without
+// --ha-listen the in-sync set is the leader alone: a standby waits, and the scheduler
+// that led comes back as leader once its old lease is gone; with it, standbys follow the
+// leader and join the set (scheduler/replication.h).
 //
 // A leader releases nothing (no reply, dispatch or event) once it cannot show that its
 // lease is alive: the last keepalive etcd answered was sent less than the lease minus a

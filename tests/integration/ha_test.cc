@@ -1,8 +1,11 @@
-// A standby scheduler on etcd, first part (scheduler/ha.h): a real etcd member on
-// loopback, real fm-schedulers competing through it. One leads and says so; the other
-// waits and never leads while it is outside the in-sync set; the leader comes back
+// A standby scheduler on etcd (scheduler/ha.h, scheduler/replication.h): a real etcd
+// member on loopback, real fm-schedulers competing through it. One leads and says so; the
+// other waits and never leads while it is outside the in-sync set; the leader comes back
 // after a kill -9 with a greater epoch; a leader that cannot renew its lease exits
-// before the lease ends; an operator can force a standby to lead, and it says so.
+// before the lease ends; an operator can force a standby to lead, and it says so. With
+// --ha-listen a standby follows the leader, is in sync, and takes over on its own with
+// everything acknowledged; one that lags leaves the set; over CURVE only the cluster's
+// schedulers follow.
 #include <signal.h>
 
 #include <catch2/catch.hpp>
@@ -41,6 +44,17 @@ std::string UtcNow() {
   std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%03d", utc.tm_year + 1900, utc.tm_mon + 1,
                 utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(ms % 1000));
   return text;
+}
+
+// Until fm-ctl ha names `set` as the in-sync set (a standby dropped under load is sent a
+// new copy and joins again).
+bool WaitInSync(Cluster& c, const std::string& set, int timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (c.Ctl({"--timeout", "2s", "ha"}).out.find("in sync   " + set + "\n") != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
 }
 
 void CopyFile(const std::string& from, const std::string& to) {
@@ -243,7 +257,7 @@ TEST_CASE(
                "\n";
     auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait"}, lines);
     REQUIRE(c.WaitEvent("task.succeeded", 20000, 6));
-    REQUIRE(c.Ctl({"ha"}).out.find("in sync   a, b\n") != std::string::npos);
+    REQUIRE(WaitInSync(c, "a, b", 20000));
     c.KillScheduler();
     // Not by force: b is in the in-sync set, with everything a acknowledged.
     REQUIRE(b->WaitFor("leading fm as b (epoch", 15000, 1, true));

@@ -10,6 +10,11 @@
 #   - every key, submitted again, answers its task's first (final) status.
 # Prints the figures and "N passed, N failed" for the invariants; exits non-zero on any
 # failure. The scratch directory is kept on failure.
+# With FM_SOAK_HA=1 the scheduler is two, on an etcd member of their own (--ha-listen,
+# --ha-lease 2s): the leader and its standby are killed and paused like the rest (a
+# leader paused past its lease exits 3 when it resumes, and is started again, as
+# systemd would: that is not "of its own accord"), so takeovers happen under load and
+# the invariants must hold across them.
 #   scripts/soak.sh [MINUTES] [SEED]      (default 1 minute; the binaries of build/bin,
 #                                         or of $FM_BIN, must be built)
 set -uo pipefail
@@ -39,16 +44,49 @@ start() { # name: (re)starts the process with its command
 cmd[root]="$bin/fm-broker --bind $root"
 cmd[node]="$bin/fm-broker --bind $node --upstream $root"
 cmd[scheduler]="$bin/fm-scheduler --broker $root --data $work/data --liveness 2s"
+ha=${FM_SOAK_HA:-0}
+declare -A fenced
+if [ "$ha" = 1 ]; then
+  etcd_port=$(port)
+  etcd_url="http://127.0.0.1:$etcd_port"
+  etcd_peer="http://127.0.0.1:$((etcd_port + 1))"
+  /usr/bin/etcd --name soak --data-dir "$work/etcd" --listen-client-urls "$etcd_url" \
+    --advertise-client-urls "$etcd_url" --listen-peer-urls "$etcd_peer" --initial-advertise-peer-urls "$etcd_peer" \
+    --initial-cluster "soak=$etcd_peer" --heartbeat-interval 100 --election-timeout 1000 >>"$work/etcd.log" 2>&1 &
+  etcd_pid=$!
+  for _ in $(seq 1 150); do grep -q "ready to serve client requests" "$work/etcd.log" && break; sleep 0.1; done
+  ha_flags="--etcd $etcd_url --ha-lease 2s --ha-listen tcp://127.0.0.1:*"
+  cmd[scheduler]+=" --ha-node a $ha_flags"
+  cmd[standby]="$bin/fm-scheduler --broker $root --data $work/data-b --liveness 2s --ha-node b $ha_flags"
+fi
 # Whom tasks run as, said as a root worker must (the soak's tasks are its own).
 run_as=""
 [ "$(id -u)" -eq 0 ] && run_as="--run-as root"
 for i in 1 2; do cmd[w$i]="$bin/fm-worker --broker $root --id w$i --slots 4 $run_as"; done
 for i in 3 4; do cmd[w$i]="$bin/fm-worker --broker $node --id w$i --slots 4 $run_as"; done
 names=(root node scheduler w1 w2 w3 w4)
+victims=("${names[@]}")
+# With two schedulers, faults fall on them three times as often: takeovers under load.
+[ "$ha" = 1 ] && names+=(standby) && victims+=(standby scheduler standby scheduler standby)
 for n in "${names[@]}"; do start "$n"; sleep 0.2; done
+
+# A scheduler that found its lease gone (exit 3) is started again, as systemd does.
+supervise() {
+  [ "$ha" = 1 ] || return 0
+  for n in scheduler standby; do
+    kill -0 "${pid[$n]}" 2>/dev/null && continue
+    wait "${pid[$n]}" 2>/dev/null
+    local rc=$?
+    [ "$rc" -eq 3 ] || continue # any other exit is left for the invariant below
+    fenced[$n]=$((${fenced[$n]:-0} + 1))
+    echo "  $(date +%T) $n fenced itself (exit 3): started again" >>"$work/faults.log"
+    start "$n"
+  done
+}
 
 cleanup() {
   for n in "${names[@]}"; do kill -CONT "${pid[$n]}" 2>/dev/null; kill "${pid[$n]}" 2>/dev/null; done
+  [ -n "${etcd_pid:-}" ] && kill "$etcd_pid" 2>/dev/null
   [ -n "${submitter:-}" ] && kill "$submitter" 2>/dev/null
   wait 2>/dev/null
 }
@@ -75,7 +113,7 @@ faults=0
 deadline=$((SECONDS + minutes * 60))
 while [ $SECONDS -lt $deadline ]; do
   sleep $((2 + RANDOM % 7))
-  victim=${names[$((RANDOM % ${#names[@]}))]}
+  victim=${victims[$((RANDOM % ${#victims[@]}))]}
   if ((RANDOM % 2)); then
     kill -KILL "${pid[$victim]}" 2>/dev/null
     wait "${pid[$victim]}" 2>/dev/null
@@ -90,6 +128,8 @@ while [ $SECONDS -lt $deadline ]; do
     kill -CONT "${pid[$victim]}" 2>/dev/null
   fi
   faults=$((faults + 1))
+  sleep 0.5
+  supervise
 done
 touch "$work/stop"
 wait "$submitter" 2>/dev/null
@@ -101,6 +141,7 @@ n_accepted=$(printf '%s\n' "$accepted" | grep -c . || true)
 for _ in $(seq 1 120); do
   # Only an answer counts: fm-ctl fails (and prints nothing) while the root broker it
   # asks is still coming back from the last fault.
+  supervise
   if listing=$("$bin/fm-ctl" --broker "$root" tasks 2>/dev/null); then
     left=$(printf '%s\n' "$listing" | awk 'NR > 1 && ($2 == "pending" || $2 == "queued" || $2 == "running")' | wc -l)
     [ "$left" -eq 0 ] && break
@@ -149,6 +190,7 @@ else
 fi
 check "nothing is stuck pending, queued or running ($stuck)" $([ "$stuck" = 0 ] && echo 0 || echo 1)
 
+supervise
 dead=""
 for n in "${names[@]}"; do kill -0 "${pid[$n]}" 2>/dev/null || dead+=" $n"; done
 check "no daemon exited of its own accord${dead:+ (exited:$dead)}" $([ -z "$dead" ] && echo 0 || echo 1)
@@ -166,5 +208,8 @@ check "$checked keys submitted again answer their task's status, succeeded ($wro
   $([ "$checked" -gt 0 ] && [ "$wrong" -eq 0 ] && echo 0 || echo 1)
 
 echo "figures: $faults faults (kills: $(for n in "${names[@]}"; do printf '%s=%s ' "$n" "${killed[$n]:-0}"; done)), $n_accepted tasks accepted, $count events"
+if [ "$ha" = 1 ]; then
+  echo "leaderships (the first and each takeover): $(cat "$work"/scheduler.log "$work"/standby.log 2>/dev/null | grep -c 'leading fm as'), fenced (exit 3): scheduler=${fenced[scheduler]:-0} standby=${fenced[standby]:-0}, standbys dropped from the in-sync set: $(cat "$work"/scheduler.log "$work"/standby.log 2>/dev/null | grep -c 'left the in-sync set')"
+fi
 echo "$passed passed, $failed failed"
 if [ "$failed" -eq 0 ]; then rm -rf "$work"; else echo "kept $work for a look" >&2; exit 1; fi

@@ -11,6 +11,8 @@ ctest --test-dir build --output-on-failure -j2 "$@"
 # Faults for a minute (kills and pauses of every daemon while keyed tasks stream in),
 # then the invariants: one end per accepted task, no seq gap, nothing stuck, no failure.
 scripts/soak.sh 1
+# The same with a standby scheduler on etcd: leader kills and pauses, takeovers under load.
+FM_SOAK_HA=1 scripts/soak.sh 1
 # The same suites built with AddressSanitizer and UndefinedBehaviorSanitizer: a memory
 # error or undefined behaviour in any daemon fails the run.
 scripts/sanitize.sh

@@ -870,22 +870,26 @@ void StoreGrowth(int tasks, int keep) {
   Report("store_growth_scheduler_rss", static_cast<double>(fm::test::ResidentBytes(b.scheduler().pid())), "bytes");
 }
 
+// Seconds from `start` until some scheduler answers a submission (one sent every 50 ms
+// until one is answered; bounded to a minute).
+double SecondsUntilAnswered(Bench& b, double start, uint64_t* correlation) {
+  while (NowSeconds() - start < 60) {
+    b.client().Send(bus::kSchedulerAddress, SubmitBytes(1, ++*correlation, false));
+    if (AwaitReply(b, wire::Body::SubmitReply, *correlation, 0.05)) break;
+  }
+  return NowSeconds() - start;
+}
+
 // A leader elected through etcd (one member on loopback, --ha-lease 3s), stopped and
 // started again at once on its data directory as systemd would: how long until a
 // submission is answered. After kill -9 its old lease must run out first; after a clean
 // stop (SIGTERM) the lease is revoked and the new process leads at once. (A standby of
-// another store does not take over on its own yet: the leader ships it no batches.)
+// another store taking over: Failover.)
 void Takeover(int rounds) {
   fm::test::Etcd etcd;
   Bench b(0, {"--etcd", etcd.url(), "--ha-node", "a", "--ha-lease", "3s"});
   uint64_t correlation = 7'000'000;
-  auto answered = [&](double start) {
-    while (NowSeconds() - start < 60) {  // bounded
-      b.client().Send(bus::kSchedulerAddress, SubmitBytes(1, ++correlation, false));
-      if (AwaitReply(b, wire::Body::SubmitReply, correlation, 0.05)) break;
-    }
-    return NowSeconds() - start;
-  };
+  auto answered = [&](double start) { return SecondsUntilAnswered(b, start, &correlation); };
   answered(NowSeconds());
   std::vector<double> killed, stopped;
   for (int i = 0; i < rounds; ++i) {
@@ -978,13 +982,7 @@ void Failover(int rounds) {
   auto other = Process::Start(b_argv);
   if (!b.scheduler().WaitFor("standby b is in sync", 60000, 1, true)) return;
   uint64_t correlation = 9'000'000;
-  auto answered = [&](double start) {
-    while (NowSeconds() - start < 60) {  // bounded
-      b.client().Send(bus::kSchedulerAddress, SubmitBytes(1, ++correlation, false));
-      if (AwaitReply(b, wire::Body::SubmitReply, correlation, 0.05)) break;
-    }
-    return NowSeconds() - start;
-  };
+  auto answered = [&](double start) { return SecondsUntilAnswered(b, start, &correlation); };
   std::vector<double> killed, stopped;
   bool a_leads = true;
   for (int i = 0; i < 2 * rounds; ++i) {

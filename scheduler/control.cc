@@ -127,7 +127,7 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
         uint64_t batches = 0;
         if (e.options_.leader.standbys) {
           for (const auto& st : e.options_.leader.standbys(&batches)) {
-            if (st.state == "in sync") in_sync.push_back(st.node);
+            if (st.in_sync) in_sync.push_back(st.node);
             standbys.push_back(
                 wire::CreateHaStandbyDirect(fbb, st.node.c_str(), st.state.c_str(), st.acked, st.behind));
           }

@@ -410,7 +410,7 @@ void SchedulerDaemon::Metrics(ops::Sheet& sheet) const {
     double in_sync = 0, behind = 0;
     const auto standbys = r->Standbys();
     for (const auto& s : standbys) {
-      if (s.state == "in sync") ++in_sync;
+      if (s.in_sync) ++in_sync;
       behind = std::max(behind, static_cast<double>(s.behind));
     }
     sheet.Gauge("scheduler_ha_standbys", "standbys following this leader (--ha-listen)",

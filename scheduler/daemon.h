@@ -92,17 +92,17 @@ class SchedulerDaemon {
   // Ends the process when this scheduler leads through etcd and its lease may be gone
   // (called before anything is sent).
   void CheckLease() const;
-  // Before Open: this scheduler leads (with --etcd); `what` says which leadership.
-  // Before Open: every batch goes through `replicator` (with --ha-listen).
+  // Before Open, after Lead: every batch goes through `replicator` (with --ha-listen).
   void Replicate(ha::Replicator* replicator) {
     options_.replicator = replicator;
     options_.engine.leader.standbys = [replicator](uint64_t* batches) {
       std::vector<EngineOptions::Standby> out;
-      for (const auto& s : replicator->Standbys()) out.push_back({s.node, s.state, s.acked, s.behind});
+      for (const auto& s : replicator->Standbys()) out.push_back({s.node, s.state, s.acked, s.behind, s.in_sync});
       *batches = replicator->index();
       return out;
     };
   }
+  // Before Open: this scheduler leads (with --etcd); `what` says which leadership.
   void Lead(const ha::Leadership* leadership, const ha::LeadershipOptions& ha, std::string what) {
     options_.leadership = leadership;
     options_.engine.leadership = std::move(what);

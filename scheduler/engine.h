@@ -64,8 +64,9 @@ struct EngineOptions {
   std::string leadership;
   uint64_t leadership_epoch = 0;  // stamped on every event (0: none)
   struct Standby {
-    std::string node, state;  // state "in sync" when in the in-sync set
+    std::string node, state;
     uint64_t acked = 0, behind = 0;
+    bool in_sync = false;
   };
   struct Leadership {
     std::string name, node, describe;

@@ -191,7 +191,8 @@ std::vector<StandbyView> Replicator::Standbys() const {
   std::vector<StandbyView> out;
   for (const auto& [id, s] : standbys_) {
     static const char* names[] = {"copying", "catching up", "joining", "in sync"};
-    out.push_back({s.node, names[static_cast<int>(s.state)], s.acked, index_ > s.acked ? index_ - s.acked : 0});
+    out.push_back({s.node, names[static_cast<int>(s.state)], s.acked, index_ > s.acked ? index_ - s.acked : 0,
+                   s.state == State::kInSync});
   }
   return out;
 }
@@ -239,7 +240,7 @@ Result<std::vector<Member>> Replicator::ReadSet() {
   return IsrMembers((*kv)->value);
 }
 
-Result<bool> Replicator::WriteSet(const std::vector<Member>& members) {
+Status Replicator::WriteSet(const std::vector<Member>& members) {
   if (stale_revision_) {  // a write whose outcome is unknown came before
     if (auto read = ReadSet(); !read.ok()) return read.status();
   }
@@ -250,9 +251,11 @@ Result<bool> Replicator::WriteSet(const std::vector<Member>& members) {
     stale_revision_ = true;
     return put.status();
   }
-  if (*put == 0) return false;
+  // Only this leadership writes the set while it holds the key: a failed guard means
+  // another leads.
+  if (*put == 0) leadership_->Fence("the in-sync set in etcd changed under this leader (another leads)");
   isr_revision_ = *put;
-  return true;
+  return Status::Ok();
 }
 
 void Replicator::Forget(const std::string& from, const std::string& why) {
@@ -350,12 +353,10 @@ Status Replicator::Write(const store::WriteBatch& batch, bool sync) {
         members = NamedMembers(late, "");
       }
       if (named) {
-        Result<bool> removed = WriteSet(members);
-        if (!removed.ok() || !*removed) {
-          leadership_->Fence(
-              "standby " + names + " did not acknowledge batch " + std::to_string(index) + " within " +
-              std::to_string(options_.lag_max_ms) + " ms and the in-sync set in etcd could not be " +
-              (removed.ok() ? "written (it changed: another leads)" : "written: " + removed.status().message()));
+        if (Status removed = WriteSet(members); !removed.ok()) {
+          leadership_->Fence("standby " + names + " did not acknowledge batch " + std::to_string(index) + " within " +
+                             std::to_string(options_.lag_max_ms) +
+                             " ms and the in-sync set in etcd could not be written: " + removed.message());
         }
       }
       std::lock_guard again(mu_);
@@ -470,9 +471,7 @@ void Replicator::AddToSet(const std::string& id, uint64_t now_ms) {
     node = it->second.node;
     members = NamedMembers({}, id);
   }
-  Result<bool> written = WriteSet(members);
-  if (written.ok() && !*written)
-    leadership_->Fence("the in-sync set in etcd changed under this leader (another leads)");
+  Status written = WriteSet(members);
   bool named = written.ok();
   if (!written.ok()) {
     // Applied or not? Asked again; until etcd says, it counts as named (it is waited for).
@@ -481,7 +480,7 @@ void Replicator::AddToSet(const std::string& id, uint64_t now_ms) {
     if (now_set.ok()) {
       for (const auto& m : *now_set) named = named || m.node == node;
     }
-    log_.warn("adding standby {} to the in-sync set: {}{}", node, written.status().message(),
+    log_.warn("adding standby {} to the in-sync set: {}{}", node, written.message(),
               now_set.ok() ? (named ? " (it was written)" : "; trying again") : "; etcd does not say whether it was");
   }
   std::lock_guard lock(mu_);
@@ -546,13 +545,11 @@ void Replicator::OnMessage(const std::string& from, std::vector<zmq::message_t>&
         members = NamedMembers(same, "");
       }
       if (named) {
-        Result<bool> written = WriteSet(members);
-        if (!written.ok()) {
+        if (Status written = WriteSet(members); !written.ok()) {
           log_.warn("standby {} asks for a new copy; removing it from the in-sync set first failed: {}", node,
-                    written.status().message());
+                    written.message());
           return;  // it asks again
         }
-        if (!*written) leadership_->Fence("the in-sync set in etcd changed under this leader (another leads)");
       }
       std::lock_guard lock(mu_);
       if (named) Notice(node + " left the in-sync set: it asked for a new copy (restarted?)");

@@ -69,7 +69,8 @@ struct StandbyView {
   std::string node;
   std::string state;  // "copying", "catching up", "joining", "in sync"
   uint64_t acked = 0;
-  uint64_t behind = 0;  // batches written here that it has not acknowledged
+  uint64_t behind = 0;   // batches written here that it has not acknowledged
+  bool in_sync = false;  // in the in-sync set
 };
 
 class Replicator {
@@ -136,9 +137,9 @@ class Replicator {
   void SendChunks(const std::string& from, Standby& s);
   void Release(Standby& s, uint64_t index);
   void EndCopy(Standby& s);
-  // The set in etcd: written (false: its guard failed, another leads), and read back
-  // (after a write whose outcome is unknown). Under isr_mu_.
-  Result<bool> WriteSet(const std::vector<Member>& members);
+  // The set in etcd: written (a failed guard means another leads: the process ends), and
+  // read back (after a write whose outcome is unknown). Under isr_mu_.
+  Status WriteSet(const std::vector<Member>& members);
   Result<std::vector<Member>> ReadSet();
   void AddToSet(const std::string& id, uint64_t now_ms);
   void Forget(const std::string& from, const std::string& why);  // under mu_

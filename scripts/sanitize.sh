@@ -12,4 +12,5 @@ cmake --build build-sanitize -j"$(nproc)"
 # noise from the ones that do; memory errors and undefined behaviour abort at once.
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-ctest --test-dir build-sanitize --output-on-failure -j2 -E "bench smoke|package" "$@"
+ctest --test-dir build-sanitize --output-on-failure -j2 -E "bench smoke|package" "$@" ||
+  { scripts/ctest-failures.sh build-sanitize; exit 1; }

@@ -28,7 +28,7 @@ echo "soak: ${minutes} min, seed $seed, scratch $work"
 
 port() { # a base port P with P..P+2 free
   while :; do
-    local p=$((20000 + RANDOM % 20000))
+    local p=$((10000 + RANDOM % 20000)) # below the kernel's ephemeral range (32768-): no outgoing connect takes it
     ! (ss -ltn | grep -qE ":($p|$((p + 1))|$((p + 2))) ") && { echo "$p"; return; }
   done
 }

@@ -7,7 +7,8 @@ scripts/check-tree.sh
 scripts/install-deps.sh
 scripts/podman-setup.sh
 scripts/build.sh
-ctest --test-dir build --output-on-failure -j2 "$@"
+ctest --test-dir build --output-on-failure -j2 "$@" ||
+  { scripts/ctest-failures.sh build; exit 1; }
 # Faults for a minute (kills and pauses of every daemon while keyed tasks stream in),
 # then the invariants: one end per accepted task, no seq gap, nothing stuck, no failure.
 scripts/soak.sh 1

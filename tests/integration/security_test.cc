@@ -1016,6 +1016,11 @@ TEST_CASE(
   router.set(zmq::sockopt::rcvtimeo, 500);
   const int evil_port = PickPortBase();
   router.bind("tcp://127.0.0.1:" + std::to_string(evil_port));
+  // Its event socket (port + 2, as a broker's), bound with the router while both are free.
+  zmq::socket_t xpub(ctx, zmq::socket_type::xpub);
+  xpub.set(zmq::sockopt::curve_server, 1);
+  xpub.set(zmq::sockopt::curve_secretkey, evil_cert->secret_key);
+  xpub.bind("tcp://127.0.0.1:" + std::to_string(evil_port + 2));
   TempDir marks;
   std::vector<std::unique_ptr<Process>> victims;
   for (std::string id : {"sealed", "plain"}) {
@@ -1121,10 +1126,6 @@ TEST_CASE(
   // Events coming down: carol's tap behind the attacker, pinning the root. It takes the
   // live stream only as a hint and prints only what the root sealed: neither the forged
   // live event nor the forged replay answer.
-  zmq::socket_t xpub(ctx, zmq::socket_type::xpub);
-  xpub.set(zmq::sockopt::curve_server, 1);
-  xpub.set(zmq::sockopt::curve_secretkey, evil_cert->secret_key);
-  xpub.bind("tcp://127.0.0.1:" + std::to_string(evil_port + 2));
   std::vector<std::string> tap_argv = {Bin("fm-tap"), "--broker", "tcp://127.0.0.1:" + std::to_string(evil_port),
                                        "--root-cert", c.keys().Public("broker")};
   for (auto& f : c.keys().Flags("carol", "client", "evil")) tap_argv.push_back(f);

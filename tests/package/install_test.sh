@@ -79,7 +79,7 @@ done
 # wins over the file).
 port=$(python3 -c '
 import socket
-for p in range(20000 + __import__("os").getpid() % 20000, 60000, 3):
+for p in range(10000 + __import__("os").getpid() % 20000, 32700, 3):  # below the ephemeral range
     try:
         ss = [socket.socket() for _ in range(3)]
         for i, s in enumerate(ss): s.bind(("127.0.0.1", p + i))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fails when the test suite left something behind: a container a worker or a probe made
 # (labels fm.worker, fm.probe), a process of ours (daemons, tools, the exec shim), a
-# podman API service or an etcd member a test started. scripts/test.sh runs it last.
+# podman API service, an etcd member or a network namespace a test started. scripts/test.sh runs it last.
 set -uo pipefail
 status=0
 if command -v podman >/dev/null; then
@@ -21,8 +21,13 @@ for name in fm-broker fm-scheduler fm-worker fm-submit fm-tap fm-ctl fm-cgexec; 
   fi
 done
 # etcd members the tests started (their data under /tmp/fm-test-*).
-if members=$(pgrep -f '^/usr/bin/etcd --name m1 --data-dir /tmp/'); then
+if members=$(pgrep -f '^/usr/bin/etcd --name m[a-z0-9]* --data-dir /tmp/'); then
   echo "check-leftovers: etcd members of tests still running: $(echo $members)" >&2
+  status=1
+fi
+# Network namespaces the host tests made (fmHOSTPID, fmswPID).
+if spaces=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^fm[a-z0-9]*[0-9]$'); then
+  echo "check-leftovers: network namespaces of tests left behind: $(echo $spaces)" >&2
   status=1
 fi
 if services=$(pgrep -f '^/usr/bin/podman system service --time=0 unix:///tmp/'); then

@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config git curl
   libzmq3-dev cppzmq-dev libflatbuffers-dev flatbuffers-compiler librocksdb-dev libuv1-dev
   libspdlog-dev catch2 libcli11-dev libczmq-dev libsodium-dev prometheus-cpp-dev libsystemd-dev libgoogle-perftools-dev libcurl4-openssl-dev nlohmann-json3-dev etcd-server help2man dpkg-dev systemd man-db python3
-  podman runc busybox-static clang-14 libclang-rt-14-dev iproute2 openssh-server openssh-client)
+  podman runc busybox-static clang-14 libclang-rt-14-dev iproute2 nftables openssh-server openssh-client)
 # openssh-server is here for its sshd binary only (the session image is made from it,
 # scripts/session-image.sh), etcd-server for its etcd binary (tests start their own
 # members): when this script installs them, the host's own ssh and etcd services are

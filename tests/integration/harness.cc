@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <regex>
 #include <stdexcept>
 
 namespace fm::test {
@@ -285,6 +286,175 @@ Etcd::Etcd() {
     process_.reset();  // a port taken meanwhile: another pair
   }
   throw std::runtime_error("etcd did not start on loopback");
+}
+
+namespace {
+int Sh(const std::string& command) { return std::system(command.c_str()); }
+}  // namespace
+
+Hosts::Hosts(std::vector<std::string> names) : suffix_(std::to_string(getpid() % 100000)), names_(std::move(names)) {
+  if (geteuid() != 0) throw std::runtime_error("network namespaces need root");
+  sw_ = "fmsw" + suffix_;
+  auto must = [](const std::string& command) {
+    if (Sh(command) != 0) throw std::runtime_error("failed: " + command);
+  };
+  must("ip netns add " + sw_);
+  must("ip -n " + sw_ + " link add br0 type bridge && ip -n " + sw_ + " link set br0 up");
+  int n = 1;
+  for (const std::string& host : names_) {
+    const std::string ns = Ns(host), veth = "v" + host + suffix_;
+    address_[host] = "10.99.0." + std::to_string(n++);
+    must("ip netns add " + ns);
+    must("ip link add " + veth + " type veth peer name eth0 netns " + ns);
+    must("ip link set " + veth + " netns " + sw_);
+    must("ip -n " + sw_ + " link set " + veth + " master br0 up");
+    must("ip -n " + ns + " addr add " + address_[host] + "/24 dev eth0");
+    must("ip -n " + ns + " link set eth0 up && ip -n " + ns + " link set lo up");
+  }
+}
+
+Hosts::~Hosts() {
+  processes_.clear();
+  for (const std::string& host : names_) Sh("ip netns del " + Ns(host) + " 2>/dev/null");
+  Sh("ip netns del " + sw_ + " 2>/dev/null");
+}
+
+std::vector<std::string> Hosts::On(const std::string& host, std::vector<std::string> argv) const {
+  argv.insert(argv.begin(), {"/usr/sbin/ip", "netns", "exec", Ns(host)});
+  return argv;
+}
+
+Process& Hosts::Run(const std::string& name, const std::string& host, std::vector<std::string> argv) {
+  processes_.erase(name);
+  return *(processes_[name] = Process::Start(On(host, WorkerCommand(std::move(argv)))));
+}
+
+void Hosts::Kill(const std::string& name) {
+  auto it = processes_.find(name);
+  if (it == processes_.end()) return;
+  it->second->Signal(SIGKILL);
+  it->second->Wait(10000);
+}
+
+void Hosts::Link(const std::string& host, bool up) {
+  const std::string command = "ip -n " + sw_ + " link set v" + host + suffix_ + (up ? " up" : " down");
+  if (Sh(command) != 0) throw std::runtime_error("failed: " + command);
+}
+
+void Hosts::Block(const std::string& host, int port, bool blocked) {
+  const std::string table = "fmblock" + std::to_string(port);
+  const std::string command = "ip netns exec " + Ns(host) + " nft '" +
+                              (blocked ? "add table inet " + table + "; add chain inet " + table +
+                                             " out { type filter hook output priority 0; }; add rule inet " + table +
+                                             " out tcp dport " + std::to_string(port) + " drop"
+                                       : "delete table inet " + table) +
+                              "'";
+  if (Sh(command) != 0) throw std::runtime_error("failed: " + command);
+}
+
+ToolRun Hosts::Tool(const std::string& host, std::vector<std::string> argv, const std::string& input) const {
+  return RunTool(On(host, std::move(argv)), input);
+}
+
+EtcdCluster::EtcdCluster(Hosts& hosts, std::vector<std::string> on) : hosts_(hosts), on_(std::move(on)) {
+  std::string initial;
+  for (const std::string& host : on_) {
+    initial += (initial.empty() ? "" : ",") + ("m" + host + "=http://" + hosts_.Address(host) + ":2380");
+  }
+  for (const std::string& host : on_) {
+    const std::string address = hosts_.Address(host);
+    hosts_.Run("etcd-" + host, host,
+               {"/usr/bin/etcd", "--name", "m" + host, "--data-dir", dir_.path() + "/" + host, "--listen-client-urls",
+                "http://" + address + ":2379", "--advertise-client-urls", "http://" + address + ":2379",
+                "--listen-peer-urls", "http://" + address + ":2380", "--initial-advertise-peer-urls",
+                "http://" + address + ":2380", "--initial-cluster", initial, "--initial-cluster-state", "new",
+                "--heartbeat-interval", "100", "--election-timeout", "1000",
+                // A member back from a partition would otherwise call an election with its
+                // raised term, and the others would stall while the leader's lease runs out.
+                "--pre-vote"});
+  }
+  for (const std::string& host : on_) {
+    if (!member(host).WaitFor("ready to serve client requests", 20000, 1, true)) {
+      throw std::runtime_error("etcd member on " + host + " did not start: " + member(host).Stderr());
+    }
+  }
+}
+
+EtcdCluster::~EtcdCluster() {
+  for (const std::string& host : on_) hosts_.Kill("etcd-" + host);
+}
+
+std::string EtcdCluster::Urls(const std::string& first) const {
+  std::string urls = "http://" + hosts_.Address(first) + ":2379";
+  for (const std::string& host : on_) {
+    if (host != first) urls += ",http://" + hosts_.Address(host) + ":2379";
+  }
+  return urls;
+}
+
+HaHosts::HaHosts() : hosts_({"a", "b", "c", "cl"}), keys_(data_.path() + "/keys"), peers_(data_.path() + "/peers") {
+  keys_.Make("cl", "broker");
+  std::filesystem::create_directories(peers_);
+  for (const char* s : {"a", "b"}) {
+    keys_.Make(s, "scheduler");
+    std::filesystem::copy_file(keys_.Public(s), peers_ + "/" + s + ".cert");
+  }
+  keys_.Make("ops", "operator");
+  keys_.Make("w1", "worker");
+  Process& broker = hosts_.Run(
+      "broker", "cl",
+      {Bin("fm-broker"), "--bind", "tcp://0.0.0.0:5550", "--cert", keys_.Secret("cl"), "--trust", keys_.dir()});
+  if (!broker.WaitFor("broker on", 10000, 1, true)) throw std::runtime_error("broker: " + broker.Stderr());
+  etcd_ = std::make_unique<EtcdCluster>(hosts_, std::vector<std::string>{"a", "b", "c"});
+}
+
+Process& HaHosts::Scheduler(const std::string& host) {
+  std::vector<std::string> argv{Bin("fm-scheduler"),
+                                "--broker",
+                                "tcp://" + hosts_.Address("cl") + ":5550",
+                                "--data",
+                                data_.path() + "/" + host,
+                                "--ha-node",
+                                host,
+                                "--etcd",
+                                etcd_->Urls(host),
+                                "--ha-lease",
+                                "2s",
+                                "--ha-listen",
+                                "tcp://" + hosts_.Address(host) + ":5560",
+                                "--ha-peers",
+                                peers_,
+                                "--ha-lag-max",
+                                "1s",
+                                "--liveness",
+                                "5s"};
+  for (auto& f : keys_.Flags(host, "scheduler", "cl")) argv.push_back(f);
+  return hosts_.Run(host, host, argv);
+}
+
+ToolRun HaHosts::Ctl(std::vector<std::string> args) const {
+  std::vector<std::string> argv{Bin("fm-ctl"),   "--broker",        kLocal, "--cert", keys_.Secret("ops"),
+                                "--broker-cert", keys_.Public("cl")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return hosts_.Tool("cl", argv);
+}
+
+std::string HaHosts::Leader() const {
+  ToolRun ping = Ctl({"--timeout", "1s", "ping"});
+  static const std::regex leads("leader of fm as ([a-z]+), epoch");
+  std::smatch m;
+  const std::string out = ping.out;
+  if (ping.exit_code != 0 || !std::regex_search(out, m, leads)) return "";
+  return m[1];
+}
+
+double HaHosts::UntilLeads(const std::string& node, std::chrono::steady_clock::time_point since, double limit_s) const {
+  auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count(); };
+  while (seconds() < limit_s) {
+    if (Leader() == node) return seconds();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return -1;
 }
 
 Cluster::Cluster(std::vector<std::string> scheduler_args, std::string data_dir, bool secure)

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -139,6 +140,86 @@ class Etcd {
   TempDir dir_;
   std::string url_;
   std::unique_ptr<Process> process_;
+};
+
+// Hosts on this machine: a network namespace each ("fm" HOST PID), joined by veth pairs
+// to a bridge in a namespace of its own, addressed 10.99.0.N in the order named. Nothing
+// is routed anywhere else. Needs root. Gone, with every process run on them, when the
+// object is.
+class Hosts {
+ public:
+  explicit Hosts(std::vector<std::string> names);
+  ~Hosts();
+  std::string Ns(const std::string& host) const { return "fm" + host + suffix_; }
+  const std::string& Address(const std::string& host) const { return address_.at(host); }
+  // `argv` as run on `host`.
+  std::vector<std::string> On(const std::string& host, std::vector<std::string> argv) const;
+  // Starts (or restarts) a named process on a host.
+  Process& Run(const std::string& name, const std::string& host, std::vector<std::string> argv);
+  Process& Get(const std::string& name) { return *processes_.at(name); }
+  void Kill(const std::string& name);
+  // Takes a host's link to the bridge down or up: the host is cut off, or back.
+  void Link(const std::string& host, bool up);
+  // Drops (or stops dropping) what processes on `host` send to TCP port `port` of any
+  // host, itself included (nftables in its namespace): one service out of its reach only.
+  void Block(const std::string& host, int port, bool blocked);
+  ToolRun Tool(const std::string& host, std::vector<std::string> argv, const std::string& input = "") const;
+  // Kills every process run on the hosts.
+  void StopAll() { processes_.clear(); }
+
+ private:
+  std::string suffix_, sw_;
+  std::vector<std::string> names_;
+  std::map<std::string, std::string> address_;
+  std::map<std::string, std::unique_ptr<Process>> processes_;
+};
+
+// A three-member etcd cluster, a member on each of three Hosts (client port 2379, peer port
+// 2380 of the host's address), electing fast (heartbeat 100 ms, election 1 s), with
+// pre-vote (a member back from a partition does not disrupt the others).
+class EtcdCluster {
+ public:
+  EtcdCluster(Hosts& hosts, std::vector<std::string> on);
+  ~EtcdCluster();  // the members stopped before their data directories go
+  // The client URLs, `first`'s member first (a process asks its own host's member first).
+  std::string Urls(const std::string& first) const;
+  Process& member(const std::string& host) { return hosts_.Get("etcd-" + host); }
+
+ private:
+  Hosts& hosts_;
+  std::vector<std::string> on_;
+  TempDir dir_;
+};
+
+// A scheduler that outlives its host, on Hosts a, b, c and cl: a three-member etcd on a,
+// b and c, the root broker on cl ("cl" its certificate), schedulers "a" and "b" (each on
+// its host, --ha-lease 2s, --ha-listen on its address, --ha-peers both), every link CURVE.
+// Tools run on cl as the operator "ops"; the worker key "w1" is made too.
+class HaHosts {
+ public:
+  HaHosts();
+  ~HaHosts() { hosts_.StopAll(); }
+  static constexpr const char* kLocal = "tcp://127.0.0.1:5550";  // the broker, from cl
+  Hosts& hosts() { return hosts_; }
+  EtcdCluster& etcd() { return *etcd_; }
+  // --cert NAME --broker-cert of the broker (a key made with `role` if need be).
+  std::vector<std::string> Flags(const std::string& name, const std::string& role) {
+    return keys_.Flags(name, role, "cl");
+  }
+  // Starts (or restarts) the scheduler named after its host, on its own data directory.
+  Process& Scheduler(const std::string& host);
+  ToolRun Ctl(std::vector<std::string> args) const;
+  // The node fm-ctl ping names as the leader; "" when nobody answers within a second.
+  std::string Leader() const;
+  // Seconds from `since` until ping names `node`; -1 past `limit_s`.
+  double UntilLeads(const std::string& node, std::chrono::steady_clock::time_point since, double limit_s = 20) const;
+
+ private:
+  Hosts hosts_;
+  TempDir data_;
+  Keys keys_;
+  std::string peers_;
+  std::unique_ptr<EtcdCluster> etcd_;
 };
 
 // A root broker, a scheduler with a temporary data directory, and an fm-tap --since 1

@@ -1,0 +1,166 @@
+// A standby scheduler across hosts (HaHosts): network namespaces a, b, c and a client host
+// cl on a bridge, a three-member etcd with a member on each of a, b and c, the leader on
+// one host and its standby on another, every link CURVE. Each fault the loopback tests
+// cannot make: the leader's host cut off (its link down), etcd unreachable from the
+// leader only (nftables drops what it sends to port 2379, everyone else still reaches
+// every member), and etcd's quorum lost (two members stopped). After each the standby in
+// sync leads on its own, and only once nobody else can; fm-submit --wait, the worker and
+// fm-tap ride through, every task ending once. Needs root (CI runs as root).
+#include <signal.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <thread>
+
+#include "harness.h"
+
+using namespace fm::test;
+using Catch::Contains;
+
+namespace {
+
+#ifdef FM_SANITIZED
+constexpr double kSlack = 3.0;  // sanitized daemons start and rebuild slower
+#else
+constexpr double kSlack = 0;
+#endif
+
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// The UTC timestamp ("YYYY-MM-DDTHH:MM:SS.mmm", as every daemon's log line begins) of the
+// first line of `log` holding `needle`, empty if none.
+std::string LoggedAt(const std::string& log, const std::string& needle) {
+  const size_t at = log.find(needle);
+  if (at == std::string::npos) return "";
+  const size_t line = log.rfind('\n', at);
+  return log.substr(line == std::string::npos ? 0 : line + 1, 23);
+}
+
+size_t Count(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = 0; (at = text.find(needle, at)) != std::string::npos; at += needle.size()) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "across hosts on a three-member etcd: the leader's host cut off, etcd cut from the leader only, etcd's quorum "
+    "lost; each time the standby in sync leads once nobody else can, nothing splits and every task ends once",
+    "[integration][hosts][ha]") {
+  HaHosts ha;
+  Hosts& h = ha.hosts();
+  // Until `at` (the leader) says `standby` is in sync.
+  auto in_sync = [&](const std::string& at, const std::string& standby) {
+    if (h.Get(at).WaitFor("standby " + standby + " is in sync", 30000, 1, true)) return true;
+    UNSCOPED_INFO(at << " said:\n" << h.Get(at).Stderr() << "\n" << standby << " said:\n" << h.Get(standby).Stderr());
+    return false;
+  };
+  REQUIRE(ha.Scheduler("a").WaitFor("leading fm as a (epoch", 20000, 1, true));
+  ha.Scheduler("b");
+  REQUIRE(in_sync("a", "b"));
+  auto on_cl = [&](std::vector<std::string> argv, const std::string& name, const std::string& role) {
+    for (auto& f : ha.Flags(name, role)) argv.push_back(f);
+    return argv;
+  };
+  Process& tap =
+      h.Run("tap", "cl", on_cl({Bin("fm-tap"), "--broker", HaHosts::kLocal, "--since", "1"}, "ops", "operator"));
+  h.Run("w1", "cl",
+        on_cl({Bin("fm-worker"), "--broker", HaHosts::kLocal, "--id", "w1", "--heartbeat", "200ms", "--slots", "4"},
+              "w1", "worker"));
+  REQUIRE(tap.WaitFor("worker.registered worker=w1", 20000));
+  REQUIRE(ha.Leader() == "a");
+
+  // 20 tasks through one fm-submit --wait from the client host, while a fault happens.
+  int submitted = 0;
+  auto submit = [&] {
+    std::string lines;
+    for (int i = 0; i < 20; ++i)
+      lines += R"({"command": ["sleep", "0.5"]})"
+               "\n";
+    submitted += 20;
+    return Process::Start(
+        h.On("cl", on_cl({Bin("fm-submit"), "--broker", HaHosts::kLocal, "--wait"}, "ops", "operator")), lines);
+  };
+  auto all_succeeded = [&](Process& p) {
+    REQUIRE(p.Wait(90000) == 0);
+    p.WaitClosed(2000);
+    INFO(p.Stdout() << p.Stderr());
+    CHECK(Count(p.Stdout(), "\"status\": \"succeeded\"") == 20);
+  };
+
+  // 1. The leader's host cut off: its link down, its etcd member with it. The standby on b
+  // leads once a's lease has run out; a, alone, stops itself by its deadline.
+  {
+    auto run = submit();
+    REQUIRE(tap.WaitFor("task.succeeded", 20000, submitted - 15));
+    const auto cut = std::chrono::steady_clock::now();
+    h.Link("a", false);
+    const double took = ha.UntilLeads("b", cut);
+    WARN("host cut off: b leads after " << took << " s");
+    CHECK(took > 0);
+    CHECK(took < 6.0 + kSlack);  // lease 2 s, + 1 s if etcd's own leader was on a, + fm's takeover
+    CHECK(h.Get("a").Wait(10000) == 3);
+    CHECK_THAT(h.Get("a").Stderr(), Contains("no longer sure to lead fm"));
+    CHECK(h.Get("b").Count("BY FORCE", true) == 0);
+    all_succeeded(*run);
+    h.Link("a", true);
+    ha.Scheduler("a");  // back, on its old store: it follows b and joins its in-sync set
+    REQUIRE(in_sync("b", "a"));
+  }
+
+  // 2. etcd unreachable from the leader (b) only: what it sends to port 2379 is dropped,
+  // while a, the worker and the broker reach everything. b stops itself at its deadline,
+  // and a leads only after b's last word.
+  {
+    auto run = submit();
+    REQUIRE(tap.WaitFor("task.succeeded", 20000, submitted - 15));
+    const auto cut = std::chrono::steady_clock::now();
+    h.Block("b", 2379, true);
+    const double took = ha.UntilLeads("a", cut);
+    WARN("etcd cut from the leader only: a leads after " << took << " s");
+    CHECK(took > 0);
+    CHECK(took < 6.0 + kSlack);
+    CHECK(h.Get("b").Wait(10000) == 3);
+    const std::string stopped = LoggedAt(h.Get("b").Stderr(), "no longer sure to lead fm");
+    const std::string leads = LoggedAt(h.Get("a").Stderr(), "leading fm as a (epoch");
+    INFO("b stopped at " << stopped << ", a leads from " << leads);
+    CHECK(!stopped.empty());
+    CHECK(!leads.empty());
+    CHECK(stopped < leads);
+    all_succeeded(*run);
+    h.Block("b", 2379, false);
+    ha.Scheduler("b");
+    REQUIRE(in_sync("a", "b"));
+  }
+
+  // 3. etcd's quorum lost (the members on b and c stopped): the leader stops by its
+  // deadline, and nobody leads until the quorum is back; then the standby in sync does.
+  {
+    REQUIRE(ha.Leader() == "a");
+    ha.etcd().member("b").Signal(SIGSTOP);
+    ha.etcd().member("c").Signal(SIGSTOP);
+    const auto lost = std::chrono::steady_clock::now();
+    CHECK(h.Get("a").Wait(10000) == 3);
+    CHECK(SecondsSince(lost) < 3.0 + kSlack);  // its deadline: within the 2 s lease
+    // Nobody answers for the cluster while the quorum is gone (the lease and a margin).
+    const auto quiet = std::chrono::steady_clock::now();
+    while (SecondsSince(quiet) < 4.0) CHECK(ha.Leader().empty());
+    CHECK(h.Get("b").Count("leading fm as b", true) == 0);
+    ha.etcd().member("b").Signal(SIGCONT);
+    ha.etcd().member("c").Signal(SIGCONT);
+    const double took = ha.UntilLeads("b", std::chrono::steady_clock::now());
+    WARN("quorum back: b leads after " << took << " s");
+    CHECK(took > 0);
+    CHECK(h.Get("b").Count("BY FORCE", true) == 0);
+    auto run = submit();
+    all_succeeded(*run);
+  }
+
+  // Every task ended once in the stream the tap followed from leader to leader.
+  REQUIRE(tap.WaitFor("task.succeeded", 20000, submitted));
+  CHECK_FALSE(tap.WaitFor("task.succeeded", 2000, submitted + 1));
+  CHECK(tap.Count("task.failed") == 0);
+}

@@ -1021,6 +1021,81 @@ void Failover(int rounds) {
   }
 }
 
+// Failovers across hosts (HaHosts: network namespaces, a three-member etcd with a member
+// on each scheduler's host and a third, CURVE; needs root), `rounds` of each kind: the
+// leader's host cut off (its link down), etcd cut from the leader only (what it sends to
+// port 2379 dropped), and etcd's quorum lost (the members on the standby's host and the
+// third stopped) and back. The time until fm-ctl ping on the client host names the
+// standby: from the fault, and for the quorum from its return (while it is gone nobody
+// may lead); for the quorum also how long the leader took to stop. The old leader is
+// started again and back in sync before the next round.
+void FailoverHosts(int rounds) {
+  if (geteuid() != 0) {
+    std::fprintf(stderr, "failover-hosts: needs root (network namespaces); skipped\n");
+    return;
+  }
+  fm::test::HaHosts ha;
+  fm::test::Hosts& h = ha.hosts();
+  if (!ha.Scheduler("a").WaitFor("leading fm as a (epoch", 20000, 1, true)) return;
+  ha.Scheduler("b");
+  if (!h.Get("a").WaitFor("standby b is in sync", 60000, 1, true)) return;
+  std::string leader = "a", standby = "b";
+  std::vector<double> cut, etcd_cut, quorum_back, quorum_stop;
+  int unclean = 0;
+  for (int i = 0; i < 3 * rounds; ++i) {
+    const int kind = i / rounds;
+    auto start = std::chrono::steady_clock::now();
+    double took = -1;
+    if (kind == 0) {
+      h.Link(leader, false);
+      took = ha.UntilLeads(standby, start);
+      if (h.Get(leader).Wait(10000) != 3) ++unclean;
+      h.Link(leader, true);
+    } else if (kind == 1) {
+      h.Block(leader, 2379, true);
+      took = ha.UntilLeads(standby, start);
+      if (h.Get(leader).Wait(10000) != 3) ++unclean;
+      h.Block(leader, 2379, false);
+    } else {
+      const std::string third = "c";
+      ha.etcd().member(standby).Signal(SIGSTOP);
+      ha.etcd().member(third).Signal(SIGSTOP);
+      if (h.Get(leader).Wait(10000) != 3) ++unclean;
+      quorum_stop.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      if (!ha.Leader().empty()) ++unclean;  // nobody may lead without the quorum
+      ha.etcd().member(standby).Signal(SIGCONT);
+      ha.etcd().member(third).Signal(SIGCONT);
+      took = ha.UntilLeads(standby, std::chrono::steady_clock::now());
+    }
+    if (took < 0) {
+      std::fprintf(stderr, "round %d: %s did not lead\n", i, standby.c_str());
+      break;
+    }
+    (kind == 0 ? cut : kind == 1 ? etcd_cut : quorum_back).push_back(took);
+    std::fprintf(stderr, "round %d (%s): %s leads after %.2f s\n", i,
+                 kind == 0   ? "host cut off"
+                 : kind == 1 ? "etcd cut from the leader"
+                             : "quorum back",
+                 standby.c_str(), took);
+    std::swap(leader, standby);
+    ha.Scheduler(standby);  // the old leader, back as the new one's standby
+    if (!h.Get(leader).WaitFor("standby " + standby + " is in sync", 60000, 1, true)) {
+      std::fprintf(stderr, "round %d: %s did not get in sync\n", i, standby.c_str());
+      break;
+    }
+  }
+  for (auto [name, v] :
+       {std::pair{"host_cut_off", &cut}, std::pair{"etcd_cut_from_leader", &etcd_cut},
+        std::pair{"quorum_back", &quorum_back}, std::pair{"quorum_lost_leader_stopped", &quorum_stop}}) {
+    if (v->empty()) continue;
+    Report(std::string("failover_hosts_") + name + "_p50_s", Percentile(*v, 50), "s");
+    Report(std::string("failover_hosts_") + name + "_p99_s", Percentile(*v, 99), "s");
+    Report(std::string("failover_hosts_") + name + "_max_s", Percentile(*v, 100), "s");
+    Report(std::string("failover_hosts_") + name + "_rounds", static_cast<double>(v->size()), "rounds");
+  }
+  Report("failover_hosts_unclean", unclean, "faults");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1054,5 +1129,7 @@ int main(int argc, char** argv) {
   if (want("takeover")) Takeover(tiny ? 2 : 20);
   if (want("replicated")) Replicated(tiny ? 1 : 4, tiny ? 200 : 50000, tiny ? 20 : 500);
   if (want("failover")) Failover(tiny ? 2 : 20);
+  // Not in the smoke run: the namespace test covers each kind once.
+  if (want("failover-hosts") && !tiny) FailoverHosts(20);
   return 0;
 }

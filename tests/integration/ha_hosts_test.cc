@@ -101,7 +101,9 @@ TEST_CASE(
     const double took = ha.UntilLeads("b", cut);
     WARN("host cut off: b leads after " << took << " s");
     CHECK(took > 0);
-    CHECK(took < 6.0 + kSlack);  // lease 2 s, + 1 s if etcd's own leader was on a, + fm's takeover
+    // Bounded, not timed (fm-bench-cluster failover-hosts times it): the lease, and if etcd's
+    // own leader was on a, etcd's election and the extension it gives every lease.
+    CHECK(took < 12.0 + kSlack);
     CHECK(h.Get("a").Wait(10000) == 3);
     CHECK_THAT(h.Get("a").Stderr(), Contains("no longer sure to lead fm"));
     CHECK(h.Get("b").Count("BY FORCE", true) == 0);
@@ -122,7 +124,7 @@ TEST_CASE(
     const double took = ha.UntilLeads("a", cut);
     WARN("etcd cut from the leader only: a leads after " << took << " s");
     CHECK(took > 0);
-    CHECK(took < 6.0 + kSlack);
+    CHECK(took < 12.0 + kSlack);
     CHECK(h.Get("b").Wait(10000) == 3);
     const std::string stopped = LoggedAt(h.Get("b").Stderr(), "no longer sure to lead fm");
     const std::string leads = LoggedAt(h.Get("a").Stderr(), "leading fm as a (epoch");

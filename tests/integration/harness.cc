@@ -439,8 +439,8 @@ ToolRun HaHosts::Ctl(std::vector<std::string> args) const {
   return hosts_.Tool("cl", argv);
 }
 
-std::string HaHosts::Leader() const {
-  ToolRun ping = Ctl({"--timeout", "1s", "ping"});
+std::string HaHosts::Leader(const std::string& timeout) const {
+  ToolRun ping = Ctl({"--timeout", timeout, "ping"});
   static const std::regex leads("leader of fm as ([a-z]+), epoch");
   std::smatch m;
   const std::string out = ping.out;
@@ -451,8 +451,8 @@ std::string HaHosts::Leader() const {
 double HaHosts::UntilLeads(const std::string& node, std::chrono::steady_clock::time_point since, double limit_s) const {
   auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count(); };
   while (seconds() < limit_s) {
-    if (Leader() == node) return seconds();
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (Leader("300ms") == node) return seconds();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return -1;
 }

@@ -209,9 +209,10 @@ class HaHosts {
   // Starts (or restarts) the scheduler named after its host, on its own data directory.
   Process& Scheduler(const std::string& host);
   ToolRun Ctl(std::vector<std::string> args) const;
-  // The node fm-ctl ping names as the leader; "" when nobody answers within a second.
-  std::string Leader() const;
-  // Seconds from `since` until ping names `node`; -1 past `limit_s`.
+  // The node fm-ctl ping names as the leader; "" when nobody answers within `timeout`.
+  std::string Leader(const std::string& timeout = "1s") const;
+  // Seconds from `since` until ping names `node` (pings of 300 ms each: a ping nobody
+  // answers would otherwise make the figure a multiple of its timeout); -1 past `limit_s`.
   double UntilLeads(const std::string& node, std::chrono::steady_clock::time_point since, double limit_s = 20) const;
 
  private:

@@ -243,7 +243,8 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
   }
   auto reply =
       wire::CreateControlReply(fbb, req.correlation(), ok, fbb.CreateString(message), fbb.CreateVector(workers),
-                               fbb.CreateVector(tasks), next_page, events.empty() ? 0 : fbb.CreateVector(events), ha);
+                               fbb.CreateVector(tasks), next_page, events.empty() ? 0 : fbb.CreateVector(events), ha,
+                               req.op() == wire::ControlOp::Task ? e.log_.log_removed_through() : 0);
   e.Send(from, codec::Seal(fbb, reply));
 }
 

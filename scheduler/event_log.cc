@@ -46,6 +46,9 @@ Status EventLog::Recover(const store::Store* store) {
   auto first = RecoverSpace(&events_);
   if (!first.ok()) return first.status();
   oldest_seq_ = *first ? *first : next_seq_;
+  auto removed = store->Get(keys::kMetaLogRemovedThrough);
+  if (!removed.ok()) return removed.status();
+  if (removed->has_value() && (*removed)->size() == 8) log_removed_through_ = keys::DecodeU64(**removed);
   return RecoverSpace(&logs_).status();
 }
 
@@ -253,7 +256,10 @@ void EventLog::ApplyRetention(uint64_t now_ms, store::WriteBatch* writes) {
   if (uint64_t cut = Trim(&events_, options_.retention_count, UINT64_MAX, cutoff_ms, writes)) {
     oldest_seq_ = std::max(oldest_seq_, cut + 1);
   }
-  Trim(&logs_, UINT64_MAX, options_.log_retention_bytes, cutoff_ms, writes);
+  if (uint64_t cut = Trim(&logs_, UINT64_MAX, options_.log_retention_bytes, cutoff_ms, writes)) {
+    log_removed_through_ = std::max(log_removed_through_, cut);
+    writes->Put(keys::kMetaLogRemovedThrough, keys::EncodeU64(log_removed_through_));
+  }
 }
 
 uint64_t EventLog::Trim(Space* space, uint64_t max_events, uint64_t max_bytes, uint64_t cutoff_ms,

@@ -90,6 +90,9 @@ class EventLog {
   // What is stored: events (not task output), and bytes of task output.
   uint64_t stored_events() const { return events_.events; }
   uint64_t stored_log_bytes() const { return logs_.bytes; }
+  // The last seq whose task output the log retention removed (kept in the store across
+  // restarts); 0 when none: what fm-ctl logs says rather than print a silent gap.
+  uint64_t log_removed_through() const { return log_removed_through_; }
 
  private:
   // One kind of stored block and its index, with what it holds.
@@ -112,7 +115,7 @@ class EventLog {
 
   EventLogOptions options_;
   const store::Store* store_ = nullptr;
-  uint64_t next_seq_ = 1, oldest_seq_ = 1, persisted_seq_ = 0;
+  uint64_t next_seq_ = 1, oldest_seq_ = 1, persisted_seq_ = 0, log_removed_through_ = 0;
   uint64_t next_age_check_ms_ = 0;
   Space events_{store::keys::kEventPrefix, store::keys::kEventIndexPrefix};
   Space logs_{store::keys::kLogPrefix, store::keys::kLogIndexPrefix};

@@ -30,6 +30,9 @@ inline constexpr std::string_view kMetaEpoch = "m/epoch";
 // <u64be>: how many ended tasks (t/) the store holds, for their retention; absent in a
 // store from before it (counted at start, then written).
 inline constexpr std::string_view kMetaEndedTasks = "m/ended_tasks";
+// <u64be>: the last seq whose task output (l/) the log retention removed; absent when
+// it removed none (or in a store from before it).
+inline constexpr std::string_view kMetaLogRemovedThrough = "m/log_removed_through";
 
 inline std::string EncodeU64(uint64_t v) {
   std::string out(8, '\0');

@@ -259,7 +259,18 @@ int Logs(fm::tools::ToolClient& client, const std::string& task, uint32_t attemp
   follower.Start(static_cast<int64_t>(followed->first_seq));
   follower.Run(&g_stop, !follow);
   std::fflush(stdout);
-  return follow && printer.ended() ? printer.status() : follow ? 130 : 0;
+  // Output older than the log retention's cut is gone though the task is not: said, and
+  // not a success, rather than a silent gap.
+  const bool cut = followed->first_seq <= followed->output_removed_through;
+  if (cut) {
+    std::fprintf(stderr,
+                 "fm-ctl: logs: %s's output may be incomplete: the log retention (--log-retention) removed the "
+                 "stored task output up to event seq %llu, and %s's events begin at seq %llu\n",
+                 name.c_str(), static_cast<unsigned long long>(followed->output_removed_through), name.c_str(),
+                 static_cast<unsigned long long>(followed->first_seq));
+  }
+  if (follow && printer.ended()) return printer.status();
+  return follow ? 130 : cut ? 1 : 0;
 }
 
 }  // namespace

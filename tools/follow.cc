@@ -231,6 +231,7 @@ Result<FollowedTask> LookUpTask(ToolClient& client, const std::string& task, int
     out.state = codec::Str(r->tasks()->Get(0)->state());
   }
   if (r->events() && r->events()->size() > 0) out.first_seq = r->events()->Get(0)->seq();
+  out.output_removed_through = r->output_removed_through();
   return out;
 }
 

@@ -82,6 +82,7 @@ struct FollowedTask {
   uint32_t attempt = 0;
   std::string state;
   uint64_t first_seq = 0;
+  uint64_t output_removed_through = 0;  // the log retention removed task output up to this seq
 };
 // Asks the scheduler for task `task` (t42 or 42; a client's own tasks only). Errors: not
 // a task id, no such task, not the caller's, no answer.

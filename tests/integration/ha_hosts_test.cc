@@ -10,6 +10,8 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdio>
+#include <filesystem>
 #include <thread>
 
 #include "harness.h"
@@ -165,4 +167,76 @@ TEST_CASE(
   REQUIRE(tap.WaitFor("task.succeeded", 20000, submitted));
   CHECK_FALSE(tap.WaitFor("task.succeeded", 2000, submitted + 1));
   CHECK(tap.Count("task.failed") == 0);
+}
+
+TEST_CASE(
+    "output across hosts is stored exactly once through a cut of the worker's link and a takeover: a task writing "
+    "20 MB of numbered lines gives back what it wrote, byte for byte",
+    "[integration][hosts][ha][output]") {
+  HaHosts ha;
+  Hosts& h = ha.hosts();
+  REQUIRE(ha.Scheduler("a").WaitFor("leading fm as a (epoch", 20000, 1, true));
+  ha.Scheduler("b");
+  REQUIRE(h.Get("a").WaitFor("standby b is in sync", 30000, 1, true));
+  auto with = [&](std::vector<std::string> argv, const std::string& name, const std::string& role) {
+    for (auto& f : ha.Flags(name, role)) argv.push_back(f);
+    return argv;
+  };
+  Process& tap =
+      h.Run("tap", "cl", with({Bin("fm-tap"), "--broker", HaHosts::kLocal, "--since", "1"}, "ops", "operator"));
+  // The worker on a host of its own (c, beside an etcd member), reaching the broker on cl.
+  h.Run("w1", "c",
+        with({Bin("fm-worker"), "--broker", "tcp://" + h.Address("cl") + ":5550", "--id", "w1", "--heartbeat", "200ms",
+              "--max-output", "64MiB"},
+             "w1", "worker"));
+  REQUIRE(tap.WaitFor("worker.registered worker=w1", 20000));
+  // 2,600,000 numbered lines (20.4 MB) in three parts, each after a file appears: the
+  // second is written while the worker's link is cut (the first two, 3.4 MB, fit in the
+  // worker's 4 MiB output window, acknowledged or not), the third while the leader's host
+  // is cut off and nobody leads yet.
+  TempDir marks;
+  const std::string go1 = marks.path() + "/go1", done1 = marks.path() + "/done1", go2 = marks.path() + "/go2";
+  auto wait_for = [](const std::string& file) { return "while [ ! -e " + file + " ]; do sleep 0.05; done; "; };
+  const std::string script = "seq 1 200000; " + wait_for(go1) + "seq 200001 500000; touch " + done1 + "; " +
+                             wait_for(go2) + "seq 500001 2600000";
+  ToolRun submitted = h.Tool("cl", with({Bin("fm-submit"), "--broker", HaHosts::kLocal}, "ops", "operator"),
+                             R"({"command": ["sh", "-c", ")" + script +
+                                 R"("]})"
+                                 "\n");
+  REQUIRE(submitted.exit_code == 0);
+  REQUIRE_THAT(submitted.out, Contains(R"("task": "t1")"));
+  REQUIRE(tap.WaitFor("task.log task=t1", 60000));
+  auto touch = [](const std::string& file) {
+    std::FILE* f = std::fopen(file.c_str(), "w");
+    REQUIRE(f);
+    std::fclose(f);
+  };
+
+  // 1. The worker's link cut while it writes the second part, back once it is written.
+  h.Link("c", false);
+  touch(go1);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!std::filesystem::exists(done1) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(std::filesystem::exists(done1));
+  h.Link("c", true);
+
+  // 2. The leader's host cut off while the third part is written: b takes over, and the
+  // worker sends b what a had not acknowledged.
+  h.Link("a", false);
+  touch(go2);
+  const double took = ha.UntilLeads("b", std::chrono::steady_clock::now(), 30);
+  WARN("b leads after " << took << " s");
+  REQUIRE(took > 0);
+  REQUIRE(tap.WaitFor("task.succeeded task=t1", 120000));
+  h.Link("a", true);
+
+  const std::string expected = RunTool({"/usr/bin/seq", "1", "2600000"}).out;
+  ToolRun logs = ha.Ctl({"logs", "t1"});
+  INFO(logs.err);
+  CHECK(logs.exit_code == 0);
+  CHECK(logs.out.size() == expected.size());
+  CHECK((logs.out == expected));
+  CHECK(tap.Count("worker.lost") == 0);  // the cut was shorter than the liveness window
 }

@@ -1,4 +1,5 @@
 // A task's output as its owner gets it back: fm-ctl logs, against the real binaries.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
@@ -243,4 +244,48 @@ TEST_CASE("fm-ctl logs of a task the task retention removed says so, never an em
   ToolRun never = c.Ctl({"logs", "t9"});
   CHECK(never.exit_code == 1);
   CHECK_THAT(never.err, Contains("no task t9") && !Contains("retention"));
+}
+
+TEST_CASE(
+    "fm-ctl logs of a task whose output the log retention removed prints what is kept and says the rest is gone, "
+    "also after a restart",
+    "[integration][output]") {
+  Cluster c({"--log-retention", "1MiB"});
+  c.StartWorker("w1", {"--max-output", "64MiB"});
+  // t1 prints 2 MB, twice the whole retention: its first blocks go; t2 after it is whole.
+  REQUIRE(c.Submit(R"({"command": ["seq", "1", "300000"]})"
+                   "\n",
+                   {"--wait"})
+              .exit_code == 0);
+  REQUIRE(c.Submit(R"({"command": ["echo", "kept"]})"
+                   "\n",
+                   {"--wait"})
+              .exit_code == 0);
+  const std::string all = RunTool({"/usr/bin/seq", "1", "300000"}).out;
+  for (bool restarted : {false, true}) {
+    INFO((restarted ? "after a restart" : "before a restart"));
+    if (restarted) {
+      c.RestartScheduler();
+      for (int j = 0; j < 100 && c.Ctl({"ping"}).exit_code != 0; ++j) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+    // (The retention runs on the scheduler's tick: until it has.)
+    ToolRun cut;
+    for (int i = 0; i < 50; ++i) {
+      cut = c.Ctl({"logs", "t1"});
+      if (cut.err.find("log retention") != std::string::npos) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    CHECK(cut.exit_code == 1);
+    CHECK_THAT(cut.err, Contains("t1's output may be incomplete") && Contains("--log-retention"));
+    // What is kept is the end of what it wrote, byte for byte.
+    CHECK(cut.out.size() > 0);
+    CHECK(cut.out.size() < all.size());
+    CHECK((all.compare(all.size() - std::min(all.size(), cut.out.size()), std::string::npos, cut.out) == 0));
+    ToolRun whole = c.Ctl({"logs", "t2"});
+    CHECK(whole.exit_code == 0);
+    CHECK(whole.out == "kept\n");
+    CHECK(whole.err.empty());
+  }
 }

@@ -50,7 +50,7 @@ size_t Count(const std::string& text, const std::string& needle) {
 
 TEST_CASE(
     "across hosts on a three-member etcd: the leader's host cut off, etcd cut from the leader only, etcd's quorum "
-    "lost; each time the standby in sync leads once nobody else can, nothing splits and every task ends once",
+    "lost, and each time the standby in sync leads once nobody else can, nothing splits and every task ends once",
     "[integration][hosts][ha]") {
   HaHosts ha;
   Hosts& h = ha.hosts();

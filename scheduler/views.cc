@@ -59,7 +59,7 @@ flatbuffers::Offset<wire::TaskView> TaskDetail(flatbuffers::FlatBufferBuilder& f
                               fbb.CreateString(t.message), spec, waiting.empty() ? 0 : fbb.CreateString(waiting),
                               t.submitted_ms, t.owner.empty() ? 0 : fbb.CreateString(t.owner),
                               t.gpus.empty() ? 0 : codec::ToWire(fbb, t.gpus),
-                              t.endpoint.port == 0 ? 0 : codec::ToWire(fbb, t.endpoint));
+                              t.endpoint.port == 0 ? 0 : codec::ToWire(fbb, t.endpoint), t.first_seq);
 }
 
 std::vector<flatbuffers::Offset<wire::WorkerView>> Workers(flatbuffers::FlatBufferBuilder& fbb, const Fleet& fleet,

@@ -252,7 +252,12 @@ int Logs(fm::tools::ToolClient& client, const std::string& task, uint32_t attemp
     return 1;
   }
   fm::tools::OutputPrinter printer({"fm-ctl", name, wanted, stream, json});
-  fm::tools::EventFollower follower(client, "fm-ctl", [&](const fm::wire::Event& e) { return printer.Take(e); });
+  // Where the attempt began: its output all comes after its first event (task.dispatched).
+  uint64_t attempt_from = 0;
+  fm::tools::EventFollower follower(client, "fm-ctl", [&](const fm::wire::Event& e) {
+    if (attempt_from == 0 && e.attempt() == wanted && fm::codec::Str(e.task()) == name) attempt_from = e.seq();
+    return printer.Take(e);
+  });
   std::signal(SIGINT, [](int) { g_stop = 1; });
   std::signal(SIGTERM, [](int) { g_stop = 1; });
   follower.Subscribe(true);
@@ -260,14 +265,18 @@ int Logs(fm::tools::ToolClient& client, const std::string& task, uint32_t attemp
   follower.Run(&g_stop, !follow);
   std::fflush(stdout);
   // Output older than the log retention's cut is gone though the task is not: said, and
-  // not a success, rather than a silent gap.
-  const bool cut = followed->first_seq <= followed->output_removed_through;
+  // not a success, rather than a silent gap. The attempt began at its first event seen, or
+  // (that event gone with the event retention) no later than the task's first.
+  const uint64_t began = attempt_from != 0               ? attempt_from
+                         : followed->task_first_seq != 0 ? followed->task_first_seq
+                                                         : followed->first_seq;
+  const bool cut = began <= followed->output_removed_through;
   if (cut) {
     std::fprintf(stderr,
                  "fm-ctl: logs: %s's output may be incomplete: the log retention (--log-retention) removed the "
-                 "stored task output up to event seq %llu, and %s's events begin at seq %llu\n",
-                 name.c_str(), static_cast<unsigned long long>(followed->output_removed_through), name.c_str(),
-                 static_cast<unsigned long long>(followed->first_seq));
+                 "stored task output up to event seq %llu, and attempt %u of %s began at seq %llu\n",
+                 name.c_str(), static_cast<unsigned long long>(followed->output_removed_through), wanted, name.c_str(),
+                 static_cast<unsigned long long>(began));
   }
   if (follow && printer.ended()) return printer.status();
   return follow ? 130 : cut ? 1 : 0;

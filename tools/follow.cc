@@ -229,6 +229,7 @@ Result<FollowedTask> LookUpTask(ToolClient& client, const std::string& task, int
   if (r->tasks() && r->tasks()->size() == 1) {
     out.attempt = r->tasks()->Get(0)->attempt();
     out.state = codec::Str(r->tasks()->Get(0)->state());
+    out.task_first_seq = r->tasks()->Get(0)->first_seq();
   }
   if (r->events() && r->events()->size() > 0) out.first_seq = r->events()->Get(0)->seq();
   out.output_removed_through = r->output_removed_through();

@@ -81,7 +81,8 @@ struct FollowedTask {
   std::string name;
   uint32_t attempt = 0;
   std::string state;
-  uint64_t first_seq = 0;
+  uint64_t first_seq = 0;               // its first event still retained (where to replay from)
+  uint64_t task_first_seq = 0;          // its very first event's, retained or not
   uint64_t output_removed_through = 0;  // the log retention removed task output up to this seq
 };
 // Asks the scheduler for task `task` (t42 or 42; a client's own tasks only). Errors: not

@@ -109,6 +109,12 @@ TEST_CASE(
     CHECK(h.Get("a").Wait(10000) == 3);
     CHECK_THAT(h.Get("a").Stderr(), Contains("no longer sure to lead fm"));
     CHECK(h.Get("b").Count("BY FORCE", true) == 0);
+    // a stopped before b led (one machine's clock: the same in every namespace).
+    const std::string stopped = LoggedAt(h.Get("a").Stderr(), "no longer sure to lead fm");
+    const std::string leads = LoggedAt(h.Get("b").Stderr(), "leading fm as b (epoch");
+    INFO("a stopped at " << stopped << ", b leads from " << leads);
+    CHECK(!leads.empty());
+    CHECK(stopped < leads);
     all_succeeded(*run);
     h.Link("a", true);
     ha.Scheduler("a");  // back, on its old store: it follows b and joins its in-sync set
@@ -196,7 +202,10 @@ TEST_CASE(
   // is cut off and nobody leads yet.
   TempDir marks;
   const std::string go1 = marks.path() + "/go1", done1 = marks.path() + "/done1", go2 = marks.path() + "/go2";
-  auto wait_for = [](const std::string& file) { return "while [ ! -e " + file + " ]; do sleep 0.05; done; "; };
+  // (At most a minute: a test that failed before making the file leaves no shell behind.)
+  auto wait_for = [](const std::string& file) {
+    return "i=0; while [ ! -e " + file + " ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; ";
+  };
   const std::string script = "seq 1 200000; " + wait_for(go1) + "seq 200001 500000; touch " + done1 + "; " +
                              wait_for(go2) + "seq 500001 2600000";
   ToolRun submitted = h.Tool("cl", with({Bin("fm-submit"), "--broker", HaHosts::kLocal}, "ops", "operator"),

@@ -65,7 +65,7 @@ int EphemeralLow() {
   std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
   int low = 0;
   if (in >> low && low > 12000) return low;
-  return 50000;
+  return 32768;  // Linux's default floor (a floor set below 12000 leaves no room under it)
 }
 }  // namespace
 
@@ -298,24 +298,36 @@ Hosts::Hosts(std::vector<std::string> names) : suffix_(std::to_string(getpid() %
   auto must = [](const std::string& command) {
     if (Sh(command) != 0) throw std::runtime_error("failed: " + command);
   };
-  must("ip netns add " + sw_);
-  must("ip -n " + sw_ + " link add br0 type bridge && ip -n " + sw_ + " link set br0 up");
-  int n = 1;
-  for (const std::string& host : names_) {
-    const std::string ns = Ns(host), veth = "v" + host + suffix_;
-    address_[host] = "10.99.0." + std::to_string(n++);
-    must("ip netns add " + ns);
-    must("ip link add " + veth + " type veth peer name eth0 netns " + ns);
-    must("ip link set " + veth + " netns " + sw_);
-    must("ip -n " + sw_ + " link set " + veth + " master br0 up");
-    must("ip -n " + ns + " addr add " + address_[host] + "/24 dev eth0");
-    must("ip -n " + ns + " link set eth0 up && ip -n " + ns + " link set lo up");
+  try {
+    must("ip netns add " + sw_);
+    must("ip -n " + sw_ + " link add br0 type bridge && ip -n " + sw_ + " link set br0 up");
+    int n = 1;
+    for (const std::string& host : names_) {
+      const std::string ns = Ns(host), veth = "v" + host + suffix_;
+      address_[host] = "10.99.0." + std::to_string(n++);
+      must("ip netns add " + ns);
+      must("ip link add " + veth + " type veth peer name eth0 netns " + ns);
+      must("ip link set " + veth + " netns " + sw_);
+      must("ip -n " + sw_ + " link set " + veth + " master br0 up");
+      must("ip -n " + ns + " addr add " + address_[host] + "/24 dev eth0");
+      must("ip -n " + ns + " link set eth0 up && ip -n " + ns + " link set lo up");
+    }
+  } catch (...) {
+    Remove();  // no destructor runs for a constructor that throws
+    throw;
   }
 }
 
 Hosts::~Hosts() {
   processes_.clear();
-  for (const std::string& host : names_) Sh("ip netns del " + Ns(host) + " 2>/dev/null");
+  Remove();
+}
+
+void Hosts::Remove() {
+  for (const std::string& host : names_) {
+    Sh("ip netns del " + Ns(host) + " 2>/dev/null");
+    Sh("ip link del v" + host + suffix_ + " 2>/dev/null");  // one not yet moved into the switch
+  }
   Sh("ip netns del " + sw_ + " 2>/dev/null");
 }
 
@@ -375,7 +387,9 @@ EtcdCluster::EtcdCluster(Hosts& hosts, std::vector<std::string> on) : hosts_(hos
   }
   for (const std::string& host : on_) {
     if (!member(host).WaitFor("ready to serve client requests", 20000, 1, true)) {
-      throw std::runtime_error("etcd member on " + host + " did not start: " + member(host).Stderr());
+      const std::string said = member(host).Stderr();
+      for (const std::string& h : on_) hosts_.Kill("etcd-" + h);  // before their directories go
+      throw std::runtime_error("etcd member on " + host + " did not start: " + said);
     }
   }
 }

@@ -168,6 +168,7 @@ class Hosts {
   void StopAll() { processes_.clear(); }
 
  private:
+  void Remove();  // the namespaces and links, whatever was made of them
   std::string suffix_, sw_;
   std::vector<std::string> names_;
   std::map<std::string, std::string> address_;

@@ -176,8 +176,9 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "output across hosts is stored exactly once through a cut of the worker's link and a takeover: a task writing "
-    "20 MB of numbered lines gives back what it wrote, byte for byte",
+    // (Catch indents a wrapped title to its first ": ", and asserts it is within the line.)
+    "output across hosts: a task writing 20 MB of numbered lines through a cut of its worker's link and a takeover "
+    "gives back what it wrote, byte for byte, stored exactly once",
     "[integration][hosts][ha][output]") {
   HaHosts ha;
   Hosts& h = ha.hosts();

@@ -592,7 +592,14 @@ TEST_CASE(
       {"--wait"});
   INFO(bob.err);
   REQUIRE(bob.exit_code == 0);
-  REQUIRE(c.WaitEvent("| bob-file="));
+  // (Once in CI the tap had not shown bob's last line 10 s after fm-submit --wait returned:
+  // longer, and what it had if still not.)
+  if (!c.WaitEvent("| bob-file=", 30000)) {
+    const std::string tapped = c.tap().Stdout();
+    FAIL("bob's output never reached the tap; fm-submit printed:\n"
+         << bob.out << "\nthe tap's last lines:\n"
+         << tapped.substr(tapped.size() > 4000 ? tapped.size() - 4000 : 0));
+  }
   const std::string alice_uid = LoggedValue(c.tap(), "alice-uid"), bob_uid = LoggedValue(c.tap(), "bob-uid");
   CHECK(alice_uid != bob_uid);
   for (const std::string& uid : {alice_uid, bob_uid}) CHECK((uid >= "300100" && uid <= "300199"));

@@ -63,14 +63,9 @@ TEST_CASE(
   REQUIRE(ha.Scheduler("a").WaitFor("leading fm as a (epoch", 20000, 1, true));
   ha.Scheduler("b");
   REQUIRE(in_sync("a", "b"));
-  auto on_cl = [&](std::vector<std::string> argv, const std::string& name, const std::string& role) {
-    for (auto& f : ha.Flags(name, role)) argv.push_back(f);
-    return argv;
-  };
-  Process& tap =
-      h.Run("tap", "cl", on_cl({Bin("fm-tap"), "--broker", HaHosts::kLocal, "--since", "1"}, "ops", "operator"));
+  Process& tap = ha.Tap();
   h.Run("w1", "cl",
-        on_cl({Bin("fm-worker"), "--broker", HaHosts::kLocal, "--id", "w1", "--heartbeat", "200ms", "--slots", "4"},
+        ha.As({Bin("fm-worker"), "--broker", HaHosts::kLocal, "--id", "w1", "--heartbeat", "200ms", "--slots", "4"},
               "w1", "worker"));
   REQUIRE(tap.WaitFor("worker.registered worker=w1", 20000));
   REQUIRE(ha.Leader() == "a");
@@ -84,7 +79,7 @@ TEST_CASE(
                "\n";
     submitted += 20;
     return Process::Start(
-        h.On("cl", on_cl({Bin("fm-submit"), "--broker", HaHosts::kLocal, "--wait"}, "ops", "operator")), lines);
+        h.On("cl", ha.As({Bin("fm-submit"), "--broker", HaHosts::kLocal, "--wait"}, "ops", "operator")), lines);
   };
   auto all_succeeded = [&](Process& p) {
     REQUIRE(p.Wait(90000) == 0);
@@ -185,17 +180,12 @@ TEST_CASE(
   REQUIRE(ha.Scheduler("a").WaitFor("leading fm as a (epoch", 20000, 1, true));
   ha.Scheduler("b");
   REQUIRE(h.Get("a").WaitFor("standby b is in sync", 30000, 1, true));
-  auto with = [&](std::vector<std::string> argv, const std::string& name, const std::string& role) {
-    for (auto& f : ha.Flags(name, role)) argv.push_back(f);
-    return argv;
-  };
-  Process& tap =
-      h.Run("tap", "cl", with({Bin("fm-tap"), "--broker", HaHosts::kLocal, "--since", "1"}, "ops", "operator"));
+  Process& tap = ha.Tap();
   // The worker on a host of its own (c, beside an etcd member), reaching the broker on cl.
   h.Run("w1", "c",
-        with({Bin("fm-worker"), "--broker", "tcp://" + h.Address("cl") + ":5550", "--id", "w1", "--heartbeat", "200ms",
-              "--max-output", "64MiB"},
-             "w1", "worker"));
+        ha.As({Bin("fm-worker"), "--broker", "tcp://" + h.Address("cl") + ":5550", "--id", "w1", "--heartbeat", "200ms",
+               "--max-output", "64MiB"},
+              "w1", "worker"));
   REQUIRE(tap.WaitFor("worker.registered worker=w1", 20000));
   // 2,600,000 numbered lines (20.4 MB) in three parts, each after a file appears: the
   // second is written while the worker's link is cut (the first two, 3.4 MB, fit in the
@@ -209,7 +199,7 @@ TEST_CASE(
   };
   const std::string script = "seq 1 200000; " + wait_for(go1) + "seq 200001 500000; touch " + done1 + "; " +
                              wait_for(go2) + "seq 500001 2600000";
-  ToolRun submitted = h.Tool("cl", with({Bin("fm-submit"), "--broker", HaHosts::kLocal}, "ops", "operator"),
+  ToolRun submitted = h.Tool("cl", ha.As({Bin("fm-submit"), "--broker", HaHosts::kLocal}, "ops", "operator"),
                              R"({"command": ["sh", "-c", ")" + script +
                                  R"("]})"
                                  "\n");

@@ -207,6 +207,15 @@ class HaHosts {
   std::vector<std::string> Flags(const std::string& name, const std::string& role) {
     return keys_.Flags(name, role, "cl");
   }
+  // `argv` with those flags after it.
+  std::vector<std::string> As(std::vector<std::string> argv, const std::string& name, const std::string& role) {
+    for (auto& f : Flags(name, role)) argv.push_back(f);
+    return argv;
+  }
+  // fm-tap --since 1 on cl as the operator.
+  Process& Tap() {
+    return hosts_.Run("tap", "cl", As({Bin("fm-tap"), "--broker", kLocal, "--since", "1"}, "ops", "operator"));
+  }
   // Starts (or restarts) the scheduler named after its host, on its own data directory.
   Process& Scheduler(const std::string& host);
   ToolRun Ctl(std::vector<std::string> args) const;

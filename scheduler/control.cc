@@ -20,7 +20,27 @@ struct Internals {
                            std::vector<flatbuffers::Offset<wire::TaskView>>* out,
                            std::vector<flatbuffers::Offset<wire::Event>>* events, uint64_t now_ms);
   static void Handle(Engine& e, const std::string& from, const wire::ControlRequest& req, uint64_t now_ms);
+  static Status GroupOwner(const Engine& e, const std::string& from, const wire::ControlRequest& req,
+                           std::string* owner);
 };
+
+// The owner whose group a request names: a client's own (it may name no other), an
+// operator's choice (req.owner) or its own, and nobody's ("") in a keyless cluster.
+Status Internals::GroupOwner(const Engine& e, const std::string& from, const wire::ControlRequest& req,
+                             std::string* owner) {
+  if (!req.group() || req.group()->size() == 0) return Status::Invalid("no group named");
+  if (!e.options_.authenticate) {
+    owner->clear();
+    return Status::Ok();
+  }
+  const bus::Principal p = bus::PrincipalOf(from);
+  const std::string asked = Str(req.owner());
+  if (p.role != bus::Role::kOperator && !asked.empty() && asked != p.name) {
+    return Status::Invalid("--owner " + asked + ": a client's groups are its own (\"" + p.name + "\")");
+  }
+  *owner = asked.empty() ? p.name : asked;
+  return Status::Ok();
+}
 
 // fm-ctl task ID: the task with its spec, why it waits, and its retained events.
 // `only_owner`: a client's view, refused any task of another owner.
@@ -51,7 +71,22 @@ Status Internals::TaskDetail(const Engine& e, flatbuffers::FlatBufferBuilder& fb
                            "'s: a client sees only the tasks it submitted (an operator sees all)");
   }
   std::string waiting;
-  if (t->state == wire::TaskState::Pending && t->not_before_ms > now_ms) {
+  if (t->state == wire::TaskState::Pending && !t->waits_for.empty()) {
+    // Blocked: what it runs after that has not succeeded yet, and where each stands.
+    waiting = "after: waits for ";
+    constexpr size_t kNamed = 5;
+    for (size_t i = 0; i < t->waits_for.size() && i < kNamed; ++i) {
+      const uint64_t parent = t->waits_for[i];
+      std::optional<Task> read;
+      const Task* p = e.Peek(parent, &read);
+      waiting += (i ? ", " : "") + TaskName(parent);
+      if (p == nullptr) continue;
+      if (!p->spec.key.empty()) waiting += " \"" + p->spec.key + "\"";
+      waiting += std::string(" (") + StateName(p->state) + (p->worker.empty() ? "" : " on " + p->worker) + ")";
+    }
+    if (t->waits_for.size() > kNamed) waiting += " and " + std::to_string(t->waits_for.size() - kNamed) + " more";
+    waiting += " to succeed";
+  } else if (t->state == wire::TaskState::Pending && t->not_before_ms > now_ms) {
     waiting = "retry backoff: placed again in " + std::to_string((t->not_before_ms - now_ms + 999) / 1000) + " s";
   } else if (t->state == wire::TaskState::Pending) {
     Explanation why = e.fleet_.Explain(t->spec);
@@ -79,6 +114,7 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
   std::string message;
   std::vector<flatbuffers::Offset<wire::WorkerView>> workers;
   flatbuffers::Offset<wire::HaView> ha = 0;
+  flatbuffers::Offset<wire::GroupView> group = 0;
   std::vector<flatbuffers::Offset<wire::TaskView>> tasks;
   std::vector<flatbuffers::Offset<wire::Event>> events;
   uint64_t next_page = 0;
@@ -89,6 +125,7 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
     case wire::ControlOp::Task:
     case wire::ControlOp::Ping:
     case wire::ControlOp::Ha:
+    case wire::ControlOp::Group:
       if (!e.Authorized(from, bus::Action::kList)) return;
       break;
     case wire::ControlOp::Drain:
@@ -220,7 +257,66 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
       e.Apply(verdict, now_ms);
       break;
     }
+    case wire::ControlOp::Group: {
+      std::string owner;
+      if (Status who = GroupOwner(e, from, req, &owner); !who.ok()) {
+        ok = false;
+        message = who.message();
+        break;
+      }
+      const std::string name = Str(req.group());
+      Groups::Ended ended;
+      size_t open = 0;
+      if (!e.groups_.Find(owner, name, &ended, &open)) {
+        ok = false;
+        message = "no group \"" + name + "\"" + (owner.empty() ? "" : " of " + owner) +
+                  " (never used, or its tasks ended longer ago than --task-retention-age)";
+        break;
+      }
+      uint64_t counts[3] = {0, 0, 0};  // pending, queued, running
+      for (uint64_t id : e.groups_.OpenTasks(owner, name)) {
+        const Task* t = e.active_task(id);  // not in memory: waiting at q/, so pending
+        ++counts[t == nullptr || t->state == wire::TaskState::Pending ? 0
+                 : t->state == wire::TaskState::Queued                ? 1
+                                                                      : 2];
+      }
+      group = wire::CreateGroupView(fbb, fbb.CreateString(name), owner.empty() ? 0 : fbb.CreateString(owner), counts[0],
+                                    counts[1], counts[2], ended.succeeded, ended.failed, ended.cancelled);
+      if (!e.waiting_loaded()) message = "the waiting tasks are still being read after a start: counts may rise";
+      break;
+    }
     case wire::ControlOp::Cancel: {
+      if (target.empty() && req.group()) {
+        // Every task of the group not ended, in this one turn (so in one commit).
+        std::string owner;
+        if (Status who = GroupOwner(e, from, req, &owner); !who.ok()) {
+          ok = false;
+          message = who.message();
+          break;
+        }
+        if (!e.Authorized(from, bus::Action::kCancel, owner)) return;
+        const std::string name = Str(req.group());
+        if (!e.waiting_loaded()) {
+          ok = false;
+          message = "cancel --group: the waiting tasks are still being read after a start; try again in a moment";
+          break;
+        }
+        size_t cancelled = 0;
+        for (uint64_t id : e.groups_.OpenTasks(owner, name)) {
+          Task* t = e.Load(id);
+          if (t == nullptr) {
+            if (e.read_error_.ok()) continue;  // ended meanwhile
+            ok = false;
+            break;
+          }
+          e.Cancel(t, from, now_ms);
+          ++cancelled;
+        }
+        message = ok ? "cancelled " + std::to_string(cancelled) + " tasks of group \"" + name + "\""
+                     : "cancel --group: the store could not be read after " + std::to_string(cancelled) +
+                           " tasks were cancelled: " + e.read_error_.message();
+        break;
+      }
       uint64_t id = 0;
       std::optional<Task> read;  // looked at before it is held: a refused cancel holds nothing
       const Task* seen = ParseTaskName(target, &id) ? e.Peek(id, &read) : nullptr;
@@ -244,7 +340,7 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
   auto reply =
       wire::CreateControlReply(fbb, req.correlation(), ok, fbb.CreateString(message), fbb.CreateVector(workers),
                                fbb.CreateVector(tasks), next_page, events.empty() ? 0 : fbb.CreateVector(events), ha,
-                               req.op() == wire::ControlOp::Task ? e.log_.log_removed_through() : 0);
+                               req.op() == wire::ControlOp::Task ? e.log_.log_removed_through() : 0, group);
   e.Send(from, codec::Seal(fbb, reply));
 }
 

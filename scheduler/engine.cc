@@ -81,7 +81,9 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
   if (Status s = log_.Recover(store); !s.ok()) return s;
   if (Status s = ended_.Recover(store, next_task_id_); !s.ok()) return s;
   if (Status s = membership_.Recover(*store, now_ms, epoch_); !s.ok()) return s;
+  if (Status s = groups_.Recover(*store); !s.ok()) return s;
   Status scanned = records::ScanActiveTasks(*store, [&](Task t) {
+    if (!t.spec.group.empty()) groups_.Open(t.owner, t.spec.group, t.id);
     next_order_ = std::max(next_order_, t.order + 1);
     next_task_id_ = std::max(next_task_id_, t.id + 1);
     if ((t.state == wire::TaskState::Queued || t.state == wire::TaskState::Running) && fleet_.Find(t.worker)) {
@@ -95,7 +97,12 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
       t.worker.clear();
       dirty_tasks_.push_back(t.id);
     }
-    if (t.state == wire::TaskState::Pending) {
+    if (t.state == wire::TaskState::Pending && !t.waits_for.empty()) {
+      // Blocked: its parents' ends and its record were written in one batch, so each
+      // one it still waits for has not ended.
+      for (uint64_t parent : t.waits_for) dependents_[parent].push_back(t.id);
+      ++blocked_;
+    } else if (t.state == wire::TaskState::Pending) {
       if (t.not_before_ms > now_ms) {
         backoff_.emplace(t.not_before_ms, t.id);
       } else {
@@ -130,6 +137,7 @@ void Engine::LoadWaiting() {
   for (records::WaitingLine& line : read) {
     if (skip_on_load_.erase(line.id) || active_.count(line.id)) continue;
     ++waiting_records_;
+    if (!line.demand.group.empty()) groups_.Open(line.owner, line.demand.group, line.id);
     pending_.Insert(line.demand, PendingSet::Entry::Of(line.demand.priority, line.order, line.id));
   }
   load_from_ = *next;
@@ -171,13 +179,14 @@ Task* Engine::Load(uint64_t id) {
       ahead = read_ahead_.try_emplace(id, std::move(**read)).first;
     }
   }
+  // Moved into memory as it was read (the same node: no copy).
+  Task& t = active_.insert(read_ahead_.extract(ahead)).position->second;
   if (id >= load_from_ && id < load_to_) {
     // Not read by the load yet: counted now, and skipped when the load comes to it.
     ++waiting_records_;
     skip_on_load_.insert(id);
+    if (!t.spec.group.empty()) groups_.Open(t.owner, t.spec.group, id);
   }
-  // Moved into memory as it was read (the same node: no copy).
-  Task& t = active_.insert(read_ahead_.extract(ahead)).position->second;
   ++cached_waiting_;
   t.first_wait = true;  // q/ holds only tasks never placed
   ++hot_first_waits_;
@@ -379,6 +388,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
   const std::string owner = options_.authenticate ? bus::PrincipalOf(from).name : std::string();
   flatbuffers::FlatBufferBuilder fbb(256);
   std::vector<flatbuffers::Offset<wire::SubmitResult>> results;
+  size_t after_keys = 0;  // looked up for this message (kMaxAfterPerMessage)
   if (req.tasks()) {
     results.reserve(req.tasks()->size());
     for (const wire::TaskSpec* wire_spec : *req.tasks()) {
@@ -414,6 +424,59 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         }
       }
 
+      // What it runs after: each key names an earlier task of the same owner (so no
+      // cycle can form and nothing waits for a task that will never be).
+      Normalize(&spec.after);
+      after_keys += spec.after.size();
+      if (after_keys > kMaxAfterPerMessage) {
+        results.push_back(MakeResult(fbb, 0, wire::SubmitStatus::Rejected, wire::Reason::InvalidTask,
+                                     "this submission names over " + std::to_string(kMaxAfterPerMessage) +
+                                         " after keys in all; send fewer tasks per message"));
+        continue;
+      }
+      if (!spec.after.empty() && blocked_ >= options_.max_blocked_tasks) {
+        results.push_back(MakeResult(fbb, 0, wire::SubmitStatus::Rejected, wire::Reason::LimitReached,
+                                     "the scheduler holds " + std::to_string(blocked_) +
+                                         " tasks waiting for tasks they run after, its limit (--max-blocked); "
+                                         "submit this one once some of them ran"));
+        continue;
+      }
+      std::vector<uint64_t> waits_for;
+      std::string doomed;  // a parent that ended without succeeding: why
+      std::string refused;
+      wire::Reason refused_reason = wire::Reason::InvalidTask;
+      for (const std::string& key : spec.after) {
+        auto parent = FindKeyed(ScopedKey(owner, key));
+        if (!parent.ok()) {
+          if (read_error_.ok()) read_error_ = parent.status();
+          refused = "cannot look up after key \"" + key + "\": " + parent.status().message();
+          refused_reason = wire::Reason::StorageUnavailable;
+          break;
+        }
+        if (!*parent) {
+          refused = "after names key \"" + key +
+                    "\", which no earlier task of yours has (or the task retention removed it): submit the task "
+                    "it runs after first";
+          break;
+        }
+        const KeyedTask& p = **parent;
+        if (p.status == wire::SubmitStatus::Accepted) {
+          waits_for.push_back(p.id);
+        } else if (p.status != wire::SubmitStatus::Succeeded && doomed.empty()) {
+          wire::TaskState state =
+              p.status == wire::SubmitStatus::Cancelled ? wire::TaskState::Cancelled : wire::TaskState::Failed;
+          doomed = "after \"" + key + "\" (" + TaskName(p.id) + "): " +
+                   DependencyCause(key, p.id, state, p.reason, p.message,
+                                   p.spec ? p.spec->after : std::vector<std::string>());
+        }
+      }
+      if (!refused.empty()) {
+        results.push_back(MakeResult(fbb, 0, wire::SubmitStatus::Rejected, refused_reason, refused));
+        continue;
+      }
+      std::sort(waits_for.begin(), waits_for.end());
+      waits_for.erase(std::unique(waits_for.begin(), waits_for.end()), waits_for.end());
+
       Task t;
       t.id = next_task_id_++;
       ++stats_.submitted;
@@ -422,6 +485,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       t.first_seq = log_.next_seq();  // its first event is the next one
       t.order = next_order_++;
       t.owner = owner;
+      if (!t.spec.group.empty()) groups_.Open(owner, t.spec.group, t.id);
       if (req.watch()) t.watcher = from;
       if (!t.spec.key.empty()) {
         const std::string scoped = ScopedKey(owner, t.spec.key);
@@ -440,10 +504,28 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         End(&it->second, TaskEvent::kUnrunnable, wire::Reason::NoEligibleWorker, why.message, 0, now_ms, &why);
         continue;
       }
-      results.push_back(wire::CreateSubmitResult(fbb, t.id, wire::SubmitStatus::Accepted));
       EventFields f = EventAbout(wire::EventType::TaskSubmitted, t);
-      pending_.Insert(t.spec, LineOf(t));
       dirty_tasks_.push_back(t.id);
+      if (!doomed.empty()) {
+        // A task it runs after already failed: it ends at once, and says which.
+        results.push_back(MakeResult(fbb, t.id, wire::SubmitStatus::Failed, wire::Reason::DependencyFailed, doomed));
+        t.watcher.clear();  // the reply already says so
+        auto [it, inserted] = active_.emplace(t.id, std::move(t));
+        Emit(f, now_ms);
+        End(&it->second, TaskEvent::kUnrunnable, wire::Reason::DependencyFailed, doomed, 0, now_ms);
+        continue;
+      }
+      results.push_back(wire::CreateSubmitResult(fbb, t.id, wire::SubmitStatus::Accepted));
+      if (!waits_for.empty()) {
+        // Blocked: held in memory (its record at a/) out of the line until its parents succeed.
+        for (uint64_t parent : waits_for) dependents_[parent].push_back(t.id);
+        t.waits_for = std::move(waits_for);
+        ++blocked_;
+        active_.emplace(t.id, std::move(t));
+        Emit(f, now_ms);
+        continue;
+      }
+      pending_.Insert(t.spec, LineOf(t));
       t.first_wait = true;
       ++hot_first_waits_;
       Task& stored = active_.emplace(t.id, std::move(t)).first->second;
@@ -666,8 +748,73 @@ void Engine::End(Task* t, TaskEvent event, wire::Reason reason, const std::strin
   }
   if (t->first_wait) --hot_first_waits_;
   if (!announced_waiting_.empty()) announced_waiting_.erase(id);
+  if (!t->waits_for.empty()) --blocked_;
+  if (!t->spec.group.empty()) groups_.Close(t->owner, t->spec.group, id, state, now_ms);
+  if (dependents_.count(id)) {
+    ended_parents_.push_back({id, state == wire::TaskState::Succeeded, t->spec.key,
+                              reason == wire::Reason::DependencyFailed
+                                  ? ending_cause_
+                                  : DependencyCause(t->spec.key, id, state, reason, message, {})});
+  }
   ended_.Add(std::move(*t), &effects_.writes, scratch_);  // the task leaves the active set: moved, not copied
   active_.erase(id);
+  ResolveDependents(now_ms);
+}
+
+std::string Engine::DependencyCause(const std::string& key, uint64_t id, wire::TaskState state, wire::Reason reason,
+                                    const std::string& message, const std::vector<std::string>& parent_after) {
+  constexpr size_t kMaxCause = 512;
+  if (reason == wire::Reason::DependencyFailed) {
+    // It failed for its own parent: the first failure of the chain is named, not each link.
+    for (const std::string& k : parent_after) {
+      std::string prefix = "after \"" + k + "\" (";
+      if (message.rfind(prefix, 0) != 0) continue;
+      if (size_t colon = message.find("): ", prefix.size()); colon != std::string::npos) {
+        return message.substr(colon + 3, kMaxCause);
+      }
+    }
+    return message.substr(0, kMaxCause);
+  }
+  std::string cause = "\"" + key + "\" (" + TaskName(id) + ") " + StateName(state);
+  if (std::string_view r = Name(reason); !r.empty() && r != StateName(state)) cause += " " + std::string(r);
+  if (!message.empty()) cause += ": " + message;
+  return cause.substr(0, kMaxCause);
+}
+
+void Engine::ResolveDependents(uint64_t now_ms) {
+  if (resolving_) return;  // an End inside the loop below: its dependents are taken by the loop
+  resolving_ = true;
+  // A worklist, not recursion: a chain of any length ends in this one turn.
+  while (!ended_parents_.empty()) {
+    EndedParent parent = std::move(ended_parents_.back());
+    ended_parents_.pop_back();
+    auto waiting = dependents_.extract(parent.id);
+    if (waiting.empty()) continue;
+    for (uint64_t id : waiting.mapped()) {
+      auto it = active_.find(id);
+      if (it == active_.end()) continue;  // ended meanwhile (cancelled)
+      Task& t = it->second;
+      auto at = std::lower_bound(t.waits_for.begin(), t.waits_for.end(), parent.id);
+      if (at == t.waits_for.end() || *at != parent.id) continue;
+      if (!parent.succeeded) {
+        ending_cause_ = parent.cause;
+        End(&t, TaskEvent::kUnrunnable, wire::Reason::DependencyFailed,
+            "after \"" + parent.key + "\" (" + TaskName(parent.id) + "): " + parent.cause, 0, now_ms);
+        continue;
+      }
+      t.waits_for.erase(at);
+      dirty_tasks_.push_back(id);
+      if (!t.waits_for.empty()) continue;
+      // Every task it ran after succeeded: it takes its place in line (its order is
+      // its submission's), judged for eligibility at the turn's end like a retry.
+      --blocked_;
+      pending_.Insert(t.spec, LineOf(t));
+      placement_needed_ = true;
+      fleet_shrank_ = true;
+    }
+  }
+  ending_cause_.clear();
+  resolving_ = false;
 }
 
 void Engine::OnWorkerReport(const std::string& from, const wire::WorkerReport& report, uint64_t now_ms) {
@@ -900,6 +1047,10 @@ void Engine::Tick(uint64_t now_ms) {
       ended_.Trim(now_ms, &effects_.writes,
                   [&](uint64_t id, const std::string& owner, const std::string& key) { ForgetKey(id, owner, key); });
   if (!trimmed.ok() && read_error_.ok()) read_error_ = trimmed;
+  // A group is kept while it has tasks, and as long as its ended tasks would be.
+  if (now_ms > options_.task_retention_age_ms) {
+    groups_.Trim(now_ms - options_.task_retention_age_ms, options_.task_trim_per_tick, &effects_.writes);
+  }
   ReleaseBackoff(now_ms);
 }
 
@@ -1108,6 +1259,7 @@ void Engine::FinishTurn(uint64_t now_ms) {
   WriteTasks();
   turn_keys_.clear();  // in the turn's batch from now on, which the store's view reads
   ended_.FinishTurn(&effects_.writes);
+  groups_.FinishTurn(&effects_.writes);
   if (next_task_id_ != persisted_task_id_) {
     records::PutNextTaskId(&effects_.writes, next_task_id_);
     persisted_task_id_ = next_task_id_;

@@ -46,6 +46,7 @@
 #include "scheduler/explain.h"
 #include "scheduler/fleet.h"
 #include "scheduler/fleet_index.h"
+#include "scheduler/groups.h"
 #include "scheduler/membership.h"
 #include "scheduler/pending.h"
 #include "scheduler/placement.h"
@@ -104,6 +105,9 @@ struct EngineOptions {
   // are read back when placed), and how many q/ records a turn reads after a start.
   size_t cached_waiting_tasks = 65536;
   size_t waiting_load_batch = 20000;
+  // Tasks waiting for a task they run after (TaskSpec.after), held whole in memory: past
+  // this many a new one is rejected (limit_reached).
+  size_t max_blocked_tasks = 200000;
   // Clamps values that make no sense (zero windows) to usable ones.
   void Validate();
 };
@@ -176,6 +180,8 @@ class Engine {
   size_t active_count() const { return active_.size() - cached_waiting_ + waiting_records_; }
   // Tasks kept whole in memory.
   size_t tasks_in_memory() const { return active_.size(); }
+  // Tasks waiting for a task they run after (TaskSpec.after) to succeed.
+  size_t blocked_count() const { return blocked_; }
   // Every waiting task in the store has been read since Recover.
   bool waiting_loaded() const { return load_from_ >= load_to_; }
   uint64_t next_seq() const { return log_.next_seq(); }
@@ -248,6 +254,13 @@ class Engine {
            uint64_t now_ms, const Explanation* explanation = nullptr);
   void Unassign(Task* t);
   void FailUnrunnable(uint64_t now_ms);
+  // Dependencies (TaskSpec.after). The tasks waiting for the parents ended since the
+  // last call: one that succeeded lets them go (a task with none left joins the line);
+  // one that did not ends them dependency_failed, and theirs in turn, in this turn.
+  void ResolveDependents(uint64_t now_ms);
+  // What a dependent of `parent` is told when it ended without succeeding (bounded).
+  static std::string DependencyCause(const std::string& key, uint64_t id, wire::TaskState state, wire::Reason reason,
+                                     const std::string& message, const std::vector<std::string>& parent_after);
   // The task not ended `id`, in memory or read back from q/ (then held in memory);
   // nullptr when there is none, or the store could not be read (read_error_ set).
   Task* Load(uint64_t id);
@@ -314,6 +327,7 @@ class Engine {
   Membership membership_;                      // who is in the fleet and alive (membership.h)
   Fleet& fleet_;                               // membership's index, where tasks are placed and reserved
   EndedTasks ended_;                           // the ended tasks' records and their retention (ended_tasks.h)
+  Groups groups_;                              // tasks by group (groups.h)
   std::unordered_map<uint64_t, Task> active_;  // tasks not yet ended
   PendingSet pending_;                         // tasks waiting for room, per demand
   std::multimap<uint64_t, uint64_t> backoff_;  // due time -> pending task in retry backoff (may be stale)
@@ -362,6 +376,19 @@ class Engine {
     std::string worker, owner;
   };
   std::map<uint64_t, WindingDown> winding_down_;
+  // Dependencies: a task -> the blocked tasks that wait for it to succeed (may name tasks
+  // ended meanwhile: skipped). A blocked task is pending, out of pending_, held in memory
+  // with its record at a/, and Task::waits_for lists what it still waits for.
+  std::unordered_map<uint64_t, std::vector<uint64_t>> dependents_;
+  struct EndedParent {
+    uint64_t id = 0;
+    bool succeeded = false;
+    std::string key, cause;  // cause: what its dependents say failed (the first failure of the chain)
+  };
+  std::vector<EndedParent> ended_parents_;  // ended with dependents, not resolved yet
+  std::string ending_cause_;                // the cause passed down while ending a dependent
+  bool resolving_ = false;
+  size_t blocked_ = 0;  // tasks waiting for a parent (dependents_ may hold ended ones)
 
   uint64_t next_task_id_ = 1;
   uint64_t next_order_ = 1;

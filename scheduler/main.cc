@@ -67,6 +67,10 @@ int main(int argc, char** argv) {
                  "tasks waiting for their first placement kept whole in memory (~1 KB each); the rest wait in "
                  "the store and are read back when placed")
       ->capture_default_str();
+  app.add_option("--max-blocked", options.engine.max_blocked_tasks,
+                 "tasks waiting for tasks they run after (after) held at once (~1 KB each, in memory); past "
+                 "it a new one is rejected with limit_reached")
+      ->capture_default_str();
   std::string etcd;
   fm::ha::LeadershipOptions ha;
   app.add_option("--etcd", etcd,

@@ -25,10 +25,11 @@ void PutTask(store::WriteBatch* writes, const std::string& key, const Task& t,
   auto failed = t.failed_on.empty() ? 0 : codec::ToWire(fbb, t.failed_on);
   auto gpus = t.gpus.empty() ? 0 : codec::ToWire(fbb, t.gpus);
   auto endpoint = t.endpoint.port == 0 ? 0 : codec::ToWire(fbb, t.endpoint);
+  auto waits_for = t.waits_for.empty() ? 0 : fbb.CreateVector(t.waits_for);
   fbb.Finish(wire::CreateTaskRecord(fbb, t.id, spec, t.state, t.attempt, worker, t.submitted_ms, reason, message,
                                     t.exit_code, watcher, t.order, t.rejected, t.first_seq, owner, t.ended_ms,
                                     t.not_before_ms, failed, gpus, endpoint, t.handed_back, t.output_end[0],
-                                    t.output_end[1]));
+                                    t.output_end[1], waits_for));
   writes->Put(key, std::string_view(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize()));
 }
 
@@ -112,6 +113,7 @@ Status DecodeTaskInto(std::string_view stored, std::string_view key, Task* out) 
   t.handed_back = r.handed_back();
   t.output_end[0] = r.stdout_end();
   t.output_end[1] = r.stderr_end();
+  if (r.waits_for()) t.waits_for.assign(r.waits_for()->begin(), r.waits_for()->end());
   t.gpus = codec::Strings(r.gpus());
   t.endpoint = codec::FromWire(r.endpoint());
   return Status::Ok();
@@ -216,7 +218,9 @@ Result<uint64_t> ScanWaiting(const store::Store& store, uint64_t from, uint64_t 
           Normalize(&line.demand.required_capabilities);
           line.demand.resources = codec::FromWire(spec->resources());
           line.demand.labels = codec::FromWire(spec->labels());
+          if (spec->group()) line.demand.group = spec->group()->str();
         }
+        if (r.owner()) line.owner = r.owner()->str();
         visit(std::move(line));
         return true;
       });

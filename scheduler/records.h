@@ -60,7 +60,8 @@ Result<std::optional<Task>> ReadWaitingTask(const store::Store& store, uint64_t 
 // capabilities, resources, labels and priority; the rest left empty).
 struct WaitingLine {
   uint64_t id = 0, order = 0, submitted_ms = 0;
-  TaskSpec demand;  // with its priority
+  TaskSpec demand;  // with its priority (and its group)
+  std::string owner;
 };
 // Visits the waiting tasks (q/) with ids in [from, to), in id order, at most `most` of
 // them; returns the id to go on from (`to` when all were visited). Decodes only what

@@ -33,6 +33,9 @@ struct Task {
   std::vector<std::string> failed_on;  // workers an attempt failed on (sorted, at most 64)
   std::vector<std::string> gpus;       // the devices its current attempt was given (once started)
   Endpoint endpoint;                   // a session's, once its sshd answered
+  // The tasks of spec.after that have not succeeded yet (ids; sorted): while any is
+  // left, the task is pending but out of the line for placement (blocked).
+  std::vector<uint64_t> waits_for;
   // The current attempt's output stored so far, stdout and stderr (bytes): a sequencing
   // worker's TaskLog is taken from there on, a resent range below it dropped.
   uint64_t output_end[2] = {0, 0};

@@ -33,7 +33,8 @@ enum class TaskEvent : uint8_t {
   kCancel,       // fm-ctl cancel, or the worker says it was cancelled
   kRetry,        // its worker was lost, or a retryable failure with attempts left
   kHandBack,     // the worker handed the attempt back before starting it
-  kUnrunnable,   // no live worker (nor one in its reconnect grace) could ever run it
+  kUnrunnable,   // no live worker (nor one in its reconnect grace) could ever run it, or a
+                 // task it runs after (TaskSpec.after) ended without succeeding
   kBackoffOver,  // its retry backoff ended
   kOrphaned,     // the scheduler restarted and its worker is not known any more
 };
@@ -63,7 +64,9 @@ inline constexpr TaskTransition kTransitions[] = {
     {S::Queued, E::kRetry, S::Pending, "release; attempt + 1; task.retrying; placed again or after a backoff"},
     {S::Running, E::kRetry, S::Pending, "release; attempt + 1; task.retrying; placed again or after a backoff"},
     {S::Queued, E::kHandBack, S::Pending, "release; attempt + 1, none spent; task.retrying; placed elsewhere"},
-    {S::Pending, E::kUnrunnable, S::Failed, "task.failed no_eligible_worker with the breakdown; t/ record"},
+    {S::Pending, E::kUnrunnable, S::Failed,
+     "task.failed no_eligible_worker with the breakdown, or dependency_failed naming the task it ran after; t/ "
+     "record; its own dependents end likewise"},
     {S::Pending, E::kBackoffOver, S::Pending, "joins the pending set"},
     {S::Queued, E::kOrphaned, S::Pending, "placed again, the same attempt"},
     {S::Running, E::kOrphaned, S::Pending, "placed again, the same attempt"},

@@ -18,7 +18,7 @@ flatbuffers::Offset<wire::TaskView> Summary(flatbuffers::FlatBufferBuilder& fbb,
 
 TaskPage Tasks(flatbuffers::FlatBufferBuilder& fbb, const wire::ControlRequest& req, size_t page_size,
                const ForEachTask& each, const std::optional<std::string>& only_owner) {
-  const std::string state = codec::Str(req.state()), worker = codec::Str(req.worker());
+  const std::string state = codec::Str(req.state()), worker = codec::Str(req.worker()), group = codec::Str(req.group());
   const std::string owner = only_owner ? *only_owner : codec::Str(req.owner());
   const size_t limit = std::min<size_t>(req.limit() ? req.limit() : page_size, page_size);
   std::vector<const Task*> list;
@@ -26,6 +26,7 @@ TaskPage Tasks(flatbuffers::FlatBufferBuilder& fbb, const wire::ControlRequest& 
     if (t.id <= req.after()) return;
     if (!state.empty() && state != StateName(t.state)) return;
     if (!worker.empty() && worker != t.worker) return;
+    if (!group.empty() && group != t.spec.group) return;
     if ((only_owner || !owner.empty()) && owner != t.owner) return;
     list.push_back(&t);
   });

@@ -26,7 +26,7 @@ struct TaskPage {
 using ForEachTask = std::function<void(const std::function<void(const Task&)>&)>;
 
 // One page of the tasks with ids above req.after, in id order, filtered by req.state,
-// req.worker and req.owner (`only_owner`, when given, over req.owner: a client's view),
+// req.worker, req.group and req.owner (`only_owner`, when given, over req.owner: a client's view),
 // at most min(req.limit or page_size, page_size). Sorts only the page: O(tasks) however
 // many pages there are.
 TaskPage Tasks(flatbuffers::FlatBufferBuilder& fbb, const wire::ControlRequest& req, size_t page_size,

@@ -101,10 +101,12 @@ flatbuffers::Offset<wire::TaskSpec> ToWire(flatbuffers::FlatBufferBuilder& fbb, 
     session = wire::CreateSessionSpec(fbb, ToWire(fbb, spec.session->ssh_keys), spec.session->ttl_ms,
                                       spec.session->idle_timeout_ms);
   }
+  auto after = spec.after.empty() ? 0 : ToWire(fbb, spec.after);
+  auto group = spec.group.empty() ? 0 : fbb.CreateString(spec.group);
   return wire::CreateTaskSpec(fbb, command, requires_, resources, labels, image, spec.max_attempts, spec.timeout_ms,
                               spec.priority, key, env, cwd, spec.kill_timeout_ms,
                               spec.retry_exit_codes.empty() ? 0 : fbb.CreateVector(spec.retry_exit_codes),
-                              spec.retry_backoff_ms, session);
+                              spec.retry_backoff_ms, session, after, group);
 }
 
 flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::Quarantine>>> ToWire(
@@ -183,6 +185,8 @@ TaskSpec FromWire(const wire::TaskSpec* spec) {
     Normalize(&out.retry_exit_codes);
   }
   out.retry_backoff_ms = spec->retry_backoff_ms();
+  out.after = Strings(spec->after());
+  if (spec->group()) out.group = spec->group()->str();
   if (const auto* s = spec->session()) {
     out.session = SessionSpec{Strings(s->ssh_keys()), s->ttl_ms(), s->idle_timeout_ms()};
   }

@@ -155,6 +155,11 @@ Result<TaskSpec> JsonCodec::ParseTaskLine(std::string_view line) {
   }
   spec.priority = in->priority();
   if (in->key()) spec.key = in->key()->str();
+  if (in->after()) {
+    for (const auto* key : *in->after()) spec.after.push_back(key->str());
+    Normalize(&spec.after);
+  }
+  if (in->group()) spec.group = in->group()->str();
   if (in->retry_exit_codes()) {
     spec.retry_exit_codes.assign(in->retry_exit_codes()->begin(), in->retry_exit_codes()->end());
     Normalize(&spec.retry_exit_codes);

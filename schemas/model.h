@@ -82,6 +82,10 @@ struct TaskSpec {
   // Set: an interactive session; requires capability "session"; runs the worker's
   // session image unless `image` names another.
   std::optional<SessionSpec> session;
+  // Keys of the same owner's earlier tasks: it runs only after each of them succeeded
+  // (sorted, unique). Resolved to task ids at submission; an unknown key is refused.
+  std::vector<std::string> after;
+  std::string group;  // the owner's name for tasks listed, counted and cancelled together
   bool operator==(const TaskSpec&) const = default;
 };
 

@@ -139,6 +139,25 @@ Status ValidateTaskSpec(const TaskSpec& spec) {
     if (Status s = ValidateLabel(key, value); !s.ok()) return Status::Invalid("labels: " + s.message());
   }
   if (Status s = ValidateEnv(spec.env); !s.ok()) return s;
+  if (spec.after.size() > kMaxAfter) {
+    return Status::Invalid("after lists " + std::to_string(spec.after.size()) + " keys; at most " +
+                           std::to_string(kMaxAfter));
+  }
+  for (size_t i = 0; i < spec.after.size(); ++i) {
+    if (spec.after[i].empty()) return Status::Invalid("after[" + std::to_string(i) + "] is an empty key");
+    if (HasNul(spec.after[i])) return Status::Invalid("after[" + std::to_string(i) + "] holds a NUL byte");
+    if (spec.after[i] == spec.key) {
+      return Status::Invalid("after names the task's own key \"" + spec.key + "\": a task cannot run after itself");
+    }
+  }
+  if (!spec.group.empty()) {
+    if (spec.group.size() > kMaxGroupBytes) {
+      return Status::Invalid("group is longer than " + std::to_string(kMaxGroupBytes) + " bytes");
+    }
+    for (unsigned char ch : spec.group) {
+      if (ch < 0x20 || ch == 0x7f) return Status::Invalid("group holds a control character");
+    }
+  }
   if (spec.retry_exit_codes.size() > 256) return Status::Invalid("retry_exit_codes lists more than 256 statuses");
   for (int32_t code : spec.retry_exit_codes) {
     if (code < 1 || code > 255) {

@@ -20,6 +20,10 @@ inline constexpr uint32_t kMaxAttempts = 1000;
 inline constexpr size_t kMaxEnvVars = 256;
 inline constexpr size_t kMaxEnvBytes = 128 * 1024;  // names and values together
 inline constexpr size_t kMaxCwdBytes = 4096;
+inline constexpr size_t kMaxAfter = 1000;  // keys a task runs after
+// after keys in one submission message, all tasks together: each is a store lookup.
+inline constexpr size_t kMaxAfterPerMessage = 100'000;
+inline constexpr size_t kMaxGroupBytes = 128;
 inline constexpr uint64_t kMaxKillTimeoutMs = 3600'000;  // an hour between SIGTERM and SIGKILL
 
 // Environment variables a task may set: names [A-Za-z_][A-Za-z0-9_]* that do not start

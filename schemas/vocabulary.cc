@@ -29,7 +29,7 @@ constexpr std::array<std::pair<wire::EventType, std::string_view>, 20> kEventTyp
     {wire::EventType::SchedulerStandby, "scheduler.standby"},
 }};
 
-constexpr std::array<std::pair<wire::Reason, std::string_view>, 15> kReasons{{
+constexpr std::array<std::pair<wire::Reason, std::string_view>, 17> kReasons{{
     {wire::Reason::NoEligibleWorker, "no_eligible_worker"},
     {wire::Reason::InvalidTask, "invalid_task"},
     {wire::Reason::KeyConflict, "key_conflict"},
@@ -45,6 +45,8 @@ constexpr std::array<std::pair<wire::Reason, std::string_view>, 15> kReasons{{
     {wire::Reason::SessionTtl, "session_ttl"},
     {wire::Reason::SessionIdle, "session_idle"},
     {wire::Reason::NotStarted, "not_started"},
+    {wire::Reason::DependencyFailed, "dependency_failed"},
+    {wire::Reason::LimitReached, "limit_reached"},
 }};
 
 constexpr std::array<std::pair<wire::ErrorCode, std::string_view>, 9> kErrorCodes{{

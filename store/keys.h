@@ -20,8 +20,11 @@ inline constexpr std::string_view kLogPrefix = "l/";    // l/<last seq:u64be> ->
 // block with that key: what retention counts, without reading the blocks.
 inline constexpr std::string_view kEventIndexPrefix = "E/";
 inline constexpr std::string_view kLogIndexPrefix = "L/";
-inline constexpr std::string_view kWorkerPrefix = "w/";           // w/<worker id> -> wire.WorkerRecord
-inline constexpr std::string_view kClientKeyPrefix = "k/";        // k/<client key> -> <id:u64be>
+inline constexpr std::string_view kWorkerPrefix = "w/";     // w/<worker id> -> wire.WorkerRecord
+inline constexpr std::string_view kClientKeyPrefix = "k/";  // k/<client key> -> <id:u64be>
+// g/<owner>\0<group> -> <succeeded:u64be><failed:u64be><cancelled:u64be><last end ms:u64be>:
+// how many tasks of a group ended, per state (scheduler/groups.h).
+inline constexpr std::string_view kGroupPrefix = "g/";
 inline constexpr std::string_view kMetaNextTask = "m/next_task";  // <u64be>
 inline constexpr std::string_view kMetaNextSeq = "m/next_seq";    // <u64be>
 // <u64be>, random, written when the store is created: tells this store's task ids from
@@ -77,6 +80,7 @@ inline bool DecodeBlockIndex(std::string_view bytes, BlockIndex* b) {
 }
 inline std::string Worker(std::string_view id) { return std::string(kWorkerPrefix) + std::string(id); }
 inline std::string ClientKey(std::string_view key) { return std::string(kClientKeyPrefix) + std::string(key); }
+inline std::string Group(std::string_view scoped) { return std::string(kGroupPrefix) + std::string(scoped); }
 // The first key after every key that starts with `prefix`.
 inline std::string PrefixEnd(std::string_view prefix) {
   std::string end(prefix);

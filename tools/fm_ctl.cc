@@ -303,6 +303,11 @@ int main(int argc, char** argv) {
   tasks->add_option("--worker", worker_filter, "only tasks on this worker");
   tasks->add_option("--owner", owner_filter, "only tasks this certificate name submitted");
   tasks->add_option("--limit", limit, "at most this many tasks (default: all)");
+  std::string group_filter;
+  tasks->add_option("--group", group_filter, "only the tasks of this group");
+  auto* group = app.add_subcommand("group", "a group's tasks counted per state");
+  group->add_option("group", group_filter, "the group's name")->required();
+  group->add_option("--owner", owner_filter, "an operator: the group of this certificate name (default: yours)");
   auto* task = app.add_subcommand("task", "one task: its spec, attempts, why it waits, and its events");
   task->add_option("task", target, "task id (t42)")->required();
   auto* drain = app.add_subcommand("drain", "stop new work to a worker; its running tasks finish");
@@ -321,7 +326,9 @@ int main(int argc, char** argv) {
   auto* undrain = app.add_subcommand("undrain", "let a drained worker take new work again");
   undrain->add_option("worker", target, "worker id")->required();
   auto* cancel = app.add_subcommand("cancel", "cancel a task");
-  cancel->add_option("task", target, "task id (t42)")->required();
+  cancel->add_option("task", target, "task id (t42)");
+  cancel->add_option("--group", group_filter, "every task of this group not ended, at once");
+  cancel->add_option("--owner", owner_filter, "with --group, an operator: that certificate name's group");
   auto* ping = app.add_subcommand("ping", "exits 0 when the scheduler answers (within --timeout), 1 when not");
   auto* ha = app.add_subcommand("ha", "the leadership through etcd: leader, epoch, since when, the in-sync set");
   auto* ssh = app.add_subcommand("ssh", "wait until a session task's sshd answers, then ssh into it");
@@ -342,11 +349,15 @@ int main(int argc, char** argv) {
   logs->add_option("--stream", logs_stream, "only stdout or only stderr")->check(CLI::IsMember({"stdout", "stderr"}));
   logs->add_flag("-f,--follow", logs_follow,
                  "go on as it writes until the attempt ends, then exit with its exit status");
-  for (auto* sub : {workers, tasks, task, logs, ha}) sub->add_flag("--json", json, "print JSON");
+  for (auto* sub : {workers, tasks, task, logs, ha, group}) sub->add_flag("--json", json, "print JSON");
   if (int rc = fm::bus::ParseCommandLine(app, "fm-ctl", argc, argv); rc >= 0) return rc;
 
   if (drain->parsed() && drain_workers.empty() == drain_node.empty()) {
     std::fprintf(stderr, "fm-ctl: drain: name workers or --node NODE (one of the two)\n");
+    return 2;
+  }
+  if (cancel->parsed() && target.empty() == group_filter.empty()) {
+    std::fprintf(stderr, "fm-ctl: cancel: name a task or --group GROUP (one of the two)\n");
     return 2;
   }
   if (drain->parsed() && !drain_deadline.empty() && !drain_wait) {
@@ -375,6 +386,7 @@ int main(int argc, char** argv) {
                            : task->parsed()     ? fm::wire::ControlOp::Task
                            : drain->parsed()    ? fm::wire::ControlOp::Drain
                            : undrain->parsed()  ? fm::wire::ControlOp::Undrain
+                           : group->parsed()    ? fm::wire::ControlOp::Group
                                                 : fm::wire::ControlOp::Cancel;
   auto client = fm::tools::ToolClient::Connect(broker, "fm-ctl", logs->parsed(), cert, broker_cert, root_cert);
   if (!client.ok()) {
@@ -405,7 +417,8 @@ int main(int argc, char** argv) {
         fm::wire::CreateControlRequestDirect(fbb, op, target.empty() ? nullptr : target.c_str(), ++correlation, after,
                                              page_limit, state_filter.empty() ? nullptr : state_filter.c_str(),
                                              worker_filter.empty() ? nullptr : worker_filter.c_str(),
-                                             owner_filter.empty() ? nullptr : owner_filter.c_str()));
+                                             owner_filter.empty() ? nullptr : owner_filter.c_str(), nullptr,
+                                             group_filter.empty() ? nullptr : group_filter.c_str()));
     zmq::message_t& storage = pages.emplace_back();
     auto reply = (*client)->Call(request, fm::wire::Body::ControlReply, static_cast<int>(timeout_ms), &storage);
     if (!reply.ok()) {
@@ -459,6 +472,25 @@ int main(int argc, char** argv) {
       rows.push_back({text(s->node()), text(s->state()), std::to_string(s->acked()), std::to_string(s->behind())});
     }
     PrintTable(rows);
+    return 0;
+  }
+  if (op == fm::wire::ControlOp::Group) {
+    const fm::wire::GroupView* g = r->group();
+    if (g == nullptr) {
+      std::fprintf(stderr, "fm-ctl: the scheduler sent no group\n");
+      return 1;
+    }
+    if (json) {
+      std::printf("%s\n", codec.TableToJson(g, "fm.wire.GroupView").c_str());
+      return 0;
+    }
+    std::vector<std::vector<std::string>> rows{
+        {"GROUP", "PENDING", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"}};
+    rows.push_back({fm::Printable(fm::codec::Str(g->name())), std::to_string(g->pending()), std::to_string(g->queued()),
+                    std::to_string(g->running()), std::to_string(g->succeeded()), std::to_string(g->failed()),
+                    std::to_string(g->cancelled())});
+    PrintTable(rows);
+    if (r->message() && r->message()->size()) std::fprintf(stderr, "fm-ctl: %s\n", r->message()->c_str());
     return 0;
   }
   if (op == fm::wire::ControlOp::Workers) {
@@ -532,7 +564,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     auto field = [](const char* name, const std::string& value) {
-      if (!value.empty()) std::printf("%-10s %s\n", name, value.c_str());
+      if (!value.empty()) std::printf("%-10s %s\n", name, fm::Printable(value).c_str());
     };
     field("task", fm::codec::Str(t->task()));
     field("state", fm::codec::Str(t->state()));

@@ -24,6 +24,7 @@
 #include "runtime/logging.h"
 #include "schemas/json.h"
 #include "schemas/units.h"
+#include "schemas/validate.h"
 #include "schemas/vocabulary.h"
 #include "tools/follow.h"
 #include "tools/tool_client.h"
@@ -70,8 +71,9 @@ class Submitter {
   // `bytes`: about what the task takes in a message (its line's length). A batch is sent
   // before it would grow past kMaxBatchBytes, so that no batch nears the message limit.
   void Add(uint64_t line, fm::TaskSpec spec, size_t bytes = 0) {
-    if (batch_bytes_ + bytes > kMaxBatchBytes) Flush();
+    if (batch_bytes_ + bytes > kMaxBatchBytes || batch_after_ + spec.after.size() > fm::kMaxAfterPerMessage) Flush();
     batch_bytes_ += bytes;
+    batch_after_ += spec.after.size();
     if (spec.key.empty()) spec.key = "auto/" + client_.bus().address() + "/" + std::to_string(line);
     Entry e;
     e.fields.line = line;
@@ -91,6 +93,7 @@ class Submitter {
     in_flight_[correlation] = std::move(batch_);
     batch_ = Batch();
     batch_bytes_ = 0;
+    batch_after_ = 0;
     last_progress_ = std::chrono::steady_clock::now();
   }
 
@@ -395,6 +398,7 @@ class Submitter {
   size_t first_index_ = 0;               // index of entries_.front() since the start
   Batch batch_;                          // being filled
   size_t batch_bytes_ = 0;               // about what batch_ takes in a message
+  size_t batch_after_ = 0;               // after keys in batch_ (the scheduler takes kMaxAfterPerMessage)
   std::map<uint64_t, Batch> in_flight_;  // by correlation
   size_t in_flight_bytes_ = 0;           // their payloads
   std::map<uint64_t, Waiting> waiting_;  // by task (--wait)
@@ -452,9 +456,9 @@ int main(int argc, char** argv) {
   CLI::App app{"fm-submit: submits tasks to fm and prints one JSON line per task"};
   std::string broker = fm::bus::DefaultBrokerUrl();
   bool wait = false;
-  std::vector<std::string> requires_, labels, command, env;
+  std::vector<std::string> requires_, labels, command, env, after;
   std::vector<int32_t> retry_codes;
-  std::string cwd, kill_timeout, retry_backoff, cpus, memory, gpu_memory, gpu_model, image, timeout, key;
+  std::string cwd, kill_timeout, retry_backoff, cpus, memory, gpu_memory, gpu_model, image, timeout, key, group;
   uint64_t reply_ms = 30000;
   bool session = false;
   std::vector<std::string> ssh_keys;
@@ -483,6 +487,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-attempts", max_attempts, "attempts before the task fails");
   app.add_option("--priority", priority, "higher runs first");
   app.add_option("--key", key, "idempotency key: the same key is the same task");
+  app.add_option("--after", after, "run only after your task with this key succeeded (repeatable)");
+  app.add_option("--group", group, "a group name: fm-ctl tasks --group, fm-ctl group, fm-ctl cancel --group");
   fm::bus::AddDurationFlag(app, "--reply-timeout", &reply_ms,
                            "give up when the scheduler does not answer for this long");
   app.add_option("--batch", batch, "tasks per submission message")->capture_default_str();
@@ -605,6 +611,9 @@ int main(int argc, char** argv) {
     spec.max_attempts = static_cast<uint32_t>(max_attempts);
     spec.priority = priority;
     spec.key = key;
+    spec.after = after;
+    fm::Normalize(&spec.after);
+    spec.group = group;
     if (fm::Status s = fm::ValidateTaskSpec(spec); !s.ok()) return fail("task", s);
     if (attach) return Attach(**client, submitter, std::move(spec), broker, static_cast<int>(reply_ms));
     submitter.Add(1, std::move(spec));

@@ -24,12 +24,6 @@ std::string WorkerOf(const std::string& line) {
   return "";
 }
 
-std::string TaskOf(const std::string& line) {
-  std::smatch m;
-  if (std::regex_search(line, m, std::regex(R"re("task": "(t[0-9]+)")re"))) return m[1];
-  return "";
-}
-
 std::string Join(const std::vector<std::string>& lines) {
   std::string out;
   for (const auto& l : lines) out += l + "\n";

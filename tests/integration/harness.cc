@@ -692,6 +692,12 @@ bool Cluster::WaitEvent(const std::string& needle, int timeout_ms, int count) {
 
 namespace fm::test {
 
+std::string TaskOf(const std::string& line) {
+  std::smatch m;
+  if (std::regex_search(line, m, std::regex(R"re("task": "(t[0-9]+)")re"))) return m[1];
+  return "";
+}
+
 uint64_t ResidentBytes(pid_t pid) {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
   std::string line;

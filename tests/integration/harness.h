@@ -83,6 +83,9 @@ struct ToolRun {
   std::string out;  // stdout as written, byte for byte
 };
 
+// The task id ("t42") of one line of fm-submit's output; empty when it has none.
+std::string TaskOf(const std::string& line);
+
 // The resident memory of process `pid` in bytes (VmRSS), 0 when unreadable.
 uint64_t ResidentBytes(pid_t pid);
 

@@ -115,12 +115,32 @@ class Harness {
   }
 
   Turn Submit(std::vector<TaskSpec> specs, bool watch = false, const std::string& from = "client") {
+    Deliver(specs, watch, from);
+    return Commit();
+  }
+  // The submission alone, without ending the turn (several messages in one turn).
+  void Deliver(const std::vector<TaskSpec>& specs, bool watch = false, const std::string& from = "client") {
     flatbuffers::FlatBufferBuilder fbb;
     std::vector<flatbuffers::Offset<wire::TaskSpec>> offsets;
     for (const auto& s : specs) offsets.push_back(codec::ToWire(fbb, s));
     std::string bytes = codec::Seal(fbb, wire::CreateSubmitRequest(fbb, fbb.CreateVector(offsets), watch, 7));
     engine_->OnDirected(from, *wire::GetEnvelope(bytes.data()), now);
-    return Commit();
+  }
+
+  // An fm-ctl request from "ctl" (op, target); its reply, kept readable in `kept`.
+  const wire::ControlReply* Control(wire::ControlOp op, const std::string& target, std::deque<Turn>* kept,
+                                    const std::string& from = "ctl", const std::string& group = "",
+                                    const std::string& owner = "") {
+    flatbuffers::FlatBufferBuilder fbb;
+    std::string bytes =
+        codec::Seal(fbb, wire::CreateControlRequestDirect(fbb, op, target.empty() ? nullptr : target.c_str(), 1, 0, 0,
+                                                          nullptr, nullptr, owner.empty() ? nullptr : owner.c_str(),
+                                                          nullptr, group.empty() ? nullptr : group.c_str()));
+    engine_->OnDirected(from, *wire::GetEnvelope(bytes.data()), now);
+    const Turn& t = kept->emplace_back(Commit());
+    auto replies = t.To(from, wire::Body::ControlReply);
+    REQUIRE(replies.size() == 1);
+    return replies[0]->body_as_ControlReply();
   }
 
   Turn Started(uint64_t task, uint32_t attempt, const std::string& worker) {
@@ -155,12 +175,16 @@ class Harness {
 
   Turn Finished(uint64_t task, uint32_t attempt, const std::string& worker, wire::Outcome outcome, int code = 0,
                 wire::Reason reason = wire::Reason::None) {
+    DeliverFinished(task, attempt, worker, outcome, code, reason);
+    return Commit();
+  }
+  void DeliverFinished(uint64_t task, uint32_t attempt, const std::string& worker, wire::Outcome outcome, int code = 0,
+                       wire::Reason reason = wire::Reason::None) {
     flatbuffers::FlatBufferBuilder fbb;
     auto ref = wire::CreateTaskRef(fbb, task, attempt);
     std::string bytes =
         codec::Seal(fbb, wire::CreateTaskFinished(fbb, ref, fbb.CreateString(worker), outcome, code, 0, reason));
     engine_->OnDirected(Address(worker), *wire::GetEnvelope(bytes.data()), now);
-    return Commit();
   }
 
   // Asks for a replay from `since` as a tap would; the batch points into the turn, which

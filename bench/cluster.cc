@@ -1098,6 +1098,99 @@ void FailoverHosts(int rounds) {
 
 }  // namespace
 
+// Sends `specs` in messages of 1000 (each answered before the next goes), the last
+// correlation `*correlation`; false when one was not answered within a minute.
+bool SubmitSpecs(Bench& b, const std::vector<TaskSpec>& specs, uint64_t* correlation) {
+  for (size_t i = 0; i < specs.size(); i += 1000) {
+    flatbuffers::FlatBufferBuilder fbb(1 << 16);
+    std::vector<flatbuffers::Offset<wire::TaskSpec>> wire_specs;
+    for (size_t j = i; j < std::min(specs.size(), i + 1000); ++j) wire_specs.push_back(codec::ToWire(fbb, specs[j]));
+    b.client().Send(bus::kSchedulerAddress,
+                    codec::Seal(fbb, wire::CreateSubmitRequest(fbb, fbb.CreateVector(wire_specs), false, ++*correlation)));
+    if (!AwaitReply(b, wire::Body::SubmitReply, *correlation, 60)) return false;
+  }
+  return true;
+}
+
+// Seconds from sending a control request to its reply (sent after the turn's commit);
+// negative when none came within a minute.
+double TimedControl(Bench& b, wire::ControlOp op, const char* target, const char* group, uint64_t correlation) {
+  flatbuffers::FlatBufferBuilder fbb;
+  const double start = NowSeconds();
+  b.client().Send(bus::kSchedulerAddress,
+                  codec::Seal(fbb, wire::CreateControlRequestDirect(fbb, op, target, correlation, 0, 0, nullptr,
+                                                                    nullptr, nullptr, nullptr, group)));
+  for (double waited = NowSeconds(); NowSeconds() - waited < 60;) {
+    zmq::pollitem_t item{b.client().dealer().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, std::chrono::milliseconds(10));
+    while (auto msg = b.client().Receive()) {
+      auto env = codec::Decode(msg->payload.data(), msg->payload.size());
+      if (!env.ok() || (*env)->body_type() != wire::Body::ControlReply) continue;
+      const auto* reply = (*env)->body_as_ControlReply();
+      if (reply->correlation() != correlation) continue;
+      const double took = NowSeconds() - start;
+      std::printf("  %s: %s\n", reply->ok() ? "done" : "REFUSED", codec::Str(reply->message()).c_str());
+      if (const auto* g = reply->group()) {
+        std::printf("  group %s: %llu pending, %llu failed, %llu cancelled\n", codec::Str(g->name()).c_str(),
+                    static_cast<unsigned long long>(g->pending()), static_cast<unsigned long long>(g->failed()),
+                    static_cast<unsigned long long>(g->cancelled()));
+      }
+      return reply->ok() ? took : -1;
+    }
+  }
+  return -1;
+}
+
+// Work as a graph at scale, nothing able to run (the one worker's slot is taken and it
+// is stopped): `tasks` waiting tasks of one group cancelled with one cancel --group, and
+// `tasks` tasks after one root ended dependency_failed when the root is cancelled. Each
+// is one turn and one commit; reported: the seconds from request to reply (the reply
+// goes after the commit), and the scheduler's CPU seconds for it.
+void Graph(int tasks, int rounds) {
+  std::vector<double> cancel_s, fail_s;
+  for (int round = 0; round < rounds; ++round) {
+    Bench b(0, {"--liveness", "600s", "--max-blocked", std::to_string(std::max(tasks, 200000))});
+    Process& runner = b.AddWorker("a1", {"--slots", "1"});
+    b.WaitForWorkers(1);
+    runner.Signal(SIGSTOP);
+    uint64_t correlation = 7'000'000;
+    std::vector<TaskSpec> specs(tasks);
+    for (auto& s : specs) {
+      s.command = {"true"};
+      s.group = "sweep";
+    }
+    if (!SubmitSpecs(b, specs, &correlation)) {
+      std::printf("  round %d: the group was not taken in within a minute per message\n", round);
+      return;
+    }
+    cancel_s.push_back(TimedControl(b, wire::ControlOp::Cancel, nullptr, "sweep", ++correlation));
+    TaskSpec root;
+    root.command = {"true"};
+    root.key = "root";
+    std::vector<TaskSpec> after(tasks);
+    for (auto& s : after) {
+      s.command = {"true"};
+      s.after = {"root"};
+      s.group = "after-root";
+    }
+    if (!SubmitSpecs(b, {root}, &correlation) || !SubmitSpecs(b, after, &correlation)) {
+      std::printf("  round %d: the dependents were not taken in within a minute per message\n", round);
+      return;
+    }
+    const std::string root_id = "t" + std::to_string(tasks + 1);  // ids count from 1, the group first
+    fail_s.push_back(TimedControl(b, wire::ControlOp::Cancel, root_id.c_str(), nullptr, ++correlation));
+    TimedControl(b, wire::ControlOp::Group, nullptr, "after-root", ++correlation);  // says how they ended
+    std::printf("  round %d: cancel --group of %d: %.3f s; root cancelled, %d dependents failed: %.3f s; "
+                "scheduler peak RSS %.0f MiB\n",
+                round, tasks, cancel_s.back(), tasks, fail_s.back(), PeakRssKiB(b.scheduler().pid()) / 1024.0);
+    runner.Signal(SIGCONT);
+  }
+  std::sort(cancel_s.begin(), cancel_s.end());
+  std::sort(fail_s.begin(), fail_s.end());
+  Report("graph_cancel_group_s", cancel_s[cancel_s.size() / 2], "s (median)");
+  Report("graph_dependents_fail_s", fail_s[fail_s.size() / 2], "s (median)");
+}
+
 int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   bool tiny = Tiny(argc, argv);
@@ -1129,6 +1222,7 @@ int main(int argc, char** argv) {
   if (want("takeover")) Takeover(tiny ? 2 : 20);
   if (want("replicated")) Replicated(tiny ? 1 : 4, tiny ? 200 : 50000, tiny ? 20 : 500);
   if (want("failover")) Failover(tiny ? 2 : 20);
+  if (want("graph")) Graph(tiny ? 2000 : 100000, tiny ? 1 : 3);
   // Not in the smoke run: the namespace test covers each kind once.
   if (want("failover-hosts") && !tiny) FailoverHosts(20);
   return 0;

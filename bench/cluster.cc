@@ -1105,8 +1105,9 @@ bool SubmitSpecs(Bench& b, const std::vector<TaskSpec>& specs, uint64_t* correla
     flatbuffers::FlatBufferBuilder fbb(1 << 16);
     std::vector<flatbuffers::Offset<wire::TaskSpec>> wire_specs;
     for (size_t j = i; j < std::min(specs.size(), i + 1000); ++j) wire_specs.push_back(codec::ToWire(fbb, specs[j]));
-    b.client().Send(bus::kSchedulerAddress,
-                    codec::Seal(fbb, wire::CreateSubmitRequest(fbb, fbb.CreateVector(wire_specs), false, ++*correlation)));
+    b.client().Send(
+        bus::kSchedulerAddress,
+        codec::Seal(fbb, wire::CreateSubmitRequest(fbb, fbb.CreateVector(wire_specs), false, ++*correlation)));
     if (!AwaitReply(b, wire::Body::SubmitReply, *correlation, 60)) return false;
   }
   return true;
@@ -1180,9 +1181,10 @@ void Graph(int tasks, int rounds) {
     const std::string root_id = "t" + std::to_string(tasks + 1);  // ids count from 1, the group first
     fail_s.push_back(TimedControl(b, wire::ControlOp::Cancel, root_id.c_str(), nullptr, ++correlation));
     TimedControl(b, wire::ControlOp::Group, nullptr, "after-root", ++correlation);  // says how they ended
-    std::printf("  round %d: cancel --group of %d: %.3f s; root cancelled, %d dependents failed: %.3f s; "
-                "scheduler peak RSS %.0f MiB\n",
-                round, tasks, cancel_s.back(), tasks, fail_s.back(), PeakRssKiB(b.scheduler().pid()) / 1024.0);
+    std::printf(
+        "  round %d: cancel --group of %d: %.3f s; root cancelled, %d dependents failed: %.3f s; "
+        "scheduler peak RSS %.0f MiB\n",
+        round, tasks, cancel_s.back(), tasks, fail_s.back(), PeakRssKiB(b.scheduler().pid()) / 1024.0);
     runner.Signal(SIGCONT);
   }
   std::sort(cancel_s.begin(), cancel_s.end());

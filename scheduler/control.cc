@@ -86,6 +86,11 @@ Status Internals::TaskDetail(const Engine& e, flatbuffers::FlatBufferBuilder& fb
     }
     if (t->waits_for.size() > kNamed) waiting += " and " + std::to_string(t->waits_for.size() - kNamed) + " more";
     waiting += " to succeed";
+  } else if (t->state == wire::TaskState::Pending && !t->spec.group.empty() &&
+             e.groups_.Held(t->owner, t->spec.group, t->id)) {
+    waiting = "array bound: group \"" + t->spec.group + "\" has " +
+              std::to_string(e.groups_.Cap(t->owner, t->spec.group)) +
+              " tasks in line, queued or running (max_running); it joins the line as one ends";
   } else if (t->state == wire::TaskState::Pending && t->not_before_ms > now_ms) {
     waiting = "retry backoff: placed again in " + std::to_string((t->not_before_ms - now_ms + 999) / 1000) + " s";
   } else if (t->state == wire::TaskState::Pending) {
@@ -146,7 +151,8 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
       // the store takes writes (or that the scheduler says it does not).
       message = std::string("fm-scheduler ") + FM_VERSION + ": " + std::to_string(e.fleet_.size()) + " workers, " +
                 std::to_string(e.active_count()) + " tasks not ended (" + std::to_string(e.pending_.size()) +
-                " waiting" + (e.waiting_loaded() ? "" : ", more being read from the store") + "), event seq " +
+                " waiting" + (e.waiting_loaded() ? "" : ", more being read from the store") +
+                (e.blocked_ > 0 ? ", " + std::to_string(e.blocked_) + " blocked (after)" : "") + "), event seq " +
                 std::to_string(e.log_.next_seq() - 1) +
                 (e.options_.leadership.empty() ? "" : "; " + e.options_.leadership);
       break;
@@ -301,8 +307,13 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
           message = "cancel --group: the waiting tasks are still being read after a start; try again in a moment";
           break;
         }
+        // At most kMaxGroupCancel per request (each is read whole and written in one batch).
+        constexpr size_t kMaxGroupCancel = 100000;
+        std::vector<uint64_t> open = e.groups_.OpenTasks(owner, name);
+        const size_t left = open.size() > kMaxGroupCancel ? open.size() - kMaxGroupCancel : 0;
+        open.resize(open.size() - left);
         size_t cancelled = 0;
-        for (uint64_t id : e.groups_.OpenTasks(owner, name)) {
+        for (uint64_t id : open) {
           Task* t = e.Load(id);
           if (t == nullptr) {
             if (e.read_error_.ok()) continue;  // ended meanwhile
@@ -312,7 +323,8 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
           e.Cancel(t, from, now_ms);
           ++cancelled;
         }
-        message = ok ? "cancelled " + std::to_string(cancelled) + " tasks of group \"" + name + "\""
+        message = ok ? "cancelled " + std::to_string(cancelled) + " tasks of group \"" + name + "\"" +
+                           (left > 0 ? "; " + std::to_string(left) + " more not ended: cancel the group again" : "")
                      : "cancel --group: the store could not be read after " + std::to_string(cancelled) +
                            " tasks were cancelled: " + e.read_error_.message();
         break;

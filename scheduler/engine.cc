@@ -82,8 +82,11 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
   if (Status s = ended_.Recover(store, next_task_id_); !s.ok()) return s;
   if (Status s = membership_.Recover(*store, now_ms, epoch_); !s.ok()) return s;
   if (Status s = groups_.Recover(*store); !s.ok()) return s;
+  std::vector<uint64_t> blocked;
   Status scanned = records::ScanActiveTasks(*store, [&](Task t) {
     if (!t.spec.group.empty()) groups_.Open(t.owner, t.spec.group, t.id);
+    const bool bounded = Bounded(t.spec);
+    if (bounded) groups_.SetCap(t.owner, t.spec.group, t.spec.array->max_running);
     next_order_ = std::max(next_order_, t.order + 1);
     next_task_id_ = std::max(next_task_id_, t.id + 1);
     if ((t.state == wire::TaskState::Queued || t.state == wire::TaskState::Running) && fleet_.Find(t.worker)) {
@@ -98,13 +101,16 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
       dirty_tasks_.push_back(t.id);
     }
     if (t.state == wire::TaskState::Pending && !t.waits_for.empty()) {
-      // Blocked: its parents' ends and its record were written in one batch, so each
-      // one it still waits for has not ended.
-      for (uint64_t parent : t.waits_for) dependents_[parent].push_back(t.id);
-      ++blocked_;
+      blocked.push_back(t.id);  // judged once every task at a/ is known
+    } else if (bounded && t.state != wire::TaskState::Pending) {
+      groups_.CountInFlight(t.owner, t.spec.group, t.id);
     } else if (t.state == wire::TaskState::Pending) {
       if (t.not_before_ms > now_ms) {
+        if (bounded) groups_.CountInFlight(t.owner, t.spec.group, t.id);
         backoff_.emplace(t.not_before_ms, t.id);
+      } else if (bounded) {
+        // In line again only as its array's bound allows (released at the turn's end).
+        groups_.Hold(t.owner, t.spec.group, t.id);
       } else {
         t.not_before_ms = 0;
         pending_.Insert(t.spec, LineOf(t));
@@ -117,6 +123,29 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
     active_.emplace(t.id, std::move(t));
   });
   if (!scanned.ok()) return scanned;
+  // Blocked tasks: a parent that failed ended them in the same batch, so a parent not
+  // at a/ nor q/ any more succeeded (their records are not rewritten for each parent).
+  for (uint64_t id : blocked) {
+    Task& t = active_.at(id);
+    std::vector<uint64_t> left;
+    for (uint64_t parent : t.waits_for) {
+      bool open = active_.count(parent) > 0;
+      if (!open) {
+        auto waiting = records::ReadWaitingTask(*store, parent);
+        if (!waiting.ok()) return waiting.status();
+        open = waiting->has_value();
+      }
+      if (open) left.push_back(parent);
+    }
+    t.waits_for = std::move(left);
+    if (t.waits_for.empty()) {
+      dirty_tasks_.push_back(id);
+      JoinLine(t);
+      continue;
+    }
+    for (uint64_t parent : t.waits_for) dependents_[parent].push_back(id);
+    ++blocked_;
+  }
   // The waiting tasks (q/) are read a batch per turn from here on. Their ids are below
   // the stored next id, and a task's order never exceeds its id: new tasks line up after them.
   load_from_ = 1;
@@ -138,6 +167,11 @@ void Engine::LoadWaiting() {
     if (skip_on_load_.erase(line.id) || active_.count(line.id)) continue;
     ++waiting_records_;
     if (!line.demand.group.empty()) groups_.Open(line.owner, line.demand.group, line.id);
+    if (Bounded(line.demand)) {
+      groups_.SetCap(line.owner, line.demand.group, line.demand.array->max_running);
+      groups_.Hold(line.owner, line.demand.group, line.id);
+      continue;
+    }
     pending_.Insert(line.demand, PendingSet::Entry::Of(line.demand.priority, line.order, line.id));
   }
   load_from_ = *next;
@@ -186,6 +220,10 @@ Task* Engine::Load(uint64_t id) {
     ++waiting_records_;
     skip_on_load_.insert(id);
     if (!t.spec.group.empty()) groups_.Open(t.owner, t.spec.group, id);
+    if (Bounded(t.spec)) {  // as the load would have
+      groups_.SetCap(t.owner, t.spec.group, t.spec.array->max_running);
+      groups_.Hold(t.owner, t.spec.group, id);
+    }
   }
   ++cached_waiting_;
   t.first_wait = true;  // q/ holds only tasks never placed
@@ -400,6 +438,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       }
       for (auto& cap : ImpliedCapabilities(spec)) spec.required_capabilities.push_back(std::move(cap));
       Normalize(&spec.required_capabilities);
+      Normalize(&spec.after);  // before a resubmission is compared with its first
       if (spec.max_attempts == 0) spec.max_attempts = options_.default_max_attempts;
 
       if (!spec.key.empty()) {
@@ -426,21 +465,18 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
 
       // What it runs after: each key names an earlier task of the same owner (so no
       // cycle can form and nothing waits for a task that will never be).
-      Normalize(&spec.after);
-      after_keys += spec.after.size();
-      if (after_keys > kMaxAfterPerMessage) {
+      if (spec.array && spec.group.empty()) {
+        results.push_back(MakeResult(fbb, 0, wire::SubmitStatus::Rejected, wire::Reason::InvalidTask,
+                                     "an array element needs a group, its array's (fm-submit names one)"));
+        continue;
+      }
+      if (!spec.after.empty() && after_keys + spec.after.size() > kMaxAfterPerMessage) {
         results.push_back(MakeResult(fbb, 0, wire::SubmitStatus::Rejected, wire::Reason::InvalidTask,
                                      "this submission names over " + std::to_string(kMaxAfterPerMessage) +
                                          " after keys in all; send fewer tasks per message"));
         continue;
       }
-      if (!spec.after.empty() && blocked_ >= options_.max_blocked_tasks) {
-        results.push_back(MakeResult(fbb, 0, wire::SubmitStatus::Rejected, wire::Reason::LimitReached,
-                                     "the scheduler holds " + std::to_string(blocked_) +
-                                         " tasks waiting for tasks they run after, its limit (--max-blocked); "
-                                         "submit this one once some of them ran"));
-        continue;
-      }
+      after_keys += spec.after.size();
       std::vector<uint64_t> waits_for;
       std::string doomed;  // a parent that ended without succeeding: why
       std::string refused;
@@ -460,6 +496,13 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
           break;
         }
         const KeyedTask& p = **parent;
+        if (!p.spec) {
+          // The key outlived its task's record (a record the retention could not read):
+          // nothing can say how it ended, so nothing may wait for it.
+          refused = "after names key \"" + key + "\", whose task " + TaskName(p.id) +
+                    " is not kept any more (task retention)";
+          break;
+        }
         if (p.status == wire::SubmitStatus::Accepted) {
           waits_for.push_back(p.id);
         } else if (p.status != wire::SubmitStatus::Succeeded && doomed.empty()) {
@@ -476,6 +519,13 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       }
       std::sort(waits_for.begin(), waits_for.end());
       waits_for.erase(std::unique(waits_for.begin(), waits_for.end()), waits_for.end());
+      if (!waits_for.empty() && doomed.empty() && blocked_ >= options_.max_blocked_tasks) {
+        results.push_back(MakeResult(fbb, 0, wire::SubmitStatus::Rejected, wire::Reason::LimitReached,
+                                     "the scheduler holds " + std::to_string(blocked_) +
+                                         " tasks waiting for tasks they run after, its limit (--max-blocked); "
+                                         "submit this one once some of them ran"));
+        continue;
+      }
 
       Task t;
       t.id = next_task_id_++;
@@ -486,6 +536,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       t.order = next_order_++;
       t.owner = owner;
       if (!t.spec.group.empty()) groups_.Open(owner, t.spec.group, t.id);
+      if (Bounded(t.spec)) groups_.SetCap(owner, t.spec.group, t.spec.array->max_running);
       if (req.watch()) t.watcher = from;
       if (!t.spec.key.empty()) {
         const std::string scoped = ScopedKey(owner, t.spec.key);
@@ -525,13 +576,12 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         Emit(f, now_ms);
         continue;
       }
-      pending_.Insert(t.spec, LineOf(t));
       t.first_wait = true;
       ++hot_first_waits_;
       Task& stored = active_.emplace(t.id, std::move(t)).first->second;
+      JoinLine(stored);
       Emit(f, now_ms);
       if (last_lost_ms != 0) MarkWaiting(stored, now_ms);  // only lost workers could run it
-      placement_needed_ = true;
     }
   }
   auto reply = wire::CreateSubmitReply(fbb, req.correlation(), fbb.CreateVector(results));
@@ -748,7 +798,12 @@ void Engine::End(Task* t, TaskEvent event, wire::Reason reason, const std::strin
   }
   if (t->first_wait) --hot_first_waits_;
   if (!announced_waiting_.empty()) announced_waiting_.erase(id);
-  if (!t->waits_for.empty()) --blocked_;
+  if (!t->waits_for.empty()) {
+    --blocked_;
+    // Its id stays in its parents' lists (removing it there costs a walk of each):
+    // compacted once the stale ones outnumber the blocked.
+    if (++stale_dependents_ > blocked_ + 4096) CompactDependents();
+  }
   if (!t->spec.group.empty()) groups_.Close(t->owner, t->spec.group, id, state, now_ms);
   if (dependents_.count(id)) {
     ended_parents_.push_back({id, state == wire::TaskState::Succeeded, t->spec.key,
@@ -759,6 +814,39 @@ void Engine::End(Task* t, TaskEvent event, wire::Reason reason, const std::strin
   ended_.Add(std::move(*t), &effects_.writes, scratch_);  // the task leaves the active set: moved, not copied
   active_.erase(id);
   ResolveDependents(now_ms);
+}
+
+void Engine::CompactDependents() {
+  for (auto it = dependents_.begin(); it != dependents_.end();) {
+    auto& ids = it->second;
+    ids.erase(std::remove_if(ids.begin(), ids.end(),
+                             [&](uint64_t id) {
+                               auto t = active_.find(id);
+                               return t == active_.end() || t->second.waits_for.empty();
+                             }),
+              ids.end());
+    it = ids.empty() ? dependents_.erase(it) : std::next(it);
+  }
+  stale_dependents_ = 0;
+}
+
+void Engine::JoinLine(Task& t) {
+  if (Bounded(t.spec) && !groups_.Admit(t.owner, t.spec.group, t.id)) return;  // held by its array's bound
+  pending_.Insert(t.spec, LineOf(t));
+  placement_needed_ = true;
+}
+
+void Engine::ReleaseHeld() {
+  for (const Groups::Released& r : groups_.TakeReleased()) {
+    Task* t = Load(r.id);
+    if (t == nullptr) {
+      groups_.Unrelease(r, /*hold=*/!read_error_.ok());  // tried again next turn, or it is gone
+      continue;
+    }
+    pending_.Insert(t->spec, LineOf(*t));
+    placement_needed_ = true;
+    fleet_shrank_ = true;  // judged for eligibility at the turn's end, like a retry
+  }
 }
 
 std::string Engine::DependencyCause(const std::string& key, uint64_t id, wire::TaskState state, wire::Reason reason,
@@ -802,14 +890,16 @@ void Engine::ResolveDependents(uint64_t now_ms) {
             "after \"" + parent.key + "\" (" + TaskName(parent.id) + "): " + parent.cause, 0, now_ms);
         continue;
       }
+      // Not written for each parent (K parents of M tasks would be M x K records): its
+      // record keeps the parents it listed until it joins the line, and a start drops
+      // those that ended meanwhile (Recover: they can only have succeeded).
       t.waits_for.erase(at);
-      dirty_tasks_.push_back(id);
       if (!t.waits_for.empty()) continue;
+      dirty_tasks_.push_back(id);
       // Every task it ran after succeeded: it takes its place in line (its order is
       // its submission's), judged for eligibility at the turn's end like a retry.
       --blocked_;
-      pending_.Insert(t.spec, LineOf(t));
-      placement_needed_ = true;
+      JoinLine(t);
       fleet_shrank_ = true;
     }
   }
@@ -1048,8 +1138,9 @@ void Engine::Tick(uint64_t now_ms) {
                   [&](uint64_t id, const std::string& owner, const std::string& key) { ForgetKey(id, owner, key); });
   if (!trimmed.ok() && read_error_.ok()) read_error_ = trimmed;
   // A group is kept while it has tasks, and as long as its ended tasks would be.
-  if (now_ms > options_.task_retention_age_ms) {
-    groups_.Trim(now_ms - options_.task_retention_age_ms, options_.task_trim_per_tick, &effects_.writes);
+  if (waiting_loaded()) {  // a group whose tasks are all still at q/ looks idle before
+    groups_.Trim(now_ms > options_.task_retention_age_ms ? now_ms - options_.task_retention_age_ms : 0,
+                 options_.task_retention_count, options_.task_trim_per_tick, now_ms, &effects_.writes);
   }
   ReleaseBackoff(now_ms);
 }
@@ -1245,6 +1336,7 @@ void Engine::WriteTasks() {
 
 void Engine::FinishTurn(uint64_t now_ms) {
   LoadWaiting();
+  ReleaseHeld();
   if (fleet_shrank_) {
     fleet_shrank_ = false;
     FailUnrunnable(now_ms);

@@ -258,6 +258,14 @@ class Engine {
   // last call: one that succeeded lets them go (a task with none left joins the line);
   // one that did not ends them dependency_failed, and theirs in turn, in this turn.
   void ResolveDependents(uint64_t now_ms);
+  // An array element with a bound on its group's tasks in flight (max_running).
+  static bool Bounded(const TaskSpec& spec) { return spec.array && spec.array->max_running > 0 && !spec.group.empty(); }
+  // A task free to run joins the line (the pending set), unless its array's bound holds
+  // it back (groups.h); the held ones are released at the turn's end as others end.
+  void JoinLine(Task& t);
+  // Drops ended or unblocked tasks from dependents_.
+  void CompactDependents();
+  void ReleaseHeld();
   // What a dependent of `parent` is told when it ended without succeeding (bounded).
   static std::string DependencyCause(const std::string& key, uint64_t id, wire::TaskState state, wire::Reason reason,
                                      const std::string& message, const std::vector<std::string>& parent_after);
@@ -388,7 +396,8 @@ class Engine {
   std::vector<EndedParent> ended_parents_;  // ended with dependents, not resolved yet
   std::string ending_cause_;                // the cause passed down while ending a dependent
   bool resolving_ = false;
-  size_t blocked_ = 0;  // tasks waiting for a parent (dependents_ may hold ended ones)
+  size_t blocked_ = 0;           // tasks waiting for a parent (dependents_ may hold ended ones)
+  size_t stale_dependents_ = 0;  // blocked tasks ended since dependents_ was compacted
 
   uint64_t next_task_id_ = 1;
   uint64_t next_order_ = 1;

@@ -87,7 +87,73 @@ void Groups::Close(const std::string& owner, const std::string& group, uint64_t 
   }
   g->ended.last_ms = now_ms;
   dirty_.insert(key);
+  if (g->cap > 0 && g->held.erase(id) == 0 && g->flying.erase(id) > 0 && !g->held.empty()) {
+    releasable_.insert(key);  // it was in flight: room for a held one
+  }
   if (g->live < g->open.size() / 2) Compact(g);
+}
+
+void Groups::SetCap(const std::string& owner, const std::string& group, uint32_t cap) {
+  Group& g = groups_[Key(owner, group)];
+  if (g.cap == 0) g.cap = cap;
+}
+
+uint32_t Groups::Cap(const std::string& owner, const std::string& group) const {
+  auto it = groups_.find(Key(owner, group));
+  return it == groups_.end() ? 0 : it->second.cap;
+}
+
+bool Groups::Admit(const std::string& owner, const std::string& group, uint64_t id) {
+  auto it = groups_.find(Key(owner, group));
+  if (it == groups_.end() || it->second.cap == 0) return true;
+  Group& g = it->second;
+  // Held ones before it go first: a new task joins behind them.
+  if (g.flying.size() < g.cap && g.held.empty()) {
+    g.flying.insert(id);
+    return true;
+  }
+  g.held.insert(id);
+  if (g.flying.size() < g.cap) releasable_.insert(it->first);
+  return false;
+}
+
+void Groups::CountInFlight(const std::string& owner, const std::string& group, uint64_t id) {
+  groups_[Key(owner, group)].flying.insert(id);
+}
+
+void Groups::Hold(const std::string& owner, const std::string& group, uint64_t id) {
+  const std::string key = Key(owner, group);
+  groups_[key].held.insert(id);
+  releasable_.insert(key);
+}
+
+bool Groups::Held(const std::string& owner, const std::string& group, uint64_t id) const {
+  auto it = groups_.find(Key(owner, group));
+  return it != groups_.end() && it->second.held.count(id) > 0;
+}
+
+std::vector<Groups::Released> Groups::TakeReleased() {
+  std::vector<Released> out;
+  for (const std::string& key : releasable_) {
+    auto it = groups_.find(key);
+    if (it == groups_.end()) continue;
+    Group& g = it->second;
+    while (!g.held.empty() && (g.cap == 0 || g.flying.size() < g.cap)) {
+      const uint64_t id = *g.held.begin();
+      out.push_back({key, id});
+      g.held.erase(g.held.begin());
+      g.flying.insert(id);
+    }
+  }
+  releasable_.clear();
+  return out;
+}
+
+void Groups::Unrelease(const Released& r, bool hold) {
+  auto it = groups_.find(r.key);
+  if (it == groups_.end()) return;
+  it->second.flying.erase(r.id);
+  if (hold) it->second.held.insert(r.id);
 }
 
 std::vector<uint64_t> Groups::OpenTasks(const std::string& owner, const std::string& group) {
@@ -117,8 +183,10 @@ void Groups::FinishTurn(store::WriteBatch* writes) {
   dirty_.clear();
 }
 
-void Groups::Trim(uint64_t before_ms, size_t most, store::WriteBatch* writes) {
+void Groups::Trim(uint64_t before_ms, size_t max_groups, size_t most, uint64_t now_ms, store::WriteBatch* writes) {
   if (trim_at_ >= trim_order_.size()) {
+    if (now_ms < next_round_ms_) return;
+    next_round_ms_ = now_ms + 10000;
     trim_order_.clear();
     trim_at_ = 0;
     for (const auto& [key, g] : groups_) {
@@ -127,7 +195,8 @@ void Groups::Trim(uint64_t before_ms, size_t most, store::WriteBatch* writes) {
   }
   for (size_t looked = 0; looked < most && trim_at_ < trim_order_.size(); ++looked, ++trim_at_) {
     auto it = groups_.find(trim_order_[trim_at_]);
-    if (it == groups_.end() || it->second.live != 0 || it->second.ended.last_ms >= before_ms) continue;
+    if (it == groups_.end() || it->second.live != 0) continue;
+    if (it->second.ended.last_ms >= before_ms && groups_.size() <= max_groups) continue;
     writes->Delete(keys::Group(it->first));
     dirty_.erase(it->first);
     groups_.erase(it);

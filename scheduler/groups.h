@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -41,11 +42,34 @@ class Groups {
   std::vector<uint64_t> OpenTasks(const std::string& owner, const std::string& group);
   // False when the group is not known (never used, or forgotten).
   bool Find(const std::string& owner, const std::string& group, Ended* ended, size_t* open) const;
+  // Arrays: a group may bound its tasks in line, queued or running at once (an array's
+  // max_running; the first one given counts). Those past it are held: pending, out of
+  // the line, released in id order as others end. In flight: admitted, not ended.
+  void SetCap(const std::string& owner, const std::string& group, uint32_t cap);
+  // Task `id` of a group wants to join the line: true when it may (then counted in
+  // flight; always for a group without a bound), false when it is held.
+  bool Admit(const std::string& owner, const std::string& group, uint64_t id);
+  // At a start: counted in flight as it is (queued, running or in retry backoff), or held
+  // to be released by TakeReleased (every pending one: admitted again up to the bound).
+  void CountInFlight(const std::string& owner, const std::string& group, uint64_t id);
+  void Hold(const std::string& owner, const std::string& group, uint64_t id);
+  bool Held(const std::string& owner, const std::string& group, uint64_t id) const;
+  uint32_t Cap(const std::string& owner, const std::string& group) const;
+  // The held tasks that may join the line now, lowest id first, each counted in flight.
+  struct Released {
+    std::string key;  // Key(owner, group)
+    uint64_t id = 0;
+  };
+  std::vector<Released> TakeReleased();
+  // A released task that could not be read: held again (`hold`), or let go (it is gone).
+  void Unrelease(const Released& r, bool hold);
+
   // Writes the groups changed since the last call.
   void FinishTurn(store::WriteBatch* writes);
-  // Forgets the groups with no open task whose last end is before `before_ms` (at most
-  // `most` looked at per call, round-robin).
-  void Trim(uint64_t before_ms, size_t most, store::WriteBatch* writes);
+  // Forgets the groups with no open task whose last end is before `before_ms`, or any
+  // with no open task while there are more than `max_groups` (at most `most` looked at
+  // per call, round-robin; the round's list is made at most every 10 s).
+  void Trim(uint64_t before_ms, size_t max_groups, size_t most, uint64_t now_ms, store::WriteBatch* writes);
   size_t size() const { return groups_.size(); }
 
   static std::string Key(const std::string& owner, const std::string& group) {
@@ -59,6 +83,9 @@ class Groups {
     size_t live = 0;             // entries of `open` not gone
     bool sorted = true;
     Ended ended;
+    uint32_t cap = 0;                     // at most this many in flight (0: no bound)
+    std::unordered_set<uint64_t> flying;  // with a cap: admitted and not ended (at most cap)
+    std::set<uint64_t> held;
   };
   // The group, its open ids sorted; nullptr when unknown.
   Group* Lookup(const std::string& key);
@@ -66,8 +93,10 @@ class Groups {
 
   std::unordered_map<std::string, Group> groups_;
   std::unordered_set<std::string> dirty_;
-  std::vector<std::string> trim_order_;  // the names the next Trim goes through
+  std::unordered_set<std::string> releasable_;  // groups with held tasks and maybe room
+  std::vector<std::string> trim_order_;         // the names the next Trim goes through
   size_t trim_at_ = 0;
+  uint64_t next_round_ms_ = 0;
 };
 
 }  // namespace fm::sched

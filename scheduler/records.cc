@@ -219,6 +219,9 @@ Result<uint64_t> ScanWaiting(const store::Store& store, uint64_t from, uint64_t 
           line.demand.resources = codec::FromWire(spec->resources());
           line.demand.labels = codec::FromWire(spec->labels());
           if (spec->group()) line.demand.group = spec->group()->str();
+          if (const auto* a = spec->array()) {
+            line.demand.array = TaskSpec::Array{a->index(), a->count(), a->max_running()};
+          }
         }
         if (r.owner()) line.owner = r.owner()->str();
         visit(std::move(line));

@@ -103,10 +103,12 @@ flatbuffers::Offset<wire::TaskSpec> ToWire(flatbuffers::FlatBufferBuilder& fbb, 
   }
   auto after = spec.after.empty() ? 0 : ToWire(fbb, spec.after);
   auto group = spec.group.empty() ? 0 : fbb.CreateString(spec.group);
+  auto array =
+      spec.array ? wire::CreateArraySpec(fbb, spec.array->index, spec.array->count, spec.array->max_running) : 0;
   return wire::CreateTaskSpec(fbb, command, requires_, resources, labels, image, spec.max_attempts, spec.timeout_ms,
                               spec.priority, key, env, cwd, spec.kill_timeout_ms,
                               spec.retry_exit_codes.empty() ? 0 : fbb.CreateVector(spec.retry_exit_codes),
-                              spec.retry_backoff_ms, session, after, group);
+                              spec.retry_backoff_ms, session, after, group, array);
 }
 
 flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::Quarantine>>> ToWire(
@@ -187,6 +189,7 @@ TaskSpec FromWire(const wire::TaskSpec* spec) {
   out.retry_backoff_ms = spec->retry_backoff_ms();
   out.after = Strings(spec->after());
   if (spec->group()) out.group = spec->group()->str();
+  if (const auto* a = spec->array()) out.array = TaskSpec::Array{a->index(), a->count(), a->max_running()};
   if (const auto* s = spec->session()) {
     out.session = SessionSpec{Strings(s->ssh_keys()), s->ttl_ms(), s->idle_timeout_ms()};
   }

@@ -160,6 +160,18 @@ Result<TaskSpec> JsonCodec::ParseTaskLine(std::string_view line) {
     Normalize(&spec.after);
   }
   if (in->group()) spec.group = in->group()->str();
+  if (const auto* a = in->array()) {
+    if (a->count() < 1 || a->count() > static_cast<int64_t>(kMaxArrayCount)) {
+      return Status::Invalid("array.count is " + std::to_string(a->count()) + ": it must be from 1 to " +
+                             std::to_string(kMaxArrayCount));
+    }
+    if (a->max_running() < 0 || a->max_running() > a->count()) {
+      return Status::Invalid("array.max_running is " + std::to_string(a->max_running()) +
+                             ": it must be from 0 (no bound) to array.count");
+    }
+    // Element 0 as read: fm-submit makes the others (ExpandArray).
+    spec.array = TaskSpec::Array{0, static_cast<uint32_t>(a->count()), static_cast<uint32_t>(a->max_running())};
+  }
   if (in->retry_exit_codes()) {
     spec.retry_exit_codes.assign(in->retry_exit_codes()->begin(), in->retry_exit_codes()->end());
     Normalize(&spec.retry_exit_codes);

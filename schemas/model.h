@@ -86,6 +86,13 @@ struct TaskSpec {
   // (sorted, unique). Resolved to task ids at submission; an unknown key is refused.
   std::vector<std::string> after;
   std::string group;  // the owner's name for tasks listed, counted and cancelled together
+  // Set: element `index` of an array of `count` tasks of `group`, at most `max_running`
+  // of its tasks queued or running at once (0: no bound).
+  struct Array {
+    uint32_t index = 0, count = 0, max_running = 0;
+    bool operator==(const Array&) const = default;
+  };
+  std::optional<Array> array;
   bool operator==(const TaskSpec&) const = default;
 };
 

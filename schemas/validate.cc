@@ -117,6 +117,9 @@ Status ValidateTaskSpec(const TaskSpec& spec) {
     if (HasNul(spec.command[i])) return Status::Invalid("command[" + std::to_string(i) + "] holds a NUL byte");
   }
   if (HasNul(spec.key)) return Status::Invalid("key holds a NUL byte");
+  if (spec.key.size() > kMaxKeyBytes) {
+    return Status::Invalid("key is longer than " + std::to_string(kMaxKeyBytes) + " bytes");
+  }
   if (HasNul(spec.image)) return Status::Invalid("image holds a NUL byte");
   if (HasNul(spec.resources.gpu_model)) return Status::Invalid("resources.gpu_model holds a NUL byte");
   if (spec.resources.cpus_milli > kMaxCpus * 1000) {
@@ -146,6 +149,10 @@ Status ValidateTaskSpec(const TaskSpec& spec) {
   for (size_t i = 0; i < spec.after.size(); ++i) {
     if (spec.after[i].empty()) return Status::Invalid("after[" + std::to_string(i) + "] is an empty key");
     if (HasNul(spec.after[i])) return Status::Invalid("after[" + std::to_string(i) + "] holds a NUL byte");
+    if (spec.after[i].size() > kMaxKeyBytes) {
+      return Status::Invalid("after[" + std::to_string(i) + "] is longer than " + std::to_string(kMaxKeyBytes) +
+                             " bytes");
+    }
     if (spec.after[i] == spec.key) {
       return Status::Invalid("after names the task's own key \"" + spec.key + "\": a task cannot run after itself");
     }
@@ -157,6 +164,18 @@ Status ValidateTaskSpec(const TaskSpec& spec) {
     for (unsigned char ch : spec.group) {
       if (ch < 0x20 || ch == 0x7f) return Status::Invalid("group holds a control character");
     }
+  }
+  if (spec.array) {
+    const auto& a = *spec.array;
+    if (a.count < 1 || a.count > kMaxArrayCount) {
+      return Status::Invalid("array.count is " + std::to_string(a.count) + ": it must be from 1 to " +
+                             std::to_string(kMaxArrayCount));
+    }
+    if (a.index >= a.count) {
+      return Status::Invalid("array.index " + std::to_string(a.index) + " is not below array.count " +
+                             std::to_string(a.count));
+    }
+    if (a.max_running > a.count) return Status::Invalid("array.max_running is above array.count");
   }
   if (spec.retry_exit_codes.size() > 256) return Status::Invalid("retry_exit_codes lists more than 256 statuses");
   for (int32_t code : spec.retry_exit_codes) {

@@ -22,8 +22,10 @@ inline constexpr size_t kMaxEnvBytes = 128 * 1024;  // names and values together
 inline constexpr size_t kMaxCwdBytes = 4096;
 inline constexpr size_t kMaxAfter = 1000;  // keys a task runs after
 // after keys in one submission message, all tasks together: each is a store lookup.
-inline constexpr size_t kMaxAfterPerMessage = 100'000;
+inline constexpr size_t kMaxAfterPerMessage = 10'000;
+inline constexpr size_t kMaxKeyBytes = 1024;  // a key, and each key of after
 inline constexpr size_t kMaxGroupBytes = 128;
+inline constexpr uint32_t kMaxArrayCount = 100'000;      // tasks of one array
 inline constexpr uint64_t kMaxKillTimeoutMs = 3600'000;  // an hour between SIGTERM and SIGKILL
 
 // Environment variables a task may set: names [A-Za-z_][A-Za-z0-9_]* that do not start

@@ -58,6 +58,9 @@ class Submitter {
   Submitter(fm::tools::ToolClient& client, bool wait, int timeout_ms, size_t batch_size)
       : client_(client), wait_(wait), timeout_ms_(timeout_ms), batch_size_(batch_size) {}
 
+  // The key a task without one gets: resent after a lost reply, it is the same task.
+  std::string AutoKey(uint64_t line) const { return "auto/" + client_.bus().address() + "/" + std::to_string(line); }
+
   void AddInvalid(uint64_t line, const std::string& message) {
     Entry e;
     e.fields.line = line;
@@ -74,7 +77,7 @@ class Submitter {
     if (batch_bytes_ + bytes > kMaxBatchBytes || batch_after_ + spec.after.size() > fm::kMaxAfterPerMessage) Flush();
     batch_bytes_ += bytes;
     batch_after_ += spec.after.size();
-    if (spec.key.empty()) spec.key = "auto/" + client_.bus().address() + "/" + std::to_string(line);
+    if (spec.key.empty()) spec.key = AutoKey(line);
     Entry e;
     e.fields.line = line;
     entries_.push_back(std::move(e));
@@ -82,6 +85,21 @@ class Submitter {
     batch_.specs.push_back(std::move(spec));
     batch_.bytes.push_back(bytes);
     if (batch_.specs.size() >= batch_size_) Flush();
+  }
+
+  // An array (`spec.array` set, element 0): `count` tasks of one group (the line's, or
+  // one named after its key), element i keyed KEY[i], each printed on a line of its own
+  // with the input line's number.
+  void AddArray(uint64_t line, fm::TaskSpec spec, size_t bytes = 0) {
+    const std::string key = spec.key.empty() ? AutoKey(line) : spec.key;
+    if (spec.group.empty()) spec.group = "array/" + key.substr(0, fm::kMaxGroupBytes - 6);
+    const uint32_t count = spec.array->count;
+    for (uint32_t i = 0; i < count; ++i) {
+      fm::TaskSpec element = spec;
+      element.array->index = i;
+      element.key = key + "[" + std::to_string(i) + "]";
+      Add(line, std::move(element), bytes);
+    }
   }
 
   void Flush() {
@@ -489,6 +507,9 @@ int main(int argc, char** argv) {
   app.add_option("--key", key, "idempotency key: the same key is the same task");
   app.add_option("--after", after, "run only after your task with this key succeeded (repeatable)");
   app.add_option("--group", group, "a group name: fm-ctl tasks --group, fm-ctl group, fm-ctl cancel --group");
+  std::string array;
+  app.add_option("--array", array,
+                 "N[%M]: N tasks of one group, FM_ARRAY_INDEX 0..N-1 each, at most M queued or running at once");
   fm::bus::AddDurationFlag(app, "--reply-timeout", &reply_ms,
                            "give up when the scheduler does not answer for this long");
   app.add_option("--batch", batch, "tasks per submission message")->capture_default_str();
@@ -614,9 +635,31 @@ int main(int argc, char** argv) {
     spec.after = after;
     fm::Normalize(&spec.after);
     spec.group = group;
+    if (!array.empty()) {
+      // N or N%M, as Slurm's --array takes a bound.
+      char* end = nullptr;
+      const unsigned long long count = std::strtoull(array.c_str(), &end, 10);
+      unsigned long long bound = 0;
+      bool ok = end != array.c_str() && count >= 1 && count <= fm::kMaxArrayCount;
+      if (ok && *end == '%') {
+        const char* m = end + 1;
+        bound = std::strtoull(m, &end, 10);
+        ok = end != m && bound >= 1 && bound <= count;
+      }
+      if (!ok || *end != '\0') {
+        return fail("--array", fm::Status::Invalid("\"" + array + "\" is not N or N%M with 1 <= M <= N <= " +
+                                                   std::to_string(fm::kMaxArrayCount)));
+      }
+      if (session || attach) return fail("--array", fm::Status::Invalid("is for commands, not --session or --attach"));
+      spec.array = fm::TaskSpec::Array{0, static_cast<uint32_t>(count), static_cast<uint32_t>(bound)};
+    }
     if (fm::Status s = fm::ValidateTaskSpec(spec); !s.ok()) return fail("task", s);
     if (attach) return Attach(**client, submitter, std::move(spec), broker, static_cast<int>(reply_ms));
-    submitter.Add(1, std::move(spec));
+    if (spec.array) {
+      submitter.AddArray(1, std::move(spec));
+    } else {
+      submitter.Add(1, std::move(spec));
+    }
     submitter.Flush();
   }
 
@@ -649,7 +692,9 @@ int main(int argc, char** argv) {
           continue;
         }
         auto spec = codec.ParseTaskLine(line);
-        if (spec.ok()) {
+        if (spec.ok() && spec->array) {
+          submitter.AddArray(line_number, std::move(*spec), line.size());
+        } else if (spec.ok()) {
           submitter.Add(line_number, std::move(*spec), line.size());
         } else {
           submitter.AddInvalid(line_number, spec.status().message());

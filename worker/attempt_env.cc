@@ -23,9 +23,14 @@ std::vector<std::string> EnvBuilder::Lines() const {
   return out;
 }
 
-std::vector<std::string> AttemptVars(const Ref& ref, const std::string& worker_id) {
-  return {"FM_TASK_ID=t" + std::to_string(ref.task), "FM_ATTEMPT=" + std::to_string(ref.attempt),
-          "FM_WORKER_ID=" + worker_id};
+std::vector<std::string> AttemptVars(const Ref& ref, const std::string& worker_id, const TaskSpec& spec) {
+  std::vector<std::string> vars{"FM_TASK_ID=t" + std::to_string(ref.task), "FM_ATTEMPT=" + std::to_string(ref.attempt),
+                                "FM_WORKER_ID=" + worker_id};
+  if (spec.array) {
+    vars.push_back("FM_ARRAY_INDEX=" + std::to_string(spec.array->index));
+    vars.push_back("FM_ARRAY_COUNT=" + std::to_string(spec.array->count));
+  }
+  return vars;
 }
 
 std::string RunVar(const std::string& instance, const Ref& ref) {

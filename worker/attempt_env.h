@@ -27,8 +27,9 @@ class EnvBuilder {
   std::vector<std::pair<std::string, std::string>> vars_;
 };
 
-// FM_TASK_ID=tN, FM_ATTEMPT=N, FM_WORKER_ID=ID: what an attempt is told of itself.
-std::vector<std::string> AttemptVars(const Ref& ref, const std::string& worker_id);
+// FM_TASK_ID=tN, FM_ATTEMPT=N, FM_WORKER_ID=ID, and for an array element
+// FM_ARRAY_INDEX=I and FM_ARRAY_COUNT=N: what an attempt is told of itself.
+std::vector<std::string> AttemptVars(const Ref& ref, const std::string& worker_id, const TaskSpec& spec);
 // FM_RUN_ID: this worker process's mark on one attempt's processes (never another
 // worker's, on any cluster: `instance` is unique to the worker process).
 std::string RunVar(const std::string& instance, const Ref& ref);

@@ -141,7 +141,7 @@ void DockerExecutor::RunContainer(Run* r) {
   DockerClient::ContainerSpec spec;
   EnvBuilder vars;
   for (const auto& [name, value] : r->spec.env) vars.Set(name, value);
-  for (const std::string& v : AttemptVars(r->ref, options_.worker_id)) vars.SetLine(v);
+  for (const std::string& v : AttemptVars(r->ref, options_.worker_id, r->spec)) vars.SetLine(v);
   SetGpuVars(&vars, r->grant.gpus);  // also over an image's ENV NVIDIA_VISIBLE_DEVICES=all
   std::string image = r->spec.image;
   r->prepare_error = Prepare(*r, &image, &vars, &spec);

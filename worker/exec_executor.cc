@@ -120,7 +120,7 @@ void ExecExecutor::Start(const Ref& ref, const TaskSpec& spec, const Grant& gran
   vars.Set("LOGNAME", as.name);
   vars.Set("LANG", "C.UTF-8");
   for (const auto& [name, value] : run->spec.env) vars.Set(name, value);
-  for (const std::string& v : AttemptVars(run->ref, options_.worker_id)) vars.SetLine(v);
+  for (const std::string& v : AttemptVars(run->ref, options_.worker_id, run->spec)) vars.SetLine(v);
   vars.SetLine(RunVar(options_.instance, run->ref));
   SetGpuVars(&vars, run->grant.gpus);
   std::vector<std::string> env = vars.Lines();

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <map>
 #include <regex>
+#include <set>
 #include <thread>
 
 #include "harness.h"
@@ -146,4 +147,64 @@ TEST_CASE("fm-ctl counts, lists and cancels a group that fm-submit made", "[inte
   ToolRun both = c.Ctl({"cancel", "t1", "--group", "sweep"});
   CHECK(both.exit_code == 2);
   CHECK_THAT(both.err, Contains("one of the two"));
+}
+
+namespace {
+
+// The most tasks of `tasks` queued or running at once, from the stream's order of
+// task.queued and the ends (a retry goes back to pending).
+int MostAtOnce(const std::vector<std::string>& tap, const std::set<std::string>& tasks) {
+  std::regex event_re(R"(^[0-9]+ \S+ (task\.[a-z]+) task=(t[0-9]+))");
+  std::set<std::string> flying;
+  size_t most = 0;
+  for (const auto& line : tap) {
+    std::smatch m;
+    if (!std::regex_search(line, m, event_re) || !tasks.count(m[2])) continue;
+    const std::string type = m[1];
+    if (type == "task.queued") flying.insert(m[2]);
+    if (type == "task.succeeded" || type == "task.failed" || type == "task.cancelled" || type == "task.retrying") {
+      flying.erase(m[2]);
+    }
+    most = std::max(most, flying.size());
+  }
+  return static_cast<int>(most);
+}
+
+}  // namespace
+
+TEST_CASE("fm-submit --array runs N tasks with FM_ARRAY_INDEX, at most the bound at once, also across a SIGKILL",
+          "[integration][graph][crash]") {
+  Cluster c;
+  c.StartWorker("w", {"--slots", "6"});
+  auto submit = Process::Start({Bin("fm-submit"), "--broker", c.broker(), "--wait", "--array", "8%2", "--group", "ix",
+                                "--", "sh", "-c", "echo index=$FM_ARRAY_INDEX of $FM_ARRAY_COUNT; sleep 0.4"});
+  REQUIRE(c.WaitEvent("task.succeeded", 20000, 2));
+  c.KillScheduler();
+  c.RestartScheduler();
+  REQUIRE(submit->Wait(60000) == 0);
+  submit->WaitClosed(5000);
+  std::set<std::string> tasks;
+  for (const auto& line : submit->Lines()) {
+    CHECK_THAT(line, Contains(R"("status": "succeeded")"));
+    tasks.insert(TaskOf(line));
+  }
+  REQUIRE(tasks.size() == 8);
+  for (int i = 0; i < 8; ++i) {
+    CHECK(c.WaitEvent("index=" + std::to_string(i) + " of 8"));
+  }
+  CHECK(MostAtOnce(c.tap().Lines(), tasks) == 2);
+  ToolRun counted = c.Ctl({"group", "ix", "--json"});
+  CHECK_THAT(counted.out, Contains(R"("succeeded": 8)"));
+  // As a task line: one output line per element, each with the input line's number;
+  // its group named after its key.
+  ToolRun lines = c.Submit(R"({"key": "j", "array": {"count": 3}, "command": ["true"]})"
+                           "\n",
+                           {"--wait"});
+  CHECK(lines.exit_code == 0);
+  REQUIRE(lines.lines.size() == 3);
+  for (const auto& l : lines.lines) CHECK_THAT(l, Contains(R"("line": 1,)") && Contains(R"("status": "succeeded")"));
+  CHECK_THAT(c.Ctl({"group", "array/j", "--json"}).out, Contains(R"("succeeded": 3)"));
+  ToolRun bad = c.Submit("", {"--array", "3%4", "--", "true"});
+  CHECK(bad.exit_code == 2);
+  CHECK_THAT(bad.err, Contains("--array"));
 }

@@ -449,3 +449,173 @@ TEST_CASE("groups are per owner: a client cancels and counts only its own, an op
   CHECK(by_ops->message()->str() == "cancelled 2 tasks of group \"g\"");
   CHECK(h.engine().active_count() == 0);
 }
+
+namespace {
+
+std::vector<TaskSpec> Array(const std::string& group, uint32_t count, uint32_t max_running) {
+  std::vector<TaskSpec> out;
+  for (uint32_t i = 0; i < count; ++i) {
+    TaskSpec s = InGroup(group);
+    s.key = group + "[" + std::to_string(i) + "]";
+    s.array = TaskSpec::Array{i, count, max_running};
+    out.push_back(s);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("an array runs at most max_running at once, the rest in index order, and says why it waits",
+          "[unit][graph]") {
+  Harness h;
+  h.Register({"w", {}, 16, 64 * GiB, 8});
+  Turn t = h.Submit(Array("sweep", 6, 2));
+  CHECK(t.Dispatched(Harness::Address("w")) == std::vector<uint64_t>{1, 2});
+  std::deque<Turn> kept;
+  const auto* shown = h.Control(wire::ControlOp::Task, "t3", &kept);
+  REQUIRE(shown->ok());
+  CHECK_THAT(shown->tasks()->Get(0)->waiting()->str(), Catch::StartsWith("array bound: group \"sweep\" has 2 tasks"));
+  t = h.Finished(2, 1, "w", wire::Outcome::Succeeded);
+  CHECK(t.Dispatched(Harness::Address("w")) == std::vector<uint64_t>{3});
+  // A cancelled held one frees nothing and is never placed; a failed one frees its place.
+  REQUIRE(h.Control(wire::ControlOp::Cancel, "t4", &kept)->ok());
+  CHECK(kept.back().Dispatched(Harness::Address("w")).empty());
+  t = h.Finished(1, 1, "w", wire::Outcome::Failed, 1);
+  CHECK(t.Dispatched(Harness::Address("w")) == std::vector<uint64_t>{5});
+  // Across a restart: the two in flight count, nothing more goes.
+  h.Restart();
+  t = h.Register({"w", {}, 16, 64 * GiB, 8}, {{3, 1}, {5, 1}});
+  CHECK(t.Dispatched(Harness::Address("w")).empty());
+  t = h.Finished(3, 1, "w", wire::Outcome::Succeeded);
+  CHECK(t.Dispatched(Harness::Address("w")) == std::vector<uint64_t>{6});
+}
+
+TEST_CASE("arrays with random outcomes, retries, cancels and restarts never exceed their bound, one end each",
+          "[unit][graph]") {
+  const uint32_t seed = GENERATE(11u, 12u, 13u, 14u, 15u, 16u);
+  INFO("seed " << seed);
+  std::mt19937 rng(seed);
+  EngineOptions options;
+  options.cached_waiting_tasks = 8;  // held ones wait at q/, out of memory
+  options.waiting_load_batch = 5;
+  Harness h(options);
+  const WorkerSpec w{"w", {}, 64, 64 * GiB, 32};
+  h.Register(w);
+  std::map<std::string, uint32_t> bound;
+  std::map<uint64_t, std::string> group_of;
+  std::map<uint64_t, uint32_t> on_worker;  // dispatched, not ended: task -> attempt
+  std::map<uint64_t, int> ends;
+  std::vector<std::string> violations;
+  std::deque<Turn> kept;
+  auto take = [&](const Turn& t) {
+    for (const auto* env : t.To(Harness::Address("w"), wire::Body::Dispatch)) {
+      for (const auto* a : *env->body_as_Dispatch()->assignments()) on_worker[a->task()] = a->attempt();
+    }
+    for (const char* type : {"task.succeeded", "task.failed", "task.cancelled"}) {
+      for (const auto* e : t.Events(type)) {
+        uint64_t id = 0;
+        REQUIRE(ParseTaskName(e->task()->str(), &id));
+        ++ends[id];
+        on_worker.erase(id);
+      }
+    }
+    std::map<std::string, uint32_t> flying;
+    for (const auto& [id, attempt] : on_worker) ++flying[group_of[id]];
+    for (const auto& [g, n] : flying) {
+      if (n > bound[g])
+        violations.push_back(g + ": " + std::to_string(n) + " in flight, bound " + std::to_string(bound[g]));
+    }
+  };
+  for (int a = 0; a < 3; ++a) {
+    const std::string g = "a" + std::to_string(a);
+    bound[g] = 1 + rng() % 4;
+    std::vector<TaskSpec> specs = Array(g, 10 + rng() % 20, bound[g]);
+    for (auto& s : specs) s.retry_exit_codes = {75};
+    Turn t = h.Submit(specs);
+    for (const auto* r : *t.To("client", wire::Body::SubmitReply).at(0)->body_as_SubmitReply()->results()) {
+      group_of[r->task()] = g;
+    }
+    take(t);
+  }
+  for (int step = 0; step < 400 && !(on_worker.empty() && h.engine().active_count() == 0); ++step) {
+    const int action = static_cast<int>(rng() % 100);
+    if (action < 70 && !on_worker.empty()) {
+      auto it = std::next(on_worker.begin(), static_cast<long>(rng() % on_worker.size()));
+      const auto [id, attempt] = *it;
+      const int roll = static_cast<int>(rng() % 10);
+      if (roll < 6) {
+        take(h.Finished(id, attempt, "w", wire::Outcome::Succeeded));
+      } else if (roll < 8) {
+        take(h.Finished(id, attempt, "w", wire::Outcome::Failed, 75));  // retried: stays in flight
+        on_worker.erase(id);
+      } else {
+        take(h.Finished(id, attempt, "w", wire::Outcome::Failed, 1));
+      }
+    } else if (action < 78 && !group_of.empty()) {
+      auto it = std::next(group_of.begin(), static_cast<long>(rng() % group_of.size()));
+      if (ends[it->first] == 0) {
+        REQUIRE(h.Control(wire::ControlOp::Cancel, TaskName(it->first), &kept)->ok());
+        take(kept.back());
+      }
+    } else if (action < 86) {
+      h.Restart(options);
+      std::vector<std::pair<uint64_t, uint32_t>> held(on_worker.begin(), on_worker.end());
+      take(h.Register(w, held));
+    } else {
+      take(h.Heartbeat("w", {}));
+      take(h.Tick(1500));  // retry backoffs end
+    }
+  }
+  for (int rounds = 0; rounds < 2000 && (h.engine().active_count() > 0 || !on_worker.empty()); ++rounds) {
+    if (on_worker.empty()) {
+      take(h.Heartbeat("w", {}));
+      take(h.Tick(1500));
+      continue;
+    }
+    auto [id, attempt] = *on_worker.begin();
+    take(h.Finished(id, attempt, "w", wire::Outcome::Succeeded));
+  }
+  for (const auto& v : violations) UNSCOPED_INFO(v);
+  CHECK(violations.empty());
+  CHECK(h.engine().active_count() == 0);
+  for (const auto& [id, g] : group_of) {
+    INFO(TaskName(id));
+    CHECK(ends[id] == 1);
+  }
+}
+
+TEST_CASE("a task after two keeps waiting for the one left across a restart, its record not rewritten per parent",
+          "[unit][graph]") {
+  Harness h;
+  h.Register({"w", {}, 4, 8 * GiB, 4});
+  h.Submit({Keyed("a"), Keyed("b"), Keyed("c", {"a", "b"})});
+  h.Finished(1, 1, "w", wire::Outcome::Succeeded);
+  h.Restart();
+  h.Register({"w", {}, 4, 8 * GiB, 4}, {{2, 1}});
+  CHECK(h.engine().blocked_count() == 1);
+  std::deque<Turn> kept;
+  CHECK(h.Control(wire::ControlOp::Task, "t3", &kept)->tasks()->Get(0)->waiting()->str() ==
+        "after: waits for t2 \"b\" (queued on w) to succeed");
+  Turn t = h.Finished(2, 1, "w", wire::Outcome::Succeeded);
+  CHECK(t.Dispatched(Harness::Address("w")) == std::vector<uint64_t>{3});
+}
+
+TEST_CASE("after keys are bounded per message, and tasks without after in that message still go in", "[unit][graph]") {
+  Harness h;
+  h.Register({"w", {}, 4, 8 * GiB, 1});
+  std::vector<TaskSpec> parents;
+  std::vector<std::string> keys;
+  for (int i = 0; i < 1000; ++i) {
+    keys.push_back("p" + std::to_string(i));
+    parents.push_back(Keyed(keys.back()));
+  }
+  h.Submit(parents);
+  std::vector<TaskSpec> message;
+  for (int i = 0; i < 11; ++i) message.push_back(Keyed("c" + std::to_string(i), keys));
+  message.push_back(Keyed("plain"));
+  Turn t = h.Submit(message);
+  for (size_t i = 0; i < 10; ++i) CHECK(ResultOf(t, i)->status() == wire::SubmitStatus::Accepted);
+  CHECK(ResultOf(t, 10)->status() == wire::SubmitStatus::Rejected);
+  CHECK_THAT(ResultOf(t, 10)->message()->str(), Catch::Contains("after keys in all"));
+  CHECK(ResultOf(t, 11)->status() == wire::SubmitStatus::Accepted);
+}

@@ -53,6 +53,12 @@ TEST_CASE("bad task lines are refused with what is wrong, and the parser keeps w
         Row{R"({"command": []})", "command is missing or empty"}, Row{R"({})", "command is missing"},
         Row{R"({"command": ["x"], "timeout": "soon"})", "timeout: invalid duration"},
         Row{R"({"command": ["x"], "labels": {"zone": 1}})", "labels.zone must be a string"},
+        Row{R"({"command": ["x"], "array": {"count": 3, "max_running": 4}})", "array.max_running is 4"},
+        Row{R"({"command": ["x"], "array": {"count": 0}})", "array.count is 0: it must be from 1"},
+        Row{R"({"command": ["x"], "array": {"count": 100001}})", "array.count is 100001"},
+        Row{R"({"command": ["x"], "after": ["a", ""]})", "is an empty key"},
+        Row{R"({"command": ["x"], "key": "a", "after": ["a"]})", "cannot run after itself"},
+        Row{R"({"command": ["x"], "group": "a\u0007b"})", "group holds a control character"},
         Row{R"({"command": ["x"]} trailing)", ""}}) {
     INFO(row.line);
     auto spec = codec.ParseTaskLine(row.line);

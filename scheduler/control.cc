@@ -152,8 +152,9 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
       message = std::string("fm-scheduler ") + FM_VERSION + ": " + std::to_string(e.fleet_.size()) + " workers, " +
                 std::to_string(e.active_count()) + " tasks not ended (" + std::to_string(e.pending_.size()) +
                 " waiting" + (e.waiting_loaded() ? "" : ", more being read from the store") +
-                (e.blocked_ > 0 ? ", " + std::to_string(e.blocked_) + " blocked (after)" : "") + "), event seq " +
-                std::to_string(e.log_.next_seq() - 1) +
+                (e.blocked_ > 0 ? ", " + std::to_string(e.blocked_) + " blocked (after)" : "") +
+                (e.groups_.held() > 0 ? ", " + std::to_string(e.groups_.held()) + " held (array bounds)" : "") +
+                "), event seq " + std::to_string(e.log_.next_seq() - 1) +
                 (e.options_.leadership.empty() ? "" : "; " + e.options_.leadership);
       break;
     case wire::ControlOp::Workers:

@@ -87,8 +87,12 @@ void Groups::Close(const std::string& owner, const std::string& group, uint64_t 
   }
   g->ended.last_ms = now_ms;
   dirty_.insert(key);
-  if (g->cap > 0 && g->held.erase(id) == 0 && g->flying.erase(id) > 0 && !g->held.empty()) {
-    releasable_.insert(key);  // it was in flight: room for a held one
+  if (g->cap > 0) {
+    if (g->held.erase(id) > 0) {
+      --held_;
+    } else if (g->flying.erase(id) > 0 && !g->held.empty()) {
+      releasable_.insert(key);  // it was in flight: room for a held one
+    }
   }
   if (g->live < g->open.size() / 2) Compact(g);
 }
@@ -112,7 +116,7 @@ bool Groups::Admit(const std::string& owner, const std::string& group, uint64_t 
     g.flying.insert(id);
     return true;
   }
-  g.held.insert(id);
+  held_ += g.held.insert(id).second;
   if (g.flying.size() < g.cap) releasable_.insert(it->first);
   return false;
 }
@@ -123,7 +127,7 @@ void Groups::CountInFlight(const std::string& owner, const std::string& group, u
 
 void Groups::Hold(const std::string& owner, const std::string& group, uint64_t id) {
   const std::string key = Key(owner, group);
-  groups_[key].held.insert(id);
+  held_ += groups_[key].held.insert(id).second;
   releasable_.insert(key);
 }
 
@@ -142,6 +146,7 @@ std::vector<Groups::Released> Groups::TakeReleased() {
       const uint64_t id = *g.held.begin();
       out.push_back({key, id});
       g.held.erase(g.held.begin());
+      --held_;
       g.flying.insert(id);
     }
   }
@@ -153,7 +158,7 @@ void Groups::Unrelease(const Released& r, bool hold) {
   auto it = groups_.find(r.key);
   if (it == groups_.end()) return;
   it->second.flying.erase(r.id);
-  if (hold) it->second.held.insert(r.id);
+  if (hold) held_ += it->second.held.insert(r.id).second;
 }
 
 std::vector<uint64_t> Groups::OpenTasks(const std::string& owner, const std::string& group) {

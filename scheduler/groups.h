@@ -55,6 +55,8 @@ class Groups {
   void Hold(const std::string& owner, const std::string& group, uint64_t id);
   bool Held(const std::string& owner, const std::string& group, uint64_t id) const;
   uint32_t Cap(const std::string& owner, const std::string& group) const;
+  // Array elements held back by their group's bound, in all groups.
+  size_t held() const { return held_; }
   // The held tasks that may join the line now, lowest id first, each counted in flight.
   struct Released {
     std::string key;  // Key(owner, group)
@@ -97,6 +99,7 @@ class Groups {
   std::vector<std::string> trim_order_;         // the names the next Trim goes through
   size_t trim_at_ = 0;
   uint64_t next_round_ms_ = 0;
+  size_t held_ = 0;
 };
 
 }  // namespace fm::sched

@@ -475,6 +475,7 @@ TEST_CASE("an array runs at most max_running at once, the rest in index order, a
   const auto* shown = h.Control(wire::ControlOp::Task, "t3", &kept);
   REQUIRE(shown->ok());
   CHECK_THAT(shown->tasks()->Get(0)->waiting()->str(), Catch::StartsWith("array bound: group \"sweep\" has 2 tasks"));
+  CHECK_THAT(h.Control(wire::ControlOp::Ping, "", &kept)->message()->str(), Catch::Contains("4 held (array bounds)"));
   t = h.Finished(2, 1, "w", wire::Outcome::Succeeded);
   CHECK(t.Dispatched(Harness::Address("w")) == std::vector<uint64_t>{3});
   // A cancelled held one frees nothing and is never placed; a failed one frees its place.

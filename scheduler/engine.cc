@@ -508,9 +508,10 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         } else if (p.status != wire::SubmitStatus::Succeeded && doomed.empty()) {
           wire::TaskState state =
               p.status == wire::SubmitStatus::Cancelled ? wire::TaskState::Cancelled : wire::TaskState::Failed;
-          doomed = "after \"" + key + "\" (" + TaskName(p.id) + "): " +
-                   DependencyCause(key, p.id, state, p.reason, p.message,
-                                   p.spec ? p.spec->after : std::vector<std::string>());
+          doomed = DependencyMessage(key, p.id,
+                                     DependencyCause(key, p.id, state, p.reason, p.message,
+                                                     p.spec ? p.spec->after : std::vector<std::string>()),
+                                     p.reason != wire::Reason::DependencyFailed);
         }
       }
       if (!refused.empty()) {
@@ -806,10 +807,10 @@ void Engine::End(Task* t, TaskEvent event, wire::Reason reason, const std::strin
   }
   if (!t->spec.group.empty()) groups_.Close(t->owner, t->spec.group, id, state, now_ms);
   if (dependents_.count(id)) {
-    ended_parents_.push_back({id, state == wire::TaskState::Succeeded, t->spec.key,
-                              reason == wire::Reason::DependencyFailed
-                                  ? ending_cause_
-                                  : DependencyCause(t->spec.key, id, state, reason, message, {})});
+    ended_parents_.push_back(
+        {id, state == wire::TaskState::Succeeded, reason != wire::Reason::DependencyFailed, t->spec.key,
+         reason == wire::Reason::DependencyFailed ? ending_cause_
+                                                  : DependencyCause(t->spec.key, id, state, reason, message, {})});
   }
   ended_.Add(std::move(*t), &effects_.writes, scratch_);  // the task leaves the active set: moved, not copied
   active_.erase(id);
@@ -849,17 +850,26 @@ void Engine::ReleaseHeld() {
   }
 }
 
+std::string Engine::DependencyMessage(const std::string& key, uint64_t id, const std::string& cause, bool direct) {
+  // "after "prep" (t3) failed exit_status: exit status 1" when prep failed itself, else
+  // "after "train" (t4): "prep" (t3) failed ...", the first failure of the chain.
+  return direct ? "after " + cause : "after \"" + key + "\" (" + TaskName(id) + "): " + cause;
+}
+
 std::string Engine::DependencyCause(const std::string& key, uint64_t id, wire::TaskState state, wire::Reason reason,
                                     const std::string& message, const std::vector<std::string>& parent_after) {
   constexpr size_t kMaxCause = 512;
   if (reason == wire::Reason::DependencyFailed) {
     // It failed for its own parent: the first failure of the chain is named, not each link.
+    // Its message is DependencyMessage's: `after "K" (tN) <cause>` when its parent K
+    // failed itself, `after "K" (tN): <cause>` when K failed for its own parent.
     for (const std::string& k : parent_after) {
-      std::string prefix = "after \"" + k + "\" (";
+      const std::string prefix = "after \"" + k + "\" (t";
       if (message.rfind(prefix, 0) != 0) continue;
-      if (size_t colon = message.find("): ", prefix.size()); colon != std::string::npos) {
-        return message.substr(colon + 3, kMaxCause);
-      }
+      size_t at = prefix.size();
+      while (at < message.size() && message[at] >= '0' && message[at] <= '9') ++at;
+      if (message.compare(at, 3, "): ") == 0) return message.substr(at + 3, kMaxCause);
+      if (message.compare(at, 2, ") ") == 0) return message.substr(6, kMaxCause);  // after the "after "
     }
     return message.substr(0, kMaxCause);
   }
@@ -887,7 +897,7 @@ void Engine::ResolveDependents(uint64_t now_ms) {
       if (!parent.succeeded) {
         ending_cause_ = parent.cause;
         End(&t, TaskEvent::kUnrunnable, wire::Reason::DependencyFailed,
-            "after \"" + parent.key + "\" (" + TaskName(parent.id) + "): " + parent.cause, 0, now_ms);
+            DependencyMessage(parent.key, parent.id, parent.cause, parent.direct), 0, now_ms);
         continue;
       }
       // Not written for each parent (K parents of M tasks would be M x K records): its

@@ -266,6 +266,9 @@ class Engine {
   // Drops ended or unblocked tasks from dependents_.
   void CompactDependents();
   void ReleaseHeld();
+  // The message of a task ended dependency_failed after `key` (task `id`), given the
+  // first failure of the chain (`cause`); `direct`: that task is the first failure.
+  static std::string DependencyMessage(const std::string& key, uint64_t id, const std::string& cause, bool direct);
   // What a dependent of `parent` is told when it ended without succeeding (bounded).
   static std::string DependencyCause(const std::string& key, uint64_t id, wire::TaskState state, wire::Reason reason,
                                      const std::string& message, const std::vector<std::string>& parent_after);
@@ -391,6 +394,7 @@ class Engine {
   struct EndedParent {
     uint64_t id = 0;
     bool succeeded = false;
+    bool direct = false;     // it failed itself (not for a parent of its own)
     std::string key, cause;  // cause: what its dependents say failed (the first failure of the chain)
   };
   std::vector<EndedParent> ended_parents_;  // ended with dependents, not resolved yet

@@ -273,8 +273,7 @@ void Internals::Handle(Engine& e, const std::string& from, const wire::ControlRe
       }
       const std::string name = Str(req.group());
       Groups::Ended ended;
-      size_t open = 0;
-      if (!e.groups_.Find(owner, name, &ended, &open)) {
+      if (!e.groups_.Find(owner, name, &ended)) {
         ok = false;
         message = "no group \"" + name + "\"" + (owner.empty() ? "" : " of " + owner) +
                   " (never used, or its tasks ended longer ago than --task-retention-age)";

@@ -125,15 +125,20 @@ Status Engine::Recover(const store::Store* store, uint64_t now_ms) {
   if (!scanned.ok()) return scanned;
   // Blocked tasks: a parent that failed ended them in the same batch, so a parent not
   // at a/ nor q/ any more succeeded (their records are not rewritten for each parent).
+  std::unordered_map<uint64_t, bool> at_q;  // parents not at a/: read once each, however many wait
   for (uint64_t id : blocked) {
     Task& t = active_.at(id);
     std::vector<uint64_t> left;
     for (uint64_t parent : t.waits_for) {
       bool open = active_.count(parent) > 0;
       if (!open) {
-        auto waiting = records::ReadWaitingTask(*store, parent);
-        if (!waiting.ok()) return waiting.status();
-        open = waiting->has_value();
+        auto known = at_q.find(parent);
+        if (known == at_q.end()) {
+          auto waiting = records::ReadWaitingTask(*store, parent);
+          if (!waiting.ok()) return waiting.status();
+          known = at_q.emplace(parent, waiting->has_value()).first;
+        }
+        open = known->second;
       }
       if (open) left.push_back(parent);
     }
@@ -442,7 +447,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       if (spec.max_attempts == 0) spec.max_attempts = options_.default_max_attempts;
 
       if (!spec.key.empty()) {
-        auto keyed = FindKeyed(ScopedKey(owner, spec.key));
+        auto keyed = FindKeyed(OwnerScoped(owner, spec.key));
         if (!keyed.ok()) {
           if (read_error_.ok()) read_error_ = keyed.status();
           std::string message = "cannot look up key \"" + spec.key + "\": " + keyed.status().message();
@@ -482,7 +487,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       std::string refused;
       wire::Reason refused_reason = wire::Reason::InvalidTask;
       for (const std::string& key : spec.after) {
-        auto parent = FindKeyed(ScopedKey(owner, key));
+        auto parent = FindKeyed(OwnerScoped(owner, key));
         if (!parent.ok()) {
           if (read_error_.ok()) read_error_ = parent.status();
           refused = "cannot look up after key \"" + key + "\": " + parent.status().message();
@@ -508,9 +513,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
         } else if (p.status != wire::SubmitStatus::Succeeded && doomed.empty()) {
           wire::TaskState state =
               p.status == wire::SubmitStatus::Cancelled ? wire::TaskState::Cancelled : wire::TaskState::Failed;
-          doomed = DependencyMessage(key, p.id,
-                                     DependencyCause(key, p.id, state, p.reason, p.message,
-                                                     p.spec ? p.spec->after : std::vector<std::string>()),
+          doomed = DependencyMessage(key, p.id, DependencyCause(key, p.id, state, p.reason, p.message, p.spec->after),
                                      p.reason != wire::Reason::DependencyFailed);
         }
       }
@@ -540,7 +543,7 @@ void Engine::OnSubmit(const std::string& from, const wire::SubmitRequest& req, u
       if (Bounded(t.spec)) groups_.SetCap(owner, t.spec.group, t.spec.array->max_running);
       if (req.watch()) t.watcher = from;
       if (!t.spec.key.empty()) {
-        const std::string scoped = ScopedKey(owner, t.spec.key);
+        const std::string scoped = OwnerScoped(owner, t.spec.key);
         records::PutClientKey(&effects_.writes, scoped, t.id);
         turn_keys_[scoped] = t.id;
       }
@@ -1157,7 +1160,7 @@ void Engine::Tick(uint64_t now_ms) {
 
 void Engine::ForgetKey(uint64_t id, const std::string& owner, const std::string& key) {
   if (key.empty()) return;
-  std::string scoped = ScopedKey(owner, key);
+  std::string scoped = OwnerScoped(owner, key);
   // The key names this task (a key is first used by one task only).
   auto named = records::ReadKey(*store_, scoped);
   if (!named.ok()) {

@@ -312,10 +312,6 @@ class Engine {
   // The client whose view is limited to its own tasks; none for an operator, or when
   // the cluster is keyless (REQUIRES: `from` was Authorized as a user).
   std::optional<std::string> ClientName(const std::string& from) const;
-  // Idempotency keys are scoped per owner.
-  static std::string ScopedKey(const std::string& owner, const std::string& key) {
-    return owner.empty() ? key : owner + std::string(1, '\0') + key;
-  }
   void Send(const std::string& to, std::string payload);
   // The task first submitted with a key, as a resubmission of that key is answered.
   struct KeyedTask {

@@ -172,11 +172,10 @@ std::vector<uint64_t> Groups::OpenTasks(const std::string& owner, const std::str
   return ids;
 }
 
-bool Groups::Find(const std::string& owner, const std::string& group, Ended* ended, size_t* open) const {
+bool Groups::Find(const std::string& owner, const std::string& group, Ended* ended) const {
   auto it = groups_.find(Key(owner, group));
   if (it == groups_.end()) return false;
   *ended = it->second.ended;
-  *open = it->second.live;
   return true;
 }
 

@@ -3,7 +3,7 @@
 //
 // Per group, in memory: the ids of its tasks not ended (8 bytes each, ascending, ended
 // ones marked and compacted away once half are), and how many of its tasks ended per terminal state.
-// The counts are stored (g/<owner>\0<group>, written in the turn they change); the open
+// The counts are stored (g/<owner>\0<group>, g/<group> in a keyless cluster, written in the turn they change); the open
 // ids are rebuilt at a start from the task records (a/, and q/ as the backlog is read).
 // A group with no open task is forgotten, record and all, once its last end is older
 // than the task retention's age (its ended tasks are gone by then too).
@@ -19,6 +19,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "scheduler/task.h"
 #include "schemas/fm_generated.h"
 #include "schemas/status.h"
 #include "store/store.h"
@@ -41,7 +42,7 @@ class Groups {
   // The open tasks' ids, ascending; empty when there is no such group.
   std::vector<uint64_t> OpenTasks(const std::string& owner, const std::string& group);
   // False when the group is not known (never used, or forgotten).
-  bool Find(const std::string& owner, const std::string& group, Ended* ended, size_t* open) const;
+  bool Find(const std::string& owner, const std::string& group, Ended* ended) const;
   // Arrays: a group may bound its tasks in line, queued or running at once (an array's
   // max_running; the first one given counts). Those past it are held: pending, out of
   // the line, released in id order as others end. In flight: admitted, not ended.
@@ -74,9 +75,7 @@ class Groups {
   void Trim(uint64_t before_ms, size_t max_groups, size_t most, uint64_t now_ms, store::WriteBatch* writes);
   size_t size() const { return groups_.size(); }
 
-  static std::string Key(const std::string& owner, const std::string& group) {
-    return owner + std::string(1, '\0') + group;
-  }
+  static std::string Key(const std::string& owner, const std::string& group) { return OwnerScoped(owner, group); }
 
  private:
   struct Group {

@@ -47,6 +47,12 @@ struct Task {
   bool first_wait = false;  // pending and never placed (not stored)
 };
 
+// A name of `owner`'s (an idempotency key, a group): owners' names apart, and a keyless
+// cluster's (owner "") as given.
+inline std::string OwnerScoped(const std::string& owner, const std::string& name) {
+  return owner.empty() ? name : owner + std::string(1, '\0') + name;
+}
+
 // "a, b": the workers a task failed on, for task.retrying and fm-ctl task.
 inline std::string Listed(const std::vector<std::string>& ids) {
   std::string out;

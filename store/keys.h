@@ -22,7 +22,7 @@ inline constexpr std::string_view kEventIndexPrefix = "E/";
 inline constexpr std::string_view kLogIndexPrefix = "L/";
 inline constexpr std::string_view kWorkerPrefix = "w/";     // w/<worker id> -> wire.WorkerRecord
 inline constexpr std::string_view kClientKeyPrefix = "k/";  // k/<client key> -> <id:u64be>
-// g/<owner>\0<group> -> <succeeded:u64be><failed:u64be><cancelled:u64be><last end ms:u64be>:
+// g/<owner>\0<group> (g/<group> in a keyless cluster) -> <succeeded:u64be><failed:u64be><cancelled:u64be><last end ms:u64be>:
 // how many tasks of a group ended, per state (scheduler/groups.h).
 inline constexpr std::string_view kGroupPrefix = "g/";
 inline constexpr std::string_view kMetaNextTask = "m/next_task";  // <u64be>

@@ -252,16 +252,18 @@ TEST_CASE(
     "[integration][output]") {
   Cluster c({"--log-retention", "1MiB"});
   c.StartWorker("w1", {"--max-output", "64MiB"});
-  // t1 prints 2 MB, twice the whole retention: its first blocks go; t2 after it is whole.
-  REQUIRE(c.Submit(R"({"command": ["seq", "1", "300000"]})"
-                   "\n",
-                   {"--wait"})
-              .exit_code == 0);
+  // t1 prints 1.8 MB, over the whole retention, in four parts a second apart, so that
+  // they are stored in blocks of their own however slow the scheduler (a sanitized one
+  // once gathered all of it in one block, which the retention then removed whole): its
+  // first blocks go; t2 after it is whole.
+  const char* parts = "for i in 1 2 3 4; do seq 1 75000; sleep 1; done";
+  REQUIRE(c.Submit(std::string(R"({"command": ["sh", "-c", ")") + parts + "\"]}\n", {"--wait"}).exit_code == 0);
   REQUIRE(c.Submit(R"({"command": ["echo", "kept"]})"
                    "\n",
                    {"--wait"})
               .exit_code == 0);
-  const std::string all = RunTool({"/usr/bin/seq", "1", "300000"}).out;
+  std::string all;
+  for (int i = 0; i < 4; ++i) all += RunTool({"/usr/bin/seq", "1", "75000"}).out;
   for (bool restarted : {false, true}) {
     INFO((restarted ? "after a restart" : "before a restart"));
     if (restarted) {
